@@ -1,0 +1,206 @@
+//! `RemoteAttester`: the client the core uses to talk to a plugin, over either
+//! transport, with a deadline on every call.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::convert::InfoFromPeer;
+use crate::{negotiate, Code, Error, Evidence, Handshake, Result, Transport};
+
+#[cfg(feature = "grpc")]
+mod grpc;
+#[cfg(feature = "grpc")]
+pub use grpc::unix_channel as grpc_unix_channel;
+#[cfg(feature = "ttrpc")]
+mod ttrpc;
+
+/// Upstream AA clients give up after 50 s; a plugin call gets the same by default.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(50);
+
+enum Inner {
+    #[cfg(feature = "ttrpc")]
+    Ttrpc(ttrpc::Client),
+    #[cfg(feature = "grpc")]
+    Grpc(grpc::Client),
+}
+
+/// A connection to one plugin.
+pub struct RemoteAttester {
+    inner: Inner,
+    socket: PathBuf,
+    transport: Transport,
+    deadline: Duration,
+}
+
+impl RemoteAttester {
+    /// Connect to the plugin listening on `socket`. Fails with `Unavailable` when
+    /// nothing listens there.
+    pub async fn connect(socket: &Path, transport: Transport) -> Result<Self> {
+        let inner = match transport {
+            #[cfg(feature = "ttrpc")]
+            Transport::Ttrpc => Inner::Ttrpc(ttrpc::Client::connect(socket).await?),
+            #[cfg(feature = "grpc")]
+            Transport::Grpc => Inner::Grpc(grpc::Client::connect(socket).await?),
+            #[allow(unreachable_patterns)]
+            other => {
+                return Err(Error::invalid_argument(format!(
+                    "built without the {other} transport"
+                )))
+            }
+        };
+        Ok(RemoteAttester {
+            inner,
+            socket: socket.to_path_buf(),
+            transport,
+            deadline: DEFAULT_DEADLINE,
+        })
+    }
+
+    /// Every later call fails with `DeadlineExceeded` after `deadline`.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// `Info` plus version negotiation: the highest common version, or a readable
+    /// `FailedPrecondition`. Also refuses a plugin that claims another transport.
+    pub async fn handshake(&self, versions: &[u32]) -> Result<Handshake> {
+        let peer: InfoFromPeer = self
+            .call("Info", |d| async move {
+                match &self.inner {
+                    #[cfg(feature = "ttrpc")]
+                    Inner::Ttrpc(c) => c.info(versions, d).await,
+                    #[cfg(feature = "grpc")]
+                    Inner::Grpc(c) => c.info(versions, d).await,
+                }
+            })
+            .await?;
+        let protocol_version = negotiate(versions, &peer.versions, "the plugin")?;
+        if peer.transport != self.transport.to_string() {
+            return Err(Error::failed_precondition(format!(
+                "plugin says it serves {:?} but answered over {}",
+                peer.transport, self.transport
+            )));
+        }
+        Ok(Handshake {
+            info: peer.info,
+            transport: self.transport,
+            protocol_version,
+            plugin_versions: peer.versions,
+        })
+    }
+
+    pub async fn detect(&self) -> Result<bool> {
+        self.call("Detect", |d| async move {
+            match &self.inner {
+                #[cfg(feature = "ttrpc")]
+                Inner::Ttrpc(c) => c.detect(d).await,
+                #[cfg(feature = "grpc")]
+                Inner::Grpc(c) => c.detect(d).await,
+            }
+        })
+        .await
+    }
+
+    pub async fn evidence(&self, report_data: Vec<u8>) -> Result<Evidence> {
+        self.call("GetEvidence", |d| async move {
+            match &self.inner {
+                #[cfg(feature = "ttrpc")]
+                Inner::Ttrpc(c) => c.evidence(report_data, d).await,
+                #[cfg(feature = "grpc")]
+                Inner::Grpc(c) => c.evidence(report_data, d).await,
+            }
+        })
+        .await
+    }
+
+    pub async fn extend_measurement(&self, register: u64, digest: Vec<u8>) -> Result<()> {
+        self.call("ExtendMeasurement", |d| async move {
+            match &self.inner {
+                #[cfg(feature = "ttrpc")]
+                Inner::Ttrpc(c) => c.extend_measurement(register, digest, d).await,
+                #[cfg(feature = "grpc")]
+                Inner::Grpc(c) => c.extend_measurement(register, digest, d).await,
+            }
+        })
+        .await
+    }
+
+    pub async fn read_measurement(&self, register: u64) -> Result<Vec<u8>> {
+        self.call("ReadMeasurement", |d| async move {
+            match &self.inner {
+                #[cfg(feature = "ttrpc")]
+                Inner::Ttrpc(c) => c.read_measurement(register, d).await,
+                #[cfg(feature = "grpc")]
+                Inner::Grpc(c) => c.read_measurement(register, d).await,
+            }
+        })
+        .await
+    }
+
+    pub async fn bind_init_data(&self, digest: Vec<u8>) -> Result<()> {
+        self.call("BindInitData", |d| async move {
+            match &self.inner {
+                #[cfg(feature = "ttrpc")]
+                Inner::Ttrpc(c) => c.bind_init_data(digest, d).await,
+                #[cfg(feature = "grpc")]
+                Inner::Grpc(c) => c.bind_init_data(digest, d).await,
+            }
+        })
+        .await
+    }
+
+    /// Health check: `Ok` only when the plugin reports SERVING.
+    pub async fn check(&self) -> Result<()> {
+        let serving = self
+            .call("Check", |d| async move {
+                match &self.inner {
+                    #[cfg(feature = "ttrpc")]
+                    Inner::Ttrpc(c) => c.check(d).await,
+                    #[cfg(feature = "grpc")]
+                    Inner::Grpc(c) => c.check(d).await,
+                }
+            })
+            .await?;
+        if serving {
+            Ok(())
+        } else {
+            Err(Error::unavailable("plugin reports NOT_SERVING"))
+        }
+    }
+
+    /// Run one RPC under the deadline. The transport gets the deadline too (so a
+    /// ttrpc client drops its pending request); the outer timer is the backstop.
+    async fn call<'a, T, F, Fut>(&'a self, rpc: &'static str, f: F) -> Result<T>
+    where
+        F: FnOnce(Duration) -> Fut,
+        Fut: Future<Output = Result<T>> + 'a,
+    {
+        let backstop = self.deadline + Duration::from_millis(100);
+        match tokio::time::timeout(backstop, f(self.deadline)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.code() == Code::DeadlineExceeded => Err(self.timed_out(rpc)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(self.timed_out(rpc)),
+        }
+    }
+
+    fn timed_out(&self, rpc: &str) -> Error {
+        Error::new(
+            Code::DeadlineExceeded,
+            format!(
+                "plugin call {rpc} did not answer within {:?}",
+                self.deadline
+            ),
+        )
+    }
+}

@@ -1,0 +1,154 @@
+//! The one error type plugins and the core exchange, and its status codes.
+
+use std::fmt;
+
+/// What kind of failure an [`Error`] is; each maps to exactly one status code
+/// on either transport (see [`crate::status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// The caller sent something unacceptable (oversized report data, bad digest length).
+    InvalidArgument,
+    /// The operation is not offered by this attester (no runtime measurement, say).
+    Unsupported,
+    /// The attester or its device is not reachable right now; retrying may help.
+    Unavailable,
+    /// The system is not in a state that allows the operation (init-data mismatch,
+    /// protocol version mismatch, token type not configured).
+    FailedPrecondition,
+    /// The call did not finish before its deadline.
+    DeadlineExceeded,
+    /// A named thing does not exist.
+    NotFound,
+    /// Anything else: a bug or an unexpected device answer.
+    Internal,
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Code::InvalidArgument => "invalid argument",
+            Code::Unsupported => "unsupported",
+            Code::Unavailable => "unavailable",
+            Code::FailedPrecondition => "failed precondition",
+            Code::DeadlineExceeded => "deadline exceeded",
+            Code::NotFound => "not found",
+            Code::Internal => "internal",
+        })
+    }
+}
+
+type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An error with a [`Code`], a lowercase message naming what failed, and its cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    code: Code,
+    message: String,
+    #[source]
+    source: Option<Cause>,
+}
+
+/// Result alias used throughout the SDK.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Error {
+            code,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attach the underlying cause (kept, and shown by [`Error::chain`]).
+    pub fn with_source(mut self, source: impl Into<Cause>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    pub fn invalid_argument(message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidArgument, message)
+    }
+
+    /// `operation` names what is not supported, e.g. "runtime measurement".
+    pub fn unsupported(operation: &str) -> Self {
+        Self::new(
+            Code::Unsupported,
+            format!("{operation} is not supported by this attester"),
+        )
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(Code::Unavailable, message)
+    }
+
+    pub fn failed_precondition(message: impl Into<String>) -> Self {
+        Self::new(Code::FailedPrecondition, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(Code::Internal, message)
+    }
+
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The message followed by every cause, `a: b: c`: what goes on the wire,
+    /// since the peer cannot walk our source chain.
+    pub fn chain(&self) -> String {
+        let mut out = self.message.clone();
+        let mut cur: Option<&(dyn std::error::Error + 'static)> =
+            self.source.as_deref().map(|e| e as _);
+        while let Some(e) = cur {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            cur = e.source();
+        }
+        out
+    }
+
+    /// Prefix the message with context, keeping code and cause.
+    pub fn context(mut self, what: impl fmt::Display) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_includes_every_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = Error::unavailable("cannot open /dev/tpmrm0").with_source(io);
+        assert_eq!(e.chain(), "cannot open /dev/tpmrm0: no such file");
+        assert_eq!(e.to_string(), "cannot open /dev/tpmrm0");
+        assert_eq!(e.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn context_keeps_code_and_cause() {
+        let e = Error::internal("boom")
+            .with_source(std::io::Error::other("disk"))
+            .context("plugin sample");
+        assert_eq!(e.chain(), "plugin sample: boom: disk");
+        assert_eq!(e.code(), Code::Internal);
+    }
+
+    #[test]
+    fn unsupported_names_the_operation() {
+        let e = Error::unsupported("runtime measurement");
+        assert_eq!(e.code(), Code::Unsupported);
+        assert_eq!(
+            e.message(),
+            "runtime measurement is not supported by this attester"
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! The attestd plugin contract.
+//!
+//! A plugin implements [`Attester`] and calls [`run`] from `main`; the core talks to
+//! it through [`RemoteAttester`]. Both sides negotiate a protocol version in the
+//! handshake ([`PROTOCOL_VERSIONS`]). Transports are features (`ttrpc`, `grpc`) so a
+//! plugin links only the one it serves.
+//!
+//! ```no_run
+//! # use attester_sdk::*;
+//! struct Mine;
+//! impl Attester for Mine {
+//!     fn info(&self) -> PluginInfo { todo!() }
+//!     fn detect(&self) -> Result<bool> { Ok(true) }
+//!     async fn evidence(&self, rd: ReportData) -> Result<Evidence> { todo!() }
+//! }
+//! ```
+
+mod attester;
+mod client;
+mod convert;
+mod error;
+mod handshake;
+mod server;
+pub mod status;
+mod types;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub use attester::Attester;
+pub use client::{RemoteAttester, DEFAULT_DEADLINE};
+pub use error::{Code, Error, Result};
+pub use handshake::{negotiate, PROTOCOL_VERSIONS};
+pub use server::{serve, ServeOptions};
+pub use types::{
+    Capabilities, DeviceRole, Evidence, Handshake, InitDataBinding, PluginInfo, RegisterMapping,
+    ReportData, Transport,
+};
+
+/// A tonic channel over a Unix socket (gRPC clients of plugins and of the core).
+#[cfg(feature = "grpc")]
+pub use client::grpc_unix_channel;
+
+/// The transport a plugin serves when `--transport` is not given: ttrpc when built in.
+pub const DEFAULT_TRANSPORT: Transport = if cfg!(feature = "ttrpc") {
+    Transport::Ttrpc
+} else {
+    Transport::Grpc
+};
+
+/// Command-line arguments every plugin accepts; flatten them into the plugin's own.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Unix socket to serve on (the core passes a path in its 0700 directory).
+    #[arg(long, env = "ATTESTD_PLUGIN_SOCKET")]
+    pub socket: PathBuf,
+    /// Wire protocol: ttrpc or grpc.
+    #[arg(long, env = "ATTESTD_PLUGIN_TRANSPORT", default_value_t = DEFAULT_TRANSPORT)]
+    pub transport: Transport,
+}
+
+impl ServeArgs {
+    pub fn options(&self) -> ServeOptions {
+        ServeOptions {
+            socket: self.socket.clone(),
+            transport: self.transport,
+            protocol_versions: PROTOCOL_VERSIONS.to_vec(),
+        }
+    }
+}
+
+/// A plugin's whole `main`: logging to stderr (`ATTESTD_LOG` or `RUST_LOG`), a
+/// current-thread runtime (a Unix-socket round trip costs half what it does on
+/// the multi-thread one), [`serve`] until SIGTERM, and the error chain on failure.
+pub fn run<A: Attester>(attester: A, opts: ServeOptions) -> ExitCode {
+    init_logging();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(attester, opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{}", e.chain());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = std::env::var("ATTESTD_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
