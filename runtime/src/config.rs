@@ -1,0 +1,445 @@
+//! The configuration file: upstream AA's TOML (`[token_configs.*]`, `[eventlog_config]`,
+//! `[log]`) plus `[plugins]`, which names the attester plugins and how to launch them.
+//!
+//! Unknown keys are errors, and every error names the key (and the line, for syntax).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use attester_sdk::Transport;
+use serde::Deserialize;
+
+/// TEE names as kbs-types spells them: what `GetTeeType` may answer.
+pub const KNOWN_TEES: &[&str] = &[
+    "tdx",
+    "snp",
+    "sgx",
+    "cca",
+    "csv",
+    "se",
+    "tpm",
+    "sample",
+    "az-snp-vtpm",
+    "az-tdx-vtpm",
+    "sampledevice",
+    "nvidia",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid config: {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub token_configs: TokenConfigs,
+    #[serde(default)]
+    pub eventlog_config: EventlogConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfigs {
+    pub kbs: Option<KbsConfig>,
+    pub coco_as: Option<CocoAsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KbsConfig {
+    pub url: String,
+    pub tee_key_algorithm: Option<String>,
+    pub cert: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CocoAsConfig {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventlogConfig {
+    #[serde(default = "default_init_pcr")]
+    pub init_pcr: u64,
+    #[serde(default)]
+    pub enable_eventlog: bool,
+}
+
+impl Default for EventlogConfig {
+    fn default() -> Self {
+        EventlogConfig {
+            init_pcr: default_init_pcr(),
+            enable_eventlog: false,
+        }
+    }
+}
+
+fn default_init_pcr() -> u64 {
+    17
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_level(),
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+/// `[plugins]`: which plugin is primary, which are additional, supervision knobs,
+/// and one `[plugins.attester.<name>]` table per plugin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Name of the primary attester (a key of `attester`).
+    pub primary: Option<String>,
+    /// Names of additional (device) attesters.
+    #[serde(default)]
+    pub additional: Vec<String>,
+    /// Directory (mode 0700, owned by attestd) holding the plugins' sockets.
+    #[serde(default = "default_socket_dir")]
+    pub socket_dir: PathBuf,
+    /// Deadline of each call to a plugin.
+    #[serde(default = "default_call_timeout_ms")]
+    pub call_timeout_ms: u64,
+    /// Time a plugin gets from launch to a completed handshake.
+    #[serde(default = "default_startup_timeout_ms")]
+    pub startup_timeout_ms: u64,
+    /// Interval between health checks.
+    #[serde(default = "default_health_interval_ms")]
+    pub health_interval_ms: u64,
+    /// Longest pause between restarts of a crashing plugin.
+    #[serde(default = "default_restart_backoff_max_ms")]
+    pub restart_backoff_max_ms: u64,
+    /// How long a call waits for a restarting plugin before answering UNAVAILABLE.
+    #[serde(default = "default_restart_wait_ms")]
+    pub restart_wait_ms: u64,
+    #[serde(default)]
+    pub attester: BTreeMap<String, PluginConfig>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            primary: None,
+            additional: Vec::new(),
+            socket_dir: default_socket_dir(),
+            call_timeout_ms: default_call_timeout_ms(),
+            startup_timeout_ms: default_startup_timeout_ms(),
+            health_interval_ms: default_health_interval_ms(),
+            restart_backoff_max_ms: default_restart_backoff_max_ms(),
+            restart_wait_ms: default_restart_wait_ms(),
+            attester: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_socket_dir() -> PathBuf {
+    PathBuf::from("/run/attestd/plugins")
+}
+fn default_call_timeout_ms() -> u64 {
+    50_000
+}
+fn default_startup_timeout_ms() -> u64 {
+    10_000
+}
+fn default_health_interval_ms() -> u64 {
+    5_000
+}
+fn default_restart_backoff_max_ms() -> u64 {
+    10_000
+}
+fn default_restart_wait_ms() -> u64 {
+    3_000
+}
+
+impl PluginsConfig {
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms)
+    }
+    pub fn startup_timeout(&self) -> Duration {
+        Duration::from_millis(self.startup_timeout_ms)
+    }
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.health_interval_ms)
+    }
+    pub fn restart_backoff_max(&self) -> Duration {
+        Duration::from_millis(self.restart_backoff_max_ms)
+    }
+    pub fn restart_wait(&self) -> Duration {
+        Duration::from_millis(self.restart_wait_ms)
+    }
+}
+
+/// How a plugin is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LaunchKind {
+    /// Spawn `command` as a child process.
+    Process,
+}
+
+/// `[plugins.attester.<name>]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    pub launch: LaunchKind,
+    /// The plugin binary. A bare name is looked up next to the attestd binary, then in PATH.
+    pub command: Option<PathBuf>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub transport: Transport,
+    /// The TEE the plugin must report in its handshake (checked when set).
+    pub tee: Option<String>,
+}
+
+impl Config {
+    /// Read and validate `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse and validate TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            source: Box::new(e),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let p = &self.plugins;
+        for (name, pc) in &p.attester {
+            let key = format!("plugins.attester.{name}");
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(invalid(key, "plugin names use only letters, digits, '-' and '_'"));
+            }
+            if pc.launch == LaunchKind::Process && pc.command.is_none() {
+                return Err(invalid(
+                    format!("{key}.command"),
+                    "required when launch = \"process\"",
+                ));
+            }
+            if let Some(tee) = &pc.tee {
+                check_tee(&format!("{key}.tee"), tee)?;
+            }
+        }
+        let defined = |key: &str, name: &str| {
+            if p.attester.contains_key(name) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    key,
+                    format!("{name:?} has no [plugins.attester.{name}] table"),
+                ))
+            }
+        };
+        if let Some(primary) = &p.primary {
+            defined("plugins.primary", primary)?;
+        }
+        for (i, name) in p.additional.iter().enumerate() {
+            let key = format!("plugins.additional[{i}]");
+            defined(&key, name)?;
+            if Some(name) == p.primary.as_ref() || p.additional[..i].contains(name) {
+                return Err(invalid(key, format!("{name:?} is listed twice")));
+            }
+        }
+        for (key, v) in [
+            ("plugins.call_timeout_ms", p.call_timeout_ms),
+            ("plugins.startup_timeout_ms", p.startup_timeout_ms),
+            ("plugins.health_interval_ms", p.health_interval_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if let Some(kbs) = &self.token_configs.kbs {
+            if kbs.url.is_empty() {
+                return Err(invalid("token_configs.kbs.url", "must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `tee` must be a kbs-types TEE name.
+pub fn check_tee(key: &str, tee: &str) -> Result<(), ConfigError> {
+    if KNOWN_TEES.contains(&tee) {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("unknown TEE {tee:?}: expected one of {}", KNOWN_TEES.join(", ")),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+[token_configs.kbs]
+url = "http://127.0.0.1:8080"
+
+[eventlog_config]
+init_pcr = 17
+enable_eventlog = false
+
+[log]
+level = "debug"
+
+[plugins]
+primary = "sample"
+additional = ["dev"]
+socket_dir = "/tmp/x"
+
+[plugins.attester.sample]
+launch = "process"
+command = "attester-sample"
+transport = "ttrpc"
+
+[plugins.attester.dev]
+launch = "process"
+command = "/usr/libexec/attester-sample"
+args = ["--device"]
+transport = "grpc"
+tee = "sampledevice"
+"#;
+
+    #[test]
+    fn parses_upstream_sections_and_plugins() {
+        let c = Config::parse(SAMPLE).unwrap();
+        assert_eq!(c.plugins.primary.as_deref(), Some("sample"));
+        assert_eq!(c.plugins.attester["dev"].transport, Transport::Grpc);
+        assert_eq!(c.plugins.attester["dev"].args, vec!["--device"]);
+        assert_eq!(c.log.level, "debug");
+        assert_eq!(c.eventlog_config.init_pcr, 17);
+        assert_eq!(c.plugins.call_timeout(), Duration::from_secs(50));
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        let c = Config::parse("").unwrap();
+        assert!(c.plugins.primary.is_none());
+        assert!(!c.eventlog_config.enable_eventlog);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_line() {
+        let e = Config::parse("[plugins]\nprimry = \"sample\"\n").unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("unknown field `primry`"), "{s}");
+        assert!(s.contains("line 2"), "{s}");
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let e = Config::parse("[plugins\nprimary = 1\n").unwrap_err();
+        assert!(e.to_string().contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn bad_transport_names_key() {
+        let t = "[plugins.attester.s]\nlaunch = \"process\"\ncommand = \"x\"\ntransport = \"http\"\n";
+        let e = Config::parse(t).unwrap_err().to_string();
+        assert!(e.contains("transport"), "{e}");
+        assert!(e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn undefined_primary_is_named() {
+        let e = Config::parse("[plugins]\nprimary = \"tdx\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid config: plugins.primary: \"tdx\" has no [plugins.attester.tdx] table"
+        );
+    }
+
+    #[test]
+    fn missing_command_is_named() {
+        let e = Config::parse("[plugins.attester.s]\nlaunch = \"process\"\ntransport = \"ttrpc\"\n")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid config: plugins.attester.s.command: required when launch = \"process\""
+        );
+    }
+
+    #[test]
+    fn unknown_tee_is_refused() {
+        let t = "[plugins.attester.s]\nlaunch = \"process\"\ncommand = \"x\"\ntransport = \"ttrpc\"\ntee = \"tdx2\"\n";
+        let e = Config::parse(t).unwrap_err().to_string();
+        assert!(e.starts_with("invalid config: plugins.attester.s.tee: unknown TEE \"tdx2\""), "{e}");
+    }
+
+    #[test]
+    fn duplicate_additional_is_refused() {
+        let t = "[plugins]\nprimary = \"a\"\nadditional = [\"a\"]\n[plugins.attester.a]\nlaunch = \"process\"\ncommand = \"x\"\ntransport = \"ttrpc\"\n";
+        let e = Config::parse(t).unwrap_err().to_string();
+        assert_eq!(e, "invalid config: plugins.additional[0]: \"a\" is listed twice");
+    }
+
+    #[test]
+    fn zero_timeout_is_refused() {
+        let e = Config::parse("[plugins]\ncall_timeout_ms = 0\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid config: plugins.call_timeout_ms: must be greater than 0"
+        );
+    }
+}

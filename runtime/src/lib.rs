@@ -1,0 +1,16 @@
+//! attestd core: serves the attestation-agent API (ttrpc and gRPC) and dispatches
+//! every evidence call to a supervised attester plugin. Links no TEE library and
+//! opens no device.
+//!
+//! Map: [`config`] (the TOML) → [`run`] (bring-up) → [`supervisor`] (plugins:
+//! launch, handshake, health, restart) → [`service`] (the AA operations on domain
+//! types) ← [`server`] (thin ttrpc / gRPC adapters). [`aa_client`] is the client
+//! side of the same API, for the CLI and benchmarks.
+
+pub mod aa_client;
+pub mod config;
+pub mod initdata;
+pub mod run;
+pub mod server;
+pub mod service;
+pub mod supervisor;

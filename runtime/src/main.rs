@@ -1,0 +1,444 @@
+//! `attestd`: the daemon and its operator commands.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use attestd::aa_client::AaClient;
+use attestd::config::Config;
+use attestd::initdata::InitData;
+use attestd::run::{self, RunOptions, DEFAULT_ATTESTATION_SOCK, DEFAULT_GRPC_ADDR};
+use attestd::server::grpc::GrpcAddr;
+use attestd::service::{MeasurementEvent, Service};
+use clap::{Args, Parser, Subcommand};
+
+/// attestd: the attestation-agent API, served by per-TEE attester plugins.
+///
+/// Without a subcommand, `attestd` runs the daemon with upstream AA's flags.
+#[derive(Parser)]
+#[command(name = "attestd", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon (the default).
+    Run(RunArgs),
+    /// One shot: start the plugin, handshake, print its evidence JSON.
+    Evidence(EvidenceArgs),
+    /// Start each configured plugin, print its handshake and health, stop it.
+    Plugins(PluginsArgs),
+    /// Call a running attestd over its AA API.
+    Client(ClientArgs),
+}
+
+#[derive(Args, Clone)]
+struct ConfigArg {
+    /// Config file (upstream AA TOML plus [plugins]).
+    #[arg(short = 'c', long = "config-file", env = "ATTESTD_CONFIG")]
+    config_file: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// ttrpc AA socket.
+    #[arg(long = "attestation_sock", default_value = DEFAULT_ATTESTATION_SOCK)]
+    attestation_sock: String,
+    /// gRPC AA listener: host:port or unix:///path; "none" disables it.
+    #[arg(long = "grpc_sock", default_value = DEFAULT_GRPC_ADDR)]
+    grpc_sock: String,
+    /// Init-data TOML bound at start.
+    #[arg(long = "initdata-toml", conflicts_with = "initdata_digest")]
+    initdata_toml: Option<PathBuf>,
+    /// Init-data digest (base64) bound at start.
+    #[arg(long = "initdata-digest")]
+    initdata_digest: Option<String>,
+}
+
+#[derive(Args)]
+struct EvidenceArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Runtime data: text, @file, or hex:<hex>.
+    #[arg(long, default_value = "")]
+    runtime_data: String,
+    /// Plugin to ask (default: the primary).
+    #[arg(long)]
+    plugin: Option<String>,
+}
+
+#[derive(Args)]
+struct PluginsArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// ttrpc AA socket of the running attestd.
+    #[arg(long = "attestation_sock", default_value = DEFAULT_ATTESTATION_SOCK)]
+    attestation_sock: String,
+    /// Use gRPC at this address (host:port or unix:///path) instead of ttrpc.
+    #[arg(long)]
+    grpc: Option<GrpcAddr>,
+    #[command(subcommand)]
+    call: Call,
+}
+
+#[derive(Subcommand)]
+enum Call {
+    GetEvidence {
+        /// Runtime data: text, @file, or hex:<hex>.
+        #[arg(long, default_value = "")]
+        runtime_data: String,
+    },
+    GetAdditionalEvidence {
+        #[arg(long, default_value = "")]
+        runtime_data: String,
+    },
+    GetTeeType,
+    GetAdditionalTees,
+    GetToken {
+        token_type: String,
+    },
+    BindInitData {
+        /// Digest, hex.
+        digest: String,
+    },
+    ExtendRuntimeMeasurement {
+        domain: String,
+        operation: String,
+        content: String,
+        #[arg(long)]
+        register: Option<u64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.cmd {
+            None => cmd_run(cli.run).await,
+            Some(Cmd::Run(a)) => cmd_run(a).await,
+            Some(Cmd::Evidence(a)) => cmd_evidence(a).await,
+            Some(Cmd::Plugins(a)) => cmd_plugins(a).await,
+            Some(Cmd::Client(a)) => cmd_client(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(arg: &ConfigArg) -> Result<Config> {
+    match &arg.config_file {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}
+
+/// `[log] level`, overridden by ATTESTD_LOG or RUST_LOG; logs go to stderr.
+fn init_logging(level: &str) {
+    let filter = std::env::var("ATTESTD_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| level.to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn sdk(e: attester_sdk::Error) -> anyhow::Error {
+    anyhow!(e.chain())
+}
+
+async fn cmd_run(a: RunArgs) -> Result<()> {
+    let config = load_config(&a.config)?;
+    init_logging(&config.log.level);
+    let initdata = match (&a.initdata_toml, &a.initdata_digest) {
+        (Some(p), _) => Some(InitData::from_toml_file(p)?),
+        (None, Some(d)) => Some(InitData::from_digest_base64(d)?),
+        (None, None) => None,
+    };
+    let grpc = match a.grpc_sock.as_str() {
+        "none" | "" => None,
+        s => Some(
+            s.parse::<GrpcAddr>()
+                .map_err(|e| anyhow!("--grpc_sock: {e}"))?,
+        ),
+    };
+    let opts = RunOptions {
+        config,
+        attestation_sock: a.attestation_sock,
+        grpc,
+        initdata,
+    };
+    run::run(opts, shutdown_signal()?).await.map_err(sdk)
+}
+
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+/// One-shot commands use a private socket directory, so they never touch the
+/// sockets of a daemon running with the same config.
+fn one_shot_config(arg: &ConfigArg) -> Result<Config> {
+    let mut config = load_config(arg)?;
+    init_logging(&std::env::var("ATTESTD_LOG").unwrap_or_else(|_| "warn".into()));
+    config.plugins.socket_dir = config
+        .plugins
+        .socket_dir
+        .join(format!("cli-{}", std::process::id()));
+    // Keep the plugins' start-up chatter off a one-shot command's output.
+    for p in config.plugins.attester.values_mut() {
+        p.env
+            .entry("ATTESTD_LOG".into())
+            .or_insert_with(|| "warn".into());
+    }
+    Ok(config)
+}
+
+async fn with_service<T>(
+    config: &Config,
+    f: impl AsyncFnOnce(&Service) -> Result<T>,
+) -> Result<T> {
+    let service = run::start_plugins(config).await.map_err(sdk)?;
+    let r = f(&service).await;
+    service.stop().await;
+    let _ = std::fs::remove_dir(&config.plugins.socket_dir);
+    r
+}
+
+async fn cmd_evidence(a: EvidenceArgs) -> Result<()> {
+    let mut config = one_shot_config(&a.config)?;
+    if let Some(name) = a.plugin {
+        if !config.plugins.attester.contains_key(&name) {
+            bail!("--plugin {name:?}: no [plugins.attester.{name}] table in the config");
+        }
+        config.plugins.primary = Some(name);
+    }
+    config.plugins.additional.clear();
+    let data = runtime_data(&a.runtime_data)?;
+    let evidence = with_service(&config, async |s: &Service| {
+        s.get_evidence(data).await.map_err(sdk)
+    })
+    .await?;
+    print_bytes(&evidence)
+}
+
+async fn cmd_plugins(a: PluginsArgs) -> Result<()> {
+    let base = one_shot_config(&a.config)?;
+    if base.plugins.attester.is_empty() {
+        bail!("no plugins configured: add [plugins.attester.<name>] tables to the config file");
+    }
+    let mut rows = Vec::new();
+    for name in base.plugins.attester.keys() {
+        let mut config = base.clone();
+        config.plugins.primary = Some(name.clone());
+        config.plugins.additional.clear();
+        // Additional (device) plugins say so in their handshake; retry in that role.
+        let mut row = probe(&config).await;
+        if row.get("error").is_some() {
+            config.plugins.primary = None;
+            config.plugins.additional = vec![name.clone()];
+            let dev = probe_additional(&config, name).await;
+            if dev.get("error").is_none() {
+                row = dev;
+            }
+        }
+        let role = if Some(name) == base.plugins.primary.as_ref() {
+            "primary"
+        } else if base.plugins.additional.contains(name) {
+            "additional"
+        } else {
+            "configured"
+        };
+        rows.push(serde_json::json!({ "name": name, "role": role, "probe": row }));
+    }
+    let _ = std::fs::remove_dir(&base.plugins.socket_dir);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    for r in &rows {
+        let p = &r["probe"];
+        match p.get("error") {
+            Some(e) => println!("{} ({}): error: {}", r["name"].as_str().unwrap_or(""), r["role"].as_str().unwrap_or(""), e.as_str().unwrap_or("")),
+            None => println!(
+                "{} ({}): tee={} transport={} protocol=v{} plugin={} {} health={}",
+                r["name"].as_str().unwrap_or(""),
+                r["role"].as_str().unwrap_or(""),
+                p["handshake"]["info"]["tee"].as_str().unwrap_or(""),
+                p["handshake"]["transport"].as_str().unwrap_or(""),
+                p["handshake"]["protocol_version"],
+                p["handshake"]["info"]["name"].as_str().unwrap_or(""),
+                p["handshake"]["info"]["version"].as_str().unwrap_or(""),
+                p["health"].as_str().unwrap_or(""),
+            ),
+        }
+    }
+    Ok(())
+}
+
+async fn probe(config: &Config) -> serde_json::Value {
+    match run::start_plugins(config).await {
+        Ok(service) => {
+            let v = describe(&service, service.plugins().next()).await;
+            service.stop().await;
+            v
+        }
+        Err(e) => serde_json::json!({ "error": e.chain() }),
+    }
+}
+
+async fn probe_additional(config: &Config, name: &str) -> serde_json::Value {
+    // start_plugins needs a primary; an additional plugin is probed on its own.
+    let spec = match attestd::supervisor::PluginSpec::new(
+        name,
+        attester_sdk::DeviceRole::Additional,
+        &config.plugins,
+    ) {
+        Ok(s) => s,
+        Err(e) => return serde_json::json!({ "error": e.chain() }),
+    };
+    match attestd::supervisor::Supervisor::start(spec).await {
+        Ok(s) => {
+            let live = s.live().await;
+            let health = match &live {
+                Ok(l) => l.client.check().await.map(|_| "serving".to_string()).unwrap_or_else(|e| e.chain()),
+                Err(e) => e.chain(),
+            };
+            let v = serde_json::json!({ "handshake": s.identity(), "health": health });
+            s.stop().await;
+            v
+        }
+        Err(e) => serde_json::json!({ "error": e.chain() }),
+    }
+}
+
+async fn describe(
+    service: &Service,
+    s: Option<&std::sync::Arc<attestd::supervisor::Supervisor>>,
+) -> serde_json::Value {
+    let _ = service;
+    let Some(s) = s else {
+        return serde_json::json!({ "error": "no plugin" });
+    };
+    let health = match s.live().await {
+        Ok(l) => l
+            .client
+            .check()
+            .await
+            .map(|_| "serving".to_string())
+            .unwrap_or_else(|e| e.chain()),
+        Err(e) => e.chain(),
+    };
+    serde_json::json!({ "handshake": s.identity(), "health": health })
+}
+
+async fn cmd_client(a: ClientArgs) -> Result<()> {
+    let client = match &a.grpc {
+        Some(addr) => AaClient::grpc(addr).await,
+        None => AaClient::ttrpc(&a.attestation_sock).await,
+    }
+    .map_err(sdk)?;
+    match a.call {
+        Call::GetEvidence { runtime_data: d } => {
+            print_bytes(&client.get_evidence(runtime_data(&d)?).await.map_err(sdk)?)
+        }
+        Call::GetAdditionalEvidence { runtime_data: d } => print_bytes(
+            &client
+                .get_additional_evidence(runtime_data(&d)?)
+                .await
+                .map_err(sdk)?,
+        ),
+        Call::GetTeeType => {
+            println!("{}", client.get_tee_type().await.map_err(sdk)?);
+            Ok(())
+        }
+        Call::GetAdditionalTees => {
+            for t in client.get_additional_tees().await.map_err(sdk)? {
+                println!("{t}");
+            }
+            Ok(())
+        }
+        Call::GetToken { token_type } => {
+            print_bytes(&client.get_token(&token_type).await.map_err(sdk)?)
+        }
+        Call::BindInitData { digest } => {
+            let d = hex::decode(&digest).context("digest is not hex")?;
+            client.bind_init_data(d).await.map_err(sdk)?;
+            println!("ok");
+            Ok(())
+        }
+        Call::ExtendRuntimeMeasurement {
+            domain,
+            operation,
+            content,
+            register,
+        } => {
+            let r = client
+                .extend_runtime_measurement(MeasurementEvent {
+                    domain,
+                    operation,
+                    content,
+                    register_index: register,
+                })
+                .await
+                .map_err(sdk)?;
+            println!("{r:?}");
+            Ok(())
+        }
+    }
+}
+
+/// `text`, `@file` or `hex:<hex>`.
+fn runtime_data(spec: &str) -> Result<Vec<u8>> {
+    if let Some(path) = spec.strip_prefix('@') {
+        return std::fs::read(Path::new(path))
+            .with_context(|| format!("cannot read runtime data from {path}"));
+    }
+    if let Some(h) = spec.strip_prefix("hex:") {
+        return hex::decode(h).context("runtime data after hex: is not hex");
+    }
+    Ok(spec.as_bytes().to_vec())
+}
+
+fn print_bytes(b: &[u8]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(b)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}

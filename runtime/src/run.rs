@@ -1,0 +1,207 @@
+//! Bringing attestd up and down: plugins first, then the servers, the AA socket
+//! last (its existence is the readiness signal kata-agent and systemd wait for).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use attester_sdk::{Code, DeviceRole, Error, Result};
+
+use crate::config::Config;
+use crate::initdata::InitData;
+use crate::server::grpc::{self, GrpcAddr};
+use crate::server::ttrpc;
+use crate::service::Service;
+use crate::supervisor::{PluginSpec, Supervisor};
+
+/// Upstream's default AA socket.
+pub const DEFAULT_ATTESTATION_SOCK: &str =
+    "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock";
+/// Upstream's gRPC AA address.
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50002";
+
+/// What `attestd run` needs besides the config.
+pub struct RunOptions {
+    pub config: Config,
+    /// `unix:///path` of the ttrpc AA socket.
+    pub attestation_sock: String,
+    /// The gRPC AA listener, if any.
+    pub grpc: Option<GrpcAddr>,
+    pub initdata: Option<InitData>,
+}
+
+/// Start the configured plugins: the primary, then the additional ones. No plugin
+/// configured is an error: attestd never falls back to the sample attester.
+pub async fn start_plugins(config: &Config) -> Result<Service> {
+    let plugins = &config.plugins;
+    let Some(primary) = &plugins.primary else {
+        return Err(Error::failed_precondition(
+            "no attester plugin configured: set [plugins] primary = \"<name>\" and describe it \
+             in a [plugins.attester.<name>] table of the config file (-c); attestd does not \
+             fall back to the sample attester",
+        ));
+    };
+    let primary = Supervisor::start(PluginSpec::new(primary, DeviceRole::Primary, plugins)?).await?;
+    let mut additional = Vec::new();
+    for name in &plugins.additional {
+        match PluginSpec::new(name, DeviceRole::Additional, plugins) {
+            Ok(spec) => match Supervisor::start(spec).await {
+                Ok(s) => additional.push(s),
+                Err(e) => {
+                    stop_all(&primary, &additional).await;
+                    return Err(e);
+                }
+            },
+            Err(e) => {
+                stop_all(&primary, &additional).await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(Service::new(primary, additional, config))
+}
+
+async fn stop_all(primary: &Supervisor, additional: &[Arc<Supervisor>]) {
+    primary.stop().await;
+    for s in additional {
+        s.stop().await;
+    }
+}
+
+/// Serve the AA API until `shutdown` resolves, then remove sockets and stop plugins.
+pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let sock = unix_path(&opts.attestation_sock)?;
+    let service = Arc::new(start_plugins(&opts.config).await?);
+    let served = serve(&service, &opts, &sock, shutdown).await;
+    service.stop().await;
+    served
+}
+
+async fn serve(
+    service: &Arc<Service>,
+    opts: &RunOptions,
+    sock: &Path,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    if let Some(init) = &opts.initdata {
+        bind_init_data(service, init).await?;
+    }
+    let (stop_grpc, grpc_task) = match &opts.grpc {
+        Some(addr) => {
+            if let GrpcAddr::Unix(p) = addr {
+                prepare_socket(p)?;
+            }
+            let listener = grpc::bind(addr).await?;
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(grpc::serve(service.clone(), listener, async {
+                let _ = rx.await;
+            }));
+            tracing::info!(%addr, "serving the AA API over gRPC");
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
+    prepare_socket(sock)?;
+    let ttrpc_server = ttrpc::start(service.clone(), sock).await?;
+    tracing::info!(socket = %sock.display(), tee = %service.get_tee_type(), "attestd ready");
+    shutdown.await;
+    tracing::info!("shutting down");
+    ttrpc_server.shutdown().await;
+    if let Some(tx) = stop_grpc {
+        let _ = tx.send(());
+    }
+    if let Some(task) = grpc_task {
+        match task.await {
+            Ok(r) => r?,
+            Err(e) => return Err(Error::internal("gRPC server task failed").with_source(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Bind init-data through the primary plugin: a mismatch aborts the start, a plugin
+/// that cannot bind is logged and tolerated.
+async fn bind_init_data(service: &Service, init: &InitData) -> Result<()> {
+    match service.bind_init_data(init.digest.clone()).await {
+        Ok(()) => {
+            tracing::info!(digest = %hex::encode(&init.digest), "init-data bound");
+            Ok(())
+        }
+        Err(e) if e.code() == Code::Unsupported => {
+            tracing::warn!("init-data not bound: {}", e.chain());
+            Ok(())
+        }
+        Err(e) => Err(e.context("init-data binding failed")),
+    }
+}
+
+/// The path of a `unix://` address.
+pub fn unix_path(addr: &str) -> Result<PathBuf> {
+    addr.strip_prefix("unix://")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            Error::invalid_argument(format!(
+                "--attestation_sock {addr:?}: expected unix:///path/to/socket"
+            ))
+        })
+}
+
+/// Make `path` bindable: create its directory and remove a stale socket, but refuse
+/// when a live server answers there.
+pub fn prepare_socket(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::internal(format!("cannot create {}", dir.display())).with_source(e)
+        })?;
+    }
+    if path.exists() || path.is_symlink() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Error::failed_precondition(format!(
+                "another process is already serving on {}",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path).map_err(|e| {
+            Error::internal(format!("cannot remove stale socket {}", path.display()))
+                .with_source(e)
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_path_parses() {
+        assert_eq!(unix_path("unix:///a/b.sock").unwrap(), PathBuf::from("/a/b.sock"));
+        let e = unix_path("/a/b.sock").unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(unix_path("unix://").is_err());
+    }
+
+    #[test]
+    fn stale_socket_is_replaced_live_one_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("x/aa.sock");
+        prepare_socket(&p).unwrap();
+        let l = std::os::unix::net::UnixListener::bind(&p).unwrap();
+        let e = prepare_socket(&p).unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert!(e.message().starts_with("another process is already serving on"));
+        drop(l);
+        // The file stays behind, nothing listens: stale.
+        assert!(p.exists());
+        prepare_socket(&p).unwrap();
+        assert!(!p.exists());
+    }
+
+    #[tokio::test]
+    async fn no_plugin_configured_refuses() {
+        let e = start_plugins(&Config::default()).await.err().unwrap();
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert!(e.message().starts_with("no attester plugin configured"));
+    }
+}

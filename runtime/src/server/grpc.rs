@@ -1,0 +1,185 @@
+//! `attestation_agent.AttestationAgentService` over gRPC, on TCP or a Unix socket.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use attestd_proto::grpc::attestation_agent::{self as pb, attestation_agent_service_server as svc};
+use attester_sdk::status::to_grpc;
+use attester_sdk::Error;
+use tonic::{Request, Response, Status};
+
+use super::handle;
+use crate::service::{MeasurementEvent, MeasurementResult, Service};
+
+struct Adapter(Arc<Service>);
+
+fn status(e: Error) -> Status {
+    to_grpc(&e)
+}
+
+#[tonic::async_trait]
+impl svc::AttestationAgentService for Adapter {
+    async fn get_evidence(
+        &self,
+        req: Request<pb::GetEvidenceRequest>,
+    ) -> Result<Response<pb::GetEvidenceResponse>, Status> {
+        let evidence = handle("GetEvidence", self.0.get_evidence(req.into_inner().runtime_data))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GetEvidenceResponse { evidence }))
+    }
+
+    async fn get_additional_evidence(
+        &self,
+        req: Request<pb::GetAdditionalEvidenceRequest>,
+    ) -> Result<Response<pb::GetEvidenceResponse>, Status> {
+        let evidence = handle(
+            "GetAdditionalEvidence",
+            self.0.get_additional_evidence(req.into_inner().runtime_data),
+        )
+        .await
+        .map_err(status)?;
+        Ok(Response::new(pb::GetEvidenceResponse { evidence }))
+    }
+
+    async fn get_token(
+        &self,
+        req: Request<pb::GetTokenRequest>,
+    ) -> Result<Response<pb::GetTokenResponse>, Status> {
+        let token = handle("GetToken", self.0.get_token(&req.into_inner().token_type))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GetTokenResponse { token }))
+    }
+
+    async fn extend_runtime_measurement(
+        &self,
+        req: Request<pb::ExtendRuntimeMeasurementRequest>,
+    ) -> Result<Response<pb::ExtendRuntimeMeasurementResponse>, Status> {
+        let r = req.into_inner();
+        let event = MeasurementEvent {
+            domain: r.domain,
+            operation: r.operation,
+            content: r.content,
+            register_index: r.register_index,
+        };
+        let r = handle(
+            "ExtendRuntimeMeasurement",
+            self.0.extend_runtime_measurement(event),
+        )
+        .await
+        .map_err(status)?;
+        let result = match r {
+            MeasurementResult::Ok => pb::RuntimeMeasurementResult::Ok,
+            MeasurementResult::NotSupported => pb::RuntimeMeasurementResult::NotSupported,
+            MeasurementResult::NotEnabled => pb::RuntimeMeasurementResult::NotEnabled,
+        };
+        Ok(Response::new(pb::ExtendRuntimeMeasurementResponse {
+            result: result as i32,
+        }))
+    }
+
+    async fn bind_init_data(
+        &self,
+        req: Request<pb::BindInitDataRequest>,
+    ) -> Result<Response<pb::BindInitDataResponse>, Status> {
+        handle("BindInitData", self.0.bind_init_data(req.into_inner().digest))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::BindInitDataResponse {}))
+    }
+
+    async fn get_tee_type(
+        &self,
+        _: Request<pb::GetTeeTypeRequest>,
+    ) -> Result<Response<pb::GetTeeTypeResponse>, Status> {
+        Ok(Response::new(pb::GetTeeTypeResponse {
+            tee: self.0.get_tee_type(),
+        }))
+    }
+
+    async fn get_additional_tees(
+        &self,
+        _: Request<pb::GetAdditionalTeesRequest>,
+    ) -> Result<Response<pb::GetAdditionalTeesResponse>, Status> {
+        Ok(Response::new(pb::GetAdditionalTeesResponse {
+            additional_tees: self.0.get_additional_tees(),
+        }))
+    }
+}
+
+/// Where the gRPC AA server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for GrpcAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(p) = s.strip_prefix("unix://") {
+            if p.is_empty() {
+                return Err("unix:// needs a path".into());
+            }
+            return Ok(GrpcAddr::Unix(PathBuf::from(p)));
+        }
+        let s = s.strip_prefix("tcp://").unwrap_or(s);
+        s.parse()
+            .map(GrpcAddr::Tcp)
+            .map_err(|e| format!("{s:?} is neither host:port nor unix:///path: {e}"))
+    }
+}
+
+impl std::fmt::Display for GrpcAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GrpcAddr::Tcp(a) => write!(f, "{a}"),
+            GrpcAddr::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+/// A bound gRPC listener, ready to serve.
+pub enum GrpcListener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, PathBuf),
+}
+
+/// Bind `addr` (a Unix path must not exist: see `crate::run::prepare_socket`).
+pub async fn bind(addr: &GrpcAddr) -> Result<GrpcListener, Error> {
+    let fail = |e: std::io::Error| {
+        Error::internal(format!("cannot listen for gRPC on {addr}")).with_source(e)
+    };
+    Ok(match addr {
+        GrpcAddr::Tcp(a) => GrpcListener::Tcp(tokio::net::TcpListener::bind(a).await.map_err(fail)?),
+        GrpcAddr::Unix(p) => GrpcListener::Unix(tokio::net::UnixListener::bind(p).map_err(fail)?, p.clone()),
+    })
+}
+
+/// Serve until `shutdown` resolves; removes a Unix socket afterwards.
+pub async fn serve(
+    service: Arc<Service>,
+    listener: GrpcListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let router = tonic::transport::Server::builder()
+        .add_service(svc::AttestationAgentServiceServer::new(Adapter(service)));
+    let fail = |e: tonic::transport::Error| Error::internal("grpc server failed").with_source(e);
+    match listener {
+        GrpcListener::Tcp(l) => router
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(l), shutdown)
+            .await
+            .map_err(fail),
+        GrpcListener::Unix(l, path) => {
+            let r = router
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(l), shutdown)
+                .await
+                .map_err(fail);
+            let _ = std::fs::remove_file(path);
+            r
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! `attestation_agent.AttestationAgentService` over ttrpc on a Unix socket.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use attestd_proto::ttrpc::{attestation_agent as pb, attestation_agent_ttrpc as svc};
+use attester_sdk::status::to_ttrpc;
+use attester_sdk::Error;
+use ttrpc::r#async::TtrpcContext;
+
+use super::handle;
+use crate::service::{MeasurementEvent, MeasurementResult, Service};
+
+struct Adapter(Arc<Service>);
+
+fn status(e: Error) -> ttrpc::Error {
+    to_ttrpc(&e)
+}
+
+#[async_trait::async_trait]
+impl svc::AttestationAgentService for Adapter {
+    async fn get_evidence(
+        &self,
+        _: &TtrpcContext,
+        req: pb::GetEvidenceRequest,
+    ) -> ttrpc::Result<pb::GetEvidenceResponse> {
+        let evidence = handle("GetEvidence", self.0.get_evidence(req.RuntimeData))
+            .await
+            .map_err(status)?;
+        Ok(pb::GetEvidenceResponse {
+            Evidence: evidence,
+            ..Default::default()
+        })
+    }
+
+    async fn get_additional_evidence(
+        &self,
+        _: &TtrpcContext,
+        req: pb::GetAdditionalEvidenceRequest,
+    ) -> ttrpc::Result<pb::GetEvidenceResponse> {
+        let evidence = handle(
+            "GetAdditionalEvidence",
+            self.0.get_additional_evidence(req.RuntimeData),
+        )
+        .await
+        .map_err(status)?;
+        Ok(pb::GetEvidenceResponse {
+            Evidence: evidence,
+            ..Default::default()
+        })
+    }
+
+    async fn get_token(
+        &self,
+        _: &TtrpcContext,
+        req: pb::GetTokenRequest,
+    ) -> ttrpc::Result<pb::GetTokenResponse> {
+        let token = handle("GetToken", self.0.get_token(&req.TokenType))
+            .await
+            .map_err(status)?;
+        Ok(pb::GetTokenResponse {
+            Token: token,
+            ..Default::default()
+        })
+    }
+
+    async fn extend_runtime_measurement(
+        &self,
+        _: &TtrpcContext,
+        req: pb::ExtendRuntimeMeasurementRequest,
+    ) -> ttrpc::Result<pb::ExtendRuntimeMeasurementResponse> {
+        let event = MeasurementEvent {
+            domain: req.Domain,
+            operation: req.Operation,
+            content: req.Content,
+            register_index: req.RegisterIndex,
+        };
+        let r = handle(
+            "ExtendRuntimeMeasurement",
+            self.0.extend_runtime_measurement(event),
+        )
+        .await
+        .map_err(status)?;
+        let r = match r {
+            MeasurementResult::Ok => pb::RuntimeMeasurementResult::OK,
+            MeasurementResult::NotSupported => pb::RuntimeMeasurementResult::NOT_SUPPORTED,
+            MeasurementResult::NotEnabled => pb::RuntimeMeasurementResult::NOT_ENABLED,
+        };
+        Ok(pb::ExtendRuntimeMeasurementResponse {
+            Result: r.into(),
+            ..Default::default()
+        })
+    }
+
+    async fn bind_init_data(
+        &self,
+        _: &TtrpcContext,
+        req: pb::BindInitDataRequest,
+    ) -> ttrpc::Result<pb::BindInitDataResponse> {
+        handle("BindInitData", self.0.bind_init_data(req.Digest))
+            .await
+            .map_err(status)?;
+        Ok(Default::default())
+    }
+
+    async fn get_tee_type(
+        &self,
+        _: &TtrpcContext,
+        _: pb::GetTeeTypeRequest,
+    ) -> ttrpc::Result<pb::GetTeeTypeResponse> {
+        Ok(pb::GetTeeTypeResponse {
+            tee: self.0.get_tee_type(),
+            ..Default::default()
+        })
+    }
+
+    async fn get_additional_tees(
+        &self,
+        _: &TtrpcContext,
+        _: pb::GetAdditionalTeesRequest,
+    ) -> ttrpc::Result<pb::GetAdditionalTeesResponse> {
+        Ok(pb::GetAdditionalTeesResponse {
+            additional_tees: self.0.get_additional_tees(),
+            ..Default::default()
+        })
+    }
+}
+
+/// A started ttrpc server; [`TtrpcServer::shutdown`] stops it and removes the socket.
+pub struct TtrpcServer {
+    server: ttrpc::r#async::Server,
+    socket: std::path::PathBuf,
+}
+
+/// Bind `socket` (which must not exist: see `crate::run::prepare_socket`) and serve.
+pub async fn start(service: Arc<Service>, socket: &Path) -> Result<TtrpcServer, Error> {
+    let services = svc::create_attestation_agent_service(Arc::new(Adapter(service)));
+    let fail = |e: ttrpc::Error| {
+        Error::internal(format!("cannot serve ttrpc on {}", socket.display())).with_source(e)
+    };
+    let mut server = ttrpc::r#async::Server::new()
+        .bind(&format!("unix://{}", socket.display()))
+        .map_err(fail)?
+        .register_service(services);
+    server.start().await.map_err(fail)?;
+    Ok(TtrpcServer {
+        server,
+        socket: socket.to_path_buf(),
+    })
+}
+
+impl TtrpcServer {
+    pub async fn shutdown(mut self) {
+        let _ = self.server.shutdown().await;
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}

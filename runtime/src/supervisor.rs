@@ -1,0 +1,522 @@
+//! Plugin supervision: launch, handshake, health checks, restart with backoff, and
+//! the readiness gate every call goes through (`UNAVAILABLE` while a plugin is down).
+
+use std::ffi::OsString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use attester_sdk::{
+    DeviceRole, Error, Handshake, RemoteAttester, Result, Transport, PROTOCOL_VERSIONS,
+};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use crate::config::{check_tee, LaunchKind, PluginConfig, PluginsConfig};
+
+/// A plugin that stayed up this long is healthy again: its next crash restarts at once.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// First pause after a repeated crash; doubles up to `restart_backoff_max`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Consecutive failed health checks before a plugin is restarted.
+const HEALTH_FAILURES: u32 = 2;
+/// Time a plugin gets to exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Everything needed to (re)launch one plugin.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    pub name: String,
+    pub config: PluginConfig,
+    pub role: DeviceRole,
+    pub socket_dir: PathBuf,
+    pub call_timeout: Duration,
+    pub startup_timeout: Duration,
+    pub health_interval: Duration,
+    pub restart_backoff_max: Duration,
+    pub restart_wait: Duration,
+}
+
+impl PluginSpec {
+    pub fn new(name: &str, role: DeviceRole, plugins: &PluginsConfig) -> Result<Self> {
+        let config = plugins.attester.get(name).cloned().ok_or_else(|| {
+            Error::failed_precondition(format!("no [plugins.attester.{name}] table"))
+        })?;
+        Ok(PluginSpec {
+            name: name.to_string(),
+            config,
+            role,
+            socket_dir: plugins.socket_dir.clone(),
+            call_timeout: plugins.call_timeout(),
+            startup_timeout: plugins.startup_timeout(),
+            health_interval: plugins.health_interval(),
+            restart_backoff_max: plugins.restart_backoff_max(),
+            restart_wait: plugins.restart_wait(),
+        })
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.socket_dir.join(format!("{}.sock", self.name))
+    }
+}
+
+/// A running, handshaken plugin.
+pub struct Live {
+    pub client: RemoteAttester,
+    pub handshake: Handshake,
+    pub pid: Option<u32>,
+    pub started: Instant,
+}
+
+#[derive(Clone)]
+enum State {
+    Up(Arc<Live>),
+    /// Why it is down (restarting or waiting out a backoff).
+    Down(Arc<str>),
+    Stopped,
+}
+
+/// What `attestd plugins` shows about one plugin.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    pub name: String,
+    pub state: &'static str,
+    pub reason: Option<String>,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub handshake: Handshake,
+}
+
+/// One supervised plugin. Calls go through [`Supervisor::live`].
+pub struct Supervisor {
+    spec: PluginSpec,
+    /// The handshake of the first start: later restarts must report the same TEE.
+    identity: Handshake,
+    state: watch::Receiver<State>,
+    stop: watch::Sender<bool>,
+    restarts: Arc<AtomicU32>,
+    task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Supervisor {
+    /// Launch the plugin and complete the handshake; only then start supervising.
+    /// A plugin that cannot start here is an error: attestd refuses to run without it.
+    pub async fn start(spec: PluginSpec) -> Result<Arc<Supervisor>> {
+        ensure_socket_dir(&spec.socket_dir)?;
+        let (child, live) = launch(&spec, None).await?;
+        let identity = live.handshake.clone();
+        tracing::info!(
+            plugin = %spec.name,
+            tee = %identity.info.tee,
+            transport = %identity.transport,
+            protocol = identity.protocol_version,
+            pid = ?live.pid,
+            "plugin ready"
+        );
+        let (state_tx, state_rx) = watch::channel(State::Up(Arc::new(live)));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let restarts = Arc::new(AtomicU32::new(0));
+        let task = tokio::spawn(supervise(
+            spec.clone(),
+            identity.clone(),
+            child,
+            state_tx,
+            stop_rx,
+            restarts.clone(),
+        ));
+        Ok(Arc::new(Supervisor {
+            spec,
+            identity,
+            state: state_rx,
+            stop: stop_tx,
+            restarts,
+            task: tokio::sync::Mutex::new(Some(task)),
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The handshake of the first start (TEE, capabilities).
+    pub fn identity(&self) -> &Handshake {
+        &self.identity
+    }
+
+    /// The running plugin; waits up to `restart_wait` for one that is restarting,
+    /// then `Unavailable` with the reason it is down.
+    pub async fn live(&self) -> Result<Arc<Live>> {
+        if let State::Up(l) = &*self.state.borrow() {
+            return Ok(l.clone());
+        }
+        let mut rx = self.state.clone();
+        let waited = tokio::time::timeout(
+            self.spec.restart_wait,
+            rx.wait_for(|s| !matches!(s, State::Down(_))),
+        )
+        .await;
+        if let Ok(Ok(s)) = &waited {
+            if let State::Up(l) = &**s {
+                return Ok(l.clone());
+            }
+        }
+        let reason = match &*self.state.borrow() {
+            State::Down(r) => r.to_string(),
+            State::Stopped => "attestd is shutting down".into(),
+            State::Up(_) => "it was restarting".into(),
+        };
+        Err(Error::unavailable(format!(
+            "plugin {} is not running: {reason}",
+            self.spec.name
+        )))
+    }
+
+    pub fn status(&self) -> Status {
+        let (state, reason, pid, handshake) = match &*self.state.borrow() {
+            State::Up(l) => ("up", None, l.pid, l.handshake.clone()),
+            State::Down(r) => ("down", Some(r.to_string()), None, self.identity.clone()),
+            State::Stopped => ("stopped", None, None, self.identity.clone()),
+        };
+        Status {
+            name: self.spec.name.clone(),
+            state,
+            reason,
+            pid,
+            restarts: self.restarts.load(Ordering::Relaxed),
+            handshake,
+        }
+    }
+
+    /// Stop supervising, terminate the plugin and remove its socket.
+    pub async fn stop(&self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.lock().await.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn supervise(
+    spec: PluginSpec,
+    identity: Handshake,
+    mut child: Child,
+    state: watch::Sender<State>,
+    mut stop: watch::Receiver<bool>,
+    restarts: Arc<AtomicU32>,
+) {
+    let mut backoff = Duration::ZERO;
+    loop {
+        let live = match &*state.borrow() {
+            State::Up(l) => l.clone(),
+            _ => return,
+        };
+        let reason = tokio::select! {
+            status = child.wait() => match status {
+                Ok(s) => format!("it exited ({s})"),
+                Err(e) => format!("waiting for it failed: {e}"),
+            },
+            e = health_loop(&live, spec.health_interval) => {
+                format!("health check failed: {}", e.chain())
+            }
+            _ = stopped(&mut stop) => {
+                terminate(&spec.name, &mut child).await;
+                let _ = state.send(State::Stopped);
+                let _ = std::fs::remove_file(spec.socket());
+                return;
+            }
+        };
+        tracing::warn!(plugin = %spec.name, "plugin down: {reason}; restarting");
+        let _ = state.send(State::Down(reason.into()));
+        drop(live);
+        // After a health failure the process may still run: make sure it is gone.
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        if live_for(&state) >= STABLE_AFTER {
+            backoff = Duration::ZERO;
+        }
+        loop {
+            if !backoff.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stopped(&mut stop) => {
+                        let _ = state.send(State::Stopped);
+                        return;
+                    }
+                }
+            }
+            let max = spec.restart_backoff_max;
+            backoff = (backoff * 2).clamp(FIRST_BACKOFF.min(max), max);
+            match launch(&spec, Some(&identity)).await {
+                Ok((c, l)) => {
+                    restarts.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(plugin = %spec.name, pid = ?l.pid, "plugin restarted");
+                    child = c;
+                    let _ = state.send(State::Up(Arc::new(l)));
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = %spec.name, "restart failed: {}", e.chain());
+                    let _ = state.send(State::Down(e.chain().into()));
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once a stop was requested (the guard is dropped here: it is not `Send`).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// How long the plugin in `state` has been up (zero when it is not up).
+fn live_for(state: &watch::Sender<State>) -> Duration {
+    match &*state.borrow() {
+        State::Up(l) => l.started.elapsed(),
+        _ => Duration::ZERO,
+    }
+}
+
+/// Returns the last error once `HEALTH_FAILURES` checks in a row failed.
+async fn health_loop(live: &Live, interval: Duration) -> Error {
+    let mut failures = 0;
+    loop {
+        tokio::time::sleep(interval).await;
+        match live.client.check().await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                if failures >= HEALTH_FAILURES {
+                    return e;
+                }
+            }
+        }
+    }
+}
+
+async fn terminate(name: &str, child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
+            return;
+        }
+        tracing::warn!(plugin = %name, "plugin ignored SIGTERM; killing it");
+    }
+    let _ = child.kill().await;
+}
+
+/// Start the plugin process and complete the handshake within `startup_timeout`.
+async fn launch(spec: &PluginSpec, identity: Option<&Handshake>) -> Result<(Child, Live)> {
+    let ctx = |e: Error| e.context(format!("cannot start plugin {}", spec.name));
+    let socket = spec.socket();
+    remove_stale(&socket).map_err(ctx)?;
+    let mut child = spawn(spec, &socket).map_err(ctx)?;
+    let started = Instant::now();
+    let ready = tokio::time::timeout(spec.startup_timeout, async {
+        let client = connect_when_listening(&mut child, &socket, spec.config.transport).await?;
+        let client = client.with_deadline(spec.startup_timeout);
+        let hs = client.handshake(PROTOCOL_VERSIONS).await?;
+        Ok::<_, Error>((client, hs))
+    })
+    .await;
+    let (client, handshake) = match ready {
+        Ok(r) => r.map_err(ctx)?,
+        Err(_) => {
+            return Err(ctx(Error::unavailable(format!(
+                "no handshake within {:?}",
+                spec.startup_timeout
+            ))))
+        }
+    };
+    check_handshake(spec, identity, &handshake).map_err(ctx)?;
+    let pid = child.id();
+    Ok((
+        child,
+        Live {
+            client: client.with_deadline(spec.call_timeout),
+            handshake,
+            pid,
+            started,
+        },
+    ))
+}
+
+fn spawn(spec: &PluginSpec, socket: &Path) -> Result<Child> {
+    match spec.config.launch {
+        LaunchKind::Process => {}
+    }
+    let Some(cmd) = &spec.config.command else {
+        return Err(Error::failed_precondition("no command configured"));
+    };
+    let program = resolve_command(cmd)?;
+    Command::new(&program)
+        .args(&spec.config.args)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--transport")
+        .arg(spec.config.transport.to_string())
+        .envs(&spec.config.env)
+        .stdin(Stdio::null())
+        // The plugin dies with its handle: no orphan outlives a failed start.
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            Error::failed_precondition(format!("cannot execute {}", program.display()))
+                .with_source(e)
+        })
+}
+
+/// Poll until the plugin listens, failing fast if it exits first.
+async fn connect_when_listening(
+    child: &mut Child,
+    socket: &Path,
+    transport: Transport,
+) -> Result<RemoteAttester> {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(Error::unavailable(format!(
+                "it exited during startup ({status})"
+            )));
+        }
+        if socket.exists() {
+            if let Ok(c) = RemoteAttester::connect(socket, transport).await {
+                return Ok(c);
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+fn check_handshake(spec: &PluginSpec, identity: Option<&Handshake>, hs: &Handshake) -> Result<()> {
+    let tee = &hs.info.tee;
+    check_tee("tee", tee).map_err(|_| {
+        Error::failed_precondition(format!("it reports unknown TEE {tee:?}"))
+    })?;
+    if let Some(want) = &spec.config.tee {
+        if want != tee {
+            return Err(Error::failed_precondition(format!(
+                "it reports TEE {tee:?} but the config expects {want:?}"
+            )));
+        }
+    }
+    if let Some(first) = identity {
+        if first.info.tee != *tee {
+            return Err(Error::failed_precondition(format!(
+                "it reports TEE {tee:?} after a restart, {:?} before",
+                first.info.tee
+            )));
+        }
+    }
+    if hs.info.capabilities.role != spec.role {
+        let want = match spec.role {
+            DeviceRole::Primary => "primary",
+            DeviceRole::Additional => "additional",
+        };
+        return Err(Error::failed_precondition(format!(
+            "it is configured as {want} but reports the other role"
+        )));
+    }
+    Ok(())
+}
+
+/// A bare name is looked up next to the attestd binary (where packages install
+/// plugins beside it), then in PATH; a path is used as given.
+pub fn resolve_command(cmd: &Path) -> Result<PathBuf> {
+    if cmd.components().count() > 1 {
+        return if cmd.is_file() {
+            Ok(cmd.to_path_buf())
+        } else {
+            Err(Error::failed_precondition(format!(
+                "plugin command {} does not exist",
+                cmd.display()
+            )))
+        };
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(cmd)));
+    let path: OsString = std::env::var_os("PATH").unwrap_or_default();
+    beside
+        .into_iter()
+        .chain(std::env::split_paths(&path).map(|d| d.join(cmd)))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::failed_precondition(format!(
+                "plugin command {:?} not found next to attestd nor in PATH",
+                cmd
+            ))
+        })
+}
+
+/// The socket directory is ours alone: created 0700, refused if someone else owns it.
+pub fn ensure_socket_dir(dir: &Path) -> Result<()> {
+    let fail = |what: &str, e: std::io::Error| {
+        Error::internal(format!("cannot {what} socket directory {}", dir.display())).with_source(e)
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail("create", e))?;
+    let meta = std::fs::metadata(dir).map_err(|e| fail("inspect", e))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(Error::failed_precondition(format!(
+            "socket directory {} belongs to uid {}, not to attestd (uid {me})",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| fail("restrict", e))
+}
+
+fn remove_stale(socket: &Path) -> Result<()> {
+    match std::fs::remove_file(socket) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::internal(format!(
+            "cannot remove stale socket {}",
+            socket.display()
+        ))
+        .with_source(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_command_path_is_named() {
+        let e = resolve_command(Path::new("/nonexistent/attester-x")).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "plugin command /nonexistent/attester-x does not exist"
+        );
+    }
+
+    #[test]
+    fn missing_bare_command_is_named() {
+        let e = resolve_command(Path::new("attester-does-not-exist")).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "plugin command \"attester-does-not-exist\" not found next to attestd nor in PATH"
+        );
+    }
+
+    #[test]
+    fn bare_command_found_in_path() {
+        assert!(resolve_command(Path::new("sh")).unwrap().is_file());
+    }
+
+    #[test]
+    fn socket_dir_is_created_private() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("a/b");
+        ensure_socket_dir(&d).unwrap();
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+}
