@@ -11,6 +11,8 @@ use attestd::initdata::InitData;
 use attestd::run::{self, RunOptions, DEFAULT_ATTESTATION_SOCK, DEFAULT_GRPC_ADDR};
 use attestd::server::grpc::GrpcAddr;
 use attestd::service::{MeasurementEvent, Service};
+use attestd::supervisor::{PluginSpec, Supervisor};
+use attester_sdk::DeviceRole;
 use clap::{Args, Parser, Subcommand};
 
 /// attestd: the attestation-agent API, served by per-TEE attester plugins.
@@ -259,113 +261,68 @@ async fn cmd_evidence(a: EvidenceArgs) -> Result<()> {
 }
 
 async fn cmd_plugins(a: PluginsArgs) -> Result<()> {
-    let base = one_shot_config(&a.config)?;
-    if base.plugins.attester.is_empty() {
+    let config = one_shot_config(&a.config)?;
+    if config.plugins.attester.is_empty() {
         bail!("no plugins configured: add [plugins.attester.<name>] tables to the config file");
     }
     let mut rows = Vec::new();
-    for name in base.plugins.attester.keys() {
-        let mut config = base.clone();
-        config.plugins.primary = Some(name.clone());
-        config.plugins.additional.clear();
-        // Additional (device) plugins say so in their handshake; retry in that role.
-        let mut row = probe(&config).await;
-        if row.get("error").is_some() {
-            config.plugins.primary = None;
-            config.plugins.additional = vec![name.clone()];
-            let dev = probe_additional(&config, name).await;
-            if dev.get("error").is_none() {
-                row = dev;
-            }
-        }
-        let role = if Some(name) == base.plugins.primary.as_ref() {
-            "primary"
-        } else if base.plugins.additional.contains(name) {
-            "additional"
+    for name in config.plugins.attester.keys() {
+        let (role, label) = if Some(name) == config.plugins.primary.as_ref() {
+            (DeviceRole::Primary, "primary")
+        } else if config.plugins.additional.contains(name) {
+            (DeviceRole::Additional, "additional")
         } else {
-            "configured"
+            (DeviceRole::Primary, "unused")
         };
-        rows.push(serde_json::json!({ "name": name, "role": role, "probe": row }));
+        let probe = probe(name, role, &config).await;
+        rows.push(serde_json::json!({ "name": name, "role": label, "probe": probe }));
     }
-    let _ = std::fs::remove_dir(&base.plugins.socket_dir);
+    let _ = std::fs::remove_dir(&config.plugins.socket_dir);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     for r in &rows {
-        let p = &r["probe"];
+        let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let (p, hs) = (&r["probe"], &r["probe"]["handshake"]);
         match p.get("error") {
-            Some(e) => println!("{} ({}): error: {}", r["name"].as_str().unwrap_or(""), r["role"].as_str().unwrap_or(""), e.as_str().unwrap_or("")),
+            Some(e) => println!("{} ({}): error: {}", s(&r["name"]), s(&r["role"]), s(e)),
             None => println!(
                 "{} ({}): tee={} transport={} protocol=v{} plugin={} {} health={}",
-                r["name"].as_str().unwrap_or(""),
-                r["role"].as_str().unwrap_or(""),
-                p["handshake"]["info"]["tee"].as_str().unwrap_or(""),
-                p["handshake"]["transport"].as_str().unwrap_or(""),
-                p["handshake"]["protocol_version"],
-                p["handshake"]["info"]["name"].as_str().unwrap_or(""),
-                p["handshake"]["info"]["version"].as_str().unwrap_or(""),
-                p["health"].as_str().unwrap_or(""),
+                s(&r["name"]),
+                s(&r["role"]),
+                s(&hs["info"]["tee"]),
+                s(&hs["transport"]),
+                hs["protocol_version"],
+                s(&hs["info"]["name"]),
+                s(&hs["info"]["version"]),
+                s(&p["health"]),
             ),
         }
     }
     Ok(())
 }
 
-async fn probe(config: &Config) -> serde_json::Value {
-    match run::start_plugins(config).await {
-        Ok(service) => {
-            let v = describe(&service, service.plugins().next()).await;
-            service.stop().await;
-            v
-        }
-        Err(e) => serde_json::json!({ "error": e.chain() }),
-    }
-}
-
-async fn probe_additional(config: &Config, name: &str) -> serde_json::Value {
-    // start_plugins needs a primary; an additional plugin is probed on its own.
-    let spec = match attestd::supervisor::PluginSpec::new(
-        name,
-        attester_sdk::DeviceRole::Additional,
-        &config.plugins,
-    ) {
+/// Start one plugin, read its handshake and health, stop it.
+async fn probe(name: &str, role: DeviceRole, config: &Config) -> serde_json::Value {
+    let started = match PluginSpec::new(name, role, &config.plugins) {
+        Ok(spec) => Supervisor::start(spec).await,
+        Err(e) => Err(e),
+    };
+    let s = match started {
         Ok(s) => s,
         Err(e) => return serde_json::json!({ "error": e.chain() }),
     };
-    match attestd::supervisor::Supervisor::start(spec).await {
-        Ok(s) => {
-            let live = s.live().await;
-            let health = match &live {
-                Ok(l) => l.client.check().await.map(|_| "serving".to_string()).unwrap_or_else(|e| e.chain()),
-                Err(e) => e.chain(),
-            };
-            let v = serde_json::json!({ "handshake": s.identity(), "health": health });
-            s.stop().await;
-            v
-        }
-        Err(e) => serde_json::json!({ "error": e.chain() }),
-    }
-}
-
-async fn describe(
-    service: &Service,
-    s: Option<&std::sync::Arc<attestd::supervisor::Supervisor>>,
-) -> serde_json::Value {
-    let _ = service;
-    let Some(s) = s else {
-        return serde_json::json!({ "error": "no plugin" });
-    };
     let health = match s.live().await {
-        Ok(l) => l
-            .client
-            .check()
-            .await
-            .map(|_| "serving".to_string())
-            .unwrap_or_else(|e| e.chain()),
+        Ok(l) => match l.client.check().await {
+            Ok(()) => "serving".to_string(),
+            Err(e) => e.chain(),
+        },
         Err(e) => e.chain(),
     };
-    serde_json::json!({ "handshake": s.identity(), "health": health })
+    let v = serde_json::json!({ "handshake": s.identity(), "health": health });
+    s.stop().await;
+    v
 }
 
 async fn cmd_client(a: ClientArgs) -> Result<()> {

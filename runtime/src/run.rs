@@ -20,6 +20,9 @@ pub const DEFAULT_ATTESTATION_SOCK: &str =
 /// Upstream's gRPC AA address.
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50002";
 
+/// How long in-flight gRPC calls get to finish at shutdown.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What `attestd run` needs besides the config.
 pub struct RunOptions {
     pub config: Config,
@@ -110,10 +113,18 @@ async fn serve(
     if let Some(tx) = stop_grpc {
         let _ = tx.send(());
     }
-    if let Some(task) = grpc_task {
-        match task.await {
-            Ok(r) => r?,
-            Err(e) => return Err(Error::internal("gRPC server task failed").with_source(e)),
+    if let Some(mut task) = grpc_task {
+        // Clients keep connections open (HTTP/2); in-flight calls get a grace period,
+        // idle connections are not waited for.
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+            Ok(Ok(r)) => r?,
+            Ok(Err(e)) => return Err(Error::internal("gRPC server task failed").with_source(e)),
+            Err(_) => {
+                task.abort();
+                if let Some(GrpcAddr::Unix(p)) = &opts.grpc {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
         }
     }
     Ok(())

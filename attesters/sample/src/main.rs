@@ -13,19 +13,23 @@ struct Args {
     #[arg(long)]
     device: bool,
     /// Emulated launch-time init-data register (hex); BindInitData compares with it.
-    #[arg(long, value_parser = parse_hex)]
-    init_data_digest: Option<Vec<u8>>,
-}
-
-fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
-    hex::decode(s).map_err(|e| format!("not hex: {e}"))
+    #[arg(long)]
+    init_data_digest: Option<String>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let init_data = match args.init_data_digest.as_deref().map(hex::decode) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            eprintln!("error: --init-data-digest is not hex: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let sample = Sample {
         device: args.device,
-        init_data: args.init_data_digest,
+        init_data,
     };
     attester_sdk::run(sample, args.serve.options())
 }

@@ -1,0 +1,288 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test harness: a failed setup step should stop the test loudly
+
+//! Harness for attestd's end-to-end tests and benchmark: locate the built binaries,
+//! write configs, start attestd as a real process, and talk to it with the
+//! generated ttrpc and gRPC clients (what CDH and kbs_protocol use).
+//!
+//! The binaries come from `cargo build --workspace --bins` (the README's test
+//! command builds them first).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use attestd_proto::grpc::attestation_agent::attestation_agent_service_client::AttestationAgentServiceClient as GrpcAa;
+use attestd_proto::ttrpc::attestation_agent_ttrpc::AttestationAgentServiceClient as TtrpcAa;
+use tempfile::TempDir;
+
+/// A workspace binary built next to the test executable (`target/<profile>/`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// One `[plugins.attester.<name>]` table.
+#[derive(Debug, Clone)]
+pub struct Plugin {
+    pub name: String,
+    pub command: PathBuf,
+    pub args: Vec<String>,
+    pub transport: String,
+}
+
+impl Plugin {
+    pub fn sample(transport: &str) -> Self {
+        Plugin {
+            name: "sample".into(),
+            command: bin("attester-sample"),
+            args: vec![],
+            transport: transport.into(),
+        }
+    }
+
+    pub fn sample_device(transport: &str) -> Self {
+        Plugin {
+            name: "dev".into(),
+            command: bin("attester-sample"),
+            args: vec!["--device".into()],
+            transport: transport.into(),
+        }
+    }
+
+    pub fn test(transport: &str, args: &[&str]) -> Self {
+        Plugin {
+            name: "test".into(),
+            command: bin("attester-test"),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            transport: transport.into(),
+        }
+    }
+
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    fn toml(&self) -> String {
+        let args: Vec<String> = self.args.iter().map(|a| format!("{a:?}")).collect();
+        format!(
+            "[plugins.attester.{}]\nlaunch = \"process\"\ncommand = {:?}\nargs = [{}]\ntransport = {:?}\n",
+            self.name,
+            self.command.display().to_string(),
+            args.join(", "),
+            self.transport
+        )
+    }
+}
+
+/// A config text: `[plugins]` with `primary`, `additional`, the socket directory
+/// under `dir`, `extra` keys for `[plugins]`, then every plugin table.
+pub fn config(dir: &Path, primary: &Plugin, additional: &[Plugin], extra: &str) -> String {
+    let names: Vec<String> = additional.iter().map(|p| format!("{:?}", p.name)).collect();
+    let mut s = format!(
+        "[plugins]\nprimary = {:?}\nadditional = [{}]\nsocket_dir = {:?}\n{extra}\n",
+        primary.name,
+        names.join(", "),
+        dir.join("plugins").display().to_string()
+    );
+    s.push_str(&primary.toml());
+    for p in additional {
+        s.push_str(&p.toml());
+    }
+    s
+}
+
+/// A running attestd process with its own temporary directory.
+pub struct Attestd {
+    child: Option<Child>,
+    pub dir: TempDir,
+    /// The ttrpc AA socket.
+    pub aa_sock: PathBuf,
+    /// The gRPC AA socket.
+    pub grpc_sock: PathBuf,
+}
+
+/// Why attestd did not come up: its exit status and stderr.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub status: Option<ExitStatus>,
+    pub stderr: String,
+}
+
+impl Attestd {
+    /// Start attestd with `config` (written into a fresh temp dir; `{dir}` in it is
+    /// replaced by that directory) and wait until the AA socket exists.
+    pub fn start(config: impl FnOnce(&Path) -> String) -> Result<Attestd, StartFailure> {
+        Self::start_with(config, &[])
+    }
+
+    pub fn start_with(
+        config: impl FnOnce(&Path) -> String,
+        args: &[&str],
+    ) -> Result<Attestd, StartFailure> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("attestd.toml");
+        std::fs::write(&cfg, config(dir.path())).expect("write config");
+        let aa_sock = dir.path().join("aa/attestation-agent.sock");
+        let grpc_sock = dir.path().join("aa/grpc.sock");
+        let log = std::fs::File::create(dir.path().join("attestd.log")).expect("log");
+        let child = Command::new(bin("attestd"))
+            .arg("-c")
+            .arg(&cfg)
+            .arg("--attestation_sock")
+            .arg(format!("unix://{}", aa_sock.display()))
+            .arg("--grpc_sock")
+            .arg(format!("unix://{}", grpc_sock.display()))
+            .args(args)
+            .env("ATTESTD_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn attestd");
+        let mut a = Attestd {
+            child: Some(child),
+            dir,
+            aa_sock,
+            grpc_sock,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if a.aa_sock.exists() {
+                return Ok(a);
+            }
+            let child = a.child.as_mut().expect("child");
+            if let Ok(Some(status)) = child.try_wait() {
+                a.child = None;
+                return Err(StartFailure {
+                    status: Some(status),
+                    stderr: a.log(),
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(StartFailure {
+                    status: None,
+                    stderr: a.log(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("attestd.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The generated ttrpc client on the AA socket.
+    pub async fn ttrpc(&self) -> TtrpcAa {
+        let c = ttrpc::r#async::Client::connect(&format!("unix://{}", self.aa_sock.display()))
+            .await
+            .expect("connect ttrpc");
+        TtrpcAa::new(c)
+    }
+
+    /// The generated gRPC client on the gRPC socket.
+    pub async fn grpc(&self) -> GrpcAa<tonic::transport::Channel> {
+        GrpcAa::new(
+            attester_sdk::grpc_unix_channel(&self.grpc_sock)
+                .await
+                .expect("connect grpc"),
+        )
+    }
+
+    /// PID of the plugin process serving `<name>.sock` for this attestd.
+    pub fn plugin_pid(&self, name: &str) -> Option<u32> {
+        let sock = self.dir.path().join("plugins").join(format!("{name}.sock"));
+        find_process_with_arg(&sock.display().to_string())
+    }
+
+    /// SIGTERM and wait (bounded); returns the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "attestd did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Attestd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// First process whose command line has `arg` as one argument.
+pub fn find_process_with_arg(arg: &str) -> Option<u32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if cmd.split(|b| *b == 0).any(|a| a == arg.as_bytes()) && alive(pid) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Run `attestd` with `args` to completion; (status, stdout, stderr).
+pub fn attestd_cli(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(bin("attestd"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run attestd");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

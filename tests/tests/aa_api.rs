@@ -1,0 +1,244 @@
+//! attestd + the sample plugin: the AA API over ttrpc and gRPC × the plugin over
+//! ttrpc and gRPC, every RPC, evidence compared byte for byte. Clients are the
+//! generated ones CDH and kbs_protocol use, on custom socket paths.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use attestd_e2e::{config, Attestd, Plugin};
+use attestd_proto::grpc::attestation_agent as g;
+use attestd_proto::ttrpc::attestation_agent as t;
+
+const HELLO: &[u8] = b"hello-coco";
+const HELLO_EVIDENCE: &str = r#"{"report_data":"aGVsbG8tY29jbw==","svn":"1"}"#;
+const HELLO_ADDITIONAL: &str = r#"{"sampledevice":{"report_data":"aGVsbG8tY29jbw==","svn":"1"}}"#;
+/// The emulated launch-time init-data value the sample compares with.
+const INIT: &str = "abababababababababababababababababababababababababababababababab";
+
+fn start(plugin_transport: &str) -> Attestd {
+    let primary = Plugin::sample(plugin_transport).with_args(&["--init-data-digest", INIT]);
+    let dev = Plugin::sample_device(plugin_transport);
+    Attestd::start(|d| config(d, &primary, &[dev], "")).unwrap()
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(10_000_000_000)
+}
+
+async fn all_rpcs_over_ttrpc(plugin_transport: &str) {
+    let a = start(plugin_transport);
+    let c = a.ttrpc().await;
+
+    let r = c
+        .get_evidence(ctx(), &t::GetEvidenceRequest { RuntimeData: HELLO.to_vec(), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(std::str::from_utf8(&r.Evidence).unwrap(), HELLO_EVIDENCE);
+
+    let r = c
+        .get_additional_evidence(
+            ctx(),
+            &t::GetAdditionalEvidenceRequest { RuntimeData: HELLO.to_vec(), ..Default::default() },
+        )
+        .await
+        .unwrap();
+    assert_eq!(std::str::from_utf8(&r.Evidence).unwrap(), HELLO_ADDITIONAL);
+
+    let r = c.get_tee_type(ctx(), &Default::default()).await.unwrap();
+    assert_eq!(r.tee, "sample");
+
+    let r = c.get_additional_tees(ctx(), &Default::default()).await.unwrap();
+    assert_eq!(r.additional_tees, vec!["sampledevice".to_string()]);
+
+    let e = c
+        .get_token(ctx(), &t::GetTokenRequest { TokenType: "kbs".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    let ttrpc::Error::RpcStatus(s) = e else { panic!("not a status: {e:?}") };
+    assert_eq!(s.code(), ttrpc::Code::FAILED_PRECONDITION);
+    assert_eq!(s.message, "token type \"kbs\" is not configured: set [token_configs.kbs] url");
+
+    let r = c
+        .extend_runtime_measurement(
+            ctx(),
+            &t::ExtendRuntimeMeasurementRequest {
+                Domain: "github.com/confidential-containers".into(),
+                Operation: "PullImage".into(),
+                Content: "{}".into(),
+                RegisterIndex: Some(17),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.Result.enum_value(), Ok(t::RuntimeMeasurementResult::NOT_ENABLED));
+
+    c.bind_init_data(
+        ctx(),
+        &t::BindInitDataRequest { Digest: hex(INIT), ..Default::default() },
+    )
+    .await
+    .unwrap();
+    let e = c
+        .bind_init_data(ctx(), &t::BindInitDataRequest { Digest: vec![0xcd; 32], ..Default::default() })
+        .await
+        .unwrap_err();
+    let ttrpc::Error::RpcStatus(s) = e else { panic!("not a status: {e:?}") };
+    assert_eq!(s.code(), ttrpc::Code::FAILED_PRECONDITION);
+    assert_eq!(
+        s.message,
+        format!("plugin sample: init-data digest {} does not match the launch-time value {INIT}", "cd".repeat(32))
+    );
+
+    assert!(a.stop().success());
+}
+
+async fn all_rpcs_over_grpc(plugin_transport: &str) {
+    let a = start(plugin_transport);
+    let mut c = a.grpc().await;
+
+    let r = c
+        .get_evidence(g::GetEvidenceRequest { runtime_data: HELLO.to_vec() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(std::str::from_utf8(&r.evidence).unwrap(), HELLO_EVIDENCE);
+
+    let r = c
+        .get_additional_evidence(g::GetAdditionalEvidenceRequest { runtime_data: HELLO.to_vec() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(std::str::from_utf8(&r.evidence).unwrap(), HELLO_ADDITIONAL);
+
+    let r = c.get_tee_type(g::GetTeeTypeRequest {}).await.unwrap().into_inner();
+    assert_eq!(r.tee, "sample");
+
+    let r = c
+        .get_additional_tees(g::GetAdditionalTeesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.additional_tees, vec!["sampledevice".to_string()]);
+
+    let s = c
+        .get_token(g::GetTokenRequest { token_type: "kbs".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(s.message(), "token type \"kbs\" is not configured: set [token_configs.kbs] url");
+
+    let r = c
+        .extend_runtime_measurement(g::ExtendRuntimeMeasurementRequest {
+            domain: "github.com/confidential-containers".into(),
+            operation: "PullImage".into(),
+            content: "{}".into(),
+            register_index: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.result(), g::RuntimeMeasurementResult::NotEnabled);
+
+    c.bind_init_data(g::BindInitDataRequest { digest: hex(INIT) }).await.unwrap();
+    let s = c
+        .bind_init_data(g::BindInitDataRequest { digest: vec![0xcd; 32] })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+
+    assert!(a.stop().success());
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn aa_ttrpc_plugin_ttrpc() {
+    all_rpcs_over_ttrpc("ttrpc").await;
+}
+
+#[tokio::test]
+async fn aa_ttrpc_plugin_grpc() {
+    all_rpcs_over_ttrpc("grpc").await;
+}
+
+#[tokio::test]
+async fn aa_grpc_plugin_ttrpc() {
+    all_rpcs_over_grpc("ttrpc").await;
+}
+
+#[tokio::test]
+async fn aa_grpc_plugin_grpc() {
+    all_rpcs_over_grpc("grpc").await;
+}
+
+#[tokio::test]
+async fn no_additional_attesters_gives_empty_bytes_and_list() {
+    let p = Plugin::sample("ttrpc");
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let c = a.ttrpc().await;
+    let r = c
+        .get_additional_evidence(
+            ctx(),
+            &t::GetAdditionalEvidenceRequest { RuntimeData: HELLO.to_vec(), ..Default::default() },
+        )
+        .await
+        .unwrap();
+    assert!(r.Evidence.is_empty());
+    let r = c.get_additional_tees(ctx(), &Default::default()).await.unwrap();
+    assert!(r.additional_tees.is_empty());
+    // Without a comparison value the sample cannot bind init-data: a clear UNIMPLEMENTED.
+    let e = c
+        .bind_init_data(ctx(), &t::BindInitDataRequest { Digest: vec![1; 32], ..Default::default() })
+        .await
+        .unwrap_err();
+    let ttrpc::Error::RpcStatus(s) = e else { panic!("not a status: {e:?}") };
+    assert_eq!(s.code(), ttrpc::Code::UNIMPLEMENTED);
+    assert_eq!(
+        s.message,
+        "plugin sample (sample): init-data binding is not supported by this attester"
+    );
+}
+
+#[tokio::test]
+async fn evidence_with_64_bytes_and_empty_runtime_data() {
+    let p = Plugin::sample("grpc");
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let c = a.ttrpc().await;
+    let r = c
+        .get_evidence(ctx(), &t::GetEvidenceRequest { RuntimeData: vec![0xff; 64], ..Default::default() })
+        .await
+        .unwrap();
+    let want = format!(r#"{{"report_data":"{}","svn":"1"}}"#, "/".repeat(85) + "w==");
+    assert_eq!(std::str::from_utf8(&r.Evidence).unwrap(), want);
+    let r = c
+        .get_evidence(ctx(), &t::GetEvidenceRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(r.Evidence, br#"{"report_data":"","svn":"1"}"#);
+}
+
+#[tokio::test]
+async fn concurrent_clients_get_their_own_evidence() {
+    let p = Plugin::sample("ttrpc");
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..16u8 {
+        let c = a.ttrpc().await;
+        tasks.push(tokio::spawn(async move {
+            for j in 0..50u8 {
+                let rd = vec![i, j];
+                let r = c
+                    .get_evidence(ctx(), &t::GetEvidenceRequest { RuntimeData: rd.clone(), ..Default::default() })
+                    .await
+                    .unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&r.Evidence).unwrap();
+                let want = attester_sample::evidence(&rd).unwrap().bytes;
+                assert_eq!(r.Evidence, want, "{v}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
