@@ -38,9 +38,7 @@ mod regen {
                 async_all: true,
                 ..Default::default()
             })
-            .rust_protobuf_customize(
-                ttrpc_codegen::ProtobufCustomize::default().gen_mod_rs(false),
-            )
+            .rust_protobuf_customize(ttrpc_codegen::ProtobufCustomize::default().gen_mod_rs(false))
             .run()
             .unwrap();
     }

@@ -31,9 +31,9 @@ impl AaClient {
     /// Connect over ttrpc to `unix:///path`.
     pub async fn ttrpc(addr: &str) -> Result<Self> {
         unix_path(addr)?;
-        let c = ttrpc::r#async::Client::connect(addr).await.map_err(|e| {
-            Error::unavailable(format!("cannot connect to {addr}")).with_source(e)
-        })?;
+        let c = ttrpc::r#async::Client::connect(addr)
+            .await
+            .map_err(|e| Error::unavailable(format!("cannot connect to {addr}")).with_source(e))?;
         Ok(AaClient::Ttrpc(
             attestation_agent_ttrpc::AttestationAgentServiceClient::new(c),
         ))
@@ -59,11 +59,19 @@ impl AaClient {
                     RuntimeData: runtime_data,
                     ..Default::default()
                 };
-                Ok(c.get_evidence(ctx(), &req).await.map_err(from_ttrpc)?.Evidence)
+                Ok(c.get_evidence(ctx(), &req)
+                    .await
+                    .map_err(from_ttrpc)?
+                    .Evidence)
             }
             AaClient::Grpc(c) => {
                 let req = gpb::GetEvidenceRequest { runtime_data };
-                Ok(c.clone().get_evidence(req).await.map_err(from_grpc)?.into_inner().evidence)
+                Ok(c.clone()
+                    .get_evidence(req)
+                    .await
+                    .map_err(from_grpc)?
+                    .into_inner()
+                    .evidence)
             }
         }
     }
@@ -139,7 +147,12 @@ impl AaClient {
                 let req = gpb::GetTokenRequest {
                     token_type: token_type.into(),
                 };
-                Ok(c.clone().get_token(req).await.map_err(from_grpc)?.into_inner().token)
+                Ok(c.clone()
+                    .get_token(req)
+                    .await
+                    .map_err(from_grpc)?
+                    .into_inner()
+                    .token)
             }
         }
     }

@@ -265,8 +265,15 @@ impl Config {
         let p = &self.plugins;
         for (name, pc) in &p.attester {
             let key = format!("plugins.attester.{name}");
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(invalid(key, "plugin names use only letters, digits, '-' and '_'"));
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    key,
+                    "plugin names use only letters, digits, '-' and '_'",
+                ));
             }
             if pc.launch == LaunchKind::Process && pc.command.is_none() {
                 return Err(invalid(
@@ -323,7 +330,10 @@ pub fn check_tee(key: &str, tee: &str) -> Result<(), ConfigError> {
     } else {
         Err(invalid(
             key,
-            format!("unknown TEE {tee:?}: expected one of {}", KNOWN_TEES.join(", ")),
+            format!(
+                "unknown TEE {tee:?}: expected one of {}",
+                KNOWN_TEES.join(", ")
+            ),
         ))
     }
 }
@@ -395,7 +405,8 @@ tee = "sampledevice"
 
     #[test]
     fn bad_transport_names_key() {
-        let t = "[plugins.attester.s]\nlaunch = \"process\"\ncommand = \"x\"\ntransport = \"http\"\n";
+        let t =
+            "[plugins.attester.s]\nlaunch = \"process\"\ncommand = \"x\"\ntransport = \"http\"\n";
         let e = Config::parse(t).unwrap_err().to_string();
         assert!(e.contains("transport"), "{e}");
         assert!(e.contains("line 4"), "{e}");
@@ -412,8 +423,9 @@ tee = "sampledevice"
 
     #[test]
     fn missing_command_is_named() {
-        let e = Config::parse("[plugins.attester.s]\nlaunch = \"process\"\ntransport = \"ttrpc\"\n")
-            .unwrap_err();
+        let e =
+            Config::parse("[plugins.attester.s]\nlaunch = \"process\"\ntransport = \"ttrpc\"\n")
+                .unwrap_err();
         assert_eq!(
             e.to_string(),
             "invalid config: plugins.attester.s.command: required when launch = \"process\""
@@ -424,14 +436,20 @@ tee = "sampledevice"
     fn unknown_tee_is_refused() {
         let t = "[plugins.attester.s]\nlaunch = \"process\"\ncommand = \"x\"\ntransport = \"ttrpc\"\ntee = \"tdx2\"\n";
         let e = Config::parse(t).unwrap_err().to_string();
-        assert!(e.starts_with("invalid config: plugins.attester.s.tee: unknown TEE \"tdx2\""), "{e}");
+        assert!(
+            e.starts_with("invalid config: plugins.attester.s.tee: unknown TEE \"tdx2\""),
+            "{e}"
+        );
     }
 
     #[test]
     fn duplicate_additional_is_refused() {
         let t = "[plugins]\nprimary = \"a\"\nadditional = [\"a\"]\n[plugins.attester.a]\nlaunch = \"process\"\ncommand = \"x\"\ntransport = \"ttrpc\"\n";
         let e = Config::parse(t).unwrap_err().to_string();
-        assert_eq!(e, "invalid config: plugins.additional[0]: \"a\" is listed twice");
+        assert_eq!(
+            e,
+            "invalid config: plugins.additional[0]: \"a\" is listed twice"
+        );
     }
 
     #[test]

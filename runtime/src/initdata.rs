@@ -116,7 +116,10 @@ mod tests {
     fn unknown_algorithm_is_named() {
         let f = write("version = \"0.1.0\"\nalgorithm = \"md5\"\n");
         let e = InitData::from_toml_file(f.path()).unwrap_err().to_string();
-        assert!(e.ends_with("unknown algorithm \"md5\": expected sha256, sha384 or sha512"), "{e}");
+        assert!(
+            e.ends_with("unknown algorithm \"md5\": expected sha256, sha384 or sha512"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -129,10 +132,15 @@ mod tests {
     #[test]
     fn digest_flag() {
         let b = base64::engine::general_purpose::STANDARD.encode([1u8; 32]);
-        assert_eq!(InitData::from_digest_base64(&b).unwrap().digest, vec![1u8; 32]);
+        assert_eq!(
+            InitData::from_digest_base64(&b).unwrap().digest,
+            vec![1u8; 32]
+        );
         let short = base64::engine::general_purpose::STANDARD.encode([1u8; 5]);
         assert_eq!(
-            InitData::from_digest_base64(&short).unwrap_err().to_string(),
+            InitData::from_digest_base64(&short)
+                .unwrap_err()
+                .to_string(),
             "invalid --initdata-digest: 5 bytes; expected 32, 48 or 64"
         );
         assert!(InitData::from_digest_base64("!!").is_err());

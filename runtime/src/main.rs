@@ -232,10 +232,7 @@ fn one_shot_config(arg: &ConfigArg) -> Result<Config> {
     Ok(config)
 }
 
-async fn with_service<T>(
-    config: &Config,
-    f: impl AsyncFnOnce(&Service) -> Result<T>,
-) -> Result<T> {
+async fn with_service<T>(config: &Config, f: impl AsyncFnOnce(&Service) -> Result<T>) -> Result<T> {
     let service = run::start_plugins(config).await.map_err(sdk)?;
     let r = f(&service).await;
     service.stop().await;

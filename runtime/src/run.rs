@@ -12,7 +12,7 @@ use crate::initdata::InitData;
 use crate::server::grpc::{self, GrpcAddr};
 use crate::server::ttrpc;
 use crate::service::Service;
-use crate::supervisor::{PluginSpec, Supervisor};
+use crate::supervisor::{claim_socket_dir, PluginSpec, Supervisor};
 
 /// Upstream's default AA socket.
 pub const DEFAULT_ATTESTATION_SOCK: &str =
@@ -44,7 +44,9 @@ pub async fn start_plugins(config: &Config) -> Result<Service> {
              fall back to the sample attester",
         ));
     };
-    let primary = Supervisor::start(PluginSpec::new(primary, DeviceRole::Primary, plugins)?).await?;
+    let lock = claim_socket_dir(&plugins.socket_dir)?;
+    let primary =
+        Supervisor::start(PluginSpec::new(primary, DeviceRole::Primary, plugins)?).await?;
     let mut additional = Vec::new();
     for name in &plugins.additional {
         match PluginSpec::new(name, DeviceRole::Additional, plugins) {
@@ -61,7 +63,7 @@ pub async fn start_plugins(config: &Config) -> Result<Service> {
             }
         }
     }
-    Ok(Service::new(primary, additional, config))
+    Ok(Service::new(lock, primary, additional, config))
 }
 
 async fn stop_all(primary: &Supervisor, additional: &[Arc<Supervisor>]) {
@@ -74,6 +76,8 @@ async fn stop_all(primary: &Supervisor, additional: &[Arc<Supervisor>]) {
 /// Serve the AA API until `shutdown` resolves, then remove sockets and stop plugins.
 pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result<()> {
     let sock = unix_path(&opts.attestation_sock)?;
+    // Refuse before launching anything when another server holds the socket.
+    prepare_socket(&sock)?;
     let service = Arc::new(start_plugins(&opts.config).await?);
     let served = serve(&service, &opts, &sock, shutdown).await;
     service.stop().await;
@@ -174,8 +178,7 @@ pub fn prepare_socket(path: &Path) -> Result<()> {
             )));
         }
         std::fs::remove_file(path).map_err(|e| {
-            Error::internal(format!("cannot remove stale socket {}", path.display()))
-                .with_source(e)
+            Error::internal(format!("cannot remove stale socket {}", path.display())).with_source(e)
         })?;
     }
     Ok(())
@@ -187,7 +190,10 @@ mod tests {
 
     #[test]
     fn unix_path_parses() {
-        assert_eq!(unix_path("unix:///a/b.sock").unwrap(), PathBuf::from("/a/b.sock"));
+        assert_eq!(
+            unix_path("unix:///a/b.sock").unwrap(),
+            PathBuf::from("/a/b.sock")
+        );
         let e = unix_path("/a/b.sock").unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(unix_path("unix://").is_err());
@@ -201,7 +207,9 @@ mod tests {
         let l = std::os::unix::net::UnixListener::bind(&p).unwrap();
         let e = prepare_socket(&p).unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition);
-        assert!(e.message().starts_with("another process is already serving on"));
+        assert!(e
+            .message()
+            .starts_with("another process is already serving on"));
         drop(l);
         // The file stays behind, nothing listens: stale.
         assert!(p.exists());

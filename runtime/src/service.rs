@@ -8,7 +8,7 @@ use std::sync::Arc;
 use attester_sdk::{Code, Error, InitDataBinding, ReportData, Result};
 
 use crate::config::{Config, EventlogConfig, TokenConfigs};
-use crate::supervisor::{Status, Supervisor};
+use crate::supervisor::{SocketDirLock, Status, Supervisor};
 
 /// `ExtendRuntimeMeasurement`'s result, as upstream's enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,7 @@ pub struct MeasurementEvent {
 }
 
 pub struct Service {
+    _lock: SocketDirLock,
     primary: Arc<Supervisor>,
     additional: Vec<Arc<Supervisor>>,
     tokens: TokenConfigs,
@@ -35,8 +36,14 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(primary: Arc<Supervisor>, additional: Vec<Arc<Supervisor>>, config: &Config) -> Self {
+    pub fn new(
+        lock: SocketDirLock,
+        primary: Arc<Supervisor>,
+        additional: Vec<Arc<Supervisor>>,
+        config: &Config,
+    ) -> Self {
         Service {
+            _lock: lock,
             primary,
             additional,
             tokens: config.token_configs.clone(),
@@ -63,8 +70,11 @@ impl Service {
         for s in &self.additional {
             let (tee, bytes) = evidence_of(s, runtime_data.clone()).await?;
             let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-                Error::internal(format!("plugin {} returned evidence that is not JSON", s.name()))
-                    .with_source(e)
+                Error::internal(format!(
+                    "plugin {} returned evidence that is not JSON",
+                    s.name()
+                ))
+                .with_source(e)
             })?;
             all.insert(tee, value);
         }
@@ -87,8 +97,11 @@ impl Service {
     pub async fn bind_init_data(&self, digest: Vec<u8>) -> Result<()> {
         let s = &self.primary;
         if s.identity().info.capabilities.init_data == InitDataBinding::None {
-            return Err(Error::unsupported("init-data binding")
-                .context(format!("plugin {} ({})", s.name(), s.identity().info.tee)));
+            return Err(Error::unsupported("init-data binding").context(format!(
+                "plugin {} ({})",
+                s.name(),
+                s.identity().info.tee
+            )));
         }
         let live = s.live().await?;
         live.client
@@ -105,7 +118,13 @@ impl Service {
         if !self.eventlog.enable_eventlog {
             return Ok(MeasurementResult::NotEnabled);
         }
-        if !self.primary.identity().info.capabilities.runtime_measurement {
+        if !self
+            .primary
+            .identity()
+            .info
+            .capabilities
+            .runtime_measurement
+        {
             return Ok(MeasurementResult::NotSupported);
         }
         let _ = event;
@@ -154,10 +173,12 @@ async fn evidence_of(s: &Supervisor, runtime_data: Vec<u8>) -> Result<(String, V
     let max = info.capabilities.max_report_data as usize;
     let rd = ReportData::new(runtime_data, max)
         .map_err(|e| e.context(format!("runtime data for {}", info.tee)))?;
-    let live = s.live().await?;
-    let ev = live
-        .client
-        .evidence(rd.into_bytes())
+    let rd = rd.into_bytes();
+    let ev = s
+        .call_idempotent(|live| {
+            let rd = rd.clone();
+            async move { live.client.evidence(rd).await }
+        })
         .await
         .map_err(|e| e.context(format!("plugin {}", s.name())))?;
     Ok((info.tee.clone(), ev.bytes))

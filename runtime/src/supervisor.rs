@@ -2,6 +2,7 @@
 //! the readiness gate every call goes through (`UNAVAILABLE` while a plugin is down).
 
 use std::ffi::OsString;
+use std::future::Future;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -147,7 +148,7 @@ impl Supervisor {
     }
 
     /// The running plugin; waits up to `restart_wait` for one that is restarting,
-    /// then `Unavailable` with the reason it is down.
+    /// then `Unavailable` with the reason it is down (callers name the plugin).
     pub async fn live(&self) -> Result<Arc<Live>> {
         if let State::Up(l) = &*self.state.borrow() {
             return Ok(l.clone());
@@ -163,15 +164,58 @@ impl Supervisor {
                 return Ok(l.clone());
             }
         }
+        Err(self.down_error())
+    }
+
+    /// `Unavailable`, with the reason the plugin is down.
+    fn down_error(&self) -> Error {
         let reason = match &*self.state.borrow() {
             State::Down(r) => r.to_string(),
             State::Stopped => "attestd is shutting down".into(),
             State::Up(_) => "it was restarting".into(),
         };
-        Err(Error::unavailable(format!(
-            "plugin {} is not running: {reason}",
-            self.spec.name
-        )))
+        Error::unavailable(format!("not running: {reason}"))
+    }
+
+    /// Run an idempotent call (evidence, reads) on the live plugin. When the
+    /// connection broke mid-call (the plugin died), wait for the restarted plugin
+    /// and try once more: the caller sees one success instead of a spurious error.
+    pub async fn call_idempotent<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(Arc<Live>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let live = self.live().await?;
+        match f(live.clone()).await {
+            Err(e) if e.is_disconnect() => match self.live_after(&live).await {
+                Some(next) => f(next).await,
+                // Still down: say why, rather than "connection failed".
+                None if !matches!(&*self.state.borrow(), State::Up(_)) => Err(self.down_error()),
+                None => Err(e),
+            },
+            r => r,
+        }
+    }
+
+    /// A live plugin other than `old`, once the supervisor has replaced it.
+    async fn live_after(&self, old: &Arc<Live>) -> Option<Arc<Live>> {
+        let mut rx = self.state.clone();
+        let waited = tokio::time::timeout(
+            self.spec.restart_wait,
+            rx.wait_for(|s| match s {
+                State::Up(l) => !Arc::ptr_eq(l, old),
+                State::Down(_) => false,
+                State::Stopped => true,
+            }),
+        )
+        .await;
+        match waited {
+            Ok(Ok(s)) => match &*s {
+                State::Up(l) => Some(l.clone()),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     pub fn status(&self) -> Status {
@@ -394,9 +438,8 @@ async fn connect_when_listening(
 
 fn check_handshake(spec: &PluginSpec, identity: Option<&Handshake>, hs: &Handshake) -> Result<()> {
     let tee = &hs.info.tee;
-    check_tee("tee", tee).map_err(|_| {
-        Error::failed_precondition(format!("it reports unknown TEE {tee:?}"))
-    })?;
+    check_tee("tee", tee)
+        .map_err(|_| Error::failed_precondition(format!("it reports unknown TEE {tee:?}")))?;
     if let Some(want) = &spec.config.tee {
         if want != tee {
             return Err(Error::failed_precondition(format!(
@@ -453,6 +496,35 @@ pub fn resolve_command(cmd: &Path) -> Result<PathBuf> {
         })
 }
 
+/// An exclusive claim on a socket directory, held while attestd runs: a second
+/// attestd with the same config would otherwise replace the first one's sockets.
+#[derive(Debug)]
+pub struct SocketDirLock {
+    _file: std::fs::File,
+}
+
+/// Create (0700) and lock `dir`; `FailedPrecondition` when another attestd holds it.
+pub fn claim_socket_dir(dir: &Path) -> Result<SocketDirLock> {
+    ensure_socket_dir(dir)?;
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::internal(format!("cannot open {}", path.display())).with_source(e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(SocketDirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::failed_precondition(format!(
+            "socket directory {} is in use by another attestd",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::internal(format!("cannot lock {}", path.display())).with_source(e))
+        }
+    }
+}
+
 /// The socket directory is ours alone: created 0700, refused if someone else owns it.
 pub fn ensure_socket_dir(dir: &Path) -> Result<()> {
     let fail = |what: &str, e: std::io::Error| {
@@ -476,11 +548,10 @@ fn remove_stale(socket: &Path) -> Result<()> {
     match std::fs::remove_file(socket) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::internal(format!(
-            "cannot remove stale socket {}",
-            socket.display()
-        ))
-        .with_source(e)),
+        Err(e) => Err(
+            Error::internal(format!("cannot remove stale socket {}", socket.display()))
+                .with_source(e),
+        ),
     }
 }
 
@@ -509,6 +580,22 @@ mod tests {
     #[test]
     fn bare_command_found_in_path() {
         assert!(resolve_command(Path::new("sh")).unwrap().is_file());
+    }
+
+    #[test]
+    fn socket_dir_is_claimed_once() {
+        let t = tempfile::tempdir().unwrap();
+        let first = claim_socket_dir(t.path()).unwrap();
+        let e = claim_socket_dir(t.path()).unwrap_err();
+        assert_eq!(
+            e.message(),
+            format!(
+                "socket directory {} is in use by another attestd",
+                t.path().display()
+            )
+        );
+        drop(first);
+        claim_socket_dir(t.path()).unwrap();
     }
 
     #[test]

@@ -158,7 +158,8 @@ impl Attestd {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if a.aa_sock.exists() {
+            // Connect, not just exists: a stale socket file may predate this attestd.
+            if std::os::unix::net::UnixStream::connect(&a.aa_sock).is_ok() {
                 return Ok(a);
             }
             let child = a.child.as_mut().expect("child");
@@ -219,7 +220,10 @@ impl Attestd {
             if let Ok(Some(s)) = child.try_wait() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "attestd did not stop after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "attestd did not stop after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -28,7 +28,13 @@ async fn all_rpcs_over_ttrpc(plugin_transport: &str) {
     let c = a.ttrpc().await;
 
     let r = c
-        .get_evidence(ctx(), &t::GetEvidenceRequest { RuntimeData: HELLO.to_vec(), ..Default::default() })
+        .get_evidence(
+            ctx(),
+            &t::GetEvidenceRequest {
+                RuntimeData: HELLO.to_vec(),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(std::str::from_utf8(&r.Evidence).unwrap(), HELLO_EVIDENCE);
@@ -36,7 +42,10 @@ async fn all_rpcs_over_ttrpc(plugin_transport: &str) {
     let r = c
         .get_additional_evidence(
             ctx(),
-            &t::GetAdditionalEvidenceRequest { RuntimeData: HELLO.to_vec(), ..Default::default() },
+            &t::GetAdditionalEvidenceRequest {
+                RuntimeData: HELLO.to_vec(),
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
@@ -45,16 +54,30 @@ async fn all_rpcs_over_ttrpc(plugin_transport: &str) {
     let r = c.get_tee_type(ctx(), &Default::default()).await.unwrap();
     assert_eq!(r.tee, "sample");
 
-    let r = c.get_additional_tees(ctx(), &Default::default()).await.unwrap();
+    let r = c
+        .get_additional_tees(ctx(), &Default::default())
+        .await
+        .unwrap();
     assert_eq!(r.additional_tees, vec!["sampledevice".to_string()]);
 
     let e = c
-        .get_token(ctx(), &t::GetTokenRequest { TokenType: "kbs".into(), ..Default::default() })
+        .get_token(
+            ctx(),
+            &t::GetTokenRequest {
+                TokenType: "kbs".into(),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap_err();
-    let ttrpc::Error::RpcStatus(s) = e else { panic!("not a status: {e:?}") };
+    let ttrpc::Error::RpcStatus(s) = e else {
+        panic!("not a status: {e:?}")
+    };
     assert_eq!(s.code(), ttrpc::Code::FAILED_PRECONDITION);
-    assert_eq!(s.message, "token type \"kbs\" is not configured: set [token_configs.kbs] url");
+    assert_eq!(
+        s.message,
+        "token type \"kbs\" is not configured: set [token_configs.kbs] url"
+    );
 
     let r = c
         .extend_runtime_measurement(
@@ -69,23 +92,40 @@ async fn all_rpcs_over_ttrpc(plugin_transport: &str) {
         )
         .await
         .unwrap();
-    assert_eq!(r.Result.enum_value(), Ok(t::RuntimeMeasurementResult::NOT_ENABLED));
+    assert_eq!(
+        r.Result.enum_value(),
+        Ok(t::RuntimeMeasurementResult::NOT_ENABLED)
+    );
 
     c.bind_init_data(
         ctx(),
-        &t::BindInitDataRequest { Digest: hex(INIT), ..Default::default() },
+        &t::BindInitDataRequest {
+            Digest: hex(INIT),
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
     let e = c
-        .bind_init_data(ctx(), &t::BindInitDataRequest { Digest: vec![0xcd; 32], ..Default::default() })
+        .bind_init_data(
+            ctx(),
+            &t::BindInitDataRequest {
+                Digest: vec![0xcd; 32],
+                ..Default::default()
+            },
+        )
         .await
         .unwrap_err();
-    let ttrpc::Error::RpcStatus(s) = e else { panic!("not a status: {e:?}") };
+    let ttrpc::Error::RpcStatus(s) = e else {
+        panic!("not a status: {e:?}")
+    };
     assert_eq!(s.code(), ttrpc::Code::FAILED_PRECONDITION);
     assert_eq!(
         s.message,
-        format!("plugin sample: init-data digest {} does not match the launch-time value {INIT}", "cd".repeat(32))
+        format!(
+            "plugin sample: init-data digest {} does not match the launch-time value {INIT}",
+            "cd".repeat(32)
+        )
     );
 
     assert!(a.stop().success());
@@ -96,20 +136,28 @@ async fn all_rpcs_over_grpc(plugin_transport: &str) {
     let mut c = a.grpc().await;
 
     let r = c
-        .get_evidence(g::GetEvidenceRequest { runtime_data: HELLO.to_vec() })
+        .get_evidence(g::GetEvidenceRequest {
+            runtime_data: HELLO.to_vec(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(std::str::from_utf8(&r.evidence).unwrap(), HELLO_EVIDENCE);
 
     let r = c
-        .get_additional_evidence(g::GetAdditionalEvidenceRequest { runtime_data: HELLO.to_vec() })
+        .get_additional_evidence(g::GetAdditionalEvidenceRequest {
+            runtime_data: HELLO.to_vec(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(std::str::from_utf8(&r.evidence).unwrap(), HELLO_ADDITIONAL);
 
-    let r = c.get_tee_type(g::GetTeeTypeRequest {}).await.unwrap().into_inner();
+    let r = c
+        .get_tee_type(g::GetTeeTypeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.tee, "sample");
 
     let r = c
@@ -120,11 +168,16 @@ async fn all_rpcs_over_grpc(plugin_transport: &str) {
     assert_eq!(r.additional_tees, vec!["sampledevice".to_string()]);
 
     let s = c
-        .get_token(g::GetTokenRequest { token_type: "kbs".into() })
+        .get_token(g::GetTokenRequest {
+            token_type: "kbs".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(s.code(), tonic::Code::FailedPrecondition);
-    assert_eq!(s.message(), "token type \"kbs\" is not configured: set [token_configs.kbs] url");
+    assert_eq!(
+        s.message(),
+        "token type \"kbs\" is not configured: set [token_configs.kbs] url"
+    );
 
     let r = c
         .extend_runtime_measurement(g::ExtendRuntimeMeasurementRequest {
@@ -138,9 +191,13 @@ async fn all_rpcs_over_grpc(plugin_transport: &str) {
         .into_inner();
     assert_eq!(r.result(), g::RuntimeMeasurementResult::NotEnabled);
 
-    c.bind_init_data(g::BindInitDataRequest { digest: hex(INIT) }).await.unwrap();
+    c.bind_init_data(g::BindInitDataRequest { digest: hex(INIT) })
+        .await
+        .unwrap();
     let s = c
-        .bind_init_data(g::BindInitDataRequest { digest: vec![0xcd; 32] })
+        .bind_init_data(g::BindInitDataRequest {
+            digest: vec![0xcd; 32],
+        })
         .await
         .unwrap_err();
     assert_eq!(s.code(), tonic::Code::FailedPrecondition);
@@ -149,7 +206,10 @@ async fn all_rpcs_over_grpc(plugin_transport: &str) {
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -180,19 +240,33 @@ async fn no_additional_attesters_gives_empty_bytes_and_list() {
     let r = c
         .get_additional_evidence(
             ctx(),
-            &t::GetAdditionalEvidenceRequest { RuntimeData: HELLO.to_vec(), ..Default::default() },
+            &t::GetAdditionalEvidenceRequest {
+                RuntimeData: HELLO.to_vec(),
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
     assert!(r.Evidence.is_empty());
-    let r = c.get_additional_tees(ctx(), &Default::default()).await.unwrap();
+    let r = c
+        .get_additional_tees(ctx(), &Default::default())
+        .await
+        .unwrap();
     assert!(r.additional_tees.is_empty());
     // Without a comparison value the sample cannot bind init-data: a clear UNIMPLEMENTED.
     let e = c
-        .bind_init_data(ctx(), &t::BindInitDataRequest { Digest: vec![1; 32], ..Default::default() })
+        .bind_init_data(
+            ctx(),
+            &t::BindInitDataRequest {
+                Digest: vec![1; 32],
+                ..Default::default()
+            },
+        )
         .await
         .unwrap_err();
-    let ttrpc::Error::RpcStatus(s) = e else { panic!("not a status: {e:?}") };
+    let ttrpc::Error::RpcStatus(s) = e else {
+        panic!("not a status: {e:?}")
+    };
     assert_eq!(s.code(), ttrpc::Code::UNIMPLEMENTED);
     assert_eq!(
         s.message,
@@ -206,10 +280,19 @@ async fn evidence_with_64_bytes_and_empty_runtime_data() {
     let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
     let c = a.ttrpc().await;
     let r = c
-        .get_evidence(ctx(), &t::GetEvidenceRequest { RuntimeData: vec![0xff; 64], ..Default::default() })
+        .get_evidence(
+            ctx(),
+            &t::GetEvidenceRequest {
+                RuntimeData: vec![0xff; 64],
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
-    let want = format!(r#"{{"report_data":"{}","svn":"1"}}"#, "/".repeat(85) + "w==");
+    let want = format!(
+        r#"{{"report_data":"{}","svn":"1"}}"#,
+        "/".repeat(85) + "w=="
+    );
     assert_eq!(std::str::from_utf8(&r.Evidence).unwrap(), want);
     let r = c
         .get_evidence(ctx(), &t::GetEvidenceRequest::default())
@@ -229,7 +312,13 @@ async fn concurrent_clients_get_their_own_evidence() {
             for j in 0..50u8 {
                 let rd = vec![i, j];
                 let r = c
-                    .get_evidence(ctx(), &t::GetEvidenceRequest { RuntimeData: rd.clone(), ..Default::default() })
+                    .get_evidence(
+                        ctx(),
+                        &t::GetEvidenceRequest {
+                            RuntimeData: rd.clone(),
+                            ..Default::default()
+                        },
+                    )
                     .await
                     .unwrap();
                 let v: serde_json::Value = serde_json::from_slice(&r.Evidence).unwrap();

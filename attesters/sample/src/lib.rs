@@ -42,7 +42,12 @@ impl Attester for Sample {
         PluginInfo {
             name: "attester-sample".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            tee: if self.device { "sampledevice" } else { "sample" }.into(),
+            tee: if self.device {
+                "sampledevice"
+            } else {
+                "sample"
+            }
+            .into(),
             evidence_format: "sample/1".into(),
             capabilities: Capabilities {
                 max_report_data: MAX_REPORT_DATA,

@@ -47,6 +47,9 @@ pub struct Error {
     message: String,
     #[source]
     source: Option<Cause>,
+    /// The connection to the peer broke (as opposed to the peer answering with a
+    /// status): the call may be retried on a new connection if it is idempotent.
+    disconnected: bool,
 }
 
 /// Result alias used throughout the SDK.
@@ -58,7 +61,20 @@ impl Error {
             code,
             message: message.into(),
             source: None,
+            disconnected: false,
         }
+    }
+
+    /// The connection to the peer broke; `Unavailable`, marked retryable.
+    pub fn disconnected(message: impl Into<String>) -> Self {
+        let mut e = Self::new(Code::Unavailable, message);
+        e.disconnected = true;
+        e
+    }
+
+    /// Whether the connection broke rather than the peer answering with an error.
+    pub fn is_disconnect(&self) -> bool {
+        self.disconnected
     }
 
     /// Attach the underlying cause (kept, and shown by [`Error::chain`]).

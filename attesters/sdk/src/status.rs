@@ -46,7 +46,7 @@ pub fn from_ttrpc(e: ttrpc::Error) -> Error {
             Error::new(Code::DeadlineExceeded, "call timed out")
                 .with_source(ttrpc::Error::Others(m))
         }
-        other => Error::unavailable("connection to peer failed").with_source(other),
+        other => Error::disconnected("connection to peer failed").with_source(other),
     }
 }
 
@@ -85,7 +85,29 @@ pub fn to_grpc(e: &Error) -> tonic::Status {
 /// A gRPC client status as an [`Error`], keeping code and message.
 #[cfg(feature = "grpc")]
 pub fn from_grpc(s: tonic::Status) -> Error {
+    // A status the client made itself from a transport failure carries that
+    // failure as its source; one the peer sent does not.
+    if timed_out(&s) {
+        return Error::new(Code::DeadlineExceeded, "call timed out").with_source(s);
+    }
+    if std::error::Error::source(&s).is_some() && s.code() != tonic::Code::DeadlineExceeded {
+        let msg = format!("connection to peer failed: {}", s.message());
+        return Error::disconnected(msg).with_source(s);
+    }
     Error::new(from_grpc_code(s.code()), s.message().to_string())
+}
+
+/// Whether tonic's own client-side deadline fired (it reports that as `Cancelled`).
+#[cfg(feature = "grpc")]
+fn timed_out(s: &tonic::Status) -> bool {
+    let mut cur = std::error::Error::source(s);
+    while let Some(e) = cur {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 #[cfg(test)]
@@ -118,6 +140,10 @@ mod tests {
     fn ttrpc_broken_connection_is_unavailable() {
         let e = from_ttrpc(ttrpc::Error::RemoteClosed);
         assert_eq!(e.code(), Code::Unavailable);
+        assert!(e.is_disconnect());
+        let e = from_ttrpc(to_ttrpc(&Error::unavailable("device busy")));
+        assert_eq!(e.code(), Code::Unavailable);
+        assert!(!e.is_disconnect());
     }
 
     #[cfg(feature = "grpc")]

@@ -25,9 +25,12 @@ impl svc::AttestationAgentService for Adapter {
         &self,
         req: Request<pb::GetEvidenceRequest>,
     ) -> Result<Response<pb::GetEvidenceResponse>, Status> {
-        let evidence = handle("GetEvidence", self.0.get_evidence(req.into_inner().runtime_data))
-            .await
-            .map_err(status)?;
+        let evidence = handle(
+            "GetEvidence",
+            self.0.get_evidence(req.into_inner().runtime_data),
+        )
+        .await
+        .map_err(status)?;
         Ok(Response::new(pb::GetEvidenceResponse { evidence }))
     }
 
@@ -37,7 +40,8 @@ impl svc::AttestationAgentService for Adapter {
     ) -> Result<Response<pb::GetEvidenceResponse>, Status> {
         let evidence = handle(
             "GetAdditionalEvidence",
-            self.0.get_additional_evidence(req.into_inner().runtime_data),
+            self.0
+                .get_additional_evidence(req.into_inner().runtime_data),
         )
         .await
         .map_err(status)?;
@@ -85,9 +89,12 @@ impl svc::AttestationAgentService for Adapter {
         &self,
         req: Request<pb::BindInitDataRequest>,
     ) -> Result<Response<pb::BindInitDataResponse>, Status> {
-        handle("BindInitData", self.0.bind_init_data(req.into_inner().digest))
-            .await
-            .map_err(status)?;
+        handle(
+            "BindInitData",
+            self.0.bind_init_data(req.into_inner().digest),
+        )
+        .await
+        .map_err(status)?;
         Ok(Response::new(pb::BindInitDataResponse {}))
     }
 
@@ -154,8 +161,12 @@ pub async fn bind(addr: &GrpcAddr) -> Result<GrpcListener, Error> {
         Error::internal(format!("cannot listen for gRPC on {addr}")).with_source(e)
     };
     Ok(match addr {
-        GrpcAddr::Tcp(a) => GrpcListener::Tcp(tokio::net::TcpListener::bind(a).await.map_err(fail)?),
-        GrpcAddr::Unix(p) => GrpcListener::Unix(tokio::net::UnixListener::bind(p).map_err(fail)?, p.clone()),
+        GrpcAddr::Tcp(a) => {
+            GrpcListener::Tcp(tokio::net::TcpListener::bind(a).await.map_err(fail)?)
+        }
+        GrpcAddr::Unix(p) => {
+            GrpcListener::Unix(tokio::net::UnixListener::bind(p).map_err(fail)?, p.clone())
+        }
     })
 }
 
@@ -170,12 +181,18 @@ pub async fn serve(
     let fail = |e: tonic::transport::Error| Error::internal("grpc server failed").with_source(e);
     match listener {
         GrpcListener::Tcp(l) => router
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(l), shutdown)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(l),
+                shutdown,
+            )
             .await
             .map_err(fail),
         GrpcListener::Unix(l, path) => {
             let r = router
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(l), shutdown)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(l),
+                    shutdown,
+                )
                 .await
                 .map_err(fail);
             let _ = std::fs::remove_file(path);

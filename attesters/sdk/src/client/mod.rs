@@ -22,7 +22,7 @@ enum Inner {
     #[cfg(feature = "ttrpc")]
     Ttrpc(ttrpc::Client),
     #[cfg(feature = "grpc")]
-    Grpc(grpc::Client),
+    Grpc(Box<grpc::Client>),
 }
 
 /// A connection to one plugin.
@@ -41,7 +41,7 @@ impl RemoteAttester {
             #[cfg(feature = "ttrpc")]
             Transport::Ttrpc => Inner::Ttrpc(ttrpc::Client::connect(socket).await?),
             #[cfg(feature = "grpc")]
-            Transport::Grpc => Inner::Grpc(grpc::Client::connect(socket).await?),
+            Transport::Grpc => Inner::Grpc(Box::new(grpc::Client::connect(socket).await?)),
             #[allow(unreachable_patterns)]
             other => {
                 return Err(Error::invalid_argument(format!(

@@ -21,8 +21,7 @@ impl Client {
         let c = ttrpc::r#async::Client::connect(&format!("unix://{}", socket.display()))
             .await
             .map_err(|e| {
-                Error::unavailable(format!("cannot connect to {}", socket.display()))
-                    .with_source(e)
+                Error::unavailable(format!("cannot connect to {}", socket.display())).with_source(e)
             })?;
         Ok(Client {
             attester: attester_ttrpc::AttesterClient::new(c.clone()),
@@ -113,7 +112,6 @@ impl Client {
             .check(ctx(d), &health::HealthCheckRequest::default())
             .await
             .map_err(from_ttrpc)?;
-        Ok(r.status.enum_value()
-            == Ok(health::health_check_response::ServingStatus::SERVING))
+        Ok(r.status.enum_value() == Ok(health::health_check_response::ServingStatus::SERVING))
     }
 }

@@ -18,7 +18,10 @@ struct Adapter<A>(Arc<Plugin<A>>);
 
 #[tonic::async_trait]
 impl<A: Attester> attester_server::Attester for Adapter<A> {
-    async fn info(&self, req: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
+    async fn info(
+        &self,
+        req: Request<pb::InfoRequest>,
+    ) -> Result<Response<pb::InfoResponse>, Status> {
         Ok(Response::new(info_to_pb(
             &self.0.info(&req.into_inner().protocol_versions),
         )))
@@ -96,10 +99,27 @@ pub(super) async fn serve<A: Attester>(
         .set_serving::<attester_server::AttesterServer<Adapter<A>>>()
         .await;
     tracing::info!(socket = %socket.display(), "serving over grpc");
-    tonic::transport::Server::builder()
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(attester_server::AttesterServer::new(Adapter(plugin)))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await
-        .map_err(|e| Error::internal("grpc server failed").with_source(e))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            let mut rx = stop_rx;
+            let _ = rx.wait_for(|s| *s).await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => return r.map_err(|e| Error::internal("grpc server failed").with_source(e)),
+        _ = shutdown => {}
+    }
+    let _ = stop_tx.send(true);
+    // The core keeps its connection open (HTTP/2): in-flight calls get a grace
+    // period, idle connections are not waited for.
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(r) => r.map_err(|e| Error::internal("grpc server failed").with_source(e)),
+        Err(_) => Ok(()),
+    }
 }
+
+/// How long in-flight calls get to finish after SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);

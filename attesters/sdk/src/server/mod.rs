@@ -109,20 +109,18 @@ fn remove_stale(socket: &Path) -> Result<()> {
     match std::fs::remove_file(socket) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::internal(format!(
-            "cannot remove stale socket {}",
-            socket.display()
-        ))
-        .with_source(e)),
+        Err(e) => Err(
+            Error::internal(format!("cannot remove stale socket {}", socket.display()))
+                .with_source(e),
+        ),
     }
 }
 
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{signal, SignalKind};
     let install = |k: SignalKind, name: &str| {
-        signal(k).map_err(|e| {
-            Error::internal(format!("cannot install {name} handler")).with_source(e)
-        })
+        signal(k)
+            .map_err(|e| Error::internal(format!("cannot install {name} handler")).with_source(e))
     };
     let mut term = install(SignalKind::terminate(), "SIGTERM")?;
     let mut int = install(SignalKind::interrupt(), "SIGINT")?;

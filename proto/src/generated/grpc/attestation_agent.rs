@@ -104,10 +104,10 @@ pub mod attestation_agent_service_client {
         dead_code,
         missing_docs,
         clippy::wildcard_imports,
-        clippy::let_unit_value,
+        clippy::let_unit_value
     )]
-    use tonic::codegen::*;
     use tonic::codegen::http::Uri;
+    use tonic::codegen::*;
     #[derive(Debug, Clone)]
     pub struct AttestationAgentServiceClient<T> {
         inner: tonic::client::Grpc<T>,
@@ -151,13 +151,10 @@ pub mod attestation_agent_service_client {
                     <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
                 >,
             >,
-            <T as tonic::codegen::Service<
-                http::Request<tonic::body::Body>,
-            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+            <T as tonic::codegen::Service<http::Request<tonic::body::Body>>>::Error:
+                Into<StdError> + std::marker::Send + std::marker::Sync,
         {
-            AttestationAgentServiceClient::new(
-                InterceptedService::new(inner, interceptor),
-            )
+            AttestationAgentServiceClient::new(InterceptedService::new(inner, interceptor))
         }
         /// Compress requests with the given encoding.
         ///
@@ -193,88 +190,57 @@ pub mod attestation_agent_service_client {
         pub async fn get_evidence(
             &mut self,
             request: impl tonic::IntoRequest<super::GetEvidenceRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::GetEvidenceResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::GetEvidenceResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/attestation_agent.AttestationAgentService/GetEvidence",
             );
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(
-                    GrpcMethod::new(
-                        "attestation_agent.AttestationAgentService",
-                        "GetEvidence",
-                    ),
-                );
+            req.extensions_mut().insert(GrpcMethod::new(
+                "attestation_agent.AttestationAgentService",
+                "GetEvidence",
+            ));
             self.inner.unary(req, path, codec).await
         }
         pub async fn get_additional_evidence(
             &mut self,
             request: impl tonic::IntoRequest<super::GetAdditionalEvidenceRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::GetEvidenceResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::GetEvidenceResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/attestation_agent.AttestationAgentService/GetAdditionalEvidence",
             );
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(
-                    GrpcMethod::new(
-                        "attestation_agent.AttestationAgentService",
-                        "GetAdditionalEvidence",
-                    ),
-                );
+            req.extensions_mut().insert(GrpcMethod::new(
+                "attestation_agent.AttestationAgentService",
+                "GetAdditionalEvidence",
+            ));
             self.inner.unary(req, path, codec).await
         }
         pub async fn get_token(
             &mut self,
             request: impl tonic::IntoRequest<super::GetTokenRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::GetTokenResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::GetTokenResponse>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/attestation_agent.AttestationAgentService/GetToken",
             );
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(
-                    GrpcMethod::new(
-                        "attestation_agent.AttestationAgentService",
-                        "GetToken",
-                    ),
-                );
+            req.extensions_mut().insert(GrpcMethod::new(
+                "attestation_agent.AttestationAgentService",
+                "GetToken",
+            ));
             self.inner.unary(req, path, codec).await
         }
         pub async fn extend_runtime_measurement(
@@ -284,113 +250,75 @@ pub mod attestation_agent_service_client {
             tonic::Response<super::ExtendRuntimeMeasurementResponse>,
             tonic::Status,
         > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/attestation_agent.AttestationAgentService/ExtendRuntimeMeasurement",
             );
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(
-                    GrpcMethod::new(
-                        "attestation_agent.AttestationAgentService",
-                        "ExtendRuntimeMeasurement",
-                    ),
-                );
+            req.extensions_mut().insert(GrpcMethod::new(
+                "attestation_agent.AttestationAgentService",
+                "ExtendRuntimeMeasurement",
+            ));
             self.inner.unary(req, path, codec).await
         }
         pub async fn bind_init_data(
             &mut self,
             request: impl tonic::IntoRequest<super::BindInitDataRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::BindInitDataResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::BindInitDataResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/attestation_agent.AttestationAgentService/BindInitData",
             );
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(
-                    GrpcMethod::new(
-                        "attestation_agent.AttestationAgentService",
-                        "BindInitData",
-                    ),
-                );
+            req.extensions_mut().insert(GrpcMethod::new(
+                "attestation_agent.AttestationAgentService",
+                "BindInitData",
+            ));
             self.inner.unary(req, path, codec).await
         }
         pub async fn get_tee_type(
             &mut self,
             request: impl tonic::IntoRequest<super::GetTeeTypeRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::GetTeeTypeResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::GetTeeTypeResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/attestation_agent.AttestationAgentService/GetTeeType",
             );
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(
-                    GrpcMethod::new(
-                        "attestation_agent.AttestationAgentService",
-                        "GetTeeType",
-                    ),
-                );
+            req.extensions_mut().insert(GrpcMethod::new(
+                "attestation_agent.AttestationAgentService",
+                "GetTeeType",
+            ));
             self.inner.unary(req, path, codec).await
         }
         pub async fn get_additional_tees(
             &mut self,
             request: impl tonic::IntoRequest<super::GetAdditionalTeesRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::GetAdditionalTeesResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::GetAdditionalTeesResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/attestation_agent.AttestationAgentService/GetAdditionalTees",
             );
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(
-                    GrpcMethod::new(
-                        "attestation_agent.AttestationAgentService",
-                        "GetAdditionalTees",
-                    ),
-                );
+            req.extensions_mut().insert(GrpcMethod::new(
+                "attestation_agent.AttestationAgentService",
+                "GetAdditionalTees",
+            ));
             self.inner.unary(req, path, codec).await
         }
     }
@@ -402,7 +330,7 @@ pub mod attestation_agent_service_server {
         dead_code,
         missing_docs,
         clippy::wildcard_imports,
-        clippy::let_unit_value,
+        clippy::let_unit_value
     )]
     use tonic::codegen::*;
     /// Generated trait containing gRPC methods that should be implemented for use with AttestationAgentServiceServer.
@@ -411,24 +339,15 @@ pub mod attestation_agent_service_server {
         async fn get_evidence(
             &self,
             request: tonic::Request<super::GetEvidenceRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::GetEvidenceResponse>,
-            tonic::Status,
-        >;
+        ) -> std::result::Result<tonic::Response<super::GetEvidenceResponse>, tonic::Status>;
         async fn get_additional_evidence(
             &self,
             request: tonic::Request<super::GetAdditionalEvidenceRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::GetEvidenceResponse>,
-            tonic::Status,
-        >;
+        ) -> std::result::Result<tonic::Response<super::GetEvidenceResponse>, tonic::Status>;
         async fn get_token(
             &self,
             request: tonic::Request<super::GetTokenRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::GetTokenResponse>,
-            tonic::Status,
-        >;
+        ) -> std::result::Result<tonic::Response<super::GetTokenResponse>, tonic::Status>;
         async fn extend_runtime_measurement(
             &self,
             request: tonic::Request<super::ExtendRuntimeMeasurementRequest>,
@@ -439,24 +358,15 @@ pub mod attestation_agent_service_server {
         async fn bind_init_data(
             &self,
             request: tonic::Request<super::BindInitDataRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::BindInitDataResponse>,
-            tonic::Status,
-        >;
+        ) -> std::result::Result<tonic::Response<super::BindInitDataResponse>, tonic::Status>;
         async fn get_tee_type(
             &self,
             request: tonic::Request<super::GetTeeTypeRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::GetTeeTypeResponse>,
-            tonic::Status,
-        >;
+        ) -> std::result::Result<tonic::Response<super::GetTeeTypeResponse>, tonic::Status>;
         async fn get_additional_tees(
             &self,
             request: tonic::Request<super::GetAdditionalTeesRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::GetAdditionalTeesResponse>,
-            tonic::Status,
-        >;
+        ) -> std::result::Result<tonic::Response<super::GetAdditionalTeesResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct AttestationAgentServiceServer<T> {
@@ -479,10 +389,7 @@ pub mod attestation_agent_service_server {
                 max_encoding_message_size: None,
             }
         }
-        pub fn with_interceptor<F>(
-            inner: T,
-            interceptor: F,
-        ) -> InterceptedService<Self, F>
+        pub fn with_interceptor<F>(inner: T, interceptor: F) -> InterceptedService<Self, F>
         where
             F: tonic::service::Interceptor,
         {
@@ -517,8 +424,7 @@ pub mod attestation_agent_service_server {
             self
         }
     }
-    impl<T, B> tonic::codegen::Service<http::Request<B>>
-    for AttestationAgentServiceServer<T>
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for AttestationAgentServiceServer<T>
     where
         T: AttestationAgentService,
         B: Body + std::marker::Send + 'static,
@@ -538,26 +444,19 @@ pub mod attestation_agent_service_server {
                 "/attestation_agent.AttestationAgentService/GetEvidence" => {
                     #[allow(non_camel_case_types)]
                     struct GetEvidenceSvc<T: AttestationAgentService>(pub Arc<T>);
-                    impl<
-                        T: AttestationAgentService,
-                    > tonic::server::UnaryService<super::GetEvidenceRequest>
-                    for GetEvidenceSvc<T> {
+                    impl<T: AttestationAgentService>
+                        tonic::server::UnaryService<super::GetEvidenceRequest>
+                        for GetEvidenceSvc<T>
+                    {
                         type Response = super::GetEvidenceResponse;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::Response>,
-                            tonic::Status,
-                        >;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
                             request: tonic::Request<super::GetEvidenceRequest>,
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
-                                <T as AttestationAgentService>::get_evidence(
-                                        &inner,
-                                        request,
-                                    )
-                                    .await
+                                <T as AttestationAgentService>::get_evidence(&inner, request).await
                             };
                             Box::pin(fut)
                         }
@@ -586,18 +485,13 @@ pub mod attestation_agent_service_server {
                 }
                 "/attestation_agent.AttestationAgentService/GetAdditionalEvidence" => {
                     #[allow(non_camel_case_types)]
-                    struct GetAdditionalEvidenceSvc<T: AttestationAgentService>(
-                        pub Arc<T>,
-                    );
-                    impl<
-                        T: AttestationAgentService,
-                    > tonic::server::UnaryService<super::GetAdditionalEvidenceRequest>
-                    for GetAdditionalEvidenceSvc<T> {
+                    struct GetAdditionalEvidenceSvc<T: AttestationAgentService>(pub Arc<T>);
+                    impl<T: AttestationAgentService>
+                        tonic::server::UnaryService<super::GetAdditionalEvidenceRequest>
+                        for GetAdditionalEvidenceSvc<T>
+                    {
                         type Response = super::GetEvidenceResponse;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::Response>,
-                            tonic::Status,
-                        >;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
                             request: tonic::Request<super::GetAdditionalEvidenceRequest>,
@@ -605,10 +499,9 @@ pub mod attestation_agent_service_server {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
                                 <T as AttestationAgentService>::get_additional_evidence(
-                                        &inner,
-                                        request,
-                                    )
-                                    .await
+                                    &inner, request,
+                                )
+                                .await
                             };
                             Box::pin(fut)
                         }
@@ -638,23 +531,18 @@ pub mod attestation_agent_service_server {
                 "/attestation_agent.AttestationAgentService/GetToken" => {
                     #[allow(non_camel_case_types)]
                     struct GetTokenSvc<T: AttestationAgentService>(pub Arc<T>);
-                    impl<
-                        T: AttestationAgentService,
-                    > tonic::server::UnaryService<super::GetTokenRequest>
-                    for GetTokenSvc<T> {
+                    impl<T: AttestationAgentService>
+                        tonic::server::UnaryService<super::GetTokenRequest> for GetTokenSvc<T>
+                    {
                         type Response = super::GetTokenResponse;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::Response>,
-                            tonic::Status,
-                        >;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
                             request: tonic::Request<super::GetTokenRequest>,
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
-                                <T as AttestationAgentService>::get_token(&inner, request)
-                                    .await
+                                <T as AttestationAgentService>::get_token(&inner, request).await
                             };
                             Box::pin(fut)
                         }
@@ -683,31 +571,23 @@ pub mod attestation_agent_service_server {
                 }
                 "/attestation_agent.AttestationAgentService/ExtendRuntimeMeasurement" => {
                     #[allow(non_camel_case_types)]
-                    struct ExtendRuntimeMeasurementSvc<T: AttestationAgentService>(
-                        pub Arc<T>,
-                    );
-                    impl<
-                        T: AttestationAgentService,
-                    > tonic::server::UnaryService<super::ExtendRuntimeMeasurementRequest>
-                    for ExtendRuntimeMeasurementSvc<T> {
+                    struct ExtendRuntimeMeasurementSvc<T: AttestationAgentService>(pub Arc<T>);
+                    impl<T: AttestationAgentService>
+                        tonic::server::UnaryService<super::ExtendRuntimeMeasurementRequest>
+                        for ExtendRuntimeMeasurementSvc<T>
+                    {
                         type Response = super::ExtendRuntimeMeasurementResponse;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::Response>,
-                            tonic::Status,
-                        >;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
-                            request: tonic::Request<
-                                super::ExtendRuntimeMeasurementRequest,
-                            >,
+                            request: tonic::Request<super::ExtendRuntimeMeasurementRequest>,
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
                                 <T as AttestationAgentService>::extend_runtime_measurement(
-                                        &inner,
-                                        request,
-                                    )
-                                    .await
+                                    &inner, request,
+                                )
+                                .await
                             };
                             Box::pin(fut)
                         }
@@ -737,25 +617,19 @@ pub mod attestation_agent_service_server {
                 "/attestation_agent.AttestationAgentService/BindInitData" => {
                     #[allow(non_camel_case_types)]
                     struct BindInitDataSvc<T: AttestationAgentService>(pub Arc<T>);
-                    impl<
-                        T: AttestationAgentService,
-                    > tonic::server::UnaryService<super::BindInitDataRequest>
-                    for BindInitDataSvc<T> {
+                    impl<T: AttestationAgentService>
+                        tonic::server::UnaryService<super::BindInitDataRequest>
+                        for BindInitDataSvc<T>
+                    {
                         type Response = super::BindInitDataResponse;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::Response>,
-                            tonic::Status,
-                        >;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
                             request: tonic::Request<super::BindInitDataRequest>,
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
-                                <T as AttestationAgentService>::bind_init_data(
-                                        &inner,
-                                        request,
-                                    )
+                                <T as AttestationAgentService>::bind_init_data(&inner, request)
                                     .await
                             };
                             Box::pin(fut)
@@ -786,26 +660,18 @@ pub mod attestation_agent_service_server {
                 "/attestation_agent.AttestationAgentService/GetTeeType" => {
                     #[allow(non_camel_case_types)]
                     struct GetTeeTypeSvc<T: AttestationAgentService>(pub Arc<T>);
-                    impl<
-                        T: AttestationAgentService,
-                    > tonic::server::UnaryService<super::GetTeeTypeRequest>
-                    for GetTeeTypeSvc<T> {
+                    impl<T: AttestationAgentService>
+                        tonic::server::UnaryService<super::GetTeeTypeRequest> for GetTeeTypeSvc<T>
+                    {
                         type Response = super::GetTeeTypeResponse;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::Response>,
-                            tonic::Status,
-                        >;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
                             request: tonic::Request<super::GetTeeTypeRequest>,
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
-                                <T as AttestationAgentService>::get_tee_type(
-                                        &inner,
-                                        request,
-                                    )
-                                    .await
+                                <T as AttestationAgentService>::get_tee_type(&inner, request).await
                             };
                             Box::pin(fut)
                         }
@@ -835,25 +701,19 @@ pub mod attestation_agent_service_server {
                 "/attestation_agent.AttestationAgentService/GetAdditionalTees" => {
                     #[allow(non_camel_case_types)]
                     struct GetAdditionalTeesSvc<T: AttestationAgentService>(pub Arc<T>);
-                    impl<
-                        T: AttestationAgentService,
-                    > tonic::server::UnaryService<super::GetAdditionalTeesRequest>
-                    for GetAdditionalTeesSvc<T> {
+                    impl<T: AttestationAgentService>
+                        tonic::server::UnaryService<super::GetAdditionalTeesRequest>
+                        for GetAdditionalTeesSvc<T>
+                    {
                         type Response = super::GetAdditionalTeesResponse;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::Response>,
-                            tonic::Status,
-                        >;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
                             request: tonic::Request<super::GetAdditionalTeesRequest>,
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
-                                <T as AttestationAgentService>::get_additional_tees(
-                                        &inner,
-                                        request,
-                                    )
+                                <T as AttestationAgentService>::get_additional_tees(&inner, request)
                                     .await
                             };
                             Box::pin(fut)
@@ -881,25 +741,19 @@ pub mod attestation_agent_service_server {
                     };
                     Box::pin(fut)
                 }
-                _ => {
-                    Box::pin(async move {
-                        let mut response = http::Response::new(
-                            tonic::body::Body::default(),
-                        );
-                        let headers = response.headers_mut();
-                        headers
-                            .insert(
-                                tonic::Status::GRPC_STATUS,
-                                (tonic::Code::Unimplemented as i32).into(),
-                            );
-                        headers
-                            .insert(
-                                http::header::CONTENT_TYPE,
-                                tonic::metadata::GRPC_CONTENT_TYPE,
-                            );
-                        Ok(response)
-                    })
-                }
+                _ => Box::pin(async move {
+                    let mut response = http::Response::new(tonic::body::Body::default());
+                    let headers = response.headers_mut();
+                    headers.insert(
+                        tonic::Status::GRPC_STATUS,
+                        (tonic::Code::Unimplemented as i32).into(),
+                    );
+                    headers.insert(
+                        http::header::CONTENT_TYPE,
+                        tonic::metadata::GRPC_CONTENT_TYPE,
+                    );
+                    Ok(response)
+                }),
             }
         }
     }

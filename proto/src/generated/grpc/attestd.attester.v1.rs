@@ -170,10 +170,10 @@ pub mod attester_client {
         dead_code,
         missing_docs,
         clippy::wildcard_imports,
-        clippy::let_unit_value,
+        clippy::let_unit_value
     )]
-    use tonic::codegen::*;
     use tonic::codegen::http::Uri;
+    use tonic::codegen::*;
     #[derive(Debug, Clone)]
     pub struct AttesterClient<T> {
         inner: tonic::client::Grpc<T>,
@@ -217,9 +217,8 @@ pub mod attester_client {
                     <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
                 >,
             >,
-            <T as tonic::codegen::Service<
-                http::Request<tonic::body::Body>,
-            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+            <T as tonic::codegen::Service<http::Request<tonic::body::Body>>>::Error:
+                Into<StdError> + std::marker::Send + std::marker::Sync,
         {
             AttesterClient::new(InterceptedService::new(inner, interceptor))
         }
@@ -258,18 +257,11 @@ pub mod attester_client {
             &mut self,
             request: impl tonic::IntoRequest<super::InfoRequest>,
         ) -> std::result::Result<tonic::Response<super::InfoResponse>, tonic::Status> {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/attestd.attester.v1.Attester/Info",
-            );
+            let path = http::uri::PathAndQuery::from_static("/attestd.attester.v1.Attester/Info");
             let mut req = request.into_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("attestd.attester.v1.Attester", "Info"));
@@ -279,18 +271,11 @@ pub mod attester_client {
             &mut self,
             request: impl tonic::IntoRequest<super::DetectRequest>,
         ) -> std::result::Result<tonic::Response<super::DetectResponse>, tonic::Status> {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/attestd.attester.v1.Attester/Detect",
-            );
+            let path = http::uri::PathAndQuery::from_static("/attestd.attester.v1.Attester/Detect");
             let mut req = request.into_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("attestd.attester.v1.Attester", "Detect"));
@@ -299,101 +284,75 @@ pub mod attester_client {
         pub async fn get_evidence(
             &mut self,
             request: impl tonic::IntoRequest<super::GetEvidenceRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::GetEvidenceResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::GetEvidenceResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/attestd.attester.v1.Attester/GetEvidence",
-            );
+            let path =
+                http::uri::PathAndQuery::from_static("/attestd.attester.v1.Attester/GetEvidence");
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(GrpcMethod::new("attestd.attester.v1.Attester", "GetEvidence"));
+            req.extensions_mut().insert(GrpcMethod::new(
+                "attestd.attester.v1.Attester",
+                "GetEvidence",
+            ));
             self.inner.unary(req, path, codec).await
         }
         pub async fn extend_measurement(
             &mut self,
             request: impl tonic::IntoRequest<super::ExtendMeasurementRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::ExtendMeasurementResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::ExtendMeasurementResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/attestd.attester.v1.Attester/ExtendMeasurement",
             );
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(
-                    GrpcMethod::new("attestd.attester.v1.Attester", "ExtendMeasurement"),
-                );
+            req.extensions_mut().insert(GrpcMethod::new(
+                "attestd.attester.v1.Attester",
+                "ExtendMeasurement",
+            ));
             self.inner.unary(req, path, codec).await
         }
         pub async fn read_measurement(
             &mut self,
             request: impl tonic::IntoRequest<super::ReadMeasurementRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::ReadMeasurementResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::ReadMeasurementResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/attestd.attester.v1.Attester/ReadMeasurement",
             );
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(
-                    GrpcMethod::new("attestd.attester.v1.Attester", "ReadMeasurement"),
-                );
+            req.extensions_mut().insert(GrpcMethod::new(
+                "attestd.attester.v1.Attester",
+                "ReadMeasurement",
+            ));
             self.inner.unary(req, path, codec).await
         }
         pub async fn bind_init_data(
             &mut self,
             request: impl tonic::IntoRequest<super::BindInitDataRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::BindInitDataResponse>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+        ) -> std::result::Result<tonic::Response<super::BindInitDataResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/attestd.attester.v1.Attester/BindInitData",
-            );
+            let path =
+                http::uri::PathAndQuery::from_static("/attestd.attester.v1.Attester/BindInitData");
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(GrpcMethod::new("attestd.attester.v1.Attester", "BindInitData"));
+            req.extensions_mut().insert(GrpcMethod::new(
+                "attestd.attester.v1.Attester",
+                "BindInitData",
+            ));
             self.inner.unary(req, path, codec).await
         }
     }
@@ -405,7 +364,7 @@ pub mod attester_server {
         dead_code,
         missing_docs,
         clippy::wildcard_imports,
-        clippy::let_unit_value,
+        clippy::let_unit_value
     )]
     use tonic::codegen::*;
     /// Generated trait containing gRPC methods that should be implemented for use with AttesterServer.
@@ -422,31 +381,19 @@ pub mod attester_server {
         async fn get_evidence(
             &self,
             request: tonic::Request<super::GetEvidenceRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::GetEvidenceResponse>,
-            tonic::Status,
-        >;
+        ) -> std::result::Result<tonic::Response<super::GetEvidenceResponse>, tonic::Status>;
         async fn extend_measurement(
             &self,
             request: tonic::Request<super::ExtendMeasurementRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::ExtendMeasurementResponse>,
-            tonic::Status,
-        >;
+        ) -> std::result::Result<tonic::Response<super::ExtendMeasurementResponse>, tonic::Status>;
         async fn read_measurement(
             &self,
             request: tonic::Request<super::ReadMeasurementRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::ReadMeasurementResponse>,
-            tonic::Status,
-        >;
+        ) -> std::result::Result<tonic::Response<super::ReadMeasurementResponse>, tonic::Status>;
         async fn bind_init_data(
             &self,
             request: tonic::Request<super::BindInitDataRequest>,
-        ) -> std::result::Result<
-            tonic::Response<super::BindInitDataResponse>,
-            tonic::Status,
-        >;
+        ) -> std::result::Result<tonic::Response<super::BindInitDataResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct AttesterServer<T> {
@@ -469,10 +416,7 @@ pub mod attester_server {
                 max_encoding_message_size: None,
             }
         }
-        pub fn with_interceptor<F>(
-            inner: T,
-            interceptor: F,
-        ) -> InterceptedService<Self, F>
+        pub fn with_interceptor<F>(inner: T, interceptor: F) -> InterceptedService<Self, F>
         where
             F: tonic::service::Interceptor,
         {
@@ -527,21 +471,15 @@ pub mod attester_server {
                 "/attestd.attester.v1.Attester/Info" => {
                     #[allow(non_camel_case_types)]
                     struct InfoSvc<T: Attester>(pub Arc<T>);
-                    impl<T: Attester> tonic::server::UnaryService<super::InfoRequest>
-                    for InfoSvc<T> {
+                    impl<T: Attester> tonic::server::UnaryService<super::InfoRequest> for InfoSvc<T> {
                         type Response = super::InfoResponse;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::Response>,
-                            tonic::Status,
-                        >;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
                             request: tonic::Request<super::InfoRequest>,
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
-                            let fut = async move {
-                                <T as Attester>::info(&inner, request).await
-                            };
+                            let fut = async move { <T as Attester>::info(&inner, request).await };
                             Box::pin(fut)
                         }
                     }
@@ -570,21 +508,15 @@ pub mod attester_server {
                 "/attestd.attester.v1.Attester/Detect" => {
                     #[allow(non_camel_case_types)]
                     struct DetectSvc<T: Attester>(pub Arc<T>);
-                    impl<T: Attester> tonic::server::UnaryService<super::DetectRequest>
-                    for DetectSvc<T> {
+                    impl<T: Attester> tonic::server::UnaryService<super::DetectRequest> for DetectSvc<T> {
                         type Response = super::DetectResponse;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::Response>,
-                            tonic::Status,
-                        >;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
                             request: tonic::Request<super::DetectRequest>,
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
-                            let fut = async move {
-                                <T as Attester>::detect(&inner, request).await
-                            };
+                            let fut = async move { <T as Attester>::detect(&inner, request).await };
                             Box::pin(fut)
                         }
                     }
@@ -613,23 +545,16 @@ pub mod attester_server {
                 "/attestd.attester.v1.Attester/GetEvidence" => {
                     #[allow(non_camel_case_types)]
                     struct GetEvidenceSvc<T: Attester>(pub Arc<T>);
-                    impl<
-                        T: Attester,
-                    > tonic::server::UnaryService<super::GetEvidenceRequest>
-                    for GetEvidenceSvc<T> {
+                    impl<T: Attester> tonic::server::UnaryService<super::GetEvidenceRequest> for GetEvidenceSvc<T> {
                         type Response = super::GetEvidenceResponse;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::Response>,
-                            tonic::Status,
-                        >;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
                             request: tonic::Request<super::GetEvidenceRequest>,
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
-                            let fut = async move {
-                                <T as Attester>::get_evidence(&inner, request).await
-                            };
+                            let fut =
+                                async move { <T as Attester>::get_evidence(&inner, request).await };
                             Box::pin(fut)
                         }
                     }
@@ -658,15 +583,11 @@ pub mod attester_server {
                 "/attestd.attester.v1.Attester/ExtendMeasurement" => {
                     #[allow(non_camel_case_types)]
                     struct ExtendMeasurementSvc<T: Attester>(pub Arc<T>);
-                    impl<
-                        T: Attester,
-                    > tonic::server::UnaryService<super::ExtendMeasurementRequest>
-                    for ExtendMeasurementSvc<T> {
+                    impl<T: Attester> tonic::server::UnaryService<super::ExtendMeasurementRequest>
+                        for ExtendMeasurementSvc<T>
+                    {
                         type Response = super::ExtendMeasurementResponse;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::Response>,
-                            tonic::Status,
-                        >;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
                             request: tonic::Request<super::ExtendMeasurementRequest>,
@@ -703,15 +624,11 @@ pub mod attester_server {
                 "/attestd.attester.v1.Attester/ReadMeasurement" => {
                     #[allow(non_camel_case_types)]
                     struct ReadMeasurementSvc<T: Attester>(pub Arc<T>);
-                    impl<
-                        T: Attester,
-                    > tonic::server::UnaryService<super::ReadMeasurementRequest>
-                    for ReadMeasurementSvc<T> {
+                    impl<T: Attester> tonic::server::UnaryService<super::ReadMeasurementRequest>
+                        for ReadMeasurementSvc<T>
+                    {
                         type Response = super::ReadMeasurementResponse;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::Response>,
-                            tonic::Status,
-                        >;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
                             request: tonic::Request<super::ReadMeasurementRequest>,
@@ -748,15 +665,9 @@ pub mod attester_server {
                 "/attestd.attester.v1.Attester/BindInitData" => {
                     #[allow(non_camel_case_types)]
                     struct BindInitDataSvc<T: Attester>(pub Arc<T>);
-                    impl<
-                        T: Attester,
-                    > tonic::server::UnaryService<super::BindInitDataRequest>
-                    for BindInitDataSvc<T> {
+                    impl<T: Attester> tonic::server::UnaryService<super::BindInitDataRequest> for BindInitDataSvc<T> {
                         type Response = super::BindInitDataResponse;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::Response>,
-                            tonic::Status,
-                        >;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
                             request: tonic::Request<super::BindInitDataRequest>,
@@ -790,25 +701,19 @@ pub mod attester_server {
                     };
                     Box::pin(fut)
                 }
-                _ => {
-                    Box::pin(async move {
-                        let mut response = http::Response::new(
-                            tonic::body::Body::default(),
-                        );
-                        let headers = response.headers_mut();
-                        headers
-                            .insert(
-                                tonic::Status::GRPC_STATUS,
-                                (tonic::Code::Unimplemented as i32).into(),
-                            );
-                        headers
-                            .insert(
-                                http::header::CONTENT_TYPE,
-                                tonic::metadata::GRPC_CONTENT_TYPE,
-                            );
-                        Ok(response)
-                    })
-                }
+                _ => Box::pin(async move {
+                    let mut response = http::Response::new(tonic::body::Body::default());
+                    let headers = response.headers_mut();
+                    headers.insert(
+                        tonic::Status::GRPC_STATUS,
+                        (tonic::Code::Unimplemented as i32).into(),
+                    );
+                    headers.insert(
+                        http::header::CONTENT_TYPE,
+                        tonic::metadata::GRPC_CONTENT_TYPE,
+                    );
+                    Ok(response)
+                }),
             }
         }
     }

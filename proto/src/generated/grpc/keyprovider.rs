@@ -16,10 +16,10 @@ pub mod key_provider_service_client {
         dead_code,
         missing_docs,
         clippy::wildcard_imports,
-        clippy::let_unit_value,
+        clippy::let_unit_value
     )]
-    use tonic::codegen::*;
     use tonic::codegen::http::Uri;
+    use tonic::codegen::*;
     #[derive(Debug, Clone)]
     pub struct KeyProviderServiceClient<T> {
         inner: tonic::client::Grpc<T>,
@@ -63,9 +63,8 @@ pub mod key_provider_service_client {
                     <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
                 >,
             >,
-            <T as tonic::codegen::Service<
-                http::Request<tonic::body::Body>,
-            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+            <T as tonic::codegen::Service<http::Request<tonic::body::Body>>>::Error:
+                Into<StdError> + std::marker::Send + std::marker::Sync,
         {
             KeyProviderServiceClient::new(InterceptedService::new(inner, interceptor))
         }
@@ -107,18 +106,12 @@ pub mod key_provider_service_client {
             tonic::Response<super::KeyProviderKeyWrapProtocolOutput>,
             tonic::Status,
         > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/keyprovider.KeyProviderService/WrapKey",
-            );
+            let path =
+                http::uri::PathAndQuery::from_static("/keyprovider.KeyProviderService/WrapKey");
             let mut req = request.into_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("keyprovider.KeyProviderService", "WrapKey"));
@@ -131,21 +124,17 @@ pub mod key_provider_service_client {
             tonic::Response<super::KeyProviderKeyWrapProtocolOutput>,
             tonic::Status,
         > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
             let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/keyprovider.KeyProviderService/UnWrapKey",
-            );
+            let path =
+                http::uri::PathAndQuery::from_static("/keyprovider.KeyProviderService/UnWrapKey");
             let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(GrpcMethod::new("keyprovider.KeyProviderService", "UnWrapKey"));
+            req.extensions_mut().insert(GrpcMethod::new(
+                "keyprovider.KeyProviderService",
+                "UnWrapKey",
+            ));
             self.inner.unary(req, path, codec).await
         }
     }
@@ -157,7 +146,7 @@ pub mod key_provider_service_server {
         dead_code,
         missing_docs,
         clippy::wildcard_imports,
-        clippy::let_unit_value,
+        clippy::let_unit_value
     )]
     use tonic::codegen::*;
     /// Generated trait containing gRPC methods that should be implemented for use with KeyProviderServiceServer.
@@ -199,10 +188,7 @@ pub mod key_provider_service_server {
                 max_encoding_message_size: None,
             }
         }
-        pub fn with_interceptor<F>(
-            inner: T,
-            interceptor: F,
-        ) -> InterceptedService<Self, F>
+        pub fn with_interceptor<F>(inner: T, interceptor: F) -> InterceptedService<Self, F>
         where
             F: tonic::service::Interceptor,
         {
@@ -257,20 +243,15 @@ pub mod key_provider_service_server {
                 "/keyprovider.KeyProviderService/WrapKey" => {
                     #[allow(non_camel_case_types)]
                     struct WrapKeySvc<T: KeyProviderService>(pub Arc<T>);
-                    impl<
-                        T: KeyProviderService,
-                    > tonic::server::UnaryService<super::KeyProviderKeyWrapProtocolInput>
-                    for WrapKeySvc<T> {
+                    impl<T: KeyProviderService>
+                        tonic::server::UnaryService<super::KeyProviderKeyWrapProtocolInput>
+                        for WrapKeySvc<T>
+                    {
                         type Response = super::KeyProviderKeyWrapProtocolOutput;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::Response>,
-                            tonic::Status,
-                        >;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
-                            request: tonic::Request<
-                                super::KeyProviderKeyWrapProtocolInput,
-                            >,
+                            request: tonic::Request<super::KeyProviderKeyWrapProtocolInput>,
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
@@ -304,25 +285,19 @@ pub mod key_provider_service_server {
                 "/keyprovider.KeyProviderService/UnWrapKey" => {
                     #[allow(non_camel_case_types)]
                     struct UnWrapKeySvc<T: KeyProviderService>(pub Arc<T>);
-                    impl<
-                        T: KeyProviderService,
-                    > tonic::server::UnaryService<super::KeyProviderKeyWrapProtocolInput>
-                    for UnWrapKeySvc<T> {
+                    impl<T: KeyProviderService>
+                        tonic::server::UnaryService<super::KeyProviderKeyWrapProtocolInput>
+                        for UnWrapKeySvc<T>
+                    {
                         type Response = super::KeyProviderKeyWrapProtocolOutput;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::Response>,
-                            tonic::Status,
-                        >;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
-                            request: tonic::Request<
-                                super::KeyProviderKeyWrapProtocolInput,
-                            >,
+                            request: tonic::Request<super::KeyProviderKeyWrapProtocolInput>,
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
-                                <T as KeyProviderService>::un_wrap_key(&inner, request)
-                                    .await
+                                <T as KeyProviderService>::un_wrap_key(&inner, request).await
                             };
                             Box::pin(fut)
                         }
@@ -349,25 +324,19 @@ pub mod key_provider_service_server {
                     };
                     Box::pin(fut)
                 }
-                _ => {
-                    Box::pin(async move {
-                        let mut response = http::Response::new(
-                            tonic::body::Body::default(),
-                        );
-                        let headers = response.headers_mut();
-                        headers
-                            .insert(
-                                tonic::Status::GRPC_STATUS,
-                                (tonic::Code::Unimplemented as i32).into(),
-                            );
-                        headers
-                            .insert(
-                                http::header::CONTENT_TYPE,
-                                tonic::metadata::GRPC_CONTENT_TYPE,
-                            );
-                        Ok(response)
-                    })
-                }
+                _ => Box::pin(async move {
+                    let mut response = http::Response::new(tonic::body::Body::default());
+                    let headers = response.headers_mut();
+                    headers.insert(
+                        tonic::Status::GRPC_STATUS,
+                        (tonic::Code::Unimplemented as i32).into(),
+                    );
+                    headers.insert(
+                        http::header::CONTENT_TYPE,
+                        tonic::metadata::GRPC_CONTENT_TYPE,
+                    );
+                    Ok(response)
+                }),
             }
         }
     }

@@ -1,0 +1,433 @@
+//! Bad input and plugin faults: each asserts the exact status code and message,
+//! and that attestd neither panics nor hangs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use attestd_e2e::{alive, attestd_cli, bin, config, signal, Attestd, Plugin};
+use attestd_proto::grpc::attestation_agent as g;
+use attestd_proto::ttrpc::attestation_agent as t;
+use attester_sdk::{Code, RemoteAttester, Transport, PROTOCOL_VERSIONS};
+use nix::sys::signal::Signal;
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(20_000_000_000)
+}
+
+fn status(e: ttrpc::Error) -> (ttrpc::Code, String) {
+    match e {
+        ttrpc::Error::RpcStatus(s) => (s.code(), s.message.clone()),
+        other => panic!("not a status: {other:?}"),
+    }
+}
+
+async fn evidence(a: &Attestd, rd: &[u8]) -> Result<Vec<u8>, ttrpc::Error> {
+    a.ttrpc()
+        .await
+        .get_evidence(
+            ctx(),
+            &t::GetEvidenceRequest {
+                RuntimeData: rd.to_vec(),
+                ..Default::default()
+            },
+        )
+        .await
+        .map(|r| r.Evidence)
+}
+
+#[tokio::test]
+async fn oversized_runtime_data_is_invalid_argument_on_both_transports() {
+    let p = Plugin::sample("ttrpc");
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let (code, msg) = status(evidence(&a, &[1; 65]).await.unwrap_err());
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+    assert_eq!(
+        msg,
+        "runtime data for sample: report data is 65 bytes, more than the 64 bytes this attester accepts"
+    );
+    let s = a
+        .grpc()
+        .await
+        .get_evidence(g::GetEvidenceRequest {
+            runtime_data: vec![1; 4096],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        s.message(),
+        "runtime data for sample: report data is 4096 bytes, more than the 64 bytes this attester accepts"
+    );
+    // Still serving after bad input.
+    assert!(evidence(&a, b"ok").await.is_ok());
+}
+
+#[tokio::test]
+async fn plugin_rejects_oversized_report_data_itself() {
+    // The core checks first; a plugin reached directly checks too.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("p.sock");
+    let mut child = std::process::Command::new(bin("attester-sample"))
+        .arg("--socket")
+        .arg(&sock)
+        .spawn()
+        .unwrap();
+    let c = connect_when_ready(&sock, Transport::Ttrpc).await;
+    let e = c.evidence(vec![0; 65]).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        e.message(),
+        "report data is 65 bytes, more than the 64 bytes this attester accepts"
+    );
+    signal(child.id(), Signal::SIGTERM);
+    assert!(child.wait().unwrap().success());
+    assert!(!sock.exists(), "plugin removes its socket on SIGTERM");
+}
+
+async fn connect_when_ready(sock: &std::path::Path, tr: Transport) -> RemoteAttester {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if sock.exists() {
+            if let Ok(c) = RemoteAttester::connect(sock, tr).await {
+                return c;
+            }
+        }
+        assert!(Instant::now() < deadline, "plugin did not listen");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn unknown_token_type_is_invalid_argument() {
+    let p = Plugin::sample("ttrpc");
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let e = a
+        .ttrpc()
+        .await
+        .get_token(
+            ctx(),
+            &t::GetTokenRequest {
+                TokenType: "foo".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status(e),
+        (
+            ttrpc::Code::INVALID_ARGUMENT,
+            "unknown token type \"foo\": expected \"kbs\" or \"coco_as\"".to_string()
+        )
+    );
+}
+
+#[tokio::test]
+async fn configured_token_type_without_client_is_unimplemented() {
+    let p = Plugin::sample("ttrpc");
+    let a = Attestd::start(|d| {
+        config(d, &p, &[], "") + "[token_configs.coco_as]\nurl = \"http://127.0.0.1:1\"\n"
+    })
+    .unwrap();
+    let e = a
+        .ttrpc()
+        .await
+        .get_token(
+            ctx(),
+            &t::GetTokenRequest {
+                TokenType: "coco_as".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status(e),
+        (
+            ttrpc::Code::UNIMPLEMENTED,
+            "get token \"coco_as\": this attestd has no client for it yet".to_string()
+        )
+    );
+}
+
+#[test]
+fn malformed_config_names_key_and_line() {
+    let p = Plugin::sample("ttrpc");
+    let e = Attestd::start(|d| config(d, &p, &[], "call_timout_ms = 5"))
+        .err()
+        .unwrap();
+    assert_eq!(e.status.unwrap().code(), Some(1));
+    assert!(
+        e.stderr.contains("unknown field `call_timout_ms`"),
+        "{}",
+        e.stderr
+    );
+    assert!(e.stderr.contains("line 5"), "{}", e.stderr);
+
+    let e = Attestd::start(|_| "[plugins\n".into()).err().unwrap();
+    assert_eq!(e.status.unwrap().code(), Some(1));
+    assert!(
+        e.stderr.starts_with("error: invalid config file"),
+        "{}",
+        e.stderr
+    );
+}
+
+#[test]
+fn missing_plugin_binary_refuses_to_start() {
+    let mut p = Plugin::sample("ttrpc");
+    p.command = "/nonexistent/attester-sample".into();
+    let e = Attestd::start(|d| config(d, &p, &[], "")).err().unwrap();
+    assert_eq!(e.status.unwrap().code(), Some(1));
+    assert_eq!(
+        e.stderr.trim_end(),
+        "error: cannot start plugin sample: plugin command /nonexistent/attester-sample does not exist"
+    );
+}
+
+#[test]
+fn plugin_exiting_at_start_refuses_to_start() {
+    let p = Plugin::test("ttrpc", &["--mode", "exit-at-start"]);
+    let e = Attestd::start(|d| config(d, &p, &[], "")).err().unwrap();
+    assert_eq!(e.status.unwrap().code(), Some(1));
+    assert!(
+        e.stderr
+            .contains("error: cannot start plugin test: it exited during startup (exit status: 3)"),
+        "{}",
+        e.stderr
+    );
+}
+
+#[test]
+fn no_plugin_configured_refuses_to_start() {
+    let e = Attestd::start(|_| String::new()).err().unwrap();
+    assert_eq!(e.status.unwrap().code(), Some(1));
+    assert!(
+        e.stderr
+            .starts_with("error: no attester plugin configured: set [plugins] primary"),
+        "{}",
+        e.stderr
+    );
+    assert!(e
+        .stderr
+        .contains("does not fall back to the sample attester"));
+}
+
+#[test]
+fn protocol_version_mismatch_refuses_to_start_readably() {
+    let p = Plugin::test("ttrpc", &["--protocol-version", "99"]);
+    let e = Attestd::start(|d| config(d, &p, &[], "")).err().unwrap();
+    assert_eq!(e.status.unwrap().code(), Some(1));
+    assert_eq!(
+        e.stderr.lines().last().unwrap(),
+        "error: cannot start plugin test: plugin protocol version mismatch: we speak v1, the plugin speaks v99"
+    );
+}
+
+#[tokio::test]
+async fn protocol_version_mismatch_is_failed_precondition() {
+    for tr in [Transport::Ttrpc, Transport::Grpc] {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("p.sock");
+        let mut child = std::process::Command::new(bin("attester-test"))
+            .args([
+                "--protocol-version",
+                "99",
+                "--protocol-version",
+                "100",
+                "--transport",
+            ])
+            .arg(tr.to_string())
+            .arg("--socket")
+            .arg(&sock)
+            .spawn()
+            .unwrap();
+        let c = connect_when_ready(&sock, tr).await;
+        let e = c.handshake(PROTOCOL_VERSIONS).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{tr}");
+        assert_eq!(
+            e.message(),
+            "plugin protocol version mismatch: we speak v1, the plugin speaks v99, v100"
+        );
+        // A version both speak is chosen, the highest.
+        let hs = c.handshake(&[1, 99]).await.unwrap();
+        assert_eq!(hs.protocol_version, 99);
+        signal(child.id(), Signal::SIGTERM);
+        child.wait().unwrap();
+    }
+}
+
+#[test]
+fn unknown_tee_from_plugin_refuses_to_start() {
+    let p = Plugin::test("grpc", &["--tee", "quantum"]);
+    let e = Attestd::start(|d| config(d, &p, &[], "")).err().unwrap();
+    assert_eq!(
+        e.stderr.lines().last().unwrap(),
+        "error: cannot start plugin test: it reports unknown TEE \"quantum\""
+    );
+}
+
+#[tokio::test]
+async fn plugin_killed_between_calls_is_restarted() {
+    for tr in ["ttrpc", "grpc"] {
+        let p = Plugin::sample(tr);
+        let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+        assert!(evidence(&a, b"before").await.is_ok());
+        let old = a.plugin_pid("sample").unwrap();
+        signal(old, Signal::SIGKILL);
+        // Stated bound: the next call succeeds within 2 s of the kill (restart is
+        // immediate after the first crash; calls wait for it up to restart_wait_ms).
+        let killed = Instant::now();
+        let r = evidence(&a, b"after").await;
+        let took = killed.elapsed();
+        assert_eq!(
+            r.unwrap(),
+            attester_sample::evidence(b"after").unwrap().bytes,
+            "{tr}"
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "{tr}: recovery took {took:?}"
+        );
+        let new = a.plugin_pid("sample").unwrap();
+        assert_ne!(old, new);
+        assert!(a.log().contains("plugin restarted"));
+    }
+}
+
+#[tokio::test]
+async fn plugin_crashing_inside_a_call_is_unavailable_then_restarted() {
+    let p = Plugin::test("ttrpc", &["--mode", "crash-on-evidence"]);
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let (code, msg) = status(evidence(&a, b"x").await.unwrap_err());
+    assert_eq!(code, ttrpc::Code::UNAVAILABLE, "{msg}");
+    assert!(
+        msg.starts_with("plugin test: connection to peer failed"),
+        "{msg}"
+    );
+    // attestd itself is fine and the plugin comes back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.log().matches("plugin restarted").count() < 1 {
+        assert!(Instant::now() < deadline, "no restart:\n{}", a.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tee = a
+        .ttrpc()
+        .await
+        .get_tee_type(ctx(), &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(tee.tee, "sample");
+}
+
+#[tokio::test]
+async fn hanging_plugin_hits_the_deadline_not_a_hang() {
+    for tr in ["ttrpc", "grpc"] {
+        let p = Plugin::test(tr, &["--mode", "hang"]);
+        let a = Attestd::start(|d| config(d, &p, &[], "call_timeout_ms = 300")).unwrap();
+        let started = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(10), evidence(&a, b"x"))
+            .await
+            .expect("attestd hung");
+        let (code, msg) = status(r.unwrap_err());
+        assert_eq!(code, ttrpc::Code::DEADLINE_EXCEEDED, "{tr}: {msg}");
+        assert_eq!(
+            msg,
+            "plugin test: plugin call GetEvidence did not answer within 300ms"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Other calls are still answered while one hangs.
+        let tee = a
+            .ttrpc()
+            .await
+            .get_tee_type(ctx(), &Default::default())
+            .await
+            .unwrap();
+        assert_eq!(tee.tee, "sample");
+    }
+}
+
+#[tokio::test]
+async fn plugin_down_for_good_is_unavailable() {
+    let p = Plugin::sample("ttrpc");
+    let a = Attestd::start(|d| config(d, &p, &[], "restart_wait_ms = 200")).unwrap();
+    drop(a);
+    // Make every restart fail: the binary disappears, then the plugin dies.
+    let bins = tempfile::tempdir().unwrap();
+    let copy = bins.path().join("attester-sample-copy");
+    std::fs::copy(bin("attester-sample"), &copy).unwrap();
+    let mut p = Plugin::sample("ttrpc");
+    p.command = copy.clone();
+    let a = Attestd::start(|d| config(d, &p, &[], "restart_wait_ms = 200")).unwrap();
+    std::fs::remove_file(&copy).unwrap();
+    signal(a.plugin_pid("sample").unwrap(), Signal::SIGKILL);
+    let (code, msg) = status(evidence(&a, b"x").await.unwrap_err());
+    assert_eq!(code, ttrpc::Code::UNAVAILABLE);
+    let missing = format!(
+        "plugin sample: not running: cannot start plugin sample: plugin command {} does not exist",
+        copy.display()
+    );
+    let just_died = "plugin sample: not running: it exited (signal: 9 (SIGKILL))";
+    assert!(msg == missing || msg == just_died, "{msg}");
+}
+
+#[test]
+fn sigterm_removes_sockets_and_stops_plugins() {
+    let p = Plugin::sample("grpc");
+    let dev = Plugin::sample_device("ttrpc");
+    let a = Attestd::start(|d| config(d, &p, &[dev], "")).unwrap();
+    let plugins = [
+        a.plugin_pid("sample").unwrap(),
+        a.plugin_pid("dev").unwrap(),
+    ];
+    let (aa, grpc, dir) = (
+        a.aa_sock.clone(),
+        a.grpc_sock.clone(),
+        a.dir.path().to_path_buf(),
+    );
+    let keep = tempfile::Builder::new().tempdir().unwrap();
+    // Keep the temp dir alive past stop(): move the attestd dir's contents check below.
+    let status = a.stop();
+    assert!(status.success());
+    assert!(!aa.exists() && !grpc.exists());
+    let _ = (dir, keep);
+    for pid in plugins {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(pid) {
+            assert!(Instant::now() < deadline, "plugin {pid} still running");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+#[test]
+fn stale_socket_is_replaced_and_live_one_refused() {
+    let p = Plugin::sample("ttrpc");
+    // A stale socket file (nothing listens) at the AA path is replaced.
+    let a = Attestd::start(|d| {
+        std::fs::create_dir_all(d.join("aa")).unwrap();
+        let l =
+            std::os::unix::net::UnixListener::bind(d.join("aa/attestation-agent.sock")).unwrap();
+        drop(l);
+        config(d, &p, &[], "")
+    })
+    .unwrap();
+    // A second attestd on the same socket refuses: one is serving there.
+    let cfg = a.dir.path().join("attestd.toml");
+    let (st, _, err) = attestd_cli(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "--attestation_sock",
+        &format!("unix://{}", a.aa_sock.display()),
+        "--grpc_sock",
+        "none",
+    ]);
+    assert_eq!(st.code(), Some(1));
+    assert!(
+        err.trim_end().ends_with(&format!(
+            "error: another process is already serving on {}",
+            a.aa_sock.display()
+        )),
+        "{err}"
+    );
+}
