@@ -144,7 +144,11 @@ impl Attestd {
             .arg("--grpc_sock")
             .arg(format!("unix://{}", grpc_sock.display()))
             .args(args)
-            .env("ATTESTD_LOG", "debug")
+            // Tests want debug logs in attestd.log; the benchmark sets ATTESTD_LOG=warn.
+            .env(
+                "ATTESTD_LOG",
+                std::env::var("ATTESTD_LOG").unwrap_or_else(|_| "debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

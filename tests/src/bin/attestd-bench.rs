@@ -1,1 +1,186 @@
-fn main() {}
+//! GetEvidence latency and throughput with 64 bytes of runtime data:
+//! (a) straight to the sample plugin (the client the core uses), (b) through
+//! attestd's AA API, for ttrpc and gRPC, sequential and with 16 concurrent clients.
+//!
+//! Build and run: `cargo build --release --workspace --bins && target/release/attestd-bench`.
+//! Prints a Markdown table (the one in docs/benchmarks.md).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench: a failed setup should stop it loudly
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use attestd_e2e::{bin, config, Attestd, Plugin};
+use attestd_proto::grpc::attestation_agent as g;
+use attestd_proto::ttrpc::attestation_agent as t;
+use attester_sdk::{RemoteAttester, Transport};
+use clap::Parser;
+
+#[derive(Parser)]
+struct Args {
+    /// Sequential calls per scenario.
+    #[arg(long, default_value_t = 20_000)]
+    calls: usize,
+    /// Calls per client in the concurrent runs.
+    #[arg(long, default_value_t = 5_000)]
+    calls_per_client: usize,
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+}
+
+/// One way of asking for evidence.
+#[derive(Clone)]
+enum Target {
+    Direct(Arc<RemoteAttester>),
+    AaTtrpc(attestd_proto::ttrpc::attestation_agent_ttrpc::AttestationAgentServiceClient),
+    AaGrpc(g::attestation_agent_service_client::AttestationAgentServiceClient<tonic::transport::Channel>),
+}
+
+impl Target {
+    async fn call(&mut self, rd: &[u8]) {
+        let n = match self {
+            Target::Direct(c) => c.evidence(rd.to_vec()).await.unwrap().bytes.len(),
+            Target::AaTtrpc(c) => {
+                let req = t::GetEvidenceRequest { RuntimeData: rd.to_vec(), ..Default::default() };
+                c.get_evidence(ttrpc::context::with_timeout(0), &req).await.unwrap().Evidence.len()
+            }
+            Target::AaGrpc(c) => {
+                let req = g::GetEvidenceRequest { runtime_data: rd.to_vec() };
+                c.get_evidence(req).await.unwrap().into_inner().evidence.len()
+            }
+        };
+        assert_eq!(n, 116, "unexpected evidence size");
+    }
+}
+
+struct Figures {
+    p50: Duration,
+    p99: Duration,
+    per_sec: f64,
+}
+
+fn figures(mut lat: Vec<Duration>, wall: Duration) -> Figures {
+    lat.sort();
+    let at = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    Figures {
+        p50: at(0.50),
+        p99: at(0.99),
+        per_sec: lat.len() as f64 / wall.as_secs_f64(),
+    }
+}
+
+async fn sequential(mut target: Target, calls: usize) -> Figures {
+    let rd = [0x5a; 64];
+    for _ in 0..calls / 10 {
+        target.call(&rd).await;
+    }
+    let mut lat = Vec::with_capacity(calls);
+    let start = Instant::now();
+    for _ in 0..calls {
+        let t0 = Instant::now();
+        target.call(&rd).await;
+        lat.push(t0.elapsed());
+    }
+    figures(lat, start.elapsed())
+}
+
+async fn concurrent(targets: Vec<Target>, per_client: usize) -> Figures {
+    let rd = [0x5a; 64];
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for mut target in targets {
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_client);
+            for _ in 0..per_client {
+                let t0 = Instant::now();
+                target.call(&rd).await;
+                lat.push(t0.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    figures(all, start.elapsed())
+}
+
+fn spawn_plugin(sock: &Path, transport: Transport) -> Child {
+    Command::new(bin("attester-sample"))
+        .arg("--socket")
+        .arg(sock)
+        .arg("--transport")
+        .arg(transport.to_string())
+        .env("ATTESTD_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn direct_client(sock: &Path, transport: Transport) -> RemoteAttester {
+    for _ in 0..2000 {
+        if let Ok(c) = RemoteAttester::connect(sock, transport).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("plugin did not listen on {}", sock.display());
+}
+
+async fn target(kind: &str, transport: Transport, a: Option<&Attestd>, sock: &Path) -> Target {
+    match (kind, transport) {
+        ("direct", _) => Target::Direct(Arc::new(direct_client(sock, transport).await)),
+        (_, Transport::Ttrpc) => Target::AaTtrpc(a.unwrap().ttrpc().await),
+        (_, Transport::Grpc) => Target::AaGrpc(a.unwrap().grpc().await),
+    }
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e6)
+}
+
+fn main() {
+    let args = Args::parse();
+    // Measure the daemons, not their logging.
+    std::env::set_var("ATTESTD_LOG", "warn");
+    // The client runs on one thread, like the daemons: the numbers are then the
+    // round trip, not the scheduler.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        println!("| path | AA API | plugin | clients | p50 µs | p99 µs | calls/s |");
+        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        for plugin_tr in [Transport::Ttrpc, Transport::Grpc] {
+            let dir = tempfile::tempdir().unwrap();
+            let sock = dir.path().join("sample.sock");
+            let mut plugin = spawn_plugin(&sock, plugin_tr);
+            let p = Plugin::sample(&plugin_tr.to_string());
+            let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+            let runs = [
+                ("direct", "-", plugin_tr, None),
+                ("attestd", "ttrpc", Transport::Ttrpc, Some(&a)),
+                ("attestd", "grpc", Transport::Grpc, Some(&a)),
+            ];
+            for (kind, api, tr, attestd) in runs {
+                let seq = sequential(target(kind, tr, attestd, &sock).await, args.calls).await;
+                let mut ts = Vec::new();
+                for _ in 0..args.clients {
+                    ts.push(target(kind, tr, attestd, &sock).await);
+                }
+                let con = concurrent(ts, args.calls_per_client).await;
+                for (n, f) in [(1, seq), (args.clients, con)] {
+                    println!(
+                        "| {kind} | {api} | {plugin_tr} | {n} | {} | {} | {:.0} |",
+                        us(f.p50),
+                        us(f.p99),
+                        f.per_sec
+                    );
+                }
+            }
+            drop(a);
+            attestd_e2e::signal(plugin.id(), nix::sys::signal::Signal::SIGTERM);
+            let _ = plugin.wait();
+        }
+    });
+}

@@ -1,0 +1,30 @@
+# Shared by scripts/demo.sh and scripts/test.sh: make sure the tools exist.
+
+# Debian packages the build and the tests need beyond the machine's Rust toolchain.
+# (Later attesters add theirs here: swtpm, tpm2-tools, podman, ...)
+ATTESTD_APT_PACKAGES=(gcc pkg-config)
+
+ensure_packages() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "installing: ${missing[*]}" >&2
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: need root to apt-get install ${missing[*]}" >&2
+        return 1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+ensure_rust() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    command -v cargo >/dev/null 2>&1 || {
+        echo "error: cargo not found: install a Rust toolchain (rustup) first" >&2
+        return 1
+    }
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, generated-code check, build, unit and end-to-end tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ensure_rust
+ensure_packages "${ATTESTD_APT_PACKAGES[@]}"
+
+echo "== format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# Each transport alone, as a plugin links it.
+cargo clippy -p attester-sdk --no-default-features --features ttrpc --locked -- -D warnings
+cargo clippy -p attester-sdk --no-default-features --features grpc --locked -- -D warnings
+
+echo "== generated code is current"
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    touch proto/build.rs
+    cargo build -q -p attestd-proto --features regen --locked
+    cargo fmt --all
+    git diff --exit-code -- proto/ || {
+        echo "error: proto/src/generated differs from protos/: commit the regenerated code" >&2
+        exit 1
+    }
+fi
+
+echo "== build (the end-to-end tests run the real binaries)"
+cargo build --workspace --bins --locked
+
+echo "== tests"
+cargo test --workspace --locked
