@@ -34,7 +34,11 @@ struct Args {
 enum Target {
     Direct(Arc<RemoteAttester>),
     AaTtrpc(attestd_proto::ttrpc::attestation_agent_ttrpc::AttestationAgentServiceClient),
-    AaGrpc(g::attestation_agent_service_client::AttestationAgentServiceClient<tonic::transport::Channel>),
+    AaGrpc(
+        g::attestation_agent_service_client::AttestationAgentServiceClient<
+            tonic::transport::Channel,
+        >,
+    ),
 }
 
 impl Target {
@@ -42,12 +46,26 @@ impl Target {
         let n = match self {
             Target::Direct(c) => c.evidence(rd.to_vec()).await.unwrap().bytes.len(),
             Target::AaTtrpc(c) => {
-                let req = t::GetEvidenceRequest { RuntimeData: rd.to_vec(), ..Default::default() };
-                c.get_evidence(ttrpc::context::with_timeout(0), &req).await.unwrap().Evidence.len()
+                let req = t::GetEvidenceRequest {
+                    RuntimeData: rd.to_vec(),
+                    ..Default::default()
+                };
+                c.get_evidence(ttrpc::context::with_timeout(0), &req)
+                    .await
+                    .unwrap()
+                    .Evidence
+                    .len()
             }
             Target::AaGrpc(c) => {
-                let req = g::GetEvidenceRequest { runtime_data: rd.to_vec() };
-                c.get_evidence(req).await.unwrap().into_inner().evidence.len()
+                let req = g::GetEvidenceRequest {
+                    runtime_data: rd.to_vec(),
+                };
+                c.get_evidence(req)
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .evidence
+                    .len()
             }
         };
         assert_eq!(n, 116, "unexpected evidence size");
@@ -147,7 +165,10 @@ fn main() {
     std::env::set_var("ATTESTD_LOG", "warn");
     // The client runs on one thread, like the daemons: the numbers are then the
     // round trip, not the scheduler.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         println!("| path | AA API | plugin | clients | p50 µs | p99 µs | calls/s |");
         println!("| --- | --- | --- | --- | --- | --- | --- |");
