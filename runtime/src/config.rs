@@ -148,6 +148,9 @@ pub struct PluginsConfig {
     /// Interval between health checks.
     #[serde(default = "default_health_interval_ms")]
     pub health_interval_ms: u64,
+    /// Deadline of one health check.
+    #[serde(default = "default_health_timeout_ms")]
+    pub health_timeout_ms: u64,
     /// Longest pause between restarts of a crashing plugin.
     #[serde(default = "default_restart_backoff_max_ms")]
     pub restart_backoff_max_ms: u64,
@@ -167,6 +170,7 @@ impl Default for PluginsConfig {
             call_timeout_ms: default_call_timeout_ms(),
             startup_timeout_ms: default_startup_timeout_ms(),
             health_interval_ms: default_health_interval_ms(),
+            health_timeout_ms: default_health_timeout_ms(),
             restart_backoff_max_ms: default_restart_backoff_max_ms(),
             restart_wait_ms: default_restart_wait_ms(),
             attester: BTreeMap::new(),
@@ -186,6 +190,9 @@ fn default_startup_timeout_ms() -> u64 {
 fn default_health_interval_ms() -> u64 {
     5_000
 }
+fn default_health_timeout_ms() -> u64 {
+    2_000
+}
 fn default_restart_backoff_max_ms() -> u64 {
     10_000
 }
@@ -202,6 +209,9 @@ impl PluginsConfig {
     }
     pub fn health_interval(&self) -> Duration {
         Duration::from_millis(self.health_interval_ms)
+    }
+    pub fn health_timeout(&self) -> Duration {
+        Duration::from_millis(self.health_timeout_ms)
     }
     pub fn restart_backoff_max(&self) -> Duration {
         Duration::from_millis(self.restart_backoff_max_ms)
@@ -309,6 +319,7 @@ impl Config {
             ("plugins.call_timeout_ms", p.call_timeout_ms),
             ("plugins.startup_timeout_ms", p.startup_timeout_ms),
             ("plugins.health_interval_ms", p.health_interval_ms),
+            ("plugins.health_timeout_ms", p.health_timeout_ms),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0"));

@@ -237,7 +237,8 @@ async fn with_service<T>(config: &Config, f: impl AsyncFnOnce(&Service) -> Resul
     let service = run::start_plugins(config).await.map_err(sdk)?;
     let r = f(&service).await;
     service.stop().await;
-    let _ = std::fs::remove_dir(&config.plugins.socket_dir);
+    // The private one-shot directory (see one_shot_config), lock file included.
+    let _ = std::fs::remove_dir_all(&config.plugins.socket_dir);
     r
 }
 
@@ -275,7 +276,8 @@ async fn cmd_plugins(a: PluginsArgs) -> Result<()> {
         let probe = probe(name, role, &config).await;
         rows.push(serde_json::json!({ "name": name, "role": label, "probe": probe }));
     }
-    let _ = std::fs::remove_dir(&config.plugins.socket_dir);
+    // The private one-shot directory (see one_shot_config), lock file included.
+    let _ = std::fs::remove_dir_all(&config.plugins.socket_dir);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());

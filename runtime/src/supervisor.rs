@@ -37,6 +37,7 @@ pub struct PluginSpec {
     pub call_timeout: Duration,
     pub startup_timeout: Duration,
     pub health_interval: Duration,
+    pub health_timeout: Duration,
     pub restart_backoff_max: Duration,
     pub restart_wait: Duration,
 }
@@ -54,6 +55,7 @@ impl PluginSpec {
             call_timeout: plugins.call_timeout(),
             startup_timeout: plugins.startup_timeout(),
             health_interval: plugins.health_interval(),
+            health_timeout: plugins.health_timeout(),
             restart_backoff_max: plugins.restart_backoff_max(),
             restart_wait: plugins.restart_wait(),
         })
@@ -262,7 +264,7 @@ async fn supervise(
                 Ok(s) => format!("it exited ({s})"),
                 Err(e) => format!("waiting for it failed: {e}"),
             },
-            e = health_loop(&live, spec.health_interval) => {
+            e = health_loop(&live, spec.health_interval, spec.health_timeout) => {
                 format!("health check failed: {}", e.chain())
             }
             _ = stopped(&mut stop) => {
@@ -324,11 +326,11 @@ fn live_for(state: &watch::Sender<State>) -> Duration {
 }
 
 /// Returns the last error once `HEALTH_FAILURES` checks in a row failed.
-async fn health_loop(live: &Live, interval: Duration) -> Error {
+async fn health_loop(live: &Live, interval: Duration, timeout: Duration) -> Error {
     let mut failures = 0;
     loop {
         tokio::time::sleep(interval).await;
-        match live.client.check().await {
+        match live.client.check_within(timeout).await {
             Ok(()) => failures = 0,
             Err(e) => {
                 failures += 1;

@@ -431,3 +431,36 @@ fn stale_socket_is_replaced_and_live_one_refused() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn frozen_plugin_is_found_by_health_checks_and_replaced() {
+    let p = Plugin::sample("ttrpc");
+    let extra = "health_interval_ms = 100\nhealth_timeout_ms = 100\ncall_timeout_ms = 500";
+    let a = Attestd::start(|d| config(d, &p, &[], extra)).unwrap();
+    let frozen = a.plugin_pid("sample").unwrap();
+    // SIGSTOP: the process lives on but answers nothing, so only health checks see it.
+    signal(frozen, Signal::SIGSTOP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pid) = a.plugin_pid("sample") {
+            if pid != frozen {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "frozen plugin not replaced:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        a.log()
+            .contains("health check failed: plugin call Check did not answer within 100ms"),
+        "{}",
+        a.log()
+    );
+    let ev = evidence(&a, b"thawed").await.unwrap();
+    assert_eq!(ev, attester_sample::evidence(b"thawed").unwrap().bytes);
+    assert!(!alive(frozen), "the frozen plugin was killed");
+}

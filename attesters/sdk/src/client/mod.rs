@@ -161,8 +161,14 @@ impl RemoteAttester {
 
     /// Health check: `Ok` only when the plugin reports SERVING.
     pub async fn check(&self) -> Result<()> {
+        self.check_within(self.deadline).await
+    }
+
+    /// Health check under its own (usually shorter) deadline: a frozen plugin
+    /// should be noticed long before an evidence call would give up on it.
+    pub async fn check_within(&self, deadline: Duration) -> Result<()> {
         let serving = self
-            .call("Check", |d| async move {
+            .call_within("Check", deadline, |d| async move {
                 match &self.inner {
                     #[cfg(feature = "ttrpc")]
                     Inner::Ttrpc(c) => c.check(d).await,
@@ -185,22 +191,32 @@ impl RemoteAttester {
         F: FnOnce(Duration) -> Fut,
         Fut: Future<Output = Result<T>> + 'a,
     {
-        let backstop = self.deadline + Duration::from_millis(100);
-        match tokio::time::timeout(backstop, f(self.deadline)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) if e.code() == Code::DeadlineExceeded => Err(self.timed_out(rpc)),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(self.timed_out(rpc)),
-        }
+        self.call_within(rpc, self.deadline, f).await
     }
 
-    fn timed_out(&self, rpc: &str) -> Error {
-        Error::new(
-            Code::DeadlineExceeded,
-            format!(
-                "plugin call {rpc} did not answer within {:?}",
-                self.deadline
-            ),
-        )
+    async fn call_within<'a, T, F, Fut>(
+        &'a self,
+        rpc: &'static str,
+        deadline: Duration,
+        f: F,
+    ) -> Result<T>
+    where
+        F: FnOnce(Duration) -> Fut,
+        Fut: Future<Output = Result<T>> + 'a,
+    {
+        let backstop = deadline + Duration::from_millis(100);
+        match tokio::time::timeout(backstop, f(deadline)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.code() == Code::DeadlineExceeded => Err(timed_out(rpc, deadline)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(timed_out(rpc, deadline)),
+        }
     }
+}
+
+fn timed_out(rpc: &str, deadline: Duration) -> Error {
+    Error::new(
+        Code::DeadlineExceeded,
+        format!("plugin call {rpc} did not answer within {deadline:?}"),
+    )
 }

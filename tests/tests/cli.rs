@@ -1,0 +1,162 @@
+//! The operator commands: `attestd evidence`, `attestd plugins`, `attestd client`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use attestd_e2e::{attestd_cli, config, Attestd, Plugin};
+
+fn write_config(dir: &std::path::Path, text: &str) -> String {
+    let p = dir.join("attestd.toml");
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn evidence_one_shot_accepts_text_file_and_hex() {
+    let d = tempfile::tempdir().unwrap();
+    let p = Plugin::sample("grpc");
+    let cfg = write_config(d.path(), &config(d.path(), &p, &[], ""));
+    let want = "{\"report_data\":\"aGVsbG8tY29jbw==\",\"svn\":\"1\"}\n";
+
+    let (st, out, err) = attestd_cli(&["evidence", "-c", &cfg, "--runtime-data", "hello-coco"]);
+    assert!(st.success(), "{err}");
+    assert_eq!(out, want);
+
+    let f = d.path().join("rd");
+    std::fs::write(&f, b"hello-coco").unwrap();
+    let at = format!("@{}", f.display());
+    let (st, out, _) = attestd_cli(&["evidence", "-c", &cfg, "--runtime-data", &at]);
+    assert!(st.success());
+    assert_eq!(out, want);
+
+    let (st, out, _) = attestd_cli(&[
+        "evidence",
+        "-c",
+        &cfg,
+        "--runtime-data",
+        "hex:68656c6c6f2d636f636f",
+    ]);
+    assert!(st.success());
+    assert_eq!(out, want);
+
+    // The one-shot's private socket directory is gone afterwards.
+    let left: Vec<_> = std::fs::read_dir(d.path().join("plugins"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn evidence_one_shot_errors_are_clear() {
+    let d = tempfile::tempdir().unwrap();
+    let p = Plugin::sample("ttrpc");
+    let cfg = write_config(d.path(), &config(d.path(), &p, &[], ""));
+    let (st, out, err) = attestd_cli(&["evidence", "-c", &cfg, "--runtime-data", &"x".repeat(65)]);
+    assert_eq!(st.code(), Some(1));
+    assert!(out.is_empty());
+    assert_eq!(
+        err.trim_end(),
+        "error: runtime data for sample: report data is 65 bytes, more than the 64 bytes this attester accepts"
+    );
+    let (st, _, err) = attestd_cli(&["evidence", "-c", &cfg, "--runtime-data", "hex:zz"]);
+    assert_eq!(st.code(), Some(1));
+    assert!(
+        err.starts_with("error: runtime data after hex: is not hex"),
+        "{err}"
+    );
+    let (st, _, err) = attestd_cli(&["evidence", "-c", &cfg, "--plugin", "tdx"]);
+    assert_eq!(st.code(), Some(1));
+    assert_eq!(
+        err.trim_end(),
+        "error: --plugin \"tdx\": no [plugins.attester.tdx] table in the config"
+    );
+    let (st, _, err) = attestd_cli(&["evidence"]);
+    assert_eq!(st.code(), Some(1));
+    assert!(
+        err.starts_with("error: no attester plugin configured"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plugins_lists_handshake_and_health() {
+    let d = tempfile::tempdir().unwrap();
+    let p = Plugin::sample("ttrpc");
+    let dev = Plugin::sample_device("grpc");
+    let cfg = write_config(d.path(), &config(d.path(), &p, &[dev], ""));
+    let (st, out, err) = attestd_cli(&["plugins", "-c", &cfg]);
+    assert!(st.success(), "{err}");
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        out,
+        format!(
+            "dev (additional): tee=sampledevice transport=grpc protocol=v1 plugin=attester-sample {version} health=serving\n\
+             sample (primary): tee=sample transport=ttrpc protocol=v1 plugin=attester-sample {version} health=serving\n"
+        )
+    );
+    let (st, out, _) = attestd_cli(&["plugins", "-c", &cfg, "--json"]);
+    assert!(st.success());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v[1]["probe"]["handshake"]["info"]["capabilities"]["max_report_data"],
+        64
+    );
+    assert_eq!(
+        v[0]["probe"]["handshake"]["info"]["capabilities"]["role"],
+        "additional"
+    );
+}
+
+#[test]
+fn plugins_reports_a_broken_plugin_without_failing() {
+    let d = tempfile::tempdir().unwrap();
+    let p = Plugin::test("ttrpc", &["--protocol-version", "7"]);
+    let cfg = write_config(d.path(), &config(d.path(), &p, &[], ""));
+    let (st, out, _) = attestd_cli(&["plugins", "-c", &cfg]);
+    assert!(st.success());
+    assert_eq!(
+        out,
+        "test (primary): error: cannot start plugin test: plugin protocol version mismatch: we speak v1, the plugin speaks v7\n"
+    );
+}
+
+#[tokio::test]
+async fn client_subcommand_talks_to_a_running_attestd() {
+    let p = Plugin::sample("ttrpc");
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let aa = format!("unix://{}", a.aa_sock.display());
+    let grpc = format!("unix://{}", a.grpc_sock.display());
+    let (st, out, _) = attestd_cli(&["client", "--attestation_sock", &aa, "get-tee-type"]);
+    assert!(st.success());
+    assert_eq!(out, "sample\n");
+    let (st, out, _) = attestd_cli(&[
+        "client",
+        "--grpc",
+        &grpc,
+        "get-evidence",
+        "--runtime-data",
+        "hello-coco",
+    ]);
+    assert!(st.success());
+    assert_eq!(
+        out,
+        "{\"report_data\":\"aGVsbG8tY29jbw==\",\"svn\":\"1\"}\n"
+    );
+    let (st, out, _) = attestd_cli(&[
+        "client",
+        "--attestation_sock",
+        &aa,
+        "extend-runtime-measurement",
+        "d",
+        "op",
+        "content",
+    ]);
+    assert!(st.success());
+    assert_eq!(out, "NotEnabled\n");
+    let (st, _, err) = attestd_cli(&["client", "--attestation_sock", &aa, "get-token", "kbs"]);
+    assert_eq!(st.code(), Some(1));
+    assert_eq!(
+        err.trim_end(),
+        "error: token type \"kbs\" is not configured: set [token_configs.kbs] url"
+    );
+}
