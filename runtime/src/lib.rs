@@ -14,3 +14,4 @@ pub mod run;
 pub mod server;
 pub mod service;
 pub mod supervisor;
+mod sys;

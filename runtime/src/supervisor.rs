@@ -398,8 +398,9 @@ fn spawn(spec: &PluginSpec, socket: &Path) -> Result<Child> {
         return Err(Error::failed_precondition("no command configured"));
     };
     let program = resolve_command(cmd)?;
-    Command::new(&program)
-        .args(&spec.config.args)
+    let mut cmd = Command::new(&program);
+    crate::sys::die_with_parent(&mut cmd);
+    cmd.args(&spec.config.args)
         .arg("--socket")
         .arg(socket)
         .arg("--transport")

@@ -464,3 +464,19 @@ async fn frozen_plugin_is_found_by_health_checks_and_replaced() {
     assert_eq!(ev, attester_sample::evidence(b"thawed").unwrap().bytes);
     assert!(!alive(frozen), "the frozen plugin was killed");
 }
+
+#[test]
+fn plugins_die_with_a_killed_attestd() {
+    let p = Plugin::sample("ttrpc");
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let plugin = a.plugin_pid("sample").unwrap();
+    signal(a.pid(), Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(plugin) {
+        assert!(
+            Instant::now() < deadline,
+            "plugin {plugin} outlived attestd"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
