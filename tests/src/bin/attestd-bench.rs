@@ -155,6 +155,34 @@ async fn target(kind: &str, transport: Transport, a: Option<&Attestd>, sock: &Pa
     }
 }
 
+/// The machine's floor: a 128-byte blocking ping-pong over a Unix socket between two
+/// threads, no RPC framework at all. Every figure above includes one such round trip
+/// per hop, so read them against this.
+fn floor(calls: usize) -> Figures {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let (mut a, mut b) = UnixStream::pair().unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 128];
+        while b.read_exact(&mut buf).is_ok() {
+            b.write_all(&buf).unwrap();
+        }
+    });
+    let mut buf = [0u8; 128];
+    let mut lat = Vec::with_capacity(calls);
+    let start = Instant::now();
+    for _ in 0..calls {
+        let t0 = Instant::now();
+        a.write_all(&buf).unwrap();
+        a.read_exact(&mut buf).unwrap();
+        lat.push(t0.elapsed());
+    }
+    let f = figures(lat, start.elapsed());
+    drop(a);
+    echo.join().unwrap();
+    f
+}
+
 fn us(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e6)
 }
@@ -172,6 +200,13 @@ fn main() {
     rt.block_on(async {
         println!("| path | AA API | plugin | clients | p50 µs | p99 µs | calls/s |");
         println!("| --- | --- | --- | --- | --- | --- | --- |");
+        let f = floor(args.calls);
+        println!(
+            "| floor: socket ping-pong | - | - | 1 | {} | {} | {:.0} |",
+            us(f.p50),
+            us(f.p99),
+            f.per_sec
+        );
         for plugin_tr in [Transport::Ttrpc, Transport::Grpc] {
             let dir = tempfile::tempdir().unwrap();
             let sock = dir.path().join("sample.sock");
