@@ -118,8 +118,8 @@ async fn serve(
         let _ = tx.send(());
     }
     if let Some(mut task) = grpc_task {
-        // Clients keep connections open (HTTP/2); in-flight calls get a grace period,
-        // idle connections are not waited for.
+        // Graceful shutdown lasts until clients close their (HTTP/2, long-lived)
+        // connections; in-flight calls get SHUTDOWN_GRACE, then the rest is dropped.
         match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
             Ok(Ok(r)) => r?,
             Ok(Err(e)) => return Err(Error::internal("gRPC server task failed").with_source(e)),

@@ -136,13 +136,17 @@ impl Attestd {
         let aa_sock = dir.path().join("aa/attestation-agent.sock");
         let grpc_sock = dir.path().join("aa/grpc.sock");
         let log = std::fs::File::create(dir.path().join("attestd.log")).expect("log");
-        let child = Command::new(bin("attestd"))
-            .arg("-c")
+        let mut cmd = Command::new(bin("attestd"));
+        cmd.arg("-c")
             .arg(&cfg)
             .arg("--attestation_sock")
-            .arg(format!("unix://{}", aa_sock.display()))
-            .arg("--grpc_sock")
-            .arg(format!("unix://{}", grpc_sock.display()))
+            .arg(format!("unix://{}", aa_sock.display()));
+        // The gRPC listener is a Unix socket in the temp dir unless the caller picks one.
+        if !args.contains(&"--grpc_sock") {
+            cmd.arg("--grpc_sock")
+                .arg(format!("unix://{}", grpc_sock.display()));
+        }
+        let child = cmd
             .args(args)
             // Tests want debug logs in attestd.log; the benchmark sets ATTESTD_LOG=warn.
             .env(

@@ -331,3 +331,33 @@ async fn concurrent_clients_get_their_own_evidence() {
         t.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn grpc_over_tcp_as_upstream() {
+    // A free loopback port, as upstream's default 127.0.0.1:50002 may be taken.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let p = Plugin::sample("ttrpc");
+    let a = Attestd::start_with(|d| config(d, &p, &[], ""), &["--grpc_sock", &addr]).unwrap();
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = g::attestation_agent_service_client::AttestationAgentServiceClient::new(ch);
+    let r = c
+        .get_evidence(g::GetEvidenceRequest {
+            runtime_data: HELLO.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(std::str::from_utf8(&r.evidence).unwrap(), HELLO_EVIDENCE);
+    assert!(a.stop().success());
+    // The port is released on shutdown.
+    std::net::TcpListener::bind(&addr).unwrap();
+}

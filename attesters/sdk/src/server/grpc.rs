@@ -113,8 +113,8 @@ pub(super) async fn serve<A: Attester>(
         _ = shutdown => {}
     }
     let _ = stop_tx.send(true);
-    // The core keeps its connection open (HTTP/2): in-flight calls get a grace
-    // period, idle connections are not waited for.
+    // Graceful shutdown lasts until the core closes its (long-lived) connection;
+    // in-flight calls get SHUTDOWN_GRACE, then the rest is dropped.
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
         Ok(r) => r.map_err(|e| Error::internal("grpc server failed").with_source(e)),
         Err(_) => Ok(()),
