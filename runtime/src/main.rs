@@ -163,25 +163,13 @@ fn load_config(arg: &ConfigArg) -> Result<Config> {
     }
 }
 
-/// `[log] level`, overridden by ATTESTD_LOG or RUST_LOG; logs go to stderr.
-fn init_logging(level: &str) {
-    let filter = std::env::var("ATTESTD_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| level.to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 fn sdk(e: attester_sdk::Error) -> anyhow::Error {
     anyhow!(e.chain())
 }
 
 async fn cmd_run(a: RunArgs) -> Result<()> {
     let config = load_config(&a.config)?;
-    init_logging(&config.log.level);
+    attester_sdk::init_logging(&config.log.level);
     let initdata = match (&a.initdata_toml, &a.initdata_digest) {
         (Some(p), _) => Some(InitData::from_toml_file(p)?),
         (None, Some(d)) => Some(InitData::from_digest_base64(d)?),
@@ -219,7 +207,7 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
 /// sockets of a daemon running with the same config.
 fn one_shot_config(arg: &ConfigArg) -> Result<Config> {
     let mut config = load_config(arg)?;
-    init_logging(&std::env::var("ATTESTD_LOG").unwrap_or_else(|_| "warn".into()));
+    attester_sdk::init_logging("warn");
     config.plugins.socket_dir = config
         .plugins
         .socket_dir

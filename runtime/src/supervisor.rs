@@ -358,7 +358,7 @@ async fn terminate(name: &str, child: &mut Child) {
 async fn launch(spec: &PluginSpec, identity: Option<&Handshake>) -> Result<(Child, Live)> {
     let ctx = |e: Error| e.context(format!("cannot start plugin {}", spec.name));
     let socket = spec.socket();
-    remove_stale(&socket).map_err(ctx)?;
+    attester_sdk::remove_socket_file(&socket).map_err(ctx)?;
     let mut child = spawn(spec, &socket).map_err(ctx)?;
     let started = Instant::now();
     let ready = tokio::time::timeout(spec.startup_timeout, async {
@@ -545,17 +545,6 @@ pub fn ensure_socket_dir(dir: &Path) -> Result<()> {
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| fail("restrict", e))
-}
-
-fn remove_stale(socket: &Path) -> Result<()> {
-    match std::fs::remove_file(socket) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(
-            Error::internal(format!("cannot remove stale socket {}", socket.display()))
-                .with_source(e),
-        ),
-    }
 }
 
 #[cfg(test)]

@@ -285,6 +285,23 @@ pub fn find_process_with_arg(arg: &str) -> Option<u32> {
     None
 }
 
+/// Start plugin binary `name` by hand on `sock` (no core), as the core would.
+pub fn spawn_plugin(name: &str, sock: &Path, transport: &str, args: &[&str]) -> Child {
+    Command::new(bin(name))
+        .args(args)
+        .arg("--socket")
+        .arg(sock)
+        .arg("--transport")
+        .arg(transport)
+        .env(
+            "ATTESTD_LOG",
+            std::env::var("ATTESTD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn plugin")
+}
+
 /// Run `attestd` with `args` to completion; (status, stdout, stderr).
 pub fn attestd_cli(args: &[&str]) -> (ExitStatus, String, String) {
     let out = Command::new(bin("attestd"))

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use attestd_e2e::{alive, attestd_cli, bin, config, signal, Attestd, Plugin};
+use attestd_e2e::{alive, attestd_cli, bin, config, signal, spawn_plugin, Attestd, Plugin};
 use attestd_proto::grpc::attestation_agent as g;
 use attestd_proto::ttrpc::attestation_agent as t;
 use attester_sdk::{Code, RemoteAttester, Transport, PROTOCOL_VERSIONS};
@@ -19,6 +19,22 @@ fn status(e: ttrpc::Error) -> (ttrpc::Code, String) {
         ttrpc::Error::RpcStatus(s) => (s.code(), s.message.clone()),
         other => panic!("not a status: {other:?}"),
     }
+}
+
+async fn get_token(a: &Attestd, token_type: &str) -> ttrpc::Error {
+    let req = t::GetTokenRequest {
+        TokenType: token_type.into(),
+        ..Default::default()
+    };
+    a.ttrpc().await.get_token(ctx(), &req).await.unwrap_err()
+}
+
+async fn tee_type(a: &Attestd) -> String {
+    let c = a.ttrpc().await;
+    c.get_tee_type(ctx(), &Default::default())
+        .await
+        .unwrap()
+        .tee
 }
 
 async fn evidence(a: &Attestd, rd: &[u8]) -> Result<Vec<u8>, ttrpc::Error> {
@@ -67,11 +83,7 @@ async fn plugin_rejects_oversized_report_data_itself() {
     // The core checks first; a plugin reached directly checks too.
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("p.sock");
-    let mut child = std::process::Command::new(bin("attester-sample"))
-        .arg("--socket")
-        .arg(&sock)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_plugin("attester-sample", &sock, "ttrpc", &[]);
     let c = connect_when_ready(&sock, Transport::Ttrpc).await;
     let e = c.evidence(vec![0; 65]).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -101,18 +113,7 @@ async fn connect_when_ready(sock: &std::path::Path, tr: Transport) -> RemoteAtte
 async fn unknown_token_type_is_invalid_argument() {
     let p = Plugin::sample("ttrpc");
     let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
-    let e = a
-        .ttrpc()
-        .await
-        .get_token(
-            ctx(),
-            &t::GetTokenRequest {
-                TokenType: "foo".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err();
+    let e = get_token(&a, "foo").await;
     assert_eq!(
         status(e),
         (
@@ -129,18 +130,7 @@ async fn configured_token_type_without_client_is_unimplemented() {
         config(d, &p, &[], "") + "[token_configs.coco_as]\nurl = \"http://127.0.0.1:1\"\n"
     })
     .unwrap();
-    let e = a
-        .ttrpc()
-        .await
-        .get_token(
-            ctx(),
-            &t::GetTokenRequest {
-                TokenType: "coco_as".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err();
+    let e = get_token(&a, "coco_as").await;
     assert_eq!(
         status(e),
         (
@@ -229,19 +219,8 @@ async fn protocol_version_mismatch_is_failed_precondition() {
     for tr in [Transport::Ttrpc, Transport::Grpc] {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("p.sock");
-        let mut child = std::process::Command::new(bin("attester-test"))
-            .args([
-                "--protocol-version",
-                "99",
-                "--protocol-version",
-                "100",
-                "--transport",
-            ])
-            .arg(tr.to_string())
-            .arg("--socket")
-            .arg(&sock)
-            .spawn()
-            .unwrap();
+        let versions = ["--protocol-version", "99", "--protocol-version", "100"];
+        let mut child = spawn_plugin("attester-test", &sock, &tr.to_string(), &versions);
         let c = connect_when_ready(&sock, tr).await;
         let e = c.handshake(PROTOCOL_VERSIONS).await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{tr}");
@@ -311,13 +290,7 @@ async fn plugin_crashing_inside_a_call_is_unavailable_then_restarted() {
         assert!(Instant::now() < deadline, "no restart:\n{}", a.log());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let tee = a
-        .ttrpc()
-        .await
-        .get_tee_type(ctx(), &Default::default())
-        .await
-        .unwrap();
-    assert_eq!(tee.tee, "sample");
+    assert_eq!(tee_type(&a).await, "sample");
 }
 
 #[tokio::test]
@@ -337,13 +310,7 @@ async fn hanging_plugin_hits_the_deadline_not_a_hang() {
         );
         assert!(started.elapsed() < Duration::from_secs(5));
         // Other calls are still answered while one hangs.
-        let tee = a
-            .ttrpc()
-            .await
-            .get_tee_type(ctx(), &Default::default())
-            .await
-            .unwrap();
-        assert_eq!(tee.tee, "sample");
+        assert_eq!(tee_type(&a).await, "sample");
     }
 }
 

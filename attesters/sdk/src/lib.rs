@@ -31,7 +31,7 @@ pub use attester::Attester;
 pub use client::{RemoteAttester, DEFAULT_DEADLINE};
 pub use error::{Code, Error, Result};
 pub use handshake::{negotiate, PROTOCOL_VERSIONS};
-pub use server::{serve, ServeOptions};
+pub use server::{remove_socket_file, serve, ServeOptions};
 pub use types::{
     Capabilities, DeviceRole, Evidence, Handshake, InitDataBinding, PluginInfo, RegisterMapping,
     ReportData, Transport,
@@ -73,7 +73,7 @@ impl ServeArgs {
 /// current-thread runtime (a Unix-socket round trip costs half what it does on
 /// the multi-thread one), [`serve`] until SIGTERM, and the error chain on failure.
 pub fn run<A: Attester>(attester: A, opts: ServeOptions) -> ExitCode {
-    init_logging();
+    init_logging("info");
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -93,10 +93,13 @@ pub fn run<A: Attester>(attester: A, opts: ServeOptions) -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// Log to stderr at `default` level, unless `ATTESTD_LOG` or `RUST_LOG` says
+/// otherwise (`tracing` filter syntax). Colours only on a terminal. Plugins get this
+/// from [`run`]; the core calls it too, so both log alike.
+pub fn init_logging(default: &str) {
     let filter = std::env::var("ATTESTD_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
+        .unwrap_or_else(|_| default.to_string());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -7,11 +7,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench: a failed setup should stop it loudly
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use attestd_e2e::{bin, config, Attestd, Plugin};
+use attestd_e2e::{config, spawn_plugin, Attestd, Plugin};
 use attestd_proto::grpc::attestation_agent as g;
 use attestd_proto::ttrpc::attestation_agent as t;
 use attester_sdk::{RemoteAttester, Transport};
@@ -125,18 +124,6 @@ async fn concurrent(targets: Vec<Target>, per_client: usize) -> Figures {
     figures(all, start.elapsed())
 }
 
-fn spawn_plugin(sock: &Path, transport: Transport) -> Child {
-    Command::new(bin("attester-sample"))
-        .arg("--socket")
-        .arg(sock)
-        .arg("--transport")
-        .arg(transport.to_string())
-        .env("ATTESTD_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 async fn direct_client(sock: &Path, transport: Transport) -> RemoteAttester {
     for _ in 0..2000 {
         if let Ok(c) = RemoteAttester::connect(sock, transport).await {
@@ -210,7 +197,7 @@ fn main() {
         for plugin_tr in [Transport::Ttrpc, Transport::Grpc] {
             let dir = tempfile::tempdir().unwrap();
             let sock = dir.path().join("sample.sock");
-            let mut plugin = spawn_plugin(&sock, plugin_tr);
+            let mut plugin = spawn_plugin("attester-sample", &sock, &plugin_tr.to_string(), &[]);
             let p = Plugin::sample(&plugin_tr.to_string());
             let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
             let runs = [

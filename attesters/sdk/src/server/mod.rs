@@ -79,7 +79,7 @@ pub async fn serve<A: Attester>(attester: A, opts: ServeOptions) -> Result<()> {
         versions: opts.protocol_versions.clone(),
         transport: opts.transport,
     });
-    remove_stale(&opts.socket)?;
+    remove_socket_file(&opts.socket)?;
     let result = serve_on(plugin, &opts, shutdown_signal()?).await;
     // Remove the socket even when serving failed, so no stale file is left.
     let _ = std::fs::remove_file(&opts.socket);
@@ -103,9 +103,9 @@ async fn serve_on<A: Attester>(
     }
 }
 
-/// A socket left by a previous instance would make bind fail; the directory is the
-/// core's, so anything at our path is ours to replace.
-fn remove_stale(socket: &Path) -> Result<()> {
+/// Remove a socket file if it exists. A socket left by a previous instance would make
+/// bind fail; the directory is the core's, so anything at our path is ours to replace.
+pub fn remove_socket_file(socket: &Path) -> Result<()> {
     match std::fs::remove_file(socket) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
