@@ -24,6 +24,18 @@ if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     }
 fi
 
+echo "== architecture invariants"
+# The core links no TEE library; attesters link neither the core nor each other.
+tee_crates='^(tss-esapi|tss-esapi-sys|sev|az-cvm-vtpm|az-snp-vtpm|az-tdx-vtpm|tdx-attest-rs|dcap-qvl|configfs-tsm) '
+if cargo tree -p attestd -e normal --prefix none --locked | grep -E "$tee_crates"; then
+    echo "error: the attestd runtime depends on a TEE crate (above)" >&2
+    exit 1
+fi
+if cargo tree -p attester-sample -e normal --prefix none --locked | grep -E '^attestd '; then
+    echo "error: an attester depends on the attestd runtime" >&2
+    exit 1
+fi
+
 echo "== build (the end-to-end tests run the real binaries)"
 cargo build --workspace --bins --locked
 

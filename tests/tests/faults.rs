@@ -447,3 +447,123 @@ fn plugins_die_with_a_killed_attestd() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+mod initdata {
+    use super::*;
+
+    const TOML: &str = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"policy.rego\" = '''package agent_policy'''\n";
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        // Independent of attestd's code: the system's sha256sum.
+        let mut child = std::process::Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8(out.stdout).unwrap()[..64].to_string()
+    }
+
+    #[test]
+    fn matching_initdata_toml_binds_at_start() {
+        let digest = sha256_hex(TOML.as_bytes());
+        let p = Plugin::sample("ttrpc").with_args(&["--init-data-digest", &digest]);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("initdata.toml");
+        std::fs::write(&f, TOML).unwrap();
+        let a = Attestd::start_with(
+            |d| config(d, &p, &[], ""),
+            &["--initdata-toml", f.to_str().unwrap()],
+        )
+        .unwrap();
+        assert!(
+            a.log()
+                .contains(&format!("init-data bound digest={digest}")),
+            "{}",
+            a.log()
+        );
+    }
+
+    #[test]
+    fn mismatching_initdata_refuses_to_start_showing_both() {
+        let launch = "ab".repeat(32);
+        let p = Plugin::sample("grpc").with_args(&["--init-data-digest", &launch]);
+        let given = base64_of(&[0xcd; 32]);
+        let e = Attestd::start_with(|d| config(d, &p, &[], ""), &["--initdata-digest", &given])
+            .err()
+            .unwrap();
+        assert_eq!(e.status.unwrap().code(), Some(1));
+        assert_eq!(
+            e.stderr.lines().last().unwrap(),
+            format!(
+                "error: init-data binding failed: plugin sample: init-data digest {} does not match the launch-time value {launch}",
+                "cd".repeat(32)
+            )
+        );
+    }
+
+    #[test]
+    fn plugin_without_binding_starts_with_a_warning() {
+        let p = Plugin::sample("ttrpc");
+        let a = Attestd::start_with(
+            |d| config(d, &p, &[], ""),
+            &["--initdata-digest", &base64_of(&[1; 48])],
+        )
+        .unwrap();
+        assert!(
+            a.log().contains("init-data not bound: plugin sample (sample): init-data binding is not supported by this attester"),
+            "{}",
+            a.log()
+        );
+    }
+
+    #[test]
+    fn bad_initdata_is_refused() {
+        let p = Plugin::sample("ttrpc");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("initdata.toml");
+        std::fs::write(&f, "version = \"0.1.0\"\nalgorithm = \"sha1\"\n").unwrap();
+        let e = Attestd::start_with(
+            |d| config(d, &p, &[], ""),
+            &["--initdata-toml", f.to_str().unwrap()],
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            e.stderr.trim_end(),
+            format!(
+                "error: invalid init-data TOML {}: unknown algorithm \"sha1\": expected sha256, sha384 or sha512",
+                f.display()
+            )
+        );
+        std::fs::write(&f, "version = ").unwrap();
+        let e = Attestd::start_with(
+            |d| config(d, &p, &[], ""),
+            &["--initdata-toml", f.to_str().unwrap()],
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.stderr
+                .starts_with(&format!("error: invalid init-data TOML {}", f.display())),
+            "{}",
+            e.stderr
+        );
+        let e = Attestd::start_with(|d| config(d, &p, &[], ""), &["--initdata-digest", "***"])
+            .err()
+            .unwrap();
+        assert!(
+            e.stderr
+                .starts_with("error: invalid --initdata-digest: not base64"),
+            "{}",
+            e.stderr
+        );
+    }
+
+    fn base64_of(b: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(b)
+    }
+}
