@@ -289,6 +289,8 @@ async fn supervise(
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stopped(&mut stop) => {
                         let _ = state.send(State::Stopped);
+                        // The crashed plugin could not remove its socket.
+                        let _ = std::fs::remove_file(spec.socket());
                         return;
                     }
                 }
