@@ -1,8 +1,11 @@
 # Shared by scripts/demo.sh and scripts/test.sh: make sure the tools exist.
 
 # Debian packages the build and the tests need beyond the machine's Rust toolchain.
-# (Later attesters add theirs here: swtpm, tpm2-tools, podman, ...)
-ATTESTD_APT_PACKAGES=(gcc pkg-config)
+# libtss2-dev: tss-esapi (TPM attester); swtpm, tpm2-tools: its tests.
+ATTESTD_APT_PACKAGES=(gcc pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools)
+
+# Hardware attesters: standalone workspaces with their own Cargo.lock.
+ATTESTD_ATTESTER_WORKSPACES=(attesters/tpm)
 
 ensure_packages() {
     local missing=()

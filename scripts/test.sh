@@ -13,6 +13,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p attester-sdk --no-default-features --features ttrpc --locked -- -D warnings
 cargo clippy -p attester-sdk --no-default-features --features grpc --locked -- -D warnings
 
+for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do
+    cargo fmt --manifest-path "$ws/Cargo.toml" --check
+    cargo clippy --manifest-path "$ws/Cargo.toml" --all-targets --locked -- -D warnings
+done
+
 echo "== generated code is current"
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     touch proto/build.rs
@@ -38,6 +43,12 @@ fi
 
 echo "== build (the end-to-end tests run the real binaries)"
 cargo build --workspace --bins --locked
+for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do
+    cargo build --manifest-path "$ws/Cargo.toml" --bins --locked
+done
 
 echo "== tests"
+for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do
+    cargo test --manifest-path "$ws/Cargo.toml" --locked
+done
 cargo test --workspace --locked

@@ -1,0 +1,464 @@
+//! The device seam: everything that talks to a TPM, on one thread that owns the
+//! tss-esapi context (the context is not `Send`, and a TPM serves one command at a
+//! time anyway). The plugin sends it requests and awaits the replies.
+
+use std::str::FromStr;
+use std::sync::mpsc;
+
+use attester_sdk::{Code, Error, Result};
+use num_traits::FromPrimitive;
+use tokio::sync::oneshot;
+use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
+use tss_esapi::handles::{KeyHandle, ObjectHandle, PcrHandle, PersistentTpmHandle, TpmHandle};
+use tss_esapi::interface_types::algorithm::{
+    HashingAlgorithm, PublicAlgorithm, RsaSchemeAlgorithm,
+};
+use tss_esapi::interface_types::dynamic_handles::Persistent;
+use tss_esapi::interface_types::key_bits::RsaKeyBits;
+use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
+use tss_esapi::structures::{
+    Data, Digest, DigestValues, HashScheme, PcrSelectionList, PcrSelectionListBuilder, PcrSlot,
+    Public, PublicBuilder, PublicKeyRsa, PublicRsaParametersBuilder, RsaExponent, RsaScheme,
+    SignatureScheme,
+};
+use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::traits::Marshall;
+use tss_esapi::Context;
+
+use crate::evidence::Quote;
+
+/// Upstream's default AK handle.
+pub const DEFAULT_AK_HANDLE: u32 = 0x8101_0002;
+/// PCRs in the quote: the whole SHA-256 bank.
+pub const PCR_COUNT: u64 = 24;
+
+const SLOTS: [PcrSlot; 24] = [
+    PcrSlot::Slot0,
+    PcrSlot::Slot1,
+    PcrSlot::Slot2,
+    PcrSlot::Slot3,
+    PcrSlot::Slot4,
+    PcrSlot::Slot5,
+    PcrSlot::Slot6,
+    PcrSlot::Slot7,
+    PcrSlot::Slot8,
+    PcrSlot::Slot9,
+    PcrSlot::Slot10,
+    PcrSlot::Slot11,
+    PcrSlot::Slot12,
+    PcrSlot::Slot13,
+    PcrSlot::Slot14,
+    PcrSlot::Slot15,
+    PcrSlot::Slot16,
+    PcrSlot::Slot17,
+    PcrSlot::Slot18,
+    PcrSlot::Slot19,
+    PcrSlot::Slot20,
+    PcrSlot::Slot21,
+    PcrSlot::Slot22,
+    PcrSlot::Slot23,
+];
+
+/// Where the TPM is: a TCTI string as tpm2-tools take it (`device:/dev/tpmrm0`,
+/// `swtpm:host=127.0.0.1,port=2321`, …).
+#[derive(Debug, Clone)]
+pub struct TpmConfig {
+    pub tcti: String,
+    pub ak_handle: u32,
+}
+
+/// The TCTI to use: the given one, else `TPM2TOOLS_TCTI`/`TCTI`, else the kernel
+/// resource manager `/dev/tpmrm0`, else `/dev/tpm0`.
+pub fn default_tcti(given: Option<String>) -> String {
+    given
+        .or_else(|| std::env::var("TPM2TOOLS_TCTI").ok())
+        .or_else(|| std::env::var("TCTI").ok())
+        .unwrap_or_else(|| {
+            if std::path::Path::new("/dev/tpmrm0").exists()
+                || !std::path::Path::new("/dev/tpm0").exists()
+            {
+                "device:/dev/tpmrm0".into()
+            } else {
+                "device:/dev/tpm0".into()
+            }
+        })
+}
+
+enum Request {
+    Quote(Vec<u8>, oneshot::Sender<Result<Quote>>),
+    Extend(u64, Vec<u8>, oneshot::Sender<Result<()>>),
+    Read(u64, oneshot::Sender<Result<Vec<u8>>>),
+}
+
+/// A handle on the TPM thread. Cheap to clone; the thread ends with the last handle.
+#[derive(Clone)]
+pub struct Tpm {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Tpm {
+    /// Open the TPM and make sure the AK exists (creating and persisting it if not).
+    pub fn open(cfg: TpmConfig) -> Result<Tpm> {
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("tpm".into())
+            .spawn(move || match Device::open(&cfg) {
+                Ok(dev) => {
+                    let _ = ready_tx.send(Ok(()));
+                    dev.serve(rx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| Error::internal("cannot start the TPM thread").with_source(e))?;
+        ready_rx
+            .recv()
+            .map_err(|e| Error::internal("the TPM thread died").with_source(e))??;
+        Ok(Tpm { tx })
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .map_err(|_| Error::unavailable("the TPM thread has stopped"))?;
+        rx.await
+            .map_err(|_| Error::unavailable("the TPM thread has stopped"))?
+    }
+
+    /// A quote over the SHA-256 bank with `nonce` as qualifying data.
+    pub async fn quote(&self, nonce: Vec<u8>) -> Result<Quote> {
+        self.ask(|tx| Request::Quote(nonce, tx)).await
+    }
+
+    /// Extend SHA-256 PCR `pcr` with `digest` (32 bytes).
+    pub async fn extend(&self, pcr: u64, digest: Vec<u8>) -> Result<()> {
+        check_pcr(pcr)?;
+        if digest.len() != 32 {
+            return Err(Error::invalid_argument(format!(
+                "digest is {} bytes; the SHA-256 bank takes 32",
+                digest.len()
+            )));
+        }
+        self.ask(|tx| Request::Extend(pcr, digest, tx)).await
+    }
+
+    /// Read SHA-256 PCR `pcr`.
+    pub async fn read(&self, pcr: u64) -> Result<Vec<u8>> {
+        check_pcr(pcr)?;
+        self.ask(|tx| Request::Read(pcr, tx)).await
+    }
+}
+
+fn check_pcr(pcr: u64) -> Result<()> {
+    if pcr >= PCR_COUNT {
+        return Err(Error::invalid_argument(format!(
+            "PCR {pcr} does not exist: the SHA-256 bank has PCRs 0 to 23"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a TPM answers on `tcti` (cheap: open a context, ask for 1 random byte).
+pub fn detect(tcti: &str) -> bool {
+    let Ok(conf) = TctiNameConf::from_str(tcti) else {
+        return false;
+    };
+    if let TctiNameConf::Device(_) = &conf {
+        let path = tcti.trim_start_matches("device:");
+        if !std::path::Path::new(path).exists() {
+            return false;
+        }
+    }
+    Context::new(conf).and_then(|mut c| c.get_random(1)).is_ok()
+}
+
+struct Device {
+    ctx: Context,
+    ak: KeyHandle,
+    ak_public_der: Vec<u8>,
+}
+
+impl Device {
+    fn open(cfg: &TpmConfig) -> Result<Device> {
+        let conf = TctiNameConf::from_str(&cfg.tcti).map_err(|e| {
+            Error::invalid_argument(format!("invalid TCTI {:?}", cfg.tcti)).with_source(e)
+        })?;
+        let mut ctx = Context::new(conf).map_err(|e| {
+            Error::unavailable(format!("no TPM answers on {}", cfg.tcti)).with_source(e)
+        })?;
+        let ak = ensure_ak(&mut ctx, cfg.ak_handle)?;
+        let (public, _, _) = ctx
+            .read_public(ak)
+            .map_err(|e| tpm_error("cannot read the AK's public area", e))?;
+        let ak_public_der = ak_der(&public, cfg.ak_handle)?;
+        Ok(Device {
+            ctx,
+            ak,
+            ak_public_der,
+        })
+    }
+
+    fn serve(mut self, rx: mpsc::Receiver<Request>) {
+        while let Ok(req) = rx.recv() {
+            match req {
+                Request::Quote(nonce, tx) => {
+                    let _ = tx.send(self.quote(nonce));
+                }
+                Request::Extend(pcr, digest, tx) => {
+                    let _ = tx.send(self.extend(pcr, digest));
+                }
+                Request::Read(pcr, tx) => {
+                    let _ = tx.send(self.read(pcr));
+                }
+            }
+        }
+    }
+
+    fn quote(&mut self, nonce: Vec<u8>) -> Result<Quote> {
+        let data = Data::try_from(nonce)
+            .map_err(|e| Error::invalid_argument("qualifying data too long").with_source(e))?;
+        let ak = self.ak;
+        let selection = selection()?;
+        let (attest, signature) = self
+            .ctx
+            .execute_with_nullauth_session(|ctx| {
+                ctx.quote(
+                    ak,
+                    data,
+                    SignatureScheme::RsaSsa {
+                        hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+                    },
+                    selection,
+                )
+            })
+            .map_err(|e| tpm_error("TPM2_Quote failed", e))?;
+        let message = attest
+            .marshall()
+            .map_err(|e| tpm_error("cannot marshal TPMS_ATTEST", e))?;
+        let signature = signature
+            .marshall()
+            .map_err(|e| tpm_error("cannot marshal TPMT_SIGNATURE", e))?;
+        Ok(Quote {
+            message,
+            signature,
+            pcrs: self.read_bank()?,
+            ak_public_der: self.ak_public_der.clone(),
+        })
+    }
+
+    fn read_bank(&mut self) -> Result<Vec<[u8; 32]>> {
+        let data = tss_esapi::abstraction::pcr::read_all(&mut self.ctx, selection()?)
+            .map_err(|e| tpm_error("TPM2_PCR_Read failed", e))?;
+        let bank = data
+            .pcr_bank(HashingAlgorithm::Sha256)
+            .ok_or_else(|| Error::internal("the TPM returned no SHA-256 PCR bank"))?;
+        bank.into_iter()
+            .map(|(_, d)| {
+                <[u8; 32]>::try_from(d.value())
+                    .map_err(|_| Error::internal("a SHA-256 PCR is not 32 bytes"))
+            })
+            .collect()
+    }
+
+    fn extend(&mut self, pcr: u64, digest: Vec<u8>) -> Result<()> {
+        let handle = PcrHandle::from_u64(pcr)
+            .ok_or_else(|| Error::invalid_argument(format!("no PCR handle for {pcr}")))?;
+        let mut values = DigestValues::new();
+        let digest = Digest::try_from(digest)
+            .map_err(|e| Error::invalid_argument("bad digest").with_source(e))?;
+        values.set(HashingAlgorithm::Sha256, digest);
+        self.ctx
+            .execute_with_nullauth_session(|ctx| ctx.pcr_extend(handle, values))
+            .map_err(|e| tpm_error(&format!("TPM2_PCR_Extend of PCR {pcr} failed"), e))
+    }
+
+    fn read(&mut self, pcr: u64) -> Result<Vec<u8>> {
+        let bank = self.read_bank()?;
+        Ok(bank[pcr as usize].to_vec())
+    }
+}
+
+fn selection() -> Result<PcrSelectionList> {
+    PcrSelectionListBuilder::new()
+        .with_selection(HashingAlgorithm::Sha256, &SLOTS)
+        .build()
+        .map_err(|e| tpm_error("cannot build the PCR selection", e))
+}
+
+/// The AK at `handle`, created when absent: a restricted RSA-2048 RSASSA-SHA256
+/// signing key, made as a primary key of the owner hierarchy and persisted there.
+/// (The owner hierarchy needs no EK policy session, and a primary key from a fixed
+/// template is the same key every time for the same seed.)
+fn ensure_ak(ctx: &mut Context, handle: u32) -> Result<KeyHandle> {
+    let persistent = PersistentTpmHandle::new(handle).map_err(|e| {
+        Error::invalid_argument(format!("AK handle {handle:#x} is not a persistent handle"))
+            .with_source(e)
+    })?;
+    if let Ok(obj) = ctx.tr_from_tpm_public(TpmHandle::Persistent(persistent)) {
+        let key = KeyHandle::from(obj);
+        let (public, _, _) = ctx
+            .read_public(key)
+            .map_err(|e| tpm_error(&format!("cannot read the key at {handle:#x}"), e))?;
+        check_ak(&public, handle)?;
+        return Ok(key);
+    }
+    tracing::info!(
+        handle = format!("{handle:#x}"),
+        "no AK found; creating one in the owner hierarchy"
+    );
+    let primary = ctx
+        .execute_with_nullauth_session(|ctx| {
+            ctx.create_primary(Hierarchy::Owner, ak_template()?, None, None, None, None)
+        })
+        .map_err(|e| tpm_error("cannot create the AK", e))?;
+    let transient = ObjectHandle::from(primary.key_handle);
+    let persisted = ctx
+        .execute_with_nullauth_session(|ctx| {
+            ctx.evict_control(
+                Provision::Owner,
+                transient,
+                Persistent::Persistent(persistent),
+            )
+        })
+        .map_err(|e| tpm_error(&format!("cannot persist the AK at {handle:#x}"), e));
+    let _ = ctx.flush_context(transient);
+    Ok(KeyHandle::from(persisted?))
+}
+
+fn ak_template() -> tss_esapi::Result<Public> {
+    let attrs = ObjectAttributesBuilder::new()
+        .with_restricted(true)
+        .with_sign_encrypt(true)
+        .with_decrypt(false)
+        .with_user_with_auth(true)
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Rsa)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attrs)
+        .with_rsa_parameters(
+            PublicRsaParametersBuilder::new()
+                .with_scheme(RsaScheme::create(
+                    RsaSchemeAlgorithm::RsaSsa,
+                    Some(HashingAlgorithm::Sha256),
+                )?)
+                .with_key_bits(RsaKeyBits::Rsa2048)
+                .with_exponent(RsaExponent::default())
+                .with_is_signing_key(true)
+                .with_is_decryption_key(false)
+                .with_restricted(true)
+                .build()?,
+        )
+        .with_rsa_unique_identifier(PublicKeyRsa::default())
+        .build()
+}
+
+/// A key fit to sign quotes: RSA, restricted, signing, not decrypting.
+fn check_ak(public: &Public, handle: u32) -> Result<()> {
+    match public {
+        Public::Rsa {
+            object_attributes: a,
+            ..
+        } if a.restricted() && a.sign_encrypt() && !a.decrypt() => Ok(()),
+        _ => Err(Error::failed_precondition(format!(
+            "the key at AK handle {handle:#x} is not a restricted RSA signing key"
+        ))),
+    }
+}
+
+fn ak_der(public: &Public, handle: u32) -> Result<Vec<u8>> {
+    check_ak(public, handle)?;
+    match public {
+        Public::Rsa {
+            parameters, unique, ..
+        } => {
+            // An exponent of 0 means the default, 65537.
+            let e = match parameters.exponent().value() {
+                0 => 65537,
+                e => e,
+            };
+            Ok(crate::evidence::rsa_spki_der(unique.value(), e))
+        }
+        _ => Err(Error::internal("unreachable: checked RSA above")),
+    }
+}
+
+/// A TPM error, `Unavailable` when waiting may help (lockout, retry, busy).
+fn tpm_error(what: &str, e: tss_esapi::Error) -> Error {
+    let code = match &e {
+        tss_esapi::Error::Tss2Error(rc) => match rc.kind() {
+            Some(
+                Tss2ResponseCodeKind::Lockout
+                | Tss2ResponseCodeKind::Retry
+                | Tss2ResponseCodeKind::Yielded
+                | Tss2ResponseCodeKind::Testing
+                | Tss2ResponseCodeKind::NvRate
+                | Tss2ResponseCodeKind::NvUnavailable,
+            ) => Code::Unavailable,
+            // PCRs 17-22 only take extends from localities a guest OS does not have.
+            Some(Tss2ResponseCodeKind::Locality) => Code::FailedPrecondition,
+            _ => Code::Internal,
+        },
+        _ => Code::Internal,
+    };
+    Error::new(code, what.to_string()).with_source(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tss_esapi::constants::response_code::Tss2ResponseCode;
+
+    fn code_of(rc: u32) -> Code {
+        tpm_error(
+            "op",
+            tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(rc)),
+        )
+        .code()
+    }
+
+    #[test]
+    fn busy_and_locked_out_are_unavailable() {
+        assert_eq!(code_of(0x921), Code::Unavailable); // TPM_RC_LOCKOUT
+        assert_eq!(code_of(0x922), Code::Unavailable); // TPM_RC_RETRY
+        assert_eq!(code_of(0x908), Code::Unavailable); // TPM_RC_YIELDED
+    }
+
+    #[test]
+    fn locality_is_failed_precondition_others_internal() {
+        assert_eq!(code_of(0x907), Code::FailedPrecondition); // TPM_RC_LOCALITY
+        assert_eq!(code_of(0x101), Code::Internal); // TPM_RC_FAILURE
+    }
+
+    #[test]
+    fn error_keeps_its_cause() {
+        let e = tpm_error(
+            "TPM2_Quote failed",
+            tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(0x921)),
+        );
+        assert!(
+            e.chain().starts_with("TPM2_Quote failed: "),
+            "{}",
+            e.chain()
+        );
+    }
+
+    #[test]
+    fn bad_pcr_index_is_refused_before_the_tpm() {
+        let e = check_pcr(24).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        check_pcr(23).unwrap();
+    }
+
+    #[test]
+    fn default_tcti_prefers_the_given_one() {
+        assert_eq!(default_tcti(Some("swtpm:port=1".into())), "swtpm:port=1");
+    }
+}

@@ -1,0 +1,565 @@
+//! The TPM attester against a real software TPM (swtpm), through attestd's AA API.
+//! Quotes are verified twice: by this file's own code (signature, nonce, PCR digest)
+//! and by tpm2_checkquote. Needs swtpm and tpm2-tools (scripts/test.sh installs them)
+//! and the attester built from its own workspace (attesters/tpm).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use attestd_e2e::{config, signal, Attestd, Plugin};
+use attestd_proto::ttrpc::attestation_agent as t;
+use attester_sdk::{Code, RemoteAttester, Transport};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use nix::sys::signal::Signal;
+use rsa::pkcs8::DecodePublicKey as _;
+use rsa::signature::Verifier as _;
+use sha2::{Digest as _, Sha256};
+
+/// attester-tpm, built in its own workspace.
+fn tpm_bin() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let p = root
+        .join("attesters/tpm/target")
+        .join(profile)
+        .join("attester-tpm");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --manifest-path attesters/tpm/Cargo.toml` first",
+        p.display()
+    );
+    p
+}
+
+fn free_port_pair() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p < 65000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// A swtpm on free TCP ports with a temporary state directory; stopped on drop.
+struct Swtpm {
+    child: Child,
+    port: u16,
+    _state: tempfile::TempDir,
+}
+
+impl Swtpm {
+    fn start() -> Swtpm {
+        let state = tempfile::tempdir().unwrap();
+        let port = free_port_pair();
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .arg("--server")
+            .arg(format!("type=tcp,port={port}"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={}", port + 1))
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.path().display()))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("swtpm is missing: apt-get install swtpm swtpm-tools");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "swtpm did not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Swtpm {
+            child,
+            port,
+            _state: state,
+        }
+    }
+
+    fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// Run a tpm2-tools command against this TPM.
+    fn tool(&self, args: &[&str]) -> std::process::Output {
+        Command::new(args[0])
+            .args(&args[1..])
+            .env("TPM2TOOLS_TCTI", self.tcti())
+            .output()
+            .unwrap()
+    }
+
+    fn pcr(&self, i: u64) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pcr.bin");
+        let sel = format!("sha256:{i}");
+        let out = self.tool(&["tpm2_pcrread", &sel, "-o", f.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read(f).unwrap()
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tpm_plugin(tpm: &Swtpm, extra: &[&str]) -> Plugin {
+    let mut args = vec!["--tcti".to_string(), tpm.tcti()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Plugin {
+        name: "tpm".into(),
+        command: tpm_bin(),
+        args,
+        transport: "ttrpc".into(),
+    }
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(30_000_000_000)
+}
+
+/// The parts of an evidence document a verifier needs.
+struct Parsed {
+    message: Vec<u8>,
+    signature: Vec<u8>,
+    pcrs: Vec<Vec<u8>>,
+    ak_der: Vec<u8>,
+}
+
+fn parse(evidence: &[u8]) -> Parsed {
+    let v: serde_json::Value = serde_json::from_slice(evidence).unwrap();
+    let q = &v["tpm_quote"];
+    Parsed {
+        message: STANDARD.decode(q["message"].as_str().unwrap()).unwrap(),
+        signature: STANDARD.decode(q["signature"].as_str().unwrap()).unwrap(),
+        pcrs: q["pcrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| hex(p.as_str().unwrap()))
+            .collect(),
+        ak_der: STANDARD.decode(v["ak_public"].as_str().unwrap()).unwrap(),
+    }
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Our own verifier: RSASSA-SHA256 signature by the AK over TPMS_ATTEST, the
+/// qualifying data equal to `nonce`, and the quoted PCR digest equal to
+/// SHA-256 over the reported PCR values.
+fn verify(p: &Parsed, nonce: &[u8]) -> Result<(), String> {
+    // TPMT_SIGNATURE: sigAlg (RSASSA = 0x0014), hash (SHA256 = 0x000b), TPM2B sig.
+    let s = &p.signature;
+    if s.len() < 6 || s[0..2] != [0x00, 0x14] || s[2..4] != [0x00, 0x0b] {
+        return Err("not an RSASSA-SHA256 signature".into());
+    }
+    let sig_len = u16::from_be_bytes([s[4], s[5]]) as usize;
+    let sig = rsa::pkcs1v15::Signature::try_from(&s[6..6 + sig_len]).map_err(|e| e.to_string())?;
+    let key = rsa::RsaPublicKey::from_public_key_der(&p.ak_der).map_err(|e| e.to_string())?;
+    rsa::pkcs1v15::VerifyingKey::<Sha256>::new(key)
+        .verify(&p.message, &sig)
+        .map_err(|e| format!("signature: {e}"))?;
+    // TPMS_ATTEST: magic, type (quote), qualifiedSigner, extraData, clockInfo, firmware.
+    let m = &p.message;
+    let mut at = 0;
+    let mut take = |n: usize| {
+        let r = m
+            .get(at..at + n)
+            .ok_or("attest truncated")
+            .map(|s| s.to_vec());
+        at += n;
+        r
+    };
+    if take(4)? != [0xff, 0x54, 0x43, 0x47] || take(2)? != [0x80, 0x18] {
+        return Err("not a TPM-generated quote".into());
+    }
+    let n = u16::from_be_bytes(take(2)?.try_into().unwrap()) as usize;
+    take(n)?; // qualifiedSigner
+    let n = u16::from_be_bytes(take(2)?.try_into().unwrap()) as usize;
+    if take(n)? != nonce {
+        return Err("qualifying data is not the nonce".into());
+    }
+    take(17 + 8)?; // clockInfo, firmwareVersion
+                   // TPMS_QUOTE_INFO: TPML_PCR_SELECTION, then TPM2B_DIGEST pcrDigest.
+    let count = u32::from_be_bytes(take(4)?.try_into().unwrap());
+    for _ in 0..count {
+        take(2)?;
+        let size = take(1)?[0] as usize;
+        take(size)?;
+    }
+    let n = u16::from_be_bytes(take(2)?.try_into().unwrap()) as usize;
+    let quoted = take(n)?;
+    let mut h = Sha256::new();
+    for pcr in &p.pcrs {
+        h.update(pcr);
+    }
+    if quoted != h.finalize().to_vec() {
+        return Err("PCR digest does not match the reported PCRs".into());
+    }
+    Ok(())
+}
+
+/// tpm2_checkquote over the same evidence. PCR values go in tpm2-tools' serialized
+/// form (TPML_PCR_SELECTION, then the values as TPML_DIGESTs of 8, host order): its
+/// raw-values mode with -l fails for 24 PCRs in tpm2-tools 5.4.
+fn checkquote(tpm: &Swtpm, p: &Parsed, nonce: &[u8]) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let f = |n: &str| dir.path().join(n);
+    let b64 = STANDARD.encode(&p.ak_der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        lines.join("\n")
+    );
+    std::fs::write(f("ak.pem"), pem).unwrap();
+    std::fs::write(f("msg"), &p.message).unwrap();
+    std::fs::write(f("sig"), &p.signature).unwrap();
+    let mut pcrs = Vec::new();
+    pcrs.extend(1u32.to_le_bytes());
+    pcrs.extend([0x0b, 0x00, 0x03, 0xff, 0xff, 0xff, 0x00, 0x00]);
+    pcrs.resize(4 + 16 * 8, 0);
+    pcrs.extend(3u32.to_le_bytes());
+    for chunk in p.pcrs.chunks(8) {
+        pcrs.extend((chunk.len() as u32).to_le_bytes());
+        for d in chunk {
+            pcrs.extend((d.len() as u16).to_le_bytes());
+            let mut buf = d.clone();
+            buf.resize(64, 0);
+            pcrs.extend(buf);
+        }
+    }
+    std::fs::write(f("pcrs"), pcrs).unwrap();
+    let q = nonce.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let out = tpm.tool(&[
+        "tpm2_checkquote",
+        "-u",
+        f("ak.pem").to_str().unwrap(),
+        "-m",
+        f("msg").to_str().unwrap(),
+        "-s",
+        f("sig").to_str().unwrap(),
+        "-f",
+        f("pcrs").to_str().unwrap(),
+        "-g",
+        "sha256",
+        "-q",
+        &q,
+    ]);
+    out.status.success()
+}
+
+fn nonce(rd: &[u8]) -> Vec<u8> {
+    let mut n = rd.to_vec();
+    n.resize(32, 0);
+    n
+}
+
+async fn evidence(a: &Attestd, rd: &[u8]) -> Result<Vec<u8>, ttrpc::Error> {
+    let req = t::GetEvidenceRequest {
+        RuntimeData: rd.to_vec(),
+        ..Default::default()
+    };
+    a.ttrpc()
+        .await
+        .get_evidence(ctx(), &req)
+        .await
+        .map(|r| r.Evidence)
+}
+
+#[tokio::test]
+async fn quote_through_attestd_passes_both_verifiers() {
+    let tpm = Swtpm::start();
+    let p = tpm_plugin(&tpm, &[]);
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let tee = a
+        .ttrpc()
+        .await
+        .get_tee_type(ctx(), &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(tee.tee, "tpm");
+
+    // A SHA-384 digest as report data: the quote binds its first 32 bytes.
+    let rd: Vec<u8> = (0..48).collect();
+    let ev = evidence(&a, &rd).await.unwrap();
+    let parsed = parse(&ev);
+    assert_eq!(parsed.pcrs.len(), 24);
+    verify(&parsed, &nonce(&rd)).unwrap();
+    assert!(
+        checkquote(&tpm, &parsed, &nonce(&rd)),
+        "tpm2_checkquote rejected a good quote"
+    );
+
+    // A wrong nonce fails both.
+    let wrong = nonce(b"another nonce");
+    assert_eq!(
+        verify(&parsed, &wrong).unwrap_err(),
+        "qualifying data is not the nonce"
+    );
+    assert!(!checkquote(&tpm, &parsed, &wrong));
+
+    // A flipped PCR byte fails both.
+    let mut flipped = parse(&ev);
+    flipped.pcrs[7][0] ^= 1;
+    assert_eq!(
+        verify(&flipped, &nonce(&rd)).unwrap_err(),
+        "PCR digest does not match the reported PCRs"
+    );
+    assert!(!checkquote(&tpm, &flipped, &nonce(&rd)));
+
+    // The reported PCRs are the TPM's.
+    assert_eq!(parsed.pcrs[0], tpm.pcr(0));
+}
+
+#[tokio::test]
+async fn evidence_has_the_upstream_shape() {
+    let tpm = Swtpm::start();
+    let p = tpm_plugin(&tpm, &[]);
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let ev = evidence(&a, b"shape").await.unwrap();
+    let ours: serde_json::Value = serde_json::from_slice(&ev).unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(include_str!(
+        "../../attesters/tpm/tests/fixtures/tpm_evidence.json"
+    ))
+    .unwrap();
+    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&ours), keys(&fixture));
+    assert_eq!(keys(&ours["tpm_quote"]), keys(&fixture["tpm_quote"]));
+    // Same encodings: std base64 for the blobs, lowercase hex for the PCRs, a DER
+    // SubjectPublicKeyInfo of the same size for an RSA-2048 AK.
+    let ak = STANDARD
+        .decode(ours["ak_public"].as_str().unwrap())
+        .unwrap();
+    let fak = STANDARD
+        .decode(fixture["ak_public"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(ak.len(), fak.len());
+    assert_eq!(ak[..33], fak[..33]);
+    for pcr in ours["tpm_quote"]["pcrs"].as_array().unwrap() {
+        let s = pcr.as_str().unwrap();
+        assert_eq!(s.len(), 64);
+        assert!(s
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+    }
+    // Compact JSON, keys sorted: the bytes start like this.
+    assert!(ev.starts_with(br#"{"ak_public":"MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"#));
+}
+
+#[tokio::test]
+async fn extend_changes_the_pcr_as_tpm2_pcrread_sees_it() {
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("tpm.sock");
+    let mut child = spawn_plugin_at(&tpm, &sock);
+    let c = connect(&sock).await;
+    let before = tpm.pcr(23);
+    let digest = Sha256::digest(b"github.com/confidential-containers PullImage {}").to_vec();
+    c.extend_measurement(23, digest.clone()).await.unwrap();
+    let want = Sha256::digest([before.as_slice(), &digest].concat()).to_vec();
+    assert_eq!(tpm.pcr(23), want);
+    assert_eq!(c.read_measurement(23).await.unwrap(), want);
+
+    // PCR 17 (upstream's default register) takes extends only from locality 3 or 4.
+    let e = c.extend_measurement(17, digest.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().starts_with("TPM2_PCR_Extend of PCR 17 failed"), "{}", e.message());
+
+    // Bad input: a digest of the wrong size, a PCR that does not exist.
+    let e = c.extend_measurement(23, vec![0; 31]).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(e.message(), "digest is 31 bytes; the SHA-256 bank takes 32");
+    let e = c.extend_measurement(24, digest).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        e.message(),
+        "PCR 24 does not exist: the SHA-256 bank has PCRs 0 to 23"
+    );
+    assert_eq!(tpm.pcr(23), want, "a refused extend changes nothing");
+    signal(child.id(), Signal::SIGTERM);
+    assert!(child.wait().unwrap().success());
+}
+
+async fn connect(sock: &Path) -> RemoteAttester {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(c) = RemoteAttester::connect(sock, Transport::Ttrpc).await {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "attester-tpm did not listen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn bind_init_data_extends_pcr_8() {
+    let tpm = Swtpm::start();
+    let p = tpm_plugin(&tpm, &[]);
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let before = tpm.pcr(8);
+    let digest = Sha256::digest(b"initdata").to_vec();
+    let req = t::BindInitDataRequest {
+        Digest: digest.clone(),
+        ..Default::default()
+    };
+    a.ttrpc().await.bind_init_data(ctx(), &req).await.unwrap();
+    assert_eq!(
+        tpm.pcr(8),
+        Sha256::digest([before.as_slice(), &digest].concat()).to_vec()
+    );
+    // A digest too short for the bank is refused with its size.
+    let req = t::BindInitDataRequest {
+        Digest: vec![1; 16],
+        ..Default::default()
+    };
+    let e = a
+        .ttrpc()
+        .await
+        .bind_init_data(ctx(), &req)
+        .await
+        .unwrap_err();
+    let ttrpc::Error::RpcStatus(s) = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(s.code(), ttrpc::Code::INVALID_ARGUMENT);
+    assert_eq!(
+        s.message,
+        "plugin tpm: init-data digest is 16 bytes; at least 32 are needed"
+    );
+}
+
+#[tokio::test]
+async fn oversized_report_data_is_invalid_argument() {
+    let tpm = Swtpm::start();
+    let p = tpm_plugin(&tpm, &[]);
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let ttrpc::Error::RpcStatus(s) = evidence(&a, &[0; 65]).await.unwrap_err() else {
+        panic!()
+    };
+    assert_eq!(s.code(), ttrpc::Code::INVALID_ARGUMENT);
+    assert_eq!(
+        s.message,
+        "runtime data for tpm: report data is 65 bytes, more than the 64 bytes this attester accepts"
+    );
+}
+
+#[test]
+fn no_tpm_is_a_clear_start_failure() {
+    let port = free_port_pair();
+    let p = Plugin {
+        name: "tpm".into(),
+        command: tpm_bin(),
+        args: vec!["--tcti".into(), format!("swtpm:host=127.0.0.1,port={port}")],
+        transport: "ttrpc".into(),
+    };
+    let e = Attestd::start(|d| config(d, &p, &[], "")).err().unwrap();
+    assert!(
+        e.stderr.contains(&format!(
+            "error: no TPM answers on swtpm:host=127.0.0.1,port={port}"
+        )),
+        "{}",
+        e.stderr
+    );
+    assert!(e
+        .stderr
+        .contains("error: cannot start plugin tpm: it exited during startup (exit status: 1)"));
+}
+
+#[test]
+fn ak_handle_holding_a_wrong_key_is_refused() {
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ctx_file = dir.path().join("k.ctx");
+    // An unrestricted decryption key at 0x81010003.
+    let out = tpm.tool(&[
+        "tpm2_createprimary",
+        "-C",
+        "o",
+        "-G",
+        "rsa2048:null:null",
+        "-a",
+        "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|decrypt",
+        "-c",
+        ctx_file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tpm.tool(&[
+        "tpm2_evictcontrol",
+        "-C",
+        "o",
+        "-c",
+        ctx_file.to_str().unwrap(),
+        "0x81010003",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = tpm_plugin(&tpm, &["--ak-handle", "0x81010003"]);
+    let e = Attestd::start(|d| config(d, &p, &[], "")).err().unwrap();
+    assert!(
+        e.stderr
+            .contains("error: the key at AK handle 0x81010003 is not a restricted RSA signing key"),
+        "{}",
+        e.stderr
+    );
+}
+
+#[tokio::test]
+async fn the_ak_is_created_once_and_reused() {
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut first_ak = None;
+    for round in 0..2 {
+        let sock = dir.path().join(format!("tpm{round}.sock"));
+        let mut child = spawn_plugin_at(&tpm, &sock);
+        let c = connect(&sock).await;
+        let ev = c.evidence(b"x".to_vec()).await.unwrap();
+        let ak = parse(&ev.bytes).ak_der;
+        if let Some(first) = &first_ak {
+            assert_eq!(first, &ak, "the persisted AK was not reused");
+        }
+        first_ak = Some(ak);
+        signal(child.id(), Signal::SIGTERM);
+        child.wait().unwrap();
+    }
+    let out = tpm.tool(&["tpm2_getcap", "handles-persistent"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0x81010002"));
+}
+
+/// attester-tpm by hand (no core) on `sock`.
+fn spawn_plugin_at(tpm: &Swtpm, sock: &Path) -> Child {
+    Command::new(tpm_bin())
+        .args(["--tcti", &tpm.tcti(), "--socket"])
+        .arg(sock)
+        .spawn()
+        .unwrap()
+}
