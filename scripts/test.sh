@@ -40,6 +40,12 @@ if cargo tree -p attester-sample -e normal --prefix none --locked | grep -E '^at
     echo "error: an attester depends on the attestd runtime" >&2
     exit 1
 fi
+for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do
+    if cargo tree --manifest-path "$ws/Cargo.toml" -e normal --prefix none --locked | grep -E '^(attestd|attester-sample) '; then
+        echo "error: $ws depends on the runtime or on another attester" >&2
+        exit 1
+    fi
+done
 
 echo "== build (the end-to-end tests run the real binaries)"
 cargo build --workspace --bins --locked
