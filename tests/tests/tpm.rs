@@ -386,7 +386,11 @@ async fn extend_changes_the_pcr_as_tpm2_pcrread_sees_it() {
     // PCR 17 (upstream's default register) takes extends only from locality 3 or 4.
     let e = c.extend_measurement(17, digest.clone()).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    assert!(e.message().starts_with("TPM2_PCR_Extend of PCR 17 failed"), "{}", e.message());
+    assert!(
+        e.message().starts_with("TPM2_PCR_Extend of PCR 17 failed"),
+        "{}",
+        e.message()
+    );
 
     // Bad input: a digest of the wrong size, a PCR that does not exist.
     let e = c.extend_measurement(23, vec![0; 31]).await.unwrap_err();
