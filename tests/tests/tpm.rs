@@ -376,6 +376,10 @@ async fn extend_changes_the_pcr_as_tpm2_pcrread_sees_it() {
     let sock = dir.path().join("tpm.sock");
     let mut child = spawn_plugin_at(&tpm, &sock);
     let c = connect(&sock).await;
+    assert!(
+        c.detect().await.unwrap(),
+        "Detect: a TPM answers on the TCTI"
+    );
     let before = tpm.pcr(23);
     let digest = Sha256::digest(b"github.com/confidential-containers PullImage {}").to_vec();
     c.extend_measurement(23, digest.clone()).await.unwrap();
