@@ -1,0 +1,90 @@
+//! The Intel TDX attester: quotes through the kernel's configfs-tsm interface
+//! (provider `tdx_guest`), the ACPI CCEL as event log, init-data compared with
+//! MRCONFIGID. `device` is the seam (real configfs or a recorded device), `quote`
+//! finds TD report fields, `evidence` is pure.
+//!
+//! `tdx-attest-rs` (Intel's library over /dev/tdx_guest) is not on crates.io; it
+//! would be a second backend behind the same seam.
+
+pub mod device;
+pub mod evidence;
+pub mod quote;
+
+use std::path::PathBuf;
+
+use attester_sdk::{
+    Attester, Capabilities, Error, Evidence, InitDataBinding, PluginInfo, ReportData, Result,
+};
+
+use device::{ConfigfsTsm, TsmFs};
+
+pub const MAX_REPORT_DATA: usize = 64;
+pub const MRCONFIGID_LEN: usize = 48;
+
+pub struct Tdx<F> {
+    pub tsm: ConfigfsTsm<F>,
+    /// The ACPI CCEL table (absent on some firmware).
+    pub ccel: PathBuf,
+    /// `/dev/tdx_guest`, for detection.
+    pub dev: PathBuf,
+}
+
+impl<F: TsmFs + 'static> Attester for Tdx<F> {
+    fn info(&self) -> PluginInfo {
+        PluginInfo {
+            name: "attester-tdx".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            tee: "tdx".into(),
+            evidence_format: evidence::FORMAT.into(),
+            capabilities: Capabilities {
+                max_report_data: MAX_REPORT_DATA as u32,
+                init_data: InitDataBinding::Compare,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn detect(&self) -> Result<bool> {
+        Ok(self.dev.exists() || self.tsm.fs.present())
+    }
+
+    async fn evidence(&self, report_data: ReportData) -> Result<Evidence> {
+        let rd = pad64(report_data.as_bytes());
+        let quote = self.tsm.quote(&rd)?;
+        // Refuse to hand out a quote that does not carry what was asked for.
+        if quote::report_data(&quote)? != rd {
+            return Err(Error::internal(
+                "the quote's REPORTDATA is not the requested report data",
+            ));
+        }
+        let ccel = device::read_ccel(&self.ccel)?;
+        evidence::evidence(&quote, ccel.as_deref())
+    }
+
+    async fn bind_init_data(&self, digest: Vec<u8>) -> Result<()> {
+        if digest.len() > MRCONFIGID_LEN {
+            return Err(Error::invalid_argument(format!(
+                "init-data digest is {} bytes; MRCONFIGID holds {MRCONFIGID_LEN}",
+                digest.len()
+            )));
+        }
+        let mut want = digest;
+        want.resize(MRCONFIGID_LEN, 0);
+        let quote = self.tsm.quote(&[0; 64])?;
+        let have = quote::mrconfigid(&quote)?;
+        if have != want.as_slice() {
+            return Err(Error::failed_precondition(format!(
+                "init-data digest {} does not match MRCONFIGID {}",
+                hex::encode(&want),
+                hex::encode(have)
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn pad64(rd: &[u8]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    out[..rd.len()].copy_from_slice(rd);
+    out
+}

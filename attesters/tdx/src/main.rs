@@ -1,0 +1,71 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use attester_tdx::device::{ConfigfsTsm, RealFs, Recorded};
+use attester_tdx::Tdx;
+use clap::Parser;
+
+/// attestd attester plugin for Intel TDX (configfs-tsm).
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    serve: attester_sdk::ServeArgs,
+    /// configfs-tsm report directory.
+    #[arg(long, default_value = "/sys/kernel/config/tsm/report")]
+    configfs_root: PathBuf,
+    /// ACPI CCEL event log.
+    #[arg(long, default_value = "/sys/firmware/acpi/tables/data/CCEL")]
+    ccel: PathBuf,
+    /// TDX guest device (used for detection).
+    #[arg(long, default_value = "/dev/tdx_guest")]
+    dev: PathBuf,
+    /// Serve a recorded quote through an emulated configfs-tsm instead of the kernel's
+    /// (tests and demos only: the evidence is not from this machine).
+    #[arg(long)]
+    recorded_quote: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let a = Args::parse();
+    match a.recorded_quote {
+        Some(path) => {
+            let quote = match std::fs::read(&path) {
+                Ok(q) => q,
+                Err(e) => {
+                    eprintln!("error: cannot read recorded quote {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            let fs = match Recorded::new(quote) {
+                Ok(fs) => fs,
+                Err(e) => {
+                    eprintln!("error: recorded quote {}: {}", path.display(), e.chain());
+                    return ExitCode::FAILURE;
+                }
+            };
+            eprintln!(
+                "warning: serving the recorded quote {}: not this machine's evidence",
+                path.display()
+            );
+            let tdx = Tdx {
+                tsm: ConfigfsTsm { fs },
+                ccel: a.ccel,
+                dev: a.dev,
+            };
+            attester_sdk::run(tdx, a.serve.options())
+        }
+        None => {
+            let tdx = Tdx {
+                tsm: ConfigfsTsm {
+                    fs: RealFs {
+                        root: a.configfs_root,
+                    },
+                },
+                ccel: a.ccel,
+                dev: a.dev,
+            };
+            attester_sdk::run(tdx, a.serve.options())
+        }
+    }
+}

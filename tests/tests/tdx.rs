@@ -1,0 +1,266 @@
+//! The TDX attester under attestd with its recorded device: a configfs-tsm emulation
+//! answering with quotes recorded on real hardware, REPORTDATA set to what was asked.
+//! Quotes are parsed back with dcap-qvl (independent of the attester's own parsing).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use attestd_e2e::{config, Attestd, Plugin};
+use attestd_proto::ttrpc::attestation_agent as t;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use dcap_qvl::quote::{Quote, Report};
+use sha2::{Digest as _, Sha256};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("attesters/tdx/tests/fixtures").join(name)
+}
+
+/// attester-tdx, built in its own workspace.
+fn tdx_bin() -> PathBuf {
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let p = root()
+        .join("attesters/tdx/target")
+        .join(profile)
+        .join("attester-tdx");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --manifest-path attesters/tdx/Cargo.toml` first",
+        p.display()
+    );
+    p
+}
+
+fn tdx(args: &[String]) -> Plugin {
+    Plugin {
+        name: "tdx".into(),
+        command: tdx_bin(),
+        args: args.to_vec(),
+        transport: "ttrpc".into(),
+    }
+}
+
+fn recorded(quote: &str, ccel: Option<&Path>) -> Plugin {
+    let ccel = ccel
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| "/nonexistent/CCEL".into());
+    tdx(&[
+        "--recorded-quote".into(),
+        fixture(quote).display().to_string(),
+        "--ccel".into(),
+        ccel.display().to_string(),
+    ])
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(20_000_000_000)
+}
+
+async fn evidence(a: &Attestd, rd: &[u8]) -> Result<Vec<u8>, ttrpc::Error> {
+    let req = t::GetEvidenceRequest {
+        RuntimeData: rd.to_vec(),
+        ..Default::default()
+    };
+    a.ttrpc()
+        .await
+        .get_evidence(ctx(), &req)
+        .await
+        .map(|r| r.Evidence)
+}
+
+fn status(e: ttrpc::Error) -> (ttrpc::Code, String) {
+    match e {
+        ttrpc::Error::RpcStatus(s) => (s.code(), s.message.clone()),
+        other => panic!("not a status: {other:?}"),
+    }
+}
+
+/// (REPORTDATA, MRCONFIGID) as dcap-qvl reads them.
+fn fields(quote: &[u8]) -> ([u8; 64], [u8; 48]) {
+    let q = Quote::parse(quote).unwrap();
+    match q.report {
+        Report::TD10(r) => (r.report_data, r.mr_config_id),
+        Report::TD15(r) => (r.base.report_data, r.base.mr_config_id),
+        other => panic!("not a TD report: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn evidence_through_attestd_parses_and_binds_report_data() {
+    let ccel = fixture("CCEL_data_ovmf");
+    let p = recorded("tdx_quote_4.dat", Some(&ccel));
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let tee = a
+        .ttrpc()
+        .await
+        .get_tee_type(ctx(), &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(tee.tee, "tdx");
+
+    let rd: Vec<u8> = (0..48).collect();
+    let ev = evidence(&a, &rd).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&ev).unwrap();
+    let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(keys, ["cc_eventlog", "quote"]);
+    let quote = STANDARD.decode(v["quote"].as_str().unwrap()).unwrap();
+    let (report_data, _) = fields(&quote);
+    let mut want = rd.clone();
+    want.resize(64, 0);
+    assert_eq!(
+        report_data.to_vec(),
+        want,
+        "REPORTDATA is the runtime data, zero-padded"
+    );
+    let log = STANDARD.decode(v["cc_eventlog"].as_str().unwrap()).unwrap();
+    assert_eq!(log, std::fs::read(&ccel).unwrap());
+    // Everything but REPORTDATA is the recorded quote.
+    let recorded = std::fs::read(fixture("tdx_quote_4.dat")).unwrap();
+    assert_eq!(quote.len(), recorded.len());
+    let differ: Vec<usize> = (0..quote.len())
+        .filter(|&i| quote[i] != recorded[i])
+        .collect();
+    assert!(
+        differ.iter().all(|&i| (568..632).contains(&i)),
+        "{differ:?}"
+    );
+
+    // Golden: the exact bytes for this runtime data.
+    let golden =
+        std::fs::read_to_string(root().join("tests/golden/tdx-evidence-v4.sha256")).unwrap();
+    assert_eq!(hex(&Sha256::digest(&ev)), golden.trim());
+}
+
+#[tokio::test]
+async fn v5_quotes_and_absent_ccel() {
+    let p = recorded("tdx_quote_5.dat", None);
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let ev = evidence(&a, b"hello-coco").await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&ev).unwrap();
+    assert!(v["cc_eventlog"].is_null());
+    assert!(ev.starts_with(br#"{"cc_eventlog":null,"quote":""#));
+    let quote = STANDARD.decode(v["quote"].as_str().unwrap()).unwrap();
+    assert_eq!(&fields(&quote).0[..10], b"hello-coco");
+}
+
+#[tokio::test]
+async fn report_data_of_65_bytes_is_invalid_argument() {
+    let p = recorded("tdx_quote_4.dat", None);
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let (code, msg) = status(evidence(&a, &[1; 65]).await.unwrap_err());
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+    assert_eq!(
+        msg,
+        "runtime data for tdx: report data is 65 bytes, more than the 64 bytes this attester accepts"
+    );
+}
+
+#[tokio::test]
+async fn bind_init_data_compares_with_mrconfigid() {
+    let p = recorded("tdx_quote_4.dat", None);
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let (_, mrconfigid) = fields(&std::fs::read(fixture("tdx_quote_4.dat")).unwrap());
+    // The recorded MRCONFIGID is what the TD was launched with: binding it succeeds.
+    let req = t::BindInitDataRequest {
+        Digest: mrconfigid.to_vec(),
+        ..Default::default()
+    };
+    a.ttrpc().await.bind_init_data(ctx(), &req).await.unwrap();
+    // A different digest (a sha256, zero-padded to 48 bytes) is a mismatch showing both.
+    let other = Sha256::digest(b"other init-data").to_vec();
+    let req = t::BindInitDataRequest {
+        Digest: other.clone(),
+        ..Default::default()
+    };
+    let (code, msg) = status(
+        a.ttrpc()
+            .await
+            .bind_init_data(ctx(), &req)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
+    let mut padded = other;
+    padded.resize(48, 0);
+    assert_eq!(
+        msg,
+        format!(
+            "plugin tdx: init-data digest {} does not match MRCONFIGID {}",
+            hex(&padded),
+            hex(&mrconfigid)
+        )
+    );
+    let req = t::BindInitDataRequest {
+        Digest: vec![0; 49],
+        ..Default::default()
+    };
+    let (code, msg) = status(
+        a.ttrpc()
+            .await
+            .bind_init_data(ctx(), &req)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+    assert_eq!(
+        msg,
+        "plugin tdx: init-data digest is 49 bytes; MRCONFIGID holds 48"
+    );
+}
+
+#[tokio::test]
+async fn missing_device_is_unavailable() {
+    let p = tdx(&["--configfs-root".into(), "/nonexistent/tsm/report".into()]);
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let (code, msg) = status(evidence(&a, b"x").await.unwrap_err());
+    assert_eq!(code, ttrpc::Code::UNAVAILABLE);
+    assert_eq!(
+        msg,
+        "plugin tdx: cannot create a configfs-tsm report entry: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn truncated_or_flipped_recordings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = std::fs::read(fixture("tdx_quote_4.dat")).unwrap();
+    let short = dir.path().join("short.dat");
+    std::fs::write(&short, &q[..600]).unwrap();
+    let p = tdx(&["--recorded-quote".into(), short.display().to_string()]);
+    let e = Attestd::start(|d| config(d, &p, &[], "")).err().unwrap();
+    assert!(
+        e.stderr.contains(&format!(
+            "error: recorded quote {}: TDX quote is 600 bytes: truncated",
+            short.display()
+        )),
+        "{}",
+        e.stderr
+    );
+    // A flipped TEE-type byte: not a TDX quote.
+    let mut flipped = q.clone();
+    flipped[4] ^= 0x80;
+    let f = dir.path().join("flipped.dat");
+    std::fs::write(&f, &flipped).unwrap();
+    let p = tdx(&["--recorded-quote".into(), f.display().to_string()]);
+    let e = Attestd::start(|d| config(d, &p, &[], "")).err().unwrap();
+    assert!(
+        e.stderr.contains("quote TEE type 0x1 is not TDX (0x81)"),
+        "{}",
+        e.stderr
+    );
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
