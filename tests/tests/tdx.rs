@@ -264,3 +264,64 @@ fn truncated_or_flipped_recordings_are_refused() {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[tokio::test]
+async fn rtmrs_through_the_kernel_interface_when_present() {
+    use attester_sdk::{Code, RemoteAttester, Transport, PROTOCOL_VERSIONS};
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("measurements");
+    std::fs::create_dir(&m).unwrap();
+    for i in 0..4 {
+        std::fs::write(m.join(format!("rtmr{i}:sha384")), [0u8; 48]).unwrap();
+    }
+    for (measurements, enabled) in [(m.clone(), true), (dir.path().join("none"), false)] {
+        let sock = dir.path().join(format!("tdx-{enabled}.sock"));
+        let mut child = std::process::Command::new(tdx_bin())
+            .arg("--recorded-quote")
+            .arg(fixture("tdx_quote_4.dat"))
+            .arg("--measurements")
+            .arg(&measurements)
+            .arg("--socket")
+            .arg(&sock)
+            .spawn()
+            .unwrap();
+        let c = loop {
+            if let Ok(c) = RemoteAttester::connect(&sock, Transport::Ttrpc).await {
+                break c;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        let hs = c.handshake(PROTOCOL_VERSIONS).await.unwrap();
+        let caps = &hs.info.capabilities;
+        assert_eq!(caps.runtime_measurement, enabled);
+        assert!(c.detect().await.unwrap());
+        if enabled {
+            assert_eq!(caps.measurement_hash.as_deref(), Some("sha384"));
+            let rtmr = |pcr: u64| {
+                caps.register_map
+                    .iter()
+                    .find(|r| r.pcr == pcr)
+                    .unwrap()
+                    .register
+            };
+            assert_eq!(
+                [rtmr(1), rtmr(7), rtmr(2), rtmr(8), rtmr(15), rtmr(17)],
+                [0, 0, 1, 2, 2, 3]
+            );
+            c.extend_measurement(3, vec![5; 48]).await.unwrap();
+            assert_eq!(std::fs::read(m.join("rtmr3:sha384")).unwrap(), vec![5; 48]);
+            assert_eq!(c.read_measurement(3).await.unwrap(), vec![5; 48]);
+            let e = c.extend_measurement(3, vec![5; 32]).await.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument);
+        } else {
+            let e = c.extend_measurement(3, vec![5; 48]).await.unwrap_err();
+            assert_eq!(e.code(), Code::Unsupported);
+            assert_eq!(
+                e.message(),
+                "runtime measurement (no RTMR interface) is not supported by this attester"
+            );
+        }
+        attestd_e2e::signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+        child.wait().unwrap();
+    }
+}

@@ -200,6 +200,53 @@ impl<F: TsmFs> ConfigfsTsm<F> {
     }
 }
 
+/// The kernel's RTMR files (`rtmr<N>:sha384` under
+/// `/sys/devices/virtual/misc/tdx_guest/measurements`): writing 48 bytes extends,
+/// reading returns the register.
+pub struct Rtmrs {
+    dir: PathBuf,
+}
+
+impl Rtmrs {
+    /// The interface at `dir`, if this kernel has it.
+    pub fn probe(dir: &Path) -> Option<Rtmrs> {
+        dir.join("rtmr3:sha384").exists().then(|| Rtmrs {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn file(&self, rtmr: u64) -> Result<PathBuf> {
+        if rtmr > 3 {
+            return Err(Error::invalid_argument(format!(
+                "RTMR {rtmr} does not exist: TDX has RTMR 0 to 3"
+            )));
+        }
+        Ok(self.dir.join(format!("rtmr{rtmr}:sha384")))
+    }
+
+    pub fn extend(&self, rtmr: u64, digest: &[u8]) -> Result<()> {
+        let f = self.file(rtmr)?;
+        if digest.len() != 48 {
+            return Err(Error::invalid_argument(format!(
+                "digest is {} bytes; RTMRs take 48 (SHA-384)",
+                digest.len()
+            )));
+        }
+        std::fs::write(&f, digest).map_err(|e| {
+            Error::unavailable(format!("cannot extend RTMR {rtmr} through {}", f.display()))
+                .with_source(e)
+        })
+    }
+
+    pub fn read(&self, rtmr: u64) -> Result<Vec<u8>> {
+        let f = self.file(rtmr)?;
+        std::fs::read(&f).map_err(|e| {
+            Error::unavailable(format!("cannot read RTMR {rtmr} from {}", f.display()))
+                .with_source(e)
+        })
+    }
+}
+
 /// The ACPI CCEL event log, if the firmware published one.
 pub fn read_ccel(path: &Path) -> Result<Option<Vec<u8>>> {
     match std::fs::read(path) {
@@ -295,6 +342,26 @@ mod tests {
             e.message(),
             "configfs-tsm provider is \"sev_guest\", not tdx_guest"
         );
+    }
+
+    #[test]
+    fn rtmrs_extend_by_writing_48_bytes() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(Rtmrs::probe(t.path()).is_none());
+        for i in 0..4 {
+            std::fs::write(t.path().join(format!("rtmr{i}:sha384")), [0u8; 48]).unwrap();
+        }
+        let r = Rtmrs::probe(t.path()).unwrap();
+        r.extend(3, &[7; 48]).unwrap();
+        assert_eq!(
+            std::fs::read(t.path().join("rtmr3:sha384")).unwrap(),
+            vec![7; 48]
+        );
+        assert_eq!(r.read(3).unwrap(), vec![7; 48]);
+        let e = r.extend(4, &[7; 48]).unwrap_err();
+        assert_eq!(e.message(), "RTMR 4 does not exist: TDX has RTMR 0 to 3");
+        let e = r.extend(2, &[7; 32]).unwrap_err();
+        assert_eq!(e.message(), "digest is 32 bytes; RTMRs take 48 (SHA-384)");
     }
 
     #[test]

@@ -13,7 +13,8 @@ pub mod quote;
 use std::path::PathBuf;
 
 use attester_sdk::{
-    Attester, Capabilities, Error, Evidence, InitDataBinding, PluginInfo, ReportData, Result,
+    Attester, Capabilities, Error, Evidence, InitDataBinding, PluginInfo, RegisterMapping,
+    ReportData, Result,
 };
 
 use device::{ConfigfsTsm, TsmFs};
@@ -27,6 +28,18 @@ pub struct Tdx<F> {
     pub ccel: PathBuf,
     /// `/dev/tdx_guest`, for detection.
     pub dev: PathBuf,
+    /// The kernel's RTMR interface (`…/tdx_guest/measurements`), when it has one.
+    pub rtmrs: Option<device::Rtmrs>,
+}
+
+/// Upstream's PCR → RTMR map: PCR 1, 7 → RTMR0; 2–6 → RTMR1; 8–15 → RTMR2; others → RTMR3.
+pub fn rtmr_for_pcr(pcr: u64) -> u64 {
+    match pcr {
+        1 | 7 => 0,
+        2..=6 => 1,
+        8..=15 => 2,
+        _ => 3,
+    }
 }
 
 impl<F: TsmFs + 'static> Attester for Tdx<F> {
@@ -39,6 +52,18 @@ impl<F: TsmFs + 'static> Attester for Tdx<F> {
             capabilities: Capabilities {
                 max_report_data: MAX_REPORT_DATA as u32,
                 init_data: InitDataBinding::Compare,
+                runtime_measurement: self.rtmrs.is_some(),
+                register_read: self.rtmrs.is_some(),
+                measurement_hash: self.rtmrs.as_ref().map(|_| "sha384".into()),
+                register_map: match &self.rtmrs {
+                    Some(_) => (0..24)
+                        .map(|pcr| RegisterMapping {
+                            pcr,
+                            register: rtmr_for_pcr(pcr),
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                },
                 ..Default::default()
             },
         }
@@ -59,6 +84,22 @@ impl<F: TsmFs + 'static> Attester for Tdx<F> {
         }
         let ccel = device::read_ccel(&self.ccel)?;
         evidence::evidence(&quote, ccel.as_deref())
+    }
+
+    async fn extend_measurement(&self, register: u64, digest: Vec<u8>) -> Result<()> {
+        match &self.rtmrs {
+            Some(r) => r.extend(register, &digest),
+            None => Err(Error::unsupported(
+                "runtime measurement (no RTMR interface)",
+            )),
+        }
+    }
+
+    async fn read_measurement(&self, register: u64) -> Result<Vec<u8>> {
+        match &self.rtmrs {
+            Some(r) => r.read(register),
+            None => Err(Error::unsupported("register read (no RTMR interface)")),
+        }
     }
 
     async fn bind_init_data(&self, digest: Vec<u8>) -> Result<()> {

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use attester_tdx::device::{ConfigfsTsm, RealFs, Recorded};
+use attester_tdx::device::{ConfigfsTsm, RealFs, Recorded, Rtmrs};
 use attester_tdx::Tdx;
 use clap::Parser;
 
@@ -20,6 +20,12 @@ struct Args {
     /// TDX guest device (used for detection).
     #[arg(long, default_value = "/dev/tdx_guest")]
     dev: PathBuf,
+    /// The kernel's RTMR interface; runtime measurement is off when it is absent.
+    #[arg(
+        long,
+        default_value = "/sys/devices/virtual/misc/tdx_guest/measurements"
+    )]
+    measurements: PathBuf,
     /// Serve a recorded quote through an emulated configfs-tsm instead of the kernel's
     /// (tests and demos only: the evidence is not from this machine).
     #[arg(long)]
@@ -28,6 +34,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let a = Args::parse();
+    let rtmrs = Rtmrs::probe(&a.measurements);
     match a.recorded_quote {
         Some(path) => {
             let quote = match std::fs::read(&path) {
@@ -52,6 +59,7 @@ fn main() -> ExitCode {
                 tsm: ConfigfsTsm { fs },
                 ccel: a.ccel,
                 dev: a.dev,
+                rtmrs,
             };
             attester_sdk::run(tdx, a.serve.options())
         }
@@ -64,6 +72,7 @@ fn main() -> ExitCode {
                 },
                 ccel: a.ccel,
                 dev: a.dev,
+                rtmrs,
             };
             attester_sdk::run(tdx, a.serve.options())
         }
