@@ -48,18 +48,36 @@ pub struct Evidence {
 }
 
 impl Evidence {
-    /// Serialise `value` exactly as upstream does: through `serde_json::Value` (a sorted
-    /// map, as serde_json is built without `preserve_order`), printed compactly. The bytes
-    /// therefore match upstream's, not only the JSON.
+    /// Serialise `value` exactly as upstream does: object keys sorted at every level
+    /// (upstream goes through `serde_json::Value`, a sorted map there), printed compactly.
+    /// The bytes therefore match upstream's, not only the JSON. Keys are sorted here
+    /// explicitly: any crate in the build turning on serde_json's `preserve_order`
+    /// would otherwise silently change the bytes.
     pub fn from_json(value: &impl serde::Serialize, format: impl Into<String>) -> Result<Self> {
         let value = serde_json::to_value(value)
             .map_err(|e| Error::internal("cannot serialise evidence").with_source(e))?;
-        let bytes = serde_json::to_vec(&value)
+        let bytes = serde_json::to_vec(&sorted(value))
             .map_err(|e| Error::internal("cannot serialise evidence").with_source(e))?;
         Ok(Evidence {
             bytes,
             format: format.into(),
         })
+    }
+}
+
+/// `v` with every object's keys in sorted order (insertion order is then sorted too,
+/// whichever map type serde_json was built with).
+fn sorted(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => {
+            let mut entries: Vec<_> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        serde_json::Value::Array(a) => {
+            serde_json::Value::Array(a.into_iter().map(sorted).collect())
+        }
+        other => other,
     }
 }
 
@@ -209,6 +227,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.bytes, br#"{"report_data":"x","svn":"1"}"#);
+    }
+
+    #[test]
+    fn nested_keys_are_sorted() {
+        let v = serde_json::json!({"b": {"z": 1, "a": [{"y": 2, "x": 3}]}, "a": null});
+        let e = Evidence::from_json(&v, "t/1").unwrap();
+        assert_eq!(e.bytes, br#"{"a":null,"b":{"a":[{"x":3,"y":2}],"z":1}}"#);
     }
 
     #[test]
