@@ -31,6 +31,31 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A hardware attester built in its own workspace (`attesters/<dir>`), in the same
+/// profile as the tests.
+pub fn attester_bin(dir: &str, name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root");
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let p = root
+        .join("attesters")
+        .join(dir)
+        .join("target")
+        .join(profile)
+        .join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --manifest-path attesters/{dir}/Cargo.toml` first",
+        p.display()
+    );
+    p
+}
+
 /// One `[plugins.attester.<name>]` table.
 #[derive(Debug, Clone)]
 pub struct Plugin {
@@ -211,6 +236,31 @@ impl Attestd {
                 .await
                 .expect("connect grpc"),
         )
+    }
+
+    /// GetEvidence over the generated ttrpc client.
+    pub async fn evidence(&self, runtime_data: &[u8]) -> Result<Vec<u8>, ttrpc::Error> {
+        let req = attestd_proto::ttrpc::attestation_agent::GetEvidenceRequest {
+            RuntimeData: runtime_data.to_vec(),
+            ..Default::default()
+        };
+        let ctx = ttrpc::context::with_timeout(30_000_000_000);
+        self.ttrpc()
+            .await
+            .get_evidence(ctx, &req)
+            .await
+            .map(|r| r.Evidence)
+    }
+
+    /// GetTeeType over the generated ttrpc client.
+    pub async fn tee_type(&self) -> String {
+        let ctx = ttrpc::context::with_timeout(30_000_000_000);
+        let r = self
+            .ttrpc()
+            .await
+            .get_tee_type(ctx, &Default::default())
+            .await;
+        r.expect("GetTeeType").tee
     }
 
     /// PID of the plugin process serving `<name>.sock` for this attestd.

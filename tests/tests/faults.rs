@@ -29,33 +29,11 @@ async fn get_token(a: &Attestd, token_type: &str) -> ttrpc::Error {
     a.ttrpc().await.get_token(ctx(), &req).await.unwrap_err()
 }
 
-async fn tee_type(a: &Attestd) -> String {
-    let c = a.ttrpc().await;
-    c.get_tee_type(ctx(), &Default::default())
-        .await
-        .unwrap()
-        .tee
-}
-
-async fn evidence(a: &Attestd, rd: &[u8]) -> Result<Vec<u8>, ttrpc::Error> {
-    a.ttrpc()
-        .await
-        .get_evidence(
-            ctx(),
-            &t::GetEvidenceRequest {
-                RuntimeData: rd.to_vec(),
-                ..Default::default()
-            },
-        )
-        .await
-        .map(|r| r.Evidence)
-}
-
 #[tokio::test]
 async fn oversized_runtime_data_is_invalid_argument_on_both_transports() {
     let p = Plugin::sample("ttrpc");
     let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
-    let (code, msg) = status(evidence(&a, &[1; 65]).await.unwrap_err());
+    let (code, msg) = status(a.evidence(&[1; 65]).await.unwrap_err());
     assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
     assert_eq!(
         msg,
@@ -75,7 +53,7 @@ async fn oversized_runtime_data_is_invalid_argument_on_both_transports() {
         "runtime data for sample: report data is 4096 bytes, more than the 64 bytes this attester accepts"
     );
     // Still serving after bad input.
-    assert!(evidence(&a, b"ok").await.is_ok());
+    assert!(a.evidence(b"ok").await.is_ok());
 }
 
 #[tokio::test]
@@ -251,13 +229,13 @@ async fn plugin_killed_between_calls_is_restarted() {
     for tr in ["ttrpc", "grpc"] {
         let p = Plugin::sample(tr);
         let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
-        assert!(evidence(&a, b"before").await.is_ok());
+        assert!(a.evidence(b"before").await.is_ok());
         let old = a.plugin_pid("sample").unwrap();
         signal(old, Signal::SIGKILL);
         // Stated bound: the next call succeeds within 2 s of the kill (restart is
         // immediate after the first crash; calls wait for it up to restart_wait_ms).
         let killed = Instant::now();
-        let r = evidence(&a, b"after").await;
+        let r = a.evidence(b"after").await;
         let took = killed.elapsed();
         assert_eq!(
             r.unwrap(),
@@ -278,7 +256,7 @@ async fn plugin_killed_between_calls_is_restarted() {
 async fn plugin_crashing_inside_a_call_is_unavailable_then_restarted() {
     let p = Plugin::test("ttrpc", &["--mode", "crash-on-evidence"]);
     let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
-    let (code, msg) = status(evidence(&a, b"x").await.unwrap_err());
+    let (code, msg) = status(a.evidence(b"x").await.unwrap_err());
     assert_eq!(code, ttrpc::Code::UNAVAILABLE, "{msg}");
     assert!(
         msg.starts_with("plugin test: connection to peer failed"),
@@ -290,7 +268,7 @@ async fn plugin_crashing_inside_a_call_is_unavailable_then_restarted() {
         assert!(Instant::now() < deadline, "no restart:\n{}", a.log());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(tee_type(&a).await, "sample");
+    assert_eq!(a.tee_type().await, "sample");
 }
 
 #[tokio::test]
@@ -299,7 +277,7 @@ async fn hanging_plugin_hits_the_deadline_not_a_hang() {
         let p = Plugin::test(tr, &["--mode", "hang"]);
         let a = Attestd::start(|d| config(d, &p, &[], "call_timeout_ms = 300")).unwrap();
         let started = Instant::now();
-        let r = tokio::time::timeout(Duration::from_secs(10), evidence(&a, b"x"))
+        let r = tokio::time::timeout(Duration::from_secs(10), a.evidence(b"x"))
             .await
             .expect("attestd hung");
         let (code, msg) = status(r.unwrap_err());
@@ -310,7 +288,7 @@ async fn hanging_plugin_hits_the_deadline_not_a_hang() {
         );
         assert!(started.elapsed() < Duration::from_secs(5));
         // Other calls are still answered while one hangs.
-        assert_eq!(tee_type(&a).await, "sample");
+        assert_eq!(a.tee_type().await, "sample");
     }
 }
 
@@ -328,7 +306,7 @@ async fn plugin_down_for_good_is_unavailable() {
     let a = Attestd::start(|d| config(d, &p, &[], "restart_wait_ms = 200")).unwrap();
     std::fs::remove_file(&copy).unwrap();
     signal(a.plugin_pid("sample").unwrap(), Signal::SIGKILL);
-    let (code, msg) = status(evidence(&a, b"x").await.unwrap_err());
+    let (code, msg) = status(a.evidence(b"x").await.unwrap_err());
     assert_eq!(code, ttrpc::Code::UNAVAILABLE);
     let missing = format!(
         "plugin sample: not running: cannot start plugin sample: plugin command {} does not exist",
@@ -427,7 +405,7 @@ async fn frozen_plugin_is_found_by_health_checks_and_replaced() {
         "{}",
         a.log()
     );
-    let ev = evidence(&a, b"thawed").await.unwrap();
+    let ev = a.evidence(b"thawed").await.unwrap();
     assert_eq!(ev, attester_sample::evidence(b"thawed").unwrap().bytes);
     assert!(!alive(frozen), "the frozen plugin was killed");
 }

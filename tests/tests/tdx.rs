@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use attestd_e2e::{config, Attestd, Plugin};
+use attestd_e2e::{attester_bin, config, Attestd, Plugin};
 use attestd_proto::ttrpc::attestation_agent as t;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -23,29 +23,10 @@ fn fixture(name: &str) -> PathBuf {
     root().join("attesters/tdx/tests/fixtures").join(name)
 }
 
-/// attester-tdx, built in its own workspace.
-fn tdx_bin() -> PathBuf {
-    let profile = if cfg!(debug_assertions) {
-        "debug"
-    } else {
-        "release"
-    };
-    let p = root()
-        .join("attesters/tdx/target")
-        .join(profile)
-        .join("attester-tdx");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build --manifest-path attesters/tdx/Cargo.toml` first",
-        p.display()
-    );
-    p
-}
-
 fn tdx(args: &[String]) -> Plugin {
     Plugin {
         name: "tdx".into(),
-        command: tdx_bin(),
+        command: attester_bin("tdx", "attester-tdx"),
         args: args.to_vec(),
         transport: "ttrpc".into(),
     }
@@ -65,18 +46,6 @@ fn recorded(quote: &str, ccel: Option<&Path>) -> Plugin {
 
 fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(20_000_000_000)
-}
-
-async fn evidence(a: &Attestd, rd: &[u8]) -> Result<Vec<u8>, ttrpc::Error> {
-    let req = t::GetEvidenceRequest {
-        RuntimeData: rd.to_vec(),
-        ..Default::default()
-    };
-    a.ttrpc()
-        .await
-        .get_evidence(ctx(), &req)
-        .await
-        .map(|r| r.Evidence)
 }
 
 fn status(e: ttrpc::Error) -> (ttrpc::Code, String) {
@@ -101,16 +70,10 @@ async fn evidence_through_attestd_parses_and_binds_report_data() {
     let ccel = fixture("CCEL_data_ovmf");
     let p = recorded("tdx_quote_4.dat", Some(&ccel));
     let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
-    let tee = a
-        .ttrpc()
-        .await
-        .get_tee_type(ctx(), &Default::default())
-        .await
-        .unwrap();
-    assert_eq!(tee.tee, "tdx");
+    assert_eq!(a.tee_type().await, "tdx");
 
     let rd: Vec<u8> = (0..48).collect();
-    let ev = evidence(&a, &rd).await.unwrap();
+    let ev = a.evidence(&rd).await.unwrap();
     let v: serde_json::Value = serde_json::from_slice(&ev).unwrap();
     let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
     assert_eq!(keys, ["cc_eventlog", "quote"]);
@@ -146,7 +109,7 @@ async fn evidence_through_attestd_parses_and_binds_report_data() {
 async fn v5_quotes_and_absent_ccel() {
     let p = recorded("tdx_quote_5.dat", None);
     let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
-    let ev = evidence(&a, b"hello-coco").await.unwrap();
+    let ev = a.evidence(b"hello-coco").await.unwrap();
     let v: serde_json::Value = serde_json::from_slice(&ev).unwrap();
     assert!(v["cc_eventlog"].is_null());
     assert!(ev.starts_with(br#"{"cc_eventlog":null,"quote":""#));
@@ -158,7 +121,7 @@ async fn v5_quotes_and_absent_ccel() {
 async fn report_data_of_65_bytes_is_invalid_argument() {
     let p = recorded("tdx_quote_4.dat", None);
     let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
-    let (code, msg) = status(evidence(&a, &[1; 65]).await.unwrap_err());
+    let (code, msg) = status(a.evidence(&[1; 65]).await.unwrap_err());
     assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
     assert_eq!(
         msg,
@@ -223,7 +186,7 @@ async fn bind_init_data_compares_with_mrconfigid() {
 async fn missing_device_is_unavailable() {
     let p = tdx(&["--configfs-root".into(), "/nonexistent/tsm/report".into()]);
     let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
-    let (code, msg) = status(evidence(&a, b"x").await.unwrap_err());
+    let (code, msg) = status(a.evidence(b"x").await.unwrap_err());
     assert_eq!(code, ttrpc::Code::UNAVAILABLE);
     assert_eq!(
         msg,
@@ -276,7 +239,7 @@ async fn rtmrs_through_the_kernel_interface_when_present() {
     }
     for (measurements, enabled) in [(m.clone(), true), (dir.path().join("none"), false)] {
         let sock = dir.path().join(format!("tdx-{enabled}.sock"));
-        let mut child = std::process::Command::new(tdx_bin())
+        let mut child = std::process::Command::new(attester_bin("tdx", "attester-tdx"))
             .arg("--recorded-quote")
             .arg(fixture("tdx_quote_4.dat"))
             .arg("--measurements")

@@ -5,11 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use attestd_e2e::{config, signal, Attestd, Plugin};
+use attestd_e2e::{attester_bin, config, signal, Attestd, Plugin};
 use attestd_proto::ttrpc::attestation_agent as t;
 use attester_sdk::{Code, RemoteAttester, Transport};
 use base64::engine::general_purpose::STANDARD;
@@ -18,26 +18,6 @@ use nix::sys::signal::Signal;
 use rsa::pkcs8::DecodePublicKey as _;
 use rsa::signature::Verifier as _;
 use sha2::{Digest as _, Sha256};
-
-/// attester-tpm, built in its own workspace.
-fn tpm_bin() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let profile = if cfg!(debug_assertions) {
-        "debug"
-    } else {
-        "release"
-    };
-    let p = root
-        .join("attesters/tpm/target")
-        .join(profile)
-        .join("attester-tpm");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build --manifest-path attesters/tpm/Cargo.toml` first",
-        p.display()
-    );
-    p
-}
 
 fn free_port_pair() -> u16 {
     loop {
@@ -122,7 +102,7 @@ fn tpm_plugin(tpm: &Swtpm, extra: &[&str]) -> Plugin {
     args.extend(extra.iter().map(|s| s.to_string()));
     Plugin {
         name: "tpm".into(),
-        command: tpm_bin(),
+        command: attester_bin("tpm", "attester-tpm"),
         args,
         transport: "ttrpc".into(),
     }
@@ -277,34 +257,16 @@ fn nonce(rd: &[u8]) -> Vec<u8> {
     n
 }
 
-async fn evidence(a: &Attestd, rd: &[u8]) -> Result<Vec<u8>, ttrpc::Error> {
-    let req = t::GetEvidenceRequest {
-        RuntimeData: rd.to_vec(),
-        ..Default::default()
-    };
-    a.ttrpc()
-        .await
-        .get_evidence(ctx(), &req)
-        .await
-        .map(|r| r.Evidence)
-}
-
 #[tokio::test]
 async fn quote_through_attestd_passes_both_verifiers() {
     let tpm = Swtpm::start();
     let p = tpm_plugin(&tpm, &[]);
     let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
-    let tee = a
-        .ttrpc()
-        .await
-        .get_tee_type(ctx(), &Default::default())
-        .await
-        .unwrap();
-    assert_eq!(tee.tee, "tpm");
+    assert_eq!(a.tee_type().await, "tpm");
 
     // A SHA-384 digest as report data: the quote binds its first 32 bytes.
     let rd: Vec<u8> = (0..48).collect();
-    let ev = evidence(&a, &rd).await.unwrap();
+    let ev = a.evidence(&rd).await.unwrap();
     let parsed = parse(&ev);
     assert_eq!(parsed.pcrs.len(), 24);
     verify(&parsed, &nonce(&rd)).unwrap();
@@ -339,7 +301,7 @@ async fn evidence_has_the_upstream_shape() {
     let tpm = Swtpm::start();
     let p = tpm_plugin(&tpm, &[]);
     let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
-    let ev = evidence(&a, b"shape").await.unwrap();
+    let ev = a.evidence(b"shape").await.unwrap();
     let ours: serde_json::Value = serde_json::from_slice(&ev).unwrap();
     let fixture: serde_json::Value = serde_json::from_str(include_str!(
         "../../attesters/tpm/tests/fixtures/tpm_evidence.json"
@@ -464,7 +426,7 @@ async fn oversized_report_data_is_invalid_argument() {
     let tpm = Swtpm::start();
     let p = tpm_plugin(&tpm, &[]);
     let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
-    let ttrpc::Error::RpcStatus(s) = evidence(&a, &[0; 65]).await.unwrap_err() else {
+    let ttrpc::Error::RpcStatus(s) = a.evidence(&[0; 65]).await.unwrap_err() else {
         panic!()
     };
     assert_eq!(s.code(), ttrpc::Code::INVALID_ARGUMENT);
@@ -479,7 +441,7 @@ fn no_tpm_is_a_clear_start_failure() {
     let port = free_port_pair();
     let p = Plugin {
         name: "tpm".into(),
-        command: tpm_bin(),
+        command: attester_bin("tpm", "attester-tpm"),
         args: vec!["--tcti".into(), format!("swtpm:host=127.0.0.1,port={port}")],
         transport: "ttrpc".into(),
     };
@@ -565,7 +527,7 @@ async fn the_ak_is_created_once_and_reused() {
 
 /// attester-tpm by hand (no core) on `sock`.
 fn spawn_plugin_at(tpm: &Swtpm, sock: &Path) -> Child {
-    Command::new(tpm_bin())
+    Command::new(attester_bin("tpm", "attester-tpm"))
         .args(["--tcti", &tpm.tcti(), "--socket"])
         .arg(sock)
         .spawn()
