@@ -252,6 +252,7 @@ async fn cmd_plugins(a: PluginsArgs) -> Result<()> {
     if config.plugins.attester.is_empty() {
         bail!("no plugins configured: add [plugins.attester.<name>] tables to the config file");
     }
+    let _lock = attestd::supervisor::claim_socket_dir(&config.plugins.socket_dir).map_err(sdk)?;
     let mut rows = Vec::new();
     for name in config.plugins.attester.keys() {
         let (role, label) = if Some(name) == config.plugins.primary.as_ref() {

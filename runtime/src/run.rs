@@ -49,14 +49,11 @@ pub async fn start_plugins(config: &Config) -> Result<Service> {
         Supervisor::start(PluginSpec::new(primary, DeviceRole::Primary, plugins)?).await?;
     let mut additional = Vec::new();
     for name in &plugins.additional {
-        match PluginSpec::new(name, DeviceRole::Additional, plugins) {
-            Ok(spec) => match Supervisor::start(spec).await {
-                Ok(s) => additional.push(s),
-                Err(e) => {
-                    stop_all(&primary, &additional).await;
-                    return Err(e);
-                }
-            },
+        let started = async {
+            Supervisor::start(PluginSpec::new(name, DeviceRole::Additional, plugins)?).await
+        };
+        match started.await {
+            Ok(s) => additional.push(s),
             Err(e) => {
                 stop_all(&primary, &additional).await;
                 return Err(e);
@@ -108,7 +105,7 @@ async fn serve(
         }
         None => (None, None),
     };
-    prepare_socket(sock)?;
+    // `run` prepared the AA socket before starting the plugins.
     let ttrpc_server = ttrpc::start(service.clone(), sock).await?;
     tracing::info!(socket = %sock.display(), tee = %service.get_tee_type(), "attestd ready");
     shutdown.await;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use attester_sdk::{Code, Error, InitDataBinding, ReportData, Result};
 
 use crate::config::{Config, EventlogConfig, TokenConfigs};
-use crate::supervisor::{SocketDirLock, Status, Supervisor};
+use crate::supervisor::{SocketDirLock, Supervisor};
 
 /// `ExtendRuntimeMeasurement`'s result, as upstream's enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,10 +153,6 @@ impl Service {
             Code::Unsupported,
             format!("get token {token_type:?}: this attestd has no client for it yet"),
         ))
-    }
-
-    pub fn status(&self) -> Vec<Status> {
-        self.plugins().map(|s| s.status()).collect()
     }
 
     /// Stop every plugin.

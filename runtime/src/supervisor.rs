@@ -6,7 +6,6 @@ use std::future::Future;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,17 +81,6 @@ enum State {
     Stopped,
 }
 
-/// What `attestd plugins` shows about one plugin.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Status {
-    pub name: String,
-    pub state: &'static str,
-    pub reason: Option<String>,
-    pub pid: Option<u32>,
-    pub restarts: u32,
-    pub handshake: Handshake,
-}
-
 /// One supervised plugin. Calls go through [`Supervisor::live`].
 pub struct Supervisor {
     spec: PluginSpec,
@@ -100,15 +88,14 @@ pub struct Supervisor {
     identity: Handshake,
     state: watch::Receiver<State>,
     stop: watch::Sender<bool>,
-    restarts: Arc<AtomicU32>,
     task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Supervisor {
     /// Launch the plugin and complete the handshake; only then start supervising.
     /// A plugin that cannot start here is an error: attestd refuses to run without it.
+    /// The socket directory must have been claimed ([`claim_socket_dir`]).
     pub async fn start(spec: PluginSpec) -> Result<Arc<Supervisor>> {
-        ensure_socket_dir(&spec.socket_dir)?;
         let (child, live) = launch(&spec, None).await?;
         let identity = live.handshake.clone();
         tracing::info!(
@@ -121,21 +108,18 @@ impl Supervisor {
         );
         let (state_tx, state_rx) = watch::channel(State::Up(Arc::new(live)));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let restarts = Arc::new(AtomicU32::new(0));
         let task = tokio::spawn(supervise(
             spec.clone(),
             identity.clone(),
             child,
             state_tx,
             stop_rx,
-            restarts.clone(),
         ));
         Ok(Arc::new(Supervisor {
             spec,
             identity,
             state: state_rx,
             stop: stop_tx,
-            restarts,
             task: tokio::sync::Mutex::new(Some(task)),
         }))
     }
@@ -220,22 +204,6 @@ impl Supervisor {
         }
     }
 
-    pub fn status(&self) -> Status {
-        let (state, reason, pid, handshake) = match &*self.state.borrow() {
-            State::Up(l) => ("up", None, l.pid, l.handshake.clone()),
-            State::Down(r) => ("down", Some(r.to_string()), None, self.identity.clone()),
-            State::Stopped => ("stopped", None, None, self.identity.clone()),
-        };
-        Status {
-            name: self.spec.name.clone(),
-            state,
-            reason,
-            pid,
-            restarts: self.restarts.load(Ordering::Relaxed),
-            handshake,
-        }
-    }
-
     /// Stop supervising, terminate the plugin and remove its socket.
     pub async fn stop(&self) {
         let _ = self.stop.send(true);
@@ -251,7 +219,6 @@ async fn supervise(
     mut child: Child,
     state: watch::Sender<State>,
     mut stop: watch::Receiver<bool>,
-    restarts: Arc<AtomicU32>,
 ) {
     let mut backoff = Duration::ZERO;
     loop {
@@ -299,7 +266,6 @@ async fn supervise(
             backoff = (backoff * 2).clamp(FIRST_BACKOFF.min(max), max);
             match launch(&spec, Some(&identity)).await {
                 Ok((c, l)) => {
-                    restarts.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(plugin = %spec.name, pid = ?l.pid, "plugin restarted");
                     child = c;
                     let _ = state.send(State::Up(Arc::new(l)));
