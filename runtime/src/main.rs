@@ -10,7 +10,7 @@ use attestd::config::Config;
 use attestd::initdata::InitData;
 use attestd::run::{self, RunOptions, DEFAULT_ATTESTATION_SOCK, DEFAULT_GRPC_ADDR};
 use attestd::server::grpc::GrpcAddr;
-use attestd::service::{MeasurementEvent, Service};
+use attestd::service::MeasurementEvent;
 use attestd::supervisor::{PluginSpec, Supervisor};
 use attester_sdk::DeviceRole;
 use clap::{Args, Parser, Subcommand};
@@ -221,15 +221,6 @@ fn one_shot_config(arg: &ConfigArg) -> Result<Config> {
     Ok(config)
 }
 
-async fn with_service<T>(config: &Config, f: impl AsyncFnOnce(&Service) -> Result<T>) -> Result<T> {
-    let service = run::start_plugins(config).await.map_err(sdk)?;
-    let r = f(&service).await;
-    service.stop().await;
-    // The private one-shot directory (see one_shot_config), lock file included.
-    let _ = std::fs::remove_dir_all(&config.plugins.socket_dir);
-    r
-}
-
 async fn cmd_evidence(a: EvidenceArgs) -> Result<()> {
     let mut config = one_shot_config(&a.config)?;
     if let Some(name) = a.plugin {
@@ -240,11 +231,12 @@ async fn cmd_evidence(a: EvidenceArgs) -> Result<()> {
     }
     config.plugins.additional.clear();
     let data = runtime_data(&a.runtime_data)?;
-    let evidence = with_service(&config, async |s: &Service| {
-        s.get_evidence(data).await.map_err(sdk)
-    })
-    .await?;
-    print_bytes(&evidence)
+    let service = run::start_plugins(&config).await.map_err(sdk)?;
+    let evidence = service.get_evidence(data).await.map_err(sdk);
+    service.stop().await;
+    // The private one-shot directory (see one_shot_config), lock file included.
+    let _ = std::fs::remove_dir_all(&config.plugins.socket_dir);
+    print_bytes(&evidence?)
 }
 
 async fn cmd_plugins(a: PluginsArgs) -> Result<()> {
