@@ -9,7 +9,8 @@ ensure_packages "${ATTESTD_APT_PACKAGES[@]}"
 echo "== format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# Each transport alone, as a plugin links it.
+# Each transport alone, as a plugin links it; none at all, as attester-tsm links it.
+cargo clippy -p attester-sdk --no-default-features --locked -- -D warnings
 cargo clippy -p attester-sdk --no-default-features --features ttrpc --locked -- -D warnings
 cargo clippy -p attester-sdk --no-default-features --features grpc --locked -- -D warnings
 
@@ -41,7 +42,9 @@ if cargo tree -p attester-sample -e normal --prefix none --locked | grep -E '^at
     exit 1
 fi
 for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do
-    if cargo tree --manifest-path "$ws/Cargo.toml" -e normal --prefix none --locked | grep -E '^(attestd|attester-sample) '; then
+    own=$(cargo pkgid --manifest-path "$ws/Cargo.toml" | sed -E 's/.*#([^@]+)@.*/\1/')
+    # Shared helper crates (sdk, tsm) are fine; the runtime and other attesters are not.
+    if cargo tree --manifest-path "$ws/Cargo.toml" -e normal --prefix none --locked | grep -E '^(attestd|attester-[a-z0-9-]+) ' | grep -vE "^(attester-sdk|attester-tsm|$own) "; then
         echo "error: $ws depends on the runtime or on another attester" >&2
         exit 1
     fi

@@ -4,7 +4,6 @@
 use crate::{Capabilities, DeviceRole, InitDataBinding, PluginInfo, RegisterMapping};
 
 /// `Info` as the core reads it, before negotiation.
-#[cfg_attr(not(any(feature = "ttrpc", feature = "grpc")), allow(dead_code))]
 pub(crate) struct InfoFromPeer {
     pub info: PluginInfo,
     pub versions: Vec<u32>,

@@ -16,21 +16,28 @@
 //! ```
 
 mod attester;
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
 mod client;
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
 mod convert;
 mod error;
 mod handshake;
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
 mod server;
 pub mod status;
 mod types;
 
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
 use std::path::PathBuf;
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
 use std::process::ExitCode;
 
 pub use attester::Attester;
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
 pub use client::{RemoteAttester, DEFAULT_DEADLINE};
 pub use error::{Code, Error, Result};
 pub use handshake::{negotiate, PROTOCOL_VERSIONS};
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
 pub use server::{remove_socket_file, serve, ServeOptions};
 pub use types::{
     Capabilities, DeviceRole, Evidence, Handshake, InitDataBinding, PluginInfo, RegisterMapping,
@@ -42,12 +49,14 @@ pub use types::{
 pub use client::grpc_unix_channel;
 
 /// The transport a plugin serves when `--transport` is not given: ttrpc when built in.
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
 pub const DEFAULT_TRANSPORT: Transport = if cfg!(feature = "ttrpc") {
     Transport::Ttrpc
 } else {
     Transport::Grpc
 };
 
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
 /// Command-line arguments every plugin accepts; flatten them into the plugin's own.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -59,6 +68,7 @@ pub struct ServeArgs {
     pub transport: Transport,
 }
 
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
 impl ServeArgs {
     pub fn options(&self) -> ServeOptions {
         ServeOptions {
@@ -69,6 +79,7 @@ impl ServeArgs {
     }
 }
 
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
 /// A plugin's whole `main`: logging to stderr (`ATTESTD_LOG` or `RUST_LOG`), a
 /// current-thread runtime (a Unix-socket round trip costs half what it does on
 /// the multi-thread one), [`serve`] until SIGTERM, and the error chain on failure.

@@ -2,6 +2,7 @@
 //! AA servers and the plugin servers both go through here, so a code means the
 //! same thing on every wire.
 
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
 use crate::{Code, Error};
 
 #[cfg(feature = "ttrpc")]

@@ -1,203 +1,22 @@
-//! The device seam: a configfs-tsm client (the ~50 lines the kernel ABI needs, see
-//! Documentation/ABI/testing/configfs-tsm) over a small filesystem trait, with the
-//! real filesystem and a recorded device that behaves like the kernel.
+//! The device seam: configfs-tsm (the shared `attester-tsm` client, over the real
+//! configfs or a recorded device that behaves like the kernel), the kernel's RTMR
+//! files and the ACPI CCEL.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use attester_sdk::{Error, Result};
+pub use attester_tsm::{ConfigfsTsm, Emulated, RealFs, TsmFs};
 
-/// What a configfs-tsm report directory offers; `entry` is a directory name under
-/// `…/tsm/report/`.
-pub trait TsmFs: Send + Sync {
-    fn mkdir(&self, entry: &str) -> std::io::Result<()>;
-    fn rmdir(&self, entry: &str) -> std::io::Result<()>;
-    fn read(&self, entry: &str, attr: &str) -> std::io::Result<Vec<u8>>;
-    fn write(&self, entry: &str, attr: &str, data: &[u8]) -> std::io::Result<()>;
-    /// Whether the report interface exists at all.
-    fn present(&self) -> bool;
-}
+pub const PROVIDER: &str = "tdx_guest";
 
-/// The kernel's configfs, rooted at `…/tsm/report` (default
-/// `/sys/kernel/config/tsm/report`).
-pub struct RealFs {
-    pub root: PathBuf,
-}
-
-impl TsmFs for RealFs {
-    fn mkdir(&self, entry: &str) -> std::io::Result<()> {
-        std::fs::create_dir(self.root.join(entry))
-    }
-    fn rmdir(&self, entry: &str) -> std::io::Result<()> {
-        std::fs::remove_dir(self.root.join(entry))
-    }
-    fn read(&self, entry: &str, attr: &str) -> std::io::Result<Vec<u8>> {
-        std::fs::read(self.root.join(entry).join(attr))
-    }
-    fn write(&self, entry: &str, attr: &str, data: &[u8]) -> std::io::Result<()> {
-        std::fs::write(self.root.join(entry).join(attr), data)
-    }
-    fn present(&self) -> bool {
-        self.root.is_dir()
-    }
-}
-
-/// One emulated report entry: its generation and the last inblob written.
-type Entries = HashMap<String, (u64, Option<[u8; 64]>)>;
-
-/// A recorded TDX device behaving like the kernel: an entry has `provider`
-/// (`tdx_guest`), `generation` (bumped by every inblob write) and `outblob` (the
-/// recorded quote with REPORTDATA set to the last inblob).
-pub struct Recorded {
-    quote: Vec<u8>,
-    entries: Mutex<Entries>,
-    /// Test hook: extra writes by "another process" before the next outblob read.
-    interfere: AtomicU64,
-}
-
-impl Recorded {
-    pub fn new(quote: Vec<u8>) -> Result<Self> {
-        crate::quote::body_offset(&quote)?;
-        Ok(Recorded {
-            quote,
-            entries: Mutex::new(HashMap::new()),
-            interfere: AtomicU64::new(0),
-        })
-    }
-
-    /// Make the next `n` outblob reads see a concurrent writer.
-    pub fn interfere(&self, n: u64) {
-        self.interfere.store(n, Ordering::SeqCst);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-fn not_found(what: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::NotFound, what.to_string())
-}
-
-impl TsmFs for Recorded {
-    fn mkdir(&self, entry: &str) -> std::io::Result<()> {
-        self.lock().insert(entry.into(), (0, None));
-        Ok(())
-    }
-    fn rmdir(&self, entry: &str) -> std::io::Result<()> {
-        self.lock()
-            .remove(entry)
-            .map(|_| ())
-            .ok_or_else(|| not_found(entry))
-    }
-    fn read(&self, entry: &str, attr: &str) -> std::io::Result<Vec<u8>> {
-        let mut entries = self.lock();
-        let e = entries.get_mut(entry).ok_or_else(|| not_found(entry))?;
-        match attr {
-            "provider" => Ok(b"tdx_guest\n".to_vec()),
-            "generation" => Ok(format!("{}\n", e.0).into_bytes()),
-            "outblob" => {
-                if self.interfere.load(Ordering::SeqCst) > 0 {
-                    self.interfere.fetch_sub(1, Ordering::SeqCst);
-                    e.0 += 1; // someone else wrote inblob meanwhile
-                }
-                let rd =
-                    e.1.ok_or_else(|| std::io::Error::other("no inblob written"))?;
-                crate::quote::with_report_data(&self.quote, &rd)
-                    .map_err(|err| std::io::Error::other(err.message().to_string()))
-            }
-            other => Err(not_found(other)),
-        }
-    }
-    fn write(&self, entry: &str, attr: &str, data: &[u8]) -> std::io::Result<()> {
-        let mut entries = self.lock();
-        let e = entries.get_mut(entry).ok_or_else(|| not_found(entry))?;
-        match attr {
-            "inblob" => {
-                let rd: [u8; 64] = data
-                    .try_into()
-                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-                e.0 += 1;
-                e.1 = Some(rd);
-                Ok(())
-            }
-            other => Err(not_found(other)),
-        }
-    }
-    fn present(&self) -> bool {
-        true
-    }
-}
-
-/// Attempts when another writer races us on the same entry.
-const ATTEMPTS: u32 = 3;
-
-/// A configfs-tsm client for the `tdx_guest` provider.
-pub struct ConfigfsTsm<F> {
-    pub fs: F,
-}
-
-static NEXT_ENTRY: AtomicU64 = AtomicU64::new(0);
-
-impl<F: TsmFs> ConfigfsTsm<F> {
-    /// A quote whose REPORTDATA is `report_data` (64 bytes, zero-padded by the caller).
-    pub fn quote(&self, report_data: &[u8; 64]) -> Result<Vec<u8>> {
-        let entry = format!(
-            "attestd-{}-{}",
-            std::process::id(),
-            NEXT_ENTRY.fetch_add(1, Ordering::Relaxed)
-        );
-        self.fs.mkdir(&entry).map_err(|e| {
-            Error::unavailable("cannot create a configfs-tsm report entry").with_source(e)
-        })?;
-        let r = self.quote_in(&entry, report_data);
-        let _ = self.fs.rmdir(&entry);
-        r
-    }
-
-    fn quote_in(&self, entry: &str, report_data: &[u8; 64]) -> Result<Vec<u8>> {
-        let provider = self.read_text(entry, "provider")?;
-        if provider != "tdx_guest" {
-            return Err(Error::failed_precondition(format!(
-                "configfs-tsm provider is {provider:?}, not tdx_guest"
-            )));
-        }
-        let mut last = 0;
-        for _ in 0..ATTEMPTS {
-            self.fs.write(entry, "inblob", report_data).map_err(|e| {
-                Error::unavailable("cannot write configfs-tsm inblob").with_source(e)
-            })?;
-            let before = self.generation(entry)?;
-            let quote = self.fs.read(entry, "outblob").map_err(|e| {
-                Error::unavailable("cannot read configfs-tsm outblob").with_source(e)
-            })?;
-            let after = self.generation(entry)?;
-            // The kernel bumps generation on every inblob write: if it moved while
-            // we read, the outblob may answer someone else's report data.
-            if after == before {
-                return Ok(quote);
-            }
-            last = after - before;
-        }
-        Err(Error::unavailable(format!(
-            "configfs-tsm entry changed while reading the quote ({last} other write(s)) {ATTEMPTS} times: concurrent writers"
-        )))
-    }
-
-    fn generation(&self, entry: &str) -> Result<u64> {
-        self.read_text(entry, "generation")?
-            .parse()
-            .map_err(|e| Error::internal("configfs-tsm generation is not a number").with_source(e))
-    }
-
-    fn read_text(&self, entry: &str, attr: &str) -> Result<String> {
-        let b = self.fs.read(entry, attr).map_err(|e| {
-            Error::unavailable(format!("cannot read configfs-tsm {attr}")).with_source(e)
-        })?;
-        Ok(String::from_utf8_lossy(&b).trim().to_string())
-    }
+/// A recorded TDX device: configfs-tsm emulated like the kernel, answering with
+/// `quote` whose REPORTDATA is set to the request.
+pub fn recorded(quote: Vec<u8>) -> Result<Emulated> {
+    crate::quote::body_offset(&quote)?;
+    let answer: attester_tsm::Answer = Box::new(move |rd| {
+        crate::quote::with_report_data(&quote, rd).map_err(|e| e.message().to_string())
+    });
+    Ok(Emulated::new(PROVIDER, answer, None))
 }
 
 /// The kernel's RTMR files (`rtmr<N>:sha384` under
@@ -264,84 +83,19 @@ mod tests {
 
     #[test]
     fn recorded_device_answers_with_our_report_data() {
-        let tsm = ConfigfsTsm {
-            fs: Recorded::new(Q4.to_vec()).unwrap(),
-        };
-        let q = tsm.quote(&[9; 64]).unwrap();
+        let tsm = ConfigfsTsm::new(recorded(Q4.to_vec()).unwrap(), PROVIDER);
+        let q = tsm.report(&[9; 64], false).unwrap().outblob;
         assert_eq!(crate::quote::report_data(&q).unwrap(), &[9; 64]);
-        assert!(tsm.fs.lock().is_empty(), "the entry is removed");
+        // v4: REPORTDATA is at 48 + 520; nothing else changes.
+        assert!(q[..568] == Q4[..568] && q[632..] == Q4[632..]);
+        assert_eq!(tsm.fs.entries(), 0, "the entry is removed");
     }
 
     #[test]
-    fn one_concurrent_write_is_retried() {
-        let tsm = ConfigfsTsm {
-            fs: Recorded::new(Q4.to_vec()).unwrap(),
-        };
-        tsm.fs.interfere(1);
-        let q = tsm.quote(&[3; 64]).unwrap();
-        assert_eq!(crate::quote::report_data(&q).unwrap(), &[3; 64]);
-    }
-
-    #[test]
-    fn persistent_concurrent_writers_are_an_error() {
-        let tsm = ConfigfsTsm {
-            fs: Recorded::new(Q4.to_vec()).unwrap(),
-        };
-        tsm.fs.interfere(3);
-        let e = tsm.quote(&[3; 64]).unwrap_err();
-        assert_eq!(e.code(), attester_sdk::Code::Unavailable);
-        assert_eq!(
-            e.message(),
-            "configfs-tsm entry changed while reading the quote (1 other write(s)) 3 times: concurrent writers"
-        );
-        assert!(tsm.fs.lock().is_empty());
-    }
-
-    #[test]
-    fn missing_configfs_is_unavailable() {
-        let t = tempfile::tempdir().unwrap();
-        let tsm = ConfigfsTsm {
-            fs: RealFs {
-                root: t.path().join("nope"),
-            },
-        };
-        assert!(!tsm.fs.present());
-        let e = tsm.quote(&[0; 64]).unwrap_err();
-        assert_eq!(e.code(), attester_sdk::Code::Unavailable);
-        assert_eq!(e.message(), "cannot create a configfs-tsm report entry");
-    }
-
-    #[test]
-    fn real_fs_with_a_foreign_provider_is_refused() {
-        // A directory laid out like configfs, but the provider is SNP's.
-        let t = tempfile::tempdir().unwrap();
-        struct Fake(PathBuf);
-        impl TsmFs for Fake {
-            fn mkdir(&self, e: &str) -> std::io::Result<()> {
-                std::fs::create_dir(self.0.join(e))?;
-                std::fs::write(self.0.join(e).join("provider"), "sev_guest\n")
-            }
-            fn rmdir(&self, e: &str) -> std::io::Result<()> {
-                std::fs::remove_dir_all(self.0.join(e))
-            }
-            fn read(&self, e: &str, a: &str) -> std::io::Result<Vec<u8>> {
-                std::fs::read(self.0.join(e).join(a))
-            }
-            fn write(&self, e: &str, a: &str, d: &[u8]) -> std::io::Result<()> {
-                std::fs::write(self.0.join(e).join(a), d)
-            }
-            fn present(&self) -> bool {
-                true
-            }
-        }
-        let tsm = ConfigfsTsm {
-            fs: Fake(t.path().to_path_buf()),
-        };
-        let e = tsm.quote(&[0; 64]).unwrap_err();
-        assert_eq!(
-            e.message(),
-            "configfs-tsm provider is \"sev_guest\", not tdx_guest"
-        );
+    fn a_truncated_recording_is_refused() {
+        let e = recorded(Q4[..100].to_vec()).err().unwrap();
+        assert_eq!(e.code(), attester_sdk::Code::Internal);
+        assert_eq!(e.message(), "TDX quote is 100 bytes: truncated");
     }
 
     #[test]

@@ -70,12 +70,12 @@ impl<F: TsmFs + 'static> Attester for Tdx<F> {
     }
 
     fn detect(&self) -> Result<bool> {
-        Ok(self.dev.exists() || self.tsm.fs.present())
+        Ok(self.dev.exists() || attester_tsm::provider_is(&self.tsm.fs, device::PROVIDER))
     }
 
     async fn evidence(&self, report_data: ReportData) -> Result<Evidence> {
         let rd = pad64(report_data.as_bytes());
-        let quote = self.tsm.quote(&rd)?;
+        let quote = self.tsm.report(&rd, false)?.outblob;
         // Refuse to hand out a quote that does not carry what was asked for.
         if quote::report_data(&quote)? != rd {
             return Err(Error::internal(
@@ -111,7 +111,7 @@ impl<F: TsmFs + 'static> Attester for Tdx<F> {
         }
         let mut want = digest;
         want.resize(MRCONFIGID_LEN, 0);
-        let quote = self.tsm.quote(&[0; 64])?;
+        let quote = self.tsm.report(&[0; 64], false)?.outblob;
         let have = quote::mrconfigid(&quote)?;
         if have != want.as_slice() {
             return Err(Error::failed_precondition(format!(

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use attester_tdx::device::{ConfigfsTsm, RealFs, Recorded, Rtmrs};
+use attester_tdx::device::{self, ConfigfsTsm, RealFs, Rtmrs};
 use attester_tdx::Tdx;
 use clap::Parser;
 
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let fs = match Recorded::new(quote) {
+            let fs = match device::recorded(quote) {
                 Ok(fs) => fs,
                 Err(e) => {
                     eprintln!("error: recorded quote {}: {}", path.display(), e.chain());
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
                 path.display()
             );
             let tdx = Tdx {
-                tsm: ConfigfsTsm { fs },
+                tsm: ConfigfsTsm::new(fs, device::PROVIDER),
                 ccel: a.ccel,
                 dev: a.dev,
                 rtmrs,
@@ -65,11 +65,12 @@ fn main() -> ExitCode {
         }
         None => {
             let tdx = Tdx {
-                tsm: ConfigfsTsm {
-                    fs: RealFs {
+                tsm: ConfigfsTsm::new(
+                    RealFs {
                         root: a.configfs_root,
                     },
-                },
+                    device::PROVIDER,
+                ),
                 ccel: a.ccel,
                 dev: a.dev,
                 rtmrs,
