@@ -5,7 +5,7 @@
 ATTESTD_APT_PACKAGES=(gcc pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools)
 
 # Hardware attesters: standalone workspaces with their own Cargo.lock.
-ATTESTD_ATTESTER_WORKSPACES=(attesters/tpm attesters/tdx)
+ATTESTD_ATTESTER_WORKSPACES=(attesters/tpm attesters/tdx attesters/snp)
 
 ensure_packages() {
     local missing=()

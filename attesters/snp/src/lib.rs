@@ -1,0 +1,103 @@
+//! The AMD SEV-SNP attester: extended reports through `/dev/sev-guest` (as
+//! upstream) or configfs-tsm (provider `sev_guest`), evidence as upstream's
+//! `{"attestation_report","cert_chain"}`, init-data compared with HOSTDATA.
+//! `device` is the seam, `report` reads the raw report, `certs` the certificate
+//! table, `evidence` is pure.
+
+pub mod certs;
+pub mod device;
+pub mod evidence;
+pub mod report;
+
+use std::path::PathBuf;
+
+use attester_sdk::{
+    Attester, Capabilities, Error, Evidence, InitDataBinding, PluginInfo, ReportData, Result,
+};
+
+use device::SnpDevice;
+
+pub const MAX_REPORT_DATA: usize = 64;
+pub const HOST_DATA_LEN: usize = 32;
+
+pub struct Snp {
+    pub device: Box<dyn SnpDevice>,
+    /// Present on SNP guests whose kernel has the sev-guest driver.
+    pub platform: PathBuf,
+}
+
+impl Snp {
+    fn report(&self, rd: &[u8; 64]) -> Result<device::RawReport> {
+        let raw = self
+            .device
+            .ext_report(rd)
+            .map_err(|e| e.context(format!("SNP report from {}", self.device.describe())))?;
+        // Refuse to hand out a report that does not carry what was asked for.
+        if report::report_data(&raw.report)? != rd {
+            return Err(Error::internal(
+                "the report's REPORT_DATA is not the requested report data",
+            ));
+        }
+        Ok(raw)
+    }
+}
+
+impl Attester for Snp {
+    fn info(&self) -> PluginInfo {
+        PluginInfo {
+            name: "attester-snp".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            tee: "snp".into(),
+            evidence_format: evidence::FORMAT.into(),
+            capabilities: Capabilities {
+                max_report_data: MAX_REPORT_DATA as u32,
+                init_data: InitDataBinding::Compare,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn detect(&self) -> Result<bool> {
+        Ok(self.platform.exists() || self.device.present())
+    }
+
+    async fn evidence(&self, report_data: ReportData) -> Result<Evidence> {
+        let raw = self.report(&pad64(report_data.as_bytes())?)?;
+        let parsed = report::parse(&raw.report)?;
+        evidence::evidence(&parsed, raw.certs.as_deref())
+    }
+
+    async fn bind_init_data(&self, digest: Vec<u8>) -> Result<()> {
+        if digest.len() > HOST_DATA_LEN {
+            return Err(Error::invalid_argument(format!(
+                "init-data digest is {} bytes; HOSTDATA holds {HOST_DATA_LEN}",
+                digest.len()
+            )));
+        }
+        let mut want = digest;
+        want.resize(HOST_DATA_LEN, 0);
+        let raw = self.report(&[0; 64])?;
+        let have = report::host_data(&raw.report)?;
+        if have != want.as_slice() {
+            return Err(Error::failed_precondition(format!(
+                "init-data digest {} does not match HOSTDATA {}",
+                hex::encode(&want),
+                hex::encode(have)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Zero-padded to the report's 64 bytes, as upstream.
+fn pad64(rd: &[u8]) -> Result<[u8; 64]> {
+    if rd.len() > MAX_REPORT_DATA {
+        return Err(Error::invalid_argument(format!(
+            "report data is {} bytes; SNP takes at most {MAX_REPORT_DATA}",
+            rd.len()
+        )));
+    }
+    let mut out = [0u8; 64];
+    out[..rd.len()].copy_from_slice(rd);
+    Ok(out)
+}
