@@ -88,10 +88,17 @@ pub struct CocoAsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventlogConfig {
+    /// The PCR entries extend when a request names none (mapped through the
+    /// plugin's register map, e.g. to RTMR 3 on TDX).
     #[serde(default = "default_init_pcr")]
     pub init_pcr: u64,
     #[serde(default)]
     pub enable_eventlog: bool,
+    /// Upstream's key; the hash is the measuring plugin's, so when set it must agree.
+    pub eventlog_algorithm: Option<String>,
+    /// attestd's addition: where the log lives (upstream's path by default).
+    #[serde(default = "default_eventlog_path")]
+    pub path: PathBuf,
 }
 
 impl Default for EventlogConfig {
@@ -99,8 +106,14 @@ impl Default for EventlogConfig {
         EventlogConfig {
             init_pcr: default_init_pcr(),
             enable_eventlog: false,
+            eventlog_algorithm: None,
+            path: default_eventlog_path(),
         }
     }
+}
+
+fn default_eventlog_path() -> PathBuf {
+    crate::eventlog::DEFAULT_PATH.into()
 }
 
 fn default_init_pcr() -> u64 {

@@ -9,6 +9,7 @@
 
 pub mod aa_client;
 pub mod config;
+pub mod eventlog;
 pub mod initdata;
 pub mod run;
 pub mod server;

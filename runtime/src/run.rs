@@ -60,7 +60,12 @@ pub async fn start_plugins(config: &Config) -> Result<Service> {
             }
         }
     }
-    Ok(Service::new(lock, primary, additional, config))
+    let mut service = Service::new(lock, primary, additional, config);
+    if let Err(e) = service.open_eventlog().await {
+        service.stop().await;
+        return Err(e);
+    }
+    Ok(service)
 }
 
 async fn stop_all(primary: &Supervisor, additional: &[Arc<Supervisor>]) {

@@ -2,13 +2,18 @@
 //! thin translations onto these methods; errors map to statuses in one place
 //! (`attester_sdk::status`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use attester_sdk::{Code, Error, InitDataBinding, ReportData, Result};
 
 use crate::config::{Config, EventlogConfig, TokenConfigs};
+use crate::eventlog::{EventLog, HashAlg, Layout};
 use crate::supervisor::{SocketDirLock, Supervisor};
+
+/// The event-log domain and operation of attestd's own entries.
+pub const IDENTITY_DOMAIN: &str = "github.com/confidential-containers/attestd";
+pub const IDENTITY_OPERATION: &str = "LoadAttester";
 
 /// `ExtendRuntimeMeasurement`'s result, as upstream's enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +37,11 @@ pub struct Service {
     primary: Arc<Supervisor>,
     additional: Vec<Arc<Supervisor>>,
     tokens: TokenConfigs,
-    eventlog: EventlogConfig,
+    eventlog_config: EventlogConfig,
+    /// Open when enabled and the primary plugin can extend and read back.
+    eventlog: Option<EventLog<Supervisor>>,
+    /// Plugin name → the launch instance whose identity is in the log.
+    measured: tokio::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl Service {
@@ -47,8 +56,73 @@ impl Service {
             primary,
             additional,
             tokens: config.token_configs.clone(),
-            eventlog: config.eventlog_config.clone(),
+            eventlog_config: config.eventlog_config.clone(),
+            eventlog: None,
+            measured: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Open the event log when enabled (settling a crash's pending entry) and record
+    /// every plugin's identity before anything is served.
+    pub async fn open_eventlog(&mut self) -> Result<()> {
+        let cfg = &self.eventlog_config;
+        if !cfg.enable_eventlog {
+            return Ok(());
+        }
+        let hs = self.primary.identity();
+        let Some(layout) = Layout::of(&hs.info.tee, &hs.info.capabilities)? else {
+            tracing::warn!(
+                plugin = %self.primary.name(),
+                "event log enabled, but the primary plugin cannot extend and read registers: \
+                 ExtendRuntimeMeasurement answers NOT_SUPPORTED and no identity is recorded"
+            );
+            return Ok(());
+        };
+        if let Some(want) = &cfg.eventlog_algorithm {
+            if HashAlg::parse(want)? != layout.alg {
+                return Err(Error::failed_precondition(format!(
+                    "[eventlog_config] eventlog_algorithm = {want:?}, but plugin {} measures with {}",
+                    self.primary.name(),
+                    layout.alg.name()
+                )));
+            }
+        }
+        let log = EventLog::open(&cfg.path, cfg.init_pcr, layout, self.primary.clone())
+            .await
+            .map_err(|e| e.context("cannot open the event log"))?;
+        tracing::info!(path = %log.path().display(), "event log open");
+        self.eventlog = Some(log);
+        self.measure_plugins().await
+    }
+
+    /// Record the identity of every plugin instance not yet in the log (at start,
+    /// and after a restart, before that instance serves anything).
+    async fn measure_plugins(&self) -> Result<()> {
+        let Some(log) = &self.eventlog else {
+            return Ok(());
+        };
+        let mut measured = self.measured.lock().await;
+        for s in self.plugins() {
+            let live = s
+                .live()
+                .await
+                .map_err(|e| e.context(format!("plugin {}", s.name())))?;
+            if measured.get(s.name()) == Some(&live.instance) {
+                continue;
+            }
+            let content = identity_content(s.name(), &live);
+            log.record(IDENTITY_DOMAIN, IDENTITY_OPERATION, &content, None)
+                .await
+                .map_err(|e| {
+                    e.context(format!(
+                        "cannot record plugin {}'s identity in the event log",
+                        s.name()
+                    ))
+                })?;
+            tracing::info!(plugin = %s.name(), %content, "plugin identity recorded");
+            measured.insert(s.name().to_string(), live.instance);
+        }
+        Ok(())
     }
 
     pub fn plugins(&self) -> impl Iterator<Item = &Arc<Supervisor>> {
@@ -57,6 +131,7 @@ impl Service {
 
     /// The primary TEE's evidence for `runtime_data`, untouched.
     pub async fn get_evidence(&self, runtime_data: Vec<u8>) -> Result<Vec<u8>> {
+        self.measure_plugins().await?;
         Ok(evidence_of(&self.primary, runtime_data).await?.1)
     }
 
@@ -66,6 +141,7 @@ impl Service {
         if self.additional.is_empty() {
             return Ok(Vec::new());
         }
+        self.measure_plugins().await?;
         let mut all = BTreeMap::new();
         for s in &self.additional {
             let (tee, bytes) = evidence_of(s, runtime_data.clone()).await?;
@@ -115,23 +191,26 @@ impl Service {
         event: MeasurementEvent,
     ) -> Result<MeasurementResult> {
         // CDH fails an image pull on an RPC error, so "off" and "cannot" are results.
-        if !self.eventlog.enable_eventlog {
+        if !self.eventlog_config.enable_eventlog {
             return Ok(MeasurementResult::NotEnabled);
         }
-        if !self
-            .primary
-            .identity()
-            .info
-            .capabilities
-            .runtime_measurement
-        {
+        let Some(log) = &self.eventlog else {
             return Ok(MeasurementResult::NotSupported);
-        }
-        let _ = event;
-        Err(Error::new(
-            Code::Unsupported,
-            "extend runtime measurement: this attestd does not keep an event log yet",
-        ))
+        };
+        self.measure_plugins().await?;
+        log.record(
+            &event.domain,
+            &event.operation,
+            &event.content,
+            event.register_index,
+        )
+        .await?;
+        Ok(MeasurementResult::Ok)
+    }
+
+    /// The open event log, if any (for `attestd` subcommands and tests).
+    pub fn eventlog(&self) -> Option<&EventLog<Supervisor>> {
+        self.eventlog.as_ref()
     }
 
     pub async fn get_token(&self, token_type: &str) -> Result<Vec<u8>> {
@@ -161,6 +240,26 @@ impl Service {
             s.stop().await;
         }
     }
+}
+
+/// The identity entry's content: canonical JSON (RFC 8785: sorted keys, no
+/// whitespace; every value is a string, so serde_json's escaping is JCS's).
+pub fn identity_content(name: &str, live: &crate::supervisor::Live) -> String {
+    let info = &live.handshake.info;
+    let p = &live.provenance;
+    let fields: BTreeMap<&str, String> = [
+        ("name", name.to_string()),
+        ("tee", info.tee.clone()),
+        ("plugin", info.name.clone()),
+        ("version", info.version.clone()),
+        ("launch", p.launch.to_string()),
+        ("command", p.command.display().to_string()),
+        ("sha256", p.sha256.clone()),
+    ]
+    .into_iter()
+    .collect();
+    // A BTreeMap of strings cannot fail to serialise.
+    serde_json::to_string(&fields).unwrap_or_default()
 }
 
 /// Checks runtime data against the plugin's advertised maximum before the round trip.

@@ -65,13 +65,28 @@ impl PluginSpec {
     }
 }
 
+/// Where a running plugin came from, for the event log's identity entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Provenance {
+    pub launch: &'static str,
+    /// The binary that was executed.
+    pub command: PathBuf,
+    /// Its SHA-256, hashed just before it was started.
+    pub sha256: String,
+}
+
 /// A running, handshaken plugin.
 pub struct Live {
     pub client: RemoteAttester,
     pub handshake: Handshake,
     pub pid: Option<u32>,
     pub started: Instant,
+    /// Unique per launch (restarts included), so each instance is measured once.
+    pub instance: u64,
+    pub provenance: Provenance,
 }
+
+static NEXT_INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 #[derive(Clone)]
 enum State {
@@ -213,6 +228,25 @@ impl Supervisor {
     }
 }
 
+/// The event log reaches the measuring plugin's registers through its API.
+impl crate::eventlog::Registers for Supervisor {
+    async fn read(&self, register: u64) -> Result<Vec<u8>> {
+        self.call_idempotent(|live| async move { live.client.read_measurement(register).await })
+            .await
+            .map_err(|e| e.context(format!("plugin {}", self.name())))
+    }
+
+    async fn extend(&self, register: u64, digest: Vec<u8>) -> Result<()> {
+        // Not retried on a lost connection: the event log settles that case by
+        // reading the register back.
+        let live = self.live().await?;
+        live.client
+            .extend_measurement(register, digest)
+            .await
+            .map_err(|e| e.context(format!("plugin {}", self.name())))
+    }
+}
+
 async fn supervise(
     spec: PluginSpec,
     identity: Handshake,
@@ -327,7 +361,7 @@ async fn launch(spec: &PluginSpec, identity: Option<&Handshake>) -> Result<(Chil
     let ctx = |e: Error| e.context(format!("cannot start plugin {}", spec.name));
     let socket = spec.socket();
     attester_sdk::remove_socket_file(&socket).map_err(ctx)?;
-    let mut child = spawn(spec, &socket).map_err(ctx)?;
+    let (mut child, provenance) = spawn(spec, &socket).map_err(ctx)?;
     let started = Instant::now();
     let ready = tokio::time::timeout(spec.startup_timeout, async {
         let client = connect_when_listening(&mut child, &socket, spec.config.transport).await?;
@@ -354,11 +388,13 @@ async fn launch(spec: &PluginSpec, identity: Option<&Handshake>) -> Result<(Chil
             handshake,
             pid,
             started,
+            instance: NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            provenance,
         },
     ))
 }
 
-fn spawn(spec: &PluginSpec, socket: &Path) -> Result<Child> {
+fn spawn(spec: &PluginSpec, socket: &Path) -> Result<(Child, Provenance)> {
     match spec.config.launch {
         LaunchKind::Process => {}
     }
@@ -366,6 +402,11 @@ fn spawn(spec: &PluginSpec, socket: &Path) -> Result<Child> {
         return Err(Error::failed_precondition("no command configured"));
     };
     let program = resolve_command(cmd)?;
+    let provenance = Provenance {
+        launch: "process",
+        sha256: sha256_file(&program)?,
+        command: program.clone(),
+    };
     let mut cmd = Command::new(&program);
     crate::sys::die_with_parent(&mut cmd);
     cmd.args(&spec.config.args)
@@ -378,10 +419,23 @@ fn spawn(spec: &PluginSpec, socket: &Path) -> Result<Child> {
         // The plugin dies with its handle: no orphan outlives a failed start.
         .kill_on_drop(true)
         .spawn()
+        .map(|child| (child, provenance))
         .map_err(|e| {
             Error::failed_precondition(format!("cannot execute {}", program.display()))
                 .with_source(e)
         })
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest as _;
+    let mut f = std::fs::File::open(path).map_err(|e| {
+        Error::failed_precondition(format!("cannot read {}", path.display())).with_source(e)
+    })?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| {
+        Error::failed_precondition(format!("cannot read {}", path.display())).with_source(e)
+    })?;
+    Ok(hex::encode(h.finalize()))
 }
 
 /// Poll until the plugin listens, failing fast if it exits first.

@@ -15,6 +15,8 @@ use attestd_proto::grpc::attestation_agent::attestation_agent_service_client::At
 use attestd_proto::ttrpc::attestation_agent_ttrpc::AttestationAgentServiceClient as TtrpcAa;
 use tempfile::TempDir;
 
+pub mod swtpm;
+
 /// A workspace binary built next to the test executable (`target/<profile>/`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -155,6 +157,15 @@ impl Attestd {
         config: impl FnOnce(&Path) -> String,
         args: &[&str],
     ) -> Result<Attestd, StartFailure> {
+        Self::start_env(config, args, &[])
+    }
+
+    /// [`Attestd::start_with`], with extra environment variables for attestd.
+    pub fn start_env(
+        config: impl FnOnce(&Path) -> String,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Attestd, StartFailure> {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("attestd.toml");
         std::fs::write(&cfg, config(dir.path())).expect("write config");
@@ -173,6 +184,7 @@ impl Attestd {
         }
         let child = cmd
             .args(args)
+            .envs(env.iter().copied())
             // Tests want debug logs in attestd.log; the benchmark sets ATTESTD_LOG=warn.
             .env(
                 "ATTESTD_LOG",
@@ -215,6 +227,19 @@ impl Attestd {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("attestd.log")).unwrap_or_default()
+    }
+
+    /// Wait (bounded) for attestd to exit by itself, e.g. at a fault-injection point.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "attestd did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn pid(&self) -> u32 {

@@ -4,11 +4,11 @@
 //! and the attester built from its own workspace (attesters/tpm).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use attestd_e2e::swtpm::{free_port_pair, tpm_plugin, Swtpm};
 use attestd_e2e::{attester_bin, config, signal, Attestd, Plugin};
 use attestd_proto::ttrpc::attestation_agent as t;
 use attester_sdk::{Code, RemoteAttester, Transport};
@@ -18,95 +18,6 @@ use nix::sys::signal::Signal;
 use rsa::pkcs8::DecodePublicKey as _;
 use rsa::signature::Verifier as _;
 use sha2::{Digest as _, Sha256};
-
-fn free_port_pair() -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        if p < 65000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-}
-
-/// A swtpm on free TCP ports with a temporary state directory; stopped on drop.
-struct Swtpm {
-    child: Child,
-    port: u16,
-    _state: tempfile::TempDir,
-}
-
-impl Swtpm {
-    fn start() -> Swtpm {
-        let state = tempfile::tempdir().unwrap();
-        let port = free_port_pair();
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-            .arg("--server")
-            .arg(format!("type=tcp,port={port}"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={}", port + 1))
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state.path().display()))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("swtpm is missing: apt-get install swtpm swtpm-tools");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "swtpm did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Swtpm {
-            child,
-            port,
-            _state: state,
-        }
-    }
-
-    fn tcti(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
-    }
-
-    /// Run a tpm2-tools command against this TPM.
-    fn tool(&self, args: &[&str]) -> std::process::Output {
-        Command::new(args[0])
-            .args(&args[1..])
-            .env("TPM2TOOLS_TCTI", self.tcti())
-            .output()
-            .unwrap()
-    }
-
-    fn pcr(&self, i: u64) -> Vec<u8> {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("pcr.bin");
-        let sel = format!("sha256:{i}");
-        let out = self.tool(&["tpm2_pcrread", &sel, "-o", f.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::read(f).unwrap()
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tpm_plugin(tpm: &Swtpm, extra: &[&str]) -> Plugin {
-    let mut args = vec!["--tcti".to_string(), tpm.tcti()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Plugin {
-        name: "tpm".into(),
-        command: attester_bin("tpm", "attester-tpm"),
-        args,
-        transport: "ttrpc".into(),
-    }
-}
 
 fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(30_000_000_000)
