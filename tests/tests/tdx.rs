@@ -41,6 +41,9 @@ fn recorded(quote: &str, ccel: Option<&Path>) -> Plugin {
         fixture(quote).display().to_string(),
         "--ccel".into(),
         ccel.display().to_string(),
+        // Not the machine's /run: these tests pin the bytes.
+        "--runtime-eventlog".into(),
+        "/nonexistent/eventlog".into(),
     ])
 }
 
@@ -103,6 +106,39 @@ async fn evidence_through_attestd_parses_and_binds_report_data() {
     let golden =
         std::fs::read_to_string(root().join("tests/golden/tdx-evidence-v4.sha256")).unwrap();
     assert_eq!(hex(&Sha256::digest(&ev)), golden.trim());
+}
+
+#[tokio::test]
+async fn the_runtime_event_log_follows_the_ccel() {
+    // attestd's AAEL records ride in cc_eventlog after the firmware's CCEL, as
+    // upstream sends them; without a CCEL there is nothing to append to.
+    let dir = tempfile::tempdir().unwrap();
+    let aael = dir.path().join("eventlog");
+    std::fs::write(&aael, b"aael-records").unwrap();
+    let ccel = fixture("CCEL_data_ovmf");
+    for (ccel, want) in [
+        (
+            ccel.clone(),
+            Some([std::fs::read(&ccel).unwrap(), b"aael-records".to_vec()].concat()),
+        ),
+        (PathBuf::from("/nonexistent/CCEL"), None),
+    ] {
+        let p = tdx(&[
+            "--recorded-quote".into(),
+            fixture("tdx_quote_4.dat").display().to_string(),
+            "--ccel".into(),
+            ccel.display().to_string(),
+            "--runtime-eventlog".into(),
+            aael.display().to_string(),
+        ]);
+        let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&a.evidence(b"x").await.unwrap()).unwrap();
+        let got = v["cc_eventlog"]
+            .as_str()
+            .map(|s| STANDARD.decode(s).unwrap());
+        assert_eq!(got, want);
+    }
 }
 
 #[tokio::test]

@@ -444,3 +444,34 @@ fn spawn_plugin_at(tpm: &Swtpm, sock: &Path) -> Child {
         .spawn()
         .unwrap()
 }
+
+#[test]
+fn initdata_toml_at_start_extends_pcr_8() {
+    // A sha384 init-data document: its digest (computed here by sha384sum over the
+    // raw file) binds by its first 32 bytes into the SHA-256 bank's PCR 8.
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("initdata.toml");
+    std::fs::write(
+        &f,
+        "version = \"0.1.0\"\nalgorithm = \"sha384\"\n\n[data]\n\"policy.rego\" = '''\npackage agent_policy\ndefault AllowRequestsFailingPolicy := true\n'''\n",
+    )
+    .unwrap();
+    let out = Command::new("sha384sum").arg(&f).output().unwrap();
+    let digest = hex(std::str::from_utf8(&out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap());
+    assert_eq!(digest.len(), 48);
+    let before = tpm.pcr(8);
+    let p = tpm_plugin(&tpm, &[]);
+    let a = Attestd::start_with(
+        |d| config(d, &p, &[], ""),
+        &["--initdata-toml", f.to_str().unwrap()],
+    )
+    .unwrap();
+    let want = Sha256::digest([before.as_slice(), &digest[..32]].concat()).to_vec();
+    assert_eq!(tpm.pcr(8), want);
+    assert!(a.log().contains("init-data bound"), "{}", a.log());
+}

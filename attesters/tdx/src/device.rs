@@ -66,7 +66,7 @@ impl Rtmrs {
     }
 }
 
-/// The ACPI CCEL event log, if the firmware published one.
+/// An event log file (the ACPI CCEL, attestd's runtime log), if present.
 pub fn read_ccel(path: &Path) -> Result<Option<Vec<u8>>> {
     match std::fs::read(path) {
         Ok(b) => Ok(Some(b)),

@@ -26,6 +26,9 @@ pub struct Tdx<F> {
     pub tsm: ConfigfsTsm<F>,
     /// The ACPI CCEL table (absent on some firmware).
     pub ccel: PathBuf,
+    /// attestd's runtime event log (AAEL records), appended to the CCEL as
+    /// upstream's `cc_eventlog` carries it.
+    pub runtime_log: PathBuf,
     /// `/dev/tdx_guest`, for detection.
     pub dev: PathBuf,
     /// The kernel's RTMR interface (`…/tdx_guest/measurements`), when it has one.
@@ -82,8 +85,18 @@ impl<F: TsmFs + 'static> Attester for Tdx<F> {
                 "the quote's REPORTDATA is not the requested report data",
             ));
         }
-        let ccel = device::read_ccel(&self.ccel)?;
-        evidence::evidence(&quote, ccel.as_deref())
+        // The runtime log only means something after the CCEL's own header and
+        // boot events: without a CCEL, none is sent.
+        let log = match device::read_ccel(&self.ccel)? {
+            Some(mut ccel) => {
+                if let Some(aael) = device::read_ccel(&self.runtime_log)? {
+                    ccel.extend_from_slice(&aael);
+                }
+                Some(ccel)
+            }
+            None => None,
+        };
+        evidence::evidence(&quote, log.as_deref())
     }
 
     async fn extend_measurement(&self, register: u64, digest: Vec<u8>) -> Result<()> {

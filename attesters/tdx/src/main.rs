@@ -17,6 +17,9 @@ struct Args {
     /// ACPI CCEL event log.
     #[arg(long, default_value = "/sys/firmware/acpi/tables/data/CCEL")]
     ccel: PathBuf,
+    /// attestd's runtime event log, appended to the CCEL in `cc_eventlog`.
+    #[arg(long, default_value = "/run/attestation-agent/eventlog")]
+    runtime_eventlog: PathBuf,
     /// TDX guest device (used for detection).
     #[arg(long, default_value = "/dev/tdx_guest")]
     dev: PathBuf,
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
             let tdx = Tdx {
                 tsm: ConfigfsTsm::new(fs, device::PROVIDER),
                 ccel: a.ccel,
+                runtime_log: a.runtime_eventlog,
                 dev: a.dev,
                 rtmrs,
             };
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
                     device::PROVIDER,
                 ),
                 ccel: a.ccel,
+                runtime_log: a.runtime_eventlog,
                 dev: a.dev,
                 rtmrs,
             };

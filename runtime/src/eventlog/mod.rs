@@ -309,12 +309,12 @@ impl<R: Registers> EventLog<R> {
             return Ok(());
         }
         let value = self.regs.read(register).await?;
-        if value.len() != self.layout.alg.len() {
+        if value.len() != self.layout.alg.digest_len() {
             return Err(Error::internal(format!(
                 "register {register} reads {} bytes; {} registers have {}",
                 value.len(),
                 self.layout.alg.name(),
-                self.layout.alg.len()
+                self.layout.alg.digest_len()
             )));
         }
         let rec = Record::init(index, self.layout.alg, &value);

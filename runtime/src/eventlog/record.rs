@@ -67,7 +67,7 @@ impl HashAlg {
         }
     }
 
-    pub fn len(self) -> usize {
+    pub fn digest_len(self) -> usize {
         match self {
             HashAlg::Sha256 => 32,
             HashAlg::Sha384 => 48,
@@ -141,7 +141,7 @@ impl Record {
         }
         hex::decode(hex_value)
             .ok()
-            .filter(|v| v.len() == self.alg.len())
+            .filter(|v| v.len() == self.alg.digest_len())
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -202,7 +202,7 @@ pub fn parse(log: &[u8]) -> Result<Vec<(u64, Record)>> {
         let alg_id = r.take(2, start)?;
         let alg = HashAlg::from_tcg_id(u16::from_le_bytes([alg_id[0], alg_id[1]]))
             .ok_or_else(|| malformed(start, "unknown digest algorithm"))?;
-        let digest = r.take(alg.len(), start)?.to_vec();
+        let digest = r.take(alg.digest_len(), start)?.to_vec();
         let size = r.u32(start)? as usize;
         let event = r.take(size, start)?;
         if size < 8 || u32::from_le_bytes([event[0], event[1], event[2], event[3]]) != AAEL_TAG {

@@ -36,7 +36,7 @@ impl Fake {
             .unwrap()
             .get(&r)
             .cloned()
-            .unwrap_or_else(|| vec![0; self.alg.len()])
+            .unwrap_or_else(|| vec![0; self.alg.digest_len()])
     }
     fn bump(&self, r: u64, digest: &[u8]) {
         let v = self.alg.extend(&self.get(r), digest);
