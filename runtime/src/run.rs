@@ -45,13 +45,16 @@ pub async fn start_plugins(config: &Config) -> Result<Service> {
         ));
     };
     let lock = claim_socket_dir(&plugins.socket_dir)?;
-    let primary =
-        Supervisor::start(PluginSpec::new(primary, DeviceRole::Primary, plugins)?).await?;
+    let spec = |name: &str, role| {
+        PluginSpec::new(name, role, plugins).map(|mut s| {
+            s.record_provenance = config.eventlog_config.enable_eventlog;
+            s
+        })
+    };
+    let primary = Supervisor::start(spec(primary, DeviceRole::Primary)?).await?;
     let mut additional = Vec::new();
     for name in &plugins.additional {
-        let started = async {
-            Supervisor::start(PluginSpec::new(name, DeviceRole::Additional, plugins)?).await
-        };
+        let started = async { Supervisor::start(spec(name, DeviceRole::Additional)?).await };
         match started.await {
             Ok(s) => additional.push(s),
             Err(e) => {

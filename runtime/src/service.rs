@@ -254,7 +254,7 @@ pub fn identity_content(name: &str, live: &crate::supervisor::Live) -> String {
         ("version", info.version.clone()),
         ("launch", p.launch.to_string()),
         ("command", p.command.display().to_string()),
-        ("sha256", p.sha256.clone()),
+        ("sha256", p.sha256.clone().unwrap_or_default()),
     ]
     .into_iter()
     .collect();
