@@ -170,6 +170,18 @@ pub struct PluginsConfig {
     /// How long a call waits for a restarting plugin before answering UNAVAILABLE.
     #[serde(default = "default_restart_wait_ms")]
     pub restart_wait_ms: u64,
+    /// Allow images referenced by a mutable tag (development only; warned at every start).
+    #[serde(default)]
+    pub dev_mode: bool,
+    /// `launch = "oci"`: the OCI layout, unpacked root filesystems and bundles live here.
+    #[serde(default = "default_oci_dir")]
+    pub oci_dir: PathBuf,
+    /// `primary = "auto"`: TEE → image, from containers/build.sh.
+    #[serde(default = "default_images_lock")]
+    pub images_lock: PathBuf,
+    /// `primary = "auto"`: how the selected image is started (podman or oci).
+    #[serde(default = "default_auto_launch")]
+    pub auto_launch: LaunchKind,
     #[serde(default)]
     pub attester: BTreeMap<String, PluginConfig>,
 }
@@ -186,9 +198,23 @@ impl Default for PluginsConfig {
             health_timeout_ms: default_health_timeout_ms(),
             restart_backoff_max_ms: default_restart_backoff_max_ms(),
             restart_wait_ms: default_restart_wait_ms(),
+            dev_mode: false,
+            oci_dir: default_oci_dir(),
+            images_lock: default_images_lock(),
+            auto_launch: default_auto_launch(),
             attester: BTreeMap::new(),
         }
     }
+}
+
+fn default_oci_dir() -> PathBuf {
+    PathBuf::from("/var/lib/attestd/oci")
+}
+fn default_images_lock() -> PathBuf {
+    PathBuf::from("/usr/share/attestd/images.lock")
+}
+fn default_auto_launch() -> LaunchKind {
+    LaunchKind::Podman
 }
 
 fn default_socket_dir() -> PathBuf {
@@ -240,6 +266,24 @@ impl PluginsConfig {
 pub enum LaunchKind {
     /// Spawn `command` as a child process.
     Process,
+    /// Run `image` in a podman container (runc, no network, read-only, no capabilities).
+    Podman,
+    /// Unpack `image` into an OCI bundle and run it with runc, as kata-agent runs its
+    /// pause container.
+    Oci,
+    /// Someone else started it (a sidecar, a systemd unit): connect to `socket`.
+    External,
+}
+
+impl LaunchKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LaunchKind::Process => "process",
+            LaunchKind::Podman => "podman",
+            LaunchKind::Oci => "oci",
+            LaunchKind::External => "external",
+        }
+    }
 }
 
 /// `[plugins.attester.<name>]`.
@@ -256,6 +300,10 @@ pub struct PluginConfig {
     pub transport: Transport,
     /// The TEE the plugin must report in its handshake (checked when set).
     pub tee: Option<String>,
+    /// `podman` and `oci`: the image, `name@sha256:<digest>` (a tag only in dev mode).
+    pub image: Option<String>,
+    /// `external`: the socket the plugin serves on.
+    pub socket: Option<PathBuf>,
 }
 
 impl Config {
@@ -298,11 +346,29 @@ impl Config {
                     "plugin names use only letters, digits, '-' and '_'",
                 ));
             }
-            if pc.launch == LaunchKind::Process && pc.command.is_none() {
+            let (field, present) = match pc.launch {
+                LaunchKind::Process => ("command", pc.command.is_some()),
+                LaunchKind::Podman | LaunchKind::Oci => ("image", pc.image.is_some()),
+                LaunchKind::External => ("socket", pc.socket.is_some()),
+            };
+            if !present {
                 return Err(invalid(
-                    format!("{key}.command"),
-                    "required when launch = \"process\"",
+                    format!("{key}.{field}"),
+                    format!("required when launch = \"{}\"", pc.launch.as_str()),
                 ));
+            }
+            if let Some(image) = &pc.image {
+                let r = crate::launch::image::ImageRef::parse(image)
+                    .map_err(|e| invalid(format!("{key}.image"), e.message()))?;
+                if r.digest.is_none() && !p.dev_mode {
+                    return Err(invalid(
+                        format!("{key}.image"),
+                        format!(
+                            "{image:?} is a mutable tag: pin it by digest (name@sha256:<digest>), \
+                             or set [plugins] dev_mode = true for development"
+                        ),
+                    ));
+                }
             }
             if let Some(tee) = &pc.tee {
                 check_tee(&format!("{key}.tee"), tee)?;
@@ -318,7 +384,7 @@ impl Config {
                 ))
             }
         };
-        if let Some(primary) = &p.primary {
+        if let Some(primary) = p.primary.as_deref().filter(|p| *p != "auto") {
             defined("plugins.primary", primary)?;
         }
         for (i, name) in p.additional.iter().enumerate() {

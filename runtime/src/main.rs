@@ -289,17 +289,29 @@ async fn cmd_plugins(a: PluginsArgs) -> Result<()> {
         let (p, hs) = (&r["probe"], &r["probe"]["handshake"]);
         match p.get("error") {
             Some(e) => println!("{} ({}): error: {}", s(&r["name"]), s(&r["role"]), s(e)),
-            None => println!(
-                "{} ({}): tee={} transport={} protocol=v{} plugin={} {} health={}",
-                s(&r["name"]),
-                s(&r["role"]),
-                s(&hs["info"]["tee"]),
-                s(&hs["transport"]),
-                hs["protocol_version"],
-                s(&hs["info"]["name"]),
-                s(&hs["info"]["version"]),
-                s(&p["health"]),
-            ),
+            None => {
+                let pv = &p["provenance"];
+                let origin = match (pv.get("image"), pv.get("command"), pv.get("socket")) {
+                    (Some(_), _, _) => {
+                        format!("image={} digest={}", s(&pv["image"]), s(&pv["digest"]))
+                    }
+                    (None, Some(c), _) => format!("command={}", s(c)),
+                    (None, None, Some(sock)) => format!("socket={}", s(sock)),
+                    _ => String::new(),
+                };
+                println!(
+                    "{} ({}): tee={} transport={} protocol=v{} plugin={} {} launch={} {origin} health={}",
+                    s(&r["name"]),
+                    s(&r["role"]),
+                    s(&hs["info"]["tee"]),
+                    s(&hs["transport"]),
+                    hs["protocol_version"],
+                    s(&hs["info"]["name"]),
+                    s(&hs["info"]["version"]),
+                    s(&pv["launch"]),
+                    s(&p["health"]),
+                )
+            }
         }
     }
     Ok(())
@@ -315,14 +327,17 @@ async fn probe(name: &str, role: DeviceRole, config: &Config) -> serde_json::Val
         Ok(s) => s,
         Err(e) => return serde_json::json!({ "error": e.chain() }),
     };
-    let health = match s.live().await {
-        Ok(l) => match l.client.check().await {
-            Ok(()) => "serving".to_string(),
-            Err(e) => e.chain(),
-        },
-        Err(e) => e.chain(),
+    let (health, provenance) = match s.live().await {
+        Ok(l) => (
+            match l.client.check().await {
+                Ok(()) => "serving".to_string(),
+                Err(e) => e.chain(),
+            },
+            serde_json::to_value(&l.provenance).unwrap_or_default(),
+        ),
+        Err(e) => (e.chain(), serde_json::Value::Null),
     };
-    let v = serde_json::json!({ "handshake": s.identity(), "health": health });
+    let v = serde_json::json!({ "handshake": s.identity(), "health": health, "provenance": provenance });
     s.stop().await;
     v
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use attester_sdk::{Code, DeviceRole, Error, Result};
 
-use crate::config::Config;
+use crate::config::{Config, LaunchKind};
 use crate::initdata::InitData;
 use crate::server::grpc::{self, GrpcAddr};
 use crate::server::ttrpc;
@@ -45,6 +45,13 @@ pub async fn start_plugins(config: &Config) -> Result<Service> {
         ));
     };
     let lock = claim_socket_dir(&plugins.socket_dir)?;
+    let uses = |k| plugins.attester.values().any(|p| p.launch == k);
+    if uses(LaunchKind::Podman) {
+        crate::launch::podman::remove_stale(&plugins.socket_dir).await;
+    }
+    if uses(LaunchKind::Oci) {
+        crate::launch::oci::remove_stale(&plugins.oci_dir).await;
+    }
     let spec = |name: &str, role| {
         PluginSpec::new(name, role, plugins).map(|mut s| {
             s.record_provenance = config.eventlog_config.enable_eventlog;

@@ -247,17 +247,30 @@ impl Service {
 pub fn identity_content(name: &str, live: &crate::supervisor::Live) -> String {
     let info = &live.handshake.info;
     let p = &live.provenance;
-    let fields: BTreeMap<&str, String> = [
+    let mut fields: BTreeMap<&str, String> = [
         ("name", name.to_string()),
         ("tee", info.tee.clone()),
         ("plugin", info.name.clone()),
         ("version", info.version.clone()),
         ("launch", p.launch.to_string()),
-        ("command", p.command.display().to_string()),
-        ("sha256", p.sha256.clone().unwrap_or_default()),
     ]
     .into_iter()
     .collect();
+    let optional = [
+        (
+            "command",
+            p.command.as_ref().map(|c| c.display().to_string()),
+        ),
+        ("sha256", p.sha256.clone()),
+        ("image", p.image.clone()),
+        ("digest", p.digest.clone()),
+        ("socket", p.socket.as_ref().map(|s| s.display().to_string())),
+    ];
+    for (k, v) in optional {
+        if let Some(v) = v {
+            fields.insert(k, v);
+        }
+    }
     // A BTreeMap of strings cannot fail to serialise.
     serde_json::to_string(&fields).unwrap_or_default()
 }

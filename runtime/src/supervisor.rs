@@ -5,14 +5,13 @@ use std::ffi::OsString;
 use std::future::Future;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::launch::Running;
 use attester_sdk::{
     DeviceRole, Error, Handshake, RemoteAttester, Result, Transport, PROTOCOL_VERSIONS,
 };
-use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use crate::config::{check_tee, LaunchKind, PluginConfig, PluginsConfig};
@@ -42,6 +41,8 @@ pub struct PluginSpec {
     /// Hash the plugin binary at each launch (for the event log's identity entry;
     /// off otherwise, since hashing a debug build takes a noticeable part of a second).
     pub record_provenance: bool,
+    /// `launch = "oci"`: layout, unpacked images, bundles.
+    pub oci_dir: PathBuf,
 }
 
 impl PluginSpec {
@@ -61,22 +62,18 @@ impl PluginSpec {
             restart_backoff_max: plugins.restart_backoff_max(),
             restart_wait: plugins.restart_wait(),
             record_provenance: false,
+            oci_dir: plugins.oci_dir.clone(),
         })
     }
 
+    /// Where the plugin serves: in the core's directory, or for `external` plugins
+    /// where their owner put it.
     pub fn socket(&self) -> PathBuf {
-        self.socket_dir.join(format!("{}.sock", self.name))
+        match (&self.config.launch, &self.config.socket) {
+            (crate::config::LaunchKind::External, Some(s)) => s.clone(),
+            _ => self.socket_dir.join(format!("{}.sock", self.name)),
+        }
     }
-}
-
-/// Where a running plugin came from, for the event log's identity entry.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Provenance {
-    pub launch: &'static str,
-    /// The binary that was executed.
-    pub command: PathBuf,
-    /// Its SHA-256, hashed just before it was started (when recorded).
-    pub sha256: Option<String>,
 }
 
 /// A running, handshaken plugin.
@@ -87,7 +84,7 @@ pub struct Live {
     pub started: Instant,
     /// Unique per launch (restarts included), so each instance is measured once.
     pub instance: u64,
-    pub provenance: Provenance,
+    pub provenance: crate::launch::Provenance,
 }
 
 static NEXT_INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -254,7 +251,7 @@ impl crate::eventlog::Registers for Supervisor {
 async fn supervise(
     spec: PluginSpec,
     identity: Handshake,
-    mut child: Child,
+    mut child: Running,
     state: watch::Sender<State>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -265,17 +262,14 @@ async fn supervise(
             _ => return,
         };
         let reason = tokio::select! {
-            status = child.wait() => match status {
-                Ok(s) => format!("it exited ({s})"),
-                Err(e) => format!("waiting for it failed: {e}"),
-            },
+            r = child.exited() => r,
             e = health_loop(&live, spec.health_interval, spec.health_timeout) => {
                 format!("health check failed: {}", e.chain())
             }
             _ = stopped(&mut stop) => {
-                terminate(&spec.name, &mut child).await;
+                child.terminate(&spec.name, STOP_GRACE).await;
                 let _ = state.send(State::Stopped);
-                let _ = std::fs::remove_file(spec.socket());
+                remove_owned_socket(&spec);
                 return;
             }
         };
@@ -283,8 +277,7 @@ async fn supervise(
         let _ = state.send(State::Down(reason.into()));
         drop(live);
         // After a health failure the process may still run: make sure it is gone.
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        child.kill().await;
         if live_for(&state) >= STABLE_AFTER {
             backoff = Duration::ZERO;
         }
@@ -295,7 +288,7 @@ async fn supervise(
                     _ = stopped(&mut stop) => {
                         let _ = state.send(State::Stopped);
                         // The crashed plugin could not remove its socket.
-                        let _ = std::fs::remove_file(spec.socket());
+                        remove_owned_socket(&spec);
                         return;
                     }
                 }
@@ -348,112 +341,77 @@ async fn health_loop(live: &Live, interval: Duration, timeout: Duration) -> Erro
     }
 }
 
-async fn terminate(name: &str, child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let pid = nix::unistd::Pid::from_raw(pid as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
-            return;
-        }
-        tracing::warn!(plugin = %name, "plugin ignored SIGTERM; killing it");
+/// The plugin's socket, unless someone else owns it (`external`).
+fn remove_owned_socket(spec: &PluginSpec) {
+    if spec.config.launch != LaunchKind::External {
+        let _ = std::fs::remove_file(spec.socket());
     }
-    let _ = child.kill().await;
 }
 
 /// Start the plugin process and complete the handshake within `startup_timeout`.
-async fn launch(spec: &PluginSpec, identity: Option<&Handshake>) -> Result<(Child, Live)> {
+async fn launch(spec: &PluginSpec, identity: Option<&Handshake>) -> Result<(Running, Live)> {
     let ctx = |e: Error| e.context(format!("cannot start plugin {}", spec.name));
     let socket = spec.socket();
-    attester_sdk::remove_socket_file(&socket).map_err(ctx)?;
-    let (mut child, provenance) = spawn(spec, &socket).map_err(ctx)?;
+    if spec.config.launch != LaunchKind::External {
+        attester_sdk::remove_socket_file(&socket).map_err(ctx)?;
+    }
+    let mut child = crate::launch::launcher(spec.config.launch)
+        .launch(spec, &socket)
+        .await
+        .map_err(ctx)?;
+    match handshake(spec, identity, &mut child, &socket).await {
+        Ok(live) => Ok((child, live)),
+        Err(e) => {
+            // Nothing may outlive a failed start (a container keeps running otherwise).
+            child.kill().await;
+            Err(ctx(e))
+        }
+    }
+}
+
+async fn handshake(
+    spec: &PluginSpec,
+    identity: Option<&Handshake>,
+    child: &mut Running,
+    socket: &Path,
+) -> Result<Live> {
     let started = Instant::now();
     let ready = tokio::time::timeout(spec.startup_timeout, async {
-        let client = connect_when_listening(&mut child, &socket, spec.config.transport).await?;
+        let client = connect_when_listening(child, socket, spec.config.transport).await?;
         let client = client.with_deadline(spec.startup_timeout);
         let hs = client.handshake(PROTOCOL_VERSIONS).await?;
         Ok::<_, Error>((client, hs))
     })
     .await;
     let (client, handshake) = match ready {
-        Ok(r) => r.map_err(ctx)?,
+        Ok(r) => r?,
         Err(_) => {
-            return Err(ctx(Error::unavailable(format!(
+            return Err(Error::unavailable(format!(
                 "no handshake within {:?}",
                 spec.startup_timeout
-            ))))
+            )))
         }
     };
-    check_handshake(spec, identity, &handshake).map_err(ctx)?;
-    let pid = child.id();
-    Ok((
-        child,
-        Live {
-            client: client.with_deadline(spec.call_timeout),
-            handshake,
-            pid,
-            started,
-            instance: NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            provenance,
-        },
-    ))
-}
-
-fn spawn(spec: &PluginSpec, socket: &Path) -> Result<(Child, Provenance)> {
-    match spec.config.launch {
-        LaunchKind::Process => {}
-    }
-    let Some(cmd) = &spec.config.command else {
-        return Err(Error::failed_precondition("no command configured"));
-    };
-    let program = resolve_command(cmd)?;
-    let provenance = Provenance {
-        launch: "process",
-        sha256: spec
-            .record_provenance
-            .then(|| sha256_file(&program))
-            .transpose()?,
-        command: program.clone(),
-    };
-    let mut cmd = Command::new(&program);
-    crate::sys::die_with_parent(&mut cmd);
-    cmd.args(&spec.config.args)
-        .arg("--socket")
-        .arg(socket)
-        .arg("--transport")
-        .arg(spec.config.transport.to_string())
-        .envs(&spec.config.env)
-        .stdin(Stdio::null())
-        // The plugin dies with its handle: no orphan outlives a failed start.
-        .kill_on_drop(true)
-        .spawn()
-        .map(|child| (child, provenance))
-        .map_err(|e| {
-            Error::failed_precondition(format!("cannot execute {}", program.display()))
-                .with_source(e)
-        })
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::Digest as _;
-    let mut f = std::fs::File::open(path).map_err(|e| {
-        Error::failed_precondition(format!("cannot read {}", path.display())).with_source(e)
-    })?;
-    let mut h = sha2::Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|e| {
-        Error::failed_precondition(format!("cannot read {}", path.display())).with_source(e)
-    })?;
-    Ok(hex::encode(h.finalize()))
+    check_handshake(spec, identity, &handshake)?;
+    Ok(Live {
+        client: client.with_deadline(spec.call_timeout),
+        handshake,
+        pid: child.pid(),
+        started,
+        instance: NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        provenance: child.provenance.clone(),
+    })
 }
 
 /// Poll until the plugin listens, failing fast if it exits first.
 async fn connect_when_listening(
-    child: &mut Child,
+    child: &mut Running,
     socket: &Path,
     transport: Transport,
 ) -> Result<RemoteAttester> {
     let mut pause = Duration::from_millis(1);
     loop {
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Some(status) = child.try_exited() {
             return Err(Error::unavailable(format!(
                 "it exited during startup ({status})"
             )));

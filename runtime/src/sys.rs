@@ -6,17 +6,15 @@
 
 use tokio::process::Command;
 
-/// Have the kernel SIGKILL the plugin when attestd dies, even by SIGKILL, so no
-/// orphaned plugin outlives the core that owns its socket. (The signal follows the
-/// thread that forked: attestd spawns from its single runtime thread, which lives as
-/// long as the process.)
-pub fn die_with_parent(cmd: &mut Command) {
+/// Have the kernel send `signal` to the child when attestd dies, even by SIGKILL,
+/// so no orphaned plugin outlives the core that owns its socket: SIGKILL for a
+/// plugin process, SIGTERM for `podman run` / `runc run`, which forward it to the
+/// container and clean up. (The signal follows the thread that forked: attestd
+/// spawns from its single runtime thread, which lives as long as the process.)
+pub fn die_with_parent(cmd: &mut Command, signal: nix::sys::signal::Signal) {
     // SAFETY: the closure only calls prctl(2), which is async-signal-safe, and
-    // touches no memory shared with the parent.
+    // touches no memory shared with the parent (`signal` is a copied integer).
     unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
+        cmd.pre_exec(move || nix::sys::prctl::set_pdeathsig(signal).map_err(std::io::Error::from));
     }
 }

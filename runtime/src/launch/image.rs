@@ -1,0 +1,243 @@
+//! Image references and the gatekeeping on them: plugins are pinned
+//! `name@sha256:<digest>`; a mutable tag is refused unless dev mode; the local
+//! image's digest is checked before every start.
+
+use std::time::Duration;
+
+use attester_sdk::{Error, Result};
+use tokio::process::Command;
+
+/// `name[:tag][@sha256:<hex>]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    pub name: String,
+    pub tag: Option<String>,
+    /// `sha256:<64 hex>`.
+    pub digest: Option<String>,
+}
+
+impl ImageRef {
+    pub fn parse(s: &str) -> Result<ImageRef> {
+        let bad = |why: &str| Error::invalid_argument(format!("image reference {s:?}: {why}"));
+        let (rest, digest) = match s.split_once('@') {
+            Some((r, d)) => {
+                let hex = d
+                    .strip_prefix("sha256:")
+                    .ok_or_else(|| bad("the digest must be sha256:<64 hex digits>"))?;
+                if hex.len() != 64
+                    || !hex
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                {
+                    return Err(bad("the digest must be sha256:<64 lowercase hex digits>"));
+                }
+                (r, Some(d.to_string()))
+            }
+            None => (s, None),
+        };
+        // A ':' after the last '/' starts the tag (a ':' before it is a registry port).
+        let slash = rest.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match rest[slash..].find(':') {
+            Some(i) => (&rest[..slash + i], Some(rest[slash + i + 1..].to_string())),
+            None => (rest, None),
+        };
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/:".contains(&b))
+        {
+            return Err(bad(
+                "the name must be lowercase letters, digits and . _ - / :",
+            ));
+        }
+        if tag.as_deref().is_some_and(|t| t.is_empty()) {
+            return Err(bad("empty tag"));
+        }
+        if digest.is_none() && tag.is_none() {
+            return Err(bad("no tag and no digest"));
+        }
+        Ok(ImageRef {
+            name: name.to_string(),
+            tag,
+            digest,
+        })
+    }
+
+    /// `name@digest`, the form containers are started by.
+    pub fn pinned(&self, digest: &str) -> String {
+        format!("{}@{digest}", self.name)
+    }
+}
+
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.name)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Run a helper tool (podman, skopeo, umoci, runc) to completion within `limit`;
+/// its stdout, or an error with its stderr.
+pub async fn run_tool(cmd: &mut Command, what: &str, limit: Duration) -> Result<String> {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let out = match tokio::time::timeout(limit, cmd.output()).await {
+        Ok(r) => {
+            r.map_err(|e| Error::failed_precondition(format!("cannot run {what}")).with_source(e))?
+        }
+        Err(_) => {
+            return Err(Error::unavailable(format!(
+                "{what} did not finish within {limit:?}"
+            )))
+        }
+    };
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::failed_precondition(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            err.trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+const TOOL_LIMIT: Duration = Duration::from_secs(60);
+
+/// The digest podman's store holds for `r`: the pinned one if present (else an
+/// error naming what the store has), or in dev mode what the tag points at now.
+pub async fn podman_digest(r: &ImageRef) -> Result<String> {
+    let query = match (&r.digest, &r.tag) {
+        (Some(d), _) => r.pinned(d),
+        (None, Some(t)) => format!("{}:{t}", r.name),
+        (None, None) => r.name.clone(),
+    };
+    let found = run_tool(
+        Command::new("podman").args(["image", "inspect", "--format", "{{.Digest}}", &query]),
+        "podman image inspect",
+        TOOL_LIMIT,
+    )
+    .await;
+    match (found, &r.digest) {
+        (Ok(d), Some(want)) if &d == want => Ok(d),
+        (Ok(d), None) => Ok(d),
+        (Ok(d), Some(want)) => Err(Error::failed_precondition(format!(
+            "image {r}: the local image has digest {d}, the pin is {want}"
+        ))),
+        (Err(e), Some(want)) => {
+            let local = local_digests(&r.name).await;
+            Err(if local.is_empty() {
+                Error::failed_precondition(format!(
+                    "image {} is not in podman's store (no image named {} at all): build it with containers/build.sh",
+                    r.pinned(want),
+                    r.name
+                ))
+            } else {
+                Error::failed_precondition(format!(
+                    "image {} is not in podman's store: the local {} has {}; the pin is {want}",
+                    r.pinned(want),
+                    r.name,
+                    local.join(", ")
+                ))
+            }
+            .with_source(e))
+        }
+        (Err(e), None) => Err(Error::failed_precondition(format!(
+            "image {r} is not in podman's store"
+        ))
+        .with_source(e)),
+    }
+}
+
+/// Digests of the local images named `name`, for error messages.
+async fn local_digests(name: &str) -> Vec<String> {
+    let out = run_tool(
+        Command::new("podman").args([
+            "images",
+            "--digests",
+            "--format",
+            "{{.Digest}}",
+            "--filter",
+            &format!("reference={name}"),
+        ]),
+        "podman images",
+        TOOL_LIMIT,
+    )
+    .await
+    .unwrap_or_default();
+    let mut v: Vec<String> = out
+        .lines()
+        .map(str::to_string)
+        .filter(|l| l.starts_with("sha256:"))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// An image label as podman's store has it.
+pub async fn podman_label(image: &str, label: &str) -> Result<Option<String>> {
+    let v = run_tool(
+        Command::new("podman").args([
+            "image",
+            "inspect",
+            "--format",
+            &format!("{{{{index .Labels \"{label}\"}}}}"),
+            image,
+        ]),
+        "podman image inspect",
+        TOOL_LIMIT,
+    )
+    .await?;
+    Ok((!v.is_empty() && v != "<no value>").then_some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:14d11cd195491ce715c3b96f94992430610eec5f181b158764d09013e2addd06";
+
+    #[test]
+    fn references_parse() {
+        let r = ImageRef::parse(&format!("localhost/attestd/attester-tdx@{D}")).unwrap();
+        assert_eq!(r.name, "localhost/attestd/attester-tdx");
+        assert_eq!((r.tag, r.digest.as_deref()), (None, Some(D)));
+        let r = ImageRef::parse("registry:5000/a/b:1.0").unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.tag.as_deref()),
+            ("registry:5000/a/b", Some("1.0"))
+        );
+        assert_eq!(r.digest, None);
+        let r = ImageRef::parse(&format!("a/b:1.0@{D}")).unwrap();
+        assert_eq!(r.to_string(), format!("a/b:1.0@{D}"));
+        assert_eq!(r.pinned(D), format!("a/b@{D}"));
+    }
+
+    #[test]
+    fn bad_references_say_why() {
+        let msg = |s: &str| ImageRef::parse(s).unwrap_err().message().to_string();
+        assert_eq!(
+            msg("a/b@sha256:abc"),
+            "image reference \"a/b@sha256:abc\": the digest must be sha256:<64 lowercase hex digits>"
+        );
+        assert_eq!(
+            msg("a/b@md5:abc"),
+            "image reference \"a/b@md5:abc\": the digest must be sha256:<64 hex digits>"
+        );
+        assert_eq!(msg("a/b"), "image reference \"a/b\": no tag and no digest");
+        assert_eq!(
+            msg("A/b:1"),
+            "image reference \"A/b:1\": the name must be lowercase letters, digits and . _ - / :"
+        );
+        assert_eq!(msg("a/b:"), "image reference \"a/b:\": empty tag");
+    }
+}

@@ -1,0 +1,224 @@
+//! Launch backends: one [`Launcher`] trait, four implementations — `process` (spawn
+//! the binary), `podman` (a container), `oci` (an OCI bundle run by runc, the way
+//! kata-agent runs its pause container) and `external` (someone else started it;
+//! only connect). Each yields a [`Running`] the supervisor waits on, stops and
+//! cleans up the same way, and the [`Provenance`] the event log records.
+
+pub mod image;
+pub mod oci;
+pub mod podman;
+pub mod resources;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use attester_sdk::{Error, Result};
+use nix::sys::signal::Signal;
+use tokio::process::{Child, Command};
+
+use crate::config::LaunchKind;
+use crate::supervisor::PluginSpec;
+
+/// Where a running plugin came from, for `attestd plugins` and the event log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Provenance {
+    pub launch: &'static str,
+    /// `process`: the binary that was executed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<PathBuf>,
+    /// `process`: its SHA-256, hashed just before it was started (when recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// `podman`, `oci`: the configured reference and the digest that was started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// `external`: the socket connected to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+}
+
+/// What to undo once a plugin is gone.
+#[derive(Debug)]
+enum Cleanup {
+    None,
+    /// `podman rm -f` (the container may outlive a killed `podman run`).
+    Podman(String),
+    /// `runc delete -f` and the bundle directory.
+    Runc {
+        id: String,
+        bundle: PathBuf,
+    },
+}
+
+/// A started plugin: a child process (plugin, `podman run`, `runc run`) or, for
+/// `external`, nothing to own.
+pub struct Running {
+    child: Option<Child>,
+    cleanup: Cleanup,
+    pub provenance: Provenance,
+}
+
+impl Running {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Whether the process already exited (for `external`, never).
+    pub fn try_exited(&mut self) -> Option<String> {
+        match self.child.as_mut()?.try_wait() {
+            Ok(Some(s)) => Some(s.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Resolves when the process exits, with how; never for `external`.
+    pub async fn exited(&mut self) -> String {
+        match self.child.as_mut() {
+            Some(c) => match c.wait().await {
+                Ok(s) => format!("it exited ({s})"),
+                Err(e) => format!("waiting for it failed: {e}"),
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// SIGTERM, `grace` to exit, then SIGKILL; then clean up.
+    pub async fn terminate(&mut self, name: &str, grace: Duration) {
+        if let Some(child) = self.child.as_mut() {
+            if let Some(pid) = child.id() {
+                let pid = nix::unistd::Pid::from_raw(pid as i32);
+                let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+                if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                    tracing::warn!(plugin = %name, "plugin ignored SIGTERM; killing it");
+                    let _ = child.kill().await;
+                }
+            }
+        }
+        self.cleanup().await;
+    }
+
+    /// SIGKILL (after a failed health check the process may still run); then clean up.
+    pub async fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        self.cleanup().await;
+    }
+
+    async fn cleanup(&mut self) {
+        match std::mem::replace(&mut self.cleanup, Cleanup::None) {
+            Cleanup::None => {}
+            Cleanup::Podman(name) => podman::remove(&name).await,
+            Cleanup::Runc { id, bundle } => oci::remove(&id, &bundle).await,
+        }
+    }
+}
+
+/// How a plugin is started.
+#[async_trait::async_trait]
+pub trait Launcher: Send + Sync {
+    /// Start the plugin serving on `socket`. Returns once started, not once listening.
+    async fn launch(&self, spec: &PluginSpec, socket: &Path) -> Result<Running>;
+}
+
+/// The launcher for a plugin's `launch` kind.
+pub fn launcher(kind: LaunchKind) -> &'static dyn Launcher {
+    match kind {
+        LaunchKind::Process => &ProcessLauncher,
+        LaunchKind::Podman => &podman::PodmanLauncher,
+        LaunchKind::Oci => &oci::OciLauncher,
+        LaunchKind::External => &ExternalLauncher,
+    }
+}
+
+/// The plugin's own arguments: the configured ones, then where to serve.
+pub fn plugin_args(spec: &PluginSpec, socket: &Path) -> Vec<String> {
+    let mut args = spec.config.args.clone();
+    args.extend([
+        "--socket".to_string(),
+        socket.display().to_string(),
+        "--transport".to_string(),
+        spec.config.transport.to_string(),
+    ]);
+    args
+}
+
+/// Spawn a helper (`podman run`, `runc run`) that owns the plugin. It gets
+/// SIGTERM when attestd dies, which it forwards to the container.
+fn spawn_owner(mut cmd: Command, what: &str) -> Result<Child> {
+    crate::sys::die_with_parent(&mut cmd, Signal::SIGTERM);
+    cmd.stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| Error::failed_precondition(format!("cannot execute {what}")).with_source(e))
+}
+
+pub struct ProcessLauncher;
+
+#[async_trait::async_trait]
+impl Launcher for ProcessLauncher {
+    async fn launch(&self, spec: &PluginSpec, socket: &Path) -> Result<Running> {
+        let Some(cmd) = &spec.config.command else {
+            return Err(Error::failed_precondition("no command configured"));
+        };
+        let program = crate::supervisor::resolve_command(cmd)?;
+        let sha256 = if spec.record_provenance {
+            Some(sha256_file(&program)?)
+        } else {
+            None
+        };
+        let mut cmd = Command::new(&program);
+        crate::sys::die_with_parent(&mut cmd, Signal::SIGKILL);
+        let child = cmd
+            .args(plugin_args(spec, socket))
+            .envs(&spec.config.env)
+            .stdin(std::process::Stdio::null())
+            // The plugin dies with its handle: no orphan outlives a failed start.
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                Error::failed_precondition(format!("cannot execute {}", program.display()))
+                    .with_source(e)
+            })?;
+        Ok(Running {
+            child: Some(child),
+            cleanup: Cleanup::None,
+            provenance: Provenance {
+                launch: "process",
+                command: Some(program),
+                sha256,
+                ..Default::default()
+            },
+        })
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest as _;
+    let read_err =
+        |e| Error::failed_precondition(format!("cannot read {}", path.display())).with_source(e);
+    let mut f = std::fs::File::open(path).map_err(read_err)?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(read_err)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// `external`: nothing to start; the supervisor connects to the configured socket.
+pub struct ExternalLauncher;
+
+#[async_trait::async_trait]
+impl Launcher for ExternalLauncher {
+    async fn launch(&self, spec: &PluginSpec, _socket: &Path) -> Result<Running> {
+        Ok(Running {
+            child: None,
+            cleanup: Cleanup::None,
+            provenance: Provenance {
+                launch: "external",
+                socket: spec.config.socket.clone(),
+                ..Default::default()
+            },
+        })
+    }
+}

@@ -1,0 +1,105 @@
+//! What each TEE's plugin needs from the host inside a container: device nodes and
+//! paths, nothing else. Paths absent on this host are left out (a container cannot
+//! bind what does not exist, and the plugin's Detect then says so).
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub devices: Vec<PathBuf>,
+    /// Bind-mounted read-write (configfs-tsm entries, RTMR files).
+    pub rw: Vec<PathBuf>,
+    /// Bind-mounted read-only (event logs).
+    pub ro: Vec<PathBuf>,
+    /// az-tdx-vtpm fetches its TD quote from Azure IMDS over the network.
+    pub host_network: bool,
+}
+
+struct Wanted {
+    devices: &'static [&'static str],
+    rw: &'static [&'static str],
+    ro: &'static [&'static str],
+    host_network: bool,
+}
+
+fn wanted(tee: &str) -> Wanted {
+    const TSM: &str = "/sys/kernel/config";
+    const AAEL: &str = "/run/attestation-agent";
+    match tee {
+        "tdx" => Wanted {
+            devices: &["/dev/tdx_guest"],
+            rw: &[TSM, "/sys/devices/virtual/misc/tdx_guest/measurements"],
+            ro: &["/sys/firmware/acpi/tables/data/CCEL", AAEL],
+            host_network: false,
+        },
+        "snp" => Wanted {
+            devices: &["/dev/sev-guest"],
+            rw: &[TSM],
+            ro: &[],
+            host_network: false,
+        },
+        "tpm" => Wanted {
+            devices: &["/dev/tpmrm0", "/dev/tpm0"],
+            rw: &[],
+            ro: &[],
+            host_network: false,
+        },
+        "az-snp-vtpm" => Wanted {
+            devices: &["/dev/tpm0", "/dev/tpmrm0"],
+            rw: &[],
+            ro: &[],
+            host_network: false,
+        },
+        "az-tdx-vtpm" => Wanted {
+            devices: &["/dev/tpm0", "/dev/tpmrm0"],
+            rw: &[],
+            ro: &[],
+            host_network: true,
+        },
+        _ => Wanted {
+            devices: &[],
+            rw: &[],
+            ro: &[],
+            host_network: false,
+        },
+    }
+}
+
+/// The resources `tee` needs that exist under `root` (`/` on a real host).
+pub fn for_tee(tee: &str, root: &Path) -> Resources {
+    let w = wanted(tee);
+    let present = |list: &[&str]| -> Vec<PathBuf> {
+        list.iter()
+            .map(PathBuf::from)
+            .filter(|p| root.join(p.strip_prefix("/").unwrap_or(p)).exists())
+            .collect()
+    };
+    Resources {
+        devices: present(w.devices),
+        rw: present(w.rw),
+        ro: present(w.ro),
+        host_network: w.host_network,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_exists_and_only_what_the_tee_needs() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("dev")).unwrap();
+        std::fs::write(t.path().join("dev/tdx_guest"), "").unwrap();
+        std::fs::write(t.path().join("dev/tpmrm0"), "").unwrap();
+        let r = for_tee("tdx", t.path());
+        assert_eq!(r.devices, [PathBuf::from("/dev/tdx_guest")]);
+        assert!(r.rw.is_empty() && r.ro.is_empty());
+        assert_eq!(
+            for_tee("tpm", t.path()).devices,
+            [PathBuf::from("/dev/tpmrm0")]
+        );
+        assert_eq!(for_tee("sample", t.path()), Resources::default());
+        assert!(for_tee("az-tdx-vtpm", t.path()).host_network);
+    }
+}
