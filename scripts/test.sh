@@ -56,6 +56,9 @@ for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do
     cargo build --manifest-path "$ws/Cargo.toml" --bins --locked
 done
 
+echo "== attester images (the container backend tests start the sample image)"
+bash containers/build.sh sample
+
 echo "== tests"
 for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do
     cargo test --manifest-path "$ws/Cargo.toml" --locked

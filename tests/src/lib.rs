@@ -390,3 +390,24 @@ pub fn attestd_cli(args: &[&str]) -> (ExitStatus, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// An image from `containers/images.lock` (written by `containers/build.sh`):
+/// `(name, digest)`. Panics with the command to run when it is not built.
+pub fn locked_image(tee: &str) -> (String, String) {
+    let lock = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .join("containers/images.lock");
+    let text = std::fs::read_to_string(&lock).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: run `containers/build.sh {tee}` first",
+            lock.display()
+        )
+    });
+    let v: toml::Table = text.parse().expect("images.lock is TOML");
+    let e = v.get("images").and_then(|i| i.get(tee)).unwrap_or_else(|| {
+        panic!("no {tee} image in images.lock: run `containers/build.sh {tee}`")
+    });
+    let s = |k: &str| e[k].as_str().expect("string").to_string();
+    (s("image"), s("digest"))
+}

@@ -1,0 +1,266 @@
+//! The container launch backends with real containers: the sample attester image
+//! built by `containers/build.sh` (FROM scratch, pinned in containers/images.lock),
+//! started by attestd through podman (runc) and as an OCI bundle run by runc, and
+//! an externally started plugin. Needs root, podman, runc, skopeo and umoci
+//! (scripts/test.sh installs them and builds the image first).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use attestd_e2e::{attestd_cli, locked_image, signal, spawn_plugin, Attestd, StartFailure};
+use nix::sys::signal::Signal;
+
+/// A config whose primary plugin `sample` is described by `table` (TOML lines).
+fn config(d: &Path, table: &str, plugins: &str) -> String {
+    format!(
+        "[plugins]\nprimary = \"sample\"\nsocket_dir = {:?}\noci_dir = {:?}\n{plugins}\n[plugins.attester.sample]\ntransport = \"ttrpc\"\n{table}\n",
+        d.join("plugins").display().to_string(),
+        d.join("oci").display().to_string(),
+    )
+}
+
+fn image_table(launch: &str, image: &str) -> String {
+    format!("launch = {launch:?}\nimage = {image:?}\n")
+}
+
+fn pinned() -> String {
+    let (name, digest) = locked_image("sample");
+    format!("{name}@{digest}")
+}
+
+fn start(launch: &str, image: &str, plugins: &str) -> Result<Attestd, StartFailure> {
+    Attestd::start(|d| config(d, &image_table(launch, image), plugins))
+}
+
+/// The evidence the process backend gives: what every backend must give.
+fn expected(rd: &[u8]) -> Vec<u8> {
+    attester_sample::evidence(rd).unwrap().bytes
+}
+
+#[tokio::test]
+async fn podman_and_oci_serve_what_the_process_backend_serves() {
+    let image = pinned();
+    for launch in ["podman", "oci"] {
+        let a = start(launch, &image, "").unwrap();
+        assert_eq!(a.tee_type().await, "sample");
+        assert_eq!(
+            a.evidence(b"hello-coco").await.unwrap(),
+            expected(b"hello-coco"),
+            "{launch}"
+        );
+        // The plugin's identity, as `attestd plugins` shows it.
+        let cfg = a.dir.path().join("attestd.toml");
+        let (status, out, err) = attestd_cli(&["plugins", "-c", cfg.to_str().unwrap(), "--json"]);
+        assert!(status.success(), "{launch}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let p = &v[0]["probe"]["provenance"];
+        assert_eq!(p["launch"], launch);
+        assert_eq!(p["image"], image.as_str());
+        assert_eq!(p["digest"], locked_image("sample").1.as_str());
+        assert_eq!(v[0]["probe"]["health"], "serving");
+        let status = a.stop();
+        assert!(status.success(), "{launch}: {status:?}");
+    }
+}
+
+#[test]
+fn a_tag_is_refused_without_dev_mode_and_warned_with_it() {
+    let (name, _) = locked_image("sample");
+    let tagged = format!("{name}:0.1.0");
+    let e = start("podman", &tagged, "").err().unwrap();
+    assert!(
+        e.stderr.contains(&format!(
+            "plugins.attester.sample.image: \"{tagged}\" is a mutable tag: pin it by digest (name@sha256:<digest>), or set [plugins] dev_mode = true for development"
+        )),
+        "{}",
+        e.stderr
+    );
+    let a = start("podman", &tagged, "dev_mode = true").unwrap();
+    assert!(
+        a.log()
+            .contains("dev_mode: starting an image by its mutable tag"),
+        "{}",
+        a.log()
+    );
+}
+
+#[test]
+fn a_digest_mismatch_is_refused_naming_both() {
+    let (name, digest) = locked_image("sample");
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    for launch in ["podman", "oci"] {
+        let e = start(launch, &format!("{name}@{wrong}"), "").err().unwrap();
+        assert!(
+            e.stderr.contains(&format!(
+                "image {name}@{wrong} is not in podman's store: the local {name} has {digest}; the pin is {wrong}"
+            )),
+            "{launch}: {}",
+            e.stderr
+        );
+    }
+}
+
+#[test]
+fn a_missing_image_is_a_clear_error() {
+    let missing = format!(
+        "localhost/attestd/no-such-attester@sha256:{}",
+        "1".repeat(64)
+    );
+    let e = start("podman", &missing, "").err().unwrap();
+    assert!(
+        e.stderr.contains(&format!(
+            "cannot start plugin sample: image {missing} is not in podman's store (no image named localhost/attestd/no-such-attester at all): build it with containers/build.sh"
+        )),
+        "{}",
+        e.stderr
+    );
+}
+
+/// Wait until `f` holds (bounded: a hang fails the test instead of stalling it).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn podman_containers(label_dir: &Path) -> Vec<String> {
+    let out = std::process::Command::new("podman")
+        .args(["ps", "--format", "{{.Names}}", "--filter"])
+        .arg(format!(
+            "label=org.attestd.socket-dir={}",
+            label_dir.display()
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_killed_podman_container_is_restarted() {
+    // A container restart takes longer than a process restart: let calls wait for it.
+    let a = start("podman", &pinned(), "restart_wait_ms = 10000").unwrap();
+    let dir = a.dir.path().join("plugins");
+    let first = podman_containers(&dir);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let out = std::process::Command::new("podman")
+        .args(["kill", &first[0]])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(a.evidence(b"after").await.unwrap(), expected(b"after"));
+    let now = podman_containers(&dir);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now, first, "a new container");
+    assert!(a.log().contains("plugin restarted"), "{}", a.log());
+    drop(a);
+    eventually("the container is removed at shutdown", || {
+        podman_containers(&dir).is_empty()
+    });
+}
+
+#[tokio::test]
+async fn kill_9_of_runc_restarts_the_bundle() {
+    let a = start("oci", &pinned(), "restart_wait_ms = 10000").unwrap();
+    let id = format!("attestd-sample-{}-", a.pid());
+    let runc = find_runc(&id).expect("runc run process");
+    signal(runc, Signal::SIGKILL);
+    assert_eq!(a.evidence(b"after").await.unwrap(), expected(b"after"));
+    let again = find_runc(&id).expect("a new runc run");
+    assert_ne!(again, runc);
+    let bundles = a.dir.path().join("oci/bundles");
+    assert_eq!(
+        std::fs::read_dir(&bundles).unwrap().count(),
+        1,
+        "the old bundle is removed"
+    );
+    drop(a);
+    eventually("bundles are removed at shutdown", || {
+        std::fs::read_dir(&bundles)
+            .map(|d| d.count() == 0)
+            .unwrap_or(true)
+    });
+}
+
+/// The `runc run … <id>` process whose container id starts with `prefix`.
+fn find_runc(prefix: &str) -> Option<u32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args.first().is_some_and(|a| a.ends_with(b"runc"))
+            && args.iter().any(|a| a.starts_with(prefix.as_bytes()))
+            && attestd_e2e::alive(pid)
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn an_external_plugin_is_connected_and_reconnected() {
+    let outside = tempfile::tempdir().unwrap();
+    let sock = outside.path().join("sample.sock");
+    let mut plugin = Owned(spawn_plugin("attester-sample", &sock, "ttrpc", &[]));
+    let table = format!(
+        "launch = \"external\"\nsocket = {:?}\n",
+        sock.display().to_string()
+    );
+    let a =
+        Attestd::start(|d| config(d, &table, "health_interval_ms = 200\nrestart_wait_ms = 200"))
+            .unwrap();
+    assert_eq!(a.evidence(b"x").await.unwrap(), expected(b"x"));
+    // Its owner stops it: calls fail clearly; the socket is not the core's to remove.
+    signal(plugin.0.id(), Signal::SIGKILL);
+    plugin.0.wait().unwrap();
+    eventually("attestd notices", || a.log().contains("plugin down"));
+    match a.evidence(b"y").await {
+        Err(ttrpc::Error::RpcStatus(s)) => {
+            assert_eq!(s.code(), ttrpc::Code::UNAVAILABLE, "{}", s.message);
+            assert!(
+                s.message.starts_with("plugin sample: not running: "),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Its owner starts it again: attestd reconnects.
+    let _ = std::fs::remove_file(&sock);
+    let mut plugin = Owned(spawn_plugin("attester-sample", &sock, "ttrpc", &[]));
+    eventually("attestd reconnects", || {
+        a.log().contains("plugin restarted")
+    });
+    assert_eq!(a.evidence(b"z").await.unwrap(), expected(b"z"));
+    drop(a);
+    assert!(
+        sock.exists(),
+        "attestd leaves an external plugin's socket alone"
+    );
+    signal(plugin.0.id(), Signal::SIGTERM);
+    plugin.0.wait().unwrap();
+}
+
+/// A plugin this test started itself, killed if the test fails half-way.
+struct Owned(std::process::Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
