@@ -182,6 +182,9 @@ pub struct PluginsConfig {
     /// `primary = "auto"`: how the selected image is started (podman or oci).
     #[serde(default = "default_auto_launch")]
     pub auto_launch: LaunchKind,
+    /// Where selection probes `/dev`, `/sys`, `/proc` (a chroot, or a test tree).
+    #[serde(default = "default_sysroot")]
+    pub sysroot: PathBuf,
     #[serde(default)]
     pub attester: BTreeMap<String, PluginConfig>,
 }
@@ -202,6 +205,7 @@ impl Default for PluginsConfig {
             oci_dir: default_oci_dir(),
             images_lock: default_images_lock(),
             auto_launch: default_auto_launch(),
+            sysroot: default_sysroot(),
             attester: BTreeMap::new(),
         }
     }
@@ -212,6 +216,9 @@ fn default_oci_dir() -> PathBuf {
 }
 fn default_images_lock() -> PathBuf {
     PathBuf::from("/usr/share/attestd/images.lock")
+}
+fn default_sysroot() -> PathBuf {
+    PathBuf::from("/")
 }
 fn default_auto_launch() -> LaunchKind {
     LaunchKind::Podman

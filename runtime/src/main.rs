@@ -40,6 +40,44 @@ enum Cmd {
     /// Print the runtime-measurement event log, replay it, and compare with the
     /// primary plugin's registers.
     Eventlog(EventlogArgs),
+    /// Probe this platform, confirm with the candidate plugin's Detect, print the
+    /// chosen TEE and its image.
+    Select(SelectArgs),
+    /// Print systemd units (or podman quadlet files) for attestd and its plugin.
+    Units(UnitsArgs),
+}
+
+#[derive(Args)]
+struct SelectArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Probe under this root instead of [plugins] sysroot (fake trees, chroots).
+    #[arg(long)]
+    sysroot: Option<PathBuf>,
+    /// Skip the plugins' Detect: take the first positive probe.
+    #[arg(long)]
+    no_confirm: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct UnitsArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Plugin to write units for (default: the primary; "auto" selects).
+    #[arg(long)]
+    plugin: Option<String>,
+    /// Podman quadlet (.container) for the plugin instead of a .service running podman.
+    #[arg(long)]
+    quadlet: bool,
+    /// The config file path the units pass to attestd.
+    #[arg(long, default_value = "/etc/attestd/attestd.toml")]
+    config_path: PathBuf,
+    /// Where attestd is installed.
+    #[arg(long, default_value = "/usr/bin/attestd")]
+    attestd: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -164,6 +202,8 @@ fn main() -> ExitCode {
             Some(Cmd::Plugins(a)) => cmd_plugins(a).await,
             Some(Cmd::Client(a)) => cmd_client(a).await,
             Some(Cmd::Eventlog(a)) => cmd_eventlog(a).await,
+            Some(Cmd::Select(a)) => cmd_select(a).await,
+            Some(Cmd::Units(a)) => cmd_units(a).await,
         }
     });
     match result {
@@ -525,6 +565,97 @@ async fn cmd_eventlog(a: EventlogArgs) -> Result<()> {
             "the event log {} does not replay to the plugin's registers",
             path.display()
         );
+    }
+    Ok(())
+}
+
+async fn cmd_select(a: SelectArgs) -> Result<()> {
+    let mut config = one_shot_config(&a.config)?;
+    if let Some(root) = a.sysroot {
+        config.plugins.sysroot = root;
+    }
+    let plugins = &config.plugins;
+    let _lock = attestd::supervisor::claim_socket_dir(&plugins.socket_dir).map_err(sdk)?;
+    let sel = attestd::select::select(plugins, &plugins.sysroot, !a.no_confirm, false).await;
+    let result = match sel {
+        Ok(sel) => {
+            if let Some(s) = &sel.supervisor {
+                s.stop().await;
+            }
+            let origin = sel
+                .config
+                .image
+                .clone()
+                .or_else(|| sel.config.command.as_ref().map(|c| c.display().to_string()))
+                .or_else(|| sel.config.socket.as_ref().map(|c| c.display().to_string()))
+                .unwrap_or_default();
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "tee": sel.tee,
+                        "plugin": sel.name,
+                        "launch": sel.config.launch.as_str(),
+                        "image": sel.config.image,
+                        "origin": origin,
+                        "confirmed": sel.confirmed,
+                        "probes": sel.probes,
+                        "skipped": sel.skipped,
+                    }))?
+                );
+            } else {
+                println!("{} {}", sel.tee, origin);
+                for s in &sel.skipped {
+                    eprintln!("skipped {}: {}", s.tee, s.why);
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(sdk(e)),
+    };
+    let _ = std::fs::remove_dir_all(&config.plugins.socket_dir);
+    result
+}
+
+async fn cmd_units(a: UnitsArgs) -> Result<()> {
+    let config = load_config(&a.config)?;
+    let plugins = &config.plugins;
+    let name = a
+        .plugin
+        .or_else(|| plugins.primary.clone())
+        .ok_or_else(|| anyhow!("no plugin: set [plugins] primary or pass --plugin"))?;
+    let (name, pc) = if name == "auto" {
+        let mut one_shot = one_shot_config(&a.config)?;
+        one_shot.plugins.sysroot = plugins.sysroot.clone();
+        let _lock =
+            attestd::supervisor::claim_socket_dir(&one_shot.plugins.socket_dir).map_err(sdk)?;
+        let sel =
+            attestd::select::select(&one_shot.plugins, &one_shot.plugins.sysroot, true, false)
+                .await;
+        let _ = std::fs::remove_dir_all(&one_shot.plugins.socket_dir);
+        let sel = sel.map_err(sdk)?;
+        if let Some(s) = &sel.supervisor {
+            s.stop().await;
+        }
+        (sel.name, sel.config)
+    } else {
+        let pc = plugins
+            .attester
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| anyhow!("no [plugins.attester.{name}] table in the config"))?;
+        (name, pc)
+    };
+    let spec = PluginSpec::with_config(&name, pc, DeviceRole::Primary, plugins);
+    let units = attestd::units::render(&attestd::units::UnitParams {
+        spec: &spec,
+        attestd: &a.attestd,
+        config_path: &a.config_path,
+        quadlet: a.quadlet,
+    })
+    .map_err(sdk)?;
+    for (file, text) in units {
+        println!("# ---- {file}\n{text}");
     }
     Ok(())
 }

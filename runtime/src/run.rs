@@ -58,7 +58,26 @@ pub async fn start_plugins(config: &Config) -> Result<Service> {
             s
         })
     };
-    let primary = Supervisor::start(spec(primary, DeviceRole::Primary)?).await?;
+    let primary = if primary == "auto" {
+        let record = config.eventlog_config.enable_eventlog;
+        let sel = crate::select::select(plugins, &plugins.sysroot, true, record).await?;
+        for s in &sel.skipped {
+            tracing::info!(tee = %s.tee, "selection skipped it: {}", s.why);
+        }
+        tracing::info!(tee = %sel.tee, plugin = %sel.name, "selected");
+        match sel.supervisor {
+            Some(s) => s,
+            // The sample is taken unconfirmed (it detects nothing): start it now.
+            None => {
+                let mut spec =
+                    PluginSpec::with_config(&sel.name, sel.config, DeviceRole::Primary, plugins);
+                spec.record_provenance = record;
+                Supervisor::start(spec).await?
+            }
+        }
+    } else {
+        Supervisor::start(spec(primary, DeviceRole::Primary)?).await?
+    };
     let mut additional = Vec::new();
     for name in &plugins.additional {
         let started = async { Supervisor::start(spec(name, DeviceRole::Additional)?).await };

@@ -50,7 +50,17 @@ impl PluginSpec {
         let config = plugins.attester.get(name).cloned().ok_or_else(|| {
             Error::failed_precondition(format!("no [plugins.attester.{name}] table"))
         })?;
-        Ok(PluginSpec {
+        Ok(Self::with_config(name, config, role, plugins))
+    }
+
+    /// A plugin described outside the config file (selected from images.lock).
+    pub fn with_config(
+        name: &str,
+        config: PluginConfig,
+        role: DeviceRole,
+        plugins: &PluginsConfig,
+    ) -> Self {
+        PluginSpec {
             name: name.to_string(),
             config,
             role,
@@ -63,7 +73,7 @@ impl PluginSpec {
             restart_wait: plugins.restart_wait(),
             record_provenance: false,
             oci_dir: plugins.oci_dir.clone(),
-        })
+        }
     }
 
     /// Where the plugin serves: in the core's directory, or for `external` plugins

@@ -1,0 +1,355 @@
+//! Per-platform selection: cheap probes of the filesystem, in upstream's precedence
+//! (tdx → az-tdx-vtpm → az-snp-vtpm → snp → tpm), then confirmation by the
+//! candidate plugin's own `Detect`. The plugin for a TEE is its
+//! `[plugins.attester.<tee>]` table, or else its image in `images.lock` started with
+//! `auto_launch`. `sample` is chosen only when configured and nothing else is.
+//! Probes read under a configurable root so tests can build fake trees.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use attester_sdk::{DeviceRole, Error, Result, Transport, PROTOCOL_VERSIONS};
+use serde::Serialize;
+
+use crate::config::{LaunchKind, PluginConfig, PluginsConfig};
+use crate::supervisor::{PluginSpec, Supervisor};
+
+/// Upstream's detection precedence (reference §3): az-tdx before az-snp, the
+/// generic TPM last.
+pub const PRECEDENCE: [&str; 5] = ["tdx", "az-tdx-vtpm", "az-snp-vtpm", "snp", "tpm"];
+
+/// What one probe saw.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Probe {
+    pub tee: &'static str,
+    pub found: bool,
+    /// The paths or markers that made it positive, or what was looked for.
+    pub seen: Vec<String>,
+}
+
+fn exists(root: &Path, p: &str) -> bool {
+    root.join(p.trim_start_matches('/')).exists()
+}
+
+fn cpu_flag(root: &Path, flag: &str) -> bool {
+    std::fs::read_to_string(root.join("proc/cpuinfo"))
+        .map(|c| {
+            c.lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == flag))
+        })
+        .unwrap_or(false)
+}
+
+fn azure(root: &Path) -> bool {
+    std::fs::read_to_string(root.join("sys/class/dmi/id/sys_vendor"))
+        .map(|v| v.trim() == "Microsoft Corporation")
+        .unwrap_or(false)
+}
+
+/// Every probe, in precedence order. Cheap: file existence and small reads only.
+pub fn probe(root: &Path) -> Vec<Probe> {
+    let any = |paths: &[&str]| -> Vec<String> {
+        paths
+            .iter()
+            .filter(|p| exists(root, p))
+            .map(|p| p.to_string())
+            .collect()
+    };
+    let tpm = any(&["/dev/tpmrm0", "/dev/tpm0"]);
+    PRECEDENCE
+        .iter()
+        .map(|&tee| {
+            let (found, seen): (bool, Vec<String>) = match tee {
+                "tdx" => {
+                    let mut seen = any(&["/dev/tdx_guest", "/dev/tdx-guest"]);
+                    if exists(root, "/sys/kernel/config/tsm/report") && cpu_flag(root, "tdx_guest")
+                    {
+                        seen.push("configfs-tsm + cpu flag tdx_guest".into());
+                    }
+                    (!seen.is_empty(), seen)
+                }
+                // An Azure CVM: Microsoft's DMI vendor and the paravisor's vTPM. The
+                // two Azure plugins' Detect (the HCL report's type) tells them apart.
+                "az-tdx-vtpm" | "az-snp-vtpm" => {
+                    let ok = azure(root) && !tpm.is_empty();
+                    let mut seen = Vec::new();
+                    if azure(root) {
+                        seen.push("dmi sys_vendor Microsoft Corporation".into());
+                    }
+                    seen.extend(tpm.iter().cloned());
+                    (ok, seen)
+                }
+                "snp" => {
+                    let seen = any(&["/dev/sev-guest", "/sys/devices/platform/sev-guest"]);
+                    (!seen.is_empty(), seen)
+                }
+                _ => (!tpm.is_empty(), tpm.clone()),
+            };
+            Probe { tee, found, seen }
+        })
+        .collect()
+}
+
+/// One entry of `images.lock`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct LockedImage {
+    pub image: String,
+    pub digest: String,
+    pub transport: Transport,
+    pub api: u32,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Lock {
+    #[serde(default)]
+    images: std::collections::BTreeMap<String, LockedImage>,
+}
+
+/// `images.lock`, or an empty one when the file does not exist.
+pub fn read_lock(path: &Path) -> Result<std::collections::BTreeMap<String, LockedImage>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => toml::from_str::<Lock>(&t).map(|l| l.images).map_err(|e| {
+            Error::failed_precondition(format!("images lock {} is malformed", path.display()))
+                .with_source(e)
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(e) => Err(
+            Error::failed_precondition(format!("cannot read {}", path.display())).with_source(e),
+        ),
+    }
+}
+
+/// The plugin for `tee`: its own table, else its locked image.
+fn plugin_for(
+    tee: &str,
+    plugins: &PluginsConfig,
+    lock: &std::collections::BTreeMap<String, LockedImage>,
+) -> std::result::Result<(String, PluginConfig), String> {
+    if let Some(pc) = plugins.attester.get(tee) {
+        return Ok((tee.to_string(), pc.clone()));
+    }
+    let Some(l) = lock.get(tee) else {
+        return Err(format!(
+            "no [plugins.attester.{tee}] table and no {tee} image in {}",
+            plugins.images_lock.display()
+        ));
+    };
+    if !PROTOCOL_VERSIONS.contains(&l.api) {
+        return Err(format!(
+            "its image speaks plugin API {}, this attestd {:?}",
+            l.api, PROTOCOL_VERSIONS
+        ));
+    }
+    if !matches!(plugins.auto_launch, LaunchKind::Podman | LaunchKind::Oci) {
+        return Err("auto_launch must be podman or oci to start an image".into());
+    }
+    let name = l
+        .image
+        .rsplit_once(':')
+        .map_or(l.image.as_str(), |(n, _)| n);
+    let name = name.split('@').next().unwrap_or(name);
+    Ok((
+        tee.to_string(),
+        PluginConfig {
+            launch: plugins.auto_launch,
+            command: None,
+            args: Vec::new(),
+            env: Default::default(),
+            transport: l.transport,
+            tee: Some(tee.to_string()),
+            image: Some(format!("{name}@{}", l.digest)),
+            socket: None,
+        },
+    ))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub tee: String,
+    pub why: String,
+}
+
+/// The outcome: the chosen plugin (running, when confirmed) and how it was chosen.
+pub struct Selection {
+    pub tee: String,
+    pub name: String,
+    pub config: PluginConfig,
+    pub probes: Vec<Probe>,
+    pub skipped: Vec<Skipped>,
+    pub confirmed: bool,
+    /// The confirmed plugin, still running (the daemon keeps it as its primary).
+    pub supervisor: Option<Arc<Supervisor>>,
+}
+
+/// Probe under `root` and pick a plugin; with `confirm`, start each candidate and
+/// ask its `Detect` (the socket directory must be claimed). Nothing found and no
+/// sample configured is an error listing what was probed.
+pub async fn select(
+    plugins: &PluginsConfig,
+    root: &Path,
+    confirm: bool,
+    record_provenance: bool,
+) -> Result<Selection> {
+    let probes = probe(root);
+    let lock = read_lock(&plugins.images_lock)?;
+    let mut skipped = Vec::new();
+    let mut tried: Vec<String> = Vec::new();
+    let positives: Vec<&str> = probes.iter().filter(|p| p.found).map(|p| p.tee).collect();
+    // The sample comes last, and only when configured.
+    let sample = plugins.attester.contains_key("sample").then_some("sample");
+    for tee in positives.into_iter().chain(sample) {
+        let (name, config) = match plugin_for(tee, plugins, &lock) {
+            Ok(p) => p,
+            Err(why) => {
+                skipped.push(Skipped {
+                    tee: tee.into(),
+                    why,
+                });
+                continue;
+            }
+        };
+        tried.push(tee.to_string());
+        if !confirm || tee == "sample" {
+            return Ok(Selection {
+                tee: tee.into(),
+                name,
+                config,
+                probes,
+                skipped,
+                confirmed: false,
+                supervisor: None,
+            });
+        }
+        let mut spec = PluginSpec::with_config(&name, config.clone(), DeviceRole::Primary, plugins);
+        spec.record_provenance = record_provenance;
+        let started = Supervisor::start(spec).await;
+        let s = match started {
+            Ok(s) => s,
+            Err(e) => {
+                skipped.push(Skipped {
+                    tee: tee.into(),
+                    why: e.chain(),
+                });
+                continue;
+            }
+        };
+        let detected = match s.live().await {
+            Ok(l) => l.client.detect().await,
+            Err(e) => Err(e),
+        };
+        match detected {
+            Ok(true) => {
+                return Ok(Selection {
+                    tee: tee.into(),
+                    name,
+                    config,
+                    probes,
+                    skipped,
+                    confirmed: true,
+                    supervisor: Some(s),
+                })
+            }
+            Ok(false) => skipped.push(Skipped {
+                tee: tee.into(),
+                why: "the plugin's Detect answered false".into(),
+            }),
+            Err(e) => skipped.push(Skipped {
+                tee: tee.into(),
+                why: format!("Detect failed: {}", e.chain()),
+            }),
+        }
+        s.stop().await;
+    }
+    let probed: Vec<String> = probes
+        .iter()
+        .map(|p| {
+            if p.found {
+                format!("{} (found: {})", p.tee, p.seen.join(", "))
+            } else {
+                format!("{} (not found)", p.tee)
+            }
+        })
+        .collect();
+    let mut msg = format!(
+        "no TEE selected under {}: probed {}",
+        root.display(),
+        probed.join("; ")
+    );
+    for s in &skipped {
+        msg.push_str(&format!("; {} skipped: {}", s.tee, s.why));
+    }
+    if sample.is_none() {
+        msg.push_str(
+            "; no [plugins.attester.sample] is configured (attestd never falls back to it unasked)",
+        );
+    }
+    Err(Error::failed_precondition(msg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        for (p, content) in files {
+            let f = t.path().join(p);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, content).unwrap();
+        }
+        t
+    }
+
+    fn found(root: &Path) -> Vec<&'static str> {
+        probe(root)
+            .into_iter()
+            .filter(|p| p.found)
+            .map(|p| p.tee)
+            .collect()
+    }
+
+    #[test]
+    fn each_tee_is_probed_by_its_markers() {
+        assert_eq!(found(tree(&[("dev/tdx_guest", "")]).path()), ["tdx"]);
+        let tsm = tree(&[
+            ("sys/kernel/config/tsm/report/.keep", ""),
+            ("proc/cpuinfo", "processor : 0\nflags : fpu tdx_guest sse\n"),
+        ]);
+        assert_eq!(found(tsm.path()), ["tdx"]);
+        assert_eq!(found(tree(&[("dev/sev-guest", "")]).path()), ["snp"]);
+        assert_eq!(
+            found(tree(&[("sys/devices/platform/sev-guest/uevent", "")]).path()),
+            ["snp"]
+        );
+        assert_eq!(found(tree(&[("dev/tpmrm0", "")]).path()), ["tpm"]);
+        let az = tree(&[
+            ("sys/class/dmi/id/sys_vendor", "Microsoft Corporation\n"),
+            ("dev/tpm0", ""),
+        ]);
+        assert_eq!(found(az.path()), ["az-tdx-vtpm", "az-snp-vtpm", "tpm"]);
+        assert!(found(tree(&[]).path()).is_empty());
+        // A flag without configfs-tsm, or Microsoft without a TPM, is not enough.
+        assert!(found(tree(&[("proc/cpuinfo", "flags : tdx_guest\n")]).path()).is_empty());
+        assert!(
+            found(tree(&[("sys/class/dmi/id/sys_vendor", "Microsoft Corporation\n")]).path())
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_lock_parses_and_a_missing_one_is_empty() {
+        let t = tree(&[(
+            "images.lock",
+            "[images.tdx]\nimage = \"localhost/attestd/attester-tdx\"\ndigest = \"sha256:00\"\ntransport = \"ttrpc\"\napi = 1\nplugin = \"attester-tdx\"\nversion = \"0.1.0\"\nsize = 1\n",
+        )]);
+        let l = read_lock(&t.path().join("images.lock")).unwrap();
+        assert_eq!(l["tdx"].image, "localhost/attestd/attester-tdx");
+        assert!(read_lock(&t.path().join("none.lock")).unwrap().is_empty());
+        std::fs::write(t.path().join("bad.lock"), "[images.tdx]\nimage = 3\n").unwrap();
+        assert!(read_lock(&t.path().join("bad.lock"))
+            .unwrap_err()
+            .message()
+            .starts_with("images lock"));
+    }
+}
