@@ -26,6 +26,13 @@ struct Args {
     calls_per_client: usize,
     #[arg(long, default_value_t = 16)]
     clients: usize,
+    /// Which tables: rpc (call latency), launch (cold start and steady state per
+    /// launch backend; needs the sample image from containers/build.sh), or all.
+    #[arg(long, default_value = "all")]
+    only: String,
+    /// Starts per backend in the launch table.
+    #[arg(long, default_value_t = 10)]
+    starts: usize,
 }
 
 /// One way of asking for evidence.
@@ -174,6 +181,74 @@ fn us(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e6)
 }
 
+/// A config whose primary `sample` is started by `launch`.
+fn launch_config(d: &Path, launch: &str, image: &str) -> String {
+    let table = match launch {
+        "process" => format!(
+            "launch = \"process\"\ncommand = {:?}\n",
+            attestd_e2e::bin("attester-sample").display().to_string()
+        ),
+        _ => format!("launch = {launch:?}\nimage = {image:?}\n"),
+    };
+    format!(
+        "[plugins]\nprimary = \"sample\"\nsocket_dir = {:?}\noci_dir = {:?}\n[plugins.attester.sample]\ntransport = \"ttrpc\"\n{table}",
+        d.join("plugins").display().to_string(),
+        // Shared across starts: the unpacked image is cached, as on a real node.
+        std::env::temp_dir().join("attestd-bench-oci").display().to_string(),
+    )
+}
+
+/// Cold start (spawning `attestd run` to the first GetEvidence answered) and the
+/// steady-state GetEvidence p50 through attestd, per launch backend.
+async fn launch_table(args: &Args) {
+    let (name, digest) = attestd_e2e::locked_image("sample");
+    let image = format!("{name}@{digest}");
+    println!("| launch | first start ms | cold start p50 ms | cold start max ms | steady GetEvidence p50 µs | p99 µs |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for launch in ["process", "podman", "oci"] {
+        let mut starts = Vec::new();
+        let mut steady = None;
+        for i in 0..=args.starts {
+            let t0 = Instant::now();
+            let a = Attestd::start(|d| launch_config(d, launch, &image)).unwrap();
+            a.evidence(&[0x5a; 64]).await.unwrap();
+            starts.push(t0.elapsed());
+            if i == args.starts {
+                let c = a.ttrpc().await;
+                let rd = [0x5a; 64];
+                let mut lat = Vec::new();
+                let t = Instant::now();
+                for _ in 0..args.calls / 10 {
+                    let req = t::GetEvidenceRequest {
+                        RuntimeData: rd.to_vec(),
+                        ..Default::default()
+                    };
+                    let t0 = Instant::now();
+                    c.get_evidence(ttrpc::context::with_timeout(0), &req)
+                        .await
+                        .unwrap();
+                    lat.push(t0.elapsed());
+                }
+                steady = Some(figures(lat, t.elapsed()));
+            }
+            a.stop();
+        }
+        let first = starts.remove(0);
+        let f = figures(starts, Duration::from_secs(1));
+        let max = f.p99;
+        let s = steady.unwrap();
+        let ms = |d: Duration| format!("{:.0}", d.as_secs_f64() * 1e3);
+        println!(
+            "| {launch} | {} | {} | {} | {} | {} |",
+            ms(first),
+            ms(f.p50),
+            ms(max),
+            us(s.p50),
+            us(s.p99)
+        );
+    }
+}
+
 fn main() {
     let args = Args::parse();
     // Measure the daemons, not their logging.
@@ -185,6 +260,13 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
+        if args.only == "launch" || args.only == "all" {
+            launch_table(&args).await;
+            println!();
+        }
+        if args.only == "launch" {
+            return;
+        }
         println!("| path | AA API | plugin | clients | p50 µs | p99 µs | calls/s |");
         println!("| --- | --- | --- | --- | --- | --- | --- |");
         let f = floor(args.calls);
