@@ -110,7 +110,7 @@ impl Service {
             if measured.get(s.name()) == Some(&live.instance) {
                 continue;
             }
-            let content = identity_content(s.name(), &live);
+            let content = identity_content(s.name(), &live.handshake.info, &live.provenance);
             log.record(IDENTITY_DOMAIN, IDENTITY_OPERATION, &content, None)
                 .await
                 .map_err(|e| {
@@ -244,9 +244,11 @@ impl Service {
 
 /// The identity entry's content: canonical JSON (RFC 8785: sorted keys, no
 /// whitespace; every value is a string, so serde_json's escaping is JCS's).
-pub fn identity_content(name: &str, live: &crate::supervisor::Live) -> String {
-    let info = &live.handshake.info;
-    let p = &live.provenance;
+pub fn identity_content(
+    name: &str,
+    info: &attester_sdk::PluginInfo,
+    p: &crate::launch::Provenance,
+) -> String {
     let mut fields: BTreeMap<&str, String> = [
         ("name", name.to_string()),
         ("tee", info.tee.clone()),
@@ -290,4 +292,41 @@ async fn evidence_of(s: &Supervisor, runtime_data: Vec<u8>) -> Result<(String, V
         .await
         .map_err(|e| e.context(format!("plugin {}", s.name())))?;
     Ok((info.tee.clone(), ev.bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launch::Provenance;
+
+    #[test]
+    fn identity_is_canonical_json_with_what_was_started() {
+        let info = attester_sdk::PluginInfo {
+            name: "attester-tdx".into(),
+            version: "0.1.0".into(),
+            tee: "tdx".into(),
+            evidence_format: "tdx/1".into(),
+            capabilities: Default::default(),
+        };
+        let image = Provenance {
+            launch: "podman",
+            image: Some("localhost/attestd/attester-tdx@sha256:ab".into()),
+            digest: Some("sha256:ab".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            identity_content("tdx", &info, &image),
+            r#"{"digest":"sha256:ab","image":"localhost/attestd/attester-tdx@sha256:ab","launch":"podman","name":"tdx","plugin":"attester-tdx","tee":"tdx","version":"0.1.0"}"#
+        );
+        let process = Provenance {
+            launch: "process",
+            command: Some("/usr/libexec/a \"b\"".into()),
+            sha256: Some("cd".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            identity_content("tdx", &info, &process),
+            r#"{"command":"/usr/libexec/a \"b\"","launch":"process","name":"tdx","plugin":"attester-tdx","sha256":"cd","tee":"tdx","version":"0.1.0"}"#
+        );
+    }
 }
