@@ -411,3 +411,29 @@ pub fn locked_image(tee: &str) -> (String, String) {
     let s = |k: &str| e[k].as_str().expect("string").to_string();
     (s("image"), s("digest"))
 }
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// A ttrpc call context with a deadline long enough for a slow CI machine.
+pub fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(30_000_000_000)
+}
+
+/// The status code and message of a ttrpc error that must be a status.
+pub fn status(e: ttrpc::Error) -> (ttrpc::Code, String) {
+    match e {
+        ttrpc::Error::RpcStatus(s) => (s.code(), s.message.clone()),
+        other => panic!("not a status: {other:?}"),
+    }
+}
+
+/// Lowercase hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

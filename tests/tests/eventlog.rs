@@ -9,15 +9,11 @@
 use std::path::{Path, PathBuf};
 
 use attestd_e2e::swtpm::{tpm_plugin, Swtpm};
-use attestd_e2e::{attestd_cli, config, Attestd, Plugin};
+use attestd_e2e::{attestd_cli, config, ctx, Attestd, Plugin};
 use attestd_proto::ttrpc::attestation_agent as t;
 use sha2::{Digest as _, Sha256};
 
 const PCR: u64 = 23;
-
-fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(30_000_000_000)
-}
 
 /// One record as TCG_PCR_EVENT2 lays it out, read without the runtime's code.
 #[derive(Debug)]

@@ -4,22 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use attestd_e2e::{alive, attestd_cli, bin, config, signal, spawn_plugin, Attestd, Plugin};
+use attestd_e2e::{
+    alive, attestd_cli, bin, config, ctx, signal, spawn_plugin, status, Attestd, Plugin,
+};
 use attestd_proto::grpc::attestation_agent as g;
 use attestd_proto::ttrpc::attestation_agent as t;
 use attester_sdk::{Code, RemoteAttester, Transport, PROTOCOL_VERSIONS};
 use nix::sys::signal::Signal;
-
-fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(20_000_000_000)
-}
-
-fn status(e: ttrpc::Error) -> (ttrpc::Code, String) {
-    match e {
-        ttrpc::Error::RpcStatus(s) => (s.code(), s.message.clone()),
-        other => panic!("not a status: {other:?}"),
-    }
-}
 
 async fn get_token(a: &Attestd, token_type: &str) -> ttrpc::Error {
     let req = t::GetTokenRequest {

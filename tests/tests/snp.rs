@@ -8,22 +8,15 @@
 
 use std::path::{Path, PathBuf};
 
-use attestd_e2e::{attester_bin, config, Attestd, Plugin};
+use attestd_e2e::{attester_bin, config, ctx, hex, repo_root, status, Attestd, Plugin};
 use attestd_proto::ttrpc::attestation_agent as t;
 use sev::certs::snp::{builtin::milan, ca, Certificate, Chain, Verifiable};
 use sev::firmware::guest::AttestationReport;
 use sev::firmware::host::{CertTableEntry, CertType};
 use sha2::{Digest as _, Sha256};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 fn fixture(name: &str) -> PathBuf {
-    root().join("attesters/snp/tests/fixtures").join(name)
+    repo_root().join("attesters/snp/tests/fixtures").join(name)
 }
 
 fn snp(args: &[String]) -> Plugin {
@@ -56,21 +49,6 @@ fn vcek_plugin() -> Plugin {
 struct SnpEvidence {
     attestation_report: AttestationReport,
     cert_chain: Option<Vec<CertTableEntry>>,
-}
-
-fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(20_000_000_000)
-}
-
-fn status(e: ttrpc::Error) -> (ttrpc::Code, String) {
-    match e {
-        ttrpc::Error::RpcStatus(s) => (s.code(), s.message.clone()),
-        other => panic!("not a status: {other:?}"),
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Byte-array fields of the report at their offsets in the SEV-SNP ABI's
@@ -145,7 +123,7 @@ async fn evidence_through_attestd_is_what_trustee_reads_and_binds_report_data() 
     assert!((&vcek, &e.attestation_report).verify().is_err());
 
     // Golden: the exact bytes for this runtime data (see tests/golden/README.md).
-    let golden = std::fs::read(root().join("tests/golden/snp-evidence-vcek.json")).unwrap();
+    let golden = std::fs::read(repo_root().join("tests/golden/snp-evidence-vcek.json")).unwrap();
     assert!(ev == golden, "evidence differs from the golden file");
 }
 

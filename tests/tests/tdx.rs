@@ -5,22 +5,15 @@
 
 use std::path::{Path, PathBuf};
 
-use attestd_e2e::{attester_bin, config, Attestd, Plugin};
+use attestd_e2e::{attester_bin, config, ctx, hex, repo_root, status, Attestd, Plugin};
 use attestd_proto::ttrpc::attestation_agent as t;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use dcap_qvl::quote::{Quote, Report};
 use sha2::{Digest as _, Sha256};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 fn fixture(name: &str) -> PathBuf {
-    root().join("attesters/tdx/tests/fixtures").join(name)
+    repo_root().join("attesters/tdx/tests/fixtures").join(name)
 }
 
 fn tdx(args: &[String]) -> Plugin {
@@ -45,17 +38,6 @@ fn recorded(quote: &str, ccel: Option<&Path>) -> Plugin {
         "--runtime-eventlog".into(),
         "/nonexistent/eventlog".into(),
     ])
-}
-
-fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(20_000_000_000)
-}
-
-fn status(e: ttrpc::Error) -> (ttrpc::Code, String) {
-    match e {
-        ttrpc::Error::RpcStatus(s) => (s.code(), s.message.clone()),
-        other => panic!("not a status: {other:?}"),
-    }
 }
 
 /// (REPORTDATA, MRCONFIGID) as dcap-qvl reads them.
@@ -104,7 +86,7 @@ async fn evidence_through_attestd_parses_and_binds_report_data() {
 
     // Golden: the exact bytes for this runtime data.
     let golden =
-        std::fs::read_to_string(root().join("tests/golden/tdx-evidence-v4.sha256")).unwrap();
+        std::fs::read_to_string(repo_root().join("tests/golden/tdx-evidence-v4.sha256")).unwrap();
     assert_eq!(hex(&Sha256::digest(&ev)), golden.trim());
 }
 
@@ -258,10 +240,6 @@ fn truncated_or_flipped_recordings_are_refused() {
         "{}",
         e.stderr
     );
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[tokio::test]

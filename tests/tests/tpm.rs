@@ -9,7 +9,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use attestd_e2e::swtpm::{free_port_pair, tpm_plugin, Swtpm};
-use attestd_e2e::{attester_bin, config, signal, Attestd, Plugin};
+use attestd_e2e::{attester_bin, config, ctx, signal, Attestd, Plugin};
 use attestd_proto::ttrpc::attestation_agent as t;
 use attester_sdk::{Code, RemoteAttester, Transport};
 use base64::engine::general_purpose::STANDARD;
@@ -18,10 +18,6 @@ use nix::sys::signal::Signal;
 use rsa::pkcs8::DecodePublicKey as _;
 use rsa::signature::Verifier as _;
 use sha2::{Digest as _, Sha256};
-
-fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(30_000_000_000)
-}
 
 /// The parts of an evidence document a verifier needs.
 struct Parsed {

@@ -146,6 +146,21 @@ pub fn plugin_args(spec: &PluginSpec, socket: &Path) -> Vec<String> {
     args
 }
 
+/// The plugin's image reference, parsed; a tag (dev mode only: the config refuses it
+/// otherwise) is warned about at every start.
+fn configured_image(spec: &PluginSpec) -> Result<(&str, image::ImageRef)> {
+    let image = spec
+        .config
+        .image
+        .as_deref()
+        .ok_or_else(|| Error::failed_precondition("no image configured"))?;
+    let r = image::ImageRef::parse(image)?;
+    if r.digest.is_none() {
+        tracing::warn!(plugin = %spec.name, %image, "dev_mode: starting an image by its mutable tag");
+    }
+    Ok((image, r))
+}
+
 /// Spawn a helper (`podman run`, `runc run`) that owns the plugin. It gets
 /// SIGTERM when attestd dies, which it forwards to the container.
 fn spawn_owner(mut cmd: Command, what: &str) -> Result<Child> {

@@ -322,18 +322,10 @@ pub struct OciLauncher;
 #[async_trait::async_trait]
 impl Launcher for OciLauncher {
     async fn launch(&self, spec: &PluginSpec, socket: &Path) -> Result<Running> {
-        let image = spec
-            .config
-            .image
-            .as_deref()
-            .ok_or_else(|| Error::failed_precondition("no image configured"))?;
-        let r = ImageRef::parse(image)?;
+        let (image, r) = super::configured_image(spec)?;
         let digest = match &r.digest {
             Some(d) => d.clone(),
-            None => {
-                tracing::warn!(plugin = %spec.name, %image, "dev_mode: starting an image by its mutable tag");
-                super::image::podman_digest(&r).await?
-            }
+            None => super::image::podman_digest(&r).await?,
         };
         let layout = spec.oci_dir.join("layout");
         let tag = ensure_in_layout(&layout, &r, &digest).await?;

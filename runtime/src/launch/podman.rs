@@ -7,10 +7,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use attester_sdk::{Error, Result};
+use attester_sdk::Result;
 use tokio::process::Command;
 
-use super::image::{podman_digest, podman_label, run_tool, ImageRef};
+use super::image::{podman_digest, podman_label, run_tool};
 use super::{plugin_args, spawn_owner, Cleanup, Launcher, Provenance, Running};
 use crate::supervisor::PluginSpec;
 
@@ -83,15 +83,7 @@ pub struct PodmanLauncher;
 #[async_trait::async_trait]
 impl Launcher for PodmanLauncher {
     async fn launch(&self, spec: &PluginSpec, socket: &Path) -> Result<Running> {
-        let image = spec
-            .config
-            .image
-            .as_deref()
-            .ok_or_else(|| Error::failed_precondition("no image configured"))?;
-        let r = ImageRef::parse(image)?;
-        if r.digest.is_none() {
-            tracing::warn!(plugin = %spec.name, %image, "dev_mode: starting an image by its mutable tag");
-        }
+        let (image, r) = super::configured_image(spec)?;
         // Checked before every start: the store may have changed since the last one.
         let digest = podman_digest(&r).await?;
         let pinned = r.pinned(&digest);
