@@ -9,6 +9,8 @@ ensure_rust
 ensure_packages podman runc "${ATTESTD_APT_PACKAGES[@]}"
 
 TARGET=x86_64-unknown-linux-gnu
+# Debian's library directory for that target.
+MULTIARCH=x86_64-linux-gnu
 API=1
 STAGE=containers/build
 LOCK=containers/images.lock
@@ -46,8 +48,13 @@ stage_closure() {
     local bin=$1 root=$2
     local lib
     for lib in $(ldd "$bin" | awk '/=>/ {print $3} /ld-linux/ {print $1}') \
-               /usr/lib/$TARGET/libtss2-tcti-{device,swtpm,mssim,cmd}.so.0; do
-        [ -e "$lib" ] || continue
+               /usr/lib/$MULTIARCH/libtss2-tcti-{device,swtpm,mssim,cmd}.so.0; do
+        if [ ! -e "$lib" ]; then
+            case $lib in
+                *libtss2-tcti-*) echo "error: $lib is missing (libtss2-dev installs it)" >&2; exit 1 ;;
+            esac
+            continue
+        fi
         mkdir -p "$root$(dirname "$lib")"
         cp -L "$lib" "$root$lib"
         # The TCTI modules have their own dependencies.

@@ -57,7 +57,7 @@ for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do
 done
 
 echo "== attester images (the container backend tests start the sample image)"
-bash containers/build.sh sample
+bash containers/build.sh sample tpm
 
 echo "== tests"
 for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do

@@ -255,6 +255,17 @@ async fn an_external_plugin_is_connected_and_reconnected() {
     plugin.0.wait().unwrap();
 }
 
+/// A container this test started itself, removed however the test ends.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("podman")
+            .args(["rm", "--force", "--ignore", "--time", "0", &self.0])
+            .output();
+    }
+}
+
 /// A plugin this test started itself, killed if the test fails half-way.
 struct Owned(std::process::Child);
 
@@ -263,4 +274,50 @@ impl Drop for Owned {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+#[tokio::test]
+async fn the_tpm_image_carries_its_library_closure() {
+    // The libtss2 image: the binary, its ldd closure and the dlopen'ed TCTI modules.
+    // It quotes from swtpm (TCP, hence the host network here) through the swtpm TCTI
+    // it loads at run time.
+    use attester_sdk::{RemoteAttester, Transport, PROTOCOL_VERSIONS};
+    let tpm = attestd_e2e::swtpm::Swtpm::start();
+    let (name, digest) = locked_image("tpm");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("tpm.sock");
+    let d = dir.path().display().to_string();
+    let cname = format!("attestd-test-tpm-{}", std::process::id());
+    let child = std::process::Command::new("podman")
+        .args(["--runtime", "runc", "run", "--rm", "--name", &cname])
+        .args(["--network", "host", "--read-only"])
+        .args([
+            "--cap-drop",
+            "all",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ])
+        .args(["--volume", &format!("{d}:{d}:rw")])
+        .arg(format!("{name}@{digest}"))
+        .args(["--tcti", &tpm.tcti(), "--socket", sock.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let _guard = Owned(child);
+    let _container = Container(cname);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let c = loop {
+        if let Ok(c) = RemoteAttester::connect(&sock, Transport::Ttrpc).await {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the tpm image did not listen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let hs = c.handshake(PROTOCOL_VERSIONS).await.unwrap();
+    assert_eq!(hs.info.tee, "tpm");
+    let ev = c.evidence(vec![7; 32]).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&ev.bytes).unwrap();
+    assert!(v["tpm_quote"]["signature"].is_string(), "{v}");
+    assert_eq!(v["tpm_quote"]["pcrs"].as_array().unwrap().len(), 24);
 }
