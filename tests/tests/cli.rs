@@ -87,11 +87,12 @@ fn plugins_lists_handshake_and_health() {
     let (st, out, err) = attestd_cli(&["plugins", "-c", &cfg]);
     assert!(st.success(), "{err}");
     let version = env!("CARGO_PKG_VERSION");
+    let bin = attestd_e2e::bin("attester-sample").display().to_string();
     assert_eq!(
         out,
         format!(
-            "dev (additional): tee=sampledevice transport=grpc protocol=v1 plugin=attester-sample {version} health=serving\n\
-             sample (primary): tee=sample transport=ttrpc protocol=v1 plugin=attester-sample {version} health=serving\n"
+            "dev (additional): tee=sampledevice transport=grpc protocol=v1 plugin=attester-sample {version} launch=process command={bin} health=serving\n\
+             sample (primary): tee=sample transport=ttrpc protocol=v1 plugin=attester-sample {version} launch=process command={bin} health=serving\n"
         )
     );
     let (st, out, _) = attestd_cli(&["plugins", "-c", &cfg, "--json"]);
