@@ -11,6 +11,7 @@ pub mod aa_client;
 pub mod config;
 pub mod eventlog;
 pub mod initdata;
+pub mod kbs;
 pub mod launch;
 pub mod run;
 pub mod select;

@@ -109,7 +109,9 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
     let sock = unix_path(&opts.attestation_sock)?;
     // Refuse before launching anything when another server holds the socket.
     prepare_socket(&sock)?;
-    let service = Arc::new(start_plugins(&opts.config).await?);
+    let mut service = start_plugins(&opts.config).await?;
+    service.set_initdata(opts.initdata.clone());
+    let service = Arc::new(service);
     let served = serve(&service, &opts, &sock, shutdown).await;
     service.stop().await;
     served

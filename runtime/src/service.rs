@@ -42,6 +42,14 @@ pub struct Service {
     eventlog: Option<EventLog<Supervisor>>,
     /// Plugin name → the launch instance whose identity is in the log.
     measured: tokio::sync::Mutex<HashMap<String, u64>>,
+    initdata: Option<crate::initdata::InitData>,
+}
+
+/// A completed RCAR handshake.
+pub struct KbsSession {
+    pub token: String,
+    pub key: crate::kbs::TeeKey,
+    pub cookie: Option<String>,
 }
 
 impl Service {
@@ -59,6 +67,7 @@ impl Service {
             eventlog_config: config.eventlog_config.clone(),
             eventlog: None,
             measured: tokio::sync::Mutex::new(HashMap::new()),
+            initdata: None,
         }
     }
 
@@ -214,24 +223,100 @@ impl Service {
     }
 
     pub async fn get_token(&self, token_type: &str) -> Result<Vec<u8>> {
-        let configured = match token_type {
-            "kbs" => self.tokens.kbs.is_some() || std::env::var_os("AA_KBC_PARAMS").is_some(),
-            "coco_as" => self.tokens.coco_as.is_some(),
-            other => {
-                return Err(Error::invalid_argument(format!(
-                    "unknown token type {other:?}: expected \"kbs\" or \"coco_as\""
-                )))
+        match token_type {
+            "kbs" => {
+                let kbs = self.tokens.kbs.as_ref();
+                let url = crate::kbs::kbs_url(kbs.map(|k| k.url.as_str())).ok_or_else(|| {
+                    Error::failed_precondition(
+                        "token type \"kbs\" is not configured: set [token_configs.kbs] url \
+                         (or AA_KBC_PARAMS=cc_kbc::<url>)",
+                    )
+                })?;
+                let client = crate::kbs::KbsClient::new(&url, kbs.and_then(|k| k.cert.as_deref()))?;
+                let alg = kbs
+                    .and_then(|k| k.tee_key_algorithm.as_deref())
+                    .unwrap_or(crate::kbs::tee_key::EC_ALG);
+                let session = self
+                    .rcar(&client, alg)
+                    .await
+                    .map_err(|e| e.context(format!("KBS {url}")))?;
+                // Exactly what CDH parses.
+                serde_json::to_vec(&serde_json::json!({
+                    "token": session.token,
+                    "tee_keypair": session.key.to_pem()?,
+                }))
+                .map_err(|e| Error::internal("cannot serialise the token").with_source(e))
             }
-        };
-        if !configured {
-            return Err(Error::failed_precondition(format!(
-                "token type {token_type:?} is not configured: set [token_configs.{token_type}] url"
-            )));
+            "coco_as" if self.tokens.coco_as.is_none() => Err(Error::failed_precondition(
+                "token type \"coco_as\" is not configured: set [token_configs.coco_as] url",
+            )),
+            "coco_as" => Err(Error::new(
+                Code::Unsupported,
+                "get token \"coco_as\": this attestd has no attestation-service client yet",
+            )),
+            other => Err(Error::invalid_argument(format!(
+                "unknown token type {other:?}: expected \"kbs\" or \"coco_as\""
+            ))),
         }
-        Err(Error::new(
-            Code::Unsupported,
-            format!("get token {token_type:?}: this attestd has no client for it yet"),
-        ))
+    }
+
+    /// One RCAR handshake: challenge, an ephemeral TEE key, evidence bound to
+    /// `H(JCS(runtime data))` (additional evidence bound first, then folded into the
+    /// primary's), attestation; the token and the key.
+    pub async fn rcar(&self, client: &crate::kbs::KbsClient, alg: &str) -> Result<KbsSession> {
+        use crate::kbs::bind;
+        self.measure_plugins().await?;
+        let (challenge, cookie) = client.auth(&self.get_tee_type()).await?;
+        let hash = challenge.extra_params["selected-hash-algorithm"]
+            .as_str()
+            .unwrap_or("sha384")
+            .to_string();
+        let key = crate::kbs::TeeKey::generate(alg)?;
+        let runtime_data = kbs_types::RuntimeData {
+            nonce: challenge.nonce.clone(),
+            tee_pubkey: key.public_jwk(),
+        };
+        let rd = serde_json::to_value(&runtime_data)
+            .map_err(|e| Error::internal("cannot serialise the runtime data").with_source(e))?;
+        let additional = if self.additional.is_empty() {
+            String::new()
+        } else {
+            let ev = self.get_additional_evidence(bind(&hash, &rd)?).await?;
+            String::from_utf8(ev)
+                .map_err(|e| Error::internal("additional evidence is not UTF-8").with_source(e))?
+        };
+        let primary_rd = bind(
+            &hash,
+            &serde_json::json!({
+                "tee-pubkey": rd["tee-pubkey"],
+                "nonce": challenge.nonce,
+                "additional-evidence": additional,
+            }),
+        )?;
+        let evidence = self.get_evidence(primary_rd).await?;
+        let primary: serde_json::Value = serde_json::from_slice(&evidence).map_err(|e| {
+            Error::internal("the primary plugin's evidence is not JSON").with_source(e)
+        })?;
+        let att = kbs_types::Attestation {
+            init_data: self.initdata.as_ref().and_then(|i| {
+                i.toml.as_ref().map(|body| kbs_types::InitData {
+                    format: "toml".into(),
+                    body: body.clone(),
+                })
+            }),
+            runtime_data,
+            tee_evidence: kbs_types::CompositeEvidence {
+                primary_evidence: primary,
+                additional_evidence: additional,
+            },
+        };
+        let token = client.attest(&att, cookie.as_deref()).await?;
+        Ok(KbsSession { token, key, cookie })
+    }
+
+    /// Init-data given at start, sent to the KBS.
+    pub fn set_initdata(&mut self, initdata: Option<crate::initdata::InitData>) {
+        self.initdata = initdata;
     }
 
     /// Stop every plugin.

@@ -15,6 +15,7 @@ use attestd_proto::grpc::attestation_agent::attestation_agent_service_client::At
 use attestd_proto::ttrpc::attestation_agent_ttrpc::AttestationAgentServiceClient as TtrpcAa;
 use tempfile::TempDir;
 
+pub mod kbs;
 pub mod swtpm;
 
 /// A workspace binary built next to the test executable (`target/<profile>/`).
