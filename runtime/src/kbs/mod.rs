@@ -80,11 +80,17 @@ impl KbsClient {
             .timeout(TIMEOUT)
             .redirect(reqwest::redirect::Policy::none());
         if let Some(pem) = root_cert {
-            let cert = reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|e| {
-                Error::invalid_argument("[token_configs.kbs] cert is not a PEM certificate")
-                    .with_source(e)
-            })?;
-            b = b.add_root_certificate(cert);
+            let not_pem =
+                || Error::invalid_argument("[token_configs.kbs] cert is not a PEM certificate");
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| not_pem().with_source(e))?;
+            // An input without any certificate block parses as an empty bundle.
+            if certs.is_empty() || !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(not_pem());
+            }
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
         }
         let http = b
             .build()
