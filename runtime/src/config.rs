@@ -62,6 +62,27 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub plugins: PluginsConfig,
+    #[serde(default)]
+    pub keyprovider: KeyProviderConfig,
+}
+
+/// `[keyprovider]`: attestd as ocicrypt's key provider (off unless an address is set).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyProviderConfig {
+    /// gRPC listener: host:port or unix:///path (what skopeo and containerd use).
+    pub grpc: Option<String>,
+    /// ttrpc listener: unix:///path (what image-rs uses).
+    pub ttrpc: Option<String>,
+    /// WrapKey (image builders only): the 32-byte KEK file to wrap layer keys with.
+    pub wrap_kek: Option<PathBuf>,
+    /// The provider name in ocicrypt's parameters (`provider:<name>:<kid>`).
+    #[serde(default = "default_provider_name")]
+    pub name: String,
+}
+
+fn default_provider_name() -> String {
+    "attestd".into()
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

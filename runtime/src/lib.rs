@@ -12,6 +12,7 @@ pub mod config;
 pub mod eventlog;
 pub mod initdata;
 pub mod kbs;
+pub mod keyprovider;
 pub mod launch;
 pub mod run;
 pub mod select;

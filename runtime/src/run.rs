@@ -141,12 +141,14 @@ async fn serve(
         }
         None => (None, None),
     };
+    let kp = start_keyprovider(service, &opts.config.keyprovider).await?;
     // `run` prepared the AA socket before starting the plugins.
     let ttrpc_server = ttrpc::start(service.clone(), sock).await?;
     tracing::info!(socket = %sock.display(), tee = %service.get_tee_type(), "attestd ready");
     shutdown.await;
     tracing::info!("shutting down");
     ttrpc_server.shutdown().await;
+    kp.stop().await;
     if let Some(tx) = stop_grpc {
         let _ = tx.send(());
     }
@@ -165,6 +167,77 @@ async fn serve(
         }
     }
     Ok(())
+}
+
+/// The key provider's servers, when configured.
+struct KeyProviderServers {
+    ttrpc: Option<ttrpc::TtrpcServer>,
+    grpc: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<()>>,
+    )>,
+}
+
+impl KeyProviderServers {
+    async fn stop(self) {
+        if let Some(s) = self.ttrpc {
+            s.shutdown().await;
+        }
+        if let Some((tx, mut task)) = self.grpc {
+            let _ = tx.send(());
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+}
+
+async fn start_keyprovider(
+    service: &Arc<Service>,
+    cfg: &crate::config::KeyProviderConfig,
+) -> Result<KeyProviderServers> {
+    use crate::server::keyprovider;
+    let mut servers = KeyProviderServers {
+        ttrpc: None,
+        grpc: None,
+    };
+    if let Some(addr) = &cfg.grpc {
+        let addr: GrpcAddr = addr.parse().map_err(|e: String| {
+            Error::invalid_argument(format!("[keyprovider] grpc = {addr:?}: {e}"))
+        })?;
+        if let GrpcAddr::Unix(p) = &addr {
+            prepare_socket(p)?;
+        }
+        let listener = grpc::bind(&addr).await?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(grpc::serve_router(
+            keyprovider::grpc_router(service.clone()),
+            listener,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        tracing::info!(%addr, "serving the key provider over gRPC");
+        servers.grpc = Some((tx, task));
+    }
+    if let Some(addr) = &cfg.ttrpc {
+        let path = addr
+            .strip_prefix("unix://")
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "[keyprovider] ttrpc = {addr:?}: expected unix:///path"
+                ))
+            })?;
+        let path = Path::new(path);
+        prepare_socket(path)?;
+        servers.ttrpc = Some(keyprovider::start_ttrpc(service.clone(), path).await?);
+        tracing::info!(socket = %path.display(), "serving the key provider over ttrpc");
+    }
+    Ok(servers)
 }
 
 /// Bind init-data through the primary plugin: a mismatch aborts the start, a plugin

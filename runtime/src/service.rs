@@ -43,6 +43,9 @@ pub struct Service {
     /// Plugin name → the launch instance whose identity is in the log.
     measured: tokio::sync::Mutex<HashMap<String, u64>>,
     initdata: Option<crate::initdata::InitData>,
+    keyprovider: crate::config::KeyProviderConfig,
+    /// The last RCAR session, reused for resources until the KBS answers 401.
+    kbs_session: tokio::sync::Mutex<Option<KbsSession>>,
 }
 
 /// A completed RCAR handshake.
@@ -68,6 +71,8 @@ impl Service {
             eventlog: None,
             measured: tokio::sync::Mutex::new(HashMap::new()),
             initdata: None,
+            keyprovider: config.keyprovider.clone(),
+            kbs_session: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -225,21 +230,20 @@ impl Service {
     pub async fn get_token(&self, token_type: &str) -> Result<Vec<u8>> {
         match token_type {
             "kbs" => {
-                let kbs = self.tokens.kbs.as_ref();
-                let url = crate::kbs::kbs_url(kbs.map(|k| k.url.as_str())).ok_or_else(|| {
-                    Error::failed_precondition(
-                        "token type \"kbs\" is not configured: set [token_configs.kbs] url \
-                         (or AA_KBC_PARAMS=cc_kbc::<url>)",
-                    )
+                let (client, alg) = self.kbs_client().map_err(|e| {
+                    if e.code() == Code::FailedPrecondition {
+                        Error::failed_precondition(
+                            "token type \"kbs\" is not configured: set [token_configs.kbs] url \
+                             (or AA_KBC_PARAMS=cc_kbc::<url>)",
+                        )
+                    } else {
+                        e
+                    }
                 })?;
-                let client = crate::kbs::KbsClient::new(&url, kbs.and_then(|k| k.cert.as_deref()))?;
-                let alg = kbs
-                    .and_then(|k| k.tee_key_algorithm.as_deref())
-                    .unwrap_or(crate::kbs::tee_key::EC_ALG);
                 let session = self
-                    .rcar(&client, alg)
+                    .rcar(&client, &alg)
                     .await
-                    .map_err(|e| e.context(format!("KBS {url}")))?;
+                    .map_err(|e| e.context(format!("KBS {}", client.url())))?;
                 // Exactly what CDH parses.
                 serde_json::to_vec(&serde_json::json!({
                     "token": session.token,
@@ -312,6 +316,72 @@ impl Service {
         };
         let token = client.attest(&att, cookie.as_deref()).await?;
         Ok(KbsSession { token, key, cookie })
+    }
+
+    fn kbs_client(&self) -> Result<(crate::kbs::KbsClient, String)> {
+        let kbs = self.tokens.kbs.as_ref();
+        let url = crate::kbs::kbs_url(kbs.map(|k| k.url.as_str())).ok_or_else(|| {
+            Error::failed_precondition(
+                "no KBS configured: set [token_configs.kbs] url (or AA_KBC_PARAMS=cc_kbc::<url>)",
+            )
+        })?;
+        let client = crate::kbs::KbsClient::new(&url, kbs.and_then(|k| k.cert.as_deref()))?;
+        let alg = kbs
+            .and_then(|k| k.tee_key_algorithm.clone())
+            .unwrap_or_else(|| crate::kbs::tee_key::EC_ALG.to_string());
+        Ok((client, alg))
+    }
+
+    /// A KBS resource (`<repo>/<type>/<tag>`), decrypted. The session is reused
+    /// while the KBS accepts its token; a 401 means attest again, up to 3 times.
+    pub async fn kbs_resource(&self, path: &str) -> Result<Vec<u8>> {
+        const ATTEMPTS: usize = 3;
+        let (client, alg) = self.kbs_client()?;
+        let mut session = self.kbs_session.lock().await;
+        for _ in 0..ATTEMPTS {
+            let s = match session.take() {
+                Some(s) => s,
+                None => self
+                    .rcar(&client, &alg)
+                    .await
+                    .map_err(|e| e.context(format!("KBS {}", client.url())))?,
+            };
+            match client.resource(path, &s.token, s.cookie.as_deref()).await? {
+                Some(jwe) => {
+                    let plain = s.key.decrypt(&jwe);
+                    *session = Some(s);
+                    return plain;
+                }
+                None => tracing::info!(%path, "the KBS answered 401: attesting again"),
+            }
+        }
+        Err(Error::failed_precondition(format!(
+            "KBS {}: resource {path} answered 401 to {ATTEMPTS} fresh tokens",
+            client.url()
+        )))
+    }
+
+    /// ocicrypt's UnWrapKey: the KEK named by the annotation's kid, from the KBS.
+    pub async fn unwrap_key(&self, input: Vec<u8>) -> Result<Vec<u8>> {
+        let u = crate::keyprovider::parse_unwrap(&input)?;
+        let kek = self
+            .kbs_resource(&u.resource)
+            .await
+            .map_err(|e| e.context(format!("cannot fetch the KEK {}", u.packet.kid)))?;
+        let key = crate::keyprovider::unwrap_key(&u.packet, &kek)?;
+        Ok(crate::keyprovider::unwrap_output(&key))
+    }
+
+    /// ocicrypt's WrapKey, for image builders: wrap with the local KEK file.
+    pub async fn wrap_key(&self, input: Vec<u8>) -> Result<Vec<u8>> {
+        let path = self.keyprovider.wrap_kek.as_ref().ok_or_else(|| {
+            Error::failed_precondition("WrapKey needs [keyprovider] wrap_kek (a 32-byte KEK file)")
+        })?;
+        let kek = std::fs::read(path).map_err(|e| {
+            Error::failed_precondition(format!("cannot read the KEK {}", path.display()))
+                .with_source(e)
+        })?;
+        crate::keyprovider::wrap(&input, &kek, &self.keyprovider.name)
     }
 
     /// Init-data given at start, sent to the KBS.

@@ -199,3 +199,137 @@ async fn the_test_kbs_refuses_replays_stale_nonces_and_missing_cookies() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test]
+async fn the_key_provider_wraps_and_unwraps_with_ocicrypt_messages() {
+    // The messages exactly as Go's ocicrypt sends them (bytes as base64 strings),
+    // over the real gRPC and ttrpc key-provider services. (Debian 12's skopeo 1.9.3
+    // is built without ocicrypt's keyprovider support, so skopeo cannot drive this
+    // here; see docs/key-release.md.)
+    use attestd_proto::grpc::keyprovider as g;
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    let kbs = TestKbs::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut kek = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut kek);
+    std::fs::write(dir.path().join("kek"), kek).unwrap();
+    kbs.put("default/key/image-kek", &kek);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ttrpc_sock = dir.path().join("kp.sock");
+    let kp = format!(
+        "[keyprovider]\ngrpc = \"127.0.0.1:{port}\"\nttrpc = \"unix://{}\"\nwrap_kek = {:?}\n",
+        ttrpc_sock.display(),
+        dir.path().join("kek").display().to_string()
+    );
+    let _a = Attestd::start(|d| kbs_config(d, &kbs.url(), &kp)).unwrap();
+    let mut grpc = g::key_provider_service_client::KeyProviderServiceClient::connect(format!(
+        "http://127.0.0.1:{port}"
+    ))
+    .await
+    .unwrap();
+    let call = |input: serde_json::Value| g::KeyProviderKeyWrapProtocolInput {
+        key_provider_key_wrap_protocol_input: input.to_string().into_bytes(),
+    };
+    let layer_key = b"the layer's symmetric key and nonce";
+    let wrap = serde_json::json!({
+        "op": "keywrap",
+        "keywrapparams": {
+            "ec": {"Parameters": {"attestd": [STANDARD.encode("kbs:///default/key/image-kek")]}, "DecryptConfig": {"Parameters": {}}},
+            "optsdata": STANDARD.encode(layer_key),
+        },
+        "keyunwrapparams": {"dc": null, "annotation": null},
+    });
+    let out = grpc.wrap_key(call(wrap)).await.unwrap().into_inner();
+    let out: serde_json::Value =
+        serde_json::from_slice(&out.key_provider_key_wrap_protocol_output).unwrap();
+    let annotation = out["keywrapresults"]["annotation"].clone();
+    let packet: serde_json::Value =
+        serde_json::from_slice(&STANDARD.decode(annotation.as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(packet["kid"], "kbs:///default/key/image-kek");
+    assert_eq!(packet["wrap_type"], "A256GCM");
+
+    let unwrap = serde_json::json!({
+        "op": "keyunwrap",
+        "keywrapparams": {"ec": null, "optsdata": null},
+        "keyunwrapparams": {"dc": {"Parameters": {"attestd": []}}, "annotation": annotation},
+    });
+    let out = grpc
+        .un_wrap_key(call(unwrap.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let out: serde_json::Value =
+        serde_json::from_slice(&out.key_provider_key_wrap_protocol_output).unwrap();
+    assert_eq!(
+        STANDARD
+            .decode(out["keyunwrapresults"]["optsdata"].as_str().unwrap())
+            .unwrap(),
+        layer_key
+    );
+    assert_eq!(kbs.attestations().len(), 1, "one RCAR handshake");
+
+    // The same over ttrpc (image-rs's transport), reusing the session.
+    let c = ttrpc::r#async::Client::connect(&format!("unix://{}", ttrpc_sock.display()))
+        .await
+        .unwrap();
+    let t = attestd_proto::ttrpc::keyprovider_ttrpc::KeyProviderServiceClient::new(c);
+    let req = attestd_proto::ttrpc::keyprovider::KeyProviderKeyWrapProtocolInput {
+        KeyProviderKeyWrapProtocolInput: unwrap.to_string().into_bytes(),
+        ..Default::default()
+    };
+    let out = t.un_wrap_key(ctx(), &req).await.unwrap();
+    let out: serde_json::Value =
+        serde_json::from_slice(&out.KeyProviderKeyWrapProtocolOutput).unwrap();
+    assert_eq!(
+        STANDARD
+            .decode(out["keyunwrapresults"]["optsdata"].as_str().unwrap())
+            .unwrap(),
+        layer_key
+    );
+    assert_eq!(kbs.attestations().len(), 1, "the token was reused");
+
+    // A 401 makes attestd attest again; the KBS refusing the KEK is a clear error.
+    kbs.knobs().unauthorized = 1;
+    grpc.un_wrap_key(call(unwrap.clone())).await.unwrap();
+    assert_eq!(kbs.attestations().len(), 2);
+    kbs.knobs().unauthorized = 5;
+    let st = grpc.un_wrap_key(call(unwrap.clone())).await.unwrap_err();
+    assert_eq!(st.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        st.message()
+            .ends_with("resource default/key/image-kek answered 401 to 3 fresh tokens"),
+        "{}",
+        st.message()
+    );
+    kbs.knobs().unauthorized = 0;
+    kbs.knobs().refuse.push("default/key/image-kek".into());
+    let st = grpc.un_wrap_key(call(unwrap)).await.unwrap_err();
+    assert_eq!(st.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        st.message().contains("policy denies default/key/image-kek"),
+        "{}",
+        st.message()
+    );
+
+    // Bad input.
+    for (input, want) in [
+        (
+            serde_json::json!({"op": "keyunwrap", "keyunwrapparams": {"annotation": "***"}}),
+            "keyunwrapparams.annotation is not base64",
+        ),
+        (
+            serde_json::json!({"op": "nope"}),
+            "key provider input has op \"nope\", expected \"keyunwrap\"",
+        ),
+    ] {
+        let st = grpc.un_wrap_key(call(input)).await.unwrap_err();
+        assert_eq!(st.code(), tonic::Code::InvalidArgument);
+        // The message, then its cause when there is one.
+        assert!(st.message().starts_with(want), "{}", st.message());
+    }
+}

@@ -178,6 +178,16 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let router = tonic::transport::Server::builder()
         .add_service(svc::AttestationAgentServiceServer::new(Adapter(service)));
+    serve_router(router, listener, shutdown).await
+}
+
+/// Serve `router` on `listener` until `shutdown` resolves (shared with the key
+/// provider's server).
+pub async fn serve_router(
+    router: tonic::transport::server::Router,
+    listener: GrpcListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     let fail = |e: tonic::transport::Error| Error::internal("grpc server failed").with_source(e);
     match listener {
         GrpcListener::Tcp(l) => router

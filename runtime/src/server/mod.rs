@@ -1,6 +1,7 @@
 //! AA API servers: thin ttrpc and gRPC adapters over [`crate::service::Service`].
 
 pub mod grpc;
+pub mod keyprovider;
 pub mod ttrpc;
 
 use std::future::Future;

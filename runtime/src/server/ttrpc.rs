@@ -135,6 +135,14 @@ pub struct TtrpcServer {
 /// Bind `socket` (which must not exist: see `crate::run::prepare_socket`) and serve.
 pub async fn start(service: Arc<Service>, socket: &Path) -> Result<TtrpcServer, Error> {
     let services = svc::create_attestation_agent_service(Arc::new(Adapter(service)));
+    start_services(services, socket).await
+}
+
+/// Serve ttrpc `services` on `socket` (shared with the key provider's server).
+pub async fn start_services(
+    services: std::collections::HashMap<String, ttrpc::r#async::Service>,
+    socket: &Path,
+) -> Result<TtrpcServer, Error> {
     let fail = |e: ttrpc::Error| {
         Error::internal(format!("cannot serve ttrpc on {}", socket.display())).with_source(e)
     };

@@ -1,0 +1,356 @@
+//! The ocicrypt key provider: `UnWrapKey` opens an encrypted image layer's key with
+//! a KEK released by the KBS (named by the annotation's `kid`), `WrapKey` (the image
+//! builder's side) wraps one with a local KEK file. Messages are ocicrypt's JSON
+//! (reference §2): byte fields are base64 strings as Go writes them, or arrays of
+//! numbers as upstream CDH writes them; both are accepted.
+
+use aes_gcm::aead::{Aead, KeyInit};
+use attester_sdk::{Error, Result};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Inputs larger than this are refused before parsing.
+pub const MAX_INPUT: usize = 1 << 20;
+
+/// Bytes as ocicrypt writes them: a base64 string (Go) or an array of numbers.
+fn bytes(v: &Value, what: &str) -> Result<Vec<u8>> {
+    match v {
+        Value::String(s) => STANDARD
+            .decode(s)
+            .map_err(|e| Error::invalid_argument(format!("{what} is not base64")).with_source(e)),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_u64().and_then(|n| u8::try_from(n).ok()))
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| Error::invalid_argument(format!("{what} is not an array of bytes"))),
+        Value::Null => Err(Error::invalid_argument(format!("{what} is missing"))),
+        _ => Err(Error::invalid_argument(format!(
+            "{what} is neither base64 nor bytes"
+        ))),
+    }
+}
+
+/// The layer annotation's content (AnnotationPacket v1, or v2 with `version`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnotationPacket {
+    pub kid: String,
+    pub wrapped_data: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iv: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wrap_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_settings: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Value>,
+}
+
+/// What an `UnWrapKey` needs: the KBS resource path of the KEK and how to unwrap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unwrap {
+    pub resource: String,
+    pub packet: AnnotationPacket,
+}
+
+fn parse_input(input: &[u8], op: &str) -> Result<Value> {
+    if input.len() > MAX_INPUT {
+        return Err(Error::invalid_argument(format!(
+            "key provider input is {} bytes, over {MAX_INPUT}",
+            input.len()
+        )));
+    }
+    let v: Value = serde_json::from_slice(input)
+        .map_err(|e| Error::invalid_argument("key provider input is not JSON").with_source(e))?;
+    if v["op"] != op {
+        return Err(Error::invalid_argument(format!(
+            "key provider input has op {}, expected {op:?}",
+            v["op"]
+        )));
+    }
+    Ok(v)
+}
+
+/// `kbs:///<repo>/<type>/<tag>` (host part ignored) → `<repo>/<type>/<tag>`.
+pub fn resource_path(kid: &str) -> Result<String> {
+    let rest = kid.strip_prefix("kbs://").ok_or_else(|| {
+        Error::invalid_argument(format!(
+            "kid {kid:?} is not a kbs:///<repo>/<type>/<tag> URI"
+        ))
+    })?;
+    let path = rest.split_once('/').map(|(_, p)| p).unwrap_or_default();
+    let parts: Vec<&str> = path.split('/').collect();
+    if parts.len() != 3
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
+        return Err(Error::invalid_argument(format!(
+            "kid {kid:?} is not a kbs:///<repo>/<type>/<tag> URI"
+        )));
+    }
+    Ok(parts.join("/"))
+}
+
+/// Parse an `UnWrapKey` input.
+pub fn parse_unwrap(input: &[u8]) -> Result<Unwrap> {
+    let v = parse_input(input, "keyunwrap")?;
+    let annotation = bytes(
+        &v["keyunwrapparams"]["annotation"],
+        "keyunwrapparams.annotation",
+    )?;
+    let packet: AnnotationPacket = serde_json::from_slice(&annotation).map_err(|e| {
+        Error::invalid_argument("the annotation is not an AnnotationPacket").with_source(e)
+    })?;
+    match packet.version.as_deref() {
+        None | Some("0.1.0") => {}
+        Some(other) => {
+            return Err(Error::invalid_argument(format!(
+                "unknown annotation version {other:?} (known: 0.1.0, or none for v1)"
+            )))
+        }
+    }
+    match packet.provider.as_deref() {
+        None | Some("kbs") => {}
+        Some(other) => {
+            return Err(Error::invalid_argument(format!(
+                "annotation provider {other:?} is not supported (only \"kbs\")"
+            )))
+        }
+    }
+    Ok(Unwrap {
+        resource: resource_path(&packet.kid)?,
+        packet,
+    })
+}
+
+fn kek_cipher(kek: &[u8]) -> Result<[u8; 32]> {
+    kek.try_into().map_err(|_| {
+        Error::failed_precondition(format!(
+            "the KEK is {} bytes; A256GCM/A256CTR take 32",
+            kek.len()
+        ))
+    })
+}
+
+/// Unwrap the layer key in `packet` with `kek`.
+pub fn unwrap_key(packet: &AnnotationPacket, kek: &[u8]) -> Result<Vec<u8>> {
+    let key = kek_cipher(kek)?;
+    let data = bytes(&Value::String(packet.wrapped_data.clone()), "wrapped_data")?;
+    let iv = bytes(&Value::String(packet.iv.clone().unwrap_or_default()), "iv")?;
+    match packet.wrap_type.as_deref().unwrap_or("A256GCM") {
+        "A256GCM" => {
+            if iv.len() != 12 {
+                return Err(Error::invalid_argument(format!(
+                    "iv is {} bytes; A256GCM takes 12",
+                    iv.len()
+                )));
+            }
+            aes_gcm::Aes256Gcm::new(&key.into())
+                .decrypt(aes_gcm::Nonce::from_slice(&iv), data.as_slice())
+                .map_err(|_| {
+                    Error::failed_precondition(
+                        "the layer key does not unwrap with the KEK the KBS released",
+                    )
+                })
+        }
+        "A256CTR" => {
+            use ctr::cipher::{KeyIvInit as _, StreamCipher as _};
+            if iv.len() != 16 {
+                return Err(Error::invalid_argument(format!(
+                    "iv is {} bytes; A256CTR takes 16",
+                    iv.len()
+                )));
+            }
+            let mut out = data;
+            ctr::Ctr128BE::<aes::Aes256>::new(&key.into(), iv.as_slice().into())
+                .apply_keystream(&mut out);
+            Ok(out)
+        }
+        other => Err(Error::invalid_argument(format!(
+            "unknown wrap_type {other:?}: expected A256GCM or A256CTR"
+        ))),
+    }
+}
+
+/// The `UnWrapKey` answer: `optsdata` as a base64 string, what Go's ocicrypt reads.
+pub fn unwrap_output(optsdata: &[u8]) -> Vec<u8> {
+    serde_json::json!({"keyunwrapresults": {"optsdata": STANDARD.encode(optsdata)}})
+        .to_string()
+        .into_bytes()
+}
+
+/// `WrapKey` for the image builder: wrap `optsdata` with `kek` (A256GCM, fresh IV)
+/// under the `kid` given as the provider parameter (`provider:attestd:<kid>`).
+pub fn wrap(input: &[u8], kek: &[u8], provider: &str) -> Result<Vec<u8>> {
+    let v = parse_input(input, "keywrap")?;
+    let params = &v["keywrapparams"]["ec"]["Parameters"][provider];
+    let kid = params
+        .as_array()
+        .and_then(|a| a.first())
+        .ok_or_else(|| {
+            Error::invalid_argument(format!(
+                "no parameters for provider {provider:?}: encrypt with --encryption-key provider:{provider}:kbs:///<repo>/<type>/<tag>"
+            ))
+        })
+        .and_then(|p| bytes(p, "the provider parameter"))?;
+    let kid = String::from_utf8(kid)
+        .map_err(|_| Error::invalid_argument("the provider parameter is not UTF-8"))?;
+    resource_path(&kid)?;
+    let optsdata = bytes(&v["keywrapparams"]["optsdata"], "keywrapparams.optsdata")?;
+    let key = kek_cipher(kek)?;
+    let mut iv = [0u8; 12];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut iv);
+    let wrapped = aes_gcm::Aes256Gcm::new(&key.into())
+        .encrypt(aes_gcm::Nonce::from_slice(&iv), optsdata.as_slice())
+        .map_err(|_| Error::internal("AES-GCM encryption failed"))?;
+    let packet = AnnotationPacket {
+        kid,
+        wrapped_data: STANDARD.encode(wrapped),
+        iv: Some(STANDARD.encode(iv)),
+        wrap_type: Some("A256GCM".into()),
+        version: Some("0.1.0".into()),
+        provider: Some("kbs".into()),
+        provider_settings: None,
+        annotations: None,
+    };
+    let annotation = serde_json::to_vec(&packet)
+        .map_err(|e| Error::internal("cannot serialise the annotation").with_source(e))?;
+    Ok(
+        serde_json::json!({"keywrapresults": {"annotation": STANDARD.encode(annotation)}})
+            .to_string()
+            .into_bytes(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEK: [u8; 32] = [7; 32];
+
+    fn wrap_input(kid: &str, optsdata: &[u8]) -> Vec<u8> {
+        serde_json::json!({
+            "op": "keywrap",
+            "keywrapparams": {
+                "ec": {"Parameters": {"attestd": [STANDARD.encode(kid)]}},
+                "optsdata": STANDARD.encode(optsdata),
+            },
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn unwrap_input(annotation: Value) -> Vec<u8> {
+        serde_json::json!({"op": "keyunwrap", "keywrapparams": {}, "keyunwrapparams": {"dc": {"Parameters": {}}, "annotation": annotation}})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn wrap_then_unwrap_round_trips_and_accepts_both_byte_forms() {
+        let out: Value = serde_json::from_slice(
+            &wrap(
+                &wrap_input("kbs:///default/key/k1", b"layer key"),
+                &KEK,
+                "attestd",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let annotation = out["keywrapresults"]["annotation"].clone();
+        let u = parse_unwrap(&unwrap_input(annotation.clone())).unwrap();
+        assert_eq!(u.resource, "default/key/k1");
+        assert_eq!(u.packet.version.as_deref(), Some("0.1.0"));
+        assert_eq!(unwrap_key(&u.packet, &KEK).unwrap(), b"layer key");
+        // Upstream CDH's form: the annotation as an array of numbers.
+        let raw = STANDARD.decode(annotation.as_str().unwrap()).unwrap();
+        let u2 = parse_unwrap(&unwrap_input(serde_json::json!(raw))).unwrap();
+        assert_eq!(u2, u);
+        let reply: Value = serde_json::from_slice(&unwrap_output(b"layer key")).unwrap();
+        assert_eq!(
+            reply["keyunwrapresults"]["optsdata"],
+            STANDARD.encode(b"layer key")
+        );
+    }
+
+    #[test]
+    fn v1_packets_and_ctr() {
+        use ctr::cipher::{KeyIvInit as _, StreamCipher as _};
+        let iv = [3u8; 16];
+        let mut data = b"ctr layer key".to_vec();
+        ctr::Ctr128BE::<aes::Aes256>::new(&KEK.into(), (&iv).into()).apply_keystream(&mut data);
+        let packet = serde_json::json!({"kid": "kbs:///a/b/c", "wrapped_data": STANDARD.encode(&data), "iv": STANDARD.encode(iv), "wrap_type": "A256CTR"});
+        let u = parse_unwrap(&unwrap_input(Value::String(
+            STANDARD.encode(packet.to_string()),
+        )))
+        .unwrap();
+        assert_eq!(unwrap_key(&u.packet, &KEK).unwrap(), b"ctr layer key");
+    }
+
+    #[test]
+    fn bad_inputs_say_what_is_wrong() {
+        let msg = |input: &[u8]| parse_unwrap(input).unwrap_err().message().to_string();
+        assert_eq!(msg(b"{"), "key provider input is not JSON");
+        assert_eq!(
+            msg(br#"{"op":"keywrap"}"#),
+            "key provider input has op \"keywrap\", expected \"keyunwrap\""
+        );
+        assert_eq!(
+            msg(&unwrap_input(Value::String("***".into()))),
+            "keyunwrapparams.annotation is not base64"
+        );
+        let p = |v: Value| unwrap_input(Value::String(STANDARD.encode(v.to_string())));
+        assert_eq!(
+            msg(&p(
+                serde_json::json!({"kid": "kbs:///a/b/c", "wrapped_data": "", "version": "0.2.0"})
+            )),
+            "unknown annotation version \"0.2.0\" (known: 0.1.0, or none for v1)"
+        );
+        assert_eq!(
+            msg(&p(
+                serde_json::json!({"kid": "file:///x", "wrapped_data": ""})
+            )),
+            "kid \"file:///x\" is not a kbs:///<repo>/<type>/<tag> URI"
+        );
+        assert_eq!(
+            msg(&p(
+                serde_json::json!({"kid": "kbs:///a/../c", "wrapped_data": ""})
+            )),
+            "kid \"kbs:///a/../c\" is not a kbs:///<repo>/<type>/<tag> URI"
+        );
+        let big = vec![b' '; MAX_INPUT + 1];
+        assert!(msg(&big).starts_with("key provider input is"));
+        let packet = AnnotationPacket {
+            kid: "kbs:///a/b/c".into(),
+            wrapped_data: STANDARD.encode([0u8; 32]),
+            iv: Some(STANDARD.encode([0u8; 12])),
+            wrap_type: Some("A128KW".into()),
+            version: None,
+            provider: None,
+            provider_settings: None,
+            annotations: None,
+        };
+        assert_eq!(
+            unwrap_key(&packet, &KEK).unwrap_err().message(),
+            "unknown wrap_type \"A128KW\": expected A256GCM or A256CTR"
+        );
+        let gcm = AnnotationPacket {
+            wrap_type: None,
+            ..packet
+        };
+        assert_eq!(
+            unwrap_key(&gcm, &KEK).unwrap_err().message(),
+            "the layer key does not unwrap with the KEK the KBS released"
+        );
+        assert_eq!(
+            unwrap_key(&gcm, &[0; 16]).unwrap_err().message(),
+            "the KEK is 16 bytes; A256GCM/A256CTR take 32"
+        );
+    }
+}
