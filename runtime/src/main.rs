@@ -45,6 +45,27 @@ enum Cmd {
     Select(SelectArgs),
     /// Print systemd units (or podman quadlet files) for attestd and its plugin.
     Units(UnitsArgs),
+    /// One shot: attest to the configured KBS and print GetToken("kbs")'s answer.
+    Token(TokenArgs),
+    /// One shot: attest to the KBS and write a resource (kbs:///<repo>/<type>/<tag>).
+    Resource(ResourceArgs),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+#[derive(Args)]
+struct ResourceArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// kbs:///<repo>/<type>/<tag>
+    uri: String,
+    /// Write here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -204,6 +225,8 @@ fn main() -> ExitCode {
             Some(Cmd::Eventlog(a)) => cmd_eventlog(a).await,
             Some(Cmd::Select(a)) => cmd_select(a).await,
             Some(Cmd::Units(a)) => cmd_units(a).await,
+            Some(Cmd::Token(a)) => cmd_token(a).await,
+            Some(Cmd::Resource(a)) => cmd_resource(a).await,
         }
     });
     match result {
@@ -615,6 +638,34 @@ async fn cmd_select(a: SelectArgs) -> Result<()> {
     };
     let _ = std::fs::remove_dir_all(&config.plugins.socket_dir);
     result
+}
+
+async fn cmd_token(a: TokenArgs) -> Result<()> {
+    let config = one_shot_config(&a.config)?;
+    let service = run::start_plugins(&config).await.map_err(sdk)?;
+    let token = service.get_token("kbs").await.map_err(sdk);
+    service.stop().await;
+    let _ = std::fs::remove_dir_all(&config.plugins.socket_dir);
+    print_bytes(&token?)
+}
+
+async fn cmd_resource(a: ResourceArgs) -> Result<()> {
+    let path = attestd::keyprovider::resource_path(&a.uri).map_err(sdk)?;
+    let config = one_shot_config(&a.config)?;
+    let service = run::start_plugins(&config).await.map_err(sdk)?;
+    let data = service.kbs_resource(&path).await.map_err(sdk);
+    service.stop().await;
+    let _ = std::fs::remove_dir_all(&config.plugins.socket_dir);
+    let data = data?;
+    match a.out {
+        Some(p) => {
+            std::fs::write(&p, &data).with_context(|| format!("cannot write {}", p.display()))
+        }
+        None => {
+            std::io::stdout().lock().write_all(&data)?;
+            Ok(())
+        }
+    }
 }
 
 async fn cmd_units(a: UnitsArgs) -> Result<()> {

@@ -37,6 +37,8 @@ pub struct Knobs {
     pub select_hash: Option<String>,
     /// Resources the KBS refuses (403), by path.
     pub refuse: Vec<String>,
+    /// Answer resource requests with this many bytes of junk (a misbehaving KBS).
+    pub oversized: Option<usize>,
 }
 
 struct Kbs {
@@ -353,6 +355,9 @@ async fn resource(
         }
         if knobs.refuse.contains(&path) {
             return error(StatusCode::FORBIDDEN, &format!("policy denies {path}"));
+        }
+        if let Some(n) = knobs.oversized {
+            return (StatusCode::OK, vec![b'x'; n]).into_response();
         }
     }
     let token = headers

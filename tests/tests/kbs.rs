@@ -116,6 +116,41 @@ async fn rsa_keys_work_too() {
     );
 }
 
+// Multi-threaded: the commands block this thread while the KBS answers on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_token_and_resource() {
+    let kbs = TestKbs::start().await;
+    kbs.put("default/secret/one", b"resource bytes");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("attestd.toml");
+    std::fs::write(&cfg, kbs_config(dir.path(), &kbs.url(), "")).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let (st, out, err) = attestd_e2e::attestd_cli(&["token", "-c", cfg]);
+    assert!(st.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    verify_jwt(&kbs.verifying_key(), v["token"].as_str().unwrap()).unwrap();
+    let (st, out, err) =
+        attestd_e2e::attestd_cli(&["resource", "-c", cfg, "kbs:///default/secret/one"]);
+    assert!(st.success(), "{err}");
+    assert_eq!(out, "resource bytes");
+    let (st, _, err) =
+        attestd_e2e::attestd_cli(&["resource", "-c", cfg, "kbs:///default/secret/none"]);
+    assert!(!st.success());
+    assert!(
+        err.contains("the KBS answered 404 Not Found: no resource default/secret/none"),
+        "{err}"
+    );
+    // A KBS sending more than any resource should be: refused, not buffered.
+    kbs.knobs().oversized = Some(17 << 20);
+    let (st, _, err) =
+        attestd_e2e::attestd_cli(&["resource", "-c", cfg, "kbs:///default/secret/one"]);
+    assert!(!st.success());
+    assert!(
+        err.contains("the KBS's answer is over 16777216 bytes"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn kbs_down_and_unconfigured_are_clear_errors() {
     // A port nothing listens on.

@@ -210,6 +210,67 @@ mod tests {
     }
 
     #[test]
+    fn a_jwe_for_another_key_is_refused() {
+        // Encrypt to `a` with the RFC 7518 construction, decrypt with `b`.
+        use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+        let (a, b) = (
+            TeeKey::generate(EC_ALG).unwrap(),
+            TeeKey::generate(EC_ALG).unwrap(),
+        );
+        let TeeKey::Ec(ak) = &a else { unreachable!() };
+        let eph = p256::SecretKey::random(&mut rand_core::OsRng);
+        let z = p256::ecdh::diffie_hellman(eph.to_nonzero_scalar(), ak.public_key().as_affine());
+        let kek = concat_kdf(z.raw_secret_bytes(), EC_ALG, b"", b"", 256);
+        let cek = [5u8; 32];
+        let mut wrapped = [0u8; 40];
+        aes_kw::KekAes256::try_from(kek.as_slice())
+            .unwrap()
+            .wrap(&cek, &mut wrapped)
+            .unwrap();
+        let epk = eph.public_key().to_encoded_point(false);
+        let protected = kbs_types::ProtectedHeader {
+            alg: EC_ALG.into(),
+            enc: "A256GCM".into(),
+            other_fields: serde_json::json!({"epk": {"kty": "EC", "crv": "P-256",
+                "x": URL_SAFE_NO_PAD.encode(epk.x().unwrap()), "y": URL_SAFE_NO_PAD.encode(epk.y().unwrap())}})
+                .as_object()
+                .unwrap()
+                .clone(),
+        };
+        let aad = protected.generate_aad().unwrap();
+        let ct = aes_gcm::Aes256Gcm::new_from_slice(&cek)
+            .unwrap()
+            .encrypt(
+                aes_gcm::Nonce::from_slice(&[1; 12]),
+                Payload {
+                    msg: b"secret",
+                    aad: &aad,
+                },
+            )
+            .unwrap();
+        let (ciphertext, tag) = ct.split_at(ct.len() - 16);
+        let r = Response {
+            protected,
+            encrypted_key: wrapped.to_vec(),
+            aad: None,
+            iv: vec![1; 12],
+            ciphertext: ciphertext.to_vec(),
+            tag: tag.to_vec(),
+        };
+        assert_eq!(a.decrypt(&r).unwrap(), b"secret");
+        assert_eq!(
+            b.decrypt(&r).unwrap_err().message(),
+            "cannot decrypt the KBS response: the wrapped key does not unwrap with this TEE key"
+        );
+        let mut tampered = r.clone();
+        tampered.tag[0] ^= 1;
+        assert_eq!(
+            a.decrypt(&tampered).unwrap_err().message(),
+            "cannot decrypt the KBS response: authentication failed"
+        );
+    }
+
+    #[test]
     fn pem_round_trip_and_jwk_shape() {
         let k = TeeKey::generate(EC_ALG).unwrap();
         let pem = k.to_pem().unwrap();
