@@ -27,7 +27,8 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     clients: usize,
     /// Which tables: rpc (call latency), launch (cold start and steady state per
-    /// launch backend; needs the sample image from containers/build.sh), or all.
+    /// launch backend; needs the sample image from containers/build.sh), keys (key
+    /// release against the test KBS), or all.
     #[arg(long, default_value = "all")]
     only: String,
     /// Starts per backend in the launch table.
@@ -249,6 +250,86 @@ async fn launch_table(args: &Args) {
     }
 }
 
+/// Key release: UnWrapKey with a fresh RCAR handshake (the test KBS answers the
+/// cached token with 401 first, so each call attests again) and with the token
+/// cached, through attestd's gRPC key provider, the sample attester and the test KBS.
+async fn keys_table(args: &Args) {
+    use attestd_proto::grpc::keyprovider as kp;
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let kbs = attestd_e2e::kbs::TestKbs::start().await;
+    let kek = [9u8; 32];
+    kbs.put("default/key/bench", &kek);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kek"), kek).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let p = Plugin::sample("ttrpc");
+    let _a = Attestd::start(|d| {
+        format!(
+            "[token_configs.kbs]\nurl = {:?}\n[keyprovider]\ngrpc = \"127.0.0.1:{port}\"\nwrap_kek = {:?}\n{}",
+            kbs.url(),
+            dir.path().join("kek").display().to_string(),
+            config(d, &p, &[], "")
+        )
+    })
+    .unwrap();
+    let mut c = kp::key_provider_service_client::KeyProviderServiceClient::connect(format!(
+        "http://127.0.0.1:{port}"
+    ))
+    .await
+    .unwrap();
+    let input = |v: serde_json::Value| kp::KeyProviderKeyWrapProtocolInput {
+        key_provider_key_wrap_protocol_input: v.to_string().into_bytes(),
+    };
+    let wrapped = c
+        .wrap_key(input(
+            serde_json::json!({"op": "keywrap", "keywrapparams": {
+            "ec": {"Parameters": {"attestd": [b64.encode("kbs:///default/key/bench")]}},
+            "optsdata": b64.encode([1u8; 48])}}),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let v: serde_json::Value =
+        serde_json::from_slice(&wrapped.key_provider_key_wrap_protocol_output).unwrap();
+    let unwrap = serde_json::json!({"op": "keyunwrap", "keyunwrapparams": {"annotation": v["keywrapresults"]["annotation"]}});
+    println!("| key release | calls | p50 ms | p99 ms |");
+    println!("| --- | --- | --- | --- |");
+    for (label, fresh, n) in [
+        (
+            "UnWrapKey, fresh RCAR handshake + resource",
+            true,
+            args.starts * 5,
+        ),
+        (
+            "UnWrapKey, cached token (resource + unwrap)",
+            false,
+            args.starts * 50,
+        ),
+    ] {
+        let mut lat = Vec::new();
+        let t = Instant::now();
+        for _ in 0..n {
+            if fresh {
+                kbs.knobs().unauthorized = 1;
+            }
+            let t0 = Instant::now();
+            c.un_wrap_key(input(unwrap.clone())).await.unwrap();
+            lat.push(t0.elapsed());
+        }
+        let f = figures(lat, t.elapsed());
+        println!(
+            "| {label} | {n} | {:.2} | {:.2} |",
+            f.p50.as_secs_f64() * 1e3,
+            f.p99.as_secs_f64() * 1e3
+        );
+    }
+}
+
 fn main() {
     let args = Args::parse();
     // Measure the daemons, not their logging.
@@ -264,7 +345,11 @@ fn main() {
             launch_table(&args).await;
             println!();
         }
-        if args.only == "launch" {
+        if args.only == "keys" || args.only == "all" {
+            keys_table(&args).await;
+            println!();
+        }
+        if args.only == "launch" || args.only == "keys" {
             return;
         }
         println!("| path | AA API | plugin | clients | p50 µs | p99 µs | calls/s |");
