@@ -76,7 +76,7 @@ async fn all_rpcs_over_ttrpc(plugin_transport: &str) {
     assert_eq!(s.code(), ttrpc::Code::FAILED_PRECONDITION);
     assert_eq!(
         s.message,
-        "token type \"kbs\" is not configured: set [token_configs.kbs] url"
+        "token type \"kbs\" is not configured: set [token_configs.kbs] url (or AA_KBC_PARAMS=cc_kbc::<url>)"
     );
 
     let r = c
@@ -176,7 +176,7 @@ async fn all_rpcs_over_grpc(plugin_transport: &str) {
     assert_eq!(s.code(), tonic::Code::FailedPrecondition);
     assert_eq!(
         s.message(),
-        "token type \"kbs\" is not configured: set [token_configs.kbs] url"
+        "token type \"kbs\" is not configured: set [token_configs.kbs] url (or AA_KBC_PARAMS=cc_kbc::<url>)"
     );
 
     let r = c

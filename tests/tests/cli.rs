@@ -158,6 +158,6 @@ async fn client_subcommand_talks_to_a_running_attestd() {
     assert_eq!(st.code(), Some(1));
     assert_eq!(
         err.trim_end(),
-        "error: token type \"kbs\" is not configured: set [token_configs.kbs] url"
+        "error: token type \"kbs\" is not configured: set [token_configs.kbs] url (or AA_KBC_PARAMS=cc_kbc::<url>)"
     );
 }

@@ -104,7 +104,7 @@ async fn configured_token_type_without_client_is_unimplemented() {
         status(e),
         (
             ttrpc::Code::UNIMPLEMENTED,
-            "get token \"coco_as\": this attestd has no client for it yet".to_string()
+            "get token \"coco_as\": this attestd has no attestation-service client yet".to_string()
         )
     );
 }
