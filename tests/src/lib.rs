@@ -278,6 +278,19 @@ impl Attestd {
             .map(|r| r.Evidence)
     }
 
+    /// BindInitData over the generated ttrpc client.
+    pub async fn bind_init_data(&self, digest: &[u8]) -> Result<(), ttrpc::Error> {
+        let req = attestd_proto::ttrpc::attestation_agent::BindInitDataRequest {
+            Digest: digest.to_vec(),
+            ..Default::default()
+        };
+        self.ttrpc()
+            .await
+            .bind_init_data(ctx(), &req)
+            .await
+            .map(|_| ())
+    }
+
     /// GetTeeType over the generated ttrpc client.
     pub async fn tee_type(&self) -> String {
         let ctx = ttrpc::context::with_timeout(30_000_000_000);

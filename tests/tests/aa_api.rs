@@ -3,7 +3,7 @@
 //! generated ones CDH and kbs_protocol use, on custom socket paths.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use attestd_e2e::{config, Attestd, Plugin};
+use attestd_e2e::{config, ctx, status, Attestd, Plugin};
 use attestd_proto::grpc::attestation_agent as g;
 use attestd_proto::ttrpc::attestation_agent as t;
 
@@ -17,10 +17,6 @@ fn start(plugin_transport: &str) -> Attestd {
     let primary = Plugin::sample(plugin_transport).with_args(&["--init-data-digest", INIT]);
     let dev = Plugin::sample_device(plugin_transport);
     Attestd::start(|d| config(d, &primary, &[dev], "")).unwrap()
-}
-
-fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(10_000_000_000)
 }
 
 async fn all_rpcs_over_ttrpc(plugin_transport: &str) {
@@ -70,12 +66,10 @@ async fn all_rpcs_over_ttrpc(plugin_transport: &str) {
         )
         .await
         .unwrap_err();
-    let ttrpc::Error::RpcStatus(s) = e else {
-        panic!("not a status: {e:?}")
-    };
-    assert_eq!(s.code(), ttrpc::Code::FAILED_PRECONDITION);
+    let (code, message) = status(e);
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
     assert_eq!(
-        s.message,
+        message,
         "token type \"kbs\" is not configured: set [token_configs.kbs] url (or AA_KBC_PARAMS=cc_kbc::<url>)"
     );
 
@@ -116,12 +110,10 @@ async fn all_rpcs_over_ttrpc(plugin_transport: &str) {
         )
         .await
         .unwrap_err();
-    let ttrpc::Error::RpcStatus(s) = e else {
-        panic!("not a status: {e:?}")
-    };
-    assert_eq!(s.code(), ttrpc::Code::FAILED_PRECONDITION);
+    let (code, message) = status(e);
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
     assert_eq!(
-        s.message,
+        message,
         format!(
             "plugin sample: init-data digest {} does not match the launch-time value {INIT}",
             "cd".repeat(32)
@@ -264,12 +256,10 @@ async fn no_additional_attesters_gives_empty_bytes_and_list() {
         )
         .await
         .unwrap_err();
-    let ttrpc::Error::RpcStatus(s) = e else {
-        panic!("not a status: {e:?}")
-    };
-    assert_eq!(s.code(), ttrpc::Code::UNIMPLEMENTED);
+    let (code, message) = status(e);
+    assert_eq!(code, ttrpc::Code::UNIMPLEMENTED);
     assert_eq!(
-        s.message,
+        message,
         "plugin sample (sample): init-data binding is not supported by this attester"
     );
 }

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use attestd_e2e::swtpm::{tpm_plugin, Swtpm};
-use attestd_e2e::{attestd_cli, config, ctx, Attestd, Plugin};
+use attestd_e2e::{attestd_cli, config, ctx, status, Attestd, Plugin};
 use attestd_proto::ttrpc::attestation_agent as t;
 use sha2::{Digest as _, Sha256};
 
@@ -338,18 +338,13 @@ async fn bad_entries_are_invalid_argument_on_both_transports() {
             Content: content.into(),
             ..Default::default()
         };
-        match a
+        let e = a
             .ttrpc()
             .await
             .extend_runtime_measurement(ctx(), &req)
             .await
-        {
-            Err(ttrpc::Error::RpcStatus(st)) => {
-                assert_eq!(st.code(), ttrpc::Code::INVALID_ARGUMENT);
-                assert_eq!(st.message, msg);
-            }
-            other => panic!("{other:?}"),
-        }
+            .unwrap_err();
+        assert_eq!(status(e), (ttrpc::Code::INVALID_ARGUMENT, msg.to_string()));
         let greq = attestd_proto::grpc::attestation_agent::ExtendRuntimeMeasurementRequest {
             domain: domain.into(),
             operation: operation.into(),

@@ -8,8 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use attestd_e2e::{attester_bin, config, ctx, hex, repo_root, status, Attestd, Plugin};
-use attestd_proto::ttrpc::attestation_agent as t;
+use attestd_e2e::{attester_bin, config, hex, repo_root, status, Attestd, Plugin};
 use sev::certs::snp::{builtin::milan, ca, Certificate, Chain, Verifiable};
 use sev::firmware::guest::AttestationReport;
 use sev::firmware::host::{CertTableEntry, CertType};
@@ -195,21 +194,11 @@ async fn bind_init_data_compares_with_hostdata() {
     let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
     let raw = std::fs::read(fixture("test-report.bin")).unwrap();
     let host_data = raw[0xC0..0xE0].to_vec();
-    let bind = |digest: Vec<u8>| {
-        let a = &a;
-        async move {
-            let req = t::BindInitDataRequest {
-                Digest: digest,
-                ..Default::default()
-            };
-            a.ttrpc().await.bind_init_data(ctx(), &req).await
-        }
-    };
     // The recorded HOSTDATA is what the guest was launched with: it binds.
-    bind(host_data.clone()).await.unwrap();
+    a.bind_init_data(&host_data).await.unwrap();
     // A sha256 of other init-data is a mismatch that shows both values.
     let other = Sha256::digest(b"other init-data").to_vec();
-    let (code, msg) = status(bind(other.clone()).await.unwrap_err());
+    let (code, msg) = status(a.bind_init_data(&other).await.unwrap_err());
     assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
     assert_eq!(
         msg,
@@ -220,7 +209,7 @@ async fn bind_init_data_compares_with_hostdata() {
         )
     );
     // A sha384 digest does not fit HOSTDATA.
-    let (code, msg) = status(bind(vec![0; 48]).await.unwrap_err());
+    let (code, msg) = status(a.bind_init_data(&[0; 48]).await.unwrap_err());
     assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
     assert_eq!(
         msg,

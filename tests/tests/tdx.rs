@@ -5,8 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use attestd_e2e::{attester_bin, config, ctx, hex, repo_root, status, Attestd, Plugin};
-use attestd_proto::ttrpc::attestation_agent as t;
+use attestd_e2e::{attester_bin, config, hex, repo_root, status, Attestd, Plugin};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use dcap_qvl::quote::{Quote, Report};
@@ -153,24 +152,10 @@ async fn bind_init_data_compares_with_mrconfigid() {
     let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
     let (_, mrconfigid) = fields(&std::fs::read(fixture("tdx_quote_4.dat")).unwrap());
     // The recorded MRCONFIGID is what the TD was launched with: binding it succeeds.
-    let req = t::BindInitDataRequest {
-        Digest: mrconfigid.to_vec(),
-        ..Default::default()
-    };
-    a.ttrpc().await.bind_init_data(ctx(), &req).await.unwrap();
+    a.bind_init_data(&mrconfigid).await.unwrap();
     // A different digest (a sha256, zero-padded to 48 bytes) is a mismatch showing both.
     let other = Sha256::digest(b"other init-data").to_vec();
-    let req = t::BindInitDataRequest {
-        Digest: other.clone(),
-        ..Default::default()
-    };
-    let (code, msg) = status(
-        a.ttrpc()
-            .await
-            .bind_init_data(ctx(), &req)
-            .await
-            .unwrap_err(),
-    );
+    let (code, msg) = status(a.bind_init_data(&other).await.unwrap_err());
     assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
     let mut padded = other;
     padded.resize(48, 0);
@@ -182,17 +167,7 @@ async fn bind_init_data_compares_with_mrconfigid() {
             hex(&mrconfigid)
         )
     );
-    let req = t::BindInitDataRequest {
-        Digest: vec![0; 49],
-        ..Default::default()
-    };
-    let (code, msg) = status(
-        a.ttrpc()
-            .await
-            .bind_init_data(ctx(), &req)
-            .await
-            .unwrap_err(),
-    );
+    let (code, msg) = status(a.bind_init_data(&[0; 49]).await.unwrap_err());
     assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
     assert_eq!(
         msg,
