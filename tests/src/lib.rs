@@ -96,6 +96,17 @@ impl Plugin {
         }
     }
 
+    /// The hardware attester `attesters/<tee>/` (binary `attester-<tee>`, ttrpc),
+    /// built in its own workspace.
+    pub fn attester(tee: &str, args: &[String]) -> Self {
+        Plugin {
+            name: tee.into(),
+            command: attester_bin(tee, &format!("attester-{tee}")),
+            args: args.to_vec(),
+            transport: "ttrpc".into(),
+        }
+    }
+
     pub fn with_args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|s| s.to_string()));
         self

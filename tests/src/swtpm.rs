@@ -87,10 +87,5 @@ impl Drop for Swtpm {
 pub fn tpm_plugin(tpm: &Swtpm, extra: &[&str]) -> crate::Plugin {
     let mut args = vec!["--tcti".to_string(), tpm.tcti()];
     args.extend(extra.iter().map(|s| s.to_string()));
-    crate::Plugin {
-        name: "tpm".into(),
-        command: crate::attester_bin("tpm", "attester-tpm"),
-        args,
-        transport: "ttrpc".into(),
-    }
+    crate::Plugin::attester("tpm", &args)
 }

@@ -19,12 +19,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn snp(args: &[String]) -> Plugin {
-    Plugin {
-        name: "snp".into(),
-        command: attester_bin("snp", "attester-snp"),
-        args: args.to_vec(),
-        transport: "ttrpc".into(),
-    }
+    Plugin::attester("snp", args)
 }
 
 fn recorded(report: &str, cert: Option<(&str, &str)>) -> Plugin {

@@ -16,12 +16,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn tdx(args: &[String]) -> Plugin {
-    Plugin {
-        name: "tdx".into(),
-        command: attester_bin("tdx", "attester-tdx"),
-        args: args.to_vec(),
-        transport: "ttrpc".into(),
-    }
+    Plugin::attester("tdx", args)
 }
 
 fn recorded(quote: &str, ccel: Option<&Path>) -> Plugin {
