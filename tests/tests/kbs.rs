@@ -368,3 +368,64 @@ async fn the_key_provider_wraps_and_unwraps_with_ocicrypt_messages() {
         assert!(st.message().starts_with(want), "{}", st.message());
     }
 }
+
+#[tokio::test]
+async fn wrap_key_without_a_kek_says_what_to_configure() {
+    use attestd_proto::grpc::keyprovider as g;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kp = format!("[keyprovider]\ngrpc = \"127.0.0.1:{port}\"\n");
+    let _a = Attestd::start(|d| kbs_config(d, "http://127.0.0.1:1", &kp)).unwrap();
+    let mut grpc = g::key_provider_service_client::KeyProviderServiceClient::connect(format!(
+        "http://127.0.0.1:{port}"
+    ))
+    .await
+    .unwrap();
+    let st = grpc
+        .wrap_key(g::KeyProviderKeyWrapProtocolInput {
+            key_provider_key_wrap_protocol_input: br#"{"op":"keywrap"}"#.to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        st.message(),
+        "WrapKey needs [keyprovider] wrap_kek (a 32-byte KEK file)"
+    );
+}
+
+#[test]
+fn bad_key_provider_addresses_refuse_to_start() {
+    let e = Attestd::start(|d| {
+        kbs_config(
+            d,
+            "http://127.0.0.1:1",
+            "[keyprovider]\nttrpc = \"/no/scheme.sock\"\n",
+        )
+    })
+    .err()
+    .unwrap();
+    assert!(
+        e.stderr
+            .contains("error: [keyprovider] ttrpc = \"/no/scheme.sock\": expected unix:///path"),
+        "{}",
+        e.stderr
+    );
+    let e = Attestd::start(|d| {
+        kbs_config(
+            d,
+            "http://127.0.0.1:1",
+            "[keyprovider]\ngrpc = \"nowhere\"\n",
+        )
+    })
+    .err()
+    .unwrap();
+    assert!(
+        e.stderr.contains("error: [keyprovider] grpc = \"nowhere\": \"nowhere\" is neither host:port nor unix:///path"),
+        "{}",
+        e.stderr
+    );
+}
