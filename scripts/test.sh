@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_rust
 ensure_packages "${ATTESTD_APT_PACKAGES[@]}"
+# One full run, not an edit loop: incremental caches only cost disk here.
+export CARGO_INCREMENTAL=0
 
 echo "== format and lints"
 cargo fmt --all --check
@@ -58,6 +60,10 @@ done
 
 echo "== attester images (the container backend tests start the sample image)"
 bash containers/build.sh sample tpm
+if [ "${ATTESTD_PRUNE_BUILD:-0}" = 1 ]; then
+    # The images hold the release binaries now; CI's disk is tight.
+    rm -rf target/x86_64-unknown-linux-gnu attesters/*/target/x86_64-unknown-linux-gnu
+fi
 
 echo "== tests"
 for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do
