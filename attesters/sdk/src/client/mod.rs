@@ -205,9 +205,14 @@ impl RemoteAttester {
         Fut: Future<Output = Result<T>> + 'a,
     {
         let backstop = deadline + Duration::from_millis(100);
+        let start = tokio::time::Instant::now();
         match tokio::time::timeout(backstop, f(deadline)).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) if e.code() == Code::DeadlineExceeded => Err(timed_out(rpc, deadline)),
+            // The transport's own timeout; a plugin answering DEADLINE_EXCEEDED early
+            // (its device or IMDS timed out) keeps its message.
+            Ok(Err(e)) if e.code() == Code::DeadlineExceeded && start.elapsed() >= deadline => {
+                Err(timed_out(rpc, deadline))
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(timed_out(rpc, deadline)),
         }
