@@ -1,0 +1,86 @@
+//! What the two Azure vTPM attesters (az-snp-vtpm, az-tdx-vtpm) share.
+//!
+//! On an Azure confidential VM the hardware report is not the guest's to ask for:
+//! the paravisor (HCL) puts it, wrapped in an HCL report, in a vTPM NV index, and
+//! the vTPM's AK signs quotes over the PCRs. An attester writes the report data to
+//! the paravisor's index, reads the refreshed HCL report, fetches the endorsement
+//! from IMDS (the VCEK on SNP, a TD quote on TDX) and quotes.
+//!
+//! - [`vtpm`]: the device seam (az-cvm-vtpm on the device TCTI, or recordings);
+//! - [`hcl`]: HCL report checks; [`imds`]: IMDS with a deadline;
+//! - [`evidence`]: the upstream version-2 document, pure;
+//! - [`attester`]: the [`attester_sdk::Attester`] both plugins run; [`main`]: their `main`.
+
+pub mod attester;
+pub mod evidence;
+pub mod hcl;
+pub mod imds;
+pub mod vtpm;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use attester::{AzureAttester, Platform};
+pub use evidence::Endorsement;
+pub use hcl::ReportType;
+
+/// Command line of both plugins (name, about and version are the plugin's).
+#[derive(Debug, clap::Parser)]
+pub struct Args {
+    #[command(flatten)]
+    pub serve: attester_sdk::ServeArgs,
+    /// Base URL of Azure IMDS.
+    #[arg(long, env = "ATTESTD_AZURE_IMDS_URL", default_value = imds::DEFAULT_URL)]
+    pub imds_url: String,
+    /// Deadline of one IMDS request, in milliseconds.
+    #[arg(long, default_value_t = imds::DEFAULT_TIMEOUT.as_millis() as u64)]
+    pub imds_timeout_ms: u64,
+    /// Serve this recorded HCL report instead of the vTPM's (tests, demos).
+    #[arg(long)]
+    pub recorded_hcl_report: Option<PathBuf>,
+    /// With --recorded-hcl-report: the recorded quote (hex JSON) to serve.
+    #[arg(long, requires = "recorded_hcl_report")]
+    pub recorded_quote: Option<PathBuf>,
+}
+
+/// A plugin's whole `main`.
+pub fn main(platform: Platform) -> ExitCode {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let cmd = Args::command()
+        .name(platform.name)
+        .bin_name(platform.name)
+        .version(platform.version)
+        .about(format!(
+            "attestd attester plugin for Azure {} confidential VMs: vTPM quote, HCL report and IMDS, served over gRPC",
+            hcl::type_name(platform.report_type)
+        ));
+    let args = match Args::from_arg_matches(&cmd.get_matches()) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    // libtss2 logs to stderr on its own, expected misses included; our errors say
+    // what failed. An operator can still set TSS2_LOG.
+    if std::env::var_os("TSS2_LOG").is_none() {
+        std::env::set_var("TSS2_LOG", "all+none");
+    }
+    let vtpm: Arc<dyn vtpm::Vtpm> = match &args.recorded_hcl_report {
+        Some(hcl_report) => match vtpm::Recorded::open(&vtpm::Recording {
+            hcl_report: hcl_report.clone(),
+            quote: args.recorded_quote.clone(),
+        }) {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                eprintln!("error: {}", e.chain());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Arc::new(vtpm::Device::new()),
+    };
+    let imds = imds::Imds::new(&args.imds_url, Duration::from_millis(args.imds_timeout_ms));
+    attester_sdk::run(
+        AzureAttester::new(platform, vtpm, imds),
+        args.serve.options(),
+    )
+}
