@@ -11,7 +11,8 @@ pub struct Resources {
     pub rw: Vec<PathBuf>,
     /// Bind-mounted read-only (event logs).
     pub ro: Vec<PathBuf>,
-    /// az-tdx-vtpm fetches its TD quote from Azure IMDS over the network.
+    /// The Azure plugins reach IMDS (169.254.169.254) over the network: the VCEK
+    /// for az-snp-vtpm, the TD quote for az-tdx-vtpm.
     pub host_network: bool,
 }
 
@@ -48,7 +49,7 @@ fn wanted(tee: &str) -> Wanted {
             devices: &["/dev/tpm0", "/dev/tpmrm0"],
             rw: &[],
             ro: &[],
-            host_network: false,
+            host_network: true,
         },
         "az-tdx-vtpm" => Wanted {
             devices: &["/dev/tpm0", "/dev/tpmrm0"],
