@@ -22,6 +22,8 @@ PLUGINS=(
     "tdx attester-tdx attesters/tdx/Cargo.toml ttrpc static"
     "snp attester-snp attesters/snp/Cargo.toml ttrpc static"
     "tpm attester-tpm attesters/tpm/Cargo.toml ttrpc dynamic"
+    "az-snp-vtpm attester-az-snp-vtpm attesters/az-snp-vtpm/Cargo.toml grpc dynamic"
+    "az-tdx-vtpm attester-az-tdx-vtpm attesters/az-tdx-vtpm/Cargo.toml grpc dynamic"
 )
 
 want=("$@")

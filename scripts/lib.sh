@@ -3,10 +3,12 @@
 # Debian packages the build and the tests need beyond the machine's Rust toolchain.
 # libtss2-dev: tss-esapi (TPM attester); swtpm, tpm2-tools: its tests.
 # podman, runc, skopeo, umoci: the attester images and the container launch backends.
-ATTESTD_APT_PACKAGES=(gcc pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools podman runc skopeo umoci)
+# libssl-dev: the tests check Azure vTPM quotes with az-cvm-vtpm's verifier (OpenSSL).
+ATTESTD_APT_PACKAGES=(gcc pkg-config libtss2-dev libssl-dev swtpm swtpm-tools tpm2-tools podman runc skopeo umoci)
 
 # Hardware attesters: standalone workspaces with their own Cargo.lock.
-ATTESTD_ATTESTER_WORKSPACES=(attesters/tpm attesters/tdx attesters/snp)
+# attesters/azure is the helper both Azure plugins share, tested on its own.
+ATTESTD_ATTESTER_WORKSPACES=(attesters/tpm attesters/tdx attesters/snp attesters/azure attesters/az-snp-vtpm attesters/az-tdx-vtpm)
 
 ensure_packages() {
     local missing=()

@@ -45,8 +45,8 @@ if cargo tree -p attester-sample -e normal --prefix none --locked | grep -E '^at
 fi
 for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do
     own=$(cargo pkgid --manifest-path "$ws/Cargo.toml" | sed -E 's/.*#([^@]+)@.*/\1/')
-    # Shared helper crates (sdk, tsm) are fine; the runtime and other attesters are not.
-    if cargo tree --manifest-path "$ws/Cargo.toml" -e normal --prefix none --locked | grep -E '^(attestd|attester-[a-z0-9-]+) ' | grep -vE "^(attester-sdk|attester-tsm|$own) "; then
+    # Shared helper crates (sdk, tsm, azure) are fine; the runtime and other attesters are not.
+    if cargo tree --manifest-path "$ws/Cargo.toml" -e normal --prefix none --locked | grep -E '^(attestd|attester-[a-z0-9-]+) ' | grep -vE "^(attester-sdk|attester-tsm|attester-azure|$own) "; then
         echo "error: $ws depends on the runtime or on another attester" >&2
         exit 1
     fi

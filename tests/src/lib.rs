@@ -96,14 +96,20 @@ impl Plugin {
         }
     }
 
-    /// The hardware attester `attesters/<tee>/` (binary `attester-<tee>`, ttrpc),
-    /// built in its own workspace.
+    /// The hardware attester `attesters/<tee>/` (binary `attester-<tee>`), built in
+    /// its own workspace, on its own transport: gRPC for the Azure vTPM plugins,
+    /// ttrpc for the rest.
     pub fn attester(tee: &str, args: &[String]) -> Self {
+        let transport = if tee.starts_with("az-") {
+            "grpc"
+        } else {
+            "ttrpc"
+        };
         Plugin {
             name: tee.into(),
             command: attester_bin(tee, &format!("attester-{tee}")),
             args: args.to_vec(),
-            transport: "ttrpc".into(),
+            transport: transport.into(),
         }
     }
 
