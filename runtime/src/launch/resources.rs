@@ -101,6 +101,9 @@ mod tests {
             [PathBuf::from("/dev/tpmrm0")]
         );
         assert_eq!(for_tee("sample", t.path()), Resources::default());
+        // Both Azure plugins reach IMDS; no other plugin gets the host network.
         assert!(for_tee("az-tdx-vtpm", t.path()).host_network);
+        assert!(for_tee("az-snp-vtpm", t.path()).host_network);
+        assert!(!for_tee("tpm", t.path()).host_network);
     }
 }
