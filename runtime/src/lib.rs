@@ -8,6 +8,7 @@
 //! side of the same API, for the CLI and benchmarks.
 
 pub mod aa_client;
+pub mod coco_as;
 pub mod config;
 pub mod eventlog;
 pub mod initdata;

@@ -254,10 +254,22 @@ impl Service {
             "coco_as" if self.tokens.coco_as.is_none() => Err(Error::failed_precondition(
                 "token type \"coco_as\" is not configured: set [token_configs.coco_as] url",
             )),
-            "coco_as" => Err(Error::new(
-                Code::Unsupported,
-                "get token \"coco_as\": this attestd has no attestation-service client yet",
-            )),
+            "coco_as" => {
+                let url = self
+                    .tokens
+                    .coco_as
+                    .as_ref()
+                    .map(|c| c.url.clone())
+                    .unwrap_or_default();
+                let client = crate::coco_as::AsClient::new(&url)?;
+                // Identity first, as before any evidence leaves the core.
+                self.measure_plugins().await?;
+                let evidence = self.get_evidence(Vec::new()).await?;
+                client
+                    .token(&self.get_tee_type(), &evidence)
+                    .await
+                    .map_err(|e| e.context(format!("attestation service {}", client.url())))
+            }
             other => Err(Error::invalid_argument(format!(
                 "unknown token type {other:?}: expected \"kbs\" or \"coco_as\""
             ))),

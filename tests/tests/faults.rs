@@ -92,23 +92,6 @@ async fn unknown_token_type_is_invalid_argument() {
     );
 }
 
-#[tokio::test]
-async fn configured_token_type_without_client_is_unimplemented() {
-    let p = Plugin::sample("ttrpc");
-    let a = Attestd::start(|d| {
-        config(d, &p, &[], "") + "[token_configs.coco_as]\nurl = \"http://127.0.0.1:1\"\n"
-    })
-    .unwrap();
-    let e = get_token(&a, "coco_as").await;
-    assert_eq!(
-        status(e),
-        (
-            ttrpc::Code::UNIMPLEMENTED,
-            "get token \"coco_as\": this attestd has no attestation-service client yet".to_string()
-        )
-    );
-}
-
 #[test]
 fn malformed_config_names_key_and_line() {
     let p = Plugin::sample("ttrpc");

@@ -45,56 +45,75 @@ pub struct KbsClient {
 }
 
 fn unavailable(what: &str, e: reqwest::Error) -> Error {
-    Error::unavailable(format!("{what}: the KBS did not answer")).with_source(e)
+    unreachable_peer("KBS", what, e)
+}
+
+pub(crate) fn unreachable_peer(peer: &str, what: &str, e: reqwest::Error) -> Error {
+    Error::unavailable(format!("{what}: the {peer} did not answer")).with_source(e)
+}
+
+/// An HTTP client for `peer` (the KBS, the attestation service) at `url`: https, or
+/// http on a loopback address; `root_cert` (PEM) an extra trust anchor for a
+/// private CA. Returns the base URL without a trailing slash and the client.
+pub(crate) fn http_client(
+    peer: &str,
+    url: &str,
+    root_cert: Option<&str>,
+) -> Result<(String, reqwest::Client)> {
+    let base = url.trim_end_matches('/').to_string();
+    let (scheme, rest) = base
+        .split_once("://")
+        .ok_or_else(|| Error::invalid_argument(format!("{peer} URL {url:?} has no scheme")))?;
+    let host = rest.split(['/', ':']).next().unwrap_or_default();
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+        || host == "[::1]";
+    match scheme {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => {
+            return Err(Error::invalid_argument(format!(
+                "{peer} URL {url:?}: plain http is allowed only on loopback; use https"
+            )))
+        }
+        other => {
+            return Err(Error::invalid_argument(format!(
+                "{peer} URL {url:?}: unsupported scheme {other:?}"
+            )))
+        }
+    }
+    let mut b = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(pem) = root_cert {
+        let not_pem = || {
+            Error::invalid_argument(format!(
+                "the {peer}'s root certificate (cert) is not a PEM certificate"
+            ))
+        };
+        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+            .map_err(|e| not_pem().with_source(e))?;
+        // An input without any certificate block parses as an empty bundle.
+        if certs.is_empty() || !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(not_pem());
+        }
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    let http = b
+        .build()
+        .map_err(|e| Error::internal("cannot build the HTTP client").with_source(e))?;
+    Ok((base, http))
 }
 
 impl KbsClient {
     /// `url` must be https, or http on a loopback address; `root_cert` (PEM) is an
     /// extra trust anchor for a KBS with a private CA.
     pub fn new(url: &str, root_cert: Option<&str>) -> Result<KbsClient> {
-        let base = url.trim_end_matches('/').to_string();
-        let (scheme, rest) = base
-            .split_once("://")
-            .ok_or_else(|| Error::invalid_argument(format!("KBS URL {url:?} has no scheme")))?;
-        let host = rest.split(['/', ':']).next().unwrap_or_default();
-        let loopback = host == "localhost"
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-            || host == "[::1]";
-        match scheme {
-            "https" => {}
-            "http" if loopback => {}
-            "http" => {
-                return Err(Error::invalid_argument(format!(
-                    "KBS URL {url:?}: plain http is allowed only on loopback; use https"
-                )))
-            }
-            other => {
-                return Err(Error::invalid_argument(format!(
-                    "KBS URL {url:?}: unsupported scheme {other:?}"
-                )))
-            }
-        }
-        let mut b = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(pem) = root_cert {
-            let not_pem =
-                || Error::invalid_argument("[token_configs.kbs] cert is not a PEM certificate");
-            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-                .map_err(|e| not_pem().with_source(e))?;
-            // An input without any certificate block parses as an empty bundle.
-            if certs.is_empty() || !pem.contains("-----BEGIN CERTIFICATE-----") {
-                return Err(not_pem());
-            }
-            for c in certs {
-                b = b.add_root_certificate(c);
-            }
-        }
-        let http = b
-            .build()
-            .map_err(|e| Error::internal("cannot build the HTTP client").with_source(e))?;
+        let (base, http) = http_client("KBS", url, root_cert)?;
         Ok(KbsClient { base, http })
     }
 
@@ -196,18 +215,32 @@ fn session_cookie(r: &reqwest::Response) -> Option<String> {
 
 /// The body of a 2xx answer, at most `max` bytes; otherwise an error with the
 /// status and the KBS's error text.
-async fn check(mut r: reqwest::Response, what: &str, max: usize) -> Result<Vec<u8>> {
+async fn check(r: reqwest::Response, what: &str, max: usize) -> Result<Vec<u8>> {
+    check_answer("KBS", r, what, max).await
+}
+
+/// [`check`] for any `peer`.
+pub(crate) async fn check_answer(
+    peer: &str,
+    mut r: reqwest::Response,
+    what: &str,
+    max: usize,
+) -> Result<Vec<u8>> {
     let status = r.status();
     if r.content_length().is_some_and(|n| n as usize > max) {
         return Err(Error::failed_precondition(format!(
-            "{what}: the KBS's answer is over {max} bytes"
+            "{what}: the {peer}'s answer is over {max} bytes"
         )));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = r.chunk().await.map_err(|e| unavailable(what, e))? {
+    while let Some(chunk) = r
+        .chunk()
+        .await
+        .map_err(|e| unreachable_peer(peer, what, e))?
+    {
         if body.len() + chunk.len() > max {
             return Err(Error::failed_precondition(format!(
-                "{what}: the KBS's answer is over {max} bytes"
+                "{what}: the {peer}'s answer is over {max} bytes"
             )));
         }
         body.extend_from_slice(&chunk);
@@ -218,7 +251,7 @@ async fn check(mut r: reqwest::Response, what: &str, max: usize) -> Result<Vec<u
     let detail = serde_json::from_slice::<kbs_types::ErrorInformation>(&body)
         .map(|e| e.detail)
         .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned());
-    let msg = format!("{what}: the KBS answered {status}: {detail}");
+    let msg = format!("{what}: the {peer} answered {status}: {detail}");
     Err(match status.as_u16() {
         401 | 403 => Error::failed_precondition(msg),
         400..=499 => Error::invalid_argument(msg),

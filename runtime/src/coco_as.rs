@@ -1,0 +1,86 @@
+//! The attestation-service client behind `GetToken("coco_as")`: the primary
+//! plugin's evidence (empty report data), posted as upstream's AA does to
+//! `{url}/attestation`; the answer's body is the token.
+//!
+//! Request: `{"verification_requests":[{"tee":"<tee>","evidence":"<base64url,
+//! unpadded, of the evidence JSON>"}],"policy_ids":[]}`.
+
+use attester_sdk::{Error, Result};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+
+use crate::kbs::{check_answer, http_client, unreachable_peer};
+
+const PEER: &str = "attestation service";
+/// A token is a JWT: far below this.
+const MAX_TOKEN: usize = 1 << 20;
+
+pub struct AsClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// The request body for `evidence` of `tee`, exactly as upstream sends it.
+pub fn request_body(tee: &str, evidence: &[u8]) -> serde_json::Value {
+    serde_json::json!({
+        "verification_requests": [{
+            "tee": tee,
+            "evidence": URL_SAFE_NO_PAD.encode(evidence),
+        }],
+        "policy_ids": [],
+    })
+}
+
+impl AsClient {
+    /// `url` must be https, or http on a loopback address.
+    pub fn new(url: &str) -> Result<AsClient> {
+        let (base, http) = http_client(PEER, url, None)?;
+        Ok(AsClient { base, http })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// The token for `evidence` of `tee`.
+    pub async fn token(&self, tee: &str, evidence: &[u8]) -> Result<Vec<u8>> {
+        const WHAT: &str = "attestation";
+        let r = self
+            .http
+            .post(format!("{}/attestation", self.base))
+            .json(&request_body(tee, evidence))
+            .send()
+            .await
+            .map_err(|e| unreachable_peer(PEER, WHAT, e))?;
+        let token = check_answer(PEER, r, WHAT, MAX_TOKEN).await?;
+        if token.is_empty() {
+            return Err(Error::failed_precondition(
+                "attestation: the attestation service answered an empty token",
+            ));
+        }
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_upstreams() {
+        let b = request_body("sample", br#"{"report_data":"","svn":"1"}"#);
+        assert_eq!(
+            serde_json::to_string(&b).unwrap(),
+            r#"{"policy_ids":[],"verification_requests":[{"evidence":"eyJyZXBvcnRfZGF0YSI6IiIsInN2biI6IjEifQ","tee":"sample"}]}"#
+        );
+    }
+
+    #[test]
+    fn urls_are_checked_like_the_kbs() {
+        assert!(AsClient::new("http://127.0.0.1:8000").is_ok());
+        assert_eq!(
+            AsClient::new("http://as.example").err().unwrap().message(),
+            "attestation service URL \"http://as.example\": plain http is allowed only on loopback; use https"
+        );
+    }
+}
