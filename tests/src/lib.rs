@@ -391,6 +391,26 @@ pub fn find_process_with_arg(arg: &str) -> Option<u32> {
     None
 }
 
+/// A loopback port free right now (for a listener the test starts, or as one
+/// nothing listens on).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind loopback")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// Serve `app` on a free loopback port in the background: its `http://` base URL.
+pub async fn serve_http(app: axum::Router) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let url = format!("http://{}", l.local_addr().expect("local addr"));
+    tokio::spawn(async move { axum::serve(l, app).await });
+    url
+}
+
 /// Start plugin binary `name` by hand on `sock` (no core), as the core would.
 pub fn spawn_plugin(name: &str, sock: &Path, transport: &str, args: &[&str]) -> Child {
     Command::new(bin(name))

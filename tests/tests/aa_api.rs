@@ -325,11 +325,7 @@ async fn concurrent_clients_get_their_own_evidence() {
 #[tokio::test]
 async fn grpc_over_tcp_as_upstream() {
     // A free loopback port, as upstream's default 127.0.0.1:50002 may be taken.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = attestd_e2e::free_port();
     let addr = format!("127.0.0.1:{port}");
     let p = Plugin::sample("ttrpc");
     let a = Attestd::start_with(|d| config(d, &p, &[], ""), &["--grpc_sock", &addr]).unwrap();

@@ -248,9 +248,7 @@ impl FakeImds {
             .route("/metadata/THIM/amd/certification", get(vcek))
             .route("/acc/tdquote", post(td_quote))
             .with_state(state);
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", l.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(l, app).await });
+        let url = attestd_e2e::serve_http(app).await;
         FakeImds { url, td_reports }
     }
 }
@@ -562,11 +560,7 @@ async fn azure_failures_have_clear_errors() {
     drop(a);
 
     // IMDS down: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = attestd_e2e::free_port();
     let down = format!("http://127.0.0.1:{port}");
     let p = tdx_plugin(&down, &fixture("tdx-hcl-report.bin"), &[]);
     let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();

@@ -43,9 +43,7 @@ async fn fake_as(answer: Answer) -> FakeAs {
             }
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await });
+    let url = attestd_e2e::serve_http(app).await;
     FakeAs { url, requests }
 }
 
@@ -143,11 +141,7 @@ async fn attestation_service_failures_have_their_codes() {
     drop(a);
 
     // Nothing listens.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = attestd_e2e::free_port();
     let down = format!("http://127.0.0.1:{port}");
     let a = Attestd::start(with_as(&down)).unwrap();
     let (code, msg) = status(get_token(&a).await.unwrap_err());

@@ -250,11 +250,7 @@ async fn the_key_provider_wraps_and_unwraps_with_ocicrypt_messages() {
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut kek);
     std::fs::write(dir.path().join("kek"), kek).unwrap();
     kbs.put("default/key/image-kek", &kek);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = attestd_e2e::free_port();
     let ttrpc_sock = dir.path().join("kp.sock");
     let kp = format!(
         "[keyprovider]\ngrpc = \"127.0.0.1:{port}\"\nttrpc = \"unix://{}\"\nwrap_kek = {:?}\n",
@@ -372,11 +368,7 @@ async fn the_key_provider_wraps_and_unwraps_with_ocicrypt_messages() {
 #[tokio::test]
 async fn wrap_key_without_a_kek_says_what_to_configure() {
     use attestd_proto::grpc::keyprovider as g;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = attestd_e2e::free_port();
     let kp = format!("[keyprovider]\ngrpc = \"127.0.0.1:{port}\"\n");
     let _a = Attestd::start(|d| kbs_config(d, "http://127.0.0.1:1", &kp)).unwrap();
     let mut grpc = g::key_provider_service_client::KeyProviderServiceClient::connect(format!(

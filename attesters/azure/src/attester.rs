@@ -57,18 +57,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::internal("the vTPM worker failed").with_source(e))?
 }
 
-fn register(pcr: u64) -> Result<u8> {
-    u8::try_from(pcr)
-        .ok()
-        .filter(|p| *p < crate::vtpm::PCR_COUNT)
-        .ok_or_else(|| {
-            Error::invalid_argument(format!(
-                "PCR {pcr} does not exist: the vTPM has PCRs 0 to {}",
-                crate::vtpm::PCR_COUNT - 1
-            ))
-        })
-}
-
 fn sha256_digest(digest: &[u8], what: &str) -> Result<[u8; 32]> {
     <[u8; 32]>::try_from(digest).map_err(|_| {
         Error::invalid_argument(format!(
@@ -129,14 +117,14 @@ impl Attester for AzureAttester {
     }
 
     async fn extend_measurement(&self, register_index: u64, digest: Vec<u8>) -> Result<()> {
-        let pcr = register(register_index)?;
+        let pcr = crate::vtpm::pcr_index(register_index)?;
         let d = sha256_digest(&digest, "the measurement digest")?;
         let vtpm = self.vtpm.clone();
         blocking(move || vtpm.extend(pcr, &d)).await
     }
 
     async fn read_measurement(&self, register_index: u64) -> Result<Vec<u8>> {
-        let pcr = register(register_index)?;
+        let pcr = crate::vtpm::pcr_index(register_index)?;
         let vtpm = self.vtpm.clone();
         blocking(move || vtpm.read_pcr(pcr).map(|v| v.to_vec())).await
     }
@@ -159,15 +147,9 @@ impl Attester for AzureAttester {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::path as fixture;
     use crate::vtpm::{Recorded, Recording};
     use attester_sdk::Code;
-    use std::path::PathBuf;
-
-    fn fixture(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name)
-    }
 
     const SNP: Platform = Platform {
         tee: "az-snp-vtpm",

@@ -62,16 +62,8 @@ pub fn evidence(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::bytes as fixture;
     use base64::engine::general_purpose::URL_SAFE;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures")
-                .join(name),
-        )
-        .unwrap()
-    }
 
     /// Rebuilding the recorded v2 document from its parts gives back the same
     /// JSON value, key for key, and upstream's byte form of it.

@@ -69,16 +69,8 @@ pub fn td_report_bytes(r: &HclReport) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::bytes as fixture;
     use attester_sdk::Code;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures")
-                .join(name),
-        )
-        .unwrap()
-    }
 
     #[test]
     fn recorded_reports_have_their_types() {

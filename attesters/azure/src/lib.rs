@@ -17,6 +17,22 @@ pub mod hcl;
 pub mod imds;
 pub mod vtpm;
 
+/// The recordings under tests/fixtures/ (see PROVENANCE.md there).
+#[cfg(test)]
+mod testutil {
+    use std::path::PathBuf;
+
+    pub fn path(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    pub fn bytes(name: &str) -> Vec<u8> {
+        std::fs::read(path(name)).unwrap()
+    }
+}
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;

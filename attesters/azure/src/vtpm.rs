@@ -179,14 +179,21 @@ fn read_pcr_device(pcr: u8) -> Result<[u8; 32]> {
     })
 }
 
+/// `pcr` as a vTPM PCR index, if the vTPM has it.
+pub fn pcr_index(pcr: u64) -> Result<u8> {
+    u8::try_from(pcr)
+        .ok()
+        .filter(|p| *p < PCR_COUNT)
+        .ok_or_else(|| {
+            Error::invalid_argument(format!(
+                "PCR {pcr} does not exist: the vTPM has PCRs 0 to {}",
+                PCR_COUNT - 1
+            ))
+        })
+}
+
 fn check_pcr(pcr: u8) -> Result<()> {
-    if pcr >= PCR_COUNT {
-        return Err(Error::invalid_argument(format!(
-            "PCR {pcr} does not exist: the vTPM has PCRs 0 to {}",
-            PCR_COUNT - 1
-        )));
-    }
-    Ok(())
+    pcr_index(pcr.into()).map(|_| ())
 }
 
 /// Recordings a [`Recorded`] vTPM serves.
@@ -329,12 +336,7 @@ impl Vtpm for Recorded {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fixture(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name)
-    }
+    use crate::testutil::path as fixture;
 
     fn recorded() -> Recorded {
         Recorded::open(&Recording {
