@@ -46,11 +46,11 @@ remap="--remap-path-prefix=$PWD=/src --remap-path-prefix=${CARGO_HOME:-$HOME/.ca
 
 stage_closure() {
     # The binary, every shared library it loads (ldd), the TCTI modules libtss2
-    # dlopens at run time, and the dynamic loader.
-    local bin=$1 root=$2
-    local lib
-    for lib in $(ldd "$bin" | awk '/=>/ {print $3} /ld-linux/ {print $1}') \
-               /usr/lib/$MULTIARCH/libtss2-tcti-{device,swtpm,mssim,cmd}.so.0; do
+    # dlopens at run time (those named in $3), and the dynamic loader.
+    local bin=$1 root=$2 tctis=$3
+    local lib t modules=()
+    for t in $tctis; do modules+=("/usr/lib/$MULTIARCH/libtss2-tcti-$t.so.0"); done
+    for lib in $(ldd "$bin" | awk '/=>/ {print $3} /ld-linux/ {print $1}') "${modules[@]}"; do
         if [ ! -e "$lib" ]; then
             case $lib in
                 *libtss2-tcti-*) echo "error: $lib is missing (libtss2-dev installs it)" >&2; exit 1 ;;
@@ -103,7 +103,12 @@ for spec in "${PLUGINS[@]}"; do
             exit 1
         fi
     else
-        stage_closure "$bin" "$root"
+        # az-cvm-vtpm hard-codes the device TCTI; the TPM plugin takes any.
+        case $tee in
+            az-*) tctis="device" ;;
+            *) tctis="device swtpm mssim cmd" ;;
+        esac
+        stage_closure "$bin" "$root" "$tctis"
     fi
     image="localhost/attestd/$plugin"
     podman build --runtime runc --timestamp 0 -q \
