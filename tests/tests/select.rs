@@ -183,3 +183,57 @@ async fn primary_auto_runs_what_selection_confirms() {
     assert!(ev.starts_with(br#"{"cc_eventlog":null,"quote":""#));
     assert!(a.log().contains("selected tee=tdx"), "{}", a.log());
 }
+
+/// Both Azure plugins on recorded HCL reports (`hcl` for each), on a tree that looks
+/// like an Azure CVM.
+fn azure_config(dir: &Path, root: &Path, hcl: &str) -> std::path::PathBuf {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../attesters/azure/tests/fixtures")
+        .join(hcl)
+        .display()
+        .to_string();
+    let mut cfg = format!(
+        "[plugins]\nprimary = \"auto\"\nsocket_dir = {:?}\nimages_lock = {:?}\nsysroot = {:?}\n",
+        dir.join("plugins").display().to_string(),
+        dir.join("none.lock").display().to_string(),
+        root.display().to_string(),
+    );
+    for tee in ["az-tdx-vtpm", "az-snp-vtpm"] {
+        cfg.push_str(&format!(
+            "[plugins.attester.{tee}]\nlaunch = \"process\"\ncommand = {:?}\ntransport = \"grpc\"\nargs = [\"--recorded-hcl-report\", {fixture:?}]\n",
+            attester_bin(tee, &format!("attester-{tee}")).display().to_string(),
+        ));
+    }
+    let f = dir.join("azure.toml");
+    std::fs::write(&f, cfg).unwrap();
+    f
+}
+
+/// On an Azure CVM the probe cannot tell SNP from TDX; the plugins' Detect (the HCL
+/// report's type) does: az-tdx-vtpm, first in precedence, never claims an SNP CVM.
+#[test]
+fn azure_detect_tells_snp_from_tdx() {
+    let d = tempfile::tempdir().unwrap();
+    let root = tree(&[
+        "sys/class/dmi/id/sys_vendor=Microsoft Corporation\n",
+        "dev/tpm0",
+    ]);
+
+    let cfg = azure_config(d.path(), root.path(), "snp-hcl-report.bin");
+    let (ok, v, err) = select(&cfg, root.path(), &[]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        (v["tee"].as_str(), v["confirmed"].as_bool()),
+        (Some("az-snp-vtpm"), Some(true))
+    );
+    assert_eq!(v["skipped"][0]["tee"], "az-tdx-vtpm");
+    assert_eq!(v["skipped"][0]["why"], "the plugin's Detect answered false");
+
+    let cfg = azure_config(d.path(), root.path(), "tdx-hcl-report.bin");
+    let (ok, v, err) = select(&cfg, root.path(), &[]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        (v["tee"].as_str(), v["confirmed"].as_bool()),
+        (Some("az-tdx-vtpm"), Some(true))
+    );
+}
