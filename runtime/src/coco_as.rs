@@ -20,15 +20,30 @@ pub struct AsClient {
     http: reqwest::Client,
 }
 
-/// The request body for `evidence` of `tee`, exactly as upstream sends it.
-pub fn request_body(tee: &str, evidence: &[u8]) -> serde_json::Value {
-    serde_json::json!({
-        "verification_requests": [{
-            "tee": tee,
-            "evidence": URL_SAFE_NO_PAD.encode(evidence),
+/// The request body, exactly as upstream sends it. Structs, not `json!`: their keys
+/// come out in declaration order (sorted, as upstream's `Value` prints them) even
+/// when a crate in the build turns on serde_json's `preserve_order`.
+#[derive(serde::Serialize)]
+pub struct RequestBody<'a> {
+    policy_ids: [&'a str; 0],
+    verification_requests: [VerificationRequest<'a>; 1],
+}
+
+#[derive(serde::Serialize)]
+struct VerificationRequest<'a> {
+    evidence: String,
+    tee: &'a str,
+}
+
+/// The request body for `evidence` of `tee`.
+pub fn request_body<'a>(tee: &'a str, evidence: &[u8]) -> RequestBody<'a> {
+    RequestBody {
+        policy_ids: [],
+        verification_requests: [VerificationRequest {
+            evidence: URL_SAFE_NO_PAD.encode(evidence),
+            tee,
         }],
-        "policy_ids": [],
-    })
+    }
 }
 
 impl AsClient {
