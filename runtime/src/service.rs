@@ -45,7 +45,10 @@ pub struct Service {
     initdata: Option<crate::initdata::InitData>,
     keyprovider: crate::config::KeyProviderConfig,
     /// The last RCAR session, reused for resources until the KBS answers 401.
-    kbs_session: tokio::sync::Mutex<Option<KbsSession>>,
+    /// The KBS session resource fetches reuse. The lock is held only to read it or
+    /// to attest anew (so concurrent callers share one handshake), never across a
+    /// resource fetch.
+    kbs_session: tokio::sync::Mutex<Option<Arc<KbsSession>>>,
 }
 
 /// A completed RCAR handshake.
@@ -349,22 +352,33 @@ impl Service {
     pub async fn kbs_resource(&self, path: &str) -> Result<Vec<u8>> {
         const ATTEMPTS: usize = 3;
         let (client, alg) = self.kbs_client()?;
-        let mut session = self.kbs_session.lock().await;
         for _ in 0..ATTEMPTS {
-            let s = match session.take() {
-                Some(s) => s,
-                None => self
-                    .rcar(&client, &alg)
-                    .await
-                    .map_err(|e| e.context(format!("KBS {}", client.url())))?,
+            let s = {
+                let mut current = self.kbs_session.lock().await;
+                match current.as_ref() {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = Arc::new(
+                            self.rcar(&client, &alg)
+                                .await
+                                .map_err(|e| e.context(format!("KBS {}", client.url())))?,
+                        );
+                        *current = Some(s.clone());
+                        s
+                    }
+                }
             };
             match client.resource(path, &s.token, s.cookie.as_deref()).await? {
-                Some(jwe) => {
-                    let plain = s.key.decrypt(&jwe);
-                    *session = Some(s);
-                    return plain;
+                Some(jwe) => return s.key.decrypt(&jwe),
+                None => {
+                    tracing::info!(%path, "the KBS answered 401: attesting again");
+                    // Drop the refused session unless a concurrent caller already
+                    // replaced it: then the next attempt uses the fresh one.
+                    let mut current = self.kbs_session.lock().await;
+                    if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &s)) {
+                        *current = None;
+                    }
                 }
-                None => tracing::info!(%path, "the KBS answered 401: attesting again"),
             }
         }
         Err(Error::failed_precondition(format!(

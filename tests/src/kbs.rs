@@ -39,6 +39,8 @@ pub struct Knobs {
     pub refuse: Vec<String>,
     /// Answer resource requests with this many bytes of junk (a misbehaving KBS).
     pub oversized: Option<usize>,
+    /// Hold every resource answer this long (to see requests overlap).
+    pub resource_delay: Option<std::time::Duration>,
 }
 
 struct Kbs {
@@ -48,6 +50,8 @@ struct Kbs {
     knobs: Mutex<Knobs>,
     /// What each attestation carried, for the tests to inspect.
     attestations: Mutex<Vec<Value>>,
+    /// Resource requests being answered now, and the most there ever were at once.
+    in_flight: Mutex<(usize, usize)>,
 }
 
 /// A running test KBS; stops when dropped.
@@ -347,6 +351,16 @@ async fn resource(
     headers: HeaderMap,
 ) -> Response {
     let path = format!("{repo}/{typ}/{tag}");
+    let delay = k.knobs.lock().unwrap().resource_delay;
+    if let Some(d) = delay {
+        {
+            let mut f = k.in_flight.lock().unwrap();
+            f.0 += 1;
+            f.1 = f.1.max(f.0);
+        }
+        tokio::time::sleep(d).await;
+        k.in_flight.lock().unwrap().0 -= 1;
+    }
     {
         let mut knobs = k.knobs.lock().unwrap();
         if knobs.unauthorized > 0 {
@@ -388,6 +402,7 @@ impl TestKbs {
             resources: Mutex::new(HashMap::new()),
             knobs: Mutex::new(Knobs::default()),
             attestations: Mutex::new(Vec::new()),
+            in_flight: Mutex::new((0, 0)),
         });
         let app = Router::new()
             .route("/kbs/v0/auth", post(auth))
@@ -420,6 +435,12 @@ impl TestKbs {
 
     pub fn verifying_key(&self) -> p256::ecdsa::VerifyingKey {
         *self.state.key.verifying_key()
+    }
+
+    /// The most resource requests ever answered at once (counted while
+    /// `resource_delay` is set).
+    pub fn max_in_flight(&self) -> usize {
+        self.state.in_flight.lock().unwrap().1
     }
 
     pub fn attestations(&self) -> Vec<Value> {

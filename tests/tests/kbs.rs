@@ -324,6 +324,34 @@ async fn the_key_provider_wraps_and_unwraps_with_ocicrypt_messages() {
     );
     assert_eq!(kbs.attestations().len(), 1, "the token was reused");
 
+    // Layers decrypt in parallel: concurrent UnWrapKeys share the session, and the
+    // fetches run side by side (the session lock is not held across them).
+    kbs.knobs().resource_delay = Some(std::time::Duration::from_millis(300));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut c = grpc.clone();
+        let input = call(unwrap.clone());
+        set.spawn(async move { c.un_wrap_key(input).await });
+    }
+    while let Some(r) = set.join_next().await {
+        let out = r.unwrap().unwrap().into_inner();
+        let out: serde_json::Value =
+            serde_json::from_slice(&out.key_provider_key_wrap_protocol_output).unwrap();
+        assert_eq!(
+            STANDARD
+                .decode(out["keyunwrapresults"]["optsdata"].as_str().unwrap())
+                .unwrap(),
+            layer_key
+        );
+    }
+    assert_eq!(kbs.attestations().len(), 1, "still one handshake");
+    assert!(
+        kbs.max_in_flight() > 1,
+        "resource fetches overlapped ({} at most)",
+        kbs.max_in_flight()
+    );
+    kbs.knobs().resource_delay = None;
+
     // A 401 makes attestd attest again; the KBS refusing the KEK is a clear error.
     kbs.knobs().unauthorized = 1;
     grpc.un_wrap_key(call(unwrap.clone())).await.unwrap();
