@@ -115,22 +115,37 @@ const TOOL_LIMIT: Duration = Duration::from_secs(60);
 /// The digest podman's store holds for `r`: the pinned one if present (else an
 /// error naming what the store has), or in dev mode what the tag points at now.
 pub async fn podman_digest(r: &ImageRef) -> Result<String> {
+    podman_digest_label(r, None).await.map(|(d, _)| d)
+}
+
+/// [`podman_digest`], and with it the image's `label` (one `podman image inspect`).
+pub async fn podman_digest_label(
+    r: &ImageRef,
+    label: Option<&str>,
+) -> Result<(String, Option<String>)> {
     let query = match (&r.digest, &r.tag) {
         (Some(d), _) => r.pinned(d),
         (None, Some(t)) => format!("{}:{t}", r.name),
         (None, None) => r.name.clone(),
     };
+    // Digest and label on one line, a tab apart (neither can hold a tab).
+    let format = match label {
+        Some(l) => format!("{{{{.Digest}}}}\t{{{{index .Labels \"{l}\"}}}}"),
+        None => "{{.Digest}}".to_string(),
+    };
     let found = run_tool(
-        Command::new("podman").args(["image", "inspect", "--format", "{{.Digest}}", &query]),
+        Command::new("podman").args(["image", "inspect", "--format", &format, &query]),
         "podman image inspect",
         TOOL_LIMIT,
     )
-    .await;
+    .await
+    .map(|out| digest_and_label(&out));
     match (found, &r.digest) {
-        (Ok(d), Some(want)) if &d == want => Ok(d),
-        (Ok(d), None) => Ok(d),
-        (Ok(d), Some(want)) => Err(Error::failed_precondition(format!(
-            "image {r}: the local image has digest {d}, the pin is {want}"
+        (Ok(f), Some(want)) if &f.0 == want => Ok(f),
+        (Ok(f), None) => Ok(f),
+        (Ok(f), Some(want)) => Err(Error::failed_precondition(format!(
+            "image {r}: the local image has digest {}, the pin is {want}",
+            f.0
         ))),
         (Err(e), Some(want)) => {
             let local = local_digests(&r.name).await;
@@ -155,6 +170,15 @@ pub async fn podman_digest(r: &ImageRef) -> Result<String> {
         ))
         .with_source(e)),
     }
+}
+
+/// `podman image inspect`'s "<digest>\t<label>" line; a missing label prints as
+/// nothing or `<no value>`.
+fn digest_and_label(out: &str) -> (String, Option<String>) {
+    let (d, l) = out.split_once('\t').unwrap_or((out, ""));
+    let l = l.trim();
+    let l = (!l.is_empty() && l != "<no value>").then(|| l.to_string());
+    (d.trim().to_string(), l)
 }
 
 /// Digests of the local images named `name`, for error messages.
@@ -183,28 +207,24 @@ async fn local_digests(name: &str) -> Vec<String> {
     v
 }
 
-/// An image label as podman's store has it.
-pub async fn podman_label(image: &str, label: &str) -> Result<Option<String>> {
-    let v = run_tool(
-        Command::new("podman").args([
-            "image",
-            "inspect",
-            "--format",
-            &format!("{{{{index .Labels \"{label}\"}}}}"),
-            image,
-        ]),
-        "podman image inspect",
-        TOOL_LIMIT,
-    )
-    .await?;
-    Ok((!v.is_empty() && v != "<no value>").then_some(v))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const D: &str = "sha256:14d11cd195491ce715c3b96f94992430610eec5f181b158764d09013e2addd06";
+
+    #[test]
+    fn inspect_line_splits_into_digest_and_label() {
+        assert_eq!(
+            digest_and_label(&format!("{D}\ttdx")),
+            (D.to_string(), Some("tdx".to_string()))
+        );
+        assert_eq!(
+            digest_and_label(&format!("{D}\t<no value>")),
+            (D.to_string(), None)
+        );
+        assert_eq!(digest_and_label(D), (D.to_string(), None));
+    }
 
     #[test]
     fn references_parse() {

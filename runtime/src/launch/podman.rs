@@ -10,7 +10,7 @@ use std::time::Duration;
 use attester_sdk::Result;
 use tokio::process::Command;
 
-use super::image::{podman_digest, podman_label, run_tool};
+use super::image::{podman_digest_label, run_tool};
 use super::{plugin_args, spawn_owner, Cleanup, Launcher, Provenance, Running};
 use crate::supervisor::PluginSpec;
 
@@ -85,14 +85,11 @@ impl Launcher for PodmanLauncher {
     async fn launch(&self, spec: &PluginSpec, socket: &Path) -> Result<Running> {
         let (image, r) = super::configured_image(spec)?;
         // Checked before every start: the store may have changed since the last one.
-        let digest = podman_digest(&r).await?;
+        // One inspect: the digest, and the TEE label when the config names no TEE.
+        let want_label = spec.config.tee.is_none().then_some("org.attestd.tee");
+        let (digest, label) = podman_digest_label(&r, want_label).await?;
         let pinned = r.pinned(&digest);
-        let tee = match &spec.config.tee {
-            Some(t) => t.clone(),
-            None => podman_label(&pinned, "org.attestd.tee")
-                .await?
-                .unwrap_or_default(),
-        };
+        let tee = spec.config.tee.clone().or(label).unwrap_or_default();
         let resources = super::resources::for_tee(&tee, Path::new("/"));
         let name = format!(
             "attestd-{}-{}-{}",
