@@ -182,6 +182,32 @@ pub struct Selection {
     pub supervisor: Option<Arc<Supervisor>>,
 }
 
+/// Start candidate `tee` and ask its Detect: the running plugin when it says yes,
+/// else why it was passed over (stopped again).
+async fn confirm_candidate(
+    tee: &str,
+    name: &str,
+    config: &PluginConfig,
+    plugins: &PluginsConfig,
+    record_provenance: bool,
+) -> std::result::Result<Arc<Supervisor>, String> {
+    let mut spec = PluginSpec::with_config(name, config.clone(), DeviceRole::Primary, plugins);
+    spec.record_provenance = record_provenance;
+    let s = Supervisor::start(spec).await.map_err(|e| e.chain())?;
+    let detected = match s.live().await {
+        Ok(l) => l.client.detect().await,
+        Err(e) => Err(e),
+    };
+    let why = match detected {
+        Ok(true) => return Ok(s),
+        Ok(false) => "the plugin's Detect answered false".to_string(),
+        Err(e) => format!("Detect failed: {}", e.chain()),
+    };
+    tracing::debug!(tee, %why, "candidate passed over");
+    s.stop().await;
+    Err(why)
+}
+
 /// Probe under `root` and pick a plugin; with `confirm`, start each candidate and
 /// ask its `Detect` (the socket directory must be claimed). Nothing found and no
 /// sample configured is an error listing what was probed.
@@ -194,7 +220,6 @@ pub async fn select(
     let probes = probe(root);
     let lock = read_lock(&plugins.images_lock)?;
     let mut skipped = Vec::new();
-    let mut tried: Vec<String> = Vec::new();
     let positives: Vec<&str> = probes.iter().filter(|p| p.found).map(|p| p.tee).collect();
     // The sample comes last, and only when configured.
     let sample = plugins.attester.contains_key("sample").then_some("sample");
@@ -209,57 +234,31 @@ pub async fn select(
                 continue;
             }
         };
-        tried.push(tee.to_string());
-        if !confirm || tee == "sample" {
-            return Ok(Selection {
-                tee: tee.into(),
-                name,
-                config,
-                probes,
-                skipped,
-                confirmed: false,
-                supervisor: None,
-            });
-        }
-        let mut spec = PluginSpec::with_config(&name, config.clone(), DeviceRole::Primary, plugins);
-        spec.record_provenance = record_provenance;
-        let started = Supervisor::start(spec).await;
-        let s = match started {
-            Ok(s) => s,
-            Err(e) => {
-                skipped.push(Skipped {
-                    tee: tee.into(),
-                    why: e.chain(),
-                });
-                continue;
+        // Unconfirmed when asked not to confirm, and for the sample (it detects
+        // nothing); otherwise the candidate's Detect decides.
+        let supervisor = if !confirm || tee == "sample" {
+            None
+        } else {
+            match confirm_candidate(tee, &name, &config, plugins, record_provenance).await {
+                Ok(s) => Some(s),
+                Err(why) => {
+                    skipped.push(Skipped {
+                        tee: tee.into(),
+                        why,
+                    });
+                    continue;
+                }
             }
         };
-        let detected = match s.live().await {
-            Ok(l) => l.client.detect().await,
-            Err(e) => Err(e),
-        };
-        match detected {
-            Ok(true) => {
-                return Ok(Selection {
-                    tee: tee.into(),
-                    name,
-                    config,
-                    probes,
-                    skipped,
-                    confirmed: true,
-                    supervisor: Some(s),
-                })
-            }
-            Ok(false) => skipped.push(Skipped {
-                tee: tee.into(),
-                why: "the plugin's Detect answered false".into(),
-            }),
-            Err(e) => skipped.push(Skipped {
-                tee: tee.into(),
-                why: format!("Detect failed: {}", e.chain()),
-            }),
-        }
-        s.stop().await;
+        return Ok(Selection {
+            tee: tee.into(),
+            name,
+            config,
+            probes,
+            skipped,
+            confirmed: supervisor.is_some(),
+            supervisor,
+        });
     }
     let probed: Vec<String> = probes
         .iter()
