@@ -369,7 +369,7 @@ impl Service {
                 }
             };
             match client.resource(path, &s.token, s.cookie.as_deref()).await? {
-                Some(jwe) => return s.key.decrypt(&jwe),
+                Some((jwe, protected)) => return s.key.decrypt(&jwe, &protected),
                 None => {
                     tracing::info!(%path, "the KBS answered 401: attesting again");
                     // Drop the refused session unless a concurrent caller already

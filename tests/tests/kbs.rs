@@ -60,9 +60,11 @@ async fn get_token_kbs_yields_a_token_and_a_key_that_opens_resources() {
         .await
         .unwrap();
     assert!(r.status().is_success());
-    let jwe: kbs_types::Response = r.json().await.unwrap();
+    let raw: serde_json::Value = r.json().await.unwrap();
+    let protected = raw["protected"].as_str().unwrap().to_string();
+    let jwe: kbs_types::Response = serde_json::from_value(raw).unwrap();
     assert_eq!(
-        key.decrypt(&jwe).unwrap(),
+        key.decrypt(&jwe, &protected).unwrap(),
         b"0123456789abcdef0123456789abcdef"
     );
 
@@ -294,12 +296,8 @@ async fn the_key_provider_wraps_and_unwraps_with_ocicrypt_messages() {
         .await
         .unwrap()
         .into_inner();
-    let out: serde_json::Value =
-        serde_json::from_slice(&out.key_provider_key_wrap_protocol_output).unwrap();
     assert_eq!(
-        STANDARD
-            .decode(out["keyunwrapresults"]["optsdata"].as_str().unwrap())
-            .unwrap(),
+        unwrapped(&out.key_provider_key_wrap_protocol_output),
         layer_key
     );
     assert_eq!(kbs.attestations().len(), 1, "one RCAR handshake");
@@ -314,14 +312,7 @@ async fn the_key_provider_wraps_and_unwraps_with_ocicrypt_messages() {
         ..Default::default()
     };
     let out = t.un_wrap_key(ctx(), &req).await.unwrap();
-    let out: serde_json::Value =
-        serde_json::from_slice(&out.KeyProviderKeyWrapProtocolOutput).unwrap();
-    assert_eq!(
-        STANDARD
-            .decode(out["keyunwrapresults"]["optsdata"].as_str().unwrap())
-            .unwrap(),
-        layer_key
-    );
+    assert_eq!(unwrapped(&out.KeyProviderKeyWrapProtocolOutput), layer_key);
     assert_eq!(kbs.attestations().len(), 1, "the token was reused");
 
     // Layers decrypt in parallel: concurrent UnWrapKeys share the session, and the
@@ -335,12 +326,8 @@ async fn the_key_provider_wraps_and_unwraps_with_ocicrypt_messages() {
     }
     while let Some(r) = set.join_next().await {
         let out = r.unwrap().unwrap().into_inner();
-        let out: serde_json::Value =
-            serde_json::from_slice(&out.key_provider_key_wrap_protocol_output).unwrap();
         assert_eq!(
-            STANDARD
-                .decode(out["keyunwrapresults"]["optsdata"].as_str().unwrap())
-                .unwrap(),
+            unwrapped(&out.key_provider_key_wrap_protocol_output),
             layer_key
         );
     }
@@ -448,4 +435,14 @@ fn bad_key_provider_addresses_refuse_to_start() {
         "{}",
         e.stderr
     );
+}
+
+/// The layer key in an UnWrapKey answer (`keyunwrapresults.optsdata`, base64).
+fn unwrapped(output: &[u8]) -> Vec<u8> {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    let out: serde_json::Value = serde_json::from_slice(output).unwrap();
+    STANDARD
+        .decode(out["keyunwrapresults"]["optsdata"].as_str().unwrap())
+        .unwrap()
 }

@@ -170,14 +170,15 @@ impl KbsClient {
             .ok_or_else(|| Error::failed_precondition("RCAR attest: the KBS's answer has no token"))
     }
 
-    /// Step 5: a resource (`<repo>/<type>/<tag>`) as the KBS's JWE. `Ok(None)` on 401:
-    /// the caller attests again.
+    /// Step 5: a resource (`<repo>/<type>/<tag>`) as the KBS's JWE, with its
+    /// `protected` member as sent (the AAD). `Ok(None)` on 401: the caller attests
+    /// again.
     pub async fn resource(
         &self,
         path: &str,
         token: &str,
         cookie: Option<&str>,
-    ) -> Result<Option<Response>> {
+    ) -> Result<Option<(Response, String)>> {
         let mut req = self
             .http
             .get(format!("{}/kbs/v0/resource/{path}", self.base))
@@ -193,10 +194,13 @@ impl KbsClient {
             return Ok(None);
         }
         let body = check(r, &format!("KBS resource {path}"), MAX_RESOURCE).await?;
-        serde_json::from_slice(&body).map(Some).map_err(|e| {
-            Error::failed_precondition(format!("KBS resource {path}: the answer is not a JWE"))
-                .with_source(e)
-        })
+        let not_jwe =
+            || Error::failed_precondition(format!("KBS resource {path}: the answer is not a JWE"));
+        let raw: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| not_jwe().with_source(e))?;
+        let protected = raw["protected"].as_str().ok_or_else(not_jwe)?.to_string();
+        let jwe: Response = serde_json::from_value(raw).map_err(|e| not_jwe().with_source(e))?;
+        Ok(Some((jwe, protected)))
     }
 }
 

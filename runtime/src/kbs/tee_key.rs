@@ -82,8 +82,11 @@ impl TeeKey {
             .map_err(|e| Error::invalid_argument("not a P-256 or RSA PKCS#8 key").with_source(e))
     }
 
-    /// Decrypt a KBS resource response (flattened JWE).
-    pub fn decrypt(&self, r: &Response) -> Result<Vec<u8>> {
+    /// Decrypt a KBS resource response (flattened JWE). `protected_b64` is the
+    /// `protected` member exactly as it came over the wire: RFC 7516 makes the AAD
+    /// its ASCII bytes, and a re-serialised header need not reproduce them (key
+    /// order differs between serde_json builds).
+    pub fn decrypt(&self, r: &Response, protected_b64: &str) -> Result<Vec<u8>> {
         if r.protected.enc != "A256GCM" {
             return Err(bad(format!(
                 "content encryption {:?} (expected A256GCM)",
@@ -156,10 +159,11 @@ impl TeeKey {
                     .map_err(|_| bad("the encrypted key does not decrypt with this TEE key"))?
             }
         };
-        let aad = r
-            .protected
-            .generate_aad()
-            .map_err(|e| bad(format!("cannot rebuild the AAD: {e}")))?;
+        // With an `aad` member (kept as its base64url text), RFC 7516 §5.1 step 14.
+        let aad = match &r.aad {
+            Some(extra) => [protected_b64.as_bytes(), b".", extra].concat(),
+            None => protected_b64.as_bytes().to_vec(),
+        };
         let cipher =
             aes_gcm::Aes256Gcm::new_from_slice(&cek).map_err(|_| bad("CEK is not 32 bytes"))?;
         if r.iv.len() != 12 {
@@ -237,14 +241,22 @@ mod tests {
                 .unwrap()
                 .clone(),
         };
-        let aad = protected.generate_aad().unwrap();
+        // The header as a KBS may send it: not in the order serde_json would
+        // re-serialise it (enc before alg, epk's kty before crv).
+        let protected_b64 = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"enc":"A256GCM","alg":"{EC_ALG}","epk":{{"kty":"EC","crv":"P-256","x":"{}","y":"{}"}}}}"#,
+            URL_SAFE_NO_PAD.encode(epk.x().unwrap()),
+            URL_SAFE_NO_PAD.encode(epk.y().unwrap())
+        ));
+        assert_ne!(protected.generate_aad().unwrap(), protected_b64.as_bytes());
+        let aad = protected_b64.as_bytes();
         let ct = aes_gcm::Aes256Gcm::new_from_slice(&cek)
             .unwrap()
             .encrypt(
                 aes_gcm::Nonce::from_slice(&[1; 12]),
                 Payload {
                     msg: b"secret",
-                    aad: &aad,
+                    aad,
                 },
             )
             .unwrap();
@@ -257,15 +269,15 @@ mod tests {
             ciphertext: ciphertext.to_vec(),
             tag: tag.to_vec(),
         };
-        assert_eq!(a.decrypt(&r).unwrap(), b"secret");
+        assert_eq!(a.decrypt(&r, &protected_b64).unwrap(), b"secret");
         assert_eq!(
-            b.decrypt(&r).unwrap_err().message(),
+            b.decrypt(&r, &protected_b64).unwrap_err().message(),
             "cannot decrypt the KBS response: the wrapped key does not unwrap with this TEE key"
         );
         let mut tampered = r.clone();
         tampered.tag[0] ^= 1;
         assert_eq!(
-            a.decrypt(&tampered).unwrap_err().message(),
+            a.decrypt(&tampered, &protected_b64).unwrap_err().message(),
             "cannot decrypt the KBS response: authentication failed"
         );
     }
