@@ -295,6 +295,19 @@ impl Attestd {
             .map(|r| r.Evidence)
     }
 
+    /// GetToken(`token_type`) over the generated ttrpc client: the token bytes.
+    pub async fn get_token(&self, token_type: &str) -> Result<Vec<u8>, ttrpc::Error> {
+        let req = attestd_proto::ttrpc::attestation_agent::GetTokenRequest {
+            TokenType: token_type.into(),
+            ..Default::default()
+        };
+        self.ttrpc()
+            .await
+            .get_token(ctx(), &req)
+            .await
+            .map(|r| r.Token)
+    }
+
     /// BindInitData over the generated ttrpc client.
     pub async fn bind_init_data(&self, digest: &[u8]) -> Result<(), ttrpc::Error> {
         let req = attestd_proto::ttrpc::attestation_agent::BindInitDataRequest {

@@ -6,8 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use attestd_e2e::{config, ctx, status, Attestd, Plugin};
-use attestd_proto::ttrpc::attestation_agent as t;
+use attestd_e2e::{config, status, Attestd, Plugin};
 use axum::http::StatusCode;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -57,24 +56,12 @@ fn with_as(url: &str) -> impl FnOnce(&std::path::Path) -> String + '_ {
     }
 }
 
-async fn get_token(a: &Attestd) -> Result<Vec<u8>, ttrpc::Error> {
-    let req = t::GetTokenRequest {
-        TokenType: "coco_as".into(),
-        ..Default::default()
-    };
-    a.ttrpc()
-        .await
-        .get_token(ctx(), &req)
-        .await
-        .map(|r| r.Token)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_comes_from_the_attestation_service() {
     let svc = fake_as(Answer::Token("eyJhbGciOiJFUzI1NiJ9.e30.c2ln")).await;
     let a = Attestd::start(with_as(&svc.url)).unwrap();
     assert_eq!(
-        get_token(&a).await.unwrap(),
+        a.get_token("coco_as").await.unwrap(),
         b"eyJhbGciOiJFUzI1NiJ9.e30.c2ln"
     );
 
@@ -111,7 +98,7 @@ async fn attestation_service_failures_have_their_codes() {
     // Refused by policy.
     let svc = fake_as(Answer::Refuse(StatusCode::UNAUTHORIZED, "policy denied")).await;
     let a = Attestd::start(with_as(&svc.url)).unwrap();
-    let (code, msg) = status(get_token(&a).await.unwrap_err());
+    let (code, msg) = status(a.get_token("coco_as").await.unwrap_err());
     assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
     assert_eq!(
         msg,
@@ -125,14 +112,14 @@ async fn attestation_service_failures_have_their_codes() {
     // A server error is worth retrying.
     let svc = fake_as(Answer::Refuse(StatusCode::SERVICE_UNAVAILABLE, "busy")).await;
     let a = Attestd::start(with_as(&svc.url)).unwrap();
-    let (code, _) = status(get_token(&a).await.unwrap_err());
+    let (code, _) = status(a.get_token("coco_as").await.unwrap_err());
     assert_eq!(code, ttrpc::Code::UNAVAILABLE);
     drop(a);
 
     // An answer larger than any token is cut off, not buffered.
     let svc = fake_as(Answer::Huge).await;
     let a = Attestd::start(with_as(&svc.url)).unwrap();
-    let (code, msg) = status(get_token(&a).await.unwrap_err());
+    let (code, msg) = status(a.get_token("coco_as").await.unwrap_err());
     assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
     assert!(
         msg.ends_with("the attestation service's answer is over 1048576 bytes"),
@@ -144,7 +131,7 @@ async fn attestation_service_failures_have_their_codes() {
     let port = attestd_e2e::free_port();
     let down = format!("http://127.0.0.1:{port}");
     let a = Attestd::start(with_as(&down)).unwrap();
-    let (code, msg) = status(get_token(&a).await.unwrap_err());
+    let (code, msg) = status(a.get_token("coco_as").await.unwrap_err());
     assert_eq!(code, ttrpc::Code::UNAVAILABLE);
     // The status carries the cause after the message.
     assert!(
@@ -157,7 +144,7 @@ async fn attestation_service_failures_have_their_codes() {
 
     // Plain http off loopback is refused before anything is sent.
     let a = Attestd::start(with_as("http://as.example:8000")).unwrap();
-    let (code, msg) = status(get_token(&a).await.unwrap_err());
+    let (code, msg) = status(a.get_token("coco_as").await.unwrap_err());
     assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
     assert!(
         msg.contains("plain http is allowed only on loopback"),
@@ -167,7 +154,7 @@ async fn attestation_service_failures_have_their_codes() {
     // Not configured at all.
     let p = Plugin::sample("ttrpc");
     let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
-    let (code, msg) = status(get_token(&a).await.unwrap_err());
+    let (code, msg) = status(a.get_token("coco_as").await.unwrap_err());
     assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
     assert_eq!(
         msg,

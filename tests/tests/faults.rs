@@ -4,21 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use attestd_e2e::{
-    alive, attestd_cli, bin, config, ctx, signal, spawn_plugin, status, Attestd, Plugin,
-};
+use attestd_e2e::{alive, attestd_cli, bin, config, signal, spawn_plugin, status, Attestd, Plugin};
 use attestd_proto::grpc::attestation_agent as g;
-use attestd_proto::ttrpc::attestation_agent as t;
 use attester_sdk::{Code, RemoteAttester, Transport, PROTOCOL_VERSIONS};
 use nix::sys::signal::Signal;
-
-async fn get_token(a: &Attestd, token_type: &str) -> ttrpc::Error {
-    let req = t::GetTokenRequest {
-        TokenType: token_type.into(),
-        ..Default::default()
-    };
-    a.ttrpc().await.get_token(ctx(), &req).await.unwrap_err()
-}
 
 #[tokio::test]
 async fn oversized_runtime_data_is_invalid_argument_on_both_transports() {
@@ -82,7 +71,7 @@ async fn connect_when_ready(sock: &std::path::Path, tr: Transport) -> RemoteAtte
 async fn unknown_token_type_is_invalid_argument() {
     let p = Plugin::sample("ttrpc");
     let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
-    let e = get_token(&a, "foo").await;
+    let e = a.get_token("foo").await.unwrap_err();
     assert_eq!(
         status(e),
         (

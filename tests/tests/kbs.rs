@@ -7,7 +7,6 @@
 use attestd::kbs::TeeKey;
 use attestd_e2e::kbs::{verify_jwt, TestKbs};
 use attestd_e2e::{config, ctx, status, Attestd, Plugin};
-use attestd_proto::ttrpc::attestation_agent as t;
 
 fn kbs_config(d: &std::path::Path, url: &str, extra: &str) -> String {
     format!(
@@ -16,24 +15,12 @@ fn kbs_config(d: &std::path::Path, url: &str, extra: &str) -> String {
     )
 }
 
-async fn get_token(a: &Attestd, kind: &str) -> Result<Vec<u8>, ttrpc::Error> {
-    let req = t::GetTokenRequest {
-        TokenType: kind.into(),
-        ..Default::default()
-    };
-    a.ttrpc()
-        .await
-        .get_token(ctx(), &req)
-        .await
-        .map(|r| r.Token)
-}
-
 #[tokio::test]
 async fn get_token_kbs_yields_a_token_and_a_key_that_opens_resources() {
     let kbs = TestKbs::start().await;
     kbs.put("default/key/image-kek", b"0123456789abcdef0123456789abcdef");
     let a = Attestd::start(|d| kbs_config(d, &kbs.url(), "")).unwrap();
-    let out = get_token(&a, "kbs").await.unwrap();
+    let out = a.get_token("kbs").await.unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
     assert_eq!(keys.len(), 2, "{v}");
@@ -92,7 +79,7 @@ async fn each_selected_hash_binds_and_init_data_is_sent() {
             &["--initdata-toml", toml.to_str().unwrap()],
         )
         .unwrap();
-        get_token(&a, "kbs")
+        a.get_token("kbs")
             .await
             .unwrap_or_else(|e| panic!("{hash}: {e:?}"));
         let att = &kbs.attestations()[0];
@@ -109,8 +96,7 @@ async fn rsa_keys_work_too() {
     let kbs = TestKbs::start().await;
     let a = Attestd::start(|d| kbs_config(d, &kbs.url(), "tee_key_algorithm = \"RSA-OAEP-256\""))
         .unwrap();
-    let v: serde_json::Value =
-        serde_json::from_slice(&get_token(&a, "kbs").await.unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&a.get_token("kbs").await.unwrap()).unwrap();
     let key = TeeKey::from_pem(v["tee_keypair"].as_str().unwrap()).unwrap();
     assert_eq!(
         serde_json::to_value(key.public_jwk()).unwrap()["kty"],
@@ -160,21 +146,21 @@ async fn kbs_down_and_unconfigured_are_clear_errors() {
     let url = format!("http://{}", l.local_addr().unwrap());
     drop(l);
     let a = Attestd::start(|d| kbs_config(d, &url, "")).unwrap();
-    let (code, msg) = status(get_token(&a, "kbs").await.unwrap_err());
+    let (code, msg) = status(a.get_token("kbs").await.unwrap_err());
     assert_eq!(code, ttrpc::Code::UNAVAILABLE);
     assert!(
         msg.starts_with(&format!("KBS {url}: RCAR auth: the KBS did not answer")),
         "{msg}"
     );
     let a = Attestd::start(|d| config(d, &Plugin::sample("ttrpc"), &[], "")).unwrap();
-    let (code, msg) = status(get_token(&a, "kbs").await.unwrap_err());
+    let (code, msg) = status(a.get_token("kbs").await.unwrap_err());
     assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
     assert!(
         msg.starts_with("token type \"kbs\" is not configured"),
         "{msg}"
     );
     let a = Attestd::start(|d| kbs_config(d, "http://kbs.example", "")).unwrap();
-    let (code, msg) = status(get_token(&a, "kbs").await.unwrap_err());
+    let (code, msg) = status(a.get_token("kbs").await.unwrap_err());
     assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
     assert_eq!(
         msg,
