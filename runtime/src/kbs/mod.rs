@@ -149,14 +149,11 @@ impl KbsClient {
 
     /// Step 4: the attestation; the token.
     pub async fn attest(&self, att: &Attestation, cookie: Option<&str>) -> Result<String> {
-        let mut req = self
+        let req = self
             .http
             .post(format!("{}/kbs/v0/attest", self.base))
             .json(att);
-        if let Some(c) = cookie {
-            req = req.header(reqwest::header::COOKIE, format!("{COOKIE}={c}"));
-        }
-        let r = req
+        let r = with_session(req, cookie)
             .send()
             .await
             .map_err(|e| unavailable("RCAR attest", e))?;
@@ -179,14 +176,11 @@ impl KbsClient {
         token: &str,
         cookie: Option<&str>,
     ) -> Result<Option<(Response, String)>> {
-        let mut req = self
+        let req = self
             .http
             .get(format!("{}/kbs/v0/resource/{path}", self.base))
             .bearer_auth(token);
-        if let Some(c) = cookie {
-            req = req.header(reqwest::header::COOKIE, format!("{COOKIE}={c}"));
-        }
-        let r = req
+        let r = with_session(req, cookie)
             .send()
             .await
             .map_err(|e| unavailable("KBS resource", e))?;
@@ -201,6 +195,14 @@ impl KbsClient {
         let protected = raw["protected"].as_str().ok_or_else(not_jwe)?.to_string();
         let jwe: Response = serde_json::from_value(raw).map_err(|e| not_jwe().with_source(e))?;
         Ok(Some((jwe, protected)))
+    }
+}
+
+/// `req` carrying the RCAR session cookie, when there is one.
+fn with_session(req: reqwest::RequestBuilder, cookie: Option<&str>) -> reqwest::RequestBuilder {
+    match cookie {
+        Some(c) => req.header(reqwest::header::COOKIE, format!("{COOKIE}={c}")),
+        None => req,
     }
 }
 
