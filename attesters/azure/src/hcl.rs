@@ -1,19 +1,14 @@
 //! The HCL report (the paravisor's wrapper around the hardware report), parsed by
 //! az-cvm-vtpm. Checks here turn its failures into status codes and never reach
 //! the crate's panicking paths (`var_data_sha256` panics on a non-SHA-256 report).
+//! (Where the report lives — NV 0x01400001, report data into NV 0x01400002, the AK
+//! at 0x81000003 — is az-cvm-vtpm's to know: it hard-codes them.)
 
 use attester_sdk::{Error, Result};
 pub use az_cvm_vtpm::hcl::ReportType;
 use az_cvm_vtpm::hcl::{HclError, HclReport};
 use az_cvm_vtpm::tdx::TdReport;
 use zerocopy::IntoBytes;
-
-/// NV index the paravisor keeps the HCL report in.
-pub const HCL_REPORT_NV_INDEX: u32 = 0x0140_0001;
-/// NV index the paravisor reads report data from.
-pub const REPORT_DATA_NV_INDEX: u32 = 0x0140_0002;
-/// The vTPM's attestation key.
-pub const AK_HANDLE: u32 = 0x8100_0003;
 
 /// A report type's name as operators read it.
 pub fn type_name(t: ReportType) -> &'static str {
