@@ -424,6 +424,27 @@ pub async fn serve_http(app: axum::Router) -> String {
     url
 }
 
+/// A client of the plugin serving on `sock` once it listens, waiting at most
+/// `within` (a plugin, or a container, still starting up).
+pub async fn connect_plugin(
+    sock: &Path,
+    transport: attester_sdk::Transport,
+    within: Duration,
+) -> attester_sdk::RemoteAttester {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(c) = attester_sdk::RemoteAttester::connect(sock, transport).await {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the plugin at {} did not listen within {within:?}",
+            sock.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Start plugin binary `name` by hand on `sock` (no core), as the core would.
 pub fn spawn_plugin(name: &str, sock: &Path, transport: &str, args: &[&str]) -> Child {
     Command::new(bin(name))

@@ -19,9 +19,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use attestd_e2e::swtpm::Swtpm;
-use attestd_e2e::{attestd_cli, attester_bin, config, ctx, repo_root, status, Attestd, Plugin};
+use attestd_e2e::{
+    attestd_cli, attester_bin, config, connect_plugin, ctx, repo_root, status, Attestd, Plugin,
+};
 use attestd_proto::ttrpc::attestation_agent as t;
-use attester_sdk::{RemoteAttester, Transport};
+use attester_sdk::Transport;
 use az_cvm_vtpm::hcl::{HclReport, ReportType};
 use az_cvm_vtpm::vtpm::{Quote, VerifyError};
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
@@ -402,14 +404,7 @@ async fn detect_with(tee: &str, args: &[&str], env: &[(&'static str, String)]) -
         .stdin(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let c = loop {
-        if let Ok(c) = RemoteAttester::connect(&sock, Transport::Grpc).await {
-            break c;
-        }
-        assert!(std::time::Instant::now() < deadline, "{tee} did not listen");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let c = connect_plugin(&sock, Transport::Grpc, Duration::from_secs(10)).await;
     let found = c.detect().await.unwrap();
     let _ = child.kill();
     let _ = child.wait();

@@ -282,7 +282,8 @@ async fn the_tpm_image_carries_its_library_closure() {
     // The libtss2 image: the binary, its ldd closure and the dlopen'ed TCTI modules.
     // It quotes from swtpm (TCP, hence the host network here) through the swtpm TCTI
     // it loads at run time.
-    use attester_sdk::{RemoteAttester, Transport, PROTOCOL_VERSIONS};
+    use attestd_e2e::connect_plugin;
+    use attester_sdk::{Transport, PROTOCOL_VERSIONS};
     let tpm = attestd_e2e::swtpm::Swtpm::start();
     let (name, digest) = locked_image("tpm");
     let dir = tempfile::tempdir().unwrap();
@@ -307,14 +308,7 @@ async fn the_tpm_image_carries_its_library_closure() {
         .unwrap();
     let _guard = Owned(child);
     let _container = Container(cname);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let c = loop {
-        if let Ok(c) = RemoteAttester::connect(&sock, Transport::Ttrpc).await {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "the tpm image did not listen");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let c = connect_plugin(&sock, Transport::Ttrpc, Duration::from_secs(20)).await;
     let hs = c.handshake(PROTOCOL_VERSIONS).await.unwrap();
     assert_eq!(hs.info.tee, "tpm");
     let ev = c.evidence(vec![7; 32]).await.unwrap();

@@ -4,9 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use attestd_e2e::{alive, attestd_cli, bin, config, signal, spawn_plugin, status, Attestd, Plugin};
+use attestd_e2e::{
+    alive, attestd_cli, bin, config, connect_plugin, signal, spawn_plugin, status, Attestd, Plugin,
+};
 use attestd_proto::grpc::attestation_agent as g;
-use attester_sdk::{Code, RemoteAttester, Transport, PROTOCOL_VERSIONS};
+use attester_sdk::{Code, Transport, PROTOCOL_VERSIONS};
 use nix::sys::signal::Signal;
 
 #[tokio::test]
@@ -42,7 +44,7 @@ async fn plugin_rejects_oversized_report_data_itself() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("p.sock");
     let mut child = spawn_plugin("attester-sample", &sock, "ttrpc", &[]);
-    let c = connect_when_ready(&sock, Transport::Ttrpc).await;
+    let c = connect_plugin(&sock, Transport::Ttrpc, Duration::from_secs(10)).await;
     let e = c.evidence(vec![0; 65]).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert_eq!(
@@ -52,19 +54,6 @@ async fn plugin_rejects_oversized_report_data_itself() {
     signal(child.id(), Signal::SIGTERM);
     assert!(child.wait().unwrap().success());
     assert!(!sock.exists(), "plugin removes its socket on SIGTERM");
-}
-
-async fn connect_when_ready(sock: &std::path::Path, tr: Transport) -> RemoteAttester {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if sock.exists() {
-            if let Ok(c) = RemoteAttester::connect(sock, tr).await {
-                return c;
-            }
-        }
-        assert!(Instant::now() < deadline, "plugin did not listen");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test]
@@ -162,7 +151,7 @@ async fn protocol_version_mismatch_is_failed_precondition() {
         let sock = dir.path().join("p.sock");
         let versions = ["--protocol-version", "99", "--protocol-version", "100"];
         let mut child = spawn_plugin("attester-test", &sock, &tr.to_string(), &versions);
-        let c = connect_when_ready(&sock, tr).await;
+        let c = connect_plugin(&sock, tr, Duration::from_secs(10)).await;
         let e = c.handshake(PROTOCOL_VERSIONS).await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{tr}");
         assert_eq!(

@@ -313,7 +313,8 @@ async fn a_flipped_signed_byte_is_served_but_does_not_verify() {
 
 #[tokio::test]
 async fn detect_answers_for_the_recorded_device() {
-    use attester_sdk::{RemoteAttester, Transport, PROTOCOL_VERSIONS};
+    use attestd_e2e::connect_plugin;
+    use attester_sdk::{Transport, PROTOCOL_VERSIONS};
     let dir = tempfile::tempdir().unwrap();
     for (args, present) in [
         (
@@ -342,12 +343,7 @@ async fn detect_answers_for_the_recorded_device() {
             .arg(&sock)
             .spawn()
             .unwrap();
-        let c = loop {
-            if let Ok(c) = RemoteAttester::connect(&sock, Transport::Ttrpc).await {
-                break c;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        };
+        let c = connect_plugin(&sock, Transport::Ttrpc, std::time::Duration::from_secs(10)).await;
         let hs = c.handshake(PROTOCOL_VERSIONS).await.unwrap();
         assert_eq!(hs.info.tee, "snp");
         assert_eq!(hs.info.capabilities.max_report_data, 64);

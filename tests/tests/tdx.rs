@@ -214,7 +214,8 @@ fn truncated_or_flipped_recordings_are_refused() {
 
 #[tokio::test]
 async fn rtmrs_through_the_kernel_interface_when_present() {
-    use attester_sdk::{Code, RemoteAttester, Transport, PROTOCOL_VERSIONS};
+    use attestd_e2e::connect_plugin;
+    use attester_sdk::{Code, Transport, PROTOCOL_VERSIONS};
     let dir = tempfile::tempdir().unwrap();
     let m = dir.path().join("measurements");
     std::fs::create_dir(&m).unwrap();
@@ -232,12 +233,7 @@ async fn rtmrs_through_the_kernel_interface_when_present() {
             .arg(&sock)
             .spawn()
             .unwrap();
-        let c = loop {
-            if let Ok(c) = RemoteAttester::connect(&sock, Transport::Ttrpc).await {
-                break c;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        };
+        let c = connect_plugin(&sock, Transport::Ttrpc, std::time::Duration::from_secs(10)).await;
         let hs = c.handshake(PROTOCOL_VERSIONS).await.unwrap();
         let caps = &hs.info.capabilities;
         assert_eq!(caps.runtime_measurement, enabled);

@@ -6,12 +6,12 @@
 
 use std::path::Path;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use attestd_e2e::swtpm::{free_port_pair, tpm_plugin, Swtpm};
-use attestd_e2e::{attester_bin, config, ctx, signal, status, Attestd, Plugin};
+use attestd_e2e::{attester_bin, config, connect_plugin, ctx, signal, status, Attestd, Plugin};
 use attestd_proto::ttrpc::attestation_agent as t;
-use attester_sdk::{Code, RemoteAttester, Transport};
+use attester_sdk::{Code, Transport};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use nix::sys::signal::Signal;
@@ -244,7 +244,7 @@ async fn extend_changes_the_pcr_as_tpm2_pcrread_sees_it() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("tpm.sock");
     let mut child = spawn_plugin_at(&tpm, &sock);
-    let c = connect(&sock).await;
+    let c = connect_plugin(&sock, Transport::Ttrpc, Duration::from_secs(10)).await;
     assert!(
         c.detect().await.unwrap(),
         "Detect: a TPM answers on the TCTI"
@@ -278,17 +278,6 @@ async fn extend_changes_the_pcr_as_tpm2_pcrread_sees_it() {
     assert_eq!(tpm.pcr(23), want, "a refused extend changes nothing");
     signal(child.id(), Signal::SIGTERM);
     assert!(child.wait().unwrap().success());
-}
-
-async fn connect(sock: &Path) -> RemoteAttester {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(c) = RemoteAttester::connect(sock, Transport::Ttrpc).await {
-            return c;
-        }
-        assert!(Instant::now() < deadline, "attester-tpm did not listen");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]
@@ -414,7 +403,7 @@ async fn the_ak_is_created_once_and_reused() {
     for round in 0..2 {
         let sock = dir.path().join(format!("tpm{round}.sock"));
         let mut child = spawn_plugin_at(&tpm, &sock);
-        let c = connect(&sock).await;
+        let c = connect_plugin(&sock, Transport::Ttrpc, Duration::from_secs(10)).await;
         let ev = c.evidence(b"x".to_vec()).await.unwrap();
         let ak = parse(&ev.bytes).ak_der;
         if let Some(first) = &first_ak {
