@@ -1,8 +1,13 @@
 //! The ocicrypt key provider: `UnWrapKey` opens an encrypted image layer's key with
 //! a KEK released by the KBS (named by the annotation's `kid`), `WrapKey` (the image
 //! builder's side) wraps one with a local KEK file. Messages are ocicrypt's JSON
-//! (reference §2): byte fields are base64 strings as Go writes them, or arrays of
-//! numbers as upstream CDH writes them; both are accepted.
+//! (reference §2, §9), and two dialects of it meet here:
+//! - requests: byte fields are base64 strings (Go's `[]byte`, and Rust ocicrypt's
+//!   `annotation`), arrays of numbers, or, for WrapKey's `optsdata` from Rust
+//!   ocicrypt, the options' JSON text itself; `ec`/`dc` may be `null`. All are read.
+//! - answers: byte fields are arrays of numbers. Rust ocicrypt (image-rs) declares
+//!   them `Vec<u8>` and serde reads nothing else; Go's encoding/json reads an array
+//!   of numbers into `[]byte` as well as a base64 string, so one form serves both.
 
 use aes_gcm::aead::{Aead, KeyInit};
 use attester_sdk::{Error, Result};
@@ -178,11 +183,34 @@ pub fn unwrap_key(packet: &AnnotationPacket, kek: &[u8]) -> Result<Vec<u8>> {
     }
 }
 
-/// The `UnWrapKey` answer: `optsdata` as a base64 string, what Go's ocicrypt reads.
+/// An answer `{"<results>": {"<field>": [bytes…]}}`: arrays of numbers, the one
+/// form both Rust's serde (`Vec<u8>`) and Go's encoding/json (`[]byte`) read.
+fn output(results: &str, field: &str, data: &[u8]) -> Vec<u8> {
+    let mut inner = serde_json::Map::new();
+    inner.insert(field.into(), Value::from(data));
+    let mut outer = serde_json::Map::new();
+    outer.insert(results.into(), Value::Object(inner));
+    Value::Object(outer).to_string().into_bytes()
+}
+
+/// The `UnWrapKey` answer: the layer key's options as `keyunwrapresults.optsdata`.
 pub fn unwrap_output(optsdata: &[u8]) -> Vec<u8> {
-    serde_json::json!({"keyunwrapresults": {"optsdata": STANDARD.encode(optsdata)}})
-        .to_string()
-        .into_bytes()
+    output("keyunwrapresults", "optsdata", optsdata)
+}
+
+/// WrapKey's `optsdata`: what [`bytes`] reads, or the options' JSON text as Rust
+/// ocicrypt sends it (`String::from_utf8` of the JSON). The two cannot be confused:
+/// JSON text starts with `{` or `[`, which base64 never does.
+fn opts_bytes(v: &Value, what: &str) -> Result<Vec<u8>> {
+    if let Value::String(s) = v {
+        let t = s.trim_start();
+        if (t.starts_with('{') || t.starts_with('['))
+            && serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
+        {
+            return Ok(s.as_bytes().to_vec());
+        }
+    }
+    bytes(v, what)
 }
 
 /// `WrapKey` for the image builder: wrap `optsdata` with `kek` (A256GCM, fresh IV)
@@ -202,7 +230,7 @@ pub fn wrap(input: &[u8], kek: &[u8], provider: &str) -> Result<Vec<u8>> {
     let kid = String::from_utf8(kid)
         .map_err(|_| Error::invalid_argument("the provider parameter is not UTF-8"))?;
     resource_path(&kid)?;
-    let optsdata = bytes(&v["keywrapparams"]["optsdata"], "keywrapparams.optsdata")?;
+    let optsdata = opts_bytes(&v["keywrapparams"]["optsdata"], "keywrapparams.optsdata")?;
     let key = kek_cipher(kek)?;
     let mut iv = [0u8; 12];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut iv);
@@ -221,11 +249,7 @@ pub fn wrap(input: &[u8], kek: &[u8], provider: &str) -> Result<Vec<u8>> {
     };
     let annotation = serde_json::to_vec(&packet)
         .map_err(|e| Error::internal("cannot serialise the annotation").with_source(e))?;
-    Ok(
-        serde_json::json!({"keywrapresults": {"annotation": STANDARD.encode(annotation)}})
-            .to_string()
-            .into_bytes(),
-    )
+    Ok(output("keywrapresults", "annotation", &annotation))
 }
 
 #[cfg(test)]
@@ -252,6 +276,15 @@ mod tests {
             .into_bytes()
     }
 
+    /// The bytes of an answer's field, which must be an array of numbers.
+    fn array_bytes(v: &Value) -> Vec<u8> {
+        v.as_array()
+            .unwrap_or_else(|| panic!("not an array: {v}"))
+            .iter()
+            .map(|x| u8::try_from(x.as_u64().unwrap()).unwrap())
+            .collect()
+    }
+
     #[test]
     fn wrap_then_unwrap_round_trips_and_accepts_both_byte_forms() {
         let out: Value = serde_json::from_slice(
@@ -263,20 +296,61 @@ mod tests {
             .unwrap(),
         )
         .unwrap();
-        let annotation = out["keywrapresults"]["annotation"].clone();
-        let u = parse_unwrap(&unwrap_input(annotation.clone())).unwrap();
+        // Answers carry bytes as arrays of numbers (what both ocicrypts read).
+        let annotation = array_bytes(&out["keywrapresults"]["annotation"]);
+        let u = parse_unwrap(&unwrap_input(Value::from(annotation.as_slice()))).unwrap();
         assert_eq!(u.resource, "default/key/k1");
         assert_eq!(u.packet.version.as_deref(), Some("0.1.0"));
         assert_eq!(unwrap_key(&u.packet, &KEK).unwrap(), b"layer key");
-        // Upstream CDH's form: the annotation as an array of numbers.
-        let raw = STANDARD.decode(annotation.as_str().unwrap()).unwrap();
-        let u2 = parse_unwrap(&unwrap_input(serde_json::json!(raw))).unwrap();
+        // Go's and Rust ocicrypt's request form: the annotation as base64.
+        let u2 = parse_unwrap(&unwrap_input(Value::String(STANDARD.encode(&annotation)))).unwrap();
         assert_eq!(u2, u);
-        let reply: Value = serde_json::from_slice(&unwrap_output(b"layer key")).unwrap();
         assert_eq!(
-            reply["keyunwrapresults"]["optsdata"],
-            STANDARD.encode(b"layer key")
+            unwrap_output(b"layer key"),
+            br#"{"keyunwrapresults":{"optsdata":[108,97,121,101,114,32,107,101,121]}}"#
         );
+    }
+
+    #[test]
+    fn rust_ocicrypt_requests_raw_json_optsdata_and_null_configs() {
+        // Rust ocicrypt: `optsdata` is the options' JSON text, `dc` null on wrap.
+        let opts = r#"{"cipher":"AES_256_CTR_HMAC_SHA256","symkey":"c3ltCg=="}"#;
+        let input = serde_json::json!({
+            "op": "keywrap",
+            "keywrapparams": {
+                "ec": {"Parameters": {"attestd": [STANDARD.encode("kbs:///a/b/c")]}, "DecryptConfig": null},
+                "optsdata": opts,
+            },
+            "keyunwrapparams": {"dc": null, "annotation": null},
+        });
+        let out: Value =
+            serde_json::from_slice(&wrap(input.to_string().as_bytes(), &KEK, "attestd").unwrap())
+                .unwrap();
+        let annotation = array_bytes(&out["keywrapresults"]["annotation"]);
+        let unwrap = serde_json::json!({
+            "op": "keyunwrap",
+            "keywrapparams": {"ec": null, "optsdata": null},
+            "keyunwrapparams": {"dc": null, "annotation": STANDARD.encode(&annotation)},
+        });
+        let u = parse_unwrap(unwrap.to_string().as_bytes()).unwrap();
+        assert_eq!(unwrap_key(&u.packet, &KEK).unwrap(), opts.as_bytes());
+        // Not JSON, not base64: refused, not wrapped as text.
+        let bad = serde_json::json!({"op": "keywrap", "keywrapparams": {
+            "ec": {"Parameters": {"attestd": [STANDARD.encode("kbs:///a/b/c")]}},
+            "optsdata": "{not json"}});
+        assert_eq!(
+            wrap(bad.to_string().as_bytes(), &KEK, "attestd")
+                .unwrap_err()
+                .message(),
+            "keywrapparams.optsdata is not base64"
+        );
+        // No `ec` at all (null): the operator is told how to encrypt.
+        let none =
+            serde_json::json!({"op": "keywrap", "keywrapparams": {"ec": null, "optsdata": opts}});
+        assert!(wrap(none.to_string().as_bytes(), &KEK, "attestd")
+            .unwrap_err()
+            .message()
+            .starts_with("no parameters for provider \"attestd\""));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use attestd_proto::ttrpc::attestation_agent_ttrpc::AttestationAgentServiceClient
 use tempfile::TempDir;
 
 pub mod kbs;
+pub mod ocicrypt;
 pub mod swtpm;
 
 /// A workspace binary built next to the test executable (`target/<profile>/`).
@@ -460,6 +461,33 @@ pub fn spawn_plugin(name: &str, sock: &Path, transport: &str, args: &[&str]) -> 
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn plugin")
+}
+
+/// The Go key-provider client (tests/go/keyprovider: ocicrypt's structs over
+/// grpc-go), built once per test binary with Debian's Go toolchain and packaged
+/// grpc-go, in GOPATH mode: nothing is fetched.
+pub fn go_keyprovider_client() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = bin("attestd").parent().expect("bin dir").join("go");
+            let out = dir.join("keyprovider");
+            let src = repo_root().join("tests/go/keyprovider");
+            let st = Command::new("go")
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg(".")
+                .current_dir(&src)
+                .env("GO111MODULE", "off")
+                .env("GOPATH", "/usr/share/gocode")
+                .env("GOFLAGS", "")
+                .env("GOCACHE", dir.join("cache"))
+                .status()
+                .expect("run go (Debian's golang-go; scripts/lib.sh installs it)");
+            assert!(st.success(), "go build of {} failed", src.display());
+            out
+        })
+        .clone()
 }
 
 /// Run `attestd` with `args` to completion; (status, stdout, stderr).
