@@ -98,6 +98,10 @@ pub struct KbsConfig {
     pub url: String,
     pub tee_key_algorithm: Option<String>,
     pub cert: Option<String>,
+    /// Opt-in: GetToken("kbs") hands out the cached token and key pair while the
+    /// token has more than this many seconds left (off: a handshake per call, as
+    /// upstream). See docs/key-release.md for the trade-off.
+    pub reuse_token_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -10,6 +10,7 @@
 pub mod aa_client;
 pub mod coco_as;
 pub mod config;
+pub mod echo;
 pub mod eventlog;
 pub mod initdata;
 pub mod kbs;

@@ -4,11 +4,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use attester_sdk::{Code, Error, InitDataBinding, ReportData, Result};
 
 use crate::config::{Config, EventlogConfig, TokenConfigs};
 use crate::eventlog::{EventLog, HashAlg, Layout};
+use crate::kbs::{Fetched, KbsSession, Reuse, Sessions};
 use crate::supervisor::{SocketDirLock, Supervisor};
 
 /// The event-log domain and operation of attestd's own entries.
@@ -44,18 +46,9 @@ pub struct Service {
     measured: tokio::sync::Mutex<HashMap<String, u64>>,
     initdata: Option<crate::initdata::InitData>,
     keyprovider: crate::config::KeyProviderConfig,
-    /// The last RCAR session, reused for resources until the KBS answers 401.
-    /// The KBS session resource fetches reuse. The lock is held only to read it or
-    /// to attest anew (so concurrent callers share one handshake), never across a
-    /// resource fetch.
-    kbs_session: tokio::sync::Mutex<Option<Arc<KbsSession>>>,
-}
-
-/// A completed RCAR handshake.
-pub struct KbsSession {
-    pub token: String,
-    pub key: crate::kbs::TeeKey,
-    pub cookie: Option<String>,
+    /// The last RCAR session: reused for resources, and for GetToken("kbs") when
+    /// `reuse_token_secs` is set; never held across a resource fetch.
+    kbs_sessions: Sessions,
 }
 
 impl Service {
@@ -75,7 +68,7 @@ impl Service {
             measured: tokio::sync::Mutex::new(HashMap::new()),
             initdata: None,
             keyprovider: config.keyprovider.clone(),
-            kbs_session: tokio::sync::Mutex::new(None),
+            kbs_sessions: Sessions::default(),
         }
     }
 
@@ -197,10 +190,14 @@ impl Service {
             )));
         }
         let live = s.live().await?;
-        live.client
+        let r = live
+            .client
             .bind_init_data(digest)
             .await
-            .map_err(|e| e.context(format!("plugin {}", s.name())))
+            .map_err(|e| e.context(format!("plugin {}", s.name())));
+        // Whatever the outcome, a token from before no longer attests this state.
+        self.kbs_sessions.invalidate();
+        r
     }
 
     pub async fn extend_runtime_measurement(
@@ -215,13 +212,17 @@ impl Service {
             return Ok(MeasurementResult::NotSupported);
         };
         self.measure_plugins().await?;
-        log.record(
-            &event.domain,
-            &event.operation,
-            &event.content,
-            event.register_index,
-        )
-        .await?;
+        let r = log
+            .record(
+                &event.domain,
+                &event.operation,
+                &event.content,
+                event.register_index,
+            )
+            .await;
+        // A token from before the extension no longer attests the registers.
+        self.kbs_sessions.invalidate();
+        r?;
         Ok(MeasurementResult::Ok)
     }
 
@@ -243,10 +244,24 @@ impl Service {
                         e
                     }
                 })?;
-                let session = self
-                    .rcar(&client, &alg)
-                    .await
-                    .map_err(|e| e.context(format!("KBS {}", client.url())))?;
+                let session = match self.tokens.kbs.as_ref().and_then(|k| k.reuse_token_secs) {
+                    // Opted in: the cached session while its token has more than
+                    // the margin left (docs/key-release.md: the trade-off).
+                    Some(secs) => {
+                        self.kbs_session(
+                            &client,
+                            &alg,
+                            Reuse::WithMargin(Duration::from_secs(secs)),
+                        )
+                        .await?
+                    }
+                    // Upstream's behaviour: a fresh handshake per call.
+                    None => Arc::new(
+                        self.rcar(&client, &alg)
+                            .await
+                            .map_err(|e| e.context(format!("KBS {}", client.url())))?,
+                    ),
+                };
                 // Exactly what CDH parses.
                 serde_json::to_vec(&serde_json::json!({
                     "token": session.token,
@@ -285,6 +300,9 @@ impl Service {
     pub async fn rcar(&self, client: &crate::kbs::KbsClient, alg: &str) -> Result<KbsSession> {
         use crate::kbs::bind;
         self.measure_plugins().await?;
+        // Taken before any evidence: a restart during the handshake shows as a
+        // mismatch later, and the session is not reused.
+        let instances = self.instances();
         let (challenge, cookie) = client.auth(&self.get_tee_type()).await?;
         let hash = challenge.extra_params["selected-hash-algorithm"]
             .as_str()
@@ -330,7 +348,26 @@ impl Service {
             },
         };
         let token = client.attest(&att, cookie.as_deref()).await?;
-        Ok(KbsSession { token, key, cookie })
+        Ok(KbsSession::new(token, key, cookie, instances))
+    }
+
+    /// The plugin instances running now, primary first: a session attests these.
+    fn instances(&self) -> Vec<Option<u64>> {
+        self.plugins().map(|s| s.instance()).collect()
+    }
+
+    /// The cached KBS session if `reuse` allows it, else one new handshake shared
+    /// by every caller waiting for one.
+    async fn kbs_session(
+        &self,
+        client: &crate::kbs::KbsClient,
+        alg: &str,
+        reuse: Reuse,
+    ) -> Result<Arc<KbsSession>> {
+        self.kbs_sessions
+            .get(reuse, &self.instances(), || self.rcar(client, alg))
+            .await
+            .map_err(|e| e.context(format!("KBS {}", client.url())))
     }
 
     fn kbs_client(&self) -> Result<(crate::kbs::KbsClient, String)> {
@@ -348,41 +385,34 @@ impl Service {
     }
 
     /// A KBS resource (`<repo>/<type>/<tag>`), decrypted. The session is reused
-    /// while the KBS accepts its token; a 401 means attest again, up to 3 times.
+    /// while the KBS accepts its token. A 401 means attest again, up to
+    /// `ATTEMPTS` times, unless the KBS's reason is one a fresh token cannot change
+    /// (the policy denies, the resource is missing): that is said at once.
     pub async fn kbs_resource(&self, path: &str) -> Result<Vec<u8>> {
         const ATTEMPTS: usize = 3;
         let (client, alg) = self.kbs_client()?;
+        let mut last = None;
         for _ in 0..ATTEMPTS {
-            let s = {
-                let mut current = self.kbs_session.lock().await;
-                match current.as_ref() {
-                    Some(s) => s.clone(),
-                    None => {
-                        let s = Arc::new(
-                            self.rcar(&client, &alg)
-                                .await
-                                .map_err(|e| e.context(format!("KBS {}", client.url())))?,
-                        );
-                        *current = Some(s.clone());
-                        s
-                    }
-                }
+            let s = self.kbs_session(&client, &alg, Reuse::UntilExpired).await?;
+            let refusal = match client.resource(path, &s.token, s.cookie.as_deref()).await? {
+                Fetched::Resource { jwe, protected } => return s.key.decrypt(&jwe, &protected),
+                Fetched::Refused(r) => r,
             };
-            match client.resource(path, &s.token, s.cookie.as_deref()).await? {
-                Some((jwe, protected)) => return s.key.decrypt(&jwe, &protected),
-                None => {
-                    tracing::info!(%path, "the KBS answered 401: attesting again");
-                    // Drop the refused session unless a concurrent caller already
-                    // replaced it: then the next attempt uses the fresh one.
-                    let mut current = self.kbs_session.lock().await;
-                    if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &s)) {
-                        *current = None;
-                    }
-                }
+            // Any 401 ends the session (a concurrent caller's newer one stays).
+            self.kbs_sessions.refused(&s);
+            // Logged once, with the reason, where the RPC fails (server::handle).
+            if !refusal.fresh_token_may_help() {
+                return Err(Error::failed_precondition(format!(
+                    "KBS {}: resource {path} refused: {refusal}",
+                    client.url()
+                )));
             }
+            tracing::info!(kbs = %client.url(), %path, reason = %refusal, "the KBS answered 401: attesting again");
+            last = Some(refusal);
         }
+        let last = last.map(|r| r.to_string()).unwrap_or_default();
         Err(Error::failed_precondition(format!(
-            "KBS {}: resource {path} answered 401 to {ATTEMPTS} fresh tokens",
+            "KBS {}: resource {path} answered 401 to {ATTEMPTS} fresh tokens; last: {last}",
             client.url()
         )))
     }

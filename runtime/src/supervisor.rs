@@ -159,6 +159,14 @@ impl Supervisor {
         &self.identity
     }
 
+    /// The running instance's number, without waiting (`None` while it is down).
+    pub fn instance(&self) -> Option<u64> {
+        match &*self.state.borrow() {
+            State::Up(l) => Some(l.instance),
+            _ => None,
+        }
+    }
+
     /// The running plugin; waits up to `restart_wait` for one that is restarting,
     /// then `Unavailable` with the reason it is down (callers name the plugin).
     pub async fn live(&self) -> Result<Arc<Live>> {

@@ -35,8 +35,11 @@ pub struct Knobs {
     pub unauthorized: usize,
     /// The hash the KBS selects (default sha384).
     pub select_hash: Option<String>,
-    /// Resources the KBS refuses (403), by path.
+    /// Resources the policy denies, by path: 401 `PolicyDeny`, as Trustee answers.
     pub refuse: Vec<String>,
+    /// Answer every resource request with this status, error kind and detail
+    /// (any of Trustee's `ErrorInformation` bodies).
+    pub refuse_with: Option<(u16, String, String)>,
     /// Answer resource requests with this many bytes of junk (a misbehaving KBS).
     pub oversized: Option<usize>,
     /// Hold every resource answer this long (to see requests overlap).
@@ -67,10 +70,12 @@ impl Drop for TestKbs {
     }
 }
 
-fn error(status: StatusCode, detail: &str) -> Response {
+/// An error as Trustee's KBS answers it: kbs-types' `ErrorInformation`, whose
+/// type names the error kind (401 for nearly every failure, reference §9).
+fn error(status: StatusCode, kind: &str, detail: &str) -> Response {
     (
         status,
-        Json(json!({"type": "https://github.com/confidential-containers/kbs/errors/Test", "detail": detail})),
+        Json(json!({"type": format!("https://github.com/confidential-containers/kbs/errors/{kind}"), "detail": detail})),
     )
         .into_response()
 }
@@ -156,6 +161,7 @@ async fn auth(State(k): State<Arc<Kbs>>, Json(req): Json<Value>) -> Response {
     if req["version"] != "0.4.0" {
         return error(
             StatusCode::BAD_REQUEST,
+            "HTTPFailed",
             &format!("protocol version {} is not 0.4.0", req["version"]),
         );
     }
@@ -175,7 +181,11 @@ async fn auth(State(k): State<Arc<Kbs>>, Json(req): Json<Value>) -> Response {
         .clone()
         .unwrap_or_else(|| "sha384".into());
     if !offered.contains(&want) {
-        return error(StatusCode::BAD_REQUEST, &format!("{want} not offered"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            "HTTPFailed",
+            &format!("{want} not offered"),
+        );
     }
     let id = random_hex(16);
     let nonce = STANDARD.encode(random_hex(16));
@@ -235,22 +245,34 @@ pub fn verify_jwt(key: &p256::ecdsa::VerifyingKey, token: &str) -> Result<Value,
 
 async fn attest(State(k): State<Arc<Kbs>>, headers: HeaderMap, Json(att): Json<Value>) -> Response {
     let Some(id) = cookie(&headers) else {
-        return error(StatusCode::UNAUTHORIZED, "no kbs-session-id cookie");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "AttestationError",
+            "no kbs-session-id cookie",
+        );
     };
     let (nonce, alg) = {
         let mut sessions = k.sessions.lock().unwrap();
         let Some(s) = sessions.get_mut(&id) else {
-            return error(StatusCode::UNAUTHORIZED, "unknown session");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "AttestationError",
+                "unknown session",
+            );
         };
         if s.used {
-            return error(StatusCode::UNAUTHORIZED, "nonce already used (replay)");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "AttestationError",
+                "nonce already used (replay)",
+            );
         }
         s.used = true;
         (s.nonce.clone(), s.hash.clone())
     };
     let rd = &att["runtime-data"];
     if rd["nonce"] != nonce.as_str() {
-        return error(StatusCode::UNAUTHORIZED, "stale nonce");
+        return error(StatusCode::UNAUTHORIZED, "AttestationError", "stale nonce");
     }
     let bound = json!({
         "tee-pubkey": rd["tee-pubkey"],
@@ -266,6 +288,7 @@ async fn attest(State(k): State<Arc<Kbs>>, headers: HeaderMap, Json(att): Json<V
     if got != want {
         return error(
             StatusCode::UNAUTHORIZED,
+            "AttestationError",
             "the evidence does not bind H(JCS(runtime data))",
         );
     }
@@ -365,10 +388,22 @@ async fn resource(
         let mut knobs = k.knobs.lock().unwrap();
         if knobs.unauthorized > 0 {
             knobs.unauthorized -= 1;
-            return error(StatusCode::UNAUTHORIZED, "token expired");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "TokenVerifierError",
+                "Token Verifier error: token expired",
+            );
+        }
+        if let Some((status, kind, detail)) = &knobs.refuse_with {
+            let status = StatusCode::from_u16(*status).unwrap();
+            return error(status, kind, detail);
         }
         if knobs.refuse.contains(&path) {
-            return error(StatusCode::FORBIDDEN, &format!("policy denies {path}"));
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "PolicyDeny",
+                "Access denied by policy",
+            );
         }
         if let Some(n) = knobs.oversized {
             return (StatusCode::OK, vec![b'x'; n]).into_response();
@@ -379,19 +414,38 @@ async fn resource(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let Some(token) = token else {
-        return error(StatusCode::UNAUTHORIZED, "no token");
+        return error(StatusCode::UNAUTHORIZED, "TokenNotFound", "no token");
     };
     let claims = match verify_jwt(k.key.verifying_key(), token) {
         Ok(c) => c,
-        Err(e) => return error(StatusCode::UNAUTHORIZED, &format!("token: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "TokenVerifierError",
+                &format!("Token Verifier error: {e}"),
+            )
+        }
     };
     let Some(data) = k.resources.lock().unwrap().get(&path).cloned() else {
-        return error(StatusCode::NOT_FOUND, &format!("no resource {path}"));
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "PluginInternalError",
+            &format!("Plugin internal error: resource not found: {path}"),
+        );
     };
     match jwe_to(&claims["tee-pubkey"], &data) {
         Ok(jwe) => Json(jwe).into_response(),
-        Err(e) => error(StatusCode::BAD_REQUEST, &e),
+        Err(e) => error(StatusCode::UNAUTHORIZED, "JweError", &e),
     }
+}
+
+/// An attestd config with the sample attester (ttrpc) and `[token_configs.kbs]`
+/// at `url`, plus `extra` lines in that table (and any tables after it).
+pub fn attestd_config(d: &std::path::Path, url: &str, extra: &str) -> String {
+    format!(
+        "[token_configs.kbs]\nurl = {url:?}\n{extra}\n{}",
+        crate::config(d, &crate::Plugin::sample("ttrpc"), &[], "")
+    )
 }
 
 impl TestKbs {

@@ -5,15 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use attestd::kbs::TeeKey;
-use attestd_e2e::kbs::{verify_jwt, TestKbs};
-use attestd_e2e::{config, ctx, status, Attestd, Plugin};
-
-fn kbs_config(d: &std::path::Path, url: &str, extra: &str) -> String {
-    format!(
-        "[token_configs.kbs]\nurl = {url:?}\n{extra}\n{}",
-        config(d, &Plugin::sample("ttrpc"), &[], "")
-    )
-}
+use attestd_e2e::kbs::{attestd_config as kbs_config, verify_jwt, TestKbs};
+use attestd_e2e::{config, status, Attestd, Plugin};
 
 #[tokio::test]
 async fn get_token_kbs_yields_a_token_and_a_key_that_opens_resources() {
@@ -125,7 +118,11 @@ async fn operator_commands_token_and_resource() {
         attestd_e2e::attestd_cli(&["resource", "-c", cfg, "kbs:///default/secret/none"]);
     assert!(!st.success());
     assert!(
-        err.contains("the KBS answered 404 Not Found: no resource default/secret/none"),
+        err.contains(&format!(
+            "error: KBS {}: resource default/secret/none refused: PluginInternalError: \
+             Plugin internal error: resource not found: default/secret/none",
+            kbs.url()
+        )),
         "{err}"
     );
     // A KBS sending more than any resource should be: refused, not buffered.
@@ -223,212 +220,96 @@ async fn the_test_kbs_refuses_replays_stale_nonces_and_missing_cookies() {
     assert_eq!(r.status(), 401);
 }
 
+/// GetToken("kbs"): the token and the key pair's PEM.
+async fn token_and_key(a: &Attestd) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_slice(&a.get_token("kbs").await.unwrap()).unwrap();
+    (
+        v["token"].as_str().unwrap().to_string(),
+        v["tee_keypair"].as_str().unwrap().to_string(),
+    )
+}
+
 #[tokio::test]
-async fn the_key_provider_wraps_and_unwraps_with_ocicrypt_messages() {
-    // The messages exactly as Go's ocicrypt sends them (bytes as base64 strings),
-    // over the real gRPC and ttrpc key-provider services. (Debian 12's skopeo 1.9.3
-    // is built without ocicrypt's keyprovider support, so skopeo cannot drive this
-    // here; see docs/key-release.md.)
-    use attestd_proto::grpc::keyprovider as g;
-    use base64::engine::general_purpose::STANDARD;
-    use base64::Engine as _;
+async fn token_reuse_is_opt_in_and_ends_when_the_attested_state_changes() {
+    // Off (the default): a handshake per GetToken, as upstream.
     let kbs = TestKbs::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut kek = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut kek);
-    std::fs::write(dir.path().join("kek"), kek).unwrap();
-    kbs.put("default/key/image-kek", &kek);
-    let port = attestd_e2e::free_port();
-    let ttrpc_sock = dir.path().join("kp.sock");
-    let kp = format!(
-        "[keyprovider]\ngrpc = \"127.0.0.1:{port}\"\nttrpc = \"unix://{}\"\nwrap_kek = {:?}\n",
-        ttrpc_sock.display(),
-        dir.path().join("kek").display().to_string()
-    );
-    let _a = Attestd::start(|d| kbs_config(d, &kbs.url(), &kp)).unwrap();
-    let mut grpc = g::key_provider_service_client::KeyProviderServiceClient::connect(format!(
-        "http://127.0.0.1:{port}"
-    ))
-    .await
+    let a = Attestd::start(|d| kbs_config(d, &kbs.url(), "")).unwrap();
+    assert_ne!(token_and_key(&a).await, token_and_key(&a).await);
+    assert_eq!(kbs.attestations().len(), 2);
+
+    // On, with the event log on the test plugin's emulated registers. The test
+    // KBS's tokens live 300 s.
+    let kbs = TestKbs::start().await;
+    let plugin = Plugin::test("ttrpc", &["--registers"]);
+    let a = Attestd::start(|d| {
+        format!(
+            "[token_configs.kbs]\nurl = {:?}\nreuse_token_secs = 60\n{}\n\
+             [eventlog_config]\nenable_eventlog = true\npath = {:?}\n",
+            kbs.url(),
+            config(d, &plugin, &[], ""),
+            d.join("eventlog").display().to_string()
+        )
+    })
     .unwrap();
-    let call = |input: serde_json::Value| g::KeyProviderKeyWrapProtocolInput {
-        key_provider_key_wrap_protocol_input: input.to_string().into_bytes(),
-    };
-    let layer_key = b"the layer's symmetric key and nonce";
-    let wrap = serde_json::json!({
-        "op": "keywrap",
-        "keywrapparams": {
-            "ec": {"Parameters": {"attestd": [STANDARD.encode("kbs:///default/key/image-kek")]}, "DecryptConfig": {"Parameters": {}}},
-            "optsdata": STANDARD.encode(layer_key),
-        },
-        "keyunwrapparams": {"dc": null, "annotation": null},
-    });
-    let out = grpc.wrap_key(call(wrap)).await.unwrap().into_inner();
-    let out: serde_json::Value =
-        serde_json::from_slice(&out.key_provider_key_wrap_protocol_output).unwrap();
-    let annotation = out["keywrapresults"]["annotation"].clone();
-    let packet: serde_json::Value =
-        serde_json::from_slice(&STANDARD.decode(annotation.as_str().unwrap()).unwrap()).unwrap();
-    assert_eq!(packet["kid"], "kbs:///default/key/image-kek");
-    assert_eq!(packet["wrap_type"], "A256GCM");
+    let first = token_and_key(&a).await;
+    assert_eq!(token_and_key(&a).await, first, "reused: same token and key");
+    assert_eq!(kbs.attestations().len(), 1);
+    verify_jwt(&kbs.verifying_key(), &first.0).unwrap();
 
-    let unwrap = serde_json::json!({
-        "op": "keyunwrap",
-        "keywrapparams": {"ec": null, "optsdata": null},
-        "keyunwrapparams": {"dc": {"Parameters": {"attestd": []}}, "annotation": annotation},
-    });
-    let out = grpc
-        .un_wrap_key(call(unwrap.clone()))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        unwrapped(&out.key_provider_key_wrap_protocol_output),
-        layer_key
-    );
-    assert_eq!(kbs.attestations().len(), 1, "one RCAR handshake");
-
-    // The same over ttrpc (image-rs's transport), reusing the session.
-    let c = ttrpc::r#async::Client::connect(&format!("unix://{}", ttrpc_sock.display()))
-        .await
-        .unwrap();
-    let t = attestd_proto::ttrpc::keyprovider_ttrpc::KeyProviderServiceClient::new(c);
-    let req = attestd_proto::ttrpc::keyprovider::KeyProviderKeyWrapProtocolInput {
-        KeyProviderKeyWrapProtocolInput: unwrap.to_string().into_bytes(),
+    // A runtime measurement changes what a token attests: a fresh one.
+    let req = attestd_proto::ttrpc::attestation_agent::ExtendRuntimeMeasurementRequest {
+        Domain: "github.com/confidential-containers".into(),
+        Operation: "PullImage".into(),
+        Content: "{\"image\":\"x\"}".into(),
         ..Default::default()
     };
-    let out = t.un_wrap_key(ctx(), &req).await.unwrap();
-    assert_eq!(unwrapped(&out.KeyProviderKeyWrapProtocolOutput), layer_key);
-    assert_eq!(kbs.attestations().len(), 1, "the token was reused");
-
-    // Layers decrypt in parallel: concurrent UnWrapKeys share the session, and the
-    // fetches run side by side (the session lock is not held across them).
-    kbs.knobs().resource_delay = Some(std::time::Duration::from_millis(300));
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..8 {
-        let mut c = grpc.clone();
-        let input = call(unwrap.clone());
-        set.spawn(async move { c.un_wrap_key(input).await });
-    }
-    while let Some(r) = set.join_next().await {
-        let out = r.unwrap().unwrap().into_inner();
-        assert_eq!(
-            unwrapped(&out.key_provider_key_wrap_protocol_output),
-            layer_key
-        );
-    }
-    assert_eq!(kbs.attestations().len(), 1, "still one handshake");
-    assert!(
-        kbs.max_in_flight() > 1,
-        "resource fetches overlapped ({} at most)",
-        kbs.max_in_flight()
-    );
-    kbs.knobs().resource_delay = None;
-
-    // A 401 makes attestd attest again; the KBS refusing the KEK is a clear error.
-    kbs.knobs().unauthorized = 1;
-    grpc.un_wrap_key(call(unwrap.clone())).await.unwrap();
-    assert_eq!(kbs.attestations().len(), 2);
-    kbs.knobs().unauthorized = 5;
-    let st = grpc.un_wrap_key(call(unwrap.clone())).await.unwrap_err();
-    assert_eq!(st.code(), tonic::Code::FailedPrecondition);
-    assert!(
-        st.message()
-            .ends_with("resource default/key/image-kek answered 401 to 3 fresh tokens"),
-        "{}",
-        st.message()
-    );
-    kbs.knobs().unauthorized = 0;
-    kbs.knobs().refuse.push("default/key/image-kek".into());
-    let st = grpc.un_wrap_key(call(unwrap)).await.unwrap_err();
-    assert_eq!(st.code(), tonic::Code::FailedPrecondition);
-    assert!(
-        st.message().contains("policy denies default/key/image-kek"),
-        "{}",
-        st.message()
-    );
-
-    // Bad input.
-    for (input, want) in [
-        (
-            serde_json::json!({"op": "keyunwrap", "keyunwrapparams": {"annotation": "***"}}),
-            "keyunwrapparams.annotation is not base64",
-        ),
-        (
-            serde_json::json!({"op": "nope"}),
-            "key provider input has op \"nope\", expected \"keyunwrap\"",
-        ),
-    ] {
-        let st = grpc.un_wrap_key(call(input)).await.unwrap_err();
-        assert_eq!(st.code(), tonic::Code::InvalidArgument);
-        // The message, then its cause when there is one.
-        assert!(st.message().starts_with(want), "{}", st.message());
-    }
-}
-
-#[tokio::test]
-async fn wrap_key_without_a_kek_says_what_to_configure() {
-    use attestd_proto::grpc::keyprovider as g;
-    let port = attestd_e2e::free_port();
-    let kp = format!("[keyprovider]\ngrpc = \"127.0.0.1:{port}\"\n");
-    let _a = Attestd::start(|d| kbs_config(d, "http://127.0.0.1:1", &kp)).unwrap();
-    let mut grpc = g::key_provider_service_client::KeyProviderServiceClient::connect(format!(
-        "http://127.0.0.1:{port}"
-    ))
-    .await
-    .unwrap();
-    let st = grpc
-        .wrap_key(g::KeyProviderKeyWrapProtocolInput {
-            key_provider_key_wrap_protocol_input: br#"{"op":"keywrap"}"#.to_vec(),
-        })
+    a.ttrpc()
         .await
-        .unwrap_err();
-    assert_eq!(st.code(), tonic::Code::FailedPrecondition);
-    assert_eq!(
-        st.message(),
-        "WrapKey needs [keyprovider] wrap_kek (a 32-byte KEK file)"
-    );
-}
+        .extend_runtime_measurement(attestd_e2e::ctx(), &req)
+        .await
+        .unwrap();
+    let second = token_and_key(&a).await;
+    assert_ne!(second, first);
+    assert_ne!(second.1, first.1, "a new key pair too");
+    assert_eq!(token_and_key(&a).await, second);
+    assert_eq!(kbs.attestations().len(), 2);
 
-#[test]
-fn bad_key_provider_addresses_refuse_to_start() {
-    let e = Attestd::start(|d| {
-        kbs_config(
-            d,
-            "http://127.0.0.1:1",
-            "[keyprovider]\nttrpc = \"/no/scheme.sock\"\n",
+    // A plugin restart: another instance gave no evidence for that token.
+    let old = a.plugin_pid("test").unwrap();
+    attestd_e2e::signal(old, nix::sys::signal::Signal::SIGKILL);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while a.plugin_pid("test").is_none_or(|p| p == old) {
+        assert!(std::time::Instant::now() < deadline, "no restart");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let third = token_and_key(&a).await;
+    assert_ne!(third, second);
+    assert_eq!(token_and_key(&a).await, third);
+    assert_eq!(kbs.attestations().len(), 3);
+    drop(a);
+
+    // A margin the token's life cannot cover: never reused.
+    let kbs = TestKbs::start().await;
+    let a = Attestd::start(|d| kbs_config(d, &kbs.url(), "reuse_token_secs = 300")).unwrap();
+    assert_ne!(token_and_key(&a).await, token_and_key(&a).await);
+    drop(a);
+
+    // BindInitData: the token predates the binding.
+    let kbs = TestKbs::start().await;
+    let digest = [9u8; 32];
+    let plugin =
+        Plugin::sample("ttrpc").with_args(&["--init-data-digest", &attestd_e2e::hex(&digest)]);
+    let a = Attestd::start(|d| {
+        format!(
+            "[token_configs.kbs]\nurl = {:?}\nreuse_token_secs = 60\n{}",
+            kbs.url(),
+            config(d, &plugin, &[], "")
         )
     })
-    .err()
     .unwrap();
-    assert!(
-        e.stderr
-            .contains("error: [keyprovider] ttrpc = \"/no/scheme.sock\": expected unix:///path"),
-        "{}",
-        e.stderr
-    );
-    let e = Attestd::start(|d| {
-        kbs_config(
-            d,
-            "http://127.0.0.1:1",
-            "[keyprovider]\ngrpc = \"nowhere\"\n",
-        )
-    })
-    .err()
-    .unwrap();
-    assert!(
-        e.stderr.contains("error: [keyprovider] grpc = \"nowhere\": \"nowhere\" is neither host:port nor unix:///path"),
-        "{}",
-        e.stderr
-    );
-}
-
-/// The layer key in an UnWrapKey answer (`keyunwrapresults.optsdata`, base64).
-fn unwrapped(output: &[u8]) -> Vec<u8> {
-    use base64::engine::general_purpose::STANDARD;
-    use base64::Engine as _;
-    let out: serde_json::Value = serde_json::from_slice(output).unwrap();
-    STANDARD
-        .decode(out["keyunwrapresults"]["optsdata"].as_str().unwrap())
-        .unwrap()
+    let before = token_and_key(&a).await;
+    assert_eq!(token_and_key(&a).await, before);
+    a.bind_init_data(&digest).await.unwrap();
+    assert_ne!(token_and_key(&a).await, before);
+    assert_eq!(kbs.attestations().len(), 2);
 }

@@ -4,6 +4,7 @@
 //! module only speaks HTTP and JSON.
 
 pub mod jcs;
+pub mod session;
 pub mod tee_key;
 
 use std::time::Duration;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use attester_sdk::{Error, Result};
 use kbs_types::{Attestation, Challenge, Request, Response, Tee};
 
+pub use session::{KbsSession, Reuse, Sessions};
 pub use tee_key::TeeKey;
 
 pub const PROTOCOL_VERSION: &str = "0.4.0";
@@ -168,14 +170,9 @@ impl KbsClient {
     }
 
     /// Step 5: a resource (`<repo>/<type>/<tag>`) as the KBS's JWE, with its
-    /// `protected` member as sent (the AAD). `Ok(None)` on 401: the caller attests
-    /// again.
-    pub async fn resource(
-        &self,
-        path: &str,
-        token: &str,
-        cookie: Option<&str>,
-    ) -> Result<Option<(Response, String)>> {
+    /// `protected` member as sent (the AAD); or, on 401, why the KBS refused (the
+    /// caller decides whether a fresh token could help).
+    pub async fn resource(&self, path: &str, token: &str, cookie: Option<&str>) -> Result<Fetched> {
         let req = self
             .http
             .get(format!("{}/kbs/v0/resource/{path}", self.base))
@@ -184,17 +181,97 @@ impl KbsClient {
             .send()
             .await
             .map_err(|e| unavailable("KBS resource", e))?;
+        let what = format!("KBS resource {path}");
         if r.status() == reqwest::StatusCode::UNAUTHORIZED {
-            return Ok(None);
+            let body = read_bounded("KBS", r, &what, MAX_SMALL).await?;
+            return Ok(Fetched::Refused(Refusal::parse(&body)));
         }
-        let body = check(r, &format!("KBS resource {path}"), MAX_RESOURCE).await?;
+        let body = check(r, &what, MAX_RESOURCE).await?;
         let not_jwe =
             || Error::failed_precondition(format!("KBS resource {path}: the answer is not a JWE"));
         let raw: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| not_jwe().with_source(e))?;
         let protected = raw["protected"].as_str().ok_or_else(not_jwe)?.to_string();
         let jwe: Response = serde_json::from_value(raw).map_err(|e| not_jwe().with_source(e))?;
-        Ok(Some((jwe, protected)))
+        Ok(Fetched::Resource {
+            jwe: Box::new(jwe),
+            protected,
+        })
+    }
+}
+
+/// A resource request's outcome.
+pub enum Fetched {
+    /// The JWE and its `protected` member as sent.
+    Resource {
+        jwe: Box<Response>,
+        protected: String,
+    },
+    /// The KBS answered 401.
+    Refused(Refusal),
+}
+
+/// Why the KBS refused, from its error body: Trustee answers 401 for every failure
+/// and names the cause in kbs-types' `ErrorInformation`
+/// (`{"type": ".../errors/<Kind>", "detail": "…"}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The error type's last path segment (`PolicyDeny`), if the body had one.
+    pub kind: Option<String>,
+    /// The detail, or the body's start when it is not an `ErrorInformation`;
+    /// bounded and escaped ([`crate::echo`]).
+    pub detail: String,
+}
+
+/// Refusals a fresh token cannot change: the policy denies this TEE the resource,
+/// the resource (or its plugin) is missing or failing, the KBS's policy is broken.
+/// A 401 of another kind (an expired or unknown token, say) means attest again.
+const FINAL_REFUSALS: [&str; 6] = [
+    "PolicyDeny",
+    "PluginInternalError",
+    "PluginNotFound",
+    "InvalidRequestPath",
+    "ParsePolicyError",
+    "PolicyEngine",
+];
+
+impl Refusal {
+    pub fn parse(body: &[u8]) -> Refusal {
+        use crate::echo::{bounded, MAX_ECHO};
+        match serde_json::from_slice::<kbs_types::ErrorInformation>(body) {
+            Ok(e) => Refusal {
+                kind: e
+                    .error_type
+                    .rsplit('/')
+                    .next()
+                    .filter(|k| !k.is_empty())
+                    .map(|k| bounded(k, MAX_ECHO)),
+                detail: bounded(&e.detail, MAX_ECHO),
+            },
+            Err(_) => Refusal {
+                kind: None,
+                detail: bounded(&String::from_utf8_lossy(body), MAX_ECHO),
+            },
+        }
+    }
+
+    /// Whether attesting again could change the answer.
+    pub fn fresh_token_may_help(&self) -> bool {
+        !self
+            .kind
+            .as_deref()
+            .is_some_and(|k| FINAL_REFUSALS.contains(&k))
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.kind, self.detail.is_empty()) {
+            (Some(k), false) => write!(f, "{k}: {}", self.detail),
+            (Some(k), true) => f.write_str(k),
+            (None, false) => f.write_str(&self.detail),
+            (None, true) => f.write_str("no reason given"),
+        }
     }
 }
 
@@ -228,15 +305,37 @@ async fn check(r: reqwest::Response, what: &str, max: usize) -> Result<Vec<u8>> 
 /// [`check`] for any `peer`.
 pub(crate) async fn check_answer(
     peer: &str,
-    mut r: reqwest::Response,
+    r: reqwest::Response,
     what: &str,
     max: usize,
 ) -> Result<Vec<u8>> {
     let status = r.status();
+    let body = read_bounded(peer, r, what, max).await?;
+    if status.is_success() {
+        return Ok(body);
+    }
+    let msg = format!(
+        "{what}: the {peer} answered {status}: {}",
+        Refusal::parse(&body)
+    );
+    Err(match status.as_u16() {
+        401 | 403 => Error::failed_precondition(msg),
+        400..=499 => Error::invalid_argument(msg),
+        _ => Error::unavailable(msg),
+    })
+}
+
+/// The body of `r`, refused past `max` bytes.
+async fn read_bounded(
+    peer: &str,
+    mut r: reqwest::Response,
+    what: &str,
+    max: usize,
+) -> Result<Vec<u8>> {
+    let over =
+        || Error::failed_precondition(format!("{what}: the {peer}'s answer is over {max} bytes"));
     if r.content_length().is_some_and(|n| n as usize > max) {
-        return Err(Error::failed_precondition(format!(
-            "{what}: the {peer}'s answer is over {max} bytes"
-        )));
+        return Err(over());
     }
     let mut body = Vec::new();
     while let Some(chunk) = r
@@ -245,24 +344,11 @@ pub(crate) async fn check_answer(
         .map_err(|e| unreachable_peer(peer, what, e))?
     {
         if body.len() + chunk.len() > max {
-            return Err(Error::failed_precondition(format!(
-                "{what}: the {peer}'s answer is over {max} bytes"
-            )));
+            return Err(over());
         }
         body.extend_from_slice(&chunk);
     }
-    if status.is_success() {
-        return Ok(body);
-    }
-    let detail = serde_json::from_slice::<kbs_types::ErrorInformation>(&body)
-        .map(|e| e.detail)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned());
-    let msg = format!("{what}: the {peer} answered {status}: {detail}");
-    Err(match status.as_u16() {
-        401 | 403 => Error::failed_precondition(msg),
-        400..=499 => Error::invalid_argument(msg),
-        _ => Error::unavailable(msg),
-    })
+    Ok(body)
 }
 
 /// `H(JCS(value))` with the hash the KBS selected.
@@ -299,6 +385,47 @@ mod tests {
         );
         assert!(KbsClient::new("kbs.example", None).is_err());
         assert!(KbsClient::new("https://k", Some("not pem")).is_err());
+    }
+
+    #[test]
+    fn refusals_name_the_kbs_reason_and_whether_to_attest_again() {
+        let trustee = |kind: &str, detail: &str| {
+            Refusal::parse(
+                serde_json::json!({
+                    "type": format!("https://github.com/confidential-containers/kbs/errors/{kind}"),
+                    "detail": detail,
+                })
+                .to_string()
+                .as_bytes(),
+            )
+        };
+        let deny = trustee("PolicyDeny", "Access denied by policy");
+        assert_eq!(deny.to_string(), "PolicyDeny: Access denied by policy");
+        assert!(!deny.fresh_token_may_help());
+        let missing = trustee(
+            "PluginInternalError",
+            "Plugin internal error: resource not found: default/key/2",
+        );
+        assert!(!missing.fresh_token_may_help());
+        let token = trustee("TokenVerifierError", "Token Verifier error: expired");
+        assert!(token.fresh_token_may_help());
+        assert_eq!(
+            token.to_string(),
+            "TokenVerifierError: Token Verifier error: expired"
+        );
+        // Not Trustee's shape: the body's start, escaped; a fresh token may help.
+        let other = Refusal::parse(b"go away\n");
+        assert_eq!(other.to_string(), "go away\\n");
+        assert!(other.fresh_token_may_help());
+        assert_eq!(Refusal::parse(b"").to_string(), "no reason given");
+        // A hostile detail is cut and cannot break the line.
+        let long = trustee("PolicyDeny", &format!("a\nb{}", "x".repeat(1000)));
+        assert!(long.detail.starts_with("a\\nb"), "{}", long.detail);
+        assert!(
+            long.detail.ends_with("… (1003 characters)"),
+            "{}",
+            long.detail
+        );
     }
 
     #[test]

@@ -31,11 +31,35 @@ struct Args {
     /// TEE to claim.
     #[arg(long, default_value = "sample")]
     tee: String,
+    /// Offer runtime measurement on an in-memory SHA-256 register bank (24
+    /// registers, zero at start), so the event log runs without a TPM.
+    #[arg(long)]
+    registers: bool,
 }
+
+const REGISTERS: usize = 24;
 
 struct TestAttester {
     mode: Mode,
     tee: String,
+    registers: Option<std::sync::Mutex<Vec<[u8; 32]>>>,
+}
+
+impl TestAttester {
+    fn bank(&self) -> Result<std::sync::MutexGuard<'_, Vec<[u8; 32]>>> {
+        let bank = self
+            .registers
+            .as_ref()
+            .ok_or_else(|| Error::unsupported("runtime measurement"))?;
+        Ok(bank.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn index(register: u64) -> Result<usize> {
+        usize::try_from(register)
+            .ok()
+            .filter(|&r| r < REGISTERS)
+            .ok_or_else(|| Error::invalid_argument(format!("no register {register}")))
+    }
 }
 
 impl Attester for TestAttester {
@@ -47,6 +71,9 @@ impl Attester for TestAttester {
             evidence_format: "test/1".into(),
             capabilities: Capabilities {
                 max_report_data: 64,
+                runtime_measurement: self.registers.is_some(),
+                register_read: self.registers.is_some(),
+                measurement_hash: self.registers.as_ref().map(|_| "sha256".into()),
                 ..Default::default()
             },
         }
@@ -65,6 +92,25 @@ impl Attester for TestAttester {
         attester_sample::evidence(report_data.as_bytes())
             .map_err(|e| Error::internal("sample evidence").with_source(e))
     }
+
+    async fn extend_measurement(&self, register: u64, digest: Vec<u8>) -> Result<()> {
+        use sha2::Digest as _;
+        let i = Self::index(register)?;
+        if digest.len() != 32 {
+            return Err(Error::invalid_argument("digest is not 32 bytes"));
+        }
+        let mut bank = self.bank()?;
+        let mut h = sha2::Sha256::new();
+        h.update(bank[i]);
+        h.update(&digest);
+        bank[i] = h.finalize().into();
+        Ok(())
+    }
+
+    async fn read_measurement(&self, register: u64) -> Result<Vec<u8>> {
+        let i = Self::index(register)?;
+        Ok(self.bank()?[i].to_vec())
+    }
 }
 
 fn main() -> ExitCode {
@@ -81,6 +127,9 @@ fn main() -> ExitCode {
         TestAttester {
             mode: args.mode,
             tee: args.tee,
+            registers: args
+                .registers
+                .then(|| std::sync::Mutex::new(vec![[0u8; 32]; REGISTERS])),
         },
         opts,
     )
