@@ -251,6 +251,9 @@ async fn rtmrs_through_the_kernel_interface_when_present() {
                 [rtmr(1), rtmr(7), rtmr(2), rtmr(8), rtmr(15), rtmr(17)],
                 [0, 0, 1, 2, 2, 3]
             );
+            // PCR 24 and up go to RTMR 3 too, as upstream maps them.
+            assert_eq!(caps.default_register, Some(3));
+            assert!(caps.register_map.iter().all(|r| r.pcr < 24));
             c.extend_measurement(3, vec![5; 48]).await.unwrap();
             assert_eq!(std::fs::read(m.join("rtmr3:sha384")).unwrap(), vec![5; 48]);
             assert_eq!(c.read_measurement(3).await.unwrap(), vec![5; 48]);

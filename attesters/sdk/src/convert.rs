@@ -55,6 +55,7 @@ pub(crate) mod ttrpc {
                     DeviceRole::Additional => pb::DeviceRole::DEVICE_ADDITIONAL,
                 }
                 .into(),
+                default_register: c.default_register,
                 ..Default::default()
             })
             .into(),
@@ -87,6 +88,7 @@ pub(crate) mod ttrpc {
                 Ok(pb::DeviceRole::DEVICE_ADDITIONAL) => DeviceRole::Additional,
                 _ => DeviceRole::Primary,
             },
+            default_register: c.default_register,
         };
         InfoFromPeer {
             info: PluginInfo {
@@ -140,6 +142,7 @@ pub(crate) mod grpc {
                     DeviceRole::Primary => pb::DeviceRole::DevicePrimary,
                     DeviceRole::Additional => pb::DeviceRole::DeviceAdditional,
                 } as i32,
+                default_register: c.default_register,
             }),
         }
     }
@@ -168,6 +171,7 @@ pub(crate) mod grpc {
                 pb::DeviceRole::DeviceAdditional => DeviceRole::Additional,
                 pb::DeviceRole::DevicePrimary => DeviceRole::Primary,
             },
+            default_register: c.default_register,
         };
         InfoFromPeer {
             info: PluginInfo {

@@ -150,8 +150,12 @@ pub struct Capabilities {
     pub runtime_measurement: bool,
     /// Hash algorithm of the measurement registers (`sha256`, `sha384`), if any.
     pub measurement_hash: Option<String>,
-    /// PCR → register map; empty when PCR indexes are the registers.
+    /// PCR → register map; empty (and no `default_register`) when PCR indexes are
+    /// the registers.
     pub register_map: Vec<RegisterMapping>,
+    /// The register of a PCR not in `register_map` (TDX: RTMR 3, as upstream);
+    /// `None`: such a PCR is refused.
+    pub default_register: Option<u64>,
     /// Registers can be read back.
     pub register_read: bool,
     pub init_data: InitDataBinding,

@@ -67,6 +67,8 @@ impl<F: TsmFs + 'static> Attester for Tdx<F> {
                         .collect(),
                     None => Vec::new(),
                 },
+                // Upstream maps every PCR outside 0–15 to RTMR 3, 24 and up too.
+                default_register: self.rtmrs.as_ref().map(|_| rtmr_for_pcr(u64::MAX)),
                 ..Default::default()
             },
         }

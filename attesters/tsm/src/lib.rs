@@ -64,8 +64,10 @@ pub struct Emulated {
     answer: Answer,
     auxblob: Option<Vec<u8>>,
     entries: Mutex<Entries>,
-    /// Test hook: writes by "another process" seen by the next outblob reads.
-    interfere: AtomicU64,
+    /// Test hook: the next outblob reads see the generation move by this step
+    /// ("another process" wrote, or a kernel went backwards), this many times.
+    #[cfg(test)]
+    interfere: Mutex<(u64, i64)>,
 }
 
 impl Emulated {
@@ -75,13 +77,15 @@ impl Emulated {
             answer,
             auxblob,
             entries: Mutex::new(HashMap::new()),
-            interfere: AtomicU64::new(0),
+            #[cfg(test)]
+            interfere: Mutex::new((0, 0)),
         }
     }
 
-    /// Make the next `n` outblob reads see a concurrent writer.
-    pub fn interfere(&self, n: u64) {
-        self.interfere.store(n, Ordering::SeqCst);
+    /// Make the next `n` outblob reads see the generation move by `step`.
+    #[cfg(test)]
+    fn interfere(&self, n: u64, step: i64) {
+        *self.interfere.lock().unwrap_or_else(|p| p.into_inner()) = (n, step);
     }
 
     /// How many report entries exist (the client must remove its own).
@@ -116,9 +120,13 @@ impl TsmFs for Emulated {
             "provider" => Ok(format!("{}\n", self.provider).into_bytes()),
             "generation" => Ok(format!("{}\n", e.0).into_bytes()),
             "outblob" => {
-                if self.interfere.load(Ordering::SeqCst) > 0 {
-                    self.interfere.fetch_sub(1, Ordering::SeqCst);
-                    e.0 += 1; // someone else wrote inblob meanwhile
+                #[cfg(test)]
+                {
+                    let mut i = self.interfere.lock().unwrap_or_else(|p| p.into_inner());
+                    if i.0 > 0 {
+                        i.0 -= 1;
+                        e.0 = e.0.wrapping_add_signed(i.1);
+                    }
                 }
                 let rd =
                     e.1.ok_or_else(|| std::io::Error::other("no inblob written"))?;
@@ -138,7 +146,7 @@ impl TsmFs for Emulated {
                 let rd: [u8; 64] = data
                     .try_into()
                     .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-                e.0 += 1;
+                e.0 = e.0.wrapping_add(1);
                 e.1 = Some(rd);
                 Ok(())
             }
@@ -215,7 +223,8 @@ impl<F: TsmFs> ConfigfsTsm<F> {
             if after == before {
                 return Ok(Report { outblob, auxblob });
             }
-            last = after - before;
+            // A kernel (or host) may move it either way: never underflow.
+            last = after.abs_diff(before);
         }
         Err(Error::unavailable(format!(
             "configfs-tsm entry changed while reading the report ({last} other write(s)) {ATTEMPTS} times: concurrent writers"
@@ -301,7 +310,7 @@ mod tests {
     #[test]
     fn one_concurrent_write_is_retried() {
         let tsm = echo("tdx_guest", None);
-        tsm.fs.interfere(1);
+        tsm.fs.interfere(1, 1);
         let r = tsm.report(&[3; 64], false).unwrap();
         assert_eq!(&r.outblob[7..], &[3; 64]);
     }
@@ -309,7 +318,7 @@ mod tests {
     #[test]
     fn persistent_concurrent_writers_are_an_error() {
         let tsm = echo("tdx_guest", None);
-        tsm.fs.interfere(3);
+        tsm.fs.interfere(3, 1);
         let e = tsm.report(&[3; 64], false).unwrap_err();
         assert_eq!(e.code(), Code::Unavailable);
         assert_eq!(
@@ -317,6 +326,22 @@ mod tests {
             "configfs-tsm entry changed while reading the report (1 other write(s)) 3 times: concurrent writers"
         );
         assert_eq!(tsm.fs.entries(), 0);
+    }
+
+    #[test]
+    fn a_generation_going_backwards_is_retried_not_an_underflow() {
+        let tsm = echo("tdx_guest", None);
+        // The generation steps back by 2 during each read, through zero and
+        // u64::MAX (where `after - before` used to underflow).
+        tsm.fs.interfere(3, -2);
+        let e = tsm.report(&[3; 64], false).unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable);
+        assert_eq!(
+            e.message(),
+            "configfs-tsm entry changed while reading the report (2 other write(s)) 3 times: concurrent writers"
+        );
+        tsm.fs.interfere(1, -1);
+        assert_eq!(&tsm.report(&[4; 64], false).unwrap().outblob[7..], &[4; 64]);
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct Layout {
     pub alg: HashAlg,
     /// PCR → register (TDX: RTMR); identity when the plugin gives no map.
     map: BTreeMap<u64, u64>,
+    /// Where PCRs outside a non-empty map go (TDX: RTMR 3, upstream's mapping).
+    default_register: Option<u64>,
     /// TDX logs name registers by CC MR index (RTMR + 1), as the CCEL does.
     cc_mr: bool,
 }
@@ -66,18 +68,34 @@ impl Layout {
                 .iter()
                 .map(|m| (m.pcr, m.register))
                 .collect(),
+            default_register: caps.default_register,
             cc_mr: tee == "tdx",
         }))
     }
 
-    pub fn register(&self, pcr: u64) -> u64 {
-        self.map.get(&pcr).copied().unwrap_or(pcr)
+    /// The register PCR `pcr` extends: the plugin's map, else its default register;
+    /// with neither (no map at all), the PCR itself. A mapped TEE with no default
+    /// refuses a PCR outside its map.
+    pub fn register(&self, pcr: u64) -> Result<u64> {
+        if self.map.is_empty() && self.default_register.is_none() {
+            return Ok(pcr);
+        }
+        self.map
+            .get(&pcr)
+            .copied()
+            .or(self.default_register)
+            .ok_or_else(|| Error::invalid_argument(format!("PCR {pcr} has no register here")))
     }
 
+    /// The register's index in the log (TDX: the CC MR index, RTMR + 1).
     pub fn index(&self, register: u64) -> Result<u32> {
-        let i = if self.cc_mr { register + 1 } else { register };
-        u32::try_from(i)
-            .map_err(|_| Error::invalid_argument(format!("register {register} is out of range")))
+        let i = if self.cc_mr {
+            register.checked_add(1)
+        } else {
+            Some(register)
+        };
+        i.and_then(|i| u32::try_from(i).ok())
+            .ok_or_else(|| Error::invalid_argument(format!("register {register} is out of range")))
     }
 
     pub fn register_of_index(&self, index: u32) -> u64 {
@@ -204,7 +222,7 @@ impl<R: Registers> EventLog<R> {
                 }
             }
             log.reload(&mut st)?;
-            let register = log.layout.register(default_pcr);
+            let register = log.layout.register(default_pcr)?;
             log.ensure_init(&mut st, register).await?;
             // A register that moved without the log is worth a loud line: the
             // verifier will refuse this log.
@@ -245,7 +263,7 @@ impl<R: Registers> EventLog<R> {
         pcr: Option<u64>,
     ) -> Result<()> {
         let text = record::validate(domain, operation, content)?;
-        let register = self.layout.register(pcr.unwrap_or(self.default_pcr));
+        let register = self.layout.register(pcr.unwrap_or(self.default_pcr))?;
         let index = self.layout.index(register)?;
         let mut st = self.state.lock().await;
         if let Some(p) = self.read_wal()? {

@@ -362,10 +362,62 @@ fn layouts() {
     let l = tpm_layout();
     assert_eq!(
         (
-            l.register(17),
+            l.register(17).unwrap(),
             l.index(17).unwrap(),
             l.register_of_index(17)
         ),
         (17, 17, 17)
+    );
+    // The bounds: the largest index, and one past it (the plugin refuses PCRs it
+    // does not have; the core only refuses what the log cannot name).
+    assert_eq!(l.index(u64::from(u32::MAX)).unwrap(), u32::MAX);
+    assert_eq!(
+        l.index(u64::from(u32::MAX) + 1).unwrap_err().message(),
+        "register 4294967296 is out of range"
+    );
+}
+
+#[test]
+fn tdx_maps_pcrs_as_upstream_and_never_overflows() {
+    let caps = Capabilities {
+        runtime_measurement: true,
+        register_read: true,
+        measurement_hash: Some("sha384".into()),
+        register_map: [(1, 0), (7, 0), (2, 1), (8, 2), (17, 3)]
+            .into_iter()
+            .map(|(pcr, register)| attester_sdk::RegisterMapping { pcr, register })
+            .collect(),
+        default_register: Some(3),
+        ..Default::default()
+    };
+    let l = Layout::of("tdx", &caps).unwrap().unwrap();
+    assert_eq!(l.register(7).unwrap(), 0);
+    assert_eq!(l.register(8).unwrap(), 2);
+    // Outside the map: RTMR 3, as upstream maps "anything else".
+    assert_eq!(l.register(24).unwrap(), 3);
+    assert_eq!(l.register(u64::MAX).unwrap(), 3);
+    assert_eq!(l.index(3).unwrap(), 4, "CC MR index");
+    // A caller-chosen u64 cannot wrap the CC MR index (it used to: + 1).
+    assert_eq!(
+        l.index(u64::MAX).unwrap_err().message(),
+        format!("register {} is out of range", u64::MAX)
+    );
+    assert_eq!(
+        l.index(u64::from(u32::MAX)).unwrap_err().message(),
+        "register 4294967295 is out of range"
+    );
+    // A mapped TEE without a default refuses PCRs outside its map.
+    let strict = Layout::of(
+        "x",
+        &Capabilities {
+            default_register: None,
+            ..caps
+        },
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        strict.register(24).unwrap_err().message(),
+        "PCR 24 has no register here"
     );
 }

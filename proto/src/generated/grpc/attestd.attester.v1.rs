@@ -25,7 +25,8 @@ pub struct Capabilities {
     /// Hash algorithm of the measurement registers ("sha256", "sha384"), when supported.
     #[prost(string, tag = "3")]
     pub measurement_hash: ::prost::alloc::string::String,
-    /// PCR -> register map; empty when PCR indexes are the registers.
+    /// PCR -> register map; empty (and no default_register) when PCR indexes are
+    /// the registers.
     #[prost(message, repeated, tag = "4")]
     pub register_map: ::prost::alloc::vec::Vec<RegisterMapping>,
     /// Registers can be read back.
@@ -35,6 +36,10 @@ pub struct Capabilities {
     pub init_data: i32,
     #[prost(enumeration = "DeviceRole", tag = "7")]
     pub role: i32,
+    /// The register of PCRs not in register_map (TDX: RTMR 3, as upstream maps
+    /// them); unset: such a PCR is refused.
+    #[prost(uint64, optional, tag = "8")]
+    pub default_register: ::core::option::Option<u64>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct InfoResponse {

@@ -303,6 +303,8 @@ pub struct Capabilities {
     pub init_data: ::protobuf::EnumOrUnknown<InitDataBinding>,
     // @@protoc_insertion_point(field:attestd.attester.v1.Capabilities.role)
     pub role: ::protobuf::EnumOrUnknown<DeviceRole>,
+    // @@protoc_insertion_point(field:attestd.attester.v1.Capabilities.default_register)
+    pub default_register: ::std::option::Option<u64>,
     // special fields
     // @@protoc_insertion_point(special_field:attestd.attester.v1.Capabilities.special_fields)
     pub special_fields: ::protobuf::SpecialFields,
@@ -320,7 +322,7 @@ impl Capabilities {
     }
 
     fn generated_message_descriptor_data() -> ::protobuf::reflect::GeneratedMessageDescriptorData {
-        let mut fields = ::std::vec::Vec::with_capacity(7);
+        let mut fields = ::std::vec::Vec::with_capacity(8);
         let mut oneofs = ::std::vec::Vec::with_capacity(0);
         fields.push(::protobuf::reflect::rt::v2::make_simpler_field_accessor::<_, _>(
             "max_report_data",
@@ -356,6 +358,11 @@ impl Capabilities {
             "role",
             |m: &Capabilities| { &m.role },
             |m: &mut Capabilities| { &mut m.role },
+        ));
+        fields.push(::protobuf::reflect::rt::v2::make_option_accessor::<_, _>(
+            "default_register",
+            |m: &Capabilities| { &m.default_register },
+            |m: &mut Capabilities| { &mut m.default_register },
         ));
         ::protobuf::reflect::GeneratedMessageDescriptorData::new_2::<Capabilities>(
             "Capabilities",
@@ -396,6 +403,9 @@ impl ::protobuf::Message for Capabilities {
                 56 => {
                     self.role = is.read_enum_or_unknown()?;
                 },
+                64 => {
+                    self.default_register = ::std::option::Option::Some(is.read_uint64()?);
+                },
                 tag => {
                     ::protobuf::rt::read_unknown_or_skip_group(tag, is, self.special_fields.mut_unknown_fields())?;
                 },
@@ -430,6 +440,9 @@ impl ::protobuf::Message for Capabilities {
         if self.role != ::protobuf::EnumOrUnknown::new(DeviceRole::DEVICE_PRIMARY) {
             my_size += ::protobuf::rt::int32_size(7, self.role.value());
         }
+        if let Some(v) = self.default_register {
+            my_size += ::protobuf::rt::uint64_size(8, v);
+        }
         my_size += ::protobuf::rt::unknown_fields_size(self.special_fields.unknown_fields());
         self.special_fields.cached_size().set(my_size as u32);
         my_size
@@ -457,6 +470,9 @@ impl ::protobuf::Message for Capabilities {
         if self.role != ::protobuf::EnumOrUnknown::new(DeviceRole::DEVICE_PRIMARY) {
             os.write_enum(7, ::protobuf::EnumOrUnknown::value(&self.role))?;
         }
+        if let Some(v) = self.default_register {
+            os.write_uint64(8, v)?;
+        }
         os.write_unknown_fields(self.special_fields.unknown_fields())?;
         ::std::result::Result::Ok(())
     }
@@ -481,6 +497,7 @@ impl ::protobuf::Message for Capabilities {
         self.register_read = false;
         self.init_data = ::protobuf::EnumOrUnknown::new(InitDataBinding::INIT_DATA_NONE);
         self.role = ::protobuf::EnumOrUnknown::new(DeviceRole::DEVICE_PRIMARY);
+        self.default_register = ::std::option::Option::None;
         self.special_fields.clear();
     }
 
@@ -493,6 +510,7 @@ impl ::protobuf::Message for Capabilities {
             register_read: false,
             init_data: ::protobuf::EnumOrUnknown::from_i32(0),
             role: ::protobuf::EnumOrUnknown::from_i32(0),
+            default_register: ::std::option::Option::None,
             special_fields: ::protobuf::SpecialFields::new(),
         };
         &instance
@@ -2096,7 +2114,7 @@ static file_descriptor_proto_data: &'static [u8] = b"\
     \n\x0eattester.proto\x12\x13attestd.attester.v1\":\n\x0bInfoRequest\x12+\
     \n\x11protocol_versions\x18\x01\x20\x03(\rR\x10protocolVersions\"?\n\x0f\
     RegisterMapping\x12\x10\n\x03pcr\x18\x01\x20\x01(\x04R\x03pcr\x12\x1a\n\
-    \x08register\x18\x02\x20\x01(\x04R\x08register\"\xf8\x02\n\x0cCapabiliti\
+    \x08register\x18\x02\x20\x01(\x04R\x08register\"\xbd\x03\n\x0cCapabiliti\
     es\x12&\n\x0fmax_report_data\x18\x01\x20\x01(\rR\rmaxReportData\x12/\n\
     \x13runtime_measurement\x18\x02\x20\x01(\x08R\x12runtimeMeasurement\x12)\
     \n\x10measurement_hash\x18\x03\x20\x01(\tR\x0fmeasurementHash\x12G\n\x0c\
@@ -2104,38 +2122,40 @@ static file_descriptor_proto_data: &'static [u8] = b"\
     \x0bregisterMap\x12#\n\rregister_read\x18\x05\x20\x01(\x08R\x0cregisterR\
     ead\x12A\n\tinit_data\x18\x06\x20\x01(\x0e2$.attestd.attester.v1.InitDat\
     aBindingR\x08initData\x123\n\x04role\x18\x07\x20\x01(\x0e2\x1f.attestd.a\
-    ttester.v1.DeviceRoleR\x04role\"\xb4\x02\n\x0cInfoResponse\x12+\n\x11pro\
-    tocol_versions\x18\x01\x20\x03(\rR\x10protocolVersions\x12)\n\x10selecte\
-    d_version\x18\x02\x20\x01(\rR\x0fselectedVersion\x12\x12\n\x04name\x18\
-    \x03\x20\x01(\tR\x04name\x12\x18\n\x07version\x18\x04\x20\x01(\tR\x07ver\
-    sion\x12\x10\n\x03tee\x18\x05\x20\x01(\tR\x03tee\x12'\n\x0fevidence_form\
-    at\x18\x06\x20\x01(\tR\x0eevidenceFormat\x12\x1c\n\ttransport\x18\x07\
-    \x20\x01(\tR\ttransport\x12E\n\x0ccapabilities\x18\x08\x20\x01(\x0b2!.at\
-    testd.attester.v1.CapabilitiesR\x0ccapabilities\"\x0f\n\rDetectRequest\"\
-    *\n\x0eDetectResponse\x12\x18\n\x07present\x18\x01\x20\x01(\x08R\x07pres\
-    ent\"5\n\x12GetEvidenceRequest\x12\x1f\n\x0breport_data\x18\x01\x20\x01(\
-    \x0cR\nreportData\"I\n\x13GetEvidenceResponse\x12\x1a\n\x08evidence\x18\
-    \x01\x20\x01(\x0cR\x08evidence\x12\x16\n\x06format\x18\x02\x20\x01(\tR\
-    \x06format\"N\n\x18ExtendMeasurementRequest\x12\x1a\n\x08register\x18\
-    \x01\x20\x01(\x04R\x08register\x12\x16\n\x06digest\x18\x02\x20\x01(\x0cR\
-    \x06digest\"\x1b\n\x19ExtendMeasurementResponse\"4\n\x16ReadMeasurementR\
-    equest\x12\x1a\n\x08register\x18\x01\x20\x01(\x04R\x08register\"/\n\x17R\
-    eadMeasurementResponse\x12\x14\n\x05value\x18\x01\x20\x01(\x0cR\x05value\
-    \"-\n\x13BindInitDataRequest\x12\x16\n\x06digest\x18\x01\x20\x01(\x0cR\
-    \x06digest\"\x16\n\x14BindInitDataResponse*R\n\x0fInitDataBinding\x12\
-    \x12\n\x0eINIT_DATA_NONE\x10\0\x12\x15\n\x11INIT_DATA_COMPARE\x10\x01\
-    \x12\x14\n\x10INIT_DATA_EXTEND\x10\x02*7\n\nDeviceRole\x12\x12\n\x0eDEVI\
-    CE_PRIMARY\x10\0\x12\x15\n\x11DEVICE_ADDITIONAL\x10\x012\xd3\x04\n\x08At\
-    tester\x12K\n\x04Info\x12\x20.attestd.attester.v1.InfoRequest\x1a!.attes\
-    td.attester.v1.InfoResponse\x12Q\n\x06Detect\x12\".attestd.attester.v1.D\
-    etectRequest\x1a#.attestd.attester.v1.DetectResponse\x12`\n\x0bGetEviden\
-    ce\x12'.attestd.attester.v1.GetEvidenceRequest\x1a(.attestd.attester.v1.\
-    GetEvidenceResponse\x12r\n\x11ExtendMeasurement\x12-.attestd.attester.v1\
-    .ExtendMeasurementRequest\x1a..attestd.attester.v1.ExtendMeasurementResp\
-    onse\x12l\n\x0fReadMeasurement\x12+.attestd.attester.v1.ReadMeasurementR\
-    equest\x1a,.attestd.attester.v1.ReadMeasurementResponse\x12c\n\x0cBindIn\
-    itData\x12(.attestd.attester.v1.BindInitDataRequest\x1a).attestd.atteste\
-    r.v1.BindInitDataResponseb\x06proto3\
+    ttester.v1.DeviceRoleR\x04role\x12.\n\x10default_register\x18\x08\x20\
+    \x01(\x04H\0R\x0fdefaultRegister\x88\x01\x01B\x13\n\x11_default_register\
+    \"\xb4\x02\n\x0cInfoResponse\x12+\n\x11protocol_versions\x18\x01\x20\x03\
+    (\rR\x10protocolVersions\x12)\n\x10selected_version\x18\x02\x20\x01(\rR\
+    \x0fselectedVersion\x12\x12\n\x04name\x18\x03\x20\x01(\tR\x04name\x12\
+    \x18\n\x07version\x18\x04\x20\x01(\tR\x07version\x12\x10\n\x03tee\x18\
+    \x05\x20\x01(\tR\x03tee\x12'\n\x0fevidence_format\x18\x06\x20\x01(\tR\
+    \x0eevidenceFormat\x12\x1c\n\ttransport\x18\x07\x20\x01(\tR\ttransport\
+    \x12E\n\x0ccapabilities\x18\x08\x20\x01(\x0b2!.attestd.attester.v1.Capab\
+    ilitiesR\x0ccapabilities\"\x0f\n\rDetectRequest\"*\n\x0eDetectResponse\
+    \x12\x18\n\x07present\x18\x01\x20\x01(\x08R\x07present\"5\n\x12GetEviden\
+    ceRequest\x12\x1f\n\x0breport_data\x18\x01\x20\x01(\x0cR\nreportData\"I\
+    \n\x13GetEvidenceResponse\x12\x1a\n\x08evidence\x18\x01\x20\x01(\x0cR\
+    \x08evidence\x12\x16\n\x06format\x18\x02\x20\x01(\tR\x06format\"N\n\x18E\
+    xtendMeasurementRequest\x12\x1a\n\x08register\x18\x01\x20\x01(\x04R\x08r\
+    egister\x12\x16\n\x06digest\x18\x02\x20\x01(\x0cR\x06digest\"\x1b\n\x19E\
+    xtendMeasurementResponse\"4\n\x16ReadMeasurementRequest\x12\x1a\n\x08reg\
+    ister\x18\x01\x20\x01(\x04R\x08register\"/\n\x17ReadMeasurementResponse\
+    \x12\x14\n\x05value\x18\x01\x20\x01(\x0cR\x05value\"-\n\x13BindInitDataR\
+    equest\x12\x16\n\x06digest\x18\x01\x20\x01(\x0cR\x06digest\"\x16\n\x14Bi\
+    ndInitDataResponse*R\n\x0fInitDataBinding\x12\x12\n\x0eINIT_DATA_NONE\
+    \x10\0\x12\x15\n\x11INIT_DATA_COMPARE\x10\x01\x12\x14\n\x10INIT_DATA_EXT\
+    END\x10\x02*7\n\nDeviceRole\x12\x12\n\x0eDEVICE_PRIMARY\x10\0\x12\x15\n\
+    \x11DEVICE_ADDITIONAL\x10\x012\xd3\x04\n\x08Attester\x12K\n\x04Info\x12\
+    \x20.attestd.attester.v1.InfoRequest\x1a!.attestd.attester.v1.InfoRespon\
+    se\x12Q\n\x06Detect\x12\".attestd.attester.v1.DetectRequest\x1a#.attestd\
+    .attester.v1.DetectResponse\x12`\n\x0bGetEvidence\x12'.attestd.attester.\
+    v1.GetEvidenceRequest\x1a(.attestd.attester.v1.GetEvidenceResponse\x12r\
+    \n\x11ExtendMeasurement\x12-.attestd.attester.v1.ExtendMeasurementReques\
+    t\x1a..attestd.attester.v1.ExtendMeasurementResponse\x12l\n\x0fReadMeasu\
+    rement\x12+.attestd.attester.v1.ReadMeasurementRequest\x1a,.attestd.atte\
+    ster.v1.ReadMeasurementResponse\x12c\n\x0cBindInitData\x12(.attestd.atte\
+    ster.v1.BindInitDataRequest\x1a).attestd.attester.v1.BindInitDataRespons\
+    eb\x06proto3\
 ";
 
 /// `FileDescriptorProto` object which was a source for this generated file
