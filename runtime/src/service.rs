@@ -42,8 +42,10 @@ pub struct Service {
     eventlog_config: EventlogConfig,
     /// Open when enabled and the primary plugin can extend and read back.
     eventlog: Option<EventLog<Supervisor>>,
-    /// Plugin name → the launch instance whose identity is in the log.
-    measured: tokio::sync::Mutex<HashMap<String, u64>>,
+    /// Plugin name → the launch instance whose identity is in the log (0: none),
+    /// one lock per plugin: a plugin that is restarting holds up only the calls
+    /// that need it.
+    measured: HashMap<String, tokio::sync::Mutex<u64>>,
     initdata: Option<crate::initdata::InitData>,
     keyprovider: crate::config::KeyProviderConfig,
     /// The last RCAR session: reused for resources, and for GetToken("kbs") when
@@ -58,6 +60,10 @@ impl Service {
         additional: Vec<Arc<Supervisor>>,
         config: &Config,
     ) -> Self {
+        let measured = std::iter::once(&primary)
+            .chain(additional.iter())
+            .map(|s| (s.name().to_string(), tokio::sync::Mutex::new(0)))
+            .collect();
         Service {
             _lock: lock,
             primary,
@@ -65,7 +71,7 @@ impl Service {
             tokens: config.token_configs.clone(),
             eventlog_config: config.eventlog_config.clone(),
             eventlog: None,
-            measured: tokio::sync::Mutex::new(HashMap::new()),
+            measured,
             initdata: None,
             keyprovider: config.keyprovider.clone(),
             kbs_sessions: Sessions::default(),
@@ -102,22 +108,30 @@ impl Service {
             .map_err(|e| e.context("cannot open the event log"))?;
         tracing::info!(path = %log.path().display(), "event log open");
         self.eventlog = Some(log);
-        self.measure_plugins().await
+        self.measure(self.plugins()).await
     }
 
-    /// Record the identity of every plugin instance not yet in the log (at start,
-    /// and after a restart, before that instance serves anything).
-    async fn measure_plugins(&self) -> Result<()> {
+    /// Record the identity of each of `plugins` whose running instance is not yet
+    /// in the log (at start, and after a restart, before that instance serves
+    /// anything). Each plugin is waited for under its own lock, so a plugin that is
+    /// down delays only the calls that need it.
+    async fn measure<'a>(
+        &self,
+        plugins: impl IntoIterator<Item = &'a Arc<Supervisor>>,
+    ) -> Result<()> {
         let Some(log) = &self.eventlog else {
             return Ok(());
         };
-        let mut measured = self.measured.lock().await;
-        for s in self.plugins() {
+        for s in plugins {
+            let Some(slot) = self.measured.get(s.name()) else {
+                continue;
+            };
+            let mut measured = slot.lock().await;
             let live = s
                 .live()
                 .await
                 .map_err(|e| e.context(format!("plugin {}", s.name())))?;
-            if measured.get(s.name()) == Some(&live.instance) {
+            if *measured == live.instance {
                 continue;
             }
             let content = identity_content(s.name(), &live.handshake.info, &live.provenance);
@@ -130,7 +144,7 @@ impl Service {
                     ))
                 })?;
             tracing::info!(plugin = %s.name(), %content, "plugin identity recorded");
-            measured.insert(s.name().to_string(), live.instance);
+            *measured = live.instance;
         }
         Ok(())
     }
@@ -141,7 +155,7 @@ impl Service {
 
     /// The primary TEE's evidence for `runtime_data`, untouched.
     pub async fn get_evidence(&self, runtime_data: Vec<u8>) -> Result<Vec<u8>> {
-        self.measure_plugins().await?;
+        self.measure([&self.primary]).await?;
         Ok(evidence_of(&self.primary, runtime_data).await?.1)
     }
 
@@ -151,7 +165,7 @@ impl Service {
         if self.additional.is_empty() {
             return Ok(Vec::new());
         }
-        self.measure_plugins().await?;
+        self.measure(&self.additional).await?;
         let mut all = BTreeMap::new();
         for s in &self.additional {
             let (tee, bytes) = evidence_of(s, runtime_data.clone()).await?;
@@ -211,7 +225,8 @@ impl Service {
         let Some(log) = &self.eventlog else {
             return Ok(MeasurementResult::NotSupported);
         };
-        self.measure_plugins().await?;
+        // The entry goes through the primary's registers; nothing else serves.
+        self.measure([&self.primary]).await?;
         let r = log
             .record(
                 &event.domain,
@@ -280,8 +295,8 @@ impl Service {
                     .map(|c| c.url.clone())
                     .unwrap_or_default();
                 let client = crate::coco_as::AsClient::new(&url)?;
-                // Identity first, as before any evidence leaves the core.
-                self.measure_plugins().await?;
+                // get_evidence records the primary's identity before its evidence
+                // leaves the core.
                 let evidence = self.get_evidence(Vec::new()).await?;
                 client
                     .token(&self.get_tee_type(), &evidence)
@@ -299,7 +314,8 @@ impl Service {
     /// primary's), attestation; the token and the key.
     pub async fn rcar(&self, client: &crate::kbs::KbsClient, alg: &str) -> Result<KbsSession> {
         use crate::kbs::bind;
-        self.measure_plugins().await?;
+        // Every plugin gives evidence here: their identities first.
+        self.measure(self.plugins()).await?;
         // Taken before any evidence: a restart during the handshake shows as a
         // mismatch later, and the session is not reused.
         let instances = self.instances();

@@ -262,6 +262,62 @@ async fn plugin_down_for_good_is_unavailable() {
     assert!(msg == missing || msg == just_died, "{msg}");
 }
 
+#[tokio::test]
+async fn a_down_additional_plugin_affects_only_what_needs_it() {
+    // The event log on (the test plugin's emulated registers), so every call
+    // records plugin identities; the additional plugin down for good.
+    let bins = tempfile::tempdir().unwrap();
+    let copy = bins.path().join("attester-sample-copy");
+    std::fs::copy(bin("attester-sample"), &copy).unwrap();
+    let mut dev = Plugin::sample_device("ttrpc");
+    dev.command = copy.clone();
+    let primary = Plugin::test("ttrpc", &["--registers"]);
+    let a = Attestd::start(|d| {
+        format!(
+            "{}\n[eventlog_config]\nenable_eventlog = true\npath = {:?}\n",
+            config(d, &primary, &[dev], "restart_wait_ms = 3000"),
+            d.join("eventlog").display().to_string()
+        )
+    })
+    .unwrap();
+    std::fs::remove_file(&copy).unwrap();
+    signal(a.plugin_pid("dev").unwrap(), Signal::SIGKILL);
+    // What needs it says why (once restart_wait has passed: it stays down).
+    let req = attestd_proto::ttrpc::attestation_agent::GetAdditionalEvidenceRequest {
+        RuntimeData: b"x".to_vec(),
+        ..Default::default()
+    };
+    let (code, msg) = status(
+        a.ttrpc()
+            .await
+            .get_additional_evidence(attestd_e2e::ctx(), &req)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, ttrpc::Code::UNAVAILABLE);
+    assert!(msg.starts_with("plugin dev: not running: "), "{msg}");
+    // The primary's evidence and measurements do not wait for the dead plugin
+    // (they used to wait out restart_wait under one lock, then fail).
+    let t = Instant::now();
+    a.evidence(b"primary only").await.unwrap();
+    let req = attestd_proto::ttrpc::attestation_agent::ExtendRuntimeMeasurementRequest {
+        Domain: "github.com/confidential-containers".into(),
+        Operation: "PullImage".into(),
+        Content: "{}".into(),
+        ..Default::default()
+    };
+    a.ttrpc()
+        .await
+        .extend_runtime_measurement(attestd_e2e::ctx(), &req)
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
 #[test]
 fn sigterm_removes_sockets_and_stops_plugins() {
     let p = Plugin::sample("grpc");
