@@ -12,6 +12,7 @@ pub mod coco_as;
 pub mod config;
 pub mod echo;
 pub mod eventlog;
+mod fault;
 pub mod initdata;
 pub mod kbs;
 pub mod keyprovider;

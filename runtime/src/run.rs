@@ -9,7 +9,8 @@ use attester_sdk::{Code, DeviceRole, Error, Result};
 
 use crate::config::{Config, LaunchKind};
 use crate::initdata::InitData;
-use crate::server::grpc::{self, GrpcAddr};
+use crate::server::grpc::{GrpcAddr, GrpcServer};
+pub use crate::server::prepare_socket;
 use crate::server::ttrpc;
 use crate::service::Service;
 use crate::supervisor::{claim_socket_dir, PluginSpec, Supervisor};
@@ -19,9 +20,6 @@ pub const DEFAULT_ATTESTATION_SOCK: &str =
     "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock";
 /// Upstream's gRPC AA address.
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50002";
-
-/// How long in-flight gRPC calls get to finish at shutdown.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What `attestd run` needs besides the config.
 pub struct RunOptions {
@@ -126,56 +124,60 @@ async fn serve(
     if let Some(init) = &opts.initdata {
         bind_init_data(service, init).await?;
     }
-    let (stop_grpc, grpc_task) = match &opts.grpc {
+    let mut grpc = match &opts.grpc {
         Some(addr) => {
-            if let GrpcAddr::Unix(p) = addr {
-                prepare_socket(p)?;
-            }
-            let listener = grpc::bind(addr).await?;
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(grpc::serve(service.clone(), listener, async {
-                let _ = rx.await;
-            }));
+            let s = GrpcServer::start("AA API", crate::server::grpc::router(service.clone()), addr)
+                .await?;
             tracing::info!(%addr, "serving the AA API over gRPC");
-            (Some(tx), Some(task))
+            Some(s)
         }
-        None => (None, None),
+        None => None,
     };
-    let kp = start_keyprovider(service, &opts.config.keyprovider).await?;
+    let mut kp = match start_keyprovider(service, &opts.config.keyprovider).await {
+        Ok(kp) => kp,
+        Err(e) => {
+            if let Some(g) = grpc {
+                g.stop().await;
+            }
+            return Err(e);
+        }
+    };
     // `run` prepared the AA socket before starting the plugins.
     let ttrpc_server = ttrpc::start(service.clone(), sock).await?;
     tracing::info!(socket = %sock.display(), tee = %service.get_tee_type(), "attestd ready");
-    shutdown.await;
-    tracing::info!("shutting down");
+    // Until asked to stop, or until a part that should run as long as attestd
+    // ends on its own: then attestd exits non-zero (systemd and kata restart it),
+    // rather than stay "ready" with a dead listener or an unsupervised plugin.
+    let broken = tokio::select! {
+        () = shutdown => None,
+        e = ended(&mut grpc) => Some(e),
+        e = ended(&mut kp.grpc) => Some(e),
+        e = service.supervisor_ended() => Some(e),
+    };
+    match &broken {
+        None => tracing::info!("shutting down"),
+        Some(e) => tracing::error!("{}: shutting down", e.chain()),
+    }
     ttrpc_server.shutdown().await;
     kp.stop().await;
-    if let Some(tx) = stop_grpc {
-        let _ = tx.send(());
+    if let Some(g) = grpc {
+        g.stop().await;
     }
-    if let Some(mut task) = grpc_task {
-        // Graceful shutdown lasts until clients close their (HTTP/2, long-lived)
-        // connections; in-flight calls get SHUTDOWN_GRACE, then the rest is dropped.
-        match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
-            Ok(Ok(r)) => r?,
-            Ok(Err(e)) => return Err(Error::internal("gRPC server task failed").with_source(e)),
-            Err(_) => {
-                task.abort();
-                if let Some(GrpcAddr::Unix(p)) = &opts.grpc {
-                    let _ = std::fs::remove_file(p);
-                }
-            }
-        }
+    broken.map_or(Ok(()), Err)
+}
+
+/// [`GrpcServer::ended`] of a server that may not be configured (then never).
+async fn ended(server: &mut Option<GrpcServer>) -> Error {
+    match server {
+        Some(s) => s.ended().await,
+        None => std::future::pending().await,
     }
-    Ok(())
 }
 
 /// The key provider's servers, when configured.
 struct KeyProviderServers {
     ttrpc: Option<ttrpc::TtrpcServer>,
-    grpc: Option<(
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<Result<()>>,
-    )>,
+    grpc: Option<GrpcServer>,
 }
 
 impl KeyProviderServers {
@@ -183,14 +185,8 @@ impl KeyProviderServers {
         if let Some(s) = self.ttrpc {
             s.shutdown().await;
         }
-        if let Some((tx, mut task)) = self.grpc {
-            let _ = tx.send(());
-            if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
-                .await
-                .is_err()
-            {
-                task.abort();
-            }
+        if let Some(g) = self.grpc {
+            g.stop().await;
         }
     }
 }
@@ -208,20 +204,9 @@ async fn start_keyprovider(
         let addr: GrpcAddr = addr.parse().map_err(|e: String| {
             Error::invalid_argument(format!("[keyprovider] grpc = {addr:?}: {e}"))
         })?;
-        if let GrpcAddr::Unix(p) = &addr {
-            prepare_socket(p)?;
-        }
-        let listener = grpc::bind(&addr).await?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(grpc::serve_router(
-            keyprovider::grpc_router(service.clone()),
-            listener,
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let router = keyprovider::grpc_router(service.clone());
+        servers.grpc = Some(GrpcServer::start("key provider", router, &addr).await?);
         tracing::info!(%addr, "serving the key provider over gRPC");
-        servers.grpc = Some((tx, task));
     }
     if let Some(addr) = &cfg.ttrpc {
         let path = addr
@@ -231,10 +216,25 @@ async fn start_keyprovider(
                 Error::invalid_argument(format!(
                     "[keyprovider] ttrpc = {addr:?}: expected unix:///path"
                 ))
-            })?;
-        let path = Path::new(path);
-        prepare_socket(path)?;
-        servers.ttrpc = Some(keyprovider::start_ttrpc(service.clone(), path).await?);
+            });
+        let path = match path {
+            Ok(p) => Path::new(p),
+            Err(e) => {
+                servers.stop().await;
+                return Err(e);
+            }
+        };
+        let started = async {
+            prepare_socket(path)?;
+            keyprovider::start_ttrpc(service.clone(), path).await
+        };
+        match started.await {
+            Ok(t) => servers.ttrpc = Some(t),
+            Err(e) => {
+                servers.stop().await;
+                return Err(e);
+            }
+        }
         tracing::info!(socket = %path.display(), "serving the key provider over ttrpc");
     }
     Ok(servers)
@@ -266,28 +266,6 @@ pub fn unix_path(addr: &str) -> Result<PathBuf> {
                 "--attestation_sock {addr:?}: expected unix:///path/to/socket"
             ))
         })
-}
-
-/// Make `path` bindable: create its directory and remove a stale socket, but refuse
-/// when a live server answers there.
-pub fn prepare_socket(path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            Error::internal(format!("cannot create {}", dir.display())).with_source(e)
-        })?;
-    }
-    if path.exists() || path.is_symlink() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(Error::failed_precondition(format!(
-                "another process is already serving on {}",
-                path.display()
-            )));
-        }
-        std::fs::remove_file(path).map_err(|e| {
-            Error::internal(format!("cannot remove stale socket {}", path.display())).with_source(e)
-        })?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

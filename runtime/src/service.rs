@@ -149,6 +149,12 @@ impl Service {
         Ok(())
     }
 
+    /// Resolves when any plugin's supervisor ends unexpectedly: which and why.
+    pub async fn supervisor_ended(&self) -> Error {
+        let all = self.plugins().map(|s| Box::pin(s.ended()));
+        futures::future::select_all(all).await.0
+    }
+
     pub fn plugins(&self) -> impl Iterator<Item = &Arc<Supervisor>> {
         std::iter::once(&self.primary).chain(self.additional.iter())
     }

@@ -238,6 +238,18 @@ impl Supervisor {
         }
     }
 
+    /// Resolves when the supervising task has ended without being asked to stop
+    /// (a panic: the plugin is then no longer restarted or health-checked).
+    pub async fn ended(&self) -> Error {
+        let mut rx = self.state.clone();
+        // The task owns the sender: changes fail only once it is gone.
+        while rx.changed().await.is_ok() {}
+        if *self.stop.borrow() {
+            return std::future::pending().await;
+        }
+        Error::internal(format!("the supervisor of plugin {} ended", self.spec.name))
+    }
+
     /// Stop supervising, terminate the plugin and remove its socket.
     pub async fn stop(&self) {
         let _ = self.stop.send(true);
@@ -291,6 +303,12 @@ async fn supervise(
                 return;
             }
         };
+        if crate::fault::hit("supervisor-panics") {
+            panic!(
+                "fault injection: the supervisor of plugin {} panics",
+                spec.name
+            );
+        }
         tracing::warn!(plugin = %spec.name, "plugin down: {reason}; restarting");
         let _ = state.send(State::Down(reason.into()));
         drop(live);

@@ -147,29 +147,6 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::internal(what).with_source(e)
 }
 
-/// A test-only crash point: with feature `fault-injection` and
-/// `ATTESTD_FAULT=<point>[#<n>]`, the process kills itself with SIGKILL the n-th
-/// time (default: first) it passes there.
-fn fault(point: &str) {
-    #[cfg(feature = "fault-injection")]
-    {
-        static HITS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let Ok(spec) = std::env::var("ATTESTD_FAULT") else {
-            return;
-        };
-        let (name, nth) = match spec.split_once('#') {
-            Some((p, n)) => (p.to_string(), n.parse().unwrap_or(1)),
-            None => (spec, 1),
-        };
-        if name == point && HITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == nth {
-            tracing::warn!(point, "fault injection: SIGKILL");
-            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-    #[cfg(not(feature = "fault-injection"))]
-    let _ = point;
-}
-
 fn sync_dir(path: &Path) {
     // Durability of a rename or unlink needs the directory synced; best effort
     // (some filesystems refuse fsync on directories).
@@ -288,7 +265,7 @@ impl<R: Registers> EventLog<R> {
             record: rec.encode(),
         };
         self.write_wal(&p)?;
-        fault("eventlog-after-wal");
+        crate::fault::crash("eventlog-after-wal");
         if let Err(e) = self.regs.extend(register, rec.digest.clone()).await {
             // A timeout or a lost connection leaves it open whether the register
             // moved: read it back and settle.
@@ -301,9 +278,9 @@ impl<R: Registers> EventLog<R> {
                 Err(s) => Err(e.context(format!("{}; and then", s.chain()))),
             };
         }
-        fault("eventlog-after-extend");
+        crate::fault::crash("eventlog-after-extend");
         self.append(&st, &p)?;
-        fault("eventlog-after-append");
+        crate::fault::crash("eventlog-after-append");
         self.remove_wal()?;
         self.advance(&mut st, &p, &rec);
         Ok(())

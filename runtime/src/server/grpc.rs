@@ -170,24 +170,103 @@ pub async fn bind(addr: &GrpcAddr) -> Result<GrpcListener, Error> {
     })
 }
 
-/// Serve until `shutdown` resolves; removes a Unix socket afterwards.
-pub async fn serve(
-    service: Arc<Service>,
-    listener: GrpcListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    let router = tonic::transport::Server::builder()
-        .add_service(svc::AttestationAgentServiceServer::new(Adapter(service)));
-    serve_router(router, listener, shutdown).await
+/// The AA API's gRPC router.
+pub fn router(service: Arc<Service>) -> tonic::transport::server::Router {
+    tonic::transport::Server::builder()
+        .add_service(svc::AttestationAgentServiceServer::new(Adapter(service)))
 }
 
-/// Serve `router` on `listener` until `shutdown` resolves (shared with the key
-/// provider's server).
-pub async fn serve_router(
+/// How long in-flight gRPC calls get to finish at shutdown.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A gRPC server (the AA API or the key provider) running in its own task, from
+/// bind to stop: the one lifecycle both use.
+pub struct GrpcServer {
+    what: &'static str,
+    addr: GrpcAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// `None` once it has ended.
+    task: Option<tokio::task::JoinHandle<Result<(), Error>>>,
+}
+
+impl GrpcServer {
+    /// Bind `addr` (replacing a stale Unix socket, refusing a live one) and serve
+    /// `router` there until [`GrpcServer::stop`].
+    pub async fn start(
+        what: &'static str,
+        router: tonic::transport::server::Router,
+        addr: &GrpcAddr,
+    ) -> Result<GrpcServer, Error> {
+        if let GrpcAddr::Unix(p) = addr {
+            super::prepare_socket(p)?;
+        }
+        let listener = bind(addr).await?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve_router(what, router, listener, async {
+            let _ = rx.await;
+        }));
+        Ok(GrpcServer {
+            what,
+            addr: addr.clone(),
+            stop: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    /// Resolves when the server ends before it was asked to stop (it should not),
+    /// once: why it ended.
+    pub async fn ended(&mut self) -> Error {
+        let Some(task) = self.task.as_mut() else {
+            return std::future::pending().await;
+        };
+        let r = task.await;
+        self.task = None;
+        match r {
+            Ok(Ok(())) => Error::internal(format!(
+                "the {} gRPC server on {} stopped",
+                self.what, self.addr
+            )),
+            Ok(Err(e)) => e.context(format!("the {} gRPC server on {}", self.what, self.addr)),
+            Err(e) => Error::internal(format!(
+                "the {} gRPC server on {} panicked",
+                self.what, self.addr
+            ))
+            .with_source(e),
+        }
+    }
+
+    /// Stop: in-flight calls get [`SHUTDOWN_GRACE`] (graceful shutdown otherwise
+    /// lasts as long as clients keep their HTTP/2 connections), then the task is
+    /// dropped and a Unix socket removed.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+        if let GrpcAddr::Unix(p) = &self.addr {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Serve `router` on `listener` until `shutdown` resolves.
+async fn serve_router(
+    what: &'static str,
     router: tonic::transport::server::Router,
     listener: GrpcListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    if crate::fault::hit(&format!("grpc-{what}-ends")) {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        return Err(Error::internal("its listener failed (fault injection)"));
+    }
     let fail = |e: tonic::transport::Error| Error::internal("grpc server failed").with_source(e);
     match listener {
         GrpcListener::Tcp(l) => router
@@ -197,16 +276,12 @@ pub async fn serve_router(
             )
             .await
             .map_err(fail),
-        GrpcListener::Unix(l, path) => {
-            let r = router
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::UnixListenerStream::new(l),
-                    shutdown,
-                )
-                .await
-                .map_err(fail);
-            let _ = std::fs::remove_file(path);
-            r
-        }
+        GrpcListener::Unix(l, _) => router
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(l),
+                shutdown,
+            )
+            .await
+            .map_err(fail),
     }
 }
