@@ -12,6 +12,18 @@ ATTESTD_APT_PACKAGES=(gcc pkg-config libtss2-dev libssl-dev swtpm swtpm-tools tp
 # attesters/azure is the helper both Azure plugins share, tested on its own.
 ATTESTD_ATTESTER_WORKSPACES=(attesters/tpm attesters/tdx attesters/snp attesters/azure attesters/az-snp-vtpm attesters/az-tdx-vtpm)
 
+# The workspaces with a `recorded` feature (recorded/emulated devices, for tests):
+# the tests build them with it; shipped builds and images never do.
+ATTESTD_RECORDED_WORKSPACES=(attesters/tdx attesters/snp attesters/azure attesters/az-snp-vtpm attesters/az-tdx-vtpm)
+
+# `--features recorded` for a workspace that has it.
+recorded_features() {
+    local ws
+    for ws in "${ATTESTD_RECORDED_WORKSPACES[@]}"; do
+        [ "$ws" = "$1" ] && { echo "--features recorded"; return; }
+    done
+}
+
 ensure_packages() {
     local missing=()
     for p in "$@"; do

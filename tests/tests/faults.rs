@@ -318,6 +318,38 @@ async fn a_down_additional_plugin_affects_only_what_needs_it() {
     );
 }
 
+#[tokio::test]
+async fn a_plugin_whose_device_thread_died_reports_not_serving_and_is_restarted() {
+    // Both plugin transports' health services answer from Attester::health.
+    for transport in ["ttrpc", "grpc"] {
+        let p = Plugin::test(transport, &["--device-panics-on", "2"]);
+        let a = Attestd::start(|d| config(d, &p, &[], "health_interval_ms = 200")).unwrap();
+        let old = a.plugin_pid("test").unwrap();
+        a.evidence(b"one").await.unwrap();
+        // The device thread panics inside the second call and is gone.
+        let (code, msg) = status(a.evidence(b"two").await.unwrap_err());
+        assert_eq!(code, ttrpc::Code::UNAVAILABLE, "{transport}");
+        assert_eq!(msg, "plugin test: the test device thread has stopped");
+        // The process still answers, but its health says NOT_SERVING: two checks
+        // later the core replaces it (it used to answer SERVING for ever).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.plugin_pid("test").is_none_or(|p| p == old) {
+            assert!(
+                Instant::now() < deadline,
+                "{transport}: never restarted: {}",
+                a.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        a.evidence(b"three").await.unwrap();
+        let log = a.log();
+        assert!(
+            log.contains("health check failed: plugin reports NOT_SERVING"),
+            "{transport}: {log}"
+        );
+    }
+}
+
 #[test]
 fn sigterm_removes_sockets_and_stops_plugins() {
     let p = Plugin::sample("grpc");

@@ -7,6 +7,8 @@ use attester_sdk::{
     Attester, Capabilities, Error, Evidence, InitDataBinding, PluginInfo, ReportData, Result,
 };
 
+use attester_sdk::worker::Worker;
+
 use crate::evidence::{self, Endorsement};
 use crate::hcl::{self, ReportType};
 use crate::imds::Imds;
@@ -29,32 +31,41 @@ pub struct Platform {
     pub endorsement: Endorsement,
 }
 
+/// Requests that may wait for the vTPM; one more is `RESOURCE_EXHAUSTED`. Evidence
+/// takes over 3 s (az-cvm-vtpm sleeps after writing report data), so 8 waiting is
+/// already half a minute.
+pub const MAX_QUEUED: usize = 8;
+
 /// An Azure vTPM attester on some [`Vtpm`].
 pub struct AzureAttester {
     platform: Platform,
     vtpm: Arc<dyn Vtpm>,
     imds: Imds,
+    /// The device thread every vTPM (and IMDS) call runs on, one at a time.
+    worker: Worker<()>,
 }
 
 impl AzureAttester {
-    pub fn new(platform: Platform, vtpm: Arc<dyn Vtpm>, imds: Imds) -> Self {
-        AzureAttester {
+    pub fn new(platform: Platform, vtpm: Arc<dyn Vtpm>, imds: Imds) -> Result<Self> {
+        Ok(AzureAttester {
             platform,
             vtpm,
             imds,
-        }
+            worker: Worker::start("vTPM", MAX_QUEUED, || Ok(()))?,
+        })
+    }
+
+    /// Run blocking vTPM/IMDS work on the device thread, off the async runtime.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.worker.run(move |_| f()).await
     }
 
     fn format(&self) -> String {
         format!("{}/{}", self.platform.tee, evidence::VERSION)
     }
-}
-
-/// Run blocking vTPM/IMDS work off the async runtime.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::internal("the vTPM worker failed").with_source(e))?
 }
 
 fn sha256_digest(digest: &[u8], what: &str) -> Result<[u8; 32]> {
@@ -96,12 +107,16 @@ impl Attester for AzureAttester {
         })
     }
 
+    fn health(&self) -> Result<()> {
+        self.worker.health()
+    }
+
     async fn evidence(&self, report_data: ReportData) -> Result<Evidence> {
         let vtpm = self.vtpm.clone();
         let imds = self.imds.clone();
         let p = self.platform;
         let format = self.format();
-        blocking(move || {
+        self.blocking(move || {
             // The paravisor takes 64 bytes of user data (and pads shorter data with
             // zeros itself); the quote binds the report data as given, as upstream.
             let hcl_bytes = vtpm.hcl_report(&report_data.zero_padded(USER_DATA_LEN))?;
@@ -120,13 +135,14 @@ impl Attester for AzureAttester {
         let pcr = crate::vtpm::pcr_index(register_index)?;
         let d = sha256_digest(&digest, "the measurement digest")?;
         let vtpm = self.vtpm.clone();
-        blocking(move || vtpm.extend(pcr, &d)).await
+        self.blocking(move || vtpm.extend(pcr, &d)).await
     }
 
     async fn read_measurement(&self, register_index: u64) -> Result<Vec<u8>> {
         let pcr = crate::vtpm::pcr_index(register_index)?;
         let vtpm = self.vtpm.clone();
-        blocking(move || vtpm.read_pcr(pcr).map(|v| v.to_vec())).await
+        self.blocking(move || vtpm.read_pcr(pcr).map(|v| v.to_vec()))
+            .await
     }
 
     async fn bind_init_data(&self, digest: Vec<u8>) -> Result<()> {
@@ -140,7 +156,7 @@ impl Attester for AzureAttester {
         }
         let d = sha256_digest(&digest[..32], "the init-data digest")?;
         let vtpm = self.vtpm.clone();
-        blocking(move || vtpm.extend(INIT_DATA_PCR, &d)).await
+        self.blocking(move || vtpm.extend(INIT_DATA_PCR, &d)).await
     }
 }
 
@@ -176,7 +192,7 @@ mod tests {
         );
         // Nothing listens on port 9 of loopback: IMDS is down.
         let imds = Imds::new("http://127.0.0.1:9", std::time::Duration::from_secs(2));
-        (AzureAttester::new(p, v.clone(), imds), v)
+        (AzureAttester::new(p, v.clone(), imds).unwrap(), v)
     }
 
     #[test]

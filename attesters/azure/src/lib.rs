@@ -15,6 +15,8 @@ pub mod attester;
 pub mod evidence;
 pub mod hcl;
 pub mod imds;
+#[cfg(any(test, feature = "recorded"))]
+mod recorded;
 pub mod vtpm;
 
 /// The recordings under tests/fixtures/ (see PROVENANCE.md there).
@@ -33,6 +35,7 @@ mod testutil {
     }
 }
 
+#[cfg(feature = "recorded")]
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -48,15 +51,20 @@ pub struct Args {
     #[command(flatten)]
     pub serve: attester_sdk::ServeArgs,
     /// Base URL of Azure IMDS.
-    #[arg(long, env = "ATTESTD_AZURE_IMDS_URL", default_value = imds::DEFAULT_URL)]
+    /// (Set from the plugin's `args` in attestd's config; no environment override,
+    /// and any other value is logged at start.)
+    #[arg(long, default_value = imds::DEFAULT_URL)]
     pub imds_url: String,
     /// Deadline of one IMDS request, in milliseconds.
     #[arg(long, default_value_t = imds::DEFAULT_TIMEOUT.as_millis() as u64)]
     pub imds_timeout_ms: u64,
-    /// Serve this recorded HCL report instead of the vTPM's (tests, demos).
+    /// Serve this recorded HCL report instead of the vTPM's (tests, demos). Only in
+    /// builds with feature `recorded`; shipped builds and images have no such mode.
+    #[cfg(feature = "recorded")]
     #[arg(long)]
     pub recorded_hcl_report: Option<PathBuf>,
     /// With --recorded-hcl-report: the recorded quote (hex JSON) to serve.
+    #[cfg(feature = "recorded")]
     #[arg(long, requires = "recorded_hcl_report")]
     pub recorded_quote: Option<PathBuf>,
 }
@@ -81,22 +89,40 @@ pub fn main(platform: Platform) -> ExitCode {
     if std::env::var_os("TSS2_LOG").is_none() {
         std::env::set_var("TSS2_LOG", "all+none");
     }
+    let vtpm: Arc<dyn vtpm::Vtpm> = Arc::new(vtpm::Device::new());
+    #[cfg(feature = "recorded")]
     let vtpm: Arc<dyn vtpm::Vtpm> = match &args.recorded_hcl_report {
         Some(hcl_report) => match vtpm::Recorded::open(&vtpm::Recording {
             hcl_report: hcl_report.clone(),
             quote: args.recorded_quote.clone(),
         }) {
-            Ok(r) => Arc::new(r),
+            Ok(r) => {
+                eprintln!(
+                    "warning: serving the recorded HCL report {}: not this machine's evidence",
+                    hcl_report.display()
+                );
+                Arc::new(r)
+            }
             Err(e) => {
                 eprintln!("error: {}", e.chain());
                 return ExitCode::FAILURE;
             }
         },
-        None => Arc::new(vtpm::Device::new()),
+        None => vtpm,
     };
+    if args.imds_url != imds::DEFAULT_URL {
+        eprintln!(
+            "warning: IMDS is {} (--imds-url), not Azure's {}",
+            args.imds_url,
+            imds::DEFAULT_URL
+        );
+    }
     let imds = imds::Imds::new(&args.imds_url, Duration::from_millis(args.imds_timeout_ms));
-    attester_sdk::run(
-        AzureAttester::new(platform, vtpm, imds),
-        args.serve.options(),
-    )
+    match AzureAttester::new(platform, vtpm, imds) {
+        Ok(a) => attester_sdk::run(a, args.serve.options()),
+        Err(e) => {
+            eprintln!("error: {}", e.chain());
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -20,6 +20,14 @@ pub trait Attester: Send + Sync + 'static {
     /// Whether this TEE is present here. Cheap and free of side effects.
     fn detect(&self) -> Result<bool>;
 
+    /// Whether the attester can still serve, answered to every health check: an
+    /// error (say, its device thread has died) reports NOT_SERVING, and the core
+    /// restarts the plugin after two such checks. Cheap; must not block. Default:
+    /// serving.
+    fn health(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Evidence binding `report_data` (already checked against `max_report_data`).
     fn evidence(&self, report_data: ReportData) -> impl Future<Output = Result<Evidence>> + Send;
 

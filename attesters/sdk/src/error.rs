@@ -19,6 +19,8 @@ pub enum Code {
     DeadlineExceeded,
     /// A named thing does not exist.
     NotFound,
+    /// Too much is waiting already (a device's queue is full); retry later.
+    ResourceExhausted,
     /// Anything else: a bug or an unexpected device answer.
     Internal,
 }
@@ -32,6 +34,7 @@ impl fmt::Display for Code {
             Code::FailedPrecondition => "failed precondition",
             Code::DeadlineExceeded => "deadline exceeded",
             Code::NotFound => "not found",
+            Code::ResourceExhausted => "resource exhausted",
             Code::Internal => "internal",
         })
     }

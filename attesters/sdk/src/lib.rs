@@ -26,6 +26,7 @@ mod handshake;
 mod server;
 pub mod status;
 mod types;
+pub mod worker;
 
 #[cfg(any(feature = "ttrpc", feature = "grpc"))]
 use std::path::PathBuf;

@@ -14,6 +14,7 @@ pub fn to_ttrpc_code(code: Code) -> ttrpc::Code {
         Code::FailedPrecondition => ttrpc::Code::FAILED_PRECONDITION,
         Code::DeadlineExceeded => ttrpc::Code::DEADLINE_EXCEEDED,
         Code::NotFound => ttrpc::Code::NOT_FOUND,
+        Code::ResourceExhausted => ttrpc::Code::RESOURCE_EXHAUSTED,
         Code::Internal => ttrpc::Code::INTERNAL,
     }
 }
@@ -27,6 +28,7 @@ pub fn from_ttrpc_code(code: ttrpc::Code) -> Code {
         ttrpc::Code::FAILED_PRECONDITION => Code::FailedPrecondition,
         ttrpc::Code::DEADLINE_EXCEEDED => Code::DeadlineExceeded,
         ttrpc::Code::NOT_FOUND => Code::NotFound,
+        ttrpc::Code::RESOURCE_EXHAUSTED => Code::ResourceExhausted,
         _ => Code::Internal,
     }
 }
@@ -60,6 +62,7 @@ pub fn to_grpc_code(code: Code) -> tonic::Code {
         Code::FailedPrecondition => tonic::Code::FailedPrecondition,
         Code::DeadlineExceeded => tonic::Code::DeadlineExceeded,
         Code::NotFound => tonic::Code::NotFound,
+        Code::ResourceExhausted => tonic::Code::ResourceExhausted,
         Code::Internal => tonic::Code::Internal,
     }
 }
@@ -73,6 +76,7 @@ pub fn from_grpc_code(code: tonic::Code) -> Code {
         tonic::Code::FailedPrecondition => Code::FailedPrecondition,
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Code::DeadlineExceeded,
         tonic::Code::NotFound => Code::NotFound,
+        tonic::Code::ResourceExhausted => Code::ResourceExhausted,
         _ => Code::Internal,
     }
 }
@@ -115,13 +119,14 @@ fn timed_out(s: &tonic::Status) -> bool {
 mod tests {
     use super::*;
 
-    const ALL: [Code; 7] = [
+    const ALL: [Code; 8] = [
         Code::InvalidArgument,
         Code::Unsupported,
         Code::Unavailable,
         Code::FailedPrecondition,
         Code::DeadlineExceeded,
         Code::NotFound,
+        Code::ResourceExhausted,
         Code::Internal,
     ];
 

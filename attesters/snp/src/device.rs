@@ -5,7 +5,9 @@
 //! like the kernel, answering with a recorded report.
 
 use attester_sdk::{Error, Result};
-use attester_tsm::{ConfigfsTsm, Emulated, TsmFs};
+#[cfg(any(test, feature = "recorded"))]
+use attester_tsm::Emulated;
+use attester_tsm::{ConfigfsTsm, TsmFs};
 use sev::firmware::host::CertTableEntry;
 
 pub const PROVIDER: &str = "sev_guest";
@@ -74,13 +76,20 @@ impl<F: TsmFs + 'static> SnpDevice for Tsm<F> {
 }
 
 /// A recorded SNP device: configfs-tsm emulated like the kernel, answering with
-/// `report` whose REPORT_DATA is set to the request, and `certs` as auxblob.
-pub fn recorded(report: Vec<u8>, certs: &[CertTableEntry]) -> Result<Emulated> {
+/// `report` whose REPORT_DATA is set to the request, and `certs` as auxblob, after
+/// `delay` (a slow firmware). Tests and demos only (feature `recorded`).
+#[cfg(any(test, feature = "recorded"))]
+pub fn recorded(
+    report: Vec<u8>,
+    certs: &[CertTableEntry],
+    delay: std::time::Duration,
+) -> Result<Emulated> {
     crate::report::parse(&report)?;
     let auxblob = (!certs.is_empty())
         .then(|| crate::certs::build(certs))
         .transpose()?;
     let answer: attester_tsm::Answer = Box::new(move |rd| {
+        std::thread::sleep(delay);
         crate::report::with_report_data(&report, rd).map_err(|e| e.message().to_string())
     });
     Ok(Emulated::new(PROVIDER, answer, auxblob))
@@ -96,7 +105,10 @@ mod tests {
 
     fn dev(certs: &[CertTableEntry]) -> Tsm<Emulated> {
         Tsm {
-            tsm: ConfigfsTsm::new(recorded(REPORT.to_vec(), certs).unwrap(), PROVIDER),
+            tsm: ConfigfsTsm::new(
+                recorded(REPORT.to_vec(), certs, std::time::Duration::ZERO).unwrap(),
+                PROVIDER,
+            ),
             name: "recorded".into(),
         }
     }
@@ -124,7 +136,9 @@ mod tests {
 
     #[test]
     fn a_truncated_recording_is_refused() {
-        let e = recorded(REPORT[..1000].to_vec(), &[]).err().unwrap();
+        let e = recorded(REPORT[..1000].to_vec(), &[], std::time::Duration::ZERO)
+            .err()
+            .unwrap();
         assert_eq!(
             e.message(),
             "SNP attestation report is 1000 bytes, expected 1184"

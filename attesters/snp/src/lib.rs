@@ -10,7 +10,9 @@ pub mod evidence;
 pub mod report;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use attester_sdk::worker::Worker;
 use attester_sdk::{
     Attester, Capabilities, Error, Evidence, InitDataBinding, PluginInfo, ReportData, Result,
 };
@@ -19,27 +21,45 @@ use device::SnpDevice;
 
 pub const MAX_REPORT_DATA: usize = 64;
 pub const HOST_DATA_LEN: usize = 32;
+/// Requests that may wait for the device thread; one more is `RESOURCE_EXHAUSTED`.
+pub const MAX_QUEUED: usize = 16;
 
+/// The SNP plugin: every report request (the PSP can take a while) runs on one
+/// device thread, so the async runtime keeps answering health checks.
 pub struct Snp {
-    pub device: Box<dyn SnpDevice>,
+    device: Arc<dyn SnpDevice>,
     /// Present on SNP guests whose kernel has the sev-guest driver.
-    pub platform: PathBuf,
+    platform: PathBuf,
+    worker: Worker<()>,
 }
 
 impl Snp {
-    fn report(&self, rd: &[u8; 64]) -> Result<device::RawReport> {
-        let raw = self
-            .device
-            .ext_report(rd)
-            .map_err(|e| e.context(format!("SNP report from {}", self.device.describe())))?;
-        // Refuse to hand out a report that does not carry what was asked for.
-        if report::report_data(&raw.report)? != rd {
-            return Err(Error::internal(
-                "the report's REPORT_DATA is not the requested report data",
-            ));
-        }
-        Ok(raw)
+    pub fn new(device: Box<dyn SnpDevice>, platform: PathBuf) -> Result<Self> {
+        Ok(Snp {
+            device: Arc::from(device),
+            platform,
+            worker: Worker::start("SNP device", MAX_QUEUED, || Ok(()))?,
+        })
     }
+
+    /// A report for `rd`, made on the device thread.
+    async fn report(&self, rd: [u8; 64]) -> Result<device::RawReport> {
+        let dev = self.device.clone();
+        self.worker.run(move |_| report(&*dev, &rd)).await
+    }
+}
+
+fn report(dev: &dyn SnpDevice, rd: &[u8; 64]) -> Result<device::RawReport> {
+    let raw = dev
+        .ext_report(rd)
+        .map_err(|e| e.context(format!("SNP report from {}", dev.describe())))?;
+    // Refuse to hand out a report that does not carry what was asked for.
+    if report::report_data(&raw.report)? != rd {
+        return Err(Error::internal(
+            "the report's REPORT_DATA is not the requested report data",
+        ));
+    }
+    Ok(raw)
 }
 
 impl Attester for Snp {
@@ -61,8 +81,12 @@ impl Attester for Snp {
         Ok(self.platform.exists() || self.device.present())
     }
 
+    fn health(&self) -> Result<()> {
+        self.worker.health()
+    }
+
     async fn evidence(&self, report_data: ReportData) -> Result<Evidence> {
-        let raw = self.report(&pad64(report_data.as_bytes())?)?;
+        let raw = self.report(pad64(report_data.as_bytes())?).await?;
         let parsed = report::parse(&raw.report)?;
         evidence::evidence(&parsed, raw.certs.as_deref())
     }
@@ -76,7 +100,7 @@ impl Attester for Snp {
         }
         let mut want = digest;
         want.resize(HOST_DATA_LEN, 0);
-        let raw = self.report(&[0; 64])?;
+        let raw = self.report([0; 64]).await?;
         let have = report::host_data(&raw.report)?;
         if have != want.as_slice() {
             return Err(Error::failed_precondition(format!(

@@ -1,11 +1,16 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use attester_sdk::{Error, Result};
+#[cfg(feature = "recorded")]
+use attester_sdk::Error;
+use attester_sdk::Result;
+#[cfg(feature = "recorded")]
+use attester_snp::certs;
 use attester_snp::device::{self, SnpDevice};
-use attester_snp::{certs, Snp};
+use attester_snp::Snp;
 use attester_tsm::{ConfigfsTsm, RealFs};
 use clap::{Parser, ValueEnum};
+#[cfg(feature = "recorded")]
 use sev::firmware::host::CertTableEntry;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -32,15 +37,24 @@ struct Args {
     #[arg(long, default_value = "/sys/devices/platform/sev-guest")]
     platform: PathBuf,
     /// Serve a recorded report through an emulated configfs-tsm instead of the
-    /// kernel's (tests and demos only: the evidence is not from this machine).
+    /// kernel's (tests and demos only: the evidence is not from this machine). Only
+    /// in builds with feature `recorded`; shipped builds and images have no such mode.
+    #[cfg(feature = "recorded")]
     #[arg(long)]
     recorded_report: Option<PathBuf>,
     /// A certificate for the recorded device's table, as TYPE=DER-FILE with TYPE
     /// one of ark, ask, vcek, vlek, crl. Repeatable.
+    #[cfg(feature = "recorded")]
     #[arg(long, requires = "recorded_report")]
     recorded_cert: Vec<String>,
+    /// With --recorded-report: the emulated device takes this long per report (a
+    /// slow firmware, for tests).
+    #[cfg(feature = "recorded")]
+    #[arg(long, default_value_t = 0, requires = "recorded_report")]
+    recorded_delay_ms: u64,
 }
 
+#[cfg(feature = "recorded")]
 fn recorded_certs(specs: &[String]) -> Result<Vec<CertTableEntry>> {
     specs
         .iter()
@@ -57,12 +71,14 @@ fn recorded_certs(specs: &[String]) -> Result<Vec<CertTableEntry>> {
 }
 
 fn device(a: &Args) -> Result<Box<dyn SnpDevice>> {
+    #[cfg(feature = "recorded")]
     if let Some(path) = &a.recorded_report {
         let report = std::fs::read(path).map_err(|e| {
             Error::invalid_argument(format!("cannot read recorded report {}", path.display()))
                 .with_source(e)
         })?;
-        let fs = device::recorded(report, &recorded_certs(&a.recorded_cert)?)
+        let delay = std::time::Duration::from_millis(a.recorded_delay_ms);
+        let fs = device::recorded(report, &recorded_certs(&a.recorded_cert)?, delay)
             .map_err(|e| e.context(format!("recorded report {}", path.display())))?;
         eprintln!(
             "warning: serving the recorded report {}: not this machine's evidence",
@@ -101,9 +117,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let snp = Snp {
-        device,
-        platform: a.platform,
-    };
-    attester_sdk::run(snp, a.serve.options())
+    match Snp::new(device, a.platform) {
+        Ok(snp) => attester_sdk::run(snp, a.serve.options()),
+        Err(e) => {
+            eprintln!("error: {}", e.chain());
+            ExitCode::FAILURE
+        }
+    }
 }

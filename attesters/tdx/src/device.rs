@@ -5,15 +5,20 @@
 use std::path::{Path, PathBuf};
 
 use attester_sdk::{Error, Result};
-pub use attester_tsm::{ConfigfsTsm, Emulated, RealFs, TsmFs};
+#[cfg(any(test, feature = "recorded"))]
+pub use attester_tsm::Emulated;
+pub use attester_tsm::{ConfigfsTsm, RealFs, TsmFs};
 
 pub const PROVIDER: &str = "tdx_guest";
 
 /// A recorded TDX device: configfs-tsm emulated like the kernel, answering with
-/// `quote` whose REPORTDATA is set to the request.
-pub fn recorded(quote: Vec<u8>) -> Result<Emulated> {
+/// `quote` whose REPORTDATA is set to the request, after `delay` (a slow firmware).
+/// Tests and demos only (feature `recorded`).
+#[cfg(any(test, feature = "recorded"))]
+pub fn recorded(quote: Vec<u8>, delay: std::time::Duration) -> Result<Emulated> {
     crate::quote::body_offset(&quote)?;
     let answer: attester_tsm::Answer = Box::new(move |rd| {
+        std::thread::sleep(delay);
         crate::quote::with_report_data(&quote, rd).map_err(|e| e.message().to_string())
     });
     Ok(Emulated::new(PROVIDER, answer, None))
@@ -83,7 +88,10 @@ mod tests {
 
     #[test]
     fn recorded_device_answers_with_our_report_data() {
-        let tsm = ConfigfsTsm::new(recorded(Q4.to_vec()).unwrap(), PROVIDER);
+        let tsm = ConfigfsTsm::new(
+            recorded(Q4.to_vec(), std::time::Duration::ZERO).unwrap(),
+            PROVIDER,
+        );
         let q = tsm.report(&[9; 64], false).unwrap().outblob;
         assert_eq!(crate::quote::report_data(&q).unwrap(), &[9; 64]);
         // v4: REPORTDATA is at 48 + 520; nothing else changes.
@@ -93,7 +101,9 @@ mod tests {
 
     #[test]
     fn a_truncated_recording_is_refused() {
-        let e = recorded(Q4[..100].to_vec()).err().unwrap();
+        let e = recorded(Q4[..100].to_vec(), std::time::Duration::ZERO)
+            .err()
+            .unwrap();
         assert_eq!(e.code(), attester_sdk::Code::Internal);
         assert_eq!(e.message(), "TDX quote is 100 bytes: truncated");
     }

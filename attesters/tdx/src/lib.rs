@@ -11,7 +11,9 @@ pub mod evidence;
 pub mod quote;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use attester_sdk::worker::Worker;
 use attester_sdk::{
     Attester, Capabilities, Error, Evidence, InitDataBinding, PluginInfo, RegisterMapping,
     ReportData, Result,
@@ -21,8 +23,35 @@ use device::{ConfigfsTsm, TsmFs};
 
 pub const MAX_REPORT_DATA: usize = 64;
 pub const MRCONFIGID_LEN: usize = 48;
+/// Requests that may wait for the device thread; one more is `RESOURCE_EXHAUSTED`.
+pub const MAX_QUEUED: usize = 16;
 
+/// The TDX plugin: every device call (a quote can take the firmware a while) runs
+/// on one device thread, so the async runtime keeps answering health checks.
 pub struct Tdx<F> {
+    device: Arc<TdxDevice<F>>,
+    worker: Worker<()>,
+}
+
+impl<F: TsmFs + 'static> Tdx<F> {
+    pub fn new(device: TdxDevice<F>) -> Result<Self> {
+        Ok(Tdx {
+            device: Arc::new(device),
+            worker: Worker::start("TDX device", MAX_QUEUED, || Ok(()))?,
+        })
+    }
+
+    async fn on_device<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&TdxDevice<F>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let d = self.device.clone();
+        self.worker.run(move |_| f(&d)).await
+    }
+}
+
+/// What the device work needs: blocking calls, made on the device thread.
+pub struct TdxDevice<F> {
     pub tsm: ConfigfsTsm<F>,
     /// The ACPI CCEL table (absent on some firmware).
     pub ccel: PathBuf,
@@ -47,6 +76,7 @@ pub fn rtmr_for_pcr(pcr: u64) -> u64 {
 
 impl<F: TsmFs + 'static> Attester for Tdx<F> {
     fn info(&self) -> PluginInfo {
+        let rtmrs = self.device.rtmrs.is_some();
         PluginInfo {
             name: "attester-tdx".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -55,32 +85,72 @@ impl<F: TsmFs + 'static> Attester for Tdx<F> {
             capabilities: Capabilities {
                 max_report_data: MAX_REPORT_DATA as u32,
                 init_data: InitDataBinding::Compare,
-                runtime_measurement: self.rtmrs.is_some(),
-                register_read: self.rtmrs.is_some(),
-                measurement_hash: self.rtmrs.as_ref().map(|_| "sha384".into()),
-                register_map: match &self.rtmrs {
-                    Some(_) => (0..24)
+                runtime_measurement: rtmrs,
+                register_read: rtmrs,
+                measurement_hash: rtmrs.then(|| "sha384".into()),
+                register_map: if rtmrs {
+                    (0..24)
                         .map(|pcr| RegisterMapping {
                             pcr,
                             register: rtmr_for_pcr(pcr),
                         })
-                        .collect(),
-                    None => Vec::new(),
+                        .collect()
+                } else {
+                    Vec::new()
                 },
                 // Upstream maps every PCR outside 0–15 to RTMR 3, 24 and up too.
-                default_register: self.rtmrs.as_ref().map(|_| rtmr_for_pcr(u64::MAX)),
+                default_register: rtmrs.then(|| rtmr_for_pcr(u64::MAX)),
                 ..Default::default()
             },
         }
     }
 
     fn detect(&self) -> Result<bool> {
-        Ok(self.dev.exists() || attester_tsm::provider_is(&self.tsm.fs, device::PROVIDER))
+        let d = &self.device;
+        Ok(d.dev.exists() || attester_tsm::provider_is(&d.tsm.fs, device::PROVIDER))
+    }
+
+    fn health(&self) -> Result<()> {
+        self.worker.health()
     }
 
     async fn evidence(&self, report_data: ReportData) -> Result<Evidence> {
         let rd = pad64(report_data.as_bytes());
-        let quote = self.tsm.report(&rd, false)?.outblob;
+        self.on_device(move |d| d.evidence(&rd)).await
+    }
+
+    async fn extend_measurement(&self, register: u64, digest: Vec<u8>) -> Result<()> {
+        self.on_device(move |d| match &d.rtmrs {
+            Some(r) => r.extend(register, &digest),
+            None => Err(Error::unsupported(
+                "runtime measurement (no RTMR interface)",
+            )),
+        })
+        .await
+    }
+
+    async fn read_measurement(&self, register: u64) -> Result<Vec<u8>> {
+        self.on_device(move |d| match &d.rtmrs {
+            Some(r) => r.read(register),
+            None => Err(Error::unsupported("register read (no RTMR interface)")),
+        })
+        .await
+    }
+
+    async fn bind_init_data(&self, digest: Vec<u8>) -> Result<()> {
+        if digest.len() > MRCONFIGID_LEN {
+            return Err(Error::invalid_argument(format!(
+                "init-data digest is {} bytes; MRCONFIGID holds {MRCONFIGID_LEN}",
+                digest.len()
+            )));
+        }
+        self.on_device(move |d| d.bind_init_data(digest)).await
+    }
+}
+
+impl<F: TsmFs + 'static> TdxDevice<F> {
+    fn evidence(&self, rd: &[u8; 64]) -> Result<Evidence> {
+        let quote = self.tsm.report(rd, false)?.outblob;
         // Refuse to hand out a quote that does not carry what was asked for.
         if quote::report_data(&quote)? != rd {
             return Err(Error::internal(
@@ -101,29 +171,7 @@ impl<F: TsmFs + 'static> Attester for Tdx<F> {
         evidence::evidence(&quote, log.as_deref())
     }
 
-    async fn extend_measurement(&self, register: u64, digest: Vec<u8>) -> Result<()> {
-        match &self.rtmrs {
-            Some(r) => r.extend(register, &digest),
-            None => Err(Error::unsupported(
-                "runtime measurement (no RTMR interface)",
-            )),
-        }
-    }
-
-    async fn read_measurement(&self, register: u64) -> Result<Vec<u8>> {
-        match &self.rtmrs {
-            Some(r) => r.read(register),
-            None => Err(Error::unsupported("register read (no RTMR interface)")),
-        }
-    }
-
-    async fn bind_init_data(&self, digest: Vec<u8>) -> Result<()> {
-        if digest.len() > MRCONFIGID_LEN {
-            return Err(Error::invalid_argument(format!(
-                "init-data digest is {} bytes; MRCONFIGID holds {MRCONFIGID_LEN}",
-                digest.len()
-            )));
-        }
+    fn bind_init_data(&self, digest: Vec<u8>) -> Result<()> {
         let mut want = digest;
         want.resize(MRCONFIGID_LEN, 0);
         let quote = self.tsm.report(&[0; 64], false)?.outblob;

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use attester_tdx::device::{self, ConfigfsTsm, RealFs, Rtmrs};
-use attester_tdx::Tdx;
+use attester_tdx::{Tdx, TdxDevice};
 use clap::Parser;
 
 /// attestd attester plugin for Intel TDX (configfs-tsm).
@@ -30,57 +30,75 @@ struct Args {
     )]
     measurements: PathBuf,
     /// Serve a recorded quote through an emulated configfs-tsm instead of the kernel's
-    /// (tests and demos only: the evidence is not from this machine).
+    /// (tests and demos only: the evidence is not from this machine). Only in builds
+    /// with feature `recorded`; shipped builds and images have no such mode.
+    #[cfg(feature = "recorded")]
     #[arg(long)]
     recorded_quote: Option<PathBuf>,
+    /// With --recorded-quote: the emulated device takes this long per report (a slow
+    /// firmware, for tests).
+    #[cfg(feature = "recorded")]
+    #[arg(long, default_value_t = 0, requires = "recorded_quote")]
+    recorded_delay_ms: u64,
 }
 
 fn main() -> ExitCode {
     let a = Args::parse();
     let rtmrs = Rtmrs::probe(&a.measurements);
-    match a.recorded_quote {
-        Some(path) => {
-            let quote = match std::fs::read(&path) {
-                Ok(q) => q,
-                Err(e) => {
-                    eprintln!("error: cannot read recorded quote {}: {e}", path.display());
-                    return ExitCode::FAILURE;
-                }
-            };
-            let fs = match device::recorded(quote) {
-                Ok(fs) => fs,
-                Err(e) => {
-                    eprintln!("error: recorded quote {}: {}", path.display(), e.chain());
-                    return ExitCode::FAILURE;
-                }
-            };
-            eprintln!(
-                "warning: serving the recorded quote {}: not this machine's evidence",
-                path.display()
-            );
-            let tdx = Tdx {
-                tsm: ConfigfsTsm::new(fs, device::PROVIDER),
-                ccel: a.ccel,
-                runtime_log: a.runtime_eventlog,
-                dev: a.dev,
-                rtmrs,
-            };
-            attester_sdk::run(tdx, a.serve.options())
-        }
-        None => {
-            let tdx = Tdx {
-                tsm: ConfigfsTsm::new(
-                    RealFs {
-                        root: a.configfs_root,
-                    },
-                    device::PROVIDER,
-                ),
-                ccel: a.ccel,
-                runtime_log: a.runtime_eventlog,
-                dev: a.dev,
-                rtmrs,
-            };
-            attester_sdk::run(tdx, a.serve.options())
+    #[cfg(feature = "recorded")]
+    if let Some(path) = &a.recorded_quote {
+        let quote = match std::fs::read(path) {
+            Ok(q) => q,
+            Err(e) => {
+                eprintln!("error: cannot read recorded quote {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        let delay = std::time::Duration::from_millis(a.recorded_delay_ms);
+        let fs = match device::recorded(quote, delay) {
+            Ok(fs) => fs,
+            Err(e) => {
+                eprintln!("error: recorded quote {}: {}", path.display(), e.chain());
+                return ExitCode::FAILURE;
+            }
+        };
+        eprintln!(
+            "warning: serving the recorded quote {}: not this machine's evidence",
+            path.display()
+        );
+        let tdx = TdxDevice {
+            tsm: ConfigfsTsm::new(fs, device::PROVIDER),
+            ccel: a.ccel,
+            runtime_log: a.runtime_eventlog,
+            dev: a.dev,
+            rtmrs,
+        };
+        return serve(tdx, a.serve.options());
+    }
+    let tdx = TdxDevice {
+        tsm: ConfigfsTsm::new(
+            RealFs {
+                root: a.configfs_root,
+            },
+            device::PROVIDER,
+        ),
+        ccel: a.ccel,
+        runtime_log: a.runtime_eventlog,
+        dev: a.dev,
+        rtmrs,
+    };
+    serve(tdx, a.serve.options())
+}
+
+fn serve<F: device::TsmFs + 'static>(
+    device: TdxDevice<F>,
+    opts: attester_sdk::ServeOptions,
+) -> ExitCode {
+    match Tdx::new(device) {
+        Ok(tdx) => attester_sdk::run(tdx, opts),
+        Err(e) => {
+            eprintln!("error: {}", e.chain());
+            ExitCode::FAILURE
         }
     }
 }

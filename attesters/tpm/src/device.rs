@@ -1,13 +1,13 @@
 //! The device seam: everything that talks to a TPM, on one thread that owns the
 //! tss-esapi context (the context is not `Send`, and a TPM serves one command at a
-//! time anyway). The plugin sends it requests and awaits the replies.
+//! time anyway): an SDK [`Worker`], so the queue is bounded, requests whose caller
+//! gave up are skipped, and a thread that died shows in the plugin's health.
 
 use std::str::FromStr;
-use std::sync::mpsc;
 
+use attester_sdk::worker::Worker;
 use attester_sdk::{Code, Error, Result};
 use num_traits::FromPrimitive;
-use tokio::sync::oneshot;
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
 use tss_esapi::handles::{KeyHandle, ObjectHandle, PcrHandle, PersistentTpmHandle, TpmHandle};
@@ -85,53 +85,33 @@ pub fn default_tcti(given: Option<String>) -> String {
         })
 }
 
-enum Request {
-    Quote(Vec<u8>, oneshot::Sender<Result<Quote>>),
-    Extend(u64, Vec<u8>, oneshot::Sender<Result<()>>),
-    Read(u64, oneshot::Sender<Result<Vec<u8>>>),
-}
+/// Requests that may wait for the TPM; one more is `RESOURCE_EXHAUSTED`. A quote
+/// takes tens of milliseconds on a hardware TPM: 16 waiting is already a backlog
+/// longer than any caller's patience.
+pub const MAX_QUEUED: usize = 16;
 
 /// A handle on the TPM thread. Cheap to clone; the thread ends with the last handle.
 #[derive(Clone)]
 pub struct Tpm {
-    tx: mpsc::Sender<Request>,
+    worker: Worker<Device>,
 }
 
 impl Tpm {
     /// Open the TPM and make sure the AK exists (creating and persisting it if not).
     pub fn open(cfg: TpmConfig) -> Result<Tpm> {
-        let (tx, rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("tpm".into())
-            .spawn(move || match Device::open(&cfg) {
-                Ok(dev) => {
-                    let _ = ready_tx.send(Ok(()));
-                    dev.serve(rx);
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                }
-            })
-            .map_err(|e| Error::internal("cannot start the TPM thread").with_source(e))?;
-        ready_rx
-            .recv()
-            .map_err(|e| Error::internal("the TPM thread died").with_source(e))??;
-        Ok(Tpm { tx })
+        Ok(Tpm {
+            worker: Worker::start("TPM", MAX_QUEUED, move || Device::open(&cfg))?,
+        })
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request) -> Result<T> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(make(tx))
-            .map_err(|_| Error::unavailable("the TPM thread has stopped"))?;
-        rx.await
-            .map_err(|_| Error::unavailable("the TPM thread has stopped"))?
+    /// `Ok` while the TPM thread runs.
+    pub fn health(&self) -> Result<()> {
+        self.worker.health()
     }
 
     /// A quote over the SHA-256 bank with `nonce` as qualifying data.
     pub async fn quote(&self, nonce: Vec<u8>) -> Result<Quote> {
-        self.ask(|tx| Request::Quote(nonce, tx)).await
+        self.worker.run(move |d| d.quote(nonce)).await
     }
 
     /// Extend SHA-256 PCR `pcr` with `digest` (32 bytes).
@@ -143,13 +123,13 @@ impl Tpm {
                 digest.len()
             )));
         }
-        self.ask(|tx| Request::Extend(pcr, digest, tx)).await
+        self.worker.run(move |d| d.extend(pcr, digest)).await
     }
 
     /// Read SHA-256 PCR `pcr`.
     pub async fn read(&self, pcr: u64) -> Result<Vec<u8>> {
         check_pcr(pcr)?;
-        self.ask(|tx| Request::Read(pcr, tx)).await
+        self.worker.run(move |d| d.read(pcr)).await
     }
 }
 
@@ -200,22 +180,6 @@ impl Device {
             ak,
             ak_public_der,
         })
-    }
-
-    fn serve(mut self, rx: mpsc::Receiver<Request>) {
-        while let Ok(req) = rx.recv() {
-            match req {
-                Request::Quote(nonce, tx) => {
-                    let _ = tx.send(self.quote(nonce));
-                }
-                Request::Extend(pcr, digest, tx) => {
-                    let _ = tx.send(self.extend(pcr, digest));
-                }
-                Request::Read(pcr, tx) => {
-                    let _ = tx.send(self.read(pcr));
-                }
-            }
-        }
     }
 
     fn quote(&mut self, nonce: Vec<u8>) -> Result<Quote> {
@@ -277,9 +241,23 @@ impl Device {
     }
 
     fn read(&mut self, pcr: u64) -> Result<Vec<u8>> {
-        let bank = self.read_bank()?;
-        Ok(bank[pcr as usize].to_vec())
+        pcr_of(&self.read_bank()?, pcr)
     }
+}
+
+/// PCR `pcr` of a bank as the device returned it: checked, never indexed blindly
+/// (a TPM answering a short bank is an error, not a panic of the TPM thread).
+fn pcr_of(bank: &[[u8; 32]], pcr: u64) -> Result<Vec<u8>> {
+    usize::try_from(pcr)
+        .ok()
+        .and_then(|i| bank.get(i))
+        .map(|v| v.to_vec())
+        .ok_or_else(|| {
+            Error::internal(format!(
+                "the TPM returned {} SHA-256 PCRs, not PCR {pcr}",
+                bank.len()
+            ))
+        })
 }
 
 fn selection() -> Result<PcrSelectionList> {
@@ -455,6 +433,17 @@ mod tests {
         let e = check_pcr(24).unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         check_pcr(23).unwrap();
+    }
+
+    #[test]
+    fn pcr_values_from_the_device_are_checked_not_indexed() {
+        let bank = [[7u8; 32]; 24];
+        assert_eq!(pcr_of(&bank, 23).unwrap(), vec![7; 32]);
+        // A device answering a short bank (or a huge index): an error, no panic.
+        let e = pcr_of(&bank[..3], 17).unwrap_err();
+        assert_eq!(e.code(), Code::Internal);
+        assert_eq!(e.message(), "the TPM returned 3 SHA-256 PCRs, not PCR 17");
+        assert!(pcr_of(&bank, u64::MAX).is_err());
     }
 
     #[test]

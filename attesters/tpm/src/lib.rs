@@ -52,6 +52,10 @@ impl Attester for TpmAttester {
         Ok(device::detect(&self.tcti))
     }
 
+    fn health(&self) -> Result<()> {
+        self.tpm.health()
+    }
+
     async fn evidence(&self, report_data: ReportData) -> Result<Evidence> {
         let q = self
             .tpm

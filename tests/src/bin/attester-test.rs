@@ -35,6 +35,10 @@ struct Args {
     /// registers, zero at start), so the event log runs without a TPM.
     #[arg(long)]
     registers: bool,
+    /// Give evidence on an SDK device thread (Worker) whose code panics on the
+    /// n-th evidence call: the thread dies, as a device thread can.
+    #[arg(long)]
+    device_panics_on: Option<u32>,
 }
 
 const REGISTERS: usize = 24;
@@ -43,6 +47,8 @@ struct TestAttester {
     mode: Mode,
     tee: String,
     registers: Option<std::sync::Mutex<Vec<[u8; 32]>>>,
+    /// The device thread and the evidence call its code panics on.
+    device: Option<(attester_sdk::worker::Worker<u32>, u32)>,
 }
 
 impl TestAttester {
@@ -83,11 +89,29 @@ impl Attester for TestAttester {
         Ok(true)
     }
 
+    fn health(&self) -> Result<()> {
+        match &self.device {
+            Some((w, _)) => w.health(),
+            None => Ok(()),
+        }
+    }
+
     async fn evidence(&self, report_data: ReportData) -> Result<Evidence> {
         match self.mode {
             Mode::Hang => std::future::pending().await,
             Mode::CrashOnEvidence => std::process::exit(9),
             _ => {}
+        }
+        if let Some((w, nth)) = &self.device {
+            let nth = *nth;
+            w.run(move |calls| {
+                *calls += 1;
+                if *calls == nth {
+                    panic!("the test device thread panics on call {nth}");
+                }
+                Ok(())
+            })
+            .await?;
         }
         attester_sample::evidence(report_data.as_bytes())
             .map_err(|e| Error::internal("sample evidence").with_source(e))
@@ -130,6 +154,16 @@ fn main() -> ExitCode {
             registers: args
                 .registers
                 .then(|| std::sync::Mutex::new(vec![[0u8; 32]; REGISTERS])),
+            device: match args.device_panics_on {
+                Some(n) => match attester_sdk::worker::Worker::start("test device", 4, || Ok(0)) {
+                    Ok(w) => Some((w, n)),
+                    Err(e) => {
+                        eprintln!("attester-test: {}", e.chain());
+                        return ExitCode::FAILURE;
+                    }
+                },
+                None => None,
+            },
         },
         opts,
     )

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use attestd_proto::grpc::attester::{self as pb, attester_server};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use super::Plugin;
 use crate::convert::grpc::info_to_pb;
@@ -86,6 +89,41 @@ impl<A: Attester> attester_server::Attester for Adapter<A> {
     }
 }
 
+/// grpc.health.v1's Check, answered by [`Attester::health`] (tonic-health's own
+/// service only reports what it is told, once).
+struct Health<A>(Arc<Plugin<A>>);
+
+#[tonic::async_trait]
+impl<A: Attester> tonic_health::pb::health_server::Health for Health<A> {
+    async fn check(
+        &self,
+        _: Request<HealthCheckRequest>,
+    ) -> std::result::Result<Response<HealthCheckResponse>, Status> {
+        let status = if self.0.healthy() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        Ok(Response::new(HealthCheckResponse {
+            status: status as i32,
+        }))
+    }
+
+    type WatchStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = std::result::Result<HealthCheckResponse, Status>>
+                + Send,
+        >,
+    >;
+
+    async fn watch(
+        &self,
+        _: Request<HealthCheckRequest>,
+    ) -> std::result::Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("Watch: poll Check instead"))
+    }
+}
+
 pub(super) async fn serve<A: Attester>(
     plugin: Arc<Plugin<A>>,
     socket: &Path,
@@ -94,14 +132,10 @@ pub(super) async fn serve<A: Attester>(
     let listener = tokio::net::UnixListener::bind(socket).map_err(|e| {
         Error::internal(format!("cannot listen on {}", socket.display())).with_source(e)
     })?;
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_serving::<attester_server::AttesterServer<Adapter<A>>>()
-        .await;
     tracing::info!(socket = %socket.display(), "serving over grpc");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tonic::transport::Server::builder()
-        .add_service(health)
+        .add_service(HealthServer::new(Health(plugin.clone())))
         .add_service(attester_server::AttesterServer::new(Adapter(plugin)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
             let mut rx = stop_rx;

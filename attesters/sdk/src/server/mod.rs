@@ -51,6 +51,17 @@ impl<A: Attester> Plugin<A> {
         self.attester.detect()
     }
 
+    /// What a health check answers; the reason for NOT_SERVING goes to the log.
+    pub(crate) fn healthy(&self) -> bool {
+        match self.attester.health() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("not serving: {}", e.chain());
+                false
+            }
+        }
+    }
+
     pub(crate) async fn evidence(&self, report_data: Vec<u8>) -> Result<Evidence> {
         let max = self.info.capabilities.max_report_data as usize;
         let rd = ReportData::new(report_data, max)?;

@@ -94,18 +94,24 @@ impl<A: Attester> attester_ttrpc::Attester for Adapter<A> {
     }
 }
 
-/// The same Check shape as grpc.health.v1: a plugin that answers is serving.
-struct Health;
+/// The same Check shape as grpc.health.v1, answered by [`Attester::health`].
+struct Health<A>(Arc<Plugin<A>>);
 
 #[async_trait::async_trait]
-impl health_ttrpc::Health for Health {
+impl<A: Attester> health_ttrpc::Health for Health<A> {
     async fn check(
         &self,
         _: &TtrpcContext,
         _: health::HealthCheckRequest,
     ) -> ttrpc::Result<health::HealthCheckResponse> {
+        use health::health_check_response::ServingStatus;
+        let status = if self.0.healthy() {
+            ServingStatus::SERVING
+        } else {
+            ServingStatus::NOT_SERVING
+        };
         Ok(health::HealthCheckResponse {
-            status: health::health_check_response::ServingStatus::SERVING.into(),
+            status: status.into(),
             ..Default::default()
         })
     }
@@ -116,8 +122,8 @@ pub(super) async fn serve<A: Attester>(
     socket: &Path,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let mut services = attester_ttrpc::create_attester(Arc::new(Adapter(plugin)));
-    services.extend(health_ttrpc::create_health(Arc::new(Health)));
+    let mut services = attester_ttrpc::create_attester(Arc::new(Adapter(plugin.clone())));
+    services.extend(health_ttrpc::create_health(Arc::new(Health(plugin))));
     let addr = format!("unix://{}", socket.display());
     let mut server = ttrpc::r#async::Server::new()
         .bind(&addr)
