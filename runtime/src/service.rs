@@ -476,13 +476,15 @@ impl Service {
 }
 
 /// The identity entry's content: canonical JSON (RFC 8785: sorted keys, no
-/// whitespace; every value is a string, so serde_json's escaping is JCS's).
+/// whitespace; every value is a string or an array of strings, so serde_json's
+/// escaping is JCS's).
 pub fn identity_content(
     name: &str,
     info: &attester_sdk::PluginInfo,
     p: &crate::launch::Provenance,
 ) -> String {
-    let mut fields: BTreeMap<&str, String> = [
+    use serde_json::Value;
+    let mut fields: BTreeMap<&str, Value> = [
         ("name", name.to_string()),
         ("tee", info.tee.clone()),
         ("plugin", info.name.clone()),
@@ -490,6 +492,7 @@ pub fn identity_content(
         ("launch", p.launch.to_string()),
     ]
     .into_iter()
+    .map(|(k, v)| (k, Value::String(v)))
     .collect();
     let optional = [
         (
@@ -503,10 +506,17 @@ pub fn identity_content(
     ];
     for (k, v) in optional {
         if let Some(v) = v {
-            fields.insert(k, v);
+            fields.insert(k, Value::String(v));
         }
     }
-    // A BTreeMap of strings cannot fail to serialise.
+    if !p.args.is_empty() {
+        fields.insert(
+            "args",
+            Value::Array(p.args.iter().cloned().map(Value::String).collect()),
+        );
+    }
+    // A map of strings and string arrays cannot fail to serialise; serialised
+    // through the BTreeMap, its keys stay sorted whatever serde_json's features.
     serde_json::to_string(&fields).unwrap_or_default()
 }
 
@@ -560,6 +570,15 @@ mod tests {
         assert_eq!(
             identity_content("tdx", &info, &process),
             r#"{"command":"/usr/libexec/a \"b\"","launch":"process","name":"tdx","plugin":"attester-tdx","sha256":"cd","tee":"tdx","version":"0.1.0"}"#
+        );
+        // Arguments, when configured, are part of what was started.
+        let with_args = Provenance {
+            args: vec!["--imds-url".into(), "http://10.0.0.1".into()],
+            ..process
+        };
+        assert_eq!(
+            identity_content("tdx", &info, &with_args),
+            r#"{"args":["--imds-url","http://10.0.0.1"],"command":"/usr/libexec/a \"b\"","launch":"process","name":"tdx","plugin":"attester-tdx","sha256":"cd","tee":"tdx","version":"0.1.0"}"#
         );
     }
 }

@@ -166,13 +166,14 @@ async fn entries_replay_to_the_pcr_as_tpm2_pcrread_reads_it() {
         std::fs::read(attestd_e2e::attester_bin("tpm", "attester-tpm")).unwrap(),
     ));
     assert!(
-        identity
-            .starts_with("github.com/confidential-containers/attestd LoadAttester {\"command\":"),
+        identity.starts_with("github.com/confidential-containers/attestd LoadAttester {\"args\":"),
         "{identity}"
     );
     let content: serde_json::Value =
         serde_json::from_str(identity.splitn(3, ' ').nth(2).unwrap()).unwrap();
     assert_eq!(content["sha256"], sha.as_str());
+    // What it was started with: its arguments are part of its identity.
+    assert_eq!(content["args"], serde_json::json!(s.plugin().args));
     assert_eq!(content["tee"], "tpm");
     assert_eq!(content["launch"], "process");
     assert_eq!(

@@ -37,6 +37,10 @@ pub struct Provenance {
     /// `external`: the socket connected to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket: Option<PathBuf>,
+    /// The plugin's configured arguments (`process`, `podman`, `oci`): they can
+    /// change what it attests (an IMDS address, a device), so a verifier sees them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
 }
 
 /// What to undo once a plugin is gone.
@@ -204,6 +208,7 @@ impl Launcher for ProcessLauncher {
                 launch: "process",
                 command: Some(program),
                 sha256,
+                args: spec.config.args.clone(),
                 ..Default::default()
             },
         })

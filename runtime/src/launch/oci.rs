@@ -382,6 +382,7 @@ impl Launcher for OciLauncher {
                 launch: "oci",
                 image: Some(image.to_string()),
                 digest: Some(digest),
+                args: spec.config.args.clone(),
                 ..Default::default()
             },
         })

@@ -107,6 +107,7 @@ impl Launcher for PodmanLauncher {
                 launch: "podman",
                 image: Some(image.to_string()),
                 digest: Some(digest),
+                args: spec.config.args.clone(),
                 ..Default::default()
             },
         })
