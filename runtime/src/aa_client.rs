@@ -16,159 +16,199 @@ use crate::server::grpc::GrpcAddr;
 use crate::service::{MeasurementEvent, MeasurementResult};
 
 /// Upstream clients' deadline.
-const DEADLINE: Duration = Duration::from_secs(50);
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(50);
 
-pub enum AaClient {
+/// A client with a deadline on connecting and on every call, on either transport.
+pub struct AaClient {
+    inner: Inner,
+    deadline: Duration,
+}
+
+enum Inner {
     Ttrpc(attestation_agent_ttrpc::AttestationAgentServiceClient),
     Grpc(GrpcClient<Channel>),
 }
 
-fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_duration(DEADLINE)
+/// Bound `f` by `deadline`: `DeadlineExceeded` naming `what` when it is late.
+async fn within<T>(
+    deadline: Duration,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(deadline, f).await.map_err(|_| {
+        Error::new(
+            attester_sdk::Code::DeadlineExceeded,
+            format!("{what} did not answer within {deadline:?}"),
+        )
+    })?
 }
 
 impl AaClient {
+    /// Every later connection step and call gives up after `deadline`.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    fn ctx(&self) -> ttrpc::context::Context {
+        ttrpc::context::with_duration(self.deadline)
+    }
+
+    /// One gRPC call under the deadline (tonic's channel enforces none itself).
+    async fn grpc_call<T>(
+        &self,
+        call: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T> {
+        within(self.deadline, "the AA API (gRPC)", async {
+            call.await.map(|r| r.into_inner()).map_err(from_grpc)
+        })
+        .await
+    }
+
     /// Connect over ttrpc to `unix:///path`.
     pub async fn ttrpc(addr: &str) -> Result<Self> {
         unix_path(addr)?;
         let c = ttrpc::r#async::Client::connect(addr)
             .await
             .map_err(|e| Error::unavailable(format!("cannot connect to {addr}")).with_source(e))?;
-        Ok(AaClient::Ttrpc(
-            attestation_agent_ttrpc::AttestationAgentServiceClient::new(c),
-        ))
+        Ok(AaClient {
+            inner: Inner::Ttrpc(attestation_agent_ttrpc::AttestationAgentServiceClient::new(
+                c,
+            )),
+            deadline: DEFAULT_DEADLINE,
+        })
     }
 
-    /// Connect over gRPC to `host:port` or `unix:///path`.
-    pub async fn grpc(addr: &GrpcAddr) -> Result<Self> {
-        let ch = match addr {
-            GrpcAddr::Unix(p) => attester_sdk::grpc_unix_channel(p).await?,
-            GrpcAddr::Tcp(a) => tonic::transport::Endpoint::from_shared(format!("http://{a}"))
-                .map_err(|e| Error::invalid_argument(format!("bad address {a}")).with_source(e))?
-                .connect()
-                .await
-                .map_err(|e| Error::unavailable(format!("cannot connect to {a}")).with_source(e))?,
-        };
-        Ok(AaClient::Grpc(GrpcClient::new(ch)))
+    /// Connect over gRPC to `host:port` or `unix:///path`, within `deadline`.
+    pub async fn grpc(addr: &GrpcAddr, deadline: Duration) -> Result<Self> {
+        let ch = within(deadline, &format!("{addr}"), async {
+            match addr {
+                GrpcAddr::Unix(p) => attester_sdk::grpc_unix_channel(p).await,
+                GrpcAddr::Tcp(a) => tonic::transport::Endpoint::from_shared(format!("http://{a}"))
+                    .map_err(|e| {
+                        Error::invalid_argument(format!("bad address {a}")).with_source(e)
+                    })?
+                    .connect()
+                    .await
+                    .map_err(|e| {
+                        Error::unavailable(format!("cannot connect to {a}")).with_source(e)
+                    }),
+            }
+        })
+        .await?;
+        Ok(AaClient {
+            inner: Inner::Grpc(GrpcClient::new(ch)),
+            deadline,
+        })
     }
 
     pub async fn get_evidence(&self, runtime_data: Vec<u8>) -> Result<Vec<u8>> {
-        match self {
-            AaClient::Ttrpc(c) => {
+        match &self.inner {
+            Inner::Ttrpc(c) => {
                 let req = tpb::GetEvidenceRequest {
                     RuntimeData: runtime_data,
                     ..Default::default()
                 };
-                Ok(c.get_evidence(ctx(), &req)
+                Ok(c.get_evidence(self.ctx(), &req)
                     .await
                     .map_err(from_ttrpc)?
                     .Evidence)
             }
-            AaClient::Grpc(c) => {
+            Inner::Grpc(c) => {
                 let req = gpb::GetEvidenceRequest { runtime_data };
-                Ok(c.clone()
-                    .get_evidence(req)
-                    .await
-                    .map_err(from_grpc)?
-                    .into_inner()
-                    .evidence)
+                Ok(self.grpc_call(c.clone().get_evidence(req)).await?.evidence)
             }
         }
     }
 
     pub async fn get_additional_evidence(&self, runtime_data: Vec<u8>) -> Result<Vec<u8>> {
-        match self {
-            AaClient::Ttrpc(c) => {
+        match &self.inner {
+            Inner::Ttrpc(c) => {
                 let req = tpb::GetAdditionalEvidenceRequest {
                     RuntimeData: runtime_data,
                     ..Default::default()
                 };
-                Ok(c.get_additional_evidence(ctx(), &req)
+                Ok(c.get_additional_evidence(self.ctx(), &req)
                     .await
                     .map_err(from_ttrpc)?
                     .Evidence)
             }
-            AaClient::Grpc(c) => {
+            Inner::Grpc(c) => {
                 let req = gpb::GetAdditionalEvidenceRequest { runtime_data };
-                Ok(c.clone()
-                    .get_additional_evidence(req)
-                    .await
-                    .map_err(from_grpc)?
-                    .into_inner()
+                Ok(self
+                    .grpc_call(c.clone().get_additional_evidence(req))
+                    .await?
                     .evidence)
             }
         }
     }
 
     pub async fn get_tee_type(&self) -> Result<String> {
-        match self {
-            AaClient::Ttrpc(c) => Ok(c
-                .get_tee_type(ctx(), &tpb::GetTeeTypeRequest::default())
+        match &self.inner {
+            Inner::Ttrpc(c) => Ok(c
+                .get_tee_type(self.ctx(), &tpb::GetTeeTypeRequest::default())
                 .await
                 .map_err(from_ttrpc)?
                 .tee),
-            AaClient::Grpc(c) => Ok(c
-                .clone()
-                .get_tee_type(gpb::GetTeeTypeRequest {})
-                .await
-                .map_err(from_grpc)?
-                .into_inner()
+            Inner::Grpc(c) => Ok(self
+                .grpc_call(c.clone().get_tee_type(gpb::GetTeeTypeRequest {}))
+                .await?
                 .tee),
         }
     }
 
     pub async fn get_additional_tees(&self) -> Result<Vec<String>> {
-        match self {
-            AaClient::Ttrpc(c) => Ok(c
-                .get_additional_tees(ctx(), &tpb::GetAdditionalTeesRequest::default())
+        match &self.inner {
+            Inner::Ttrpc(c) => Ok(c
+                .get_additional_tees(self.ctx(), &tpb::GetAdditionalTeesRequest::default())
                 .await
                 .map_err(from_ttrpc)?
                 .additional_tees),
-            AaClient::Grpc(c) => Ok(c
-                .clone()
-                .get_additional_tees(gpb::GetAdditionalTeesRequest {})
-                .await
-                .map_err(from_grpc)?
-                .into_inner()
+            Inner::Grpc(c) => Ok(self
+                .grpc_call(
+                    c.clone()
+                        .get_additional_tees(gpb::GetAdditionalTeesRequest {}),
+                )
+                .await?
                 .additional_tees),
         }
     }
 
     pub async fn get_token(&self, token_type: &str) -> Result<Vec<u8>> {
-        match self {
-            AaClient::Ttrpc(c) => {
+        match &self.inner {
+            Inner::Ttrpc(c) => {
                 let req = tpb::GetTokenRequest {
                     TokenType: token_type.into(),
                     ..Default::default()
                 };
-                Ok(c.get_token(ctx(), &req).await.map_err(from_ttrpc)?.Token)
+                Ok(c.get_token(self.ctx(), &req)
+                    .await
+                    .map_err(from_ttrpc)?
+                    .Token)
             }
-            AaClient::Grpc(c) => {
+            Inner::Grpc(c) => {
                 let req = gpb::GetTokenRequest {
                     token_type: token_type.into(),
                 };
-                Ok(c.clone()
-                    .get_token(req)
-                    .await
-                    .map_err(from_grpc)?
-                    .into_inner()
-                    .token)
+                Ok(self.grpc_call(c.clone().get_token(req)).await?.token)
             }
         }
     }
 
     pub async fn bind_init_data(&self, digest: Vec<u8>) -> Result<()> {
-        match self {
-            AaClient::Ttrpc(c) => {
+        match &self.inner {
+            Inner::Ttrpc(c) => {
                 let req = tpb::BindInitDataRequest {
                     Digest: digest,
                     ..Default::default()
                 };
-                c.bind_init_data(ctx(), &req).await.map_err(from_ttrpc)?;
+                c.bind_init_data(self.ctx(), &req)
+                    .await
+                    .map_err(from_ttrpc)?;
             }
-            AaClient::Grpc(c) => {
+            Inner::Grpc(c) => {
                 let req = gpb::BindInitDataRequest { digest };
-                c.clone().bind_init_data(req).await.map_err(from_grpc)?;
+                self.grpc_call(c.clone().bind_init_data(req)).await?;
             }
         }
         Ok(())
@@ -178,8 +218,8 @@ impl AaClient {
         &self,
         e: MeasurementEvent,
     ) -> Result<MeasurementResult> {
-        let code = match self {
-            AaClient::Ttrpc(c) => {
+        let code = match &self.inner {
+            Inner::Ttrpc(c) => {
                 let req = tpb::ExtendRuntimeMeasurementRequest {
                     Domain: e.domain,
                     Operation: e.operation,
@@ -187,24 +227,21 @@ impl AaClient {
                     RegisterIndex: e.register_index,
                     ..Default::default()
                 };
-                c.extend_runtime_measurement(ctx(), &req)
+                c.extend_runtime_measurement(self.ctx(), &req)
                     .await
                     .map_err(from_ttrpc)?
                     .Result
                     .value()
             }
-            AaClient::Grpc(c) => {
+            Inner::Grpc(c) => {
                 let req = gpb::ExtendRuntimeMeasurementRequest {
                     domain: e.domain,
                     operation: e.operation,
                     content: e.content,
                     register_index: e.register_index,
                 };
-                c.clone()
-                    .extend_runtime_measurement(req)
-                    .await
-                    .map_err(from_grpc)?
-                    .into_inner()
+                self.grpc_call(c.clone().extend_runtime_measurement(req))
+                    .await?
                     .result
             }
         };

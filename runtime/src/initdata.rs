@@ -16,7 +16,7 @@ pub enum InitDataError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid init-data TOML {path}: {source}")]
+    #[error("invalid init-data TOML {path}")]
     Parse {
         path: PathBuf,
         #[source]

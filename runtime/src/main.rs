@@ -170,6 +170,10 @@ struct ClientArgs {
     /// Use gRPC at this address (host:port or unix:///path) instead of ttrpc.
     #[arg(long)]
     grpc: Option<GrpcAddr>,
+    /// Give up on connecting and on the call after this long (upstream clients
+    /// wait 50 s).
+    #[arg(long, default_value_t = 50_000)]
+    timeout_ms: u64,
     #[command(subcommand)]
     call: Call,
 }
@@ -406,9 +410,12 @@ async fn probe(name: &str, role: DeviceRole, config: &Config) -> serde_json::Val
 }
 
 async fn cmd_client(a: ClientArgs) -> Result<()> {
+    let deadline = std::time::Duration::from_millis(a.timeout_ms);
     let client = match &a.grpc {
-        Some(addr) => AaClient::grpc(addr).await,
-        None => AaClient::ttrpc(&a.attestation_sock).await,
+        Some(addr) => AaClient::grpc(addr, deadline).await,
+        None => AaClient::ttrpc(&a.attestation_sock)
+            .await
+            .map(|c| c.with_deadline(deadline)),
     }
     .map_err(sdk)?;
     match a.call {

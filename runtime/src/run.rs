@@ -45,7 +45,7 @@ pub async fn start_plugins(config: &Config) -> Result<Service> {
     let lock = claim_socket_dir(&plugins.socket_dir)?;
     let uses = |k| plugins.attester.values().any(|p| p.launch == k);
     if uses(LaunchKind::Podman) {
-        crate::launch::podman::remove_stale(&plugins.socket_dir).await;
+        crate::launch::podman::remove_stale(&plugins.socket_dir).await?;
     }
     if uses(LaunchKind::Oci) {
         crate::launch::oci::remove_stale(&plugins.oci_dir).await;

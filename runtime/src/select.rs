@@ -144,11 +144,7 @@ fn plugin_for(
     if !matches!(plugins.auto_launch, LaunchKind::Podman | LaunchKind::Oci) {
         return Err("auto_launch must be podman or oci to start an image".into());
     }
-    let name = l
-        .image
-        .rsplit_once(':')
-        .map_or(l.image.as_str(), |(n, _)| n);
-    let name = name.split('@').next().unwrap_or(name);
+    let name = crate::launch::image::ImageRef::repository(&l.image);
     Ok((
         tee.to_string(),
         PluginConfig {
@@ -350,5 +346,36 @@ mod tests {
             .unwrap_err()
             .message()
             .starts_with("images lock"));
+    }
+
+    #[test]
+    fn a_locked_image_on_a_registry_with_a_port_keeps_its_name() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let mut lock = std::collections::BTreeMap::new();
+        for (tee, image) in [
+            ("tdx", "registry.local:5000/attestd/attester-tdx"),
+            ("snp", "registry.local:5000/attestd/attester-snp:0.1.0"),
+        ] {
+            lock.insert(
+                tee.to_string(),
+                LockedImage {
+                    image: image.into(),
+                    digest: digest.clone(),
+                    transport: Transport::Ttrpc,
+                    api: PROTOCOL_VERSIONS[0],
+                },
+            );
+        }
+        let plugins = PluginsConfig {
+            auto_launch: LaunchKind::Podman,
+            ..Default::default()
+        };
+        for tee in ["tdx", "snp"] {
+            let (_, pc) = plugin_for(tee, &plugins, &lock).unwrap();
+            assert_eq!(
+                pc.image.unwrap(),
+                format!("registry.local:5000/attestd/attester-{tee}@{digest}")
+            );
+        }
     }
 }

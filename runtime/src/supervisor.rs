@@ -412,8 +412,11 @@ async fn handshake(
     socket: &Path,
 ) -> Result<Live> {
     let started = Instant::now();
+    // Why the last connection attempt failed, for the timeout's message.
+    let mut refused: Option<Error> = None;
     let ready = tokio::time::timeout(spec.startup_timeout, async {
-        let client = connect_when_listening(child, socket, spec.config.transport).await?;
+        let client =
+            connect_when_listening(child, socket, spec.config.transport, &mut refused).await?;
         let client = client.with_deadline(spec.startup_timeout);
         let hs = client.handshake(PROTOCOL_VERSIONS).await?;
         Ok::<_, Error>((client, hs))
@@ -422,10 +425,16 @@ async fn handshake(
     let (client, handshake) = match ready {
         Ok(r) => r?,
         Err(_) => {
-            return Err(Error::unavailable(format!(
-                "no handshake within {:?}",
-                spec.startup_timeout
-            )))
+            let within = format!("no handshake within {:?}", spec.startup_timeout);
+            return Err(match refused {
+                Some(e) => e.context(format!("{within}: the last connection attempt failed")),
+                None if !socket.exists() => {
+                    Error::unavailable(format!("{within}: {} never appeared", socket.display()))
+                }
+                None => Error::unavailable(format!(
+                    "{within}: connected, but it did not answer the handshake"
+                )),
+            });
         }
     };
     check_handshake(spec, identity, &handshake)?;
@@ -439,11 +448,13 @@ async fn handshake(
     })
 }
 
-/// Poll until the plugin listens, failing fast if it exits first.
+/// Poll until the plugin listens, failing fast if it exits first; `refused` keeps
+/// why the last attempt failed.
 async fn connect_when_listening(
     child: &mut Running,
     socket: &Path,
     transport: Transport,
+    refused: &mut Option<Error>,
 ) -> Result<RemoteAttester> {
     let mut pause = Duration::from_millis(1);
     loop {
@@ -453,8 +464,9 @@ async fn connect_when_listening(
             )));
         }
         if socket.exists() {
-            if let Ok(c) = RemoteAttester::connect(socket, transport).await {
-                return Ok(c);
+            match RemoteAttester::connect(socket, transport).await {
+                Ok(c) => return Ok(c),
+                Err(e) => *refused = Some(e),
             }
         }
         tokio::time::sleep(pause).await;

@@ -161,3 +161,55 @@ async fn client_subcommand_talks_to_a_running_attestd() {
         "error: token type \"kbs\" is not configured: set [token_configs.kbs] url (or AA_KBC_PARAMS=cc_kbc::<url>)"
     );
 }
+
+#[test]
+fn the_client_gives_up_on_a_server_that_never_answers() {
+    // A TCP listener that accepts and never speaks (no HTTP/2 preface), and a Unix
+    // socket that accepts and never answers: bounded by --timeout-ms, on both
+    // transports (the gRPC client used to wait for ever).
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = tcp.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("silent.sock");
+    let unix = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::thread::spawn(move || {
+        let _held: Vec<_> = tcp.incoming().take(4).collect();
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    });
+    std::thread::spawn(move || {
+        let _held: Vec<_> = unix.incoming().take(4).collect();
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    });
+    let unix_addr = format!("unix://{}", sock.display());
+    for args in [
+        vec![
+            "client",
+            "--grpc",
+            &addr,
+            "--timeout-ms",
+            "300",
+            "get-tee-type",
+        ],
+        vec![
+            "client",
+            "--attestation_sock",
+            &unix_addr,
+            "--timeout-ms",
+            "300",
+            "get-tee-type",
+        ],
+    ] {
+        let t = std::time::Instant::now();
+        let (st, _, err) = attestd_cli(&args);
+        assert!(!st.success(), "{args:?}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{args:?}: {:?}",
+            t.elapsed()
+        );
+        assert!(
+            err.contains("did not answer within 300ms") || err.contains("timed out"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -83,6 +83,13 @@ fn malformed_config_names_key_and_line() {
         e.stderr
     );
     assert!(e.stderr.contains("line 5"), "{}", e.stderr);
+    // Said once: the message no longer repeats its cause.
+    assert_eq!(
+        e.stderr.matches("unknown field `call_timout_ms`").count(),
+        1,
+        "{}",
+        e.stderr
+    );
 
     let e = Attestd::start(|_| "[plugins\n".into()).err().unwrap();
     assert_eq!(e.status.unwrap().code(), Some(1));
@@ -351,6 +358,86 @@ async fn a_plugin_whose_device_thread_died_reports_not_serving_and_is_restarted(
 }
 
 #[test]
+fn a_plugin_that_never_answers_says_why_at_start() {
+    // An external plugin whose socket is stale (bound, then nobody listens): the
+    // timeout names the last connection error, not just "no handshake".
+    let outside = tempfile::tempdir().unwrap();
+    let sock = outside.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let table = |sock: std::path::PathBuf| {
+        move |d: &std::path::Path| {
+            format!(
+                "[plugins]\nprimary = \"ext\"\nsocket_dir = {:?}\nstartup_timeout_ms = 300\n\
+                 [plugins.attester.ext]\nlaunch = \"external\"\ntransport = \"ttrpc\"\nsocket = {:?}\n",
+                d.join("plugins").display().to_string(),
+                sock.display().to_string()
+            )
+        }
+    };
+    let e = Attestd::start(table(sock.clone())).err().unwrap();
+    assert!(
+        e.stderr.contains(
+            "cannot start plugin ext: no handshake within 300ms: the last connection attempt failed: "
+        ),
+        "{}",
+        e.stderr
+    );
+    assert!(e.stderr.contains("onnection refused"), "{}", e.stderr);
+    // No socket at all: said so.
+    let missing = outside.path().join("missing.sock");
+    let e = Attestd::start(table(missing.clone())).err().unwrap();
+    assert!(
+        e.stderr.contains(&format!(
+            "cannot start plugin ext: no handshake within 300ms: {} never appeared",
+            missing.display()
+        )),
+        "{}",
+        e.stderr
+    );
+}
+
+#[test]
+fn a_failing_podman_ps_is_an_error_not_an_empty_list() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // A podman that cannot reach its store: listing the containers an earlier
+    // attestd left must fail the start, not read as "none".
+    let bin = tempfile::tempdir().unwrap();
+    let podman = bin.path().join("podman");
+    std::fs::write(
+        &podman,
+        "#!/bin/sh\necho 'cannot open the store' >&2\nexit 125\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&podman, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let e = Attestd::start_env(
+        |d| {
+            format!(
+                "[plugins]\nprimary = \"s\"\nsocket_dir = {:?}\n\
+                 [plugins.attester.s]\nlaunch = \"podman\"\ntransport = \"ttrpc\"\nimage = \"localhost/x@{digest}\"\n",
+                d.join("plugins").display().to_string()
+            )
+        },
+        &[],
+        &[("PATH", &path)],
+    )
+    .err()
+    .unwrap();
+    assert!(
+        e.stderr.contains(
+            "error: cannot list the plugin containers an earlier attestd left: podman ps failed (exit status: 125): cannot open the store"
+        ),
+        "{}",
+        e.stderr
+    );
+}
+
+#[test]
 fn sigterm_removes_sockets_and_stops_plugins() {
     let p = Plugin::sample("grpc");
     let dev = Plugin::sample_device("ttrpc");
@@ -563,6 +650,8 @@ mod initdata {
             "{}",
             e.stderr
         );
+        // The TOML parser's report (it names the line) appears once.
+        assert_eq!(e.stderr.matches("line 1").count(), 1, "{}", e.stderr);
         let e = Attestd::start_with(|d| config(d, &p, &[], ""), &["--initdata-digest", "***"])
             .err()
             .unwrap();

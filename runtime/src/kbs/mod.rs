@@ -63,16 +63,23 @@ pub(crate) fn http_client(
     root_cert: Option<&str>,
 ) -> Result<(String, reqwest::Client)> {
     let base = url.trim_end_matches('/').to_string();
-    let (scheme, rest) = base
-        .split_once("://")
-        .ok_or_else(|| Error::invalid_argument(format!("{peer} URL {url:?} has no scheme")))?;
-    let host = rest.split(['/', ':']).next().unwrap_or_default();
-    let loopback = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-        || host == "[::1]";
-    match scheme {
+    // Decided on the URL as parsed, never on its text: `http://localhost:pw@host`
+    // names `host`, and `[::1]` is loopback.
+    let parsed = reqwest::Url::parse(&base).map_err(|e| {
+        Error::invalid_argument(format!("{peer} URL {url:?} is not a URL")).with_source(e)
+    })?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(Error::invalid_argument(format!(
+            "{peer} URL {url:?}: credentials in the URL are not allowed"
+        )));
+    }
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match parsed.scheme() {
         "https" => {}
         "http" if loopback => {}
         "http" => {
@@ -384,6 +391,30 @@ mod tests {
             "KBS URL \"http://kbs.example\": plain http is allowed only on loopback; use https"
         );
         assert!(KbsClient::new("kbs.example", None).is_err());
+        // IPv6 loopback is loopback; userinfo cannot pass another host off as it.
+        assert!(KbsClient::new("http://[::1]:8080", None).is_ok());
+        assert!(KbsClient::new("http://127.0.0.2:8080/", None).is_ok());
+        assert_eq!(
+            KbsClient::new("http://localhost:pw@kbs.example", None)
+                .err()
+                .unwrap()
+                .message(),
+            "KBS URL \"http://localhost:pw@kbs.example\": credentials in the URL are not allowed"
+        );
+        assert_eq!(
+            KbsClient::new("http://localhost@kbs.example", None)
+                .err()
+                .unwrap()
+                .message(),
+            "KBS URL \"http://localhost@kbs.example\": credentials in the URL are not allowed"
+        );
+        assert_eq!(
+            KbsClient::new("http://[::2]", None)
+                .err()
+                .unwrap()
+                .message(),
+            "KBS URL \"http://[::2]\": plain http is allowed only on loopback; use https"
+        );
         assert!(KbsClient::new("https://k", Some("not pem")).is_err());
     }
 

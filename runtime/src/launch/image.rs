@@ -16,7 +16,23 @@ pub struct ImageRef {
     pub digest: Option<String>,
 }
 
+/// `name[:tag]` → (name, tag): a ':' after the last '/' starts the tag (a ':'
+/// before it is a registry port, as in `host:5000/name`).
+fn split_tag(s: &str) -> (&str, Option<&str>) {
+    let slash = s.rfind('/').map_or(0, |i| i + 1);
+    match s[slash..].find(':') {
+        Some(i) => (&s[..slash + i], Some(&s[slash + i + 1..])),
+        None => (s, None),
+    }
+}
+
 impl ImageRef {
+    /// The repository of a reference, without tag or digest (the reference need
+    /// not be valid as a pin: `host:5000/name` alone is a repository).
+    pub fn repository(s: &str) -> &str {
+        split_tag(s.split_once('@').map_or(s, |(r, _)| r)).0
+    }
+
     pub fn parse(s: &str) -> Result<ImageRef> {
         let bad = |why: &str| Error::invalid_argument(format!("image reference {s:?}: {why}"));
         let (rest, digest) = match s.split_once('@') {
@@ -35,12 +51,8 @@ impl ImageRef {
             }
             None => (s, None),
         };
-        // A ':' after the last '/' starts the tag (a ':' before it is a registry port).
-        let slash = rest.rfind('/').map_or(0, |i| i + 1);
-        let (name, tag) = match rest[slash..].find(':') {
-            Some(i) => (&rest[..slash + i], Some(rest[slash + i + 1..].to_string())),
-            None => (rest, None),
-        };
+        let (name, tag) = split_tag(rest);
+        let tag = tag.map(str::to_string);
         if name.is_empty()
             || !name
                 .bytes()
@@ -240,6 +252,26 @@ mod tests {
         let r = ImageRef::parse(&format!("a/b:1.0@{D}")).unwrap();
         assert_eq!(r.to_string(), format!("a/b:1.0@{D}"));
         assert_eq!(r.pinned(D), format!("a/b@{D}"));
+        // The repository alone, registry port and all (select.rs's hand-made
+        // split took `registry` for `registry:5000/a/b`).
+        for (s, want) in [
+            ("registry:5000/a/b", "registry:5000/a/b"),
+            ("registry:5000/a/b:1.0", "registry:5000/a/b"),
+            (
+                &format!("registry:5000/a/b@{D}") as &str,
+                "registry:5000/a/b",
+            ),
+            (
+                &format!("registry:5000/a/b:1.0@{D}") as &str,
+                "registry:5000/a/b",
+            ),
+            (
+                "localhost/attestd/attester-tdx",
+                "localhost/attestd/attester-tdx",
+            ),
+        ] {
+            assert_eq!(ImageRef::repository(s), want, "{s}");
+        }
     }
 
     #[test]

@@ -128,7 +128,9 @@ pub async fn remove(name: &str) {
 }
 
 /// Remove containers a previous attestd with this socket directory left running.
-pub async fn remove_stale(socket_dir: &Path) {
+/// A `podman ps` that fails is an error, not an empty list: such a container could
+/// still hold a plugin's place.
+pub async fn remove_stale(socket_dir: &Path) -> Result<()> {
     let names = run_tool(
         Command::new("podman").args([
             "ps",
@@ -142,9 +144,10 @@ pub async fn remove_stale(socket_dir: &Path) {
         Duration::from_secs(30),
     )
     .await
-    .unwrap_or_default();
+    .map_err(|e| e.context("cannot list the plugin containers an earlier attestd left"))?;
     for n in names.lines().filter(|n| !n.is_empty()) {
         tracing::warn!(container = %n, "removing a plugin container left by an earlier attestd");
         remove(n).await;
     }
+    Ok(())
 }
