@@ -341,6 +341,11 @@ impl Attestd {
 
     /// SIGTERM and wait (bounded); returns the exit status.
     pub fn stop(mut self) -> ExitStatus {
+        self.stop_in_place()
+    }
+
+    /// SIGTERM and wait (bounded), keeping the temp dir to look at afterwards.
+    pub fn stop_in_place(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         signal(child.id(), nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(15);

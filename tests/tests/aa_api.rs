@@ -1,11 +1,16 @@
 //! attestd + the sample plugin: the AA API over ttrpc and gRPC × the plugin over
-//! ttrpc and gRPC, every RPC, evidence compared byte for byte. Clients are the
-//! generated ones CDH and kbs_protocol use, on custom socket paths.
+//! ttrpc and gRPC, every RPC in one table-driven test, evidence compared byte for
+//! byte. Clients are the generated ones CDH and kbs_protocol use (directly, or
+//! through attestd's `AaClient`, which wraps them), on custom socket paths.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use attestd::aa_client::AaClient;
+use attestd::server::grpc::GrpcAddr;
+use attestd::service::{MeasurementEvent, MeasurementResult};
 use attestd_e2e::{config, ctx, status, Attestd, Plugin};
 use attestd_proto::grpc::attestation_agent as g;
 use attestd_proto::ttrpc::attestation_agent as t;
+use attester_sdk::Code;
 
 const HELLO: &[u8] = b"hello-coco";
 const HELLO_EVIDENCE: &str = r#"{"report_data":"aGVsbG8tY29jbw==","svn":"1"}"#;
@@ -19,182 +24,82 @@ fn start(plugin_transport: &str) -> Attestd {
     Attestd::start(|d| config(d, &primary, &[dev], "")).unwrap()
 }
 
-async fn all_rpcs_over_ttrpc(plugin_transport: &str) {
-    let a = start(plugin_transport);
-    let c = a.ttrpc().await;
-
-    let r = c
-        .get_evidence(
-            ctx(),
-            &t::GetEvidenceRequest {
-                RuntimeData: HELLO.to_vec(),
-                ..Default::default()
-            },
+/// The AA API over `aa` ("ttrpc" or "grpc"): attestd's own client of it, which is
+/// the generated ttrpc or tonic client, each call's status read back as a code.
+async fn client(a: &Attestd, aa: &str) -> AaClient {
+    match aa {
+        "ttrpc" => AaClient::ttrpc(&format!("unix://{}", a.aa_sock.display()))
+            .await
+            .unwrap(),
+        _ => AaClient::grpc(
+            &GrpcAddr::Unix(a.grpc_sock.clone()),
+            std::time::Duration::from_secs(30),
         )
         .await
-        .unwrap();
-    assert_eq!(std::str::from_utf8(&r.Evidence).unwrap(), HELLO_EVIDENCE);
-
-    let r = c
-        .get_additional_evidence(
-            ctx(),
-            &t::GetAdditionalEvidenceRequest {
-                RuntimeData: HELLO.to_vec(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(std::str::from_utf8(&r.Evidence).unwrap(), HELLO_ADDITIONAL);
-
-    let r = c.get_tee_type(ctx(), &Default::default()).await.unwrap();
-    assert_eq!(r.tee, "sample");
-
-    let r = c
-        .get_additional_tees(ctx(), &Default::default())
-        .await
-        .unwrap();
-    assert_eq!(r.additional_tees, vec!["sampledevice".to_string()]);
-
-    let e = c
-        .get_token(
-            ctx(),
-            &t::GetTokenRequest {
-                TokenType: "kbs".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err();
-    let (code, message) = status(e);
-    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
-    assert_eq!(
-        message,
-        "token type \"kbs\" is not configured: set [token_configs.kbs] url (or AA_KBC_PARAMS=cc_kbc::<url>)"
-    );
-
-    let r = c
-        .extend_runtime_measurement(
-            ctx(),
-            &t::ExtendRuntimeMeasurementRequest {
-                Domain: "github.com/confidential-containers".into(),
-                Operation: "PullImage".into(),
-                Content: "{}".into(),
-                RegisterIndex: Some(17),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        r.Result.enum_value(),
-        Ok(t::RuntimeMeasurementResult::NOT_ENABLED)
-    );
-
-    c.bind_init_data(
-        ctx(),
-        &t::BindInitDataRequest {
-            Digest: hex(INIT),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let e = c
-        .bind_init_data(
-            ctx(),
-            &t::BindInitDataRequest {
-                Digest: vec![0xcd; 32],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err();
-    let (code, message) = status(e);
-    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
-    assert_eq!(
-        message,
-        format!(
-            "plugin sample: init-data digest {} does not match the launch-time value {INIT}",
-            "cd".repeat(32)
-        )
-    );
-
-    assert!(a.stop().success());
+        .unwrap(),
+    }
 }
 
-async fn all_rpcs_over_grpc(plugin_transport: &str) {
-    let a = start(plugin_transport);
-    let mut c = a.grpc().await;
+/// Every RPC, for each AA transport × plugin transport: the same answers, the same
+/// codes and messages, byte for byte.
+#[tokio::test]
+async fn every_rpc_over_each_aa_and_plugin_transport() {
+    for (aa, plugin) in [
+        ("ttrpc", "ttrpc"),
+        ("ttrpc", "grpc"),
+        ("grpc", "ttrpc"),
+        ("grpc", "grpc"),
+    ] {
+        let at = format!("AA over {aa}, plugin over {plugin}");
+        let a = start(plugin);
+        let c = client(&a, aa).await;
 
-    let r = c
-        .get_evidence(g::GetEvidenceRequest {
-            runtime_data: HELLO.to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(std::str::from_utf8(&r.evidence).unwrap(), HELLO_EVIDENCE);
+        let ev = c.get_evidence(HELLO.to_vec()).await.unwrap();
+        assert_eq!(std::str::from_utf8(&ev).unwrap(), HELLO_EVIDENCE, "{at}");
+        let ev = c.get_additional_evidence(HELLO.to_vec()).await.unwrap();
+        assert_eq!(std::str::from_utf8(&ev).unwrap(), HELLO_ADDITIONAL, "{at}");
+        assert_eq!(c.get_tee_type().await.unwrap(), "sample", "{at}");
+        assert_eq!(
+            c.get_additional_tees().await.unwrap(),
+            vec!["sampledevice".to_string()],
+            "{at}"
+        );
 
-    let r = c
-        .get_additional_evidence(g::GetAdditionalEvidenceRequest {
-            runtime_data: HELLO.to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(std::str::from_utf8(&r.evidence).unwrap(), HELLO_ADDITIONAL);
+        let e = c.get_token("kbs").await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{at}");
+        assert_eq!(
+            e.message(),
+            "token type \"kbs\" is not configured: set [token_configs.kbs] url (or AA_KBC_PARAMS=cc_kbc::<url>)",
+            "{at}"
+        );
 
-    let r = c
-        .get_tee_type(g::GetTeeTypeRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.tee, "sample");
+        for register_index in [Some(17), None] {
+            let r = c
+                .extend_runtime_measurement(MeasurementEvent {
+                    domain: "github.com/confidential-containers".into(),
+                    operation: "PullImage".into(),
+                    content: "{}".into(),
+                    register_index,
+                })
+                .await
+                .unwrap();
+            assert_eq!(r, MeasurementResult::NotEnabled, "{at}");
+        }
 
-    let r = c
-        .get_additional_tees(g::GetAdditionalTeesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.additional_tees, vec!["sampledevice".to_string()]);
+        c.bind_init_data(hex(INIT)).await.unwrap();
+        let e = c.bind_init_data(vec![0xcd; 32]).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{at}");
+        assert_eq!(
+            e.message(),
+            format!(
+                "plugin sample: init-data digest {} does not match the launch-time value {INIT}",
+                "cd".repeat(32)
+            ),
+            "{at}"
+        );
 
-    let s = c
-        .get_token(g::GetTokenRequest {
-            token_type: "kbs".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(s.code(), tonic::Code::FailedPrecondition);
-    assert_eq!(
-        s.message(),
-        "token type \"kbs\" is not configured: set [token_configs.kbs] url (or AA_KBC_PARAMS=cc_kbc::<url>)"
-    );
-
-    let r = c
-        .extend_runtime_measurement(g::ExtendRuntimeMeasurementRequest {
-            domain: "github.com/confidential-containers".into(),
-            operation: "PullImage".into(),
-            content: "{}".into(),
-            register_index: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.result(), g::RuntimeMeasurementResult::NotEnabled);
-
-    c.bind_init_data(g::BindInitDataRequest { digest: hex(INIT) })
-        .await
-        .unwrap();
-    let s = c
-        .bind_init_data(g::BindInitDataRequest {
-            digest: vec![0xcd; 32],
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(s.code(), tonic::Code::FailedPrecondition);
-
-    assert!(a.stop().success());
+        assert!(a.stop().success(), "{at}");
+    }
 }
 
 fn hex(s: &str) -> Vec<u8> {
@@ -202,26 +107,6 @@ fn hex(s: &str) -> Vec<u8> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
-}
-
-#[tokio::test]
-async fn aa_ttrpc_plugin_ttrpc() {
-    all_rpcs_over_ttrpc("ttrpc").await;
-}
-
-#[tokio::test]
-async fn aa_ttrpc_plugin_grpc() {
-    all_rpcs_over_ttrpc("grpc").await;
-}
-
-#[tokio::test]
-async fn aa_grpc_plugin_ttrpc() {
-    all_rpcs_over_grpc("ttrpc").await;
-}
-
-#[tokio::test]
-async fn aa_grpc_plugin_grpc() {
-    all_rpcs_over_grpc("grpc").await;
 }
 
 #[tokio::test]

@@ -240,9 +240,70 @@ async fn hanging_plugin_hits_the_deadline_not_a_hang() {
             "plugin test: plugin call GetEvidence did not answer within 300ms"
         );
         assert!(started.elapsed() < Duration::from_secs(5));
-        // Other calls are still answered while one hangs.
-        assert_eq!(a.tee_type().await, "sample");
     }
+}
+
+#[tokio::test]
+async fn other_calls_reach_the_plugins_while_one_hangs() {
+    // The primary hangs in GetEvidence for its whole 3 s deadline. Meanwhile calls
+    // that go to that same plugin (its registers, through the event log) and to
+    // the additional plugin are answered, well before the hung call returns.
+    let p = Plugin::test("ttrpc", &["--mode", "hang", "--registers"]);
+    let dev = Plugin::sample_device("grpc");
+    let a = Attestd::start(|d| {
+        format!(
+            "{}\n[eventlog_config]\nenable_eventlog = true\npath = {:?}\n",
+            config(d, &p, &[dev], "call_timeout_ms = 3000"),
+            d.join("eventlog").display().to_string()
+        )
+    })
+    .unwrap();
+    let hung = a.ttrpc().await;
+    let started = Instant::now();
+    let hanging = tokio::spawn(async move {
+        let req = attestd_proto::ttrpc::attestation_agent::GetEvidenceRequest {
+            RuntimeData: b"x".to_vec(),
+            ..Default::default()
+        };
+        hung.get_evidence(ttrpc::context::with_timeout(10_000_000_000), &req)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let c = a.ttrpc().await;
+    let req = attestd_proto::ttrpc::attestation_agent::ExtendRuntimeMeasurementRequest {
+        Domain: "github.com/confidential-containers".into(),
+        Operation: "PullImage".into(),
+        Content: "{}".into(),
+        ..Default::default()
+    };
+    let r = c
+        .extend_runtime_measurement(attestd_e2e::ctx(), &req)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.Result.enum_value_or_default(),
+        attestd_proto::ttrpc::attestation_agent::RuntimeMeasurementResult::OK
+    );
+    let req = attestd_proto::ttrpc::attestation_agent::GetAdditionalEvidenceRequest {
+        RuntimeData: b"y".to_vec(),
+        ..Default::default()
+    };
+    let ev = c
+        .get_additional_evidence(attestd_e2e::ctx(), &req)
+        .await
+        .unwrap();
+    assert!(String::from_utf8(ev.Evidence)
+        .unwrap()
+        .starts_with("{\"sampledevice\":"));
+    let answered = started.elapsed();
+    assert!(!hanging.is_finished(), "the hung call is still waiting");
+    let (code, _) = status(hanging.await.unwrap().unwrap_err());
+    assert_eq!(code, ttrpc::Code::DEADLINE_EXCEEDED);
+    assert!(
+        answered < Duration::from_millis(2500) && started.elapsed() >= Duration::from_secs(3),
+        "answered after {answered:?}, the hung call returned after {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -441,22 +502,23 @@ fn a_failing_podman_ps_is_an_error_not_an_empty_list() {
 fn sigterm_removes_sockets_and_stops_plugins() {
     let p = Plugin::sample("grpc");
     let dev = Plugin::sample_device("ttrpc");
-    let a = Attestd::start(|d| config(d, &p, &[dev], "")).unwrap();
+    let mut a = Attestd::start(|d| config(d, &p, &[dev], "")).unwrap();
     let plugins = [
         a.plugin_pid("sample").unwrap(),
         a.plugin_pid("dev").unwrap(),
     ];
-    let (aa, grpc, dir) = (
-        a.aa_sock.clone(),
-        a.grpc_sock.clone(),
-        a.dir.path().to_path_buf(),
-    );
-    let keep = tempfile::Builder::new().tempdir().unwrap();
-    // Keep the temp dir alive past stop(): move the attestd dir's contents check below.
-    let status = a.stop();
+    let plugin_dir = a.dir.path().join("plugins");
+    let plugin_socks = [plugin_dir.join("sample.sock"), plugin_dir.join("dev.sock")];
+    for s in &plugin_socks {
+        assert!(s.exists(), "{} while running", s.display());
+    }
+    let status = a.stop_in_place();
     assert!(status.success());
-    assert!(!aa.exists() && !grpc.exists());
-    let _ = (dir, keep);
+    // Every socket it served on or owned is gone: the AA's, gRPC's, the plugins'.
+    assert!(!a.aa_sock.exists() && !a.grpc_sock.exists());
+    for s in &plugin_socks {
+        assert!(!s.exists(), "{} left behind", s.display());
+    }
     for pid in plugins {
         let deadline = Instant::now() + Duration::from_secs(5);
         while alive(pid) {
