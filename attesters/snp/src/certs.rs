@@ -19,9 +19,13 @@ fn u32_at(b: &[u8], at: usize) -> usize {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize
 }
 
-/// The entries of a table, sorted as `sev`'s `get_ext_report` returns them.
+/// The entries of a table, sorted as `sev`'s `get_ext_report` returns them. Each
+/// certificate must lie inside the table, after the entries, and apart from the
+/// others: a host cannot make two entries share bytes or point into the header.
 pub fn parse(table: &[u8]) -> Result<Vec<CertTableEntry>> {
     let mut out = Vec::new();
+    // (start, end, entry) of each certificate's bytes.
+    let mut spans: Vec<(usize, usize, usize)> = Vec::new();
     for i in 0..=MAX_ENTRIES {
         let at = i * ENTRY;
         let Some(e) = table.get(at..at + ENTRY) else {
@@ -33,6 +37,7 @@ pub fn parse(table: &[u8]) -> Result<Vec<CertTableEntry>> {
         let guid = uuid::Uuid::from_slice(&e[..16])
             .map_err(|err| bad(format!("entry {i}: bad GUID: {err}")))?;
         if guid.is_nil() {
+            check_spans(&mut spans, at + ENTRY)?;
             out.sort();
             return Ok(out);
         }
@@ -49,8 +54,32 @@ pub fn parse(table: &[u8]) -> Result<Vec<CertTableEntry>> {
         let entry = CertTableEntry::from_guid(&guid, data.to_vec())
             .map_err(|err| bad(format!("entry {i}: {err}")))?;
         out.push(entry);
+        if length > 0 {
+            spans.push((offset, offset + length, i));
+        }
     }
     Err(bad(format!("more than {MAX_ENTRIES} entries")))
+}
+
+/// Certificates start after the entry table (`header` bytes, terminator included)
+/// and do not overlap.
+fn check_spans(spans: &mut [(usize, usize, usize)], header: usize) -> Result<()> {
+    spans.sort_unstable();
+    for (n, &(start, _, i)) in spans.iter().enumerate() {
+        if start < header {
+            return Err(bad(format!(
+                "entry {i}'s certificate starts at {start}, inside the {header}-byte entry table"
+            )));
+        }
+        if let Some(&(_, prev_end, j)) = n.checked_sub(1).and_then(|p| spans.get(p)) {
+            if start < prev_end {
+                return Err(bad(format!(
+                    "the certificates of entries {j} and {i} overlap"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Build a table (the recorded device's auxblob, and what a host hands the PSP).
@@ -170,6 +199,36 @@ mod tests {
             parse(&t).unwrap_err().message(),
             "malformed SNP certificate table: more than 64 entries"
         );
+    }
+
+    #[test]
+    fn overlapping_or_misplaced_certificates_are_refused() {
+        let table = build(&entries()).unwrap();
+        let field = |t: &mut Vec<u8>, entry: usize, at: usize, v: u32| {
+            t[entry * ENTRY + at..entry * ENTRY + at + 4].copy_from_slice(&v.to_le_bytes())
+        };
+        // Entry 1 (the VCEK) pointed at entry 0's bytes.
+        let mut t = table.clone();
+        let first = u32::from_le_bytes(t[16..20].try_into().unwrap());
+        field(&mut t, 1, 16, first);
+        assert_eq!(
+            parse(&t).unwrap_err().message(),
+            "malformed SNP certificate table: the certificates of entries 0 and 1 overlap"
+        );
+        // A certificate inside the entry table itself (3 entries: 72 bytes).
+        let mut t = table.clone();
+        field(&mut t, 0, 16, 8);
+        assert_eq!(
+            parse(&t).unwrap_err().message(),
+            "malformed SNP certificate table: entry 0's certificate starts at 8, inside the 72-byte entry table"
+        );
+        // The terminator missing: the next "entry" is certificate bytes, whose
+        // GUID is no known type or whose span is off: an error either way.
+        let mut t = table.clone();
+        t[2 * ENTRY..3 * ENTRY].fill(0x41);
+        assert!(parse(&t).is_err());
+        // Unchanged, it parses.
+        assert_eq!(parse(&table).unwrap().len(), 2);
     }
 
     #[test]

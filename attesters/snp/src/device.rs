@@ -29,18 +29,25 @@ pub trait SnpDevice: Send + Sync + 'static {
     fn present(&self) -> bool;
 }
 
-/// `/dev/sev-guest` through `sev`'s SNP_GET_EXT_REPORT ioctl.
+/// `/dev/sev-guest` through the SNP_GET_EXT_REPORT ioctl ([`crate::sys`]): the
+/// report, and the host's certificate table as raw bytes read by our bounds-checked
+/// parser (`sev`'s own would panic on a bad table, and the host is untrusted).
 pub struct SevGuest;
 
 impl SnpDevice for SevGuest {
     fn ext_report(&self, report_data: &[u8; 64]) -> Result<RawReport> {
-        let mut fw = sev::firmware::guest::Firmware::open()
+        let dev = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(SEV_GUEST)
             .map_err(|e| Error::unavailable(format!("cannot open {SEV_GUEST}")).with_source(e))?;
         // VMPL 0, as upstream: the verifier expects the guest's most privileged level.
-        let (report, certs) = fw
-            .get_ext_report(None, Some(*report_data), Some(0))
-            .map_err(|e| Error::unavailable("SNP extended report request failed").with_source(e))?;
-        Ok(RawReport { report, certs })
+        let (report, table) = crate::sys::ext_report(&dev, report_data, 0)?;
+        let certs = crate::certs::parse(&table)?;
+        Ok(RawReport {
+            report,
+            certs: (!certs.is_empty()).then_some(certs),
+        })
     }
     fn describe(&self) -> String {
         SEV_GUEST.into()

@@ -8,6 +8,7 @@ pub mod certs;
 pub mod device;
 pub mod evidence;
 pub mod report;
+mod sys;
 
 use std::path::PathBuf;
 use std::sync::Arc;
