@@ -380,7 +380,7 @@ async fn health_loop(live: &Live, interval: Duration, timeout: Duration) -> Erro
 /// The plugin's socket, unless someone else owns it (`external`).
 fn remove_owned_socket(spec: &PluginSpec) {
     if spec.config.launch != LaunchKind::External {
-        let _ = std::fs::remove_file(spec.socket());
+        let _ = crate::server::remove_socket(&spec.socket());
     }
 }
 
@@ -568,7 +568,8 @@ pub fn ensure_socket_dir(dir: &Path) -> Result<()> {
     let fail = |what: &str, e: std::io::Error| {
         Error::internal(format!("cannot {what} socket directory {}", dir.display())).with_source(e)
     };
-    std::fs::create_dir_all(dir).map_err(|e| fail("create", e))?;
+    // Parents made 0750 whatever the umask; the directory itself 0700 below.
+    crate::server::create_private_dir(dir)?;
     let meta = std::fs::metadata(dir).map_err(|e| fail("inspect", e))?;
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me {

@@ -499,6 +499,94 @@ fn a_failing_podman_ps_is_an_error_not_an_empty_list() {
 }
 
 #[test]
+fn a_file_where_a_socket_should_be_is_never_removed() {
+    // A mistyped --attestation_sock (or gRPC or key-provider path) naming a file:
+    // refused, and the file is intact (attestd used to delete it).
+    let p = Plugin::sample("ttrpc");
+    let d = tempfile::tempdir().unwrap();
+    let precious = d.path().join("precious.txt");
+    let file = format!("unix://{}", precious.display());
+    let aa = format!("unix://{}", d.path().join("aa.sock").display());
+    for (what, grpc, extra) in [
+        ("AA", "none".to_string(), String::new()),
+        ("gRPC", file.clone(), String::new()),
+        (
+            "key provider",
+            "none".to_string(),
+            format!("[keyprovider]\nttrpc = {file:?}\n"),
+        ),
+    ] {
+        std::fs::write(&precious, b"do not delete").unwrap();
+        let cfg = d.path().join("attestd.toml");
+        std::fs::write(&cfg, format!("{extra}{}", config(d.path(), &p, &[], ""))).unwrap();
+        let sock = if what == "AA" { &file } else { &aa };
+        let (st, _, err) = attestd_cli(&[
+            "-c",
+            cfg.to_str().unwrap(),
+            "--attestation_sock",
+            sock,
+            "--grpc_sock",
+            &grpc,
+        ]);
+        assert!(!st.success(), "{what}");
+        assert!(
+            err.contains(&format!(
+                "{} exists and is not a socket: refusing to replace it",
+                precious.display()
+            )),
+            "{what}: {err}"
+        );
+        assert_eq!(
+            std::fs::read(&precious).unwrap(),
+            b"do not delete",
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn sockets_and_directories_have_their_modes_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let d = tempfile::tempdir().unwrap();
+    let p = Plugin::sample("ttrpc");
+    let cfg = d.path().join("attestd.toml");
+    std::fs::write(&cfg, config(d.path(), &p, &[], "")).unwrap();
+    let aa = d.path().join("new/aa/aa.sock");
+    let grpc = d.path().join("new/grpc/grpc.sock");
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "umask 000 && exec \"$@\"", "sh"])
+        .arg(bin("attestd"))
+        .arg("-c")
+        .arg(&cfg)
+        .arg("--attestation_sock")
+        .arg(format!("unix://{}", aa.display()))
+        .arg("--grpc_sock")
+        .arg(format!("unix://{}", grpc.display()))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !aa.exists() {
+        assert!(Instant::now() < deadline, "attestd did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let modes = [
+        (aa.clone(), 0o660),
+        (grpc.clone(), 0o660),
+        (d.path().join("new/aa"), 0o750),
+        (d.path().join("new"), 0o750),
+        (d.path().join("plugins"), 0o700),
+    ];
+    let got: Vec<_> = modes.iter().map(|(p, _)| mode(p)).collect();
+    signal(child.id(), Signal::SIGTERM);
+    child.wait().unwrap();
+    for ((p, want), got) in modes.iter().zip(got) {
+        assert_eq!(got, *want, "{}: {got:o}", p.display());
+    }
+}
+
+#[test]
 fn sigterm_removes_sockets_and_stops_plugins() {
     let p = Plugin::sample("grpc");
     let dev = Plugin::sample_device("ttrpc");

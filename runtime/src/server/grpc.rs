@@ -165,7 +165,9 @@ pub async fn bind(addr: &GrpcAddr) -> Result<GrpcListener, Error> {
             GrpcListener::Tcp(tokio::net::TcpListener::bind(a).await.map_err(fail)?)
         }
         GrpcAddr::Unix(p) => {
-            GrpcListener::Unix(tokio::net::UnixListener::bind(p).map_err(fail)?, p.clone())
+            let l = tokio::net::UnixListener::bind(p).map_err(fail)?;
+            super::set_mode(p, super::SOCKET_MODE)?;
+            GrpcListener::Unix(l, p.clone())
         }
     })
 }
@@ -251,7 +253,7 @@ impl GrpcServer {
             }
         }
         if let GrpcAddr::Unix(p) = &self.addr {
-            let _ = std::fs::remove_file(p);
+            let _ = super::remove_socket(p);
         }
     }
 }

@@ -150,6 +150,8 @@ pub async fn start_services(
         .bind(&format!("unix://{}", socket.display()))
         .map_err(fail)?
         .register_service(services);
+    // The mode the umask left is not the one we want (0777 under umask 000).
+    super::set_mode(socket, super::SOCKET_MODE)?;
     server.start().await.map_err(fail)?;
     Ok(TtrpcServer {
         server,
@@ -160,6 +162,6 @@ pub async fn start_services(
 impl TtrpcServer {
     pub async fn shutdown(mut self) {
         let _ = self.server.shutdown().await;
-        let _ = std::fs::remove_file(&self.socket);
+        let _ = super::remove_socket(&self.socket);
     }
 }

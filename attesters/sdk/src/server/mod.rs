@@ -93,7 +93,7 @@ pub async fn serve<A: Attester>(attester: A, opts: ServeOptions) -> Result<()> {
     remove_socket_file(&opts.socket)?;
     let result = serve_on(plugin, &opts, shutdown_signal()?).await;
     // Remove the socket even when serving failed, so no stale file is left.
-    let _ = std::fs::remove_file(&opts.socket);
+    let _ = remove_socket_file(&opts.socket);
     result
 }
 
@@ -114,16 +114,24 @@ async fn serve_on<A: Attester>(
     }
 }
 
-/// Remove a socket file if it exists. A socket left by a previous instance would make
-/// bind fail; the directory is the core's, so anything at our path is ours to replace.
+/// Remove a socket left by a previous instance (it would make bind fail). Only a
+/// socket: anything else at that path is refused, never deleted.
 pub fn remove_socket_file(socket: &Path) -> Result<()> {
-    match std::fs::remove_file(socket) {
-        Ok(()) => Ok(()),
+    use std::os::unix::fs::FileTypeExt as _;
+    let fail = |e: std::io::Error| {
+        Error::internal(format!("cannot remove stale socket {}", socket.display())).with_source(e)
+    };
+    match std::fs::symlink_metadata(socket) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(
-            Error::internal(format!("cannot remove stale socket {}", socket.display()))
-                .with_source(e),
-        ),
+        Err(e) => Err(fail(e)),
+        Ok(m) if !m.file_type().is_socket() => Err(Error::failed_precondition(format!(
+            "{} exists and is not a socket: refusing to replace it",
+            socket.display()
+        ))),
+        Ok(_) => match std::fs::remove_file(socket) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(fail(e)),
+            _ => Ok(()),
+        },
     }
 }
 
@@ -141,4 +149,29 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 's
             _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
         }
     })
+}
+
+#[cfg(test)]
+mod socket_tests {
+    use super::*;
+
+    #[test]
+    fn only_sockets_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("file");
+        std::fs::write(&f, b"x").unwrap();
+        assert_eq!(
+            remove_socket_file(&f).unwrap_err().message(),
+            format!(
+                "{} exists and is not a socket: refusing to replace it",
+                f.display()
+            )
+        );
+        assert!(f.exists());
+        let s = d.path().join("s.sock");
+        drop(std::os::unix::net::UnixListener::bind(&s).unwrap());
+        remove_socket_file(&s).unwrap();
+        assert!(!s.exists());
+        remove_socket_file(&s).unwrap();
+    }
 }
