@@ -464,6 +464,18 @@ pub fn check_tee(key: &str, tee: &str) -> Result<(), ConfigError> {
 mod tests {
     use super::*;
 
+    /// The message and its causes, as `attestd` prints them (`{e:#}`).
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cur = c.source();
+        }
+        s
+    }
+
     const SAMPLE: &str = r#"
 [token_configs.kbs]
 url = "http://127.0.0.1:8080"
@@ -514,22 +526,23 @@ tee = "sampledevice"
     #[test]
     fn unknown_key_is_named_with_line() {
         let e = Config::parse("[plugins]\nprimry = \"sample\"\n").unwrap_err();
-        let s = e.to_string();
+        let s = chain(&e);
         assert!(s.contains("unknown field `primry`"), "{s}");
         assert!(s.contains("line 2"), "{s}");
     }
 
     #[test]
     fn syntax_error_names_line() {
-        let e = Config::parse("[plugins\nprimary = 1\n").unwrap_err();
-        assert!(e.to_string().contains("line 1"), "{e}");
+        let e = chain(&Config::parse("[plugins\nprimary = 1\n").unwrap_err());
+        assert!(e.contains("line 1"), "{e}");
+        assert_eq!(e.matches("line 1").count(), 1, "said once: {e}");
     }
 
     #[test]
     fn bad_transport_names_key() {
         let t =
             "[plugins.attester.s]\nlaunch = \"process\"\ncommand = \"x\"\ntransport = \"http\"\n";
-        let e = Config::parse(t).unwrap_err().to_string();
+        let e = chain(&Config::parse(t).unwrap_err());
         assert!(e.contains("transport"), "{e}");
         assert!(e.contains("line 4"), "{e}");
     }

@@ -81,25 +81,71 @@ fn parse_input(input: &[u8], op: &str) -> Result<Value> {
     Ok(v)
 }
 
-/// `kbs:///<repo>/<type>/<tag>` (host part ignored) → `<repo>/<type>/<tag>`.
+/// What a resource path segment may hold once percent-decoded: enough for every
+/// repository, type and tag in use, and nothing that can step out of
+/// `/kbs/v0/resource/` (`/`, `\`, `..`, `?`, `#`, `%`).
+fn safe_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// `kbs:///<repo>/<type>/<tag>` (host part ignored) → `<repo>/<type>/<tag>`: parsed
+/// as a URL, exactly three segments from a safe alphabet after percent-decoding,
+/// no query, no fragment, no credentials. The KBS request is then built from these
+/// segments, so nothing in a kid (an annotation is the image author's) can reach
+/// another KBS endpoint with attestd's token.
 pub fn resource_path(kid: &str) -> Result<String> {
-    let rest = kid.strip_prefix("kbs://").ok_or_else(|| {
+    let shown = crate::echo::bounded(kid, crate::echo::MAX_ECHO);
+    let bad = |why: &str| {
         Error::invalid_argument(format!(
-            "kid {kid:?} is not a kbs:///<repo>/<type>/<tag> URI"
+            "kid \"{shown}\" is not a kbs:///<repo>/<type>/<tag> URI: {why}"
         ))
-    })?;
-    let path = rest.split_once('/').map(|(_, p)| p).unwrap_or_default();
-    let parts: Vec<&str> = path.split('/').collect();
-    if parts.len() != 3
-        || parts
-            .iter()
-            .any(|p| p.is_empty() || *p == "." || *p == "..")
-    {
-        return Err(Error::invalid_argument(format!(
-            "kid {kid:?} is not a kbs:///<repo>/<type>/<tag> URI"
-        )));
+    };
+    // Dot segments first, on the text as given: the URL parser would resolve
+    // `a/b/../c/d` to `a/c/d` (and `%2e%2e` likewise) without a word.
+    let raw_path = kid
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map_or("", |(_, p)| p);
+    let raw_path = raw_path.split(['?', '#']).next().unwrap_or_default();
+    if raw_path.split('/').any(|seg| {
+        let d = percent_encoding::percent_decode_str(seg).decode_utf8_lossy();
+        d == "." || d == ".."
+    }) {
+        return Err(bad("it has a . or .. segment"));
     }
-    Ok(parts.join("/"))
+    let url = url::Url::parse(kid).map_err(|_| bad("not a URI"))?;
+    if url.scheme() != "kbs" {
+        return Err(bad("the scheme is not kbs"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("it has a query or fragment"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("it has credentials"));
+    }
+    let segments: Vec<String> = url
+        .path_segments()
+        .ok_or_else(|| bad("no path"))?
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| bad("a segment is not UTF-8"))
+        })
+        .collect::<Result<_>>()?;
+    if segments.len() != 3 {
+        return Err(bad(&format!("{} path segments, not 3", segments.len())));
+    }
+    if !segments.iter().all(|s| safe_segment(s)) {
+        return Err(bad(
+            "a segment is empty, . or .., or holds more than letters, digits, . _ -",
+        ));
+    }
+    Ok(segments.join("/"))
 }
 
 /// Parse an `UnWrapKey` input.
@@ -354,6 +400,52 @@ mod tests {
     }
 
     #[test]
+    fn kids_are_parsed_strictly() {
+        assert_eq!(
+            resource_path("kbs:///default/key/k1").unwrap(),
+            "default/key/k1"
+        );
+        assert_eq!(
+            resource_path("kbs://kbs.example:8080/default/key/image-kek_1.0").unwrap(),
+            "default/key/image-kek_1.0"
+        );
+        assert_eq!(resource_path("kbs:///a%2Db/c/d").unwrap(), "a-b/c/d");
+        let why = |kid: &str| {
+            let m = resource_path(kid).unwrap_err().message().to_string();
+            m.split(" URI: ").nth(1).unwrap().to_string()
+        };
+        // Traversal, encoded or not, backslashes, queries: each refused.
+        for kid in [
+            "kbs:///%2e%2e/%2e%2e/auth",
+            "kbs:///default/key/..",
+            "kbs:///default/%2E/x",
+            "kbs:///default/key/..\\..\\x",
+            "kbs:///default/key/a%2Fb",
+            "kbs:///default/key/%00",
+            "kbs:///default/key/a%20b",
+        ] {
+            assert!(resource_path(kid).is_err(), "{kid}");
+        }
+        // Resolved silently by a URL parser, refused here.
+        assert_eq!(why("kbs:///a/b/../c/d"), "it has a . or .. segment");
+        assert_eq!(why("kbs:///a/%2E%2e/c/d/e"), "it has a . or .. segment");
+        assert_eq!(why("kbs:///a/b/c?admin=1"), "it has a query or fragment");
+        assert_eq!(why("kbs:///a/b/c#x"), "it has a query or fragment");
+        assert_eq!(why("kbs://u:p@h/a/b/c"), "it has credentials");
+        assert_eq!(why("kbs:///a/b"), "2 path segments, not 3");
+        assert_eq!(why("kbs:///a/b/c/d"), "4 path segments, not 3");
+        assert_eq!(
+            why("kbs:///a//c"),
+            "a segment is empty, . or .., or holds more than letters, digits, . _ -"
+        );
+        // A hostile kid is echoed bounded and escaped.
+        let long = format!("kbs:///{}\n", "a".repeat(400));
+        let m = resource_path(&long).unwrap_err().message().to_string();
+        assert!(m.contains("… (408 characters)"), "{m}");
+        assert!(!m.contains('\n'));
+    }
+
+    #[test]
     fn v1_packets_and_ctr() {
         use ctr::cipher::{KeyIvInit as _, StreamCipher as _};
         let iv = [3u8; 16];
@@ -390,13 +482,13 @@ mod tests {
             msg(&p(
                 serde_json::json!({"kid": "file:///x", "wrapped_data": ""})
             )),
-            "kid \"file:///x\" is not a kbs:///<repo>/<type>/<tag> URI"
+            "kid \"file:///x\" is not a kbs:///<repo>/<type>/<tag> URI: the scheme is not kbs"
         );
         assert_eq!(
             msg(&p(
                 serde_json::json!({"kid": "kbs:///a/../c", "wrapped_data": ""})
             )),
-            "kid \"kbs:///a/../c\" is not a kbs:///<repo>/<type>/<tag> URI"
+            "kid \"kbs:///a/../c\" is not a kbs:///<repo>/<type>/<tag> URI: it has a . or .. segment"
         );
         let big = vec![b' '; MAX_INPUT + 1];
         assert!(msg(&big).starts_with("key provider input is"));

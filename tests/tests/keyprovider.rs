@@ -196,7 +196,7 @@ async fn go_ocicrypt_wraps_and_unwraps_over_grpc() {
     assert_eq!(v["code"], "InvalidArgument");
     assert_eq!(
         v["message"],
-        "kid \"file:///etc/shadow\" is not a kbs:///<repo>/<type>/<tag> URI"
+        "kid \"file:///etc/shadow\" is not a kbs:///<repo>/<type>/<tag> URI: the scheme is not kbs"
     );
 }
 
@@ -349,6 +349,27 @@ async fn unwrap_key_shares_the_session_and_says_why_the_kbs_refused() {
     );
     p.kbs.knobs().refuse_with = None;
     grpc.un_wrap_key(call()).await.unwrap();
+
+    // A kid that would reach another KBS endpoint with attestd's token: refused
+    // before anything is sent (the handshake count does not move).
+    let before = p.kbs.attestations().len();
+    for kid in [
+        "kbs:///%2e%2e/%2e%2e/auth",
+        "kbs:///default/key/..\\..\\x",
+        "kbs:///default/key/k?admin=1",
+    ] {
+        let packet = serde_json::json!({"kid": kid, "wrapped_data": "", "iv": ""});
+        let input = ocicrypt::unwrap_input("attestd", packet.to_string().as_bytes());
+        let st = grpc.un_wrap_key(grpc_input(input)).await.unwrap_err();
+        assert_eq!(st.code(), tonic::Code::InvalidArgument, "{kid}");
+        assert!(
+            st.message()
+                .contains("is not a kbs:///<repo>/<type>/<tag> URI"),
+            "{kid}: {}",
+            st.message()
+        );
+    }
+    assert_eq!(p.kbs.attestations().len(), before);
 
     // Bad input.
     for (input, want) in [

@@ -130,6 +130,20 @@ impl KbsClient {
         &self.base
     }
 
+    /// `{base}/kbs/v0/resource/<repo>/<type>/<tag>`, built from path segments (the
+    /// URL crate escapes each), never by pasting text into the URL.
+    fn resource_url(&self, path: &str) -> Result<reqwest::Url> {
+        let mut url = reqwest::Url::parse(&self.base).map_err(|e| {
+            Error::invalid_argument(format!("KBS URL {:?} is not a URL", self.base)).with_source(e)
+        })?;
+        url.path_segments_mut()
+            .map_err(|_| Error::invalid_argument(format!("KBS URL {:?} has no path", self.base)))?
+            .pop_if_empty()
+            .extend(["kbs", "v0", "resource"])
+            .extend(path.split('/'));
+        Ok(url)
+    }
+
     /// Step 1: the request; the challenge and the session cookie.
     pub async fn auth(&self, tee: &str) -> Result<(Challenge, Option<String>)> {
         let tee: Tee =
@@ -180,10 +194,7 @@ impl KbsClient {
     /// `protected` member as sent (the AAD); or, on 401, why the KBS refused (the
     /// caller decides whether a fresh token could help).
     pub async fn resource(&self, path: &str, token: &str, cookie: Option<&str>) -> Result<Fetched> {
-        let req = self
-            .http
-            .get(format!("{}/kbs/v0/resource/{path}", self.base))
-            .bearer_auth(token);
+        let req = self.http.get(self.resource_url(path)?).bearer_auth(token);
         let r = with_session(req, cookie)
             .send()
             .await
@@ -456,6 +467,20 @@ mod tests {
             long.detail.ends_with("… (1003 characters)"),
             "{}",
             long.detail
+        );
+    }
+
+    #[test]
+    fn resource_urls_are_built_from_segments() {
+        let c = KbsClient::new("https://kbs.example:8080/prefix/", None).unwrap();
+        assert_eq!(
+            c.resource_url("default/key/k1").unwrap().as_str(),
+            "https://kbs.example:8080/prefix/kbs/v0/resource/default/key/k1"
+        );
+        // Even text that got past the kid parser could not leave the resource tree.
+        assert_eq!(
+            c.resource_url("a/b/c?admin=1#x").unwrap().as_str(),
+            "https://kbs.example:8080/prefix/kbs/v0/resource/a/b/c%3Fadmin=1%23x"
         );
     }
 
