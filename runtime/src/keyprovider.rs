@@ -75,7 +75,7 @@ fn parse_input(input: &[u8], op: &str) -> Result<Value> {
     if v["op"] != op {
         return Err(Error::invalid_argument(format!(
             "key provider input has op {}, expected {op:?}",
-            v["op"]
+            crate::echo::bounded(&v["op"].to_string(), crate::echo::MAX_ECHO)
         )));
     }
     Ok(v)
@@ -162,7 +162,8 @@ pub fn parse_unwrap(input: &[u8]) -> Result<Unwrap> {
         None | Some("0.1.0") => {}
         Some(other) => {
             return Err(Error::invalid_argument(format!(
-                "unknown annotation version {other:?} (known: 0.1.0, or none for v1)"
+                "unknown annotation version {} (known: 0.1.0, or none for v1)",
+                crate::echo::quoted(other)
             )))
         }
     }
@@ -170,7 +171,8 @@ pub fn parse_unwrap(input: &[u8]) -> Result<Unwrap> {
         None | Some("kbs") => {}
         Some(other) => {
             return Err(Error::invalid_argument(format!(
-                "annotation provider {other:?} is not supported (only \"kbs\")"
+                "annotation provider {} is not supported (only \"kbs\")",
+                crate::echo::quoted(other)
             )))
         }
     }
@@ -224,7 +226,8 @@ pub fn unwrap_key(packet: &AnnotationPacket, kek: &[u8]) -> Result<Vec<u8>> {
             Ok(out)
         }
         other => Err(Error::invalid_argument(format!(
-            "unknown wrap_type {other:?}: expected A256GCM or A256CTR"
+            "unknown wrap_type {}: expected A256GCM or A256CTR",
+            crate::echo::quoted(other)
         ))),
     }
 }

@@ -568,7 +568,7 @@ async fn cmd_eventlog(a: EventlogArgs) -> Result<()> {
                 r.index,
                 r.alg.name(),
                 hex::encode(&r.digest),
-                r.text
+                attestd::echo::escaped(&r.text)
             );
         }
         for r in &registers {

@@ -241,6 +241,12 @@ impl Service {
                 event.register_index,
             )
             .await;
+        // attestd's own entries (plugin identities) are its alone to write.
+        if event.domain.eq_ignore_ascii_case(IDENTITY_DOMAIN) {
+            return Err(Error::invalid_argument(format!(
+                "domain {IDENTITY_DOMAIN:?} is reserved for attestd's own entries"
+            )));
+        }
         // A token from before the extension no longer attests the registers.
         self.kbs_sessions.invalidate();
         r?;
@@ -310,7 +316,8 @@ impl Service {
                     .map_err(|e| e.context(format!("attestation service {}", client.url())))
             }
             other => Err(Error::invalid_argument(format!(
-                "unknown token type {other:?}: expected \"kbs\" or \"coco_as\""
+                "unknown token type {}: expected \"kbs\" or \"coco_as\"",
+                crate::echo::quoted(other)
             ))),
         }
     }

@@ -586,6 +586,71 @@ fn sockets_and_directories_have_their_modes_whatever_the_umask() {
     }
 }
 
+#[tokio::test]
+async fn hostile_aa_clients_can_neither_forge_log_entries_nor_flood_messages() {
+    let p = Plugin::test("ttrpc", &["--registers"]);
+    let a = Attestd::start(|d| {
+        format!(
+            "{}\n[eventlog_config]\nenable_eventlog = true\npath = {:?}\n",
+            config(d, &p, &[], ""),
+            d.join("eventlog").display().to_string()
+        )
+    })
+    .unwrap();
+    let c = a.ttrpc().await;
+    let extend = |domain: &str, operation: &str, content: &str| {
+        attestd_proto::ttrpc::attestation_agent::ExtendRuntimeMeasurementRequest {
+            Domain: domain.into(),
+            Operation: operation.into(),
+            Content: content.into(),
+            ..Default::default()
+        }
+    };
+    // attestd's own domain (its plugin identities) is not a client's to write.
+    for domain in [
+        "github.com/confidential-containers/attestd",
+        "GitHub.com/Confidential-Containers/attestd",
+    ] {
+        let e = c
+            .extend_runtime_measurement(
+                attestd_e2e::ctx(),
+                &extend(domain, "LoadAttester", "{\"name\":\"forged\"}"),
+            )
+            .await
+            .unwrap_err();
+        let (code, msg) = status(e);
+        assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+        assert_eq!(
+            msg,
+            "domain \"github.com/confidential-containers/attestd\" is reserved for attestd's own entries"
+        );
+    }
+    // A bidi override or a line separator in an entry.
+    for content in ["a\u{202e}b", "one\u{2028}two"] {
+        let e = c
+            .extend_runtime_measurement(
+                attestd_e2e::ctx(),
+                &extend("github.com/confidential-containers", "PullImage", content),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status(e).0, ttrpc::Code::INVALID_ARGUMENT, "{content:?}");
+    }
+    // A megabyte token type is not echoed back whole, nor logged whole.
+    let huge = "k".repeat(1 << 20);
+    let (code, msg) = status(a.get_token(&huge).await.unwrap_err());
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+    assert!(msg.len() < 400, "{} bytes", msg.len());
+    assert!(
+        msg.starts_with(&format!(
+            "unknown token type \"{}… (1048576 characters)\"",
+            "k".repeat(256)
+        )),
+        "{msg}"
+    );
+    assert!(!a.log().contains(&"k".repeat(1000)));
+}
+
 #[test]
 fn sigterm_removes_sockets_and_stops_plugins() {
     let p = Plugin::sample("grpc");

@@ -261,7 +261,10 @@ pub fn replay<'a>(records: impl IntoIterator<Item = &'a Record>) -> Result<BTree
 }
 
 /// Upstream's rules for an entry's fields: domain and operation non-empty without
-/// whitespace, content without line breaks, all printable.
+/// whitespace, content without line breaks, all printable; and none of the
+/// characters that move, hide or break text (Unicode Cc, Cf, Zl, Zp: bidi
+/// overrides, zero-width characters, line separators), so an entry reads as what
+/// it is and cannot display as two.
 pub fn validate(domain: &str, operation: &str, content: &str) -> Result<String> {
     let field = |name: &str, v: &str, spaces: bool| -> Result<()> {
         if v.is_empty() && !spaces {
@@ -269,14 +272,16 @@ pub fn validate(domain: &str, operation: &str, content: &str) -> Result<String> 
         }
         if let Some(c) = v
             .chars()
-            .find(|c| c.is_control() || (!spaces && c.is_whitespace()))
+            .find(|&c| crate::echo::is_hidden(c) || (!spaces && c.is_whitespace()))
         {
-            let what = if c == '\n' || c == '\r' {
+            let what = if matches!(c, '\n' | '\r' | '\u{2028}' | '\u{2029}') {
                 "a line break"
             } else if c.is_whitespace() {
                 "whitespace"
-            } else {
+            } else if c.is_control() {
                 "a control character"
+            } else {
+                "an invisible formatting character"
             };
             return Err(Error::invalid_argument(format!(
                 "{name} contains {what} ({:?})",
@@ -412,6 +417,29 @@ mod tests {
             "content contains a control character ('\\u{7}')"
         );
         assert_eq!(msg("", "op", "c"), "domain is empty");
+        // Characters that make an entry read as something else, or as two.
+        assert_eq!(
+            msg("d", "op", "pull\u{202e}gpj.exe"),
+            "content contains an invisible formatting character ('\\u{202e}')"
+        );
+        assert_eq!(
+            msg("d", "op", "a\u{2028}b"),
+            "content contains a line break ('\\u{2028}')"
+        );
+        assert_eq!(
+            msg("d", "op", "a\u{2029}b"),
+            "content contains a line break ('\\u{2029}')"
+        );
+        assert_eq!(
+            msg("dom\u{200b}ain", "op", "c"),
+            "domain contains an invisible formatting character ('\\u{200b}')"
+        );
+        assert_eq!(
+            msg("d", "o\u{feff}p", "c"),
+            "operation contains an invisible formatting character ('\\u{feff}')"
+        );
+        // Accented and non-Latin text is fine.
+        assert!(validate("d", "op", "déjà 中文").is_ok());
         let big = "x".repeat(MAX_TEXT);
         assert_eq!(
             msg("d", "op", &big),
