@@ -1,10 +1,13 @@
 //! Test-only fault points: with feature `fault-injection` and
 //! `ATTESTD_FAULT=<point>[#<n>]`, [`hit`] is true the n-th time (default: the
-//! first) the process passes `point`. Without the feature it is always false.
+//! first) the process passes `point`. Without the feature it is always false, and
+//! in any release build too: `cargo build --release --workspace` unifies the test
+//! crate's features into attestd, and a shipped binary must not kill itself
+//! because an environment variable says so.
 
 /// Whether the fault named by `ATTESTD_FAULT` is `point`, on this pass.
 pub(crate) fn hit(point: &str) -> bool {
-    #[cfg(feature = "fault-injection")]
+    #[cfg(all(feature = "fault-injection", debug_assertions))]
     {
         use std::sync::atomic::{AtomicU32, Ordering};
         static HITS: AtomicU32 = AtomicU32::new(0);
@@ -21,7 +24,7 @@ pub(crate) fn hit(point: &str) -> bool {
         }
         false
     }
-    #[cfg(not(feature = "fault-injection"))]
+    #[cfg(not(all(feature = "fault-injection", debug_assertions)))]
     {
         let _ = point;
         false
@@ -32,5 +35,15 @@ pub(crate) fn hit(point: &str) -> bool {
 pub(crate) fn crash(point: &str) {
     if hit(point) {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    #[cfg(not(debug_assertions))]
+    fn release_builds_have_no_fault_points() {
+        std::env::set_var("ATTESTD_FAULT", "release-check");
+        assert!(!super::hit("release-check"));
     }
 }
