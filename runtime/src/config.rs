@@ -195,6 +195,9 @@ pub struct PluginsConfig {
     /// How long a call waits for a restarting plugin before answering UNAVAILABLE.
     #[serde(default = "default_restart_wait_ms")]
     pub restart_wait_ms: u64,
+    /// A plugin up this long is healthy again: its next crash restarts at once.
+    #[serde(default = "default_restart_stable_ms")]
+    pub restart_stable_ms: u64,
     /// Allow images referenced by a mutable tag (development only; warned at every start).
     #[serde(default)]
     pub dev_mode: bool,
@@ -226,6 +229,7 @@ impl Default for PluginsConfig {
             health_timeout_ms: default_health_timeout_ms(),
             restart_backoff_max_ms: default_restart_backoff_max_ms(),
             restart_wait_ms: default_restart_wait_ms(),
+            restart_stable_ms: default_restart_stable_ms(),
             dev_mode: false,
             oci_dir: default_oci_dir(),
             images_lock: default_images_lock(),
@@ -270,6 +274,9 @@ fn default_restart_backoff_max_ms() -> u64 {
 fn default_restart_wait_ms() -> u64 {
     3_000
 }
+fn default_restart_stable_ms() -> u64 {
+    10_000
+}
 
 impl PluginsConfig {
     pub fn call_timeout(&self) -> Duration {
@@ -289,6 +296,9 @@ impl PluginsConfig {
     }
     pub fn restart_wait(&self) -> Duration {
         Duration::from_millis(self.restart_wait_ms)
+    }
+    pub fn restart_stable(&self) -> Duration {
+        Duration::from_millis(self.restart_stable_ms)
     }
 }
 

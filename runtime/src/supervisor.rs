@@ -16,8 +16,6 @@ use tokio::sync::watch;
 
 use crate::config::{check_tee, LaunchKind, PluginConfig, PluginsConfig};
 
-/// A plugin that stayed up this long is healthy again: its next crash restarts at once.
-const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// First pause after a repeated crash; doubles up to `restart_backoff_max`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Consecutive failed health checks before a plugin is restarted.
@@ -38,6 +36,8 @@ pub struct PluginSpec {
     pub health_timeout: Duration,
     pub restart_backoff_max: Duration,
     pub restart_wait: Duration,
+    /// A plugin up this long is healthy again: its next crash restarts at once.
+    pub restart_stable: Duration,
     /// Hash the plugin binary at each launch (for the event log's identity entry;
     /// off otherwise, since hashing a debug build takes a noticeable part of a second).
     pub record_provenance: bool,
@@ -71,6 +71,7 @@ impl PluginSpec {
             health_timeout: plugins.health_timeout(),
             restart_backoff_max: plugins.restart_backoff_max(),
             restart_wait: plugins.restart_wait(),
+            restart_stable: plugins.restart_stable(),
             record_provenance: false,
             oci_dir: plugins.oci_dir.clone(),
         }
@@ -310,13 +311,15 @@ async fn supervise(
             );
         }
         tracing::warn!(plugin = %spec.name, "plugin down: {reason}; restarting");
+        // Read before the state says Down (it used to be read after, always zero,
+        // so the backoff never reset and a stable plugin's crash cost seconds).
+        if live.started.elapsed() >= spec.restart_stable {
+            backoff = Duration::ZERO;
+        }
         let _ = state.send(State::Down(reason.into()));
         drop(live);
         // After a health failure the process may still run: make sure it is gone.
         child.kill().await;
-        if live_for(&state) >= STABLE_AFTER {
-            backoff = Duration::ZERO;
-        }
         loop {
             if !backoff.is_zero() {
                 tokio::select! {
@@ -350,14 +353,6 @@ async fn supervise(
 /// Resolves once a stop was requested (the guard is dropped here: it is not `Send`).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
-}
-
-/// How long the plugin in `state` has been up (zero when it is not up).
-fn live_for(state: &watch::Sender<State>) -> Duration {
-    match &*state.borrow() {
-        State::Up(l) => l.started.elapsed(),
-        _ => Duration::ZERO,
-    }
 }
 
 /// Returns the last error once `HEALTH_FAILURES` checks in a row failed.

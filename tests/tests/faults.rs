@@ -651,6 +651,50 @@ async fn hostile_aa_clients_can_neither_forge_log_entries_nor_flood_messages() {
     assert!(!a.log().contains(&"k".repeat(1000)));
 }
 
+#[tokio::test]
+async fn a_stable_plugin_that_crashes_restarts_at_once_a_crash_loop_backs_off() {
+    let p = Plugin::sample("ttrpc");
+    let a = Attestd::start(|d| {
+        config(
+            d,
+            &p,
+            &[],
+            "restart_stable_ms = 500\nrestart_backoff_max_ms = 4000",
+        )
+    })
+    .unwrap();
+    // Kill it and time until a new process serves.
+    let crash = || async {
+        let old = a.plugin_pid("sample").unwrap();
+        signal(old, Signal::SIGKILL);
+        let t = Instant::now();
+        let deadline = t + Duration::from_secs(15);
+        while a.plugin_pid("sample").is_none_or(|p| p == old) {
+            assert!(Instant::now() < deadline, "never restarted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        a.evidence(b"x").await.unwrap();
+        t.elapsed()
+    };
+    // A crash loop: each restart waits longer (0, 100, 200, 400, 800 ms, …).
+    let mut loop_times = Vec::new();
+    for _ in 0..5 {
+        loop_times.push(crash().await);
+    }
+    assert!(
+        loop_times[4] >= Duration::from_millis(700),
+        "the crash loop backs off: {loop_times:?}"
+    );
+    // Up longer than restart_stable_ms: healthy again, the next crash restarts at
+    // once (the backoff used to stay where the loop left it, 1.6 s here).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let after_stable = crash().await;
+    assert!(
+        after_stable < Duration::from_millis(1000),
+        "restarted after {after_stable:?} (crash loop: {loop_times:?})"
+    );
+}
+
 #[test]
 fn sigterm_removes_sockets_and_stops_plugins() {
     let p = Plugin::sample("grpc");
