@@ -48,8 +48,8 @@ pub fn request_body<'a>(tee: &'a str, evidence: &[u8]) -> RequestBody<'a> {
 
 impl AsClient {
     /// `url` must be https, or http on a loopback address.
-    pub fn new(url: &str) -> Result<AsClient> {
-        let (base, http) = http_client(PEER, url, None)?;
+    pub fn new(url: &str, allow_insecure_http: bool) -> Result<AsClient> {
+        let (base, http) = http_client(PEER, url, None, allow_insecure_http)?;
         Ok(AsClient { base, http })
     }
 
@@ -92,10 +92,11 @@ mod tests {
 
     #[test]
     fn urls_are_checked_like_the_kbs() {
-        assert!(AsClient::new("http://127.0.0.1:8000").is_ok());
+        assert!(AsClient::new("http://127.0.0.1:8000", false).is_ok());
+        assert!(AsClient::new("http://as.example", true).is_ok());
         assert_eq!(
-            AsClient::new("http://as.example").err().unwrap().message(),
-            "attestation service URL \"http://as.example\": plain http is allowed only on loopback; use https"
+            AsClient::new("http://as.example", false).err().unwrap().message(),
+            "attestation service URL \"http://as.example\": plain http is allowed only on loopback; use https (or, for development, allow_insecure_http = true)"
         );
     }
 }

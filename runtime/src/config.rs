@@ -102,12 +102,18 @@ pub struct KbsConfig {
     /// token has more than this many seconds left (off: a handshake per call, as
     /// upstream). See docs/key-release.md for the trade-off.
     pub reuse_token_secs: Option<u64>,
+    /// Development only: plain http to a KBS off this machine (warned at start).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CocoAsConfig {
     pub url: String,
+    /// Development only: plain http to a service off this machine (warned at start).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -105,6 +105,8 @@ async fn stop_all(primary: &Supervisor, additional: &[Arc<Supervisor>]) {
 /// Serve the AA API until `shutdown` resolves, then remove sockets and stop plugins.
 pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result<()> {
     let sock = unix_path(&opts.attestation_sock)?;
+    // A mistyped KBS or AS address is found now, not at the first GetToken.
+    check_token_urls(&opts.config)?;
     // Refuse before launching anything when another server holds the socket.
     prepare_socket(&sock)?;
     let mut service = start_plugins(&opts.config).await?;
@@ -238,6 +240,19 @@ async fn start_keyprovider(
         tracing::info!(socket = %path.display(), "serving the key provider over ttrpc");
     }
     Ok(servers)
+}
+
+/// The KBS (config, `AA_KBC_PARAMS` or kernel command line) and attestation-service
+/// URLs, checked as their clients will check them.
+pub fn check_token_urls(config: &Config) -> Result<()> {
+    let kbs = config.token_configs.kbs.as_ref();
+    if let Some(url) = crate::kbs::kbs_url(kbs.map(|k| k.url.as_str())) {
+        crate::kbs::check_url("KBS", &url, kbs.is_some_and(|k| k.allow_insecure_http))?;
+    }
+    if let Some(a) = &config.token_configs.coco_as {
+        crate::kbs::check_url("attestation service", &a.url, a.allow_insecure_http)?;
+    }
+    Ok(())
 }
 
 /// Bind init-data through the primary plugin: a mismatch aborts the start, a plugin

@@ -300,13 +300,13 @@ impl Service {
                 "token type \"coco_as\" is not configured: set [token_configs.coco_as] url",
             )),
             "coco_as" => {
-                let url = self
+                let (url, insecure) = self
                     .tokens
                     .coco_as
                     .as_ref()
-                    .map(|c| c.url.clone())
+                    .map(|c| (c.url.clone(), c.allow_insecure_http))
                     .unwrap_or_default();
-                let client = crate::coco_as::AsClient::new(&url)?;
+                let client = crate::coco_as::AsClient::new(&url, insecure)?;
                 // get_evidence records the primary's identity before its evidence
                 // leaves the core.
                 let evidence = self.get_evidence(Vec::new()).await?;
@@ -406,7 +406,11 @@ impl Service {
                 "no KBS configured: set [token_configs.kbs] url (or AA_KBC_PARAMS=cc_kbc::<url>)",
             )
         })?;
-        let client = crate::kbs::KbsClient::new(&url, kbs.and_then(|k| k.cert.as_deref()))?;
+        let client = crate::kbs::KbsClient::new(
+            &url,
+            kbs.and_then(|k| k.cert.as_deref()),
+            kbs.is_some_and(|k| k.allow_insecure_http),
+        )?;
         let alg = kbs
             .and_then(|k| k.tee_key_algorithm.clone())
             .unwrap_or_else(|| crate::kbs::tee_key::EC_ALG.to_string());

@@ -158,12 +158,26 @@ async fn kbs_down_and_unconfigured_are_clear_errors() {
         msg.starts_with("token type \"kbs\" is not configured"),
         "{msg}"
     );
-    let a = Attestd::start(|d| kbs_config(d, "http://kbs.example", "")).unwrap();
-    let (code, msg) = status(a.get_token("kbs").await.unwrap_err());
-    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
-    assert_eq!(
-        msg,
-        "KBS URL \"http://kbs.example\": plain http is allowed only on loopback; use https"
+    // Plain http to a remote KBS, or credentials in its URL: refused at start,
+    // not at the first GetToken; the development opt-in is warned.
+    for (url, why) in [
+        ("http://kbs.example", "plain http is allowed only on loopback; use https (or, for development, allow_insecure_http = true)"),
+        ("https://localhost:pw@kbs.example", "credentials in the URL are not allowed"),
+    ] {
+        let e = Attestd::start(|d| kbs_config(d, url, "")).err().unwrap();
+        assert!(
+            e.stderr.contains(&format!("error: KBS URL {url:?}: {why}")),
+            "{}",
+            e.stderr
+        );
+    }
+    let a = Attestd::start(|d| kbs_config(d, "http://kbs.example", "allow_insecure_http = true"))
+        .unwrap();
+    assert!(
+        a.log()
+            .contains("plain http to the KBS off this machine (allow_insecure_http)"),
+        "{}",
+        a.log()
     );
 }
 

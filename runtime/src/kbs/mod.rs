@@ -54,14 +54,10 @@ pub(crate) fn unreachable_peer(peer: &str, what: &str, e: reqwest::Error) -> Err
     Error::unavailable(format!("{what}: the {peer} did not answer")).with_source(e)
 }
 
-/// An HTTP client for `peer` (the KBS, the attestation service) at `url`: https, or
-/// http on a loopback address; `root_cert` (PEM) an extra trust anchor for a
-/// private CA. Returns the base URL without a trailing slash and the client.
-pub(crate) fn http_client(
-    peer: &str,
-    url: &str,
-    root_cert: Option<&str>,
-) -> Result<(String, reqwest::Client)> {
+/// `url` checked as a `peer`'s address (the KBS, the attestation service): https,
+/// or http on a loopback address; plain http elsewhere only with
+/// `allow_insecure_http` (dev setups), warned. Returns it without a trailing slash.
+pub fn check_url(peer: &str, url: &str, allow_insecure_http: bool) -> Result<String> {
     let base = url.trim_end_matches('/').to_string();
     // Decided on the URL as parsed, never on its text: `http://localhost:pw@host`
     // names `host`, and `[::1]` is loopback.
@@ -82,9 +78,15 @@ pub(crate) fn http_client(
     match parsed.scheme() {
         "https" => {}
         "http" if loopback => {}
+        "http" if allow_insecure_http => {
+            tracing::warn!(
+                url = %base,
+                "plain http to the {peer} off this machine (allow_insecure_http): tokens and keys cross the network unencrypted"
+            );
+        }
         "http" => {
             return Err(Error::invalid_argument(format!(
-                "{peer} URL {url:?}: plain http is allowed only on loopback; use https"
+                "{peer} URL {url:?}: plain http is allowed only on loopback; use https (or, for development, allow_insecure_http = true)"
             )))
         }
         other => {
@@ -93,6 +95,19 @@ pub(crate) fn http_client(
             )))
         }
     }
+    Ok(base)
+}
+
+/// An HTTP client for `peer` (the KBS, the attestation service) at `url` (see
+/// [`check_url`]); `root_cert` (PEM) an extra trust anchor for a private CA.
+/// Returns the base URL without a trailing slash and the client.
+pub(crate) fn http_client(
+    peer: &str,
+    url: &str,
+    root_cert: Option<&str>,
+    allow_insecure_http: bool,
+) -> Result<(String, reqwest::Client)> {
+    let base = check_url(peer, url, allow_insecure_http)?;
     let mut b = reqwest::Client::builder()
         .timeout(TIMEOUT)
         .redirect(reqwest::redirect::Policy::none());
@@ -119,10 +134,11 @@ pub(crate) fn http_client(
 }
 
 impl KbsClient {
-    /// `url` must be https, or http on a loopback address; `root_cert` (PEM) is an
-    /// extra trust anchor for a KBS with a private CA.
-    pub fn new(url: &str, root_cert: Option<&str>) -> Result<KbsClient> {
-        let (base, http) = http_client("KBS", url, root_cert)?;
+    /// `url` must be https, or http on a loopback address (elsewhere only with
+    /// `allow_insecure_http`); `root_cert` (PEM) is an extra trust anchor for a KBS
+    /// with a private CA.
+    pub fn new(url: &str, root_cert: Option<&str>, allow_insecure_http: bool) -> Result<KbsClient> {
+        let (base, http) = http_client("KBS", url, root_cert, allow_insecure_http)?;
         Ok(KbsClient { base, http })
     }
 
@@ -391,42 +407,46 @@ mod tests {
 
     #[test]
     fn urls_must_be_https_unless_loopback() {
-        assert!(KbsClient::new("https://kbs.example:8080/", None).is_ok());
-        assert!(KbsClient::new("http://127.0.0.1:8080", None).is_ok());
-        assert!(KbsClient::new("http://localhost:8080", None).is_ok());
+        assert!(KbsClient::new("https://kbs.example:8080/", None, false).is_ok());
+        assert!(KbsClient::new("http://127.0.0.1:8080", None, false).is_ok());
+        assert!(KbsClient::new("http://localhost:8080", None, false).is_ok());
         assert_eq!(
-            KbsClient::new("http://kbs.example", None)
+            KbsClient::new("http://kbs.example", None, false)
                 .err()
                 .unwrap()
                 .message(),
-            "KBS URL \"http://kbs.example\": plain http is allowed only on loopback; use https"
+            "KBS URL \"http://kbs.example\": plain http is allowed only on loopback; use https (or, for development, allow_insecure_http = true)"
         );
-        assert!(KbsClient::new("kbs.example", None).is_err());
+        assert!(KbsClient::new("kbs.example", None, false).is_err());
         // IPv6 loopback is loopback; userinfo cannot pass another host off as it.
-        assert!(KbsClient::new("http://[::1]:8080", None).is_ok());
-        assert!(KbsClient::new("http://127.0.0.2:8080/", None).is_ok());
+        assert!(KbsClient::new("http://[::1]:8080", None, false).is_ok());
+        assert!(KbsClient::new("http://127.0.0.2:8080/", None, false).is_ok());
         assert_eq!(
-            KbsClient::new("http://localhost:pw@kbs.example", None)
+            KbsClient::new("http://localhost:pw@kbs.example", None, false)
                 .err()
                 .unwrap()
                 .message(),
             "KBS URL \"http://localhost:pw@kbs.example\": credentials in the URL are not allowed"
         );
         assert_eq!(
-            KbsClient::new("http://localhost@kbs.example", None)
+            KbsClient::new("http://localhost@kbs.example", None, false)
                 .err()
                 .unwrap()
                 .message(),
             "KBS URL \"http://localhost@kbs.example\": credentials in the URL are not allowed"
         );
         assert_eq!(
-            KbsClient::new("http://[::2]", None)
+            KbsClient::new("http://[::2]", None, false)
                 .err()
                 .unwrap()
                 .message(),
-            "KBS URL \"http://[::2]\": plain http is allowed only on loopback; use https"
+            "KBS URL \"http://[::2]\": plain http is allowed only on loopback; use https (or, for development, allow_insecure_http = true)"
         );
-        assert!(KbsClient::new("https://k", Some("not pem")).is_err());
+        // The explicit development opt-in.
+        assert!(KbsClient::new("http://kbs.example", None, true).is_ok());
+        // Never for credentials.
+        assert!(KbsClient::new("http://u@kbs.example", None, true).is_err());
+        assert!(KbsClient::new("https://k", Some("not pem"), false).is_err());
     }
 
     #[test]
@@ -472,7 +492,7 @@ mod tests {
 
     #[test]
     fn resource_urls_are_built_from_segments() {
-        let c = KbsClient::new("https://kbs.example:8080/prefix/", None).unwrap();
+        let c = KbsClient::new("https://kbs.example:8080/prefix/", None, false).unwrap();
         assert_eq!(
             c.resource_url("default/key/k1").unwrap().as_str(),
             "https://kbs.example:8080/prefix/kbs/v0/resource/default/key/k1"
