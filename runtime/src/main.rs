@@ -233,6 +233,10 @@ fn main() -> ExitCode {
             Some(Cmd::Resource(a)) => cmd_resource(a).await,
         }
     });
+    // Plugins are stopped by now; leave no `cli-<pid>` directory behind.
+    if let Some(dir) = ONE_SHOT_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -291,6 +295,10 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
 
 /// One-shot commands use a private socket directory, so they never touch the
 /// sockets of a daemon running with the same config.
+/// The one-shot command's own socket directory, removed when the command ends,
+/// whether it succeeded or not.
+static ONE_SHOT_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
 fn one_shot_config(arg: &ConfigArg) -> Result<Config> {
     let mut config = load_config(arg)?;
     attester_sdk::init_logging("warn");
@@ -298,6 +306,7 @@ fn one_shot_config(arg: &ConfigArg) -> Result<Config> {
         .plugins
         .socket_dir
         .join(format!("cli-{}", std::process::id()));
+    let _ = ONE_SHOT_DIR.set(config.plugins.socket_dir.clone());
     // The daemon owns the event log: a one-shot command must not write to it.
     config.eventlog_config.enable_eventlog = false;
     // Keep the plugins' start-up chatter off a one-shot command's output.

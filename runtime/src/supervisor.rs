@@ -393,8 +393,11 @@ async fn launch(spec: &PluginSpec, identity: Option<&Handshake>) -> Result<(Runn
     match handshake(spec, identity, &mut child, &socket).await {
         Ok(live) => Ok((child, live)),
         Err(e) => {
-            // Nothing may outlive a failed start (a container keeps running otherwise).
+            // Nothing may outlive a failed start (a container keeps running
+            // otherwise), nor its socket; what it printed on its way out is logged.
             child.kill().await;
+            child.drain_output().await;
+            remove_owned_socket(spec);
             Err(ctx(e))
         }
     }

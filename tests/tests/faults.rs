@@ -927,3 +927,36 @@ mod initdata {
         base64::engine::general_purpose::STANDARD.encode(b)
     }
 }
+
+#[test]
+fn a_plugin_that_fails_at_start_says_why_under_its_name_and_leaves_nothing() {
+    // Its last words are logged as fields of target `plugin`, under its name (not
+    // raw lines that could pass for attestd's); its socket and the one-shot
+    // command's directory are gone.
+    let d = tempfile::tempdir().unwrap();
+    for (args, last_words) in [
+        (
+            &["--mode", "exit-at-start"][..],
+            Some("plugin=test stream=\"stderr\" line=attester-test: exiting at start as asked"),
+        ),
+        (&["--protocol-version", "99"][..], None),
+    ] {
+        let p = Plugin::test("ttrpc", args);
+        let cfg = d.path().join("attestd.toml");
+        std::fs::write(&cfg, config(d.path(), &p, &[], "")).unwrap();
+        let out = std::process::Command::new(bin("attestd"))
+            .args(["evidence", "-c", cfg.to_str().unwrap()])
+            .env("ATTESTD_LOG", "info")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        if let Some(w) = last_words {
+            assert!(err.contains(w), "{err}");
+        }
+        let left: Vec<_> = std::fs::read_dir(d.path().join("plugins"))
+            .map(|r| r.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{args:?} left {left:?}");
+    }
+}

@@ -62,6 +62,52 @@ pub struct Running {
     child: Option<Child>,
     cleanup: Cleanup,
     pub provenance: Provenance,
+    /// The tasks logging the child's stdout and stderr.
+    output: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The longest plugin output line logged whole; longer ones are cut (noted).
+pub const MAX_PLUGIN_LINE: usize = 4096;
+
+/// Log `child`'s stdout and stderr line by line as fields of target `plugin`, with
+/// the plugin's name: a plugin cannot print lines that pass for attestd's own.
+fn capture_output(child: &mut Child, plugin: &str) -> Vec<tokio::task::JoinHandle<()>> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+    fn forward(
+        r: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+        plugin: String,
+        stream: &'static str,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut r = tokio::io::BufReader::new(r);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                // Bounded: a line without end is cut, not buffered for ever.
+                let mut limited = (&mut r).take(MAX_PLUGIN_LINE as u64 + 1);
+                match limited.read_until(b'\n', &mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let text = String::from_utf8_lossy(&buf);
+                let line = text.trim_end_matches(['\n', '\r']);
+                tracing::info!(
+                    target: "plugin",
+                    plugin = %plugin,
+                    stream,
+                    line = %crate::echo::bounded(line, MAX_PLUGIN_LINE),
+                );
+            }
+        })
+    }
+    let mut tasks = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        tasks.push(forward(out, plugin.to_string(), "stdout"));
+    }
+    if let Some(err) = child.stderr.take() {
+        tasks.push(forward(err, plugin.to_string(), "stderr"));
+    }
+    tasks
 }
 
 impl Running {
@@ -110,6 +156,14 @@ impl Running {
             let _ = child.wait().await;
         }
         self.cleanup().await;
+    }
+
+    /// Wait (briefly) for the last of the child's output to be logged: a plugin
+    /// that failed at start usually said why on its way out.
+    pub async fn drain_output(&mut self) {
+        for t in self.output.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_millis(500), t).await;
+        }
     }
 
     async fn cleanup(&mut self) {
@@ -170,8 +224,24 @@ fn configured_image(spec: &PluginSpec) -> Result<(&str, image::ImageRef)> {
 fn spawn_owner(mut cmd: Command, what: &str) -> Result<Child> {
     crate::sys::die_with_parent(&mut cmd, Signal::SIGTERM);
     cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| Error::failed_precondition(format!("cannot execute {what}")).with_source(e))
+}
+
+impl Running {
+    /// A started child (plugin, `podman run`, `runc run`) whose output is logged
+    /// as plugin `name`'s.
+    fn child(mut child: Child, name: &str, cleanup: Cleanup, provenance: Provenance) -> Running {
+        let output = capture_output(&mut child, name);
+        Running {
+            child: Some(child),
+            cleanup,
+            provenance,
+            output,
+        }
+    }
 }
 
 pub struct ProcessLauncher;
@@ -194,6 +264,8 @@ impl Launcher for ProcessLauncher {
             .args(plugin_args(spec, socket))
             .envs(&spec.config.env)
             .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             // The plugin dies with its handle: no orphan outlives a failed start.
             .kill_on_drop(true)
             .spawn()
@@ -201,17 +273,18 @@ impl Launcher for ProcessLauncher {
                 Error::failed_precondition(format!("cannot execute {}", program.display()))
                     .with_source(e)
             })?;
-        Ok(Running {
-            child: Some(child),
-            cleanup: Cleanup::None,
-            provenance: Provenance {
+        Ok(Running::child(
+            child,
+            &spec.name,
+            Cleanup::None,
+            Provenance {
                 launch: "process",
                 command: Some(program),
                 sha256,
                 args: spec.config.args.clone(),
                 ..Default::default()
             },
-        })
+        ))
     }
 }
 
@@ -239,6 +312,7 @@ impl Launcher for ExternalLauncher {
                 socket: spec.config.socket.clone(),
                 ..Default::default()
             },
+            output: Vec::new(),
         })
     }
 }

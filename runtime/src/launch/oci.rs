@@ -375,17 +375,18 @@ impl Launcher for OciLauncher {
                 return Err(e);
             }
         };
-        Ok(Running {
-            child: Some(child),
-            cleanup: Cleanup::Runc { id, bundle },
-            provenance: Provenance {
+        Ok(Running::child(
+            child,
+            &spec.name,
+            Cleanup::Runc { id, bundle },
+            Provenance {
                 launch: "oci",
                 image: Some(image.to_string()),
                 digest: Some(digest),
                 args: spec.config.args.clone(),
                 ..Default::default()
             },
-        })
+        ))
     }
 }
 

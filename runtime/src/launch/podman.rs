@@ -100,17 +100,18 @@ impl Launcher for PodmanLauncher {
         let mut cmd = Command::new("podman");
         cmd.args(run_args(spec, socket, &name, &pinned, &resources));
         let child = spawn_owner(cmd, "podman")?;
-        Ok(Running {
-            child: Some(child),
-            cleanup: Cleanup::Podman(name),
-            provenance: Provenance {
+        Ok(Running::child(
+            child,
+            &spec.name,
+            Cleanup::Podman(name),
+            Provenance {
                 launch: "podman",
                 image: Some(image.to_string()),
                 digest: Some(digest),
                 args: spec.config.args.clone(),
                 ..Default::default()
             },
-        })
+        ))
     }
 }
 
