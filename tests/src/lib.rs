@@ -309,6 +309,28 @@ impl Attestd {
             .map(|r| r.Token)
     }
 
+    /// ExtendRuntimeMeasurement over the generated ttrpc client (register chosen by
+    /// attestd): the result.
+    pub async fn extend(
+        &self,
+        domain: &str,
+        operation: &str,
+        content: &str,
+    ) -> Result<attestd_proto::ttrpc::attestation_agent::RuntimeMeasurementResult, ttrpc::Error>
+    {
+        let req = attestd_proto::ttrpc::attestation_agent::ExtendRuntimeMeasurementRequest {
+            Domain: domain.into(),
+            Operation: operation.into(),
+            Content: content.into(),
+            ..Default::default()
+        };
+        self.ttrpc()
+            .await
+            .extend_runtime_measurement(ctx(), &req)
+            .await
+            .map(|r| r.Result.enum_value_or_default())
+    }
+
     /// BindInitData over the generated ttrpc client.
     pub async fn bind_init_data(&self, digest: &[u8]) -> Result<(), ttrpc::Error> {
         let req = attestd_proto::ttrpc::attestation_agent::BindInitDataRequest {

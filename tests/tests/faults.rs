@@ -270,18 +270,10 @@ async fn other_calls_reach_the_plugins_while_one_hangs() {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let c = a.ttrpc().await;
-    let req = attestd_proto::ttrpc::attestation_agent::ExtendRuntimeMeasurementRequest {
-        Domain: "github.com/confidential-containers".into(),
-        Operation: "PullImage".into(),
-        Content: "{}".into(),
-        ..Default::default()
-    };
-    let r = c
-        .extend_runtime_measurement(attestd_e2e::ctx(), &req)
-        .await
-        .unwrap();
     assert_eq!(
-        r.Result.enum_value_or_default(),
+        a.extend("github.com/confidential-containers", "PullImage", "{}")
+            .await
+            .unwrap(),
         attestd_proto::ttrpc::attestation_agent::RuntimeMeasurementResult::OK
     );
     let req = attestd_proto::ttrpc::attestation_agent::GetAdditionalEvidenceRequest {
@@ -368,15 +360,7 @@ async fn a_down_additional_plugin_affects_only_what_needs_it() {
     // (they used to wait out restart_wait under one lock, then fail).
     let t = Instant::now();
     a.evidence(b"primary only").await.unwrap();
-    let req = attestd_proto::ttrpc::attestation_agent::ExtendRuntimeMeasurementRequest {
-        Domain: "github.com/confidential-containers".into(),
-        Operation: "PullImage".into(),
-        Content: "{}".into(),
-        ..Default::default()
-    };
-    a.ttrpc()
-        .await
-        .extend_runtime_measurement(attestd_e2e::ctx(), &req)
+    a.extend("github.com/confidential-containers", "PullImage", "{}")
         .await
         .unwrap();
     assert!(
@@ -597,25 +581,13 @@ async fn hostile_aa_clients_can_neither_forge_log_entries_nor_flood_messages() {
         )
     })
     .unwrap();
-    let c = a.ttrpc().await;
-    let extend = |domain: &str, operation: &str, content: &str| {
-        attestd_proto::ttrpc::attestation_agent::ExtendRuntimeMeasurementRequest {
-            Domain: domain.into(),
-            Operation: operation.into(),
-            Content: content.into(),
-            ..Default::default()
-        }
-    };
     // attestd's own domain (its plugin identities) is not a client's to write.
     for domain in [
         "github.com/confidential-containers/attestd",
         "GitHub.com/Confidential-Containers/attestd",
     ] {
-        let e = c
-            .extend_runtime_measurement(
-                attestd_e2e::ctx(),
-                &extend(domain, "LoadAttester", "{\"name\":\"forged\"}"),
-            )
+        let e = a
+            .extend(domain, "LoadAttester", "{\"name\":\"forged\"}")
             .await
             .unwrap_err();
         let (code, msg) = status(e);
@@ -627,11 +599,8 @@ async fn hostile_aa_clients_can_neither_forge_log_entries_nor_flood_messages() {
     }
     // A bidi override or a line separator in an entry.
     for content in ["a\u{202e}b", "one\u{2028}two"] {
-        let e = c
-            .extend_runtime_measurement(
-                attestd_e2e::ctx(),
-                &extend("github.com/confidential-containers", "PullImage", content),
-            )
+        let e = a
+            .extend("github.com/confidential-containers", "PullImage", content)
             .await
             .unwrap_err();
         assert_eq!(status(e).0, ttrpc::Code::INVALID_ARGUMENT, "{content:?}");

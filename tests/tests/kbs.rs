@@ -273,17 +273,13 @@ async fn token_reuse_is_opt_in_and_ends_when_the_attested_state_changes() {
     verify_jwt(&kbs.verifying_key(), &first.0).unwrap();
 
     // A runtime measurement changes what a token attests: a fresh one.
-    let req = attestd_proto::ttrpc::attestation_agent::ExtendRuntimeMeasurementRequest {
-        Domain: "github.com/confidential-containers".into(),
-        Operation: "PullImage".into(),
-        Content: "{\"image\":\"x\"}".into(),
-        ..Default::default()
-    };
-    a.ttrpc()
-        .await
-        .extend_runtime_measurement(attestd_e2e::ctx(), &req)
-        .await
-        .unwrap();
+    a.extend(
+        "github.com/confidential-containers",
+        "PullImage",
+        "{\"image\":\"x\"}",
+    )
+    .await
+    .unwrap();
     let second = token_and_key(&a).await;
     assert_ne!(second, first);
     assert_ne!(second.1, first.1, "a new key pair too");

@@ -73,6 +73,21 @@ impl Provider {
     }
 }
 
+/// WrapKey `opts` under `KID` as Rust ocicrypt asks (over gRPC): the annotation,
+/// read as Rust ocicrypt reads it.
+async fn wrap(
+    grpc: &mut g::key_provider_service_client::KeyProviderServiceClient<Channel>,
+    opts: &[u8],
+) -> Vec<u8> {
+    let out = grpc
+        .wrap_key(grpc_input(ocicrypt::wrap_input("attestd", KID, opts)))
+        .await
+        .unwrap()
+        .into_inner();
+    ocicrypt::read_wrap_output(&out.key_provider_key_wrap_protocol_output)
+        .unwrap_or_else(|e| panic!("Rust ocicrypt cannot read WrapKey's answer: {e}"))
+}
+
 fn grpc_input(input: Vec<u8>) -> g::KeyProviderKeyWrapProtocolInput {
     g::KeyProviderKeyWrapProtocolInput {
         key_provider_key_wrap_protocol_input: input,
@@ -104,13 +119,7 @@ async fn rust_ocicrypt_wraps_and_unwraps_over_grpc_and_ttrpc() {
     let p = Provider::start().await;
     let opts = layer_options();
     let mut grpc = p.grpc().await;
-    let out = grpc
-        .wrap_key(grpc_input(ocicrypt::wrap_input("attestd", KID, &opts)))
-        .await
-        .unwrap()
-        .into_inner();
-    let annotation = ocicrypt::read_wrap_output(&out.key_provider_key_wrap_protocol_output)
-        .unwrap_or_else(|e| panic!("Rust ocicrypt cannot read WrapKey's answer: {e}"));
+    let annotation = wrap(&mut grpc, &opts).await;
     let packet: serde_json::Value = serde_json::from_slice(&annotation).unwrap();
     assert_eq!(packet["kid"], KID);
     assert_eq!(packet["wrap_type"], "A256GCM");
@@ -205,13 +214,7 @@ async fn unwrap_key_shares_the_session_and_says_why_the_kbs_refused() {
     let p = Provider::start().await;
     let opts = layer_options();
     let mut grpc = p.grpc().await;
-    let out = grpc
-        .wrap_key(grpc_input(ocicrypt::wrap_input("attestd", KID, &opts)))
-        .await
-        .unwrap()
-        .into_inner();
-    let annotation =
-        ocicrypt::read_wrap_output(&out.key_provider_key_wrap_protocol_output).unwrap();
+    let annotation = wrap(&mut grpc, &opts).await;
     let unwrap = ocicrypt::unwrap_input("attestd", &annotation);
     let call = || grpc_input(unwrap.clone());
     grpc.un_wrap_key(call()).await.unwrap();
