@@ -147,6 +147,31 @@ async fn rust_ocicrypt_wraps_and_unwraps_over_grpc_and_ttrpc() {
     );
     assert_eq!(p.kbs.attestations().len(), 1, "one RCAR handshake for both");
 
+    // WrapKey over ttrpc too; its annotation unwraps like the other.
+    let out = p
+        .ttrpc()
+        .await
+        .wrap_key(
+            ctx(),
+            &ttrpc_input(ocicrypt::wrap_input("attestd", KID, &opts)),
+        )
+        .await
+        .unwrap();
+    let annotation = ocicrypt::read_wrap_output(&out.KeyProviderKeyWrapProtocolOutput).unwrap();
+    let out = p
+        .ttrpc()
+        .await
+        .un_wrap_key(
+            ctx(),
+            &ttrpc_input(ocicrypt::unwrap_input("attestd", &annotation)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ocicrypt::read_unwrap_output(&out.KeyProviderKeyWrapProtocolOutput).unwrap(),
+        opts
+    );
+
     // The defect this guards against: base64 strings, as attestd answered before,
     // are unreadable to Rust ocicrypt.
     let e =
