@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use attestd::aa_client::AaClient;
 use attestd::config::Config;
 use attestd::initdata::InitData;
-use attestd::run::{self, RunOptions, DEFAULT_ATTESTATION_SOCK, DEFAULT_GRPC_ADDR};
+use attestd::run::{self, RunOptions, DEFAULT_ATTESTATION_SOCK};
 use attestd::server::grpc::GrpcAddr;
 use attestd::service::MeasurementEvent;
 use attestd::supervisor::{PluginSpec, Supervisor};
@@ -115,8 +115,9 @@ struct RunArgs {
     /// ttrpc AA socket.
     #[arg(long = "attestation_sock", default_value = DEFAULT_ATTESTATION_SOCK)]
     attestation_sock: String,
-    /// gRPC AA listener: host:port or unix:///path; "none" disables it.
-    #[arg(long = "grpc_sock", default_value = DEFAULT_GRPC_ADDR)]
+    /// gRPC AA listener: unix:///path (preferred) or host:port (upstream grpc-aa's
+    /// was 127.0.0.1:50002); off unless given ("none" also turns it off).
+    #[arg(long = "grpc_sock", default_value = "none")]
     grpc_sock: String,
     /// Init-data TOML bound at start.
     #[arg(long = "initdata-toml", conflicts_with = "initdata_digest")]

@@ -18,8 +18,6 @@ use crate::supervisor::{claim_socket_dir, PluginSpec, Supervisor};
 /// Upstream's default AA socket.
 pub const DEFAULT_ATTESTATION_SOCK: &str =
     "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock";
-/// Upstream's gRPC AA address.
-pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50002";
 
 /// What `attestd run` needs besides the config.
 pub struct RunOptions {
@@ -131,6 +129,14 @@ async fn serve(
             let s = GrpcServer::start("AA API", crate::server::grpc::router(service.clone()), addr)
                 .await?;
             tracing::info!(%addr, "serving the AA API over gRPC");
+            if let GrpcAddr::Tcp(_) = addr {
+                // A TCP port has no owner or mode: the ttrpc socket's permissions
+                // do not protect it.
+                tracing::warn!(
+                    %addr,
+                    "the AA API is open on TCP: any process on this machine, whatever its user, can ask it for evidence, tokens and keys; prefer --grpc_sock unix:///path"
+                );
+            }
             Some(s)
         }
         None => None,

@@ -228,7 +228,47 @@ async fn grpc_over_tcp_as_upstream() {
         .unwrap()
         .into_inner();
     assert_eq!(std::str::from_utf8(&r.evidence).unwrap(), HELLO_EVIDENCE);
+    // Served on TCP only when asked, and said to be open to every local user.
+    assert!(
+        a.log()
+            .contains("the AA API is open on TCP: any process on this machine"),
+        "{}",
+        a.log()
+    );
     assert!(a.stop().success());
     // The port is released on shutdown.
     std::net::TcpListener::bind(&addr).unwrap();
+}
+
+#[test]
+fn no_grpc_listener_unless_asked_for() {
+    // Upstream's ttrpc build opens no TCP port; neither does attestd by default.
+    let d = tempfile::tempdir().unwrap();
+    let p = Plugin::sample("ttrpc");
+    let cfg = d.path().join("attestd.toml");
+    std::fs::write(&cfg, config(d.path(), &p, &[], "")).unwrap();
+    let aa = d.path().join("aa.sock");
+    let log = d.path().join("log");
+    let mut child = std::process::Command::new(attestd_e2e::bin("attestd"))
+        .arg("-c")
+        .arg(&cfg)
+        .arg("--attestation_sock")
+        .arg(format!("unix://{}", aa.display()))
+        .env("ATTESTD_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !aa.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "attestd did not come up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    attestd_e2e::signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+    child.wait().unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("attestd ready"), "{log}");
+    assert!(!log.contains("over gRPC"), "{log}");
 }
