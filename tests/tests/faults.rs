@@ -929,3 +929,51 @@ fn a_plugin_that_fails_at_start_says_why_under_its_name_and_leaves_nothing() {
         assert!(left.is_empty(), "{args:?} left {left:?}");
     }
 }
+
+#[tokio::test]
+async fn grpc_bounds_what_one_connection_can_ask_for() {
+    // A plugin that hangs until its 1 s deadline. One gRPC connection opens 100
+    // calls: 64 (MAX_STREAMS_PER_CONNECTION) run at once, the rest wait for them,
+    // so the last answers come a deadline later than the first.
+    let p = Plugin::test("ttrpc", &["--mode", "hang"]);
+    let a = Attestd::start(|d| config(d, &p, &[], "call_timeout_ms = 1000")).unwrap();
+    let c = a.grpc().await;
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let mut c = c.clone();
+        set.spawn(async move {
+            let r = c
+                .get_evidence(g::GetEvidenceRequest {
+                    runtime_data: b"x".to_vec(),
+                })
+                .await;
+            (r.map(|_| ()).unwrap_err().code(), Instant::now())
+        });
+    }
+    let mut done = Vec::new();
+    while let Some(r) = set.join_next().await {
+        let (code, at) = r.unwrap();
+        assert_eq!(code, tonic::Code::DeadlineExceeded);
+        done.push(at - started);
+    }
+    done.sort();
+    assert!(done[63] < Duration::from_millis(1800), "{:?}", &done[..65]);
+    assert!(done[99] >= Duration::from_millis(1900), "{:?}", &done[60..]);
+
+    // A request body over MAX_REQUEST_BYTES (2 MiB) is refused by the transport
+    // before it is buffered whole.
+    let mut c = a.grpc().await;
+    let e = c
+        .get_evidence(g::GetEvidenceRequest {
+            runtime_data: vec![0; 3 << 20],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{}", e.message());
+    assert!(
+        e.message().contains("the limit is: 2097152"),
+        "{}",
+        e.message()
+    );
+}

@@ -174,8 +174,36 @@ pub async fn bind(addr: &GrpcAddr) -> Result<GrpcListener, Error> {
 
 /// The AA API's gRPC router.
 pub fn router(service: Arc<Service>) -> tonic::transport::server::Router {
+    builder().add_service(
+        svc::AttestationAgentServiceServer::new(Adapter(service))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
+}
+
+/// Streams (calls) one connection may have open at once: a client that opens
+/// more waits for one to finish (it used to get some 57 000, and the memory with
+/// them).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// The largest request body any RPC takes: the key provider's input (1 MiB) with
+/// room for its framing; the AA API's requests are far smaller.
+pub const MAX_REQUEST_BYTES: usize = 2 << 20;
+/// A connection is pinged after this long without traffic, and closed when the
+/// ping is not answered within `KEEPALIVE_TIMEOUT`: dead peers do not hold memory.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// No call outlives this, whatever the client's deadline (a KBS handshake with a
+/// slow device and a slow KBS stays well under it).
+pub const MAX_CALL: std::time::Duration = std::time::Duration::from_secs(150);
+
+/// A gRPC server with the bounds above, for the AA API and the key provider alike.
+pub fn builder() -> tonic::transport::Server {
     tonic::transport::Server::builder()
-        .add_service(svc::AttestationAgentServiceServer::new(Adapter(service)))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(KEEPALIVE_INTERVAL))
+        .timeout(MAX_CALL)
 }
 
 /// How long in-flight gRPC calls get to finish at shutdown.

@@ -97,6 +97,8 @@ pub async fn start_ttrpc(
 }
 
 pub fn grpc_router(service: Arc<Service>) -> tonic::transport::server::Router {
-    tonic::transport::Server::builder()
-        .add_service(gsvc::KeyProviderServiceServer::new(Adapter(service)))
+    super::grpc::builder().add_service(
+        gsvc::KeyProviderServiceServer::new(Adapter(service))
+            .max_decoding_message_size(super::grpc::MAX_REQUEST_BYTES),
+    )
 }
