@@ -204,6 +204,9 @@ pub struct PluginsConfig {
     /// A plugin up this long is healthy again: its next crash restarts at once.
     #[serde(default = "default_restart_stable_ms")]
     pub restart_stable_ms: u64,
+    /// The whole of shutdown (listeners, in-flight calls, plugins), at most.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
     /// Allow images referenced by a mutable tag (development only; warned at every start).
     #[serde(default)]
     pub dev_mode: bool,
@@ -236,6 +239,7 @@ impl Default for PluginsConfig {
             restart_backoff_max_ms: default_restart_backoff_max_ms(),
             restart_wait_ms: default_restart_wait_ms(),
             restart_stable_ms: default_restart_stable_ms(),
+            shutdown_timeout_ms: default_shutdown_timeout_ms(),
             dev_mode: false,
             oci_dir: default_oci_dir(),
             images_lock: default_images_lock(),
@@ -283,6 +287,9 @@ fn default_restart_wait_ms() -> u64 {
 fn default_restart_stable_ms() -> u64 {
     10_000
 }
+fn default_shutdown_timeout_ms() -> u64 {
+    3_000
+}
 
 impl PluginsConfig {
     pub fn call_timeout(&self) -> Duration {
@@ -305,6 +312,9 @@ impl PluginsConfig {
     }
     pub fn restart_stable(&self) -> Duration {
         Duration::from_millis(self.restart_stable_ms)
+    }
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
     }
 }
 
@@ -447,6 +457,7 @@ impl Config {
             ("plugins.startup_timeout_ms", p.startup_timeout_ms),
             ("plugins.health_interval_ms", p.health_interval_ms),
             ("plugins.health_timeout_ms", p.health_timeout_ms),
+            ("plugins.shutdown_timeout_ms", p.shutdown_timeout_ms),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0"));

@@ -294,12 +294,12 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// One-shot commands use a private socket directory, so they never touch the
-/// sockets of a daemon running with the same config.
 /// The one-shot command's own socket directory, removed when the command ends,
 /// whether it succeeded or not.
 static ONE_SHOT_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
+/// One-shot commands use a private socket directory, so they never touch the
+/// sockets of a daemon running with the same config.
 fn one_shot_config(arg: &ConfigArg) -> Result<Config> {
     let mut config = load_config(arg)?;
     attester_sdk::init_logging("warn");

@@ -107,10 +107,20 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
     check_token_urls(&opts.config)?;
     // Refuse before launching anything when another server holds the socket.
     prepare_socket(&sock)?;
-    let mut service = start_plugins(&opts.config).await?;
+    // SIGTERM is honoured during start-up too (a plugin may take its whole
+    // startup timeout): what was started dies with the dropped future.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut service = tokio::select! {
+        s = start_plugins(&opts.config) => s?,
+        () = &mut shutdown => {
+            tracing::info!("stopped during start-up");
+            return Ok(());
+        }
+    };
     service.set_initdata(opts.initdata.clone());
     let service = Arc::new(service);
     let served = serve(&service, &opts, &sock, shutdown).await;
+    // Already done by serve once it served; here for its early errors.
     service.stop().await;
     served
 }
@@ -166,10 +176,29 @@ async fn serve(
         None => tracing::info!("shutting down"),
         Some(e) => tracing::error!("{}: shutting down", e.chain()),
     }
-    ttrpc_server.shutdown().await;
-    kp.stop().await;
-    if let Some(g) = grpc {
-        g.stop().await;
+    // Everything at once, within one bound: listeners close, in-flight calls get
+    // what is left of it, plugins get SIGTERM (they used to be stopped one after
+    // another, each with its own grace).
+    let bound = opts.config.plugins.shutdown_timeout();
+    let all = async {
+        tokio::join!(
+            ttrpc_server.shutdown(),
+            kp.stop(),
+            async {
+                if let Some(g) = grpc {
+                    g.stop().await;
+                }
+            },
+            service.stop(),
+        )
+    };
+    if tokio::time::timeout(bound, all).await.is_err() {
+        tracing::warn!("shutdown took over {bound:?}: dropping what is left");
+        // Plugins die with attestd (PR_SET_PDEATHSIG); its sockets go now.
+        let _ = crate::server::remove_socket(sock);
+        if let Some(GrpcAddr::Unix(p)) = &opts.grpc {
+            let _ = crate::server::remove_socket(p);
+        }
     }
     broken.map_or(Ok(()), Err)
 }

@@ -293,17 +293,30 @@ async fn supervise(
             _ => return,
         };
         let reason = tokio::select! {
-            r = child.exited() => r,
-            e = health_loop(&live, spec.health_interval, spec.health_timeout) => {
-                format!("health check failed: {}", e.chain())
-            }
+            // A stop request wins over an exit seen at the same time.
+            biased;
             _ = stopped(&mut stop) => {
                 child.terminate(&spec.name, STOP_GRACE).await;
                 let _ = state.send(State::Stopped);
                 remove_owned_socket(&spec);
                 return;
             }
+            r = child.exited() => r,
+            e = health_loop(&live, spec.health_interval, spec.health_timeout) => {
+                format!("health check failed: {}", e.chain())
+            }
         };
+        // A plugin that exits the moment attestd is told to stop (a SIGTERM to the
+        // whole process group) is not "down": the stop request, woken by the same
+        // signal delivery, is seen once this task yields.
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        if *stop.borrow() {
+            child.terminate(&spec.name, STOP_GRACE).await;
+            let _ = state.send(State::Stopped);
+            remove_owned_socket(&spec);
+            return;
+        }
         if crate::fault::hit("supervisor-panics") {
             panic!(
                 "fault injection: the supervisor of plugin {} panics",

@@ -977,3 +977,130 @@ async fn grpc_bounds_what_one_connection_can_ask_for() {
         e.message()
     );
 }
+
+/// attestd started by hand (in its own process group, through `setsid`), its log
+/// in `dir/log`; returns once its AA socket exists, unless `wait` is false.
+fn spawn_attestd(dir: &std::path::Path, config_text: &str, wait: bool) -> std::process::Child {
+    let cfg = dir.join("attestd.toml");
+    std::fs::write(&cfg, config_text).unwrap();
+    let aa = dir.join("aa.sock");
+    let child = std::process::Command::new("setsid")
+        .arg(bin("attestd"))
+        .arg("-c")
+        .arg(&cfg)
+        .arg("--attestation_sock")
+        .arg(format!("unix://{}", aa.display()))
+        .arg("--grpc_sock")
+        .arg(format!("unix://{}", dir.join("grpc.sock").display()))
+        .env("ATTESTD_LOG", "info")
+        .stderr(std::fs::File::create(dir.join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while wait && !aa.exists() {
+        assert!(Instant::now() < deadline, "attestd did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn wait_within(
+    child: &mut std::process::Child,
+    bound: Duration,
+) -> (std::process::ExitStatus, Duration) {
+    let t = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return (st, t.elapsed());
+        }
+        assert!(
+            t.elapsed() < bound * 3,
+            "still running after {:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test]
+async fn shutdown_is_bounded_with_calls_hanging_on_both_transports() {
+    let d = tempfile::tempdir().unwrap();
+    let p = Plugin::test("ttrpc", &["--mode", "hang"]);
+    let mut a = spawn_attestd(
+        d.path(),
+        &config(d.path(), &p, &[], "call_timeout_ms = 30000"),
+        true,
+    );
+    // One call hangs over ttrpc, one over gRPC.
+    let aa = format!("unix://{}", d.path().join("aa.sock").display());
+    let c = ttrpc::r#async::Client::connect(&aa).await.unwrap();
+    let t = attestd_proto::ttrpc::attestation_agent_ttrpc::AttestationAgentServiceClient::new(c);
+    let hung_ttrpc = tokio::spawn(async move {
+        let req = attestd_proto::ttrpc::attestation_agent::GetEvidenceRequest::default();
+        let _ = t
+            .get_evidence(ttrpc::context::with_timeout(60_000_000_000), &req)
+            .await;
+    });
+    let ch = attester_sdk::grpc_unix_channel(&d.path().join("grpc.sock"))
+        .await
+        .unwrap();
+    let mut g = g::attestation_agent_service_client::AttestationAgentServiceClient::new(ch);
+    let hung_grpc = tokio::spawn(async move {
+        let _ = g
+            .get_evidence(g::GetEvidenceRequest {
+                runtime_data: vec![],
+            })
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(a.id(), Signal::SIGTERM);
+    // One bound (shutdown_timeout_ms, 3 s) for all of it; it took 10.2 s when
+    // ttrpc (5 s), gRPC (2 s) and the plugins (3 s) were stopped one by one.
+    let (st, took) =
+        tokio::task::spawn_blocking(move || wait_within(&mut a, Duration::from_secs(3)))
+            .await
+            .unwrap();
+    assert!(st.success(), "{st:?}");
+    assert!(took < Duration::from_millis(4500), "shutdown took {took:?}");
+    assert!(!d.path().join("aa.sock").exists() && !d.path().join("grpc.sock").exists());
+    hung_ttrpc.abort();
+    hung_grpc.abort();
+}
+
+#[test]
+fn sigterm_during_start_up_is_honoured() {
+    // A plugin whose socket never appears: attestd would wait its 20 s startup
+    // timeout before hearing SIGTERM.
+    let d = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[plugins]\nprimary = \"ext\"\nsocket_dir = {:?}\nstartup_timeout_ms = 20000\n\
+         [plugins.attester.ext]\nlaunch = \"external\"\ntransport = \"ttrpc\"\nsocket = {:?}\n",
+        d.path().join("plugins").display().to_string(),
+        d.path().join("never.sock").display().to_string()
+    );
+    let mut a = spawn_attestd(d.path(), &text, false);
+    std::thread::sleep(Duration::from_millis(500));
+    signal(a.id(), Signal::SIGTERM);
+    let (st, took) = wait_within(&mut a, Duration::from_secs(2));
+    assert!(st.success(), "{st:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let log = std::fs::read_to_string(d.path().join("log")).unwrap();
+    assert!(log.contains("stopped during start-up"), "{log}");
+}
+
+#[test]
+fn a_sigterm_to_the_process_group_is_a_stop_not_a_plugin_crash() {
+    let d = tempfile::tempdir().unwrap();
+    let p = Plugin::sample("ttrpc");
+    let dev = Plugin::sample_device("grpc");
+    let mut a = spawn_attestd(d.path(), &config(d.path(), &p, &[dev], ""), true);
+    // setsid made attestd a process-group leader; its plugins are in the group.
+    let pgid = nix::unistd::Pid::from_raw(-(a.id() as i32));
+    nix::sys::signal::kill(pgid, Signal::SIGTERM).unwrap();
+    let (st, _) = wait_within(&mut a, Duration::from_secs(3));
+    assert!(st.success(), "{st:?}");
+    let log = std::fs::read_to_string(d.path().join("log")).unwrap();
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(!log.contains("restarting"), "{log}");
+    assert!(!log.contains("plugin restarted"), "{log}");
+}
