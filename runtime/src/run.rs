@@ -103,6 +103,7 @@ async fn stop_all(primary: &Supervisor, additional: &[Arc<Supervisor>]) {
 /// Serve the AA API until `shutdown` resolves, then remove sockets and stop plugins.
 pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result<()> {
     let sock = unix_path(&opts.attestation_sock)?;
+    crate::server::accept::raise_nofile_limit();
     // A mistyped KBS or AS address is found now, not at the first GetToken.
     check_token_urls(&opts.config)?;
     // Refuse before launching anything when another server holds the socket.

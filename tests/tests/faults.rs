@@ -1104,3 +1104,76 @@ fn a_sigterm_to_the_process_group_is_a_stop_not_a_plugin_crash() {
     assert!(!log.contains("restarting"), "{log}");
     assert!(!log.contains("plugin restarted"), "{log}");
 }
+
+/// CPU time (user + system, clock ticks) `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn at_the_fd_limit_attestd_backs_off_and_keeps_serving() {
+    // attestd under a 64-descriptor limit, then 150 idle connections: accept
+    // fails with EMFILE. It used to spin on it (~70 % CPU, hundreds of MB of log).
+    let d = tempfile::tempdir().unwrap();
+    let p = Plugin::sample("ttrpc");
+    let cfg = d.path().join("attestd.toml");
+    std::fs::write(&cfg, config(d.path(), &p, &[], "")).unwrap();
+    let aa = d.path().join("aa.sock");
+    let child = std::process::Command::new("sh")
+        .args(["-c", "ulimit -n 64 && exec \"$@\"", "sh"])
+        .arg(bin("attestd"))
+        .arg("-c")
+        .arg(&cfg)
+        .arg("--attestation_sock")
+        .arg(format!("unix://{}", aa.display()))
+        .env("ATTESTD_LOG", "info")
+        .stderr(std::fs::File::create(d.path().join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !aa.exists() {
+        assert!(Instant::now() < deadline, "attestd did not come up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Killed whatever the outcome (a failed assertion must not leave it running).
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Reap(child);
+    let flood: Vec<_> = (0..150)
+        .map(|_| std::os::unix::net::UnixStream::connect(&aa).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_ticks(child.0.id());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_ticks(child.0.id()) - before;
+    let log = std::fs::read_to_string(d.path().join("log")).unwrap();
+    assert!(
+        used < 30,
+        "attestd used {used} ticks of 100 in a second at the fd limit"
+    );
+    let said = log.matches("cannot accept connections").count();
+    assert!((1..=5).contains(&said), "said {said} times:\n{log}");
+    // The flood goes; attestd serves again.
+    drop(flood);
+    let c = ttrpc::r#async::Client::connect(&format!("unix://{}", aa.display()))
+        .await
+        .unwrap();
+    let t = attestd_proto::ttrpc::attestation_agent_ttrpc::AttestationAgentServiceClient::new(c);
+    let r = t
+        .get_tee_type(
+            ttrpc::context::with_timeout(10_000_000_000),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.tee, "sample");
+}

@@ -298,19 +298,14 @@ async fn serve_router(
         return Err(Error::internal("its listener failed (fault injection)"));
     }
     let fail = |e: tonic::transport::Error| Error::internal("grpc server failed").with_source(e);
+    use super::accept::{incoming, MAX_CONNECTIONS};
     match listener {
         GrpcListener::Tcp(l) => router
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(l),
-                shutdown,
-            )
+            .serve_with_incoming_shutdown(incoming(l, MAX_CONNECTIONS, what), shutdown)
             .await
             .map_err(fail),
         GrpcListener::Unix(l, _) => router
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::UnixListenerStream::new(l),
-                shutdown,
-            )
+            .serve_with_incoming_shutdown(incoming(l, MAX_CONNECTIONS, what), shutdown)
             .await
             .map_err(fail),
     }

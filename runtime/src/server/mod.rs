@@ -1,5 +1,6 @@
 //! AA API servers: thin ttrpc and gRPC adapters over [`crate::service::Service`].
 
+pub mod accept;
 pub mod grpc;
 pub mod keyprovider;
 pub mod ttrpc;

@@ -146,12 +146,17 @@ pub async fn start_services(
     let fail = |e: ttrpc::Error| {
         Error::internal(format!("cannot serve ttrpc on {}", socket.display())).with_source(e)
     };
-    let mut server = ttrpc::r#async::Server::new()
-        .bind(&format!("unix://{}", socket.display()))
-        .map_err(fail)?
-        .register_service(services);
+    let listener = tokio::net::UnixListener::bind(socket).map_err(|e| {
+        Error::internal(format!("cannot serve ttrpc on {}", socket.display())).with_source(e)
+    })?;
     // The mode the umask left is not the one we want (0777 under umask 000).
     super::set_mode(socket, super::SOCKET_MODE)?;
+    // attestd's own accept loop (bounded, backs off at the fd limit), handed to
+    // ttrpc through its listener extension point.
+    let incoming = super::accept::incoming(listener, super::accept::MAX_CONNECTIONS, "ttrpc");
+    let mut server = ttrpc::r#async::Server::new()
+        .add_listener(ttrpc::r#async::transport::Listener::new(incoming))
+        .register_service(services);
     server.start().await.map_err(fail)?;
     Ok(TtrpcServer {
         server,
