@@ -1177,3 +1177,71 @@ async fn at_the_fd_limit_attestd_backs_off_and_keeps_serving() {
         .unwrap();
     assert_eq!(r.tee, "sample");
 }
+
+/// Resident memory of `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// One ttrpc GetEvidence request frame for stream `id`, encoded by hand (the
+/// frame header, then the ttrpc Request and GetEvidenceRequest protobufs).
+fn raw_get_evidence(id: u32) -> Vec<u8> {
+    let field = |tag: u8, bytes: &[u8]| {
+        let mut f = vec![tag, bytes.len() as u8];
+        f.extend_from_slice(bytes);
+        f
+    };
+    let payload = field(0x0a, b"x"); // GetEvidenceRequest.RuntimeData
+    let mut req = field(0x0a, b"attestation_agent.AttestationAgentService");
+    req.extend(field(0x12, b"GetEvidence"));
+    req.extend(field(0x1a, &payload));
+    let mut frame = (req.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&id.to_be_bytes());
+    frame.extend_from_slice(&[1, 0]); // request, no flags
+    frame.extend(req);
+    frame
+}
+
+#[tokio::test]
+async fn a_client_that_pipelines_and_never_reads_gets_backpressure_not_memory() {
+    use std::io::Write as _;
+    let p = Plugin::sample("ttrpc");
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    a.evidence(b"warm up").await.unwrap();
+    let pid = a.pid();
+    let before = rss_kib(pid);
+    // Requests as fast as the socket takes them, for 2 s, answers never read.
+    let aa = a.aa_sock.clone();
+    let flood = std::thread::spawn(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(&aa).unwrap();
+        s.set_write_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let t = Instant::now();
+        let mut sent = 0u32;
+        while t.elapsed() < Duration::from_secs(2) {
+            match s.write_all(&raw_get_evidence(2 * sent + 1)) {
+                Ok(()) => sent += 1,
+                Err(_) => break, // the socket is full: attestd stopped reading
+            }
+        }
+        (s, sent)
+    });
+    let (held, sent) = tokio::task::spawn_blocking(move || flood.join().unwrap())
+        .await
+        .unwrap();
+    let grown = rss_kib(pid).saturating_sub(before);
+    // Other clients are still served meanwhile.
+    let t = Instant::now();
+    a.evidence(b"still served").await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(
+        grown < 16 * 1024,
+        "attestd grew by {grown} KiB after {sent} pipelined requests"
+    );
+    drop(held);
+}

@@ -143,6 +143,145 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
     }
 }
 
+/// Requests one ttrpc connection may have outstanding (read, not yet answered).
+/// At the cap attestd stops reading that connection until answers go out: a
+/// client that pipelines requests and never reads its answers (the connection
+/// grew attestd by gigabytes) gets backpressure, not memory.
+pub const MAX_IN_FLIGHT: usize = 32;
+
+/// ttrpc's frame header: payload length (u32 BE), stream id (u32 BE), type, flags.
+const HEADER: usize = 10;
+const REQUEST: u8 = 0x1;
+const RESPONSE: u8 = 0x2;
+
+/// Where a byte stream is in its sequence of ttrpc frames.
+#[derive(Default)]
+struct Frames {
+    header: [u8; HEADER],
+    have: usize,
+    /// Payload bytes still to pass before the next header.
+    payload: usize,
+}
+
+impl Frames {
+    /// How many bytes may pass before the current part (header or payload) ends.
+    fn part(&self) -> usize {
+        if self.payload > 0 {
+            self.payload
+        } else {
+            HEADER - self.have
+        }
+    }
+
+    /// Account for `bytes` (at most `part()` of them); the frame type of a header
+    /// they complete.
+    fn pass(&mut self, bytes: &[u8]) -> Option<u8> {
+        if self.payload > 0 {
+            self.payload -= bytes.len();
+            return None;
+        }
+        self.header[self.have..self.have + bytes.len()].copy_from_slice(bytes);
+        self.have += bytes.len();
+        if self.have < HEADER {
+            return None;
+        }
+        self.have = 0;
+        let h = &self.header;
+        self.payload = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        Some(h[8])
+    }
+}
+
+/// A ttrpc connection with at most [`MAX_IN_FLIGHT`] requests outstanding. It
+/// reads frame by frame (never past the current header or payload) and counts
+/// requests in and responses out; the bytes are passed through unchanged.
+pub struct TtrpcConn<S> {
+    io: S,
+    read: Frames,
+    written: Frames,
+    in_flight: usize,
+    max: usize,
+    /// The reader waiting for an answer to go out.
+    blocked: Option<std::task::Waker>,
+}
+
+impl<S> TtrpcConn<S> {
+    pub fn new(io: S, max: usize) -> Self {
+        TtrpcConn {
+            io,
+            read: Frames::default(),
+            written: Frames::default(),
+            in_flight: 0,
+            max,
+            blocked: None,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for TtrpcConn<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        // At a frame boundary with the cap reached: wait for an answer to go out.
+        if this.read.have == 0 && this.read.payload == 0 && this.in_flight >= this.max {
+            this.blocked = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let want = this.read.part().min(buf.remaining());
+        let mut part = ReadBuf::new(buf.initialize_unfilled_to(want));
+        match Pin::new(&mut this.io).poll_read(cx, &mut part) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        let n = part.filled().len();
+        if this.read.pass(&buf.initialize_unfilled_to(want)[..n]) == Some(REQUEST) {
+            this.in_flight += 1;
+        }
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> TtrpcConn<S> {
+    /// Account for `bytes` written: each response header completed frees a slot.
+    fn wrote(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let n = self.written.part().min(bytes.len());
+            if self.written.pass(&bytes[..n]) == Some(RESPONSE) {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                if let Some(w) = self.blocked.take() {
+                    w.wake();
+                }
+            }
+            bytes = &bytes[n..];
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TtrpcConn<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            this.wrote(&buf[..n]);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// Raise the soft open-files limit to the hard one: the soft default (1024) is
 /// what a local flood exhausts first.
 pub fn raise_nofile_limit() {
@@ -181,6 +320,42 @@ mod tests {
         drop(a);
         let c = tokio::time::timeout(Duration::from_secs(2), conns.next()).await;
         assert!(c.unwrap().unwrap().is_ok());
+    }
+
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(&7u32.to_be_bytes());
+        f.extend_from_slice(&[kind, 0]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_cap_wait_for_answers_and_bytes_pass_unchanged() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let mut conn = TtrpcConn::new(server, 2);
+        let mut client = client;
+        // Three requests sent at once; the server side reads two, then waits.
+        let mut sent = Vec::new();
+        for p in [&b"one"[..], b"two", b"three"] {
+            sent.extend(frame(REQUEST, p));
+        }
+        client.write_all(&sent).await.unwrap();
+        let mut got = vec![0u8; sent.len()];
+        let first_two = frame(REQUEST, b"one").len() + frame(REQUEST, b"two").len();
+        conn.read_exact(&mut got[..first_two]).await.unwrap();
+        let blocked = tokio::time::timeout(Duration::from_millis(100), conn.read_u8()).await;
+        assert!(blocked.is_err(), "read past the cap");
+        // One answer goes out (in two writes, split inside the header): room again.
+        let answer = frame(RESPONSE, b"ok");
+        conn.write_all(&answer[..4]).await.unwrap();
+        conn.write_all(&answer[4..]).await.unwrap();
+        conn.read_exact(&mut got[first_two..]).await.unwrap();
+        assert_eq!(got, sent, "bytes pass unchanged");
+        let mut back = vec![0u8; answer.len()];
+        client.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, answer);
     }
 
     #[test]

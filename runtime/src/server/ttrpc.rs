@@ -153,7 +153,10 @@ pub async fn start_services(
     super::set_mode(socket, super::SOCKET_MODE)?;
     // attestd's own accept loop (bounded, backs off at the fd limit), handed to
     // ttrpc through its listener extension point.
-    let incoming = super::accept::incoming(listener, super::accept::MAX_CONNECTIONS, "ttrpc");
+    use super::accept::{incoming, TtrpcConn, MAX_CONNECTIONS, MAX_IN_FLIGHT};
+    use futures::StreamExt as _;
+    let incoming = incoming(listener, MAX_CONNECTIONS, "ttrpc")
+        .map(|c| c.map(|c| TtrpcConn::new(c, MAX_IN_FLIGHT)));
     let mut server = ttrpc::r#async::Server::new()
         .add_listener(ttrpc::r#async::transport::Listener::new(incoming))
         .register_service(services);
