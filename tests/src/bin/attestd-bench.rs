@@ -28,12 +28,16 @@ struct Args {
     clients: usize,
     /// Which tables: rpc (call latency), launch (cold start and steady state per
     /// launch backend; needs the sample image from containers/build.sh), keys (key
-    /// release against the test KBS), or all.
+    /// release against the test KBS), chaos (calls under plugin kills and hostile
+    /// clients; not part of "all"), or all.
     #[arg(long, default_value = "all")]
     only: String,
     /// Starts per backend in the launch table.
     #[arg(long, default_value_t = 10)]
     starts: usize,
+    /// Length of the chaos run, in seconds.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
 }
 
 /// One way of asking for evidence.
@@ -389,6 +393,151 @@ async fn keys_table(args: &Args) {
     }
 }
 
+/// Resident memory of `pid` in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |k| k / 1024.0)
+}
+
+/// `clients` callers asking for evidence for `seconds` while the plugin is
+/// SIGKILLed every 2 s and SIGSTOPped once (for 2 s), with one client that
+/// pipelines requests and never reads, and 200 idle connections held open.
+async fn chaos(args: &Args) {
+    use std::io::Write as _;
+    let p = Plugin::sample("ttrpc");
+    let a = Arc::new(
+        Attestd::start(|d| {
+            config(
+                d,
+                &p,
+                &[],
+                "health_interval_ms = 500\nhealth_timeout_ms = 500\nrestart_stable_ms = 1000",
+            )
+        })
+        .unwrap(),
+    );
+    a.evidence(b"warm up").await.unwrap();
+    let pid = a.pid();
+    let rss_start = rss_mib(pid);
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    // The hostile clients: idle connections, and one that never reads.
+    let idle: Vec<_> = (0..200)
+        .map(|_| std::os::unix::net::UnixStream::connect(&a.aa_sock).unwrap())
+        .collect();
+    let sock = a.aa_sock.clone();
+    let pipelined = std::thread::spawn(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.set_write_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut id = 1u32;
+        while Instant::now() < deadline {
+            let mut req = Vec::new();
+            for (tag, v) in [
+                (0x0a, &b"attestation_agent.AttestationAgentService"[..]),
+                (0x12, b"GetEvidence"),
+                (0x1a, b"\x0a\x01x"),
+            ] {
+                req.extend([tag, v.len() as u8]);
+                req.extend_from_slice(v);
+            }
+            let mut frame = (req.len() as u32).to_be_bytes().to_vec();
+            frame.extend_from_slice(&id.to_be_bytes());
+            frame.extend_from_slice(&[1, 0]);
+            frame.extend(req);
+            if s.write_all(&frame).is_err() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            id += 2;
+        }
+        s
+    });
+    // The callers.
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients {
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = a.ttrpc().await;
+            let mut lat = Vec::new();
+            let mut failed: std::collections::BTreeMap<String, usize> = Default::default();
+            while Instant::now() < deadline {
+                let req = t::GetEvidenceRequest {
+                    RuntimeData: vec![0x5a; 64],
+                    ..Default::default()
+                };
+                let t0 = Instant::now();
+                match c
+                    .get_evidence(ttrpc::context::with_timeout(60_000_000_000), &req)
+                    .await
+                {
+                    Ok(_) => lat.push(t0.elapsed()),
+                    Err(e) => {
+                        *failed
+                            .entry(format!("{:?}", attestd_e2e::status(e).0))
+                            .or_default() += 1
+                    }
+                }
+            }
+            (lat, failed)
+        }));
+    }
+    // The chaos: SIGKILL every 2 s, one SIGSTOP of 2 s in the middle.
+    let mut rss_mid = 0.0;
+    let mut kills = 0;
+    let stop_at = args.seconds / 2;
+    let mut second = 0;
+    while Instant::now() + Duration::from_secs(2) < deadline {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        second += 2;
+        if let Some(plugin) = a.plugin_pid("sample") {
+            if second == stop_at + stop_at % 2 {
+                attestd_e2e::signal(plugin, nix::sys::signal::Signal::SIGSTOP);
+                rss_mid = rss_mib(pid);
+            } else {
+                attestd_e2e::signal(plugin, nix::sys::signal::Signal::SIGKILL);
+                kills += 1;
+            }
+        }
+    }
+    let mut lat = Vec::new();
+    let mut failed: std::collections::BTreeMap<String, usize> = Default::default();
+    for t in tasks {
+        let (l, f) = t.await.unwrap();
+        lat.extend(l);
+        for (k, n) in f {
+            *failed.entry(k).or_default() += n;
+        }
+    }
+    let rss_end = rss_mib(pid);
+    drop(pipelined.join().unwrap());
+    drop(idle);
+    // (The bench logs at warn: each restart follows one "plugin down" warning.)
+    let restarts = a.log().matches("plugin down").count();
+    let ok = lat.len();
+    lat.sort();
+    let at = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    println!(
+        "| chaos ({} s, {} clients) | figure |",
+        args.seconds, args.clients
+    );
+    println!("| --- | --- |");
+    println!("| calls answered | {ok} |");
+    println!("| calls failed, by status | {failed:?} |");
+    println!(
+        "| latency p50 / p99 / max | {} / {} / {} µs |",
+        us(at(0.5)),
+        us(at(0.99)),
+        us(at(1.0))
+    );
+    println!("| plugin SIGKILLs / SIGSTOPs / restarts | {kills} / 1 / {restarts} |");
+    println!(
+        "| attestd RSS start / middle / end | {rss_start:.1} / {rss_mid:.1} / {rss_end:.1} MiB |"
+    );
+}
+
 fn main() {
     let args = Args::parse();
     // Measure the daemons, not their logging.
@@ -400,6 +549,10 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
+        if args.only == "chaos" {
+            chaos(&args).await;
+            return;
+        }
         if args.only == "launch" || args.only == "all" {
             launch_table(&args).await;
             println!();
