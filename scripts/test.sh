@@ -16,6 +16,8 @@ cargo clippy -p attester-sdk --no-default-features --locked -- -D warnings
 cargo clippy -p attester-sdk --no-default-features --features ttrpc --locked -- -D warnings
 cargo clippy -p attester-sdk --no-default-features --features grpc --locked -- -D warnings
 
+cargo fmt --manifest-path tests/fuzz/Cargo.toml --check
+cargo clippy --manifest-path tests/fuzz/Cargo.toml --all-targets --locked -- -D warnings
 for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do
     cargo fmt --manifest-path "$ws/Cargo.toml" --check
     cargo clippy --manifest-path "$ws/Cargo.toml" --all-targets --locked -- -D warnings
@@ -85,6 +87,8 @@ for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do
     cargo test --manifest-path "$ws/Cargo.toml" --locked $(recorded_features "$ws")
 done
 cargo test --workspace --locked
+# What fuzzing found stays found: the saved corpus through every target, on stable.
+cargo test --manifest-path tests/fuzz/Cargo.toml --locked --test corpus
 
 echo "== the daemon as shipped: built alone, then the end-to-end tests again"
 # Test builds unify features across the workspace: dcap-qvl turns on serde_json's

@@ -55,15 +55,20 @@ impl InitData {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::from_toml_bytes(&raw, path)
+    }
+
+    /// The document `raw` (read from `path`, named in errors).
+    pub fn from_toml_bytes(raw: &[u8], path: &Path) -> Result<Self, InitDataError> {
         let text = String::from_utf8_lossy(&raw).into_owned();
         let doc: Document = toml::from_str(&text).map_err(|e| InitDataError::Parse {
             path: path.to_path_buf(),
             source: Box::new(e),
         })?;
         let digest = match doc.algorithm.as_str() {
-            "sha256" => sha2::Sha256::digest(&raw).to_vec(),
-            "sha384" => sha2::Sha384::digest(&raw).to_vec(),
-            "sha512" => sha2::Sha512::digest(&raw).to_vec(),
+            "sha256" => sha2::Sha256::digest(raw).to_vec(),
+            "sha384" => sha2::Sha384::digest(raw).to_vec(),
+            "sha512" => sha2::Sha512::digest(raw).to_vec(),
             other => {
                 return Err(InitDataError::Algorithm {
                     path: path.to_path_buf(),
