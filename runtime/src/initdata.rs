@@ -60,7 +60,7 @@ impl InitData {
 
     /// The document `raw` (read from `path`, named in errors).
     pub fn from_toml_bytes(raw: &[u8], path: &Path) -> Result<Self, InitDataError> {
-        let text = String::from_utf8_lossy(&raw).into_owned();
+        let text = String::from_utf8_lossy(raw).into_owned();
         let doc: Document = toml::from_str(&text).map_err(|e| InitDataError::Parse {
             path: path.to_path_buf(),
             source: Box::new(e),

@@ -517,6 +517,47 @@ pub fn go_keyprovider_client() -> PathBuf {
         .clone()
 }
 
+/// attestd started by hand, for what [`Attestd::start`] cannot do: through
+/// `wrapper` (e.g. `["sh", "-c", "umask 000 && exec \"$@\"", "sh"]`, `["setsid"]`,
+/// or none), with `args` and the config `config_text` written to `dir`, logging
+/// at info to `dir/log`. Returns once `socket` exists, when one is given.
+pub fn spawn_attestd(
+    dir: &Path,
+    wrapper: &[&str],
+    config_text: &str,
+    args: &[String],
+    socket: Option<&Path>,
+) -> Child {
+    let cfg = dir.join("attestd.toml");
+    std::fs::write(&cfg, config_text).expect("write config");
+    let (program, pre) = match wrapper.split_first() {
+        Some((w, rest)) => (PathBuf::from(w), rest),
+        None => (bin("attestd"), &[][..]),
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(pre);
+    if !wrapper.is_empty() {
+        cmd.arg(bin("attestd"));
+    }
+    let child = cmd
+        .arg("-c")
+        .arg(&cfg)
+        .args(args)
+        .env("ATTESTD_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("log")).expect("log"))
+        .spawn()
+        .expect("spawn attestd");
+    if let Some(s) = socket {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !s.exists() {
+            assert!(Instant::now() < deadline, "attestd did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    child
+}
+
 /// Run `attestd` with `args` to completion; (status, stdout, stderr).
 pub fn attestd_cli(args: &[&str]) -> (ExitStatus, String, String) {
     let out = Command::new(bin("attestd"))

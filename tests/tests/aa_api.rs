@@ -245,27 +245,18 @@ fn no_grpc_listener_unless_asked_for() {
     // Upstream's ttrpc build opens no TCP port; neither does attestd by default.
     let d = tempfile::tempdir().unwrap();
     let p = Plugin::sample("ttrpc");
-    let cfg = d.path().join("attestd.toml");
-    std::fs::write(&cfg, config(d.path(), &p, &[], "")).unwrap();
     let aa = d.path().join("aa.sock");
     let log = d.path().join("log");
-    let mut child = std::process::Command::new(attestd_e2e::bin("attestd"))
-        .arg("-c")
-        .arg(&cfg)
-        .arg("--attestation_sock")
-        .arg(format!("unix://{}", aa.display()))
-        .env("ATTESTD_LOG", "info")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !aa.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "attestd did not come up"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut child = attestd_e2e::spawn_attestd(
+        d.path(),
+        &[],
+        &config(d.path(), &p, &[], ""),
+        &[
+            "--attestation_sock".into(),
+            format!("unix://{}", aa.display()),
+        ],
+        Some(&aa),
+    );
     attestd_e2e::signal(child.id(), nix::sys::signal::Signal::SIGTERM);
     child.wait().unwrap();
     let log = std::fs::read_to_string(&log).unwrap();

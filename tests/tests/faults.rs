@@ -533,27 +533,20 @@ fn sockets_and_directories_have_their_modes_whatever_the_umask() {
     use std::os::unix::fs::PermissionsExt as _;
     let d = tempfile::tempdir().unwrap();
     let p = Plugin::sample("ttrpc");
-    let cfg = d.path().join("attestd.toml");
-    std::fs::write(&cfg, config(d.path(), &p, &[], "")).unwrap();
     let aa = d.path().join("new/aa/aa.sock");
     let grpc = d.path().join("new/grpc/grpc.sock");
-    let mut child = std::process::Command::new("sh")
-        .args(["-c", "umask 000 && exec \"$@\"", "sh"])
-        .arg(bin("attestd"))
-        .arg("-c")
-        .arg(&cfg)
-        .arg("--attestation_sock")
-        .arg(format!("unix://{}", aa.display()))
-        .arg("--grpc_sock")
-        .arg(format!("unix://{}", grpc.display()))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !aa.exists() {
-        assert!(Instant::now() < deadline, "attestd did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = attestd_e2e::spawn_attestd(
+        d.path(),
+        &["sh", "-c", "umask 000 && exec \"$@\"", "sh"],
+        &config(d.path(), &p, &[], ""),
+        &[
+            "--attestation_sock".into(),
+            format!("unix://{}", aa.display()),
+            "--grpc_sock".into(),
+            format!("unix://{}", grpc.display()),
+        ],
+        Some(&aa),
+    );
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let modes = [
         (aa.clone(), 0o660),
@@ -978,30 +971,22 @@ async fn grpc_bounds_what_one_connection_can_ask_for() {
     );
 }
 
-/// attestd started by hand (in its own process group, through `setsid`), its log
-/// in `dir/log`; returns once its AA socket exists, unless `wait` is false.
+/// attestd in its own process group (through `setsid`), its sockets in `dir`;
+/// returns once its AA socket exists, unless `wait` is false.
 fn spawn_attestd(dir: &std::path::Path, config_text: &str, wait: bool) -> std::process::Child {
-    let cfg = dir.join("attestd.toml");
-    std::fs::write(&cfg, config_text).unwrap();
     let aa = dir.join("aa.sock");
-    let child = std::process::Command::new("setsid")
-        .arg(bin("attestd"))
-        .arg("-c")
-        .arg(&cfg)
-        .arg("--attestation_sock")
-        .arg(format!("unix://{}", aa.display()))
-        .arg("--grpc_sock")
-        .arg(format!("unix://{}", dir.join("grpc.sock").display()))
-        .env("ATTESTD_LOG", "info")
-        .stderr(std::fs::File::create(dir.join("log")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while wait && !aa.exists() {
-        assert!(Instant::now() < deadline, "attestd did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
+    attestd_e2e::spawn_attestd(
+        dir,
+        &["setsid"],
+        config_text,
+        &[
+            "--attestation_sock".into(),
+            format!("unix://{}", aa.display()),
+            "--grpc_sock".into(),
+            format!("unix://{}", dir.join("grpc.sock").display()),
+        ],
+        wait.then_some(aa.as_path()),
+    )
 }
 
 fn wait_within(
@@ -1120,25 +1105,17 @@ async fn at_the_fd_limit_attestd_backs_off_and_keeps_serving() {
     // fails with EMFILE. It used to spin on it (~70 % CPU, hundreds of MB of log).
     let d = tempfile::tempdir().unwrap();
     let p = Plugin::sample("ttrpc");
-    let cfg = d.path().join("attestd.toml");
-    std::fs::write(&cfg, config(d.path(), &p, &[], "")).unwrap();
     let aa = d.path().join("aa.sock");
-    let child = std::process::Command::new("sh")
-        .args(["-c", "ulimit -n 64 && exec \"$@\"", "sh"])
-        .arg(bin("attestd"))
-        .arg("-c")
-        .arg(&cfg)
-        .arg("--attestation_sock")
-        .arg(format!("unix://{}", aa.display()))
-        .env("ATTESTD_LOG", "info")
-        .stderr(std::fs::File::create(d.path().join("log")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !aa.exists() {
-        assert!(Instant::now() < deadline, "attestd did not come up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let child = attestd_e2e::spawn_attestd(
+        d.path(),
+        &["sh", "-c", "ulimit -n 64 && exec \"$@\"", "sh"],
+        &config(d.path(), &p, &[], ""),
+        &[
+            "--attestation_sock".into(),
+            format!("unix://{}", aa.display()),
+        ],
+        Some(&aa),
+    );
     // Killed whatever the outcome (a failed assertion must not leave it running).
     struct Reap(std::process::Child);
     impl Drop for Reap {
