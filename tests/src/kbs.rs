@@ -44,6 +44,8 @@ pub struct Knobs {
     pub oversized: Option<usize>,
     /// Hold every resource answer this long (to see requests overlap).
     pub resource_delay: Option<std::time::Duration>,
+    /// Refuse every attestation (401 `AttestationError`) after holding it this long.
+    pub refuse_attest: Option<std::time::Duration>,
 }
 
 struct Kbs {
@@ -53,6 +55,8 @@ struct Kbs {
     knobs: Mutex<Knobs>,
     /// What each attestation carried, for the tests to inspect.
     attestations: Mutex<Vec<Value>>,
+    /// Attestation requests received, refused ones included.
+    attest_requests: Mutex<usize>,
     /// Resource requests being answered now, and the most there ever were at once.
     in_flight: Mutex<(usize, usize)>,
 }
@@ -244,6 +248,16 @@ pub fn verify_jwt(key: &p256::ecdsa::VerifyingKey, token: &str) -> Result<Value,
 }
 
 async fn attest(State(k): State<Arc<Kbs>>, headers: HeaderMap, Json(att): Json<Value>) -> Response {
+    *k.attest_requests.lock().unwrap() += 1;
+    let refuse = k.knobs.lock().unwrap().refuse_attest;
+    if let Some(hold) = refuse {
+        tokio::time::sleep(hold).await;
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "AttestationError",
+            "Attestation error: the evidence does not meet the policy",
+        );
+    }
     let Some(id) = cookie(&headers) else {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -456,6 +470,7 @@ impl TestKbs {
             resources: Mutex::new(HashMap::new()),
             knobs: Mutex::new(Knobs::default()),
             attestations: Mutex::new(Vec::new()),
+            attest_requests: Mutex::new(0),
             in_flight: Mutex::new((0, 0)),
         });
         let app = Router::new()
@@ -495,6 +510,11 @@ impl TestKbs {
     /// `resource_delay` is set).
     pub fn max_in_flight(&self) -> usize {
         self.state.in_flight.lock().unwrap().1
+    }
+
+    /// Attestation requests received, refused ones included.
+    pub fn attest_requests(&self) -> usize {
+        *self.state.attest_requests.lock().unwrap()
     }
 
     pub fn attestations(&self) -> Vec<Value> {

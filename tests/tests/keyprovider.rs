@@ -473,3 +473,45 @@ fn bad_key_provider_addresses_refuse_to_start() {
         e.stderr
     );
 }
+
+#[tokio::test]
+async fn callers_waiting_for_a_failing_handshake_share_its_answer() {
+    // Layers decrypting in parallel while the KBS refuses the attestation: one
+    // handshake, its refusal shared by all eight callers (each used to make its
+    // own, one after another, behind the session lock).
+    let p = Provider::start().await;
+    let opts = layer_options();
+    let mut grpc = p.grpc().await;
+    let annotation = wrap(&mut grpc, &opts).await;
+    p.kbs.knobs().refuse_attest = Some(std::time::Duration::from_millis(300));
+    let unwrap = ocicrypt::unwrap_input("attestd", &annotation);
+    let started = std::time::Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut c = grpc.clone();
+        let input = grpc_input(unwrap.clone());
+        set.spawn(async move { c.un_wrap_key(input).await });
+    }
+    while let Some(r) = set.join_next().await {
+        let st = r.unwrap().unwrap_err();
+        assert_eq!(st.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            st.message().contains(
+                "RCAR attest: the KBS answered 401 Unauthorized: AttestationError: \
+                 Attestation error: the evidence does not meet the policy"
+            ),
+            "{}",
+            st.message()
+        );
+    }
+    assert_eq!(p.kbs.attest_requests(), 1, "one handshake for all eight");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    // The next caller, after it, tries again.
+    p.kbs.knobs().refuse_attest = None;
+    grpc.un_wrap_key(grpc_input(unwrap)).await.unwrap();
+    assert_eq!(p.kbs.attest_requests(), 2);
+}
