@@ -558,6 +558,27 @@ pub fn spawn_attestd(
     child
 }
 
+/// Evidence from `plugin` (its device 1.5 s slow) while health checks run every
+/// 200 ms with a 100 ms deadline: the plugin must answer and must not be restarted
+/// (its device work must stay off the runtime that answers health checks).
+pub async fn evidence_from_a_slow_device(plugin: &Plugin) -> serde_json::Value {
+    let p = plugin.clone().with_args(&["--recorded-delay-ms", "1500"]);
+    let a = Attestd::start(|d| {
+        config(
+            d,
+            &p,
+            &[],
+            "health_interval_ms = 200\nhealth_timeout_ms = 100",
+        )
+    })
+    .unwrap();
+    let pid = a.plugin_pid(&p.name).unwrap();
+    let ev = serde_json::from_slice(&a.evidence(b"slow").await.unwrap()).unwrap();
+    assert_eq!(a.plugin_pid(&p.name), Some(pid), "not restarted");
+    assert!(!a.log().contains("health check failed"), "{}", a.log());
+    ev
+}
+
 /// Run `attestd` with `args` to completion; (status, stdout, stderr).
 pub fn attestd_cli(args: &[&str]) -> (ExitStatus, String, String) {
     let out = Command::new(bin("attestd"))
