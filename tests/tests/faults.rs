@@ -1222,3 +1222,197 @@ async fn a_client_that_pipelines_and_never_reads_gets_backpressure_not_memory() 
     );
     drop(held);
 }
+
+/// A codec that sends and receives protobuf bodies as raw bytes, so a test can
+/// send what no generated client would.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf as _;
+        let mut v = vec![0; src.remaining()];
+        src.copy_to_slice(&mut v);
+        Ok(Some(v))
+    }
+}
+
+/// `bytes` as the body of a gRPC call to `path` on the AA's gRPC socket.
+async fn grpc_raw(a: &Attestd, path: &'static str, bytes: &[u8]) -> tonic::Status {
+    let ch = attester_sdk::grpc_unix_channel(&a.grpc_sock).await.unwrap();
+    let mut g = tonic::client::Grpc::new(ch);
+    g.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    g.unary(tonic::Request::new(bytes.to_vec()), path, RawCodec)
+        .await
+        .unwrap_err()
+}
+
+/// `bytes` as the payload of a ttrpc request for `service`/`method`.
+async fn ttrpc_raw(
+    a: &Attestd,
+    service: &str,
+    method: &str,
+    bytes: &[u8],
+) -> (ttrpc::Code, String) {
+    let c = ttrpc::r#async::Client::connect(&format!("unix://{}", a.aa_sock.display()))
+        .await
+        .unwrap();
+    let req = ttrpc::Request {
+        service: service.into(),
+        method: method.into(),
+        payload: bytes.to_vec(),
+        timeout_nano: 5_000_000_000,
+        ..Default::default()
+    };
+    match c.request(req).await {
+        Err(ttrpc::Error::RpcStatus(s)) => (s.code(), s.message().to_string()),
+        other => panic!("{service}/{method} answered {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn undecodable_requests_and_unknown_methods_get_one_answer_on_both_transports() {
+    let p = Plugin::sample("ttrpc");
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    // Field number 0 and a length running past the end: undecodable for both
+    // rust-protobuf (ttrpc) and prost (tonic).
+    const AA: &str = "attestation_agent.AttestationAgentService";
+    for (bad, what) in [
+        (&[0x00u8, 0x01][..], "field 0"),
+        (&[0x0a, 0x7f, 0x01][..], "truncated"),
+    ] {
+        let (code, msg) = ttrpc_raw(&a, AA, "GetEvidence", bad).await;
+        assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "ttrpc, {what}: {msg}");
+        assert!(
+            msg.starts_with("GetEvidence: cannot decode the request: "),
+            "ttrpc, {what}: {msg}"
+        );
+        let s = grpc_raw(
+            &a,
+            "/attestation_agent.AttestationAgentService/GetEvidence",
+            bad,
+        )
+        .await;
+        assert_eq!(
+            s.code(),
+            tonic::Code::InvalidArgument,
+            "grpc, {what}: {s:?}"
+        );
+        assert!(
+            s.message()
+                .starts_with("GetEvidence: cannot decode the request: "),
+            "grpc, {what}: {s:?}"
+        );
+    }
+    // A method the service does not have: UNIMPLEMENTED, named, on both.
+    let (code, msg) = ttrpc_raw(&a, AA, "GetSecrets", b"").await;
+    assert_eq!(
+        (code, msg.as_str()),
+        (ttrpc::Code::UNIMPLEMENTED, "GetSecrets method")
+    );
+    let s = grpc_raw(
+        &a,
+        "/attestation_agent.AttestationAgentService/GetSecrets",
+        b"",
+    )
+    .await;
+    assert_eq!(s.code(), tonic::Code::Unimplemented);
+    assert_eq!(
+        s.message(),
+        "unknown method /attestation_agent.AttestationAgentService/GetSecrets"
+    );
+    // An unknown service: tonic's router and ttrpc's own check (before any
+    // handler: the one difference left, as upstream's AA answers).
+    let s = grpc_raw(&a, "/x.Nope/GetEvidence", b"").await;
+    assert_eq!(s.code(), tonic::Code::Unimplemented);
+    assert_eq!(s.message(), "unknown method /x.Nope/GetEvidence");
+    let (code, msg) = ttrpc_raw(&a, "x.Nope", "GetEvidence", b"").await;
+    assert_eq!(
+        (code, msg.as_str()),
+        (
+            ttrpc::Code::INVALID_ARGUMENT,
+            "x.Nope service does not exist"
+        )
+    );
+    // Well-formed calls are unaffected, and attestd is still serving.
+    assert_eq!(
+        a.evidence(b"ok").await.unwrap(),
+        br#"{"report_data":"b2s=","svn":"1"}"#
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_idle_connections_delays_a_newcomer_and_does_not_shut_it_out() {
+    // Every connection slot held by an idle client: the newcomer used to wait
+    // for as long as the flood lasted. Now quiet connections close to make room
+    // (after 10 s without a request; that one with a call in flight stays is
+    // shown by the accept layer's own test).
+    let p = Plugin::sample("ttrpc");
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let aa = a.aa_sock.clone();
+    let flood: Vec<_> = (0..attestd::server::accept::MAX_CONNECTIONS)
+        .map(|_| std::os::unix::net::UnixStream::connect(&aa).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let tee = tokio::time::timeout(Duration::from_secs(30), async {
+        let c = ttrpc::r#async::Client::connect(&format!("unix://{}", aa.display()))
+            .await
+            .unwrap();
+        attestd_proto::ttrpc::attestation_agent_ttrpc::AttestationAgentServiceClient::new(c)
+            .get_tee_type(
+                ttrpc::context::with_timeout(30_000_000_000),
+                &Default::default(),
+            )
+            .await
+            .unwrap()
+            .tee
+    })
+    .await
+    .expect("the newcomer was shut out by idle connections");
+    assert_eq!(tee, "sample");
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_secs(9), "{waited:?}");
+    // The flood's connections were closed by attestd: reading one gives an end
+    // of file, not a timeout.
+    use std::io::Read as _;
+    let mut s = &flood[0];
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    assert_eq!(s.read(&mut [0u8; 1]).unwrap(), 0);
+    assert!(a
+        .log()
+        .contains("all connection slots are taken; closing quiet connections"));
+}

@@ -6,20 +6,38 @@
 //!   on the error (70 % CPU and 700 MB of log in 12 s, found in review);
 //!   established connections keep being served meanwhile;
 //! - **connections**: at most `max` open at once; the next accept waits for one to
-//!   close (each holds a slot until it is dropped).
+//!   close (each holds a slot until it is dropped);
+//! - **idle connections**: while a new connection waits for a slot, every *quiet*
+//!   connection closes itself: nothing in flight and nothing read for
+//!   `quiet_after`. Without that pressure nothing is closed for being idle, since
+//!   guest-components' clients (CDH, kata-agent) connect once at start and keep
+//!   the connection for every later call, and the Rust ttrpc client does not
+//!   reconnect. A flood of idle connections thus delays a newcomer by seconds
+//!   instead of shutting it out.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 /// Connections one listener serves at once.
 pub const MAX_CONNECTIONS: usize = 256;
+/// A ttrpc connection with no request in flight is quiet after this long without
+/// a byte from its client.
+pub const TTRPC_QUIET_AFTER: Duration = Duration::from_secs(10);
+/// A gRPC connection is quiet after this long without a byte from its client:
+/// two keepalive intervals, so a live client (which answers the pings, even
+/// while it waits for a slow call) never is.
+pub const GRPC_QUIET_AFTER: Duration = Duration::from_secs(60);
+/// While a newcomer waits for a slot, quiet connections are asked this often.
+const PRESSURE_TICK: Duration = Duration::from_secs(1);
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
 const LONGEST_PAUSE: Duration = Duration::from_secs(1);
 
@@ -43,11 +61,73 @@ impl Accept for tokio::net::TcpListener {
     }
 }
 
-/// An accepted connection holding one of the listener's slots until dropped.
+/// How many connections a listener holds and when one of them is quiet.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max: usize,
+    pub quiet_after: Duration,
+}
+
+/// A listener's connections are asked to close if quiet, while a newcomer waits.
+#[derive(Default)]
+struct Pressure {
+    on: AtomicBool,
+    asked: Notify,
+}
+
+type Waiting = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
+
+/// An accepted connection holding one of the listener's slots until dropped, and
+/// closing itself (an end of file to its server) when quiet under pressure.
 pub struct Conn<S> {
     io: S,
     _slot: OwnedSemaphorePermit,
+    pressure: Arc<Pressure>,
+    quiet_after: Duration,
+    last_read: Instant,
+    /// Something is in flight (said by the protocol layer above: [`TtrpcConn`]).
+    busy: bool,
+    asked: Option<Waiting>,
 }
+
+impl<S> Conn<S> {
+    /// Whether to close now: asked while quiet. Registers for the next ask
+    /// otherwise (a busy connection is never asked).
+    fn closing(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.busy {
+            self.asked = None;
+            return false;
+        }
+        loop {
+            let pressure = self.pressure.clone();
+            let asked = self
+                .asked
+                .get_or_insert_with(|| Box::pin(async move { pressure.asked.notified().await }));
+            if asked.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            self.asked = None;
+            if self.pressure.on.load(Ordering::Relaxed)
+                && self.last_read.elapsed() >= self.quiet_after
+            {
+                return true;
+            }
+        }
+    }
+}
+
+/// What a protocol layer tells the connection under it about calls in flight.
+pub trait InFlight {
+    fn set_busy(&mut self, _busy: bool) {}
+}
+
+impl<S> InFlight for Conn<S> {
+    fn set_busy(&mut self, busy: bool) {
+        self.busy = busy;
+    }
+}
+
+impl InFlight for tokio::io::DuplexStream {}
 
 /// Errors that mean "out of descriptors or memory for now": wait, do not spin.
 fn exhausted(e: &io::Error) -> bool {
@@ -57,26 +137,35 @@ fn exhausted(e: &io::Error) -> bool {
     )
 }
 
-/// The connections `listener` accepts, at most `max` open at once, with back-off
-/// on resource exhaustion. `what` names the server in log lines. Accept errors
-/// are handled here and never reach the server.
+/// The connections `listener` accepts, at most `limits.max` open at once, with
+/// back-off on resource exhaustion. `what` names the server in log lines. Accept
+/// errors are handled here and never reach the server.
 pub fn incoming<L: Accept>(
     listener: L,
-    max: usize,
+    limits: Limits,
     what: &'static str,
 ) -> impl Stream<Item = io::Result<Conn<L::Io>>> + Send + 'static {
-    let slots = Arc::new(Semaphore::new(max));
+    let slots = Arc::new(Semaphore::new(limits.max));
+    let pressure = Arc::new(Pressure::default());
     let state = (listener, slots, FIRST_PAUSE, None::<Instant>, 0u64);
-    futures::stream::unfold(
-        state,
-        move |(l, slots, mut pause, mut said, mut missed)| async move {
+    futures::stream::unfold(state, move |(l, slots, mut pause, mut said, mut missed)| {
+        let pressure = pressure.clone();
+        async move {
             // Wait for a free slot before accepting: a flood queues in the kernel's
             // backlog, not in attestd's memory.
-            let slot = slots.clone().acquire_owned().await.ok()?;
+            let slot = free_slot(&slots, &pressure, what).await?;
             loop {
                 match l.accept().await {
                     Ok(io) => {
-                        let conn = Conn { io, _slot: slot };
+                        let conn = Conn {
+                            io,
+                            _slot: slot,
+                            pressure: pressure.clone(),
+                            quiet_after: limits.quiet_after,
+                            last_read: Instant::now(),
+                            busy: false,
+                            asked: None,
+                        };
                         return Some((Ok(conn), (l, slots, FIRST_PAUSE, said, missed)));
                     }
                     Err(e) => {
@@ -96,17 +185,58 @@ pub fn incoming<L: Accept>(
                     }
                 }
             }
-        },
-    )
+        }
+    })
+}
+
+/// A slot for the next connection; at the cap, quiet connections are asked to
+/// close (every [`PRESSURE_TICK`]) until one is free. `None` once closed.
+async fn free_slot(
+    slots: &Arc<Semaphore>,
+    pressure: &Pressure,
+    what: &'static str,
+) -> Option<OwnedSemaphorePermit> {
+    match slots.clone().try_acquire_owned() {
+        Ok(slot) => return Some(slot),
+        Err(TryAcquireError::Closed) => return None,
+        Err(TryAcquireError::NoPermits) => {}
+    }
+    tracing::warn!(
+        server = what,
+        "all connection slots are taken; closing quiet connections"
+    );
+    pressure.on.store(true, Ordering::Relaxed);
+    let slot = loop {
+        pressure.asked.notify_waiters();
+        match tokio::time::timeout(PRESSURE_TICK, slots.clone().acquire_owned()).await {
+            Ok(slot) => break slot.ok(),
+            Err(_) => continue,
+        }
+    };
+    pressure.on.store(false, Ordering::Relaxed);
+    slot
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Pending if this.closing(cx) => {
+                tracing::debug!("a quiet connection closed to make room");
+                // Nothing read: an end of file, and the server lets it go.
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.last_read = Instant::now();
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
     }
 }
 
@@ -218,7 +348,7 @@ impl<S> TtrpcConn<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for TtrpcConn<S> {
+impl<S: AsyncRead + InFlight + Unpin> AsyncRead for TtrpcConn<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -239,19 +369,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for TtrpcConn<S> {
         let n = part.filled().len();
         if this.read.pass(&buf.initialize_unfilled_to(want)[..n]) == Some(REQUEST) {
             this.in_flight += 1;
+            this.io.set_busy(true);
         }
         buf.advance(n);
         Poll::Ready(Ok(()))
     }
 }
 
-impl<S: AsyncWrite + Unpin> TtrpcConn<S> {
+impl<S: AsyncWrite + InFlight + Unpin> TtrpcConn<S> {
     /// Account for `bytes` written: each response header completed frees a slot.
     fn wrote(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             let n = self.written.part().min(bytes.len());
             if self.written.pass(&bytes[..n]) == Some(RESPONSE) {
                 self.in_flight = self.in_flight.saturating_sub(1);
+                self.io.set_busy(self.in_flight > 0);
                 if let Some(w) = self.blocked.take() {
                     w.wake();
                 }
@@ -261,7 +393,7 @@ impl<S: AsyncWrite + Unpin> TtrpcConn<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for TtrpcConn<S> {
+impl<S: AsyncWrite + InFlight + Unpin> AsyncWrite for TtrpcConn<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -306,7 +438,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("s.sock");
         let l = tokio::net::UnixListener::bind(&path).unwrap();
-        let mut conns = Box::pin(incoming(l, 2, "test"));
+        let limits = Limits {
+            max: 2,
+            quiet_after: Duration::from_secs(3600),
+        };
+        let mut conns = Box::pin(incoming(l, limits, "test"));
         let mut clients = Vec::new();
         for _ in 0..3 {
             clients.push(tokio::net::UnixStream::connect(&path).await.unwrap());
@@ -320,6 +456,59 @@ mod tests {
         drop(a);
         let c = tokio::time::timeout(Duration::from_secs(2), conns.next()).await;
         assert!(c.unwrap().unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_quiet_connections_make_room_and_busy_ones_stay() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("s.sock");
+        let l = tokio::net::UnixListener::bind(&path).unwrap();
+        let limits = Limits {
+            max: 2,
+            quiet_after: Duration::from_millis(300),
+        };
+        let mut conns = Box::pin(incoming(l, limits, "test"));
+        // A quiet client, and a busy one: its request is read and not answered.
+        let _quiet = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let mut busy = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let serve = |c: Conn<tokio::net::UnixStream>| {
+            tokio::spawn(async move {
+                let mut c = TtrpcConn::new(c, 4);
+                let mut buf = [0u8; 64];
+                let started = Instant::now();
+                // Read until the end of file: the client left or attestd closed it.
+                while c.read(&mut buf).await.unwrap() > 0 {}
+                started.elapsed()
+            })
+        };
+        let quiet = serve(conns.next().await.unwrap().unwrap());
+        let busy_served = serve(conns.next().await.unwrap().unwrap());
+        busy.write_all(&frame(REQUEST, b"slow call")).await.unwrap();
+        // A newcomer at the cap: no slot until the quiet connection goes, which
+        // it does once it has been quiet for 300 ms.
+        let _newcomer = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let t = Instant::now();
+        let third = tokio::time::timeout(Duration::from_secs(5), conns.next()).await;
+        let newcomer = serve(third.unwrap().unwrap().unwrap());
+        assert!(
+            t.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            t.elapsed()
+        );
+        let lived = tokio::time::timeout(Duration::from_secs(1), quiet).await;
+        assert!(lived.unwrap().unwrap() >= Duration::from_millis(300));
+        // The busy connection was not closed under it.
+        assert!(
+            !busy_served.is_finished(),
+            "a connection with a call in flight was closed"
+        );
+        // Without pressure, nothing is closed for being quiet.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(
+            !newcomer.is_finished(),
+            "closed for being quiet without pressure"
+        );
     }
 
     fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {

@@ -173,7 +173,7 @@ pub async fn bind(addr: &GrpcAddr) -> Result<GrpcListener, Error> {
 }
 
 /// The AA API's gRPC router.
-pub fn router(service: Arc<Service>) -> tonic::transport::server::Router {
+pub fn router(service: Arc<Service>) -> Router {
     builder().add_service(
         svc::AttestationAgentServiceServer::new(Adapter(service))
             .max_decoding_message_size(MAX_REQUEST_BYTES),
@@ -195,8 +195,16 @@ pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// slow device and a slow KBS stays well under it).
 pub const MAX_CALL: std::time::Duration = std::time::Duration::from_secs(150);
 
-/// A gRPC server with the bounds above, for the AA API and the key provider alike.
-pub fn builder() -> tonic::transport::Server {
+/// A router from [`builder`].
+pub type Router = tonic::transport::server::Router<
+    tower_layer::Stack<super::refusals::GrpcRefusals, tower_layer::Identity>,
+>;
+
+/// A gRPC server with the bounds above, for the AA API and the key provider
+/// alike, answering undecodable requests and unknown methods as ttrpc does.
+pub fn builder() -> tonic::transport::Server<
+    tower_layer::Stack<super::refusals::GrpcRefusals, tower_layer::Identity>,
+> {
     tonic::transport::Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
@@ -204,6 +212,7 @@ pub fn builder() -> tonic::transport::Server {
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tcp_keepalive(Some(KEEPALIVE_INTERVAL))
         .timeout(MAX_CALL)
+        .layer(super::refusals::GrpcRefusals)
 }
 
 /// How long in-flight gRPC calls get to finish at shutdown.
@@ -224,7 +233,7 @@ impl GrpcServer {
     /// `router` there until [`GrpcServer::stop`].
     pub async fn start(
         what: &'static str,
-        router: tonic::transport::server::Router,
+        router: Router,
         addr: &GrpcAddr,
     ) -> Result<GrpcServer, Error> {
         if let GrpcAddr::Unix(p) = addr {
@@ -289,7 +298,7 @@ impl GrpcServer {
 /// Serve `router` on `listener` until `shutdown` resolves.
 async fn serve_router(
     what: &'static str,
-    router: tonic::transport::server::Router,
+    router: Router,
     listener: GrpcListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
@@ -298,14 +307,18 @@ async fn serve_router(
         return Err(Error::internal("its listener failed (fault injection)"));
     }
     let fail = |e: tonic::transport::Error| Error::internal("grpc server failed").with_source(e);
-    use super::accept::{incoming, MAX_CONNECTIONS};
+    use super::accept::{incoming, Limits, GRPC_QUIET_AFTER, MAX_CONNECTIONS};
+    let limits = Limits {
+        max: MAX_CONNECTIONS,
+        quiet_after: GRPC_QUIET_AFTER,
+    };
     match listener {
         GrpcListener::Tcp(l) => router
-            .serve_with_incoming_shutdown(incoming(l, MAX_CONNECTIONS, what), shutdown)
+            .serve_with_incoming_shutdown(incoming(l, limits, what), shutdown)
             .await
             .map_err(fail),
         GrpcListener::Unix(l, _) => router
-            .serve_with_incoming_shutdown(incoming(l, MAX_CONNECTIONS, what), shutdown)
+            .serve_with_incoming_shutdown(incoming(l, limits, what), shutdown)
             .await
             .map_err(fail),
     }

@@ -96,7 +96,7 @@ pub async fn start_ttrpc(
     .await
 }
 
-pub fn grpc_router(service: Arc<Service>) -> tonic::transport::server::Router {
+pub fn grpc_router(service: Arc<Service>) -> super::grpc::Router {
     super::grpc::builder().add_service(
         gsvc::KeyProviderServiceServer::new(Adapter(service))
             .max_decoding_message_size(super::grpc::MAX_REQUEST_BYTES),

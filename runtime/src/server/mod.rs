@@ -3,6 +3,7 @@
 pub mod accept;
 pub mod grpc;
 pub mod keyprovider;
+pub mod refusals;
 pub mod ttrpc;
 
 use std::future::Future;

@@ -153,13 +153,17 @@ pub async fn start_services(
     super::set_mode(socket, super::SOCKET_MODE)?;
     // attestd's own accept loop (bounded, backs off at the fd limit), handed to
     // ttrpc through its listener extension point.
-    use super::accept::{incoming, TtrpcConn, MAX_CONNECTIONS, MAX_IN_FLIGHT};
+    use super::accept::{incoming, Limits, TtrpcConn, MAX_CONNECTIONS, MAX_IN_FLIGHT};
     use futures::StreamExt as _;
-    let incoming = incoming(listener, MAX_CONNECTIONS, "ttrpc")
-        .map(|c| c.map(|c| TtrpcConn::new(c, MAX_IN_FLIGHT)));
+    let limits = Limits {
+        max: MAX_CONNECTIONS,
+        quiet_after: super::accept::TTRPC_QUIET_AFTER,
+    };
+    let incoming =
+        incoming(listener, limits, "ttrpc").map(|c| c.map(|c| TtrpcConn::new(c, MAX_IN_FLIGHT)));
     let mut server = ttrpc::r#async::Server::new()
         .add_listener(ttrpc::r#async::transport::Listener::new(incoming))
-        .register_service(services);
+        .register_service(super::refusals::ttrpc_services(services));
     server.start().await.map_err(fail)?;
     Ok(TtrpcServer {
         server,
