@@ -9,12 +9,22 @@ cd "$(dirname "$0")/../tests/fuzz"
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config initdata keyprovider kbs_answers eventlog)
+[ ${#targets[@]} -gt 0 ] || targets=(config initdata keyprovider kbs_answers eventlog plugin_info snp_device tdx_quote hcl_report)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# Recorded device answers seed the plugins' parsers (read only: libFuzzer writes
+# what it finds to the first directory).
+seeds() {
+    case $1 in
+        snp_device) echo ../../attesters/snp/tests/fixtures ;;
+        tdx_quote) echo ../../attesters/tdx/tests/fixtures ;;
+        hcl_report) echo ../../attesters/azure/tests/fixtures ;;
+    esac
+}
 for t in "${targets[@]}"; do
     echo "== $t: ${secs}s"
     mkdir -p "corpus/$t"
-    cargo +nightly fuzz run --fuzz-dir . "$t" "corpus/$t" -- \
+    # shellcheck disable=SC2046 # one directory or none
+    cargo +nightly fuzz run --fuzz-dir . "$t" "corpus/$t" $(seeds "$t") -- \
         -max_total_time="$secs" -max_len=65536 -timeout=10 -print_final_stats=1 2>&1 |
         grep -E "stat::|Done|ERROR|panicked|SUMMARY" || true
     # cargo fuzz returns non-zero on a crash; pipefail would hide it behind grep.

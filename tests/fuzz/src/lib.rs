@@ -55,3 +55,60 @@ pub fn eventlog(data: &[u8]) {
     );
     let _ = record::validate(d, o, c);
 }
+
+/// A plugin's `Info` answer as the core reads it, over either transport: what a
+/// malicious plugin can make the core believe about it.
+pub fn plugin_info(data: &[u8]) {
+    use attester_sdk::{read_info, Transport, PROTOCOL_VERSIONS};
+    for t in [Transport::Ttrpc, Transport::Grpc] {
+        if let Ok(h) = read_info(data, t, PROTOCOL_VERSIONS) {
+            // What reaches logs is bounded, whatever the plugin said.
+            assert!(h.info.tee.chars().count() <= attester_sdk::MAX_INFO_TEXT);
+            assert!(h.plugin_versions.len() <= attester_sdk::MAX_INFO_LIST);
+        }
+    }
+}
+
+/// What an SNP guest device answers: the certificate table (its GUID entries and
+/// offsets) and the attestation report, then the evidence built from them.
+pub fn snp_device(data: &[u8]) {
+    use attester_snp::{certs, evidence, report};
+    let certs = certs::parse(data).ok();
+    if let Some(entries) = &certs {
+        let _ = certs::build(entries);
+    }
+    let _ = report::report_data(data);
+    let _ = report::host_data(data);
+    let _ = report::with_report_data(data, &[7; 64]);
+    if let Ok(r) = report::parse(data) {
+        let _ = evidence::evidence(&r, certs.as_deref());
+    }
+}
+
+/// A TDX quote as configfs-tsm returns it: the header, version and TEE type, the
+/// TD report body's fields, and the evidence around it.
+pub fn tdx_quote(data: &[u8]) {
+    use attester_tdx::{evidence, quote};
+    let _ = quote::body_offset(data);
+    let _ = quote::report_data(data);
+    let _ = quote::mrconfigid(data);
+    if let Ok(q) = quote::with_report_data(data, &[7; 64]) {
+        // The report data written is the report data read back.
+        assert_eq!(quote::report_data(&q).unwrap(), &[7; 64][..]);
+    }
+    let _ = evidence::evidence(data, Some(data));
+}
+
+/// An HCL report as the Azure vTPM's NV index holds it (parsed with az-cvm-vtpm
+/// behind attestd's checks, which keep it off the crate's panicking paths).
+pub fn hcl_report(data: &[u8]) {
+    use attester_azure::hcl::{is_type, parse, td_report_bytes, ReportType};
+    for t in [ReportType::Snp, ReportType::Tdx] {
+        let _ = is_type(data.to_vec(), t);
+        if let Ok(r) = parse(data.to_vec(), t) {
+            if t == ReportType::Tdx {
+                let _ = td_report_bytes(&r);
+            }
+        }
+    }
+}

@@ -6,12 +6,16 @@ use std::path::Path;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 5] = [
+const TARGETS: [(&str, Target); 9] = [
     ("config", attestd_fuzz::config),
     ("initdata", attestd_fuzz::initdata),
     ("keyprovider", attestd_fuzz::keyprovider),
     ("kbs_answers", attestd_fuzz::kbs_answers),
     ("eventlog", attestd_fuzz::eventlog),
+    ("plugin_info", attestd_fuzz::plugin_info),
+    ("snp_device", attestd_fuzz::snp_device),
+    ("tdx_quote", attestd_fuzz::tdx_quote),
+    ("hcl_report", attestd_fuzz::hcl_report),
 ];
 
 #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::convert::InfoFromPeer;
-use crate::{negotiate, Code, Error, Evidence, Handshake, Result, Transport};
+use crate::{Code, Error, Evidence, Handshake, Result, Transport};
 
 #[cfg(feature = "grpc")]
 mod grpc;
@@ -84,19 +84,7 @@ impl RemoteAttester {
                 }
             })
             .await?;
-        let protocol_version = negotiate(versions, &peer.versions, "the plugin")?;
-        if peer.transport != self.transport.to_string() {
-            return Err(Error::failed_precondition(format!(
-                "plugin says it serves {:?} but answered over {}",
-                peer.transport, self.transport
-            )));
-        }
-        Ok(Handshake {
-            info: peer.info,
-            transport: self.transport,
-            protocol_version,
-            plugin_versions: peer.versions,
-        })
+        crate::handshake::accept(versions, peer, self.transport)
     }
 
     pub async fn detect(&self) -> Result<bool> {
