@@ -49,6 +49,18 @@ enum Cmd {
     Token(TokenArgs),
     /// One shot: attest to the KBS and write a resource (kbs:///<repo>/<type>/<tag>).
     Resource(ResourceArgs),
+    /// Print the effective configuration: each key, its value, and the file it
+    /// came from (system file, drop-in, -c) or "default".
+    Config(ConfigCmdArgs),
+}
+
+#[derive(Args)]
+struct ConfigCmdArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -103,27 +115,34 @@ struct UnitsArgs {
 
 #[derive(Args, Clone)]
 struct ConfigArg {
-    /// Config file (upstream AA TOML plus [plugins]).
+    /// Config file (upstream AA TOML plus [plugins]), read after the system file
+    /// and drop-ins of --config-dir; its keys win.
     #[arg(short = 'c', long = "config-file", env = "ATTESTD_CONFIG")]
     config_file: Option<PathBuf>,
+    /// The image's configuration: attestd.toml and attestd.toml.d/*.toml here,
+    /// each optional.
+    #[arg(long = "config-dir", env = "ATTESTD_CONFIG_DIR", default_value = attestd::config::layers::DEFAULT_CONFIG_DIR)]
+    config_dir: PathBuf,
 }
 
 #[derive(Args, Clone)]
 struct RunArgs {
     #[command(flatten)]
     config: ConfigArg,
-    /// ttrpc AA socket.
-    #[arg(long = "attestation_sock", default_value = DEFAULT_ATTESTATION_SOCK)]
+    /// ttrpc AA socket (unix:///path). Given host:port, as upstream's gRPC build
+    /// (grpc-aa) takes it, the AA API is served over gRPC there instead, and over
+    /// ttrpc on the default socket.
+    #[arg(short = 'a', long = "attestation_sock", default_value = DEFAULT_ATTESTATION_SOCK)]
     attestation_sock: String,
     /// gRPC AA listener: unix:///path (preferred) or host:port (upstream grpc-aa's
     /// was 127.0.0.1:50002); off unless given ("none" also turns it off).
     #[arg(long = "grpc_sock", default_value = "none")]
     grpc_sock: String,
-    /// Init-data TOML bound at start.
-    #[arg(long = "initdata-toml", conflicts_with = "initdata_digest")]
+    /// Init-data TOML bound at start (taken over --initdata-digest, as upstream).
+    #[arg(short = 't', long = "initdata-toml")]
     initdata_toml: Option<PathBuf>,
     /// Init-data digest (base64) bound at start.
-    #[arg(long = "initdata-digest")]
+    #[arg(short = 'i', long = "initdata-digest")]
     initdata_digest: Option<String>,
 }
 
@@ -232,6 +251,7 @@ fn main() -> ExitCode {
             Some(Cmd::Units(a)) => cmd_units(a).await,
             Some(Cmd::Token(a)) => cmd_token(a).await,
             Some(Cmd::Resource(a)) => cmd_resource(a).await,
+            Some(Cmd::Config(a)) => cmd_config(a),
         }
     });
     // Plugins are stopped by now; leave no `cli-<pid>` directory behind.
@@ -248,10 +268,23 @@ fn main() -> ExitCode {
 }
 
 fn load_config(arg: &ConfigArg) -> Result<Config> {
-    match &arg.config_file {
-        Some(p) => Ok(Config::load(p)?),
-        None => Ok(Config::default()),
+    Ok(load_layered(arg)?.config)
+}
+
+/// The system file and drop-ins of --config-dir, then -c (see config::layers).
+fn load_layered(arg: &ConfigArg) -> Result<attestd::config::layers::Layered> {
+    use attestd::config::layers;
+    let files = layers::sources(&arg.config_dir, arg.config_file.as_deref())?;
+    Ok(layers::load(&files)?)
+}
+
+fn cmd_config(a: ConfigCmdArgs) -> Result<()> {
+    let layered = load_layered(&a.config)?;
+    print!("{}", layered.render(a.json)?);
+    if a.json {
+        println!();
     }
+    Ok(())
 }
 
 fn sdk(e: attester_sdk::Error) -> anyhow::Error {
@@ -262,20 +295,36 @@ async fn cmd_run(a: RunArgs) -> Result<()> {
     let config = load_config(&a.config)?;
     attester_sdk::init_logging(&config.log.level);
     let initdata = match (&a.initdata_toml, &a.initdata_digest) {
-        (Some(p), _) => Some(InitData::from_toml_file(p)?),
+        (Some(p), digest) => {
+            if digest.is_some() {
+                tracing::warn!("--initdata-toml is taken, --initdata-digest ignored (as upstream)");
+            }
+            Some(InitData::from_toml_file(p)?)
+        }
         (None, Some(d)) => Some(InitData::from_digest_base64(d)?),
         (None, None) => None,
     };
-    let grpc = match a.grpc_sock.as_str() {
+    let mut grpc = match a.grpc_sock.as_str() {
         "none" | "" => None,
         s => Some(
             s.parse::<GrpcAddr>()
                 .map_err(|e| anyhow!("--grpc_sock: {e}"))?,
         ),
     };
+    let mut attestation_sock = a.attestation_sock;
+    // Upstream's grpc-aa takes its TCP address here: serve gRPC on it, so its
+    // deployments switch without new flags.
+    if let Ok(addr) = attestation_sock.parse::<std::net::SocketAddr>() {
+        if grpc.is_some() {
+            bail!("--attestation_sock {addr} asks for gRPC there, and --grpc_sock for gRPC elsewhere: give one");
+        }
+        tracing::info!(%addr, "--attestation_sock is host:port, as upstream's grpc-aa takes it: the AA API is served over gRPC there");
+        grpc = Some(GrpcAddr::Tcp(addr));
+        attestation_sock = DEFAULT_ATTESTATION_SOCK.to_string();
+    }
     let opts = RunOptions {
         config,
-        attestation_sock: a.attestation_sock,
+        attestation_sock,
         grpc,
         initdata,
     };

@@ -33,12 +33,25 @@ pub struct RunOptions {
 /// configured is an error: attestd never falls back to the sample attester.
 pub async fn start_plugins(config: &Config) -> Result<Service> {
     let plugins = &config.plugins;
-    let Some(primary) = &plugins.primary else {
-        return Err(Error::failed_precondition(
-            "no attester plugin configured: set [plugins] primary = \"<name>\" and describe it \
-             in a [plugins.attester.<name>] table of the config file (-c); attestd does not \
-             fall back to the sample attester",
-        ));
+    // Nothing configured anywhere (a pod VM image without its plugin file, and
+    // upstream's aa.toml): select from the image list, never the sample unasked.
+    let defaulted = plugins.primary.is_none() && plugins.attester.is_empty();
+    let primary = match &plugins.primary {
+        Some(p) => p.as_str(),
+        None if defaulted => {
+            tracing::info!(
+                images_lock = %plugins.images_lock.display(),
+                "no attester plugin configured: selecting one for this platform (primary = \"auto\")"
+            );
+            "auto"
+        }
+        None => {
+            return Err(Error::failed_precondition(
+                "no primary attester plugin configured: set [plugins] primary = \"<name>\" (or \
+                 \"auto\") for the [plugins.attester.<name>] tables of the config; attestd does \
+                 not fall back to the sample attester",
+            ))
+        }
     };
     let lock = claim_socket_dir(&plugins.socket_dir)?;
     let uses = |k| plugins.attester.values().any(|p| p.launch == k);
@@ -56,7 +69,19 @@ pub async fn start_plugins(config: &Config) -> Result<Service> {
     };
     let primary = if primary == "auto" {
         let record = config.eventlog_config.enable_eventlog;
-        let sel = crate::select::select(plugins, &plugins.sysroot, true, record).await?;
+        let sel = crate::select::select(plugins, &plugins.sysroot, true, record)
+            .await
+            .map_err(|e| {
+                if defaulted {
+                    e.context(
+                        "no attester plugin configured (-c, /etc/attestd/attestd.toml or its \
+                         drop-ins), so one is selected from the image list; attestd does not \
+                         fall back to the sample attester",
+                    )
+                } else {
+                    e
+                }
+            })?;
         for s in &sel.skipped {
             tracing::info!(tee = %s.tee, "selection skipped it: {}", s.why);
         }
@@ -353,9 +378,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn no_plugin_configured_refuses() {
-        let e = start_plugins(&Config::default()).await.err().unwrap();
+    async fn no_plugin_configured_selects_from_the_image_list_and_says_so() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.plugins.socket_dir = d.path().join("plugins");
+        c.plugins.images_lock = d.path().join("images.lock");
+        c.plugins.sysroot = d.path().to_path_buf();
+        let e = start_plugins(&c).await.err().unwrap();
         assert_eq!(e.code(), Code::FailedPrecondition);
-        assert!(e.message().starts_with("no attester plugin configured"));
+        let s = e.chain();
+        assert!(s.starts_with("no attester plugin configured"), "{s}");
+        assert!(s.contains("so one is selected from the image list"), "{s}");
+        assert!(s.contains("no TEE selected under"), "{s}");
+        assert!(
+            s.contains("does not fall back to the sample attester"),
+            "{s}"
+        );
     }
 }

@@ -203,6 +203,7 @@ impl Attestd {
         }
         let child = cmd
             .args(args)
+            .env("ATTESTD_CONFIG_DIR", NO_SYSTEM_CONFIG)
             .envs(env.iter().copied())
             // Tests want debug logs in attestd.log; the benchmark sets ATTESTD_LOG=warn.
             .env(
@@ -544,6 +545,7 @@ pub fn spawn_attestd(
         .arg(&cfg)
         .args(args)
         .env("ATTESTD_LOG", "info")
+        .env("ATTESTD_CONFIG_DIR", NO_SYSTEM_CONFIG)
         .stdin(Stdio::null())
         .stderr(std::fs::File::create(dir.join("log")).expect("log"))
         .spawn()
@@ -579,10 +581,16 @@ pub async fn evidence_from_a_slow_device(plugin: &Plugin) -> serde_json::Value {
     ev
 }
 
+/// The system configuration directory attestd reads in tests (`--config-dir`):
+/// none, so the machine's /etc/attestd cannot change what a test sees. Tests of
+/// the layering pass their own.
+pub const NO_SYSTEM_CONFIG: &str = "/nonexistent/attestd-tests/etc";
+
 /// Run `attestd` with `args` to completion; (status, stdout, stderr).
 pub fn attestd_cli(args: &[&str]) -> (ExitStatus, String, String) {
     let out = Command::new(bin("attestd"))
         .args(args)
+        .env("ATTESTD_CONFIG_DIR", NO_SYSTEM_CONFIG)
         .stdin(Stdio::null())
         .output()
         .expect("run attestd");

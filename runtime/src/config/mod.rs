@@ -2,13 +2,16 @@
 //! `[log]`) plus `[plugins]`, which names the attester plugins and how to launch them.
 //!
 //! Unknown keys are errors, and every error names the key (and the line, for syntax).
+//! [`layers`] merges the image's system file and drop-ins with the `-c` file.
+
+pub mod layers;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use attester_sdk::Transport;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// TEE names as kbs-types spells them: what `GetTeeType` may answer.
 pub const KNOWN_TEES: &[&str] = &[
@@ -42,6 +45,18 @@ pub enum ConfigError {
     },
     #[error("invalid config: {key}: {message}")]
     Invalid { key: String, message: String },
+    /// As `Invalid`, placed in the layer (and on the line) that set the key.
+    #[error(
+        "invalid config: {}{}: {key}: {message}",
+        path.display(),
+        line.map(|l| format!(", line {l}")).unwrap_or_default()
+    )]
+    InFile {
+        path: PathBuf,
+        line: Option<usize>,
+        key: String,
+        message: String,
+    },
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -51,7 +66,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -67,7 +82,7 @@ pub struct Config {
 }
 
 /// `[keyprovider]`: attestd as ocicrypt's key provider (off unless an address is set).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyProviderConfig {
     /// gRPC listener: host:port or unix:///path (what skopeo and containerd use).
@@ -85,14 +100,26 @@ fn default_provider_name() -> String {
     "attestd".into()
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+// By hand: a missing `[keyprovider]` table must get the same name as an empty one.
+impl Default for KeyProviderConfig {
+    fn default() -> Self {
+        KeyProviderConfig {
+            grpc: None,
+            ttrpc: None,
+            wrap_kek: None,
+            name: default_provider_name(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfigs {
     pub kbs: Option<KbsConfig>,
     pub coco_as: Option<CocoAsConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KbsConfig {
     pub url: String,
@@ -107,7 +134,7 @@ pub struct KbsConfig {
     pub allow_insecure_http: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CocoAsConfig {
     pub url: String,
@@ -116,7 +143,7 @@ pub struct CocoAsConfig {
     pub allow_insecure_http: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventlogConfig {
     /// The PCR entries extend when a request names none (mapped through the
@@ -151,7 +178,7 @@ fn default_init_pcr() -> u64 {
     17
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     #[serde(default = "default_level")]
@@ -172,7 +199,7 @@ fn default_level() -> String {
 
 /// `[plugins]`: which plugin is primary, which are additional, supervision knobs,
 /// and one `[plugins.attester.<name>]` table per plugin.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
     /// Name of the primary attester (a key of `attester`).
@@ -319,7 +346,7 @@ impl PluginsConfig {
 }
 
 /// How a plugin is started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LaunchKind {
     /// Spawn `command` as a child process.
@@ -345,7 +372,7 @@ impl LaunchKind {
 }
 
 /// `[plugins.attester.<name>]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     pub launch: LaunchKind,
@@ -546,6 +573,7 @@ tee = "sampledevice"
     #[test]
     fn empty_file_is_defaults() {
         let c = Config::parse("").unwrap();
+        assert_eq!(c.keyprovider.name, "attestd");
         assert!(c.plugins.primary.is_none());
         assert!(!c.eventlog_config.enable_eventlog);
     }

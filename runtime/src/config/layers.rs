@@ -1,0 +1,499 @@
+//! Where the configuration comes from in a pod VM: the image's system file and
+//! drop-ins (plugins, images, launch), then the `-c` file as it arrives through
+//! init-data (upstream's `aa.toml`: `[token_configs]` and friends), merged key by
+//! key. Later layers win:
+//!
+//! 1. built-in defaults;
+//! 2. `<config_dir>/attestd.toml` (the image's; optional);
+//! 3. `<config_dir>/attestd.toml.d/*.toml`, in lexical order (optional; what
+//!    cloud-api-adaptor's user-data or an operator drops in);
+//! 4. the `-c` file (required when given).
+//!
+//! Tables merge recursively; any other value (arrays too) is replaced whole. Every
+//! leaf remembers the file it came from, for `attestd config` and for errors,
+//! which name the file and the line of the offending key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::{Config, ConfigError};
+
+/// The image's configuration directory.
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/attestd";
+/// The system file, in the configuration directory.
+pub const SYSTEM_FILE: &str = "attestd.toml";
+/// The drop-in directory, in the configuration directory.
+pub const DROP_IN_DIR: &str = "attestd.toml.d";
+/// Drop-ins read at most (a directory full of files is a mistake, not a config).
+pub const MAX_DROP_INS: usize = 256;
+
+/// A configuration and where each of its keys came from.
+#[derive(Debug, Clone)]
+pub struct Layered {
+    pub config: Config,
+    /// Dotted key (`plugins.attester.tdx.image`) → the file that set it. Keys
+    /// absent here have their default.
+    pub origins: BTreeMap<String, PathBuf>,
+    /// The files read, in order.
+    pub files: Vec<PathBuf>,
+}
+
+impl Layered {
+    /// The effective configuration, every key with its value and the file it
+    /// came from ("default" for built-in values): `attestd config`.
+    pub fn render(&self, json: bool) -> Result<String, ConfigError> {
+        let value = toml::Value::try_from(&self.config)
+            .map_err(|e| super::invalid("(effective config)", e.to_string()))?;
+        let mut rows = Vec::new();
+        leaves(&value, "", &mut rows);
+        let origin = |k: &str| match self.origins.get(k) {
+            Some(p) => p.display().to_string(),
+            None => "default".to_string(),
+        };
+        if json {
+            let keys: serde_json::Map<String, serde_json::Value> = rows
+                .iter()
+                .map(|(k, v)| {
+                    let v = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
+                    (
+                        k.clone(),
+                        serde_json::json!({ "value": v, "from": origin(k) }),
+                    )
+                })
+                .collect();
+            let files: Vec<String> = self.files.iter().map(|p| p.display().to_string()).collect();
+            let doc = serde_json::json!({ "files": files, "keys": keys });
+            return serde_json::to_string_pretty(&doc)
+                .map_err(|e| super::invalid("(effective config)", e.to_string()));
+        }
+        let mut out = String::new();
+        for (k, v) in &rows {
+            out.push_str(&format!("{k} = {v}    # {}\n", origin(k)));
+        }
+        Ok(out)
+    }
+}
+
+/// Every leaf of `v` (arrays are leaves) as (dotted key, value).
+fn leaves(v: &toml::Value, prefix: &str, out: &mut Vec<(String, toml::Value)>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaves(v, &key, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.clone())),
+    }
+}
+
+/// The files to read, in order: the system file and drop-ins of `config_dir`
+/// when they exist, then `cli` (which must).
+pub fn sources(config_dir: &Path, cli: Option<&Path>) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut files = Vec::new();
+    let system = config_dir.join(SYSTEM_FILE);
+    if exists(&system)? {
+        files.push(system);
+    }
+    let dir = config_dir.join(DROP_IN_DIR);
+    if exists(&dir)? {
+        let read = |source| ConfigError::Read {
+            path: dir.clone(),
+            source,
+        };
+        let mut drop_ins = Vec::new();
+        for e in std::fs::read_dir(&dir).map_err(read)? {
+            let p = e.map_err(read)?.path();
+            // Editors' backups and disabled files (`x.toml.off`) are not read.
+            if p.extension().is_some_and(|x| x == "toml") && !p.is_dir() {
+                drop_ins.push(p);
+            }
+        }
+        if drop_ins.len() > MAX_DROP_INS {
+            return Err(super::invalid(
+                dir.display().to_string(),
+                format!("{} drop-ins, more than {MAX_DROP_INS}", drop_ins.len()),
+            ));
+        }
+        drop_ins.sort();
+        files.extend(drop_ins);
+    }
+    files.extend(cli.map(Path::to_path_buf));
+    Ok(files)
+}
+
+fn exists(p: &Path) -> Result<bool, ConfigError> {
+    match std::fs::symlink_metadata(p) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(ConfigError::Read {
+            path: p.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Read `files` in order, merge them, and validate the result.
+pub fn load(files: &[PathBuf]) -> Result<Layered, ConfigError> {
+    let mut texts = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(|source| ConfigError::Read {
+            path: f.clone(),
+            source,
+        })?;
+        texts.push((f.clone(), text));
+    }
+    let texts: Vec<(PathBuf, &str)> = texts.iter().map(|(p, t)| (p.clone(), t.as_str())).collect();
+    merge_texts(&texts)
+}
+
+/// [`load`] on texts already read (tests, fuzzing).
+pub fn merge_texts(texts: &[(PathBuf, &str)]) -> Result<Layered, ConfigError> {
+    let mut merged = toml::Table::new();
+    let mut origins = BTreeMap::new();
+    for (path, text) in texts {
+        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            source: Box::new(e),
+        })?;
+        merge(&mut merged, table, "", path, &mut origins);
+    }
+    let config: Config = toml::Value::Table(merged)
+        .try_into()
+        .map_err(|e: toml::de::Error| located(&e, texts, &origins))?;
+    config.validate().map_err(|e| match e {
+        ConfigError::Invalid { key, message } => {
+            match origin_of(&key, &origins).and_then(|p| texts.iter().find(|(q, _)| *q == p)) {
+                Some((path, text)) => ConfigError::InFile {
+                    path: path.clone(),
+                    line: line_of(text, &key),
+                    key,
+                    message,
+                },
+                None => ConfigError::Invalid { key, message },
+            }
+        }
+        other => other,
+    })?;
+    Ok(Layered {
+        config,
+        origins,
+        files: texts.iter().map(|(p, _)| p.clone()).collect(),
+    })
+}
+
+/// `from` into `into`, key by key; leaves remember `path`.
+fn merge(
+    into: &mut toml::Table,
+    from: toml::Table,
+    prefix: &str,
+    path: &Path,
+    origins: &mut BTreeMap<String, PathBuf>,
+) {
+    for (k, v) in from {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(old)), toml::Value::Table(new)) => {
+                merge(old, new, &key, path, origins);
+            }
+            (_, v) => {
+                // A whole subtree replaced: its old leaves' origins go with it.
+                let below = format!("{key}.");
+                origins.retain(|o, _| !o.starts_with(&below));
+                if let toml::Value::Table(t) = &v {
+                    record(t, &key, path, origins);
+                } else {
+                    origins.insert(key, path.to_path_buf());
+                }
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+fn record(t: &toml::Table, prefix: &str, path: &Path, origins: &mut BTreeMap<String, PathBuf>) {
+    if t.is_empty() {
+        origins.insert(prefix.to_string(), path.to_path_buf());
+    }
+    for (k, v) in t {
+        let key = format!("{prefix}.{k}");
+        match v {
+            toml::Value::Table(sub) => record(sub, &key, path, origins),
+            _ => {
+                origins.insert(key, path.to_path_buf());
+            }
+        }
+    }
+}
+
+/// The file that set `key` or, for a key no file set, the file that set the
+/// closest key under it or above it.
+fn origin_of(key: &str, origins: &BTreeMap<String, PathBuf>) -> Option<PathBuf> {
+    if let Some(p) = origins.get(key) {
+        return Some(p.clone());
+    }
+    let below = format!("{key}.");
+    if let Some((_, p)) = origins
+        .range(below.clone()..)
+        .find(|(k, _)| k.starts_with(&below))
+    {
+        return Some(p.clone());
+    }
+    let mut k = key;
+    while let Some((up, _)) = k.rsplit_once('.') {
+        if let Some(p) = origins.get(up) {
+            return Some(p.clone());
+        }
+        k = up;
+    }
+    None
+}
+
+/// A serde error on the merged table, placed in the file and on the line of
+/// the key it is about (toml says which key: "… in `plugins.attester.x`").
+fn located(
+    e: &toml::de::Error,
+    texts: &[(PathBuf, &str)],
+    origins: &BTreeMap<String, PathBuf>,
+) -> ConfigError {
+    let full = e.to_string().trim().to_string();
+    let (message, at) = match full.rsplit_once("\nin `") {
+        Some((m, k)) => (m.trim().to_string(), k.trim_end_matches('`').to_string()),
+        None => (full.clone(), String::new()),
+    };
+    // An unknown field is named in the message, one level below `at`.
+    let key = match message
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split_once('`'))
+    {
+        Some((field, _)) if at.is_empty() => field.to_string(),
+        Some((field, _)) => format!("{at}.{field}"),
+        None => at.clone(),
+    };
+    let key_shown = if key.is_empty() {
+        "(top level)".to_string()
+    } else {
+        key.clone()
+    };
+    match origin_of(&key, origins).and_then(|p| texts.iter().find(|(q, _)| *q == p)) {
+        Some((path, text)) => ConfigError::InFile {
+            path: path.clone(),
+            line: line_of(text, &key),
+            key: key_shown,
+            message,
+        },
+        None => super::invalid(key_shown, message),
+    }
+}
+
+/// The 1-based line of dotted `key` in TOML `text`, or of its closest parent.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let doc = text.parse::<toml_edit::ImDocument<String>>().ok()?;
+    let mut item = doc.as_item();
+    let mut span = None;
+    for part in key.split('.') {
+        // `additional[0]`-style keys: the array's own line is close enough.
+        let name = part.split('[').next().unwrap_or(part);
+        let Some(table) = item.as_table_like() else {
+            break;
+        };
+        let Some((k, v)) = table.get_key_value(name) else {
+            break;
+        };
+        span = k.span().or_else(|| v.span()).or(span);
+        item = v;
+    }
+    let start = span?.start;
+    Some(text[..start].matches('\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layered(files: &[(&str, &str)]) -> Result<Layered, ConfigError> {
+        let texts: Vec<(PathBuf, &str)> =
+            files.iter().map(|(p, t)| (PathBuf::from(p), *t)).collect();
+        merge_texts(&texts)
+    }
+
+    const IMAGE: &str = r#"
+[plugins]
+primary = "tdx"
+socket_dir = "/run/attestd/plugins"
+
+[plugins.attester.tdx]
+launch = "podman"
+image = "localhost/attestd/attester-tdx@sha256:1111111111111111111111111111111111111111111111111111111111111111"
+transport = "ttrpc"
+"#;
+
+    #[test]
+    fn later_files_win_key_by_key_and_each_key_knows_its_file() {
+        let drop_in = r#"
+[plugins.attester.tdx]
+image = "localhost/attestd/attester-tdx@sha256:2222222222222222222222222222222222222222222222222222222222222222"
+"#;
+        let aa = "[token_configs.kbs]\nurl = \"https://kbs.example:8080\"\n";
+        let l = layered(&[
+            ("/etc/attestd/attestd.toml", IMAGE),
+            ("/etc/attestd/attestd.toml.d/50-pin.toml", drop_in),
+            ("/run/aa.toml", aa),
+        ])
+        .unwrap();
+        let tdx = &l.config.plugins.attester["tdx"];
+        assert!(tdx.image.as_deref().unwrap().ends_with("2222"));
+        assert_eq!(tdx.transport, attester_sdk::Transport::Ttrpc);
+        assert_eq!(
+            l.config.token_configs.kbs.as_ref().unwrap().url,
+            "https://kbs.example:8080"
+        );
+        let from = |k: &str| l.origins[k].display().to_string();
+        assert_eq!(
+            from("plugins.attester.tdx.image"),
+            "/etc/attestd/attestd.toml.d/50-pin.toml"
+        );
+        assert_eq!(
+            from("plugins.attester.tdx.launch"),
+            "/etc/attestd/attestd.toml"
+        );
+        assert_eq!(from("token_configs.kbs.url"), "/run/aa.toml");
+        assert!(!l.origins.contains_key("plugins.call_timeout_ms"));
+    }
+
+    #[test]
+    fn a_malformed_drop_in_names_its_file_and_line() {
+        let e = layered(&[
+            ("/etc/attestd/attestd.toml", IMAGE),
+            (
+                "/etc/attestd/attestd.toml.d/10-bad.toml",
+                "[plugins]\n\nprimary = \n",
+            ),
+        ])
+        .unwrap_err();
+        let s = format!("{}: {}", e, std::error::Error::source(&e).unwrap());
+        assert!(
+            s.starts_with("invalid config file /etc/attestd/attestd.toml.d/10-bad.toml"),
+            "{s}"
+        );
+        assert!(s.contains("line 3"), "{s}");
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_drop_in_names_its_file_and_line() {
+        let e = layered(&[
+            ("/etc/attestd/attestd.toml", IMAGE),
+            (
+                "/etc/attestd/attestd.toml.d/20-x.toml",
+                "[plugins.attester.tdx]\n\nimgae = \"x\"\n",
+            ),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid config: /etc/attestd/attestd.toml.d/20-x.toml, line 3: plugins.attester.tdx.imgae: unknown field `imgae`, expected one of `launch`, `command`, `args`, `env`, `transport`, `tee`, `image`, `socket`"
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_is_placed_in_the_file_that_set_it() {
+        let e = layered(&[
+            ("/etc/attestd/attestd.toml", IMAGE),
+            ("/run/aa.toml", "[plugins]\ncall_timeout_ms = \"soon\"\n"),
+        ])
+        .unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.starts_with(
+                "invalid config: /run/aa.toml, line 2: plugins.call_timeout_ms: invalid type"
+            ),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn a_validation_error_names_the_file_that_set_the_key() {
+        let e = layered(&[
+            ("/etc/attestd/attestd.toml", IMAGE),
+            ("/run/aa.toml", "[plugins]\nprimary = \"snp\"\n"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid config: /run/aa.toml, line 2: plugins.primary: \"snp\" has no [plugins.attester.snp] table"
+        );
+    }
+
+    #[test]
+    fn the_effective_config_names_each_keys_file_or_default() {
+        let aa = "[token_configs.kbs]\nurl = \"https://kbs.example:8080\"\n";
+        let l = layered(&[("/etc/attestd/attestd.toml", IMAGE), ("/run/aa.toml", aa)]).unwrap();
+        let text = l.render(false).unwrap();
+        assert!(
+            text.contains(
+                "token_configs.kbs.url = \"https://kbs.example:8080\"    # /run/aa.toml\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("plugins.primary = \"tdx\"    # /etc/attestd/attestd.toml\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("plugins.call_timeout_ms = 50000    # default\n"),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&l.render(true).unwrap()).unwrap();
+        assert_eq!(
+            json["keys"]["plugins.attester.tdx.launch"]["value"],
+            "podman"
+        );
+        assert_eq!(
+            json["keys"]["plugins.attester.tdx.launch"]["from"],
+            "/etc/attestd/attestd.toml"
+        );
+        assert_eq!(json["keys"]["log.level"]["from"], "default");
+        assert_eq!(json["files"][1], "/run/aa.toml");
+    }
+
+    #[test]
+    fn sources_are_the_system_file_drop_ins_in_lexical_order_then_the_cli_file() {
+        let d = tempfile::tempdir().unwrap();
+        let none = sources(d.path(), None).unwrap();
+        assert!(none.is_empty());
+        std::fs::write(d.path().join(SYSTEM_FILE), "").unwrap();
+        let dir = d.path().join(DROP_IN_DIR);
+        std::fs::create_dir(&dir).unwrap();
+        for f in ["20-b.toml", "10-a.toml", "30-c.toml.off", "README"] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        let got = sources(d.path(), Some(Path::new("/run/aa.toml"))).unwrap();
+        let names: Vec<String> = got
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["attestd.toml", "10-a.toml", "20-b.toml", "aa.toml"]);
+    }
+
+    #[test]
+    fn too_many_drop_ins_are_refused_and_the_bound_is_taken() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join(DROP_IN_DIR);
+        std::fs::create_dir(&dir).unwrap();
+        for i in 0..MAX_DROP_INS {
+            std::fs::write(dir.join(format!("{i:04}.toml")), "").unwrap();
+        }
+        assert_eq!(sources(d.path(), None).unwrap().len(), MAX_DROP_INS);
+        std::fs::write(dir.join("9999.toml"), "").unwrap();
+        let e = sources(d.path(), None).unwrap_err().to_string();
+        assert!(e.ends_with("257 drop-ins, more than 256"), "{e}");
+    }
+}
