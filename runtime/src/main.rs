@@ -215,7 +215,7 @@ enum Call {
         token_type: String,
     },
     BindInitData {
-        /// Digest, hex.
+        /// Digest, hex or base64 (the output says which it was read as).
         digest: String,
     },
     ExtendRuntimeMeasurement {
@@ -492,18 +492,19 @@ async fn cmd_client(a: ClientArgs) -> Result<()> {
             Ok(())
         }
         Call::GetAdditionalTees => {
-            for t in client.get_additional_tees().await.map_err(sdk)? {
-                println!("{t}");
-            }
+            // A JSON list, `[]` for none: one form whatever the count.
+            let tees = client.get_additional_tees().await.map_err(sdk)?;
+            println!("{}", serde_json::to_string(&tees)?);
             Ok(())
         }
         Call::GetToken { token_type } => {
             print_bytes(&client.get_token(&token_type).await.map_err(sdk)?)
         }
         Call::BindInitData { digest } => {
-            let d = hex::decode(&digest).context("digest is not hex")?;
+            let (d, form) = init_data_digest(&digest)?;
+            let n = d.len();
             client.bind_init_data(d).await.map_err(sdk)?;
-            println!("ok");
+            println!("ok (digest read as {form}, {n} bytes)");
             Ok(())
         }
         Call::ExtendRuntimeMeasurement {
@@ -521,10 +522,24 @@ async fn cmd_client(a: ClientArgs) -> Result<()> {
                 })
                 .await
                 .map_err(sdk)?;
-            println!("{r:?}");
+            println!("{r}");
             Ok(())
         }
     }
+}
+
+/// A digest given as hex or as base64 (init-data digests travel in both forms),
+/// and which form it was read as. Hex is tried first: a hex string of a digest's
+/// length is never meant as base64.
+fn init_data_digest(s: &str) -> Result<(Vec<u8>, &'static str)> {
+    use base64::Engine as _;
+    if let Ok(d) = hex::decode(s) {
+        return Ok((d, "hex"));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map(|d| (d, "base64"))
+        .map_err(|_| anyhow!("digest {s:?} is neither hex nor base64"))
 }
 
 async fn cmd_eventlog(a: EventlogArgs) -> Result<()> {
@@ -653,6 +668,15 @@ async fn cmd_eventlog(a: EventlogArgs) -> Result<()> {
         bail!(
             "the event log {} does not replay to the plugin's registers",
             path.display()
+        );
+    }
+    // Asked to check and could not: not a success (--no-check says not to).
+    let unread = registers.iter().any(|r| !r["plugin"].is_string());
+    if !a.no_check && (check_error.is_some() || unread) {
+        bail!(
+            "the event log {} could not be checked against the plugin's registers{}",
+            path.display(),
+            check_error.map(|e| format!(": {e}")).unwrap_or_default()
         );
     }
     Ok(())

@@ -25,6 +25,17 @@ pub enum MeasurementResult {
     NotEnabled,
 }
 
+/// As the CLI prints it: lowercase, like its other answers.
+impl std::fmt::Display for MeasurementResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MeasurementResult::Ok => "ok",
+            MeasurementResult::NotSupported => "not supported",
+            MeasurementResult::NotEnabled => "not enabled",
+        })
+    }
+}
+
 /// One `ExtendRuntimeMeasurement` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeasurementEvent {

@@ -153,12 +153,45 @@ async fn client_subcommand_talks_to_a_running_attestd() {
         "content",
     ]);
     assert!(st.success());
-    assert_eq!(out, "NotEnabled\n");
+    assert_eq!(out, "not enabled\n");
+    // No additional attesters: an empty JSON list, not an empty output.
+    let (st, out, _) = attestd_cli(&["client", "--attestation_sock", &aa, "get-additional-tees"]);
+    assert!(st.success());
+    assert_eq!(out, "[]\n");
     let (st, _, err) = attestd_cli(&["client", "--attestation_sock", &aa, "get-token", "kbs"]);
     assert_eq!(st.code(), Some(1));
     assert_eq!(
         err.trim_end(),
         "error: token type \"kbs\" is not configured: set [token_configs.kbs] url (or AA_KBC_PARAMS=cc_kbc::<url>)"
+    );
+}
+
+#[tokio::test]
+async fn bind_init_data_takes_hex_or_base64_and_says_which() {
+    const INIT: &str = "abababababababababababababababababababababababababababababababab";
+    let p = Plugin::sample("ttrpc").with_args(&["--init-data-digest", INIT]);
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let aa = format!("unix://{}", a.aa_sock.display());
+    let bind = |digest: &str| {
+        attestd_cli(&[
+            "client",
+            "--attestation_sock",
+            &aa,
+            "bind-init-data",
+            digest,
+        ])
+    };
+    let (st, out, err) = bind(INIT);
+    assert!(st.success(), "{err}");
+    assert_eq!(out, "ok (digest read as hex, 32 bytes)\n");
+    let (st, out, err) = bind("q6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s=");
+    assert!(st.success(), "{err}");
+    assert_eq!(out, "ok (digest read as base64, 32 bytes)\n");
+    let (st, _, err) = bind("not a digest!");
+    assert_eq!(st.code(), Some(1));
+    assert_eq!(
+        err.trim_end(),
+        "error: digest \"not a digest!\" is neither hex nor base64"
     );
 }
 

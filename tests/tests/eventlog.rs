@@ -197,6 +197,33 @@ async fn entries_replay_to_the_pcr_as_tpm2_pcrread_reads_it() {
     assert_eq!(v["entries"].as_array().unwrap().len(), 7);
     assert_eq!(v["registers"][1]["index"], 23);
     assert_eq!(v["registers"][1]["matches"], true);
+    // Asked to check and unable to (its plugin does not start): not a success;
+    // --no-check is the way to only print.
+    let broken = a.dir.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        "[plugins]\nprimary = \"x\"\n[plugins.attester.x]\nlaunch = \"process\"\ncommand = \"/nonexistent/attester\"\ntransport = \"ttrpc\"\n",
+    )
+    .unwrap();
+    let log = s.log();
+    let (status, out, err) = attestd_cli(&[
+        "eventlog",
+        "-c",
+        broken.to_str().unwrap(),
+        "--path",
+        log.to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(err.contains("could not be checked against the plugin's registers: cannot start plugin x: plugin command /nonexistent/attester does not exist"), "{err}");
+    let (status, _, err) = attestd_cli(&[
+        "eventlog",
+        "-c",
+        broken.to_str().unwrap(),
+        "--path",
+        log.to_str().unwrap(),
+        "--no-check",
+    ]);
+    assert!(status.success(), "{err}");
 }
 
 #[tokio::test]
