@@ -119,7 +119,13 @@ impl Service {
             .map_err(|e| e.context("cannot open the event log"))?;
         tracing::info!(path = %log.path().display(), "event log open");
         self.eventlog = Some(log);
-        self.measure(self.plugins()).await
+        let measured = self.measure(self.plugins()).await;
+        if measured.is_err() {
+            if let Some(log) = &self.eventlog {
+                log.abandon().await;
+            }
+        }
+        measured
     }
 
     /// Record the identity of each of `plugins` whose running instance is not yet

@@ -450,3 +450,37 @@ fn an_algorithm_the_plugin_does_not_use_is_refused() {
         e.stderr
     );
 }
+
+#[test]
+fn a_start_that_cannot_extend_pcr_17_says_to_use_23_and_leaves_no_init_record() {
+    // Upstream's default init_pcr is 17; a TPM refuses extends of PCRs 17-22 at
+    // locality 0, which is all a guest has.
+    let s = Setup::new();
+    let e = Attestd::start(|d| s.config(d, 17)).err().unwrap();
+    assert!(
+        e.stderr.contains(
+            "PCR 17 takes extends only from a locality this guest does not have \
+             (PCRs 17-22 need locality 1 and up): measure into PCR 23 \
+             ([eventlog_config] init_pcr = 23)"
+        ),
+        "{}",
+        e.stderr
+    );
+    // Said once, not "bad locality: bad locality".
+    assert!(
+        !e.stderr.contains("bad locality: bad locality"),
+        "{}",
+        e.stderr
+    );
+    assert!(s.records().is_empty(), "{:#?}", s.records());
+    // Started again with PCR 23: one INIT, for 23 only.
+    let a = Attestd::start(|d| s.config(d, 23)).unwrap();
+    let inits: Vec<u32> = s
+        .records()
+        .iter()
+        .filter(|r| r.event_type == 3)
+        .map(|r| r.index)
+        .collect();
+    assert_eq!(inits, [23]);
+    drop(a);
+}

@@ -120,13 +120,20 @@ impl Error {
 
     /// The message followed by every cause, `a: b: c`: what goes on the wire,
     /// since the peer cannot walk our source chain.
+    ///
+    /// A cause that only repeats what is already said is left out: some
+    /// libraries' errors display their source's text as their own (tss-esapi's
+    /// "bad locality: bad locality").
     pub fn chain(&self) -> String {
         let mut out = self.message.clone();
         let mut cur: Option<&(dyn std::error::Error + 'static)> =
             self.source.as_deref().map(|e| e as _);
         while let Some(e) = cur {
-            out.push_str(": ");
-            out.push_str(&e.to_string());
+            let text = e.to_string();
+            if !text.is_empty() && !out.ends_with(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
             cur = e.source();
         }
         out
@@ -169,5 +176,28 @@ mod tests {
             e.message(),
             "runtime measurement is not supported by this attester"
         );
+    }
+
+    #[test]
+    fn a_cause_that_repeats_what_is_said_is_not_said_again() {
+        #[derive(Debug)]
+        struct Same(&'static str, Option<Box<Same>>);
+        impl fmt::Display for Same {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for Same {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let e = Error::internal("TPM2_PCR_Extend of PCR 17 failed").with_source(Same(
+            "bad locality",
+            Some(Box::new(Same("bad locality", None))),
+        ));
+        assert_eq!(e.chain(), "TPM2_PCR_Extend of PCR 17 failed: bad locality");
+        let e = Error::internal("a").with_source(Same("b", Some(Box::new(Same("c", None)))));
+        assert_eq!(e.chain(), "a: b: c");
     }
 }

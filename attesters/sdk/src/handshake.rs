@@ -1,8 +1,11 @@
 //! Protocol version negotiation. A compatibility check, not authentication: the
 //! core owns the socket directory, which is what keeps strangers out.
 
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
 use crate::convert::InfoFromPeer;
-use crate::{Error, Handshake, Result, Transport};
+use crate::{Error, Result};
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
+use crate::{Handshake, Transport};
 
 /// Protocol versions of `attestd.attester.v1` this SDK speaks, lowest first.
 pub const PROTOCOL_VERSIONS: &[u32] = &[1];
@@ -17,6 +20,7 @@ pub const MAX_INFO_LIST: usize = 64;
 /// common protocol version, and the transport it was asked over. A plugin is
 /// another process, possibly another vendor's image: nothing it says is trusted
 /// to be small or well-formed.
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
 pub(crate) fn accept(ours: &[u32], peer: InfoFromPeer, transport: Transport) -> Result<Handshake> {
     let i = &peer.info;
     for (field, text) in [
@@ -56,6 +60,7 @@ pub(crate) fn accept(ours: &[u32], peer: InfoFromPeer, transport: Transport) -> 
     })
 }
 
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
 fn check_text(field: &str, text: &str) -> Result<()> {
     let n = text.chars().count();
     if n > MAX_INFO_TEXT {
@@ -74,6 +79,7 @@ fn check_text(field: &str, text: &str) -> Result<()> {
 /// An `Info` answer's protobuf bytes as they arrive over `transport`, read and
 /// checked as [`crate::RemoteAttester::handshake`] does: what a plugin can make
 /// the core believe about it (the fuzz targets and the conformance checks use it).
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
 pub fn read_info(bytes: &[u8], transport: Transport, ours: &[u32]) -> Result<Handshake> {
     let undecodable =
         |e: String| Error::invalid_argument(format!("cannot decode the plugin's info: {e}"));

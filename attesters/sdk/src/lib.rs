@@ -37,7 +37,9 @@ pub use attester::Attester;
 #[cfg(any(feature = "ttrpc", feature = "grpc"))]
 pub use client::{RemoteAttester, DEFAULT_DEADLINE};
 pub use error::{Code, Error, Result};
-pub use handshake::{negotiate, read_info, MAX_INFO_LIST, MAX_INFO_TEXT, PROTOCOL_VERSIONS};
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
+pub use handshake::read_info;
+pub use handshake::{negotiate, MAX_INFO_LIST, MAX_INFO_TEXT, PROTOCOL_VERSIONS};
 #[cfg(any(feature = "ttrpc", feature = "grpc"))]
 pub use server::{remove_socket_file, serve, ServeOptions};
 pub use types::{

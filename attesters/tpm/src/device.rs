@@ -237,7 +237,19 @@ impl Device {
         values.set(HashingAlgorithm::Sha256, digest);
         self.ctx
             .execute_with_nullauth_session(|ctx| ctx.pcr_extend(handle, values))
-            .map_err(|e| tpm_error(&format!("TPM2_PCR_Extend of PCR {pcr} failed"), e))
+            .map_err(|e| {
+                let e = tpm_error(&format!("TPM2_PCR_Extend of PCR {pcr} failed"), e);
+                if e.code() == Code::FailedPrecondition {
+                    // Upstream's default init_pcr (17) is one of these.
+                    e.context(format!(
+                        "PCR {pcr} takes extends only from a locality this guest does not have \
+                         (PCRs 17-22 need locality 1 and up): measure into PCR 23 \
+                         ([eventlog_config] init_pcr = 23)"
+                    ))
+                } else {
+                    e
+                }
+            })
     }
 
     fn read(&mut self, pcr: u64) -> Result<Vec<u8>> {

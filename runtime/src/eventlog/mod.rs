@@ -132,6 +132,8 @@ struct State {
     len: u64,
     /// Each register's value as the log replays it.
     values: BTreeMap<u32, Vec<u8>>,
+    /// The log's length when this attestd opened it (see [`EventLog::abandon`]).
+    opened_len: u64,
 }
 
 pub struct EventLog<R> {
@@ -185,6 +187,7 @@ impl<R: Registers> EventLog<R> {
                 file,
                 len: 0,
                 values: BTreeMap::new(),
+                opened_len: 0,
             }),
         };
         {
@@ -199,6 +202,7 @@ impl<R: Registers> EventLog<R> {
                 }
             }
             log.reload(&mut st)?;
+            st.opened_len = st.len;
             let register = log.layout.register(default_pcr)?;
             log.ensure_init(&mut st, register).await?;
             // A register that moved without the log is worth a loud line: the
@@ -360,6 +364,38 @@ impl<R: Registers> EventLog<R> {
     }
 
     /// Write `p`'s record at its offset (dropping anything after it) and sync.
+    /// Start-up failed after the log was opened: take back what this attestd
+    /// added if none of it extended a register (INIT records only), so a failed
+    /// start leaves the log as it found it. Anything that reached a register
+    /// stays: the log must replay to it.
+    pub async fn abandon(&self) {
+        let mut st = self.state.lock().await;
+        if st.len <= st.opened_len {
+            return;
+        }
+        let added = std::fs::read(&self.path)
+            .ok()
+            .and_then(|b| b.get(st.opened_len as usize..).map(<[u8]>::to_vec))
+            .and_then(|b| record::parse(&b).ok());
+        let Some(added) = added else { return };
+        if added
+            .iter()
+            .any(|(_, r)| r.event_type != record::EV_NO_ACTION)
+        {
+            return;
+        }
+        let opened = st.opened_len;
+        match st.file.set_len(opened).and_then(|()| st.file.sync_data()) {
+            Ok(()) => {
+                tracing::info!(log = %self.path.display(), "start-up failed: the records it added to the event log were taken back");
+                let _ = self.reload(&mut st);
+            }
+            Err(e) => {
+                tracing::warn!(log = %self.path.display(), "cannot take back the records a failed start added: {e}")
+            }
+        }
+    }
+
     fn append(&self, st: &State, p: &Pending) -> Result<()> {
         let ctx = || format!("cannot write event log {}", self.path.display());
         st.file
