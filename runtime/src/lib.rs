@@ -17,6 +17,7 @@ pub mod initdata;
 pub mod kbs;
 pub mod keyprovider;
 pub mod launch;
+pub mod logging;
 pub mod run;
 pub mod select;
 pub mod server;

@@ -293,7 +293,7 @@ fn sdk(e: attester_sdk::Error) -> anyhow::Error {
 
 async fn cmd_run(a: RunArgs) -> Result<()> {
     let config = load_config(&a.config)?;
-    attester_sdk::init_logging(&config.log.level);
+    attestd::logging::init(&config.log);
     let initdata = match (&a.initdata_toml, &a.initdata_digest) {
         (Some(p), digest) => {
             if digest.is_some() {

@@ -130,7 +130,7 @@ impl Supervisor {
             tee = %identity.info.tee,
             transport = %identity.transport,
             protocol = identity.protocol_version,
-            pid = ?live.pid,
+            pid = live.pid,
             "plugin ready"
         );
         let (state_tx, state_rx) = watch::channel(State::Up(Arc::new(live)));
@@ -206,6 +206,8 @@ impl Supervisor {
         F: Fn(Arc<Live>) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
+        // The call's span (server::handle) names the plugin that answers it.
+        tracing::Span::current().record("plugin", self.spec.name.as_str());
         let live = self.live().await?;
         match f(live.clone()).await {
             Err(e) if e.is_disconnect() => match self.live_after(&live).await {
@@ -349,7 +351,7 @@ async fn supervise(
             backoff = (backoff * 2).clamp(FIRST_BACKOFF.min(max), max);
             match launch(&spec, Some(&identity)).await {
                 Ok((c, l)) => {
-                    tracing::info!(plugin = %spec.name, pid = ?l.pid, "plugin restarted");
+                    tracing::info!(plugin = %spec.name, pid = l.pid, "plugin restarted");
                     child = c;
                     let _ = state.send(State::Up(Arc::new(l)));
                     break;

@@ -246,3 +246,32 @@ fn the_client_gives_up_on_a_server_that_never_answers() {
         );
     }
 }
+
+#[tokio::test]
+async fn json_logs_carry_each_calls_method_plugin_status_and_duration() {
+    let p = Plugin::sample("ttrpc");
+    let a = Attestd::start(|d| format!("{}\n[log]\nformat = \"json\"\n", config(d, &p, &[], "")))
+        .unwrap();
+    a.evidence(b"json").await.unwrap();
+    let _ = a.evidence(&[0; 65]).await.unwrap_err();
+    let log = a.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let answered: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "answered" && l["span"]["method"] == "GetEvidence")
+        .collect();
+    assert_eq!(answered.len(), 2, "{log}");
+    assert_eq!(answered[0]["span"]["plugin"], "sample");
+    assert_eq!(answered[0]["status"], "ok");
+    assert!(answered[0]["micros"].as_u64().is_some(), "{}", answered[0]);
+    assert_eq!(answered[1]["status"], "invalid argument");
+    // Values, not Rust debug forms: the plugin's pid is a number.
+    let ready = lines
+        .iter()
+        .find(|l| l["message"] == "plugin ready")
+        .unwrap();
+    assert!(ready["pid"].as_u64().is_some(), "{ready}");
+}

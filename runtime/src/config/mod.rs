@@ -183,12 +183,25 @@ fn default_init_pcr() -> u64 {
 pub struct LogConfig {
     #[serde(default = "default_level")]
     pub level: String,
+    /// attestd's addition: `text` (default) or `json`, one object per line, as
+    /// kata-agent logs, for the pod VM's log collector.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: default_level(),
+            format: LogFormat::Text,
         }
     }
 }

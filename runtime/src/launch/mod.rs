@@ -94,7 +94,7 @@ fn capture_output(child: &mut Child, plugin: &str) -> Vec<tokio::task::JoinHandl
                 tracing::info!(
                     target: "plugin",
                     plugin = %plugin,
-                    stream,
+                    stream = %stream,
                     line = %crate::echo::bounded(line, MAX_PLUGIN_LINE),
                 );
             }

@@ -18,10 +18,17 @@ pub(crate) async fn handle<T>(
     rpc: &'static str,
     fut: impl Future<Output = Result<T>>,
 ) -> Result<T> {
-    let span = tracing::debug_span!("rpc", method = rpc);
-    let r = fut.instrument(span).await;
-    if let Err(e) = &r {
-        tracing::warn!(method = rpc, code = %e.code(), "{}", e.chain());
+    // The plugin that answers records itself in the span (see the supervisor).
+    let span = tracing::debug_span!("rpc", method = rpc, plugin = tracing::field::Empty);
+    let started = std::time::Instant::now();
+    let r = fut.instrument(span.clone()).await;
+    let micros = started.elapsed().as_micros() as u64;
+    match &r {
+        Ok(_) => tracing::debug!(parent: &span, status = "ok", micros, "answered"),
+        Err(e) => {
+            tracing::debug!(parent: &span, status = %e.code(), micros, "answered");
+            tracing::warn!(method = rpc, code = %e.code(), "{}", e.chain());
+        }
     }
     r
 }
