@@ -14,7 +14,7 @@ use attester_sdk::{
 };
 use tokio::sync::watch;
 
-use crate::config::{check_tee, LaunchKind, PluginConfig, PluginsConfig};
+use crate::config::{check_tee, LaunchKind};
 
 /// First pause after a repeated crash; doubles up to `restart_backoff_max`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -23,69 +23,7 @@ const HEALTH_FAILURES: u32 = 2;
 /// Time a plugin gets to exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
-/// Everything needed to (re)launch one plugin.
-#[derive(Debug, Clone)]
-pub struct PluginSpec {
-    pub name: String,
-    pub config: PluginConfig,
-    pub role: DeviceRole,
-    pub socket_dir: PathBuf,
-    pub call_timeout: Duration,
-    pub startup_timeout: Duration,
-    pub health_interval: Duration,
-    pub health_timeout: Duration,
-    pub restart_backoff_max: Duration,
-    pub restart_wait: Duration,
-    /// A plugin up this long is healthy again: its next crash restarts at once.
-    pub restart_stable: Duration,
-    /// Hash the plugin binary at each launch (for the event log's identity entry;
-    /// off otherwise, since hashing a debug build takes a noticeable part of a second).
-    pub record_provenance: bool,
-    /// `launch = "oci"`: layout, unpacked images, bundles.
-    pub oci_dir: PathBuf,
-}
-
-impl PluginSpec {
-    pub fn new(name: &str, role: DeviceRole, plugins: &PluginsConfig) -> Result<Self> {
-        let config = plugins.attester.get(name).cloned().ok_or_else(|| {
-            Error::failed_precondition(format!("no [plugins.attester.{name}] table"))
-        })?;
-        Ok(Self::with_config(name, config, role, plugins))
-    }
-
-    /// A plugin described outside the config file (selected from images.lock).
-    pub fn with_config(
-        name: &str,
-        config: PluginConfig,
-        role: DeviceRole,
-        plugins: &PluginsConfig,
-    ) -> Self {
-        PluginSpec {
-            name: name.to_string(),
-            config,
-            role,
-            socket_dir: plugins.socket_dir.clone(),
-            call_timeout: plugins.call_timeout(),
-            startup_timeout: plugins.startup_timeout(),
-            health_interval: plugins.health_interval(),
-            health_timeout: plugins.health_timeout(),
-            restart_backoff_max: plugins.restart_backoff_max(),
-            restart_wait: plugins.restart_wait(),
-            restart_stable: plugins.restart_stable(),
-            record_provenance: false,
-            oci_dir: plugins.oci_dir.clone(),
-        }
-    }
-
-    /// Where the plugin serves: in the core's directory, or for `external` plugins
-    /// where their owner put it.
-    pub fn socket(&self) -> PathBuf {
-        match (&self.config.launch, &self.config.socket) {
-            (crate::config::LaunchKind::External, Some(s)) => s.clone(),
-            _ => self.socket_dir.join(format!("{}.sock", self.name)),
-        }
-    }
-}
+pub use crate::launch::PluginSpec;
 
 /// A running, handshaken plugin.
 pub struct Live {

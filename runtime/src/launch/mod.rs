@@ -8,6 +8,9 @@ pub mod image;
 pub mod oci;
 pub mod podman;
 pub mod resources;
+mod spec;
+
+pub use spec::PluginSpec;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,7 +20,6 @@ use nix::sys::signal::Signal;
 use tokio::process::{Child, Command};
 
 use crate::config::LaunchKind;
-use crate::supervisor::PluginSpec;
 
 /// Where a running plugin came from, for `attestd plugins` and the event log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

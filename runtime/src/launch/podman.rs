@@ -12,7 +12,7 @@ use tokio::process::Command;
 
 use super::image::{podman_digest_label, run_tool};
 use super::{plugin_args, spawn_owner, Cleanup, Launcher, Provenance, Running};
-use crate::supervisor::PluginSpec;
+use super::PluginSpec;
 
 /// This machine lacks CAP_SYS_RESOURCE for raising limits: ask for what any caller
 /// may set.

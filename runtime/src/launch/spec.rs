@@ -1,0 +1,75 @@
+//! What a launcher needs to start one plugin: its table from the config, its role,
+//! and the supervision knobs copied from `[plugins]`. It lives with the launchers
+//! (its users); the supervisor re-exports it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use attester_sdk::{DeviceRole, Error, Result};
+
+use crate::config::{PluginConfig, PluginsConfig};
+
+/// Everything needed to (re)launch one plugin.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    pub name: String,
+    pub config: PluginConfig,
+    pub role: DeviceRole,
+    pub socket_dir: PathBuf,
+    pub call_timeout: Duration,
+    pub startup_timeout: Duration,
+    pub health_interval: Duration,
+    pub health_timeout: Duration,
+    pub restart_backoff_max: Duration,
+    pub restart_wait: Duration,
+    /// A plugin up this long is healthy again: its next crash restarts at once.
+    pub restart_stable: Duration,
+    /// Hash the plugin binary at each launch (for the event log's identity entry;
+    /// off otherwise, since hashing a debug build takes a noticeable part of a second).
+    pub record_provenance: bool,
+    /// `launch = "oci"`: layout, unpacked images, bundles.
+    pub oci_dir: PathBuf,
+}
+
+impl PluginSpec {
+    pub fn new(name: &str, role: DeviceRole, plugins: &PluginsConfig) -> Result<Self> {
+        let config = plugins.attester.get(name).cloned().ok_or_else(|| {
+            Error::failed_precondition(format!("no [plugins.attester.{name}] table"))
+        })?;
+        Ok(Self::with_config(name, config, role, plugins))
+    }
+
+    /// A plugin described outside the config file (selected from images.lock).
+    pub fn with_config(
+        name: &str,
+        config: PluginConfig,
+        role: DeviceRole,
+        plugins: &PluginsConfig,
+    ) -> Self {
+        PluginSpec {
+            name: name.to_string(),
+            config,
+            role,
+            socket_dir: plugins.socket_dir.clone(),
+            call_timeout: plugins.call_timeout(),
+            startup_timeout: plugins.startup_timeout(),
+            health_interval: plugins.health_interval(),
+            health_timeout: plugins.health_timeout(),
+            restart_backoff_max: plugins.restart_backoff_max(),
+            restart_wait: plugins.restart_wait(),
+            restart_stable: plugins.restart_stable(),
+            record_provenance: false,
+            oci_dir: plugins.oci_dir.clone(),
+        }
+    }
+
+    /// Where the plugin serves: in the core's directory, or for `external` plugins
+    /// where their owner put it.
+    pub fn socket(&self) -> PathBuf {
+        match (&self.config.launch, &self.config.socket) {
+            (crate::config::LaunchKind::External, Some(s)) => s.clone(),
+            _ => self.socket_dir.join(format!("{}.sock", self.name)),
+        }
+    }
+}
+
