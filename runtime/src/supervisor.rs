@@ -1,10 +1,9 @@
 //! Plugin supervision: launch, handshake, health checks, restart with backoff, and
 //! the readiness gate every call goes through (`UNAVAILABLE` while a plugin is down).
 
-use std::ffi::OsString;
 use std::future::Future;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ const HEALTH_FAILURES: u32 = 2;
 /// Time a plugin gets to exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
-pub use crate::launch::PluginSpec;
+pub use crate::launch::{resolve_command, PluginSpec};
 
 /// A running, handshaken plugin.
 pub struct Live {
@@ -454,35 +453,6 @@ fn check_handshake(spec: &PluginSpec, identity: Option<&Handshake>, hs: &Handsha
         )));
     }
     Ok(())
-}
-
-/// A bare name is looked up next to the attestd binary (where packages install
-/// plugins beside it), then in PATH; a path is used as given.
-pub fn resolve_command(cmd: &Path) -> Result<PathBuf> {
-    if cmd.components().count() > 1 {
-        return if cmd.is_file() {
-            Ok(cmd.to_path_buf())
-        } else {
-            Err(Error::failed_precondition(format!(
-                "plugin command {} does not exist",
-                cmd.display()
-            )))
-        };
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join(cmd)));
-    let path: OsString = std::env::var_os("PATH").unwrap_or_default();
-    beside
-        .into_iter()
-        .chain(std::env::split_paths(&path).map(|d| d.join(cmd)))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            Error::failed_precondition(format!(
-                "plugin command {:?} not found next to attestd nor in PATH",
-                cmd
-            ))
-        })
 }
 
 /// An exclusive claim on a socket directory, held while attestd runs: a second

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use attester_sdk::{Error, Result};
 
 use crate::config::LaunchKind;
+use crate::launch::PluginSpec;
 use crate::launch::{plugin_args, podman, resources};
 use crate::run::DEFAULT_ATTESTATION_SOCK;
-use crate::launch::PluginSpec;
 
 /// Where unit-started plugins serve (outside the directory attestd owns).
 pub const EXTERNAL_DIR: &str = "/run/attestd/external";

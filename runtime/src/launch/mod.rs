@@ -254,7 +254,7 @@ impl Launcher for ProcessLauncher {
         let Some(cmd) = &spec.config.command else {
             return Err(Error::failed_precondition("no command configured"));
         };
-        let program = crate::supervisor::resolve_command(cmd)?;
+        let program = resolve_command(cmd)?;
         let sha256 = if spec.record_provenance {
             Some(sha256_file(&program)?)
         } else {
@@ -317,4 +317,33 @@ impl Launcher for ExternalLauncher {
             output: Vec::new(),
         })
     }
+}
+
+/// A bare name is looked up next to the attestd binary (where packages install
+/// plugins beside it), then in PATH; a path is used as given.
+pub fn resolve_command(cmd: &Path) -> Result<PathBuf> {
+    if cmd.components().count() > 1 {
+        return if cmd.is_file() {
+            Ok(cmd.to_path_buf())
+        } else {
+            Err(Error::failed_precondition(format!(
+                "plugin command {} does not exist",
+                cmd.display()
+            )))
+        };
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(cmd)));
+    let path: std::ffi::OsString = std::env::var_os("PATH").unwrap_or_default();
+    beside
+        .into_iter()
+        .chain(std::env::split_paths(&path).map(|d| d.join(cmd)))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::failed_precondition(format!(
+                "plugin command {:?} not found next to attestd nor in PATH",
+                cmd
+            ))
+        })
 }

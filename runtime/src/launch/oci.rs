@@ -22,8 +22,8 @@ use tokio::process::Command;
 
 use super::image::{run_tool, ImageRef};
 use super::resources::Resources;
-use super::{plugin_args, spawn_owner, Cleanup, Launcher, Provenance, Running};
 use super::PluginSpec;
+use super::{plugin_args, spawn_owner, Cleanup, Launcher, Provenance, Running};
 
 const TOOL_LIMIT: Duration = Duration::from_secs(120);
 /// Upper bound on open files and processes in a plugin container (lowered to the

@@ -11,8 +11,8 @@ use attester_sdk::Result;
 use tokio::process::Command;
 
 use super::image::{podman_digest_label, run_tool};
-use super::{plugin_args, spawn_owner, Cleanup, Launcher, Provenance, Running};
 use super::PluginSpec;
+use super::{plugin_args, spawn_owner, Cleanup, Launcher, Provenance, Running};
 
 /// This machine lacks CAP_SYS_RESOURCE for raising limits: ask for what any caller
 /// may set.
