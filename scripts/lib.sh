@@ -7,7 +7,7 @@
 # g++: libfuzzer-sys (tests/fuzz, built on stable to replay the corpus).
 # golang-go, golang-google-grpc-dev: the Go ocicrypt-shaped key-provider client
 # (tests/go/keyprovider), built in GOPATH mode from Debian's packaged grpc-go.
-ATTESTD_APT_PACKAGES=(gcc g++ pkg-config libtss2-dev libssl-dev swtpm swtpm-tools tpm2-tools podman runc skopeo umoci golang-go golang-google-grpc-dev)
+ATTESTD_APT_PACKAGES=(gcc g++ pkg-config libtss2-dev libssl-dev swtpm swtpm-tools tpm2-tools podman runc skopeo umoci golang-go golang-google-grpc-dev systemd)
 
 # Hardware attesters: standalone workspaces with their own Cargo.lock.
 # attesters/azure is the helper both Azure plugins share, tested on its own.

@@ -111,6 +111,10 @@ struct UnitsArgs {
     /// Where attestd is installed.
     #[arg(long, default_value = "/usr/bin/attestd")]
     attestd: PathBuf,
+    /// Write each unit into this directory (created if missing) instead of
+    /// printing them.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -795,6 +799,16 @@ async fn cmd_units(a: UnitsArgs) -> Result<()> {
         quadlet: a.quadlet,
     })
     .map_err(sdk)?;
+    if let Some(dir) = &a.out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for (file, text) in &units {
+            let path = dir.join(file);
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!("{}", path.display());
+        }
+        return Ok(());
+    }
     for (file, text) in units {
         println!("# ---- {file}\n{text}");
     }

@@ -156,6 +156,8 @@ fn plugin_for(
             tee: Some(tee.to_string()),
             image: Some(format!("{name}@{}", l.digest)),
             socket: None,
+            host_network: false,
+            devices: Vec::new(),
         },
     ))
 }

@@ -60,6 +60,24 @@ impl Supervisor {
     /// A plugin that cannot start here is an error: attestd refuses to run without it.
     /// The socket directory must have been claimed ([`claim_socket_dir`]).
     pub async fn start(spec: PluginSpec) -> Result<Arc<Supervisor>> {
+        // Opt-ins that widen what a plugin's container reaches: said once, at start.
+        if spec.config.host_network {
+            tracing::warn!(plugin = %spec.name, "its container shares the host's network (host_network = true)");
+        }
+        if !spec.config.devices.is_empty() {
+            let devices: Vec<String> = spec
+                .config
+                .devices
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect();
+            tracing::warn!(plugin = %spec.name, devices = %devices.join(","), "its container gets extra devices (devices = [...])");
+        }
+        if let Some(rt) = &spec.podman_runtime {
+            if spec.config.launch == LaunchKind::Podman {
+                tracing::info!(plugin = %spec.name, runtime = %rt, "podman runs it with this OCI runtime");
+            }
+        }
         let (child, live) = launch(&spec, None).await?;
         let identity = live.handshake.clone();
         tracing::info!(

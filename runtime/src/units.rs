@@ -49,8 +49,29 @@ pub fn render(p: &UnitParams) -> Result<Vec<(String, String)>> {
     let mut plugin_spec = spec.clone();
     // Inside the unit the plugin serves in the external directory.
     plugin_spec.socket_dir = EXTERNAL_DIR.into();
+    if p.quadlet && spec.config.launch != LaunchKind::Podman {
+        return Err(Error::invalid_argument(format!(
+            "--quadlet writes a podman quadlet (.container, podman 4.4 or later), but plugin \
+             {name} has launch = \"{}\"",
+            spec.config.launch.as_str()
+        )));
+    }
+    if spec.config.launch == LaunchKind::Oci {
+        // attestd runs the bundle itself with runc, as kata-agent runs its pause
+        // container: one unit, attestd's, and no podman anywhere.
+        out.push((
+            "attestd.service".into(),
+            format!(
+                "[Unit]\nDescription=attestd: the attestation-agent API over per-TEE plugins\n\n[Service]\n# attestd starts plugin {name} itself: its image unpacked into an OCI bundle\n# under [plugins] oci_dir and run by runc (launch = \"oci\" in {cfg}).\nExecStart={attestd} -c {cfg}\n# attestd stops its runc containers on SIGTERM; what is left is killed after.\nKillMode=mixed\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n",
+                cfg = p.config_path.display(),
+                attestd = p.attestd.display(),
+            ),
+        ));
+        out.push(cdh_path());
+        return Ok(out);
+    }
     match spec.config.launch {
-        LaunchKind::Podman | LaunchKind::Oci => {
+        LaunchKind::Podman => {
             let image = spec
                 .config
                 .image
@@ -62,11 +83,33 @@ pub fn render(p: &UnitParams) -> Result<Vec<(String, String)>> {
                 None => image.to_string(),
             };
             let tee = spec.config.tee.clone().unwrap_or_default();
-            let res = resources::for_tee(&tee, Path::new("/"));
+            // The target's needs, not this machine's: units are written at image
+            // build, on a machine that is no TEE guest.
+            let (mut res, optional) = resources::for_target(&tee);
+            res.host_network |= spec.config.host_network;
+            for d in &spec.config.devices {
+                if !res.devices.contains(d) {
+                    res.devices.push(d.clone());
+                }
+            }
+            let optional_note: String = if optional.is_empty() {
+                String::new()
+            } else {
+                let list: Vec<String> = optional.iter().map(|p| p.display().to_string()).collect();
+                format!(
+                    "# Left out, as a guest may lack them (attestd's own podman and oci\n# launchers bind them when present): {}\n",
+                    list.join(", ")
+                )
+            };
             if p.quadlet {
                 let mut q = format!(
-                    "[Unit]\nDescription=attestd attester plugin {name} ({pinned})\nBefore=attestd.service\n\n[Container]\nImage={pinned}\nContainerName={unit}\nNetwork={}\nReadOnly=true\nDropCapability=all\nNoNewPrivileges=true\nUlimit=nofile=1024:1024\nUlimit=nproc=1024:1024\nVolume={EXTERNAL_DIR}:{EXTERNAL_DIR}:rw\nPodmanArgs=--runtime runc --pull never\n",
+                    "{optional_note}[Unit]\nDescription=attestd attester plugin {name} ({pinned})\nBefore=attestd.service\n\n[Container]\nImage={pinned}\nContainerName={unit}\nNetwork={}\nReadOnly=true\nDropCapability=all\nNoNewPrivileges=true\nUlimit=nofile=1024:1024\nUlimit=nproc=1024:1024\nVolume={EXTERNAL_DIR}:{EXTERNAL_DIR}:rw\nPodmanArgs={runtime}--pull never\n",
                     if res.host_network { "host" } else { "none" },
+                    runtime = spec
+                        .podman_runtime
+                        .as_ref()
+                        .map(|r| format!("--runtime {r} "))
+                        .unwrap_or_default(),
                 );
                 for d in &res.devices {
                     q.push_str(&format!("AddDevice={}\n", d.display()));
@@ -90,7 +133,7 @@ pub fn render(p: &UnitParams) -> Result<Vec<(String, String)>> {
                 out.push((
                     format!("{unit}.service"),
                     format!(
-                        "[Unit]\nDescription=attestd attester plugin {name} ({pinned})\nBefore=attestd.service\n\n[Service]\n{prepare}\nExecStartPre=-/usr/bin/podman rm --force --ignore {unit}\nExecStart=/usr/bin/podman {}\nExecStop=/usr/bin/podman stop --time 3 {unit}\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n",
+                        "{optional_note}[Unit]\nDescription=attestd attester plugin {name} ({pinned})\nBefore=attestd.service\n\n[Service]\n{prepare}\nExecStartPre=-/usr/bin/podman rm --force --ignore {unit}\nExecStart=/usr/bin/podman {}\nExecStop=/usr/bin/podman stop --time 3 {unit}\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n",
                         shell_join(&args)
                     ),
                 ));
@@ -118,7 +161,8 @@ pub fn render(p: &UnitParams) -> Result<Vec<(String, String)>> {
                 ),
             ));
         }
-        LaunchKind::External => {}
+        // Oci returned above; an external plugin's owner starts it.
+        LaunchKind::Oci | LaunchKind::External => {}
     }
     // attestd starts once its plugin listens.
     out.push((
@@ -128,7 +172,6 @@ pub fn render(p: &UnitParams) -> Result<Vec<(String, String)>> {
             socket.display()
         ),
     ));
-    let aa_sock = DEFAULT_ATTESTATION_SOCK.trim_start_matches("unix://");
     out.push((
         "attestd.service".into(),
         format!(
@@ -138,14 +181,19 @@ pub fn render(p: &UnitParams) -> Result<Vec<(String, String)>> {
             attestd = p.attestd.display(),
         ),
     ));
-    // What pod VMs do for the next component: CDH starts when the AA socket exists.
-    out.push((
+    out.push(cdh_path());
+    Ok(out)
+}
+
+/// What pod VMs do for the next component: CDH starts when the AA socket exists.
+fn cdh_path() -> (String, String) {
+    let aa_sock = DEFAULT_ATTESTATION_SOCK.trim_start_matches("unix://");
+    (
         "confidential-data-hub.path".into(),
         format!(
             "[Unit]\nDescription=Start the Confidential Data Hub once attestd serves\n\n[Path]\nPathExists={aa_sock}\nUnit=confidential-data-hub.service\n\n[Install]\nWantedBy=multi-user.target\n"
         ),
-    ));
-    Ok(out)
+    )
 }
 
 #[cfg(test)]
@@ -169,6 +217,8 @@ mod tests {
                     "a".repeat(64)
                 )),
                 socket: None,
+                host_network: false,
+                devices: Vec::new(),
             },
             DeviceRole::Primary,
             &PluginsConfig::default(),
@@ -199,7 +249,7 @@ mod tests {
             ]
         );
         let svc = &u[0].1;
-        assert!(svc.contains("ExecStart=/usr/bin/podman --runtime runc run --rm --pull never --name attestd-tdx --read-only --cap-drop all"), "{svc}");
+        assert!(svc.contains("ExecStart=/usr/bin/podman run --rm --pull never --name attestd-tdx --read-only --cap-drop all"), "{svc}");
         assert!(svc.contains("--network none"), "{svc}");
         assert!(
             svc.contains(&format!(

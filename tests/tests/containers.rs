@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 /// A config whose primary plugin `sample` is described by `table` (TOML lines).
 fn config(d: &Path, table: &str, plugins: &str) -> String {
     format!(
-        "[plugins]\nprimary = \"sample\"\nsocket_dir = {:?}\noci_dir = {:?}\n{plugins}\n[plugins.attester.sample]\ntransport = \"ttrpc\"\n{table}\n",
+        "[plugins]\n# crun cannot run here; podman picks it when unset.\npodman_runtime = \"runc\"\nprimary = \"sample\"\nsocket_dir = {:?}\noci_dir = {:?}\n{plugins}\n[plugins.attester.sample]\ntransport = \"ttrpc\"\n{table}\n",
         d.join("plugins").display().to_string(),
         d.join("oci").display().to_string(),
     )

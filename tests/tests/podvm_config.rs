@@ -151,9 +151,9 @@ fn a_malformed_drop_in_names_its_file_and_line_and_nothing_starts() {
         &format!("unix://{}/aa.sock", d.path().display()),
     ]);
     assert_eq!(st.code(), Some(1));
-    assert_eq!(
-        err.trim_end(),
-        format!("error: invalid config: {etc}/attestd.toml.d/30-pin.toml, line 3: plugins.attester.sample.imgae: unknown field `imgae`, expected one of `launch`, `command`, `args`, `env`, `transport`, `tee`, `image`, `socket`")
+    assert!(
+        err.starts_with(&format!("error: invalid config: {etc}/attestd.toml.d/30-pin.toml, line 3: plugins.attester.sample.imgae: unknown field `imgae`, expected one of `launch`")),
+        "{err}"
     );
     // A syntax error: the file, then the line, said once.
     std::fs::write(format!("{etc}/attestd.toml.d/30-pin.toml"), "[plugins\n").unwrap();

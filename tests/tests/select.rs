@@ -31,7 +31,7 @@ fn lock_config(dir: &Path, sample: bool) -> std::path::PathBuf {
     }
     std::fs::write(dir.join("images.lock"), lock).unwrap();
     let mut cfg = format!(
-        "[plugins]\nprimary = \"auto\"\nsocket_dir = {:?}\nimages_lock = {:?}\n",
+        "[plugins]\n# crun cannot run here; podman picks it when unset.\npodman_runtime = \"runc\"\nprimary = \"auto\"\nsocket_dir = {:?}\nimages_lock = {:?}\n",
         dir.join("plugins").display().to_string(),
         dir.join("images.lock").display().to_string()
     );
@@ -115,7 +115,7 @@ fn nothing_found_lists_what_was_probed() {
 /// The real TDX and SNP plugins, their device paths pointed into `root`.
 fn detect_config(dir: &Path, root: &Path, tdx_dev: &Path) -> std::path::PathBuf {
     let cfg = format!(
-        "[plugins]\nprimary = \"auto\"\nsocket_dir = {sock:?}\nimages_lock = {lock:?}\nsysroot = {root:?}\n\
+        "[plugins]\n# crun cannot run here; podman picks it when unset.\npodman_runtime = \"runc\"\nprimary = \"auto\"\nsocket_dir = {sock:?}\nimages_lock = {lock:?}\nsysroot = {root:?}\n\
          [plugins.attester.tdx]\nlaunch = \"process\"\ncommand = {tdx:?}\ntransport = \"ttrpc\"\n\
          args = [\"--dev\", {dev:?}, \"--configfs-root\", \"/nonexistent\", \"--recorded-quote\", {quote:?}, \"--ccel\", \"/nonexistent\"]\n\
          [plugins.attester.snp]\nlaunch = \"process\"\ncommand = {snp:?}\ntransport = \"ttrpc\"\n\
@@ -193,7 +193,7 @@ fn azure_config(dir: &Path, root: &Path, hcl: &str) -> std::path::PathBuf {
         .display()
         .to_string();
     let mut cfg = format!(
-        "[plugins]\nprimary = \"auto\"\nsocket_dir = {:?}\nimages_lock = {:?}\nsysroot = {:?}\n",
+        "[plugins]\n# crun cannot run here; podman picks it when unset.\npodman_runtime = \"runc\"\nprimary = \"auto\"\nsocket_dir = {:?}\nimages_lock = {:?}\nsysroot = {:?}\n",
         dir.join("plugins").display().to_string(),
         dir.join("none.lock").display().to_string(),
         root.display().to_string(),

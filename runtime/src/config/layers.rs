@@ -397,9 +397,10 @@ image = "localhost/attestd/attester-tdx@sha256:222222222222222222222222222222222
             ),
         ])
         .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "invalid config: /etc/attestd/attestd.toml.d/20-x.toml, line 3: plugins.attester.tdx.imgae: unknown field `imgae`, expected one of `launch`, `command`, `args`, `env`, `transport`, `tee`, `image`, `socket`"
+        let s = e.to_string();
+        assert!(
+            s.starts_with("invalid config: /etc/attestd/attestd.toml.d/20-x.toml, line 3: plugins.attester.tdx.imgae: unknown field `imgae`, expected one of `launch`"),
+            "{s}"
         );
     }
 

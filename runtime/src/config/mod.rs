@@ -256,6 +256,9 @@ pub struct PluginsConfig {
     /// `primary = "auto"`: TEE → image, from containers/build.sh.
     #[serde(default = "default_images_lock")]
     pub images_lock: PathBuf,
+    /// `launch = "podman"`: the OCI runtime podman runs plugins with (`runc`,
+    /// `crun`, a path); unset, podman's own choice.
+    pub podman_runtime: Option<String>,
     /// `primary = "auto"`: how the selected image is started (podman or oci).
     #[serde(default = "default_auto_launch")]
     pub auto_launch: LaunchKind,
@@ -283,6 +286,7 @@ impl Default for PluginsConfig {
             dev_mode: false,
             oci_dir: default_oci_dir(),
             images_lock: default_images_lock(),
+            podman_runtime: None,
             auto_launch: default_auto_launch(),
             sysroot: default_sysroot(),
             attester: BTreeMap::new(),
@@ -402,6 +406,15 @@ pub struct PluginConfig {
     pub image: Option<String>,
     /// `external`: the socket the plugin serves on.
     pub socket: Option<PathBuf>,
+    /// `podman` and `oci`: the host's network for this plugin, besides what its
+    /// TEE needs (the Azure plugins reach IMDS). An explicit opt-in, logged at
+    /// start (e.g. a containerised TPM plugin reaching a swtpm in development).
+    #[serde(default)]
+    pub host_network: bool,
+    /// `podman` and `oci`: device nodes for this plugin besides its TEE's
+    /// (absolute paths under /dev). An explicit opt-in, logged at start.
+    #[serde(default)]
+    pub devices: Vec<PathBuf>,
 }
 
 impl Config {
@@ -471,6 +484,34 @@ impl Config {
             if let Some(tee) = &pc.tee {
                 check_tee(&format!("{key}.tee"), tee)?;
             }
+            for (i, d) in pc.devices.iter().enumerate() {
+                let ok = d.is_absolute()
+                    && d.starts_with("/dev")
+                    && d.components().all(|c| {
+                        matches!(
+                            c,
+                            std::path::Component::RootDir | std::path::Component::Normal(_)
+                        )
+                    });
+                if !ok {
+                    return Err(invalid(
+                        format!("{key}.devices[{i}]"),
+                        format!(
+                            "{:?} is not a device node path under /dev",
+                            d.display().to_string()
+                        ),
+                    ));
+                }
+            }
+            if (pc.host_network || !pc.devices.is_empty())
+                && !matches!(pc.launch, LaunchKind::Podman | LaunchKind::Oci)
+            {
+                return Err(invalid(
+                    key.clone(),
+                    "host_network and devices are for launch = \"podman\" or \"oci\": \
+                     other plugins are not in a container",
+                ));
+            }
         }
         let defined = |key: &str, name: &str| {
             if p.attester.contains_key(name) {
@@ -501,6 +542,19 @@ impl Config {
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if let Some(rt) = &p.podman_runtime {
+            let ok = !rt.is_empty()
+                && !rt.starts_with('-')
+                && rt
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
+            if !ok {
+                return Err(invalid(
+                    "plugins.podman_runtime",
+                    format!("{rt:?} is not a runtime name or path"),
+                ));
             }
         }
         if let Some(kbs) = &self.token_configs.kbs {
@@ -662,5 +716,34 @@ tee = "sampledevice"
             e.to_string(),
             "invalid config: plugins.call_timeout_ms: must be greater than 0"
         );
+    }
+
+    #[test]
+    fn container_opt_ins_are_checked() {
+        let image = format!("localhost/x@sha256:{}", "a".repeat(64));
+        let table = |extra: &str| {
+            format!("[plugins.attester.s]\nlaunch = \"podman\"\nimage = {image:?}\ntransport = \"ttrpc\"\n{extra}\n")
+        };
+        let c = Config::parse(&table("host_network = true\ndevices = [\"/dev/tpmrm0\"]")).unwrap();
+        assert!(c.plugins.attester["s"].host_network);
+        let e = Config::parse(&table("devices = [\"/etc/shadow\"]"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "invalid config: plugins.attester.s.devices[0]: \"/etc/shadow\" is not a device node path under /dev");
+        let e = Config::parse(&table("devices = [\"/dev/../etc/shadow\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a device node path under /dev"), "{e}");
+        let process = "[plugins.attester.s]\nlaunch = \"process\"\ncommand = \"x\"\ntransport = \"ttrpc\"\nhost_network = true\n";
+        let e = Config::parse(process).unwrap_err().to_string();
+        assert!(
+            e.contains("host_network and devices are for launch = \"podman\" or \"oci\""),
+            "{e}"
+        );
+        let e = Config::parse("[plugins]\npodman_runtime = \"--privileged\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "invalid config: plugins.podman_runtime: \"--privileged\" is not a runtime name or path");
+        assert!(Config::parse("[plugins]\npodman_runtime = \"/usr/sbin/runc\"\n").is_ok());
     }
 }

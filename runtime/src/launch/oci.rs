@@ -356,7 +356,7 @@ impl Launcher for OciLauncher {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect(),
             socket_dir: spec.socket_dir.clone(),
-            resources: super::resources::for_tee(&tee, Path::new("/")),
+            resources: spec.resources(&tee, Path::new("/")),
         };
         let written = plugin_spec(&params).and_then(|s| {
             s.save(bundle.join("config.json"))

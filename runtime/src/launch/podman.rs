@@ -32,30 +32,33 @@ pub fn run_args(
     resources: &super::resources::Resources,
 ) -> Vec<String> {
     let dir = spec.socket_dir.display().to_string();
-    let mut a: Vec<String> = [
-        "--runtime",
-        "runc",
-        "run",
-        "--rm",
-        "--pull",
-        "never",
-        "--name",
-        name,
-        "--read-only",
-        "--cap-drop",
-        "all",
-        "--security-opt",
-        "no-new-privileges",
-        "--network",
-        if resources.host_network {
-            "host"
-        } else {
-            "none"
-        },
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut a: Vec<String> = Vec::new();
+    if let Some(rt) = &spec.podman_runtime {
+        a.extend(["--runtime".to_string(), rt.clone()]);
+    }
+    a.extend(
+        [
+            "run",
+            "--rm",
+            "--pull",
+            "never",
+            "--name",
+            name,
+            "--read-only",
+            "--cap-drop",
+            "all",
+            "--security-opt",
+            "no-new-privileges",
+            "--network",
+            if resources.host_network {
+                "host"
+            } else {
+                "none"
+            },
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     for u in ULIMITS {
         a.extend(["--ulimit".into(), u.into()]);
     }
@@ -90,7 +93,7 @@ impl Launcher for PodmanLauncher {
         let (digest, label) = podman_digest_label(&r, want_label).await?;
         let pinned = r.pinned(&digest);
         let tee = spec.config.tee.clone().or(label).unwrap_or_default();
-        let resources = super::resources::for_tee(&tee, Path::new("/"));
+        let resources = spec.resources(&tee, Path::new("/"));
         let name = format!(
             "attestd-{}-{}-{}",
             spec.name,

@@ -23,6 +23,15 @@ struct Wanted {
     host_network: bool,
 }
 
+/// Paths a guest of the TEE may lack (newer kernels' files, logs another
+/// component creates): bound when present, left out of unit files, which are
+/// written before the guest runs and cannot bind a path that may not exist.
+const OPTIONAL: &[&str] = &[
+    "/sys/devices/virtual/misc/tdx_guest/measurements",
+    "/sys/firmware/acpi/tables/data/CCEL",
+    "/run/attestation-agent",
+];
+
 fn wanted(tee: &str) -> Wanted {
     const TSM: &str = "/sys/kernel/config";
     const AAEL: &str = "/run/attestation-agent";
@@ -66,6 +75,32 @@ fn wanted(tee: &str) -> Wanted {
     }
 }
 
+/// What a guest of `tee` has, whatever machine this runs on (for unit files
+/// written at image build): every path of the TEE's table but the
+/// [`OPTIONAL`] ones, which are returned apart.
+pub fn for_target(tee: &str) -> (Resources, Vec<PathBuf>) {
+    let w = wanted(tee);
+    let mut optional = Vec::new();
+    let mut take = |list: &[&str]| -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for p in list {
+            if OPTIONAL.contains(p) {
+                optional.push(PathBuf::from(p));
+            } else {
+                out.push(PathBuf::from(p));
+            }
+        }
+        out
+    };
+    let r = Resources {
+        devices: take(w.devices),
+        rw: take(w.rw),
+        ro: take(w.ro),
+        host_network: w.host_network,
+    };
+    (r, optional)
+}
+
 /// The resources `tee` needs that exist under `root` (`/` on a real host).
 pub fn for_tee(tee: &str, root: &Path) -> Resources {
     let w = wanted(tee);
@@ -105,5 +140,21 @@ mod tests {
         assert!(for_tee("az-tdx-vtpm", t.path()).host_network);
         assert!(for_tee("az-snp-vtpm", t.path()).host_network);
         assert!(!for_tee("tpm", t.path()).host_network);
+    }
+
+    #[test]
+    fn a_targets_resources_do_not_depend_on_this_machine() {
+        let (r, optional) = for_target("tdx");
+        assert_eq!(r.devices, [PathBuf::from("/dev/tdx_guest")]);
+        assert_eq!(r.rw, [PathBuf::from("/sys/kernel/config")]);
+        assert!(r.ro.is_empty());
+        assert_eq!(optional.len(), 3);
+        let (r, _) = for_target("tpm");
+        assert_eq!(
+            r.devices,
+            [PathBuf::from("/dev/tpmrm0"), PathBuf::from("/dev/tpm0")]
+        );
+        assert!(for_target("az-snp-vtpm").0.host_network);
+        assert_eq!(for_target("sample").0, Resources::default());
     }
 }

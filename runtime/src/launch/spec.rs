@@ -29,6 +29,8 @@ pub struct PluginSpec {
     pub record_provenance: bool,
     /// `launch = "oci"`: layout, unpacked images, bundles.
     pub oci_dir: PathBuf,
+    /// `launch = "podman"`: `--runtime` (unset: podman's choice).
+    pub podman_runtime: Option<String>,
 }
 
 impl PluginSpec {
@@ -60,7 +62,21 @@ impl PluginSpec {
             restart_stable: plugins.restart_stable(),
             record_provenance: false,
             oci_dir: plugins.oci_dir.clone(),
+            podman_runtime: plugins.podman_runtime.clone(),
         }
+    }
+
+    /// What the plugin's container gets from the host: what `tee` needs, found
+    /// under `root`, plus the config's explicit opt-ins.
+    pub fn resources(&self, tee: &str, root: &std::path::Path) -> super::resources::Resources {
+        let mut r = super::resources::for_tee(tee, root);
+        r.host_network |= self.config.host_network;
+        for d in &self.config.devices {
+            if !r.devices.contains(d) {
+                r.devices.push(d.clone());
+            }
+        }
+        r
     }
 
     /// Where the plugin serves: in the core's directory, or for `external` plugins

@@ -196,7 +196,7 @@ fn launch_config(d: &Path, launch: &str, image: &str) -> String {
         _ => format!("launch = {launch:?}\nimage = {image:?}\n"),
     };
     format!(
-        "[plugins]\nprimary = \"sample\"\nsocket_dir = {:?}\noci_dir = {:?}\n[plugins.attester.sample]\ntransport = \"ttrpc\"\n{table}",
+        "[plugins]\n# crun cannot run here; podman picks it when unset.\npodman_runtime = \"runc\"\nprimary = \"sample\"\nsocket_dir = {:?}\noci_dir = {:?}\n[plugins.attester.sample]\ntransport = \"ttrpc\"\n{table}",
         d.join("plugins").display().to_string(),
         // Shared across starts: the unpacked image is cached, as on a real node.
         std::env::temp_dir().join("attestd-bench-oci").display().to_string(),

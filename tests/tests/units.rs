@@ -1,0 +1,171 @@
+//! `attestd units` as a pod VM image build runs it: the units fit the target TEE,
+//! not the build machine, and systemd itself (`systemd-analyze verify`) accepts
+//! them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+use attestd_e2e::{attestd_cli, bin};
+
+const DIGEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+fn config(d: &Path, table: &str, plugins: &str) -> String {
+    let path = d.join("attestd.toml");
+    std::fs::write(
+        &path,
+        format!("[plugins]\nprimary = \"p\"\n{plugins}\n[plugins.attester.p]\ntransport = \"ttrpc\"\n{table}\n"),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+/// The units for `cfg`, written to `out` by attestd; their file names.
+fn units(cfg: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    let attestd = bin("attestd").display().to_string();
+    let mut args = vec![
+        "units",
+        "-c",
+        cfg,
+        "--out-dir",
+        out.to_str().unwrap(),
+        "--attestd",
+        &attestd,
+    ];
+    args.extend_from_slice(extra);
+    let (st, stdout, err) = attestd_cli(&args);
+    assert!(st.success(), "{err}");
+    stdout
+        .lines()
+        .map(|l| {
+            Path::new(l)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+/// `systemd-analyze verify` over every unit in `dir` (with a stand-in for the
+/// Confidential Data Hub's service, which the pod VM image provides).
+fn verify(dir: &Path) -> (bool, String) {
+    std::fs::write(
+        dir.join("confidential-data-hub.service"),
+        "[Service]\nExecStart=/bin/true\n",
+    )
+    .unwrap();
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&files)
+        .output()
+        .expect("systemd-analyze (Debian's systemd)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.success() && !text.contains(&dir.display().to_string()),
+        text,
+    )
+}
+
+#[test]
+fn podman_units_carry_the_targets_devices_and_systemd_accepts_them() {
+    let d = tempfile::tempdir().unwrap();
+    let table = format!(
+        "launch = \"podman\"\ntee = \"tdx\"\nimage = \"localhost/attestd/attester-tdx@{DIGEST}\""
+    );
+    let cfg = config(d.path(), &table, "podman_runtime = \"runc\"");
+    let out = d.path().join("units");
+    let names = units(&cfg, &out, &[]);
+    assert_eq!(
+        names,
+        [
+            "attestd-p.service",
+            "attestd-p.path",
+            "attestd.service",
+            "confidential-data-hub.path"
+        ]
+    );
+    let svc = std::fs::read_to_string(out.join("attestd-p.service")).unwrap();
+    // What a TDX guest has, whether or not this machine has it.
+    assert!(svc.contains("--device /dev/tdx_guest"), "{svc}");
+    assert!(
+        svc.contains("--volume /sys/kernel/config:/sys/kernel/config:rw"),
+        "{svc}"
+    );
+    assert!(
+        svc.contains("ExecStart=/usr/bin/podman --runtime runc run "),
+        "{svc}"
+    );
+    assert!(
+        svc.contains("# Left out, as a guest may lack them"),
+        "{svc}"
+    );
+    let (ok, text) = verify(&out);
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn a_process_plugins_units_are_accepted_and_quadlet_is_refused_for_it() {
+    let d = tempfile::tempdir().unwrap();
+    let sample = bin("attester-sample").display().to_string();
+    let cfg = config(
+        d.path(),
+        &format!("launch = \"process\"\ncommand = {sample:?}"),
+        "",
+    );
+    let out = d.path().join("units");
+    let names = units(&cfg, &out, &[]);
+    assert_eq!(names[0], "attestd-p.service");
+    let (ok, text) = verify(&out);
+    assert!(ok, "{text}");
+    let (st, _, err) = attestd_cli(&["units", "-c", &cfg, "--quadlet"]);
+    assert_eq!(st.code(), Some(1));
+    assert_eq!(
+        err.trim_end(),
+        "error: --quadlet writes a podman quadlet (.container, podman 4.4 or later), but plugin p has launch = \"process\""
+    );
+}
+
+#[test]
+fn an_oci_plugin_gets_attestd_running_runc_itself_not_a_podman_unit() {
+    let d = tempfile::tempdir().unwrap();
+    let table = format!(
+        "launch = \"oci\"\ntee = \"snp\"\nimage = \"localhost/attestd/attester-snp@{DIGEST}\""
+    );
+    let cfg = config(d.path(), &table, "");
+    let out = d.path().join("units");
+    let names = units(&cfg, &out, &["--config-path", &cfg]);
+    assert_eq!(names, ["attestd.service", "confidential-data-hub.path"]);
+    let svc = std::fs::read_to_string(out.join("attestd.service")).unwrap();
+    assert!(!svc.contains("podman"), "{svc}");
+    assert!(
+        svc.contains(&format!("ExecStart={} -c {cfg}", bin("attestd").display())),
+        "{svc}"
+    );
+    assert!(svc.contains("KillMode=mixed"), "{svc}");
+    let (ok, text) = verify(&out);
+    assert!(ok, "{text}");
+    let (st, _, err) = attestd_cli(&["units", "-c", &cfg, "--quadlet"]);
+    assert_eq!(st.code(), Some(1), "{err}");
+}
+
+#[test]
+fn the_verifier_does_refuse_a_broken_unit() {
+    // So that an accepted unit above means something.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("broken.service"),
+        "[Service]\nExecStart=relative/path\n",
+    )
+    .unwrap();
+    let (ok, text) = verify(d.path());
+    assert!(!ok, "{text}");
+}
