@@ -427,8 +427,14 @@ async fn connect_when_listening(
     let mut pause = Duration::from_millis(1);
     loop {
         if let Some(status) = child.try_exited() {
+            // Its last words are usually the reason (a TPM not started, a device
+            // missing): say them here, not only in the log.
+            let said = match child.last_words().await {
+                Some(w) => format!(": it said \"{w}\""),
+                None => String::new(),
+            };
             return Err(Error::unavailable(format!(
-                "it exited during startup ({status})"
+                "it exited during startup ({status}){said}"
             )));
         }
         if socket.exists() {

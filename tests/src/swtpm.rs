@@ -23,11 +23,18 @@ pub struct Swtpm {
 }
 
 impl Swtpm {
+    /// A swtpm started as docs/attesters/tpm.md starts it (TPM2_Startup done).
     pub fn start() -> Swtpm {
+        Self::start_with_flags("not-need-init,startup-clear")
+    }
+
+    /// A swtpm with these `--flags` (without `startup-clear`: nobody has sent
+    /// TPM2_Startup, as on a machine whose firmware did not).
+    pub fn start_with_flags(flags: &str) -> Swtpm {
         let state = tempfile::tempdir().unwrap();
         let port = free_port_pair();
         let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .args(["socket", "--tpm2", "--flags", flags])
             .arg("--server")
             .arg(format!("type=tcp,port={port}"))
             .arg("--ctrl")

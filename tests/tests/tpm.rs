@@ -417,13 +417,38 @@ async fn the_ak_is_created_once_and_reused() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("0x81010002"));
 }
 
-/// attester-tpm by hand (no core) on `sock`.
-fn spawn_plugin_at(tpm: &Swtpm, sock: &Path) -> Child {
-    Command::new(attester_bin("tpm", "attester-tpm"))
-        .args(["--tcti", &tpm.tcti(), "--socket"])
-        .arg(sock)
-        .spawn()
-        .unwrap()
+/// attester-tpm by hand (no core) on `sock`; killed when dropped, so a failed
+/// assertion does not leave it running.
+fn spawn_plugin_at(tpm: &Swtpm, sock: &Path) -> Reaped {
+    Reaped(
+        Command::new(attester_bin("tpm", "attester-tpm"))
+            .args(["--tcti", &tpm.tcti(), "--socket"])
+            .arg(sock)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+struct Reaped(Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
@@ -455,4 +480,64 @@ fn initdata_toml_at_start_extends_pcr_8() {
     let want = Sha256::digest([before.as_slice(), &digest[..32]].concat()).to_vec();
     assert_eq!(tpm.pcr(8), want);
     assert!(a.log().contains("init-data bound"), "{}", a.log());
+}
+
+/// The `tpm2_checkquote` recipe of docs/attesters/tpm.md, as written there.
+fn doc_recipe() -> String {
+    let doc =
+        std::fs::read_to_string(attestd_e2e::repo_root().join("docs/attesters/tpm.md")).unwrap();
+    let after = doc
+        .split("<!-- recipe: checkquote")
+        .nth(1)
+        .expect("the recipe marker");
+    let block = after.split("```sh\n").nth(1).unwrap();
+    block.split("```").next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn the_documented_checkquote_recipe_accepts_a_quote_and_refuses_a_wrong_nonce() {
+    let tpm = Swtpm::start();
+    let p = tpm_plugin(&tpm, &[]);
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let ev = a.evidence(&[0x00, 0x11, 0x22, 0x33, 0x44]).await.unwrap();
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("evidence.json"), &ev).unwrap();
+    let recipe = doc_recipe();
+    let run = |rd: &str| {
+        Command::new("bash")
+            .args(["-c", &recipe])
+            .current_dir(d.path())
+            .env("RUNTIME_DATA_HEX", rd)
+            .env("TPM2TOOLS_TCTI", tpm.tcti())
+            .output()
+            .unwrap()
+    };
+    let ok = run("0011223344");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let wrong = run("0011223345");
+    assert!(!wrong.status.success());
+}
+
+#[test]
+fn a_tpm_nobody_started_is_refused_with_what_to_do() {
+    let tpm = Swtpm::start_with_flags("not-need-init");
+    let p = tpm_plugin(&tpm, &[]);
+    let e = Attestd::start(|d| config(d, &p, &[], "")).err().unwrap();
+    // attestd's own error carries the plugin's reason.
+    assert!(
+        e.stderr.contains("error: cannot start plugin tpm: it exited during startup (exit status: 1): it said \"error: "),
+        "{}",
+        e.stderr
+    );
+    assert!(
+        e.stderr
+            .contains("the TPM has not been started (TPM2_Startup)"),
+        "{}",
+        e.stderr
+    );
+    assert!(e.stderr.contains("tpm2_startup -c"), "{}", e.stderr);
 }

@@ -238,17 +238,22 @@ impl Device {
         self.ctx
             .execute_with_nullauth_session(|ctx| ctx.pcr_extend(handle, values))
             .map_err(|e| {
-                let e = tpm_error(&format!("TPM2_PCR_Extend of PCR {pcr} failed"), e);
-                if e.code() == Code::FailedPrecondition {
-                    // Upstream's default init_pcr (17) is one of these.
-                    e.context(format!(
-                        "PCR {pcr} takes extends only from a locality this guest does not have \
-                         (PCRs 17-22 need locality 1 and up): measure into PCR 23 \
-                         ([eventlog_config] init_pcr = 23)"
-                    ))
-                } else {
-                    e
+                let what = format!("TPM2_PCR_Extend of PCR {pcr} failed");
+                let locality = matches!(&e, tss_esapi::Error::Tss2Error(rc)
+                    if rc.kind() == Some(Tss2ResponseCodeKind::Locality));
+                if !locality {
+                    return tpm_error(&what, e);
                 }
+                // Upstream's default init_pcr (17) is one of these.
+                Error::new(
+                    Code::FailedPrecondition,
+                    format!(
+                        "{what}: PCR {pcr} takes extends only from a locality this guest \
+                         does not have (PCRs 17-22 need locality 1 and up): measure into \
+                         PCR 23 ([eventlog_config] init_pcr = 23)"
+                    ),
+                )
+                .with_source(e)
             })
     }
 
@@ -380,8 +385,19 @@ fn ak_der(public: &Public, handle: u32) -> Result<Vec<u8>> {
     }
 }
 
+/// What to do about a TPM nobody has started (TPM_RC_INITIALIZE).
+const NOT_STARTED: &str = "the TPM has not been started (TPM2_Startup): firmware does \
+     this on hardware; start swtpm with --flags not-need-init,startup-clear, or run \
+     `tpm2_startup -c` against it once";
+
 /// A TPM error, `Unavailable` when waiting may help (lockout, retry, busy).
 fn tpm_error(what: &str, e: tss_esapi::Error) -> Error {
+    if let tss_esapi::Error::Tss2Error(rc) = &e {
+        if rc.kind() == Some(Tss2ResponseCodeKind::Initialize) {
+            return Error::new(Code::FailedPrecondition, format!("{what}: {NOT_STARTED}"))
+                .with_source(e);
+        }
+    }
     let code = match &e {
         tss_esapi::Error::Tss2Error(rc) => match rc.kind() {
             Some(
@@ -461,5 +477,21 @@ mod tests {
     #[test]
     fn default_tcti_prefers_the_given_one() {
         assert_eq!(default_tcti(Some("swtpm:port=1".into())), "swtpm:port=1");
+    }
+
+    #[test]
+    fn a_tpm_nobody_started_says_what_to_do() {
+        let e = tpm_error(
+            "cannot create the AK",
+            tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(0x100)),
+        );
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert!(
+            e.chain()
+                .starts_with("cannot create the AK: the TPM has not been started (TPM2_Startup)"),
+            "{}",
+            e.chain()
+        );
+        assert!(e.chain().contains("tpm2_startup -c"), "{}", e.chain());
     }
 }

@@ -66,18 +66,30 @@ pub struct Running {
     pub provenance: Provenance,
     /// The tasks logging the child's stdout and stderr.
     output: Vec<tokio::task::JoinHandle<()>>,
+    /// The last line the child wrote to stderr: why it failed, usually.
+    last_words: LastWords,
 }
+
+type LastWords = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
+/// How much of a plugin's last line goes into an error message.
+const MAX_LAST_WORDS: usize = 512;
 
 /// The longest plugin output line logged whole; longer ones are cut (noted).
 pub const MAX_PLUGIN_LINE: usize = 4096;
 
 /// Log `child`'s stdout and stderr line by line as fields of target `plugin`, with
 /// the plugin's name: a plugin cannot print lines that pass for attestd's own.
-fn capture_output(child: &mut Child, plugin: &str) -> Vec<tokio::task::JoinHandle<()>> {
+fn capture_output(
+    child: &mut Child,
+    plugin: &str,
+    last_words: &LastWords,
+) -> Vec<tokio::task::JoinHandle<()>> {
     use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
     fn forward(
         r: impl tokio::io::AsyncRead + Unpin + Send + 'static,
         plugin: String,
+        last_words: Option<LastWords>,
         stream: &'static str,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
@@ -99,15 +111,27 @@ fn capture_output(child: &mut Child, plugin: &str) -> Vec<tokio::task::JoinHandl
                     stream = %stream,
                     line = %crate::echo::bounded(line, MAX_PLUGIN_LINE),
                 );
+                if let Some(w) = &last_words {
+                    if !line.trim().is_empty() {
+                        if let Ok(mut w) = w.lock() {
+                            *w = Some(crate::echo::bounded(line.trim(), MAX_LAST_WORDS));
+                        }
+                    }
+                }
             }
         })
     }
     let mut tasks = Vec::new();
     if let Some(out) = child.stdout.take() {
-        tasks.push(forward(out, plugin.to_string(), "stdout"));
+        tasks.push(forward(out, plugin.to_string(), None, "stdout"));
     }
     if let Some(err) = child.stderr.take() {
-        tasks.push(forward(err, plugin.to_string(), "stderr"));
+        tasks.push(forward(
+            err,
+            plugin.to_string(),
+            Some(last_words.clone()),
+            "stderr",
+        ));
     }
     tasks
 }
@@ -166,6 +190,13 @@ impl Running {
         for t in self.output.drain(..) {
             let _ = tokio::time::timeout(Duration::from_millis(500), t).await;
         }
+    }
+
+    /// The last line the child wrote to stderr (bounded, escaped), once its
+    /// output is drained.
+    pub async fn last_words(&mut self) -> Option<String> {
+        self.drain_output().await;
+        self.last_words.lock().ok().and_then(|w| w.clone())
     }
 
     async fn cleanup(&mut self) {
@@ -236,12 +267,14 @@ impl Running {
     /// A started child (plugin, `podman run`, `runc run`) whose output is logged
     /// as plugin `name`'s.
     fn child(mut child: Child, name: &str, cleanup: Cleanup, provenance: Provenance) -> Running {
-        let output = capture_output(&mut child, name);
+        let last_words = LastWords::default();
+        let output = capture_output(&mut child, name, &last_words);
         Running {
             child: Some(child),
             cleanup,
             provenance,
             output,
+            last_words,
         }
     }
 }
@@ -315,6 +348,7 @@ impl Launcher for ExternalLauncher {
                 ..Default::default()
             },
             output: Vec::new(),
+            last_words: LastWords::default(),
         })
     }
 }
