@@ -318,7 +318,31 @@ pub fn check_token_urls(config: &Config) -> Result<()> {
 
 /// Bind init-data through the primary plugin: a mismatch aborts the start, a plugin
 /// that cannot bind is logged and tolerated.
+/// Whether Trustee's TPM verifier would be handed init-data it cannot take: it
+/// fails on SHA-384 and SHA-512 init-data (measured against Trustee), so a TPM
+/// guest that talks to a KBS should use SHA-256.
+pub fn trustee_tpm_initdata_warning(tee: &str, kbs: Option<&str>, init: &InitData) -> Option<String> {
+    let alg = init.algorithm.as_deref()?;
+    (tee == "tpm" && kbs.is_some() && matches!(alg, "sha384" | "sha512")).then(|| {
+        format!(
+            "init-data is {alg}, and Trustee's TPM verifier fails on SHA-384 and SHA-512 \
+             init-data: write the init-data document with algorithm = \"sha256\" \
+             (docs/attesters/tpm.md)"
+        )
+    })
+}
+
 async fn bind_init_data(service: &Service, init: &InitData) -> Result<()> {
+    let kbs = crate::kbs::kbs_url(
+        service
+            .token_configs()
+            .kbs
+            .as_ref()
+            .map(|k| k.url.as_str()),
+    );
+    if let Some(w) = trustee_tpm_initdata_warning(&service.get_tee_type(), kbs.as_deref(), init) {
+        tracing::warn!("{w}");
+    }
     match service.bind_init_data(init.digest.clone()).await {
         Ok(()) => {
             tracing::info!(digest = %hex::encode(&init.digest), "init-data bound");
@@ -375,6 +399,23 @@ mod tests {
         assert!(p.exists());
         prepare_socket(&p).unwrap();
         assert!(!p.exists());
+    }
+
+    #[test]
+    fn sha384_init_data_for_a_tpm_with_a_kbs_is_warned_about() {
+        let init = |alg: &str| InitData {
+            digest: vec![0; 48],
+            toml: None,
+            algorithm: Some(alg.into()),
+        };
+        let kbs = Some("https://kbs.example");
+        assert!(trustee_tpm_initdata_warning("tpm", kbs, &init("sha384"))
+            .unwrap()
+            .contains("algorithm = \"sha256\""));
+        assert!(trustee_tpm_initdata_warning("tpm", kbs, &init("sha512")).is_some());
+        assert!(trustee_tpm_initdata_warning("tpm", kbs, &init("sha256")).is_none());
+        assert!(trustee_tpm_initdata_warning("tdx", kbs, &init("sha384")).is_none());
+        assert!(trustee_tpm_initdata_warning("tpm", None, &init("sha384")).is_none());
     }
 
     #[tokio::test]

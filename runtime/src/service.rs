@@ -205,6 +205,11 @@ impl Service {
             .map_err(|e| Error::internal("cannot serialise additional evidence").with_source(e))
     }
 
+    /// `[token_configs]` as configured.
+    pub fn token_configs(&self) -> &crate::config::TokenConfigs {
+        &self.tokens
+    }
+
     pub fn get_tee_type(&self) -> String {
         self.primary.identity().info.tee.clone()
     }
