@@ -321,7 +321,11 @@ pub fn check_token_urls(config: &Config) -> Result<()> {
 /// Whether Trustee's TPM verifier would be handed init-data it cannot take: it
 /// fails on SHA-384 and SHA-512 init-data (measured against Trustee), so a TPM
 /// guest that talks to a KBS should use SHA-256.
-pub fn trustee_tpm_initdata_warning(tee: &str, kbs: Option<&str>, init: &InitData) -> Option<String> {
+pub fn trustee_tpm_initdata_warning(
+    tee: &str,
+    kbs: Option<&str>,
+    init: &InitData,
+) -> Option<String> {
     let alg = init.algorithm.as_deref()?;
     (tee == "tpm" && kbs.is_some() && matches!(alg, "sha384" | "sha512")).then(|| {
         format!(
@@ -333,13 +337,7 @@ pub fn trustee_tpm_initdata_warning(tee: &str, kbs: Option<&str>, init: &InitDat
 }
 
 async fn bind_init_data(service: &Service, init: &InitData) -> Result<()> {
-    let kbs = crate::kbs::kbs_url(
-        service
-            .token_configs()
-            .kbs
-            .as_ref()
-            .map(|k| k.url.as_str()),
-    );
+    let kbs = crate::kbs::kbs_url(service.token_configs().kbs.as_ref().map(|k| k.url.as_str()));
     if let Some(w) = trustee_tpm_initdata_warning(&service.get_tee_type(), kbs.as_deref(), init) {
         tracing::warn!("{w}");
     }
