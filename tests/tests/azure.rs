@@ -583,3 +583,44 @@ async fn azure_failures_have_clear_errors() {
     let (code, _) = status(get_evidence(&a, &[0; 65]).await.unwrap_err());
     assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
 }
+
+/// `attestd conformance` against both Azure attesters on their recorded vTPMs and
+/// a fake IMDS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_azure_attesters_conform_on_the_recorded_vtpm() {
+    let imds = FakeImds::start(Duration::ZERO).await;
+    let tdx = tdx_plugin(&imds.url, &fixture("tdx-hcl-report.bin"), &[]);
+    let snp = Plugin::attester(
+        "az-snp-vtpm",
+        &[
+            "--imds-url".into(),
+            imds.url.clone(),
+            "--recorded-hcl-report".into(),
+            fixture("snp-hcl-report.bin").display().to_string(),
+            "--recorded-quote".into(),
+            fixture("snp-tpm-quote.json").display().to_string(),
+        ],
+    );
+    for p in [tdx, snp] {
+        conforms(&p).await;
+    }
+}
+
+async fn conforms(p: &Plugin) {
+    let mut command = vec![p.command.display().to_string()];
+    command.extend(p.args.clone());
+    let (st, out, err) = tokio::task::spawn_blocking(move || {
+        let mut args = vec!["conformance", "--transport", "grpc", "--"];
+        args.extend(command.iter().map(String::as_str));
+        attestd_e2e::attestd_cli(&args)
+    })
+    .await
+    .unwrap();
+    assert!(st.success(), "{out}\n{err}");
+    assert!(out.contains("PASS report data at the limit"), "{out}");
+    assert!(
+        out.contains("PASS SIGTERM: exits 0, socket removed"),
+        "{out}"
+    );
+    assert!(out.contains(" 0 failed"), "{out}");
+}
