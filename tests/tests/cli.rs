@@ -275,3 +275,75 @@ async fn json_logs_carry_each_calls_method_plugin_status_and_duration() {
         .unwrap();
     assert!(ready["pid"].as_u64().is_some(), "{ready}");
 }
+
+#[test]
+fn install_sh_installs_what_ships_and_the_installed_attestd_finds_its_plugin() {
+    // The debug builds the suite already made, installed under a staging root as an
+    // image build would; the installed attestd finds `attester-sample` next to itself.
+    let d = tempfile::tempdir().unwrap();
+    let root = attestd_e2e::repo_root();
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts/install.sh"))
+        .args([
+            "--destdir",
+            d.path().to_str().unwrap(),
+            "--profile",
+            "debug",
+            "--no-build",
+            "sample",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let usr = d.path().join("usr");
+    for f in [
+        "bin/attestd",
+        "bin/attester-sample",
+        "share/attestd/examples/sample.toml",
+        "share/attestd/examples/tpm.toml",
+    ] {
+        assert!(usr.join(f).is_file(), "{f} not installed");
+    }
+    let attestd = usr.join("bin/attestd");
+    let cfg = usr.join("share/attestd/examples/sample.toml");
+    let run = std::process::Command::new(&attestd)
+        .args([
+            "evidence",
+            "-c",
+            cfg.to_str().unwrap(),
+            "--runtime-data",
+            "hello-coco",
+        ])
+        .env("ATTESTD_CONFIG_DIR", attestd_e2e::NO_SYSTEM_CONFIG)
+        // Nothing from the build tree on PATH: the plugin must come from beside attestd.
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        "{\"report_data\":\"aGVsbG8tY29jbw==\",\"svn\":\"1\"}\n"
+    );
+    // An unknown TEE is refused before anything is installed.
+    let bad = std::process::Command::new("bash")
+        .arg(root.join("scripts/install.sh"))
+        .args([
+            "--destdir",
+            d.path().join("x").to_str().unwrap(),
+            "--no-build",
+            "tdx2",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown TEE tdx2"));
+    assert!(!d.path().join("x").exists());
+}

@@ -746,4 +746,18 @@ tee = "sampledevice"
         assert_eq!(e, "invalid config: plugins.podman_runtime: \"--privileged\" is not a runtime name or path");
         assert!(Config::parse("[plugins]\npodman_runtime = \"/usr/sbin/runc\"\n").is_ok());
     }
+
+    #[test]
+    fn every_example_config_is_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                Config::load(&p).unwrap_or_else(|e| panic!("{}: {}", p.display(), chain(&e)));
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "{n} examples");
+    }
 }
