@@ -316,3 +316,27 @@ async fn the_tpm_image_carries_its_library_closure() {
     assert!(v["tpm_quote"]["signature"].is_string(), "{v}");
     assert_eq!(v["tpm_quote"]["pcrs"].as_array().unwrap().len(), 24);
 }
+
+#[tokio::test]
+async fn attestd_runs_the_tpm_image_under_podman_against_swtpm_as_documented() {
+    // docs/attesters/tpm.md's development setup: the pinned TPM image started by
+    // attestd with podman, reaching a swtpm on the host through the plugin's
+    // explicit host_network opt-in (warned at start).
+    let tpm = attestd_e2e::swtpm::Swtpm::start();
+    let (name, digest) = locked_image("tpm");
+    let table = format!(
+        "launch = \"podman\"\nimage = \"{name}@{digest}\"\ntee = \"tpm\"\nhost_network = true\nargs = [\"--tcti\", \"{}\"]\n",
+        tpm.tcti()
+    );
+    let a = Attestd::start(|d| config(d, &table, "")).unwrap_or_else(|e| panic!("{}", e.stderr));
+    assert_eq!(a.tee_type().await, "tpm");
+    let ev = a.evidence(&[7; 32]).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&ev).unwrap();
+    assert_eq!(v["tpm_quote"]["pcrs"].as_array().unwrap().len(), 24, "{v}");
+    assert!(
+        a.log()
+            .contains("its container shares the host's network (host_network = true)"),
+        "{}",
+        a.log()
+    );
+}
