@@ -221,3 +221,25 @@ fn upstream_short_flags_and_a_grpc_aa_address() {
     assert!(log.contains("as upstream's grpc-aa takes it"), "{log}");
     assert!(log.contains("init-data"), "{log}");
 }
+
+#[test]
+fn upstreams_short_initdata_digest_flag_binds_at_start() {
+    // -i, as upstream's ttrpc-aa takes it: the digest (base64) bound at start; a
+    // mismatch refuses the start.
+    const INIT: &str = "abababababababababababababababababababababababababababababababab";
+    let good = "q6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s=";
+    let p = Plugin::sample("ttrpc").with_args(&["--init-data-digest", INIT]);
+    let a = Attestd::start_with(|d| config(d, &p, &[], ""), &["-i", good])
+        .unwrap_or_else(|e| panic!("{}", e.stderr));
+    assert!(a.log().contains("init-data bound"), "{}", a.log());
+    drop(a);
+    let wrong = "7u7u7u7u7u7u7u7u7u7u7u7u7u7u7u7u7u7u7u7u7u4=";
+    let e = Attestd::start_with(|d| config(d, &p, &[], ""), &["-i", wrong])
+        .err()
+        .unwrap();
+    assert!(
+        e.stderr.contains("init-data binding failed"),
+        "{}",
+        e.stderr
+    );
+}
