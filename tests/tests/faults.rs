@@ -903,7 +903,7 @@ fn a_plugin_that_fails_at_start_says_why_under_its_name_and_leaves_nothing() {
     for (args, last_words) in [
         (
             &["--mode", "exit-at-start"][..],
-            Some("plugin=test stream=\"stderr\" line=attester-test: exiting at start as asked"),
+            Some("plugin=test stream=stderr line=attester-test: exiting at start as asked"),
         ),
         (&["--protocol-version", "99"][..], None),
     ] {
