@@ -340,3 +340,27 @@ async fn attestd_runs_the_tpm_image_under_podman_against_swtpm_as_documented() {
         a.log()
     );
 }
+
+#[tokio::test]
+async fn the_name_is_part_of_the_pin_for_podman_and_oci() {
+    // podman finds an image by digest whatever name comes with it: another name
+    // with the sample's digest used to run the sample, and be reported under the
+    // wrong name.
+    let (_, digest) = locked_image("sample");
+    let other = format!("localhost/attestd/attester-nope@{digest}");
+    for launch in ["podman", "oci"] {
+        let e = start(launch, &other, "").err().unwrap();
+        assert!(
+            e.stderr.contains(&format!(
+                "image {other}: podman's store holds {digest} as localhost/attestd/attester-sample, not as localhost/attestd/attester-nope: the name is part of the pin"
+            )),
+            "{launch}: {}",
+            e.stderr
+        );
+    }
+    // The right name still starts, on both.
+    for launch in ["podman", "oci"] {
+        let a = start(launch, &pinned(), "").unwrap();
+        assert_eq!(a.tee_type().await, "sample", "{launch}");
+    }
+}

@@ -140,24 +140,36 @@ pub async fn podman_digest_label(
         (None, Some(t)) => format!("{}:{t}", r.name),
         (None, None) => r.name.clone(),
     };
-    // Digest and label on one line, a tab apart (neither can hold a tab).
-    let format = match label {
-        Some(l) => format!("{{{{.Digest}}}}\t{{{{index .Labels \"{l}\"}}}}"),
-        None => "{{.Digest}}".to_string(),
+    // Digest, label and the names the store holds the image under, on one line,
+    // tab-separated (none can hold a tab).
+    let label_field = match label {
+        Some(l) => format!("{{{{index .Labels \"{l}\"}}}}"),
+        None => String::new(),
     };
+    let format = format!(
+        "{{{{.Digest}}}}\t{label_field}\t{{{{range .RepoDigests}}}}{{{{.}}}} {{{{end}}}}{{{{range .RepoTags}}}}{{{{.}}}} {{{{end}}}}"
+    );
     let found = run_tool(
         Command::new("podman").args(["image", "inspect", "--format", &format, &query]),
         "podman image inspect",
         TOOL_LIMIT,
     )
     .await
-    .map(|out| digest_and_label(&out));
+    .map(|out| inspected(&out));
     match (found, &r.digest) {
-        (Ok(f), Some(want)) if &f.0 == want => Ok(f),
-        (Ok(f), None) => Ok(f),
-        (Ok(f), Some(want)) => Err(Error::failed_precondition(format!(
-            "image {r}: the local image has digest {}, the pin is {want}",
-            f.0
+        // podman finds an image by digest whatever name comes with it: the name is
+        // part of the pin too, so the store must hold the digest under it.
+        (Ok((d, _, names)), Some(want)) if &d == want && !names.iter().any(|n| n == &r.name) => {
+            Err(Error::failed_precondition(format!(
+                "image {r}: podman's store holds {want} as {}, not as {}: the name is part of the pin",
+                if names.is_empty() { "an unnamed image".to_string() } else { names.join(", ") },
+                r.name
+            )))
+        }
+        (Ok((d, l, _)), Some(want)) if &d == want => Ok((d, l)),
+        (Ok((d, l, _)), None) => Ok((d, l)),
+        (Ok((d, _, _)), Some(want)) => Err(Error::failed_precondition(format!(
+            "image {r}: the local image has digest {d}, the pin is {want}"
         ))),
         (Err(e), Some(want)) => {
             let local = local_digests(&r.name).await;
@@ -184,13 +196,23 @@ pub async fn podman_digest_label(
     }
 }
 
-/// `podman image inspect`'s "<digest>\t<label>" line; a missing label prints as
-/// nothing or `<no value>`.
-fn digest_and_label(out: &str) -> (String, Option<String>) {
-    let (d, l) = out.split_once('\t').unwrap_or((out, ""));
-    let l = l.trim();
+/// `podman image inspect`'s "<digest>\t<label>\t<names>" line: the digest, the
+/// label (a missing one prints as nothing or `<no value>`) and the repositories
+/// the store holds the image under (from its repo digests and tags).
+fn inspected(out: &str) -> (String, Option<String>, Vec<String>) {
+    let mut parts = out.trim_end_matches(['\n', '\r']).splitn(3, '\t');
+    let d = parts.next().unwrap_or_default().trim().to_string();
+    let l = parts.next().unwrap_or_default().trim();
     let l = (!l.is_empty() && l != "<no value>").then(|| l.to_string());
-    (d.trim().to_string(), l)
+    let mut names: Vec<String> = parts
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|n| ImageRef::parse(n).ok().map(|r| r.name))
+        .collect();
+    names.sort();
+    names.dedup();
+    (d, l, names)
 }
 
 /// Digests of the local images named `name`, for error messages.
@@ -226,16 +248,22 @@ mod tests {
     const D: &str = "sha256:14d11cd195491ce715c3b96f94992430610eec5f181b158764d09013e2addd06";
 
     #[test]
-    fn inspect_line_splits_into_digest_and_label() {
+    fn inspect_line_splits_into_digest_label_and_names() {
+        let names =
+            format!("localhost/attestd/attester-tdx@{D} localhost/attestd/attester-tdx:0.1.0 ");
         assert_eq!(
-            digest_and_label(&format!("{D}\ttdx")),
-            (D.to_string(), Some("tdx".to_string()))
+            inspected(&format!("{D}\ttdx\t{names}\n")),
+            (
+                D.to_string(),
+                Some("tdx".to_string()),
+                vec!["localhost/attestd/attester-tdx".to_string()]
+            )
         );
         assert_eq!(
-            digest_and_label(&format!("{D}\t<no value>")),
-            (D.to_string(), None)
+            inspected(&format!("{D}\t<no value>\t")),
+            (D.to_string(), None, Vec::new())
         );
-        assert_eq!(digest_and_label(D), (D.to_string(), None));
+        assert_eq!(inspected(D), (D.to_string(), None, Vec::new()));
     }
 
     #[test]

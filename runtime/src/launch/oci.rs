@@ -187,10 +187,29 @@ fn device_numbers(path: &Path) -> Result<(LinuxDeviceType, i64, i64)> {
 }
 
 /// The `org.opencontainers.image.ref.name` under which `layout` holds `digest`.
-fn layout_tag(layout: &Path, digest: &str) -> Result<Option<String>> {
+/// The layout's tag for image `r` at `digest`: its whole repository (so the name
+/// is part of the pin here too, as in podman's store) and the digest's start.
+fn layout_tag_for(r: &ImageRef, digest: &str) -> String {
+    let repo: String = r
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    format!("{repo}-{}", &hex[..12.min(hex.len())])
+}
+
+/// Whether the layout's index holds `digest` under `tag`.
+fn layout_has(layout: &Path, digest: &str, tag: &str) -> Result<bool> {
     let index = match std::fs::read(layout.join("index.json")) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => {
             return Err(
                 Error::internal(format!("cannot read {}/index.json", layout.display()))
@@ -202,11 +221,10 @@ fn layout_tag(layout: &Path, digest: &str) -> Result<Option<String>> {
         Error::failed_precondition(format!("{}/index.json is not JSON", layout.display()))
             .with_source(e)
     })?;
-    Ok(v["manifests"].as_array().and_then(|ms| {
-        ms.iter()
-            .find(|m| m["digest"] == digest)
-            .and_then(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
-            .map(str::to_string)
+    Ok(v["manifests"].as_array().is_some_and(|ms| {
+        ms.iter().any(|m| {
+            m["digest"] == digest && m["annotations"]["org.opencontainers.image.ref.name"] == tag
+        })
     }))
 }
 
@@ -234,19 +252,18 @@ pub fn layout_label(layout: &Path, digest: &str, label: &str) -> Result<Option<S
 /// Make `layout` hold the image `r` at `digest` (copying it from podman's store
 /// with its digest preserved when absent); its tag in the layout.
 async fn ensure_in_layout(layout: &Path, r: &ImageRef, digest: &str) -> Result<String> {
-    if let Some(tag) = layout_tag(layout, digest)? {
+    // Under this name: the same digest under another name is not this pin.
+    let tag = layout_tag_for(r, digest);
+    if layout_has(layout, digest, &tag)? {
         return Ok(tag);
     }
-    // Not in the layout: podman's store must have exactly this digest (its error
-    // names what the store has instead).
+    // Not in the layout: podman's store must have exactly this digest under this
+    // name (its error names what the store has instead).
     super::image::podman_digest(&ImageRef {
         digest: Some(digest.to_string()),
         ..r.clone()
     })
     .await?;
-    let base = r.name.rsplit('/').next().unwrap_or("attester");
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    let tag = format!("{base}-{}", &hex[..12.min(hex.len())]);
     std::fs::create_dir_all(layout).map_err(|e| {
         Error::internal(format!("cannot create {}", layout.display())).with_source(e)
     })?;
@@ -269,12 +286,13 @@ async fn ensure_in_layout(layout: &Path, r: &ImageRef, digest: &str) -> Result<S
             layout.display()
         ))
     })?;
-    match layout_tag(layout, digest)? {
-        Some(t) => Ok(t),
-        None => Err(Error::failed_precondition(format!(
+    if layout_has(layout, digest, &tag)? {
+        Ok(tag)
+    } else {
+        Err(Error::failed_precondition(format!(
             "after copying, the OCI layout {} still has no manifest {digest}",
             layout.display()
-        ))),
+        )))
     }
 }
 
@@ -424,6 +442,18 @@ pub async fn remove_stale(oci_dir: &Path) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_layout_tag_carries_the_whole_repository() {
+        let d = "sha256:b5e5f6b00901a311ab7638818ad171864fae2e1bb4727107466d33d68266fe4c";
+        let r = ImageRef::parse(&format!("localhost/attestd/attester-sample@{d}")).unwrap();
+        assert_eq!(
+            layout_tag_for(&r, d),
+            "localhost_attestd_attester-sample-b5e5f6b00901"
+        );
+        let other = ImageRef::parse(&format!("registry:5000/attestd/attester-sample@{d}")).unwrap();
+        assert_ne!(layout_tag_for(&other, d), layout_tag_for(&r, d));
+    }
+
     use super::*;
 
     #[test]
