@@ -85,13 +85,8 @@ pub fn render(p: &UnitParams) -> Result<Vec<(String, String)>> {
             let tee = spec.config.tee.clone().unwrap_or_default();
             // The target's needs, not this machine's: units are written at image
             // build, on a machine that is no TEE guest.
-            let (mut res, optional) = resources::for_target(&tee);
-            res.host_network |= spec.config.host_network;
-            for d in &spec.config.devices {
-                if !res.devices.contains(d) {
-                    res.devices.push(d.clone());
-                }
-            }
+            let (target, optional) = resources::for_target(&tee);
+            let res = spec.with_opt_ins(target);
             let optional_note: String = if optional.is_empty() {
                 String::new()
             } else {

@@ -69,7 +69,12 @@ impl PluginSpec {
     /// What the plugin's container gets from the host: what `tee` needs, found
     /// under `root`, plus the config's explicit opt-ins.
     pub fn resources(&self, tee: &str, root: &std::path::Path) -> super::resources::Resources {
-        let mut r = super::resources::for_tee(tee, root);
+        self.with_opt_ins(super::resources::for_tee(tee, root))
+    }
+
+    /// `r` plus the config's explicit opt-ins (`host_network`, `devices`): for the
+    /// launchers, and for unit files written for the target.
+    pub fn with_opt_ins(&self, mut r: super::resources::Resources) -> super::resources::Resources {
         r.host_network |= self.config.host_network;
         for d in &self.config.devices {
             if !r.devices.contains(d) {
