@@ -167,15 +167,7 @@ pub fn merge_texts(texts: &[(PathBuf, &str)]) -> Result<Layered, ConfigError> {
         .map_err(|e: toml::de::Error| located(&e, texts, &origins))?;
     config.validate().map_err(|e| match e {
         ConfigError::Invalid { key, message } => {
-            match origin_of(&key, &origins).and_then(|p| texts.iter().find(|(q, _)| *q == p)) {
-                Some((path, text)) => ConfigError::InFile {
-                    path: path.clone(),
-                    line: line_of(text, &key),
-                    key,
-                    message,
-                },
-                None => ConfigError::Invalid { key, message },
-            }
+            placed(&key, key.clone(), message, texts, &origins)
         }
         other => other,
     })?;
@@ -283,14 +275,26 @@ fn located(
     } else {
         key.clone()
     };
-    match origin_of(&key, origins).and_then(|p| texts.iter().find(|(q, _)| *q == p)) {
+    placed(&key, key_shown, message, texts, origins)
+}
+
+/// An error about dotted `key` (shown as `shown`), in the file that set it and on
+/// its line there; plain `Invalid` when no file did.
+fn placed(
+    key: &str,
+    shown: String,
+    message: String,
+    texts: &[(PathBuf, &str)],
+    origins: &BTreeMap<String, PathBuf>,
+) -> ConfigError {
+    match origin_of(key, origins).and_then(|p| texts.iter().find(|(q, _)| *q == p)) {
         Some((path, text)) => ConfigError::InFile {
             path: path.clone(),
-            line: line_of(text, &key),
-            key: key_shown,
+            line: line_of(text, key),
+            key: shown,
             message,
         },
-        None => super::invalid(key_shown, message),
+        None => super::invalid(shown, message),
     }
 }
 
