@@ -6,23 +6,18 @@ use crate::config::{LogConfig, LogFormat};
 /// `[log] format`. Each call is a span (`rpc`: method, and the plugin once one is
 /// asked) closed by a debug event with its status and duration.
 pub fn init(cfg: &LogConfig) {
-    let filter = std::env::var("ATTESTD_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| cfg.level.clone());
-    let filter = tracing_subscriber::EnvFilter::new(filter);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match cfg.format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
+    match cfg.format {
+        LogFormat::Text => attester_sdk::init_logging(&cfg.level),
         // Span fields flattened into each line: a collector needs no nesting.
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
-    };
+        LogFormat::Json => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(attester_sdk::log_filter(&cfg.level))
+                .with_writer(std::io::stderr)
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .try_init();
+        }
+    }
 }

@@ -107,15 +107,21 @@ pub fn run<A: Attester>(attester: A, opts: ServeOptions) -> ExitCode {
     }
 }
 
+/// The log filter: `ATTESTD_LOG`, else `RUST_LOG`, else `default` (`tracing`
+/// filter syntax). [`init_logging`] uses it, and so does the core's JSON output.
+pub fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
+    let filter = std::env::var("ATTESTD_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| default.to_string());
+    tracing_subscriber::EnvFilter::new(filter)
+}
+
 /// Log to stderr at `default` level, unless `ATTESTD_LOG` or `RUST_LOG` says
 /// otherwise (`tracing` filter syntax). Colours only on a terminal. Plugins get this
 /// from [`run`]; the core calls it too, so both log alike.
 pub fn init_logging(default: &str) {
-    let filter = std::env::var("ATTESTD_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| default.to_string());
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_env_filter(log_filter(default))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
