@@ -99,10 +99,12 @@ impl<S> Conn<S> {
             return false;
         }
         loop {
-            let pressure = self.pressure.clone();
-            let asked = self
-                .asked
-                .get_or_insert_with(|| Box::pin(async move { pressure.asked.notified().await }));
+            // Registered once per wait, not on every read that finds nothing.
+            let pressure = &self.pressure;
+            let asked = self.asked.get_or_insert_with(|| {
+                let pressure = pressure.clone();
+                Box::pin(async move { pressure.asked.notified().await })
+            });
             if asked.as_mut().poll(cx).is_pending() {
                 return false;
             }
@@ -433,16 +435,25 @@ mod tests {
     use super::*;
     use futures::StreamExt as _;
 
-    #[tokio::test]
-    async fn at_most_max_connections_are_open_at_once() {
+    type Incoming =
+        std::pin::Pin<Box<dyn Stream<Item = io::Result<Conn<tokio::net::UnixStream>>> + Send>>;
+
+    /// A listener with two slots whose connections are quiet after `quiet_after`:
+    /// its directory, socket path and accepted connections.
+    fn listen(quiet_after: Duration) -> (tempfile::TempDir, std::path::PathBuf, Incoming) {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("s.sock");
         let l = tokio::net::UnixListener::bind(&path).unwrap();
         let limits = Limits {
             max: 2,
-            quiet_after: Duration::from_secs(3600),
+            quiet_after,
         };
-        let mut conns = Box::pin(incoming(l, limits, "test"));
+        (d, path, Box::pin(incoming(l, limits, "test")))
+    }
+
+    #[tokio::test]
+    async fn at_most_max_connections_are_open_at_once() {
+        let (_d, path, mut conns) = listen(Duration::from_secs(3600));
         let mut clients = Vec::new();
         for _ in 0..3 {
             clients.push(tokio::net::UnixStream::connect(&path).await.unwrap());
@@ -461,14 +472,7 @@ mod tests {
     #[tokio::test]
     async fn at_the_cap_quiet_connections_make_room_and_busy_ones_stay() {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("s.sock");
-        let l = tokio::net::UnixListener::bind(&path).unwrap();
-        let limits = Limits {
-            max: 2,
-            quiet_after: Duration::from_millis(300),
-        };
-        let mut conns = Box::pin(incoming(l, limits, "test"));
+        let (_d, path, mut conns) = listen(Duration::from_millis(300));
         // A quiet client, and a busy one: its request is read and not answered.
         let _quiet = tokio::net::UnixStream::connect(&path).await.unwrap();
         let mut busy = tokio::net::UnixStream::connect(&path).await.unwrap();
