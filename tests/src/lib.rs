@@ -581,6 +581,30 @@ pub async fn evidence_from_a_slow_device(plugin: &Plugin) -> serde_json::Value {
     ev
 }
 
+/// A child process a test started itself, killed and reaped when dropped, so a
+/// failed assertion does not leave it running.
+pub struct Reaped(pub Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The system configuration directory attestd reads in tests (`--config-dir`):
 /// none, so the machine's /etc/attestd cannot change what a test sees. Tests of
 /// the layering pass their own.

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use attestd_e2e::{attestd_cli, locked_image, signal, spawn_plugin, Attestd, StartFailure};
+use attestd_e2e::{attestd_cli, locked_image, signal, spawn_plugin, Attestd, Reaped, StartFailure};
 use nix::sys::signal::Signal;
 
 /// A config whose primary plugin `sample` is described by `table` (TOML lines).
@@ -216,7 +216,7 @@ fn find_runc(prefix: &str) -> Option<u32> {
 async fn an_external_plugin_is_connected_and_reconnected() {
     let outside = tempfile::tempdir().unwrap();
     let sock = outside.path().join("sample.sock");
-    let mut plugin = Owned(spawn_plugin("attester-sample", &sock, "ttrpc", &[]));
+    let mut plugin = Reaped(spawn_plugin("attester-sample", &sock, "ttrpc", &[]));
     let table = format!(
         "launch = \"external\"\nsocket = {:?}\n",
         sock.display().to_string()
@@ -242,7 +242,7 @@ async fn an_external_plugin_is_connected_and_reconnected() {
     }
     // Its owner starts it again: attestd reconnects.
     let _ = std::fs::remove_file(&sock);
-    let mut plugin = Owned(spawn_plugin("attester-sample", &sock, "ttrpc", &[]));
+    let mut plugin = Reaped(spawn_plugin("attester-sample", &sock, "ttrpc", &[]));
     eventually("attestd reconnects", || {
         a.log().contains("plugin restarted")
     });
@@ -264,16 +264,6 @@ impl Drop for Container {
         let _ = std::process::Command::new("podman")
             .args(["rm", "--force", "--ignore", "--time", "0", &self.0])
             .output();
-    }
-}
-
-/// A plugin this test started itself, killed if the test fails half-way.
-struct Owned(std::process::Child);
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -306,7 +296,7 @@ async fn the_tpm_image_carries_its_library_closure() {
         .args(["--tcti", &tpm.tcti(), "--socket", sock.to_str().unwrap()])
         .spawn()
         .unwrap();
-    let _guard = Owned(child);
+    let _guard = Reaped(child);
     let _container = Container(cname);
     let c = connect_plugin(&sock, Transport::Ttrpc, Duration::from_secs(20)).await;
     let hs = c.handshake(PROTOCOL_VERSIONS).await.unwrap();

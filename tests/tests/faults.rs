@@ -1122,14 +1122,7 @@ async fn at_the_fd_limit_attestd_backs_off_and_keeps_serving() {
         Some(&aa),
     );
     // Killed whatever the outcome (a failed assertion must not leave it running).
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let child = Reap(child);
+    let child = attestd_e2e::Reaped(child);
     let flood: Vec<_> = (0..150)
         .map(|_| std::os::unix::net::UnixStream::connect(&aa).unwrap())
         .collect();

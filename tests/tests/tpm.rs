@@ -5,11 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use attestd_e2e::swtpm::{free_port_pair, tpm_plugin, Swtpm};
-use attestd_e2e::{attester_bin, config, connect_plugin, ctx, signal, status, Attestd, Plugin};
+use attestd_e2e::{
+    attester_bin, config, connect_plugin, ctx, signal, status, Attestd, Plugin, Reaped,
+};
 use attestd_proto::ttrpc::attestation_agent as t;
 use attester_sdk::{Code, Transport};
 use base64::engine::general_purpose::STANDARD;
@@ -427,28 +429,6 @@ fn spawn_plugin_at(tpm: &Swtpm, sock: &Path) -> Reaped {
             .spawn()
             .unwrap(),
     )
-}
-
-struct Reaped(Child);
-
-impl std::ops::Deref for Reaped {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Reaped {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
