@@ -3,7 +3,7 @@
 //! holds. `attestd conformance` prints it; the test suite runs it against every
 //! attester in the repository.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use attester_sdk::{Code, Evidence, InitDataBinding, RemoteAttester, Transport, PROTOCOL_VERSIONS};
@@ -287,11 +287,6 @@ async fn sigterm(t: &Target<'_>) -> Check {
             format!("still running {} s after SIGTERM", STOP_TIMEOUT.as_secs()),
         ),
     }
-}
-
-/// A private directory for a plugin the kit starts, and its socket in it.
-pub fn socket_in(dir: &Path) -> PathBuf {
-    dir.join("plugin.sock")
 }
 
 /// Print `checks` as lines (`PASS name: detail`) and a summary; `false` when any failed.

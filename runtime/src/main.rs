@@ -323,7 +323,7 @@ async fn cmd_conformance(a: ConformanceArgs) -> Result<()> {
                 .mode(0o700)
                 .create(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
-            let socket = conformance::socket_in(&dir);
+            let socket = dir.join("plugin.sock");
             let mut child = std::process::Command::new(program)
                 .args(args)
                 .arg("--socket")

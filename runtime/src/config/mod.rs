@@ -7,7 +7,7 @@
 pub mod layers;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use attester_sdk::Transport;
@@ -418,21 +418,6 @@ pub struct PluginConfig {
 }
 
 impl Config {
-    /// Read and validate `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
-                path: path.to_path_buf(),
-                source,
-            },
-            other => other,
-        })
-    }
-
     /// Parse and validate TOML text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -754,7 +739,9 @@ tee = "sampledevice"
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "toml") {
-                Config::load(&p).unwrap_or_else(|e| panic!("{}: {}", p.display(), chain(&e)));
+                // As attestd reads it: one layer, the -c file.
+                layers::load(std::slice::from_ref(&p))
+                    .unwrap_or_else(|e| panic!("{}: {}", p.display(), chain(&e)));
                 n += 1;
             }
         }
