@@ -135,11 +135,12 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let path = req.uri().path().to_owned();
+        // A cheap clone (shared bytes), kept for the rare answer that needs it.
+        let uri = req.uri().clone();
         let answer = self.inner.call(req);
         Box::pin(async move {
             let mut res = answer.await?;
-            rewrite(&path, res.headers_mut());
+            rewrite(uri.path(), res.headers_mut());
             Ok(res)
         })
     }
