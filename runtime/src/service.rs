@@ -502,9 +502,10 @@ impl Service {
 
     /// Stop every plugin.
     pub async fn stop(&self) {
-        for s in self.plugins() {
-            s.stop().await;
-        }
+        // All at once: each stop request is sent on the first poll, so a plugin
+        // that exits from the same process-group SIGTERM is not taken for a crash
+        // (and restarted) while an earlier plugin is still being waited for.
+        futures::future::join_all(self.plugins().map(|s| s.stop())).await;
     }
 }
 
