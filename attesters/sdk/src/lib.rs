@@ -69,6 +69,11 @@ pub struct ServeArgs {
     /// Wire protocol: ttrpc or grpc.
     #[arg(long, env = "ATTESTD_PLUGIN_TRANSPORT", default_value_t = DEFAULT_TRANSPORT)]
     pub transport: Transport,
+    /// Do not serve: connect to the plugin already serving on --socket, handshake,
+    /// health-check, and exit 0 when it is SERVING (a Kubernetes exec probe for
+    /// images without a shell).
+    #[arg(long)]
+    pub probe: bool,
 }
 
 #[cfg(any(feature = "ttrpc", feature = "grpc"))]
@@ -78,6 +83,7 @@ impl ServeArgs {
             socket: self.socket.clone(),
             transport: self.transport,
             protocol_versions: PROTOCOL_VERSIONS.to_vec(),
+            probe: self.probe,
         }
     }
 }
@@ -98,12 +104,50 @@ pub fn run<A: Attester>(attester: A, opts: ServeOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if opts.probe {
+        // The attester is not used: a probe asks the one already serving.
+        drop(attester);
+        return match rt.block_on(probe(&opts)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("probe: {}", e.chain());
+                ExitCode::FAILURE
+            }
+        };
+    }
     match rt.block_on(serve(attester, opts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{}", e.chain());
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
+/// How long a probe may take in all: under Kubernetes' default probe timeout.
+pub const PROBE_DEADLINE: std::time::Duration = std::time::Duration::from_millis(900);
+
+#[cfg(any(feature = "ttrpc", feature = "grpc"))]
+/// `--probe`: the plugin on `opts.socket` answers the handshake with a common
+/// protocol version and reports SERVING, all within [`PROBE_DEADLINE`].
+pub async fn probe(opts: &ServeOptions) -> Result<()> {
+    let check = async {
+        let client = RemoteAttester::connect(&opts.socket, opts.transport)
+            .await?
+            .with_deadline(PROBE_DEADLINE);
+        client.handshake(&opts.protocol_versions).await?;
+        client.check().await
+    };
+    match tokio::time::timeout(PROBE_DEADLINE, check).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::new(
+            Code::DeadlineExceeded,
+            format!(
+                "no answer from {} within {PROBE_DEADLINE:?}",
+                opts.socket.display()
+            ),
+        )),
     }
 }
 

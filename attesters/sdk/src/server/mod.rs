@@ -18,6 +18,8 @@ pub struct ServeOptions {
     pub transport: Transport,
     /// Protocol versions to offer; [`crate::PROTOCOL_VERSIONS`] unless testing.
     pub protocol_versions: Vec<u32>,
+    /// Probe the plugin serving on `socket` instead of serving ([`crate::run`]).
+    pub probe: bool,
 }
 
 /// The transport-independent half of a plugin server: both adapters call these.
