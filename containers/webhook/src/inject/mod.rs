@@ -1,0 +1,602 @@
+//! What the webhook does to a pod: decide whether it is ours, and if so the JSON
+//! patch that adds attestd and its attester(s) as native sidecars (init containers
+//! with `restartPolicy: Always`), their volumes, attestd's plugin configuration (an
+//! annotation, projected into `/etc/attestd/attestd.toml.d` by the downward API),
+//! and the AA socket and address for the app's containers. Pure: no I/O.
+
+use std::collections::BTreeMap;
+
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource,
+    EnvVar, ExecAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements, SecurityContext,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde_json::Value;
+
+use crate::config::{check_reference, Config, Lock, UnknownPolicy};
+
+/// Label or annotation: `"true"` opts a pod in, `"false"` out (the opt-out wins).
+pub const INJECT: &str = "attestd.io/inject";
+/// Set on an injected pod (value: the TEE); a pod carrying it is left alone.
+pub const INJECTED: &str = "attestd.io/injected";
+/// attestd's plugin configuration, written by the webhook.
+pub const PLUGIN_CONFIG: &str = "attestd.io/plugin-config";
+/// The pod author's own attestd configuration (upstream `aa.toml` keys such as
+/// `[token_configs]`), read before the webhook's.
+pub const POD_CONFIG: &str = "attestd.io/config";
+/// Namespaces never injected, whatever the webhook configuration's selectors say.
+pub const EXCLUDED_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "attestd-system"];
+
+pub const CORE_CONTAINER: &str = "attestd";
+pub const ATTESTER_PREFIX: &str = "attestd-attester-";
+pub const RUN_VOLUME: &str = "attestd-run";
+pub const AA_VOLUME: &str = "attestd-aa";
+pub const CONFIG_VOLUME: &str = "attestd-config";
+/// Plugin sockets (shared by attestd and the attesters only).
+pub const RUN_DIR: &str = "/run/attestd";
+/// The AA socket's directory, as upstream's clients expect it.
+pub const AA_DIR: &str = "/run/confidential-containers/attestation-agent";
+pub const AA_SOCKET: &str =
+    "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock";
+/// attestd's drop-in directory (its `--config-dir` is `/etc/attestd`).
+pub const DROP_IN_DIR: &str = "/etc/attestd/attestd.toml.d";
+/// Environment given to the app's containers.
+pub const ENV_SOCKET: &str = "ATTESTD_AA_SOCKET";
+pub const ENV_GRPC: &str = "ATTESTD_AA_GRPC";
+/// gRPC for a pod on the node's network, where a TCP port would be open to the
+/// whole node: a Unix socket beside the ttrpc one.
+pub const GRPC_SOCKET: &str = "unix:///run/confidential-containers/attestation-agent/grpc.sock";
+/// The emptyDirs hold sockets only.
+const SOCKET_VOLUME_LIMIT: &str = "1Mi";
+
+/// The webhook's decision for one pod.
+#[derive(Debug)]
+pub enum Decision {
+    /// Admitted unchanged; why (for the log, and as a warning when it matters).
+    Unchanged { why: String, warn: bool },
+    /// Admitted with this patch; warnings for the pod's author.
+    Inject {
+        tee: String,
+        patch: Patch,
+        warnings: Vec<String>,
+    },
+    /// Refused, with the reason the author sees.
+    Deny(String),
+}
+
+fn unchanged(why: impl Into<String>) -> Decision {
+    Decision::Unchanged {
+        why: why.into(),
+        warn: false,
+    }
+}
+
+/// Decide for `pod` (created in `namespace`).
+pub fn decide(pod: &Pod, namespace: &str, config: &Config, lock: &Lock) -> Decision {
+    let meta = &pod.metadata;
+    let annotations = meta.annotations.clone().unwrap_or_default();
+    let labels = meta.labels.clone().unwrap_or_default();
+    if let Some(tee) = annotations.get(INJECTED) {
+        return unchanged(format!("already injected ({tee})"));
+    }
+    let flag = |v: Option<&String>| v.map(|s| s.trim().to_ascii_lowercase());
+    let (by_annotation, by_label) = (flag(annotations.get(INJECT)), flag(labels.get(INJECT)));
+    if by_annotation.as_deref() == Some("false") || by_label.as_deref() == Some("false") {
+        return unchanged(format!("opted out ({INJECT}: \"false\")"));
+    }
+    if EXCLUDED_NAMESPACES.contains(&namespace) {
+        return unchanged(format!("namespace {namespace} is never injected"));
+    }
+    let Some(spec) = pod.spec.as_ref() else {
+        return Decision::Deny("the pod has no spec".into());
+    };
+    let opted_in = by_annotation.as_deref() == Some("true") || by_label.as_deref() == Some("true");
+    let class = spec.runtime_class_name.as_deref();
+    let tee = match class.and_then(|c| config.runtime_classes.get(c)) {
+        Some(t) => t.clone(),
+        None if !opted_in => {
+            return unchanged(format!(
+                "not opted in and runtime class {} is not configured",
+                class.unwrap_or("(none)")
+            ))
+        }
+        None => match &config.default_tee {
+            Some(t) => t.clone(),
+            None => {
+                let why = format!(
+                    "the pod opted in ({INJECT}) but its runtime class {} names no TEE in the webhook's runtime_classes and no default_tee is set",
+                    class.unwrap_or("(none)")
+                );
+                return match config.unknown_runtime_class {
+                    UnknownPolicy::Deny => Decision::Deny(why),
+                    UnknownPolicy::Allow => Decision::Unchanged {
+                        why: format!("{why}: admitted without attestd"),
+                        warn: true,
+                    },
+                };
+            }
+        },
+    };
+    if let Some(clash) = name_clash(spec) {
+        return Decision::Deny(clash);
+    }
+    match plan(&tee, spec.host_network == Some(true), config, lock) {
+        Ok(plan) => match patch(pod, &plan, config) {
+            Ok(patch) => Decision::Inject {
+                tee,
+                patch,
+                warnings: plan.warnings,
+            },
+            Err(why) => Decision::Deny(why),
+        },
+        Err(why) => Decision::Deny(why),
+    }
+}
+
+/// A container or volume of the pod already named like ours.
+fn name_clash(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<String> {
+    let ours = |n: &str| n == CORE_CONTAINER || n.starts_with(ATTESTER_PREFIX);
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    for c in containers {
+        if ours(&c.name) {
+            return Some(format!(
+                "the pod already has a container named {:?}, a name attestd-webhook injects; rename it, or set {INJECT}: \"false\" to run your own attestd",
+                c.name
+            ));
+        }
+    }
+    for v in spec.volumes.iter().flatten() {
+        if [RUN_VOLUME, AA_VOLUME, CONFIG_VOLUME].contains(&v.name.as_str()) {
+            return Some(format!(
+                "the pod already has a volume named {:?}, a name attestd-webhook injects",
+                v.name
+            ));
+        }
+    }
+    None
+}
+
+/// One attester to inject.
+#[derive(Debug, Clone)]
+struct Attester {
+    tee: String,
+    image: String,
+    transport: String,
+    privileged: bool,
+}
+
+#[derive(Debug)]
+struct Plan {
+    primary: String,
+    /// The gRPC AA address in this pod ("none": off).
+    grpc: String,
+    core_image: String,
+    attesters: Vec<Attester>,
+    warnings: Vec<String>,
+}
+
+/// The images and settings for `tee` (or `auto`), from the lock and overrides.
+fn plan(tee: &str, host_network: bool, config: &Config, lock: &Lock) -> Result<Plan, String> {
+    let core_image = match config.images.get(CORE_CONTAINER) {
+        Some(r) => r.clone(),
+        None => lock
+            .components
+            .get(CORE_CONTAINER)
+            .map(|c| format!("{}@{}", c.image, c.digest))
+            .ok_or_else(|| {
+                format!(
+                    "images.lock ({}) has no [components.attestd] entry: rebuild it with containers/build.sh attestd",
+                    config.images_lock.display()
+                )
+            })?,
+    };
+    let tees: Vec<String> = if tee == "auto" {
+        let listed: Vec<String> = if config.auto_candidates.is_empty() {
+            lock.images
+                .keys()
+                .filter(|t| *t != "sample")
+                .cloned()
+                .collect()
+        } else {
+            config.auto_candidates.clone()
+        };
+        if listed.is_empty() {
+            return Err(format!(
+                "TEE auto: images.lock ({}) holds no hardware attester to choose from",
+                config.images_lock.display()
+            ));
+        }
+        listed
+    } else {
+        vec![tee.to_string()]
+    };
+    let mut attesters = Vec::new();
+    let mut warnings = Vec::new();
+    for t in &tees {
+        let locked = lock.images.get(t);
+        let image = match (config.images.get(t), locked) {
+            (Some(r), _) => r.clone(),
+            (None, Some(l)) => format!("{}@{}", l.image, l.digest),
+            (None, None) => {
+                return Err(format!(
+                    "images.lock ({}) has no attester image for TEE {t:?}",
+                    config.images_lock.display()
+                ))
+            }
+        };
+        check_reference(&image, config.dev_mode)?;
+        let transport = locked
+            .map(|l| l.transport.clone())
+            .unwrap_or_else(|| "ttrpc".to_string());
+        let (needs, optional) = attestd::launch::resources::for_target(t);
+        // Inside a kata pod VM a privileged container sees the guest's devices
+        // (with privileged_without_host_devices, never the host's): the only way
+        // a pod spec can hand it /dev/tdx_guest, /dev/sev-guest or the TPM.
+        let privileged = !(needs.devices.is_empty() && needs.rw.is_empty() && optional.is_empty());
+        if needs.host_network {
+            warnings.push(format!(
+                "attester {t} reaches the Azure IMDS (169.254.169.254): the pod network must route to it"
+            ));
+        }
+        attesters.push(Attester {
+            tee: t.clone(),
+            image,
+            transport,
+            privileged,
+        });
+    }
+    check_reference(&core_image, config.dev_mode)?;
+    let grpc = if host_network && !config.grpc.starts_with("unix://") && config.grpc != "none" {
+        warnings.push(format!(
+            "the pod uses the node's network: attestd serves gRPC on {GRPC_SOCKET}, not on {}",
+            config.grpc
+        ));
+        GRPC_SOCKET.to_string()
+    } else {
+        config.grpc.clone()
+    };
+    Ok(Plan {
+        primary: tee.to_string(),
+        grpc,
+        core_image,
+        attesters,
+        warnings,
+    })
+}
+
+fn socket_of(tee: &str) -> String {
+    format!("{RUN_DIR}/{tee}.sock")
+}
+
+/// attestd's drop-in: every attester external on its socket, the primary named
+/// (or `auto`: attestd probes the pod VM and asks each candidate's Detect).
+fn plugin_config(plan: &Plan) -> String {
+    let mut s = String::from(
+        "# Written by attestd-webhook: the attesters are this pod's sidecars.\n[plugins]\n",
+    );
+    s.push_str(&format!("primary = {:?}\n", plan.primary));
+    s.push_str(&format!("socket_dir = \"{RUN_DIR}/core\"\n"));
+    for a in &plan.attesters {
+        s.push_str(&format!(
+            "\n[plugins.attester.{}]\nlaunch = \"external\"\nsocket = {:?}\ntransport = {:?}\ntee = {:?}\n",
+            a.tee,
+            socket_of(&a.tee),
+            a.transport,
+            a.tee
+        ));
+    }
+    s
+}
+
+fn resources(r: &crate::config::Resources) -> ResourceRequirements {
+    let q = |m: &BTreeMap<String, String>| {
+        (!m.is_empty()).then(|| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+                .collect()
+        })
+    };
+    ResourceRequirements {
+        requests: q(&r.requests),
+        limits: q(&r.limits),
+        ..Default::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}
+
+/// Nothing but what the process needs: no capabilities, no privilege gain, a
+/// read-only root.
+fn confined() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        read_only_root_filesystem: Some(true),
+        // Root in the pod (VM): the attesters' sockets are root's, 0600.
+        run_as_user: Some(0),
+        run_as_non_root: Some(false),
+        ..Default::default()
+    }
+}
+
+fn exec_probe(command: Vec<String>) -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(command),
+        }),
+        period_seconds: Some(1),
+        timeout_seconds: Some(2),
+        // 60 s for a plugin (or attestd) to come up on a slow pod VM.
+        failure_threshold: Some(60),
+        ..Default::default()
+    }
+}
+
+fn attester_container(a: &Attester, config: &Config) -> Container {
+    let serve = vec![
+        "--socket".to_string(),
+        socket_of(&a.tee),
+        "--transport".to_string(),
+        a.transport.clone(),
+    ];
+    let mut probe = vec!["/attester".to_string()];
+    probe.extend(serve.iter().cloned());
+    probe.push("--probe".into());
+    let security = if a.privileged {
+        SecurityContext {
+            privileged: Some(true),
+            read_only_root_filesystem: Some(true),
+            run_as_user: Some(0),
+            ..Default::default()
+        }
+    } else {
+        confined()
+    };
+    Container {
+        name: format!("{ATTESTER_PREFIX}{}", a.tee),
+        image: Some(a.image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(serve),
+        restart_policy: Some("Always".into()),
+        startup_probe: Some(exec_probe(probe)),
+        volume_mounts: Some(vec![mount(RUN_VOLUME, RUN_DIR, false)]),
+        security_context: Some(security),
+        resources: Some(resources(&config.resources.attester)),
+        ..Default::default()
+    }
+}
+
+fn core_container(plan: &Plan, config: &Config) -> Container {
+    let mut args = vec![
+        "run".to_string(),
+        "--config-dir".into(),
+        "/etc/attestd".into(),
+        "--attestation_sock".into(),
+        AA_SOCKET.into(),
+    ];
+    if plan.grpc != "none" {
+        args.extend(["--grpc_sock".into(), plan.grpc.clone()]);
+    }
+    let probe = vec![
+        "/attestd".to_string(),
+        "client".into(),
+        "--attestation_sock".into(),
+        AA_SOCKET.into(),
+        "--timeout-ms".into(),
+        "1500".into(),
+        "get-tee-type".into(),
+    ];
+    Container {
+        name: CORE_CONTAINER.into(),
+        image: Some(plan.core_image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(args),
+        restart_policy: Some("Always".into()),
+        startup_probe: Some(exec_probe(probe)),
+        volume_mounts: Some(vec![
+            mount(RUN_VOLUME, RUN_DIR, false),
+            mount(AA_VOLUME, AA_DIR, false),
+            mount(CONFIG_VOLUME, DROP_IN_DIR, true),
+        ]),
+        // `auto` probes the pod VM's devices (existence only; attestd opens none).
+        security_context: Some(if plan.primary == "auto" {
+            SecurityContext {
+                privileged: Some(true),
+                read_only_root_filesystem: Some(true),
+                run_as_user: Some(0),
+                ..Default::default()
+            }
+        } else {
+            confined()
+        }),
+        resources: Some(resources(&config.resources.attestd)),
+        ..Default::default()
+    }
+}
+
+fn memory_dir() -> EmptyDirVolumeSource {
+    EmptyDirVolumeSource {
+        medium: Some("Memory".into()),
+        size_limit: Some(Quantity(SOCKET_VOLUME_LIMIT.into())),
+    }
+}
+
+fn volumes() -> Vec<Volume> {
+    let annotation = |file: &str, key: &str| DownwardAPIVolumeFile {
+        path: file.into(),
+        field_ref: Some(ObjectFieldSelector {
+            field_path: format!("metadata.annotations['{key}']"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    vec![
+        Volume {
+            name: RUN_VOLUME.into(),
+            empty_dir: Some(memory_dir()),
+            ..Default::default()
+        },
+        Volume {
+            name: AA_VOLUME.into(),
+            empty_dir: Some(memory_dir()),
+            ..Default::default()
+        },
+        Volume {
+            name: CONFIG_VOLUME.into(),
+            downward_api: Some(DownwardAPIVolumeSource {
+                // The author's first, the webhook's last: its plugin keys win.
+                items: Some(vec![
+                    annotation("40-pod.toml", POD_CONFIG),
+                    annotation("90-webhook.toml", PLUGIN_CONFIG),
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ]
+}
+
+/// `/` and `~` escaped for a JSON pointer (RFC 6901).
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, String> {
+    serde_json::to_value(v).map_err(|e| format!("cannot encode the patch: {e}"))
+}
+
+fn add(path: String, value: Value) -> Result<PatchOperation, String> {
+    let path = path
+        .parse()
+        .map_err(|e| format!("cannot build the patch path {path}: {e}"))?;
+    Ok(PatchOperation::Add(AddOperation { path, value }))
+}
+
+/// Append `values` to the array at `path` (created when `exists` is false).
+fn append(
+    ops: &mut Vec<PatchOperation>,
+    path: &str,
+    exists: bool,
+    values: Vec<Value>,
+) -> Result<(), String> {
+    if exists {
+        for v in values {
+            ops.push(add(format!("{path}/-"), v)?);
+        }
+    } else if !values.is_empty() {
+        ops.push(add(path.to_string(), Value::Array(values))?);
+    }
+    Ok(())
+}
+
+fn patch(pod: &Pod, plan: &Plan, config: &Config) -> Result<Patch, String> {
+    let spec = pod.spec.as_ref().ok_or("the pod has no spec")?;
+    let mut ops = Vec::new();
+    // Annotations: the marker and attestd's configuration.
+    let mine = [
+        (INJECTED.to_string(), plan.primary.clone()),
+        (PLUGIN_CONFIG.to_string(), plugin_config(plan)),
+    ];
+    match &pod.metadata.annotations {
+        None => {
+            let map: serde_json::Map<String, Value> = mine
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            ops.push(add("/metadata/annotations".into(), Value::Object(map))?);
+        }
+        Some(_) => {
+            for (k, v) in &mine {
+                ops.push(add(
+                    format!("/metadata/annotations/{}", escape(k)),
+                    Value::String(v.clone()),
+                )?);
+            }
+        }
+    }
+    let vols = volumes().iter().map(to_value).collect::<Result<_, _>>()?;
+    append(&mut ops, "/spec/volumes", spec.volumes.is_some(), vols)?;
+    // The app's containers (and the pod's own init containers, which run after
+    // ours) get the AA socket and its address. Patched before ours are inserted,
+    // while their indices are still the pod's.
+    let mut env = vec![EnvVar {
+        name: ENV_SOCKET.into(),
+        value: Some(AA_SOCKET.into()),
+        ..Default::default()
+    }];
+    if plan.grpc != "none" {
+        env.push(EnvVar {
+            name: ENV_GRPC.into(),
+            value: Some(plan.grpc.clone()),
+            ..Default::default()
+        });
+    }
+    let lists = [
+        ("containers", Some(&spec.containers)),
+        ("initContainers", spec.init_containers.as_ref()),
+    ];
+    for (list, containers) in lists {
+        for (i, c) in containers.into_iter().flatten().enumerate() {
+            let at = format!("/spec/{list}/{i}");
+            if c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path == AA_DIR)
+            {
+                return Err(format!(
+                    "container {:?} already mounts something at {AA_DIR}, where attestd-webhook puts the AA socket",
+                    c.name
+                ));
+            }
+            append(
+                &mut ops,
+                &format!("{at}/volumeMounts"),
+                c.volume_mounts.is_some(),
+                vec![to_value(&mount(AA_VOLUME, AA_DIR, true))?],
+            )?;
+            // The container's own setting of a variable wins.
+            let have: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+            let missing = env
+                .iter()
+                .filter(|e| !have.contains(&e.name.as_str()))
+                .map(to_value)
+                .collect::<Result<Vec<_>, _>>()?;
+            append(&mut ops, &format!("{at}/env"), c.env.is_some(), missing)?;
+        }
+    }
+    // Ours first among the init containers, attesters before attestd: each native
+    // sidecar's startup probe must pass before the next container starts.
+    let mut ours: Vec<Container> = plan
+        .attesters
+        .iter()
+        .map(|a| attester_container(a, config))
+        .collect();
+    ours.push(core_container(plan, config));
+    let ours = ours.iter().map(to_value).collect::<Result<Vec<_>, _>>()?;
+    if spec.init_containers.is_some() {
+        for (i, c) in ours.into_iter().enumerate() {
+            ops.push(add(format!("/spec/initContainers/{i}"), c)?);
+        }
+    } else {
+        ops.push(add("/spec/initContainers".into(), Value::Array(ours))?);
+    }
+    Ok(Patch(ops))
+}
+
+#[cfg(test)]
+mod tests;

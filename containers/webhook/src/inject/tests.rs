@@ -1,0 +1,375 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use super::*;
+use crate::config::{LockedAttester, LockedComponent};
+use serde_json::json;
+
+const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const CORE: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+fn lock() -> Lock {
+    let mut l = Lock::default();
+    for tee in ["sample", "tdx", "snp", "tpm"] {
+        l.images.insert(
+            tee.into(),
+            LockedAttester {
+                image: format!("localhost/attestd/attester-{tee}"),
+                digest: DIGEST.into(),
+                transport: "ttrpc".into(),
+            },
+        );
+    }
+    l.components.insert(
+        "attestd".into(),
+        LockedComponent {
+            image: "localhost/attestd/attestd".into(),
+            digest: CORE.into(),
+        },
+    );
+    l
+}
+
+fn pod(v: serde_json::Value) -> Pod {
+    serde_json::from_value(v).unwrap()
+}
+
+/// The pod after the patch, applied the way the API server applies it.
+fn injected(p: &Pod, config: &Config) -> (Pod, Vec<String>) {
+    match decide(p, "apps", config, &lock()) {
+        Decision::Inject {
+            patch, warnings, ..
+        } => {
+            let mut doc = serde_json::to_value(p).unwrap();
+            json_patch::patch(&mut doc, &patch).unwrap();
+            (serde_json::from_value(doc).unwrap(), warnings)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn names(cs: &[Container]) -> Vec<&str> {
+    cs.iter().map(|c| c.name.as_str()).collect()
+}
+
+fn tdx_pod() -> Pod {
+    pod(json!({
+        "metadata": {"name": "app", "annotations": {"keep": "me"}},
+        "spec": {
+            "runtimeClassName": "kata-qemu-tdx",
+            "initContainers": [{"name": "setup", "image": "busybox"}],
+            "containers": [
+                {"name": "app", "image": "app", "env": [{"name": "A", "value": "1"}],
+                 "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+                {"name": "side", "image": "side",
+                 "env": [{"name": "ATTESTD_AA_SOCKET", "value": "mine"}]}
+            ],
+            "volumes": [{"name": "data", "emptyDir": {}}]
+        }
+    }))
+}
+
+#[test]
+fn a_tdx_pod_gets_the_pinned_attester_and_attestd_before_its_own_containers() {
+    let (p, warnings) = injected(&tdx_pod(), &Config::default());
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let spec = p.spec.unwrap();
+    let init = spec.init_containers.unwrap();
+    assert_eq!(names(&init), ["attestd-attester-tdx", "attestd", "setup"]);
+    let (att, core) = (&init[0], &init[1]);
+    assert_eq!(
+        att.image.as_deref(),
+        Some(format!("localhost/attestd/attester-tdx@{DIGEST}").as_str())
+    );
+    assert_eq!(
+        core.image.as_deref(),
+        Some(format!("localhost/attestd/attestd@{CORE}").as_str())
+    );
+    for c in [att, core] {
+        assert_eq!(c.restart_policy.as_deref(), Some("Always"), "{}", c.name);
+        assert!(
+            c.startup_probe.as_ref().unwrap().exec.is_some(),
+            "{}",
+            c.name
+        );
+    }
+    assert_eq!(
+        att.args.as_ref().unwrap(),
+        &["--socket", "/run/attestd/tdx.sock", "--transport", "ttrpc"]
+    );
+    let probe = att.startup_probe.as_ref().unwrap().exec.as_ref().unwrap();
+    assert_eq!(probe.command.as_ref().unwrap().last().unwrap(), "--probe");
+    // The TDX attester needs the guest's devices: privileged (in the pod VM).
+    assert_eq!(
+        att.security_context.as_ref().unwrap().privileged,
+        Some(true)
+    );
+    let sc = core.security_context.as_ref().unwrap();
+    assert_eq!(sc.privileged, None);
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_ref().unwrap(),
+        &["ALL"]
+    );
+    // Volumes: the pod's, then ours.
+    let vols: Vec<&str> = spec
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(vols, ["data", RUN_VOLUME, AA_VOLUME, CONFIG_VOLUME]);
+    let run = &spec.volumes.as_ref().unwrap()[1];
+    assert_eq!(
+        run.empty_dir.as_ref().unwrap().medium.as_deref(),
+        Some("Memory")
+    );
+    // Every container of the pod sees the AA socket, read-only, and its address.
+    for c in spec.containers.iter().chain(init.iter().skip(2)) {
+        let m = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == AA_VOLUME);
+        assert_eq!(m.unwrap().mount_path, AA_DIR, "{}", c.name);
+        assert_eq!(m.unwrap().read_only, Some(true), "{}", c.name);
+    }
+    let env = |c: &Container| -> Vec<(String, String)> {
+        c.env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect()
+    };
+    assert_eq!(
+        env(&spec.containers[0]),
+        [
+            ("A".into(), "1".into()),
+            (ENV_SOCKET.into(), AA_SOCKET.into()),
+            (ENV_GRPC.into(), "127.0.0.1:50002".into())
+        ]
+    );
+    // A container's own setting wins.
+    assert_eq!(
+        env(&spec.containers[1]),
+        [
+            (ENV_SOCKET.into(), "mine".into()),
+            (ENV_GRPC.into(), "127.0.0.1:50002".into())
+        ]
+    );
+    let a = p.metadata.annotations.unwrap();
+    assert_eq!(a["keep"], "me");
+    assert_eq!(a[INJECTED], "tdx");
+    let cfg: toml::Value = toml::from_str(&a[PLUGIN_CONFIG]).unwrap();
+    assert_eq!(cfg["plugins"]["primary"].as_str(), Some("tdx"));
+    let t = &cfg["plugins"]["attester"]["tdx"];
+    assert_eq!(t["launch"].as_str(), Some("external"));
+    assert_eq!(t["socket"].as_str(), Some("/run/attestd/tdx.sock"));
+}
+
+#[test]
+fn the_plugin_config_annotation_is_what_attestd_reads() {
+    let (p, _) = injected(&tdx_pod(), &Config::default());
+    let text = &p.metadata.annotations.unwrap()[PLUGIN_CONFIG];
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("attestd.toml.d")).unwrap();
+    std::fs::write(d.path().join("attestd.toml.d/90-webhook.toml"), text).unwrap();
+    let files = attestd::config::layers::sources(d.path(), None).unwrap();
+    let l = attestd::config::layers::load(&files).unwrap();
+    let sample = &l.config.plugins.attester["tdx"];
+    assert_eq!(
+        sample.socket.as_deref(),
+        Some(std::path::Path::new("/run/attestd/tdx.sock"))
+    );
+}
+
+#[test]
+fn a_bare_pod_gets_each_list_created() {
+    let p = pod(json!({
+        "metadata": {"name": "bare", "labels": {INJECT: "true"}},
+        "spec": {"runtimeClassName": "kata-qemu-coco-dev", "containers": [{"name": "app", "image": "app"}]}
+    }));
+    let (p, _) = injected(&p, &Config::default());
+    let spec = p.spec.unwrap();
+    assert_eq!(
+        names(spec.init_containers.as_ref().unwrap()),
+        ["attestd-attester-sample", "attestd"]
+    );
+    assert_eq!(spec.volumes.unwrap().len(), 3);
+    assert_eq!(spec.containers[0].env.as_ref().unwrap().len(), 2);
+    assert_eq!(p.metadata.annotations.unwrap()[INJECTED], "sample");
+    // The sample needs no device: confined like the core.
+    let att = &spec.init_containers.unwrap()[0];
+    assert_eq!(att.security_context.as_ref().unwrap().privileged, None);
+}
+
+#[test]
+fn injected_opted_out_and_system_pods_are_left_alone() {
+    let mut p = tdx_pod();
+    let (done, _) = injected(&p, &Config::default());
+    assert!(matches!(
+        decide(&done, "apps", &Config::default(), &lock()),
+        Decision::Unchanged { .. }
+    ));
+    assert!(matches!(
+        decide(&p, "kube-system", &Config::default(), &lock()),
+        Decision::Unchanged { .. }
+    ));
+    p.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(INJECT.into(), "false".into());
+    p.metadata.labels = Some([(INJECT.to_string(), "true".to_string())].into());
+    match decide(&p, "apps", &Config::default(), &lock()) {
+        Decision::Unchanged { why, .. } => assert!(why.contains("opted out"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // A pod of an unlisted class that did not opt in.
+    let plain = pod(json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "a"}]}}));
+    assert!(matches!(
+        decide(&plain, "apps", &Config::default(), &lock()),
+        Decision::Unchanged { warn: false, .. }
+    ));
+}
+
+#[test]
+fn a_container_named_like_ours_is_refused_not_merged() {
+    for (list, name) in [
+        ("containers", "attestd"),
+        ("initContainers", "attestd-attester-x"),
+    ] {
+        let mut v = serde_json::to_value(tdx_pod()).unwrap();
+        v["spec"][list]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": name, "image": "mine"}));
+        match decide(&pod(v), "apps", &Config::default(), &lock()) {
+            Decision::Deny(why) => assert!(why.contains(&format!("{name:?}")), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut v = serde_json::to_value(tdx_pod()).unwrap();
+    v["spec"]["containers"][0]["volumeMounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "data", "mountPath": AA_DIR}));
+    match decide(&pod(v), "apps", &Config::default(), &lock()) {
+        Decision::Deny(why) => assert!(why.contains("already mounts something at"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_unknown_runtime_class_follows_the_policy() {
+    let p = pod(json!({
+        "metadata": {"name": "x", "labels": {INJECT: "true"}},
+        "spec": {"runtimeClassName": "runc", "containers": [{"name": "a"}]}
+    }));
+    match decide(&p, "apps", &Config::default(), &lock()) {
+        Decision::Unchanged { why, warn: true } => {
+            assert!(why.contains("runtime class runc names no TEE"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let deny = Config {
+        unknown_runtime_class: UnknownPolicy::Deny,
+        ..Config::default()
+    };
+    match decide(&p, "apps", &deny, &lock()) {
+        Decision::Deny(why) => assert!(why.contains("runtime class runc"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let default_tee = Config {
+        default_tee: Some("tpm".into()),
+        ..Config::default()
+    };
+    assert!(matches!(
+        decide(&p, "apps", &default_tee, &lock()),
+        Decision::Inject { ref tee, .. } if tee == "tpm"
+    ));
+}
+
+#[test]
+fn a_tee_missing_from_the_lock_is_refused_with_its_name() {
+    let mut l = lock();
+    l.images.remove("tdx");
+    match decide(&tdx_pod(), "apps", &Config::default(), &l) {
+        Decision::Deny(why) => assert!(why.contains("no attester image for TEE \"tdx\""), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let mut l = lock();
+    l.components.clear();
+    match decide(&tdx_pod(), "apps", &Config::default(), &l) {
+        Decision::Deny(why) => assert!(why.contains("[components.attestd]"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn auto_injects_every_hardware_candidate_and_lets_attestd_choose() {
+    let p = pod(json!({
+        "metadata": {"name": "x"},
+        "spec": {"runtimeClassName": "kata-remote", "containers": [{"name": "a"}]}
+    }));
+    let (p, _) = injected(&p, &Config::default());
+    let init = p.spec.unwrap().init_containers.unwrap();
+    assert_eq!(
+        names(&init),
+        [
+            "attestd-attester-snp",
+            "attestd-attester-tdx",
+            "attestd-attester-tpm",
+            "attestd"
+        ]
+    );
+    // attestd probes the pod VM's devices to choose.
+    assert_eq!(
+        init[3].security_context.as_ref().unwrap().privileged,
+        Some(true)
+    );
+    let cfg: toml::Value = toml::from_str(&p.metadata.annotations.unwrap()[PLUGIN_CONFIG]).unwrap();
+    assert_eq!(cfg["plugins"]["primary"].as_str(), Some("auto"));
+    assert_eq!(cfg["plugins"]["attester"].as_table().unwrap().len(), 3);
+}
+
+#[test]
+fn a_pod_on_the_node_network_gets_grpc_on_a_socket() {
+    let mut v = serde_json::to_value(tdx_pod()).unwrap();
+    v["spec"]["hostNetwork"] = json!(true);
+    let (p, warnings) = injected(&pod(v), &Config::default());
+    assert!(warnings[0].contains("node's network"), "{warnings:?}");
+    let spec = p.spec.unwrap();
+    let core = &spec.init_containers.as_ref().unwrap()[1];
+    assert!(core
+        .args
+        .as_ref()
+        .unwrap()
+        .contains(&GRPC_SOCKET.to_string()));
+    let grpc = spec.containers[0]
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == ENV_GRPC);
+    assert_eq!(grpc.unwrap().value.as_deref(), Some(GRPC_SOCKET));
+}
+
+#[test]
+fn a_tag_override_is_used_only_in_dev_mode() {
+    let mut c = Config::default();
+    c.images
+        .insert("tdx".into(), "example.com/attester-tdx:dev".into());
+    match decide(&tdx_pod(), "apps", &c, &lock()) {
+        Decision::Deny(why) => assert!(why.contains("not pinned by digest"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    c.dev_mode = true;
+    let (p, _) = injected(&tdx_pod(), &c);
+    let init = p.spec.unwrap().init_containers.unwrap();
+    assert_eq!(
+        init[0].image.as_deref(),
+        Some("example.com/attester-tdx:dev")
+    );
+}

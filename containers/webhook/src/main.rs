@@ -1,0 +1,164 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use attestd_webhook::config::{Config, Lock};
+use attestd_webhook::{certs, server, tls};
+use clap::{Parser, Subcommand};
+
+/// attestd-webhook: injects attestd and the pod's pinned attester into confidential pods.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve POST /mutate, GET /healthz and /readyz over HTTPS
+    Serve(ServeArgs),
+    /// Write a CA and a serving certificate for the webhook's Service, print the caBundle
+    Certs(CertsArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// webhook.toml (absent: the defaults)
+    #[arg(
+        long,
+        env = "ATTESTD_WEBHOOK_CONFIG",
+        default_value = "/etc/attestd-webhook/webhook.toml"
+    )]
+    config: PathBuf,
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    listen: String,
+    #[arg(long, default_value = "/etc/attestd-webhook/tls/tls.crt")]
+    cert: PathBuf,
+    #[arg(long, default_value = "/etc/attestd-webhook/tls/tls.key")]
+    key: PathBuf,
+    /// How often the certificate files are checked for a rotation
+    #[arg(long, default_value_t = 10_000)]
+    reload_interval_ms: u64,
+}
+
+#[derive(clap::Args)]
+struct CertsArgs {
+    #[arg(long, default_value = "attestd-webhook")]
+    service: String,
+    #[arg(long, default_value = "attestd-system")]
+    namespace: String,
+    /// Directory for ca.crt, tls.crt and tls.key (created)
+    #[arg(long)]
+    out_dir: PathBuf,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve(a) => serve(a),
+        Cmd::Certs(a) => write_certs(a),
+    }
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    init_logging();
+    let config = if a.config.exists() {
+        Config::load(&a.config)?
+    } else {
+        tracing::info!(config = %a.config.display(), "no config file: the defaults");
+        Config::default()
+    };
+    let lock = Lock::load(&config.images_lock)?;
+    let certs = tls::Reloading::new(&a.cert, &a.key)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&a.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", a.listen))?;
+        tracing::info!(
+            listen = %listener.local_addr()?,
+            lock = %config.images_lock.display(),
+            tees = ?lock.images.keys().collect::<Vec<_>>(),
+            "serving"
+        );
+        certs
+            .clone()
+            .watch(Duration::from_millis(a.reload_interval_ms.max(100)));
+        let state = Arc::new(server::State { config, lock });
+        tokio::select! {
+            r = server::serve(listener, certs, state) => r.context("serving"),
+            _ = terminated() => {
+                tracing::info!("terminated");
+                Ok(())
+            }
+        }
+    })
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ATTESTD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
+/// SIGTERM (the kubelet stopping the pod) or Ctrl-C.
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn write_certs(a: CertsArgs) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let names = certs::service_names(&a.service, &a.namespace);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let ca = certs::authority()?;
+    let (cert, key) = certs::serving(&ca, &names)?;
+    std::fs::create_dir_all(&a.out_dir)
+        .with_context(|| format!("cannot create {}", a.out_dir.display()))?;
+    let write = |name: &str, body: &str, mode: u32| -> Result<()> {
+        let p = a.out_dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&p)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+        std::io::Write::write_all(&mut f, body.as_bytes())
+            .with_context(|| format!("cannot write {}", p.display()))
+    };
+    write("ca.crt", &ca.pem, 0o644)?;
+    write("tls.crt", &cert, 0o644)?;
+    write("tls.key", &key, 0o600)?;
+    use base64::Engine as _;
+    println!(
+        "{}",
+        base64::engine::general_purpose::STANDARD.encode(ca.pem.as_bytes())
+    );
+    eprintln!(
+        "wrote ca.crt, tls.crt and tls.key to {} for {}; the line above is the caBundle",
+        a.out_dir.display(),
+        names.join(", ")
+    );
+    Ok(())
+}

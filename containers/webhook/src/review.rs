@@ -1,0 +1,136 @@
+//! One AdmissionReview in, one AdmissionReview out. Every input — malformed JSON,
+//! a review without a request, another kind, a pod that does not parse — gets a
+//! well-formed answer with a reason, so the API server reports the reason rather
+//! than "webhook call failed".
+
+use k8s_openapi::api::core::v1::Pod;
+use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube_core::DynamicObject;
+
+use crate::config::{Config, Lock};
+use crate::inject::{decide, Decision};
+
+/// The largest review read. The API server caps a request at 3 MiB and a review
+/// carries the object (and, on updates, the old one) in JSON.
+pub const MAX_REVIEW_BYTES: usize = 7 << 20;
+
+/// What happened, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub uid: String,
+    pub allowed: bool,
+    pub patched: bool,
+    pub message: String,
+}
+
+fn answer(mut r: AdmissionResponse, code: u16, reason: &str) -> AdmissionResponse {
+    r.result.code = code;
+    r.result.reason = reason.to_string();
+    r
+}
+
+/// A refusal for a review that could not be read (no uid to answer to).
+pub fn unreadable(why: impl std::fmt::Display, code: u16) -> (Vec<u8>, Outcome) {
+    let message = format!("attestd-webhook cannot read the AdmissionReview: {why}");
+    let r = answer(AdmissionResponse::invalid(&message), code, "BadRequest");
+    finish(r, message)
+}
+
+fn finish(r: AdmissionResponse, message: String) -> (Vec<u8>, Outcome) {
+    let outcome = Outcome {
+        uid: r.uid.clone(),
+        allowed: r.allowed,
+        patched: r.patch.is_some(),
+        message,
+    };
+    // Serialising our own types cannot fail; an empty body would still be a
+    // refusal the API server reports.
+    let body = serde_json::to_vec(&r.into_review()).unwrap_or_default();
+    (body, outcome)
+}
+
+/// The answer to `body`.
+pub fn review(body: &[u8], config: &Config, lock: &Lock) -> (Vec<u8>, Outcome) {
+    let parsed: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return unreadable(e, 400),
+    };
+    if parsed.types.api_version != "admission.k8s.io/v1" || parsed.types.kind != "AdmissionReview" {
+        return unreadable(
+            format!(
+                "expected admission.k8s.io/v1 AdmissionReview, got {} {}",
+                parsed.types.api_version, parsed.types.kind
+            ),
+            400,
+        );
+    }
+    let req: AdmissionRequest<DynamicObject> = match parsed.try_into() {
+        Ok(r) => r,
+        Err(_) => return unreadable("it holds no request", 400),
+    };
+    let base = AdmissionResponse::from(&req);
+    let kind = &req.kind;
+    if (
+        kind.group.as_str(),
+        kind.version.as_str(),
+        kind.kind.as_str(),
+    ) != ("", "v1", "Pod")
+    {
+        let message = format!(
+            "attestd-webhook mutates v1 Pods, not {}/{} {}: check the MutatingWebhookConfiguration's rules",
+            if kind.group.is_empty() { "core" } else { &kind.group },
+            kind.version,
+            kind.kind
+        );
+        return finish(answer(base.deny(&message), 400, "BadRequest"), message);
+    }
+    if req.operation != Operation::Create || req.sub_resource.is_some() {
+        let message = format!("{:?} of a pod: nothing to inject", req.operation);
+        return finish(base, message);
+    }
+    let Some(object) = req.object.as_ref() else {
+        let message = "a pod CREATE without the pod".to_string();
+        return finish(answer(base.deny(&message), 400, "BadRequest"), message);
+    };
+    let pod: Pod = match serde_json::to_value(object).and_then(serde_json::from_value) {
+        Ok(p) => p,
+        Err(e) => {
+            let message = format!("the pod does not parse: {e}");
+            return finish(answer(base.deny(&message), 400, "BadRequest"), message);
+        }
+    };
+    let namespace = req
+        .namespace
+        .as_deref()
+        .or(pod.metadata.namespace.as_deref())
+        .unwrap_or("default");
+    match decide(&pod, namespace, config, lock) {
+        Decision::Unchanged { why, warn } => {
+            let mut r = base;
+            if warn {
+                r.warnings = Some(vec![why.clone()]);
+            }
+            finish(r, why)
+        }
+        Decision::Deny(why) => {
+            let message = format!("attestd-webhook: {why}");
+            finish(answer(base.deny(&message), 403, "Forbidden"), message)
+        }
+        Decision::Inject {
+            tee,
+            patch,
+            warnings,
+        } => match base.clone().with_patch(patch) {
+            Ok(mut r) => {
+                if !warnings.is_empty() {
+                    r.warnings = Some(warnings);
+                }
+                finish(r, format!("injected attestd and the {tee} attester"))
+            }
+            Err(e) => {
+                let message = format!("attestd-webhook: cannot encode the patch: {e}");
+                finish(answer(base.deny(&message), 500, "InternalError"), message)
+            }
+        },
+    }
+}
