@@ -7,7 +7,9 @@
 # g++: libfuzzer-sys (tests/fuzz, built on stable to replay the corpus).
 # golang-go, golang-google-grpc-dev: the Go ocicrypt-shaped key-provider client
 # (tests/go/keyprovider), built in GOPATH mode from Debian's packaged grpc-go.
-ATTESTD_APT_PACKAGES=(gcc g++ pkg-config libtss2-dev libssl-dev swtpm swtpm-tools tpm2-tools podman runc skopeo umoci golang-go golang-google-grpc-dev systemd)
+# python3-jsonpatch: the webhook tests apply its patches with an implementation
+# not ours; python3-venv: the venv for kubernetes-validate (see ensure_kube_tools).
+ATTESTD_APT_PACKAGES=(gcc g++ pkg-config libtss2-dev libssl-dev swtpm swtpm-tools tpm2-tools podman runc skopeo umoci golang-go golang-google-grpc-dev systemd python3-jsonpatch python3-venv)
 
 # Hardware attesters: standalone workspaces with their own Cargo.lock.
 # attesters/azure is the helper both Azure plugins share, tested on its own.
@@ -38,6 +40,20 @@ ensure_packages() {
     fi
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# The webhook tests' Kubernetes counterparts without a cluster: kubectl (the
+# machine's, else Debian's kubernetes-client) and kubernetes-validate from PyPI
+# (Kubernetes' JSON schemas, offline) in target/kvenv, pinned.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+ensure_kube_tools() {
+    command -v kubectl >/dev/null 2>&1 || ensure_packages kubernetes-client
+    local kv=target/kvenv/bin/kubernetes-validate
+    if [ ! -x "$kv" ] || ! "$kv" --version 2>/dev/null | grep -q "$KUBERNETES_VALIDATE_VERSION"; then
+        rm -rf target/kvenv
+        /usr/bin/python3 -m venv target/kvenv
+        target/kvenv/bin/pip install -q --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+    fi
 }
 
 ensure_rust() {

@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_rust
 ensure_packages "${ATTESTD_APT_PACKAGES[@]}"
+ensure_kube_tools
 # One full run, not an edit loop: incremental caches only cost disk here.
 export CARGO_INCREMENTAL=0
 
@@ -74,8 +75,8 @@ for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do
     cargo build --manifest-path "$ws/Cargo.toml" --bins --locked $(recorded_features "$ws")
 done
 
-echo "== attester images (the container backend tests start the sample image)"
-bash containers/build.sh sample tpm
+echo "== images (the container backend tests start the sample image; the webhook tests the core's and the webhook's)"
+bash containers/build.sh sample tpm attestd webhook
 if [ "${ATTESTD_PRUNE_BUILD:-0}" = 1 ]; then
     # The images hold the release binaries now; CI's disk is tight.
     rm -rf target/x86_64-unknown-linux-gnu attesters/*/target/x86_64-unknown-linux-gnu

@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod config;
 pub mod inject;
+pub mod manifests;
 pub mod review;
 pub mod server;
 pub mod tls;

@@ -21,6 +21,24 @@ enum Cmd {
     Serve(ServeArgs),
     /// Write a CA and a serving certificate for the webhook's Service, print the caBundle
     Certs(CertsArgs),
+    /// Print every manifest (the image pinned from images.lock) for `kubectl apply -f -`
+    Manifests(ManifestsArgs),
+}
+
+#[derive(clap::Args)]
+struct ManifestsArgs {
+    #[arg(long, default_value = "containers/images.lock")]
+    lock: PathBuf,
+    /// `certs` output (ca.crt, tls.crt, tls.key): the Secret and caBundle from it
+    #[arg(
+        long,
+        conflicts_with = "cert_manager",
+        required_unless_present = "cert_manager"
+    )]
+    certs_dir: Option<PathBuf>,
+    /// Let cert-manager issue the certificate and inject the CA instead
+    #[arg(long)]
+    cert_manager: bool,
 }
 
 #[derive(clap::Args)]
@@ -59,6 +77,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Serve(a) => serve(a),
         Cmd::Certs(a) => write_certs(a),
+        Cmd::Manifests(a) => print_manifests(a),
     }
 }
 
@@ -160,5 +179,26 @@ fn write_certs(a: CertsArgs) -> Result<()> {
         a.out_dir.display(),
         names.join(", ")
     );
+    Ok(())
+}
+
+fn print_manifests(a: ManifestsArgs) -> Result<()> {
+    use attestd_webhook::manifests::{render, Tls};
+    let lock = Lock::load(&a.lock)?;
+    let tls = match a.certs_dir {
+        Some(dir) => {
+            let read = |name: &str| {
+                let p = dir.join(name);
+                std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
+            };
+            Tls::Files {
+                ca: read("ca.crt")?,
+                cert: read("tls.crt")?,
+                key: read("tls.key")?,
+            }
+        }
+        None => Tls::CertManager,
+    };
+    print!("{}", render(&lock, &tls)?);
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! well-formed answer with a reason, so the API server reports the reason rather
 //! than "webhook call failed".
 
+use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube_core::DynamicObject;
@@ -45,7 +46,16 @@ fn finish(r: AdmissionResponse, message: String) -> (Vec<u8>, Outcome) {
     };
     // Serialising our own types cannot fail; an empty body would still be a
     // refusal the API server reports.
-    let body = serde_json::to_vec(&r.into_review()).unwrap_or_default();
+    let mut doc = serde_json::to_value(r.into_review()).unwrap_or_default();
+    // The patch as Kubernetes' own webhooks send a []byte: base64 (kube-core
+    // writes an array of numbers, which Go's decoder also takes).
+    if let Some(patch) = doc.pointer_mut("/response/patch") {
+        if let Ok(bytes) = serde_json::from_value::<Vec<u8>>(patch.clone()) {
+            *patch =
+                serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+        }
+    }
+    let body = serde_json::to_vec(&doc).unwrap_or_default();
     (body, outcome)
 }
 

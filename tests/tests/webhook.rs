@@ -1,0 +1,1116 @@
+//! attestd-webhook as the API server calls it: real HTTPS with a CA made by its
+//! own `certs` command, AdmissionReview documents shaped as the API server sends
+//! them, the returned JSONPatch applied by an independent implementation
+//! (Python's `jsonpatch`) and read back as a `k8s_openapi` Pod; the manifests
+//! checked by kubectl and by the Kubernetes JSON schema; the injected attestd +
+//! sample attester pair run with podman and asked for evidence.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use attestd_e2e::{bin, free_port, locked_image, repo_root, Reaped};
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde_json::{json, Value};
+
+/// The name the API server dials: the Service's DNS name.
+const SERVICE_HOST: &str = "attestd-webhook.attestd-system.svc";
+const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const CORE_DIGEST: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+/// A lock with made-up digests (the review tests run nothing).
+fn test_lock() -> String {
+    let mut s = String::new();
+    for tee in ["sample", "tdx", "snp"] {
+        s.push_str(&format!(
+            "[images.{tee}]\nimage = \"localhost/attestd/attester-{tee}\"\ndigest = \"{DIGEST}\"\ntransport = \"ttrpc\"\napi = 1\n\n"
+        ));
+    }
+    s.push_str(&format!(
+        "[components.attestd]\nimage = \"localhost/attestd/attestd\"\ndigest = \"{CORE_DIGEST}\"\n"
+    ));
+    s
+}
+
+struct Webhook {
+    _child: Reaped,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+fn make_certs(out: &Path) -> String {
+    let o = Command::new(bin("attestd-webhook"))
+        .args(["certs", "--out-dir"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+impl Webhook {
+    fn start(config: &str, lock: &str) -> Webhook {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("images.lock"), lock).unwrap();
+        std::fs::write(
+            d.join("webhook.toml"),
+            format!("images_lock = {:?}\n{config}", d.join("images.lock")),
+        )
+        .unwrap();
+        make_certs(&d.join("tls"));
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new(bin("attestd-webhook"))
+            .arg("serve")
+            .arg("--config")
+            .arg(d.join("webhook.toml"))
+            .arg("--cert")
+            .arg(d.join("tls/tls.crt"))
+            .arg("--key")
+            .arg(d.join("tls/tls.key"))
+            .args(["--listen", &addr.to_string(), "--reload-interval-ms", "200"])
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(d.join("log")).unwrap())
+            .spawn()
+            .unwrap();
+        let w = Webhook {
+            _child: Reaped(child),
+            addr,
+            dir,
+        };
+        w.wait_ready();
+        w
+    }
+
+    fn ca(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("tls/ca.crt")).unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(self.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "webhook did not listen: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A client as the API server is one: it trusts only the caBundle's CA and
+    /// dials the Service's name.
+    fn client_trusting(&self, ca: &[u8]) -> reqwest::Client {
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(ca).unwrap())
+            .resolve(SERVICE_HOST, self.addr)
+            .http1_only()
+            .build()
+            .unwrap()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://{SERVICE_HOST}:{}{path}", self.addr.port())
+    }
+
+    /// POST `body` to /mutate: the HTTP status and the AdmissionReview answered.
+    async fn post(&self, body: Vec<u8>) -> (u16, Value) {
+        let r = self
+            .client_trusting(&self.ca())
+            .post(self.url("/mutate"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn review(&self, review: &Value) -> Value {
+        let (status, answer) = self.post(serde_json::to_vec(review).unwrap()).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1", "{answer}");
+        assert_eq!(answer["kind"], "AdmissionReview", "{answer}");
+        assert_eq!(
+            answer["response"]["uid"], review["request"]["uid"],
+            "{answer}"
+        );
+        answer["response"].clone()
+    }
+}
+
+/// A pod as the API server hands it to admission: defaults applied, the service
+/// account token volume mounted.
+fn api_pod(name: &str, namespace: &str, spec: Value, meta: Value) -> Value {
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "creationTimestamp": null},
+        "spec": {
+            "containers": [{
+                "name": "app",
+                "image": "registry.example/app@sha256:3333333333333333333333333333333333333333333333333333333333333333",
+                "resources": {},
+                "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePolicy": "File",
+                "imagePullPolicy": "IfNotPresent",
+                "volumeMounts": [{"name": "kube-api-access-x1", "readOnly": true,
+                    "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]
+            }],
+            "volumes": [{"name": "kube-api-access-x1", "projected": {"defaultMode": 420, "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}}],
+            "restartPolicy": "Always",
+            "terminationGracePeriodSeconds": 30,
+            "dnsPolicy": "ClusterFirst",
+            "serviceAccountName": "default",
+            "securityContext": {},
+            "schedulerName": "default-scheduler",
+            "enableServiceLinks": true,
+            "preemptionPolicy": "PreemptLowerPriority",
+            "priority": 0
+        },
+        "status": {}
+    });
+    for (k, v) in spec.as_object().unwrap() {
+        pod["spec"][k] = v.clone();
+    }
+    for (k, v) in meta.as_object().unwrap() {
+        pod["metadata"][k] = v.clone();
+    }
+    pod
+}
+
+fn review_of(pod: &Value, operation: &str) -> Value {
+    let ns = pod["metadata"]["namespace"].clone();
+    json!({
+        "kind": "AdmissionReview",
+        "apiVersion": "admission.k8s.io/v1",
+        "request": {
+            "uid": format!("7d9f0c2e-{:08x}", rand::random::<u32>()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "name": pod["metadata"]["name"],
+            "namespace": ns,
+            "operation": operation,
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller",
+                "uid": "4d4a5c38", "groups": ["system:serviceaccounts", "system:authenticated"]},
+            "object": pod,
+            "oldObject": null,
+            "dryRun": false,
+            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
+        }
+    })
+}
+
+/// Apply the answer's patch to `pod` with Python's jsonpatch (not our crate's).
+fn apply(pod: &Value, response: &Value) -> Pod {
+    assert_eq!(response["allowed"], true, "{response}");
+    assert_eq!(response["patchType"], "JSONPatch", "{response}");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(response["patch"].as_str().unwrap())
+        .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("pod.json"), serde_json::to_vec(pod).unwrap()).unwrap();
+    std::fs::write(d.path().join("patch.json"), &patch).unwrap();
+    let o = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg("import json, sys, jsonpatch\ndoc = json.load(open(sys.argv[1]))\npatch = jsonpatch.JsonPatch(json.load(open(sys.argv[2])))\njson.dump(patch.apply(doc), sys.stdout)")
+        .arg(d.path().join("pod.json"))
+        .arg(d.path().join("patch.json"))
+        .output()
+        .expect("/usr/bin/python3 with python3-jsonpatch (scripts/lib.sh installs it)");
+    assert!(
+        o.status.success(),
+        "jsonpatch: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn names(cs: &[Container]) -> Vec<&str> {
+    cs.iter().map(|c| c.name.as_str()).collect()
+}
+
+fn mount_of<'a>(
+    c: &'a Container,
+    volume: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::VolumeMount> {
+    c.volume_mounts.iter().flatten().find(|m| m.name == volume)
+}
+
+#[tokio::test]
+async fn reviews_over_https_patch_pods_as_the_api_server_applies_them() {
+    let w = Webhook::start("", &test_lock());
+    // A TDX pod with its own init container, volumes and env.
+    let pod = api_pod(
+        "tdx-app",
+        "confidential",
+        json!({
+            "runtimeClassName": "kata-qemu-tdx",
+            "initContainers": [{"name": "fetch", "image": "registry.example/fetch:1",
+                "env": [{"name": "X", "value": "y"}]}]
+        }),
+        json!({"labels": {"app": "tdx-app"}}),
+    );
+    let r = w.review(&review_of(&pod, "CREATE")).await;
+    let p = apply(&pod, &r);
+    let spec = p.spec.as_ref().unwrap();
+    let init = spec.init_containers.as_ref().unwrap();
+    assert_eq!(names(init), ["attestd-attester-tdx", "attestd", "fetch"]);
+    assert_eq!(
+        init[0].image.as_deref().unwrap(),
+        format!("localhost/attestd/attester-tdx@{DIGEST}")
+    );
+    assert_eq!(
+        init[1].image.as_deref().unwrap(),
+        format!("localhost/attestd/attestd@{CORE_DIGEST}")
+    );
+    for c in &init[..2] {
+        // Native sidecars: up before the app, up while it runs.
+        assert_eq!(c.restart_policy.as_deref(), Some("Always"), "{}", c.name);
+        let probe = c.startup_probe.as_ref().unwrap();
+        assert!(probe.exec.as_ref().unwrap().command.as_ref().unwrap().len() > 2);
+    }
+    assert_eq!(
+        init[0].security_context.as_ref().unwrap().privileged,
+        Some(true)
+    );
+    let core_sc = init[1].security_context.as_ref().unwrap();
+    assert_eq!(core_sc.read_only_root_filesystem, Some(true));
+    assert_eq!(core_sc.allow_privilege_escalation, Some(false));
+    let vols: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(
+        vols,
+        [
+            "kube-api-access-x1",
+            "attestd-run",
+            "attestd-aa",
+            "attestd-config"
+        ]
+    );
+    // The app and the pod's own init container see the AA socket and address.
+    for c in spec.containers.iter().chain(&init[2..]) {
+        let m = mount_of(c, "attestd-aa").unwrap();
+        assert_eq!(
+            m.mount_path,
+            "/run/confidential-containers/attestation-agent"
+        );
+        assert_eq!(m.read_only, Some(true));
+        let env: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        assert!(
+            env.contains(&"ATTESTD_AA_SOCKET") && env.contains(&"ATTESTD_AA_GRPC"),
+            "{env:?}"
+        );
+    }
+    assert!(mount_of(&spec.containers[0], "kube-api-access-x1").is_some());
+    assert_eq!(init[2].env.as_ref().unwrap()[0].name, "X");
+    // attestd and the attester share the plugin sockets; the app does not see them.
+    assert!(
+        mount_of(&init[0], "attestd-run").is_some() && mount_of(&init[1], "attestd-run").is_some()
+    );
+    assert!(mount_of(&spec.containers[0], "attestd-run").is_none());
+    let annotations = p.metadata.annotations.as_ref().unwrap();
+    assert_eq!(annotations["attestd.io/injected"], "tdx");
+    assert!(annotations["attestd.io/plugin-config"].contains("launch = \"external\""));
+
+    // The patched pod, reviewed again (a reinvocation): no second patch.
+    let again = serde_json::to_value(&p).unwrap();
+    let r = w.review(&review_of(&again, "CREATE")).await;
+    assert_eq!(r["allowed"], true);
+    assert!(r.get("patch").is_none(), "{r}");
+
+    // A pod without a runtime class that opted in by label, with no lists at all.
+    let mut bare = api_pod(
+        "bare",
+        "confidential",
+        json!({}),
+        json!({"labels": {"attestd.io/inject": "true"}}),
+    );
+    bare["spec"]["containers"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("volumeMounts");
+    bare["spec"].as_object_mut().unwrap().remove("volumes");
+    let w2 = Webhook::start("default_tee = \"sample\"\n", &test_lock());
+    let p = apply(&bare, &w2.review(&review_of(&bare, "CREATE")).await);
+    let spec = p.spec.unwrap();
+    assert_eq!(
+        names(spec.init_containers.as_ref().unwrap()),
+        ["attestd-attester-sample", "attestd"]
+    );
+    assert!(mount_of(&spec.containers[0], "attestd-aa").is_some());
+
+    // Left alone: kube-system, an opted-out pod, a pod of no listed class, a DELETE.
+    let system = api_pod(
+        "dns",
+        "kube-system",
+        json!({"runtimeClassName": "kata-qemu-tdx"}),
+        json!({}),
+    );
+    let opted_out = api_pod(
+        "out",
+        "confidential",
+        json!({"runtimeClassName": "kata-qemu-tdx"}),
+        json!({"annotations": {"attestd.io/inject": "false"}}),
+    );
+    let plain = api_pod("plain", "confidential", json!({}), json!({}));
+    for (pod, op) in [
+        (&system, "CREATE"),
+        (&opted_out, "CREATE"),
+        (&plain, "CREATE"),
+        (&pod, "DELETE"),
+    ] {
+        let r = w.review(&review_of(pod, op)).await;
+        assert_eq!(r["allowed"], true, "{r}");
+        assert!(r.get("patch").is_none(), "{}: {r}", pod["metadata"]["name"]);
+    }
+    assert!(
+        w.log().contains("injected attestd and the tdx attester"),
+        "{}",
+        w.log()
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_reasoned_answer_never_a_500() {
+    let w = Webhook::start("unknown_runtime_class = \"deny\"\n", &test_lock());
+    let refused = |r: &Value, code: u64, needle: &str| {
+        assert_eq!(r["response"]["allowed"], false, "{r}");
+        assert_eq!(r["response"]["status"]["code"], code, "{r}");
+        let m = r["response"]["status"]["message"].as_str().unwrap();
+        assert!(m.contains(needle), "{m}");
+    };
+    let (s, r) = w.post(b"{not json".to_vec()).await;
+    assert_eq!(s, 200);
+    refused(&r, 400, "cannot read the AdmissionReview");
+    let (_, r) = w
+        .post(br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview"}"#.to_vec())
+        .await;
+    refused(&r, 400, "expected admission.k8s.io/v1 AdmissionReview");
+    let (_, r) = w
+        .post(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec())
+        .await;
+    refused(&r, 400, "holds no request");
+    // Another kind than a Pod (a misconfigured rule).
+    let mut other = review_of(
+        &api_pod("x", "confidential", json!({}), json!({})),
+        "CREATE",
+    );
+    other["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+    let (_, r) = w.post(serde_json::to_vec(&other).unwrap()).await;
+    refused(&r, 400, "not apps/v1 Deployment");
+    assert_eq!(r["response"]["uid"], other["request"]["uid"]);
+    // A pod whose spec does not parse as a Pod.
+    let mut broken = review_of(
+        &api_pod("x", "confidential", json!({}), json!({})),
+        "CREATE",
+    );
+    broken["request"]["object"]["spec"]["containers"] = json!("not a list");
+    let (_, r) = w.post(serde_json::to_vec(&broken).unwrap()).await;
+    refused(&r, 400, "the pod does not parse");
+    // An opted-in pod of a class naming no TEE, under `deny`.
+    let unknown = api_pod(
+        "u",
+        "confidential",
+        json!({"runtimeClassName": "gvisor"}),
+        json!({"labels": {"attestd.io/inject": "true"}}),
+    );
+    let r = w.review(&review_of(&unknown, "CREATE")).await;
+    assert_eq!(r["allowed"], false);
+    assert_eq!(r["status"]["code"], 403);
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("runtime class gvisor names no TEE"),
+        "{r}"
+    );
+    // A TEE the lock does not have.
+    let tpm = Webhook::start(
+        "[runtime_classes]\nkata-qemu-vtpm = \"tpm\"\n",
+        &test_lock(),
+    );
+    let p = api_pod(
+        "t",
+        "confidential",
+        json!({"runtimeClassName": "kata-qemu-vtpm"}),
+        json!({}),
+    );
+    let r = tpm.review(&review_of(&p, "CREATE")).await;
+    assert_eq!(r["allowed"], false);
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no attester image for TEE \"tpm\""),
+        "{r}"
+    );
+    // A pod with a container named like ours.
+    let clash = api_pod(
+        "c",
+        "confidential",
+        json!({"runtimeClassName": "kata-qemu-tdx", "initContainers": [{"name": "attestd", "image": "mine"}]}),
+        json!({}),
+    );
+    let r = w.review(&review_of(&clash, "CREATE")).await;
+    assert_eq!(r["allowed"], false);
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already has a container named \"attestd\""),
+        "{r}"
+    );
+    // At the body bound: read in full (and refused as JSON); one byte over: 413.
+    let max = attestd_webhook::review::MAX_REVIEW_BYTES;
+    let (s, r) = w.post(vec![b' '; max]).await;
+    assert_eq!(s, 200);
+    refused(&r, 400, "EOF while parsing");
+    let (s, r) = w.post(vec![b' '; max + 1]).await;
+    assert_eq!(s, 200);
+    refused(&r, 413, "larger than");
+    // Other paths and methods.
+    let c = w.client_trusting(&w.ca());
+    assert_eq!(c.get(w.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(w.url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(w.url("/mutate")).send().await.unwrap().status(), 405);
+    assert_eq!(c.get(w.url("/nope")).send().await.unwrap().status(), 404);
+    // Still serving after all of it.
+    let ok = api_pod(
+        "ok",
+        "confidential",
+        json!({"runtimeClassName": "kata-qemu-tdx"}),
+        json!({}),
+    );
+    assert_eq!(w.review(&review_of(&ok, "CREATE")).await["allowed"], true);
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_is_served_without_a_restart() {
+    let w = Webhook::start("", &test_lock());
+    let old_ca = w.ca();
+    let c = w.client_trusting(&old_ca);
+    assert_eq!(c.get(w.url("/healthz")).send().await.unwrap().status(), 200);
+    // cert-manager rotates: a new pair (here from a new CA) replaces the files.
+    let fresh = tempfile::tempdir().unwrap();
+    make_certs(fresh.path());
+    for f in ["tls.key", "tls.crt"] {
+        std::fs::copy(fresh.path().join(f), w.dir.path().join("tls").join(f)).unwrap();
+    }
+    let new_ca = std::fs::read(fresh.path().join("ca.crt")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // New connections each time, as the API server makes after a rotation.
+        let c = w.client_trusting(&new_ca);
+        if let Ok(r) = c.get(w.url("/healthz")).send().await {
+            assert_eq!(r.status(), 200);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was not served: {}",
+            w.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The old CA no longer verifies it.
+    assert!(w
+        .client_trusting(&old_ca)
+        .get(w.url("/healthz"))
+        .send()
+        .await
+        .is_err());
+    assert!(
+        w.log().contains("serving certificate reloaded"),
+        "{}",
+        w.log()
+    );
+    // A half-written rotation (a key alone) keeps the working pair.
+    let other = tempfile::tempdir().unwrap();
+    make_certs(other.path());
+    std::fs::copy(
+        other.path().join("tls.key"),
+        w.dir.path().join("tls/tls.key"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !w.log().contains("keeping the previous serving certificate") {
+        assert!(Instant::now() < deadline, "{}", w.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c = w.client_trusting(&new_ca);
+    assert_eq!(c.get(w.url("/healthz")).send().await.unwrap().status(), 200);
+}
+
+/// The venv scripts/test.sh makes with kubernetes-validate (the Kubernetes JSON
+/// schemas, offline).
+fn kubernetes_validate() -> PathBuf {
+    let p = std::env::var_os("ATTESTD_KUBERNETES_VALIDATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/kvenv/bin/kubernetes-validate"));
+    assert!(
+        p.is_file(),
+        "{} is missing: scripts/test.sh installs it",
+        p.display()
+    );
+    p
+}
+
+fn validate(file: &Path) -> (bool, String) {
+    let o = Command::new(kubernetes_validate())
+        .args(["--strict", "-k", "1.33"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success(), text)
+}
+
+/// An API server that answers discovery only (what kubectl needs to map kinds to
+/// resources) and 404 for every object: `kubectl apply --dry-run=client` then
+/// parses and maps each manifest without a cluster.
+async fn discovery_only() -> String {
+    use axum::{extract::Path as P, routing::get, Json, Router};
+    fn res(name: &str, kind: &str, namespaced: bool) -> Value {
+        json!({"name": name, "singularName": "", "namespaced": namespaced, "kind": kind,
+               "verbs": ["create", "get", "list", "patch", "delete"]})
+    }
+    fn groups() -> Vec<(&'static str, Vec<Value>)> {
+        vec![
+            ("apps/v1", vec![res("deployments", "Deployment", true)]),
+            (
+                "policy/v1",
+                vec![res("poddisruptionbudgets", "PodDisruptionBudget", true)],
+            ),
+            (
+                "admissionregistration.k8s.io/v1",
+                vec![res(
+                    "mutatingwebhookconfigurations",
+                    "MutatingWebhookConfiguration",
+                    false,
+                )],
+            ),
+            (
+                "cert-manager.io/v1",
+                vec![
+                    res("issuers", "Issuer", true),
+                    res("certificates", "Certificate", true),
+                ],
+            ),
+        ]
+    }
+    let app = Router::new()
+        .route("/api", get(|| async { Json(json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})) }))
+        .route(
+            "/api/v1",
+            get(|| async {
+                Json(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": [
+                    res("namespaces", "Namespace", false), res("serviceaccounts", "ServiceAccount", true),
+                    res("configmaps", "ConfigMap", true), res("services", "Service", true),
+                    res("secrets", "Secret", true), res("pods", "Pod", true)]}))
+            }),
+        )
+        .route(
+            "/apis",
+            get(|| async {
+                let groups: Vec<Value> = groups()
+                    .iter()
+                    .map(|(gv, _)| {
+                        let (g, v) = gv.split_once('/').unwrap();
+                        json!({"name": g, "versions": [{"groupVersion": gv, "version": v}],
+                               "preferredVersion": {"groupVersion": gv, "version": v}})
+                    })
+                    .collect();
+                Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+            }),
+        )
+        .route(
+            "/apis/{group}/{version}",
+            get(|P((g, v)): P<(String, String)>| async move {
+                let gv = format!("{g}/{v}");
+                let found = groups().into_iter().find(|(x, _)| *x == gv);
+                match found {
+                    Some((_, resources)) => (
+                        axum::http::StatusCode::OK,
+                        Json(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})),
+                    ),
+                    None => (axum::http::StatusCode::NOT_FOUND, Json(json!({"kind": "Status", "code": 404}))),
+                }
+            }),
+        )
+        .fallback(|| async {
+            (
+                axum::http::StatusCode::NOT_FOUND,
+                Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})),
+            )
+        });
+    attestd_e2e::serve_http(app).await
+}
+
+fn kubectl_dry_run(server: &str, file: &Path) -> (bool, String) {
+    let o = Command::new("kubectl")
+        .args([
+            "--server",
+            server,
+            "--request-timeout=10s",
+            "apply",
+            "--dry-run=client",
+            "--validate=false",
+            "-f",
+        ])
+        .arg(file)
+        .output()
+        .expect("kubectl (scripts/lib.sh installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success(), text)
+}
+
+// Multi-thread: kubectl runs as a blocking child while the discovery server answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifests_pass_kubectl_and_the_kubernetes_schema() {
+    let d = tempfile::tempdir().unwrap();
+    let lock = d.path().join("images.lock");
+    std::fs::write(
+        &lock,
+        format!("{}\n[components.webhook]\nimage = \"localhost/attestd/attestd-webhook\"\ndigest = \"{DIGEST}\"\n", test_lock()),
+    )
+    .unwrap();
+    let ca_bundle = make_certs(&d.path().join("tls"));
+    let render = |args: &[&str], out: &str| -> PathBuf {
+        let o = Command::new(bin("attestd-webhook"))
+            .arg("manifests")
+            .arg("--lock")
+            .arg(&lock)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let p = d.path().join(out);
+        std::fs::write(&p, &o.stdout).unwrap();
+        p
+    };
+    let tls_dir = d.path().join("tls");
+    let with_secret = render(&["--certs-dir", tls_dir.to_str().unwrap()], "secret.yaml");
+    let with_cm = render(&["--cert-manager"], "cert-manager.yaml");
+    let text = std::fs::read_to_string(&with_secret).unwrap();
+    assert!(text.contains(&format!(
+        "image: localhost/attestd/attestd-webhook@{DIGEST}"
+    )));
+    assert!(text.contains(&format!("caBundle: {ca_bundle}")));
+
+    let server = discovery_only().await;
+    // (documents, of which Kubernetes' own kinds: cert-manager's have no schema there)
+    for (file, kinds, core) in [(&with_secret, 8, 8), (&with_cm, 11, 7)] {
+        let (ok, out) = kubectl_dry_run(&server, file);
+        assert!(ok, "{out}");
+        assert_eq!(out.matches("created (dry run)").count(), kinds, "{out}");
+        let (ok, out) = validate(file);
+        assert!(ok, "{out}");
+        assert_eq!(out.matches(" passed for resource ").count(), core, "{out}");
+    }
+    // The schema check has teeth: a misspelt field fails it.
+    let bad = d.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        text.replace("readOnlyRootFilesystem", "readOnlyRootFileSystem"),
+    )
+    .unwrap();
+    let (ok, out) = validate(&bad);
+    assert!(!ok, "{out}");
+    // An injected pod passes the same schema.
+    let w = Webhook::start("", &test_lock());
+    let pod = api_pod(
+        "tdx-app",
+        "confidential",
+        json!({"runtimeClassName": "kata-qemu-tdx"}),
+        json!({}),
+    );
+    let p = apply(&pod, &w.review(&review_of(&pod, "CREATE")).await);
+    let pod_file = d.path().join("pod.json");
+    std::fs::write(&pod_file, serde_json::to_vec(&p).unwrap()).unwrap();
+    let (ok, out) = validate(&pod_file);
+    assert!(ok, "{out}");
+}
+
+/// A container the test started, removed however the test ends.
+struct Running(String);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["rm", "--force", "--time", "0", &self.0])
+            .output();
+    }
+}
+
+fn podman(args: &[String]) -> std::process::Output {
+    Command::new("podman").args(args).output().expect("podman")
+}
+
+/// `podman run` arguments for container `c` of the patched pod, as the kubelet
+/// would run it: its image, args, mounts (`volumes` maps each volume to a host
+/// directory) and security context.
+fn run_args(c: &Container, name: &str, volumes: &[(String, PathBuf)]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--runtime",
+        "runc",
+        "--network",
+        "none",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(
+        [
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ]
+        .map(String::from),
+    );
+    for m in c.volume_mounts.iter().flatten() {
+        let host = &volumes.iter().find(|(v, _)| *v == m.name).unwrap().1;
+        let ro = if m.read_only == Some(true) { ":ro" } else { "" };
+        a.push("-v".into());
+        a.push(format!("{}:{}{ro}", host.display(), m.mount_path));
+    }
+    let sc = c.security_context.clone().unwrap_or_default();
+    assert_ne!(
+        sc.privileged,
+        Some(true),
+        "the sample pair needs no privilege"
+    );
+    if sc.read_only_root_filesystem == Some(true) {
+        a.push("--read-only".into());
+    }
+    if let Some(caps) = sc.capabilities.as_ref().and_then(|c| c.drop.as_ref()) {
+        assert_eq!(caps, &["ALL"]);
+        a.extend(["--cap-drop".into(), "all".into()]);
+    }
+    if sc.allow_privilege_escalation == Some(false) {
+        a.extend(["--security-opt".into(), "no-new-privileges".into()]);
+    }
+    if let Some(uid) = sc.run_as_user {
+        a.extend(["--user".into(), uid.to_string()]);
+    }
+    a.push(c.image.clone().unwrap());
+    a.extend(c.args.clone().unwrap_or_default());
+    a
+}
+
+/// Run the startup probe in the container until it passes, as the kubelet does
+/// before it starts the next init container.
+fn wait_startup_probe(c: &Container, name: &str) {
+    let probe = c.startup_probe.as_ref().unwrap();
+    let command = probe.exec.as_ref().unwrap().command.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut a = vec!["exec".to_string(), name.to_string()];
+        a.extend(command.iter().cloned());
+        let o = podman(&a);
+        if o.status.success() {
+            return;
+        }
+        let logs = podman(&["logs".into(), name.into()]);
+        assert!(
+            Instant::now() < deadline,
+            "{name}: startup probe {command:?} never passed: {}\nlogs: {}{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&logs.stdout),
+            String::from_utf8_lossy(&logs.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test]
+async fn the_injected_pair_runs_under_podman_and_answers_on_the_aa_socket() {
+    let lock = std::fs::read_to_string(repo_root().join("containers/images.lock"))
+        .expect("containers/images.lock: run containers/build.sh sample attestd");
+    // Both images must be the ones built here.
+    let (sample, _) = locked_image("sample");
+    assert!(
+        lock.contains("[components.attestd]"),
+        "run containers/build.sh attestd"
+    );
+    let w = Webhook::start("", &lock);
+    let pod = api_pod(
+        "demo",
+        "confidential",
+        json!({"runtimeClassName": "kata-qemu-coco-dev"}),
+        json!({}),
+    );
+    let p = apply(&pod, &w.review(&review_of(&pod, "CREATE")).await);
+    let spec = p.spec.as_ref().unwrap();
+    let init = spec.init_containers.as_ref().unwrap();
+    assert_eq!(names(init), ["attestd-attester-sample", "attestd"]);
+    assert!(init[0]
+        .image
+        .as_deref()
+        .unwrap()
+        .starts_with(&format!("{sample}@sha256:")));
+
+    // The pod's volumes on this host: emptyDirs as directories, the downward API
+    // volume as the kubelet writes it (one file per annotation, empty when absent).
+    let host = tempfile::tempdir().unwrap();
+    let annotations = p.metadata.annotations.clone().unwrap();
+    let mut volumes = Vec::new();
+    for v in spec.volumes.iter().flatten() {
+        let dir = host.path().join(&v.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(api) = &v.downward_api {
+            for item in api.items.iter().flatten() {
+                let field = &item.field_ref.as_ref().unwrap().field_path;
+                let key = field
+                    .strip_prefix("metadata.annotations['")
+                    .and_then(|k| k.strip_suffix("']"))
+                    .unwrap();
+                let value = annotations.get(key).cloned().unwrap_or_default();
+                std::fs::write(dir.join(&item.path), value).unwrap();
+            }
+        }
+        volumes.push((v.name.clone(), dir));
+    }
+    // Native sidecars in order, each started once the previous one's probe passed.
+    let tag = format!("whk-{}", std::process::id());
+    let mut running = Vec::new();
+    for c in &init[..2] {
+        let name = format!("{tag}-{}", c.name);
+        let o = podman(&run_args(c, &name, &volumes));
+        assert!(
+            o.status.success(),
+            "podman run {}: {}",
+            c.name,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        running.push(Running(name.clone()));
+        wait_startup_probe(c, &name);
+    }
+    // The app: a third container that mounts the AA socket read-only as the patch
+    // says (the attestd image serves as a client), asking for evidence.
+    let app = &spec.containers[0];
+    let aa = mount_of(app, "attestd-aa").unwrap();
+    let aa_host = &volumes.iter().find(|(v, _)| *v == "attestd-aa").unwrap().1;
+    let socket = app
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "ATTESTD_AA_SOCKET")
+        .and_then(|e| e.value.clone())
+        .unwrap();
+    let o = podman(
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            "runc",
+            "--network",
+            "none",
+            "--read-only",
+            "--cap-drop",
+            "all",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            "--user",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "-v".to_string(),
+            format!("{}:{}:ro", aa_host.display(), aa.mount_path),
+            init[1].image.clone().unwrap(),
+            "client".into(),
+            "--attestation_sock".into(),
+            socket,
+            "get-evidence".into(),
+            "--runtime-data".into(),
+            "hello-webhook".into(),
+        ])
+        .collect::<Vec<_>>(),
+    );
+    assert!(
+        o.status.success(),
+        "app: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let expected = attester_sample::evidence(b"hello-webhook").unwrap().bytes;
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        String::from_utf8_lossy(&expected).trim()
+    );
+    // And from the host over the same socket file, with the generated client.
+    let sock = aa_host.join("attestation-agent.sock");
+    let c = ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display()))
+        .await
+        .unwrap();
+    let aa_client =
+        attestd_proto::ttrpc::attestation_agent_ttrpc::AttestationAgentServiceClient::new(c);
+    let req = attestd_proto::ttrpc::attestation_agent::GetTeeTypeRequest::default();
+    let tee = aa_client
+        .get_tee_type(attestd_e2e::ctx(), &req)
+        .await
+        .unwrap();
+    assert_eq!(tee.tee, "sample");
+    drop(running);
+}
+
+#[tokio::test]
+async fn the_webhook_image_serves_as_its_deployment_runs_it() {
+    let lock = std::fs::read_to_string(repo_root().join("containers/images.lock")).unwrap();
+    let v: toml::Table = lock.parse().unwrap();
+    let web = &v["components"]["webhook"];
+    let image = format!(
+        "{}@{}",
+        web["image"].as_str().unwrap(),
+        web["digest"].as_str().unwrap()
+    );
+    // The Secret as the kubelet mounts it: files readable by the non-root user.
+    let d = tempfile::tempdir().unwrap();
+    make_certs(&d.path().join("tls"));
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(
+        d.path().join("tls/tls.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    std::fs::set_permissions(d.path().join("tls"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let name = format!("whk-image-{}", std::process::id());
+    // As the Deployment runs it: its own user (the image's 65532), read-only
+    // root, no capabilities, no privilege gain; the lock is the image's own.
+    let o = podman(
+        &[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--runtime",
+            "runc",
+            "--network",
+            "host",
+            "--read-only",
+            "--cap-drop",
+            "all",
+            "--security-opt",
+            "no-new-privileges",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "-v".to_string(),
+            format!(
+                "{}:/etc/attestd-webhook/tls:ro",
+                d.path().join("tls").display()
+            ),
+            image,
+            "serve".into(),
+            format!("--listen=127.0.0.1:{port}"),
+        ])
+        .collect::<Vec<_>>(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _running = Running(name.clone());
+    let ca = std::fs::read(d.path().join("tls/ca.crt")).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .resolve(SERVICE_HOST, format!("127.0.0.1:{port}").parse().unwrap())
+        .build()
+        .unwrap();
+    let url = |p: &str| format!("https://{SERVICE_HOST}:{port}{p}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(url("/readyz")).send().await.is_err() {
+        let logs = podman(&["logs".into(), name.clone()]);
+        assert!(
+            Instant::now() < deadline,
+            "not ready: {}",
+            String::from_utf8_lossy(&logs.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let user = podman(&[
+        "exec".into(),
+        name.clone(),
+        "/attestd-webhook".into(),
+        "--version".into(),
+    ]);
+    assert!(user.status.success());
+    let top = podman(&["top".into(), name.clone(), "user".into()]);
+    assert!(
+        String::from_utf8_lossy(&top.stdout).contains("65532"),
+        "{}",
+        String::from_utf8_lossy(&top.stdout)
+    );
+    // A review answered with the images of the lock built into it.
+    let pod = api_pod(
+        "demo",
+        "confidential",
+        json!({"runtimeClassName": "kata-qemu-coco-dev"}),
+        json!({}),
+    );
+    let r: Value = client
+        .post(url("/mutate"))
+        .body(serde_json::to_vec(&review_of(&pod, "CREATE")).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let p = apply(&pod, &r["response"]);
+    let init = p.spec.unwrap().init_containers.unwrap();
+    let (sample, digest) = locked_image("sample");
+    assert_eq!(
+        init[0].image.as_deref().unwrap(),
+        format!("{sample}@{digest}")
+    );
+    let core = &v["components"]["attestd"];
+    assert_eq!(
+        init[1].image.as_deref().unwrap(),
+        format!(
+            "{}@{}",
+            core["image"].as_str().unwrap(),
+            core["digest"].as_str().unwrap()
+        )
+    );
+}
