@@ -44,6 +44,10 @@ if cargo tree -p attestd -e normal --prefix none --locked | grep -E "$tee_crates
     echo "error: the attestd runtime depends on a TEE crate (above)" >&2
     exit 1
 fi
+if cargo tree -p attestd-webhook -e normal --prefix none --locked | grep -E "$tee_crates"; then
+    echo "error: attestd-webhook depends on a TEE crate (above)" >&2
+    exit 1
+fi
 if cargo tree -p attester-sample -e normal --prefix none --locked | grep -E '^attestd '; then
     echo "error: an attester depends on the attestd runtime" >&2
     exit 1

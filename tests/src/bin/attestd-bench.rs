@@ -29,7 +29,8 @@ struct Args {
     /// Which tables: rpc (call latency), launch (cold start and steady state per
     /// launch backend; needs the sample image from containers/build.sh), keys (key
     /// release against the test KBS), chaos (calls under plugin kills and hostile
-    /// clients; not part of "all"), or all.
+    /// clients; not part of "all"), webhook (admission reviews over HTTPS; not part
+    /// of "all"), or all.
     #[arg(long, default_value = "all")]
     only: String,
     /// Starts per backend in the launch table.
@@ -538,6 +539,160 @@ async fn chaos(args: &Args) {
     );
 }
 
+/// A TDX pod as the API server sends it for review.
+fn review_body(runtime_class: &str, n: usize) -> Vec<u8> {
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("app-{n}"), "namespace": "apps"},
+        "spec": {
+            "runtimeClassName": runtime_class,
+            "containers": [{"name": "app", "image": "registry.example/app:1",
+                "volumeMounts": [{"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}]}],
+            "volumes": [{"name": "kube-api-access", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}]
+        }
+    });
+    serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("bench-{n}"),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "apps", "operation": "CREATE",
+            "userInfo": {"username": "bench"}, "object": pod
+        }
+    }))
+    .unwrap()
+}
+
+/// Admission reviews over HTTPS with keep-alive, as the API server sends them:
+/// the injection of a TDX pod, a pod left alone, and a fresh TLS connection per
+/// review.
+async fn webhook_table(args: &Args) {
+    use attestd_e2e::{bin, free_port};
+    let d = tempfile::tempdir().unwrap();
+    let digest = format!("sha256:{}", "1".repeat(64));
+    std::fs::write(
+        d.path().join("images.lock"),
+        format!(
+            "[images.tdx]\nimage = \"localhost/attestd/attester-tdx\"\ndigest = \"{digest}\"\ntransport = \"ttrpc\"\napi = 1\n\n[components.attestd]\nimage = \"localhost/attestd/attestd\"\ndigest = \"{digest}\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.path().join("webhook.toml"),
+        format!("images_lock = {:?}\n", d.path().join("images.lock")),
+    )
+    .unwrap();
+    let certs = std::process::Command::new(bin("attestd-webhook"))
+        .args(["certs", "--out-dir"])
+        .arg(d.path().join("tls"))
+        .output()
+        .unwrap();
+    assert!(certs.status.success());
+    let port = free_port();
+    let mut child = attestd_e2e::Reaped(
+        std::process::Command::new(bin("attestd-webhook"))
+            .arg("serve")
+            .arg("--config")
+            .arg(d.path().join("webhook.toml"))
+            .arg("--cert")
+            .arg(d.path().join("tls/tls.crt"))
+            .arg("--key")
+            .arg(d.path().join("tls/tls.key"))
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .env("ATTESTD_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    let host = "attestd-webhook.attestd-system.svc";
+    let ca = std::fs::read(d.path().join("tls/ca.crt")).unwrap();
+    let client = |keep_alive: bool| {
+        let mut b = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .resolve(host, format!("127.0.0.1:{port}").parse().unwrap())
+            .http1_only();
+        if !keep_alive {
+            b = b.pool_max_idle_per_host(0);
+        }
+        b.build().unwrap()
+    };
+    let url = format!("https://{host}:{port}/mutate");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client(true)
+        .get(format!("https://{host}:{port}/readyz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the webhook did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let review = |c: reqwest::Client, body: Vec<u8>, url: String| async move {
+        let r = c.post(&url).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["response"]["allowed"], true, "{v}");
+    };
+    println!("| review | connection | clients | p50 µs | p99 µs | reviews/s |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let rows = [
+        ("inject (TDX pod)", "kata-qemu-tdx", true, 1),
+        ("inject (TDX pod)", "kata-qemu-tdx", true, args.clients),
+        ("left alone (runc pod)", "runc", true, 1),
+        ("inject (TDX pod)", "kata-qemu-tdx", false, 1),
+    ];
+    for (what, class, keep_alive, clients) in rows {
+        let calls = if keep_alive {
+            args.calls / 4
+        } else {
+            args.calls / 40
+        };
+        let per_client = (calls / clients).max(1);
+        // Warm-up, then measured.
+        let c = client(keep_alive);
+        for n in 0..per_client / 10 {
+            review(c.clone(), review_body(class, n), url.clone()).await;
+        }
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for k in 0..clients {
+            let (c, url) = (client(keep_alive), url.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_client);
+                for n in 0..per_client {
+                    let body = review_body(class, k * per_client + n);
+                    let t0 = Instant::now();
+                    review(c.clone(), body, url.clone()).await;
+                    lat.push(t0.elapsed());
+                }
+                lat
+            }));
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await.unwrap());
+        }
+        let f = figures(lat, start.elapsed());
+        let conn = if keep_alive {
+            "keep-alive"
+        } else {
+            "new TLS per review"
+        };
+        println!(
+            "| {what} | {conn} | {clients} | {} | {} | {:.0} |",
+            us(f.p50),
+            us(f.p99),
+            f.per_sec
+        );
+    }
+    println!(
+        "\nwebhook RSS after the runs: {:.1} MiB",
+        rss_mib(child.0.id())
+    );
+    let _ = child.0.kill();
+}
+
 fn main() {
     let args = Args::parse();
     // Measure the daemons, not their logging.
@@ -551,6 +706,10 @@ fn main() {
     rt.block_on(async {
         if args.only == "chaos" {
             chaos(&args).await;
+            return;
+        }
+        if args.only == "webhook" {
+            webhook_table(&args).await;
             return;
         }
         if args.only == "launch" || args.only == "all" {
