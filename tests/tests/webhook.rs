@@ -1114,3 +1114,45 @@ async fn the_webhook_image_serves_as_its_deployment_runs_it() {
         )
     );
 }
+
+#[tokio::test]
+async fn silent_connections_are_dropped_and_cannot_shut_the_api_server_out() {
+    use attestd_webhook::server::{HANDSHAKE_TIMEOUT, MAX_CONNECTIONS};
+    let w = Webhook::start("", &test_lock());
+    // Every slot taken by a client that connects and never says hello.
+    let mut silent = Vec::new();
+    for _ in 0..MAX_CONNECTIONS + 8 {
+        silent.push(tokio::net::TcpStream::connect(w.addr).await.unwrap());
+    }
+    let started = Instant::now();
+    let pod = api_pod(
+        "late",
+        "confidential",
+        json!({"runtimeClassName": "kata-qemu-tdx"}),
+        json!({}),
+    );
+    let r = w.review(&review_of(&pod, "CREATE")).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let waited = started.elapsed();
+    // It waited for the handshake deadline to free slots, no longer (with room
+    // for a loaded machine).
+    assert!(
+        waited < HANDSHAKE_TIMEOUT * 3,
+        "the review waited {waited:?}"
+    );
+    // The silent ones were closed by the webhook: reading gives EOF or a reset.
+    let mut closed = 0;
+    for mut s in silent.drain(..MAX_CONNECTIONS) {
+        let mut buf = [0u8; 1];
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut s, &mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+            other => panic!("a silent connection is still open: {other:?}"),
+        }
+    }
+    assert_eq!(closed, MAX_CONNECTIONS);
+}
