@@ -605,6 +605,29 @@ impl Drop for Reaped {
     }
 }
 
+/// `podman run` options every test container gets: runc (crun cannot run here)
+/// and explicit limits (podman's defaults exceed what runc may set here).
+pub const PODMAN_RUN_LIMITS: [&str; 6] = [
+    "--runtime",
+    "runc",
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=1024:1024",
+];
+
+/// An HTTPS client that trusts only `ca` (PEM) and reaches `host` at `addr`, as the
+/// API server reaches a webhook Service by name.
+pub fn https_client_trusting(ca: &[u8], host: &str, addr: std::net::SocketAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca).expect("CA PEM"))
+        .resolve(host, addr)
+        .http1_only()
+        .build()
+        .expect("https client")
+}
+
 /// The system configuration directory attestd reads in tests (`--config-dir`):
 /// none, so the machine's /etc/attestd cannot change what a test sees. Tests of
 /// the layering pass their own.

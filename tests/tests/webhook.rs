@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use attestd_e2e::{bin, free_port, locked_image, repo_root, Reaped};
+use attestd_e2e::{
+    bin, free_port, https_client_trusting, locked_image, repo_root, Reaped, PODMAN_RUN_LIMITS,
+};
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{json, Value};
@@ -108,13 +110,7 @@ impl Webhook {
     /// A client as the API server is one: it trusts only the caBundle's CA and
     /// dials the Service's name.
     fn client_trusting(&self, ca: &[u8]) -> reqwest::Client {
-        reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(ca).unwrap())
-            .resolve(SERVICE_HOST, self.addr)
-            .http1_only()
-            .build()
-            .unwrap()
+        https_client_trusting(ca, SERVICE_HOST, self.addr)
     }
 
     fn url(&self, path: &str) -> String {
@@ -775,32 +771,29 @@ fn podman(args: &[String]) -> std::process::Output {
     Command::new("podman").args(args).output().expect("podman")
 }
 
+/// `podman run` with the harness's runtime and limits, then `options`, then `rest`
+/// (the image and its arguments).
+fn podman_run(options: &[&str], rest: Vec<String>) -> std::process::Output {
+    let mut a = vec!["run".to_string()];
+    a.extend(
+        PODMAN_RUN_LIMITS
+            .iter()
+            .chain(options)
+            .map(|s| s.to_string()),
+    );
+    a.extend(rest);
+    podman(&a)
+}
+
 /// `podman run` arguments for container `c` of the patched pod, as the kubelet
 /// would run it: its image, args, mounts (`volumes` maps each volume to a host
 /// directory) and security context.
 fn run_args(c: &Container, name: &str, volumes: &[(String, PathBuf)]) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--runtime",
-        "runc",
-        "--network",
-        "none",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.extend(
-        [
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-        ]
-        .map(String::from),
-    );
+    let mut a: Vec<String> = ["run", "-d", "--name", name, "--network", "none"]
+        .iter()
+        .chain(&PODMAN_RUN_LIMITS)
+        .map(|s| s.to_string())
+        .collect();
     for m in c.volume_mounts.iter().flatten() {
         let host = &volumes.iter().find(|(v, _)| *v == m.name).unwrap().1;
         let ro = if m.read_only == Some(true) { ":ro" } else { "" };
@@ -931,27 +924,18 @@ async fn the_injected_pair_runs_under_podman_and_answers_on_the_aa_socket() {
         .find(|e| e.name == "ATTESTD_AA_SOCKET")
         .and_then(|e| e.value.clone())
         .unwrap();
-    let o = podman(
+    let o = podman_run(
         &[
-            "run",
             "--rm",
-            "--runtime",
-            "runc",
             "--network",
             "none",
             "--read-only",
             "--cap-drop",
             "all",
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
             "--user",
             "0",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([
+        ],
+        vec![
             "-v".to_string(),
             format!("{}:{}:ro", aa_host.display(), aa.mount_path),
             init[1].image.clone().unwrap(),
@@ -961,8 +945,7 @@ async fn the_injected_pair_runs_under_podman_and_answers_on_the_aa_socket() {
             "get-evidence".into(),
             "--runtime-data".into(),
             "hello-webhook".into(),
-        ])
-        .collect::<Vec<_>>(),
+        ],
     );
     assert!(
         o.status.success(),
@@ -1014,14 +997,11 @@ async fn the_webhook_image_serves_as_its_deployment_runs_it() {
     let name = format!("whk-image-{}", std::process::id());
     // As the Deployment runs it: its own user (the image's 65532), read-only
     // root, no capabilities, no privilege gain; the lock is the image's own.
-    let o = podman(
+    let o = podman_run(
         &[
-            "run",
             "-d",
             "--name",
             &name,
-            "--runtime",
-            "runc",
             "--network",
             "host",
             "--read-only",
@@ -1029,14 +1009,8 @@ async fn the_webhook_image_serves_as_its_deployment_runs_it() {
             "all",
             "--security-opt",
             "no-new-privileges",
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([
+        ],
+        vec![
             "-v".to_string(),
             format!(
                 "{}:/etc/attestd-webhook/tls:ro",
@@ -1045,18 +1019,16 @@ async fn the_webhook_image_serves_as_its_deployment_runs_it() {
             image,
             "serve".into(),
             format!("--listen=127.0.0.1:{port}"),
-        ])
-        .collect::<Vec<_>>(),
+        ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let _running = Running(name.clone());
     let ca = std::fs::read(d.path().join("tls/ca.crt")).unwrap();
-    let client = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .resolve(SERVICE_HOST, format!("127.0.0.1:{port}").parse().unwrap())
-        .build()
-        .unwrap();
+    let client = https_client_trusting(
+        &ca,
+        SERVICE_HOST,
+        format!("127.0.0.1:{port}").parse().unwrap(),
+    );
     let url = |p: &str| format!("https://{SERVICE_HOST}:{port}{p}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while client.get(url("/readyz")).send().await.is_err() {

@@ -607,15 +607,19 @@ async fn webhook_table(args: &Args) {
     let host = "attestd-webhook.attestd-system.svc";
     let ca = std::fs::read(d.path().join("tls/ca.crt")).unwrap();
     let client = |keep_alive: bool| {
-        let mut b = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-            .resolve(host, format!("127.0.0.1:{port}").parse().unwrap())
-            .http1_only();
-        if !keep_alive {
-            b = b.pool_max_idle_per_host(0);
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        if keep_alive {
+            attestd_e2e::https_client_trusting(&ca, host, addr)
+        } else {
+            // A fresh connection and TLS handshake for every review.
+            reqwest::Client::builder()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+                .resolve(host, addr)
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap()
         }
-        b.build().unwrap()
     };
     let url = format!("https://{host}:{port}/mutate");
     let deadline = Instant::now() + Duration::from_secs(20);

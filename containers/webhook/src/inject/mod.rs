@@ -334,6 +334,16 @@ fn confined() -> SecurityContext {
     }
 }
 
+/// The pod VM's devices (kata: the guest's, never the host's), a read-only root.
+fn privileged() -> SecurityContext {
+    SecurityContext {
+        privileged: Some(true),
+        read_only_root_filesystem: Some(true),
+        run_as_user: Some(0),
+        ..Default::default()
+    }
+}
+
 fn exec_probe(command: Vec<String>) -> Probe {
     Probe {
         exec: Some(ExecAction {
@@ -358,12 +368,7 @@ fn attester_container(a: &Attester, config: &Config) -> Container {
     probe.extend(serve.iter().cloned());
     probe.push("--probe".into());
     let security = if a.privileged {
-        SecurityContext {
-            privileged: Some(true),
-            read_only_root_filesystem: Some(true),
-            run_as_user: Some(0),
-            ..Default::default()
-        }
+        privileged()
     } else {
         confined()
     };
@@ -415,12 +420,7 @@ fn core_container(plan: &Plan, config: &Config) -> Container {
         ]),
         // `auto` probes the pod VM's devices (existence only; attestd opens none).
         security_context: Some(if plan.primary == "auto" {
-            SecurityContext {
-                privileged: Some(true),
-                read_only_root_filesystem: Some(true),
-                run_as_user: Some(0),
-                ..Default::default()
-            }
+            privileged()
         } else {
             confined()
         }),
