@@ -17,6 +17,7 @@ use tempfile::TempDir;
 
 pub mod kbs;
 pub mod ocicrypt;
+pub mod registry;
 pub mod swtpm;
 
 /// A workspace binary built next to the test executable (`target/<profile>/`).

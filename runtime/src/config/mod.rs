@@ -265,6 +265,25 @@ pub struct PluginsConfig {
     /// Where selection probes `/dev`, `/sys`, `/proc` (a chroot, or a test tree).
     #[serde(default = "default_sysroot")]
     pub sysroot: PathBuf,
+    /// Registries a pinned image absent from the local store may be pulled from, by
+    /// digest only: `host[:port]` or `host[:port]/path` prefixes of image names.
+    /// Empty: nothing is pulled.
+    #[serde(default)]
+    pub registries: Vec<String>,
+    /// Registries reached over plain HTTP or without verifying their certificate
+    /// (dev mode only; each must also be in `registries`).
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+    /// Laid out as /etc/containers/certs.d: `<host:port>/ca.crt` (and client
+    /// certificates) per registry, passed to podman as `--cert-dir`. Unset: the
+    /// system's certs.d and trust store.
+    pub registry_certs_dir: Option<PathBuf>,
+    /// One pull attempt, at most.
+    #[serde(default = "default_pull_timeout_ms")]
+    pub pull_timeout_ms: u64,
+    /// Attempts per pull (1 to MAX_PULL_ATTEMPTS), with doubling back-off from 1 s.
+    #[serde(default = "default_pull_attempts")]
+    pub pull_attempts: u32,
     #[serde(default)]
     pub attester: BTreeMap<String, PluginConfig>,
 }
@@ -289,6 +308,11 @@ impl Default for PluginsConfig {
             podman_runtime: None,
             auto_launch: default_auto_launch(),
             sysroot: default_sysroot(),
+            registries: Vec::new(),
+            insecure_registries: Vec::new(),
+            registry_certs_dir: None,
+            pull_timeout_ms: default_pull_timeout_ms(),
+            pull_attempts: default_pull_attempts(),
             attester: BTreeMap::new(),
         }
     }
@@ -302,6 +326,12 @@ fn default_images_lock() -> PathBuf {
 }
 fn default_sysroot() -> PathBuf {
     PathBuf::from("/")
+}
+fn default_pull_timeout_ms() -> u64 {
+    120_000
+}
+fn default_pull_attempts() -> u32 {
+    3
 }
 fn default_auto_launch() -> LaunchKind {
     LaunchKind::Podman
@@ -518,7 +548,9 @@ impl Config {
                 return Err(invalid(key, format!("{name:?} is listed twice")));
             }
         }
+        crate::launch::pull::check_config(p).map_err(|(key, why)| invalid(key, why))?;
         for (key, v) in [
+            ("plugins.pull_timeout_ms", p.pull_timeout_ms),
             ("plugins.call_timeout_ms", p.call_timeout_ms),
             ("plugins.startup_timeout_ms", p.startup_timeout_ms),
             ("plugins.health_interval_ms", p.health_interval_ms),

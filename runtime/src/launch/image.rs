@@ -147,7 +147,7 @@ pub async fn podman_digest_label(
         None => String::new(),
     };
     let format = format!(
-        "{{{{.Digest}}}}\t{label_field}\t{{{{range .RepoDigests}}}}{{{{.}}}} {{{{end}}}}{{{{range .RepoTags}}}}{{{{.}}}} {{{{end}}}}"
+        "{{{{.Digest}}}}\t{{{{.Os}}}}/{{{{.Architecture}}}}\t{label_field}\t{{{{range .RepoDigests}}}}{{{{.}}}} {{{{end}}}}{{{{range .RepoTags}}}}{{{{.}}}} {{{{end}}}}"
     );
     let found = run_tool(
         Command::new("podman").args(["image", "inspect", "--format", &format, &query]),
@@ -156,6 +156,18 @@ pub async fn podman_digest_label(
     )
     .await
     .map(|out| inspected(&out));
+    // An image for another platform would fail at exec with nothing clearer than
+    // "exec format error": refuse it by name first.
+    if let Ok(i) = &found {
+        let host = super::pull::host_platform();
+        if r.digest.as_ref().is_none_or(|want| *want == i.digest) && i.platform != host {
+            return Err(Error::failed_precondition(format!(
+                "image {r} is for {}; this machine runs {host}",
+                i.platform
+            )));
+        }
+    }
+    let found = found.map(|i| (i.digest, i.label, i.names));
     match (found, &r.digest) {
         // podman finds an image by digest whatever name comes with it: the name is
         // part of the pin too, so the store must hold the digest under it.
@@ -196,12 +208,24 @@ pub async fn podman_digest_label(
     }
 }
 
-/// `podman image inspect`'s "<digest>\t<label>\t<names>" line: the digest, the
-/// label (a missing one prints as nothing or `<no value>`) and the repositories
-/// the store holds the image under (from its repo digests and tags).
-fn inspected(out: &str) -> (String, Option<String>, Vec<String>) {
-    let mut parts = out.trim_end_matches(['\n', '\r']).splitn(3, '\t');
+/// One `podman image inspect` line, read.
+#[derive(Debug, PartialEq, Eq)]
+struct Inspected {
+    digest: String,
+    /// `os/architecture`.
+    platform: String,
+    label: Option<String>,
+    names: Vec<String>,
+}
+
+/// `podman image inspect`'s "<digest>\t<os>/<arch>\t<label>\t<names>" line: the
+/// digest, the platform, the label (a missing one prints as nothing or `<no
+/// value>`) and the repositories the store holds the image under (from its repo
+/// digests and tags).
+fn inspected(out: &str) -> Inspected {
+    let mut parts = out.trim_end_matches(['\n', '\r']).splitn(4, '\t');
     let d = parts.next().unwrap_or_default().trim().to_string();
+    let platform = parts.next().unwrap_or_default().trim().to_string();
     let l = parts.next().unwrap_or_default().trim();
     let l = (!l.is_empty() && l != "<no value>").then(|| l.to_string());
     let mut names: Vec<String> = parts
@@ -212,7 +236,12 @@ fn inspected(out: &str) -> (String, Option<String>, Vec<String>) {
         .collect();
     names.sort();
     names.dedup();
-    (d, l, names)
+    Inspected {
+        digest: d,
+        platform,
+        label: l,
+        names,
+    }
 }
 
 /// Digests of the local images named `name`, for error messages.
@@ -248,22 +277,21 @@ mod tests {
     const D: &str = "sha256:14d11cd195491ce715c3b96f94992430610eec5f181b158764d09013e2addd06";
 
     #[test]
-    fn inspect_line_splits_into_digest_label_and_names() {
+    fn inspect_line_splits_into_digest_platform_label_and_names() {
         let names =
             format!("localhost/attestd/attester-tdx@{D} localhost/attestd/attester-tdx:0.1.0 ");
         assert_eq!(
-            inspected(&format!("{D}\ttdx\t{names}\n")),
-            (
-                D.to_string(),
-                Some("tdx".to_string()),
-                vec!["localhost/attestd/attester-tdx".to_string()]
-            )
+            inspected(&format!("{D}\tlinux/amd64\ttdx\t{names}\n")),
+            Inspected {
+                digest: D.to_string(),
+                platform: "linux/amd64".into(),
+                label: Some("tdx".to_string()),
+                names: vec!["localhost/attestd/attester-tdx".to_string()]
+            }
         );
-        assert_eq!(
-            inspected(&format!("{D}\t<no value>\t")),
-            (D.to_string(), None, Vec::new())
-        );
-        assert_eq!(inspected(D), (D.to_string(), None, Vec::new()));
+        let bare = inspected(&format!("{D}\tlinux/arm64\t<no value>\t"));
+        assert_eq!((bare.platform.as_str(), bare.label), ("linux/arm64", None));
+        assert_eq!(inspected(D).digest, D);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod image;
 pub mod oci;
 pub mod podman;
+pub mod pull;
 pub mod resources;
 mod spec;
 

@@ -250,20 +250,27 @@ pub fn layout_label(layout: &Path, digest: &str, label: &str) -> Result<Option<S
 }
 
 /// Make `layout` hold the image `r` at `digest` (copying it from podman's store
-/// with its digest preserved when absent); its tag in the layout.
-async fn ensure_in_layout(layout: &Path, r: &ImageRef, digest: &str) -> Result<String> {
+/// with its digest preserved when absent, pulled into the store first when
+/// `pull` allows); its tag in the layout.
+async fn ensure_in_layout(
+    layout: &Path,
+    r: &ImageRef,
+    digest: &str,
+    pull: &super::pull::PullPolicy,
+) -> Result<String> {
     // Under this name: the same digest under another name is not this pin.
     let tag = layout_tag_for(r, digest);
     if layout_has(layout, digest, &tag)? {
         return Ok(tag);
     }
     // Not in the layout: podman's store must have exactly this digest under this
-    // name (its error names what the store has instead).
-    super::image::podman_digest(&ImageRef {
+    // name (its error names what the store has instead), or get it from an
+    // allowed registry.
+    let pinned = ImageRef {
         digest: Some(digest.to_string()),
         ..r.clone()
-    })
-    .await?;
+    };
+    super::pull::ensure_in_store(&pinned, None, pull).await?;
     std::fs::create_dir_all(layout).map_err(|e| {
         Error::internal(format!("cannot create {}", layout.display())).with_source(e)
     })?;
@@ -346,7 +353,7 @@ impl Launcher for OciLauncher {
             None => super::image::podman_digest(&r).await?,
         };
         let layout = spec.oci_dir.join("layout");
-        let tag = ensure_in_layout(&layout, &r, &digest).await?;
+        let tag = ensure_in_layout(&layout, &r, &digest, &spec.pull).await?;
         let rootfs = ensure_rootfs(&spec.oci_dir, &layout, &tag, &digest).await?;
         let tee = match &spec.config.tee {
             Some(t) => t.clone(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use attester_sdk::Result;
 use tokio::process::Command;
 
-use super::image::{podman_digest_label, run_tool};
+use super::image::run_tool;
 use super::PluginSpec;
 use super::{plugin_args, spawn_owner, Cleanup, Launcher, Provenance, Running};
 
@@ -90,7 +90,7 @@ impl Launcher for PodmanLauncher {
         // Checked before every start: the store may have changed since the last one.
         // One inspect: the digest, and the TEE label when the config names no TEE.
         let want_label = spec.config.tee.is_none().then_some("org.attestd.tee");
-        let (digest, label) = podman_digest_label(&r, want_label).await?;
+        let (digest, label) = super::pull::ensure_in_store(&r, want_label, &spec.pull).await?;
         let pinned = r.pinned(&digest);
         let tee = spec.config.tee.clone().or(label).unwrap_or_default();
         let resources = spec.resources(&tee, Path::new("/"));

@@ -31,6 +31,8 @@ pub struct PluginSpec {
     pub oci_dir: PathBuf,
     /// `launch = "podman"`: `--runtime` (unset: podman's choice).
     pub podman_runtime: Option<String>,
+    /// Where a pinned image absent from the store may come from.
+    pub pull: super::pull::PullPolicy,
 }
 
 impl PluginSpec {
@@ -63,6 +65,7 @@ impl PluginSpec {
             record_provenance: false,
             oci_dir: plugins.oci_dir.clone(),
             podman_runtime: plugins.podman_runtime.clone(),
+            pull: super::pull::PullPolicy::from_config(plugins),
         }
     }
 

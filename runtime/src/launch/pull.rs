@@ -1,0 +1,321 @@
+//! Pulling a pinned plugin image that the local store lacks: by digest only, from
+//! a registry the configuration allows, with a deadline per attempt, bounded
+//! retries with back-off, and progress in the log. podman does the transfer and
+//! checks the manifest's digest against the reference; the caller then checks
+//! name, digest and platform in the store before anything runs.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use attester_sdk::{Error, Result};
+use tokio::process::Command;
+
+use super::image::{run_tool, ImageRef};
+use crate::config::PluginsConfig;
+
+/// Attempts per pull, at most (`[plugins] pull_attempts`).
+pub const MAX_PULL_ATTEMPTS: u32 = 10;
+/// The first pause between attempts; it doubles after each.
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Registries listed at most.
+pub const MAX_REGISTRIES: usize = 64;
+
+/// What `[plugins]` allows.
+#[derive(Debug, Clone, Default)]
+pub struct PullPolicy {
+    pub registries: Vec<String>,
+    pub insecure: Vec<String>,
+    pub certs_dir: Option<PathBuf>,
+    pub timeout: Duration,
+    pub attempts: u32,
+}
+
+impl PullPolicy {
+    pub fn from_config(p: &PluginsConfig) -> Self {
+        PullPolicy {
+            registries: p.registries.clone(),
+            insecure: p.insecure_registries.clone(),
+            certs_dir: p.registry_certs_dir.clone(),
+            timeout: Duration::from_millis(p.pull_timeout_ms),
+            attempts: p.pull_attempts,
+        }
+    }
+
+    /// The entry of `registries` that covers image `name`, if any.
+    pub fn allowing(&self, name: &str) -> Option<&str> {
+        self.registries
+            .iter()
+            .find(|r| covers(r, name))
+            .map(String::as_str)
+    }
+
+    fn insecure_for(&self, name: &str) -> bool {
+        self.insecure.iter().any(|r| covers(r, name))
+    }
+}
+
+/// Whether registry entry `entry` (`host[:port]` or `host[:port]/path`) covers
+/// image `name`: whole path components only (`example.com/a` does not cover
+/// `example.com/ab/x`).
+fn covers(entry: &str, name: &str) -> bool {
+    name.strip_prefix(entry)
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The registry host of an image name, when it names one (`localhost/…` and bare
+/// names are local-only: podman would otherwise resolve them through its
+/// unqualified-search list).
+pub fn registry_of(name: &str) -> Option<&str> {
+    let (first, rest) = name.split_once('/')?;
+    let host = first.contains('.') || first.contains(':');
+    (host && !rest.is_empty()).then_some(first)
+}
+
+/// A registry entry is `host[:port]` with an optional path, nothing else.
+fn valid_entry(e: &str) -> bool {
+    let (host, path) = e.split_once('/').unwrap_or((e, ""));
+    let host_ok = !host.is_empty()
+        && (host.contains('.') || host.contains(':'))
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+    let path_ok = path.is_empty()
+        || path.split('/').all(|c| {
+            !c.is_empty()
+                && c.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        });
+    host_ok && path_ok
+}
+
+/// Config validation: (key, why) of the first problem.
+pub fn check_config(p: &PluginsConfig) -> std::result::Result<(), (String, String)> {
+    if p.registries.len() > MAX_REGISTRIES {
+        return Err((
+            "plugins.registries".into(),
+            format!("{} entries, more than {MAX_REGISTRIES}", p.registries.len()),
+        ));
+    }
+    for (i, e) in p.registries.iter().enumerate() {
+        if !valid_entry(e) {
+            return Err((
+                format!("plugins.registries[{i}]"),
+                format!("{e:?} is not host[:port] or host[:port]/path (a registry, no scheme)"),
+            ));
+        }
+    }
+    for (i, e) in p.insecure_registries.iter().enumerate() {
+        let key = format!("plugins.insecure_registries[{i}]");
+        if !p.dev_mode {
+            return Err((
+                key,
+                "a registry without TLS verification is for development: set [plugins] dev_mode = true".into(),
+            ));
+        }
+        if !p.registries.contains(e) {
+            return Err((key, format!("{e:?} is not in plugins.registries")));
+        }
+    }
+    if p.pull_attempts == 0 || p.pull_attempts > MAX_PULL_ATTEMPTS {
+        return Err((
+            "plugins.pull_attempts".into(),
+            format!(
+                "{} is not between 1 and {MAX_PULL_ATTEMPTS}",
+                p.pull_attempts
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Failures worth another attempt: the registry unreachable or slow, or a 5xx.
+/// A missing manifest, a refused certificate or a digest mismatch will not mend.
+fn transient(e: &Error) -> bool {
+    let m = e.chain().to_ascii_lowercase();
+    let permanent = [
+        "manifest unknown",
+        "not found",
+        "unauthorized",
+        "denied",
+        "certificate",
+        "x509",
+        "digest",
+        "no image found in manifest list",
+    ];
+    !permanent.iter().any(|p| m.contains(p))
+}
+
+/// Pull `r` (pinned by `digest`) into podman's store, or say why not.
+pub async fn podman_pull(r: &ImageRef, digest: &str, policy: &PullPolicy) -> Result<()> {
+    let pinned = r.pinned(digest);
+    if registry_of(&r.name).is_none() {
+        return Err(Error::failed_precondition(format!(
+            "image {pinned} names no registry: it can only come from the local store"
+        )));
+    }
+    if policy.allowing(&r.name).is_none() {
+        return Err(Error::failed_precondition(format!(
+            "image {pinned} is not in the local store, and its registry is not in [plugins] registries ({})",
+            if policy.registries.is_empty() {
+                "none allowed".to_string()
+            } else {
+                policy.registries.join(", ")
+            }
+        )));
+    }
+    let mut cmd_args = vec!["pull".to_string(), "--quiet".to_string()];
+    // Laid out as /etc/containers/certs.d: one directory per registry.
+    let host = registry_of(&r.name).unwrap_or_default();
+    if let Some(dir) = policy
+        .certs_dir
+        .as_ref()
+        .map(|d| d.join(host))
+        .filter(|d| d.is_dir())
+    {
+        cmd_args.push(format!("--cert-dir={}", dir.display()));
+    }
+    if policy.insecure_for(&r.name) {
+        cmd_args.push("--tls-verify=false".into());
+    }
+    cmd_args.push(pinned.clone());
+    let mut backoff = FIRST_BACKOFF;
+    let started = Instant::now();
+    for attempt in 1..=policy.attempts {
+        tracing::info!(image = %pinned, attempt, of = policy.attempts, "pulling");
+        let result = run_tool(
+            Command::new("podman").args(&cmd_args),
+            "podman pull",
+            policy.timeout,
+        )
+        .await;
+        match result {
+            Ok(_) => {
+                tracing::info!(
+                    image = %pinned,
+                    millis = started.elapsed().as_millis() as u64,
+                    "pulled"
+                );
+                return Ok(());
+            }
+            Err(e) if attempt < policy.attempts && transient(&e) => {
+                tracing::warn!(image = %pinned, attempt, retry_in = ?backoff, "pull failed: {}", e.chain());
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            Err(e) => {
+                return Err(Error::unavailable(format!(
+                    "cannot pull {pinned} (attempt {attempt} of {})",
+                    policy.attempts
+                ))
+                .with_source(e))
+            }
+        }
+    }
+    Err(Error::internal(format!(
+        "cannot pull {pinned}: no attempt made"
+    )))
+}
+
+/// The image's digest (and `label`) in podman's store, as
+/// [`super::image::podman_digest_label`] checks them; an image absent there (or
+/// not under this name) is pulled first when pinned and its registry allowed.
+pub async fn ensure_in_store(
+    r: &ImageRef,
+    label: Option<&str>,
+    policy: &PullPolicy,
+) -> Result<(String, Option<String>)> {
+    match super::image::podman_digest_label(r, label).await {
+        Ok(found) => Ok(found),
+        Err(local) => match &r.digest {
+            Some(d) if registry_of(&r.name).is_some() => {
+                podman_pull(r, d, policy).await?;
+                super::image::podman_digest_label(r, label).await
+            }
+            _ => Err(local),
+        },
+    }
+}
+
+/// The platform this machine runs, as image configs name it.
+pub fn host_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    };
+    format!("linux/{arch}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_cover_whole_path_components() {
+        let p = PullPolicy {
+            registries: vec!["registry.example:5000".into(), "quay.io/coco".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            p.allowing("registry.example:5000/attestd/x"),
+            Some("registry.example:5000")
+        );
+        assert_eq!(
+            p.allowing("quay.io/coco/attester-tdx"),
+            Some("quay.io/coco")
+        );
+        assert_eq!(p.allowing("quay.io/cocoa/attester-tdx"), None);
+        assert_eq!(p.allowing("registry.example:50001/x"), None);
+        assert_eq!(p.allowing("localhost/attestd/attester-sample"), None);
+    }
+
+    #[test]
+    fn only_names_with_a_host_have_a_registry() {
+        assert_eq!(registry_of("localhost:5000/a/b"), Some("localhost:5000"));
+        assert_eq!(registry_of("quay.io/a"), Some("quay.io"));
+        assert_eq!(registry_of("localhost/attestd/x"), None);
+        assert_eq!(registry_of("attester"), None);
+    }
+
+    #[test]
+    fn config_bounds_and_shapes() {
+        let mut p = PluginsConfig {
+            registries: vec!["https://quay.io".into()],
+            ..Default::default()
+        };
+        assert_eq!(check_config(&p).unwrap_err().0, "plugins.registries[0]");
+        p.registries = vec!["quay.io/coco".into(), "127.0.0.1:5000".into()];
+        assert!(check_config(&p).is_ok());
+        p.insecure_registries = vec!["127.0.0.1:5000".into()];
+        assert!(check_config(&p).unwrap_err().1.contains("dev_mode"));
+        p.dev_mode = true;
+        assert!(check_config(&p).is_ok());
+        p.pull_attempts = MAX_PULL_ATTEMPTS;
+        assert!(check_config(&p).is_ok());
+        p.pull_attempts = MAX_PULL_ATTEMPTS + 1;
+        assert_eq!(check_config(&p).unwrap_err().0, "plugins.pull_attempts");
+        p.pull_attempts = 1;
+        p.registries = vec!["r.example".into(); MAX_REGISTRIES];
+        p.insecure_registries.clear();
+        assert!(check_config(&p).is_ok());
+        p.registries.push("r.example".into());
+        assert!(check_config(&p).unwrap_err().1.contains("more than 64"));
+    }
+
+    #[test]
+    fn what_is_worth_retrying() {
+        assert!(transient(&Error::unavailable(
+            "podman pull did not finish within 1s"
+        )));
+        assert!(transient(&Error::failed_precondition(
+            "podman pull failed: connect: connection refused"
+        )));
+        assert!(!transient(&Error::failed_precondition(
+            "podman pull failed: reading manifest sha256:00 in r/x: manifest unknown"
+        )));
+        assert!(!transient(&Error::failed_precondition(
+            "podman pull failed: x509: certificate signed by unknown authority"
+        )));
+    }
+}

@@ -1,0 +1,209 @@
+//! Plugin images pulled from a real registry (Debian's docker-registry over TLS
+//! with a CA made here): by digest only, from registries the config allows,
+//! checked for name, digest and platform before anything runs. Needs root,
+//! podman, skopeo and the sample image (containers/build.sh sample).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use attestd_e2e::registry::{untag, Registry};
+use attestd_e2e::{locked_image, Attestd, StartFailure};
+
+/// A config whose primary is the image `image`, started with podman, and
+/// `pull` lines for `[plugins]`.
+fn config(d: &Path, image: &str, pull: &str) -> String {
+    config_for("podman", d, image, pull)
+}
+
+fn config_for(launch: &str, d: &Path, image: &str, pull: &str) -> String {
+    format!(
+        "[plugins]\npodman_runtime = \"runc\"\nprimary = \"sample\"\nsocket_dir = {:?}\noci_dir = {:?}\n{pull}\n[plugins.attester.sample]\nlaunch = {launch:?}\ntransport = \"ttrpc\"\ntee = \"sample\"\nimage = {image:?}\n",
+        d.join("plugins").display().to_string(),
+        d.join("oci").display().to_string(),
+    )
+}
+
+fn allow(r: &Registry) -> String {
+    format!(
+        "registries = [{:?}]\nregistry_certs_dir = {:?}\n",
+        r.host,
+        r.certs_dir.display().to_string()
+    )
+}
+
+/// A name a test pulled, untagged however the test ends.
+struct Pulled(String);
+
+impl Drop for Pulled {
+    fn drop(&mut self) {
+        untag(&self.0);
+    }
+}
+
+fn refused(image: &str, pull: &str) -> StartFailure {
+    let started = Instant::now();
+    let e = Attestd::start(|d| config(d, image, pull))
+        .err()
+        .expect("attestd should refuse");
+    eprintln!("refused after {:?}", started.elapsed());
+    e
+}
+
+#[tokio::test]
+async fn a_pinned_image_is_pulled_from_an_allowed_registry_verified_and_served() {
+    let reg = Registry::start();
+    let (sample, digest) = locked_image("sample");
+    // Publishing keeps the pin: the registry serves the very manifest built here.
+    let pushed = reg.push(
+        &format!("{sample}@{digest}"),
+        "attestd/attester-sample",
+        "0.1.0",
+    );
+    assert_eq!(pushed, digest, "the push changed the digest");
+    let image = format!("{}/attestd/attester-sample@{digest}", reg.host);
+    untag(&image);
+    let _pulled = Pulled(image.clone());
+    for launch in ["podman", "oci"] {
+        // Absent again: each backend pulls it itself.
+        untag(&image);
+        let a = Attestd::start(|d| config_for(launch, d, &image, &allow(&reg))).unwrap();
+        assert_eq!(
+            a.evidence(b"from-the-registry").await.unwrap(),
+            attester_sample::evidence(b"from-the-registry")
+                .unwrap()
+                .bytes,
+            "{launch}"
+        );
+        let log = a.log();
+        assert!(
+            log.contains("pulling") && log.contains("pulled"),
+            "{launch}: {log}"
+        );
+    }
+    // Now in the store under that name: a restart starts it without pulling.
+    let inspect = Command::new("podman")
+        .args(["image", "inspect", "--format", "{{.Digest}}", &image])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&inspect.stdout).trim(), digest);
+}
+
+#[tokio::test]
+async fn what_must_not_run_is_refused_with_the_reason() {
+    let mut reg = Registry::start();
+    let (sample, digest) = locked_image("sample");
+    reg.push(
+        &format!("{sample}@{digest}"),
+        "attestd/attester-sample",
+        "0.1.0",
+    );
+    let image = format!("{}/attestd/attester-sample@{digest}", reg.host);
+    untag(&image);
+    let _pulled = Pulled(image.clone());
+
+    // A registry not allowed: nothing is pulled, the reference is named.
+    let e = refused(&image, "");
+    assert!(
+        e.stderr.contains(&format!(
+            "image {image} is not in the local store, and its registry is not in [plugins] registries (none allowed)"
+        )),
+        "{}",
+        e.stderr
+    );
+    let e = refused(&image, "registries = [\"registry.example\"]");
+    assert!(e.stderr.contains("(registry.example)"), "{}", e.stderr);
+
+    // A digest the registry does not have: one attempt (it will not mend), the
+    // registry's answer kept.
+    let zero = format!(
+        "{}/attestd/attester-sample@sha256:{}",
+        reg.host,
+        "0".repeat(64)
+    );
+    let e = refused(&zero, &allow(&reg));
+    assert!(
+        e.stderr
+            .contains(&format!("cannot pull {zero} (attempt 1 of 3)")),
+        "{}",
+        e.stderr
+    );
+    assert!(e.stderr.contains("manifest unknown"), "{}", e.stderr);
+
+    // A manifest for another platform: pulled, but refused before it runs.
+    let arm = build_arm64_image();
+    let arm_digest = reg.push(&arm, "attestd/attester-arm64", "1");
+    let arm_image = format!("{}/attestd/attester-arm64@{arm_digest}", reg.host);
+    let _arm_pulled = Pulled(arm_image.clone());
+    let e = refused(&arm_image, &allow(&reg));
+    assert!(
+        e.stderr.contains(&format!(
+            "image {arm_image} is for linux/arm64; this machine runs linux/amd64"
+        )),
+        "{}",
+        e.stderr
+    );
+
+    // The registry down: bounded attempts with back-off, then the cause.
+    reg.stop();
+    let started = Instant::now();
+    let e = refused(
+        &image,
+        &format!(
+            "{}pull_attempts = 2\npull_timeout_ms = 20000\n",
+            allow(&reg)
+        ),
+    );
+    assert!(
+        e.stderr
+            .contains(&format!("cannot pull {image} (attempt 2 of 2)")),
+        "{}",
+        e.stderr
+    );
+    assert!(e.stderr.contains("connection refused"), "{}", e.stderr);
+    // One back-off of FIRST_BACKOFF between the two attempts.
+    assert!(
+        started.elapsed() >= attestd::launch::pull::FIRST_BACKOFF,
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A FROM-scratch image for linux/arm64 (no emulation needed: nothing runs at
+/// build), in the local store; its `name@digest`.
+fn build_arm64_image() -> String {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("Containerfile"),
+        "FROM scratch\nCOPY attester /attester\nENTRYPOINT [\"/attester\"]\n",
+    )
+    .unwrap();
+    std::fs::write(d.path().join("attester"), "not a binary for this machine\n").unwrap();
+    let name = "localhost/attestd-tests/attester-arm64:1";
+    let o = Command::new("podman")
+        .args([
+            "build",
+            "-q",
+            "--runtime",
+            "runc",
+            "--arch",
+            "arm64",
+            "--timestamp",
+            "0",
+            "-t",
+            name,
+        ])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("podman")
+        .args(["image", "inspect", "--format", "{{.Digest}}", name])
+        .output()
+        .unwrap();
+    format!(
+        "localhost/attestd-tests/attester-arm64@{}",
+        String::from_utf8_lossy(&o.stdout).trim()
+    )
+}
