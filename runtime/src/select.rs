@@ -127,6 +127,7 @@ fn plugin_for(
     lock: &std::collections::BTreeMap<String, LockedImage>,
 ) -> std::result::Result<(String, PluginConfig), String> {
     if let Some(pc) = plugins.attester.get(tee) {
+        check_override(tee, pc, plugins, lock)?;
         return Ok((tee.to_string(), pc.clone()));
     }
     let Some(l) = lock.get(tee) else {
@@ -160,6 +161,43 @@ fn plugin_for(
             devices: Vec::new(),
         },
     ))
+}
+
+/// A TEE's table naming another image than images.lock pins for it (a drop-in
+/// written from user-data, a developer's own attester) is an override: logged
+/// with both references, and refused when the image would come from a registry
+/// `[plugins] registries` does not allow.
+fn check_override(
+    tee: &str,
+    pc: &PluginConfig,
+    plugins: &PluginsConfig,
+    lock: &std::collections::BTreeMap<String, LockedImage>,
+) -> std::result::Result<(), String> {
+    let (Some(image), Some(l)) = (&pc.image, lock.get(tee)) else {
+        return Ok(());
+    };
+    let pinned = format!(
+        "{}@{}",
+        crate::launch::image::ImageRef::repository(&l.image),
+        l.digest
+    );
+    if *image == pinned {
+        return Ok(());
+    }
+    let name = crate::launch::image::ImageRef::repository(image);
+    let policy = crate::launch::pull::PullPolicy::from_config(plugins);
+    if crate::launch::pull::registry_of(name).is_some() && policy.allowing(name).is_none() {
+        return Err(format!(
+            "its image override {image} (images.lock pins {pinned}) names a registry not in [plugins] registries"
+        ));
+    }
+    tracing::warn!(
+        tee,
+        image = %image,
+        pinned = %pinned,
+        "image override: the configuration replaces images.lock's pin (`attestd config` names the file)"
+    );
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -207,3 +207,53 @@ fn build_arm64_image() -> String {
         String::from_utf8_lossy(&o.stdout).trim()
     )
 }
+
+#[tokio::test]
+async fn an_image_override_from_a_drop_in_is_honoured_only_from_an_allowed_registry() {
+    let reg = Registry::start();
+    let (sample, digest) = locked_image("sample");
+    reg.push(&format!("{sample}@{digest}"), "dev/attester-sample", "mine");
+    let image = format!("{}/dev/attester-sample@{digest}", reg.host);
+    let _pulled = Pulled(image.clone());
+    // The pod VM's image: primary = "auto" and images.lock; nothing on this
+    // machine's probes (an empty sysroot), so the configured sample is chosen.
+    let system = |d: &Path, pull: &str| {
+        std::fs::create_dir_all(d.join("sysroot")).unwrap();
+        std::fs::write(
+            d.join("images.lock"),
+            format!("[images.sample]\nimage = {sample:?}\ndigest = {digest:?}\ntransport = \"ttrpc\"\napi = 1\n"),
+        )
+        .unwrap();
+        format!(
+            "[plugins]\npodman_runtime = \"runc\"\nprimary = \"auto\"\nsocket_dir = {:?}\nimages_lock = {:?}\nsysroot = {:?}\n{pull}\n",
+            d.join("plugins").display().to_string(),
+            d.join("images.lock").display().to_string(),
+            d.join("sysroot").display().to_string(),
+        )
+    };
+    // The drop-in, as user-data writes it: the sample's image swapped for the
+    // developer's own, by digest.
+    let drop_in = format!(
+        "[plugins.attester.sample]\nlaunch = \"podman\"\ntransport = \"ttrpc\"\ntee = \"sample\"\nimage = {image:?}\n"
+    );
+    untag(&image);
+    let e = Attestd::start(|d| format!("{}{drop_in}", system(d, "")))
+        .err()
+        .expect("refused");
+    assert!(
+        e.stderr.contains(&format!(
+            "sample skipped: its image override {image} (images.lock pins {sample}@{digest}) names a registry not in [plugins] registries"
+        )),
+        "{}",
+        e.stderr
+    );
+    let a = Attestd::start(|d| format!("{}{drop_in}", system(d, &allow(&reg)))).unwrap();
+    assert_eq!(
+        a.evidence(b"override").await.unwrap(),
+        attester_sample::evidence(b"override").unwrap().bytes
+    );
+    let log = a.log();
+    assert!(log.contains("image override"), "{log}");
+    assert!(log.contains(&format!("pinned={sample}@{digest}")), "{log}");
+    assert!(log.contains("pulled"), "{log}");
+}
