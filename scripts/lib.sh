@@ -9,8 +9,9 @@
 # (tests/go/keyprovider), built in GOPATH mode from Debian's packaged grpc-go.
 # python3-jsonpatch: the webhook tests apply its patches with an implementation
 # not ours; python3-venv: the venv for kubernetes-validate (see ensure_kube_tools).
-# docker-registry: the registry the pull tests push to and pull from.
-ATTESTD_APT_PACKAGES=(gcc g++ pkg-config libtss2-dev libssl-dev swtpm swtpm-tools tpm2-tools podman runc skopeo umoci golang-go golang-google-grpc-dev systemd python3-jsonpatch python3-venv docker-registry)
+# docker-registry, gnupg: the registry the pull tests push to and pull from, and
+# the keys they sign with.
+ATTESTD_APT_PACKAGES=(gcc g++ pkg-config libtss2-dev libssl-dev swtpm swtpm-tools tpm2-tools podman runc skopeo umoci golang-go golang-google-grpc-dev systemd python3-jsonpatch python3-venv docker-registry gnupg)
 
 # Hardware attesters: standalone workspaces with their own Cargo.lock.
 # attesters/azure is the helper both Azure plugins share, tested on its own.

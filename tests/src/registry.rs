@@ -14,7 +14,19 @@ pub struct Registry {
     pub host: String,
     /// Laid out as /etc/containers/certs.d: `<host>/ca.crt`.
     pub certs_dir: PathBuf,
+    /// registries.d naming the lookaside directory signatures go to.
+    pub registries_d: PathBuf,
+    /// A GPG home with two signing keys, `keys[0]` the trusted one.
+    gnupg: PathBuf,
+    pub keys: Vec<Key>,
     dir: tempfile::TempDir,
+}
+
+/// A GPG signing key made for the test.
+pub struct Key {
+    pub fingerprint: String,
+    /// Its public key, armored, for a policy's `keyPath`.
+    pub public: PathBuf,
 }
 
 impl Registry {
@@ -48,10 +60,31 @@ impl Registry {
             .stderr(std::fs::File::create(d.join("log")).unwrap())
             .spawn()
             .expect("docker-registry (scripts/lib.sh installs it)");
+        // Signatures in a lookaside directory (simple signing), as registries.d
+        // describes it to skopeo: written while pushing, read while pulling.
+        let registries_d = d.join("registries.d");
+        std::fs::create_dir_all(&registries_d).unwrap();
+        let sigs = d.join("sigstore");
+        std::fs::write(
+            registries_d.join("attestd-tests.yaml"),
+            format!(
+                "docker:\n  {host}:\n    lookaside: file://{0}\n    lookaside-staging: file://{0}\n",
+                sigs.display()
+            ),
+        )
+        .unwrap();
+        let gnupg = d.join("gnupg");
+        std::fs::create_dir_all(&gnupg).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&gnupg, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let keys = (0..2).map(|n| make_key(&gnupg, d, n)).collect();
         let r = Registry {
             child: Some(Reaped(child)),
             host,
             certs_dir,
+            registries_d,
+            gnupg,
+            keys,
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -75,12 +108,27 @@ impl Registry {
     }
 
     /// Push local image `source` (`name@digest` in podman's store) as
-    /// `<host>/<repo>:<tag>`, manifest bytes kept; the digest the registry holds.
-    pub fn push(&self, source: &str, repo: &str, tag: &str) -> String {
+    /// `<host>/<repo>:<tag>`, manifest bytes kept, signed by `keys[signer]` when
+    /// given; the digest the registry holds.
+    pub fn push(&self, source: &str, repo: &str, tag: &str, signer: Option<usize>) -> String {
         let dest = format!("docker://{}/{repo}:{tag}", self.host);
-        let o = Command::new("skopeo")
-            .args(["copy", "-q", "--preserve-digests", "--dest-cert-dir"])
-            .arg(self.cert_dir())
+        let mut cmd = Command::new("skopeo");
+        // The store may hold signatures an earlier pull brought: only ours go out.
+        cmd.args([
+            "copy",
+            "-q",
+            "--preserve-digests",
+            "--remove-signatures",
+            "--dest-cert-dir",
+        ])
+        .arg(self.cert_dir())
+        .arg("--registries.d")
+        .arg(&self.registries_d)
+        .env("GNUPGHOME", &self.gnupg);
+        if let Some(k) = signer {
+            cmd.args(["--sign-by", &self.keys[k].fingerprint]);
+        }
+        let o = cmd
             .arg(format!("containers-storage:{source}"))
             .arg(&dest)
             .output()
@@ -109,6 +157,33 @@ impl Registry {
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     }
 
+    /// The lookaside directory of `<repo>@<digest>`'s signatures.
+    pub fn signatures_of(&self, repo: &str, digest: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("sigstore")
+            .join(format!("{repo}@{}", digest.replace(':', "=")))
+    }
+
+    /// A policy.json accepting images of this registry signed by `keys[0]`
+    /// only, and nothing else.
+    pub fn policy(&self) -> PathBuf {
+        let p = self.dir.path().join("policy.json");
+        std::fs::write(
+            &p,
+            serde_json::json!({
+                "default": [{"type": "reject"}],
+                "transports": {"docker": {self.host.clone(): [{
+                    "type": "signedBy", "keyType": "GPGKeys",
+                    "keyPath": self.keys[0].public.display().to_string()
+                }]}}
+            })
+            .to_string(),
+        )
+        .unwrap();
+        p
+    }
+
     /// Stop serving (the registry "down").
     pub fn stop(&mut self) {
         self.child.take();
@@ -121,4 +196,51 @@ pub fn untag(name_at_digest: &str) {
     let _ = Command::new("podman")
         .args(["untag", name_at_digest, name_at_digest])
         .output();
+}
+
+/// Key `n` (ed25519, no passphrase) in `gnupg`, its public half exported under `dir`.
+fn make_key(gnupg: &std::path::Path, dir: &std::path::Path, n: usize) -> Key {
+    let uid = format!("attestd tests {n} <key{n}@attestd.invalid>");
+    let o = Command::new("gpg")
+        .env("GNUPGHOME", gnupg)
+        .args([
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            &uid,
+            "ed25519",
+            "sign",
+            "never",
+        ])
+        .output()
+        .expect("gpg (scripts/lib.sh installs gnupg)");
+    assert!(
+        o.status.success(),
+        "gpg: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = Command::new("gpg")
+        .env("GNUPGHOME", gnupg)
+        .args(["--batch", "--with-colons", "--list-keys", &uid])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&o.stdout).into_owned();
+    let fingerprint = listing
+        .lines()
+        .find(|l| l.starts_with("fpr:"))
+        .and_then(|l| l.split(':').nth(9))
+        .expect("a fingerprint")
+        .to_string();
+    let o = Command::new("gpg")
+        .env("GNUPGHOME", gnupg)
+        .args(["--batch", "--armor", "--export", &fingerprint])
+        .output()
+        .unwrap();
+    let public = dir.join(format!("key{n}.asc"));
+    std::fs::write(&public, &o.stdout).unwrap();
+    Key {
+        fingerprint,
+        public,
+    }
 }

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use attestd_e2e::registry::{untag, Registry};
-use attestd_e2e::{locked_image, Attestd, StartFailure};
+use attestd_e2e::{attestd_cli, locked_image, Attestd, StartFailure};
 
 /// A config whose primary is the image `image`, started with podman, and
 /// `pull` lines for `[plugins]`.
@@ -25,11 +25,15 @@ fn config_for(launch: &str, d: &Path, image: &str, pull: &str) -> String {
     )
 }
 
+/// The registry allowed, its CA, its signatures, and a policy requiring its
+/// images signed by the test's trusted key.
 fn allow(r: &Registry) -> String {
     format!(
-        "registries = [{:?}]\nregistry_certs_dir = {:?}\n",
+        "registries = [{:?}]\nregistry_certs_dir = {:?}\nregistries_d = {:?}\npolicy_json = {:?}\n",
         r.host,
-        r.certs_dir.display().to_string()
+        r.certs_dir.display().to_string(),
+        r.registries_d.display().to_string(),
+        r.policy().display().to_string(),
     )
 }
 
@@ -60,6 +64,7 @@ async fn a_pinned_image_is_pulled_from_an_allowed_registry_verified_and_served()
         &format!("{sample}@{digest}"),
         "attestd/attester-sample",
         "0.1.0",
+        Some(0),
     );
     assert_eq!(pushed, digest, "the push changed the digest");
     let image = format!("{}/attestd/attester-sample@{digest}", reg.host);
@@ -81,7 +86,27 @@ async fn a_pinned_image_is_pulled_from_an_allowed_registry_verified_and_served()
             log.contains("pulling") && log.contains("pulled"),
             "{launch}: {log}"
         );
+        assert!(
+            log.contains("accepted by") && log.contains("(signedBy)"),
+            "{launch}: {log}"
+        );
     }
+    // `attestd plugins` says how the image came: pulled, and which policy took it.
+    untag(&image);
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("attestd.toml");
+    std::fs::write(&cfg, config(d.path(), &image, &allow(&reg))).unwrap();
+    let (status, out, err) = attestd_cli(&["plugins", "-c", cfg.to_str().unwrap(), "--json"]);
+    assert!(status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let p = &v[0]["probe"]["provenance"];
+    assert_eq!(p["digest"], digest.as_str());
+    let pulled = p["pulled"].as_str().unwrap();
+    assert!(
+        pulled.starts_with(&format!("pulled from {}, accepted by ", reg.host)),
+        "{pulled}"
+    );
+    assert!(pulled.ends_with("(signedBy)"), "{pulled}");
     // Now in the store under that name: a restart starts it without pulling.
     let inspect = Command::new("podman")
         .args(["image", "inspect", "--format", "{{.Digest}}", &image])
@@ -98,6 +123,7 @@ async fn what_must_not_run_is_refused_with_the_reason() {
         &format!("{sample}@{digest}"),
         "attestd/attester-sample",
         "0.1.0",
+        Some(0),
     );
     let image = format!("{}/attestd/attester-sample@{digest}", reg.host);
     untag(&image);
@@ -133,7 +159,7 @@ async fn what_must_not_run_is_refused_with_the_reason() {
 
     // A manifest for another platform: pulled, but refused before it runs.
     let arm = build_arm64_image();
-    let arm_digest = reg.push(&arm, "attestd/attester-arm64", "1");
+    let arm_digest = reg.push(&arm, "attestd/attester-arm64", "1", Some(0));
     let arm_image = format!("{}/attestd/attester-arm64@{arm_digest}", reg.host);
     let _arm_pulled = Pulled(arm_image.clone());
     let e = refused(&arm_image, &allow(&reg));
@@ -212,7 +238,12 @@ fn build_arm64_image() -> String {
 async fn an_image_override_from_a_drop_in_is_honoured_only_from_an_allowed_registry() {
     let reg = Registry::start();
     let (sample, digest) = locked_image("sample");
-    reg.push(&format!("{sample}@{digest}"), "dev/attester-sample", "mine");
+    reg.push(
+        &format!("{sample}@{digest}"),
+        "dev/attester-sample",
+        "mine",
+        Some(0),
+    );
     let image = format!("{}/dev/attester-sample@{digest}", reg.host);
     let _pulled = Pulled(image.clone());
     // The pod VM's image: primary = "auto" and images.lock; nothing on this
@@ -256,4 +287,89 @@ async fn an_image_override_from_a_drop_in_is_honoured_only_from_an_allowed_regis
     assert!(log.contains("image override"), "{log}");
     assert!(log.contains(&format!("pinned={sample}@{digest}")), "{log}");
     assert!(log.contains("pulled"), "{log}");
+}
+
+#[tokio::test]
+async fn only_images_the_policy_accepts_are_run() {
+    let reg = Registry::start();
+    let (sample, digest) = locked_image("sample");
+    let local = format!("{sample}@{digest}");
+    let arm = build_arm64_image();
+    // Unsigned; signed by a key the policy does not trust; and an image whose
+    // manifest is not the one its signature names (a signature moved onto it).
+    reg.push(&local, "unsigned/sample", "1", None);
+    reg.push(&local, "otherkey/sample", "1", Some(1));
+    reg.push(&local, "moved/sample", "1", Some(0));
+    let other = reg.push(&arm, "moved/sample", "2", None);
+    let moved_to = reg.signatures_of("moved/sample", &other);
+    std::fs::create_dir_all(&moved_to).unwrap();
+    std::fs::copy(
+        reg.signatures_of("moved/sample", &digest)
+            .join("signature-1"),
+        moved_to.join("signature-1"),
+    )
+    .unwrap();
+    let cases = [
+        (
+            format!("{}/unsigned/sample@{digest}", reg.host),
+            "A signature was required, but no signature exists",
+        ),
+        (
+            format!("{}/otherkey/sample@{digest}", reg.host),
+            "Invalid GPG signature",
+        ),
+        (
+            format!("{}/moved/sample@{other}", reg.host),
+            "does not match",
+        ),
+    ];
+    for (image, why) in &cases {
+        let _pulled = Pulled(image.clone());
+        untag(image);
+        let e = refused(image, &allow(&reg));
+        assert!(
+            e.stderr
+                .contains(&format!("cannot pull {image} (attempt 1 of 3)")),
+            "{}",
+            e.stderr
+        );
+        assert!(e.stderr.contains(why), "{image}: {}", e.stderr);
+        // Nothing entered the store under that name (podman finds a digest under
+        // any name, so the names are what to look at).
+        let o = Command::new("podman")
+            .args(["image", "inspect", "--format", "{{.RepoDigests}}", &local])
+            .output()
+            .unwrap();
+        let names = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            !names.contains(image.as_str()),
+            "{image} is in the store: {names}"
+        );
+    }
+    // The system's default policy (Debian's accepts anything): refused outside
+    // dev mode, before anything is fetched.
+    let image = format!("{}/unsigned/sample@{digest}", reg.host);
+    let _pulled = Pulled(image.clone());
+    let d = tempfile::tempdir().unwrap();
+    let anything = d.path().join("policy.json");
+    std::fs::write(
+        &anything,
+        r#"{"default": [{"type": "insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
+    let lax = format!(
+        "registries = [{:?}]\nregistry_certs_dir = {:?}\npolicy_json = {:?}\n",
+        reg.host,
+        reg.certs_dir.display().to_string(),
+        anything.display().to_string()
+    );
+    let e = refused(&image, &lax);
+    assert!(
+        e.stderr
+            .contains("(insecureAcceptAnything): require signedBy or sigstoreSigned"),
+        "{}",
+        e.stderr
+    );
+    let a = Attestd::start(|d| config(d, &image, &format!("dev_mode = true\n{lax}"))).unwrap();
+    assert!(a.evidence(b"dev").await.is_ok());
 }

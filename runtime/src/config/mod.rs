@@ -278,6 +278,14 @@ pub struct PluginsConfig {
     /// certificates) per registry, passed to podman as `--cert-dir`. Unset: the
     /// system's certs.d and trust store.
     pub registry_certs_dir: Option<PathBuf>,
+    /// containers-policy.json deciding which pulled images are accepted (signedBy,
+    /// sigstoreSigned, reject); unset: the system's /etc/containers/policy.json.
+    /// A policy accepting anything (`insecureAcceptAnything`) for a registry
+    /// pulled from is refused outside dev mode.
+    pub policy_json: Option<PathBuf>,
+    /// registries.d: where each registry's signatures are (lookaside); unset:
+    /// the system's /etc/containers/registries.d.
+    pub registries_d: Option<PathBuf>,
     /// One pull attempt, at most.
     #[serde(default = "default_pull_timeout_ms")]
     pub pull_timeout_ms: u64,
@@ -311,6 +319,8 @@ impl Default for PluginsConfig {
             registries: Vec::new(),
             insecure_registries: Vec::new(),
             registry_certs_dir: None,
+            policy_json: None,
+            registries_d: None,
             pull_timeout_ms: default_pull_timeout_ms(),
             pull_attempts: default_pull_attempts(),
             attester: BTreeMap::new(),

@@ -37,6 +37,11 @@ pub struct Provenance {
     pub image: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// `podman`, `oci`: how this start got the image when it pulled it (the
+    /// registry and the signature policy that accepted it); absent when the image
+    /// was already local.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pulled: Option<String>,
     /// `external`: the socket connected to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket: Option<PathBuf>,

@@ -251,17 +251,17 @@ pub fn layout_label(layout: &Path, digest: &str, label: &str) -> Result<Option<S
 
 /// Make `layout` hold the image `r` at `digest` (copying it from podman's store
 /// with its digest preserved when absent, pulled into the store first when
-/// `pull` allows); its tag in the layout.
+/// `pull` allows); its tag in the layout, and how it was pulled if it was.
 async fn ensure_in_layout(
     layout: &Path,
     r: &ImageRef,
     digest: &str,
     pull: &super::pull::PullPolicy,
-) -> Result<String> {
+) -> Result<(String, Option<String>)> {
     // Under this name: the same digest under another name is not this pin.
     let tag = layout_tag_for(r, digest);
     if layout_has(layout, digest, &tag)? {
-        return Ok(tag);
+        return Ok((tag, None));
     }
     // Not in the layout: podman's store must have exactly this digest under this
     // name (its error names what the store has instead), or get it from an
@@ -270,7 +270,7 @@ async fn ensure_in_layout(
         digest: Some(digest.to_string()),
         ..r.clone()
     };
-    super::pull::ensure_in_store(&pinned, None, pull).await?;
+    let (_, _, pulled) = super::pull::ensure_in_store(&pinned, None, pull).await?;
     std::fs::create_dir_all(layout).map_err(|e| {
         Error::internal(format!("cannot create {}", layout.display())).with_source(e)
     })?;
@@ -279,6 +279,9 @@ async fn ensure_in_layout(
             "copy",
             "--quiet",
             "--preserve-digests",
+            // An OCI layout cannot hold signatures; the store's were checked by
+            // the policy when the image was pulled.
+            "--remove-signatures",
             &format!("containers-storage:{}", r.pinned(digest)),
             &format!("oci:{}:{tag}", layout.display()),
         ]),
@@ -294,7 +297,7 @@ async fn ensure_in_layout(
         ))
     })?;
     if layout_has(layout, digest, &tag)? {
-        Ok(tag)
+        Ok((tag, pulled))
     } else {
         Err(Error::failed_precondition(format!(
             "after copying, the OCI layout {} still has no manifest {digest}",
@@ -353,7 +356,7 @@ impl Launcher for OciLauncher {
             None => super::image::podman_digest(&r).await?,
         };
         let layout = spec.oci_dir.join("layout");
-        let tag = ensure_in_layout(&layout, &r, &digest, &spec.pull).await?;
+        let (tag, pulled) = ensure_in_layout(&layout, &r, &digest, &spec.pull).await?;
         let rootfs = ensure_rootfs(&spec.oci_dir, &layout, &tag, &digest).await?;
         let tee = match &spec.config.tee {
             Some(t) => t.clone(),
@@ -408,6 +411,7 @@ impl Launcher for OciLauncher {
                 launch: "oci",
                 image: Some(image.to_string()),
                 digest: Some(digest),
+                pulled,
                 args: spec.config.args.clone(),
                 ..Default::default()
             },

@@ -90,7 +90,8 @@ impl Launcher for PodmanLauncher {
         // Checked before every start: the store may have changed since the last one.
         // One inspect: the digest, and the TEE label when the config names no TEE.
         let want_label = spec.config.tee.is_none().then_some("org.attestd.tee");
-        let (digest, label) = super::pull::ensure_in_store(&r, want_label, &spec.pull).await?;
+        let (digest, label, pulled) =
+            super::pull::ensure_in_store(&r, want_label, &spec.pull).await?;
         let pinned = r.pinned(&digest);
         let tee = spec.config.tee.clone().or(label).unwrap_or_default();
         let resources = spec.resources(&tee, Path::new("/"));
@@ -111,6 +112,7 @@ impl Launcher for PodmanLauncher {
                 launch: "podman",
                 image: Some(image.to_string()),
                 digest: Some(digest),
+                pulled,
                 args: spec.config.args.clone(),
                 ..Default::default()
             },

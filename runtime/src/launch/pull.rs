@@ -1,10 +1,12 @@
 //! Pulling a pinned plugin image that the local store lacks: by digest only, from
-//! a registry the configuration allows, with a deadline per attempt, bounded
-//! retries with back-off, and progress in the log. podman does the transfer and
-//! checks the manifest's digest against the reference; the caller then checks
-//! name, digest and platform in the store before anything runs.
+//! a registry the configuration allows, accepted by a containers-policy.json
+//! (signatures, the containers ecosystem's way), with a deadline per attempt,
+//! bounded retries with back-off, and progress in the log. skopeo does the
+//! transfer into podman's store, checking the manifest's digest against the
+//! reference and the signatures against the policy; the caller then checks name,
+//! digest and platform in the store before anything runs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use attester_sdk::{Error, Result};
@@ -20,12 +22,21 @@ pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Registries listed at most.
 pub const MAX_REGISTRIES: usize = 64;
 
+/// The system's signature policy and lookaside configuration (containers-policy.json(5),
+/// containers-registries.d(5)).
+pub const SYSTEM_POLICY: &str = "/etc/containers/policy.json";
+/// A policy file larger than this is refused unread.
+pub const MAX_POLICY_BYTES: u64 = 1 << 20;
+
 /// What `[plugins]` allows.
 #[derive(Debug, Clone, Default)]
 pub struct PullPolicy {
     pub registries: Vec<String>,
     pub insecure: Vec<String>,
     pub certs_dir: Option<PathBuf>,
+    pub policy_json: Option<PathBuf>,
+    pub registries_d: Option<PathBuf>,
+    pub dev_mode: bool,
     pub timeout: Duration,
     pub attempts: u32,
 }
@@ -36,6 +47,9 @@ impl PullPolicy {
             registries: p.registries.clone(),
             insecure: p.insecure_registries.clone(),
             certs_dir: p.registry_certs_dir.clone(),
+            policy_json: p.policy_json.clone(),
+            registries_d: p.registries_d.clone(),
+            dev_mode: p.dev_mode,
             timeout: Duration::from_millis(p.pull_timeout_ms),
             attempts: p.pull_attempts,
         }
@@ -141,12 +155,97 @@ fn transient(e: &Error) -> bool {
         "x509",
         "digest",
         "no image found in manifest list",
+        "signature",
+        "rejected",
+        "not accepted",
+        "policy",
     ];
     !permanent.iter().any(|p| m.contains(p))
 }
 
-/// Pull `r` (pinned by `digest`) into podman's store, or say why not.
-pub async fn podman_pull(r: &ImageRef, digest: &str, policy: &PullPolicy) -> Result<()> {
+/// The policy requirements (their `type`s) that apply to image `name` pulled
+/// over the `docker` transport: the most specific scope of
+/// `transports.docker` (the repository, then each parent namespace, then the
+/// host, then `*.domain` wildcards), else `default`.
+pub fn requirements_for(policy: &serde_json::Value, name: &str) -> Vec<String> {
+    let types = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| r["type"].as_str().unwrap_or("(no type)").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let scopes = &policy["transports"]["docker"];
+    let mut scope = name;
+    loop {
+        if let Some(v) = scopes.get(scope) {
+            return types(v);
+        }
+        match scope.rsplit_once('/') {
+            Some((parent, _)) => scope = parent,
+            None => break,
+        }
+    }
+    // `*.example.com` covers hosts under example.com (most specific first).
+    let host = name.split('/').next().unwrap_or_default();
+    let host = host.split(':').next().unwrap_or_default();
+    let mut labels: &str = host;
+    while let Some((_, rest)) = labels.split_once('.') {
+        if let Some(v) = scopes.get(format!("*.{rest}").as_str()) {
+            return types(v);
+        }
+        labels = rest;
+    }
+    types(&policy["default"])
+}
+
+/// The policy file's requirements for `name`, refused when they would accept an
+/// unsigned image outside dev mode.
+fn check_policy(path: &Path, name: &str, dev_mode: bool) -> Result<Vec<String>> {
+    let fail = |e: std::io::Error| {
+        Error::failed_precondition(format!(
+            "cannot read the signature policy {}",
+            path.display()
+        ))
+        .with_source(e)
+    };
+    let len = std::fs::metadata(path).map_err(fail)?.len();
+    if len > MAX_POLICY_BYTES {
+        return Err(Error::failed_precondition(format!(
+            "the signature policy {} has {len} bytes, more than {MAX_POLICY_BYTES}",
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(fail)?;
+    let policy: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Error::failed_precondition(format!(
+            "the signature policy {} is not JSON",
+            path.display()
+        ))
+        .with_source(e)
+    })?;
+    let reqs = requirements_for(&policy, name);
+    if reqs.is_empty() {
+        return Err(Error::failed_precondition(format!(
+            "the signature policy {} has no requirement for {name} (and no default)",
+            path.display()
+        )));
+    }
+    if !dev_mode && reqs.iter().any(|t| t == "insecureAcceptAnything") {
+        return Err(Error::failed_precondition(format!(
+            "the signature policy {} accepts any image from {name} (insecureAcceptAnything): \
+             require signedBy or sigstoreSigned for it, or set [plugins] dev_mode = true",
+            path.display()
+        )));
+    }
+    Ok(reqs)
+}
+
+/// Pull `r` (pinned by `digest`) into podman's store, or say why not; on success,
+/// how it was accepted (for the plugin's provenance).
+pub async fn pull_into_store(r: &ImageRef, digest: &str, policy: &PullPolicy) -> Result<String> {
     let pinned = r.pinned(digest);
     if registry_of(&r.name).is_none() {
         return Err(Error::failed_precondition(format!(
@@ -163,7 +262,22 @@ pub async fn podman_pull(r: &ImageRef, digest: &str, policy: &PullPolicy) -> Res
             }
         )));
     }
-    let mut cmd_args = vec!["pull".to_string(), "--quiet".to_string()];
+    let policy_file = policy
+        .policy_json
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(SYSTEM_POLICY));
+    let reqs = check_policy(&policy_file, &r.name, policy.dev_mode)?;
+    let accepted = format!(
+        "pulled from {}, accepted by {} ({})",
+        registry_of(&r.name).unwrap_or_default(),
+        policy_file.display(),
+        reqs.join(", ")
+    );
+    let mut cmd_args = vec!["copy".to_string(), "--quiet".to_string()];
+    cmd_args.push(format!("--policy={}", policy_file.display()));
+    if let Some(d) = &policy.registries_d {
+        cmd_args.push(format!("--registries.d={}", d.display()));
+    }
     // Laid out as /etc/containers/certs.d: one directory per registry.
     let host = registry_of(&r.name).unwrap_or_default();
     if let Some(dir) = policy
@@ -172,19 +286,20 @@ pub async fn podman_pull(r: &ImageRef, digest: &str, policy: &PullPolicy) -> Res
         .map(|d| d.join(host))
         .filter(|d| d.is_dir())
     {
-        cmd_args.push(format!("--cert-dir={}", dir.display()));
+        cmd_args.push(format!("--src-cert-dir={}", dir.display()));
     }
     if policy.insecure_for(&r.name) {
-        cmd_args.push("--tls-verify=false".into());
+        cmd_args.push("--src-tls-verify=false".into());
     }
-    cmd_args.push(pinned.clone());
+    cmd_args.push(format!("docker://{pinned}"));
+    cmd_args.push(format!("containers-storage:{pinned}"));
     let mut backoff = FIRST_BACKOFF;
     let started = Instant::now();
     for attempt in 1..=policy.attempts {
         tracing::info!(image = %pinned, attempt, of = policy.attempts, "pulling");
         let result = run_tool(
-            Command::new("podman").args(&cmd_args),
-            "podman pull",
+            Command::new("skopeo").args(&cmd_args),
+            "skopeo copy",
             policy.timeout,
         )
         .await;
@@ -193,9 +308,9 @@ pub async fn podman_pull(r: &ImageRef, digest: &str, policy: &PullPolicy) -> Res
                 tracing::info!(
                     image = %pinned,
                     millis = started.elapsed().as_millis() as u64,
-                    "pulled"
+                    "pulled: {accepted}"
                 );
-                return Ok(());
+                return Ok(accepted);
             }
             Err(e) if attempt < policy.attempts && transient(&e) => {
                 tracing::warn!(image = %pinned, attempt, retry_in = ?backoff, "pull failed: {}", e.chain());
@@ -219,17 +334,19 @@ pub async fn podman_pull(r: &ImageRef, digest: &str, policy: &PullPolicy) -> Res
 /// The image's digest (and `label`) in podman's store, as
 /// [`super::image::podman_digest_label`] checks them; an image absent there (or
 /// not under this name) is pulled first when pinned and its registry allowed.
+/// The third value says how this start got the image when it pulled it.
 pub async fn ensure_in_store(
     r: &ImageRef,
     label: Option<&str>,
     policy: &PullPolicy,
-) -> Result<(String, Option<String>)> {
+) -> Result<(String, Option<String>, Option<String>)> {
     match super::image::podman_digest_label(r, label).await {
-        Ok(found) => Ok(found),
+        Ok((d, l)) => Ok((d, l, None)),
         Err(local) => match &r.digest {
             Some(d) if registry_of(&r.name).is_some() => {
-                podman_pull(r, d, policy).await?;
-                super::image::podman_digest_label(r, label).await
+                let how = pull_into_store(r, d, policy).await?;
+                let (d, l) = super::image::podman_digest_label(r, label).await?;
+                Ok((d, l, Some(how)))
             }
             _ => Err(local),
         },
@@ -301,6 +418,41 @@ mod tests {
         assert!(check_config(&p).is_ok());
         p.registries.push("r.example".into());
         assert!(check_config(&p).unwrap_err().1.contains("more than 64"));
+    }
+
+    #[test]
+    fn the_most_specific_scope_decides() {
+        let p: serde_json::Value = serde_json::from_str(
+            r#"{"default": [{"type": "reject"}], "transports": {"docker": {
+                "registry.example:5000": [{"type": "signedBy"}],
+                "registry.example:5000/dev": [{"type": "insecureAcceptAnything"}],
+                "*.example.com": [{"type": "sigstoreSigned"}]}}}"#,
+        )
+        .unwrap();
+        let t = |n: &str| requirements_for(&p, n);
+        assert_eq!(t("registry.example:5000/attestd/x"), ["signedBy"]);
+        assert_eq!(t("registry.example:5000/dev/x"), ["insecureAcceptAnything"]);
+        assert_eq!(t("quay.eu.example.com/x"), ["sigstoreSigned"]);
+        assert_eq!(t("quay.io/x"), ["reject"]);
+    }
+
+    #[test]
+    fn a_policy_accepting_anything_is_refused_outside_dev_mode() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("policy.json");
+        std::fs::write(&p, r#"{"default": [{"type": "insecureAcceptAnything"}]}"#).unwrap();
+        let e = check_policy(&p, "r.example/x", false).unwrap_err();
+        assert!(
+            e.message().contains("accepts any image from r.example/x"),
+            "{e}"
+        );
+        assert!(check_policy(&p, "r.example/x", true).is_ok());
+        std::fs::write(&p, vec![b' '; MAX_POLICY_BYTES as usize + 1]).unwrap();
+        let e = check_policy(&p, "r.example/x", true).unwrap_err();
+        assert!(e.message().contains("more than 1048576"), "{e}");
+        std::fs::write(&p, "{}").unwrap();
+        let e = check_policy(&p, "r.example/x", true).unwrap_err();
+        assert!(e.message().contains("no requirement"), "{e}");
     }
 
     #[test]
