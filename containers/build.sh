@@ -6,6 +6,15 @@
 # all; names are TEEs, attestd and webhook).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Reproducible across clones: Cargo hashes a path dependency outside the workspace
+# being built (the SDK, seen from a hardware attester's own workspace) by its
+# absolute path, and that hash names symbols and so orders the binary. Every
+# clone builds through one fixed path (a symlink to it), one build at a time.
+BUILD_ROOT=${ATTESTD_BUILD_ROOT:-/tmp/attestd-build-src}
+exec 9>"$BUILD_ROOT.lock"
+flock 9
+ln -sfn "$(pwd -P)" "$BUILD_ROOT"
+cd "$BUILD_ROOT"
 . scripts/lib.sh
 ensure_rust
 ensure_packages podman runc "${ATTESTD_APT_PACKAGES[@]}"
@@ -44,7 +53,7 @@ export CARGO_PROFILE_RELEASE_OPT_LEVEL=s CARGO_PROFILE_RELEASE_LTO=fat \
     CARGO_PROFILE_RELEASE_STRIP=symbols
 
 # Reproducible binaries: no build paths in them, so a clean clone builds the same bytes.
-remap="--remap-path-prefix=$PWD=/src --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
+remap="--remap-path-prefix=$PWD=/src --remap-path-prefix=$(pwd -P)=/src --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
 
 stage_closure() {
     # The binary, every shared library it loads (ldd), the TCTI modules libtss2
@@ -90,10 +99,10 @@ for spec in "${PLUGINS[@]}"; do
     version=$(cargo pkgid --manifest-path "$manifest" -p "$plugin" 2>/dev/null | sed -E 's/.*[@#]([0-9][^ ]*)$/\1/')
     if [ "$linking" = static ]; then
         RUSTFLAGS="-C target-feature=+crt-static $remap" \
-            cargo build --release --locked --manifest-path "$manifest" -p "$plugin" --target "$TARGET"
+            cargo build --release --locked --manifest-path "$PWD/$manifest" -p "$plugin" --target "$TARGET"
     else
         RUSTFLAGS="$remap" \
-            cargo build --release --locked --manifest-path "$manifest" -p "$plugin" --target "$TARGET"
+            cargo build --release --locked --manifest-path "$PWD/$manifest" -p "$plugin" --target "$TARGET"
     fi
     dir=$(dirname "$manifest")
     bin="$dir/target/$TARGET/release/$plugin"
@@ -164,7 +173,8 @@ build_component() {
     echo "== $name: building $package" >&2
     local version bin root image digest size
     version=$(cargo pkgid -p "$package" 2>/dev/null | sed -E 's/.*[@#]([0-9][^ ]*)$/\1/')
-    RUSTFLAGS="$remap" cargo build --release --locked -p "$package" --bin "$binary" --target "$TARGET"
+    RUSTFLAGS="$remap" cargo build --release --locked --manifest-path "$PWD/Cargo.toml" \
+        -p "$package" --bin "$binary" --target "$TARGET"
     bin="target/$TARGET/release/$binary"
     root="$STAGE/$name/rootfs"
     rm -rf "$STAGE/$name"

@@ -81,6 +81,8 @@ done
 
 echo "== images (the container backend tests start the sample image; the webhook tests the core's and the webhook's)"
 bash containers/build.sh sample tpm attestd webhook
+echo "== reproducible images: tdx built here and from a copy elsewhere has one digest"
+bash scripts/repro-check.sh tdx
 if [ "${ATTESTD_PRUNE_BUILD:-0}" = 1 ]; then
     # The images hold the release binaries now; CI's disk is tight.
     rm -rf target/x86_64-unknown-linux-gnu attesters/*/target/x86_64-unknown-linux-gnu
