@@ -53,6 +53,8 @@ export CARGO_PROFILE_RELEASE_OPT_LEVEL=s CARGO_PROFILE_RELEASE_LTO=fat \
     CARGO_PROFILE_RELEASE_STRIP=symbols
 
 # Reproducible binaries: no build paths in them, so a clean clone builds the same bytes.
+# Recorded in the lock: a rebuild that should match a pin needs the same compiler.
+RUSTC_VERSION=$(rustc -V)
 remap="--remap-path-prefix=$PWD=/src --remap-path-prefix=$(pwd -P)=/src --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
 
 stage_closure() {
@@ -133,8 +135,8 @@ for spec in "${PLUGINS[@]}"; do
     digest=$(podman image inspect --format '{{.Digest}}' "$image:$version")
     size=$(podman image inspect --format '{{.Size}}' "$image:$version")
     printf '%-8s %s@%s  %s bytes (%s KiB)\n' "$tee" "$image" "$digest" "$size" "$((size / 1024))"
-    kept[images.$tee]=$(printf '[images.%s]\nimage = "%s"\ndigest = "%s"\ntransport = "%s"\napi = %s\nplugin = "%s"\nversion = "%s"\nsize = %s\n' \
-        "$tee" "$image" "$digest" "$transport" "$API" "$plugin" "$version" "$size")
+    kept[images.$tee]=$(printf '[images.%s]\nimage = "%s"\ndigest = "%s"\ntransport = "%s"\napi = %s\nplugin = "%s"\nversion = "%s"\nsize = %s\nrustc = "%s"\n' \
+        "$tee" "$image" "$digest" "$transport" "$API" "$plugin" "$version" "$size" "$RUSTC_VERSION")
 done
 
 # Sections not rebuilt now stay as they were.
@@ -195,8 +197,8 @@ build_component() {
     digest=$(podman image inspect --format '{{.Digest}}' "$image:$version")
     size=$(podman image inspect --format '{{.Size}}' "$image:$version")
     printf '%-8s %s@%s  %s bytes (%s KiB)\n' "$name" "$image" "$digest" "$size" "$((size / 1024))"
-    kept[components.$name]=$(printf '[components.%s]\nimage = "%s"\ndigest = "%s"\nversion = "%s"\nsize = %s\n' \
-        "$name" "$image" "$digest" "$version" "$size")
+    kept[components.$name]=$(printf '[components.%s]\nimage = "%s"\ndigest = "%s"\nversion = "%s"\nsize = %s\nrustc = "%s"\n' \
+        "$name" "$image" "$digest" "$version" "$size" "$RUSTC_VERSION")
 }
 
 merge_kept
