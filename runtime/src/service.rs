@@ -189,18 +189,26 @@ impl Service {
             return Ok(Vec::new());
         }
         self.measure(&self.additional).await?;
-        let mut all = BTreeMap::new();
-        for s in &self.additional {
-            let (tee, bytes) = evidence_of(s, runtime_data.clone()).await?;
-            let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-                Error::internal(format!(
-                    "plugin {} returned evidence that is not JSON",
-                    s.name()
-                ))
-                .with_source(e)
-            })?;
-            all.insert(tee, value);
-        }
+        // All at once, each under its plugin's call deadline: the slowest device
+        // sets the pace, not their sum. The first failure answers, naming its plugin.
+        let gathered = futures::future::try_join_all(self.additional.iter().map(|s| {
+            let rd = runtime_data.clone();
+            async move {
+                let (tee, bytes) = evidence_of(s, rd)
+                    .await
+                    .map_err(|e| e.context("additional evidence"))?;
+                let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::internal(format!(
+                        "plugin {} returned evidence that is not JSON",
+                        s.name()
+                    ))
+                    .with_source(e)
+                })?;
+                Ok::<_, Error>((tee, value))
+            }
+        }))
+        .await?;
+        let all: BTreeMap<String, serde_json::Value> = gathered.into_iter().collect();
         serde_json::to_vec(&all)
             .map_err(|e| Error::internal("cannot serialise additional evidence").with_source(e))
     }

@@ -263,3 +263,83 @@ fn no_grpc_listener_unless_asked_for() {
     assert!(log.contains("attestd ready"), "{log}");
     assert!(!log.contains("over gRPC"), "{log}");
 }
+
+/// The TEEs the three test devices claim (each its own, as additional evidence
+/// is keyed by TEE).
+const DEVICE_TEES: [&str; 3] = ["sampledevice", "nvidia", "tpm"];
+
+/// Three device plugins `dev0`..`dev2`, with `args`.
+fn devices(args: &[&str]) -> Vec<Plugin> {
+    DEVICE_TEES
+        .iter()
+        .enumerate()
+        .map(|(i, tee)| {
+            let mut p = Plugin::test("ttrpc", &["--additional", "--tee", tee]).with_args(args);
+            p.name = format!("dev{i}");
+            p
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn additional_evidence_is_gathered_from_every_device_at_once() {
+    // A barrier only calls made at the same time pass: one after another, the
+    // first device would wait for the others until it gave up.
+    let barrier = tempfile::tempdir().unwrap();
+    let arg = format!("{}:3", barrier.path().display());
+    let devs = devices(&["--evidence-barrier", &arg]);
+    let a = Attestd::start(|d| config(d, &Plugin::sample("ttrpc"), &devs, "")).unwrap();
+    let c = client(&a, "ttrpc").await;
+    let ev = c.get_additional_evidence(HELLO.to_vec()).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&ev).unwrap();
+    let tees: Vec<&String> = v.as_object().unwrap().keys().collect();
+    assert_eq!(tees, ["nvidia", "sampledevice", "tpm"]);
+    for t in tees {
+        assert!(
+            barrier.path().join(t).exists(),
+            "{t} did not enter GetEvidence"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failing_device_is_named_and_the_others_are_not_waited_for() {
+    let mut devs = devices(&["--evidence-delay-ms", "20000"]);
+    // dev1 crashes in GetEvidence; the others would take 20 s.
+    devs[1] = {
+        let mut p = Plugin::test(
+            "ttrpc",
+            &[
+                "--additional",
+                "--tee",
+                DEVICE_TEES[1],
+                "--mode",
+                "crash-on-evidence",
+            ],
+        );
+        p.name = "dev1".into();
+        p
+    };
+    let a = Attestd::start(|d| config(d, &Plugin::sample("ttrpc"), &devs, "restart_wait_ms = 200"))
+        .unwrap();
+    let c = client(&a, "ttrpc").await;
+    let started = std::time::Instant::now();
+    let e = c.get_additional_evidence(HELLO.to_vec()).await.unwrap_err();
+    assert!(
+        e.message()
+            .starts_with("additional evidence: plugin dev1: "),
+        "{}",
+        e.message()
+    );
+    // Answered by the failure, not after the slow devices (a bound far from both).
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    // The primary is unaffected.
+    assert_eq!(
+        std::str::from_utf8(&c.get_evidence(HELLO.to_vec()).await.unwrap()).unwrap(),
+        HELLO_EVIDENCE
+    );
+}

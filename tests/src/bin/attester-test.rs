@@ -39,6 +39,17 @@ struct Args {
     /// n-th evidence call: the thread dies, as a device thread can.
     #[arg(long)]
     device_panics_on: Option<u32>,
+    /// Serve as an additional (device) attester.
+    #[arg(long)]
+    additional: bool,
+    /// GetEvidence takes this long (without blocking the plugin's other calls).
+    #[arg(long, default_value_t = 0)]
+    evidence_delay_ms: u64,
+    /// GetEvidence first writes `<DIR>/<tee>` and then waits (at most 10 s) until
+    /// DIR holds N files: a barrier across plugins, which only calls made at the
+    /// same time pass. `DIR:N`.
+    #[arg(long)]
+    evidence_barrier: Option<String>,
 }
 
 const REGISTERS: usize = 24;
@@ -49,6 +60,9 @@ struct TestAttester {
     registers: Option<std::sync::Mutex<Vec<[u8; 32]>>>,
     /// The device thread and the evidence call its code panics on.
     device: Option<(attester_sdk::worker::Worker<u32>, u32)>,
+    additional: bool,
+    evidence_delay: std::time::Duration,
+    barrier: Option<(std::path::PathBuf, usize)>,
 }
 
 impl TestAttester {
@@ -80,6 +94,11 @@ impl Attester for TestAttester {
                 runtime_measurement: self.registers.is_some(),
                 register_read: self.registers.is_some(),
                 measurement_hash: self.registers.as_ref().map(|_| "sha256".into()),
+                role: if self.additional {
+                    attester_sdk::DeviceRole::Additional
+                } else {
+                    attester_sdk::DeviceRole::Primary
+                },
                 ..Default::default()
             },
         }
@@ -101,6 +120,24 @@ impl Attester for TestAttester {
             Mode::Hang => std::future::pending().await,
             Mode::CrashOnEvidence => std::process::exit(9),
             _ => {}
+        }
+        tokio::time::sleep(self.evidence_delay).await;
+        if let Some((dir, n)) = &self.barrier {
+            std::fs::write(dir.join(&self.tee), b"")
+                .map_err(|e| Error::internal("barrier").with_source(e))?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let entered = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+                if entered >= *n {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(Error::unavailable(format!(
+                        "barrier: {entered} of {n} plugins entered GetEvidence within 10 s"
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
         }
         if let Some((w, nth)) = &self.device {
             let nth = *nth;
@@ -147,8 +184,25 @@ fn main() -> ExitCode {
     if !args.protocol_versions.is_empty() {
         opts.protocol_versions = args.protocol_versions;
     }
+    let barrier = match args.evidence_barrier.as_deref().map(|b| b.rsplit_once(':')) {
+        None => None,
+        Some(Some((dir, n))) => match n.parse() {
+            Ok(n) => Some((std::path::PathBuf::from(dir), n)),
+            Err(_) => {
+                eprintln!("attester-test: --evidence-barrier wants DIR:N");
+                return ExitCode::from(2);
+            }
+        },
+        Some(None) => {
+            eprintln!("attester-test: --evidence-barrier wants DIR:N");
+            return ExitCode::from(2);
+        }
+    };
     attester_sdk::run(
         TestAttester {
+            additional: args.additional,
+            evidence_delay: std::time::Duration::from_millis(args.evidence_delay_ms),
+            barrier,
             mode: args.mode,
             tee: args.tee,
             registers: args
