@@ -37,6 +37,10 @@ struct Args {
     /// Starts per backend in the launch table.
     #[arg(long, default_value_t = 10)]
     starts: usize,
+    /// Another AA-API server (ttrpc, `unix:///path`: upstream's attestation-agent,
+    /// say) measured in the same run as attestd, for ratios on one machine.
+    #[arg(long)]
+    peer: Option<String>,
     /// Length of the chaos run, in seconds.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
@@ -789,6 +793,30 @@ fn main() {
             us(f.p99),
             f.per_sec
         );
+        if let Some(peer) = &args.peer {
+            let connect = || async {
+                let c = ttrpc::r#async::Client::connect(peer)
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot connect to the peer {peer}: {e}"));
+                Target::AaTtrpc(
+                    attestd_proto::ttrpc::attestation_agent_ttrpc::AttestationAgentServiceClient::new(c),
+                )
+            };
+            let seq = sequential(connect().await, args.calls).await;
+            let mut ts = Vec::new();
+            for _ in 0..args.clients {
+                ts.push(connect().await);
+            }
+            let con = concurrent(ts, args.calls_per_client).await;
+            for (n, f) in [(1, seq), (args.clients, con)] {
+                println!(
+                    "| peer: {peer} | ttrpc | its own | {n} | {} | {} | {:.0} |",
+                    us(f.p50),
+                    us(f.p99),
+                    f.per_sec
+                );
+            }
+        }
         for plugin_tr in [Transport::Ttrpc, Transport::Grpc] {
             let dir = tempfile::tempdir().unwrap();
             let sock = dir.path().join("sample.sock");
