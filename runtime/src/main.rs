@@ -339,7 +339,9 @@ async fn cmd_conformance(a: ConformanceArgs) -> Result<()> {
                 .spawn()
                 .with_context(|| format!("cannot start {program}"))?;
             let deadline = std::time::Instant::now() + conformance::START_TIMEOUT;
-            while !socket.exists() {
+            // Listening, not just bound: the file appears at bind(), and a connect
+            // before listen() is refused.
+            while std::os::unix::net::UnixStream::connect(&socket).is_err() {
                 if let Ok(Some(status)) = child.try_wait() {
                     let _ = std::fs::remove_dir_all(&dir);
                     bail!("{program} exited before serving ({status})");
