@@ -194,9 +194,8 @@ impl Service {
         let gathered = futures::future::try_join_all(self.additional.iter().map(|s| {
             let rd = runtime_data.clone();
             async move {
-                let (tee, bytes) = evidence_of(s, rd)
-                    .await
-                    .map_err(|e| e.context("additional evidence"))?;
+                // Its error already names the plugin ("plugin dev: …").
+                let (tee, bytes) = evidence_of(s, rd).await?;
                 let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
                     Error::internal(format!(
                         "plugin {} returned evidence that is not JSON",
