@@ -275,7 +275,7 @@ pub struct PluginsConfig {
     #[serde(default)]
     pub insecure_registries: Vec<String>,
     /// Laid out as /etc/containers/certs.d: `<host:port>/ca.crt` (and client
-    /// certificates) per registry, passed to podman as `--cert-dir`. Unset: the
+    /// certificates) per registry, passed to skopeo as `--src-cert-dir`. Unset: the
     /// system's certs.d and trust store.
     pub registry_certs_dir: Option<PathBuf>,
     /// containers-policy.json deciding which pulled images are accepted (signedBy,

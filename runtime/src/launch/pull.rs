@@ -458,16 +458,16 @@ mod tests {
     #[test]
     fn what_is_worth_retrying() {
         assert!(transient(&Error::unavailable(
-            "podman pull did not finish within 1s"
+            "skopeo copy did not finish within 1s"
         )));
         assert!(transient(&Error::failed_precondition(
-            "podman pull failed: connect: connection refused"
+            "skopeo copy failed: connect: connection refused"
         )));
         assert!(!transient(&Error::failed_precondition(
-            "podman pull failed: reading manifest sha256:00 in r/x: manifest unknown"
+            "skopeo copy failed: reading manifest sha256:00 in r/x: manifest unknown"
         )));
         assert!(!transient(&Error::failed_precondition(
-            "podman pull failed: x509: certificate signed by unknown authority"
+            "skopeo copy failed: x509: certificate signed by unknown authority"
         )));
     }
 }
