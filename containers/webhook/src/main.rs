@@ -82,7 +82,8 @@ fn main() -> Result<()> {
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
-    init_logging();
+    // The project's one logging set-up: ATTESTD_LOG, else RUST_LOG, else info.
+    attester_sdk::init_logging("info");
     let config = if a.config.exists() {
         Config::load(&a.config)?
     } else {
@@ -118,16 +119,6 @@ fn serve(a: ServeArgs) -> Result<()> {
             }
         }
     })
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ATTESTD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
 }
 
 /// SIGTERM (the kubelet stopping the pod) or Ctrl-C.
