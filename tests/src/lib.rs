@@ -19,6 +19,7 @@ pub mod kbs;
 pub mod ocicrypt;
 pub mod registry;
 pub mod swtpm;
+pub mod webhook;
 
 /// A workspace binary built next to the test executable (`target/<profile>/`).
 pub fn bin(name: &str) -> PathBuf {

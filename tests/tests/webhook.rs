@@ -6,20 +6,18 @@
 //! sample attester pair run with podman and asked for evidence.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use attestd_e2e::webhook::{make_certs, Webhook, SERVICE_HOST};
 use attestd_e2e::{
-    bin, free_port, https_client_trusting, locked_image, repo_root, Reaped, PODMAN_RUN_LIMITS,
+    bin, free_port, https_client_trusting, locked_image, repo_root, PODMAN_RUN_LIMITS,
 };
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{json, Value};
 
-/// The name the API server dials: the Service's DNS name.
-const SERVICE_HOST: &str = "attestd-webhook.attestd-system.svc";
 const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const CORE_DIGEST: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
@@ -35,117 +33,6 @@ fn test_lock() -> String {
         "[components.attestd]\nimage = \"localhost/attestd/attestd\"\ndigest = \"{CORE_DIGEST}\"\n"
     ));
     s
-}
-
-struct Webhook {
-    _child: Reaped,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-fn make_certs(out: &Path) -> String {
-    let o = Command::new(bin("attestd-webhook"))
-        .args(["certs", "--out-dir"])
-        .arg(out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap().trim().to_string()
-}
-
-impl Webhook {
-    fn start(config: &str, lock: &str) -> Webhook {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        std::fs::write(d.join("images.lock"), lock).unwrap();
-        std::fs::write(
-            d.join("webhook.toml"),
-            format!("images_lock = {:?}\n{config}", d.join("images.lock")),
-        )
-        .unwrap();
-        make_certs(&d.join("tls"));
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new(bin("attestd-webhook"))
-            .arg("serve")
-            .arg("--config")
-            .arg(d.join("webhook.toml"))
-            .arg("--cert")
-            .arg(d.join("tls/tls.crt"))
-            .arg("--key")
-            .arg(d.join("tls/tls.key"))
-            .args(["--listen", &addr.to_string(), "--reload-interval-ms", "200"])
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(d.join("log")).unwrap())
-            .spawn()
-            .unwrap();
-        let w = Webhook {
-            _child: Reaped(child),
-            addr,
-            dir,
-        };
-        w.wait_ready();
-        w
-    }
-
-    fn ca(&self) -> Vec<u8> {
-        std::fs::read(self.dir.path().join("tls/ca.crt")).unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(self.addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "webhook did not listen: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// A client as the API server is one: it trusts only the caBundle's CA and
-    /// dials the Service's name.
-    fn client_trusting(&self, ca: &[u8]) -> reqwest::Client {
-        https_client_trusting(ca, SERVICE_HOST, self.addr)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://{SERVICE_HOST}:{}{path}", self.addr.port())
-    }
-
-    /// POST `body` to /mutate: the HTTP status and the AdmissionReview answered.
-    async fn post(&self, body: Vec<u8>) -> (u16, Value) {
-        let r = self
-            .client_trusting(&self.ca())
-            .post(self.url("/mutate"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn review(&self, review: &Value) -> Value {
-        let (status, answer) = self.post(serde_json::to_vec(review).unwrap()).await;
-        assert_eq!(status, 200, "{answer}");
-        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1", "{answer}");
-        assert_eq!(answer["kind"], "AdmissionReview", "{answer}");
-        assert_eq!(
-            answer["response"]["uid"], review["request"]["uid"],
-            "{answer}"
-        );
-        answer["response"].clone()
-    }
 }
 
 /// A pod as the API server hands it to admission: defaults applied, the service

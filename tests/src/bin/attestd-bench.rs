@@ -621,70 +621,31 @@ fn review_body(runtime_class: &str, n: usize) -> Vec<u8> {
 /// the injection of a TDX pod, a pod left alone, and a fresh TLS connection per
 /// review.
 async fn webhook_table(args: &Args) {
-    use attestd_e2e::{bin, free_port};
-    let d = tempfile::tempdir().unwrap();
+    use attestd_e2e::webhook::{Webhook, SERVICE_HOST};
     let digest = format!("sha256:{}", "1".repeat(64));
-    std::fs::write(
-        d.path().join("images.lock"),
-        format!(
+    // Its log at warn, as for every daemon here (main sets ATTESTD_LOG).
+    let w = Webhook::start(
+        "",
+        &format!(
             "[images.tdx]\nimage = \"localhost/attestd/attester-tdx\"\ndigest = \"{digest}\"\ntransport = \"ttrpc\"\napi = 1\n\n[components.attestd]\nimage = \"localhost/attestd/attestd\"\ndigest = \"{digest}\"\n"
         ),
-    )
-    .unwrap();
-    std::fs::write(
-        d.path().join("webhook.toml"),
-        format!("images_lock = {:?}\n", d.path().join("images.lock")),
-    )
-    .unwrap();
-    let certs = std::process::Command::new(bin("attestd-webhook"))
-        .args(["certs", "--out-dir"])
-        .arg(d.path().join("tls"))
-        .output()
-        .unwrap();
-    assert!(certs.status.success());
-    let port = free_port();
-    let mut child = attestd_e2e::Reaped(
-        std::process::Command::new(bin("attestd-webhook"))
-            .arg("serve")
-            .arg("--config")
-            .arg(d.path().join("webhook.toml"))
-            .arg("--cert")
-            .arg(d.path().join("tls/tls.crt"))
-            .arg("--key")
-            .arg(d.path().join("tls/tls.key"))
-            .arg(format!("--listen=127.0.0.1:{port}"))
-            .env("ATTESTD_LOG", "warn")
-            .spawn()
-            .unwrap(),
     );
-    let host = "attestd-webhook.attestd-system.svc";
-    let ca = std::fs::read(d.path().join("tls/ca.crt")).unwrap();
+    let ca = w.ca();
     let client = |keep_alive: bool| {
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
         if keep_alive {
-            attestd_e2e::https_client_trusting(&ca, host, addr)
+            w.client_trusting(&ca)
         } else {
             // A fresh connection and TLS handshake for every review.
             reqwest::Client::builder()
                 .tls_built_in_root_certs(false)
                 .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-                .resolve(host, addr)
+                .resolve(SERVICE_HOST, w.addr)
                 .pool_max_idle_per_host(0)
                 .build()
                 .unwrap()
         }
     };
-    let url = format!("https://{host}:{port}/mutate");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client(true)
-        .get(format!("https://{host}:{port}/readyz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the webhook did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let url = w.url("/mutate");
     let review = |c: reqwest::Client, body: Vec<u8>, url: String| async move {
         let r = c.post(&url).body(body).send().await.unwrap();
         assert_eq!(r.status(), 200);
@@ -743,11 +704,7 @@ async fn webhook_table(args: &Args) {
             f.per_sec
         );
     }
-    println!(
-        "\nwebhook RSS after the runs: {:.1} MiB",
-        rss_mib(child.0.id())
-    );
-    let _ = child.0.kill();
+    println!("\nwebhook RSS after the runs: {:.1} MiB", rss_mib(w.pid()));
 }
 
 fn main() {

@@ -1,0 +1,132 @@
+//! `attestd-webhook` started as its Deployment runs it (`serve` with a CA and
+//! serving certificate from its own `certs` command), and a client that reaches
+//! it as the API server does: by the Service's name, trusting only that CA.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{bin, free_port, https_client_trusting, Reaped};
+
+/// The name the API server dials: the Service's DNS name.
+pub const SERVICE_HOST: &str = "attestd-webhook.attestd-system.svc";
+
+pub struct Webhook {
+    child: Reaped,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+/// `attestd-webhook certs --out-dir out`: its caBundle line.
+pub fn make_certs(out: &Path) -> String {
+    let o = Command::new(bin("attestd-webhook"))
+        .args(["certs", "--out-dir"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+impl Webhook {
+    pub fn start(config: &str, lock: &str) -> Webhook {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("images.lock"), lock).unwrap();
+        std::fs::write(
+            d.join("webhook.toml"),
+            format!("images_lock = {:?}\n{config}", d.join("images.lock")),
+        )
+        .unwrap();
+        make_certs(&d.join("tls"));
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new(bin("attestd-webhook"))
+            .arg("serve")
+            .arg("--config")
+            .arg(d.join("webhook.toml"))
+            .arg("--cert")
+            .arg(d.join("tls/tls.crt"))
+            .arg("--key")
+            .arg(d.join("tls/tls.key"))
+            .args(["--listen", &addr.to_string(), "--reload-interval-ms", "200"])
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(d.join("log")).unwrap())
+            .spawn()
+            .unwrap();
+        let w = Webhook {
+            child: Reaped(child),
+            addr,
+            dir,
+        };
+        w.wait_ready();
+        w
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    pub fn ca(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("tls/ca.crt")).unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(self.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "webhook did not listen: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A client as the API server is one: it trusts only the caBundle's CA and
+    /// dials the Service's name.
+    pub fn client_trusting(&self, ca: &[u8]) -> reqwest::Client {
+        https_client_trusting(ca, SERVICE_HOST, self.addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{SERVICE_HOST}:{}{path}", self.addr.port())
+    }
+
+    /// POST `body` to /mutate: the HTTP status and the AdmissionReview answered.
+    pub async fn post(&self, body: Vec<u8>) -> (u16, Value) {
+        let r = self
+            .client_trusting(&self.ca())
+            .post(self.url("/mutate"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn review(&self, review: &Value) -> Value {
+        let (status, answer) = self.post(serde_json::to_vec(review).unwrap()).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1", "{answer}");
+        assert_eq!(answer["kind"], "AdmissionReview", "{answer}");
+        assert_eq!(
+            answer["response"]["uid"], review["request"]["uid"],
+            "{answer}"
+        );
+        answer["response"].clone()
+    }
+}
