@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::Reaped;
@@ -20,7 +21,16 @@ pub struct Registry {
     gnupg: PathBuf,
     pub keys: Vec<Key>,
     dir: tempfile::TempDir,
+    /// Held for the registry's life: see [`STORE`].
+    _store: MutexGuard<'static, ()>,
 }
+
+/// Every pull test adds names to, and untags them from, one image in podman's
+/// store (the sample's). Run concurrently, a name once came back after its
+/// untag (its pull and another test's untag both rewrote the image's names)
+/// and a later test found the sample under a name it did not expect: the
+/// tests that touch the store take turns.
+static STORE: Mutex<()> = Mutex::new(());
 
 /// A GPG signing key made for the test.
 pub struct Key {
@@ -31,6 +41,8 @@ pub struct Key {
 
 impl Registry {
     pub fn start() -> Registry {
+        // A test that failed holding it poisons it; the store is still usable.
+        let store = STORE.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let port = crate::free_port();
@@ -86,6 +98,7 @@ impl Registry {
             gnupg,
             keys,
             dir,
+            _store: store,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -191,11 +204,30 @@ impl Registry {
 }
 
 /// Remove a name a pull added to podman's store, leaving the image (other tests
-/// use it under its own name).
+/// use it under its own name), and check that it is gone: a name left behind
+/// makes a later pull test find the image without pulling it.
 pub fn untag(name_at_digest: &str) {
+    assert!(name_at_digest.contains('@'), "untag takes name@digest");
+    // "not known" when the name was never added: nothing to do.
     let _ = Command::new("podman")
         .args(["untag", name_at_digest, name_at_digest])
         .output();
+    // podman finds a digest under any name, so this lists every name it has.
+    let o = Command::new("podman")
+        .args([
+            "image",
+            "inspect",
+            "--format",
+            "{{range .RepoDigests}}{{.}} {{end}}",
+            name_at_digest,
+        ])
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&o.stdout);
+    let left = names.split_whitespace().any(|n| n == name_at_digest);
+    if left && !std::thread::panicking() {
+        panic!("podman untag left {name_at_digest} in the store: {names}");
+    }
 }
 
 /// Key `n` (ed25519, no passphrase) in `gnupg`, its public half exported under `dir`.
