@@ -125,6 +125,10 @@ struct UnitsArgs {
     /// Podman quadlet (.container) for the plugin instead of a .service running podman.
     #[arg(long)]
     quadlet: bool,
+    /// With `primary = "auto"`: select at boot, not now (an image built once for
+    /// every TEE): attestd's unit and the Data Hub's, no plugin unit.
+    #[arg(long, conflicts_with_all = ["plugin", "quadlet"])]
+    at_boot: bool,
     /// The config file path the units pass to attestd.
     #[arg(long, default_value = "/etc/attestd/attestd.toml")]
     config_path: PathBuf,
@@ -876,6 +880,15 @@ async fn cmd_units(a: UnitsArgs) -> Result<()> {
         .plugin
         .or_else(|| plugins.primary.clone())
         .ok_or_else(|| anyhow!("no plugin: set [plugins] primary or pass --plugin"))?;
+    if a.at_boot {
+        if name != "auto" {
+            bail!("--at-boot needs [plugins] primary = \"auto\" (it is {name:?})");
+        }
+        return write_units(
+            attestd::units::render_selected_at_boot(&a.attestd, &a.config_path),
+            a.out_dir.as_deref(),
+        );
+    }
     let (name, pc) = if name == "auto" {
         let mut one_shot = one_shot_config(&a.config)?;
         one_shot.plugins.sysroot = plugins.sysroot.clone();
@@ -906,7 +919,11 @@ async fn cmd_units(a: UnitsArgs) -> Result<()> {
         quadlet: a.quadlet,
     })
     .map_err(sdk)?;
-    if let Some(dir) = &a.out_dir {
+    write_units(units, a.out_dir.as_deref())
+}
+
+fn write_units(units: Vec<(String, String)>, out_dir: Option<&Path>) -> Result<()> {
+    if let Some(dir) = out_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for (file, text) in &units {
             let path = dir.join(file);

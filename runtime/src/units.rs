@@ -181,6 +181,24 @@ pub fn render(p: &UnitParams) -> Result<Vec<(String, String)>> {
 }
 
 /// What pod VMs do for the next component: CDH starts when the AA socket exists.
+/// Units for an image built once for every TEE (`primary = "auto"`): attestd
+/// selects its platform's plugin at boot and runs its pinned image itself
+/// (`[plugins] auto_launch`), so there is no plugin unit to write beforehand,
+/// only attestd's and the Data Hub's ordering on its socket.
+pub fn render_selected_at_boot(attestd: &Path, config_path: &Path) -> Vec<(String, String)> {
+    vec![
+        (
+            "attestd.service".into(),
+            format!(
+                "[Unit]\nDescription=attestd: the attestation-agent API over per-TEE plugins\n\n[Service]\n# primary = \"auto\" in {cfg}: attestd probes this machine at start, selects the\n# TEE's plugin and runs the image images.lock pins for it ([plugins] auto_launch).\nExecStart={attestd} -c {cfg}\n# attestd stops its plugin's container on SIGTERM; what is left is killed after.\nKillMode=mixed\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n",
+                cfg = config_path.display(),
+                attestd = attestd.display(),
+            ),
+        ),
+        cdh_path(),
+    ]
+}
+
 fn cdh_path() -> (String, String) {
     let aa_sock = DEFAULT_ATTESTATION_SOCK.trim_start_matches("unix://");
     (

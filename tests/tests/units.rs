@@ -158,6 +158,54 @@ fn an_oci_plugin_gets_attestd_running_runc_itself_not_a_podman_unit() {
 }
 
 #[test]
+fn a_generic_image_selects_at_boot_with_no_plugin_unit_and_systemd_accepts_it() {
+    // primary = "auto", as the pod VM image has it: nothing is selected on the
+    // build machine (which would pick its own TEE, or none), attestd does it at
+    // boot.
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("attestd.toml");
+    std::fs::write(
+        &cfg,
+        "[plugins]\nprimary = \"auto\"\nauto_launch = \"podman\"\n",
+    )
+    .unwrap();
+    let cfg = cfg.display().to_string();
+    let out = d.path().join("units");
+    let names = units(
+        &cfg,
+        &out,
+        &["--at-boot", "--config-path", "/run/peerpod/aa.toml"],
+    );
+    assert_eq!(names, ["attestd.service", "confidential-data-hub.path"]);
+    let svc = std::fs::read_to_string(out.join("attestd.service")).unwrap();
+    assert!(
+        svc.contains(&format!(
+            "ExecStart={} -c /run/peerpod/aa.toml",
+            bin("attestd").display()
+        )),
+        "{svc}"
+    );
+    assert!(
+        svc.contains("KillMode=mixed") && svc.contains("Restart=always"),
+        "{svc}"
+    );
+    let (ok, text) = verify(&out);
+    assert!(ok, "{text}");
+    // Only for auto: a named plugin has its own units to write now.
+    let named = config(
+        d.path(),
+        "launch = \"process\"\ncommand = \"/bin/true\"",
+        "",
+    );
+    let (st, _, err) = attestd_cli(&["units", "-c", &named, "--at-boot"]);
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--at-boot needs [plugins] primary = \"auto\""),
+        "{err}"
+    );
+}
+
+#[test]
 fn the_verifier_does_refuse_a_broken_unit() {
     // So that an accepted unit above means something.
     let d = tempfile::tempdir().unwrap();
