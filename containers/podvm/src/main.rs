@@ -1,0 +1,66 @@
+//! `attestd-podvm provision`: the pod VM's first-boot unit. Reads the user-data
+//! file, writes /run/peerpod, says what it did; attestd starts after it.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+/// Where qemu's `-fw_cfg name=opt/org.attestd/user-data,file=…` appears in the guest.
+const FW_CFG_USER_DATA: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/org.attestd/user-data/raw";
+
+#[derive(Parser)]
+#[command(name = "attestd-podvm", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write user-data's files (and init-data's) to the peer-pod directory.
+    Provision {
+        /// The user-data file (a provider's agent fetches it there; under qemu,
+        /// fw_cfg). Absent: attestd starts on the image's configuration alone.
+        #[arg(long, default_value = FW_CFG_USER_DATA)]
+        user_data: PathBuf,
+        #[arg(long, default_value = attestd_podvm::PEERPOD_DIR)]
+        out_dir: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    let Cmd::Provision { user_data, out_dir } = Cli::parse().cmd;
+    let bytes = match std::fs::read(&user_data) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!(
+                "no user-data at {}: attestd starts on the image's configuration alone",
+                user_data.display()
+            );
+            Vec::new()
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read user-data {}", user_data.display()))
+        }
+    };
+    let done = attestd_podvm::provision(&bytes, &out_dir)
+        .with_context(|| format!("user-data {}", user_data.display()))?;
+    for p in &done.skipped {
+        println!(
+            "skipped {p}: only files under {} are written",
+            attestd_podvm::PEERPOD_DIR
+        );
+    }
+    println!(
+        "wrote {} in {} ({})",
+        done.written.join(", "),
+        out_dir.display(),
+        if done.initdata {
+            "with init-data"
+        } else {
+            "no init-data"
+        }
+    );
+    Ok(())
+}
