@@ -5,6 +5,9 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
 pub fn free_port_pair() -> u16 {
     loop {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -19,7 +22,7 @@ pub fn free_port_pair() -> u16 {
 pub struct Swtpm {
     child: Child,
     port: u16,
-    _state: tempfile::TempDir,
+    _state: Option<tempfile::TempDir>,
 }
 
 impl Swtpm {
@@ -32,6 +35,14 @@ impl Swtpm {
     /// TPM2_Startup, as on a machine whose firmware did not).
     pub fn start_with_flags(flags: &str) -> Swtpm {
         let state = tempfile::tempdir().unwrap();
+        let mut tpm = Self::start_in(state.path(), flags);
+        tpm._state = Some(state);
+        tpm
+    }
+
+    /// A swtpm on the state in `dir`, which outlives it (provisioned here, then
+    /// given to a VM).
+    pub fn start_in(dir: &std::path::Path, flags: &str) -> Swtpm {
         let port = free_port_pair();
         let child = Command::new("swtpm")
             .args(["socket", "--tpm2", "--flags", flags])
@@ -40,7 +51,7 @@ impl Swtpm {
             .arg("--ctrl")
             .arg(format!("type=tcp,port={}", port + 1))
             .arg("--tpmstate")
-            .arg(format!("dir={}", state.path().display()))
+            .arg(format!("dir={}", dir.display()))
             .stdin(Stdio::null())
             .spawn()
             .expect("swtpm is missing: apt-get install swtpm swtpm-tools");
@@ -52,7 +63,7 @@ impl Swtpm {
         Swtpm {
             child,
             port,
-            _state: state,
+            _state: None,
         }
     }
 
@@ -85,6 +96,18 @@ impl Swtpm {
 
 impl Drop for Swtpm {
     fn drop(&mut self) {
+        // SIGTERM: swtpm saves its state and exits (the state may be used again).
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -95,4 +118,97 @@ pub fn tpm_plugin(tpm: &Swtpm, extra: &[&str]) -> crate::Plugin {
     let mut args = vec!["--tcti".to_string(), tpm.tcti()];
     args.extend(extra.iter().map(|s| s.to_string()));
     crate::Plugin::attester("tpm", &args)
+}
+
+/// The parts of an evidence document a verifier needs.
+pub struct Parsed {
+    pub message: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub pcrs: Vec<Vec<u8>>,
+    pub ak_der: Vec<u8>,
+}
+
+pub fn parse(evidence: &[u8]) -> Parsed {
+    let v: serde_json::Value = serde_json::from_slice(evidence).unwrap();
+    let q = &v["tpm_quote"];
+    Parsed {
+        message: STANDARD.decode(q["message"].as_str().unwrap()).unwrap(),
+        signature: STANDARD.decode(q["signature"].as_str().unwrap()).unwrap(),
+        pcrs: q["pcrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| hex(p.as_str().unwrap()))
+            .collect(),
+        ak_der: STANDARD.decode(v["ak_public"].as_str().unwrap()).unwrap(),
+    }
+}
+
+pub fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// tpm2_checkquote over the same evidence. PCR values go in tpm2-tools' serialized
+/// form (TPML_PCR_SELECTION, then the values as TPML_DIGESTs of 8, host order): its
+/// raw-values mode with -l fails for 24 PCRs in tpm2-tools 5.4.
+pub fn checkquote(p: &Parsed, nonce: &[u8]) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let f = |n: &str| dir.path().join(n);
+    let b64 = STANDARD.encode(&p.ak_der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        lines.join("\n")
+    );
+    std::fs::write(f("ak.pem"), pem).unwrap();
+    std::fs::write(f("msg"), &p.message).unwrap();
+    std::fs::write(f("sig"), &p.signature).unwrap();
+    let mut pcrs = Vec::new();
+    pcrs.extend(1u32.to_le_bytes());
+    pcrs.extend([0x0b, 0x00, 0x03, 0xff, 0xff, 0xff, 0x00, 0x00]);
+    pcrs.resize(4 + 16 * 8, 0);
+    pcrs.extend(3u32.to_le_bytes());
+    for chunk in p.pcrs.chunks(8) {
+        pcrs.extend((chunk.len() as u32).to_le_bytes());
+        for d in chunk {
+            pcrs.extend((d.len() as u16).to_le_bytes());
+            let mut buf = d.clone();
+            buf.resize(64, 0);
+            pcrs.extend(buf);
+        }
+    }
+    std::fs::write(f("pcrs"), pcrs).unwrap();
+    let q = nonce.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    // Offline: tpm2_checkquote needs no TPM.
+    let out = Command::new("tpm2_checkquote")
+        .args([
+            "-u",
+            f("ak.pem").to_str().unwrap(),
+            "-m",
+            f("msg").to_str().unwrap(),
+            "-s",
+            f("sig").to_str().unwrap(),
+            "-f",
+            f("pcrs").to_str().unwrap(),
+            "-g",
+            "sha256",
+            "-q",
+            &q,
+        ])
+        .output()
+        .unwrap();
+    out.status.success()
+}
+
+pub fn nonce(rd: &[u8]) -> Vec<u8> {
+    let mut n = rd.to_vec();
+    n.resize(32, 0);
+    n
 }

@@ -14,10 +14,11 @@
 //! installs them) and the plugins built in their own workspaces.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::path::Path;
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use attestd_e2e::azure::{fixture, quote_of, read_fixture, FakeImds};
 use attestd_e2e::swtpm::Swtpm;
 use attestd_e2e::{
     attestd_cli, attester_bin, config, connect_plugin, ctx, repo_root, status, Attestd, Plugin,
@@ -25,43 +26,14 @@ use attestd_e2e::{
 use attestd_proto::ttrpc::attestation_agent as t;
 use attester_sdk::Transport;
 use az_cvm_vtpm::hcl::{HclReport, ReportType};
-use az_cvm_vtpm::vtpm::{Quote, VerifyError};
-use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+use az_cvm_vtpm::vtpm::VerifyError;
+use base64::engine::general_purpose::URL_SAFE;
 use base64::Engine as _;
 use openssl::pkey::{PKey, Public};
 use sha2::{Digest as _, Sha256};
 
-fn fixture(name: &str) -> PathBuf {
-    repo_root()
-        .join("attesters/azure/tests/fixtures")
-        .join(name)
-}
-
-fn read_fixture(name: &str) -> Vec<u8> {
-    std::fs::read(fixture(name)).unwrap()
-}
-
 fn b64url(s: &str) -> Vec<u8> {
     URL_SAFE.decode(s).unwrap()
-}
-
-/// The quote of an evidence document as az-cvm-vtpm's `Quote` (its fields are
-/// private; its serde form is plain byte arrays).
-fn quote_of(evidence: &serde_json::Value) -> Quote {
-    let q = &evidence["tpm_quote"];
-    let bytes = |k: &str| hex::decode(q[k].as_str().unwrap()).unwrap();
-    let pcrs: Vec<Vec<u8>> = q["pcrs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| hex::decode(p.as_str().unwrap()).unwrap())
-        .collect();
-    serde_json::from_value(serde_json::json!({
-        "signature": bytes("signature"),
-        "message": bytes("message"),
-        "pcrs": pcrs,
-    }))
-    .unwrap()
 }
 
 /// Every key of `v`, nested objects as `outer.inner`, sorted.
@@ -113,63 +85,7 @@ impl AzureVtpm {
     fn start() -> AzureVtpm {
         let tpm = Swtpm::start();
         let dir = tempfile::tempdir().unwrap();
-        let ok = |args: &[&str]| {
-            let out = tpm.tool(args);
-            assert!(
-                out.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let hcl = fixture("snp-hcl-report-2048.bin");
-        let ak_ctx = dir.path().join("ak.ctx");
-        let ak_pem = dir.path().join("ak.pem");
-        ok(&[
-            "tpm2_nvdefine",
-            "0x01400001",
-            "-C",
-            "o",
-            "-s",
-            "2048",
-            "-a",
-            "ownerread|ownerwrite",
-        ]);
-        ok(&[
-            "tpm2_nvwrite",
-            "0x01400001",
-            "-C",
-            "o",
-            "-i",
-            hcl.to_str().unwrap(),
-        ]);
-        ok(&[
-            "tpm2_createprimary",
-            "-C",
-            "o",
-            "-G",
-            "rsa2048:rsassa-sha256:null",
-            "-a",
-            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign|noda",
-            "-c",
-            ak_ctx.to_str().unwrap(),
-        ]);
-        ok(&[
-            "tpm2_evictcontrol",
-            "-C",
-            "o",
-            "-c",
-            ak_ctx.to_str().unwrap(),
-            "0x81000003",
-        ]);
-        ok(&[
-            "tpm2_readpublic",
-            "-c",
-            "0x81000003",
-            "-f",
-            "pem",
-            "-o",
-            ak_pem.to_str().unwrap(),
-        ]);
+        let ak_pem = attestd_e2e::azure::provision_vtpm(&tpm, dir.path());
         let ak = PKey::public_key_from_pem(&std::fs::read(&ak_pem).unwrap()).unwrap();
         AzureVtpm { tpm, ak, dir }
     }
@@ -198,60 +114,6 @@ impl AzureVtpm {
             String::from_utf8_lossy(&out.stderr)
         );
         std::fs::read(f).unwrap()
-    }
-}
-
-/// A fake Azure IMDS on 127.0.0.1: the VCEK (THIM) and TD quotes; it records the
-/// TD reports it was sent and can be made slow.
-struct FakeImds {
-    url: String,
-    td_reports: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-#[derive(Clone)]
-struct ImdsState {
-    delay: Duration,
-    td_reports: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl FakeImds {
-    async fn start(delay: Duration) -> FakeImds {
-        use axum::routing::{get, post};
-        let td_reports = Arc::new(Mutex::new(Vec::new()));
-        let state = ImdsState {
-            delay,
-            td_reports: td_reports.clone(),
-        };
-        async fn vcek(
-            axum::extract::State(s): axum::extract::State<ImdsState>,
-            headers: axum::http::HeaderMap,
-        ) -> axum::response::Response {
-            use axum::response::IntoResponse;
-            tokio::time::sleep(s.delay).await;
-            if headers.get("Metadata").map(|v| v.as_bytes()) != Some(b"true") {
-                return (axum::http::StatusCode::BAD_REQUEST, "no Metadata header").into_response();
-            }
-            let pem = String::from_utf8(read_fixture("snp-vcek.pem")).unwrap();
-            axum::Json(serde_json::json!({"vcekCert": pem, "certificateChain": ""})).into_response()
-        }
-        async fn td_quote(
-            axum::extract::State(s): axum::extract::State<ImdsState>,
-            axum::Json(body): axum::Json<serde_json::Value>,
-        ) -> axum::Json<serde_json::Value> {
-            tokio::time::sleep(s.delay).await;
-            let report = URL_SAFE_NO_PAD
-                .decode(body["report"].as_str().unwrap())
-                .unwrap();
-            s.td_reports.lock().unwrap().push(report);
-            let quote = read_fixture("tdx-td-quote.bin");
-            axum::Json(serde_json::json!({"quote": URL_SAFE_NO_PAD.encode(quote)}))
-        }
-        let app = axum::Router::new()
-            .route("/metadata/THIM/amd/certification", get(vcek))
-            .route("/acc/tdquote", post(td_quote))
-            .with_state(state);
-        let url = attestd_e2e::serve_http(app).await;
-        FakeImds { url, td_reports }
     }
 }
 
