@@ -15,8 +15,10 @@ use attestd_proto::grpc::attestation_agent::attestation_agent_service_client::At
 use attestd_proto::ttrpc::attestation_agent_ttrpc::AttestationAgentServiceClient as TtrpcAa;
 use tempfile::TempDir;
 
+pub mod azure;
 pub mod kbs;
 pub mod ocicrypt;
+pub mod podvm;
 pub mod registry;
 pub mod swtpm;
 pub mod webhook;

@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# Build the generic pod VM: one Debian image for every TEE. It holds the kernel's
+# modules, systemd, podman + runc, attestd (the binary of the pinned attestd
+# image) and its units, /usr/share/attestd/images.lock, and every attester image
+# of that lock prefetched into podman's store: at boot attestd selects the TEE
+# (primary = "auto") and runs its pinned image, nothing pulled.
+#
+# Usage: containers/podvm/build.sh [--out DIR] [--test-hooks]
+#   --out DIR       where rootfs.img, vmlinuz, initrd.img, podvm.json go
+#                   (default target/podvm)
+#   --test-hooks    for the boot tests, never for a real pod VM: a stand-in for the
+#                   Confidential Data Hub (started on attestd's socket as CDH is,
+#                   it relays TCP port 50000 to the AA socket, so the host can call
+#                   the AA API) and the qemu guest agent (the host runs commands in
+#                   the guest). Both hand the guest to the host.
+#
+# Needs root (debootstrap, chroot), the images of containers/build.sh (every
+# [images.*] of containers/images.lock, and the attestd component), and Debian's
+# mirror. The debootstrapped base is cached under target/podvm-cache, keyed by
+# what goes into it; attestd, the lock and the images go in at every build.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. scripts/lib.sh
+
+OUT=target/podvm
+HOOKS=0
+while [ $# -gt 0 ]; do
+    case $1 in
+        --out) OUT=$2; shift 2 ;;
+        --test-hooks) HOOKS=1; shift ;;
+        *) echo "error: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+[ "$(id -u)" = 0 ] || { echo "error: the pod VM build needs root (debootstrap, chroot)" >&2; exit 1; }
+ensure_rust
+ensure_packages debootstrap e2fsprogs skopeo podman
+LOCK=containers/images.lock
+[ -f "$LOCK" ] || { echo "error: no $LOCK: run containers/build.sh first" >&2; exit 1; }
+
+START=$(date +%s)
+SUITE=bookworm
+MIRROR=${ATTESTD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# containernetworking-plugins by name: debootstrap does not resolve podman's
+# virtual container-network-stack.
+PACKAGES=systemd-sysv,udev,podman,runc,kmod,iproute2,initramfs-tools,zstd,containernetworking-plugins
+[ "$HOOKS" = 1 ] && PACKAGES=$PACKAGES,socat,qemu-guest-agent
+# The initramfs only mounts the root disk: virtio block, ext4.
+INITRAMFS_MODULES="virtio_pci virtio_blk ext4"
+# Bump when the base steps below change: it keys the cache.
+RECIPE=3
+CACHE=target/podvm-cache
+KEY=$(printf '%s\n' "$RECIPE" "$SUITE" "$MIRROR" "$PACKAGES" "$INITRAMFS_MODULES" | sha256sum | cut -c1-16)
+BASE=$CACHE/base-$KEY.tar
+WORK=$(mktemp -d /tmp/attestd-podvm.XXXXXX)
+ROOT=$WORK/root
+cleanup() {
+    # podman's overlay driver bind-mounts its directory: undo before removing.
+    umount -R "$ROOT/var/lib/containers/storage/overlay" 2>/dev/null || true
+    for m in dev/pts dev proc sys; do umount "$ROOT/$m" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+CACHED=true
+if [ ! -f "$BASE" ]; then
+    CACHED=false
+    echo "== pod VM base: debootstrap $SUITE ($PACKAGES)"
+    mkdir -p "$CACHE"
+    debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$ROOT" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 ||
+        { tail -20 "$WORK/debootstrap.log" >&2; exit 1; }
+    # A small initramfs (the default holds most of the kernel's drivers).
+    printf 'MODULES=list\nCOMPRESS=zstd\n' >"$ROOT/etc/initramfs-tools/conf.d/attestd-podvm.conf"
+    printf '%s\n' $INITRAMFS_MODULES >>"$ROOT/etc/initramfs-tools/modules"
+    mount -t proc proc "$ROOT/proc"
+    mount -t sysfs sys "$ROOT/sys"
+    mount --bind /dev "$ROOT/dev"
+    chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends linux-image-amd64 >"$WORK/kernel.log" 2>&1 ||
+        { tail -20 "$WORK/kernel.log" >&2; exit 1; }
+    chroot "$ROOT" apt-get clean
+    for m in dev proc sys; do umount "$ROOT/$m"; done
+    # What a pod VM never reads: documentation, and drivers for hardware a VM
+    # does not have.
+    rm -rf "$ROOT"/usr/share/{doc,man,info,locale}/* "$ROOT"/var/lib/apt/lists/*
+    kdir=$(echo "$ROOT"/usr/lib/modules/*)
+    rm -rf "$kdir"/kernel/drivers/{gpu,media,infiniband,staging,bluetooth,isdn,iio,input/touchscreen,net/wireless,net/ethernet,usb,hid,platform/x86} \
+        "$kdir"/kernel/sound "$kdir"/kernel/net/{wireless,mac80211,bluetooth}
+    chroot "$ROOT" depmod "$(basename "$kdir")"
+    # A generic image: each VM makes its own machine id at first boot.
+    : >"$ROOT/etc/machine-id"
+    rm -f "$ROOT/var/lib/dbus/machine-id"
+    tar --xattrs --xattrs-include='*' -C "$ROOT" -cf "$BASE.tmp" .
+    mv "$BASE.tmp" "$BASE"
+    rm -rf "$ROOT"
+fi
+mkdir -p "$ROOT"
+tar --xattrs --xattrs-include='*' -C "$ROOT" -xf "$BASE"
+
+echo "== pod VM: attestd, its configuration and units"
+# attestd is the binary of the pinned attestd image: the pod VM runs what the
+# lock names, not whatever this checkout builds.
+component() { sed -n "/^\[components\.$1\]/,/^\[/p" "$LOCK" | sed -n "s/^$2 = \"\(.*\)\"/\1/p"; }
+core_image=$(component attestd image)
+core_digest=$(component attestd digest)
+[ -n "$core_digest" ] || { echo "error: $LOCK has no [components.attestd]: containers/build.sh attestd" >&2; exit 1; }
+cid=$(podman create "$core_image@$core_digest")
+podman cp "$cid:/attestd" "$ROOT/usr/bin/attestd"
+podman rm "$cid" >/dev/null
+cargo build --release --locked -q -p attestd-podvm
+install -m 0755 target/release/attestd-podvm "$ROOT/usr/bin/attestd-podvm"
+
+# The attester images only, each prefetched below.
+install -d "$ROOT/usr/share/attestd" "$ROOT/etc/attestd/attestd.toml.d"
+awk '/^\[components\./ {skip=1; next} /^\[/ {skip=0} !skip' "$LOCK" >"$ROOT/usr/share/attestd/images.lock"
+cat >"$ROOT/etc/attestd/attestd.toml" <<'EOF'
+# The generic pod VM: attestd probes the machine at start, selects the TEE and
+# runs the image /usr/share/attestd/images.lock pins for it, from podman's store
+# (prefetched when the image was built). init-data's aa.toml comes as -c.
+[plugins]
+primary = "auto"
+auto_launch = "podman"
+podman_runtime = "runc"
+EOF
+# The units as this checkout's attestd renders them.
+cargo run -q --locked -p attestd -- units --at-boot -c "$ROOT/etc/attestd/attestd.toml" \
+    --config-path /run/peerpod/aa.toml --out-dir "$ROOT/etc/systemd/system" >/dev/null
+install -d "$ROOT/etc/systemd/system/attestd.service.d"
+cat >"$ROOT/etc/systemd/system/attestd.service.d/10-podvm.conf" <<'EOF'
+# The pod VM: user-data (init-data) is written to /run/peerpod first, then
+# attestd starts on it, binding the init-data digest when one came.
+[Unit]
+Requires=attestd-provision.service
+After=attestd-provision.service
+
+[Service]
+EnvironmentFile=/run/peerpod/attestd.env
+ExecStart=
+ExecStart=/usr/bin/attestd -c /run/peerpod/aa.toml $ATTESTD_INITDATA
+EOF
+cat >"$ROOT/etc/systemd/system/attestd-provision.service" <<'EOF'
+[Unit]
+Description=attestd: user-data and init-data to /run/peerpod
+DefaultDependencies=no
+After=systemd-modules-load.service local-fs.target
+Before=attestd.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/attestd-podvm provision
+
+[Install]
+WantedBy=multi-user.target
+EOF
+if [ "$HOOKS" = 1 ]; then
+    cat >"$ROOT/etc/systemd/system/confidential-data-hub.service" <<'EOF'
+[Unit]
+Description=Stand-in for the Confidential Data Hub: the AA API relayed to TCP 50000 (tests)
+
+[Service]
+ExecStart=/usr/bin/socat TCP-LISTEN:50000,fork,reuseaddr UNIX-CONNECT:/run/confidential-containers/attestation-agent/attestation-agent.sock
+Restart=always
+EOF
+fi
+
+echo "== pod VM: system settings"
+echo podvm >"$ROOT/etc/hostname"
+echo "LABEL=podvm-root / ext4 rw,relatime 0 1" >"$ROOT/etc/fstab"
+echo qemu_fw_cfg >"$ROOT/etc/modules-load.d/attestd-podvm.conf"
+# Modules udev would load for emulated hardware a pod VM does not use.
+printf 'blacklist %s\n' kvm kvm_amd kvm_intel ppdev parport_pc floppy pcspkr joydev \
+    >"$ROOT/etc/modprobe.d/attestd-podvm.conf"
+install -d "$ROOT/etc/systemd/network" "$ROOT/etc/systemd/journald.conf.d"
+printf '[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n' >"$ROOT/etc/systemd/network/20-wired.network"
+# The journal, as it is written, on the second serial port: what a host reads
+# when a boot goes wrong.
+printf '[Journal]\nForwardToConsole=yes\nTTYPath=/dev/ttyS1\nMaxLevelConsole=info\n' \
+    >"$ROOT/etc/systemd/journald.conf.d/50-attestd-podvm.conf"
+systemctl --root="$ROOT" enable attestd-provision.service attestd.service confidential-data-hub.path systemd-networkd.service >/dev/null 2>&1
+# Timers and services a short-lived pod VM has no use for (each costs boot time).
+systemctl --root="$ROOT" mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
+    fstrim.timer podman-auto-update.timer podman-restart.service man-db.timer \
+    dpkg-db-backup.timer systemd-networkd-wait-online.service >/dev/null 2>&1
+
+echo "== pod VM: prefetching the attester images"
+storage="overlay@$ROOT/var/lib/containers/storage+$WORK/runroot"
+images=()
+while read -r tee image digest; do
+    skopeo copy -q --preserve-digests "containers-storage:$image@$digest" "containers-storage:[$storage]$image@$digest"
+    images+=("$tee $image@$digest")
+done < <(awk -F' = ' '
+    /^\[images\./ { gsub(/^\[images\.|\]$/, ""); tee=$0 }
+    tee && $1=="image" { gsub(/"/, "", $2); image=$2 }
+    tee && $1=="digest" { gsub(/"/, "", $2); print tee, image, $2; tee="" }' "$ROOT/usr/share/attestd/images.lock")
+umount -R "$ROOT/var/lib/containers/storage/overlay" 2>/dev/null || true
+rm -rf "$ROOT/var/lib/containers/storage/overlay/l"/.tmp* 2>/dev/null || true
+prefetched=$(du -sb "$ROOT/var/lib/containers/storage" | cut -f1)
+
+echo "== pod VM: disk image"
+mkdir -p "$OUT"
+kver=$(basename "$(echo "$ROOT"/usr/lib/modules/*)")
+cp "$ROOT/boot/vmlinuz-$kver" "$OUT/vmlinuz"
+cp "$ROOT/boot/initrd.img-$kver" "$OUT/initrd.img"
+# qemu boots the kernel directly (a provider's image adds its boot loader).
+rm -f "$ROOT"/boot/vmlinuz-* "$ROOT"/boot/initrd.img-*
+used=$(du -sm "$ROOT" | cut -f1)
+size=$((used + used / 4 + 256))
+rm -f "$OUT/rootfs.img"
+mkfs.ext4 -q -L podvm-root -d "$ROOT" "$OUT/rootfs.img" "${size}M"
+SECS=$(($(date +%s) - START))
+{
+    printf '{\n  "kernel": "%s",\n  "rootfs_bytes": %s,\n  "used_mib": %s,\n  "prefetched_bytes": %s,\n' \
+        "$kver" "$(stat -c %s "$OUT/rootfs.img")" "$used" "$prefetched"
+    printf '  "build_secs": %s,\n  "base_cached": %s,\n  "test_hooks": %s,\n  "images": [' \
+        "$SECS" "$CACHED" "$([ "$HOOKS" = 1 ] && echo true || echo false)"
+    sep=""
+    for i in "${images[@]}"; do printf '%s\n    "%s"' "$sep" "$i"; sep=","; done
+    printf '\n  ]\n}\n'
+} >"$OUT/podvm.json"
+echo "pod VM: $OUT/rootfs.img ($((size)) MiB, ${used} MiB used; images $((prefetched / 1024)) KiB) in ${SECS}s"

@@ -1,0 +1,302 @@
+//! The generic pod VM booted for real (qemu; TCG unless KVM boots here): one
+//! image, built by `containers/podvm/build.sh --test-hooks`, that finds its TEE
+//! at boot and runs the pinned attester image for it, or refuses. Every check
+//! runs from the host: the AA API through the CDH stand-in's forwarded port,
+//! commands in the guest through the qemu guest agent, and the guest's journal
+//! from its second serial port (printed when a test fails).
+//!
+//! Figures (boot to the AA API answering, to the first evidence) are printed as
+//! `podvm figure: …` lines; docs/benchmarks.md records them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use attestd_e2e::podvm::{self, Boot, PodVm, VmTpm};
+use attestd_e2e::swtpm::{checkquote, nonce, parse};
+use attestd_proto::ttrpc::attestation_agent as t;
+use base64::Engine as _;
+use sha2::{Digest as _, Sha256};
+
+/// Under TCG a boot takes tens of seconds; on a loaded CI machine, more.
+const BOOT_WITHIN: Duration = Duration::from_secs(420);
+
+/// Init-data as a tenant writes it (upstream's aa.toml, unchanged), with the
+/// event log on a register a vTPM lets the OS extend; SHA-256, which Trustee's
+/// TPM verifier needs (docs/attesters/tpm.md).
+const INITDATA: &str = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"aa.toml\" = '''\n[token_configs.kbs]\nurl = \"https://10.0.2.2:8080\"\n\n[eventlog_config]\nenable_eventlog = true\ninit_pcr = 23\n'''\n";
+
+/// User-data as cloud-api-adaptor writes it: init-data in kata's annotation form
+/// (base64 of the gzip) at /run/peerpod/initdata.
+fn user_data(initdata: &str) -> String {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(initdata.as_bytes()).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
+    format!("#cloud-config\nwrite_files:\n- path: /run/peerpod/initdata\n  content: {b64}\n")
+}
+
+/// PCR 8 of a fresh boot once init-data is bound: the document's SHA-256
+/// extended into zeros.
+fn pcr8_after_binding(initdata: &str) -> Vec<u8> {
+    let d = Sha256::digest(initdata.as_bytes());
+    Sha256::digest([[0u8; 32].as_slice(), &d[..]].concat()).to_vec()
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(60_000_000_000)
+}
+
+async fn evidence(vm: &PodVm, rd: &[u8]) -> Result<Vec<u8>, String> {
+    let req = t::GetEvidenceRequest {
+        RuntimeData: rd.to_vec(),
+        ..Default::default()
+    };
+    vm.aa()
+        .await?
+        .get_evidence(ctx(), &req)
+        .await
+        .map(|r| r.Evidence)
+        .map_err(|e| e.to_string())
+}
+
+fn figure(scenario: &str, what: &str, d: Duration) {
+    eprintln!(
+        "podvm figure: {scenario} {what} {:.1} s (accel {})",
+        d.as_secs_f64(),
+        podvm::accel()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_tee_attestd_refuses_visibly_and_nothing_answers() {
+    let img = podvm::image();
+    let mut vm = PodVm::boot(
+        &img,
+        Boot {
+            user_data: user_data(INITDATA),
+            ..Default::default()
+        },
+    );
+    let t = vm
+        .wait_journal(0, "no TEE selected", BOOT_WITHIN)
+        .unwrap_or_else(|e| panic!("{e}"));
+    figure("no-tee", "boot to refusal", t);
+    let j = vm.journal();
+    // The first-boot step ran on the user-data before attestd.
+    assert!(j.contains("with init-data"), "provisioning did not run");
+    // It probed every hardware TEE of the image's lock and says so; no sample.
+    for tee in ["tdx", "snp", "tpm", "az-snp-vtpm", "az-tdx-vtpm"] {
+        assert!(
+            j.contains(&format!("{tee} (not found)")),
+            "{tee} not probed"
+        );
+    }
+    assert!(
+        j.contains("attestd never falls back to it unasked"),
+        "no word on the sample"
+    );
+    // systemd gives up on it rather than restarting it for ever.
+    vm.wait_journal(
+        0,
+        "Failed to start attestd.service",
+        Duration::from_secs(120),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // On the host: the AA API is not there (CDH was never started on its socket).
+    assert!(
+        !vm.journal()
+            .contains("Started confidential-data-hub.service"),
+        "CDH started without attestd"
+    );
+    let (guest_sees, _, _) = vm
+        .exec(
+            "/usr/bin/test",
+            &[
+                "-S",
+                "/run/confidential-containers/attestation-agent/attestation-agent.sock",
+            ],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_eq!(guest_sees, 1, "the AA socket exists in the guest");
+    let e = evidence(&vm, b"x").await.unwrap_err();
+    eprintln!("the host's GetEvidence: {e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_vtpm_the_pinned_tpm_image_serves_survives_a_kill_and_a_reboot() {
+    let img = podvm::image();
+    let mut vm = PodVm::boot(
+        &img,
+        Boot {
+            user_data: user_data(INITDATA),
+            tpm: Some(VmTpm::new()),
+            ..Default::default()
+        },
+    );
+    let (tee, t) = vm
+        .ready(BOOT_WITHIN)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tee, "tpm");
+    figure("vtpm", "boot to AA API ready", t);
+    let j = vm.journal();
+    assert!(
+        j.contains("selected tee=tpm plugin=tpm"),
+        "no selection in the journal"
+    );
+
+    // Evidence: the quote verifies on the host against the AK the guest reports,
+    // with tpm2_checkquote, over the nonce the host chose.
+    let rd: Vec<u8> = (100..148).collect();
+    let ev = evidence(&vm, &rd).await.unwrap();
+    figure("vtpm", "boot to first evidence", vm.started.elapsed());
+    let q = parse(&ev);
+    assert_eq!(q.pcrs.len(), 24);
+    assert!(
+        checkquote(&q, &nonce(&rd)),
+        "tpm2_checkquote refused the quote"
+    );
+    assert!(!checkquote(&q, &nonce(b"another nonce")));
+    // The swtpm's PCR 8 holds the init-data the host sent, bound once.
+    assert_eq!(q.pcrs[8], pcr8_after_binding(INITDATA), "PCR 8");
+    let pcr23_at_start = q.pcrs[23].clone();
+
+    // A runtime measurement moves the event log's register.
+    let req = t::ExtendRuntimeMeasurementRequest {
+        Domain: "github.com/confidential-containers".into(),
+        Operation: "PullImage".into(),
+        Content: "{\"image\":\"x\",\"digest\":\"sha256:00\"}".into(),
+        ..Default::default()
+    };
+    let r = vm
+        .aa()
+        .await
+        .unwrap()
+        .extend_runtime_measurement(ctx(), &req)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.Result.enum_value_or_default(),
+        t::RuntimeMeasurementResult::OK
+    );
+    let q = parse(&evidence(&vm, &rd).await.unwrap());
+    assert_ne!(q.pcrs[23], pcr23_at_start, "PCR 23 did not move");
+
+    // Kill the attester's container in the guest: attestd restarts it and
+    // calls succeed again.
+    let ps = |vm: &PodVm| {
+        let (code, out, err) = vm
+            .exec(
+                "/usr/bin/podman",
+                &["ps", "-q", "--filter", "name=attestd-"],
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert_eq!(code, 0, "{err}");
+        out.split_whitespace().map(String::from).collect::<Vec<_>>()
+    };
+    let before = ps(&vm);
+    assert_eq!(before.len(), 1, "containers: {before:?}");
+    let (code, _, err) = vm
+        .exec(
+            "/usr/bin/podman",
+            &["kill", &before[0]],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ev = loop {
+        match evidence(&vm, &rd).await {
+            Ok(ev) => {
+                let now = ps(&vm);
+                if now.len() == 1 && now != before {
+                    break ev;
+                }
+            }
+            Err(e) => eprintln!("while restarting: {e}"),
+        }
+        assert!(Instant::now() < deadline, "the attester did not come back");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!(checkquote(&parse(&ev), &nonce(&rd)));
+
+    // Reboot: the TPM resets, the event log starts again, and init-data is bound
+    // again, once.
+    let mark = vm.journal().len();
+    vm.reset();
+    vm.wait_journal(mark, "Started attestd.service", BOOT_WITHIN)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (tee, t) = vm
+        .ready(BOOT_WITHIN)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tee, "tpm");
+    figure("vtpm", "reboot to AA API ready", t);
+    let q = parse(&evidence(&vm, &rd).await.unwrap());
+    assert!(checkquote(&q, &nonce(&rd)));
+    assert_eq!(
+        q.pcrs[8],
+        pcr8_after_binding(INITDATA),
+        "PCR 8 after the reboot"
+    );
+    assert_eq!(q.pcrs[23], pcr23_at_start, "PCR 23 after the reboot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_an_emulated_azure_snp_cvm_az_snp_vtpm_is_selected_through_the_kernels_tpm() {
+    let img = podvm::image();
+    let images = img.manifest["images"].to_string();
+    assert!(
+        images.contains("az-snp-vtpm "),
+        "the pod VM image lacks az-snp-vtpm: containers/build.sh az-snp-vtpm, then rebuild it ({images})"
+    );
+    let tpm = VmTpm::new();
+    let ak_pem = tpm.provision(attestd_e2e::azure::provision_vtpm);
+    let ak = openssl::pkey::PKey::public_key_from_pem(&std::fs::read(ak_pem).unwrap()).unwrap();
+    let imds = attestd_e2e::azure::FakeImds::start(Duration::ZERO).await;
+    let imds_port: u16 = imds.url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut vm = PodVm::boot(
+        &img,
+        Boot {
+            user_data: user_data(INITDATA),
+            tpm: Some(tpm),
+            vendor: Some("Microsoft Corporation".into()),
+            imds_port: Some(imds_port),
+        },
+    );
+    let (tee, t) = vm
+        .ready(BOOT_WITHIN)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tee, "az-snp-vtpm");
+    figure("azure-snp-vtpm", "boot to AA API ready", t);
+    let rd: Vec<u8> = (1..=48).collect();
+    let ev: serde_json::Value = serde_json::from_slice(&evidence(&vm, &rd).await.unwrap()).unwrap();
+    figure(
+        "azure-snp-vtpm",
+        "boot to first evidence",
+        vm.started.elapsed(),
+    );
+    // The HCL report is the one provisioned into the vTPM, read by the plugin
+    // through the guest kernel's TPM device; the VCEK came from the fake IMDS
+    // over the forwarded 169.254.169.254.
+    let b64url = |k: &str| {
+        base64::engine::general_purpose::URL_SAFE
+            .decode(ev[k].as_str().unwrap())
+            .unwrap()
+    };
+    assert_eq!(
+        b64url("hcl_report"),
+        attestd_e2e::azure::read_fixture("snp-hcl-report-2048.bin")
+    );
+    let vcek = openssl::x509::X509::from_pem(&attestd_e2e::azure::read_fixture("snp-vcek.pem"))
+        .unwrap()
+        .to_der()
+        .unwrap();
+    assert_eq!(b64url("vcek"), vcek);
+    let quote = attestd_e2e::azure::quote_of(&ev);
+    quote.verify(&ak, &rd).unwrap();
+    assert_eq!(vm.journal().matches("selected tee=az-snp-vtpm").count(), 1);
+}
