@@ -29,6 +29,10 @@ recorded_features() {
     done
 }
 
+# The pod VM: its build (debootstrap, mkfs.ext4) and its boot tests (qemu, the
+# TPM emulator above, socat for the forwarded IMDS).
+ATTESTD_PODVM_PACKAGES=(debootstrap e2fsprogs qemu-system-x86 qemu-utils socat)
+
 ensure_packages() {
     local missing=()
     for p in "$@"; do
@@ -42,6 +46,11 @@ ensure_packages() {
     fi
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    # Debian's qemu-system-x86 removes a newer qemu-utils from backports (seen on
+    # these machines): put back the one that goes with it.
+    if [[ " ${missing[*]} " == *" qemu-system-x86 "* ]] && ! command -v qemu-img >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-utils
+    fi
 }
 
 # The webhook tests' Kubernetes counterparts without a cluster: kubectl (the

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_rust
-ensure_packages "${ATTESTD_APT_PACKAGES[@]}"
+ensure_packages "${ATTESTD_APT_PACKAGES[@]}" "${ATTESTD_PODVM_PACKAGES[@]}"
 ensure_kube_tools
 # One full run, not an edit loop: incremental caches only cost disk here.
 export CARGO_INCREMENTAL=0
@@ -48,6 +48,11 @@ if cargo tree -p attestd-webhook -e normal --prefix none --locked | grep -E "$te
     echo "error: attestd-webhook depends on a TEE crate (above)" >&2
     exit 1
 fi
+# The pod VM's first-boot tool only turns user-data into files.
+if cargo tree -p attestd-podvm -e normal --prefix none --locked | grep -E "$tee_crates|^attestd "; then
+    echo "error: attestd-podvm depends on a TEE crate or the runtime (above)" >&2
+    exit 1
+fi
 if cargo tree -p attester-sample -e normal --prefix none --locked | grep -E '^attestd '; then
     echo "error: an attester depends on the attestd runtime" >&2
     exit 1
@@ -79,10 +84,12 @@ for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do
     cargo build --manifest-path "$ws/Cargo.toml" --bins --locked $(recorded_features "$ws")
 done
 
-echo "== images (the container backend tests start the sample image; the webhook tests the core's and the webhook's)"
-bash containers/build.sh sample tpm attestd webhook
+echo "== images (the container backend tests start the sample image; the webhook tests the core's and the webhook's; the pod VM holds the attesters')"
+bash containers/build.sh sample tpm az-snp-vtpm attestd webhook
 echo "== reproducible images: tdx built here and from a copy elsewhere has one digest"
 bash scripts/repro-check.sh tdx
+echo "== the pod VM (the boot tests boot it)"
+bash containers/podvm/build.sh --test-hooks
 if [ "${ATTESTD_PRUNE_BUILD:-0}" = 1 ]; then
     # The images hold the release binaries now; CI's disk is tight.
     rm -rf target/x86_64-unknown-linux-gnu attesters/*/target/x86_64-unknown-linux-gnu
@@ -102,11 +109,12 @@ echo "== the daemon as shipped: built alone, then the end-to-end tests again"
 # preserve_order and the tests turn on fault injection, so the daemon the tests ran
 # above is not byte for byte the one that ships (a JWE AAD bug hid behind this).
 # Rebuild it with its own features and run the end-to-end tests against it again,
-# all but eventlog and fault_injection, which need the fault-injection points.
+# all but eventlog and fault_injection, which need the fault-injection points, and
+# podvm, whose attestd is the pinned image's, inside the VM.
 cargo build -p attestd --bins --locked
 shipped=()
 for f in tests/tests/*.rs; do
     t=$(basename "$f" .rs)
-    case "$t" in eventlog|fault_injection) ;; *) shipped+=(--test "$t") ;; esac
+    case "$t" in eventlog|fault_injection|podvm) ;; *) shipped+=(--test "$t") ;; esac
 done
 cargo test -p attestd-e2e --locked "${shipped[@]}"
