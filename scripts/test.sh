@@ -91,8 +91,9 @@ bash scripts/repro-check.sh tdx
 echo "== the pod VM (the boot tests boot it)"
 bash containers/podvm/build.sh --test-hooks
 if [ "${ATTESTD_PRUNE_BUILD:-0}" = 1 ]; then
-    # The images hold the release binaries now; CI's disk is tight.
-    rm -rf target/x86_64-unknown-linux-gnu attesters/*/target/x86_64-unknown-linux-gnu
+    # The images and the pod VM hold the release binaries now; CI's disk is tight.
+    rm -rf target/x86_64-unknown-linux-gnu attesters/*/target/x86_64-unknown-linux-gnu \
+        target/release target/podvm-cache
 fi
 
 echo "== tests"
