@@ -55,6 +55,10 @@ enum Cmd {
     /// Drive a plugin through the plugin contract (handshake, report-data
     /// limits, error codes, health, init-data, SIGTERM) and print each check.
     Conformance(ConformanceArgs),
+    /// Ask the running attestd (the one holding the config's socket directory)
+    /// to read its configuration again and replace the plugins whose
+    /// configuration changed, without a failed call (as SIGHUP does).
+    Reload(ConfigArg),
 }
 
 #[derive(Args)]
@@ -277,6 +281,7 @@ fn main() -> ExitCode {
             Some(Cmd::Eventlog(a)) => cmd_eventlog(a).await,
             Some(Cmd::Select(a)) => cmd_select(a).await,
             Some(Cmd::Units(a)) => cmd_units(a).await,
+            Some(Cmd::Reload(a)) => cmd_reload(a),
             Some(Cmd::Token(a)) => cmd_token(a).await,
             Some(Cmd::Resource(a)) => cmd_resource(a).await,
             Some(Cmd::Config(a)) => cmd_config(a),
@@ -442,8 +447,41 @@ async fn cmd_run(a: RunArgs) -> Result<()> {
         attestation_sock,
         grpc,
         initdata,
+        reload: Some(reload_on_sighup(a.config.clone())?),
     };
     run::run(opts, shutdown_signal()?).await.map_err(sdk)
+}
+
+fn cmd_reload(a: ConfigArg) -> Result<()> {
+    let config = load_config(&a)?;
+    let pid = attestd::supervisor::socket_dir_holder(&config.plugins.socket_dir).map_err(sdk)?;
+    let pid_i32 = i32::try_from(pid).map_err(|_| anyhow!("pid {pid} out of range"))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid_i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .with_context(|| format!("cannot signal attestd (pid {pid})"))?;
+    println!("asked attestd (pid {pid}) to reload: its log says what it replaced");
+    Ok(())
+}
+
+/// SIGHUP (`attestd reload`, systemd's ExecReload) reads the same files again.
+fn reload_on_sighup(arg: ConfigArg) -> Result<run::Reload> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    let (tx, requests) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            // Signals while a reload runs fold into the next one.
+            let _ = tx.try_send(());
+        }
+    });
+    Ok(run::Reload {
+        requests,
+        load: Box::new(move || {
+            load_config(&arg).map_err(|e| attester_sdk::Error::invalid_argument(format!("{e:#}")))
+        }),
+    })
 }
 
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {

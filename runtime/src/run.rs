@@ -27,6 +27,15 @@ pub struct RunOptions {
     /// The gRPC AA listener, if any.
     pub grpc: Option<GrpcAddr>,
     pub initdata: Option<InitData>,
+    /// `attestd reload` (SIGHUP): each message reads the configuration again
+    /// with `load` and replaces the plugins whose configuration changed.
+    pub reload: Option<Reload>,
+}
+
+/// Where reloads come from, and how the configuration is read again.
+pub struct Reload {
+    pub requests: tokio::sync::mpsc::Receiver<()>,
+    pub load: Box<dyn Fn() -> Result<Config> + Send + Sync>,
 }
 
 /// Start the configured plugins: the primary, then the additional ones. No plugin
@@ -145,7 +154,8 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
     };
     service.set_initdata(opts.initdata.clone());
     let service = Arc::new(service);
-    let served = serve(&service, &opts, &sock, shutdown).await;
+    let mut opts = opts;
+    let served = serve(&service, &mut opts, &sock, shutdown).await;
     // Already done by serve once it served; here for its early errors.
     service.stop().await;
     served
@@ -153,7 +163,7 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
 
 async fn serve(
     service: &Arc<Service>,
-    opts: &RunOptions,
+    opts: &mut RunOptions,
     sock: &Path,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
@@ -192,11 +202,20 @@ async fn serve(
     // Until asked to stop, or until a part that should run as long as attestd
     // ends on its own: then attestd exits non-zero (systemd and kata restart it),
     // rather than stay "ready" with a dead listener or an unsupervised plugin.
-    let broken = tokio::select! {
-        () = shutdown => None,
-        e = ended(&mut grpc) => Some(e),
-        e = ended(&mut kp.grpc) => Some(e),
-        e = service.supervisor_ended() => Some(e),
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut reload = opts.reload.take();
+    let broken = loop {
+        tokio::select! {
+            () = &mut shutdown => break None,
+            e = ended(&mut grpc) => break Some(e),
+            e = ended(&mut kp.grpc) => break Some(e),
+            e = service.supervisor_ended() => break Some(e),
+            Some(()) = next_reload(&mut reload) => {
+                if let Some(r) = &reload {
+                    reload_plugins(service, &r.load).await;
+                }
+            }
+        }
     };
     match &broken {
         None => tracing::info!("shutting down"),
@@ -227,6 +246,50 @@ async fn serve(
         }
     }
     broken.map_or(Ok(()), Err)
+}
+
+/// The next reload request, or never (none configured, or its sender gone).
+async fn next_reload(reload: &mut Option<Reload>) -> Option<()> {
+    match reload {
+        Some(r) => match r.requests.recv().await {
+            Some(()) => Some(()),
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Read the configuration again and replace what changed; every outcome logged.
+/// A configuration that does not read changes nothing.
+async fn reload_plugins(service: &Service, load: &(dyn Fn() -> Result<Config> + Send + Sync)) {
+    tracing::info!("reload: reading the configuration again");
+    let config = match load() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(
+                "reload: the configuration does not read, nothing changes: {}",
+                e.chain()
+            );
+            return;
+        }
+    };
+    for (plugin, outcome) in service.reload(&config).await {
+        match outcome {
+            crate::service::ReloadOutcome::Unchanged => {
+                tracing::info!(%plugin, "reload: unchanged")
+            }
+            crate::service::ReloadOutcome::Replaced(r) => tracing::info!(
+                %plugin,
+                old_pid = r.old_pid,
+                new_pid = r.new_pid,
+                "reload: replaced"
+            ),
+            crate::service::ReloadOutcome::Kept(why) => {
+                tracing::error!(%plugin, "reload: kept the running instance: {why}")
+            }
+        }
+    }
+    tracing::info!("reload: done (plugins only: other keys take effect at the next start)");
 }
 
 /// [`GrpcServer::ended`] of a server that may not be configured (then never).

@@ -120,6 +120,15 @@ pub fn read_lock(path: &Path) -> Result<std::collections::BTreeMap<String, Locke
     }
 }
 
+/// The configuration of `tee`'s plugin as `[plugins]` and images.lock give it
+/// now: what `attestd reload` compares a selected plugin against.
+pub fn plugin_config(tee: &str, plugins: &PluginsConfig) -> Result<PluginConfig> {
+    let lock = read_lock(&plugins.images_lock)?;
+    plugin_for(tee, plugins, &lock)
+        .map(|(_, pc)| pc)
+        .map_err(|why| Error::failed_precondition(format!("plugin {tee}: {why}")))
+}
+
 /// The plugin for `tee`: its own table, else its locked image.
 fn plugin_for(
     tee: &str,

@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use attester_sdk::{Code, Error, InitDataBinding, ReportData, Result};
+use attester_sdk::{Code, DeviceRole, Error, InitDataBinding, ReportData, Result};
 
 use crate::config::{Config, EventlogConfig, TokenConfigs};
 use crate::eventlog::{EventLog, HashAlg, Layout};
 use crate::kbs::{Fetched, KbsSession, Reuse, Sessions};
+use crate::launch::PluginSpec;
 use crate::supervisor::{SocketDirLock, Supervisor};
 
 /// The event-log domain and operation of attestd's own entries.
@@ -43,6 +44,24 @@ pub struct MeasurementEvent {
     pub operation: String,
     pub content: String,
     pub register_index: Option<u64>,
+}
+
+/// What `attestd reload` did to one plugin.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    /// Its configuration did not change.
+    Unchanged,
+    /// A new instance serves; the old one is stopped once its calls finish.
+    Replaced(crate::supervisor::Replaced),
+    /// It keeps running as it was: the reason the new configuration was not taken.
+    Kept(String),
+}
+
+/// Whether two plugin configurations start the same plugin.
+fn same_config(a: &crate::config::PluginConfig, b: &crate::config::PluginConfig) -> bool {
+    // Every field matters (a changed env or device list is a different plugin);
+    // the serialized form compares them all without a PartialEq to keep up.
+    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
 }
 
 pub struct Service {
@@ -164,6 +183,38 @@ impl Service {
             *measured = live.instance;
         }
         Ok(())
+    }
+
+    /// `attestd reload`: every plugin whose configuration in `config` differs
+    /// from the one it runs (image, command, arguments, environment, launch…)
+    /// is replaced without a failed call ([`Supervisor::replace`]); the others
+    /// keep running. One outcome per plugin, in order.
+    pub async fn reload(&self, config: &Config) -> Vec<(String, ReloadOutcome)> {
+        let mut out = Vec::new();
+        let roles =
+            std::iter::once(DeviceRole::Primary).chain(std::iter::repeat(DeviceRole::Additional));
+        for (s, role) in self.plugins().zip(roles) {
+            let name = s.name().to_string();
+            // A table of its own, else (a plugin selected at start) images.lock.
+            let wanted = match config.plugins.attester.get(&name) {
+                Some(pc) => Ok(pc.clone()),
+                None => crate::select::plugin_config(&name, &config.plugins),
+            };
+            let outcome = match wanted {
+                Err(e) => ReloadOutcome::Kept(e.chain()),
+                Ok(pc) if same_config(&pc, &s.current_config()) => ReloadOutcome::Unchanged,
+                Ok(pc) => {
+                    let mut spec = PluginSpec::with_config(&name, pc, role, &config.plugins);
+                    spec.record_provenance = self.eventlog_config.enable_eventlog;
+                    match s.replace(spec).await {
+                        Ok(r) => ReloadOutcome::Replaced(r),
+                        Err(e) => ReloadOutcome::Kept(e.chain()),
+                    }
+                }
+            };
+            out.push((name, outcome));
+        }
+        out
     }
 
     /// Resolves when any plugin's supervisor ends unexpectedly: which and why.

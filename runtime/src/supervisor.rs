@@ -45,13 +45,30 @@ enum State {
     Stopped,
 }
 
+/// A request to replace the running instance with one started from `spec`.
+struct Replace {
+    spec: PluginSpec,
+    done: tokio::sync::oneshot::Sender<Result<Replaced>>,
+}
+
+/// What a replacement did.
+#[derive(Debug, Clone)]
+pub struct Replaced {
+    pub old_pid: Option<u32>,
+    pub new_pid: Option<u32>,
+}
+
 /// One supervised plugin. Calls go through [`Supervisor::live`].
 pub struct Supervisor {
     spec: PluginSpec,
+    /// The configuration the running instance was started from (changes on
+    /// [`Supervisor::replace`]).
+    current: std::sync::Mutex<crate::config::PluginConfig>,
     /// The handshake of the first start: later restarts must report the same TEE.
     identity: Handshake,
     state: watch::Receiver<State>,
     stop: watch::Sender<bool>,
+    replace: tokio::sync::mpsc::Sender<Replace>,
     task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -90,20 +107,50 @@ impl Supervisor {
         );
         let (state_tx, state_rx) = watch::channel(State::Up(Arc::new(live)));
         let (stop_tx, stop_rx) = watch::channel(false);
+        // One replacement at a time: a second waits its turn.
+        let (replace_tx, replace_rx) = tokio::sync::mpsc::channel(1);
         let task = tokio::spawn(supervise(
             spec.clone(),
             identity.clone(),
             child,
             state_tx,
             stop_rx,
+            replace_rx,
         ));
         Ok(Arc::new(Supervisor {
+            current: std::sync::Mutex::new(spec.config.clone()),
             spec,
             identity,
             state: state_rx,
             stop: stop_tx,
+            replace: replace_tx,
             task: tokio::sync::Mutex::new(Some(task)),
         }))
+    }
+
+    /// The configuration the running instance was started from.
+    pub fn current_config(&self) -> crate::config::PluginConfig {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replace the running instance with one started from `spec` (same name):
+    /// the new one is started and handshaken beside the old (it must report the
+    /// same TEE), new calls go to it, and the old one is stopped once its calls
+    /// in flight have finished. A new instance that fails to start leaves the old
+    /// one serving, and the error says why.
+    pub async fn replace(&self, spec: PluginSpec) -> Result<Replaced> {
+        let config = spec.config.clone();
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.replace
+            .send(Replace { spec, done })
+            .await
+            .map_err(|_| self.down_error())?;
+        let replaced = answer.await.map_err(|_| self.down_error())??;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = config;
+        Ok(replaced)
     }
 
     pub fn name(&self) -> &str {
@@ -237,11 +284,12 @@ impl crate::eventlog::Registers for Supervisor {
 }
 
 async fn supervise(
-    spec: PluginSpec,
+    mut spec: PluginSpec,
     identity: Handshake,
     mut child: Running,
     state: watch::Sender<State>,
     mut stop: watch::Receiver<bool>,
+    mut replace: tokio::sync::mpsc::Receiver<Replace>,
 ) {
     let mut backoff = Duration::ZERO;
     loop {
@@ -261,6 +309,31 @@ async fn supervise(
             r = child.exited() => r,
             e = health_loop(&live, spec.health_interval, spec.health_timeout) => {
                 format!("health check failed: {}", e.chain())
+            }
+            Some(req) = replace.recv() => {
+                let mut next = req.spec;
+                next.generation = spec.generation.wrapping_add(1);
+                match launch(&next, Some(&identity)).await {
+                    Ok((c, l)) => {
+                        let replaced = Replaced { old_pid: live.pid, new_pid: l.pid };
+                        let old_child = std::mem::replace(&mut child, c);
+                        let old_spec = std::mem::replace(&mut spec, next);
+                        let _ = state.send(State::Up(Arc::new(l)));
+                        tracing::info!(
+                            plugin = %spec.name,
+                            old_pid = replaced.old_pid,
+                            new_pid = replaced.new_pid,
+                            "plugin replaced: new calls go to the new instance"
+                        );
+                        tokio::spawn(retire(old_spec, old_child, live));
+                        let _ = req.done.send(Ok(replaced));
+                    }
+                    Err(e) => {
+                        tracing::warn!(plugin = %spec.name, "replacement failed, the running instance keeps serving: {}", e.chain());
+                        let _ = req.done.send(Err(e));
+                    }
+                }
+                continue;
             }
         };
         // A plugin that exits the moment attestd is told to stop (a SIGTERM to the
@@ -318,6 +391,20 @@ async fn supervise(
             }
         }
     }
+}
+
+/// Stop a replaced instance once no call holds it any more (or after the call
+/// deadline, when a call is stuck), and remove its socket.
+async fn retire(spec: PluginSpec, mut child: Running, live: Arc<Live>) {
+    let deadline = Instant::now() + spec.call_timeout;
+    // Only this task holds it once its calls are done.
+    while Arc::strong_count(&live) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(live);
+    child.terminate(&spec.name, STOP_GRACE).await;
+    remove_owned_socket(&spec);
+    tracing::info!(plugin = %spec.name, "replaced instance stopped");
 }
 
 /// Resolves once a stop was requested (the guard is dropped here: it is not `Send`).
@@ -497,11 +584,52 @@ pub fn claim_socket_dir(dir: &Path) -> Result<SocketDirLock> {
         .open(&path)
         .map_err(|e| Error::internal(format!("cannot open {}", path.display())).with_source(e))?;
     match file.try_lock() {
-        Ok(()) => Ok(SocketDirLock { _file: file }),
+        Ok(()) => {
+            // Who holds it: `attestd reload` signals that process.
+            use std::io::Write as _;
+            let mut f = &file;
+            let _ = file.set_len(0);
+            let _ = writeln!(f, "{}", std::process::id());
+            Ok(SocketDirLock { _file: file })
+        }
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::failed_precondition(format!(
             "socket directory {} is in use by another attestd",
             dir.display()
         ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::internal(format!("cannot lock {}", path.display())).with_source(e))
+        }
+    }
+}
+
+/// The process of the attestd holding `dir` (its lock taken, its PID written
+/// there), for `attestd reload`.
+pub fn socket_dir_holder(dir: &Path) -> Result<u32> {
+    let path = dir.join(".lock");
+    let file = std::fs::File::open(&path).map_err(|e| {
+        Error::failed_precondition(format!(
+            "no attestd runs with socket directory {}: cannot open {}",
+            dir.display(),
+            path.display()
+        ))
+        .with_source(e)
+    })?;
+    match file.try_lock_shared() {
+        // We could take it: nobody holds it.
+        Ok(()) => Err(Error::failed_precondition(format!(
+            "no attestd runs with socket directory {}",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            text.trim().parse().map_err(|_| {
+                Error::failed_precondition(format!(
+                    "{} is held, but names no process ({:?})",
+                    path.display(),
+                    text.trim()
+                ))
+            })
+        }
         Err(std::fs::TryLockError::Error(e)) => {
             Err(Error::internal(format!("cannot lock {}", path.display())).with_source(e))
         }

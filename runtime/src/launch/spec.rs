@@ -33,6 +33,9 @@ pub struct PluginSpec {
     pub podman_runtime: Option<String>,
     /// Where a pinned image absent from the store may come from.
     pub pull: super::pull::PullPolicy,
+    /// 0 for the first instance; each replacement (`attestd reload`) counts up,
+    /// so the new instance serves on its own socket while the old one finishes.
+    pub generation: u32,
 }
 
 impl PluginSpec {
@@ -66,6 +69,7 @@ impl PluginSpec {
             oci_dir: plugins.oci_dir.clone(),
             podman_runtime: plugins.podman_runtime.clone(),
             pull: super::pull::PullPolicy::from_config(plugins),
+            generation: 0,
         }
     }
 
@@ -92,7 +96,10 @@ impl PluginSpec {
     pub fn socket(&self) -> PathBuf {
         match (&self.config.launch, &self.config.socket) {
             (crate::config::LaunchKind::External, Some(s)) => s.clone(),
-            _ => self.socket_dir.join(format!("{}.sock", self.name)),
+            _ if self.generation == 0 => self.socket_dir.join(format!("{}.sock", self.name)),
+            _ => self
+                .socket_dir
+                .join(format!("{}.{}.sock", self.name, self.generation)),
         }
     }
 }
