@@ -189,6 +189,8 @@ fn a_generic_image_selects_at_boot_with_no_plugin_unit_and_systemd_accepts_it() 
         svc.contains("KillMode=mixed") && svc.contains("Restart=always"),
         "{svc}"
     );
+    // systemctl reload is attestd reload: plugins replaced without a failed call.
+    assert!(svc.contains("ExecReload=/bin/kill -HUP $MAINPID"), "{svc}");
     let (ok, text) = verify(&out);
     assert!(ok, "{text}");
     // Only for auto: a named plugin has its own units to write now.

@@ -592,6 +592,91 @@ async fn additional_table() {
     }
 }
 
+/// `attestd reload` under load: 16 clients call GetEvidence without pause while
+/// the plugin is replaced 10 times; latency in steady state and during the swaps
+/// (from SIGHUP until the new instance answers), and failed calls.
+async fn reload_table() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+    const CLIENTS: usize = 16;
+    const SWAPS: usize = 10;
+    let p = |label: &str| Plugin::test("ttrpc", &["--label", label]);
+    let a = Attestd::start(|d| config(d, &p("gen0"), &[], "")).unwrap();
+    let addr = format!("unix://{}", a.aa_sock.display());
+    let stop = Arc::new(AtomicBool::new(false));
+    // (start, latency, ok)
+    let samples = Arc::new(Mutex::new(Vec::<(Instant, Duration, bool)>::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let c = attestd::aa_client::AaClient::ttrpc(&addr).await.unwrap();
+        let (stop, samples) = (stop.clone(), samples.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let ok = c.get_evidence(vec![0x5a; 32]).await.is_ok();
+                samples.lock().unwrap().push((t0, t0.elapsed(), ok));
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let steady_end = Instant::now();
+    let probe = attestd::aa_client::AaClient::ttrpc(&addr).await.unwrap();
+    let mut windows = Vec::new();
+    for i in 1..=SWAPS {
+        let label = format!("gen{i}");
+        std::fs::write(
+            a.dir.path().join("attestd.toml"),
+            config(a.dir.path(), &p(&label), &[], ""),
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        attestd_e2e::signal(a.pid(), nix::sys::signal::Signal::SIGHUP);
+        loop {
+            let ev = probe.get_evidence(vec![0; 32]).await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&ev).unwrap();
+            if v["label"] == label.as_str() {
+                break;
+            }
+        }
+        windows.push((t0, Instant::now()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let samples = samples.lock().unwrap().clone();
+    let swap_ms: Vec<f64> = windows
+        .iter()
+        .map(|(a, b)| (*b - *a).as_secs_f64() * 1e3)
+        .collect();
+    println!("| phase | calls | failed | p50 µs | p99 µs |");
+    println!("| --- | --- | --- | --- | --- |");
+    let row = |what: &str, pick: &dyn Fn(&Instant) -> bool| {
+        let picked: Vec<_> = samples.iter().filter(|(t, _, _)| pick(t)).collect();
+        let failed = picked.iter().filter(|(_, _, ok)| !ok).count();
+        let f = figures(
+            picked.iter().map(|(_, l, _)| *l).collect(),
+            Duration::from_secs(1),
+        );
+        println!(
+            "| {what} | {} | {failed} | {} | {} |",
+            picked.len(),
+            us(f.p50),
+            us(f.p99)
+        );
+    };
+    row("steady (2 s, no swap)", &|t| *t < steady_end);
+    row("during the 10 swaps", &|t| {
+        windows.iter().any(|(a, b)| t >= a && t < b)
+    });
+    println!(
+        "\nswap (SIGHUP to the new instance answering): {:.1}–{:.1} ms",
+        swap_ms.iter().cloned().fold(f64::MAX, f64::min),
+        swap_ms.iter().cloned().fold(0.0, f64::max)
+    );
+}
+
 /// A TDX pod as the API server sends it for review.
 fn review_body(runtime_class: &str, n: usize) -> Vec<u8> {
     let pod = serde_json::json!({
@@ -728,6 +813,10 @@ fn main() {
         }
         if args.only == "additional" {
             additional_table().await;
+            return;
+        }
+        if args.only == "reload" {
+            reload_table().await;
             return;
         }
         if args.only == "launch" || args.only == "all" {

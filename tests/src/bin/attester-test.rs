@@ -50,6 +50,13 @@ struct Args {
     /// same time pass. `DIR:N`.
     #[arg(long)]
     evidence_barrier: Option<String>,
+    /// Evidence is `{"label": LABEL, "pid": <this process>}`: which instance
+    /// answered (the reload tests swap one for another).
+    #[arg(long)]
+    label: Option<String>,
+    /// Wait this long before serving (a plugin slow to start, as a container is).
+    #[arg(long, default_value_t = 0)]
+    start_delay_ms: u64,
 }
 
 const REGISTERS: usize = 24;
@@ -63,6 +70,7 @@ struct TestAttester {
     additional: bool,
     evidence_delay: std::time::Duration,
     barrier: Option<(std::path::PathBuf, usize)>,
+    label: Option<String>,
 }
 
 impl TestAttester {
@@ -150,6 +158,10 @@ impl Attester for TestAttester {
             })
             .await?;
         }
+        if let Some(label) = &self.label {
+            let v = serde_json::json!({"label": label, "pid": std::process::id()});
+            return Evidence::from_json(&v, "json");
+        }
         attester_sample::evidence(report_data.as_bytes())
             .map_err(|e| Error::internal("sample evidence").with_source(e))
     }
@@ -180,6 +192,7 @@ fn main() -> ExitCode {
         eprintln!("attester-test: exiting at start as asked");
         return ExitCode::from(3);
     }
+    std::thread::sleep(std::time::Duration::from_millis(args.start_delay_ms));
     let mut opts = args.serve.options();
     if !args.protocol_versions.is_empty() {
         opts.protocol_versions = args.protocol_versions;
@@ -200,6 +213,7 @@ fn main() -> ExitCode {
     };
     attester_sdk::run(
         TestAttester {
+            label: args.label,
             additional: args.additional,
             evidence_delay: std::time::Duration::from_millis(args.evidence_delay_ms),
             barrier,
