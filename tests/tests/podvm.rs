@@ -222,6 +222,45 @@ async fn on_a_vtpm_the_pinned_tpm_image_serves_survives_a_kill_and_a_reboot() {
     };
     assert!(checkquote(&parse(&ev), &nonce(&rd)));
 
+    // systemctl reload after a drop-in changed the plugin's table (here its
+    // environment): a second container starts beside the first, takes the calls,
+    // and the first is stopped; calls go on succeeding.
+    let images = img.manifest["images"].as_array().unwrap();
+    let tpm_image = images
+        .iter()
+        .filter_map(|i| i.as_str()?.strip_prefix("tpm "))
+        .next()
+        .expect("the tpm image in the pod VM");
+    let drop_in = format!(
+        "[plugins.attester.tpm]\nlaunch = \"podman\"\ntransport = \"ttrpc\"\ntee = \"tpm\"\nimage = \"{tpm_image}\"\nenv = {{ ATTESTD_LOG = \"debug\" }}\n"
+    );
+    let (code, _, err) = vm
+        .exec(
+            "/bin/sh",
+            &["-c", &format!("printf '%s' '{drop_in}' > /etc/attestd/attestd.toml.d/50-reload.toml && systemctl reload attestd.service")],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let before_reload = ps(&vm);
+    let mark = vm.journal().len();
+    vm.wait_journal(mark, "reload: replaced", Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ev = evidence(&vm, &rd).await.unwrap();
+    assert!(checkquote(&parse(&ev), &nonce(&rd)));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = ps(&vm);
+        if now.len() == 1 && now != before_reload {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "containers after the reload: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
     // Reboot: the TPM resets, the event log starts again, and init-data is bound
     // again, once.
     let mark = vm.journal().len();
