@@ -122,7 +122,7 @@ podman_runtime = "runc"
 EOF
 # The units as the VM's own attestd renders them (not a `cargo run`: rebuilding
 # the debug attestd alone would drop the features the test suite built it with).
-"$ROOT/usr/bin/attestd" units --at-boot -c "$ROOT/etc/attestd/attestd.toml" \
+"$ROOT/usr/bin/attestd" units --at-boot --config-dir "$ROOT/etc/attestd" -c "$ROOT/etc/attestd/attestd.toml" \
     --config-path /run/peerpod/aa.toml --out-dir "$ROOT/etc/systemd/system" >/dev/null ||
     { echo "error: the pinned attestd image cannot render the units: rebuild it (containers/build.sh attestd)" >&2; exit 1; }
 install -d "$ROOT/etc/systemd/system/attestd.service.d"
