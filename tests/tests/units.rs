@@ -190,7 +190,13 @@ fn a_generic_image_selects_at_boot_with_no_plugin_unit_and_systemd_accepts_it() 
         "{svc}"
     );
     // systemctl reload is attestd reload: plugins replaced without a failed call.
-    assert!(svc.contains("ExecReload=/bin/kill -HUP $MAINPID"), "{svc}");
+    assert!(
+        svc.contains(&format!(
+            "ExecReload={} reload -c /run/peerpod/aa.toml",
+            bin("attestd").display()
+        )),
+        "{svc}"
+    );
     let (ok, text) = verify(&out);
     assert!(ok, "{text}");
     // Only for auto: a named plugin has its own units to write now.
