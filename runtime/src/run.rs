@@ -135,7 +135,7 @@ async fn stop_all(primary: &Supervisor, additional: &[Arc<Supervisor>]) {
 }
 
 /// Serve the AA API until `shutdown` resolves, then remove sockets and stop plugins.
-pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(mut opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result<()> {
     let sock = unix_path(&opts.attestation_sock)?;
     crate::server::accept::raise_nofile_limit();
     // A mistyped KBS or AS address is found now, not at the first GetToken.
@@ -154,8 +154,8 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
     };
     service.set_initdata(opts.initdata.clone());
     let service = Arc::new(service);
-    let mut opts = opts;
-    let served = serve(&service, &mut opts, &sock, shutdown).await;
+    let reload = opts.reload.take();
+    let served = serve(&service, &opts, &sock, shutdown, reload).await;
     // Already done by serve once it served; here for its early errors.
     service.stop().await;
     served
@@ -163,9 +163,10 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
 
 async fn serve(
     service: &Arc<Service>,
-    opts: &mut RunOptions,
+    opts: &RunOptions,
     sock: &Path,
     shutdown: impl Future<Output = ()>,
+    mut reload: Option<Reload>,
 ) -> Result<()> {
     if let Some(init) = &opts.initdata {
         bind_init_data(service, init).await?;
@@ -203,7 +204,6 @@ async fn serve(
     // ends on its own: then attestd exits non-zero (systemd and kata restart it),
     // rather than stay "ready" with a dead listener or an unsupervised plugin.
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut reload = opts.reload.take();
     let broken = loop {
         tokio::select! {
             () = &mut shutdown => break None,

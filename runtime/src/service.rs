@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use attester_sdk::{Code, DeviceRole, Error, InitDataBinding, ReportData, Result};
+use attester_sdk::{Code, Error, InitDataBinding, ReportData, Result};
 
 use crate::config::{Config, EventlogConfig, TokenConfigs};
 use crate::eventlog::{EventLog, HashAlg, Layout};
@@ -191,9 +191,7 @@ impl Service {
     /// keep running. One outcome per plugin, in order.
     pub async fn reload(&self, config: &Config) -> Vec<(String, ReloadOutcome)> {
         let mut out = Vec::new();
-        let roles =
-            std::iter::once(DeviceRole::Primary).chain(std::iter::repeat(DeviceRole::Additional));
-        for (s, role) in self.plugins().zip(roles) {
+        for s in self.plugins() {
             let name = s.name().to_string();
             // A table of its own, else (a plugin selected at start) images.lock.
             let wanted = match config.plugins.attester.get(&name) {
@@ -204,7 +202,7 @@ impl Service {
                 Err(e) => ReloadOutcome::Kept(e.chain()),
                 Ok(pc) if same_config(&pc, &s.current_config()) => ReloadOutcome::Unchanged,
                 Ok(pc) => {
-                    let mut spec = PluginSpec::with_config(&name, pc, role, &config.plugins);
+                    let mut spec = PluginSpec::with_config(&name, pc, s.role(), &config.plugins);
                     spec.record_provenance = self.eventlog_config.enable_eventlog;
                     match s.replace(spec).await {
                         Ok(r) => ReloadOutcome::Replaced(r),

@@ -157,6 +157,11 @@ impl Supervisor {
         &self.spec.name
     }
 
+    /// Primary or additional, as configured.
+    pub fn role(&self) -> DeviceRole {
+        self.spec.role
+    }
+
     /// The handshake of the first start (TEE, capabilities).
     pub fn identity(&self) -> &Handshake {
         &self.identity
