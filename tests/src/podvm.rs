@@ -112,7 +112,7 @@ fn kvm_boots(img: &Image) -> bool {
 /// interface, with tpm2-tools) and then served to qemu (`-tpmdev emulator`).
 pub struct VmTpm {
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    child: Option<crate::Reaped>,
 }
 
 impl Default for VmTpm {
@@ -161,20 +161,11 @@ impl VmTpm {
             .stdin(Stdio::null())
             .spawn()
             .expect("swtpm is missing: apt-get install swtpm");
-        self.child = Some(child);
+        self.child = Some(crate::Reaped(child));
         let deadline = Instant::now() + Duration::from_secs(10);
         while UnixStream::connect(self.sock()).is_err() {
             assert!(Instant::now() < deadline, "swtpm did not listen for qemu");
             std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for VmTpm {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 }

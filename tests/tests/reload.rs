@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use attestd_e2e::{attestd_cli, config, signal, Attestd, Plugin};
+use attestd_e2e::{alive, attestd_cli, config, signal, Attestd, Plugin};
 use attestd_proto::ttrpc::attestation_agent as t;
-use attestd_proto::ttrpc::attestation_agent_ttrpc::AttestationAgentServiceClient;
 use nix::sys::signal::Signal;
 
 /// Clients calling at once through the swaps.
@@ -42,13 +41,6 @@ fn write_config(a: &Attestd, p: &Plugin, extra: &str) {
     .unwrap();
 }
 
-async fn client(a: &Attestd) -> AttestationAgentServiceClient {
-    let c = ttrpc::r#async::Client::connect(&format!("unix://{}", a.aa_sock.display()))
-        .await
-        .unwrap();
-    AttestationAgentServiceClient::new(c)
-}
-
 /// Which instance answers: its label and pid.
 async fn answer(a: &Attestd) -> (String, u32) {
     let v: serde_json::Value = serde_json::from_slice(&a.evidence(b"who").await.unwrap()).unwrap();
@@ -71,13 +63,6 @@ fn wait_log(a: &Attestd, needle: &str, n: usize) {
     }
 }
 
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_swaps_under_sixteen_clients_fail_no_call() {
     // Calls wait at most 100 ms for a plugin that is down: replacing the old
@@ -92,7 +77,7 @@ async fn ten_swaps_under_sixteen_clients_fail_no_call() {
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut tasks = Vec::new();
     for _ in 0..CLIENTS {
-        let c = client(&a).await;
+        let c = a.ttrpc().await;
         let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
         tasks.push(tokio::spawn(async move {
             let req = t::GetEvidenceRequest {
