@@ -88,8 +88,9 @@ echo "== images (the container backend tests start the sample image; the webhook
 bash containers/build.sh sample tpm az-snp-vtpm attestd webhook
 echo "== reproducible images: tdx built here and from a copy elsewhere has one digest"
 bash scripts/repro-check.sh tdx
-echo "== the pod VM (the boot tests boot it)"
+echo "== the pod VMs (the boot tests boot them): one with the images prefetched, one that pulls them"
 bash containers/podvm/build.sh --test-hooks
+bash containers/podvm/build.sh --test-hooks --registry 10.0.2.100:5000/attestd --out target/podvm-pull
 if [ "${ATTESTD_PRUNE_BUILD:-0}" = 1 ]; then
     # The images and the pod VM hold the release binaries now; CI's disk is tight.
     rm -rf target/x86_64-unknown-linux-gnu attesters/*/target/x86_64-unknown-linux-gnu \

@@ -5,9 +5,15 @@
 # of that lock prefetched into podman's store: at boot attestd selects the TEE
 # (primary = "auto") and runs its pinned image, nothing pulled.
 #
-# Usage: containers/podvm/build.sh [--out DIR] [--test-hooks]
+# Usage: containers/podvm/build.sh [--out DIR] [--registry REG] [--test-hooks]
 #   --out DIR       where rootfs.img, vmlinuz, initrd.img, podvm.json go
 #                   (default target/podvm)
+#   --registry REG  fetch at boot instead of prefetching: the VM's images.lock
+#                   names each attester image REG/<its name> at the same digest
+#                   (publish them there first, digests kept: skopeo copy
+#                   --preserve-digests), REG is the one registry attestd may
+#                   pull from, and nothing is prefetched. What is accepted is the
+#                   tenant's policy.json, from init-data (docs/deployment.md).
 #   --test-hooks    for the boot tests, never for a real pod VM: a stand-in for the
 #                   Confidential Data Hub (started on attestd's socket as CDH is,
 #                   it relays TCP port 50000 to the AA socket, so the host can call
@@ -24,13 +30,20 @@ cd "$(dirname "$0")/../.."
 
 OUT=target/podvm
 HOOKS=0
+REGISTRY=
 while [ $# -gt 0 ]; do
     case $1 in
         --out) OUT=$2; shift 2 ;;
         --test-hooks) HOOKS=1; shift ;;
+        --registry) REGISTRY=$2; shift 2 ;;
         *) echo "error: unknown argument $1" >&2; exit 2 ;;
     esac
 done
+# host[:port][/path], as [plugins] registries takes it.
+if [ -n "$REGISTRY" ] && ! [[ $REGISTRY =~ ^[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*$ && $REGISTRY =~ ^[^/]*[.:] ]]; then
+    echo "error: --registry $REGISTRY: expected host[:port][/path] (a registry host has a dot or a port)" >&2
+    exit 2
+fi
 [ "$(id -u)" = 0 ] || { echo "error: the pod VM build needs root (debootstrap, chroot)" >&2; exit 1; }
 ensure_rust
 ensure_packages debootstrap e2fsprogs skopeo podman
@@ -42,12 +55,14 @@ SUITE=bookworm
 MIRROR=${ATTESTD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # containernetworking-plugins by name: debootstrap does not resolve podman's
 # virtual container-network-stack.
-PACKAGES=systemd-sysv,udev,podman,runc,kmod,iproute2,initramfs-tools,zstd,containernetworking-plugins
+# skopeo: attestd pulls a pinned image the store lacks with it (and checks its
+# signatures by policy).
+PACKAGES=systemd-sysv,udev,podman,runc,skopeo,kmod,iproute2,initramfs-tools,zstd,containernetworking-plugins
 [ "$HOOKS" = 1 ] && PACKAGES=$PACKAGES,socat,qemu-guest-agent
 # The initramfs only mounts the root disk: virtio block, ext4.
 INITRAMFS_MODULES="virtio_pci virtio_blk ext4"
 # Bump when the base steps below change: it keys the cache.
-RECIPE=3
+RECIPE=4
 CACHE=target/podvm-cache
 KEY=$(printf '%s\n' "$RECIPE" "$SUITE" "$MIRROR" "$PACKAGES" "$INITRAMFS_MODULES" | sha256sum | cut -c1-16)
 BASE=$CACHE/base-$KEY.tar
@@ -111,6 +126,11 @@ install -m 0755 target/release/attestd-podvm "$ROOT/usr/bin/attestd-podvm"
 # The attester images only, each prefetched below.
 install -d "$ROOT/usr/share/attestd" "$ROOT/etc/attestd/attestd.toml.d"
 awk '/^\[components\./ {skip=1; next} /^\[/ {skip=0} !skip' "$LOCK" >"$ROOT/usr/share/attestd/images.lock"
+if [ -n "$REGISTRY" ]; then
+    # Same digests, the registry's names: localhost/attestd/attester-tpm becomes
+    # $REGISTRY/attester-tpm.
+    sed -i -E "s|^image = \"[^\"]*/([^/\"]+)\"|image = \"$REGISTRY/\1\"|" "$ROOT/usr/share/attestd/images.lock"
+fi
 cat >"$ROOT/etc/attestd/attestd.toml" <<'EOF'
 # The generic pod VM: attestd probes the machine at start, selects the TEE and
 # runs the image /usr/share/attestd/images.lock pins for it, from podman's store
@@ -120,6 +140,18 @@ primary = "auto"
 auto_launch = "podman"
 podman_runtime = "runc"
 EOF
+if [ -n "$REGISTRY" ]; then
+    cat >>"$ROOT/etc/attestd/attestd.toml" <<EOF
+# Fetched at boot from $REGISTRY (nothing prefetched), by digest, accepted by
+# the tenant's containers-policy.json from init-data; the registry's CA and its
+# signatures' lookaside (registries.d) may come with user-data. Without a
+# policy.json, attestd pulls nothing.
+registries = ["$REGISTRY"]
+policy_json = "/run/peerpod/policy.json"
+registry_certs_dir = "/run/peerpod/certs.d"
+registries_d = "/run/peerpod/registries.d"
+EOF
+fi
 # The units as the VM's own attestd renders them (not a `cargo run`: rebuilding
 # the debug attestd alone would drop the features the test suite built it with).
 "$ROOT/usr/bin/attestd" units --at-boot --config-dir "$ROOT/etc/attestd" -c "$ROOT/etc/attestd/attestd.toml" \
@@ -187,7 +219,8 @@ echo "== pod VM: prefetching the attester images"
 storage="overlay@$ROOT/var/lib/containers/storage+$WORK/runroot"
 images=()
 while read -r tee image digest; do
-    skopeo copy -q --preserve-digests "containers-storage:$image@$digest" "containers-storage:[$storage]$image@$digest"
+    [ -n "$REGISTRY" ] ||
+        skopeo copy -q --preserve-digests "containers-storage:$image@$digest" "containers-storage:[$storage]$image@$digest"
     images+=("$tee $image@$digest")
 done < <(awk -F' = ' '
     /^\[images\./ { gsub(/^\[images\.|\]$/, ""); tee=$0 }
@@ -195,7 +228,10 @@ done < <(awk -F' = ' '
     tee && $1=="digest" { gsub(/"/, "", $2); print tee, image, $2; tee="" }' "$ROOT/usr/share/attestd/images.lock")
 umount -R "$ROOT/var/lib/containers/storage/overlay" 2>/dev/null || true
 rm -rf "$ROOT/var/lib/containers/storage/overlay/l"/.tmp* 2>/dev/null || true
-prefetched=$(du -sb "$ROOT/var/lib/containers/storage" | cut -f1)
+prefetched=0
+if [ -d "$ROOT/var/lib/containers/storage" ]; then
+    prefetched=$(du -sb "$ROOT/var/lib/containers/storage" | cut -f1)
+fi
 
 echo "== pod VM: disk image"
 mkdir -p "$OUT"
@@ -212,8 +248,8 @@ SECS=$(($(date +%s) - START))
 {
     printf '{\n  "kernel": "%s",\n  "rootfs_bytes": %s,\n  "used_mib": %s,\n  "prefetched_bytes": %s,\n' \
         "$kver" "$(stat -c %s "$OUT/rootfs.img")" "$used" "$prefetched"
-    printf '  "build_secs": %s,\n  "base_cached": %s,\n  "test_hooks": %s,\n  "images": [' \
-        "$SECS" "$CACHED" "$([ "$HOOKS" = 1 ] && echo true || echo false)"
+    printf '  "build_secs": %s,\n  "base_cached": %s,\n  "test_hooks": %s,\n  "registry": "%s",\n  "images": [' \
+        "$SECS" "$CACHED" "$([ "$HOOKS" = 1 ] && echo true || echo false)" "$REGISTRY"
     sep=""
     for i in "${images[@]}"; do printf '%s\n    "%s"' "$sep" "$i"; sep=","; done
     printf '\n  ]\n}\n'

@@ -33,12 +33,38 @@ pub struct Image {
 /// The image containers/podvm/build.sh wrote (`ATTESTD_PODVM_DIR`, default
 /// target/podvm).
 pub fn image() -> Image {
-    let dir = std::env::var_os("ATTESTD_PODVM_DIR")
+    image_in("ATTESTD_PODVM_DIR", "target/podvm", "")
+}
+
+/// The image `containers/podvm/build.sh --registry 10.0.2.100:5000/attestd
+/// --out target/podvm-pull` wrote (`ATTESTD_PODVM_PULL_DIR`): nothing
+/// prefetched, its attester pulled at boot.
+pub fn pulling_image() -> Image {
+    let img = image_in(
+        "ATTESTD_PODVM_PULL_DIR",
+        "target/podvm-pull",
+        " --registry 10.0.2.100:5000/attestd --out target/podvm-pull",
+    );
+    assert_eq!(
+        img.manifest["registry"],
+        PULL_REGISTRY,
+        "the pod VM in {} does not pull from {PULL_REGISTRY}",
+        img.dir.display()
+    );
+    img
+}
+
+/// Where the pulling pod VM's lock names its images (a guest address the
+/// boot test forwards to its registry).
+pub const PULL_REGISTRY: &str = "10.0.2.100:5000/attestd";
+
+fn image_in(var: &str, default: &str, args: &str) -> Image {
+    let dir = std::env::var_os(var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::repo_root().join("target/podvm"));
+        .unwrap_or_else(|| crate::repo_root().join(default));
     let manifest = std::fs::read(dir.join("podvm.json")).unwrap_or_else(|e| {
         panic!(
-            "no pod VM image in {} ({e}): build it with containers/podvm/build.sh --test-hooks (as root)",
+            "no pod VM image in {} ({e}): build it with containers/podvm/build.sh --test-hooks{args} (as root)",
             dir.display()
         )
     });
@@ -180,6 +206,10 @@ pub struct Boot {
     pub vendor: Option<String>,
     /// A host port the guest reaches as Azure's IMDS, 169.254.169.254:80.
     pub imds_port: Option<u16>,
+    /// (guest address `ip:port`, host port on 127.0.0.1): what the guest
+    /// reaches there, e.g. a registry. The address must be inside the user
+    /// network (10.0.2.0/24; 169.254.0.0/16 with `imds_port`).
+    pub forwards: Vec<(String, u16)>,
 }
 
 /// One VM at a time: two emulated guests on a two-core machine each take
@@ -227,6 +257,12 @@ impl PodVm {
             net = format!(
                 "user,id=n0,net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15,hostfwd=tcp:127.0.0.1:{port}-:{GUEST_AA_PORT},guestfwd=tcp:169.254.169.254:80-cmd:socat STDIO TCP:127.0.0.1:{imds}"
             );
+        }
+        for (guest, host_port) in &boot.forwards {
+            // socat per connection: a pull opens several at once.
+            net.push_str(&format!(
+                ",guestfwd=tcp:{guest}-cmd:socat STDIO TCP:127.0.0.1:{host_port}"
+            ));
         }
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-accel", accel(), "-smp", "2", "-m", "1024"])

@@ -13,6 +13,8 @@ pub struct Registry {
     child: Option<Reaped>,
     /// `localhost:<port>`: what image names carry.
     pub host: String,
+    /// The CA its certificate is signed by (PEM).
+    pub ca_pem: String,
     /// Laid out as /etc/containers/certs.d: `<host>/ca.crt`.
     pub certs_dir: PathBuf,
     /// registries.d naming the lookaside directory signatures go to.
@@ -41,6 +43,12 @@ pub struct Key {
 
 impl Registry {
     pub fn start() -> Registry {
+        Registry::start_for(&[])
+    }
+
+    /// A registry whose certificate is also valid for `also` (e.g. the address
+    /// a VM reaches it at).
+    pub fn start_for(also: &[&str]) -> Registry {
         // A test that failed holding it poisons it; the store is still usable.
         let store = STORE.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
@@ -48,7 +56,10 @@ impl Registry {
         let port = crate::free_port();
         let host = format!("localhost:{port}");
         let ca = attestd_webhook::certs::authority().unwrap();
-        let (cert, key) = attestd_webhook::certs::serving(&ca, &["localhost"]).unwrap();
+        let names: Vec<&str> = std::iter::once("localhost")
+            .chain(also.iter().copied())
+            .collect();
+        let (cert, key) = attestd_webhook::certs::serving(&ca, &names).unwrap();
         std::fs::write(d.join("tls.crt"), cert).unwrap();
         std::fs::write(d.join("tls.key"), key).unwrap();
         let certs_dir = d.join("certs.d");
@@ -93,6 +104,7 @@ impl Registry {
         let r = Registry {
             child: Some(Reaped(child)),
             host,
+            ca_pem: ca.pem.clone(),
             certs_dir,
             registries_d,
             gnupg,
@@ -124,6 +136,19 @@ impl Registry {
     /// `<host>/<repo>:<tag>`, manifest bytes kept, signed by `keys[signer]` when
     /// given; the digest the registry holds.
     pub fn push(&self, source: &str, repo: &str, tag: &str, signer: Option<usize>) -> String {
+        self.push_as(source, repo, tag, signer, None)
+    }
+
+    /// [`Registry::push`], the signature claiming `identity` (the reference the
+    /// image is pulled by elsewhere, e.g. through a VM's address) when given.
+    pub fn push_as(
+        &self,
+        source: &str,
+        repo: &str,
+        tag: &str,
+        signer: Option<usize>,
+        identity: Option<&str>,
+    ) -> String {
         let dest = format!("docker://{}/{repo}:{tag}", self.host);
         let mut cmd = Command::new("skopeo");
         // The store may hold signatures an earlier pull brought: only ours go out.
@@ -140,6 +165,9 @@ impl Registry {
         .env("GNUPGHOME", &self.gnupg);
         if let Some(k) = signer {
             cmd.args(["--sign-by", &self.keys[k].fingerprint]);
+        }
+        if let Some(id) = identity {
+            cmd.args(["--sign-identity", id]);
         }
         let o = cmd
             .arg(format!("containers-storage:{source}"))
@@ -197,10 +225,85 @@ impl Registry {
         p
     }
 
+    /// Serve the signatures' lookaside directory over HTTP on a free loopback
+    /// port, as an operator publishes it (`lookaside: http://…` in
+    /// registries.d); the port. Served while the registry lives.
+    pub fn serve_signatures(&self) -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let root = self.dir.path().join("sigstore");
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let _ = serve_file(conn, &root);
+            }
+        });
+        port
+    }
+
+    /// Key `n`'s public half, armored.
+    pub fn public_key(&self, n: usize) -> Vec<u8> {
+        std::fs::read(&self.keys[n].public).unwrap()
+    }
+
     /// Stop serving (the registry "down").
     pub fn stop(&mut self) {
         self.child.take();
     }
+}
+
+/// Answer one GET with the file under `root` its path names, or 404.
+fn serve_file(mut conn: std::net::TcpStream, root: &std::path::Path) -> std::io::Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = std::io::BufReader::new(conn.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
+            break;
+        }
+    }
+    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    let path = percent_decode(path);
+    let file = (!path.split('/').any(|c| c == ".."))
+        .then(|| std::fs::read(root.join(path.trim_start_matches('/'))).ok())
+        .flatten();
+    match file {
+        Some(body) => {
+            write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
+            conn.write_all(&body)
+        }
+        None => conn
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Remove a name a pull added to podman's store, leaving the image (other tests

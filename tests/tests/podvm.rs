@@ -303,6 +303,7 @@ async fn on_an_emulated_azure_snp_cvm_az_snp_vtpm_is_selected_through_the_kernel
             tpm: Some(tpm),
             vendor: Some("Microsoft Corporation".into()),
             imds_port: Some(imds_port),
+            ..Default::default()
         },
     );
     let (tee, t) = vm
@@ -338,4 +339,194 @@ async fn on_an_emulated_azure_snp_cvm_az_snp_vtpm_is_selected_through_the_kernel
     let quote = attestd_e2e::azure::quote_of(&ev);
     quote.verify(&ak, &rd).unwrap();
     assert_eq!(vm.journal().matches("selected tee=az-snp-vtpm").count(), 1);
+}
+
+/// The policy a tenant puts in init-data: images of the pulling VM's registry
+/// must be signed by this GPG key (inline, `keyData`), and nothing else runs.
+fn policy_trusting(key: &[u8]) -> String {
+    serde_json::json!({
+        "default": [{"type": "reject"}],
+        "transports": {"docker": {podvm::PULL_REGISTRY.split('/').next().unwrap(): [{
+            "type": "signedBy", "keyType": "GPGKeys",
+            "keyData": base64::engine::general_purpose::STANDARD.encode(key)
+        }]}}
+    })
+    .to_string()
+}
+
+/// User-data for the pulling VM: init-data (measured) carrying the policy; the
+/// registry's CA and where its signatures are (unmeasured: the digest pin and
+/// the policy decide what runs, whoever serves it).
+fn pulling_user_data(policy: &str, ca: &str, lookaside: &str) -> String {
+    let host = podvm::PULL_REGISTRY.split('/').next().unwrap();
+    let initdata = format!("{INITDATA}\"policy.json\" = '''{policy}'''\n");
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    format!(
+        "{}- path: /run/peerpod/certs.d/{host}/ca.crt\n  content: |\n{}- path: /run/peerpod/registries.d/attestd.yaml\n  content: |\n{}",
+        user_data(&initdata),
+        indent(ca),
+        indent(&format!("docker:\n  {host}:\n    lookaside: {lookaside}\n"))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_vm_with_only_its_lock_and_a_policy_pulls_verifies_and_runs_its_attester() {
+    let img = podvm::pulling_image();
+    let images = img.manifest["images"].as_array().unwrap();
+    let pinned = images
+        .iter()
+        .filter_map(|i| i.as_str()?.strip_prefix("tpm "))
+        .next()
+        .expect("the tpm image in the pulling pod VM's lock");
+    let (name, digest) = pinned.split_once('@').unwrap();
+    let guest_host = podvm::PULL_REGISTRY.split('/').next().unwrap();
+    let repo = name.strip_prefix(&format!("{guest_host}/")).unwrap();
+    // Published as an operator would: from the store this checkout built, the
+    // digest kept, signed by key 0 for the name the VM pulls it by.
+    let (local, local_digest) = attestd_e2e::locked_image("tpm");
+    assert_eq!(
+        local_digest, digest,
+        "the pulling VM pins another tpm image"
+    );
+    let reg = attestd_e2e::registry::Registry::start_for(&[guest_host.split(':').next().unwrap()]);
+    let pushed = reg.push_as(
+        &format!("{local}@{digest}"),
+        repo,
+        "boot",
+        Some(0),
+        Some(&format!("{name}:boot")),
+    );
+    assert_eq!(pushed, digest, "the registry changed the digest");
+    let reg_port: u16 = reg.host.rsplit(':').next().unwrap().parse().unwrap();
+    let sigs_port = reg.serve_signatures();
+    let lookaside_at = "10.0.2.100:5001";
+    let forwards = vec![
+        (guest_host.to_string(), reg_port),
+        (lookaside_at.to_string(), sigs_port),
+    ];
+    let lookaside = format!("http://{lookaside_at}");
+
+    // A policy trusting another key: the pull is refused with the reason, and
+    // no attester runs.
+    {
+        let mut vm = PodVm::boot(
+            &img,
+            Boot {
+                user_data: pulling_user_data(
+                    &policy_trusting(&reg.public_key(1)),
+                    &reg.ca_pem,
+                    &lookaside,
+                ),
+                tpm: Some(VmTpm::new()),
+                forwards: forwards.clone(),
+                ..Default::default()
+            },
+        );
+        let t = vm
+            .wait_journal(0, "Invalid GPG signature", BOOT_WITHIN)
+            .unwrap_or_else(|e| panic!("{e}"));
+        figure("pull", "boot to refusal (untrusted signer)", t);
+        let j = vm.journal();
+        assert!(
+            j.contains(&format!("cannot pull {pinned}")),
+            "the refusal does not name the image"
+        );
+        let (code, out, err) = vm
+            .exec(
+                "/usr/bin/podman",
+                &["images", "--noheading", "--format", "{{.Repository}}"],
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            !out.contains(name),
+            "the refused image is in the store: {out}"
+        );
+        let e = evidence(&vm, b"x").await.unwrap_err();
+        eprintln!("the host's GetEvidence with the image refused: {e}");
+    }
+
+    // The tenant's key: pulled by digest, verified, run; its quote verifies.
+    let mut vm = PodVm::boot(
+        &img,
+        Boot {
+            user_data: pulling_user_data(
+                &policy_trusting(&reg.public_key(0)),
+                &reg.ca_pem,
+                &lookaside,
+            ),
+            tpm: Some(VmTpm::new()),
+            forwards,
+            ..Default::default()
+        },
+    );
+    let (tee, t) = vm
+        .ready(BOOT_WITHIN)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tee, "tpm");
+    figure("pull", "boot to AA API ready (image pulled)", t);
+    let j = vm.journal();
+    assert!(
+        j.contains(
+            "pulled: pulled from 10.0.2.100:5000, accepted by /run/peerpod/policy.json (signedBy)"
+        ),
+        "no pull in the journal"
+    );
+    for line in j
+        .lines()
+        .filter(|l| l.contains("pulled") || l.contains("pulling"))
+    {
+        eprintln!("guest: {line}");
+    }
+    let rd: Vec<u8> = (7..55).collect();
+    let q = parse(&evidence(&vm, &rd).await.unwrap());
+    assert!(
+        checkquote(&q, &nonce(&rd)),
+        "tpm2_checkquote refused the quote"
+    );
+    // The policy came in init-data, which PCR 8 binds.
+    let initdata = format!(
+        "{INITDATA}\"policy.json\" = '''{}'''\n",
+        policy_trusting(&reg.public_key(0))
+    );
+    assert_eq!(q.pcrs[8], pcr8_after_binding(&initdata), "PCR 8");
+    // The guest's store holds the image under the pinned name and digest, and
+    // the running container is that image.
+    let (code, out, err) = vm
+        .exec(
+            "/usr/bin/podman",
+            &[
+                "ps",
+                "--filter",
+                "name=attestd-",
+                "--format",
+                "{{.ImageID}}",
+            ],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let running = out.trim().to_string();
+    assert!(!running.is_empty(), "no attester container runs");
+    let (code, out, err) = vm
+        .exec(
+            "/usr/bin/podman",
+            &[
+                "image",
+                "inspect",
+                "--format",
+                "{{.ID}} {{range .RepoDigests}}{{.}} {{end}}",
+                pinned,
+            ],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(pinned), "{out}");
+    assert!(
+        out.starts_with(&running[..12]),
+        "running {running}, pulled {out}"
+    );
 }

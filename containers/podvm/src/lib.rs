@@ -3,12 +3,14 @@
 //! reads, before attestd starts:
 //!
 //! - `write_files` entries under `/run/peerpod/` are written there (into
-//!   `out_dir`); entries elsewhere are skipped, never written: user-data comes
-//!   from the host, which a confidential VM does not trust with its file system;
+//!   `out_dir`), subdirectories too (`certs.d/<host:port>/ca.crt`,
+//!   `registries.d/*.yaml`: what a registry pull reads); entries elsewhere are
+//!   skipped, never written: user-data comes from the host, which a confidential
+//!   VM does not trust with its file system;
 //! - `/run/peerpod/initdata` (kata's form: base64 of the gzipped TOML, or the
 //!   TOML itself) becomes `initdata.toml`, the document whose digest attestd
-//!   binds (`--initdata-toml`), and its `[data]` `aa.toml`, `cdh.toml` and
-//!   `policy.rego` become files of those names;
+//!   binds (`--initdata-toml`), and its `[data]` `aa.toml`, `cdh.toml`,
+//!   `policy.rego` and `policy.json` become files of those names;
 //! - `attestd.env` says which of them attestd is given (`ATTESTD_INITDATA`), for
 //!   its unit's `EnvironmentFile=`.
 //!
@@ -28,9 +30,13 @@ pub const MAX_USER_DATA_BYTES: usize = 256 * 1024;
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 /// `write_files` entries at most.
 pub const MAX_FILES: usize = 64;
+/// Path components under `/run/peerpod/` at most (`certs.d/<host:port>/ca.crt` is 3).
+pub const MAX_DEPTH: usize = 4;
 /// The `[data]` entries of init-data that become files: what the guest
-/// components read (attestd's `-c`, CDH's config, kata-agent's policy).
-pub const INITDATA_FILES: [&str; 3] = ["aa.toml", "cdh.toml", "policy.rego"];
+/// components read (attestd's `-c`, CDH's config, kata-agent's policy, and the
+/// containers-policy.json attestd checks a pulled attester image against: the
+/// tenant's, measured, never the host's).
+pub const INITDATA_FILES: [&str; 4] = ["aa.toml", "cdh.toml", "policy.rego", "policy.json"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -64,6 +70,8 @@ pub enum Error {
     Algorithm(String),
     #[error("init-data: [data] {0:?} is not a string")]
     DataEntry(String),
+    #[error("write_files entries {file} and {under}: one is a file, the other under it")]
+    FileAndDirectory { file: String, under: String },
     #[error("cannot write {path}")]
     Write {
         path: PathBuf,
@@ -119,7 +127,11 @@ pub fn provision(user_data: &[u8], out_dir: &Path) -> Result<Provisioned, Error>
         source,
     })?;
     for (name, bytes) in &files.write {
-        write_private(&out_dir.join(name), bytes)?;
+        let path = out_dir.join(name);
+        if let Some(parent) = path.parent().filter(|p| *p != out_dir) {
+            create_private_dirs(parent)?;
+        }
+        write_private(&path, bytes)?;
         done.written.push(name.clone());
     }
     Ok(done)
@@ -159,6 +171,17 @@ fn plan(user_data: &[u8]) -> Result<Plan, Error> {
         let bytes = decode(&f)?;
         write.retain(|(n, _)| n != name);
         write.push((name.to_string(), bytes));
+    }
+    // Checked before anything is written: a name both a file and a directory
+    // would fail half-way through.
+    for (file, _) in &write {
+        let dir = format!("{file}/");
+        if let Some((under, _)) = write.iter().find(|(n, _)| n.starts_with(&dir)) {
+            return Err(Error::FileAndDirectory {
+                file: file.clone(),
+                under: under.clone(),
+            });
+        }
     }
     let mut initdata = false;
     if let Some(pos) = write.iter().position(|(n, _)| n == "initdata") {
@@ -200,16 +223,33 @@ fn plan(user_data: &[u8]) -> Result<Plan, Error> {
     })
 }
 
-/// The file name of `path` when it is directly under `/run/peerpod/` and a plain
-/// name (no `..`, no hidden file, no subdirectory).
+/// The path of `path` relative to `/run/peerpod/` when every component of it is
+/// a plain name (no `..`, nothing hidden, no empty component; `:` for a
+/// registry's `host:port`) and there are at most [`MAX_DEPTH`] of them.
 fn peerpod_name(path: &str) -> Option<&str> {
     let name = path.strip_prefix(PEERPOD_DIR)?.strip_prefix('/')?;
-    let plain = !name.is_empty()
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    plain.then_some(name)
+    let plain = |c: &str| {
+        !c.is_empty()
+            && !c.starts_with('.')
+            && c.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c))
+    };
+    let parts = name.split('/').count();
+    (parts <= MAX_DEPTH && name.split('/').all(plain)).then_some(name)
+}
+
+/// `dir` and its missing parents, mode 0700 (what is under /run/peerpod is
+/// for root only).
+fn create_private_dirs(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| Error::Write {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 fn decode(f: &WriteFile) -> Result<Vec<u8>, Error> {

@@ -48,8 +48,9 @@ fn main() -> Result<()> {
         .with_context(|| format!("user-data {}", user_data.display()))?;
     for p in &done.skipped {
         println!(
-            "skipped {p}: only files under {} are written",
-            attestd_podvm::PEERPOD_DIR
+            "skipped {p}: only plain paths under {}, at most {} deep, are written",
+            attestd_podvm::PEERPOD_DIR,
+            attestd_podvm::MAX_DEPTH
         );
     }
     println!(

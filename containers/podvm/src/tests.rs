@@ -77,10 +77,10 @@ fn plain_toml_initdata_and_no_user_data_at_all() {
 
 #[test]
 fn paths_outside_peerpod_are_skipped_never_written() {
-    let ud = "#cloud-config\nwrite_files:\n- path: /etc/attestd/attestd.toml.d/99.toml\n  content: x\n- path: /run/peerpod/../../etc/passwd\n  content: x\n- path: /run/peerpod/sub/x\n  content: x\n- path: /run/peerpod/.hidden\n  content: x\n- path: /run/peerpodx\n  content: x\n- path: /run/peerpod/attestd.env\n  content: ATTESTD_INITDATA=--grpc_sock 0.0.0.0:1\n";
+    let ud = "#cloud-config\nwrite_files:\n- path: /etc/attestd/attestd.toml.d/99.toml\n  content: x\n- path: /run/peerpod/../../etc/passwd\n  content: x\n- path: /run/peerpod/sub/../../x\n  content: x\n- path: /run/peerpod/sub//x\n  content: x\n- path: /run/peerpod/sub/.hidden/x\n  content: x\n- path: /run/peerpod/.hidden\n  content: x\n- path: /run/peerpodx\n  content: x\n- path: /run/peerpod/attestd.env\n  content: ATTESTD_INITDATA=--grpc_sock 0.0.0.0:1\n";
     let (d, r) = run(ud);
     let r = r.unwrap();
-    assert_eq!(r.skipped.len(), 5, "{r:?}");
+    assert_eq!(r.skipped.len(), 7, "{r:?}");
     // attestd.env is always ours: user-data cannot add attestd flags.
     assert_eq!(read(&d, "attestd.env"), "ATTESTD_INITDATA=\n");
     let names: Vec<_> = std::fs::read_dir(d.path().join("peerpod"))
@@ -167,4 +167,50 @@ fn bounds_hold_exactly_at_their_limit() {
     let (d, r) = run(&ud);
     r.unwrap();
     assert_eq!(read(&d, "x").len(), MAX_FILE_BYTES);
+}
+
+#[test]
+fn subdirectories_hold_what_a_registry_pull_reads() {
+    // The registry's CA and its lookaside configuration, as a host delivers them
+    // (unmeasured: the pin and the tenant's policy decide what runs), and the
+    // policy from init-data (measured), which wins over the host's.
+    let initdata =
+        format!("{INITDATA}\"policy.json\" = '{{\"default\": [{{\"type\": \"reject\"}}]}}'\n");
+    let ud = format!(
+        "#cloud-config\nwrite_files:\n- path: /run/peerpod/certs.d/10.0.2.100:5000/ca.crt\n  content: CA\n- path: /run/peerpod/registries.d/attestd.yaml\n  content: 'docker: {{}}'\n- path: /run/peerpod/policy.json\n  content: '{{\"default\": [{{\"type\": \"insecureAcceptAnything\"}}]}}'\n- path: /run/peerpod/initdata\n  content: {}\n",
+        gzip_b64(initdata.as_bytes())
+    );
+    let (d, r) = run(&ud);
+    let r = r.unwrap();
+    assert!(r.skipped.is_empty(), "{r:?}");
+    assert_eq!(read(&d, "certs.d/10.0.2.100:5000/ca.crt"), "CA");
+    assert_eq!(read(&d, "registries.d/attestd.yaml"), "docker: {}");
+    assert!(read(&d, "policy.json").contains("reject"));
+    use std::os::unix::fs::PermissionsExt as _;
+    for dir in ["certs.d", "certs.d/10.0.2.100:5000", "registries.d"] {
+        let mode = std::fs::metadata(d.path().join("peerpod").join(dir))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{dir}");
+    }
+}
+
+#[test]
+fn depth_is_bounded_and_a_file_cannot_also_be_a_directory() {
+    let at = format!("/run/peerpod/{}x", "d/".repeat(MAX_DEPTH - 1));
+    let past = format!("/run/peerpod/{}x", "d/".repeat(MAX_DEPTH));
+    let ud = format!("write_files:\n- path: {at}\n  content: x\n- path: {past}\n  content: x\n");
+    let (d, r) = run(&ud);
+    let r = r.unwrap();
+    assert_eq!(r.skipped, vec![past]);
+    assert_eq!(read(&d, &at["/run/peerpod/".len()..]), "x");
+    let ud = "write_files:\n- path: /run/peerpod/certs.d\n  content: x\n- path: /run/peerpod/certs.d/h/ca.crt\n  content: x\n";
+    let (d, r) = run(ud);
+    let msg = r.unwrap_err().to_string();
+    assert_eq!(
+        msg,
+        "write_files entries certs.d and certs.d/h/ca.crt: one is a file, the other under it"
+    );
+    assert!(!d.path().join("peerpod").exists(), "{msg}: wrote files");
 }
