@@ -414,6 +414,10 @@ fn sdk(e: attester_sdk::Error) -> anyhow::Error {
 async fn cmd_run(a: RunArgs) -> Result<()> {
     let config = load_config(&a.config)?;
     attestd::logging::init(&config.log);
+    // The start-up phases are trace events of their own target, off unless asked
+    // for (`ATTESTD_LOG=info,attestd::startup=trace`): `attestd-bench --only
+    // startup` times them from the log.
+    tracing::trace!(target: "attestd::startup", "start-up: configuration read");
     let initdata = match (&a.initdata_toml, &a.initdata_digest) {
         (Some(p), digest) => {
             if digest.is_some() {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::launch::Running;
+use crate::launch::{DirWatch, Running};
 use attester_sdk::{
     DeviceRole, Error, Handshake, RemoteAttester, Result, Transport, PROTOCOL_VERSIONS,
 };
@@ -452,6 +452,7 @@ async fn launch(spec: &PluginSpec, identity: Option<&Handshake>) -> Result<(Runn
         .launch(spec, &socket)
         .await
         .map_err(ctx)?;
+    tracing::trace!(target: "attestd::startup", plugin = %spec.name, pid = ?child.pid(), "start-up: plugin launched");
     match handshake(spec, identity, &mut child, &socket).await {
         Ok(live) => Ok((child, live)),
         Err(e) => {
@@ -477,6 +478,7 @@ async fn handshake(
     let ready = tokio::time::timeout(spec.startup_timeout, async {
         let client =
             connect_when_listening(child, socket, spec.config.transport, &mut refused).await?;
+        tracing::trace!(target: "attestd::startup", plugin = %spec.name, "start-up: plugin connected");
         let client = client.with_deadline(spec.startup_timeout);
         let hs = client.handshake(PROTOCOL_VERSIONS).await?;
         Ok::<_, Error>((client, hs))
@@ -508,14 +510,18 @@ async fn handshake(
     })
 }
 
-/// Poll until the plugin listens, failing fast if it exits first; `refused` keeps
-/// why the last attempt failed.
+/// Until the plugin listens (woken by its socket's creation, not a polling
+/// delay), failing fast if it exits first; `refused` keeps why the last attempt
+/// failed.
 async fn connect_when_listening(
     child: &mut Running,
     socket: &Path,
     transport: Transport,
     refused: &mut Option<Error>,
 ) -> Result<RemoteAttester> {
+    let mut created = DirWatch::new(socket.parent().unwrap_or(Path::new("/")));
+    // Bounds each wait: a child's exit, and a socket bound but not yet
+    // listening, are not inotify events.
     let mut pause = Duration::from_millis(1);
     loop {
         if let Some(status) = child.try_exited() {
@@ -534,8 +540,10 @@ async fn connect_when_listening(
                 Ok(c) => return Ok(c),
                 Err(e) => *refused = Some(e),
             }
+            tokio::time::sleep(pause).await;
+        } else {
+            created.changed(pause).await;
         }
-        tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(20));
     }
 }

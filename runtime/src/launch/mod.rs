@@ -4,6 +4,7 @@
 //! only connect). Each yields a [`Running`] the supervisor waits on, stops and
 //! cleans up the same way, and the [`Provenance`] the event log records.
 
+mod appear;
 pub mod image;
 pub mod oci;
 pub mod podman;
@@ -11,6 +12,7 @@ pub mod pull;
 pub mod resources;
 mod spec;
 
+pub use appear::DirWatch;
 pub use spec::PluginSpec;
 
 use std::path::{Path, PathBuf};
