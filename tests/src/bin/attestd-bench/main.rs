@@ -6,7 +6,9 @@
 //! Prints a Markdown table (the one in docs/benchmarks.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench: a failed setup should stop it loudly
 
-use std::path::Path;
+mod startup;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +33,8 @@ struct Args {
     /// release against the test KBS), chaos (calls under plugin kills and hostile
     /// clients; not part of "all"), webhook (admission reviews over HTTPS; not part
     /// of "all"), additional (GetAdditionalEvidence over devices that each take
-    /// 50 ms; not part of "all"), or all.
+    /// 50 ms; not part of "all"), startup (where the time to the first evidence
+    /// goes; not part of "all"), or all.
     #[arg(long, default_value = "all")]
     only: String,
     /// Starts per backend in the launch table.
@@ -41,6 +44,10 @@ struct Args {
     /// say) measured in the same run as attestd, for ratios on one machine.
     #[arg(long)]
     peer: Option<String>,
+    /// `--only startup`: other attestd binaries started in the same rounds (the
+    /// build before a change, another build profile); repeatable.
+    #[arg(long)]
+    compare: Vec<PathBuf>,
     /// Length of the chaos run, in seconds.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
@@ -813,6 +820,10 @@ fn main() {
         }
         if args.only == "additional" {
             additional_table().await;
+            return;
+        }
+        if args.only == "startup" {
+            startup::startup_table(args.starts, args.compare.clone()).await;
             return;
         }
         if args.only == "reload" {

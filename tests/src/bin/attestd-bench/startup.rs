@@ -1,0 +1,299 @@
+//! `--only startup`: where the time from spawning attestd to its first
+//! GetEvidence answered goes, phase by phase, read from attestd's own trace
+//! events (and the plugin's, which attestd relays with the plugin's timestamp);
+//! and the same total at `warn`, as attestd runs in a pod VM. `--compare PATH`
+//! (repeatable) runs other attestd binaries in the same rounds, interleaved, for
+//! a before and after on one machine (another build profile, the build before a
+//! change), and then a table of size, start, call latency and memory per binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use attestd_proto::ttrpc::attestation_agent as t;
+use attestd_proto::ttrpc::attestation_agent_ttrpc::AttestationAgentServiceClient;
+
+/// The log filter that shows the phases' events (and the plugin's relayed
+/// "serving" line) and nothing at debug.
+const PHASE_LOG: &str = "info,attestd::startup=trace";
+
+/// The phases, each ending at the first log line containing its marker.
+const PHASES: [(&str, &str); 6] = [
+    (
+        "exec, runtime, logging, configuration",
+        "start-up: configuration read",
+    ),
+    ("plugin process spawned", "start-up: plugin launched"),
+    (
+        "plugin exec to its socket bound (plugin's clock)",
+        "serving over ttrpc",
+    ),
+    (
+        "socket bound to attestd connected",
+        "start-up: plugin connected",
+    ),
+    ("handshake", "plugin ready"),
+    ("AA API listeners bound", "attestd ready"),
+];
+
+/// What one start took: the phases' end offsets (the traced runs only), the AA socket
+/// accepting, the first evidence answered.
+struct Start {
+    marks: Vec<Option<Duration>>,
+    accepting: Duration,
+    first_evidence: Duration,
+}
+
+fn config(d: &Path) -> String {
+    format!(
+        "[plugins]\nprimary = \"sample\"\nsocket_dir = {:?}\n[plugins.attester.sample]\nlaunch = \"process\"\ntransport = \"ttrpc\"\ncommand = {:?}\n",
+        d.join("plugins").display().to_string(),
+        attestd_e2e::bin("attester-sample").display().to_string()
+    )
+}
+
+/// Seconds into the UTC day of a log line's leading RFC 3339 timestamp, or of
+/// the plugin's own timestamp after `line=`.
+fn day_secs(ts: &str) -> Option<f64> {
+    let time = ts.split('T').nth(1)?.trim_end_matches('Z');
+    let mut hms = time.split(':');
+    let h: f64 = hms.next()?.parse().ok()?;
+    let m: f64 = hms.next()?.parse().ok()?;
+    let s: f64 = hms.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+fn marks(log: &str, t0_day: f64) -> Vec<Option<Duration>> {
+    PHASES
+        .iter()
+        .map(|(_, marker)| {
+            let line = log.lines().find(|l| l.contains(marker))?;
+            // A relayed plugin line carries the plugin's time after `line=`.
+            let ts = match line.split_once("line=") {
+                Some((_, inner)) if inner.contains(marker) => inner,
+                _ => line,
+            };
+            let at = day_secs(ts.split_whitespace().next()?)?;
+            // Across midnight the day wraps.
+            let d = (at - t0_day).rem_euclid(86_400.0);
+            Some(Duration::from_secs_f64(d))
+        })
+        .collect()
+}
+
+/// A started attestd: its child, the directory its sockets live in, the AA socket.
+struct Started {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    sock: PathBuf,
+    log: PathBuf,
+    t0: Instant,
+    t0_day: f64,
+}
+
+fn spawn(attestd: &Path, level: &str) -> Started {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("attestd.toml"), config(d)).unwrap();
+    let sock = d.join("aa.sock");
+    let log = d.join("attestd.log");
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let t0_day = (now.as_secs() % 86_400) as f64 + f64::from(now.subsec_nanos()) / 1e9;
+    let t0 = Instant::now();
+    let child = Command::new(attestd)
+        .arg("-c")
+        .arg(d.join("attestd.toml"))
+        .arg("--attestation_sock")
+        .arg(format!("unix://{}", sock.display()))
+        .args(["--grpc_sock", "none"])
+        .env("ATTESTD_CONFIG_DIR", attestd_e2e::NO_SYSTEM_CONFIG)
+        .env("ATTESTD_LOG", level)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Started {
+        child,
+        _dir: dir,
+        sock,
+        log,
+        t0,
+        t0_day,
+    }
+}
+
+async fn client(sock: &Path) -> AttestationAgentServiceClient {
+    let c = ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display()))
+        .await
+        .unwrap();
+    AttestationAgentServiceClient::new(c)
+}
+
+async fn evidence(aa: &AttestationAgentServiceClient) {
+    let req = t::GetEvidenceRequest {
+        RuntimeData: vec![0x5a; 64],
+        ..Default::default()
+    };
+    aa.get_evidence(ttrpc::context::with_timeout(0), &req)
+        .await
+        .unwrap();
+}
+
+async fn start_once(attestd: &Path, level: &str) -> Start {
+    let Started {
+        mut child,
+        _dir,
+        sock,
+        log,
+        t0,
+        t0_day,
+    } = spawn(attestd, level);
+    // A tight loop: the figure is what attestd takes, not this loop's pause.
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "attestd did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    let accepting = t0.elapsed();
+    evidence(&client(&sock).await).await;
+    let first_evidence = t0.elapsed();
+    attestd_e2e::signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    Start {
+        marks: if level == PHASE_LOG {
+            marks(&text, t0_day)
+        } else {
+            Vec::new()
+        },
+        accepting,
+        first_evidence,
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1e3)
+}
+
+/// One attestd serving: its RSS after 1,000 GetEvidence calls, then the p50 of
+/// `calls` more, one after another.
+async fn steady(attestd: &Path, calls: usize) -> (u64, Duration) {
+    let mut s = spawn(attestd, "warn");
+    while std::os::unix::net::UnixStream::connect(&s.sock).is_err() {
+        assert!(
+            s.t0.elapsed() < Duration::from_secs(20),
+            "attestd did not start"
+        );
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    let aa = client(&s.sock).await;
+    for _ in 0..1000 {
+        evidence(&aa).await;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    let mut lat = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        evidence(&aa).await;
+        lat.push(t.elapsed());
+    }
+    attestd_e2e::signal(s.child.id(), nix::sys::signal::Signal::SIGTERM);
+    s.child.wait().unwrap();
+    (rss_kb, median(lat))
+}
+
+pub async fn startup_table(starts: usize, compare: Vec<PathBuf>) {
+    let mut binaries = vec![("this build".to_string(), attestd_e2e::bin("attestd"))];
+    for b in compare {
+        binaries.push((b.display().to_string(), b));
+    }
+    // Warm the page cache and the plugin binary once per binary.
+    for (_, b) in &binaries {
+        start_once(b, "warn").await;
+    }
+    let mut runs: Vec<(Vec<Start>, Vec<Start>)> =
+        binaries.iter().map(|_| (Vec::new(), Vec::new())).collect();
+    // Interleaved: each round starts every binary at both levels.
+    for _ in 0..starts {
+        for (i, (_, b)) in binaries.iter().enumerate() {
+            runs[i].0.push(start_once(b, PHASE_LOG).await);
+            runs[i].1.push(start_once(b, "warn").await);
+        }
+    }
+    let mut summary = Vec::new();
+    for ((name, _), (traced, warn)) in binaries.iter().zip(runs) {
+        println!("attestd start-up, {name}: {starts} starts, medians in ms, sample plugin (process, ttrpc)\n");
+        println!("| phase (from the log) | ends at | takes |");
+        println!("| --- | --- | --- |");
+        let mut prev = Duration::ZERO;
+        for (i, (phase, _)) in PHASES.iter().enumerate() {
+            let ends: Vec<Duration> = traced.iter().filter_map(|s| s.marks[i]).collect();
+            if ends.is_empty() {
+                println!("| {phase} | (not logged) | |");
+                continue;
+            }
+            let at = median(ends);
+            println!("| {phase} | {} | {} |", ms(at), ms(at.saturating_sub(prev)));
+            prev = at;
+        }
+        let acc = median(traced.iter().map(|s| s.accepting).collect());
+        let first = median(traced.iter().map(|s| s.first_evidence).collect());
+        println!(
+            "| AA socket accepting (seen by the client) | {} | {} |",
+            ms(acc),
+            ms(acc.saturating_sub(prev))
+        );
+        println!(
+            "| first GetEvidence answered | {} | {} |",
+            ms(first),
+            ms(first.saturating_sub(acc))
+        );
+        let wa = median(warn.iter().map(|s| s.accepting).collect());
+        let wf = median(warn.iter().map(|s| s.first_evidence).collect());
+        let wmin = warn.iter().map(|s| s.first_evidence).min().unwrap();
+        let wmax = warn.iter().map(|s| s.first_evidence).max().unwrap();
+        println!(
+            "\nAt warn (as deployed): accepting {} ms, first evidence {} ms (min {}, max {})\n",
+            ms(wa),
+            ms(wf),
+            ms(wmin),
+            ms(wmax)
+        );
+        summary.push(wf);
+    }
+    // Steady state, interleaved too: three rounds, medians.
+    let mut steady_runs: Vec<Vec<(u64, Duration)>> = binaries.iter().map(|_| Vec::new()).collect();
+    for _ in 0..3 {
+        for (i, (_, b)) in binaries.iter().enumerate() {
+            steady_runs[i].push(steady(b, 5000).await);
+        }
+    }
+    println!("| attestd | size MB | start to first evidence p50 ms | GetEvidence p50 µs | RSS after 1000 calls MB |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (((name, b), first), runs) in binaries.iter().zip(summary).zip(steady_runs) {
+        let size = std::fs::metadata(b).unwrap().len() as f64 / 1e6;
+        let mut rss: Vec<u64> = runs.iter().map(|r| r.0).collect();
+        rss.sort();
+        let p50 = median(runs.iter().map(|r| r.1).collect());
+        println!(
+            "| {name} | {size:.2} | {} | {:.1} | {:.2} |",
+            ms(first),
+            p50.as_secs_f64() * 1e6,
+            rss[rss.len() / 2] as f64 * 1024.0 / 1e6
+        );
+    }
+}
