@@ -59,6 +59,16 @@ async fn evidence(vm: &PodVm, rd: &[u8]) -> Result<Vec<u8>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Until the AA API answers, reporting `tee`; the time it took is a figure.
+async fn ready_as(vm: &mut PodVm, tee: &str, scenario: &str, what: &str) {
+    let (got, t) = vm
+        .ready(BOOT_WITHIN)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got, tee);
+    figure(scenario, what, t);
+}
+
 fn figure(scenario: &str, what: &str, d: Duration) {
     eprintln!(
         "podvm figure: {scenario} {what} {:.1} s (accel {})",
@@ -134,12 +144,7 @@ async fn on_a_vtpm_the_pinned_tpm_image_serves_survives_a_kill_and_a_reboot() {
             ..Default::default()
         },
     );
-    let (tee, t) = vm
-        .ready(BOOT_WITHIN)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(tee, "tpm");
-    figure("vtpm", "boot to AA API ready", t);
+    ready_as(&mut vm, "tpm", "vtpm", "boot to AA API ready").await;
     let j = vm.journal();
     assert!(
         j.contains("selected tee=tpm plugin=tpm"),
@@ -267,12 +272,7 @@ async fn on_a_vtpm_the_pinned_tpm_image_serves_survives_a_kill_and_a_reboot() {
     vm.reset();
     vm.wait_journal(mark, "Started attestd.service", BOOT_WITHIN)
         .unwrap_or_else(|e| panic!("{e}"));
-    let (tee, t) = vm
-        .ready(BOOT_WITHIN)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(tee, "tpm");
-    figure("vtpm", "reboot to AA API ready", t);
+    ready_as(&mut vm, "tpm", "vtpm", "reboot to AA API ready").await;
     let q = parse(&evidence(&vm, &rd).await.unwrap());
     assert!(checkquote(&q, &nonce(&rd)));
     assert_eq!(
@@ -306,12 +306,13 @@ async fn on_an_emulated_azure_snp_cvm_az_snp_vtpm_is_selected_through_the_kernel
             ..Default::default()
         },
     );
-    let (tee, t) = vm
-        .ready(BOOT_WITHIN)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(tee, "az-snp-vtpm");
-    figure("azure-snp-vtpm", "boot to AA API ready", t);
+    ready_as(
+        &mut vm,
+        "az-snp-vtpm",
+        "azure-snp-vtpm",
+        "boot to AA API ready",
+    )
+    .await;
     let rd: Vec<u8> = (1..=48).collect();
     let ev: serde_json::Value = serde_json::from_slice(&evidence(&vm, &rd).await.unwrap()).unwrap();
     figure(
@@ -461,12 +462,13 @@ async fn a_pod_vm_with_only_its_lock_and_a_policy_pulls_verifies_and_runs_its_at
             ..Default::default()
         },
     );
-    let (tee, t) = vm
-        .ready(BOOT_WITHIN)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(tee, "tpm");
-    figure("pull", "boot to AA API ready (image pulled)", t);
+    ready_as(
+        &mut vm,
+        "tpm",
+        "pull",
+        "boot to AA API ready (image pulled)",
+    )
+    .await;
     let j = vm.journal();
     assert!(
         j.contains(
