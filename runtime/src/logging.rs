@@ -10,13 +10,18 @@ pub fn init(cfg: &LogConfig) {
         LogFormat::Text => attester_sdk::init_logging(&cfg.level),
         // Span fields flattened into each line: a collector needs no nesting.
         LogFormat::Json => {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(attester_sdk::log_filter(&cfg.level))
-                .with_writer(std::io::stderr)
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false)
+            use tracing_subscriber::layer::SubscriberExt as _;
+            use tracing_subscriber::util::SubscriberInitExt as _;
+            let _ = tracing_subscriber::registry()
+                .with(attester_sdk::log_filter(&cfg.level))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(std::io::stderr)
+                        .json()
+                        .flatten_event(true)
+                        .with_current_span(true)
+                        .with_span_list(false),
+                )
                 .try_init();
         }
     }

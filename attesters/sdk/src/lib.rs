@@ -151,22 +151,80 @@ pub async fn probe(opts: &ServeOptions) -> Result<()> {
     }
 }
 
-/// The log filter: `ATTESTD_LOG`, else `RUST_LOG`, else `default` (`tracing`
-/// filter syntax). [`init_logging`] uses it, and so does the core's JSON output.
-pub fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
-    let filter = std::env::var("ATTESTD_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| default.to_string());
-    tracing_subscriber::EnvFilter::new(filter)
+/// The log filter: `ATTESTD_LOG`, else `RUST_LOG`, else `default`: a level
+/// (`info`), `target=level` pairs (`info,attestd::startup=trace`), or both.
+/// [`init_logging`] uses it, and so does the core's JSON output. A filter that
+/// does not parse is said on stderr and `default` is used. (`Targets`, not
+/// `EnvFilter`: span and field filters go unused here, and EnvFilter's regex
+/// engine cost every plugin and the core ~0.3 MB of code.)
+pub fn log_filter(default: &str) -> tracing_subscriber::filter::Targets {
+    let given = std::env::var("ATTESTD_LOG").or_else(|_| std::env::var("RUST_LOG"));
+    let (filter, warning) = parse_log_filter(given.ok().as_deref(), default);
+    if let Some(w) = warning {
+        eprintln!("warning: {w}");
+    }
+    filter
+}
+
+/// `given` as a filter, else `default` (else `warn`), and what was wrong with
+/// `given` if it did not parse.
+fn parse_log_filter(
+    given: Option<&str>,
+    default: &str,
+) -> (tracing_subscriber::filter::Targets, Option<String>) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    let mut warning = None;
+    if let Some(text) = given {
+        match text.parse::<Targets>() {
+            Ok(t) => return (t, None),
+            Err(e) => warning = Some(format!("log filter {text:?}: {e}; logging at {default:?}")),
+        }
+    }
+    let filter = default
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::WARN));
+    (filter, warning)
 }
 
 /// Log to stderr at `default` level, unless `ATTESTD_LOG` or `RUST_LOG` says
-/// otherwise (`tracing` filter syntax). Colours only on a terminal. Plugins get this
+/// otherwise (see [`log_filter`]). Colours only on a terminal. Plugins get this
 /// from [`run`]; the core calls it too, so both log alike.
 pub fn init_logging(default: &str) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(log_filter(default))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let _ = tracing_subscriber::registry()
+        .with(log_filter(default))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .try_init();
+}
+
+#[cfg(test)]
+mod log_filter_tests {
+    use super::parse_log_filter;
+    use tracing::Level;
+
+    #[test]
+    fn levels_and_targets_parse_and_a_bad_filter_falls_back_to_the_default() {
+        let (f, w) = parse_log_filter(Some("info,attestd::startup=trace"), "warn");
+        assert!(w.is_none());
+        assert!(f.would_enable("attestd::startup", &Level::TRACE));
+        assert!(f.would_enable("attestd::run", &Level::INFO));
+        assert!(!f.would_enable("attestd::run", &Level::DEBUG));
+        let (f, w) = parse_log_filter(None, "warn");
+        assert!(w.is_none());
+        assert!(f.would_enable("attestd", &Level::WARN));
+        assert!(!f.would_enable("attestd", &Level::INFO));
+        let (f, w) = parse_log_filter(Some("attestd=loud"), "info");
+        assert!(
+            w.as_deref()
+                .is_some_and(|w| w.starts_with("log filter \"attestd=loud\": ")),
+            "{w:?}"
+        );
+        assert!(f.would_enable("attestd", &Level::INFO));
+        assert!(!f.would_enable("attestd", &Level::DEBUG));
+    }
 }
