@@ -48,6 +48,10 @@ struct Args {
     /// build before a change, another build profile); repeatable.
     #[arg(long)]
     compare: Vec<PathBuf>,
+    /// `--only startup`: another AA binary, started as upstream's attestation-agent
+    /// is (`--attestation_sock unix:///…`), in the same rounds.
+    #[arg(long)]
+    peer_start: Option<PathBuf>,
     /// Length of the chaos run, in seconds.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
@@ -823,7 +827,7 @@ fn main() {
             return;
         }
         if args.only == "startup" {
-            startup::startup_table(args.starts, args.compare.clone()).await;
+            startup::startup_table(args.starts, args.compare.clone(), args.peer_start.clone()).await;
             return;
         }
         if args.only == "reload" {

@@ -5,6 +5,9 @@
 //! (repeatable) runs other attestd binaries in the same rounds, interleaved, for
 //! a before and after on one machine (another build profile, the build before a
 //! change), and then a table of size, start, call latency and memory per binary.
+//! `--peer-start PATH` adds another AA binary started as upstream's is
+//! (`PATH --attestation_sock unix:///…`, `RUST_LOG=warn`): upstream's
+//! attestation-agent with its built-in sample attester, say.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -81,6 +84,14 @@ fn marks(log: &str, t0_day: f64) -> Vec<Option<Duration>> {
         .collect()
 }
 
+/// A binary to start: attestd (with the sample plugin), or another AA started
+/// as upstream's is.
+pub struct Bin {
+    pub name: String,
+    pub path: PathBuf,
+    pub upstream: bool,
+}
+
 /// A started attestd: its child, the directory its sockets live in, the AA socket.
 struct Started {
     child: std::process::Child,
@@ -91,7 +102,7 @@ struct Started {
     t0_day: f64,
 }
 
-fn spawn(attestd: &Path, level: &str) -> Started {
+fn spawn(bin: &Bin, level: &str) -> Started {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("attestd.toml"), config(d)).unwrap();
@@ -100,14 +111,21 @@ fn spawn(attestd: &Path, level: &str) -> Started {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     let t0_day = (now.as_secs() % 86_400) as f64 + f64::from(now.subsec_nanos()) / 1e9;
     let t0 = Instant::now();
-    let child = Command::new(attestd)
-        .arg("-c")
-        .arg(d.join("attestd.toml"))
-        .arg("--attestation_sock")
-        .arg(format!("unix://{}", sock.display()))
-        .args(["--grpc_sock", "none"])
-        .env("ATTESTD_CONFIG_DIR", attestd_e2e::NO_SYSTEM_CONFIG)
-        .env("ATTESTD_LOG", level)
+    let mut cmd = Command::new(&bin.path);
+    if bin.upstream {
+        cmd.arg("--attestation_sock")
+            .arg(format!("unix://{}", sock.display()))
+            .env("RUST_LOG", "warn");
+    } else {
+        cmd.arg("-c")
+            .arg(d.join("attestd.toml"))
+            .arg("--attestation_sock")
+            .arg(format!("unix://{}", sock.display()))
+            .args(["--grpc_sock", "none"])
+            .env("ATTESTD_CONFIG_DIR", attestd_e2e::NO_SYSTEM_CONFIG)
+            .env("ATTESTD_LOG", level);
+    }
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -140,7 +158,7 @@ async fn evidence(aa: &AttestationAgentServiceClient) {
         .unwrap();
 }
 
-async fn start_once(attestd: &Path, level: &str) -> Start {
+async fn start_once(attestd: &Bin, level: &str) -> Start {
     let Started {
         mut child,
         _dir,
@@ -186,7 +204,7 @@ fn ms(d: Duration) -> String {
 
 /// One attestd serving: its RSS after 1,000 GetEvidence calls, then the p50 of
 /// `calls` more, one after another.
-async fn steady(attestd: &Path, calls: usize) -> (u64, Duration) {
+async fn steady(attestd: &Bin, calls: usize) -> (u64, Duration) {
     let mut s = spawn(attestd, "warn");
     while std::os::unix::net::UnixStream::connect(&s.sock).is_err() {
         assert!(
@@ -216,26 +234,38 @@ async fn steady(attestd: &Path, calls: usize) -> (u64, Duration) {
     (rss_kb, median(lat))
 }
 
-pub async fn startup_table(starts: usize, compare: Vec<PathBuf>) {
-    let mut binaries = vec![("this build".to_string(), attestd_e2e::bin("attestd"))];
+pub async fn startup_table(starts: usize, compare: Vec<PathBuf>, peer: Option<PathBuf>) {
+    let attestd = |name: String, path: PathBuf| Bin {
+        name,
+        path,
+        upstream: false,
+    };
+    let mut binaries = vec![attestd("this build".into(), attestd_e2e::bin("attestd"))];
     for b in compare {
-        binaries.push((b.display().to_string(), b));
+        binaries.push(attestd(b.display().to_string(), b));
+    }
+    if let Some(p) = peer {
+        binaries.push(Bin {
+            name: format!("{} (peer, one process)", p.display()),
+            path: p,
+            upstream: true,
+        });
     }
     // Warm the page cache and the plugin binary once per binary.
-    for (_, b) in &binaries {
+    for b in &binaries {
         start_once(b, "warn").await;
     }
     let mut runs: Vec<(Vec<Start>, Vec<Start>)> =
         binaries.iter().map(|_| (Vec::new(), Vec::new())).collect();
     // Interleaved: each round starts every binary at both levels.
     for _ in 0..starts {
-        for (i, (_, b)) in binaries.iter().enumerate() {
+        for (i, b) in binaries.iter().enumerate() {
             runs[i].0.push(start_once(b, PHASE_LOG).await);
             runs[i].1.push(start_once(b, "warn").await);
         }
     }
     let mut summary = Vec::new();
-    for ((name, _), (traced, warn)) in binaries.iter().zip(runs) {
+    for (Bin { name, .. }, (traced, warn)) in binaries.iter().zip(runs) {
         println!("attestd start-up, {name}: {starts} starts, medians in ms, sample plugin (process, ttrpc)\n");
         println!("| phase (from the log) | ends at | takes |");
         println!("| --- | --- | --- |");
@@ -278,14 +308,14 @@ pub async fn startup_table(starts: usize, compare: Vec<PathBuf>) {
     // Steady state, interleaved too: three rounds, medians.
     let mut steady_runs: Vec<Vec<(u64, Duration)>> = binaries.iter().map(|_| Vec::new()).collect();
     for _ in 0..3 {
-        for (i, (_, b)) in binaries.iter().enumerate() {
+        for (i, b) in binaries.iter().enumerate() {
             steady_runs[i].push(steady(b, 5000).await);
         }
     }
     println!("| attestd | size MB | start to first evidence p50 ms | GetEvidence p50 µs | RSS after 1000 calls MB |");
     println!("| --- | --- | --- | --- | --- |");
-    for (((name, b), first), runs) in binaries.iter().zip(summary).zip(steady_runs) {
-        let size = std::fs::metadata(b).unwrap().len() as f64 / 1e6;
+    for ((Bin { name, path, .. }, first), runs) in binaries.iter().zip(summary).zip(steady_runs) {
+        let size = std::fs::metadata(path).unwrap().len() as f64 / 1e6;
         let mut rss: Vec<u64> = runs.iter().map(|r| r.0).collect();
         rss.sort();
         let p50 = median(runs.iter().map(|r| r.1).collect());
