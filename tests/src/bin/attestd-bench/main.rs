@@ -52,6 +52,10 @@ struct Args {
     /// is (`--attestation_sock unix:///…`), in the same rounds.
     #[arg(long)]
     peer_start: Option<PathBuf>,
+    /// `--only startup`: the plugin attestd starts (default: the workspace's
+    /// attester-sample; the image's static build to measure what ships).
+    #[arg(long)]
+    plugin: Option<PathBuf>,
     /// Length of the chaos run, in seconds.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
@@ -827,7 +831,13 @@ fn main() {
             return;
         }
         if args.only == "startup" {
-            startup::startup_table(args.starts, args.compare.clone(), args.peer_start.clone()).await;
+            startup::startup_table(
+                args.starts,
+                args.compare.clone(),
+                args.peer_start.clone(),
+                args.plugin.clone(),
+            )
+            .await;
             return;
         }
         if args.only == "reload" {

@@ -47,11 +47,18 @@ struct Start {
     first_evidence: Duration,
 }
 
+/// The plugin attestd starts: `--plugin PATH` (the shipped static build, say),
+/// else the workspace's attester-sample.
+static PLUGIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 fn config(d: &Path) -> String {
     format!(
         "[plugins]\nprimary = \"sample\"\nsocket_dir = {:?}\n[plugins.attester.sample]\nlaunch = \"process\"\ntransport = \"ttrpc\"\ncommand = {:?}\n",
         d.join("plugins").display().to_string(),
-        attestd_e2e::bin("attester-sample").display().to_string()
+        PLUGIN
+            .get_or_init(|| attestd_e2e::bin("attester-sample"))
+            .display()
+            .to_string()
     )
 }
 
@@ -202,9 +209,29 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)
 }
 
-/// One attestd serving: its RSS after 1,000 GetEvidence calls, then the p50 of
-/// `calls` more, one after another.
-async fn steady(attestd: &Bin, calls: usize) -> (u64, Duration) {
+/// A process's resident set, in kB.
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The resident sets of `pid`'s children (attestd's plugin), in kB.
+fn children_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .map(rss_kb)
+        .sum()
+}
+
+/// One AA serving: its RSS and its children's after 1,000 GetEvidence calls,
+/// then the p50 of `calls` more, one after another.
+async fn steady(attestd: &Bin, calls: usize) -> (u64, u64, Duration) {
     let mut s = spawn(attestd, "warn");
     while std::os::unix::net::UnixStream::connect(&s.sock).is_err() {
         assert!(
@@ -217,12 +244,8 @@ async fn steady(attestd: &Bin, calls: usize) -> (u64, Duration) {
     for _ in 0..1000 {
         evidence(&aa).await;
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
-    let rss_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
+    let own = rss_kb(s.child.id());
+    let plugin = children_rss_kb(s.child.id());
     let mut lat = Vec::with_capacity(calls);
     for _ in 0..calls {
         let t = Instant::now();
@@ -231,10 +254,18 @@ async fn steady(attestd: &Bin, calls: usize) -> (u64, Duration) {
     }
     attestd_e2e::signal(s.child.id(), nix::sys::signal::Signal::SIGTERM);
     s.child.wait().unwrap();
-    (rss_kb, median(lat))
+    (own, plugin, median(lat))
 }
 
-pub async fn startup_table(starts: usize, compare: Vec<PathBuf>, peer: Option<PathBuf>) {
+pub async fn startup_table(
+    starts: usize,
+    compare: Vec<PathBuf>,
+    peer: Option<PathBuf>,
+    plugin: Option<PathBuf>,
+) {
+    if let Some(p) = plugin {
+        let _ = PLUGIN.set(p);
+    }
     let attestd = |name: String, path: PathBuf| Bin {
         name,
         path,
@@ -306,24 +337,34 @@ pub async fn startup_table(starts: usize, compare: Vec<PathBuf>, peer: Option<Pa
         summary.push(wf);
     }
     // Steady state, interleaved too: three rounds, medians.
-    let mut steady_runs: Vec<Vec<(u64, Duration)>> = binaries.iter().map(|_| Vec::new()).collect();
+    let mut steady_runs: Vec<Vec<(u64, u64, Duration)>> =
+        binaries.iter().map(|_| Vec::new()).collect();
     for _ in 0..3 {
         for (i, b) in binaries.iter().enumerate() {
             steady_runs[i].push(steady(b, 5000).await);
         }
     }
-    println!("| attestd | size MB | start to first evidence p50 ms | GetEvidence p50 µs | RSS after 1000 calls MB |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!(
+        "\nplugin: {}\n",
+        PLUGIN
+            .get_or_init(|| attestd_e2e::bin("attester-sample"))
+            .display()
+    );
+    println!("| AA | size MB | start to first evidence p50 ms | GetEvidence p50 µs | RSS after 1000 calls MB | its plugin's RSS MB |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     for ((Bin { name, path, .. }, first), runs) in binaries.iter().zip(summary).zip(steady_runs) {
         let size = std::fs::metadata(path).unwrap().len() as f64 / 1e6;
-        let mut rss: Vec<u64> = runs.iter().map(|r| r.0).collect();
-        rss.sort();
-        let p50 = median(runs.iter().map(|r| r.1).collect());
+        let mid = |mut v: Vec<u64>| {
+            v.sort();
+            v[v.len() / 2] as f64 * 1024.0 / 1e6
+        };
+        let p50 = median(runs.iter().map(|r| r.2).collect());
         println!(
-            "| {name} | {size:.2} | {} | {:.1} | {:.2} |",
+            "| {name} | {size:.2} | {} | {:.1} | {:.2} | {:.2} |",
             ms(first),
             p50.as_secs_f64() * 1e6,
-            rss[rss.len() / 2] as f64 * 1024.0 / 1e6
+            mid(runs.iter().map(|r| r.0).collect()),
+            mid(runs.iter().map(|r| r.1).collect()),
         );
     }
 }
