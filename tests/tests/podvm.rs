@@ -406,15 +406,13 @@ async fn a_pod_vm_with_only_its_lock_and_a_policy_pulls_verifies_and_runs_its_at
         (lookaside_at.to_string(), sigs_port),
     ];
     let lookaside = format!("http://{lookaside_at}");
-
-    // A policy trusting another key: the pull is refused with the reason, and
-    // no attester runs.
-    {
-        let mut vm = PodVm::boot(
+    // A vTPM guest whose init-data's policy trusts registry key `key`.
+    let boot_trusting = |key: usize| {
+        PodVm::boot(
             &img,
             Boot {
                 user_data: pulling_user_data(
-                    &policy_trusting(&reg.public_key(1)),
+                    &policy_trusting(&reg.public_key(key)),
                     &reg.ca_pem,
                     &lookaside,
                 ),
@@ -422,7 +420,13 @@ async fn a_pod_vm_with_only_its_lock_and_a_policy_pulls_verifies_and_runs_its_at
                 forwards: forwards.clone(),
                 ..Default::default()
             },
-        );
+        )
+    };
+
+    // A policy trusting another key: the pull is refused with the reason, and
+    // no attester runs.
+    {
+        let mut vm = boot_trusting(1);
         let t = vm
             .wait_journal(0, "Invalid GPG signature", BOOT_WITHIN)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -449,19 +453,7 @@ async fn a_pod_vm_with_only_its_lock_and_a_policy_pulls_verifies_and_runs_its_at
     }
 
     // The tenant's key: pulled by digest, verified, run; its quote verifies.
-    let mut vm = PodVm::boot(
-        &img,
-        Boot {
-            user_data: pulling_user_data(
-                &policy_trusting(&reg.public_key(0)),
-                &reg.ca_pem,
-                &lookaside,
-            ),
-            tpm: Some(VmTpm::new()),
-            forwards,
-            ..Default::default()
-        },
-    );
+    let mut vm = boot_trusting(0);
     ready_as(
         &mut vm,
         "tpm",

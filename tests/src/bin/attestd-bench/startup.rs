@@ -7,7 +7,8 @@
 //! change), and then a table of size, start, call latency and memory per binary.
 //! `--peer-start PATH` adds another AA binary started as upstream's is
 //! (`PATH --attestation_sock unix:///…`, `RUST_LOG=warn`): upstream's
-//! attestation-agent with its built-in sample attester, say.
+//! attestation-agent with its built-in sample attester, say. `--plugin PATH`
+//! is the plugin attestd starts (the image's static build, to measure what ships).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
