@@ -172,17 +172,6 @@ fn plan(user_data: &[u8]) -> Result<Plan, Error> {
         write.retain(|(n, _)| n != name);
         write.push((name.to_string(), bytes));
     }
-    // Checked before anything is written: a name both a file and a directory
-    // would fail half-way through.
-    for (file, _) in &write {
-        let dir = format!("{file}/");
-        if let Some((under, _)) = write.iter().find(|(n, _)| n.starts_with(&dir)) {
-            return Err(Error::FileAndDirectory {
-                file: file.clone(),
-                under: under.clone(),
-            });
-        }
-    }
     let mut initdata = false;
     if let Some(pos) = write.iter().position(|(n, _)| n == "initdata") {
         let (_, raw) = write.remove(pos);
@@ -216,6 +205,18 @@ fn plan(user_data: &[u8]) -> Result<Plan, Error> {
     };
     write.retain(|(n, _)| n != "attestd.env");
     write.push(("attestd.env".into(), env.into_bytes()));
+    // Checked once every file is planned (init-data's and attestd.env too),
+    // before anything is written: a name both a file and a directory would
+    // fail half-way through.
+    for (file, _) in &write {
+        let dir = format!("{file}/");
+        if let Some((under, _)) = write.iter().find(|(n, _)| n.starts_with(&dir)) {
+            return Err(Error::FileAndDirectory {
+                file: file.clone(),
+                under: under.clone(),
+            });
+        }
+    }
     Ok(Plan {
         write,
         skipped,

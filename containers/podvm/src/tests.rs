@@ -213,4 +213,13 @@ fn depth_is_bounded_and_a_file_cannot_also_be_a_directory() {
         "write_files entries certs.d and certs.d/h/ca.crt: one is a file, the other under it"
     );
     assert!(!d.path().join("peerpod").exists(), "{msg}: wrote files");
+    // The files the tool writes itself count too.
+    let ud = "write_files:\n- path: /run/peerpod/attestd.env/x\n  content: x\n";
+    let (d, r) = run(ud);
+    let msg = r.unwrap_err().to_string();
+    assert_eq!(
+        msg,
+        "write_files entries attestd.env and attestd.env/x: one is a file, the other under it"
+    );
+    assert!(!d.path().join("peerpod").exists(), "{msg}: wrote files");
 }
