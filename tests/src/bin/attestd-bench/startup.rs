@@ -149,6 +149,30 @@ fn spawn(bin: &Bin, level: &str) -> Started {
     }
 }
 
+impl Started {
+    /// Until its AA socket accepts, in a tight loop (the figure is what the AA
+    /// takes, not this loop's pause): how long after the spawn.
+    fn accepting(&self) -> Duration {
+        while std::os::unix::net::UnixStream::connect(&self.sock).is_err() {
+            assert!(
+                self.t0.elapsed() < Duration::from_secs(20),
+                "{} did not start: {}",
+                self.child.id(),
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        self.t0.elapsed()
+    }
+
+    /// SIGTERM, and wait for it to exit; its log.
+    fn stop(mut self) -> String {
+        attestd_e2e::signal(self.child.id(), nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().unwrap();
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
 async fn client(sock: &Path) -> AttestationAgentServiceClient {
     let c = ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display()))
         .await
@@ -167,29 +191,12 @@ async fn evidence(aa: &AttestationAgentServiceClient) {
 }
 
 async fn start_once(attestd: &Bin, level: &str) -> Start {
-    let Started {
-        mut child,
-        _dir,
-        sock,
-        log,
-        t0,
-        t0_day,
-    } = spawn(attestd, level);
-    // A tight loop: the figure is what attestd takes, not this loop's pause.
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "attestd did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_micros(50));
-    }
-    let accepting = t0.elapsed();
-    evidence(&client(&sock).await).await;
-    let first_evidence = t0.elapsed();
-    attestd_e2e::signal(child.id(), nix::sys::signal::Signal::SIGTERM);
-    child.wait().unwrap();
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let s = spawn(attestd, level);
+    let accepting = s.accepting();
+    evidence(&client(&s.sock).await).await;
+    let first_evidence = s.t0.elapsed();
+    let t0_day = s.t0_day;
+    let text = s.stop();
     Start {
         marks: if level == PHASE_LOG {
             marks(&text, t0_day)
@@ -233,14 +240,8 @@ fn children_rss_kb(pid: u32) -> u64 {
 /// One AA serving: its RSS and its children's after 1,000 GetEvidence calls,
 /// then the p50 of `calls` more, one after another.
 async fn steady(attestd: &Bin, calls: usize) -> (u64, u64, Duration) {
-    let mut s = spawn(attestd, "warn");
-    while std::os::unix::net::UnixStream::connect(&s.sock).is_err() {
-        assert!(
-            s.t0.elapsed() < Duration::from_secs(20),
-            "attestd did not start"
-        );
-        std::thread::sleep(Duration::from_micros(50));
-    }
+    let s = spawn(attestd, "warn");
+    s.accepting();
     let aa = client(&s.sock).await;
     for _ in 0..1000 {
         evidence(&aa).await;
@@ -253,8 +254,7 @@ async fn steady(attestd: &Bin, calls: usize) -> (u64, u64, Duration) {
         evidence(&aa).await;
         lat.push(t.elapsed());
     }
-    attestd_e2e::signal(s.child.id(), nix::sys::signal::Signal::SIGTERM);
-    s.child.wait().unwrap();
+    s.stop();
     (own, plugin, median(lat))
 }
 
