@@ -266,7 +266,7 @@ fn serve_file(mut conn: std::net::TcpStream, root: &std::path::Path) -> std::io:
         }
     }
     let path = request.split_whitespace().nth(1).unwrap_or("/");
-    let path = percent_decode(path);
+    let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
     let file = (!path.split('/').any(|c| c == ".."))
         .then(|| std::fs::read(root.join(path.trim_start_matches('/'))).ok())
         .flatten();
@@ -282,28 +282,6 @@ fn serve_file(mut conn: std::net::TcpStream, root: &std::path::Path) -> std::io:
         None => conn
             .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
-        match (b[i], hex) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Remove a name a pull added to podman's store, leaving the image (other tests
