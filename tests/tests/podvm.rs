@@ -69,6 +69,15 @@ async fn ready_as(vm: &mut PodVm, tee: &str, scenario: &str, what: &str) {
     figure(scenario, what, t);
 }
 
+/// podman in the guest, which must succeed: its output.
+fn podman(vm: &PodVm, args: &[&str]) -> String {
+    let (code, out, err) = vm
+        .exec("/usr/bin/podman", args, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, 0, "podman {args:?}: {err}");
+    out
+}
+
 fn figure(scenario: &str, what: &str, d: Duration) {
     eprintln!(
         "podvm figure: {scenario} {what} {:.1} s (accel {})",
@@ -191,26 +200,14 @@ async fn on_a_vtpm_the_pinned_tpm_image_serves_survives_a_kill_and_a_reboot() {
     // Kill the attester's container in the guest: attestd restarts it and
     // calls succeed again.
     let ps = |vm: &PodVm| {
-        let (code, out, err) = vm
-            .exec(
-                "/usr/bin/podman",
-                &["ps", "-q", "--filter", "name=attestd-"],
-                Duration::from_secs(60),
-            )
-            .unwrap();
-        assert_eq!(code, 0, "{err}");
-        out.split_whitespace().map(String::from).collect::<Vec<_>>()
+        podman(vm, &["ps", "-q", "--filter", "name=attestd-"])
+            .split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>()
     };
     let before = ps(&vm);
     assert_eq!(before.len(), 1, "containers: {before:?}");
-    let (code, _, err) = vm
-        .exec(
-            "/usr/bin/podman",
-            &["kill", &before[0]],
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    assert_eq!(code, 0, "{err}");
+    podman(&vm, &["kill", &before[0]]);
     let deadline = Instant::now() + Duration::from_secs(120);
     let ev = loop {
         match evidence(&vm, &rd).await {
@@ -436,14 +433,10 @@ async fn a_pod_vm_with_only_its_lock_and_a_policy_pulls_verifies_and_runs_its_at
             j.contains(&format!("cannot pull {pinned}")),
             "the refusal does not name the image"
         );
-        let (code, out, err) = vm
-            .exec(
-                "/usr/bin/podman",
-                &["images", "--noheading", "--format", "{{.Repository}}"],
-                Duration::from_secs(60),
-            )
-            .unwrap();
-        assert_eq!(code, 0, "{err}");
+        let out = podman(
+            &vm,
+            &["images", "--noheading", "--format", "{{.Repository}}"],
+        );
         assert!(
             !out.contains(name),
             "the refused image is in the store: {out}"
@@ -488,36 +481,28 @@ async fn a_pod_vm_with_only_its_lock_and_a_policy_pulls_verifies_and_runs_its_at
     assert_eq!(q.pcrs[8], pcr8_after_binding(&initdata), "PCR 8");
     // The guest's store holds the image under the pinned name and digest, and
     // the running container is that image.
-    let (code, out, err) = vm
-        .exec(
-            "/usr/bin/podman",
-            &[
-                "ps",
-                "--filter",
-                "name=attestd-",
-                "--format",
-                "{{.ImageID}}",
-            ],
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    assert_eq!(code, 0, "{err}");
-    let running = out.trim().to_string();
+    let running = podman(
+        &vm,
+        &[
+            "ps",
+            "--filter",
+            "name=attestd-",
+            "--format",
+            "{{.ImageID}}",
+        ],
+    );
+    let running = running.trim();
     assert!(!running.is_empty(), "no attester container runs");
-    let (code, out, err) = vm
-        .exec(
-            "/usr/bin/podman",
-            &[
-                "image",
-                "inspect",
-                "--format",
-                "{{.ID}} {{range .RepoDigests}}{{.}} {{end}}",
-                pinned,
-            ],
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    assert_eq!(code, 0, "{err}");
+    let out = podman(
+        &vm,
+        &[
+            "image",
+            "inspect",
+            "--format",
+            "{{.ID}} {{range .RepoDigests}}{{.}} {{end}}",
+            pinned,
+        ],
+    );
     assert!(out.contains(pinned), "{out}");
     assert!(
         out.starts_with(&running[..12]),
