@@ -156,7 +156,8 @@ pub async fn probe(opts: &ServeOptions) -> Result<()> {
 /// [`init_logging`] uses it, and so does the core's JSON output. A filter that
 /// does not parse is said on stderr and `default` is used. (`Targets`, not
 /// `EnvFilter`: span and field filters go unused here, and EnvFilter's regex
-/// engine cost every plugin and the core ~0.3 MB of code.)
+/// engine cost every plugin and the core code: 0.85 MB of the core's shipped
+/// binary, docs/benchmarks.md "Logging filter".)
 pub fn log_filter(default: &str) -> tracing_subscriber::filter::Targets {
     let given = std::env::var("ATTESTD_LOG").or_else(|_| std::env::var("RUST_LOG"));
     let (filter, warning) = parse_log_filter(given.ok().as_deref(), default);
