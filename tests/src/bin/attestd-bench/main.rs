@@ -6,6 +6,7 @@
 //! Prints a Markdown table (the one in docs/benchmarks.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench: a failed setup should stop it loudly
 
+mod pool;
 mod startup;
 
 use std::path::{Path, PathBuf};
@@ -34,7 +35,8 @@ struct Args {
     /// clients; not part of "all"), webhook (admission reviews over HTTPS; not part
     /// of "all"), additional (GetAdditionalEvidence over devices that each take
     /// 50 ms; not part of "all"), startup (where the time to the first evidence
-    /// goes; not part of "all"), or all.
+    /// goes; not part of "all"), pool (concurrent calls to the plugin over one
+    /// connection or a pool of them; not part of "all"), or all.
     #[arg(long, default_value = "all")]
     only: String,
     /// Starts per backend in the launch table.
@@ -56,6 +58,9 @@ struct Args {
     /// attester-sample; the image's static build to measure what ships).
     #[arg(long)]
     plugin: Option<PathBuf>,
+    /// `--only pool`: rounds, each measuring every pool size once.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Length of the chaos run, in seconds.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
@@ -838,6 +843,10 @@ fn main() {
                 args.plugin.clone(),
             )
             .await;
+            return;
+        }
+        if args.only == "pool" {
+            pool::pool_table(args.clients, args.calls_per_client, args.rounds).await;
             return;
         }
         if args.only == "reload" {
