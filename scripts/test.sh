@@ -16,6 +16,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p attester-sdk --no-default-features --locked -- -D warnings
 cargo clippy -p attester-sdk --no-default-features --features ttrpc --locked -- -D warnings
 cargo clippy -p attester-sdk --no-default-features --features grpc --locked -- -D warnings
+# The core without its gRPC servers (a ttrpc-only build): it lints clean, and its
+# unit tests pass, among them the one that a gRPC listener is refused.
+cargo clippy -p attestd --no-default-features --all-targets --locked -- -D warnings
+cargo test -p attestd --no-default-features --lib --locked
 
 cargo fmt --manifest-path tests/fuzz/Cargo.toml --check
 cargo clippy --manifest-path tests/fuzz/Cargo.toml --all-targets --locked -- -D warnings

@@ -12,7 +12,7 @@ use attester_sdk::{Error, Result};
 use tonic::transport::Channel;
 
 use crate::run::unix_path;
-use crate::server::grpc::GrpcAddr;
+use crate::server::GrpcAddr;
 use crate::service::{MeasurementEvent, MeasurementResult};
 
 /// Upstream clients' deadline.

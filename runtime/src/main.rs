@@ -9,7 +9,7 @@ use attestd::aa_client::AaClient;
 use attestd::config::Config;
 use attestd::initdata::InitData;
 use attestd::run::{self, RunOptions, DEFAULT_ATTESTATION_SOCK};
-use attestd::server::grpc::GrpcAddr;
+use attestd::server::GrpcAddr;
 use attestd::service::MeasurementEvent;
 use attestd::supervisor::{PluginSpec, Supervisor};
 use attester_sdk::DeviceRole;

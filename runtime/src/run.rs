@@ -9,9 +9,10 @@ use attester_sdk::{Code, DeviceRole, Error, Result};
 
 use crate::config::{Config, LaunchKind};
 use crate::initdata::InitData;
-use crate::server::grpc::{GrpcAddr, GrpcServer};
+use crate::server::grpc::GrpcServer;
 pub use crate::server::prepare_socket;
 use crate::server::ttrpc;
+use crate::server::GrpcAddr;
 use crate::service::Service;
 use crate::supervisor::{claim_socket_dir, PluginSpec, Supervisor};
 
@@ -140,6 +141,13 @@ pub async fn run(mut opts: RunOptions, shutdown: impl Future<Output = ()>) -> Re
     crate::server::accept::raise_nofile_limit();
     // A mistyped KBS or AS address is found now, not at the first GetToken.
     check_token_urls(&opts.config)?;
+    // So is a gRPC listener that this build cannot serve.
+    if let Some(addr) = &opts.grpc {
+        GrpcServer::can_serve("AA API", addr)?;
+    }
+    if let Some(addr) = &opts.config.keyprovider.grpc {
+        GrpcServer::can_serve("key provider", addr)?;
+    }
     // Refuse before launching anything when another server holds the socket.
     prepare_socket(&sock)?;
     // SIGTERM is honoured during start-up too (a plugin may take its whole

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use attestd::aa_client::AaClient;
-use attestd::server::grpc::GrpcAddr;
+use attestd::server::GrpcAddr;
 use attestd::service::{MeasurementEvent, MeasurementResult};
 use attestd_e2e::{config, ctx, status, Attestd, Plugin};
 use attestd_proto::grpc::attestation_agent as g;

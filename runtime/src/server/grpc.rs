@@ -1,7 +1,6 @@
 //! `attestation_agent.AttestationAgentService` over gRPC, on TCP or a Unix socket.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -11,6 +10,7 @@ use attester_sdk::Error;
 use tonic::{Request, Response, Status};
 
 use super::handle;
+pub use super::GrpcAddr;
 use crate::service::{MeasurementEvent, MeasurementResult, Service};
 
 struct Adapter(Arc<Service>);
@@ -117,38 +117,6 @@ impl svc::AttestationAgentService for Adapter {
     }
 }
 
-/// Where the gRPC AA server listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GrpcAddr {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-impl std::str::FromStr for GrpcAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Some(p) = s.strip_prefix("unix://") {
-            if p.is_empty() {
-                return Err("unix:// needs a path".into());
-            }
-            return Ok(GrpcAddr::Unix(PathBuf::from(p)));
-        }
-        let s = s.strip_prefix("tcp://").unwrap_or(s);
-        s.parse()
-            .map(GrpcAddr::Tcp)
-            .map_err(|e| format!("{s:?} is neither host:port nor unix:///path: {e}"))
-    }
-}
-
-impl std::fmt::Display for GrpcAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            GrpcAddr::Tcp(a) => write!(f, "{a}"),
-            GrpcAddr::Unix(p) => write!(f, "unix://{}", p.display()),
-        }
-    }
-}
-
 /// A bound gRPC listener, ready to serve.
 pub enum GrpcListener {
     Tcp(tokio::net::TcpListener),
@@ -229,6 +197,12 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
+    /// Checked at start, before any plugin is launched: this build can (a build
+    /// without the `grpc-server` feature refuses here).
+    pub fn can_serve(_what: &str, _addr: &dyn std::fmt::Display) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// Bind `addr` (replacing a stale Unix socket, refusing a live one) and serve
     /// `router` there until [`GrpcServer::stop`].
     pub async fn start(

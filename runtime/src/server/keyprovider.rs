@@ -4,10 +4,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
+#[cfg(feature = "grpc-server")]
 use attestd_proto::grpc::keyprovider as gpb;
+#[cfg(feature = "grpc-server")]
 use attestd_proto::grpc::keyprovider::key_provider_service_server as gsvc;
 use attestd_proto::ttrpc::{keyprovider as tpb, keyprovider_ttrpc as tsvc};
-use attester_sdk::status::{to_grpc, to_ttrpc};
+#[cfg(feature = "grpc-server")]
+use attester_sdk::status::to_grpc;
+use attester_sdk::status::to_ttrpc;
 use attester_sdk::Error;
 
 use super::handle;
@@ -52,6 +56,7 @@ impl tsvc::KeyProviderService for Adapter {
     }
 }
 
+#[cfg(feature = "grpc-server")]
 #[tonic::async_trait]
 impl gsvc::KeyProviderService for Adapter {
     async fn wrap_key(
@@ -96,9 +101,16 @@ pub async fn start_ttrpc(
     .await
 }
 
+#[cfg(feature = "grpc-server")]
 pub fn grpc_router(service: Arc<Service>) -> super::grpc::Router {
     super::grpc::builder().add_service(
         gsvc::KeyProviderServiceServer::new(Adapter(service))
             .max_decoding_message_size(super::grpc::MAX_REQUEST_BYTES),
     )
+}
+
+/// Without the gRPC server: nothing to route; starting it is refused.
+#[cfg(not(feature = "grpc-server"))]
+pub fn grpc_router(_: Arc<Service>) -> super::grpc::Router {
+    super::grpc::Router::none()
 }

@@ -1,14 +1,21 @@
 //! AA API servers: thin ttrpc and gRPC adapters over [`crate::service::Service`].
 
 pub mod accept;
+#[cfg(feature = "grpc-server")]
+pub mod grpc;
+/// A build without the `grpc-server` feature: the same interface, refusing to
+/// start, so the callers are one code for both builds.
+#[cfg(not(feature = "grpc-server"))]
+#[path = "grpc_off.rs"]
 pub mod grpc;
 pub mod keyprovider;
 pub mod refusals;
 pub mod ttrpc;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::os::unix::fs::FileTypeExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use attester_sdk::{Error, Result};
 use tracing::Instrument as _;
@@ -117,4 +124,36 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
         Error::internal(format!("cannot set the mode of {}", path.display())).with_source(e)
     })
+}
+
+/// Where the gRPC AA server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for GrpcAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(p) = s.strip_prefix("unix://") {
+            if p.is_empty() {
+                return Err("unix:// needs a path".into());
+            }
+            return Ok(GrpcAddr::Unix(PathBuf::from(p)));
+        }
+        let s = s.strip_prefix("tcp://").unwrap_or(s);
+        s.parse()
+            .map(GrpcAddr::Tcp)
+            .map_err(|e| format!("{s:?} is neither host:port nor unix:///path: {e}"))
+    }
+}
+
+impl std::fmt::Display for GrpcAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GrpcAddr::Tcp(a) => write!(f, "{a}"),
+            GrpcAddr::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
 }

@@ -10,9 +10,6 @@
 //! upstream's AA answers, on the same crate).
 
 use std::collections::HashMap;
-use std::task::{Context, Poll};
-
-use tonic::codegen::http;
 use ttrpc::r#async::{MethodHandler, Service as TtrpcService, TtrpcContext};
 
 use crate::echo::bounded;
@@ -99,124 +96,140 @@ impl MethodHandler for Checked {
 
 // ---- gRPC -----------------------------------------------------------------
 
-/// The tower layer over tonic's router that rewrites its two answers above.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct GrpcRefusals;
+#[cfg(feature = "grpc-server")]
+pub use grpc::{GrpcRefusals, Refusing};
 
-impl<S> tower_layer::Layer<S> for GrpcRefusals {
-    type Service = Refusing<S>;
-    fn layer(&self, inner: S) -> Refusing<S> {
-        Refusing { inner }
-    }
-}
+/// Only in a build with the gRPC server.
+#[cfg(feature = "grpc-server")]
+mod grpc {
+    use std::task::{Context, Poll};
 
-#[derive(Clone, Debug)]
-pub struct Refusing<S> {
-    inner: S,
-}
+    use tonic::codegen::http;
 
-/// The prefix of the message tonic's prost codec gives a request that did not
-/// decode (prost's `DecodeError`).
-const PROST_DECODE: &str = "failed to decode Protobuf message";
+    use super::{bounded, undecodable, MAX_QUOTED};
 
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+    /// The tower layer over tonic's router that rewrites its two answers above.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct GrpcRefusals;
 
-impl<S, B, R> tower_service::Service<http::Request<B>> for Refusing<S>
-where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<R>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<http::Response<R>, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        // A cheap clone (shared bytes), kept for the rare answer that needs it.
-        let uri = req.uri().clone();
-        let answer = self.inner.call(req);
-        Box::pin(async move {
-            let mut res = answer.await?;
-            rewrite(uri.path(), res.headers_mut());
-            Ok(res)
-        })
-    }
-}
-
-/// Errors tonic raises before a handler runs travel as trailers-only answers:
-/// the status is in the headers, which is where it is rewritten.
-fn rewrite(path: &str, headers: &mut http::HeaderMap) {
-    let Some(status) = tonic::Status::from_header_map(headers) else {
-        return;
-    };
-    let rpc = path.rsplit('/').next().unwrap_or(path);
-    let new = match status.code() {
-        tonic::Code::Internal if status.message().starts_with(PROST_DECODE) => {
-            let cause = &status.message()[PROST_DECODE.len()..];
-            let cause = cause.strip_prefix(':').unwrap_or(cause);
-            tracing::debug!(method = rpc, "undecodable request");
-            tonic::Status::invalid_argument(undecodable(rpc, cause))
+    impl<S> tower_layer::Layer<S> for GrpcRefusals {
+        type Service = Refusing<S>;
+        fn layer(&self, inner: S) -> Refusing<S> {
+            Refusing { inner }
         }
-        tonic::Code::Unimplemented if status.message().is_empty() => {
-            tonic::Status::unimplemented(format!("unknown method {}", bounded(path, MAX_QUOTED)))
+    }
+
+    #[derive(Clone, Debug)]
+    pub struct Refusing<S> {
+        inner: S,
+    }
+
+    /// The prefix of the message tonic's prost codec gives a request that did not
+    /// decode (prost's `DecodeError`).
+    const PROST_DECODE: &str = "failed to decode Protobuf message";
+
+    type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+    impl<S, B, R> tower_service::Service<http::Request<B>> for Refusing<S>
+    where
+        S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
+        S::Future: Send + 'static,
+    {
+        type Response = http::Response<R>;
+        type Error = S::Error;
+        type Future = BoxFuture<Result<http::Response<R>, S::Error>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+            self.inner.poll_ready(cx)
         }
-        _ => return,
-    };
-    let _ = new.add_header(headers);
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers_of(s: tonic::Status) -> http::HeaderMap {
-        let mut h = http::HeaderMap::new();
-        s.add_header(&mut h).unwrap();
-        h
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            // A cheap clone (shared bytes), kept for the rare answer that needs it.
+            let uri = req.uri().clone();
+            let answer = self.inner.call(req);
+            Box::pin(async move {
+                let mut res = answer.await?;
+                rewrite(uri.path(), res.headers_mut());
+                Ok(res)
+            })
+        }
     }
 
-    #[test]
-    fn a_decode_failure_becomes_invalid_argument_naming_the_rpc() {
-        let mut h = headers_of(tonic::Status::internal(
-            "failed to decode Protobuf message: invalid wire type value: 7",
-        ));
-        rewrite(
-            "/attestation_agent.AttestationAgentService/GetToken",
-            &mut h,
-        );
-        let s = tonic::Status::from_header_map(&h).unwrap();
-        assert_eq!(s.code(), tonic::Code::InvalidArgument);
-        assert_eq!(
-            s.message(),
-            "GetToken: cannot decode the request: invalid wire type value: 7"
-        );
+    /// Errors tonic raises before a handler runs travel as trailers-only answers:
+    /// the status is in the headers, which is where it is rewritten.
+    fn rewrite(path: &str, headers: &mut http::HeaderMap) {
+        let Some(status) = tonic::Status::from_header_map(headers) else {
+            return;
+        };
+        let rpc = path.rsplit('/').next().unwrap_or(path);
+        let new = match status.code() {
+            tonic::Code::Internal if status.message().starts_with(PROST_DECODE) => {
+                let cause = &status.message()[PROST_DECODE.len()..];
+                let cause = cause.strip_prefix(':').unwrap_or(cause);
+                tracing::debug!(method = rpc, "undecodable request");
+                tonic::Status::invalid_argument(undecodable(rpc, cause))
+            }
+            tonic::Code::Unimplemented if status.message().is_empty() => {
+                tonic::Status::unimplemented(format!(
+                    "unknown method {}",
+                    bounded(path, MAX_QUOTED)
+                ))
+            }
+            _ => return,
+        };
+        let _ = new.add_header(headers);
     }
 
-    #[test]
-    fn an_unknown_method_is_named_and_the_name_is_bounded() {
-        let long = format!("/x.Y/{}", "M".repeat(10_000));
-        let mut h = headers_of(tonic::Status::unimplemented(""));
-        rewrite(&long, &mut h);
-        let s = tonic::Status::from_header_map(&h).unwrap();
-        assert_eq!(s.code(), tonic::Code::Unimplemented);
-        assert!(s.message().starts_with("unknown method /x.Y/MMM"));
-        assert!(s.message().len() < 300, "{}", s.message().len());
-    }
+    #[cfg(test)]
+    mod tests {
+        use super::*;
 
-    #[test]
-    fn the_services_own_answers_pass_unchanged() {
-        for s in [
-            tonic::Status::internal("plugin sample: cannot connect"),
-            tonic::Status::unimplemented("GetToken coco_as is not built in"),
-            tonic::Status::invalid_argument("runtime data is 65 bytes"),
-        ] {
-            let mut h = headers_of(s.clone());
-            rewrite("/p.S/M", &mut h);
-            let back = tonic::Status::from_header_map(&h).unwrap();
-            assert_eq!((back.code(), back.message()), (s.code(), s.message()));
+        fn headers_of(s: tonic::Status) -> http::HeaderMap {
+            let mut h = http::HeaderMap::new();
+            s.add_header(&mut h).unwrap();
+            h
+        }
+
+        #[test]
+        fn a_decode_failure_becomes_invalid_argument_naming_the_rpc() {
+            let mut h = headers_of(tonic::Status::internal(
+                "failed to decode Protobuf message: invalid wire type value: 7",
+            ));
+            rewrite(
+                "/attestation_agent.AttestationAgentService/GetToken",
+                &mut h,
+            );
+            let s = tonic::Status::from_header_map(&h).unwrap();
+            assert_eq!(s.code(), tonic::Code::InvalidArgument);
+            assert_eq!(
+                s.message(),
+                "GetToken: cannot decode the request: invalid wire type value: 7"
+            );
+        }
+
+        #[test]
+        fn an_unknown_method_is_named_and_the_name_is_bounded() {
+            let long = format!("/x.Y/{}", "M".repeat(10_000));
+            let mut h = headers_of(tonic::Status::unimplemented(""));
+            rewrite(&long, &mut h);
+            let s = tonic::Status::from_header_map(&h).unwrap();
+            assert_eq!(s.code(), tonic::Code::Unimplemented);
+            assert!(s.message().starts_with("unknown method /x.Y/MMM"));
+            assert!(s.message().len() < 300, "{}", s.message().len());
+        }
+
+        #[test]
+        fn the_services_own_answers_pass_unchanged() {
+            for s in [
+                tonic::Status::internal("plugin sample: cannot connect"),
+                tonic::Status::unimplemented("GetToken coco_as is not built in"),
+                tonic::Status::invalid_argument("runtime data is 65 bytes"),
+            ] {
+                let mut h = headers_of(s.clone());
+                rewrite("/p.S/M", &mut h);
+                let back = tonic::Status::from_header_map(&h).unwrap();
+                assert_eq!((back.code(), back.message()), (s.code(), s.message()));
+            }
         }
     }
 }
