@@ -43,9 +43,10 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     starts: usize,
     /// Another AA-API server (ttrpc, `unix:///path`: upstream's attestation-agent,
-    /// say) measured in the same run as attestd, for ratios on one machine.
+    /// say) measured in the same run as attestd, for ratios on one machine;
+    /// repeatable (another attestd build, started by hand, beside upstream's).
     #[arg(long)]
-    peer: Option<String>,
+    peer: Vec<String>,
     /// `--only startup`: other attestd binaries started in the same rounds (the
     /// build before a change, another build profile); repeatable.
     #[arg(long)]
@@ -873,7 +874,7 @@ fn main() {
             us(f.p99),
             f.per_sec
         );
-        if let Some(peer) = &args.peer {
+        for peer in &args.peer {
             let connect = || async {
                 let c = ttrpc::r#async::Client::connect(peer)
                     .await
