@@ -85,6 +85,19 @@ stage_closure() {
     [ -e "$root/lib64" ] || ln -s usr/lib64 "$root/lib64" 2>/dev/null || true
 }
 
+# RUSTFLAGS for a binary linked $1 (static or dynamic).
+rustflags_for() {
+    if [ "$1" = static ]; then echo "-C target-feature=+crt-static $remap"; else echo "$remap"; fi
+}
+
+# Stop when binary $1 (named $2 in the error) should be static and is not.
+require_static() {
+    if ! ldd "$1" 2>&1 | grep -qE 'statically linked|not a dynamic executable'; then
+        echo "error: $2 is not static" >&2
+        exit 1
+    fi
+}
+
 # Keep entries of images not rebuilt this time.
 declare -A kept=()
 
@@ -110,13 +123,8 @@ for spec in "${PLUGINS[@]}"; do
     # one it is pinned with (1.1 MB less: docs/benchmarks.md, "Against upstream").
     features=()
     [ "$plugin" = attester-sample ] && features=(--no-default-features --features "$transport")
-    if [ "$linking" = static ]; then
-        RUSTFLAGS="-C target-feature=+crt-static $remap" \
-            cargo build --release --locked --manifest-path "$PWD/$manifest" -p "$plugin" --target "$TARGET" "${features[@]}"
-    else
-        RUSTFLAGS="$remap" \
-            cargo build --release --locked --manifest-path "$PWD/$manifest" -p "$plugin" --target "$TARGET" "${features[@]}"
-    fi
+    RUSTFLAGS="$(rustflags_for "$linking")" \
+        cargo build --release --locked --manifest-path "$PWD/$manifest" -p "$plugin" --target "$TARGET" "${features[@]}"
     dir=$(dirname "$manifest")
     bin="$dir/target/$TARGET/release/$plugin"
     root="$STAGE/$tee/rootfs"
@@ -125,10 +133,7 @@ for spec in "${PLUGINS[@]}"; do
     cp "$bin" "$root/attester"
     strip "$root/attester"
     if [ "$linking" = static ]; then
-        if ! ldd "$root/attester" 2>&1 | grep -qE 'statically linked|not a dynamic executable'; then
-            echo "error: $plugin is not static" >&2
-            exit 1
-        fi
+        require_static "$root/attester" "$plugin"
     else
         # az-cvm-vtpm hard-codes the device TCTI; the TPM plugin takes any.
         case $tee in
@@ -184,10 +189,9 @@ write_lock() {
 build_component() {
     local name=$1 package=$2 binary=$3 containerfile=$4 linking=$5
     echo "== $name: building $package ($linking)" >&2
-    local version bin root image digest size flags=$remap
+    local version bin root image digest size
     version=$(cargo pkgid -p "$package" 2>/dev/null | sed -E 's/.*[@#]([0-9][^ ]*)$/\1/')
-    [ "$linking" = static ] && flags="-C target-feature=+crt-static $remap"
-    RUSTFLAGS="$flags" cargo build --release --locked --manifest-path "$PWD/Cargo.toml" \
+    RUSTFLAGS="$(rustflags_for "$linking")" cargo build --release --locked --manifest-path "$PWD/Cargo.toml" \
         -p "$package" --bin "$binary" --target "$TARGET"
     bin="target/$TARGET/release/$binary"
     root="$STAGE/$name/rootfs"
@@ -196,10 +200,7 @@ build_component() {
     cp "$bin" "$root/$binary"
     strip "$root/$binary"
     if [ "$linking" = static ]; then
-        if ! ldd "$root/$binary" 2>&1 | grep -qE 'statically linked|not a dynamic executable'; then
-            echo "error: $binary is not static" >&2
-            exit 1
-        fi
+        require_static "$root/$binary" "$binary"
     else
         stage_closure "$bin" "$root" ""
     fi
