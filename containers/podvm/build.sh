@@ -132,9 +132,16 @@ if [ -n "$REGISTRY" ]; then
     sed -i -E "s|^image = \"[^\"]*/([^/\"]+)\"|image = \"$REGISTRY/\1\"|" "$ROOT/usr/share/attestd/images.lock"
 fi
 cat >"$ROOT/etc/attestd/attestd.toml" <<'EOF'
+# The -c file, /run/peerpod/aa.toml, never decides what attestd launches: from
+# init-data (measured) it may set all but [plugins]' launch keys; from user-data
+# (unmeasured; attestd.env says ATTESTD_CONFIG_FILE_SOURCE=user-data) only
+# upstream attestation-agent's [token_configs] and [eventlog_config] keys.
+[config_file]
+source = "init-data"
+
 # The generic pod VM: attestd probes the machine at start, selects the TEE and
 # runs the image /usr/share/attestd/images.lock pins for it, from podman's store
-# (prefetched when the image was built). init-data's aa.toml comes as -c.
+# (prefetched when the image was built).
 [plugins]
 primary = "auto"
 auto_launch = "podman"
@@ -143,9 +150,10 @@ EOF
 if [ -n "$REGISTRY" ]; then
     cat >>"$ROOT/etc/attestd/attestd.toml" <<EOF
 # Fetched at boot from $REGISTRY (nothing prefetched), by digest, accepted by
-# the tenant's containers-policy.json from init-data; the registry's CA and its
-# signatures' lookaside (registries.d) may come with user-data. Without a
-# policy.json, attestd pulls nothing.
+# the tenant's containers-policy.json from init-data (attestd-podvm never takes
+# one from user-data); the registry's CA and its signatures' lookaside
+# (registries.d) may come with user-data. Without a policy.json from init-data,
+# attestd pulls nothing.
 registries = ["$REGISTRY"]
 policy_json = "/run/peerpod/policy.json"
 registry_certs_dir = "/run/peerpod/certs.d"

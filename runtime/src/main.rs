@@ -155,6 +155,16 @@ struct ConfigArg {
     /// each optional.
     #[arg(long = "config-dir", env = "ATTESTD_CONFIG_DIR", default_value = attestd::config::layers::DEFAULT_CONFIG_DIR)]
     config_dir: PathBuf,
+    /// Where the -c file comes from, which decides what it may set: operator
+    /// (anything), init-data (measured: not what attestd launches), user-data
+    /// (unmeasured: upstream AA's keys only, the rest ignored). The config
+    /// directory's [config_file] source may make it stricter, never looser.
+    #[arg(
+        long = "config-file-source",
+        env = "ATTESTD_CONFIG_FILE_SOURCE",
+        default_value = "operator"
+    )]
+    config_file_source: attestd::config::scope::Source,
 }
 
 #[derive(Args, Clone)]
@@ -309,7 +319,7 @@ fn load_config(arg: &ConfigArg) -> Result<Config> {
 fn load_layered(arg: &ConfigArg) -> Result<attestd::config::layers::Layered> {
     use attestd::config::layers;
     let files = layers::sources(&arg.config_dir, arg.config_file.as_deref())?;
-    Ok(layers::load(&files)?)
+    Ok(layers::load(&files, arg.config_file_source)?)
 }
 
 async fn cmd_conformance(a: ConformanceArgs) -> Result<()> {
@@ -412,8 +422,19 @@ fn sdk(e: attester_sdk::Error) -> anyhow::Error {
 }
 
 async fn cmd_run(a: RunArgs) -> Result<()> {
-    let config = load_config(&a.config)?;
+    let layered = load_layered(&a.config)?;
+    let config = layered.config;
     attestd::logging::init(&config.log);
+    if layered.cli_source == Some(attestd::config::scope::Source::UserData) {
+        let file = layered.files.last().map(|f| f.display().to_string());
+        tracing::warn!(
+            file = file.as_deref().unwrap_or_default(),
+            "the -c file comes from user-data, which is unmeasured: only upstream attestation-agent's keys are read from it"
+        );
+    }
+    for r in &layered.ignored {
+        tracing::warn!(key = %attestd::echo::escaped(&r.key), "ignored: {}", r.why);
+    }
     // The start-up phases are trace events of their own target, off unless asked
     // for (`ATTESTD_LOG=info,attestd::startup=trace`): `attestd-bench --only
     // startup` times them from the log.

@@ -26,6 +26,9 @@ const BOOT_WITHIN: Duration = Duration::from_secs(420);
 /// TPM verifier needs (docs/attesters/tpm.md).
 const INITDATA: &str = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"aa.toml\" = '''\n[token_configs.kbs]\nurl = \"https://10.0.2.2:8080\"\n\n[eventlog_config]\nenable_eventlog = true\ninit_pcr = 23\n'''\n";
 
+/// Init-data with no aa.toml (a tenant who sets only kata-agent's policy).
+const INITDATA_WITHOUT_AA: &str = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"policy.rego\" = \"package agent_policy\\n\"\n";
+
 /// User-data as cloud-api-adaptor writes it: init-data in kata's annotation form
 /// (base64 of the gzip) at /run/peerpod/initdata.
 fn user_data(initdata: &str) -> String {
@@ -89,10 +92,20 @@ fn figure(scenario: &str, what: &str, d: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_tee_attestd_refuses_visibly_and_nothing_answers() {
     let img = podvm::image();
+    // The host's user-data also brings an aa.toml naming a command for attestd
+    // to run as its plugin, and a policy accepting any image (issue 26): init-data
+    // carries neither, so the aa.toml is the host's, read for upstream's keys only.
+    let hostile_aa = "[token_configs.kbs]\nurl = \"https://10.0.2.2:8080\"\n\n[plugins]\nprimary = \"evil\"\ndev_mode = true\n\n[plugins.attester.evil]\nlaunch = \"process\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"touch /run/host-command-ran; exec sleep 600\"]\ntransport = \"ttrpc\"\n";
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let hostile = format!(
+        "{}- path: /run/peerpod/aa.toml\n  content: |\n{}- path: /run/peerpod/policy.json\n  content: '{{\"default\": [{{\"type\": \"insecureAcceptAnything\"}}]}}'\n",
+        user_data(INITDATA_WITHOUT_AA),
+        indent(hostile_aa)
+    );
     let mut vm = PodVm::boot(
         &img,
         Boot {
-            user_data: user_data(INITDATA),
+            user_data: hostile,
             ..Default::default()
         },
     );
@@ -114,6 +127,32 @@ async fn without_a_tee_attestd_refuses_visibly_and_nothing_answers() {
         j.contains("attestd never falls back to it unasked"),
         "no word on the sample"
     );
+    // The host's files: its policy never written, its aa.toml read as
+    // unmeasured, its [plugins] ignored, its command never run.
+    assert!(
+        j.contains("skipped \"/run/peerpod/policy.json\": only init-data (measured) may supply it"),
+        "the host's policy.json was not refused"
+    );
+    assert!(
+        j.contains("the -c file comes from user-data, which is unmeasured"),
+        "no word that aa.toml is unmeasured"
+    );
+    assert!(
+        j.contains("key=plugins"),
+        "the host's [plugins] was not ignored"
+    );
+    for (path, what) in [
+        ("/run/host-command-ran", "the host's command ran"),
+        (
+            "/run/peerpod/policy.json",
+            "the host's policy.json was written",
+        ),
+    ] {
+        let (code, _, _) = vm
+            .exec("/usr/bin/test", &["-e", path], Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(code, 1, "{what}");
+    }
     // systemd gives up on it rather than restarting it for ever.
     vm.wait_journal(
         0,

@@ -243,3 +243,195 @@ fn upstreams_short_initdata_digest_flag_binds_at_start() {
         e.stderr
     );
 }
+
+/// The pod VM's first-boot step (`attestd-podvm provision`, the real binary) on
+/// `user_data`: the peerpod directory, attestd.env's variables, and what it said.
+fn provision(root: &Path, user_data: &str) -> (std::path::PathBuf, Vec<(String, String)>, String) {
+    let ud = root.join("user-data");
+    std::fs::write(&ud, user_data).unwrap();
+    let out = root.join("peerpod");
+    let o = std::process::Command::new(attestd_e2e::bin("attestd-podvm"))
+        .arg("provision")
+        .arg("--user-data")
+        .arg(&ud)
+        .arg("--out-dir")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let env = std::fs::read_to_string(out.join("attestd.env"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    (out, env, said)
+}
+
+/// The pod VM image's system file: its plugin (the sample here) and the
+/// ceiling on the -c file, as containers/podvm/build.sh writes it.
+fn pod_vm_image(root: &Path, p: &Plugin) -> String {
+    let system = format!(
+        "[config_file]\nsource = \"init-data\"\n\n{}",
+        config(root, p, &[], "")
+    );
+    config_dir(root, Some(&system), &[])
+}
+
+fn gzip_b64(text: &str) -> String {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(text.as_bytes()).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap())
+}
+
+/// A cloud-config `write_files` entry, its content indented as a block scalar.
+fn entry(path: &str, content: &str) -> String {
+    let body: String = content.lines().map(|l| format!("    {l}\n")).collect();
+    format!("- path: {path}\n  content: |\n{body}")
+}
+
+/// Issue 26 (critical): an aa.toml from the host's user-data, with init-data
+/// that carries none and with no init-data at all, names a command to run as
+/// the primary plugin and a policy accepting any image. attestd runs the image's
+/// plugin, never the host's command; the host's upstream keys still apply.
+#[tokio::test]
+async fn a_host_written_aa_toml_runs_nothing_and_only_its_upstream_keys_are_read() {
+    let p = Plugin::sample("ttrpc");
+    let initdata_without_aa = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"policy.rego\" = \"package agent_policy\\n\"\n";
+    for with_initdata in [false, true] {
+        let root = tempfile::tempdir().unwrap();
+        let mark = root.path().join("host-command-ran");
+        let hostile = format!(
+            "[token_configs.kbs]\nurl = \"http://127.0.0.1:8080\"\n\n[plugins]\nprimary = \"evil\"\ndev_mode = true\n\n[plugins.attester.evil]\nlaunch = \"process\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"touch {}; exec sleep 30\"]\ntransport = \"ttrpc\"\n",
+            mark.display()
+        );
+        let mut ud = format!(
+            "#cloud-config\nwrite_files:\n{}{}",
+            entry("/run/peerpod/aa.toml", &hostile),
+            entry(
+                "/run/peerpod/policy.json",
+                "{\"default\": [{\"type\": \"insecureAcceptAnything\"}]}"
+            )
+        );
+        if with_initdata {
+            ud.push_str(&format!(
+                "- path: /run/peerpod/initdata\n  content: {}\n",
+                gzip_b64(initdata_without_aa)
+            ));
+        }
+        let (peerpod, env, said) = provision(root.path(), &ud);
+        assert!(
+            said.contains(
+                "skipped \"/run/peerpod/policy.json\": only init-data (measured) may supply it"
+            ),
+            "{said}"
+        );
+        assert!(
+            said.contains("aa.toml comes from user-data, which is unmeasured"),
+            "{said}"
+        );
+        assert!(!peerpod.join("policy.json").exists());
+        let source = env
+            .iter()
+            .find(|(k, _)| k == "ATTESTD_CONFIG_FILE_SOURCE")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(source, Some("user-data"));
+        let aa = std::fs::read_to_string(peerpod.join("aa.toml")).unwrap();
+        let etc = pod_vm_image(root.path(), &p);
+        let a = Attestd::start_env(
+            |_| aa.clone(),
+            &[],
+            &[
+                ("ATTESTD_CONFIG_DIR", &etc),
+                ("ATTESTD_CONFIG_FILE_SOURCE", source.unwrap()),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{}", e.stderr));
+        assert_eq!(a.tee_type().await, "sample");
+        assert_eq!(
+            a.evidence(b"ok").await.unwrap(),
+            br#"{"report_data":"b2s=","svn":"1"}"#
+        );
+        let log = a.log();
+        assert!(
+            log.contains("the -c file comes from user-data, which is unmeasured: only upstream attestation-agent's keys are read from it"),
+            "{log}"
+        );
+        assert!(log.contains("key=plugins"), "{log}");
+        assert!(log.contains("ignored: user-data is unmeasured"), "{log}");
+        drop(a);
+        assert!(!mark.exists(), "the host's command ran");
+        // Its upstream key is read: `attestd config` names the file it came from.
+        let cfg = root.path().join("aa.toml");
+        std::fs::write(&cfg, &aa).unwrap();
+        let out = std::process::Command::new(attestd_e2e::bin("attestd"))
+            .args(["config", "-c"])
+            .arg(&cfg)
+            .env("ATTESTD_CONFIG_DIR", &etc)
+            .env("ATTESTD_CONFIG_FILE_SOURCE", "user-data")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!(
+                "token_configs.kbs.url = \"http://127.0.0.1:8080\"    # {}",
+                cfg.display()
+            )),
+            "{text}"
+        );
+        assert!(text.contains("plugins.primary = \"sample\""), "{text}");
+        assert!(
+            text.contains("# ignored: plugins: user-data is unmeasured"),
+            "{text}"
+        );
+    }
+}
+
+/// Issue 26 (critical): init-data is measured, but its aa.toml still may not
+/// decide what attestd launches: refused at start, naming the key and the file,
+/// nothing run.
+#[test]
+fn an_init_data_aa_toml_that_sets_a_launch_key_is_refused_and_nothing_runs() {
+    let p = Plugin::sample("ttrpc");
+    let root = tempfile::tempdir().unwrap();
+    let mark = root.path().join("command-ran");
+    let initdata = format!(
+        "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"aa.toml\" = '''\n[plugins.attester.sample]\nargs = [\"-c\", \"touch {}\"]\ncommand = \"/bin/sh\"\n'''\n",
+        mark.display()
+    );
+    let ud = format!(
+        "#cloud-config\nwrite_files:\n- path: /run/peerpod/initdata\n  content: {}\n",
+        gzip_b64(&initdata)
+    );
+    let (peerpod, env, _) = provision(root.path(), &ud);
+    assert!(env.contains(&("ATTESTD_CONFIG_FILE_SOURCE".into(), "init-data".into())));
+    let aa = std::fs::read_to_string(peerpod.join("aa.toml")).unwrap();
+    let etc = pod_vm_image(root.path(), &p);
+    // The image's ceiling alone refuses it, whatever the flag says.
+    for source in ["init-data", "operator"] {
+        let e = Attestd::start_env(
+            |_| aa.clone(),
+            &[],
+            &[
+                ("ATTESTD_CONFIG_DIR", &etc),
+                ("ATTESTD_CONFIG_FILE_SOURCE", source),
+            ],
+        )
+        .err()
+        .expect("attestd started on an aa.toml naming a command");
+        assert!(
+            e.stderr.contains("attestd.toml, line 2: plugins.attester.sample.args: a -c file from init-data may not set what attestd launches ("),
+            "{}",
+            e.stderr
+        );
+        assert!(!e.stderr.contains("plugin ready"), "{}", e.stderr);
+    }
+    assert!(!mark.exists(), "the command ran");
+}

@@ -1,21 +1,31 @@
 //! The pod VM's first step at boot: the user-data its provider hands the VM
 //! (cloud-config, as cloud-api-adaptor renders it) turned into the files attestd
-//! reads, before attestd starts:
+//! reads, before attestd starts.
 //!
-//! - `write_files` entries under `/run/peerpod/` are written there (into
-//!   `out_dir`), subdirectories too (`certs.d/<host:port>/ca.crt`,
-//!   `registries.d/*.yaml`: what a registry pull reads); entries elsewhere are
-//!   skipped, never written: user-data comes from the host, which a confidential
-//!   VM does not trust with its file system;
+//! Trust follows measurement: user-data comes from the host, which a confidential
+//! VM does not trust; init-data is measured (attestd binds its digest into the
+//! evidence). So:
+//!
 //! - `/run/peerpod/initdata` (kata's form: base64 of the gzipped TOML, or the
 //!   TOML itself) becomes `initdata.toml`, the document whose digest attestd
 //!   binds (`--initdata-toml`), and its `[data]` `aa.toml`, `cdh.toml`,
 //!   `policy.rego` and `policy.json` become files of those names;
-//! - `attestd.env` says which of them attestd is given (`ATTESTD_INITDATA`), for
-//!   its unit's `EnvironmentFile=`.
+//! - `cdh.toml`, `policy.rego` and `policy.json` (what is trusted: the Data Hub's
+//!   KBS and keys, kata-agent's policy, which images may run) come from init-data
+//!   or not at all: user-data's are skipped, with the reason;
+//! - `aa.toml` from init-data, else from user-data, else empty; `attestd.env`
+//!   tells attestd which (`ATTESTD_CONFIG_FILE_SOURCE`), and attestd reads an
+//!   `aa.toml` from user-data for upstream's keys only (never what it launches);
+//! - other `write_files` entries under `/run/peerpod/` are written there (into
+//!   `out_dir`), subdirectories too (`certs.d/<host:port>/ca.crt`,
+//!   `registries.d/*.yaml`: where a pull finds a registry and its signatures,
+//!   while the digest pin and init-data's policy decide what is accepted);
+//!   entries elsewhere, and the names this tool writes itself, are skipped;
+//! - `attestd.env` holds attestd's flags for its unit's `EnvironmentFile=`.
 //!
-//! Every size is bounded (`MAX_…`), and an error leaves no half-written file:
-//! attestd does not start on user-data that could not be read whole.
+//! Every size is bounded (`MAX_…`), the whole directory is written or none of
+//! it (a fresh private directory, swapped into place), and attestd does not
+//! start on user-data that could not be read whole.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -32,18 +42,28 @@ pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 pub const MAX_FILES: usize = 64;
 /// Path components under `/run/peerpod/` at most (`certs.d/<host:port>/ca.crt` is 3).
 pub const MAX_DEPTH: usize = 4;
+/// YAML flow collections (`[`, `{`) nested at most, counted before parsing (the
+/// parser's time grows with the square of the nesting: 260 KB of brackets cost a
+/// minute of CPU). Brackets inside strings count too; cloud-config nests a few.
+pub const MAX_NESTING: usize = 64;
 /// The `[data]` entries of init-data that become files: what the guest
 /// components read (attestd's `-c`, CDH's config, kata-agent's policy, and the
 /// containers-policy.json attestd checks a pulled attester image against: the
 /// tenant's, measured, never the host's).
 pub const INITDATA_FILES: [&str; 4] = ["aa.toml", "cdh.toml", "policy.rego", "policy.json"];
-
+/// What only init-data may supply: each decides what is trusted. An `aa.toml`
+/// may come from user-data, read by attestd for upstream's keys only.
+pub const MEASURED_ONLY: [&str; 3] = ["cdh.toml", "policy.rego", "policy.json"];
+/// What this tool writes itself, never user-data.
+pub const GENERATED: [&str; 2] = ["attestd.env", "initdata.toml"];
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("user-data is {0} bytes; at most {MAX_USER_DATA_BYTES} are read")]
     TooLarge(usize),
     #[error("user-data is a script (#!): only cloud-config is read")]
     Script,
+    #[error("user-data nests brackets more than {MAX_NESTING} deep")]
+    TooDeep,
     #[error("user-data is not valid cloud-config")]
     Yaml(#[source] serde_yaml::Error),
     #[error("user-data has {0} write_files entries; at most {MAX_FILES}")]
@@ -102,46 +122,67 @@ struct InitDataDoc {
     data: toml::Table,
 }
 
+/// Where `aa.toml` (attestd's `-c` file) came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AaSource {
+    /// Neither init-data nor user-data had one: an empty file.
+    #[default]
+    None,
+    /// User-data's: unmeasured.
+    UserData,
+    /// Init-data's: measured.
+    InitData,
+}
+
+/// A `write_files` entry not written, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: String,
+    pub why: &'static str,
+}
+
+/// Why an entry outside `/run/peerpod/` (or not a plain path there) is skipped.
+pub const SKIP_OUTSIDE: &str = "only plain paths under /run/peerpod, at most 4 deep, are written";
+/// Why user-data's `cdh.toml`, `policy.rego` or `policy.json` is skipped.
+pub const SKIP_MEASURED: &str = "only init-data (measured) may supply it";
+/// Why user-data's `attestd.env` or `initdata.toml` is skipped.
+pub const SKIP_GENERATED: &str = "attestd-podvm writes it itself";
+
 /// What [`provision`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Provisioned {
     /// Files written, by name under the output directory.
     pub written: Vec<String>,
-    /// `write_files` paths skipped (outside `/run/peerpod/`).
-    pub skipped: Vec<String>,
+    /// `write_files` entries skipped, with the reason.
+    pub skipped: Vec<Skipped>,
     /// Whether init-data arrived (and `initdata.toml` was written).
     pub initdata: bool,
+    /// Where `aa.toml` came from.
+    pub aa_toml: AaSource,
 }
 
 /// Turn `user_data` into files under `out_dir` (which stands for
-/// [`PEERPOD_DIR`]). Nothing is written unless all of it reads.
+/// [`PEERPOD_DIR`]). Nothing is written unless all of it reads, and `out_dir`
+/// then holds exactly the planned files: they are written into a fresh private
+/// directory beside it, which then takes its place.
 pub fn provision(user_data: &[u8], out_dir: &Path) -> Result<Provisioned, Error> {
-    let files = plan(user_data)?;
-    let mut done = Provisioned {
-        skipped: files.skipped,
-        initdata: files.initdata,
-        ..Default::default()
-    };
-    std::fs::create_dir_all(out_dir).map_err(|source| Error::Write {
-        path: out_dir.to_path_buf(),
-        source,
-    })?;
-    for (name, bytes) in &files.write {
-        let path = out_dir.join(name);
-        if let Some(parent) = path.parent().filter(|p| *p != out_dir) {
-            create_private_dirs(parent)?;
-        }
-        write_private(&path, bytes)?;
-        done.written.push(name.clone());
-    }
-    Ok(done)
+    let plan = plan(user_data)?;
+    write_dir(out_dir, &plan.write)?;
+    Ok(Provisioned {
+        written: plan.write.into_iter().map(|(n, _)| n).collect(),
+        skipped: plan.skipped,
+        initdata: plan.initdata,
+        aa_toml: plan.aa_toml,
+    })
 }
 
-struct Plan {
+/// What user-data comes to: the files to write, and what was left out.
+pub struct Plan {
     /// (file name, contents), in the order to write.
-    write: Vec<(String, Vec<u8>)>,
-    skipped: Vec<String>,
-    initdata: bool,
+    pub write: Vec<(String, Vec<u8>)>,
+    pub skipped: Vec<Skipped>,
+    pub initdata: bool,
+    pub aa_toml: AaSource,
 }
 
 fn plan(user_data: &[u8]) -> Result<Plan, Error> {
@@ -150,6 +191,9 @@ fn plan(user_data: &[u8]) -> Result<Plan, Error> {
     }
     if user_data.starts_with(b"#!") {
         return Err(Error::Script);
+    }
+    if nesting(user_data) > MAX_NESTING {
+        return Err(Error::TooDeep);
     }
     let cc: CloudConfig = if user_data.iter().all(u8::is_ascii_whitespace) {
         CloudConfig {
@@ -164,8 +208,17 @@ fn plan(user_data: &[u8]) -> Result<Plan, Error> {
     let mut write: Vec<(String, Vec<u8>)> = Vec::new();
     let mut skipped = Vec::new();
     for f in cc.write_files {
-        let Some(name) = peerpod_name(&f.path) else {
-            skipped.push(f.path);
+        let why = match peerpod_name(&f.path) {
+            None => Some(SKIP_OUTSIDE),
+            Some(n) if MEASURED_ONLY.contains(&n) => Some(SKIP_MEASURED),
+            Some(n) if GENERATED.contains(&n) => Some(SKIP_GENERATED),
+            Some(_) => None,
+        };
+        let (Some(name), None) = (peerpod_name(&f.path), why) else {
+            skipped.push(Skipped {
+                path: f.path,
+                why: why.unwrap_or(SKIP_OUTSIDE),
+            });
             continue;
         };
         let bytes = decode(&f)?;
@@ -173,6 +226,11 @@ fn plan(user_data: &[u8]) -> Result<Plan, Error> {
         write.push((name.to_string(), bytes));
     }
     let mut initdata = false;
+    let mut aa_toml = if write.iter().any(|(n, _)| n == "aa.toml") {
+        AaSource::UserData
+    } else {
+        AaSource::None
+    };
     if let Some(pos) = write.iter().position(|(n, _)| n == "initdata") {
         let (_, raw) = write.remove(pos);
         let toml_bytes = initdata_toml(&raw)?;
@@ -189,6 +247,9 @@ fn plan(user_data: &[u8]) -> Result<Plan, Error> {
                     .ok_or_else(|| Error::DataEntry(name.to_string()))?;
                 write.retain(|(n, _)| n != name);
                 write.push((name.to_string(), s.as_bytes().to_vec()));
+                if name == "aa.toml" {
+                    aa_toml = AaSource::InitData;
+                }
             }
         }
         write.push(("initdata.toml".into(), toml_bytes));
@@ -198,12 +259,17 @@ fn plan(user_data: &[u8]) -> Result<Plan, Error> {
     if !write.iter().any(|(n, _)| n == "aa.toml") {
         write.push(("aa.toml".into(), Vec::new()));
     }
-    let env = if initdata {
+    let mut env = if initdata {
         format!("ATTESTD_INITDATA=--initdata-toml {PEERPOD_DIR}/initdata.toml\n")
     } else {
         "ATTESTD_INITDATA=\n".to_string()
     };
-    write.retain(|(n, _)| n != "attestd.env");
+    // attestd reads a -c file from user-data (or none) for upstream's keys only.
+    let source = match aa_toml {
+        AaSource::InitData => "init-data",
+        AaSource::UserData | AaSource::None => "user-data",
+    };
+    env.push_str(&format!("ATTESTD_CONFIG_FILE_SOURCE={source}\n"));
     write.push(("attestd.env".into(), env.into_bytes()));
     // Checked once every file is planned (init-data's and attestd.env too),
     // before anything is written: a name both a file and a directory would
@@ -221,7 +287,25 @@ fn plan(user_data: &[u8]) -> Result<Plan, Error> {
         write,
         skipped,
         initdata,
+        aa_toml,
     })
+}
+
+/// How deep YAML flow collections (`[`, `{`) nest in `text`, counted naively
+/// (inside strings too): a cheap bound before the parser sees it.
+fn nesting(text: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for b in text {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// The path of `path` relative to `/run/peerpod/` when every component of it is
@@ -237,20 +321,6 @@ fn peerpod_name(path: &str) -> Option<&str> {
     };
     let parts = name.split('/').count();
     (parts <= MAX_DEPTH && name.split('/').all(plain)).then_some(name)
-}
-
-/// `dir` and its missing parents, mode 0700 (what is under /run/peerpod is
-/// for root only).
-fn create_private_dirs(dir: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| Error::Write {
-            path: dir.to_path_buf(),
-            source,
-        })
 }
 
 fn decode(f: &WriteFile) -> Result<Vec<u8>, Error> {
@@ -315,25 +385,153 @@ fn initdata_toml(raw: &[u8]) -> Result<Vec<u8>, Error> {
     Ok(raw.to_vec())
 }
 
-/// Write `bytes` to `path`, mode 0600, whole or not at all.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let err = |source| Error::Write {
-        path: path.to_path_buf(),
-        source,
+/// Write `files` as the whole of `out_dir`: into a fresh directory beside it
+/// (mode 0700, nothing followed: every name is created anew, `O_EXCL` and
+/// `O_NOFOLLOW`, under a directory descriptor), which then takes `out_dir`'s
+/// place in one rename; the old contents go. On an error nothing changes and the
+/// fresh directory is removed.
+fn write_dir(out_dir: &Path, files: &[(String, Vec<u8>)]) -> Result<(), Error> {
+    let werr = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: std::io::Error| Error::Write { path, source: e }
     };
-    let tmp = path.with_extension("attestd-podvm.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
+    let parent = match out_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = out_dir
+        .file_name()
+        .ok_or_else(|| werr(out_dir)(std::io::Error::other("no directory name")))?;
+    // The parent is the system's (/run): created when missing, never changed.
+    std::fs::create_dir_all(parent).map_err(werr(parent))?;
+    let tmp = fresh_dir(parent, name).map_err(werr(parent))?;
+    let written = write_files(&tmp, files);
+    let placed = written.and_then(|()| swap_into_place(&tmp, out_dir));
+    if placed.is_err() {
+        // What the failed write left (its error is the one reported).
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    placed
+}
+
+/// A new directory `.<name>.<pid>.<n>` in `parent`, mode 0700 whatever the umask.
+fn fresh_dir(parent: &Path, name: &std::ffi::OsStr) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let pid = std::process::id();
+    let mut n = 0u32;
+    loop {
+        let tmp = parent.join(format!(
+            ".{}.{pid}.{n}.attestd-podvm",
+            name.to_string_lossy()
+        ));
+        // mkdir never follows a name planted there: it fails instead.
+        match std::fs::DirBuilder::new().mode(0o700).create(&tmp) {
+            Ok(()) => {
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))?;
+                return Ok(tmp);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Each file under `root` (ours, fresh), its directories 0700, files 0600.
+fn write_files(root: &Path, files: &[(String, Vec<u8>)]) -> Result<(), Error> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{fchmod, mkdirat, Mode};
+    use std::io::Write as _;
+    let dir_flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+    let open_root = std::fs::File::open(root).map_err(|source| Error::Write {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    for (name, bytes) in files {
+        let path = root.join(name);
+        let err = |e: nix::Error| Error::Write {
+            path: path.clone(),
+            source: std::io::Error::from(e),
+        };
+        let mut parts: Vec<&str> = name.split('/').collect();
+        let file = parts.pop().unwrap_or_default();
+        // Walk down by descriptor, creating what is missing (ours alone: 0700).
+        let mut dir: std::os::fd::OwnedFd = open_root
+            .try_clone()
+            .map_err(|source| Error::Write {
+                path: root.to_path_buf(),
+                source,
+            })?
+            .into();
+        for part in parts {
+            match mkdirat(&dir, part, Mode::S_IRWXU) {
+                Ok(()) | Err(nix::Error::EEXIST) => {}
+                Err(e) => return Err(err(e)),
+            }
+            let next = openat(&dir, part, dir_flags, Mode::empty()).map_err(err)?;
+            fchmod(&next, Mode::S_IRWXU).map_err(err)?;
+            dir = next;
+        }
+        let fd = openat(
+            &dir,
+            file,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )
         .map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+        fchmod(&fd, Mode::S_IRUSR | Mode::S_IWUSR).map_err(err)?;
+        let mut f = std::fs::File::from(fd);
+        let ioerr = |source| Error::Write {
+            path: path.clone(),
+            source,
+        };
+        f.write_all(bytes).map_err(ioerr)?;
+        f.sync_all().map_err(ioerr)?;
+    }
+    Ok(())
+}
+
+/// `tmp` becomes `out_dir`: renamed there when nothing is, else exchanged with
+/// what is (a directory, or anything planted there) in one step, and the old
+/// removed (not followed: a symlink goes, not what it points to).
+fn swap_into_place(tmp: &Path, out_dir: &Path) -> Result<(), Error> {
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    let err = |e: nix::Error| Error::Write {
+        path: out_dir.to_path_buf(),
+        source: std::io::Error::from(e),
+    };
+    match renameat2(
+        AT_FDCWD,
+        tmp,
+        AT_FDCWD,
+        out_dir,
+        RenameFlags::RENAME_NOREPLACE,
+    ) {
+        Ok(()) => return Ok(()),
+        Err(nix::Error::EEXIST) => {}
+        Err(e) => return Err(err(e)),
+    }
+    renameat2(
+        AT_FDCWD,
+        tmp,
+        AT_FDCWD,
+        out_dir,
+        RenameFlags::RENAME_EXCHANGE,
+    )
+    .map_err(err)?;
+    // `tmp` now names the old contents.
+    let old = std::fs::symlink_metadata(tmp).map_err(|source| Error::Write {
+        path: tmp.to_path_buf(),
+        source,
+    })?;
+    let removed = if old.is_dir() {
+        std::fs::remove_dir_all(tmp)
+    } else {
+        std::fs::remove_file(tmp)
+    };
+    removed.map_err(|source| Error::Write {
+        path: tmp.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

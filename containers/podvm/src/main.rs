@@ -46,11 +46,14 @@ fn main() -> Result<()> {
     };
     let done = attestd_podvm::provision(&bytes, &out_dir)
         .with_context(|| format!("user-data {}", user_data.display()))?;
-    for p in &done.skipped {
+    // Paths are the host's words: quoted and escaped, so a line break or an
+    // escape sequence in one cannot forge a journal line.
+    for s in &done.skipped {
+        println!("skipped {:?}: {}", s.path, s.why);
+    }
+    if done.aa_toml == attestd_podvm::AaSource::UserData {
         println!(
-            "skipped {p}: only plain paths under {}, at most {} deep, are written",
-            attestd_podvm::PEERPOD_DIR,
-            attestd_podvm::MAX_DEPTH
+            "aa.toml comes from user-data, which is unmeasured: attestd reads only upstream attestation-agent's keys from it"
         );
     }
     println!(

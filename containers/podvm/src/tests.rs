@@ -42,8 +42,9 @@ fn kata_style_initdata_becomes_the_files_attestd_reads() {
     assert_eq!(read(&d, "daemon.json"), "{}");
     assert_eq!(
         read(&d, "attestd.env"),
-        "ATTESTD_INITDATA=--initdata-toml /run/peerpod/initdata.toml\n"
+        "ATTESTD_INITDATA=--initdata-toml /run/peerpod/initdata.toml\nATTESTD_CONFIG_FILE_SOURCE=init-data\n"
     );
+    assert_eq!(r.aa_toml, AaSource::InitData);
     assert!(!d.path().join("peerpod/initdata").exists());
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(d.path().join("peerpod/aa.toml"))
@@ -72,7 +73,11 @@ fn plain_toml_initdata_and_no_user_data_at_all() {
         }
     );
     assert_eq!(read(&d, "aa.toml"), "");
-    assert_eq!(read(&d, "attestd.env"), "ATTESTD_INITDATA=\n");
+    // Empty, but attestd is told to read it as unmeasured anyway.
+    assert_eq!(
+        read(&d, "attestd.env"),
+        "ATTESTD_INITDATA=\nATTESTD_CONFIG_FILE_SOURCE=user-data\n"
+    );
 }
 
 #[test]
@@ -80,9 +85,23 @@ fn paths_outside_peerpod_are_skipped_never_written() {
     let ud = "#cloud-config\nwrite_files:\n- path: /etc/attestd/attestd.toml.d/99.toml\n  content: x\n- path: /run/peerpod/../../etc/passwd\n  content: x\n- path: /run/peerpod/sub/../../x\n  content: x\n- path: /run/peerpod/sub//x\n  content: x\n- path: /run/peerpod/sub/.hidden/x\n  content: x\n- path: /run/peerpod/.hidden\n  content: x\n- path: /run/peerpodx\n  content: x\n- path: /run/peerpod/attestd.env\n  content: ATTESTD_INITDATA=--grpc_sock 0.0.0.0:1\n";
     let (d, r) = run(ud);
     let r = r.unwrap();
-    assert_eq!(r.skipped.len(), 7, "{r:?}");
+    assert_eq!(r.skipped.len(), 8, "{r:?}");
+    assert!(
+        r.skipped[..7].iter().all(|s| s.why == SKIP_OUTSIDE),
+        "{r:?}"
+    );
     // attestd.env is always ours: user-data cannot add attestd flags.
-    assert_eq!(read(&d, "attestd.env"), "ATTESTD_INITDATA=\n");
+    assert_eq!(
+        r.skipped[7],
+        Skipped {
+            path: "/run/peerpod/attestd.env".into(),
+            why: SKIP_GENERATED
+        }
+    );
+    assert_eq!(
+        read(&d, "attestd.env"),
+        "ATTESTD_INITDATA=\nATTESTD_CONFIG_FILE_SOURCE=user-data\n"
+    );
     let names: Vec<_> = std::fs::read_dir(d.path().join("peerpod"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -97,8 +116,75 @@ fn initdata_wins_over_an_unmeasured_aa_toml() {
         gzip_b64(INITDATA.as_bytes())
     );
     let (d, r) = run(&ud);
-    r.unwrap();
+    assert_eq!(r.unwrap().aa_toml, AaSource::InitData);
     assert!(read(&d, "aa.toml").contains("token_configs.kbs"));
+}
+
+/// Issue 26: what decides what is trusted comes from init-data or not at all;
+/// an aa.toml from user-data is written, and attestd told it is unmeasured.
+#[test]
+fn user_data_never_supplies_what_is_trusted() {
+    let hostile = "#cloud-config\nwrite_files:\n\
+        - path: /run/peerpod/aa.toml\n  content: |\n    [plugins.attester.sample]\n    command = \"/bin/sh\"\n\
+        - path: /run/peerpod/policy.json\n  content: '{\"default\": [{\"type\": \"insecureAcceptAnything\"}]}'\n\
+        - path: /run/peerpod/cdh.toml\n  content: x\n\
+        - path: /run/peerpod/policy.rego\n  content: x\n\
+        - path: /run/peerpod/initdata.toml\n  content: x\n";
+    // No init-data at all, and init-data without an aa.toml: the same answer.
+    let initdata_without_aa = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"policy.rego\" = \"package agent_policy\\n\"\n";
+    let with_initdata = format!(
+        "{hostile}- path: /run/peerpod/initdata\n  content: {}\n",
+        gzip_b64(initdata_without_aa.as_bytes())
+    );
+    for (ud, initdata) in [(hostile.to_string(), false), (with_initdata, true)] {
+        let (d, r) = run(&ud);
+        let r = r.unwrap();
+        assert_eq!(r.initdata, initdata);
+        assert_eq!(r.aa_toml, AaSource::UserData);
+        let skipped: Vec<(&str, &str)> =
+            r.skipped.iter().map(|s| (s.path.as_str(), s.why)).collect();
+        assert_eq!(
+            skipped,
+            [
+                ("/run/peerpod/policy.json", SKIP_MEASURED),
+                ("/run/peerpod/cdh.toml", SKIP_MEASURED),
+                ("/run/peerpod/policy.rego", SKIP_MEASURED),
+                ("/run/peerpod/initdata.toml", SKIP_GENERATED),
+            ]
+        );
+        assert!(!d.path().join("peerpod/policy.json").exists());
+        assert!(!d.path().join("peerpod/cdh.toml").exists());
+        // The host's aa.toml is written as it came; attestd reads it as user-data.
+        assert!(read(&d, "aa.toml").contains("/bin/sh"));
+        assert!(read(&d, "attestd.env").ends_with("ATTESTD_CONFIG_FILE_SOURCE=user-data\n"));
+        if initdata {
+            // init-data's own policy.rego, not the host's.
+            assert_eq!(read(&d, "policy.rego"), "package agent_policy\n");
+            assert_eq!(read(&d, "initdata.toml"), initdata_without_aa);
+        } else {
+            assert!(!d.path().join("peerpod/policy.rego").exists());
+            assert!(!d.path().join("peerpod/initdata.toml").exists());
+        }
+    }
+}
+
+#[test]
+fn nesting_is_bounded_before_parsing_and_the_bound_is_taken() {
+    let nested = |n: usize| format!("write_files: {}{}\n", "[".repeat(n), "]".repeat(n));
+    // At the bound: parsed (and not cloud-config's shape, which is another error).
+    let (_, r) = run(&nested(MAX_NESTING));
+    assert!(!matches!(r, Err(Error::TooDeep)), "{r:?}");
+    let (d, r) = run(&nested(MAX_NESTING + 1));
+    assert_eq!(
+        r.unwrap_err().to_string(),
+        "user-data nests brackets more than 64 deep"
+    );
+    assert!(!d.path().join("peerpod").exists());
+    // What cost a minute of CPU before: the largest user-data, all brackets.
+    let started = std::time::Instant::now();
+    let (_, r) = run(&"[".repeat(MAX_USER_DATA_BYTES));
+    assert!(matches!(r, Err(Error::TooDeep)));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
 
 #[test]
@@ -182,7 +268,13 @@ fn subdirectories_hold_what_a_registry_pull_reads() {
     );
     let (d, r) = run(&ud);
     let r = r.unwrap();
-    assert!(r.skipped.is_empty(), "{r:?}");
+    assert_eq!(
+        r.skipped,
+        [Skipped {
+            path: "/run/peerpod/policy.json".into(),
+            why: SKIP_MEASURED
+        }]
+    );
     assert_eq!(read(&d, "certs.d/10.0.2.100:5000/ca.crt"), "CA");
     assert_eq!(read(&d, "registries.d/attestd.yaml"), "docker: {}");
     assert!(read(&d, "policy.json").contains("reject"));
@@ -203,7 +295,13 @@ fn depth_is_bounded_and_a_file_cannot_also_be_a_directory() {
     let ud = format!("write_files:\n- path: {at}\n  content: x\n- path: {past}\n  content: x\n");
     let (d, r) = run(&ud);
     let r = r.unwrap();
-    assert_eq!(r.skipped, vec![past]);
+    assert_eq!(
+        r.skipped,
+        vec![Skipped {
+            path: past,
+            why: SKIP_OUTSIDE
+        }]
+    );
     assert_eq!(read(&d, &at["/run/peerpod/".len()..]), "x");
     let ud = "write_files:\n- path: /run/peerpod/certs.d\n  content: x\n- path: /run/peerpod/certs.d/h/ca.crt\n  content: x\n";
     let (d, r) = run(ud);
@@ -222,4 +320,80 @@ fn depth_is_bounded_and_a_file_cannot_also_be_a_directory() {
         "write_files entries attestd.env and attestd.env/x: one is a file, the other under it"
     );
     assert!(!d.path().join("peerpod").exists(), "{msg}: wrote files");
+}
+
+/// Issue 26 (low): all or nothing, nothing followed, private whatever the umask.
+#[test]
+fn the_directory_is_replaced_whole_private_and_nothing_is_followed() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("peerpod");
+    // An earlier boot's files, a world-writable directory, and a symlink planted
+    // where a subdirectory will be written.
+    std::fs::create_dir(&out).unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(out.join("stale.toml"), "old").unwrap();
+    let victim = d.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::os::unix::fs::symlink(&victim, out.join("certs.d")).unwrap();
+    let ud = "write_files:\n- path: /run/peerpod/certs.d/h:1/ca.crt\n  content: CA\n";
+    let old_umask = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let r = provision(ud.as_bytes(), &out);
+    nix::sys::stat::umask(old_umask);
+    r.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join("certs.d/h:1/ca.crt")).unwrap(),
+        "CA"
+    );
+    assert!(!out.join("stale.toml").exists(), "an earlier file stayed");
+    assert_eq!(
+        std::fs::read_dir(&victim).unwrap().count(),
+        0,
+        "followed a symlink"
+    );
+    for p in [&out, &out.join("certs.d"), &out.join("certs.d/h:1")] {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", p.display());
+    }
+    let mode = std::fs::metadata(out.join("aa.toml"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    // Nothing else beside it: no temporary directory left.
+    let names: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn a_later_write_failing_leaves_the_old_directory_and_no_temporary() {
+    // plan() leaves nothing that fails while writing (a name both a file and a
+    // directory is refused before), so a plan made by hand fails on its second
+    // file: the first was written, and must not be seen.
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("peerpod");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("aa.toml"), "old").unwrap();
+    let files = vec![
+        ("a".to_string(), b"1".to_vec()),
+        // The second write of one name: O_EXCL refuses it.
+        ("a".to_string(), b"2".to_vec()),
+    ];
+    let e = write_dir(&out, &files).unwrap_err().to_string();
+    assert!(e.starts_with("cannot write"), "{e}");
+    assert_eq!(std::fs::read_to_string(out.join("aa.toml")).unwrap(), "old");
+    let names: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["peerpod"]);
+}
+
+#[test]
+fn the_skip_reason_states_the_depth_bound() {
+    assert!(SKIP_OUTSIDE.contains(&format!("at most {MAX_DEPTH} deep")));
 }

@@ -1,13 +1,16 @@
 //! Where the configuration comes from in a pod VM: the image's system file and
-//! drop-ins (plugins, images, launch), then the `-c` file as it arrives through
-//! init-data (upstream's `aa.toml`: `[token_configs]` and friends), merged key by
+//! drop-ins (plugins, images, launch), then the `-c` file (upstream's `aa.toml`,
+//! from init-data or user-data: `[token_configs]` and friends), merged key by
 //! key. Later layers win:
 //!
 //! 1. built-in defaults;
 //! 2. `<config_dir>/attestd.toml` (the image's; optional);
-//! 3. `<config_dir>/attestd.toml.d/*.toml`, in lexical order (optional; what
-//!    cloud-api-adaptor's user-data or an operator drops in);
-//! 4. the `-c` file (required when given).
+//! 3. `<config_dir>/attestd.toml.d/*.toml`, in lexical order (optional; the
+//!    image's or an operator's);
+//! 4. the `-c` file (required when given), restricted by where it comes from
+//!    ([`super::scope`]: the image's `[config_file] source` and the
+//!    `--config-file-source` flag, the stricter of the two). A `-c` file that is
+//!    one of the files above (the system file, say) is not read a second time.
 //!
 //! Tables merge recursively; any other value (arrays too) is replaced whole. Every
 //! leaf remembers the file it came from, for `attestd config` and for errors,
@@ -16,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::scope::{self, Refused, Source};
 use super::{Config, ConfigError};
 
 /// The image's configuration directory.
@@ -36,6 +40,11 @@ pub struct Layered {
     pub origins: BTreeMap<String, PathBuf>,
     /// The files read, in order.
     pub files: Vec<PathBuf>,
+    /// Where the `-c` file was taken to come from, when one was read.
+    pub cli_source: Option<Source>,
+    /// The `-c` file's keys left out because its source may not set them
+    /// (user-data's), each with the reason: attestd warns of each at start.
+    pub ignored: Vec<Refused>,
 }
 
 impl Layered {
@@ -62,13 +71,33 @@ impl Layered {
                 })
                 .collect();
             let files: Vec<String> = self.files.iter().map(|p| p.display().to_string()).collect();
-            let doc = serde_json::json!({ "files": files, "keys": keys });
+            let ignored: Vec<serde_json::Value> = self
+                .ignored
+                .iter()
+                .map(|r| serde_json::json!({ "key": r.key, "why": r.why }))
+                .collect();
+            let doc = serde_json::json!({
+                "files": files,
+                "keys": keys,
+                "config_file_source": self.cli_source.map(Source::as_str),
+                "ignored": ignored,
+            });
             return serde_json::to_string_pretty(&doc)
                 .map_err(|e| super::invalid("(effective config)", e.to_string()));
         }
         let mut out = String::new();
         for (k, v) in &rows {
             out.push_str(&format!("{k} = {v}    # {}\n", origin(k)));
+        }
+        if let (Some(source), Some(cli)) = (self.cli_source, self.files.last()) {
+            out.push_str(&format!("# {} is read as from {source}\n", cli.display()));
+        }
+        for r in &self.ignored {
+            out.push_str(&format!(
+                "# ignored: {}: {}\n",
+                crate::echo::escaped(&r.key),
+                r.why
+            ));
         }
         Ok(out)
     }
@@ -91,9 +120,18 @@ fn leaves(v: &toml::Value, prefix: &str, out: &mut Vec<(String, toml::Value)>) {
     }
 }
 
+/// The files to read: the configuration directory's, then the `-c` file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sources {
+    /// The system file and drop-ins that exist, in order.
+    pub dir: Vec<PathBuf>,
+    /// The `-c` file, unless it is one of `dir` (then read once, as that).
+    pub cli: Option<PathBuf>,
+}
+
 /// The files to read, in order: the system file and drop-ins of `config_dir`
 /// when they exist, then `cli` (which must).
-pub fn sources(config_dir: &Path, cli: Option<&Path>) -> Result<Vec<PathBuf>, ConfigError> {
+pub fn sources(config_dir: &Path, cli: Option<&Path>) -> Result<Sources, ConfigError> {
     let mut files = Vec::new();
     let system = config_dir.join(SYSTEM_FILE);
     if exists(&system)? {
@@ -122,8 +160,22 @@ pub fn sources(config_dir: &Path, cli: Option<&Path>) -> Result<Vec<PathBuf>, Co
         drop_ins.sort();
         files.extend(drop_ins);
     }
-    files.extend(cli.map(Path::to_path_buf));
-    Ok(files)
+    // Read twice, the system file's second read would win over every drop-in.
+    let cli = match cli {
+        Some(c) if files.iter().any(|f| same_file(f, c)) => None,
+        c => c.map(Path::to_path_buf),
+    };
+    Ok(Sources { dir: files, cli })
+}
+
+/// Whether `a` and `b` are one file (by device and inode; a path that does not
+/// read is no file).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
 }
 
 fn exists(p: &Path) -> Result<bool, ConfigError> {
@@ -137,37 +189,69 @@ fn exists(p: &Path) -> Result<bool, ConfigError> {
     }
 }
 
-/// Read `files` in order, merge them, and validate the result.
-pub fn load(files: &[PathBuf]) -> Result<Layered, ConfigError> {
-    let mut texts = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(f).map_err(|source| ConfigError::Read {
+/// Read `sources` in order, merge them (the `-c` file as from `source`, or from
+/// what the directory's `[config_file] source` allows, whichever is stricter),
+/// and validate the result.
+pub fn load(sources: &Sources, source: Source) -> Result<Layered, ConfigError> {
+    let read = |f: &PathBuf| {
+        std::fs::read_to_string(f).map_err(|e| ConfigError::Read {
             path: f.clone(),
-            source,
-        })?;
-        texts.push((f.clone(), text));
+            source: e,
+        })
+    };
+    let mut texts = Vec::new();
+    for f in &sources.dir {
+        texts.push((f.clone(), read(f)?));
     }
-    let texts: Vec<(PathBuf, &str)> = texts.iter().map(|(p, t)| (p.clone(), t.as_str())).collect();
-    merge_texts(&texts)
+    let cli = match &sources.cli {
+        Some(f) => Some((f.clone(), read(f)?)),
+        None => None,
+    };
+    let dir: Vec<(PathBuf, &str)> = texts.iter().map(|(p, t)| (p.clone(), t.as_str())).collect();
+    let cli = cli.as_ref().map(|(p, t)| (p.clone(), t.as_str()));
+    merge_texts(&dir, cli, source)
 }
 
-/// [`load`] on texts already read (tests, fuzzing).
-pub fn merge_texts(texts: &[(PathBuf, &str)]) -> Result<Layered, ConfigError> {
-    let mut merged = toml::Table::new();
-    let mut origins = BTreeMap::new();
-    for (path, text) in texts {
-        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+/// [`load`] on texts already read (tests, fuzzing): the directory's files, then
+/// the `-c` file.
+pub fn merge_texts(
+    dir: &[(PathBuf, &str)],
+    cli: Option<(PathBuf, &str)>,
+    source: Source,
+) -> Result<Layered, ConfigError> {
+    let parse = |path: &PathBuf, text: &str| {
+        toml::from_str::<toml::Table>(text).map_err(|e| ConfigError::Parse {
             path: path.clone(),
             source: Box::new(e),
+        })
+    };
+    let mut merged = toml::Table::new();
+    let mut origins = BTreeMap::new();
+    for (path, text) in dir {
+        merge(&mut merged, parse(path, text)?, "", path, &mut origins);
+    }
+    let mut texts = dir.to_vec();
+    let mut ignored = Vec::new();
+    let mut cli_source = None;
+    if let Some((path, text)) = cli {
+        let source = source.min(ceiling(&merged));
+        let mut table = parse(&path, text)?;
+        ignored = scope::restrict(&mut table, source).map_err(|r| ConfigError::InFile {
+            line: line_of(text, &r.key),
+            path: path.clone(),
+            key: r.key,
+            message: r.why,
         })?;
-        merge(&mut merged, table, "", path, &mut origins);
+        merge(&mut merged, table, "", &path, &mut origins);
+        cli_source = Some(source);
+        texts.push((path, text));
     }
     let config: Config = toml::Value::Table(merged)
         .try_into()
-        .map_err(|e: toml::de::Error| located(&e, texts, &origins))?;
+        .map_err(|e: toml::de::Error| located(&e, &texts, &origins))?;
     config.validate().map_err(|e| match e {
         ConfigError::Invalid { key, message } => {
-            placed(&key, key.clone(), message, texts, &origins)
+            placed(&key, key.clone(), message, &texts, &origins)
         }
         other => other,
     })?;
@@ -175,7 +259,21 @@ pub fn merge_texts(texts: &[(PathBuf, &str)]) -> Result<Layered, ConfigError> {
         config,
         origins,
         files: texts.iter().map(|(p, _)| p.clone()).collect(),
+        cli_source,
+        ignored,
     })
+}
+
+/// The directory's `[config_file] source`: the most a `-c` file may be trusted
+/// with. One that does not parse allows the least (and fails validation after).
+fn ceiling(dir: &toml::Table) -> Source {
+    match dir.get("config_file").and_then(|t| t.get("source")) {
+        None => Source::Operator,
+        Some(v) => v
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(Source::UserData),
+    }
 }
 
 /// `from` into `into`, key by key; leaves remember `path`.
@@ -324,9 +422,18 @@ mod tests {
     use super::*;
 
     fn layered(files: &[(&str, &str)]) -> Result<Layered, ConfigError> {
-        let texts: Vec<(PathBuf, &str)> =
-            files.iter().map(|(p, t)| (PathBuf::from(p), *t)).collect();
-        merge_texts(&texts)
+        layered_as(files, Source::Operator)
+    }
+
+    /// The directory's files, and a last one named `/run/aa.toml` as the `-c`
+    /// file, from `source`.
+    fn layered_as(files: &[(&str, &str)], source: Source) -> Result<Layered, ConfigError> {
+        let (dir, cli) = match files.split_last() {
+            Some(((p, t), rest)) if *p == "/run/aa.toml" => (rest, Some((PathBuf::from(p), *t))),
+            _ => (files, None),
+        };
+        let dir: Vec<(PathBuf, &str)> = dir.iter().map(|(p, t)| (PathBuf::from(p), *t)).collect();
+        merge_texts(&dir, cli, source)
     }
 
     const IMAGE: &str = r#"
@@ -473,7 +580,7 @@ image = "localhost/attestd/attester-tdx@sha256:222222222222222222222222222222222
     fn sources_are_the_system_file_drop_ins_in_lexical_order_then_the_cli_file() {
         let d = tempfile::tempdir().unwrap();
         let none = sources(d.path(), None).unwrap();
-        assert!(none.is_empty());
+        assert_eq!(none, Sources::default());
         std::fs::write(d.path().join(SYSTEM_FILE), "").unwrap();
         let dir = d.path().join(DROP_IN_DIR);
         std::fs::create_dir(&dir).unwrap();
@@ -481,8 +588,11 @@ image = "localhost/attestd/attester-tdx@sha256:222222222222222222222222222222222
             std::fs::write(dir.join(f), "").unwrap();
         }
         let got = sources(d.path(), Some(Path::new("/run/aa.toml"))).unwrap();
+        assert_eq!(got.cli.as_deref(), Some(Path::new("/run/aa.toml")));
         let names: Vec<String> = got
+            .dir
             .iter()
+            .chain(&got.cli)
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["attestd.toml", "10-a.toml", "20-b.toml", "aa.toml"]);
@@ -496,9 +606,141 @@ image = "localhost/attestd/attester-tdx@sha256:222222222222222222222222222222222
         for i in 0..MAX_DROP_INS {
             std::fs::write(dir.join(format!("{i:04}.toml")), "").unwrap();
         }
-        assert_eq!(sources(d.path(), None).unwrap().len(), MAX_DROP_INS);
+        assert_eq!(sources(d.path(), None).unwrap().dir.len(), MAX_DROP_INS);
         std::fs::write(dir.join("9999.toml"), "").unwrap();
         let e = sources(d.path(), None).unwrap_err().to_string();
         assert!(e.ends_with("257 drop-ins, more than 256"), "{e}");
+    }
+
+    #[test]
+    fn a_cli_file_that_is_the_system_file_is_read_once_so_drop_ins_win() {
+        let d = tempfile::tempdir().unwrap();
+        let system = d.path().join(SYSTEM_FILE);
+        std::fs::write(&system, "[log]\nlevel = \"info\"\n").unwrap();
+        std::fs::create_dir(d.path().join(DROP_IN_DIR)).unwrap();
+        let drop_in = d.path().join(DROP_IN_DIR).join("10-debug.toml");
+        std::fs::write(&drop_in, "[log]\nlevel = \"debug\"\n").unwrap();
+        // Named another way (a symlink): still the same file.
+        let link = d.path().join("link.toml");
+        std::os::unix::fs::symlink(&system, &link).unwrap();
+        for cli in [&system, &link] {
+            let s = sources(d.path(), Some(cli)).unwrap();
+            assert_eq!(s.cli, None);
+            let l = load(&s, Source::Operator).unwrap();
+            assert_eq!(l.config.log.level, "debug");
+            assert_eq!(l.files, [system.clone(), drop_in.clone()]);
+            assert_eq!(l.cli_source, None);
+        }
+    }
+
+    const POD_VM: &str = "[config_file]\nsource = \"init-data\"\n";
+
+    #[test]
+    fn the_images_ceiling_refuses_launch_keys_in_the_cli_file_naming_key_file_and_line() {
+        let aa = "[token_configs.kbs]\nurl = \"https://kbs\"\n\n[plugins.attester.sample]\ncommand = \"/bin/sh\"\n";
+        let e = layered_as(
+            &[("/etc/attestd/attestd.toml", POD_VM), ("/run/aa.toml", aa)],
+            Source::Operator,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "invalid config: /run/aa.toml, line 5: plugins.attester.sample.command: a -c file \
+                 from init-data may not set what attestd launches ({}); the image's own \
+                 configuration sets those, or allows them with [config_file] source = \"operator\"",
+                scope::LAUNCH_KEYS
+            )
+        );
+        // The same file, the image allowing it.
+        let allow = "[config_file]\nsource = \"operator\"\n";
+        let aa_ok = "[plugins.attester.sample]\nlaunch = \"process\"\ncommand = \"/bin/sh\"\ntransport = \"ttrpc\"\n";
+        let l = layered_as(
+            &[
+                ("/etc/attestd/attestd.toml", allow),
+                ("/run/aa.toml", aa_ok),
+            ],
+            Source::Operator,
+        )
+        .unwrap();
+        assert!(l.config.plugins.attester.contains_key("sample"));
+        assert_eq!(l.cli_source, Some(Source::Operator));
+        // The flag lowers what the directory allows, never raises it.
+        let e = layered_as(
+            &[
+                ("/etc/attestd/attestd.toml", allow),
+                ("/run/aa.toml", aa_ok),
+            ],
+            Source::InitData,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("plugins.attester.sample.command: a -c file from init-data may not"),
+            "{e}"
+        );
+        // Tunables pass.
+        let l = layered_as(
+            &[
+                ("/etc/attestd/attestd.toml", POD_VM),
+                ("/run/aa.toml", "[plugins]\ncall_timeout_ms = 7000\n"),
+            ],
+            Source::Operator,
+        )
+        .unwrap();
+        assert_eq!(l.config.plugins.call_timeout_ms, 7000);
+        assert_eq!(l.cli_source, Some(Source::InitData));
+    }
+
+    #[test]
+    fn an_unmeasured_cli_file_keeps_upstreams_keys_and_the_rest_is_ignored_and_said() {
+        let aa = "[token_configs.kbs]\nurl = \"https://kbs\"\nallow_insecure_http = true\n\n[plugins]\ndev_mode = true\n\n[plugins.attester.sample]\nlaunch = \"process\"\ncommand = \"/bin/sh\"\ntransport = \"ttrpc\"\n";
+        let l = layered_as(
+            &[("/etc/attestd/attestd.toml", IMAGE), ("/run/aa.toml", aa)],
+            Source::UserData,
+        )
+        .unwrap();
+        assert_eq!(l.cli_source, Some(Source::UserData));
+        assert!(!l.config.plugins.attester.contains_key("sample"));
+        assert!(!l.config.plugins.dev_mode);
+        let kbs = l.config.token_configs.kbs.as_ref().unwrap();
+        assert_eq!(kbs.url, "https://kbs");
+        assert!(!kbs.allow_insecure_http);
+        let keys: Vec<&str> = l.ignored.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["plugins", "token_configs.kbs.allow_insecure_http"]);
+        let text = l.render(false).unwrap();
+        assert!(
+            text.contains("# /run/aa.toml is read as from user-data\n"),
+            "{text}"
+        );
+        assert!(text.contains("# ignored: plugins: user-data is unmeasured: only upstream's keys are read from it ("), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&l.render(true).unwrap()).unwrap();
+        assert_eq!(json["config_file_source"], "user-data");
+        assert_eq!(
+            json["ignored"][1]["key"],
+            "token_configs.kbs.allow_insecure_http"
+        );
+    }
+
+    #[test]
+    fn the_ceiling_is_set_in_the_directory_only_and_must_be_a_source() {
+        let e = layered_as(
+            &[
+                ("/etc/attestd/attestd.toml", IMAGE),
+                ("/run/aa.toml", "[config_file]\nsource = \"operator\"\n"),
+            ],
+            Source::Operator,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid config: /run/aa.toml, line 2: config_file.source: [config_file] is read from the configuration directory only"
+        );
+        let e = layered(&[(
+            "/etc/attestd/attestd.toml",
+            "[config_file]\nsource = \"host\"\n",
+        )])
+        .unwrap_err();
+        assert!(e.to_string().starts_with("invalid config: /etc/attestd/attestd.toml, line 2: config_file.source: unknown variant `host`"), "{e}");
     }
 }

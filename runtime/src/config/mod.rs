@@ -5,6 +5,7 @@
 //! [`layers`] merges the image's system file and drop-ins with the `-c` file.
 
 pub mod layers;
+pub mod scope;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -79,6 +80,9 @@ pub struct Config {
     pub plugins: PluginsConfig,
     #[serde(default)]
     pub keyprovider: KeyProviderConfig,
+    /// What the `-c` file may set (the configuration directory's word only).
+    #[serde(default)]
+    pub config_file: scope::ConfigFileConfig,
 }
 
 /// `[keyprovider]`: attestd as ocicrypt's key provider (off unless an address is set).
@@ -782,7 +786,11 @@ tee = "sampledevice"
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "toml") {
                 // As attestd reads it: one layer, the -c file.
-                layers::load(std::slice::from_ref(&p))
+                let only = layers::Sources {
+                    dir: Vec::new(),
+                    cli: Some(p.clone()),
+                };
+                layers::load(&only, scope::Source::Operator)
                     .unwrap_or_else(|e| panic!("{}: {}", p.display(), chain(&e)));
                 n += 1;
             }

@@ -176,7 +176,8 @@ fn the_plugin_config_annotation_is_what_attestd_reads() {
     std::fs::create_dir_all(d.path().join("attestd.toml.d")).unwrap();
     std::fs::write(d.path().join("attestd.toml.d/90-webhook.toml"), text).unwrap();
     let files = attestd::config::layers::sources(d.path(), None).unwrap();
-    let l = attestd::config::layers::load(&files).unwrap();
+    let l =
+        attestd::config::layers::load(&files, attestd::config::scope::Source::Operator).unwrap();
     let sample = &l.config.plugins.attester["tdx"];
     assert_eq!(
         sample.socket.as_deref(),

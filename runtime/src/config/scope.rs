@@ -1,0 +1,386 @@
+//! What the `-c` file may set, by where it comes from.
+//!
+//! Trust follows measurement. In a pod VM the `-c` file is `/run/peerpod/aa.toml`,
+//! and it comes either from init-data (measured: its digest is bound into the
+//! evidence) or from the host's user-data (unmeasured). Neither may change what
+//! attestd launches; the unmeasured one may carry only upstream attestation-agent's
+//! own keys, as upstream reads them. The image's configuration directory (its system
+//! file and drop-ins) is the image's own and may set anything.
+//!
+//! | source       | may set                                                   | anything else     |
+//! | ------------ | --------------------------------------------------------- | ----------------- |
+//! | `operator`   | everything but `[config_file]` (the default off a pod VM) | refused           |
+//! | `init-data`  | everything but what decides what runs ([`LAUNCH_KEYS`])   | refused           |
+//! | `user-data`  | upstream's keys only ([`UPSTREAM_KEYS`])                  | ignored, warned   |
+//!
+//! The source is the stricter of two: `[config_file] source` in the configuration
+//! directory (the image's ceiling: the pod VM's says `init-data`), and the
+//! `--config-file-source` flag (`ATTESTD_CONFIG_FILE_SOURCE`, which the pod VM's
+//! first-boot step writes for attestd's unit). An unmeasured file's other keys are
+//! ignored rather than refused because upstream's agent ignores keys it does not
+//! know, so a drop-in deployment's `aa.toml` keeps working; a measured file that
+//! asks for something it may not have is the tenant's mistake, and said at once.
+
+use serde::{Deserialize, Serialize};
+
+/// Where the `-c` file comes from, least trusted first.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// The host's user-data: unmeasured.
+    UserData,
+    /// Init-data: measured, the tenant's word.
+    InitData,
+    /// The machine's operator (a host, not a pod VM).
+    #[default]
+    Operator,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::UserData => "user-data",
+            Source::InitData => "init-data",
+            Source::Operator => "operator",
+        }
+    }
+}
+
+impl std::str::FromStr for Source {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "user-data" => Ok(Source::UserData),
+            "init-data" => Ok(Source::InitData),
+            "operator" => Ok(Source::Operator),
+            other => Err(format!(
+                "{other:?} is not a config file source: expected user-data, init-data or operator"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[config_file]`: set in the configuration directory only (the image's).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFileConfig {
+    /// The most the `-c` file is trusted with (the flag may only lower it).
+    #[serde(default)]
+    pub source: Source,
+}
+
+/// The keys upstream's attestation-agent reads from its config file (its
+/// `[token_configs]` and `[eventlog_config]`): all an unmeasured file may set.
+/// attestd's own additions to those tables (`allow_insecure_http`,
+/// `reuse_token_secs`, the event log's `path`) are not among them.
+pub const UPSTREAM_KEYS: &[&str] = &[
+    "token_configs.kbs.url",
+    "token_configs.kbs.tee_key_algorithm",
+    "token_configs.kbs.cert",
+    "token_configs.coco_as.url",
+    "eventlog_config.init_pcr",
+    "eventlog_config.enable_eventlog",
+    "eventlog_config.eventlog_algorithm",
+];
+
+/// The `[plugins]` keys a measured `-c` file may set: how long attestd waits,
+/// never what it runs, where from, or what it trusts. Every other key under
+/// `[plugins]` is a launch key (an allow-list, so a key added later is one).
+pub const PLUGIN_TUNABLES: &[&str] = &[
+    "call_timeout_ms",
+    "startup_timeout_ms",
+    "health_interval_ms",
+    "health_timeout_ms",
+    "restart_backoff_max_ms",
+    "restart_wait_ms",
+    "restart_stable_ms",
+    "shutdown_timeout_ms",
+    "pull_timeout_ms",
+    "pull_attempts",
+];
+
+/// What a `[plugins]` key that is not a tunable decides, for the refusal's words.
+pub const LAUNCH_KEYS: &str = "which plugins run and how (primary, additional, \
+    [plugins.attester.*]), from where (images_lock, registries, insecure_registries, \
+    policy_json, registries_d, registry_certs_dir, oci_dir, podman_runtime, auto_launch, \
+    socket_dir, sysroot) and dev_mode";
+
+/// A key of the `-c` file that its source may not set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Dotted key (`plugins.attester.sample.command`).
+    pub key: String,
+    pub why: String,
+}
+
+/// Whether `source` may set dotted `key` (a leaf, or a table with no keys).
+fn allowed(source: Source, key: &str) -> Result<(), String> {
+    if key == "config_file" || key.starts_with("config_file.") {
+        return Err("[config_file] is read from the configuration directory only".into());
+    }
+    match source {
+        Source::Operator => Ok(()),
+        Source::InitData => match key.strip_prefix("plugins.") {
+            Some(k) if PLUGIN_TUNABLES.contains(&k) => Ok(()),
+            Some(_) => Err(format!(
+                "a -c file from init-data may not set what attestd launches ({LAUNCH_KEYS}); \
+                 the image's own configuration sets those, or allows them with \
+                 [config_file] source = \"operator\""
+            )),
+            None if key == "plugins" => {
+                Err("a -c file from init-data may not replace [plugins]".into())
+            }
+            None => Ok(()),
+        },
+        Source::UserData => {
+            if UPSTREAM_KEYS.contains(&key) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "user-data is unmeasured: only upstream's keys are read from it ({})",
+                    UPSTREAM_KEYS.join(", ")
+                ))
+            }
+        }
+    }
+}
+
+/// Apply `source`'s rule to the `-c` file's table: keys an unmeasured file may not
+/// set are removed and returned (each with the reason); a key a measured or
+/// operator's file may not set is refused.
+pub fn restrict(table: &mut toml::Table, source: Source) -> Result<Vec<Refused>, Refused> {
+    let mut ignored = Vec::new();
+    prune(table, "", source, &mut ignored)?;
+    Ok(ignored)
+}
+
+/// Removes what `source` may not set from `t` (under dotted `prefix`); a table
+/// left empty by the removal goes too, so it does not stand for a half table.
+fn prune(
+    t: &mut toml::Table,
+    prefix: &str,
+    source: Source,
+    ignored: &mut Vec<Refused>,
+) -> Result<(), Refused> {
+    let keys: Vec<String> = t.keys().cloned().collect();
+    for k in keys {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let verdict = match t.get_mut(&k) {
+            Some(toml::Value::Table(sub)) if !sub.is_empty() && may_hold_allowed(source, &key) => {
+                prune(sub, &key, source, ignored)?;
+                if sub.is_empty() {
+                    t.remove(&k);
+                }
+                continue;
+            }
+            // An empty `[plugins]` sets nothing.
+            Some(toml::Value::Table(sub))
+                if sub.is_empty() && key == "plugins" && source != Source::UserData =>
+            {
+                continue
+            }
+            _ => allowed(source, &key),
+        };
+        if let Err(why) = verdict {
+            if source != Source::UserData {
+                return Err(Refused { key, why });
+            }
+            t.remove(&k);
+            ignored.push(Refused { key, why });
+        }
+    }
+    Ok(())
+}
+
+/// Whether a table at `key` may hold a key `source` may set (else it is judged
+/// whole, and named once).
+fn may_hold_allowed(source: Source, key: &str) -> bool {
+    match source {
+        Source::UserData => {
+            let below = format!("{key}.");
+            UPSTREAM_KEYS.iter().any(|k| k.starts_with(&below))
+        }
+        // A refusal names the first key it meets below.
+        Source::InitData | Source::Operator => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(s: &str) -> toml::Table {
+        toml::from_str(s).unwrap()
+    }
+
+    const HOSTILE: &str = r#"
+[token_configs.kbs]
+url = "http://10.0.2.2:8080"
+cert = "PEM"
+allow_insecure_http = true
+
+[eventlog_config]
+enable_eventlog = true
+path = "/etc/shadow"
+
+[log]
+level = "trace"
+
+[plugins]
+dev_mode = true
+call_timeout_ms = 1
+
+[plugins.attester.sample]
+launch = "process"
+command = "/bin/sh"
+transport = "ttrpc"
+
+[keyprovider]
+grpc = "0.0.0.0:50000"
+"#;
+
+    #[test]
+    fn user_data_keeps_upstream_keys_only_and_names_each_one_it_ignores() {
+        let mut t = table(HOSTILE);
+        let ignored = restrict(&mut t, Source::UserData).unwrap();
+        assert_eq!(
+            toml::to_string(&t).unwrap(),
+            "[eventlog_config]\nenable_eventlog = true\n\n\
+             [token_configs.kbs]\ncert = \"PEM\"\nurl = \"http://10.0.2.2:8080\"\n"
+        );
+        let keys: Vec<&str> = ignored.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "eventlog_config.path",
+                "keyprovider",
+                "log",
+                "plugins",
+                "token_configs.kbs.allow_insecure_http"
+            ]
+        );
+        assert!(ignored[0].why.starts_with("user-data is unmeasured: only upstream's keys are read from it (token_configs.kbs.url, "), "{}", ignored[0].why);
+    }
+
+    #[test]
+    fn a_user_data_table_left_empty_goes_with_its_keys() {
+        let mut t = table("[token_configs.kbs]\nreuse_token_secs = 60\n[token_configs.coco_as]\nurl = \"https://as\"\n");
+        let ignored = restrict(&mut t, Source::UserData).unwrap();
+        assert_eq!(
+            toml::to_string(&t).unwrap(),
+            "[token_configs.coco_as]\nurl = \"https://as\"\n"
+        );
+        assert_eq!(ignored[0].key, "token_configs.kbs.reuse_token_secs");
+    }
+
+    #[test]
+    fn init_data_may_tune_but_not_launch() {
+        let mut ok = table("[plugins]\ncall_timeout_ms = 9000\n[log]\nlevel = \"debug\"\n[keyprovider]\nttrpc = \"unix:///run/kp.sock\"\n[token_configs.kbs]\nurl = \"https://kbs\"\nreuse_token_secs = 60\n");
+        let before = ok.clone();
+        assert_eq!(restrict(&mut ok, Source::InitData).unwrap(), []);
+        assert_eq!(ok, before);
+        for (text, key) in [
+            (
+                "[plugins.attester.sample]\ncommand = \"/bin/sh\"\n",
+                "plugins.attester.sample.command",
+            ),
+            ("[plugins]\ndev_mode = true\n", "plugins.dev_mode"),
+            (
+                "[plugins]\npolicy_json = \"/tmp/p.json\"\n",
+                "plugins.policy_json",
+            ),
+            ("[plugins]\nprimary = \"sample\"\n", "plugins.primary"),
+            ("[plugins.attester.x]\n", "plugins.attester.x"),
+            ("plugins = 1\n", "plugins"),
+            (
+                "[config_file]\nsource = \"operator\"\n",
+                "config_file.source",
+            ),
+        ] {
+            let e = restrict(&mut table(text), Source::InitData).unwrap_err();
+            assert_eq!(e.key, key, "{text}");
+        }
+        let e = restrict(
+            &mut table("[plugins]\nsysroot = \"/x\"\n"),
+            Source::InitData,
+        )
+        .unwrap_err();
+        assert!(e.why.starts_with("a -c file from init-data may not set what attestd launches (which plugins run and how"), "{}", e.why);
+        assert!(
+            e.why
+                .ends_with("or allows them with [config_file] source = \"operator\""),
+            "{}",
+            e.why
+        );
+    }
+
+    #[test]
+    fn every_plugins_key_but_the_tunables_is_a_launch_key() {
+        // Every key PluginsConfig has (serialized, its optional ones set): a key
+        // added later is refused from init-data until it is listed as a tunable,
+        // and the count below makes whoever adds one look here.
+        let every = super::super::PluginsConfig {
+            primary: Some("x".into()),
+            podman_runtime: Some("runc".into()),
+            registry_certs_dir: Some("/x".into()),
+            policy_json: Some("/x".into()),
+            registries_d: Some("/x".into()),
+            ..Default::default()
+        };
+        let all = toml::Value::try_from(every).unwrap();
+        let keys: Vec<&String> = all.as_table().unwrap().keys().collect();
+        assert_eq!(keys.len(), 25, "{keys:?}");
+        for k in keys {
+            let verdict = allowed(Source::InitData, &format!("plugins.{k}"));
+            assert_eq!(
+                verdict.is_ok(),
+                PLUGIN_TUNABLES.contains(&k.as_str()),
+                "{k}"
+            );
+        }
+        for must in [
+            "command", "args", "launch", "devices", "env", "image", "socket",
+        ] {
+            assert!(allowed(Source::InitData, &format!("plugins.attester.x.{must}")).is_err());
+        }
+    }
+
+    #[test]
+    fn an_operators_file_may_set_anything_but_the_ceiling() {
+        let mut t = table(HOSTILE);
+        assert_eq!(restrict(&mut t, Source::Operator).unwrap(), []);
+        let e = restrict(
+            &mut table("[config_file]\nsource = \"operator\"\n"),
+            Source::Operator,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.why,
+            "[config_file] is read from the configuration directory only"
+        );
+    }
+
+    #[test]
+    fn sources_order_from_least_trusted_and_parse_as_written() {
+        assert!(Source::UserData < Source::InitData && Source::InitData < Source::Operator);
+        for s in [Source::UserData, Source::InitData, Source::Operator] {
+            assert_eq!(s.as_str().parse::<Source>().unwrap(), s);
+        }
+        assert_eq!(
+            "host".parse::<Source>().unwrap_err(),
+            "\"host\" is not a config file source: expected user-data, init-data or operator"
+        );
+    }
+}
