@@ -11,6 +11,7 @@ pub mod aa_client;
 pub mod coco_as;
 pub mod config;
 pub mod conformance;
+pub mod control;
 pub mod echo;
 pub mod eventlog;
 mod fault;

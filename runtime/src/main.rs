@@ -57,7 +57,8 @@ enum Cmd {
     Conformance(ConformanceArgs),
     /// Ask the running attestd (the one holding the config's socket directory)
     /// to read its configuration again and replace the plugins whose
-    /// configuration changed, without a failed call (as SIGHUP does).
+    /// configuration changed, without a failed call; print what it did to each,
+    /// and fail when a plugin kept its running instance.
     Reload(ConfigArg),
 }
 
@@ -291,7 +292,7 @@ fn main() -> ExitCode {
             Some(Cmd::Eventlog(a)) => cmd_eventlog(a).await,
             Some(Cmd::Select(a)) => cmd_select(a).await,
             Some(Cmd::Units(a)) => cmd_units(a).await,
-            Some(Cmd::Reload(a)) => cmd_reload(a),
+            Some(Cmd::Reload(a)) => cmd_reload(a).await,
             Some(Cmd::Token(a)) => cmd_token(a).await,
             Some(Cmd::Resource(a)) => cmd_resource(a).await,
             Some(Cmd::Config(a)) => cmd_config(a),
@@ -477,36 +478,63 @@ async fn cmd_run(a: RunArgs) -> Result<()> {
     run::run(opts, shutdown_signal()?).await.map_err(sdk)
 }
 
-fn cmd_reload(a: ConfigArg) -> Result<()> {
+async fn cmd_reload(a: ConfigArg) -> Result<()> {
+    use attestd::control;
     let config = load_config(&a)?;
-    let pid = attestd::supervisor::socket_dir_holder(&config.plugins.socket_dir).map_err(sdk)?;
-    let pid_i32 = i32::try_from(pid).map_err(|_| anyhow!("pid {pid} out of range"))?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid_i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .with_context(|| format!("cannot signal attestd (pid {pid})"))?;
-    println!("asked attestd (pid {pid}) to reload: its log says what it replaced");
+    let plugins = &config.plugins;
+    // Each plugin may take its whole start-up to be replaced, one after another.
+    let n = u32::try_from(plugins.additional.len() + 1).unwrap_or(u32::MAX);
+    let timeout = plugins.startup_timeout().saturating_mul(n) + std::time::Duration::from_secs(10);
+    let report = control::reload(&plugins.socket_dir, timeout)
+        .await
+        .map_err(sdk)?;
+    if let Some(e) = &report.error {
+        bail!("reload: {e}");
+    }
+    for p in &report.plugins {
+        match (p.outcome.as_str(), &p.why) {
+            ("replaced", _) => println!(
+                "{}: replaced (pid {} → {})",
+                p.plugin,
+                p.old_pid.map_or("-".into(), |x| x.to_string()),
+                p.new_pid.map_or("-".into(), |x| x.to_string())
+            ),
+            (outcome, Some(why)) => println!("{}: {outcome}: {why}", p.plugin),
+            (outcome, None) => println!("{}: {outcome}", p.plugin),
+        }
+    }
+    if !report.succeeded() {
+        let kept: Vec<&str> = report
+            .plugins
+            .iter()
+            .filter(|p| p.outcome == "kept")
+            .map(|p| p.plugin.as_str())
+            .collect();
+        bail!(
+            "reload: {} did not take the new configuration (above)",
+            kept.join(", ")
+        );
+    }
     Ok(())
 }
 
-/// SIGHUP (`attestd reload`, systemd's ExecReload) reads the same files again.
+/// SIGHUP (`kill -HUP`) reads the same files again, as `attestd reload` does
+/// over the control socket.
 fn reload_on_sighup(arg: ConfigArg) -> Result<run::Reload> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
-    let (tx, requests) = tokio::sync::mpsc::channel(1);
+    let reload = run::Reload::new(Box::new(move || {
+        load_config(&arg).map_err(|e| attester_sdk::Error::invalid_argument(format!("{e:#}")))
+    }));
+    let tx = reload.sender.clone();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            // Signals while a reload runs fold into the next one.
-            let _ = tx.try_send(());
+            // A full queue already holds a request that reads the files after
+            // this signal: it folds into that one.
+            let _ = tx.try_send(attestd::control::Request { reply: None });
         }
     });
-    Ok(run::Reload {
-        requests,
-        load: Box::new(move || {
-            load_config(&arg).map_err(|e| attester_sdk::Error::invalid_argument(format!("{e:#}")))
-        }),
-    })
+    Ok(reload)
 }
 
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use attester_sdk::{Code, DeviceRole, Error, Result};
 
 use crate::config::{Config, LaunchKind};
+use crate::control;
 use crate::initdata::InitData;
 use crate::server::grpc::GrpcServer;
 pub use crate::server::prepare_socket;
@@ -28,15 +29,35 @@ pub struct RunOptions {
     /// The gRPC AA listener, if any.
     pub grpc: Option<GrpcAddr>,
     pub initdata: Option<InitData>,
-    /// `attestd reload` (SIGHUP): each message reads the configuration again
-    /// with `load` and replaces the plugins whose configuration changed.
+    /// `attestd reload` (its control socket) and SIGHUP: each request reads the
+    /// configuration again with `load` and replaces the plugins whose
+    /// configuration changed.
     pub reload: Option<Reload>,
 }
 
 /// Where reloads come from, and how the configuration is read again.
 pub struct Reload {
-    pub requests: tokio::sync::mpsc::Receiver<()>,
+    /// SIGHUP's requests (no reply) and the control socket's.
+    pub requests: tokio::sync::mpsc::Receiver<control::Request>,
+    /// Where the control socket sends its requests.
+    pub sender: tokio::sync::mpsc::Sender<control::Request>,
     pub load: Box<dyn Fn() -> Result<Config> + Send + Sync>,
+}
+
+impl Reload {
+    /// Requests arrive on a channel of this size; SIGHUPs beyond it fold into
+    /// one already waiting (which reads the configuration after them).
+    pub const QUEUE: usize = 8;
+
+    /// A reload source reading the configuration with `load`.
+    pub fn new(load: Box<dyn Fn() -> Result<Config> + Send + Sync>) -> Reload {
+        let (sender, requests) = tokio::sync::mpsc::channel(Self::QUEUE);
+        Reload {
+            requests,
+            sender,
+            load,
+        }
+    }
 }
 
 /// Start the configured plugins: the primary, then the additional ones. No plugin
@@ -174,7 +195,7 @@ async fn serve(
     opts: &RunOptions,
     sock: &Path,
     shutdown: impl Future<Output = ()>,
-    mut reload: Option<Reload>,
+    reload: Option<Reload>,
 ) -> Result<()> {
     if let Some(init) = &opts.initdata {
         bind_init_data(service, init).await?;
@@ -208,9 +229,12 @@ async fn serve(
     // `run` prepared the AA socket before starting the plugins.
     let ttrpc_server = ttrpc::start(service.clone(), sock).await?;
     tracing::info!(socket = %sock.display(), tee = %service.get_tee_type(), "attestd ready");
+    let mut reloads = Reloads::new(reload, service, &opts.config.plugins.socket_dir);
     // Until asked to stop, or until a part that should run as long as attestd
     // ends on its own: then attestd exits non-zero (systemd and kata restart it),
     // rather than stay "ready" with a dead listener or an unsupervised plugin.
+    // A reload runs beside this loop, never inside it: a stop is seen at once,
+    // whatever a reload is waiting for.
     let mut shutdown = std::pin::pin!(shutdown);
     let broken = loop {
         tokio::select! {
@@ -218,13 +242,10 @@ async fn serve(
             e = ended(&mut grpc) => break Some(e),
             e = ended(&mut kp.grpc) => break Some(e),
             e = service.supervisor_ended() => break Some(e),
-            Some(()) = next_reload(&mut reload) => {
-                if let Some(r) = &reload {
-                    reload_plugins(service, &r.load).await;
-                }
-            }
+            () = reloads.step() => {}
         }
     };
+    drop(reloads);
     match &broken {
         None => tracing::info!("shutting down"),
         Some(e) => tracing::error!("{}: shutting down", e.chain()),
@@ -256,20 +277,108 @@ async fn serve(
     broken.map_or(Ok(()), Err)
 }
 
-/// The next reload request, or never (none configured, or its sender gone).
-async fn next_reload(reload: &mut Option<Reload>) -> Option<()> {
-    match reload {
-        Some(r) => match r.requests.recv().await {
-            Some(()) => Some(()),
-            None => std::future::pending().await,
-        },
-        None => std::future::pending().await,
+/// Reloads as they are asked for: one at a time, beside the serving loop. A
+/// request that arrives while one runs waits for the next, which reads the
+/// configuration after it; every request waiting then shares that one.
+struct Reloads {
+    requests: Option<tokio::sync::mpsc::Receiver<control::Request>>,
+    load: Option<Arc<dyn Fn() -> Result<Config> + Send + Sync>>,
+    service: Arc<Service>,
+    running: Option<futures::future::BoxFuture<'static, control::Report>>,
+    /// Who waits for the running reload's report.
+    answering: Vec<tokio::sync::oneshot::Sender<control::Report>>,
+    /// Requests for the next one (their replies; `None` for a SIGHUP).
+    next: Option<Vec<tokio::sync::oneshot::Sender<control::Report>>>,
+    /// The control socket's server, stopped (and its socket removed) on drop.
+    control: Option<(tokio::task::JoinHandle<()>, PathBuf)>,
+}
+
+impl Reloads {
+    fn new(reload: Option<Reload>, service: &Arc<Service>, socket_dir: &Path) -> Reloads {
+        let (requests, load, control) = match reload {
+            Some(r) => {
+                let control = match control::listen(socket_dir) {
+                    Ok(l) => Some((
+                        tokio::spawn(control::serve(l, r.sender)),
+                        control::socket(socket_dir),
+                    )),
+                    Err(e) => {
+                        // SIGHUP still reloads; `attestd reload` says it cannot ask.
+                        tracing::warn!("attestd reload cannot reach this attestd: {}", e.chain());
+                        None
+                    }
+                };
+                (Some(r.requests), Some(Arc::from(r.load)), control)
+            }
+            None => (None, None, None),
+        };
+        Reloads {
+            requests,
+            load,
+            service: service.clone(),
+            running: None,
+            answering: Vec::new(),
+            next: None,
+            control,
+        }
+    }
+
+    /// Take a request, or finish the running reload (answering its waiters and
+    /// starting the next if one was asked for); never resolves when there is
+    /// nothing to do.
+    async fn step(&mut self) {
+        let requests = &mut self.requests;
+        let next_request = async {
+            match requests {
+                Some(r) => match r.recv().await {
+                    Some(req) => req,
+                    None => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        let running = &mut self.running;
+        let finished = async {
+            match running {
+                Some(f) => f.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            req = next_request => {
+                self.next.get_or_insert_with(Vec::new).extend(req.reply);
+            }
+            report = finished => {
+                self.running = None;
+                for w in self.answering.drain(..) {
+                    let _ = w.send(report.clone());
+                }
+            }
+        }
+        if self.running.is_none() {
+            if let (Some(waiting), Some(load)) = (self.next.take(), &self.load) {
+                self.answering = waiting;
+                self.running = Some(Box::pin(reload_plugins(self.service.clone(), load.clone())));
+            }
+        }
     }
 }
 
-/// Read the configuration again and replace what changed; every outcome logged.
-/// A configuration that does not read changes nothing.
-async fn reload_plugins(service: &Service, load: &(dyn Fn() -> Result<Config> + Send + Sync)) {
+impl Drop for Reloads {
+    fn drop(&mut self) {
+        if let Some((task, path)) = self.control.take() {
+            task.abort();
+            let _ = crate::server::remove_socket(&path);
+        }
+    }
+}
+
+/// Read the configuration again and replace what changed; every outcome logged
+/// and reported. A configuration that does not read changes nothing.
+async fn reload_plugins(
+    service: Arc<Service>,
+    load: Arc<dyn Fn() -> Result<Config> + Send + Sync>,
+) -> control::Report {
     tracing::info!("reload: reading the configuration again");
     let config = match load() {
         Ok(c) => c,
@@ -278,26 +387,46 @@ async fn reload_plugins(service: &Service, load: &(dyn Fn() -> Result<Config> + 
                 "reload: the configuration does not read, nothing changes: {}",
                 e.chain()
             );
-            return;
+            return control::Report::failed(format!(
+                "the configuration does not read, nothing changes: {}",
+                e.chain()
+            ));
         }
     };
+    let mut report = control::Report::default();
     for (plugin, outcome) in service.reload(&config).await {
+        let mut row = control::PluginReport {
+            plugin: plugin.clone(),
+            outcome: String::new(),
+            why: None,
+            old_pid: None,
+            new_pid: None,
+        };
         match outcome {
             crate::service::ReloadOutcome::Unchanged => {
-                tracing::info!(%plugin, "reload: unchanged")
+                tracing::info!(%plugin, "reload: unchanged");
+                row.outcome = "unchanged".into();
             }
-            crate::service::ReloadOutcome::Replaced(r) => tracing::info!(
-                %plugin,
-                old_pid = r.old_pid,
-                new_pid = r.new_pid,
-                "reload: replaced"
-            ),
+            crate::service::ReloadOutcome::Replaced(r) => {
+                tracing::info!(
+                    %plugin,
+                    old_pid = r.old_pid,
+                    new_pid = r.new_pid,
+                    "reload: replaced"
+                );
+                row.outcome = "replaced".into();
+                (row.old_pid, row.new_pid) = (r.old_pid, r.new_pid);
+            }
             crate::service::ReloadOutcome::Kept(why) => {
-                tracing::error!(%plugin, "reload: kept the running instance: {why}")
+                tracing::error!(%plugin, "reload: not replaced: {why}");
+                row.outcome = "kept".into();
+                row.why = Some(why);
             }
         }
+        report.plugins.push(row);
     }
     tracing::info!("reload: done (plugins only: other keys take effect at the next start)");
+    report
 }
 
 /// [`GrpcServer::ended`] of a server that may not be configured (then never).

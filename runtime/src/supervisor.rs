@@ -95,7 +95,7 @@ impl Supervisor {
                 tracing::info!(plugin = %spec.name, runtime = %rt, "podman runs it with this OCI runtime");
             }
         }
-        let (child, live) = launch(&spec, None).await?;
+        let (child, live) = launch(&spec, None, None).await?;
         let identity = live.handshake.clone();
         tracing::info!(
             plugin = %spec.name,
@@ -316,9 +316,10 @@ async fn supervise(
                 format!("health check failed: {}", e.chain())
             }
             Some(req) = replace.recv() => {
-                let mut next = req.spec;
-                next.generation = spec.generation.wrapping_add(1);
-                match launch(&next, Some(&identity)).await {
+                let next = successor(&spec, req.spec);
+                // A stop while the new instance starts ends its start at once
+                // (the loop's first arm then stops the old one).
+                match launch(&next, Some(&identity), Some(&mut stop)).await {
                     Ok((c, l)) => {
                         let replaced = Replaced { old_pid: live.pid, new_pid: l.pid };
                         let old_child = std::mem::replace(&mut child, c);
@@ -368,34 +369,76 @@ async fn supervise(
         drop(live);
         // After a health failure the process may still run: make sure it is gone.
         child.kill().await;
+        // Restart until it serves. A stop ends this at any point; a replacement
+        // (a reload) asked for meanwhile is started at once, in place of the next
+        // attempt: a crash loop must not hold a reload, nor a reload a stop.
         loop {
+            let mut asked = None;
             if !backoff.is_zero() {
                 tokio::select! {
+                    biased;
+                    _ = stopped(&mut stop) => {}
+                    Some(req) = replace.recv() => asked = Some(req),
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = stopped(&mut stop) => {
-                        let _ = state.send(State::Stopped);
-                        // The crashed plugin could not remove its socket.
-                        remove_owned_socket(&spec);
-                        return;
-                    }
                 }
             }
+            if *stop.borrow() {
+                let _ = state.send(State::Stopped);
+                // The crashed plugin could not remove its socket.
+                remove_owned_socket(&spec);
+                return;
+            }
+            let asked = asked.or_else(|| replace.try_recv().ok());
             let max = spec.restart_backoff_max;
             backoff = (backoff * 2).clamp(FIRST_BACKOFF.min(max), max);
-            match launch(&spec, Some(&identity)).await {
+            let attempt = match &asked {
+                Some(req) => successor(&spec, req.spec.clone()),
+                None => spec.clone(),
+            };
+            match launch(&attempt, Some(&identity), Some(&mut stop)).await {
                 Ok((c, l)) => {
-                    tracing::info!(plugin = %spec.name, pid = l.pid, "plugin restarted");
                     child = c;
-                    let _ = state.send(State::Up(Arc::new(l)));
+                    match asked {
+                        Some(req) => {
+                            let replaced = Replaced {
+                                old_pid: None,
+                                new_pid: l.pid,
+                            };
+                            tracing::info!(plugin = %spec.name, pid = l.pid, "plugin replaced while it was down");
+                            remove_owned_socket(&spec);
+                            spec = attempt;
+                            backoff = Duration::ZERO;
+                            let _ = state.send(State::Up(Arc::new(l)));
+                            let _ = req.done.send(Ok(replaced));
+                        }
+                        None => {
+                            tracing::info!(plugin = %spec.name, pid = l.pid, "plugin restarted");
+                            let _ = state.send(State::Up(Arc::new(l)));
+                        }
+                    }
                     break;
                 }
+                Err(_) if *stop.borrow() => continue,
                 Err(e) => {
                     tracing::warn!(plugin = %spec.name, "restart failed: {}", e.chain());
                     let _ = state.send(State::Down(e.chain().into()));
+                    if let Some(req) = asked {
+                        // The running configuration stays: the next attempt is
+                        // the old one's, as before the reload.
+                        let _ = req.done.send(Err(e.context(
+                            "the plugin was down, and the replacement did not start either",
+                        )));
+                    }
                 }
             }
         }
     }
+}
+
+/// The spec a replacement starts from: `next`, one generation on (its own socket).
+fn successor(current: &PluginSpec, mut next: PluginSpec) -> PluginSpec {
+    next.generation = current.generation.wrapping_add(1);
+    next
 }
 
 /// Stop a replaced instance once no call holds it any more (or after the call
@@ -441,8 +484,13 @@ fn remove_owned_socket(spec: &PluginSpec) {
     }
 }
 
-/// Start the plugin process and complete the handshake within `startup_timeout`.
-async fn launch(spec: &PluginSpec, identity: Option<&Handshake>) -> Result<(Running, Live)> {
+/// Start the plugin process and complete the handshake within `startup_timeout`,
+/// or until `stop` (then the new instance is killed and the error says why).
+async fn launch(
+    spec: &PluginSpec,
+    identity: Option<&Handshake>,
+    stop: Option<&mut watch::Receiver<bool>>,
+) -> Result<(Running, Live)> {
     let ctx = |e: Error| e.context(format!("cannot start plugin {}", spec.name));
     let socket = spec.socket();
     if spec.config.launch != LaunchKind::External {
@@ -453,7 +501,12 @@ async fn launch(spec: &PluginSpec, identity: Option<&Handshake>) -> Result<(Runn
         .await
         .map_err(ctx)?;
     tracing::trace!(target: "attestd::startup", plugin = %spec.name, pid = ?child.pid(), "start-up: plugin launched");
-    match handshake(spec, identity, &mut child, &socket).await {
+    let shaken = tokio::select! {
+        biased;
+        () = until_stopped(stop) => Err(Error::unavailable("attestd is stopping")),
+        r = handshake(spec, identity, &mut child, &socket) => r,
+    };
+    match shaken {
         Ok(live) => Ok((child, live)),
         Err(e) => {
             // Nothing may outlive a failed start (a container keeps running
@@ -463,6 +516,14 @@ async fn launch(spec: &PluginSpec, identity: Option<&Handshake>) -> Result<(Runn
             remove_owned_socket(spec);
             Err(ctx(e))
         }
+    }
+}
+
+/// Resolves once a stop was requested; never without a receiver.
+async fn until_stopped(stop: Option<&mut watch::Receiver<bool>>) {
+    match stop {
+        Some(s) => stopped(s).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -598,7 +659,8 @@ pub fn claim_socket_dir(dir: &Path) -> Result<SocketDirLock> {
         .map_err(|e| Error::internal(format!("cannot open {}", path.display())).with_source(e))?;
     match file.try_lock() {
         Ok(()) => {
-            // Who holds it: `attestd reload` signals that process.
+            // Who holds it, for a person looking (`attestd reload` asks over
+            // the control socket beside it).
             use std::io::Write as _;
             let mut f = &file;
             let _ = file.set_len(0);
@@ -609,40 +671,6 @@ pub fn claim_socket_dir(dir: &Path) -> Result<SocketDirLock> {
             "socket directory {} is in use by another attestd",
             dir.display()
         ))),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(Error::internal(format!("cannot lock {}", path.display())).with_source(e))
-        }
-    }
-}
-
-/// The process of the attestd holding `dir` (its lock taken, its PID written
-/// there), for `attestd reload`.
-pub fn socket_dir_holder(dir: &Path) -> Result<u32> {
-    let path = dir.join(".lock");
-    let file = std::fs::File::open(&path).map_err(|e| {
-        Error::failed_precondition(format!(
-            "no attestd runs with socket directory {}: cannot open {}",
-            dir.display(),
-            path.display()
-        ))
-        .with_source(e)
-    })?;
-    match file.try_lock_shared() {
-        // We could take it: nobody holds it.
-        Ok(()) => Err(Error::failed_precondition(format!(
-            "no attestd runs with socket directory {}",
-            dir.display()
-        ))),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            text.trim().parse().map_err(|_| {
-                Error::failed_precondition(format!(
-                    "{} is held, but names no process ({:?})",
-                    path.display(),
-                    text.trim()
-                ))
-            })
-        }
         Err(std::fs::TryLockError::Error(e)) => {
             Err(Error::internal(format!("cannot lock {}", path.display())).with_source(e))
         }

@@ -1,0 +1,307 @@
+//! `attestd reload`'s line to the running daemon: a Unix socket in the plugin
+//! socket directory (0700, attestd's alone), one request per connection,
+//! answered with what the reload did to each plugin. SIGHUP asks for the same
+//! reload but hears nothing back; `systemctl reload` runs `attestd reload`,
+//! whose exit status then says whether every plugin took its new configuration.
+//!
+//! The protocol is one line each way: `reload\n` in, a JSON [`Report`] out.
+//! Local clients are hostile like any other: the request is bounded in size and
+//! time, and a few connections are handled at once, the rest wait in the backlog.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use attester_sdk::{Error, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// The control socket's name in the socket directory: a dot name, which no
+/// plugin's socket can take (plugin names are letters, digits, `-` and `_`).
+pub const SOCKET: &str = ".control.sock";
+/// A request's bytes at most (`reload\n` is 7).
+pub const MAX_REQUEST_BYTES: usize = 64;
+/// A client has this long to send its request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections handled at once; more wait in the listen backlog.
+pub const MAX_CLIENTS: usize = 4;
+/// An answer's bytes at most, as `attestd reload` reads it.
+pub const MAX_ANSWER_BYTES: usize = 1 << 20;
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Why nothing changed: the configuration did not read, or attestd stopped.
+    pub error: Option<String>,
+    pub plugins: Vec<PluginReport>,
+}
+
+/// What a reload did to one plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginReport {
+    pub plugin: String,
+    /// `unchanged`, `replaced` or `kept` (the new configuration was not taken).
+    pub outcome: String,
+    /// Why it was kept.
+    pub why: Option<String>,
+    pub old_pid: Option<u32>,
+    pub new_pid: Option<u32>,
+}
+
+impl Report {
+    /// A report that only says why nothing changed.
+    pub fn failed(why: impl Into<String>) -> Report {
+        Report {
+            error: Some(why.into()),
+            plugins: Vec::new(),
+        }
+    }
+
+    /// Whether every plugin runs its new configuration (or had none).
+    pub fn succeeded(&self) -> bool {
+        self.error.is_none() && self.plugins.iter().all(|p| p.outcome != "kept")
+    }
+}
+
+/// A reload asked for: by SIGHUP (nobody to answer) or over the control socket.
+pub struct Request {
+    pub reply: Option<oneshot::Sender<Report>>,
+}
+
+/// The control socket of the attestd holding `socket_dir`.
+pub fn socket(socket_dir: &Path) -> PathBuf {
+    socket_dir.join(SOCKET)
+}
+
+/// Listen on `socket_dir`'s control socket (a stale one is replaced: the caller
+/// holds the directory's lock), mode 0600.
+pub fn listen(socket_dir: &Path) -> Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = socket(socket_dir);
+    let io = |what: &str, e: std::io::Error| {
+        Error::internal(format!("cannot {what} control socket {}", path.display())).with_source(e)
+    };
+    match crate::server::remove_socket(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("replace", e)),
+    }
+    let listener = UnixListener::bind(&path).map_err(|e| io("bind", e))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io("restrict", e))?;
+    Ok(listener)
+}
+
+/// Serve `listener` until the task is dropped: each connection's `reload` is
+/// answered with the report of a reload that read the configuration after the
+/// request arrived.
+pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let conn = match listener.accept().await {
+            Ok((c, _)) => c,
+            Err(e) => {
+                // Out of descriptors, most likely: wait, do not spin.
+                tracing::warn!("control socket: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = answer(conn, requests).await {
+                tracing::debug!("control socket: {e}");
+            }
+        });
+    }
+}
+
+async fn answer(mut conn: UnixStream, requests: mpsc::Sender<Request>) -> std::io::Result<()> {
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let mut r = tokio::io::BufReader::new((&mut conn).take(MAX_REQUEST_BYTES as u64));
+        r.read_until(b'\n', &mut line).await
+    })
+    .await;
+    let report = match read {
+        Err(_) => Report::failed(format!("no request within {REQUEST_TIMEOUT:?}")),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(_)) if line.last() != Some(&b'\n') => Report::failed(format!(
+            "a request is one line of at most {MAX_REQUEST_BYTES} bytes"
+        )),
+        Ok(Ok(_)) if line == b"reload\n" => {
+            let (tx, rx) = oneshot::channel();
+            if requests.send(Request { reply: Some(tx) }).await.is_err() {
+                Report::failed("attestd is stopping")
+            } else {
+                rx.await
+                    .unwrap_or_else(|_| Report::failed("attestd stopped before the reload ended"))
+            }
+        }
+        Ok(Ok(_)) => Report::failed(format!(
+            "unknown request {}: expected \"reload\"",
+            crate::echo::quoted(String::from_utf8_lossy(&line).trim_end())
+        )),
+    };
+    let mut out = serde_json::to_vec(&report).unwrap_or_default();
+    out.push(b'\n');
+    conn.write_all(&out).await?;
+    conn.shutdown().await
+}
+
+/// Ask the attestd holding `socket_dir` to reload and wait, at most `timeout`,
+/// for its report.
+pub async fn reload(socket_dir: &Path, timeout: Duration) -> Result<Report> {
+    let path = socket(socket_dir);
+    let asked = async {
+        let mut conn = UnixStream::connect(&path).await.map_err(|e| {
+            Error::failed_precondition(format!(
+                "no attestd answers on {} (is it running with this configuration?)",
+                path.display()
+            ))
+            .with_source(e)
+        })?;
+        let io = |e: std::io::Error| {
+            Error::unavailable(format!("the reload request on {} failed", path.display()))
+                .with_source(e)
+        };
+        conn.write_all(b"reload\n").await.map_err(io)?;
+        let mut answer = Vec::new();
+        (&mut conn)
+            .take(MAX_ANSWER_BYTES as u64)
+            .read_to_end(&mut answer)
+            .await
+            .map_err(io)?;
+        serde_json::from_slice::<Report>(&answer).map_err(|e| {
+            Error::internal(format!(
+                "attestd's answer on {} does not read",
+                path.display()
+            ))
+            .with_source(e)
+        })
+    };
+    tokio::time::timeout(timeout, asked).await.map_err(|_| {
+        Error::new(
+            attester_sdk::Code::DeadlineExceeded,
+            format!(
+                "attestd did not report the reload within {timeout:?}: its log says what it did"
+            ),
+        )
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A daemon stand-in: answers every request with `report`.
+    fn daemon(dir: &Path, report: Report) -> tokio::task::JoinHandle<()> {
+        let listener = listen(dir).unwrap();
+        let (tx, mut rx) = mpsc::channel::<Request>(4);
+        tokio::spawn(async move {
+            tokio::spawn(serve(listener, tx));
+            while let Some(r) = rx.recv().await {
+                if let Some(reply) = r.reply {
+                    let _ = reply.send(report.clone());
+                }
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_reload_is_answered_with_its_report() {
+        let d = tempfile::tempdir().unwrap();
+        let kept = Report {
+            error: None,
+            plugins: vec![PluginReport {
+                plugin: "tdx".into(),
+                outcome: "kept".into(),
+                why: Some("cannot start plugin tdx".into()),
+                old_pid: None,
+                new_pid: None,
+            }],
+        };
+        let _d = daemon(d.path(), kept.clone());
+        let got = reload(d.path(), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(got, kept);
+        assert!(!got.succeeded());
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(socket(d.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn no_daemon_is_a_failed_precondition_naming_the_socket() {
+        let d = tempfile::tempdir().unwrap();
+        let e = reload(d.path(), Duration::from_secs(1)).await.unwrap_err();
+        assert_eq!(e.code(), attester_sdk::Code::FailedPrecondition);
+        assert!(
+            e.message().starts_with("no attestd answers on "),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_answered_and_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let _d = daemon(d.path(), Report::default());
+        // The answer, or None when the connection was reset (closed with the
+        // client's bytes unread).
+        let try_ask = |bytes: Vec<u8>| {
+            let path = socket(d.path());
+            async move {
+                let mut c = UnixStream::connect(path).await.unwrap();
+                let _ = c.write_all(&bytes).await;
+                let mut out = String::new();
+                match c.read_to_string(&mut out).await {
+                    Ok(_) => Some(serde_json::from_str::<Report>(&out).unwrap()),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        };
+        let ask = |bytes: Vec<u8>| {
+            let t = try_ask(bytes);
+            async move { t.await.expect("an answer") }
+        };
+        let r = ask(b"restart\n".to_vec()).await;
+        assert_eq!(
+            r.error.as_deref(),
+            Some("unknown request \"restart\": expected \"reload\"")
+        );
+        // At the bound: a line of exactly MAX_REQUEST_BYTES is read (and not a
+        // known request); past it, refused without reading on.
+        let mut at = vec![b'x'; MAX_REQUEST_BYTES - 1];
+        at.push(b'\n');
+        let r = ask(at).await;
+        assert!(r.error.unwrap().starts_with("unknown request \"xxx"));
+        // Past it: refused after 64 bytes (the rest is never read, so the
+        // client may see its connection reset instead of the answer).
+        if let Some(r) = try_ask(vec![b'x'; 10 * MAX_REQUEST_BYTES]).await {
+            assert_eq!(
+                r.error.as_deref(),
+                Some("a request is one line of at most 64 bytes")
+            );
+        }
+        let r = ask(b"x\n".to_vec()).await;
+        assert!(
+            r.error.unwrap().starts_with("unknown request"),
+            "still serving"
+        );
+        // A client that says nothing is answered after the request deadline.
+        let started = std::time::Instant::now();
+        let r = ask(Vec::new()).await;
+        assert!(r.error.unwrap().starts_with("no request within"));
+        assert!(started.elapsed() >= REQUEST_TIMEOUT);
+    }
+}
