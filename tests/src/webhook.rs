@@ -34,6 +34,12 @@ pub fn make_certs(out: &Path) -> String {
 
 impl Webhook {
     pub fn start(config: &str, lock: &str) -> Webhook {
+        Self::start_bin(&bin("attestd-webhook"), config, lock)
+    }
+
+    /// [`Webhook::start`] with another build of the webhook (a benchmark's
+    /// comparison).
+    pub fn start_bin(program: &Path, config: &str, lock: &str) -> Webhook {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(d.join("images.lock"), lock).unwrap();
@@ -44,7 +50,7 @@ impl Webhook {
         .unwrap();
         make_certs(&d.join("tls"));
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new(bin("attestd-webhook"))
+        let child = Command::new(program)
             .arg("serve")
             .arg("--config")
             .arg(d.join("webhook.toml"))
@@ -129,4 +135,53 @@ impl Webhook {
         );
         answer["response"].clone()
     }
+}
+
+/// An AdmissionReview of a pod CREATE whose pod is `pod` (JSON text), written
+/// directly (the shapes are large; no serde_json::Value in between).
+pub fn raw_review(pod: &str) -> Vec<u8> {
+    format!(
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"mem","kind":{{"group":"","version":"v1","kind":"Pod"}},"resource":{{"group":"","version":"v1","resource":"pods"}},"namespace":"apps","operation":"CREATE","userInfo":{{"username":"bench"}},"object":{pod}}}}}"#
+    )
+    .into_bytes()
+}
+
+/// Hostile and large reviews, each just under `bytes`: (name, body).
+pub fn memory_shapes(bytes: usize) -> Vec<(&'static str, Vec<u8>)> {
+    let head = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"big","labels":{"attestd.io/inject":"true"}},"spec":{"runtimeClassName":"kata-qemu-tdx","#;
+    let fill = |unit: &str, open: &str, close: &str| {
+        let room = bytes - 400 - head.len() - open.len() - close.len();
+        let n = room / (unit.len() + 1);
+        let items = vec![unit; n].join(",");
+        raw_review(&format!("{head}{open}{items}{close}"))
+    };
+    vec![
+        // The issue's shape: a review that is mostly numbers.
+        (
+            "numbers",
+            fill(
+                "1",
+                r#""containers":[{"name":"app","image":"a"}],"x":["#,
+                "]}}",
+            ),
+        ),
+        // A valid pod: one container with many short arguments.
+        (
+            "540k-args pod",
+            fill(
+                r#""a""#,
+                r#""containers":[{"name":"app","image":"a","args":["#,
+                "]}]}}",
+            ),
+        ),
+        // Many tiny volumes (3 KiB each in Kubernetes' own Pod type).
+        (
+            "tiny volumes",
+            fill(
+                r#"{"name":""}"#,
+                r#""containers":[{"name":"app","image":"a"}],"volumes":["#,
+                "]}}",
+            ),
+        ),
+    ]
 }

@@ -1015,3 +1015,33 @@ async fn silent_connections_are_dropped_and_cannot_shut_the_api_server_out() {
     }
     assert_eq!(closed, MAX_CONNECTIONS);
 }
+
+/// Issue 26 (high): one review at the body bound used to cost the webhook up to
+/// 1.2 GB (a pod of tiny volumes), under a 64 Mi limit with failurePolicy Fail.
+/// Now each hostile shape at the bound, 16 at once, stays far under it, and
+/// every review is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_at_the_body_bound_stay_within_the_memory_limit() {
+    use attestd_e2e::webhook::memory_shapes;
+    let w = Webhook::start("[runtime_classes]\nkata-qemu-tdx = \"tdx\"\n", &test_lock());
+    let c = w.client_trusting(&w.ca());
+    let url = w.url("/mutate");
+    for (name, body) in memory_shapes(attestd_webhook::review::MAX_REVIEW_BYTES) {
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let (c, url, body) = (c.clone(), url.clone(), body.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = c.post(&url).body(body).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                let v: Value = r.json().await.unwrap();
+                v["response"]["allowed"].as_bool()
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Some(true), "{name}");
+        }
+    }
+    let peak = attestd_e2e::peak_mib(w.pid());
+    eprintln!("the webhook's peak RSS: {peak:.1} MiB");
+    assert!(peak < 64.0, "peak RSS {peak:.1} MiB");
+}

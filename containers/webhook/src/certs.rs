@@ -73,6 +73,34 @@ pub fn serving(ca: &Authority, names: &[&str]) -> Result<(String, String), CertE
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// Write `body` as `dir/name` with exactly `mode`: into a new file beside it
+/// (created exclusively, no symlink followed), then renamed over the name, so
+/// an existing file's looser mode is not kept and a symlink planted at the
+/// name is replaced, never written through.
+pub fn write_file(dir: &std::path::Path, name: &str, body: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        // Whatever the umask.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(body.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(name))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// The names the API server uses for a Service: `<svc>.<ns>.svc` is what it dials.
 pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
     vec![
@@ -81,4 +109,38 @@ pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
         format!("{service}.{namespace}"),
         service.to_string(),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// Issue 26 (low): an existing key at 0644 ends 0600, and a symlink at the
+    /// key's name is replaced, not written through.
+    #[test]
+    fn a_key_is_written_private_and_nothing_is_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let key = d.path().join("tls.key");
+        std::fs::write(&key, "old").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_file(d.path(), "tls.key", "new", 0o600).unwrap();
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), "new");
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "mine").unwrap();
+        std::fs::remove_file(&key).unwrap();
+        std::os::unix::fs::symlink(&victim, &key).unwrap();
+        write_file(d.path(), "tls.key", "newer", 0o600).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "mine");
+        assert!(!std::fs::symlink_metadata(&key)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), "newer");
+        // Nothing left beside them.
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 2);
+    }
 }

@@ -6,6 +6,7 @@ pub mod certs;
 pub mod config;
 pub mod inject;
 pub mod manifests;
+pub mod pod;
 pub mod review;
 pub mod server;
 pub mod tls;

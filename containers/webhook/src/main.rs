@@ -110,7 +110,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         certs
             .clone()
             .watch(Duration::from_millis(a.reload_interval_ms.max(100)));
-        let state = Arc::new(server::State { config, lock });
+        let state = Arc::new(server::State::new(config, lock));
         tokio::select! {
             r = server::serve(listener, certs, state) => r.context("serving"),
             _ = terminated() => {
@@ -138,7 +138,6 @@ async fn terminated() {
 }
 
 fn write_certs(a: CertsArgs) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let names = certs::service_names(&a.service, &a.namespace);
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let ca = certs::authority()?;
@@ -146,16 +145,8 @@ fn write_certs(a: CertsArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out_dir)
         .with_context(|| format!("cannot create {}", a.out_dir.display()))?;
     let write = |name: &str, body: &str, mode: u32| -> Result<()> {
-        let p = a.out_dir.join(name);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&p)
-            .with_context(|| format!("cannot write {}", p.display()))?;
-        std::io::Write::write_all(&mut f, body.as_bytes())
-            .with_context(|| format!("cannot write {}", p.display()))
+        certs::write_file(&a.out_dir, name, body, mode)
+            .with_context(|| format!("cannot write {}", a.out_dir.join(name).display()))
     };
     write("ca.crt", &ca.pem, 0o644)?;
     write("tls.crt", &cert, 0o644)?;

@@ -4,16 +4,47 @@
 //! than "webhook call failed".
 
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::Pod;
-use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube_core::DynamicObject;
+use kube_core::admission::{AdmissionResponse, Operation};
+use kube_core::GroupVersionKind;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::config::{Config, Lock};
 use crate::inject::{decide, Decision};
+use crate::pod::PodView;
 
-/// The largest review read. The API server caps a request at 3 MiB and a review
-/// carries the object (and, on updates, the old one) in JSON.
-pub const MAX_REVIEW_BYTES: usize = 7 << 20;
+/// The largest review read: the API server's own limit on a request body
+/// (3 MiB); a pod CREATE's review is the pod and a few hundred bytes.
+pub const MAX_REVIEW_BYTES: usize = 3 << 20;
+
+/// An AdmissionReview as the webhook reads it: the envelope typed, the object
+/// left as the bytes it is (borrowed from the body, not copied), then read
+/// straight into the webhook's view of a pod. Fields the webhook has no use for
+/// (`oldObject`, `userInfo`, …) are skipped as they are read.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a> {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(borrow)]
+    request: Option<Request<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request<'a> {
+    uid: String,
+    kind: GroupVersionKind,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: Operation,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+}
 
 /// What happened, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +53,16 @@ pub struct Outcome {
     pub allowed: bool,
     pub patched: bool,
     pub message: String,
+}
+
+/// An allowing answer to the request `uid` (what kube-core makes from a parsed
+/// request, made from its uid alone).
+fn allowed_for(uid: &str) -> AdmissionResponse {
+    let mut r = AdmissionResponse::invalid("");
+    r.uid = uid.to_string();
+    r.allowed = true;
+    r.result = Default::default();
+    r
 }
 
 fn answer(mut r: AdmissionResponse, code: u16, reason: &str) -> AdmissionResponse {
@@ -61,24 +102,24 @@ fn finish(r: AdmissionResponse, message: String) -> (Vec<u8>, Outcome) {
 
 /// The answer to `body`.
 pub fn review(body: &[u8], config: &Config, lock: &Lock) -> (Vec<u8>, Outcome) {
-    let parsed: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
+    let parsed: Envelope = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return unreadable(e, 400),
     };
-    if parsed.types.api_version != "admission.k8s.io/v1" || parsed.types.kind != "AdmissionReview" {
+    if parsed.api_version != "admission.k8s.io/v1" || parsed.kind != "AdmissionReview" {
         return unreadable(
             format!(
                 "expected admission.k8s.io/v1 AdmissionReview, got {} {}",
-                parsed.types.api_version, parsed.types.kind
+                attestd::echo::bounded(&parsed.api_version, attestd::echo::MAX_ECHO),
+                attestd::echo::bounded(&parsed.kind, attestd::echo::MAX_ECHO)
             ),
             400,
         );
     }
-    let req: AdmissionRequest<DynamicObject> = match parsed.try_into() {
-        Ok(r) => r,
-        Err(_) => return unreadable("it holds no request", 400),
+    let Some(req) = parsed.request else {
+        return unreadable("it holds no request", 400);
     };
-    let base = AdmissionResponse::from(&req);
+    let base = allowed_for(&req.uid);
     let kind = &req.kind;
     if (
         kind.group.as_str(),
@@ -88,9 +129,13 @@ pub fn review(body: &[u8], config: &Config, lock: &Lock) -> (Vec<u8>, Outcome) {
     {
         let message = format!(
             "attestd-webhook mutates v1 Pods, not {}/{} {}: check the MutatingWebhookConfiguration's rules",
-            if kind.group.is_empty() { "core" } else { &kind.group },
-            kind.version,
-            kind.kind
+            if kind.group.is_empty() {
+                "core".to_string()
+            } else {
+                attestd::echo::bounded(&kind.group, attestd::echo::MAX_ECHO)
+            },
+            attestd::echo::bounded(&kind.version, attestd::echo::MAX_ECHO),
+            attestd::echo::bounded(&kind.kind, attestd::echo::MAX_ECHO)
         );
         return finish(answer(base.deny(&message), 400, "BadRequest"), message);
     }
@@ -98,14 +143,17 @@ pub fn review(body: &[u8], config: &Config, lock: &Lock) -> (Vec<u8>, Outcome) {
         let message = format!("{:?} of a pod: nothing to inject", req.operation);
         return finish(base, message);
     }
-    let Some(object) = req.object.as_ref() else {
+    let Some(object) = req.object else {
         let message = "a pod CREATE without the pod".to_string();
         return finish(answer(base.deny(&message), 400, "BadRequest"), message);
     };
-    let pod: Pod = match serde_json::to_value(object).and_then(serde_json::from_value) {
+    let pod: PodView = match serde_json::from_str(object.get()) {
         Ok(p) => p,
         Err(e) => {
-            let message = format!("the pod does not parse: {e}");
+            let message = format!(
+                "the pod does not parse: {}",
+                attestd::echo::bounded(&e.to_string(), attestd::echo::MAX_ECHO)
+            );
             return finish(answer(base.deny(&message), 400, "BadRequest"), message);
         }
     };

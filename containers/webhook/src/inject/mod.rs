@@ -9,13 +9,14 @@ use std::collections::BTreeMap;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource,
-    EnvVar, ExecAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements, SecurityContext,
-    Volume, VolumeMount,
+    EnvVar, ExecAction, ObjectFieldSelector, Probe, ResourceRequirements, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::Value;
 
 use crate::config::{check_reference, Config, Lock, UnknownPolicy};
+use crate::pod::{PodView, Spec};
 
 /// Label or annotation: `"true"` opts a pod in, `"false"` out (the opt-out wins).
 pub const INJECT: &str = "attestd.io/inject";
@@ -24,8 +25,16 @@ pub const INJECTED: &str = "attestd.io/injected";
 /// attestd's plugin configuration, written by the webhook.
 pub const PLUGIN_CONFIG: &str = "attestd.io/plugin-config";
 /// The pod author's own attestd configuration (upstream `aa.toml` keys such as
-/// `[token_configs]`), read before the webhook's.
+/// `[token_configs]`): attestd's `-c` file, read as a tenant's (`init-data`:
+/// anything but what attestd launches), checked here and again by attestd.
 pub const POD_CONFIG: &str = "attestd.io/config";
+/// Where the pod's configuration appears in attestd's container: in the
+/// drop-in volume, under a name attestd does not read as a drop-in (no
+/// `.toml`), passed as `-c`.
+pub const POD_CONFIG_FILE: &str = "pod-config";
+/// The pod's configuration's bytes at most (an `aa.toml` with a KBS certificate
+/// is a few KiB).
+pub const MAX_POD_CONFIG_BYTES: usize = 64 << 10;
 /// Namespaces never injected, whatever the webhook configuration's selectors say.
 pub const EXCLUDED_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "attestd-system"];
 
@@ -74,12 +83,20 @@ fn unchanged(why: impl Into<String>) -> Decision {
 }
 
 /// Decide for `pod` (created in `namespace`).
-pub fn decide(pod: &Pod, namespace: &str, config: &Config, lock: &Lock) -> Decision {
+pub fn decide(pod: &PodView, namespace: &str, config: &Config, lock: &Lock) -> Decision {
     let meta = &pod.metadata;
     let annotations = meta.annotations.clone().unwrap_or_default();
     let labels = meta.labels.clone().unwrap_or_default();
     if let Some(tee) = annotations.get(INJECTED) {
-        return unchanged(format!("already injected ({tee})"));
+        // Created with the marker already (a copied spec, or a way around the
+        // injection): admitted as it is, but its author hears of it.
+        return Decision::Unchanged {
+            why: format!(
+                "the pod carries {INJECTED} ({}) at creation, so attestd-webhook leaves it as it is: remove the annotation to have attestd injected",
+                attestd::echo::quoted(tee)
+            ),
+            warn: true,
+        };
     }
     let flag = |v: Option<&String>| v.map(|s| s.trim().to_ascii_lowercase());
     let (by_annotation, by_label) = (flag(annotations.get(INJECT)), flag(labels.get(INJECT)));
@@ -122,6 +139,11 @@ pub fn decide(pod: &Pod, namespace: &str, config: &Config, lock: &Lock) -> Decis
     if let Some(clash) = name_clash(spec) {
         return Decision::Deny(clash);
     }
+    if let Some(text) = annotations.get(POD_CONFIG) {
+        if let Err(why) = check_pod_config(text) {
+            return Decision::Deny(why);
+        }
+    }
     match plan(&tee, spec.host_network == Some(true), config, lock) {
         Ok(plan) => match patch(pod, &plan, config) {
             Ok(patch) => Decision::Inject {
@@ -135,8 +157,10 @@ pub fn decide(pod: &Pod, namespace: &str, config: &Config, lock: &Lock) -> Decis
     }
 }
 
-/// A container or volume of the pod already named like ours.
-fn name_clash(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<String> {
+/// A container or volume of the pod already named like ours, or a container
+/// mounting one of our volumes by name (the patch would supply it: the app
+/// would reach the plugin sockets, or the configuration).
+fn name_clash(spec: &Spec) -> Option<String> {
     let ours = |n: &str| n == CORE_CONTAINER || n.starts_with(ATTESTER_PREFIX);
     let containers = spec
         .containers
@@ -145,20 +169,52 @@ fn name_clash(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<String> {
     for c in containers {
         if ours(&c.name) {
             return Some(format!(
-                "the pod already has a container named {:?}, a name attestd-webhook injects; rename it, or set {INJECT}: \"false\" to run your own attestd",
-                c.name
+                "the pod already has a container named {}, a name attestd-webhook injects; rename it, or set {INJECT}: \"false\" to run your own attestd",
+                attestd::echo::quoted(&c.name)
+            ));
+        }
+        if let Some(v) = c.volume_mounts.as_ref().and_then(|m| m.of_ours.as_ref()) {
+            return Some(format!(
+                "container {} mounts the volume {}, which attestd-webhook adds for attestd and its attesters alone: mount a volume of your own",
+                attestd::echo::quoted(&c.name),
+                attestd::echo::quoted(v)
             ));
         }
     }
-    for v in spec.volumes.iter().flatten() {
-        if [RUN_VOLUME, AA_VOLUME, CONFIG_VOLUME].contains(&v.name.as_str()) {
-            return Some(format!(
-                "the pod already has a volume named {:?}, a name attestd-webhook injects",
-                v.name
-            ));
-        }
+    if let Some(v) = spec.volumes.as_ref().and_then(|v| v.ours.as_ref()) {
+        return Some(format!(
+            "the pod already has a volume named {}, a name attestd-webhook injects",
+            attestd::echo::quoted(v)
+        ));
     }
     None
+}
+
+/// The pod's own configuration (`attestd.io/config`) as attestd will read it:
+/// TOML, and only what a workload may choose (what a tenant's init-data may:
+/// not which plugins run, nor how).
+fn check_pod_config(text: &str) -> Result<(), String> {
+    use attestd::config::scope::{restrict, Source};
+    if text.len() > MAX_POD_CONFIG_BYTES {
+        return Err(format!(
+            "the {POD_CONFIG} annotation is {} bytes; at most {MAX_POD_CONFIG_BYTES}",
+            text.len()
+        ));
+    }
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+        format!(
+            "the {POD_CONFIG} annotation is not TOML: {}",
+            attestd::echo::bounded(&e.to_string(), attestd::echo::MAX_ECHO)
+        )
+    })?;
+    restrict(&mut table, Source::InitData).map_err(|r| {
+        format!(
+            "the {POD_CONFIG} annotation sets {}: {}",
+            attestd::echo::quoted(&r.key),
+            r.why
+        )
+    })?;
+    Ok(())
 }
 
 /// One attester to inject.
@@ -391,6 +447,11 @@ fn core_container(plan: &Plan, config: &Config) -> Container {
         "run".to_string(),
         "--config-dir".into(),
         "/etc/attestd".into(),
+        // The pod's own configuration, read as a tenant's: never what runs.
+        "-c".into(),
+        format!("{DROP_IN_DIR}/{POD_CONFIG_FILE}"),
+        "--config-file-source".into(),
+        "init-data".into(),
         "--attestation_sock".into(),
         AA_SOCKET.into(),
     ];
@@ -459,9 +520,10 @@ fn volumes() -> Vec<Volume> {
         Volume {
             name: CONFIG_VOLUME.into(),
             downward_api: Some(DownwardAPIVolumeSource {
-                // The author's first, the webhook's last: its plugin keys win.
+                // The webhook's plugins as a drop-in; the author's configuration
+                // as attestd's -c file (restricted: it cannot set plugins).
                 items: Some(vec![
-                    annotation("40-pod.toml", POD_CONFIG),
+                    annotation(POD_CONFIG_FILE, POD_CONFIG),
                     annotation("90-webhook.toml", PLUGIN_CONFIG),
                 ]),
                 ..Default::default()
@@ -504,7 +566,7 @@ fn append(
     Ok(())
 }
 
-fn patch(pod: &Pod, plan: &Plan, config: &Config) -> Result<Patch, String> {
+fn patch(pod: &PodView, plan: &Plan, config: &Config) -> Result<Patch, String> {
     let spec = pod.spec.as_ref().ok_or("the pod has no spec")?;
     let mut ops = Vec::new();
     // Annotations: the marker and attestd's configuration.
@@ -553,14 +615,10 @@ fn patch(pod: &Pod, plan: &Plan, config: &Config) -> Result<Patch, String> {
     for (list, containers) in lists {
         for (i, c) in containers.into_iter().flatten().enumerate() {
             let at = format!("/spec/{list}/{i}");
-            if c.volume_mounts
-                .iter()
-                .flatten()
-                .any(|m| m.mount_path == AA_DIR)
-            {
+            if c.volume_mounts.as_ref().is_some_and(|m| m.at_aa_dir) {
                 return Err(format!(
-                    "container {:?} already mounts something at {AA_DIR}, where attestd-webhook puts the AA socket",
-                    c.name
+                    "container {} already mounts something at {AA_DIR}, where attestd-webhook puts the AA socket",
+                    attestd::echo::quoted(&c.name)
                 ));
             }
             append(
@@ -570,7 +628,7 @@ fn patch(pod: &Pod, plan: &Plan, config: &Config) -> Result<Patch, String> {
                 vec![to_value(&mount(AA_VOLUME, AA_DIR, true))?],
             )?;
             // The container's own setting of a variable wins.
-            let have: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+            let have: &[&str] = c.env.as_ref().map_or(&[], |e| &e.has);
             let missing = env
                 .iter()
                 .filter(|e| !have.contains(&e.name.as_str()))

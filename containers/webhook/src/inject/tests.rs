@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use super::*;
 use crate::config::{LockedAttester, LockedComponent};
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
 const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -32,9 +33,14 @@ fn pod(v: serde_json::Value) -> Pod {
     serde_json::from_value(v).unwrap()
 }
 
+/// `p` as the webhook reads it from a review.
+fn view(p: &Pod) -> PodView {
+    serde_json::from_value(serde_json::to_value(p).unwrap()).unwrap()
+}
+
 /// The pod after the patch, applied the way the API server applies it.
 fn injected(p: &Pod, config: &Config) -> (Pod, Vec<String>) {
-    match decide(p, "apps", config, &lock()) {
+    match decide(&view(p), "apps", config, &lock()) {
         Decision::Inject {
             patch, warnings, ..
         } => {
@@ -209,12 +215,17 @@ fn a_bare_pod_gets_each_list_created() {
 fn injected_opted_out_and_system_pods_are_left_alone() {
     let mut p = tdx_pod();
     let (done, _) = injected(&p, &Config::default());
+    // Issue 26: a pod created with the marker is admitted as it is, and its
+    // author is warned.
+    match decide(&view(&done), "apps", &Config::default(), &lock()) {
+        Decision::Unchanged { why, warn: true } => assert_eq!(
+            why,
+            "the pod carries attestd.io/injected (\"tdx\") at creation, so attestd-webhook leaves it as it is: remove the annotation to have attestd injected"
+        ),
+        other => panic!("{other:?}"),
+    }
     assert!(matches!(
-        decide(&done, "apps", &Config::default(), &lock()),
-        Decision::Unchanged { .. }
-    ));
-    assert!(matches!(
-        decide(&p, "kube-system", &Config::default(), &lock()),
+        decide(&view(&p), "kube-system", &Config::default(), &lock()),
         Decision::Unchanged { .. }
     ));
     p.metadata
@@ -223,14 +234,14 @@ fn injected_opted_out_and_system_pods_are_left_alone() {
         .unwrap()
         .insert(INJECT.into(), "false".into());
     p.metadata.labels = Some([(INJECT.to_string(), "true".to_string())].into());
-    match decide(&p, "apps", &Config::default(), &lock()) {
+    match decide(&view(&p), "apps", &Config::default(), &lock()) {
         Decision::Unchanged { why, .. } => assert!(why.contains("opted out"), "{why}"),
         other => panic!("{other:?}"),
     }
     // A pod of an unlisted class that did not opt in.
     let plain = pod(json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "a"}]}}));
     assert!(matches!(
-        decide(&plain, "apps", &Config::default(), &lock()),
+        decide(&view(&plain), "apps", &Config::default(), &lock()),
         Decision::Unchanged { warn: false, .. }
     ));
 }
@@ -246,7 +257,7 @@ fn a_container_named_like_ours_is_refused_not_merged() {
             .as_array_mut()
             .unwrap()
             .push(json!({"name": name, "image": "mine"}));
-        match decide(&pod(v), "apps", &Config::default(), &lock()) {
+        match decide(&view(&pod(v)), "apps", &Config::default(), &lock()) {
             Decision::Deny(why) => assert!(why.contains(&format!("{name:?}")), "{why}"),
             other => panic!("{other:?}"),
         }
@@ -256,7 +267,7 @@ fn a_container_named_like_ours_is_refused_not_merged() {
         .as_array_mut()
         .unwrap()
         .push(json!({"name": "data", "mountPath": AA_DIR}));
-    match decide(&pod(v), "apps", &Config::default(), &lock()) {
+    match decide(&view(&pod(v)), "apps", &Config::default(), &lock()) {
         Decision::Deny(why) => assert!(why.contains("already mounts something at"), "{why}"),
         other => panic!("{other:?}"),
     }
@@ -268,7 +279,7 @@ fn an_unknown_runtime_class_follows_the_policy() {
         "metadata": {"name": "x", "labels": {INJECT: "true"}},
         "spec": {"runtimeClassName": "runc", "containers": [{"name": "a"}]}
     }));
-    match decide(&p, "apps", &Config::default(), &lock()) {
+    match decide(&view(&p), "apps", &Config::default(), &lock()) {
         Decision::Unchanged { why, warn: true } => {
             assert!(why.contains("runtime class runc names no TEE"), "{why}")
         }
@@ -278,7 +289,7 @@ fn an_unknown_runtime_class_follows_the_policy() {
         unknown_runtime_class: UnknownPolicy::Deny,
         ..Config::default()
     };
-    match decide(&p, "apps", &deny, &lock()) {
+    match decide(&view(&p), "apps", &deny, &lock()) {
         Decision::Deny(why) => assert!(why.contains("runtime class runc"), "{why}"),
         other => panic!("{other:?}"),
     }
@@ -287,7 +298,7 @@ fn an_unknown_runtime_class_follows_the_policy() {
         ..Config::default()
     };
     assert!(matches!(
-        decide(&p, "apps", &default_tee, &lock()),
+        decide(&view(&p), "apps", &default_tee, &lock()),
         Decision::Inject { ref tee, .. } if tee == "tpm"
     ));
 }
@@ -296,13 +307,13 @@ fn an_unknown_runtime_class_follows_the_policy() {
 fn a_tee_missing_from_the_lock_is_refused_with_its_name() {
     let mut l = lock();
     l.images.remove("tdx");
-    match decide(&tdx_pod(), "apps", &Config::default(), &l) {
+    match decide(&view(&tdx_pod()), "apps", &Config::default(), &l) {
         Decision::Deny(why) => assert!(why.contains("no attester image for TEE \"tdx\""), "{why}"),
         other => panic!("{other:?}"),
     }
     let mut l = lock();
     l.components.clear();
-    match decide(&tdx_pod(), "apps", &Config::default(), &l) {
+    match decide(&view(&tdx_pod()), "apps", &Config::default(), &l) {
         Decision::Deny(why) => assert!(why.contains("[components.attestd]"), "{why}"),
         other => panic!("{other:?}"),
     }
@@ -362,7 +373,7 @@ fn a_tag_override_is_used_only_in_dev_mode() {
     let mut c = Config::default();
     c.images
         .insert("tdx".into(), "example.com/attester-tdx:dev".into());
-    match decide(&tdx_pod(), "apps", &c, &lock()) {
+    match decide(&view(&tdx_pod()), "apps", &c, &lock()) {
         Decision::Deny(why) => assert!(why.contains("not pinned by digest"), "{why}"),
         other => panic!("{other:?}"),
     }
@@ -373,4 +384,79 @@ fn a_tag_override_is_used_only_in_dev_mode() {
         init[0].image.as_deref(),
         Some("example.com/attester-tdx:dev")
     );
+}
+
+/// Issue 26: an app container that mounts one of the webhook's volumes by name
+/// (the patch would supply it) would reach the plugin sockets or attestd's
+/// configuration: refused, whichever list the container is in.
+#[test]
+fn a_container_mounting_our_volumes_by_name_is_refused() {
+    for volume in [RUN_VOLUME, CONFIG_VOLUME, AA_VOLUME] {
+        for list in ["containers", "initContainers"] {
+            let mut v = serde_json::to_value(tdx_pod()).unwrap();
+            v["spec"][list][0]["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}, {"name": volume, "mountPath": "/mine"}]);
+            match decide(&view(&pod(v)), "apps", &Config::default(), &lock()) {
+                Decision::Deny(why) => assert!(
+                    why.ends_with(&format!("mounts the volume \"{volume}\", which attestd-webhook adds for attestd and its attesters alone: mount a volume of your own")),
+                    "{why}"
+                ),
+                other => panic!("{volume} in {list}: {other:?}"),
+            }
+        }
+    }
+}
+
+/// Issue 26: the pod's own configuration may set what a workload chooses (its
+/// KBS, the event log, logging), never which plugins run or how; it becomes
+/// attestd's -c file, read as a tenant's, so attestd refuses the same again.
+#[test]
+fn the_pod_config_annotation_sets_workload_keys_only() {
+    let with = |config: &str| {
+        let mut p = tdx_pod();
+        p.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(POD_CONFIG.into(), config.into());
+        decide(&view(&p), "apps", &Config::default(), &lock())
+    };
+    let ok = "[token_configs.kbs]\nurl = \"https://kbs.example\"\n[eventlog_config]\nenable_eventlog = true\n[log]\nlevel = \"debug\"\n[plugins]\ncall_timeout_ms = 9000\n";
+    match with(ok) {
+        Decision::Inject { patch, .. } => {
+            let text = serde_json::to_string(&patch).unwrap();
+            assert!(
+                text.contains("\"-c\",\"/etc/attestd/attestd.toml.d/pod-config\",\"--config-file-source\",\"init-data\""),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    for (config, key) in [
+        (
+            "[plugins.attester.tdx]\ncommand = \"/bin/sh\"\n",
+            "plugins.attester.tdx.command",
+        ),
+        ("[plugins]\ndev_mode = true\n", "plugins.dev_mode"),
+        (
+            "[config_file]\nsource = \"operator\"\n",
+            "config_file.source",
+        ),
+    ] {
+        match with(config) {
+            Decision::Deny(why) => assert!(
+                why.starts_with(&format!(
+                    "the attestd.io/config annotation sets \"{key}\": "
+                )),
+                "{why}"
+            ),
+            other => panic!("{config}: {other:?}"),
+        }
+    }
+    match with("[plugins\n") {
+        Decision::Deny(why) => assert!(
+            why.starts_with("the attestd.io/config annotation is not TOML: "),
+            "{why}"
+        ),
+        other => panic!("{other:?}"),
+    }
 }

@@ -33,7 +33,8 @@ struct Args {
     /// launch backend; needs the sample image from containers/build.sh), keys (key
     /// release against the test KBS), chaos (calls under plugin kills and hostile
     /// clients; not part of "all"), webhook (admission reviews over HTTPS; not part
-    /// of "all"), additional (GetAdditionalEvidence over devices that each take
+    /// of "all"), webhook-memory (the webhook's peak RSS on hostile reviews at its
+    /// body bound, alone and 16 at once; not part of "all"), additional (GetAdditionalEvidence over devices that each take
     /// 50 ms; not part of "all"), startup (where the time to the first evidence
     /// goes; not part of "all"), pool (concurrent calls to the plugin over one
     /// connection or a pool of them; not part of "all"), or all.
@@ -48,7 +49,8 @@ struct Args {
     #[arg(long)]
     peer: Vec<String>,
     /// `--only startup`: other attestd binaries started in the same rounds (the
-    /// build before a change, another build profile); repeatable.
+    /// build before a change, another build profile); `--only webhook-memory`:
+    /// other attestd-webhook binaries, measured beside this one; repeatable.
     #[arg(long)]
     compare: Vec<PathBuf>,
     /// `--only startup`: another AA binary, started as upstream's attestation-agent
@@ -422,10 +424,19 @@ async fn keys_table(args: &Args) {
 
 /// Resident memory of `pid` in MiB.
 fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+/// A process's peak RSS (its high-water mark), in MiB.
+fn peak_mib(pid: u32) -> f64 {
+    attestd_e2e::peak_mib(pid)
+}
+
+fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
         .map_or(0.0, |k| k / 1024.0)
 }
@@ -813,6 +824,67 @@ async fn webhook_table(args: &Args) {
     println!("\nwebhook RSS after the runs: {:.1} MiB", rss_mib(w.pid()));
 }
 
+/// The webhook's peak RSS on each hostile shape at its body bound, alone and
+/// 16 at once, for this build and each `--compare` build: a fresh webhook per
+/// row, its high-water mark read after.
+async fn webhook_memory(args: &Args) {
+    use attestd_e2e::webhook::Webhook;
+    let digest = format!("sha256:{}", "1".repeat(64));
+    let lock = format!(
+        "[images.tdx]\nimage = \"localhost/attestd/attester-tdx\"\ndigest = \"{digest}\"\ntransport = \"ttrpc\"\napi = 1\n\n[components.attestd]\nimage = \"localhost/attestd/attestd\"\ndigest = \"{digest}\"\n"
+    );
+    let config = "[runtime_classes]\nkata-qemu-tdx = \"tdx\"\n";
+    let mut builds = vec![attestd_e2e::bin("attestd-webhook")];
+    builds.extend(args.compare.iter().cloned());
+    let cap = attestd_webhook::review::MAX_REVIEW_BYTES;
+    println!("| build | review | bytes | at once | answered | peak RSS MiB |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (i, build) in builds.iter().enumerate() {
+        // Every connection slot posting at once, for this build; a build
+        // without the memory bound is not asked that (it would take the machine).
+        let counts: &[usize] = if i == 0 {
+            &[1, 16, attestd_webhook::server::MAX_CONNECTIONS]
+        } else {
+            &[1, 16]
+        };
+        for (name, body) in attestd_e2e::webhook::memory_shapes(cap) {
+            for &at_once in counts {
+                let w = Webhook::start_bin(build, config, &lock);
+                let c = w.client_trusting(&w.ca());
+                let url = w.url("/mutate");
+                let mut tasks = Vec::new();
+                for _ in 0..at_once {
+                    let (c, url, body) = (c.clone(), url.clone(), body.clone());
+                    tasks.push(tokio::spawn(async move {
+                        match c.post(&url).body(body).send().await {
+                            Ok(r) => {
+                                let v: serde_json::Value = r.json().await.unwrap_or_default();
+                                v["response"]["status"]["code"]
+                                    .as_u64()
+                                    .map_or("allowed".to_string(), |c| c.to_string())
+                            }
+                            Err(_) => "no answer".to_string(),
+                        }
+                    }));
+                }
+                let mut answers = std::collections::BTreeMap::<String, usize>::new();
+                for t in tasks {
+                    *answers.entry(t.await.unwrap()).or_default() += 1;
+                }
+                let answered: Vec<String> =
+                    answers.iter().map(|(k, n)| format!("{n}× {k}")).collect();
+                println!(
+                    "| {} | {name} | {} | {at_once} | {} | {:.1} |",
+                    build.display(),
+                    body.len(),
+                    answered.join(", "),
+                    peak_mib(w.pid())
+                );
+            }
+        }
+    }
+}
+
 fn main() {
     let args = Args::parse();
     // Measure the daemons, not their logging.
@@ -826,6 +898,10 @@ fn main() {
     rt.block_on(async {
         if args.only == "chaos" {
             chaos(&args).await;
+            return;
+        }
+        if args.only == "webhook-memory" {
+            webhook_memory(&args).await;
             return;
         }
         if args.only == "webhook" {
