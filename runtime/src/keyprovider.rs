@@ -92,6 +92,11 @@ fn safe_segment(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
+/// A kid's bytes at most: a KBS resource URI is a few dozen; what is longer is
+/// refused before it is parsed or echoed (it went into the status and the log
+/// whole, twice).
+pub const MAX_KID_BYTES: usize = 1024;
+
 /// `kbs:///<repo>/<type>/<tag>` (host part ignored) → `<repo>/<type>/<tag>`: parsed
 /// as a URL, exactly three segments from a safe alphabet after percent-decoding,
 /// no query, no fragment, no credentials. The KBS request is then built from these
@@ -104,6 +109,12 @@ pub fn resource_path(kid: &str) -> Result<String> {
             "kid \"{shown}\" is not a kbs:///<repo>/<type>/<tag> URI: {why}"
         ))
     };
+    if kid.len() > MAX_KID_BYTES {
+        return Err(bad(&format!(
+            "it is {} bytes, more than {MAX_KID_BYTES}",
+            kid.len()
+        )));
+    }
     // Dot segments first, on the text as given: the URL parser would resolve
     // `a/b/../c/d` to `a/c/d` (and `%2e%2e` likewise) without a word.
     let raw_path = kid
@@ -446,6 +457,19 @@ mod tests {
         let m = resource_path(&long).unwrap_err().message().to_string();
         assert!(m.contains("… (408 characters)"), "{m}");
         assert!(!m.contains('\n'));
+        // Issue 26: a kid of valid segments at the bound is read; past it,
+        // refused, and the answer stays short.
+        let kid = |n: usize| format!("kbs:///r/t/{}", "a".repeat(n - "kbs:///r/t/".len()));
+        assert_eq!(
+            resource_path(&kid(MAX_KID_BYTES)).unwrap().len(),
+            MAX_KID_BYTES - 7
+        );
+        let m = resource_path(&kid(100 << 10))
+            .unwrap_err()
+            .message()
+            .to_string();
+        assert!(m.ends_with("it is 102400 bytes, more than 1024"), "{m}");
+        assert!(m.len() < 500, "{}", m.len());
     }
 
     #[test]

@@ -16,6 +16,34 @@ use crate::supervisor::{SocketDirLock, Supervisor};
 
 /// The event-log domain and operation of attestd's own entries.
 pub const IDENTITY_DOMAIN: &str = "github.com/confidential-containers/attestd";
+
+/// A client's event-log domain: ASCII (a domain name and path; a homoglyph of
+/// another's cannot pass), and not attestd's own, nor under it, however
+/// written (case, a scheme, `www.`, percent-encoding, doubled or trailing
+/// slashes).
+pub fn check_domain(domain: &str) -> Result<()> {
+    if !domain.is_ascii() {
+        return Err(Error::invalid_argument(format!(
+            "domain {} is not ASCII: a domain is a host name and a path",
+            crate::echo::quoted(domain)
+        )));
+    }
+    let decoded = percent_encoding::percent_decode_str(domain).decode_utf8_lossy();
+    let lower = decoded.to_ascii_lowercase();
+    let mut d = lower.as_str();
+    for prefix in ["https://", "http://", "www."] {
+        d = d.strip_prefix(prefix).unwrap_or(d);
+    }
+    let parts: Vec<&str> = d.split('/').filter(|p| !p.is_empty()).collect();
+    let normal = parts.join("/");
+    let reserved = IDENTITY_DOMAIN;
+    if normal == reserved || normal.starts_with(&format!("{reserved}/")) {
+        return Err(Error::invalid_argument(format!(
+            "domain {IDENTITY_DOMAIN:?} is reserved for attestd's own entries"
+        )));
+    }
+    Ok(())
+}
 pub const IDENTITY_OPERATION: &str = "LoadAttester";
 
 /// `ExtendRuntimeMeasurement`'s result, as upstream's enum.
@@ -309,6 +337,9 @@ impl Service {
         let Some(log) = &self.eventlog else {
             return Ok(MeasurementResult::NotSupported);
         };
+        // attestd's own entries (plugin identities) are its alone to write:
+        // refused before anything is recorded, look-alikes too.
+        check_domain(&event.domain)?;
         // The entry goes through the primary's registers; nothing else serves.
         self.measure([&self.primary]).await?;
         let r = log
@@ -319,12 +350,6 @@ impl Service {
                 event.register_index,
             )
             .await;
-        // attestd's own entries (plugin identities) are its alone to write.
-        if event.domain.eq_ignore_ascii_case(IDENTITY_DOMAIN) {
-            return Err(Error::invalid_argument(format!(
-                "domain {IDENTITY_DOMAIN:?} is reserved for attestd's own entries"
-            )));
-        }
         // A token from before the extension no longer attests the registers.
         self.kbs_sessions.invalidate();
         r?;
@@ -531,10 +556,12 @@ impl Service {
     /// ocicrypt's UnWrapKey: the KEK named by the annotation's kid, from the KBS.
     pub async fn unwrap_key(&self, input: Vec<u8>) -> Result<Vec<u8>> {
         let u = crate::keyprovider::parse_unwrap(&input)?;
-        let kek = self
-            .kbs_resource(&u.resource)
-            .await
-            .map_err(|e| e.context(format!("cannot fetch the KEK {}", u.packet.kid)))?;
+        let kek = self.kbs_resource(&u.resource).await.map_err(|e| {
+            e.context(format!(
+                "cannot fetch the KEK {}",
+                crate::echo::quoted(&u.packet.kid)
+            ))
+        })?;
         let key = crate::keyprovider::unwrap_key(&u.packet, &kek)?;
         Ok(crate::keyprovider::unwrap_output(&key))
     }
@@ -630,6 +657,43 @@ async fn evidence_of(s: &Supervisor, runtime_data: Vec<u8>) -> Result<(String, V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 26 (low): look-alikes of attestd's own domain are refused too.
+    #[test]
+    fn the_reserved_domain_and_its_look_alikes_are_refused() {
+        for d in [
+            "github.com/confidential-containers/attestd",
+            "GitHub.com/Confidential-Containers/attestd",
+            "github.com/confidential-containers/attestd/",
+            "github.com//confidential-containers/attestd",
+            "https://github.com/confidential-containers/attestd",
+            "www.github.com/confidential-containers/attestd",
+            "github.com%2Fconfidential-containers%2Fattestd",
+            "github.com/confidential-containers/attestd/sub",
+        ] {
+            let e = check_domain(d).unwrap_err();
+            assert_eq!(
+                e.message(),
+                "domain \"github.com/confidential-containers/attestd\" is reserved for attestd's own entries",
+                "{d}"
+            );
+        }
+        // A Cyrillic "а" in place of "a": not ASCII.
+        let e = check_domain("github.com/confidential-containers/\u{430}ttestd").unwrap_err();
+        assert!(
+            e.message()
+                .ends_with("is not ASCII: a domain is a host name and a path"),
+            "{}",
+            e.message()
+        );
+        for ok in [
+            "github.com/confidential-containers",
+            "github.com/confidential-containers/attestd-extra",
+            "example.com/attestd",
+        ] {
+            check_domain(ok).unwrap();
+        }
+    }
     use crate::launch::Provenance;
 
     #[test]

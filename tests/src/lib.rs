@@ -189,13 +189,41 @@ impl Attestd {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Attestd, StartFailure> {
+        Self::start_under(config, args, env, &[])
+    }
+
+    /// [`Attestd::start`] with its open-files limit (soft and hard) at `n`, set
+    /// by util-linux's `prlimit` before attestd runs.
+    pub fn start_with_nofile(
+        config: impl FnOnce(&Path) -> String,
+        n: u64,
+    ) -> Result<Attestd, StartFailure> {
+        let limit = format!("--nofile={n}:{n}");
+        Self::start_under(config, &[], &[], &["prlimit", &limit, "--"])
+    }
+
+    /// [`Attestd::start_env`], attestd run by `wrapper` (its command and
+    /// arguments before attestd's path) when one is given.
+    fn start_under(
+        config: impl FnOnce(&Path) -> String,
+        args: &[&str],
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Result<Attestd, StartFailure> {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("attestd.toml");
         std::fs::write(&cfg, config(dir.path())).expect("write config");
         let aa_sock = dir.path().join("aa/attestation-agent.sock");
         let grpc_sock = dir.path().join("aa/grpc.sock");
         let log = std::fs::File::create(dir.path().join("attestd.log")).expect("log");
-        let mut cmd = Command::new(bin("attestd"));
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin("attestd"));
+                c
+            }
+            None => Command::new(bin("attestd")),
+        };
         cmd.arg("-c")
             .arg(&cfg)
             .arg("--attestation_sock")
@@ -208,12 +236,13 @@ impl Attestd {
         let child = cmd
             .args(args)
             .env("ATTESTD_CONFIG_DIR", NO_SYSTEM_CONFIG)
-            .envs(env.iter().copied())
             // Tests want debug logs in attestd.log; the benchmark sets ATTESTD_LOG=warn.
             .env(
                 "ATTESTD_LOG",
                 std::env::var("ATTESTD_LOG").unwrap_or_else(|_| "debug".into()),
             )
+            // The caller's word last (a test of the log at its shipped level).
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -282,7 +282,7 @@ async fn unwrap_key_shares_the_session_and_says_why_the_kbs_refused() {
     assert_eq!(
         st.message(),
         format!(
-            "cannot fetch the KEK {KID}: KBS {url}: resource default/key/image-kek answered 401 \
+            "cannot fetch the KEK \"{KID}\": KBS {url}: resource default/key/image-kek answered 401 \
              to 3 fresh tokens; last: TokenVerifierError: Token Verifier error: token expired"
         )
     );
@@ -298,7 +298,7 @@ async fn unwrap_key_shares_the_session_and_says_why_the_kbs_refused() {
     assert_eq!(
         st.message(),
         format!(
-            "cannot fetch the KEK {KID}: KBS {url}: resource default/key/image-kek refused: \
+            "cannot fetch the KEK \"{KID}\": KBS {url}: resource default/key/image-kek refused: \
              PolicyDeny: Access denied by policy"
         )
     );

@@ -185,7 +185,8 @@ pub struct Plan {
     pub aa_toml: AaSource,
 }
 
-fn plan(user_data: &[u8]) -> Result<Plan, Error> {
+/// Read `user_data` (bounded, nothing written): the files it comes to.
+pub fn plan(user_data: &[u8]) -> Result<Plan, Error> {
     if user_data.len() > MAX_USER_DATA_BYTES {
         return Err(Error::TooLarge(user_data.len()));
     }

@@ -7,9 +7,18 @@
 //!   established connections keep being served meanwhile;
 //! - **connections**: at most `max` open at once; the next accept waits for one to
 //!   close (each holds a slot until it is dropped);
-//! - **idle connections**: while a new connection waits for a slot, every *quiet*
-//!   connection closes itself: nothing in flight and nothing read for
-//!   `quiet_after`. Without that pressure nothing is closed for being idle, since
+//! - **idle connections**: while a new connection waits for a slot (or accept
+//!   fails for want of descriptors), every *quiet* connection closes itself:
+//!   nothing in flight and nothing read for `quiet_after`, or, for one that has
+//!   sent nothing at all, for [`SILENT_UNDER_PRESSURE`];
+//! - **descriptors**: a listener holds at most [`connection_cap`] connections,
+//!   so every listener full still leaves [`RESERVED_FDS`] under the open-files
+//!   limit: clients meet the cap, where quiet connections make room, before
+//!   attestd meets the limit;
+//! - **stalled requests** (ttrpc, [`TtrpcConn`]): a request arrives whole within
+//!   [`REQUEST_READ_TIMEOUT`] and only a whole one makes its connection busy;
+//! - **silent gRPC connections**: HTTP/2's preface arrives within
+//!   [`PREFACE_TIMEOUT`]. Without that pressure nothing is closed for being idle, since
 //!   guest-components' clients (CDH, kata-agent) connect once at start and keep
 //!   the connection for every later call, and the Rust ttrpc client does not
 //!   reconnect. A flood of idle connections thus delays a newcomer by seconds
@@ -27,8 +36,15 @@ use futures::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-/// Connections one listener serves at once.
+/// Connections one listener serves at once (fewer when the open-files limit is
+/// low: [`connection_cap`]).
 pub const MAX_CONNECTIONS: usize = 256;
+/// Descriptors kept for the rest of attestd (plugin connections and processes,
+/// the event log, configuration, pulls) whatever clients hold.
+pub const RESERVED_FDS: u64 = 64;
+/// Listeners attestd may have at once: the AA API over ttrpc and gRPC, the key
+/// provider over ttrpc and gRPC.
+const LISTENERS: u64 = 4;
 /// A ttrpc connection with no request in flight is quiet after this long without
 /// a byte from its client.
 pub const TTRPC_QUIET_AFTER: Duration = Duration::from_secs(10);
@@ -36,6 +52,16 @@ pub const TTRPC_QUIET_AFTER: Duration = Duration::from_secs(10);
 /// two keepalive intervals, so a live client (which answers the pings, even
 /// while it waits for a slow call) never is.
 pub const GRPC_QUIET_AFTER: Duration = Duration::from_secs(60);
+/// A gRPC client sends HTTP/2's 24-byte connection preface at once; a
+/// connection that has not within this is closed (270 of them held every slot
+/// for a minute, until they counted as quiet).
+pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2's client connection preface: `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`.
+const PREFACE_LEN: usize = 24;
+/// Under pressure, a connection that has sent nothing at all since it was
+/// accepted is quiet after this (one that has spoken, after `quiet_after`): a
+/// flood of silent connections drains in seconds, not in rounds of ten.
+pub const SILENT_UNDER_PRESSURE: Duration = Duration::from_secs(1);
 /// While a newcomer waits for a slot, quiet connections are asked this often.
 const PRESSURE_TICK: Duration = Duration::from_secs(1);
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
@@ -61,11 +87,16 @@ impl Accept for tokio::net::TcpListener {
     }
 }
 
-/// How many connections a listener holds and when one of them is quiet.
+/// How many connections a listener holds, when one of them is quiet, and how
+/// soon its first bytes must come (gRPC: the HTTP/2 preface).
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max: usize,
     pub quiet_after: Duration,
+    /// The first [`PREFACE_LEN`] bytes arrive within this, or the connection
+    /// ends (`None`: no such deadline, as for ttrpc, whose clients may connect
+    /// long before their first call).
+    pub preface_within: Option<Duration>,
 }
 
 /// A listener's connections are asked to close if quiet, while a newcomer waits.
@@ -85,9 +116,13 @@ pub struct Conn<S> {
     pressure: Arc<Pressure>,
     quiet_after: Duration,
     last_read: Instant,
+    /// Whether it has sent a byte since it was accepted.
+    spoke: bool,
     /// Something is in flight (said by the protocol layer above: [`TtrpcConn`]).
     busy: bool,
     asked: Option<Waiting>,
+    /// Preface bytes still to come, and by when.
+    preface: Option<(usize, Pin<Box<tokio::time::Sleep>>)>,
 }
 
 impl<S> Conn<S> {
@@ -109,12 +144,25 @@ impl<S> Conn<S> {
                 return false;
             }
             self.asked = None;
-            if self.pressure.on.load(Ordering::Relaxed)
-                && self.last_read.elapsed() >= self.quiet_after
-            {
+            let quiet_after = if self.spoke {
+                self.quiet_after
+            } else {
+                SILENT_UNDER_PRESSURE
+            };
+            if self.pressure.on.load(Ordering::Relaxed) && self.last_read.elapsed() >= quiet_after {
                 return true;
             }
         }
+    }
+}
+
+impl<S> Conn<S> {
+    /// Whether the preface's deadline passed before it came (registering the
+    /// wake-up otherwise).
+    fn preface_overdue(&mut self, cx: &mut Context<'_>) -> bool {
+        self.preface
+            .as_mut()
+            .is_some_and(|(_, d)| d.as_mut().poll(cx).is_ready())
     }
 }
 
@@ -159,18 +207,31 @@ pub fn incoming<L: Accept>(
             loop {
                 match l.accept().await {
                     Ok(io) => {
+                        if slots.available_permits() > 0 {
+                            pressure.on.store(false, Ordering::Relaxed);
+                        }
                         let conn = Conn {
                             io,
                             _slot: slot,
                             pressure: pressure.clone(),
                             quiet_after: limits.quiet_after,
                             last_read: Instant::now(),
+                            spoke: false,
                             busy: false,
                             asked: None,
+                            preface: limits
+                                .preface_within
+                                .map(|d| (PREFACE_LEN, Box::pin(tokio::time::sleep(d)))),
                         };
                         return Some((Ok(conn), (l, slots, FIRST_PAUSE, said, missed)));
                     }
                     Err(e) => {
+                        if exhausted(&e) {
+                            // Out of descriptors: quiet connections close to
+                            // make room, as at the connection cap.
+                            pressure.on.store(true, Ordering::Relaxed);
+                            pressure.asked.notify_waiters();
+                        }
                         missed += 1;
                         if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                             tracing::warn!(
@@ -203,10 +264,19 @@ async fn free_slot(
         Err(TryAcquireError::Closed) => return None,
         Err(TryAcquireError::NoPermits) => {}
     }
-    tracing::warn!(
-        server = what,
-        "all connection slots are taken; closing quiet connections"
-    );
+    // A client can bring this about at will: said a few times per window.
+    static FULL: std::sync::OnceLock<crate::logging::Throttle<&'static str>> =
+        std::sync::OnceLock::new();
+    if FULL
+        .get_or_init(Default::default)
+        .check(what, Instant::now())
+        != crate::logging::Verdict::Quiet
+    {
+        tracing::warn!(
+            server = what,
+            "all connection slots are taken; closing quiet connections"
+        );
+    }
     pressure.on.store(true, Ordering::Relaxed);
     let slot = loop {
         pressure.asked.notify_waiters();
@@ -233,8 +303,20 @@ impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
                 // Nothing read: an end of file, and the server lets it go.
                 Poll::Ready(Ok(()))
             }
+            Poll::Pending if this.preface_overdue(cx) => {
+                tracing::debug!("no connection preface in time: closing the connection");
+                Poll::Ready(Ok(()))
+            }
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 this.last_read = Instant::now();
+                this.spoke = true;
+                let n = buf.filled().len() - before;
+                if let Some((left, _)) = &mut this.preface {
+                    *left = left.saturating_sub(n);
+                    if *left == 0 {
+                        this.preface = None;
+                    }
+                }
                 Poll::Ready(Ok(()))
             }
             other => other,
@@ -280,6 +362,13 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
 /// client that pipelines requests and never reads its answers (the connection
 /// grew attestd by gigabytes) gets backpressure, not memory.
 pub const MAX_IN_FLIGHT: usize = 32;
+/// A request's frame, from its first byte to its last, arrives within this or
+/// the connection is closed: a client that announces a payload and never sends
+/// it (or drips it a byte at a time) holds a slot no longer than this.
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Of a request's payload, the bytes read before it is passed on, to find its
+/// service and method (the first two fields of ttrpc's `Request`).
+const MAX_PEEK: usize = 512;
 
 /// ttrpc's frame header: payload length (u32 BE), stream id (u32 BE), type, flags.
 const HEADER: usize = 10;
@@ -324,28 +413,161 @@ impl Frames {
     }
 }
 
-/// A ttrpc connection with at most [`MAX_IN_FLIGHT`] requests outstanding. It
-/// reads frame by frame (never past the current header or payload) and counts
-/// requests in and responses out; the bytes are passed through unchanged.
+/// Where the reading side is in a frame.
+enum Reading {
+    /// Collecting a header (`Frames::have` bytes so far).
+    Header,
+    /// A request's header is held back with the start of its payload, until
+    /// its service and method are known.
+    Peek {
+        header: [u8; HEADER],
+        len: usize,
+        held: Vec<u8>,
+    },
+    /// Passing `left` payload bytes through (of a request, when `request`).
+    Payload { left: usize, request: bool },
+}
+
+/// A ttrpc connection with at most [`MAX_IN_FLIGHT`] requests outstanding, each
+/// request read within [`REQUEST_READ_TIMEOUT`], and a request to a service
+/// this server lacks sent to [`UNKNOWN_SERVICE`](crate::server::refusals::UNKNOWN_SERVICE)
+/// (ttrpc's own answer is INVALID_ARGUMENT, gRPC's UNIMPLEMENTED: now both are
+/// UNIMPLEMENTED). It reads frame by frame and counts requests in and responses
+/// out; every other byte passes through unchanged. A connection counts as busy
+/// (never closed as quiet) only while a whole request is in flight.
 pub struct TtrpcConn<S> {
     io: S,
+    reading: Reading,
     read: Frames,
+    /// Bytes read and rewritten, to give the server before reading on.
+    out: Vec<u8>,
+    /// The current frame's deadline, from its first byte.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     written: Frames,
     in_flight: usize,
     max: usize,
+    /// The services this server has (others go to the unknown-service sink).
+    known: Arc<[String]>,
     /// The reader waiting for an answer to go out.
     blocked: Option<std::task::Waker>,
 }
 
 impl<S> TtrpcConn<S> {
-    pub fn new(io: S, max: usize) -> Self {
+    pub fn new(io: S, max: usize, known: Arc<[String]>) -> Self {
         TtrpcConn {
             io,
+            reading: Reading::Header,
             read: Frames::default(),
+            out: Vec::new(),
+            deadline: None,
             written: Frames::default(),
             in_flight: 0,
             max,
+            known,
             blocked: None,
+        }
+    }
+}
+
+/// The service and method a ttrpc `Request` starts with (fields 1 and 2, as
+/// every ttrpc encoder writes them), and how many bytes they take; `None`
+/// while `b` is too short, `Some(None)` when it is not that shape (then it is
+/// passed on untouched, for ttrpc to judge).
+fn service_and_method(b: &[u8]) -> Option<Option<(String, String, usize)>> {
+    fn field(b: &[u8], tag: u8) -> Option<Option<(&[u8], usize)>> {
+        let (&t, rest) = b.split_first()?;
+        if t != tag {
+            return Some(None);
+        }
+        let (mut len, mut used) = (0usize, 1usize);
+        for (i, &byte) in rest.iter().enumerate() {
+            if i >= 2 {
+                return Some(None);
+            }
+            len |= usize::from(byte & 0x7f) << (7 * i);
+            used += 1;
+            if byte & 0x80 == 0 {
+                if len > MAX_PEEK / 2 {
+                    return Some(None);
+                }
+                return b.get(used..used + len).map(|v| Some((v, used + len)));
+            }
+        }
+        None
+    }
+    let (service, a) = match field(b, 0x0a)? {
+        Some(f) => f,
+        None => return Some(None),
+    };
+    let (method, m) = match field(&b[a..], 0x12)? {
+        Some(f) => f,
+        None => return Some(None),
+    };
+    let text = |v: &[u8]| String::from_utf8(v.to_vec()).ok();
+    Some(
+        text(service)
+            .zip(text(method))
+            .map(|(s, m2)| (s, m2, a + m)),
+    )
+}
+
+/// `name` as a protobuf length-delimited field `tag`.
+fn encode_field(tag: u8, name: &str, out: &mut Vec<u8>) {
+    out.push(tag);
+    let mut n = name.len();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(name.as_bytes());
+}
+
+impl<S: AsyncRead + InFlight + Unpin> TtrpcConn<S> {
+    /// The held request, passed on as it came or, for a service this server
+    /// lacks, to the unknown-service sink, its path in the method (ttrpc then
+    /// answers UNIMPLEMENTED naming it).
+    fn release(&mut self, header: [u8; HEADER], len: usize, held: Vec<u8>) {
+        let rewritten = match service_and_method(&held) {
+            Some(Some((service, method, used))) if !self.known.contains(&service) => {
+                let mut prefix = Vec::new();
+                encode_field(0x0a, crate::server::refusals::UNKNOWN_SERVICE, &mut prefix);
+                let path = format!("/{service}/{method}");
+                encode_field(0x12, &path, &mut prefix);
+                Some((prefix, used))
+            }
+            _ => None,
+        };
+        let (prefix, used) = rewritten.unwrap_or_default();
+        let new_len = len - used + prefix.len();
+        let mut h = header;
+        h[..4].copy_from_slice(&u32::try_from(new_len).unwrap_or(u32::MAX).to_be_bytes());
+        self.out.extend_from_slice(&h);
+        self.out.extend_from_slice(&prefix);
+        self.out.extend_from_slice(&held[used..]);
+        self.frame_read(len - held.len(), true);
+    }
+
+    /// A frame's header (and any held bytes) is out; `left` payload bytes follow.
+    fn frame_read(&mut self, left: usize, request: bool) {
+        if left == 0 {
+            self.frame_done(request);
+        } else {
+            self.reading = Reading::Payload { left, request };
+        }
+    }
+
+    /// The whole frame has been read: a request is now in flight.
+    fn frame_done(&mut self, request: bool) {
+        self.reading = Reading::Header;
+        self.deadline = None;
+        if request {
+            self.in_flight += 1;
+            self.io.set_busy(true);
         }
     }
 }
@@ -357,24 +579,124 @@ impl<S: AsyncRead + InFlight + Unpin> AsyncRead for TtrpcConn<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        // At a frame boundary with the cap reached: wait for an answer to go out.
-        if this.read.have == 0 && this.read.payload == 0 && this.in_flight >= this.max {
-            this.blocked = Some(cx.waker().clone());
+        loop {
+            if !this.out.is_empty() {
+                let n = this.out.len().min(buf.remaining());
+                buf.put_slice(&this.out[..n]);
+                this.out.drain(..n);
+                return Poll::Ready(Ok(()));
+            }
+            let at_boundary = matches!(this.reading, Reading::Header) && this.read.have == 0;
+            // At a frame boundary with the cap reached: wait for an answer to go out.
+            if at_boundary && this.in_flight >= this.max {
+                this.blocked = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            // How much to read now, and where.
+            let want = match &this.reading {
+                Reading::Header => HEADER - this.read.have,
+                Reading::Peek { len, held, .. } => (*len).min(MAX_PEEK) - held.len(),
+                Reading::Payload { left, .. } => *left,
+            };
+            let mut scratch = [0u8; MAX_PEEK];
+            let direct = matches!(this.reading, Reading::Payload { .. });
+            let n = if direct {
+                let want = want.min(buf.remaining());
+                let mut part = ReadBuf::new(buf.initialize_unfilled_to(want));
+                match Pin::new(&mut this.io).poll_read(cx, &mut part) {
+                    Poll::Ready(Ok(())) => part.filled().len(),
+                    Poll::Pending => return this.overdue(cx),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                }
+            } else {
+                let mut part = ReadBuf::new(&mut scratch[..want]);
+                match Pin::new(&mut this.io).poll_read(cx, &mut part) {
+                    Poll::Ready(Ok(())) => part.filled().len(),
+                    Poll::Pending => return this.overdue(cx),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                }
+            };
+            if n == 0 {
+                // The client's end: what is held goes to the server (which sees
+                // a short frame and the end of file, as before).
+                if let Reading::Peek { header, held, .. } =
+                    std::mem::replace(&mut this.reading, Reading::Header)
+                {
+                    this.out.extend_from_slice(&header);
+                    this.out.extend_from_slice(&held);
+                    continue;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if at_boundary {
+                this.deadline = Some(Box::pin(tokio::time::sleep(REQUEST_READ_TIMEOUT)));
+            }
+            match std::mem::replace(&mut this.reading, Reading::Header) {
+                Reading::Payload { left, request } => {
+                    buf.advance(n);
+                    if left == n {
+                        this.frame_done(request);
+                    } else {
+                        this.reading = Reading::Payload {
+                            left: left - n,
+                            request,
+                        };
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Reading::Header => {
+                    let Some(kind) = this.read.pass(&scratch[..n]) else {
+                        continue;
+                    };
+                    let len = this.read.payload;
+                    let header = this.read.header;
+                    // The payload is ours to pass from here on.
+                    this.read.payload = 0;
+                    if kind == REQUEST && len > 0 {
+                        this.reading = Reading::Peek {
+                            header,
+                            len,
+                            held: Vec::new(),
+                        };
+                    } else {
+                        this.out.extend_from_slice(&header);
+                        this.frame_read(len, kind == REQUEST);
+                    }
+                }
+                Reading::Peek {
+                    header,
+                    len,
+                    mut held,
+                } => {
+                    held.extend_from_slice(&scratch[..n]);
+                    let whole = held.len() == len.min(MAX_PEEK);
+                    if whole || service_and_method(&held).is_some() {
+                        this.release(header, len, held);
+                    } else {
+                        this.reading = Reading::Peek { header, len, held };
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S> TtrpcConn<S> {
+    /// Nothing to read now: past the current frame's deadline the connection
+    /// ends (an error to the server, which closes it); otherwise wait.
+    fn overdue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let expired = self
+            .deadline
+            .as_mut()
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+        if !expired {
             return Poll::Pending;
         }
-        let want = this.read.part().min(buf.remaining());
-        let mut part = ReadBuf::new(buf.initialize_unfilled_to(want));
-        match Pin::new(&mut this.io).poll_read(cx, &mut part) {
-            Poll::Ready(Ok(())) => {}
-            other => return other,
-        }
-        let n = part.filled().len();
-        if this.read.pass(&buf.initialize_unfilled_to(want)[..n]) == Some(REQUEST) {
-            this.in_flight += 1;
-            this.io.set_busy(true);
-        }
-        buf.advance(n);
-        Poll::Ready(Ok(()))
+        tracing::debug!("a request did not arrive whole in time: closing its connection");
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("a request frame took more than {REQUEST_READ_TIMEOUT:?} to arrive"),
+        )))
     }
 }
 
@@ -416,6 +738,24 @@ impl<S: AsyncWrite + InFlight + Unpin> AsyncWrite for TtrpcConn<S> {
     }
 }
 
+/// Connections one listener may hold: [`MAX_CONNECTIONS`], or fewer, so that
+/// every listener full still leaves [`RESERVED_FDS`] descriptors under the
+/// open-files limit. Clients then meet the connection cap (where quiet
+/// connections make room for a newcomer) before attestd meets the fd limit
+/// (where it can only wait).
+pub fn connection_cap() -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(u64::MAX, |(soft, _)| soft);
+    cap_for(soft)
+}
+
+fn cap_for(nofile: u64) -> usize {
+    let per_listener = nofile.saturating_sub(RESERVED_FDS) / LISTENERS;
+    usize::try_from(per_listener)
+        .unwrap_or(usize::MAX)
+        .clamp(4, MAX_CONNECTIONS)
+}
+
 /// Raise the soft open-files limit to the hard one: the soft default (1024) is
 /// what a local flood exhausts first.
 pub fn raise_nofile_limit() {
@@ -447,6 +787,7 @@ mod tests {
         let limits = Limits {
             max: 2,
             quiet_after,
+            preface_within: None,
         };
         (d, path, Box::pin(incoming(l, limits, "test")))
     }
@@ -478,7 +819,7 @@ mod tests {
         let mut busy = tokio::net::UnixStream::connect(&path).await.unwrap();
         let serve = |c: Conn<tokio::net::UnixStream>| {
             tokio::spawn(async move {
-                let mut c = TtrpcConn::new(c, 4);
+                let mut c = TtrpcConn::new(c, 4, known());
                 let mut buf = [0u8; 64];
                 let started = Instant::now();
                 // Read until the end of file: the client left or attestd closed it.
@@ -515,6 +856,138 @@ mod tests {
         );
     }
 
+    fn known() -> Arc<[String]> {
+        Arc::from(vec!["attestation_agent.AttestationAgentService".to_string()])
+    }
+
+    /// A ttrpc `Request`'s first fields, then `rest`.
+    fn request(service: &str, method: &str, rest: &[u8]) -> Vec<u8> {
+        let mut p = Vec::new();
+        encode_field(0x0a, service, &mut p);
+        encode_field(0x12, method, &mut p);
+        p.extend_from_slice(rest);
+        p
+    }
+
+    /// Records what the connection layer says about calls in flight.
+    struct Watched {
+        io: tokio::io::DuplexStream,
+        busy: Arc<std::sync::Mutex<Vec<bool>>>,
+    }
+    impl InFlight for Watched {
+        fn set_busy(&mut self, busy: bool) {
+            self.busy.lock().unwrap().push(busy);
+        }
+    }
+    impl AsyncRead for Watched {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    /// Issue 26 (medium): a request whose payload never arrives (or arrives a
+    /// byte every 5 s) held its connection busy for ever, and 256 of them shut
+    /// every newcomer out. It is not busy, and its connection ends at the
+    /// request deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_never_arrives_whole_ends_its_connection_and_is_never_busy() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        for drip in [false, true] {
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            let busy = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let mut conn = TtrpcConn::new(
+                Watched {
+                    io: server,
+                    busy: busy.clone(),
+                },
+                4,
+                known(),
+            );
+            let whole = frame(
+                REQUEST,
+                &request(
+                    "attestation_agent.AttestationAgentService",
+                    "GetTeeType",
+                    &[0u8; 100],
+                ),
+            );
+            // The header and 30 bytes: the service and method are known by then.
+            client.write_all(&whole[..40]).await.unwrap();
+            let dripper = tokio::spawn(async move {
+                if drip {
+                    for b in &whole[40..45] {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        let _ = client.write_all(&[*b]).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                drop(client);
+            });
+            let started = tokio::time::Instant::now();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            let end = loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => break Err(e),
+                }
+            };
+            let e = end.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::TimedOut, "drip {drip}");
+            assert_eq!(started.elapsed(), REQUEST_READ_TIMEOUT, "drip {drip}");
+            assert!(
+                busy.lock().unwrap().is_empty(),
+                "busy before the request was whole"
+            );
+            dripper.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_to_a_service_this_server_lacks_goes_to_the_unknown_service() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut conn = TtrpcConn::new(server, 4, known());
+        let known_req = frame(
+            REQUEST,
+            &request(
+                "attestation_agent.AttestationAgentService",
+                "GetTeeType",
+                b"\x1a\x00",
+            ),
+        );
+        let unknown = frame(REQUEST, &request("x.Nope", "GetEvidence", b"\x1a\x02hi"));
+        client.write_all(&known_req).await.unwrap();
+        client.write_all(&unknown).await.unwrap();
+        // A known service's request passes byte for byte.
+        let mut got = vec![0u8; known_req.len()];
+        conn.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, known_req);
+        // The unknown one reaches the sink, its path as the method, the rest as sent.
+        let want = frame(
+            REQUEST,
+            &request(
+                crate::server::refusals::UNKNOWN_SERVICE,
+                "/x.Nope/GetEvidence",
+                b"\x1a\x02hi",
+            ),
+        );
+        let mut got = vec![0u8; want.len()];
+        conn.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, want);
+        // Another shape (not a Request) passes untouched, for ttrpc to judge.
+        let odd = frame(REQUEST, b"\x00\x01");
+        client.write_all(&odd).await.unwrap();
+        let mut got = vec![0u8; odd.len()];
+        conn.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, odd);
+    }
+
     fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
         let mut f = (payload.len() as u32).to_be_bytes().to_vec();
         f.extend_from_slice(&7u32.to_be_bytes());
@@ -527,7 +1000,7 @@ mod tests {
     async fn requests_beyond_the_cap_wait_for_answers_and_bytes_pass_unchanged() {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let (client, server) = tokio::io::duplex(1 << 16);
-        let mut conn = TtrpcConn::new(server, 2);
+        let mut conn = TtrpcConn::new(server, 2, known());
         let mut client = client;
         // Three requests sent at once; the server side reads two, then waits.
         let mut sent = Vec::new();
@@ -549,6 +1022,16 @@ mod tests {
         let mut back = vec![0u8; answer.len()];
         client.read_exact(&mut back).await.unwrap();
         assert_eq!(back, answer);
+    }
+
+    #[test]
+    fn the_connection_cap_leaves_descriptors_under_a_low_limit() {
+        assert_eq!(cap_for(1 << 20), MAX_CONNECTIONS);
+        assert_eq!(cap_for(1024), 240);
+        assert_eq!(cap_for(100), 9);
+        assert_eq!(cap_for(10), 4);
+        // At the default soft limit of 1024, every listener full leaves the reserve.
+        assert!(cap_for(1024) as u64 * LISTENERS + RESERVED_FDS <= 1024);
     }
 
     #[test]

@@ -281,10 +281,11 @@ async fn serve_router(
         return Err(Error::internal("its listener failed (fault injection)"));
     }
     let fail = |e: tonic::transport::Error| Error::internal("grpc server failed").with_source(e);
-    use super::accept::{incoming, Limits, GRPC_QUIET_AFTER, MAX_CONNECTIONS};
+    use super::accept::{incoming, Limits, GRPC_QUIET_AFTER, PREFACE_TIMEOUT};
     let limits = Limits {
-        max: MAX_CONNECTIONS,
+        max: super::accept::connection_cap(),
         quiet_after: GRPC_QUIET_AFTER,
+        preface_within: Some(PREFACE_TIMEOUT),
     };
     match listener {
         GrpcListener::Tcp(l) => router

@@ -34,10 +34,41 @@ pub(crate) async fn handle<T>(
         Ok(_) => tracing::debug!(parent: &span, status = "ok", micros, "answered"),
         Err(e) => {
             tracing::debug!(parent: &span, status = %e.code(), micros, "answered");
-            tracing::warn!(method = rpc, code = %e.code(), "{}", e.chain());
+            warn_failed(rpc, e);
         }
     }
     r
+}
+
+/// A failed call, warned about at most [`crate::logging::WARNINGS_PER_WINDOW`]
+/// times per method and code per window; the rest are counted.
+fn warn_failed(rpc: &'static str, e: &Error) {
+    use crate::logging::{Throttle, Verdict};
+    static FAILED: std::sync::OnceLock<Throttle<(&'static str, attester_sdk::Code)>> =
+        std::sync::OnceLock::new();
+    let verdict = FAILED
+        .get_or_init(Throttle::default)
+        .check((rpc, e.code()), std::time::Instant::now());
+    match verdict {
+        Verdict::Say { suppressed: 0 } => {
+            tracing::warn!(method = rpc, code = %e.code(), "{}", e.chain())
+        }
+        Verdict::Say { suppressed } => tracing::warn!(
+            method = rpc,
+            code = %e.code(),
+            suppressed,
+            "{} ({suppressed} more like it were not logged since the last one logged)",
+            e.chain()
+        ),
+        Verdict::SayLast => tracing::warn!(
+            method = rpc,
+            code = %e.code(),
+            "{} (more failures like it are counted, not logged, for {:?})",
+            e.chain(),
+            crate::logging::WARNING_WINDOW
+        ),
+        Verdict::Quiet => {}
+    }
 }
 
 /// Make `path` bindable: create its directory and remove a stale socket, but refuse

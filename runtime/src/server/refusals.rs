@@ -4,10 +4,12 @@
 //! is UNIMPLEMENTED naming it (tonic's answer had no message at all).
 //!
 //! Both generated layers are wrapped from outside, so `proto/` stays generated:
-//! ttrpc's method handlers one by one, tonic's router as a tower layer.
-//! One difference stays, inside the ttrpc crate before any handler runs: an
-//! unknown *service* on ttrpc is INVALID_ARGUMENT "… service does not exist" (as
-//! upstream's AA answers, on the same crate).
+//! ttrpc's method handlers one by one, tonic's router as a tower layer. An
+//! unknown *service* is refused inside the ttrpc crate before any handler runs
+//! (INVALID_ARGUMENT "… service does not exist", as upstream's AA answers): the
+//! connection layer (`accept::TtrpcConn`) sends such a request to
+//! [`UNKNOWN_SERVICE`], a service without methods, with its path as the method,
+//! so ttrpc answers UNIMPLEMENTED naming it, as gRPC does.
 
 use std::collections::HashMap;
 use ttrpc::r#async::{MethodHandler, Service as TtrpcService, TtrpcContext};
@@ -28,10 +30,14 @@ fn undecodable(rpc: &str, cause: &str) -> String {
 
 // ---- ttrpc ----------------------------------------------------------------
 
+/// The service a request to a service this server lacks is sent to: it has no
+/// methods, so ttrpc answers UNIMPLEMENTED "<path> method".
+pub const UNKNOWN_SERVICE: &str = "attestd.UnknownService";
+
 /// `services` with every method answering an undecodable request with
-/// INVALID_ARGUMENT instead of ttrpc's UNKNOWN.
+/// INVALID_ARGUMENT instead of ttrpc's UNKNOWN, and [`UNKNOWN_SERVICE`].
 pub fn ttrpc_services(services: HashMap<String, TtrpcService>) -> HashMap<String, TtrpcService> {
-    services
+    let mut services: HashMap<String, TtrpcService> = services
         .into_iter()
         .map(|(name, s)| {
             let methods = s
@@ -54,7 +60,15 @@ pub fn ttrpc_services(services: HashMap<String, TtrpcService>) -> HashMap<String
             };
             (name, service)
         })
-        .collect()
+        .collect();
+    services.insert(
+        UNKNOWN_SERVICE.to_string(),
+        TtrpcService {
+            methods: HashMap::new(),
+            streams: HashMap::new(),
+        },
+    );
+    services
 }
 
 struct Checked {

@@ -153,14 +153,16 @@ pub async fn start_services(
     super::set_mode(socket, super::SOCKET_MODE)?;
     // attestd's own accept loop (bounded, backs off at the fd limit), handed to
     // ttrpc through its listener extension point.
-    use super::accept::{incoming, Limits, TtrpcConn, MAX_CONNECTIONS, MAX_IN_FLIGHT};
+    use super::accept::{incoming, Limits, TtrpcConn, MAX_IN_FLIGHT};
     use futures::StreamExt as _;
     let limits = Limits {
-        max: MAX_CONNECTIONS,
+        max: super::accept::connection_cap(),
         quiet_after: super::accept::TTRPC_QUIET_AFTER,
+        preface_within: None,
     };
-    let incoming =
-        incoming(listener, limits, "ttrpc").map(|c| c.map(|c| TtrpcConn::new(c, MAX_IN_FLIGHT)));
+    let known: std::sync::Arc<[String]> = services.keys().cloned().collect();
+    let incoming = incoming(listener, limits, "ttrpc")
+        .map(move |c| c.map(|c| TtrpcConn::new(c, MAX_IN_FLIGHT, known.clone())));
     let mut server = ttrpc::r#async::Server::new()
         .add_listener(ttrpc::r#async::transport::Listener::new(incoming))
         .register_service(super::refusals::ttrpc_services(services));

@@ -4,9 +4,53 @@
 
 use std::path::Path;
 
-/// The config file (TOML): upstream's keys and attestd's.
+/// The config file (TOML): upstream's keys and attestd's, and a `-c` file as
+/// each source may set it (what user-data's and init-data's `aa.toml` reach).
 pub fn config(data: &[u8]) {
-    let _ = attestd::config::Config::parse(&String::from_utf8_lossy(data));
+    use attestd::config::layers::merge_texts;
+    use attestd::config::scope::Source;
+    let text = String::from_utf8_lossy(data);
+    let _ = attestd::config::Config::parse(&text);
+    let image = "[config_file]\nsource = \"init-data\"\n";
+    for source in [Source::UserData, Source::InitData, Source::Operator] {
+        let _ = merge_texts(
+            &[(std::path::PathBuf::from("/etc/attestd/attestd.toml"), image)],
+            Some((std::path::PathBuf::from("/run/peerpod/aa.toml"), &text)),
+            source,
+        );
+    }
+}
+
+/// The pod VM's user-data (cloud-config, init-data inside): planned, never
+/// written.
+pub fn podvm_user_data(data: &[u8]) {
+    if let Ok(plan) = attestd_podvm::plan(data) {
+        // What is planned is bounded as documented.
+        assert!(plan.write.len() <= attestd_podvm::MAX_FILES + 6);
+        for (name, bytes) in &plan.write {
+            assert!(bytes.len() <= attestd_podvm::MAX_FILE_BYTES, "{name}");
+        }
+    }
+}
+
+/// An AdmissionReview as the API server posts it (the pod is its author's):
+/// always a well-formed answer.
+pub fn webhook_review(data: &[u8]) {
+    use attestd_webhook::config::{Config, Lock};
+    static SETUP: std::sync::OnceLock<(Config, Lock)> = std::sync::OnceLock::new();
+    let (config, lock) = SETUP.get_or_init(|| {
+        let digest = format!("sha256:{}", "1".repeat(64));
+        let lock = format!(
+            "[images.tdx]\nimage = \"localhost/attestd/attester-tdx\"\ndigest = \"{digest}\"\ntransport = \"ttrpc\"\n\n[components.attestd]\nimage = \"localhost/attestd/attestd\"\ndigest = \"{digest}\"\n"
+        );
+        let config: Config =
+            toml::from_str("[runtime_classes]\nkata-qemu-tdx = \"tdx\"\n").unwrap_or_default();
+        (config, toml::from_str(&lock).unwrap_or_default())
+    });
+    let (body, _) = attestd_webhook::review::review(data, config, lock);
+    let answer: serde_json::Value =
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    assert_eq!(answer["kind"], "AdmissionReview", "{answer}");
 }
 
 /// An init-data document, and its digest.

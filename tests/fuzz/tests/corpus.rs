@@ -6,7 +6,7 @@ use std::path::Path;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 9] = [
+const TARGETS: [(&str, Target); 11] = [
     ("config", attestd_fuzz::config),
     ("initdata", attestd_fuzz::initdata),
     ("keyprovider", attestd_fuzz::keyprovider),
@@ -16,6 +16,8 @@ const TARGETS: [(&str, Target); 9] = [
     ("snp_device", attestd_fuzz::snp_device),
     ("tdx_quote", attestd_fuzz::tdx_quote),
     ("hcl_report", attestd_fuzz::hcl_report),
+    ("podvm_user_data", attestd_fuzz::podvm_user_data),
+    ("webhook_review", attestd_fuzz::webhook_review),
 ];
 
 #[test]
