@@ -340,13 +340,26 @@ async fn a_reload_during_a_crash_loop_is_applied_whatever_else_asks() {
     }
 }
 
+/// SIGTERM, and attestd has exited within its shutdown bound (3 s, the
+/// default `shutdown_timeout_ms`) and what a loaded machine adds.
+fn stops_promptly(a: &mut Attestd, when: &str) {
+    const SHUTDOWN: Duration = Duration::from_millis(3_000);
+    const SLACK: Duration = Duration::from_millis(1_500);
+    let started = Instant::now();
+    assert!(a.stop_in_place().success());
+    let took = started.elapsed();
+    assert!(
+        took < SHUTDOWN + SLACK,
+        "stopped {when} after {took:?}:\n{}",
+        a.log()
+    );
+    eprintln!("stopped {when} in {took:?}");
+}
+
 /// Issue 26 (high): SIGTERM while a plugin crash-loops, and while a replacement
 /// hangs in its start-up, stops attestd within shutdown_timeout_ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_is_prompt_during_a_crash_loop_and_during_a_hanging_replacement() {
-    // The bound attestd promises, and what the test allows on top (a loaded CI).
-    const SHUTDOWN: Duration = Duration::from_millis(3_000);
-    const SLACK: Duration = Duration::from_millis(1_500);
     // A long start-up: a replacement that never serves would hold it this long.
     const SLOW: &str = "startup_timeout_ms = 30000\nrestart_backoff_max_ms = 400";
     let d = tempfile::tempdir().unwrap();
@@ -356,15 +369,7 @@ async fn a_stop_is_prompt_during_a_crash_loop_and_during_a_hanging_replacement()
     into_a_crash_loop(&a, &script, 2).await;
     // A SIGHUP too, whose reload finds nothing changed.
     signal(a.pid(), Signal::SIGHUP);
-    let started = Instant::now();
-    assert!(a.stop_in_place().success());
-    let took = started.elapsed();
-    assert!(
-        took < SHUTDOWN + SLACK,
-        "stopped after {took:?}:\n{}",
-        a.log()
-    );
-    eprintln!("stopped during a crash loop in {took:?}");
+    stops_promptly(&mut a, "during a crash loop");
 
     // A replacement that takes 20 s to serve, asked for by SIGHUP; SIGTERM
     // while it starts.
@@ -373,15 +378,7 @@ async fn a_stop_is_prompt_during_a_crash_loop_and_during_a_hanging_replacement()
     signal(a.pid(), Signal::SIGHUP);
     wait_log(&a, "reload: reading the configuration again", 1);
     std::thread::sleep(Duration::from_millis(500));
-    let started = Instant::now();
-    assert!(a.stop_in_place().success());
-    let took = started.elapsed();
-    assert!(
-        took < SHUTDOWN + SLACK,
-        "stopped after {took:?}:\n{}",
-        a.log()
-    );
-    eprintln!("stopped during a hanging replacement in {took:?}");
+    stops_promptly(&mut a, "during a hanging replacement");
     // Neither instance outlives attestd.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
