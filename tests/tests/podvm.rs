@@ -275,16 +275,18 @@ async fn on_a_vtpm_the_pinned_tpm_image_serves_survives_a_kill_and_a_reboot() {
     let drop_in = format!(
         "[plugins.attester.tpm]\nlaunch = \"podman\"\ntransport = \"ttrpc\"\ntee = \"tpm\"\nimage = \"{tpm_image}\"\nenv = {{ ATTESTD_LOG = \"debug\" }}\n"
     );
-    let (code, _, err) = vm
+    let before_reload = ps(&vm);
+    let mark = vm.journal().len();
+    // systemctl reload returns once attestd reports the reload (attestd reload
+    // waits for it), and fails if the plugin kept its old instance.
+    let (code, out, err) = vm
         .exec(
             "/bin/sh",
             &["-c", &format!("printf '%s' '{drop_in}' > /etc/attestd/attestd.toml.d/50-reload.toml && systemctl reload attestd.service")],
             Duration::from_secs(60),
         )
         .unwrap();
-    assert_eq!(code, 0, "{err}");
-    let before_reload = ps(&vm);
-    let mark = vm.journal().len();
+    assert_eq!(code, 0, "{out}{err}");
     vm.wait_journal(mark, "reload: replaced", Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("{e}"));
     let ev = evidence(&vm, &rd).await.unwrap();
