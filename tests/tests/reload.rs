@@ -367,17 +367,30 @@ async fn a_stop_is_prompt_during_a_crash_loop_and_during_a_hanging_replacement()
     let script = p.command.clone();
     let mut a = Attestd::start(|dir| config(dir, &p, &[], SLOW)).unwrap();
     into_a_crash_loop(&a, &script, 2).await;
-    // A SIGHUP too, whose reload finds nothing changed.
+    // A reload to a changed configuration (another label; the binary still
+    // exits), asked for during the crash loop: its request used never to be
+    // answered, and attestd then ignored SIGTERM.
+    let mut changed = p.clone();
+    changed.args = vec!["--label".into(), "gen1".into()];
+    write_config(&a, &changed, SLOW);
     signal(a.pid(), Signal::SIGHUP);
-    stops_promptly(&mut a, "during a crash loop");
+    wait_log(&a, "reload: reading the configuration again", 1);
+    std::thread::sleep(Duration::from_millis(500));
+    stops_promptly(&mut a, "during a crash loop, a reload asked for");
 
     // A replacement that takes 20 s to serve, asked for by SIGHUP; SIGTERM
     // while it starts.
     let mut a = Attestd::start(|dir| config(dir, &plugin("gen0", &[]), &[], SLOW)).unwrap();
-    write_config(&a, &plugin("gen1", &["--start-delay-ms", "20000"]), SLOW);
+    let hanging = Plugin::test("ttrpc", &["--label", "gen1", "--start-delay-ms", "20000"]);
+    write_config(&a, &hanging, SLOW);
     signal(a.pid(), Signal::SIGHUP);
     wait_log(&a, "reload: reading the configuration again", 1);
     std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !a.log().contains("replacement failed"),
+        "the replacement did not hang:\n{}",
+        a.log()
+    );
     stops_promptly(&mut a, "during a hanging replacement");
     // Neither instance outlives attestd.
     std::thread::sleep(Duration::from_millis(200));
