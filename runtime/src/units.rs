@@ -62,9 +62,10 @@ pub fn render(p: &UnitParams) -> Result<Vec<(String, String)>> {
         out.push((
             "attestd.service".into(),
             format!(
-                "[Unit]\nDescription=attestd: the attestation-agent API over per-TEE plugins\n\n[Service]\n# attestd starts plugin {name} itself: its image unpacked into an OCI bundle\n# under [plugins] oci_dir and run by runc (launch = \"oci\" in {cfg}).\nExecStart={attestd} -c {cfg}\n# systemctl reload: replace the plugins whose configuration changed (attestd\n# reload signals this attestd; no /bin/kill needed, which a minimal image lacks).\nExecReload={attestd} reload -c {cfg}\n# attestd stops its runc containers on SIGTERM; what is left is killed after.\nKillMode=mixed\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n",
+                "[Unit]\nDescription=attestd: the attestation-agent API over per-TEE plugins\n\n[Service]\n# attestd starts plugin {name} itself: its image unpacked into an OCI bundle\n# under [plugins] oci_dir and run by runc (launch = \"oci\" in {cfg}).\nExecStart={attestd} -c {cfg}\n{reload}# attestd stops its runc containers on SIGTERM; what is left is killed after.\nKillMode=mixed\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n",
                 cfg = p.config_path.display(),
                 attestd = p.attestd.display(),
+                reload = exec_reload(p.attestd, p.config_path),
             ),
         ));
         out.push(cdh_path());
@@ -170,14 +171,26 @@ pub fn render(p: &UnitParams) -> Result<Vec<(String, String)>> {
     out.push((
         "attestd.service".into(),
         format!(
-            "[Unit]\nDescription=attestd: the attestation-agent API over per-TEE plugins\nAfter={unit}.service\nWants={unit}.service\n\n[Service]\n# In {cfg}, the plugin is started by its unit:\n#   [plugins.attester.{name}]\n#   launch = \"external\"\n#   socket = \"{sock}\"\nExecStart={attestd} -c {cfg}\n# systemctl reload: replace the plugins whose configuration changed (attestd\n# reload signals this attestd; no /bin/kill needed, which a minimal image lacks).\nExecReload={attestd} reload -c {cfg}\nRestart=always\n",
+            "[Unit]\nDescription=attestd: the attestation-agent API over per-TEE plugins\nAfter={unit}.service\nWants={unit}.service\n\n[Service]\n# In {cfg}, the plugin is started by its unit:\n#   [plugins.attester.{name}]\n#   launch = \"external\"\n#   socket = \"{sock}\"\nExecStart={attestd} -c {cfg}\n{reload}Restart=always\n",
             cfg = p.config_path.display(),
             sock = socket.display(),
             attestd = p.attestd.display(),
+            reload = exec_reload(p.attestd, p.config_path),
         ),
     ));
     out.push(cdh_path());
     Ok(out)
+}
+
+/// attestd's `ExecReload=` with the comment that says what it does.
+fn exec_reload(attestd: &Path, config_path: &Path) -> String {
+    format!(
+        "# systemctl reload: replace the plugins whose configuration changed (attestd\n\
+         # reload asks this attestd over its control socket, and fails if a plugin kept\n\
+         # its old instance).\nExecReload={} reload -c {}\n",
+        attestd.display(),
+        config_path.display()
+    )
 }
 
 /// What pod VMs do for the next component: CDH starts when the AA socket exists.
@@ -190,9 +203,10 @@ pub fn render_selected_at_boot(attestd: &Path, config_path: &Path) -> Vec<(Strin
         (
             "attestd.service".into(),
             format!(
-                "[Unit]\nDescription=attestd: the attestation-agent API over per-TEE plugins\n\n[Service]\n# primary = \"auto\" in {cfg}: attestd probes this machine at start, selects the\n# TEE's plugin and runs the image images.lock pins for it ([plugins] auto_launch).\nExecStart={attestd} -c {cfg}\n# systemctl reload: replace the plugins whose configuration changed (attestd\n# reload signals this attestd; no /bin/kill needed, which a minimal image lacks).\nExecReload={attestd} reload -c {cfg}\n# attestd stops its plugin's container on SIGTERM; what is left is killed after.\nKillMode=mixed\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n",
+                "[Unit]\nDescription=attestd: the attestation-agent API over per-TEE plugins\n\n[Service]\n# primary = \"auto\" in {cfg}: attestd probes this machine at start, selects the\n# TEE's plugin and runs the image images.lock pins for it ([plugins] auto_launch).\nExecStart={attestd} -c {cfg}\n{reload}# attestd stops its plugin's container on SIGTERM; what is left is killed after.\nKillMode=mixed\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n",
                 cfg = config_path.display(),
                 attestd = attestd.display(),
+                reload = exec_reload(attestd, config_path),
             ),
         ),
         cdh_path(),
