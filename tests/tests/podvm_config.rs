@@ -435,3 +435,22 @@ fn an_init_data_aa_toml_that_sets_a_launch_key_is_refused_and_nothing_runs() {
     }
     assert!(!mark.exists(), "the command ran");
 }
+
+/// Issue 26 (low): a skipped path is the host's text; printed raw, a line
+/// break or an escape sequence in it forged journal lines. It is printed
+/// quoted and escaped, one line per skipped entry.
+#[test]
+fn skipped_paths_are_printed_escaped() {
+    let root = tempfile::tempdir().unwrap();
+    // YAML's double-quoted escapes put a real line break and ESC in the path.
+    let ud = "#cloud-config\nwrite_files:\n- path: \"/etc/x\\nattestd[1]: forged\\e[31m\"\n  content: x\n";
+    let (_, _, said) = provision(root.path(), ud);
+    let skipped: Vec<&str> = said.lines().filter(|l| l.starts_with("skipped")).collect();
+    assert_eq!(
+        skipped,
+        ["skipped \"/etc/x\\nattestd[1]: forged\\u{1b}[31m\": only plain paths under /run/peerpod, at most 4 deep, are written"],
+        "{said}"
+    );
+    assert!(!said.contains('\u{1b}'), "{said}");
+    assert!(!said.lines().any(|l| l.starts_with("attestd[1]")), "{said}");
+}
