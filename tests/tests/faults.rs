@@ -1401,10 +1401,7 @@ async fn a_flood_of_idle_connections_delays_a_newcomer_and_does_not_shut_it_out(
     let p = Plugin::sample("ttrpc");
     let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
     let aa = a.aa_sock.clone();
-    let flood: Vec<_> = (0..attestd::server::accept::MAX_CONNECTIONS)
-        .map(|_| std::os::unix::net::UnixStream::connect(&aa).unwrap())
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let flood = idle_flood(&aa, attestd::server::accept::MAX_CONNECTIONS).await;
     let t = Instant::now();
     let tee = newcomer_tee(&aa, Duration::from_secs(30))
         .await
@@ -1521,10 +1518,7 @@ async fn at_a_low_open_files_limit_idle_connections_make_room_for_a_newcomer() {
     let a = Attestd::start_with_nofile(|d| config(d, &p, &[], ""), 100).unwrap();
     let aa = a.aa_sock.clone();
     // More idle clients than 100 descriptors can hold.
-    let flood: Vec<_> = (0..100)
-        .map(|_| std::os::unix::net::UnixStream::connect(&aa).unwrap())
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let flood = idle_flood(&aa, 100).await;
     let t = Instant::now();
     let tee = newcomer_tee(&aa, Duration::from_secs(40))
         .await
@@ -1602,6 +1596,16 @@ async fn a_flood_of_failing_calls_cannot_flood_the_log() {
         "{log}"
     );
     assert!(log.len() < 64 << 10, "{} bytes of log", log.len());
+}
+
+/// `n` clients connected to the AA socket `aa` that say nothing, given 300 ms
+/// to be accepted (as far as attestd takes them).
+async fn idle_flood(aa: &std::path::Path, n: usize) -> Vec<std::os::unix::net::UnixStream> {
+    let flood = (0..n)
+        .map(|_| std::os::unix::net::UnixStream::connect(aa).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    flood
 }
 
 /// GetTeeType from a new client on the AA socket `aa`, within `within` (from
