@@ -1145,10 +1145,7 @@ async fn at_the_fd_limit_attestd_backs_off_and_keeps_serving() {
     );
     // Killed whatever the outcome (a failed assertion must not leave it running).
     let child = attestd_e2e::Reaped(child);
-    let flood: Vec<_> = (0..150)
-        .map(|_| std::os::unix::net::UnixStream::connect(&aa).unwrap())
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let flood = idle_flood(&aa, 150).await;
     let before = cpu_ticks(child.0.id());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let used = cpu_ticks(child.0.id()) - before;
