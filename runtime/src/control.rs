@@ -42,12 +42,50 @@ pub struct Report {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginReport {
     pub plugin: String,
-    /// `unchanged`, `replaced` or `kept` (the new configuration was not taken).
-    pub outcome: String,
+    pub outcome: Outcome,
     /// Why it was kept.
     pub why: Option<String>,
     pub old_pid: Option<u32>,
     pub new_pid: Option<u32>,
+}
+
+/// A plugin's outcome, as the report names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Unchanged,
+    Replaced,
+    /// The new configuration was not taken: the running instance stays.
+    Kept,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::Unchanged => "unchanged",
+            Outcome::Replaced => "replaced",
+            Outcome::Kept => "kept",
+        })
+    }
+}
+
+impl PluginReport {
+    /// The report of what the service's reload did to `plugin`.
+    pub fn new(plugin: String, outcome: crate::service::ReloadOutcome) -> PluginReport {
+        use crate::service::ReloadOutcome as R;
+        let (outcome, why, old_pid, new_pid) = match outcome {
+            R::Unchanged => (Outcome::Unchanged, None, None, None),
+            R::Replaced(r) => (Outcome::Replaced, None, r.old_pid, r.new_pid),
+            R::Kept(why) => (Outcome::Kept, Some(why), None, None),
+        };
+        PluginReport {
+            plugin,
+            outcome,
+            why,
+            old_pid,
+            new_pid,
+        }
+    }
 }
 
 impl Report {
@@ -61,7 +99,7 @@ impl Report {
 
     /// Whether every plugin runs its new configuration (or had none).
     pub fn succeeded(&self) -> bool {
-        self.error.is_none() && self.plugins.iter().all(|p| p.outcome != "kept")
+        self.error.is_none() && self.plugins.iter().all(|p| p.outcome != Outcome::Kept)
     }
 }
 
@@ -221,7 +259,7 @@ mod tests {
             error: None,
             plugins: vec![PluginReport {
                 plugin: "tdx".into(),
-                outcome: "kept".into(),
+                outcome: Outcome::Kept,
                 why: Some("cannot start plugin tdx".into()),
                 old_pid: None,
                 new_pid: None,

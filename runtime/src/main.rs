@@ -492,8 +492,8 @@ async fn cmd_reload(a: ConfigArg) -> Result<()> {
         bail!("reload: {e}");
     }
     for p in &report.plugins {
-        match (p.outcome.as_str(), &p.why) {
-            ("replaced", _) => println!(
+        match (p.outcome, &p.why) {
+            (control::Outcome::Replaced, _) => println!(
                 "{}: replaced (pid {} → {})",
                 p.plugin,
                 p.old_pid.map_or("-".into(), |x| x.to_string()),
@@ -507,7 +507,7 @@ async fn cmd_reload(a: ConfigArg) -> Result<()> {
         let kept: Vec<&str> = report
             .plugins
             .iter()
-            .filter(|p| p.outcome == "kept")
+            .filter(|p| p.outcome == control::Outcome::Kept)
             .map(|p| p.plugin.as_str())
             .collect();
         bail!(

@@ -35,13 +35,16 @@ pub struct RunOptions {
     pub reload: Option<Reload>,
 }
 
+/// How a reload reads the configuration again.
+pub type Load = dyn Fn() -> Result<Config> + Send + Sync;
+
 /// Where reloads come from, and how the configuration is read again.
 pub struct Reload {
     /// SIGHUP's requests (no reply) and the control socket's.
     pub requests: tokio::sync::mpsc::Receiver<control::Request>,
     /// Where the control socket sends its requests.
     pub sender: tokio::sync::mpsc::Sender<control::Request>,
-    pub load: Box<dyn Fn() -> Result<Config> + Send + Sync>,
+    pub load: Box<Load>,
 }
 
 impl Reload {
@@ -50,7 +53,7 @@ impl Reload {
     pub const QUEUE: usize = 8;
 
     /// A reload source reading the configuration with `load`.
-    pub fn new(load: Box<dyn Fn() -> Result<Config> + Send + Sync>) -> Reload {
+    pub fn new(load: Box<Load>) -> Reload {
         let (sender, requests) = tokio::sync::mpsc::channel(Self::QUEUE);
         Reload {
             requests,
@@ -281,8 +284,9 @@ async fn serve(
 /// request that arrives while one runs waits for the next, which reads the
 /// configuration after it; every request waiting then shares that one.
 struct Reloads {
-    requests: Option<tokio::sync::mpsc::Receiver<control::Request>>,
-    load: Option<Arc<dyn Fn() -> Result<Config> + Send + Sync>>,
+    /// Where requests come from, and how the configuration is read (none
+    /// without a reload source).
+    source: Option<(tokio::sync::mpsc::Receiver<control::Request>, Arc<Load>)>,
     service: Arc<Service>,
     running: Option<futures::future::BoxFuture<'static, control::Report>>,
     /// Who waits for the running reload's report.
@@ -295,7 +299,7 @@ struct Reloads {
 
 impl Reloads {
     fn new(reload: Option<Reload>, service: &Arc<Service>, socket_dir: &Path) -> Reloads {
-        let (requests, load, control) = match reload {
+        let (source, control) = match reload {
             Some(r) => {
                 let control = match control::listen(socket_dir) {
                     Ok(l) => Some((
@@ -308,13 +312,12 @@ impl Reloads {
                         None
                     }
                 };
-                (Some(r.requests), Some(Arc::from(r.load)), control)
+                (Some((r.requests, Arc::from(r.load))), control)
             }
-            None => (None, None, None),
+            None => (None, None),
         };
         Reloads {
-            requests,
-            load,
+            source,
             service: service.clone(),
             running: None,
             answering: Vec::new(),
@@ -327,10 +330,10 @@ impl Reloads {
     /// starting the next if one was asked for); never resolves when there is
     /// nothing to do.
     async fn step(&mut self) {
-        let requests = &mut self.requests;
+        let source = &mut self.source;
         let next_request = async {
-            match requests {
-                Some(r) => match r.recv().await {
+            match source {
+                Some((r, _)) => match r.recv().await {
                     Some(req) => req,
                     None => std::future::pending().await,
                 },
@@ -356,7 +359,7 @@ impl Reloads {
             }
         }
         if self.running.is_none() {
-            if let (Some(waiting), Some(load)) = (self.next.take(), &self.load) {
+            if let (Some(waiting), Some((_, load))) = (self.next.take(), &self.source) {
                 self.answering = waiting;
                 self.running = Some(Box::pin(reload_plugins(self.service.clone(), load.clone())));
             }
@@ -375,10 +378,7 @@ impl Drop for Reloads {
 
 /// Read the configuration again and replace what changed; every outcome logged
 /// and reported. A configuration that does not read changes nothing.
-async fn reload_plugins(
-    service: Arc<Service>,
-    load: Arc<dyn Fn() -> Result<Config> + Send + Sync>,
-) -> control::Report {
+async fn reload_plugins(service: Arc<Service>, load: Arc<Load>) -> control::Report {
     tracing::info!("reload: reading the configuration again");
     let config = match load() {
         Ok(c) => c,
@@ -395,35 +395,23 @@ async fn reload_plugins(
     };
     let mut report = control::Report::default();
     for (plugin, outcome) in service.reload(&config).await {
-        let mut row = control::PluginReport {
-            plugin: plugin.clone(),
-            outcome: String::new(),
-            why: None,
-            old_pid: None,
-            new_pid: None,
-        };
-        match outcome {
+        match &outcome {
             crate::service::ReloadOutcome::Unchanged => {
-                tracing::info!(%plugin, "reload: unchanged");
-                row.outcome = "unchanged".into();
+                tracing::info!(%plugin, "reload: unchanged")
             }
-            crate::service::ReloadOutcome::Replaced(r) => {
-                tracing::info!(
-                    %plugin,
-                    old_pid = r.old_pid,
-                    new_pid = r.new_pid,
-                    "reload: replaced"
-                );
-                row.outcome = "replaced".into();
-                (row.old_pid, row.new_pid) = (r.old_pid, r.new_pid);
-            }
+            crate::service::ReloadOutcome::Replaced(r) => tracing::info!(
+                %plugin,
+                old_pid = r.old_pid,
+                new_pid = r.new_pid,
+                "reload: replaced"
+            ),
             crate::service::ReloadOutcome::Kept(why) => {
-                tracing::error!(%plugin, "reload: not replaced: {why}");
-                row.outcome = "kept".into();
-                row.why = Some(why);
+                tracing::error!(%plugin, "reload: not replaced: {why}")
             }
         }
-        report.plugins.push(row);
+        report
+            .plugins
+            .push(control::PluginReport::new(plugin, outcome));
     }
     tracing::info!("reload: done (plugins only: other keys take effect at the next start)");
     report

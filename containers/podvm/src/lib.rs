@@ -209,18 +209,17 @@ pub fn plan(user_data: &[u8]) -> Result<Plan, Error> {
     let mut write: Vec<(String, Vec<u8>)> = Vec::new();
     let mut skipped = Vec::new();
     for f in cc.write_files {
-        let why = match peerpod_name(&f.path) {
-            None => Some(SKIP_OUTSIDE),
-            Some(n) if MEASURED_ONLY.contains(&n) => Some(SKIP_MEASURED),
-            Some(n) if GENERATED.contains(&n) => Some(SKIP_GENERATED),
-            Some(_) => None,
-        };
-        let (Some(name), None) = (peerpod_name(&f.path), why) else {
-            skipped.push(Skipped {
-                path: f.path,
-                why: why.unwrap_or(SKIP_OUTSIDE),
-            });
-            continue;
+        let name = match peerpod_name(&f.path) {
+            Some(n) if !MEASURED_ONLY.contains(&n) && !GENERATED.contains(&n) => n,
+            other => {
+                let why = match other {
+                    None => SKIP_OUTSIDE,
+                    Some(n) if MEASURED_ONLY.contains(&n) => SKIP_MEASURED,
+                    Some(_) => SKIP_GENERATED,
+                };
+                skipped.push(Skipped { path: f.path, why });
+                continue;
+            }
         };
         let bytes = decode(&f)?;
         write.retain(|(n, _)| n != name);

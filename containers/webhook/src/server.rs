@@ -68,9 +68,8 @@ impl State {
 
 /// The body of a review, read into one buffer of the size it declared, at most
 /// [`MAX_REVIEW_BYTES`]; `Err` is the refusal (its reason and status).
-async fn read_body(body: Incoming, declared: Option<usize>) -> Result<Vec<u8>, (String, u16)> {
+async fn read_body(mut body: Incoming, declared: Option<usize>) -> Result<Vec<u8>, (String, u16)> {
     let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(MAX_REVIEW_BYTES));
-    let mut body = body;
     let read = async {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| (format!("the body could not be read: {e}"), 400))?;
