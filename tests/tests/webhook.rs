@@ -603,6 +603,15 @@ async fn the_manifests_pass_kubectl_and_the_kubernetes_schema() {
     let tls_dir = d.path().join("tls");
     let with_secret = render(&["--certs-dir", tls_dir.to_str().unwrap()], "secret.yaml");
     let with_cm = render(&["--cert-manager"], "cert-manager.yaml");
+    let by_url = render(
+        &[
+            "--certs-dir",
+            tls_dir.to_str().unwrap(),
+            "--url",
+            "https://127.0.0.1:8443/mutate",
+        ],
+        "by-url.yaml",
+    );
     let text = std::fs::read_to_string(&with_secret).unwrap();
     assert!(text.contains(&format!(
         "image: localhost/attestd/attestd-webhook@{DIGEST}"
@@ -611,7 +620,8 @@ async fn the_manifests_pass_kubectl_and_the_kubernetes_schema() {
 
     let server = discovery_only().await;
     // (documents, of which Kubernetes' own kinds: cert-manager's have no schema there)
-    for (file, kinds, core) in [(&with_secret, 8, 8), (&with_cm, 11, 7)] {
+    // By URL: no Service, no disruption budget.
+    for (file, kinds, core) in [(&with_secret, 8, 8), (&with_cm, 11, 7), (&by_url, 6, 6)] {
         let (ok, out) = kubectl_dry_run(&server, file);
         assert!(ok, "{out}");
         assert_eq!(out.matches("created (dry run)").count(), kinds, "{out}");

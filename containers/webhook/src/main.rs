@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use attestd_webhook::config::{Config, Lock};
+use attestd_webhook::manifests::WebhookUrl;
 use attestd_webhook::{certs, server, tls};
 use clap::{Parser, Subcommand};
 
@@ -39,6 +40,11 @@ struct ManifestsArgs {
     /// Let cert-manager issue the certificate and inject the CA instead
     #[arg(long)]
     cert_manager: bool,
+    /// Register the webhook by this https:// URL on the node instead of by its
+    /// Service (single-node and development installs): one replica on the
+    /// node's network, listening where the URL points
+    #[arg(long, conflicts_with = "cert_manager")]
+    url: Option<WebhookUrl>,
 }
 
 #[derive(clap::Args)]
@@ -70,6 +76,10 @@ struct CertsArgs {
     /// Directory for ca.crt, tls.crt and tls.key (created)
     #[arg(long)]
     out_dir: PathBuf,
+    /// A certificate for the host of this https:// URL (`manifests --url`)
+    /// instead of the Service's names
+    #[arg(long, conflicts_with_all = ["service", "namespace"])]
+    url: Option<WebhookUrl>,
 }
 
 fn main() -> Result<()> {
@@ -138,7 +148,10 @@ async fn terminated() {
 }
 
 fn write_certs(a: CertsArgs) -> Result<()> {
-    let names = certs::service_names(&a.service, &a.namespace);
+    let names = match &a.url {
+        Some(u) => vec![u.cert_name().to_string()],
+        None => certs::service_names(&a.service, &a.namespace),
+    };
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let ca = certs::authority()?;
     let (cert, key) = certs::serving(&ca, &names)?;
@@ -165,7 +178,7 @@ fn write_certs(a: CertsArgs) -> Result<()> {
 }
 
 fn print_manifests(a: ManifestsArgs) -> Result<()> {
-    use attestd_webhook::manifests::{render, Tls};
+    use attestd_webhook::manifests::{render, Endpoint, Tls};
     let lock = Lock::load(&a.lock)?;
     let tls = match a.certs_dir {
         Some(dir) => {
@@ -181,6 +194,7 @@ fn print_manifests(a: ManifestsArgs) -> Result<()> {
         }
         None => Tls::CertManager,
     };
-    print!("{}", render(&lock, &tls)?);
+    let endpoint = a.url.map_or(Endpoint::Service, Endpoint::Url);
+    print!("{}", render(&lock, &tls, &endpoint)?);
     Ok(())
 }

@@ -10,6 +10,74 @@ const WEBHOOK: &str = include_str!("../deploy/webhook.yaml");
 const TLS_SECRET: &str = include_str!("../deploy/tls-secret.yaml");
 const CERT_MANAGER: &str = include_str!("../deploy/cert-manager.yaml");
 
+/// How the API server reaches the webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Through its Service (`attestd-webhook.attestd-system.svc:443`): two
+    /// replicas on the pod network.
+    Service,
+    /// At a URL on the node (single-node and development installs, clusters
+    /// without a pod network the API server can route to): one replica on the
+    /// node's network listening where the URL points, no Service.
+    Url(WebhookUrl),
+}
+
+/// An `https://host[:port]/path` URL the API server dials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookUrl {
+    pub url: String,
+    /// The host as it appears in the URL (an IPv6 address in brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+impl WebhookUrl {
+    /// The host a serving certificate names (brackets dropped).
+    pub fn cert_name(&self) -> &str {
+        self.host.trim_start_matches('[').trim_end_matches(']')
+    }
+}
+
+impl std::str::FromStr for WebhookUrl {
+    type Err = ManifestError;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        let bad =
+            |why: &str| ManifestError::BadUrl(format!("{}: {why}", attestd::echo::quoted(url)));
+        // The API server calls webhooks over HTTPS only, and refuses a URL with
+        // user info, a query or a fragment.
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or_else(|| bad("the API server calls webhooks over https:// only"))?;
+        if rest.contains(['?', '#', '@'])
+            || rest.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(bad("no user, query, fragment or whitespace"));
+        }
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if path.is_empty() || path == "/" {
+            return Err(bad("name the path the webhook serves, /mutate"));
+        }
+        let (host, port) = match authority.rfind(':') {
+            Some(i) if !authority[i..].contains(']') => (&authority[..i], &authority[i + 1..]),
+            _ => (authority, "443"),
+        };
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?;
+        if host.is_empty() || (host.starts_with('[') != host.ends_with(']')) {
+            return Err(bad("no host"));
+        }
+        Ok(WebhookUrl {
+            url: url.to_string(),
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
 /// Where the serving certificate comes from.
 pub enum Tls {
     /// `attestd-webhook certs` output: CA, certificate and key (PEM).
@@ -30,6 +98,10 @@ pub enum ManifestError {
     NoImage,
     #[error("a template placeholder was left unfilled: {0}")]
     Unfilled(String),
+    #[error("bad webhook URL {0}")]
+    BadUrl(String),
+    #[error("cert-manager issues certificates for the Service's names: a webhook registered by URL takes `attestd-webhook certs --url` output")]
+    CertManagerByUrl,
 }
 
 fn b64(s: &str) -> String {
@@ -37,13 +109,67 @@ fn b64(s: &str) -> String {
 }
 
 /// Every manifest, filled in.
-pub fn render(lock: &Lock, tls: &Tls) -> Result<String, ManifestError> {
+pub fn render(lock: &Lock, tls: &Tls, endpoint: &Endpoint) -> Result<String, ManifestError> {
     let web = lock
         .components
         .get("webhook")
         .ok_or(ManifestError::NoImage)?;
     let image = format!("{}@{}", web.image, web.digest);
-    let mut out = WEBHOOK.replace("${IMAGE}", &image);
+    let port = match endpoint {
+        Endpoint::Service => 8443,
+        Endpoint::Url(u) => u.port,
+    };
+    let (client, replicas, host_network, listen, security) = match endpoint {
+        Endpoint::Service => (
+            "service: {name: attestd-webhook, namespace: attestd-system, path: /mutate, port: 443}"
+                .to_string(),
+            "2",
+            "false",
+            format!("0.0.0.0:{port}"),
+            "restricted",
+        ),
+        Endpoint::Url(_) if matches!(tls, Tls::CertManager) => {
+            return Err(ManifestError::CertManagerByUrl)
+        }
+        // On the node's network: a pod security level that allows it, and one
+        // replica, since two on one node would want the same port.
+        Endpoint::Url(u) => (
+            format!("url: {}", serde_json::Value::String(u.url.clone())),
+            "1",
+            "true",
+            format!("{}:{port}", u.host),
+            "privileged",
+        ),
+    };
+    // The kubelet probes the pod's IP unless told otherwise; by URL the webhook
+    // listens only where the URL points.
+    let probe_host = match endpoint {
+        Endpoint::Service => "# host: the pod's IP".to_string(),
+        Endpoint::Url(u) => format!(
+            "host: {}",
+            serde_json::Value::String(u.cert_name().to_string())
+        ),
+    };
+    let mut out = WEBHOOK
+        .replace("${IMAGE}", &image)
+        .replace("${CLIENT_CONFIG}", &client)
+        .replace("${REPLICAS}", replicas)
+        .replace("${HOST_NETWORK}", host_network)
+        .replace("${LISTEN}", &listen)
+        .replace("${PORT}", &port.to_string())
+        .replace("${POD_SECURITY}", security)
+        .replace("${PROBE_HOST}", &probe_host);
+    if let Endpoint::Url(_) = endpoint {
+        // Nothing selects the Service, and a budget of one of one replica
+        // would block every drain of the node.
+        out = out
+            .split("\n---\n")
+            .filter(|doc| {
+                !doc.contains("\nkind: Service\n") && !doc.contains("\nkind: PodDisruptionBudget\n")
+            })
+            .collect::<Vec<_>>()
+            .join("\n---\n");
+    }
     match tls {
         Tls::Files { ca, cert, key } => {
             out = out.replace("${CA_BUNDLE}", &b64(ca));
@@ -97,19 +223,96 @@ mod tests {
             cert: "CERT".into(),
             key: "KEY".into(),
         };
-        let out = render(&lock(), &files).unwrap();
+        let out = render(&lock(), &files, &Endpoint::Service).unwrap();
         assert!(out.contains(&format!(
             "image: localhost/attestd/attestd-webhook@sha256:{}",
             "3".repeat(64)
         )));
         assert!(out.contains(&format!("caBundle: {}", b64("CA"))));
         assert!(out.contains(&format!("tls.key: {}", b64("KEY"))));
-        let cm = render(&lock(), &Tls::CertManager).unwrap();
+        let cm = render(&lock(), &Tls::CertManager, &Endpoint::Service).unwrap();
         assert!(!cm.contains("caBundle"));
         assert!(cm.contains("kind: Certificate"));
         assert!(matches!(
-            render(&Lock::default(), &Tls::CertManager),
+            render(&Lock::default(), &Tls::CertManager, &Endpoint::Service),
             Err(ManifestError::NoImage)
         ));
+    }
+
+    fn files() -> Tls {
+        Tls::Files {
+            ca: "CA".into(),
+            cert: "CERT".into(),
+            key: "KEY".into(),
+        }
+    }
+
+    #[test]
+    fn by_service_two_replicas_on_the_pod_network() {
+        let out = render(&lock(), &files(), &Endpoint::Service).unwrap();
+        assert!(out.contains(
+            "service: {name: attestd-webhook, namespace: attestd-system, path: /mutate, port: 443}"
+        ));
+        assert!(out.contains("replicas: 2\n"));
+        assert!(out.contains("hostNetwork: false\n"));
+        assert!(out.contains("--listen=0.0.0.0:8443\n"));
+        assert!(out.contains("enforce: restricted\n"));
+        assert!(out.contains("\nkind: Service\n"));
+        assert!(out.contains("\nkind: PodDisruptionBudget\n"));
+        assert!(!out.contains("url:"));
+    }
+
+    #[test]
+    fn by_url_one_replica_on_the_nodes_network_and_no_service() {
+        let url: WebhookUrl = "https://127.0.0.1:9443/mutate".parse().unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("127.0.0.1", 9443));
+        let out = render(&lock(), &files(), &Endpoint::Url(url)).unwrap();
+        assert!(out.contains("      url: \"https://127.0.0.1:9443/mutate\"\n      caBundle: "));
+        assert!(out.contains("replicas: 1\n"));
+        assert!(out.contains("hostNetwork: true\n"));
+        assert!(out.contains("--listen=127.0.0.1:9443\n"));
+        assert!(out.contains("containerPort: 9443\n"));
+        assert_eq!(
+            out.matches("host: \"127.0.0.1\"\n").count(),
+            2,
+            "both probes"
+        );
+        assert!(out.contains("enforce: privileged\n"));
+        assert!(!out.contains("\nkind: Service\n"));
+        assert!(!out.contains("\nkind: PodDisruptionBudget\n"));
+        assert!(!out.contains("service:"));
+        // The documents still split: the TLS Secret follows the configuration.
+        assert!(out.contains("kind: MutatingWebhookConfiguration"));
+        assert!(out.contains("kind: Secret"));
+        let cm = "https://127.0.0.1/mutate".parse().unwrap();
+        assert!(matches!(
+            render(&lock(), &Tls::CertManager, &Endpoint::Url(cm)),
+            Err(ManifestError::CertManagerByUrl)
+        ));
+    }
+
+    #[test]
+    fn webhook_urls_are_parsed_strictly() {
+        let u: WebhookUrl = "https://[::1]:8443/mutate".parse().unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.cert_name()),
+            ("[::1]", 8443, "::1")
+        );
+        let u: WebhookUrl = "https://webhook.example/mutate".parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("webhook.example", 443));
+        for bad in [
+            "http://127.0.0.1:8443/mutate",
+            "https://127.0.0.1:8443",
+            "https://127.0.0.1:8443/",
+            "https://127.0.0.1:0/mutate",
+            "https://127.0.0.1:99999/mutate",
+            "https://:8443/mutate",
+            "https://user@127.0.0.1/mutate",
+            "https://127.0.0.1/mutate?x=1",
+            "https://127.0.0.1/mu tate",
+            "https://[::1/mutate",
+        ] {
+            assert!(bad.parse::<WebhookUrl>().is_err(), "{bad} was accepted");
+        }
     }
 }
