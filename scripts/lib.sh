@@ -11,7 +11,9 @@
 # not ours; python3-venv: the venv for kubernetes-validate (see ensure_kube_tools).
 # docker-registry, gnupg: the registry the pull tests push to and pull from, and
 # the keys they sign with.
-ATTESTD_APT_PACKAGES=(gcc g++ pkg-config libtss2-dev libssl-dev swtpm swtpm-tools tpm2-tools podman runc skopeo umoci golang-go golang-google-grpc-dev systemd python3-jsonpatch python3-venv docker-registry gnupg)
+# busybox-static, iproute2: the Kubernetes tests' app image (a shell FROM scratch)
+# and the cluster's network namespace (scripts/kube-build.sh builds the cluster).
+ATTESTD_APT_PACKAGES=(gcc g++ pkg-config libtss2-dev libssl-dev swtpm swtpm-tools tpm2-tools podman runc skopeo umoci golang-go golang-google-grpc-dev systemd python3-jsonpatch python3-venv docker-registry gnupg busybox-static iproute2)
 
 # Hardware attesters: standalone workspaces with their own Cargo.lock.
 # attesters/azure is the helper both Azure plugins share, tested on its own.

@@ -92,6 +92,13 @@ echo "== images (the container backend tests start the sample image; the webhook
 bash containers/build.sh sample tpm az-snp-vtpm attestd webhook
 echo "== reproducible images: tdx built here and from a copy elsewhere has one digest"
 bash scripts/repro-check.sh tdx
+echo "== the Kubernetes tests' cluster: etcd, kube-apiserver, kubelet, kubectl and containerd from the Go module proxy (pinned in tests/go/*/go.mod)"
+bash scripts/kube-build.sh
+if [ "${ATTESTD_PRUNE_BUILD:-0}" = 1 ]; then
+    # The binaries are in target/kube/bin; the module and build caches are
+    # gigabytes CI's disk has no room for (the module cache is read-only).
+    chmod -R u+w target/go && rm -rf target/go
+fi
 echo "== the pod VMs (the boot tests boot them): one with the images prefetched, one that pulls them"
 bash containers/podvm/build.sh --test-hooks
 bash containers/podvm/build.sh --test-hooks --registry 10.0.2.100:5000/attestd --out target/podvm-pull
@@ -116,11 +123,12 @@ echo "== the daemon as shipped: built alone, then the end-to-end tests again"
 # above is not byte for byte the one that ships (a JWE AAD bug hid behind this).
 # Rebuild it with its own features and run the end-to-end tests against it again,
 # all but eventlog and fault_injection, which need the fault-injection points, and
-# podvm, whose attestd is the pinned image's, inside the VM.
+# podvm, whose attestd is the pinned image's, inside the VM, and kube, whose
+# attestd is the pinned image's too, in the cluster's pods.
 cargo build -p attestd --bins --locked
 shipped=()
 for f in tests/tests/*.rs; do
     t=$(basename "$f" .rs)
-    case "$t" in eventlog|fault_injection|podvm) ;; *) shipped+=(--test "$t") ;; esac
+    case "$t" in eventlog|fault_injection|podvm|kube) ;; *) shipped+=(--test "$t") ;; esac
 done
 cargo test -p attestd-e2e --locked "${shipped[@]}"

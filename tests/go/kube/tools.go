@@ -1,0 +1,11 @@
+//go:build tools
+
+// The commands scripts/kube-build.sh builds, so `go mod tidy` keeps their
+// dependencies in go.sum.
+package kube
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+)

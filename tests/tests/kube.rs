@@ -1,0 +1,710 @@
+//! Kubernetes for real: a kube-apiserver calls attestd-webhook and stores the pods
+//! it patched, and a kubelet (driving containerd and runc over CRI) runs them, with
+//! attestd and the sample attester as native sidecars. The cluster is
+//! `attestd_e2e::kube` (binaries from `scripts/kube-build.sh`, at the versions
+//! pinned in tests/go/*/go.mod), in a network namespace with only loopback.
+//!
+//! One test, the scenarios in an order that shares one cluster: starting it
+//! takes most of the time. Each scenario says what it checks.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use attestd_e2e::kube::{locked, wait_for, Cluster, NODE};
+use attestd_e2e::{alive, bin, repo_root};
+use serde_json::{json, Value};
+
+const WEBHOOK_URL: &str = "https://127.0.0.1:8443/mutate";
+const RUNTIME_CLASS: &str = "attestd-dev";
+/// Labelled `attestd.io/inject=enabled`: pods here call the webhook.
+const LABELLED: &str = "attestd-demo";
+const APP_POD: &str = "app";
+
+/// The app's script: GetEvidence over the injected AA socket five times a
+/// second, each answer printed (`ok <runtime data> <evidence>`) or its failure.
+const APP_LOOP: &str = r#"i=0
+while :; do
+  i=$((i+1))
+  if e=$(/attestd client --attestation_sock "$ATTESTD_AA_SOCKET" --timeout-ms 2000 get-evidence --runtime-data "kube-$i" 2>&1); then
+    echo "ok kube-$i $e"
+  else
+    echo "fail kube-$i $e" | /busybox tr '\n' ' '; echo
+  fi
+  /busybox sleep 0.2
+done
+"#;
+
+/// The webhook's configuration in this cluster: runc's runtime class is the
+/// sample attester's (dev mode: this is not a TEE).
+const WEBHOOK_TOML: &str = r#"dev_mode = true
+[runtime_classes]
+attestd-dev = "sample"
+"#;
+
+#[test]
+fn a_real_api_server_admits_and_a_real_kubelet_runs_injected_pods() {
+    let images = [locked("attestd"), locked("webhook"), locked("sample")];
+    let c = Cluster::start(&images);
+    // Confinement: the namespace has loopback and nothing else.
+    let links = c.netns.links();
+    assert!(
+        links.len() == 1 && links[0].contains(": lo:"),
+        "the cluster's namespace has more than loopback: {links:?}"
+    );
+    eprintln!(
+        "figure: cluster started (images built and pushed, node Ready) in {:.1} s",
+        c.started_in.as_secs_f64()
+    );
+    let version = c.ok(&["version", "-o", "json"]);
+    eprintln!("cluster: {}", compact_versions(&version));
+
+    manifests_applied_server_side(&c);
+    webhook_runs_as_its_deployment_says(&c);
+    let pod = injected_pod_runs_in_order(&c);
+    killed_attester_restarts_and_calls_resume(&c, &pod);
+    refusals_reach_kubectl(&c);
+    deleted_pod_leaves_nothing(&c, &pod);
+    webhook_down_fails_closed_for_labelled_namespaces_only(&c);
+    webhook_latency(&c);
+}
+
+/// `kubectl version -o json`, the two versions only.
+fn compact_versions(v: &str) -> String {
+    let v: Value = serde_json::from_str(v).unwrap();
+    format!(
+        "kubectl {} / kube-apiserver {}",
+        v["clientVersion"]["gitVersion"], v["serverVersion"]["gitVersion"]
+    )
+}
+
+fn webhook_cli(args: &[&str]) -> String {
+    let o = std::process::Command::new(bin("attestd-webhook"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "attestd-webhook {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Scenario 1: `attestd-webhook manifests --url` applied with `kubectl apply
+/// --server-side`, and every object it names stored.
+fn manifests_applied_server_side(c: &Cluster) {
+    let tls = c.path("webhook-tls");
+    let tls_s = tls.to_str().unwrap();
+    webhook_cli(&["certs", "--url", WEBHOOK_URL, "--out-dir", tls_s]);
+    let lock = repo_root().join("containers/images.lock");
+    let manifests = webhook_cli(&[
+        "manifests",
+        "--lock",
+        lock.to_str().unwrap(),
+        "--certs-dir",
+        tls_s,
+        "--url",
+        WEBHOOK_URL,
+    ]);
+    assert!(
+        !manifests.contains("\nkind: Service\n") && !manifests.contains("service:"),
+        "a webhook registered by URL needs no Service, and none may be registered here"
+    );
+    let file = c.path("attestd-webhook.yaml");
+    std::fs::write(&file, &manifests).unwrap();
+    let f = file.to_str().unwrap();
+    let applied = c.ok(&["apply", "--server-side", "-f", f]);
+    assert!(applied.contains("serverside-applied"), "{applied}");
+    // Every object of the file, read back from the API server.
+    let stored = c.ok(&["get", "-f", f, "-o", "name"]);
+    let stored: Vec<&str> = stored.lines().collect();
+    for kind in [
+        "namespace/attestd-system",
+        "serviceaccount/attestd-webhook",
+        "configmap/attestd-webhook-config",
+        "deployment.apps/attestd-webhook",
+        "secret/attestd-webhook-tls",
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/attestd-webhook",
+    ] {
+        assert!(stored.contains(&kind), "{kind} not stored: {stored:?}");
+    }
+    assert_eq!(
+        stored.len(),
+        manifests.matches("\nkind: ").count() + usize::from(manifests.starts_with("kind: ")),
+        "{stored:?}"
+    );
+    let hook = c.get(&["mutatingwebhookconfiguration", "attestd-webhook"]);
+    assert_eq!(
+        hook["webhooks"][0]["clientConfig"]["url"], WEBHOOK_URL,
+        "{hook}"
+    );
+    assert_eq!(hook["webhooks"][0]["failurePolicy"], "Fail", "{hook}");
+    // The operator's configuration: runc's runtime class is the sample's.
+    let conf = c.path("webhook.toml");
+    std::fs::write(&conf, WEBHOOK_TOML).unwrap();
+    let cm = c.ok(&[
+        "create",
+        "configmap",
+        "attestd-webhook-config",
+        "-n",
+        "attestd-system",
+        &format!("--from-file=webhook.toml={}", conf.display()),
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ]);
+    c.ok_in(&["apply", "--server-side", "-f", "-"], Some(cm.as_bytes()));
+    c.ok_in(
+        &["apply", "--server-side", "-f", "-"],
+        Some(
+            json!({
+                "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+                "metadata": {"name": RUNTIME_CLASS}, "handler": "runc"
+            })
+            .to_string()
+            .as_bytes(),
+        ),
+    );
+    eprintln!(
+        "scenario 1: {} objects applied server-side and stored",
+        stored.len()
+    );
+}
+
+/// The pid of a pod's container (by name, init or not) from containerd.
+fn container_pid(c: &Cluster, ns: &str, pod: &str, container: &str) -> Option<u32> {
+    let p = c.get(&["pod", pod, "-n", ns]);
+    let id = ["initContainerStatuses", "containerStatuses"]
+        .iter()
+        .filter_map(|k| p["status"][k].as_array())
+        .flatten()
+        .find(|s| s["name"] == container)?["containerID"]
+        .as_str()?
+        .strip_prefix("containerd://")?
+        .to_string();
+    c.tasks()
+        .into_iter()
+        .find(|(t, _)| *t == id)
+        .map(|(_, p)| p)
+}
+
+fn pod_ready(c: &Cluster, ns: &str, pod: &str) -> bool {
+    let p = c.get(&["pod", pod, "-n", ns]);
+    p["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|k| k["type"] == "Ready" && k["status"] == "True")
+}
+
+/// A `/proc/<pid>/status` field.
+fn status_field(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Scenario 4: the webhook runs as a pod from its own image, with its
+/// Deployment's pod template (security context and all), and serves the API
+/// server. (No controller-manager here, so the test creates the Deployment's
+/// pod from its template, on the node.)
+fn webhook_runs_as_its_deployment_says(c: &Cluster) {
+    let d = c.get(&["deployment", "attestd-webhook", "-n", "attestd-system"]);
+    let template = &d["spec"]["template"];
+    let mut spec = template["spec"].clone();
+    spec["nodeName"] = json!(NODE);
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "attestd-webhook-0", "namespace": "attestd-system",
+                     "labels": template["metadata"]["labels"]},
+        "spec": spec,
+    });
+    c.ok_in(&["create", "-f", "-"], Some(pod.to_string().as_bytes()));
+    c.wait_pod(
+        "attestd-system",
+        "attestd-webhook-0",
+        "the webhook pod to be Ready",
+        Duration::from_secs(120),
+        || pod_ready(c, "attestd-system", "attestd-webhook-0").then_some(()),
+    );
+    let pid = container_pid(c, "attestd-system", "attestd-webhook-0", "webhook").unwrap();
+    // Non-root 65532, no capabilities, no privilege gain, a read-only root.
+    assert_eq!(status_field(pid, "Uid"), "65532\t65532\t65532\t65532");
+    assert_eq!(status_field(pid, "Gid"), "65532\t65532\t65532\t65532");
+    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapPrm"), "0000000000000000");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(
+        status_field(pid, "Seccomp"),
+        "2",
+        "RuntimeDefault: a filter"
+    );
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let root = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .unwrap();
+    assert!(
+        root.split(' ')
+            .nth(5)
+            .unwrap()
+            .split(',')
+            .any(|o| o == "ro"),
+        "the webhook's root is writable: {root}"
+    );
+    let image = c.get(&["pod", "attestd-webhook-0", "-n", "attestd-system"])["status"]
+        ["containerStatuses"][0]["imageID"]
+        .clone();
+    assert_eq!(
+        image.as_str().unwrap().rsplit('@').next().unwrap(),
+        locked("webhook").rsplit('@').next().unwrap(),
+        "the webhook runs the image pinned in images.lock"
+    );
+    eprintln!(
+        "scenario 4: the webhook runs as 65532, no capabilities, read-only root, image by digest"
+    );
+}
+
+struct AppPod {
+    uid: String,
+    /// Container pids as first started: attester, attestd, app.
+    pids: Vec<u32>,
+    created: Instant,
+}
+
+/// `/proc/<pid>/stat`'s start time (clock ticks since boot).
+fn start_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat.rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn app_log(c: &Cluster) -> String {
+    c.ok(&["logs", "-n", LABELLED, APP_POD, "-c", "app"])
+}
+
+/// The number of the last call the app printed, ok or failed.
+fn last_call(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| l.split_once(" kube-")?.1.split(' ').next()?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+fn ok_lines(log: &str) -> Vec<(u64, String)> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("ok kube-")?;
+            let (n, evidence) = rest.split_once(' ')?;
+            Some((n.parse().ok()?, evidence.to_string()))
+        })
+        .collect()
+}
+
+/// Scenario 2: a pod opting in by runtime class in a labelled namespace is
+/// stored injected, started in order by the kubelet, and its app gets the
+/// sample attester's evidence, byte for byte, over the injected AA socket.
+fn injected_pod_runs_in_order(c: &Cluster) -> AppPod {
+    c.ok(&["create", "namespace", LABELLED]);
+    c.ok(&["label", "namespace", LABELLED, "attestd.io/inject=enabled"]);
+    // No controller-manager: the namespace's default ServiceAccount by hand.
+    c.ok(&["create", "serviceaccount", "default", "-n", LABELLED]);
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": APP_POD, "namespace": LABELLED},
+        "spec": {
+            "nodeName": NODE,
+            "runtimeClassName": RUNTIME_CLASS,
+            // No CNI here: the node's network (the cluster's namespace).
+            "hostNetwork": true,
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 5,
+            // The app's own init container: it must find attestd serving.
+            "initContainers": [{
+                "name": "app-init",
+                "image": c.images.app,
+                "command": ["/attestd", "client", "--attestation_sock",
+                            "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock",
+                            "get-tee-type"],
+            }],
+            "containers": [{
+                "name": "app",
+                "image": c.images.app,
+                "command": ["/busybox", "sh", "-c", APP_LOOP],
+            }],
+        },
+    });
+    let created = Instant::now();
+    let out = c.kubectl_in(&["create", "-f", "-"], Some(pod.to_string().as_bytes()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The API server relays the webhook's warning (the node's network).
+    let warning = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warning.contains("Warning: the pod uses the node's network"),
+        "{warning}"
+    );
+    // As stored: ours first, then the pod's own init container.
+    let stored = c.get(&["pod", APP_POD, "-n", LABELLED]);
+    assert_eq!(
+        stored["metadata"]["annotations"]["attestd.io/injected"], "sample",
+        "{stored}"
+    );
+    let inits: Vec<&Value> = stored["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    let names: Vec<&str> = inits.iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["attestd-attester-sample", "attestd", "app-init"],
+        "{stored}"
+    );
+    for (i, want) in [(0, locked("sample")), (1, locked("attestd"))] {
+        assert_eq!(inits[i]["restartPolicy"], "Always");
+        assert_eq!(
+            inits[i]["image"],
+            want.as_str(),
+            "pinned by digest from images.lock"
+        );
+        assert!(inits[i]["startupProbe"].is_object());
+    }
+    let first = c.wait_pod(
+        LABELLED,
+        APP_POD,
+        "the app's first evidence",
+        Duration::from_secs(180),
+        || {
+            let o = c.kubectl(&["logs", "-n", LABELLED, APP_POD, "-c", "app"]);
+            o.status
+                .success()
+                .then(|| {
+                    ok_lines(&String::from_utf8_lossy(&o.stdout))
+                        .into_iter()
+                        .next()
+                })
+                .flatten()
+        },
+    );
+    eprintln!(
+        "figure: pod created to the app's first evidence in {:.1} s",
+        created.elapsed().as_secs_f64()
+    );
+    // Byte for byte what the sample attester makes of that runtime data.
+    let want = attester_sample::evidence(format!("kube-{}", first.0).as_bytes())
+        .unwrap()
+        .bytes;
+    assert_eq!(
+        first.1.as_bytes(),
+        &want[..],
+        "evidence through the pod's AA socket"
+    );
+    // The order: attester, then attestd, each after the previous one's startup
+    // probe, then the app's init container (which found attestd serving) and
+    // then the app.
+    let init_log = c.ok(&["logs", "-n", LABELLED, APP_POD, "-c", "app-init"]);
+    assert_eq!(
+        init_log.trim(),
+        "sample",
+        "the app's init container asked attestd its TEE"
+    );
+    let pids: Vec<u32> = ["attestd-attester-sample", "attestd", "app"]
+        .iter()
+        .map(|n| container_pid(c, LABELLED, APP_POD, n).unwrap_or_else(|| panic!("no {n}")))
+        .collect();
+    let ticks: Vec<u64> = pids.iter().map(|p| start_ticks(*p)).collect();
+    assert!(
+        ticks[0] < ticks[1] && ticks[1] < ticks[2],
+        "containers started out of order (attester, attestd, app): {ticks:?}"
+    );
+    let p = c.get(&["pod", APP_POD, "-n", LABELLED]);
+    let started = |s: &Value| {
+        s["state"]["running"]["startedAt"]
+            .as_str()
+            .or(s["state"]["terminated"]["startedAt"].as_str())
+            .unwrap()
+            .to_string()
+    };
+    let init_status = p["status"]["initContainerStatuses"].as_array().unwrap();
+    let t: Vec<String> = init_status.iter().map(started).collect();
+    let app_started = started(&p["status"]["containerStatuses"][0]);
+    // RFC 3339 at one second: non-decreasing in the order the kubelet ran them.
+    assert!(
+        t[0] <= t[1] && t[1] <= t[2] && t[2] <= app_started,
+        "{t:?} {app_started}"
+    );
+    for s in init_status.iter().take(2) {
+        assert_eq!(s["started"], true, "{s}");
+    }
+    let events = c.get(&[
+        "events",
+        "-n",
+        LABELLED,
+        "--field-selector",
+        &format!("involvedObject.name={APP_POD},reason=Started"),
+    ]);
+    let started_events: Vec<String> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            e["involvedObject"]["fieldPath"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    for f in [
+        "spec.initContainers{attestd-attester-sample}",
+        "spec.initContainers{attestd}",
+        "spec.initContainers{app-init}",
+        "spec.containers{app}",
+    ] {
+        assert!(
+            started_events.iter().any(|e| e == f),
+            "no Started event for {f}: {started_events:?}"
+        );
+    }
+    eprintln!("scenario 2: injected as stored, started attester < attestd < app-init < app, evidence byte-exact");
+    AppPod {
+        uid: p["metadata"]["uid"].as_str().unwrap().to_string(),
+        pids,
+        created,
+    }
+}
+
+/// Scenario 3: the attester sidecar killed in the running pod; the kubelet
+/// restarts it, attestd (not restarted) reconnects, and the app's calls
+/// succeed again.
+fn killed_attester_restarts_and_calls_resume(c: &Cluster, pod: &AppPod) {
+    let log = app_log(c);
+    assert!(
+        !log.contains("fail kube-"),
+        "calls failed before the kill: {log}"
+    );
+    let killed_at = Instant::now();
+    attestd_e2e::signal(pod.pids[0], nix::sys::signal::Signal::SIGKILL);
+    let restarts = |name: &str| -> u64 {
+        let p = c.get(&["pod", APP_POD, "-n", LABELLED]);
+        p["status"]["initContainerStatuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["restartCount"]
+            .as_u64()
+            .unwrap()
+    };
+    wait_for(
+        "the kubelet to restart the attester",
+        Duration::from_secs(120),
+        || (restarts("attestd-attester-sample") >= 1).then_some(()),
+    );
+    // The call under way once the kubelet had restarted it: a later one must
+    // succeed (attestd reconnects to the new attester on its own).
+    let at_restart = last_call(&app_log(c));
+    let (resumed, log) = wait_for(
+        "the app's calls to succeed again",
+        Duration::from_secs(120),
+        || {
+            let log = app_log(c);
+            let after = ok_lines(&log).into_iter().find(|(n, _)| *n > at_restart)?;
+            Some((after, log))
+        },
+    );
+    let failed = log.lines().filter(|l| l.starts_with("fail kube-")).count();
+    let want = attester_sample::evidence(format!("kube-{}", resumed.0).as_bytes())
+        .unwrap()
+        .bytes;
+    assert_eq!(resumed.1.as_bytes(), &want[..]);
+    assert_eq!(restarts("attestd"), 0, "attestd itself was restarted");
+    assert!(alive(pod.pids[1]), "attestd's process is gone");
+    eprintln!(
+        "figure: attester killed: {failed} calls failed, calls succeeded again {:.1} s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
+    eprintln!("scenario 3: the kubelet restarted the attester, attestd reconnected ({failed} failed calls)");
+}
+
+/// Scenario 6: the webhook's refusals as the API server returns them to kubectl.
+fn refusals_reach_kubectl(c: &Cluster) {
+    let refused = |name: &str, containers: Value, want: &str| {
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": LABELLED},
+            "spec": {"nodeName": NODE, "runtimeClassName": RUNTIME_CLASS, "hostNetwork": true,
+                     "automountServiceAccountToken": false, "containers": containers},
+        });
+        let o = c.kubectl_in(&["create", "-f", "-"], Some(pod.to_string().as_bytes()));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{name} was admitted");
+        assert!(
+            err.contains("admission webhook \"inject.attestd.io\" denied the request")
+                && err.contains(want),
+            "{name}: {err}"
+        );
+        assert!(!c
+            .kubectl(&["get", "pod", name, "-n", LABELLED])
+            .status
+            .success());
+    };
+    refused(
+        "clash",
+        json!([{"name": "attestd", "image": c.images.app}]),
+        "the pod already has a container named \"attestd\"",
+    );
+    refused(
+        "mounts-ours",
+        json!([{"name": "app", "image": c.images.app,
+                "volumeMounts": [{"name": "attestd-run", "mountPath": "/run/attestd"}]}]),
+        "mounts the volume \"attestd-run\"",
+    );
+    eprintln!(
+        "scenario 6: a clashing name and a mount of attestd-run refused, as kubectl shows them"
+    );
+}
+
+/// Scenario 7: the pod deleted: its sidecars stop, its sockets go with its
+/// volumes, and none of its processes is left.
+fn deleted_pod_leaves_nothing(c: &Cluster, pod: &AppPod) {
+    let dir = c.kubelet_root().join("pods").join(&pod.uid);
+    let sockets = dir.join("volumes/kubernetes.io~empty-dir/attestd-aa");
+    assert!(
+        sockets.join("attestation-agent.sock").exists(),
+        "the AA socket is not where the pod's volume is: {}",
+        sockets.display()
+    );
+    let pids: Vec<u32> = ["attestd-attester-sample", "attestd", "app"]
+        .iter()
+        .filter_map(|n| container_pid(c, LABELLED, APP_POD, n))
+        .collect();
+    assert_eq!(pids.len(), 3);
+    c.ok(&["delete", "pod", APP_POD, "-n", LABELLED, "--timeout=90s"]);
+    assert!(!c
+        .kubectl(&["get", "pod", APP_POD, "-n", LABELLED])
+        .status
+        .success());
+    wait_for("the pod's directory to go", Duration::from_secs(60), || {
+        (!dir.exists()).then_some(())
+    });
+    for p in pids.iter().chain(&pod.pids) {
+        assert!(!alive(*p), "pid {p} of the deleted pod is still running");
+    }
+    // Nothing of ours anywhere in the cluster's namespace.
+    for p in c.netns.pids() {
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        let argv0 = cmd.split(|b| *b == 0).next().unwrap_or_default();
+        assert!(
+            argv0 != b"/attestd" && argv0 != b"/attester" && argv0 != b"/busybox",
+            "pid {p} ({}) outlived its pod",
+            String::from_utf8_lossy(argv0)
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&pod.uid),
+        "a volume of the deleted pod is still mounted"
+    );
+    eprintln!(
+        "scenario 7: deleted {:.0} s after creation: sidecars stopped, sockets gone, no process left",
+        pod.created.elapsed().as_secs_f64()
+    );
+}
+
+/// Scenario 5: the webhook stopped, `failurePolicy: Fail`: a pod in a labelled
+/// namespace is refused with the API server's message; other namespaces are
+/// not affected.
+fn webhook_down_fails_closed_for_labelled_namespaces_only(c: &Cluster) {
+    c.ok(&[
+        "delete",
+        "pod",
+        "attestd-webhook-0",
+        "-n",
+        "attestd-system",
+        "--timeout=60s",
+    ]);
+    let pod = |ns: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "while-down", "namespace": ns},
+            "spec": {"nodeName": NODE, "runtimeClassName": RUNTIME_CLASS, "hostNetwork": true,
+                     "automountServiceAccountToken": false,
+                     "containers": [{"name": "app", "image": c.images.app,
+                                     "command": ["/busybox", "sleep", "3600"]}]},
+        })
+        .to_string()
+    };
+    let o = c.kubectl_in(&["create", "-f", "-"], Some(pod(LABELLED).as_bytes()));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "created while the webhook was down");
+    assert!(
+        err.contains("failed calling webhook \"inject.attestd.io\"")
+            && err.contains(WEBHOOK_URL)
+            && err.contains("connection refused"),
+        "{err}"
+    );
+    // An unlabelled namespace never calls it.
+    c.ok(&["create", "serviceaccount", "default", "-n", "default"]);
+    let o = c.kubectl_in(&["create", "-f", "-"], Some(pod("default").as_bytes()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stored = c.get(&["pod", "while-down", "-n", "default"]);
+    assert!(stored["metadata"]["annotations"]["attestd.io/injected"].is_null());
+    c.ok(&[
+        "delete",
+        "pod",
+        "while-down",
+        "-n",
+        "default",
+        "--wait=false",
+    ]);
+    eprintln!(
+        "scenario 5: webhook down: refused in {LABELLED} ({}), admitted unchanged in default",
+        first_line(&err)
+    );
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or_default()
+}
+
+/// The API server's own measure of the webhook's calls.
+fn webhook_latency(c: &Cluster) {
+    let metrics = c.metrics();
+    let sum_count = |suffix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!(
+                    "apiserver_admission_webhook_admission_duration_seconds_{suffix}{{"
+                )) && l.contains("name=\"inject.attestd.io\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (sum, count) = (sum_count("sum"), sum_count("count"));
+    // The app's pod and the two refused ones (the calls that failed to connect
+    // while it was down are not the webhook's).
+    assert!(
+        count >= 3.0,
+        "the API server recorded {count} webhook calls"
+    );
+    eprintln!(
+        "figure: webhook calls by the API server's metric: {count} calls, mean {:.2} ms",
+        sum / count * 1000.0
+    );
+}
