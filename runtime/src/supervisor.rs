@@ -33,6 +33,20 @@ pub struct Live {
     /// Unique per launch (restarts included), so each instance is measured once.
     pub instance: u64,
     pub provenance: crate::launch::Provenance,
+    /// Told by a call that found the connection broken. An external plugin has
+    /// no process here whose exit says it died: without this its supervisor
+    /// learns only from the health checks, seconds after the sidecar's owner
+    /// (the kubelet) has already restarted it.
+    broken: tokio::sync::Notify,
+}
+
+impl Live {
+    /// A call's error: a broken connection means this instance is gone.
+    fn saw(&self, e: &Error) {
+        if e.is_disconnect() {
+            self.broken.notify_one();
+        }
+    }
 }
 
 static NEXT_INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -217,12 +231,18 @@ impl Supervisor {
         tracing::Span::current().record("plugin", self.spec.name.as_str());
         let live = self.live().await?;
         match f(live.clone()).await {
-            Err(e) if e.is_disconnect() => match self.live_after(&live).await {
-                Some(next) => f(next).await,
-                // Still down: say why, rather than "connection failed".
-                None if !matches!(&*self.state.borrow(), State::Up(_)) => Err(self.down_error()),
-                None => Err(e),
-            },
+            Err(e) if e.is_disconnect() => {
+                // Restart (reconnect) now rather than at the next health check.
+                live.saw(&e);
+                match self.live_after(&live).await {
+                    Some(next) => f(next).await,
+                    // Still down: say why, rather than "connection failed".
+                    None if !matches!(&*self.state.borrow(), State::Up(_)) => {
+                        Err(self.down_error())
+                    }
+                    None => Err(e),
+                }
+            }
             r => r,
         }
     }
@@ -284,6 +304,7 @@ impl crate::eventlog::Registers for Supervisor {
         live.client
             .extend_measurement(register, digest)
             .await
+            .inspect_err(|e| live.saw(e))
             .map_err(|e| e.context(format!("plugin {}", self.name())))
     }
 }
@@ -312,6 +333,7 @@ async fn supervise(
                 return;
             }
             r = child.exited() => r,
+            _ = live.broken.notified() => "a call found its connection broken".to_string(),
             e = health_loop(&live, spec.health_interval, spec.health_timeout) => {
                 format!("health check failed: {}", e.chain())
             }
@@ -467,6 +489,9 @@ async fn health_loop(live: &Live, interval: Duration, timeout: Duration) -> Erro
         tokio::time::sleep(interval).await;
         match live.client.check_within(timeout).await {
             Ok(()) => failures = 0,
+            // A refused or broken connection is not a slow plugin: the
+            // instance is gone (an external one's owner restarts it).
+            Err(e) if e.is_disconnect() => return e,
             Err(e) => {
                 failures += 1;
                 if failures >= HEALTH_FAILURES {
@@ -568,6 +593,7 @@ async fn handshake(
         started,
         instance: NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         provenance: child.provenance.clone(),
+        broken: tokio::sync::Notify::new(),
     })
 }
 
