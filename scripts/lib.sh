@@ -5,15 +5,13 @@
 # podman, runc, skopeo, umoci: the attester images and the container launch backends.
 # libssl-dev: the tests check Azure vTPM quotes with az-cvm-vtpm's verifier (OpenSSL).
 # g++: libfuzzer-sys (tests/fuzz, built on stable to replay the corpus).
-# golang-go, golang-google-grpc-dev: the Go ocicrypt-shaped key-provider client
-# (tests/go/keyprovider), built in GOPATH mode from Debian's packaged grpc-go.
 # python3-jsonpatch: the webhook tests apply its patches with an implementation
 # not ours; python3-venv: the venv for kubernetes-validate (see ensure_kube_tools).
 # docker-registry, gnupg: the registry the pull tests push to and pull from, and
 # the keys they sign with.
 # busybox-static, iproute2: the Kubernetes tests' app image (a shell FROM scratch)
-# and the cluster's network namespace (scripts/kube-build.sh builds the cluster).
-ATTESTD_APT_PACKAGES=(gcc g++ pkg-config libtss2-dev libssl-dev swtpm swtpm-tools tpm2-tools podman runc skopeo umoci golang-go golang-google-grpc-dev systemd python3-jsonpatch python3-venv docker-registry gnupg busybox-static iproute2)
+# and the cluster's network namespace (scripts/go-build.sh builds the cluster).
+ATTESTD_APT_PACKAGES=(gcc g++ pkg-config libtss2-dev libssl-dev swtpm swtpm-tools tpm2-tools podman runc skopeo umoci systemd python3-jsonpatch python3-venv docker-registry gnupg busybox-static iproute2)
 
 # Hardware attesters: standalone workspaces with their own Cargo.lock.
 # attesters/azure is the helper both Azure plugins share, tested on its own.

@@ -1,6 +1,6 @@
 //! A one-node Kubernetes cluster for the tests: etcd, kube-apiserver, containerd
 //! (with Debian's runc), Debian's docker-registry and a kubelet, built from the Go
-//! module proxy by `scripts/kube-build.sh` at the versions pinned in
+//! module proxy by `scripts/go-build.sh` at the versions pinned in
 //! `tests/go/kube/go.mod` and `tests/go/containerd/go.mod`.
 //!
 //! Confinement: every process of the cluster, and every pod (they use the node's
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::repo_root;
+use crate::{go_bin, repo_root};
 
 /// The node's name.
 pub const NODE: &str = "attestd-node";
@@ -32,17 +32,6 @@ const REGISTRY: &str = "127.0.0.1:5000";
 const API_SERVER: &str = "https://127.0.0.1:6443";
 /// Tag of the images the tests build for the cluster (the pause image, the app).
 const TEST_TAG: &str = "kube";
-
-/// A binary `scripts/kube-build.sh` built.
-pub fn kube_bin(name: &str) -> PathBuf {
-    let p = repo_root().join("target/kube/bin").join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/kube-build.sh first",
-        p.display()
-    );
-    p
-}
 
 /// A network namespace with only loopback up (and the node's address on it),
 /// deleted when dropped.
@@ -296,7 +285,7 @@ impl Cluster {
             "containerd",
             "ctr",
         ] {
-            kube_bin(b);
+            go_bin(b);
         }
         let built = Images {
             pause: pause_image(),
@@ -330,7 +319,7 @@ impl Cluster {
         let d = c.dir.path().to_path_buf();
         c.spawn(
             "etcd",
-            Command::new(kube_bin("etcd")).args([
+            Command::new(go_bin("etcd")).args([
                 "--name=attestd-kube".to_string(),
                 format!("--data-dir={}", d.join("etcd").display()),
                 "--listen-client-urls=http://127.0.0.1:2379".into(),
@@ -345,7 +334,7 @@ impl Cluster {
         );
         c.spawn(
             "kube-apiserver",
-            Command::new(kube_bin("kube-apiserver")).args([
+            Command::new(go_bin("kube-apiserver")).args([
                 "--etcd-servers=http://127.0.0.1:2379".to_string(),
                 "--bind-address=127.0.0.1".into(),
                 "--secure-port=6443".into(),
@@ -381,7 +370,7 @@ impl Cluster {
         );
         c.spawn(
             "containerd",
-            Command::new(kube_bin("containerd"))
+            Command::new(go_bin("containerd"))
                 .arg("--config")
                 .arg(c.path("containerd/config.toml"))
                 // Its shim is beside it; runc is Debian's.
@@ -389,7 +378,7 @@ impl Cluster {
                     "PATH",
                     format!(
                         "{}:/usr/sbin:/usr/bin:/sbin:/bin",
-                        kube_bin("containerd").parent().unwrap().display()
+                        go_bin("containerd").parent().unwrap().display()
                     ),
                 ),
         );
@@ -398,7 +387,7 @@ impl Cluster {
         });
         c.spawn(
             "kubelet",
-            Command::new(kube_bin("kubelet")).args([
+            Command::new(go_bin("kubelet")).args([
                 format!("--config={}", d.join("kubelet.yaml").display()),
                 format!("--kubeconfig={}", d.join("kubelet.kubeconfig").display()),
                 format!("--root-dir={}", d.join("kubelet").display()),
@@ -596,7 +585,7 @@ resolvConf: ""
 
     /// kubectl with `input` on its stdin.
     pub fn kubectl_in(&self, args: &[&str], input: Option<&[u8]>) -> Output {
-        let mut cmd = self.netns.command(kube_bin("kubectl"));
+        let mut cmd = self.netns.command(go_bin("kubectl"));
         cmd.arg(format!(
             "--kubeconfig={}",
             self.path("kubeconfig").display()
@@ -648,7 +637,7 @@ resolvConf: ""
     pub fn tasks(&self) -> Vec<(String, u32)> {
         let o = self
             .netns
-            .command(kube_bin("ctr"))
+            .command(go_bin("ctr"))
             .arg("--address")
             .arg(self.path("containerd/containerd.sock"))
             .args(["-n", "k8s.io", "tasks", "ls"])

@@ -535,33 +535,6 @@ pub fn spawn_plugin(name: &str, sock: &Path, transport: &str, args: &[&str]) -> 
         .expect("spawn plugin")
 }
 
-/// The Go key-provider client (tests/go/keyprovider: ocicrypt's structs over
-/// grpc-go), built once per test binary with Debian's Go toolchain and packaged
-/// grpc-go, in GOPATH mode: nothing is fetched.
-pub fn go_keyprovider_client() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let dir = bin("attestd").parent().expect("bin dir").join("go");
-            let out = dir.join("keyprovider");
-            let src = repo_root().join("tests/go/keyprovider");
-            let st = Command::new("go")
-                .args(["build", "-o"])
-                .arg(&out)
-                .arg(".")
-                .current_dir(&src)
-                .env("GO111MODULE", "off")
-                .env("GOPATH", "/usr/share/gocode")
-                .env("GOFLAGS", "")
-                .env("GOCACHE", dir.join("cache"))
-                .status()
-                .expect("run go (Debian's golang-go; scripts/lib.sh installs it)");
-            assert!(st.success(), "go build of {} failed", src.display());
-            out
-        })
-        .clone()
-}
-
 /// attestd started by hand, for what [`Attestd::start`] cannot do: through
 /// `wrapper` (e.g. `["sh", "-c", "umask 000 && exec \"$@\"", "sh"]`, `["setsid"]`,
 /// or none), with `args` and the config `config_text` written to `dir`, logging
@@ -711,6 +684,18 @@ pub fn locked_image(tee: &str) -> (String, String) {
     });
     let s = |k: &str| e[k].as_str().expect("string").to_string();
     (s("image"), s("digest"))
+}
+
+/// A Go counterpart `scripts/go-build.sh` built from the Go module proxy (the
+/// Kubernetes cluster, containerd, skopeo, the ocicrypt client).
+pub fn go_bin(name: &str) -> PathBuf {
+    let p = repo_root().join("target/kube/bin").join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/go-build.sh first",
+        p.display()
+    );
+    p
 }
 
 /// The repository root.

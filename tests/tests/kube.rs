@@ -1,7 +1,7 @@
 //! Kubernetes for real: a kube-apiserver calls attestd-webhook and stores the pods
 //! it patched, and a kubelet (driving containerd and runc over CRI) runs them, with
 //! attestd and the sample attester as native sidecars. The cluster is
-//! `attestd_e2e::kube` (binaries from `scripts/kube-build.sh`, at the versions
+//! `attestd_e2e::kube` (binaries from `scripts/go-build.sh`, at the versions
 //! pinned in tests/go/*/go.mod), in a network namespace with only loopback.
 //!
 //! One test, the scenarios in an order that shares one cluster: starting it

@@ -1,7 +1,7 @@
 // The container runtime the Kubernetes tests' kubelet drives over CRI: containerd
 // and its runc shim, built from the Go module proxy at the version required below
 // (Debian's containerd is 1.6; kubelet 1.36 and later need containerd 2). This file
-// is where that version is pinned; scripts/kube-build.sh builds them. runc is
+// is where that version is pinned; scripts/go-build.sh builds them. runc is
 // Debian's, as for podman.
 module attestd.test/containerd
 

@@ -1,6 +1,6 @@
 //go:build tools
 
-// The commands scripts/kube-build.sh builds, so `go mod tidy` keeps their
+// The commands scripts/go-build.sh builds, so `go mod tidy` keeps their
 // dependencies in go.sum.
 package containerd
 

@@ -1,7 +1,7 @@
 // The single-node cluster the Kubernetes tests run (tests/tests/kube.rs):
 // kube-apiserver, kubelet and kubectl from k8s.io/kubernetes, and etcd's server,
 // each built from the Go module proxy at the versions required below. This file
-// is where those versions are pinned; scripts/kube-build.sh builds them.
+// is where those versions are pinned; scripts/go-build.sh builds them.
 module attestd.test/kube
 
 go 1.26.0

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Builds the Kubernetes tests' cluster from the Go module proxy, at the versions
-# pinned in tests/go/kube/go.mod (etcd, kube-apiserver, kubelet, kubectl) and
-# tests/go/containerd/go.mod (containerd, its runc shim, ctr), into target/kube/bin.
+# Builds the tests' Go counterparts from the Go module proxy, each at the versions
+# pinned in its go.mod, into target/kube/bin:
+# - tests/go/kube: etcd, kube-apiserver, kubelet, kubectl (the Kubernetes tests);
+# - tests/go/containerd: containerd, its runc shim, ctr (the Kubernetes tests);
+# - tests/go/skopeo: skopeo with ocicrypt's key providers (image decryption);
+# - tests/go/ocicrypt: a client of Go's ocicrypt library (image decryption).
 # The module and build caches live under target/go, so a second run only relinks
 # what changed (nothing, usually) and a clean clone builds everything once.
 # Prints how long the build took; the figure goes in docs/benchmarks.md.
@@ -14,14 +17,14 @@ export GOFLAGS="-mod=readonly -trimpath -buildvcs=false" GOTOOLCHAIN=local
 # devmapper snapshotters do, and the tests use overlayfs).
 export CGO_ENABLED=0
 # A Go new enough for the go.mod files (the machine's, in /usr/local/go; Debian's
-# golang-go, which the key-provider test client uses, is older).
+# golang-go, should it be installed, is older).
 go_ok() { "$1" version 2>/dev/null | grep -qE 'go1\.(2[6-9]|[3-9][0-9])'; }
 GO=""
 for g in "$(command -v go || true)" /usr/local/go/bin/go; do
     if [ -n "$g" ] && go_ok "$g"; then GO=$g; break; fi
 done
 if [ -z "$GO" ]; then
-    echo "error: scripts/kube-build.sh needs Go 1.26 or newer (tests/go/kube/go.mod); found: $(go version 2>&1)" >&2
+    echo "error: scripts/go-build.sh needs Go 1.26 or newer (tests/go/*/go.mod); found: $(go version 2>&1)" >&2
     exit 1
 fi
 export PATH="$(dirname "$GO"):$PATH"
@@ -44,4 +47,9 @@ stamp+=" -X k8s.io/client-go/pkg/version.gitMinor=$minor"
     github.com/containerd/containerd/v2/cmd/containerd \
     github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
     github.com/containerd/containerd/v2/cmd/ctr)
-echo "kube-build: $(ls "$bin" | tr '\n' ' ')in $(($(date +%s) - start)) s"
+# skopeo's own build tags for a build without C libraries.
+(cd tests/go/skopeo && go build \
+    -tags "containers_image_openpgp exclude_graphdriver_btrfs exclude_graphdriver_devicemapper" \
+    -ldflags="-s -w" -o "$bin/" github.com/containers/skopeo/cmd/skopeo)
+(cd tests/go/ocicrypt && go build -ldflags="-s -w" -o "$bin/ocicrypt-client" .)
+echo "go-build: $(ls "$bin" | tr '\n' ' ')in $(($(date +%s) - start)) s"
