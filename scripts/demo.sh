@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_rust
-ensure_packages "${ATTESTD_APT_PACKAGES[@]}"
+# What the demo needs, not the test suite's set (Go, qemu, debootstrap, …).
+ensure_packages "${ATTESTD_DEMO_PACKAGES[@]}"
 
 cargo build -q --release --locked -p attestd -p attester-sample
 bin=target/release

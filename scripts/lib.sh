@@ -13,6 +13,10 @@
 # and the cluster's network namespace (scripts/go-build.sh builds the cluster).
 ATTESTD_APT_PACKAGES=(gcc g++ pkg-config libtss2-dev libssl-dev swtpm swtpm-tools tpm2-tools podman runc skopeo umoci systemd python3-jsonpatch python3-venv docker-registry gnupg busybox-static iproute2)
 
+# The demo builds attestd and the sample attester only: a C compiler and linker
+# (cc, for ring), nothing else.
+ATTESTD_DEMO_PACKAGES=(gcc)
+
 # Hardware attesters: standalone workspaces with their own Cargo.lock.
 # attesters/azure is the helper both Azure plugins share, tested on its own.
 ATTESTD_ATTESTER_WORKSPACES=(attesters/tpm attesters/tdx attesters/snp attesters/azure attesters/az-snp-vtpm attesters/az-tdx-vtpm)
