@@ -12,6 +12,9 @@ use sha2::Digest as _;
 
 pub const EC_ALG: &str = "ECDH-ES+A256KW";
 pub const RSA_ALG: &str = "RSA-OAEP-256";
+/// Upstream's `aa.toml` spelling of the same P-256 key (its default), so an
+/// upstream config keeps working; the RCAR wire still says `ECDH-ES+A256KW`.
+pub const EC_ALG_UPSTREAM: &str = "ECDH-ES+A256KW-P256";
 
 pub enum TeeKey {
     Ec(p256::SecretKey),
@@ -26,7 +29,9 @@ impl TeeKey {
     /// A fresh key for `alg` (`ECDH-ES+A256KW`, the default, or `RSA-OAEP-256`).
     pub fn generate(alg: &str) -> Result<TeeKey> {
         match alg {
-            EC_ALG => Ok(TeeKey::Ec(p256::SecretKey::random(&mut rand_core::OsRng))),
+            EC_ALG | EC_ALG_UPSTREAM => {
+                Ok(TeeKey::Ec(p256::SecretKey::random(&mut rand_core::OsRng)))
+            }
             RSA_ALG => rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048)
                 .map(|k| TeeKey::Rsa(Box::new(k)))
                 .map_err(|e| Error::internal("cannot generate an RSA key").with_source(e)),
@@ -296,6 +301,23 @@ mod tests {
         assert_eq!(
             TeeKey::generate("A128KW").err().unwrap().message(),
             "tee_key_algorithm \"A128KW\" is not supported: use ECDH-ES+A256KW or RSA-OAEP-256"
+        );
+    }
+
+    /// Issue 29: upstream's aa.toml names its default `ECDH-ES+A256KW-P256`;
+    /// attestd refused it, at the first GetToken. It is the same P-256 key.
+    #[test]
+    fn upstreams_spelling_of_the_p256_key_is_accepted() {
+        let k = TeeKey::generate(EC_ALG_UPSTREAM).unwrap();
+        let j = serde_json::to_value(k.public_jwk()).unwrap();
+        assert_eq!(
+            (j["crv"].as_str(), j["alg"].as_str()),
+            (Some("P-256"), Some(EC_ALG))
+        );
+        // P-521 is upstream's other curve; attestd's TEE keys are P-256 or RSA.
+        assert_eq!(
+            TeeKey::generate("ECDH-ES+A256KW-P521").err().unwrap().message(),
+            "tee_key_algorithm \"ECDH-ES+A256KW-P521\" is not supported: use ECDH-ES+A256KW or RSA-OAEP-256"
         );
     }
 }
