@@ -78,6 +78,18 @@ pub fn unreadable(why: impl std::fmt::Display, code: u16) -> (Vec<u8>, Outcome) 
     finish(r, message)
 }
 
+/// `unreadable`'s refusal, addressed to the request `uid` after all.
+fn answered_to(uid: &str, body: Vec<u8>, mut outcome: Outcome) -> (Vec<u8>, Outcome) {
+    let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return (body, outcome);
+    };
+    if let Some(u) = doc.pointer_mut("/response/uid") {
+        *u = serde_json::Value::String(uid.to_string());
+    }
+    outcome.uid = uid.to_string();
+    (serde_json::to_vec(&doc).unwrap_or(body), outcome)
+}
+
 fn finish(r: AdmissionResponse, message: String) -> (Vec<u8>, Outcome) {
     let outcome = Outcome {
         uid: r.uid.clone(),
@@ -100,11 +112,35 @@ fn finish(r: AdmissionResponse, message: String) -> (Vec<u8>, Outcome) {
     (body, outcome)
 }
 
+/// The request's uid from a review that does not parse as a whole (a field of
+/// the wrong type, an unknown operation): the refusal must carry it, or the API
+/// server reports a uid mismatch instead of the reason.
+fn uid_of(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Uid {
+        uid: String,
+    }
+    #[derive(Deserialize)]
+    struct Envelope {
+        request: Option<Uid>,
+    }
+    serde_json::from_slice::<Envelope>(body)
+        .ok()?
+        .request
+        .map(|r| r.uid)
+}
+
 /// The answer to `body`.
 pub fn review(body: &[u8], config: &Config, lock: &Lock) -> (Vec<u8>, Outcome) {
     let parsed: Envelope = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err(e) => return unreadable(e, 400),
+        Err(e) => {
+            let (body_out, outcome) = unreadable(e, 400);
+            return match uid_of(body) {
+                Some(uid) => answered_to(&uid, body_out, outcome),
+                None => (body_out, outcome),
+            };
+        }
     };
     if parsed.api_version != "admission.k8s.io/v1" || parsed.kind != "AdmissionReview" {
         return unreadable(
@@ -190,5 +226,29 @@ pub fn review(body: &[u8], config: &Config, lock: &Lock) -> (Vec<u8>, Outcome) {
                 finish(answer(base.deny(&message), 500, "InternalError"), message)
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Issue 29: a review that does not parse as a whole was refused with
+    /// `"uid": ""`, which the API server takes for a broken webhook.
+    #[test]
+    fn a_review_that_does_not_parse_is_refused_with_its_uid() {
+        let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"abc-123","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"EXPLODE"}}"#;
+        let (out, outcome) = review(body, &Config::default(), &Lock::default());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["response"]["uid"], "abc-123", "{v}");
+        assert_eq!(v["response"]["allowed"], false, "{v}");
+        assert_eq!(v["response"]["status"]["code"], 400, "{v}");
+        assert_eq!(outcome.uid, "abc-123");
+        // No uid to be found: none to answer to.
+        let (out, outcome) = review(b"{", &Config::default(), &Lock::default());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["response"]["uid"], "", "{v}");
+        assert_eq!(outcome.uid, "");
     }
 }
