@@ -212,15 +212,22 @@ fn find_runc(prefix: &str) -> Option<u32> {
     None
 }
 
-#[tokio::test]
-async fn an_external_plugin_is_connected_and_reconnected() {
-    let outside = tempfile::tempdir().unwrap();
-    let sock = outside.path().join("sample.sock");
-    let mut plugin = Reaped(spawn_plugin("attester-sample", &sock, "ttrpc", &[]));
+/// The sample attester started by its owner on `sock`, and the plugin table
+/// that points attestd at it (`launch = "external"`).
+fn external_sample(sock: &Path) -> (Reaped, String) {
+    let plugin = Reaped(spawn_plugin("attester-sample", sock, "ttrpc", &[]));
     let table = format!(
         "launch = \"external\"\nsocket = {:?}\n",
         sock.display().to_string()
     );
+    (plugin, table)
+}
+
+#[tokio::test]
+async fn an_external_plugin_is_connected_and_reconnected() {
+    let outside = tempfile::tempdir().unwrap();
+    let sock = outside.path().join("sample.sock");
+    let (mut plugin, table) = external_sample(&sock);
     let a =
         Attestd::start(|d| config(d, &table, "health_interval_ms = 200\nrestart_wait_ms = 200"))
             .unwrap();
@@ -265,11 +272,7 @@ async fn an_external_plugin_is_connected_and_reconnected() {
 async fn a_call_reconnects_at_once_to_an_external_plugin_its_owner_restarted() {
     let outside = tempfile::tempdir().unwrap();
     let sock = outside.path().join("sample.sock");
-    let mut plugin = Reaped(spawn_plugin("attester-sample", &sock, "ttrpc", &[]));
-    let table = format!(
-        "launch = \"external\"\nsocket = {:?}\n",
-        sock.display().to_string()
-    );
+    let (mut plugin, table) = external_sample(&sock);
     // The default health interval and restart wait.
     let a = Attestd::start(|d| config(d, &table, "")).unwrap();
     assert_eq!(a.evidence(b"x").await.unwrap(), expected(b"x"));
