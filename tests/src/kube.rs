@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{go_bin, repo_root};
+use crate::{go_bin, repo_root, succeeded};
 
 /// The node's name.
 pub const NODE: &str = "attestd-node";
@@ -41,12 +41,7 @@ pub struct Netns {
 
 fn run(program: &str, args: &[&str]) {
     let o = Command::new(program).args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "{program} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    succeeded(&o, &format!("{program} {}", args.join(" ")));
 }
 
 impl Netns {
@@ -221,11 +216,7 @@ fn build_image(tag: &str, containerfile: &str, files: &[(&str, Vec<u8>, u32)]) -
         .arg(ctx.path())
         .output()
         .unwrap();
-    assert!(
-        o.status.success(),
-        "podman build {tag}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    succeeded(&o, &format!("podman build {tag}"));
     let o = Command::new("podman")
         .args(["image", "inspect", "--format", "{{.Digest}}", tag])
         .output()
@@ -245,11 +236,7 @@ fn pause_image() -> String {
         .arg(repo_root().join("tests/kube/pause.c"))
         .output()
         .unwrap();
-    assert!(
-        o.status.success(),
-        "gcc pause.c: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    succeeded(&o, "gcc pause.c");
     build_image(
         &format!("localhost/attestd-tests/pause:{TEST_TAG}"),
         "FROM scratch\nCOPY pause /pause\nENTRYPOINT [\"/pause\"]\n",
@@ -616,13 +603,7 @@ resolvConf: ""
 
     pub fn ok_in(&self, args: &[&str], input: Option<&[u8]>) -> String {
         let o = self.kubectl_in(args, input);
-        assert!(
-            o.status.success(),
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
+        succeeded(&o, &format!("kubectl {}", args.join(" ")))
     }
 
     /// An object as JSON.

@@ -622,6 +622,18 @@ impl Drop for Reaped {
     }
 }
 
+/// A podman container a test started, removed however the test ends (gone
+/// already is fine).
+pub struct PodmanContainer(pub String);
+
+impl Drop for PodmanContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["rm", "--force", "--ignore", "--time", "0", &self.0])
+            .output();
+    }
+}
+
 /// `podman run` options every test container gets: runc (crun cannot run here)
 /// and explicit limits (podman's defaults exceed what runc may set here).
 pub const PODMAN_RUN_LIMITS: [&str; 6] = [
@@ -684,6 +696,17 @@ pub fn locked_image(tee: &str) -> (String, String) {
     });
     let s = |k: &str| e[k].as_str().expect("string").to_string();
     (s("image"), s("digest"))
+}
+
+/// `o` of a command that must have succeeded (`what` names it in the panic,
+/// with its stderr): its stdout.
+pub fn succeeded(o: &std::process::Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// A Go counterpart `scripts/go-build.sh` built from the Go module proxy (the

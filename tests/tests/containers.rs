@@ -8,7 +8,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use attestd_e2e::{attestd_cli, locked_image, signal, spawn_plugin, Attestd, Reaped, StartFailure};
+use attestd_e2e::{
+    attestd_cli, locked_image, signal, spawn_plugin, Attestd, PodmanContainer, Reaped, StartFailure,
+};
 use nix::sys::signal::Signal;
 
 /// A config whose primary plugin `sample` is described by `table` (TOML lines).
@@ -305,17 +307,6 @@ async fn a_call_reconnects_at_once_to_an_external_plugin_its_owner_restarted() {
     );
 }
 
-/// A container this test started itself, removed however the test ends.
-struct Container(String);
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("podman")
-            .args(["rm", "--force", "--ignore", "--time", "0", &self.0])
-            .output();
-    }
-}
-
 #[tokio::test]
 async fn the_tpm_image_carries_its_library_closure() {
     // The libtss2 image: the binary, its ldd closure and the dlopen'ed TCTI modules.
@@ -346,7 +337,7 @@ async fn the_tpm_image_carries_its_library_closure() {
         .spawn()
         .unwrap();
     let _guard = Reaped(child);
-    let _container = Container(cname);
+    let _container = PodmanContainer(cname);
     let c = connect_plugin(&sock, Transport::Ttrpc, Duration::from_secs(20)).await;
     let hs = c.handshake(PROTOCOL_VERSIONS).await.unwrap();
     assert_eq!(hs.info.tee, "tpm");

@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 
 use attestd_e2e::kbs::{attestd_config, TestKbs};
 use attestd_e2e::registry::Registry;
-use attestd_e2e::{connect_plugin, go_bin, locked_image, ocicrypt, Attestd, PODMAN_RUN_LIMITS};
+use attestd_e2e::{
+    connect_plugin, go_bin, locked_image, ocicrypt, succeeded, Attestd, PodmanContainer,
+    PODMAN_RUN_LIMITS,
+};
 use attestd_proto::grpc::keyprovider as g;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -89,15 +92,6 @@ async fn skopeo(provider: Option<&KeyProvider>, args: &[String]) -> Output {
         .unwrap()
 }
 
-fn ok(o: &Output, what: &str) -> String {
-    assert!(
-        o.status.success(),
-        "{what}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
@@ -120,7 +114,7 @@ fn build_image(dir: &Path) -> String {
         .arg(dir)
         .output()
         .unwrap();
-    ok(&o, "podman build");
+    succeeded(&o, "podman build");
     tag.to_string()
 }
 
@@ -137,7 +131,7 @@ async fn manifest(reg: &Registry, reference: &str) -> Value {
         ],
     )
     .await;
-    serde_json::from_str(&ok(&o, "skopeo inspect --raw")).unwrap()
+    serde_json::from_str(&succeeded(&o, "skopeo inspect --raw")).unwrap()
 }
 
 fn layer_digests(m: &Value) -> Vec<String> {
@@ -257,7 +251,7 @@ async fn an_image_encrypted_once_is_decrypted_by_skopeo_go_ocicrypt_and_rust_thr
         a.push(to.into());
         a
     };
-    ok(
+    succeeded(
         &skopeo(
             None,
             &copy(&[], &format!("containers-storage:{image}"), &plain),
@@ -275,7 +269,7 @@ async fn an_image_encrypted_once_is_decrypted_by_skopeo_go_ocicrypt_and_rust_thr
         ),
     )
     .await;
-    ok(&o, "skopeo copy --encryption-key provider:attestd:…");
+    succeeded(&o, "skopeo copy --encryption-key provider:attestd:…");
     let plain_m = manifest(&reg, &plain).await;
     let enc_m = manifest(&reg, &enc).await;
     let layers = enc_m["layers"].as_array().unwrap();
@@ -312,7 +306,7 @@ async fn an_image_encrypted_once_is_decrypted_by_skopeo_go_ocicrypt_and_rust_thr
         ),
     )
     .await;
-    ok(&o, "skopeo copy --decryption-key provider:attestd");
+    succeeded(&o, "skopeo copy --decryption-key provider:attestd");
     assert!(
         kbs.attest_requests() >= 1,
         "the KEK came from the KBS after attestation"
@@ -335,11 +329,11 @@ async fn an_image_encrypted_once_is_decrypted_by_skopeo_go_ocicrypt_and_rust_thr
         "--transport",
         "ttrpc",
     ]));
-    ok(
+    succeeded(
         &Command::new("podman").args(&args).output().unwrap(),
         "podman run",
     );
-    let _container = scopeguard(name.clone());
+    let _container = PodmanContainer(name.clone());
     let client = connect_plugin(
         &run.path().join("sample.sock"),
         attester_sdk::Transport::Ttrpc,
@@ -387,7 +381,7 @@ async fn an_image_encrypted_once_is_decrypted_by_skopeo_go_ocicrypt_and_rust_thr
 
     // Go's ocicrypt: the same encrypted layers, from an OCI layout as pulled.
     let layout = w.join("enc-oci");
-    ok(
+    succeeded(
         &skopeo(
             None,
             &copy(&[], &enc, &format!("oci:{}:enc", layout.display())),
@@ -417,7 +411,7 @@ async fn an_image_encrypted_once_is_decrypted_by_skopeo_go_ocicrypt_and_rust_thr
     // attestd's reason. (The layout is edited in place: the client reads the
     // manifest by the index's digest without checking it.)
     let hostile = w.join("hostile-oci");
-    ok(
+    succeeded(
         &Command::new("cp")
             .arg("-a")
             .arg(&layout)
@@ -542,7 +536,7 @@ async fn an_image_encrypted_once_is_decrypted_by_skopeo_go_ocicrypt_and_rust_thr
             };
             let before = kbs.attest_requests();
             let t0 = Instant::now();
-            ok(
+            succeeded(
                 &skopeo(provider, &copy(extra, from, &dest)).await,
                 "figure pull",
             );
@@ -596,17 +590,4 @@ fn podman_version() -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-/// Removes a podman container however the test ends.
-fn scopeguard(name: String) -> impl Drop {
-    struct Rm(String);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let _ = Command::new("podman")
-                .args(["rm", "-f", "--time", "0", &self.0])
-                .output();
-        }
-    }
-    Rm(name)
 }

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use attestd_e2e::kube::{locked, wait_for, Cluster, NODE};
-use attestd_e2e::{alive, bin, repo_root};
+use attestd_e2e::{alive, bin, repo_root, succeeded};
 use serde_json::{json, Value};
 
 const WEBHOOK_URL: &str = "https://127.0.0.1:8443/mutate";
@@ -82,13 +82,7 @@ fn webhook_cli(args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        o.status.success(),
-        "attestd-webhook {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
+    succeeded(&o, &format!("attestd-webhook {}", args.join(" ")))
 }
 
 /// Scenario 1: `attestd-webhook manifests --url` applied with `kubectl apply

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use attestd_e2e::webhook::{make_certs, Webhook, SERVICE_HOST};
 use attestd_e2e::{
-    bin, free_port, https_client_trusting, locked_image, repo_root, PODMAN_RUN_LIMITS,
+    bin, free_port, https_client_trusting, locked_image, repo_root, PodmanContainer,
+    PODMAN_RUN_LIMITS,
 };
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -653,17 +654,6 @@ async fn the_manifests_pass_kubectl_and_the_kubernetes_schema() {
     assert!(ok, "{out}");
 }
 
-/// A container the test started, removed however the test ends.
-struct Running(String);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = Command::new("podman")
-            .args(["rm", "--force", "--time", "0", &self.0])
-            .output();
-    }
-}
-
 fn podman(args: &[String]) -> std::process::Output {
     Command::new("podman").args(args).output().expect("podman")
 }
@@ -806,7 +796,7 @@ async fn the_injected_pair_runs_under_podman_and_answers_on_the_aa_socket() {
             c.name,
             String::from_utf8_lossy(&o.stderr)
         );
-        running.push(Running(name.clone()));
+        running.push(PodmanContainer(name.clone()));
         wait_startup_probe(c, &name);
     }
     // The app: a third container that mounts the AA socket read-only as the patch
@@ -919,7 +909,7 @@ async fn the_webhook_image_serves_as_its_deployment_runs_it() {
         ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let _running = Running(name.clone());
+    let _running = PodmanContainer(name.clone());
     let ca = std::fs::read(d.path().join("tls/ca.crt")).unwrap();
     let client = https_client_trusting(
         &ca,
