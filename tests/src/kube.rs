@@ -135,7 +135,8 @@ pub struct Cluster {
     pub started_in: Duration,
 }
 
-fn wait<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+/// Poll `f` until it yields, at most `within`; panics naming `what`.
+pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
     loop {
         if let Some(v) = f() {
@@ -147,11 +148,6 @@ fn wait<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T 
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// Poll `f` until it yields, at most `within`; panics naming `what`.
-pub fn wait_for<T>(what: &str, within: Duration, f: impl FnMut() -> Option<T>) -> T {
-    wait(what, within, f)
 }
 
 impl Cluster {
@@ -347,7 +343,7 @@ impl Cluster {
                 "--kubelet-preferred-address-types=InternalIP".into(),
             ]),
         );
-        wait(
+        wait_for(
             "the API server to be ready",
             Duration::from_secs(90),
             || {
@@ -369,7 +365,7 @@ impl Cluster {
                     ),
                 ),
         );
-        wait("containerd's socket", Duration::from_secs(30), || {
+        wait_for("containerd's socket", Duration::from_secs(30), || {
             c.path("containerd/containerd.sock").exists().then_some(())
         });
         c.spawn(
@@ -383,7 +379,7 @@ impl Cluster {
                 format!("--node-ip={NODE_IP}"),
             ]),
         );
-        wait("the node to be Ready", Duration::from_secs(90), || {
+        wait_for("the node to be Ready", Duration::from_secs(90), || {
             let o = c.kubectl(&[
                 "get",
                 "node",
@@ -541,7 +537,7 @@ resolvConf: ""
         let (name, _digest) = image.split_once('@').expect("name@digest");
         let repo = name.strip_prefix("localhost/").expect("a localhost/ image");
         let dest = format!("docker://{REGISTRY}/{repo}:pinned");
-        wait(&format!("push {image}"), Duration::from_secs(30), || {
+        wait_for(&format!("push {image}"), Duration::from_secs(30), || {
             let o = self
                 .netns
                 .command("skopeo")
