@@ -23,6 +23,15 @@ pub struct UnitParams<'a> {
     pub quadlet: bool,
 }
 
+/// What `attestd units` writes: unit files, and for a plugin its own unit runs
+/// the configuration drop-in that tells attestd so.
+pub struct Rendered {
+    /// `(file name, contents)` of each unit, in the order to install them.
+    pub units: Vec<(String, String)>,
+    /// `(file name, contents)` of the drop-in for `<config-dir>/attestd.toml.d/`.
+    pub drop_in: Option<(String, String)>,
+}
+
 fn shell_join(args: &[String]) -> String {
     args.iter()
         .map(|a| {
@@ -38,14 +47,115 @@ fn shell_join(args: &[String]) -> String {
         .join(" ")
 }
 
-/// `(file name, contents)` of each unit, in the order to install them.
-pub fn render(p: &UnitParams) -> Result<Vec<(String, String)>> {
+/// `Environment=` lines, each assignment quoted as one word.
+fn environment(env: &std::collections::BTreeMap<String, String>) -> String {
+    env.iter()
+        .map(|(k, v)| format!("Environment={}\n", shell_join(&[format!("{k}={v}")])))
+        .collect()
+}
+
+/// The plugin's command as its unit's `ExecStart=` names it. systemd resolves a
+/// bare name only in its own fixed PATH, so a bare name is taken, as attestd
+/// takes it, from the directory attestd is installed in.
+fn unit_command(name: &str, cmd: &Path, attestd: &Path) -> Result<PathBuf> {
+    if cmd.is_absolute() {
+        return Ok(cmd.to_path_buf());
+    }
+    if cmd.components().count() > 1 {
+        return Err(Error::invalid_argument(format!(
+            "plugin {name}'s command {} is a relative path: a unit needs an absolute one",
+            cmd.display()
+        )));
+    }
+    let dir = attestd
+        .parent()
+        .filter(|d| d.is_absolute())
+        .ok_or_else(|| {
+            Error::invalid_argument(format!(
+                "--attestd {} is not an absolute path: the plugin command {} is resolved beside it",
+                attestd.display(),
+                cmd.display()
+            ))
+        })?;
+    Ok(dir.join(cmd))
+}
+
+/// The `[Unit]` lines ordering a plugin after the network where it needs one
+/// (the Azure plugins reach IMDS).
+fn network(needed: bool) -> &'static str {
+    if needed {
+        "Wants=network-online.target\nAfter=network-online.target\n"
+    } else {
+        ""
+    }
+}
+
+/// The plugin's socket directory, made by systemd for the unit (and removed
+/// when it stops, with any stale socket in it).
+const RUNTIME_DIRECTORY: &str = "RuntimeDirectory=attestd/external\nRuntimeDirectoryMode=0700\n";
+
+/// Confinement of a process plugin's unit: what a podman container gets from
+/// podman (read-only system, no privileges, only its TEE's devices and paths).
+fn sandbox(res: &resources::Resources, tee: &str) -> String {
+    let mut s = String::from(
+        "NoNewPrivileges=yes\nCapabilityBoundingSet=\nProtectSystem=strict\nProtectHome=yes\n\
+         PrivateTmp=yes\nProtectKernelModules=yes\nProtectControlGroups=yes\n\
+         RestrictNamespaces=yes\nRestrictRealtime=yes\nRestrictSUIDSGID=yes\n\
+         LockPersonality=yes\nMemoryDenyWriteExecute=yes\nSystemCallArchitectures=native\n",
+    );
+    s.push_str(if res.host_network {
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n"
+    } else {
+        "RestrictAddressFamilies=AF_UNIX\nPrivateNetwork=yes\n"
+    });
+    s.push_str("DevicePolicy=closed\n");
+    for d in &res.devices {
+        s.push_str(&format!("DeviceAllow={} rw\n", d.display()));
+    }
+    // "-": a path a guest lacks is skipped rather than failing the unit.
+    for p in res.rw.iter().chain(&resources::writable(tee)) {
+        let line = format!("ReadWritePaths=-{}\n", p.display());
+        if !s.contains(&line) {
+            s.push_str(&line);
+        }
+    }
+    s
+}
+
+/// The first line of the drop-in `attestd units` writes.
+const DROP_IN_MARKER: &str = "# Written by `attestd units`";
+
+/// Whether `path` is a drop-in `attestd units` wrote (read as the plugin's
+/// configuration, it would hide how the plugin is launched).
+pub fn is_our_drop_in(path: &Path) -> bool {
+    use std::io::Read as _;
+    let mut head = [0u8; DROP_IN_MARKER.len()];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head == DROP_IN_MARKER.as_bytes())
+}
+
+/// The drop-in that makes the units' attestd connect to the unit-started plugin
+/// instead of starting a second one.
+fn external_drop_in(name: &str, unit: &str, socket: &Path) -> (String, String) {
+    (
+        format!("50-{unit}.toml"),
+        format!(
+            "{DROP_IN_MARKER}: plugin {name} runs as {unit}.service, so\n\
+             # attestd connects to its socket and starts no second one.\n\
+             [plugins.attester.{name}]\nlaunch = \"external\"\nsocket = \"{}\"\n",
+            socket.display()
+        ),
+    )
+}
+
+/// Each unit, in the order to install them, and the drop-in they need.
+pub fn render(p: &UnitParams) -> Result<Rendered> {
     let spec = p.spec;
     let name = &spec.name;
     let socket = PathBuf::from(EXTERNAL_DIR).join(format!("{name}.sock"));
     let unit = format!("attestd-{name}");
     let mut out = Vec::new();
-    let prepare = format!("ExecStartPre=/usr/bin/install -d -m 0700 {EXTERNAL_DIR}");
     let mut plugin_spec = spec.clone();
     // Inside the unit the plugin serves in the external directory.
     plugin_spec.socket_dir = EXTERNAL_DIR.into();
@@ -59,18 +169,29 @@ pub fn render(p: &UnitParams) -> Result<Vec<(String, String)>> {
     if spec.config.launch == LaunchKind::Oci {
         // attestd runs the bundle itself with runc, as kata-agent runs its pause
         // container: one unit, attestd's, and no podman anywhere.
+        let tee = spec.config.tee.clone().unwrap_or_default();
+        let (target, _) = resources::for_target(&tee);
         out.push((
             "attestd.service".into(),
             format!(
-                "[Unit]\nDescription=attestd: the attestation-agent API over per-TEE plugins\n\n[Service]\n# attestd starts plugin {name} itself: its image unpacked into an OCI bundle\n# under [plugins] oci_dir and run by runc (launch = \"oci\" in {cfg}).\nExecStart={attestd} -c {cfg}\n{reload}# attestd stops its runc containers on SIGTERM; what is left is killed after.\nKillMode=mixed\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n",
+                "[Unit]\nDescription=attestd: the attestation-agent API over per-TEE plugins\n{net}\n[Service]\n# attestd starts plugin {name} itself: its image unpacked into an OCI bundle\n# under [plugins] oci_dir and run by runc (launch = \"oci\" in {cfg}).\nExecStart={attestd} -c {cfg}\n{reload}# attestd stops its runc containers on SIGTERM; what is left is killed after.\nKillMode=mixed\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n",
+                net = network(target.host_network),
                 cfg = p.config_path.display(),
                 attestd = p.attestd.display(),
                 reload = exec_reload(p.attestd, p.config_path),
             ),
         ));
         out.push(cdh_path());
-        return Ok(out);
+        return Ok(Rendered {
+            units: out,
+            drop_in: None,
+        });
     }
+    let tee = spec.config.tee.clone().unwrap_or_default();
+    // The target's needs, not this machine's: units are written at image
+    // build, on a machine that is no TEE guest.
+    let (target, optional) = resources::for_target(&tee);
+    let res = spec.with_opt_ins(target);
     match spec.config.launch {
         LaunchKind::Podman => {
             let image = spec
@@ -83,11 +204,6 @@ pub fn render(p: &UnitParams) -> Result<Vec<(String, String)>> {
                 Some(d) => r.pinned(d),
                 None => image.to_string(),
             };
-            let tee = spec.config.tee.clone().unwrap_or_default();
-            // The target's needs, not this machine's: units are written at image
-            // build, on a machine that is no TEE guest.
-            let (target, optional) = resources::for_target(&tee);
-            let res = spec.with_opt_ins(target);
             let optional_note: String = if optional.is_empty() {
                 String::new()
             } else {
@@ -97,9 +213,10 @@ pub fn render(p: &UnitParams) -> Result<Vec<(String, String)>> {
                     list.join(", ")
                 )
             };
+            let net = network(res.host_network);
             if p.quadlet {
                 let mut q = format!(
-                    "{optional_note}[Unit]\nDescription=attestd attester plugin {name} ({pinned})\nBefore=attestd.service\n\n[Container]\nImage={pinned}\nContainerName={unit}\nNetwork={}\nReadOnly=true\nDropCapability=all\nNoNewPrivileges=true\nUlimit=nofile=1024:1024\nUlimit=nproc=1024:1024\nVolume={EXTERNAL_DIR}:{EXTERNAL_DIR}:rw\nPodmanArgs={runtime}--pull never\n",
+                    "{optional_note}[Unit]\nDescription=attestd attester plugin {name} ({pinned})\nBefore=attestd.service\n{net}\n[Container]\nImage={pinned}\nContainerName={unit}\nNetwork={}\nReadOnly=true\nDropCapability=all\nNoNewPrivileges=true\nUlimit=nofile=1024:1024\nUlimit=nproc=1024:1024\nVolume={EXTERNAL_DIR}:{EXTERNAL_DIR}:rw\nPodmanArgs={runtime}--pull never\n",
                     if res.host_network { "host" } else { "none" },
                     runtime = spec
                         .podman_runtime
@@ -116,11 +233,9 @@ pub fn render(p: &UnitParams) -> Result<Vec<(String, String)>> {
                 for m in &res.ro {
                     q.push_str(&format!("Volume={0}:{0}:ro\n", m.display()));
                 }
-                for (k, v) in &spec.config.env {
-                    q.push_str(&format!("Environment={k}={v}\n"));
-                }
+                q.push_str(&environment(&spec.config.env));
                 q.push_str(&format!(
-                    "Exec={}\n\n[Service]\n{prepare}\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n",
+                    "Exec={}\n\n[Service]\n{RUNTIME_DIRECTORY}Restart=always\n\n[Install]\nWantedBy=multi-user.target\n",
                     shell_join(&plugin_args(&plugin_spec, &socket))
                 ));
                 out.push((format!("{unit}.container"), q));
@@ -129,7 +244,7 @@ pub fn render(p: &UnitParams) -> Result<Vec<(String, String)>> {
                 out.push((
                     format!("{unit}.service"),
                     format!(
-                        "{optional_note}[Unit]\nDescription=attestd attester plugin {name} ({pinned})\nBefore=attestd.service\n\n[Service]\n{prepare}\nExecStartPre=-/usr/bin/podman rm --force --ignore {unit}\nExecStart=/usr/bin/podman {}\nExecStop=/usr/bin/podman stop --time 3 {unit}\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n",
+                        "{optional_note}[Unit]\nDescription=attestd attester plugin {name} ({pinned})\nBefore=attestd.service\n{net}\n[Service]\n{RUNTIME_DIRECTORY}ExecStartPre=-/usr/bin/podman rm --force --ignore {unit}\nExecStart=/usr/bin/podman {}\nExecStop=/usr/bin/podman stop --time 3 {unit}\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n",
                         shell_join(&args)
                     ),
                 ));
@@ -141,19 +256,16 @@ pub fn render(p: &UnitParams) -> Result<Vec<(String, String)>> {
                 .command
                 .as_ref()
                 .ok_or_else(|| Error::failed_precondition("no command configured"))?;
-            let mut argv = vec![cmd.display().to_string()];
+            let mut argv = vec![unit_command(name, cmd, p.attestd)?.display().to_string()];
             argv.extend(plugin_args(&plugin_spec, &socket));
-            let env: String = spec
-                .config
-                .env
-                .iter()
-                .map(|(k, v)| format!("Environment={k}={v}\n"))
-                .collect();
             out.push((
                 format!("{unit}.service"),
                 format!(
-                    "[Unit]\nDescription=attestd attester plugin {name}\nBefore=attestd.service\n\n[Service]\n{prepare}\n{env}ExecStart={}\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n",
-                    shell_join(&argv)
+                    "[Unit]\nDescription=attestd attester plugin {name}\nBefore=attestd.service\n{net}\n[Service]\n{RUNTIME_DIRECTORY}{env}ExecStart={}\nRestart=always\n# What a container would get from podman: no privileges, a read-only\n# system, only the devices and paths TEE {tee:?} needs.\n{sandbox}\n[Install]\nWantedBy=multi-user.target\n",
+                    shell_join(&argv),
+                    net = network(res.host_network),
+                    env = environment(&spec.config.env),
+                    sandbox = sandbox(&res, &tee),
                 ),
             ));
         }
@@ -168,10 +280,18 @@ pub fn render(p: &UnitParams) -> Result<Vec<(String, String)>> {
             socket.display()
         ),
     ));
+    let drop_in = (spec.config.launch != LaunchKind::External)
+        .then(|| external_drop_in(name, &unit, &socket));
+    let how = match &drop_in {
+        Some((file, _)) => format!(
+            "# attestd connects to plugin {name}, started by its unit: the drop-in\n# attestd.toml.d/{file} beside the system file sets\n"
+        ),
+        None => format!("# attestd connects to plugin {name}, started by its owner ({cfg}):\n", cfg = p.config_path.display()),
+    };
     out.push((
         "attestd.service".into(),
         format!(
-            "[Unit]\nDescription=attestd: the attestation-agent API over per-TEE plugins\nAfter={unit}.service\nWants={unit}.service\n\n[Service]\n# In {cfg}, the plugin is started by its unit:\n#   [plugins.attester.{name}]\n#   launch = \"external\"\n#   socket = \"{sock}\"\nExecStart={attestd} -c {cfg}\n{reload}Restart=always\n",
+            "[Unit]\nDescription=attestd: the attestation-agent API over per-TEE plugins\nAfter={unit}.service\nWants={unit}.service\n\n[Service]\n{how}#   [plugins.attester.{name}]\n#   launch = \"external\"\n#   socket = \"{sock}\"\nExecStart={attestd} -c {cfg}\n{reload}Restart=always\n",
             cfg = p.config_path.display(),
             sock = socket.display(),
             attestd = p.attestd.display(),
@@ -179,7 +299,10 @@ pub fn render(p: &UnitParams) -> Result<Vec<(String, String)>> {
         ),
     ));
     out.push(cdh_path());
-    Ok(out)
+    Ok(Rendered {
+        units: out,
+        drop_in,
+    })
 }
 
 /// attestd's `ExecReload=` with the comment that says what it does.
@@ -203,7 +326,8 @@ pub fn render_selected_at_boot(attestd: &Path, config_path: &Path) -> Vec<(Strin
         (
             "attestd.service".into(),
             format!(
-                "[Unit]\nDescription=attestd: the attestation-agent API over per-TEE plugins\n\n[Service]\n# primary = \"auto\" in {cfg}: attestd probes this machine at start, selects the\n# TEE's plugin and runs the image images.lock pins for it ([plugins] auto_launch).\nExecStart={attestd} -c {cfg}\n{reload}# attestd stops its plugin's container on SIGTERM; what is left is killed after.\nKillMode=mixed\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n",
+                "[Unit]\nDescription=attestd: the attestation-agent API over per-TEE plugins\n# The TEE is known only at boot, and the Azure plugins reach IMDS.\n{net}\n[Service]\n# primary = \"auto\" in {cfg}: attestd probes this machine at start, selects the\n# TEE's plugin and runs the image images.lock pins for it ([plugins] auto_launch).\nExecStart={attestd} -c {cfg}\n{reload}# attestd stops its plugin's container on SIGTERM; what is left is killed after.\nKillMode=mixed\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n",
+                net = network(true),
                 cfg = config_path.display(),
                 attestd = attestd.display(),
                 reload = exec_reload(attestd, config_path),
@@ -260,6 +384,7 @@ mod tests {
             quadlet,
         })
         .unwrap()
+        .units
     }
 
     #[test]
@@ -320,5 +445,116 @@ mod tests {
         assert!(u[0].1.contains(
             "ExecStart=/usr/libexec/attestd/attester-tdx --ccel \"/x y\" --socket /run/attestd/external/tdx.sock --transport ttrpc"
         ), "{}", u[0].1);
+    }
+
+    #[test]
+    fn a_bare_command_is_the_one_beside_attestd() {
+        let mut sp = spec(LaunchKind::Process);
+        sp.config.command = Some("attester-tdx".into());
+        let r = render(&UnitParams {
+            spec: &sp,
+            attestd: Path::new("/opt/attestd/bin/attestd"),
+            config_path: Path::new("/etc/attestd/attestd.toml"),
+            quadlet: false,
+        })
+        .unwrap();
+        assert!(
+            r.units[0]
+                .1
+                .contains("ExecStart=/opt/attestd/bin/attester-tdx --ccel"),
+            "{}",
+            r.units[0].1
+        );
+        sp.config.command = Some("bin/attester-tdx".into());
+        let e = render(&UnitParams {
+            spec: &sp,
+            attestd: Path::new("/opt/attestd/bin/attestd"),
+            config_path: Path::new("/etc/attestd/attestd.toml"),
+            quadlet: false,
+        })
+        .err()
+        .unwrap();
+        assert_eq!(
+            e.message(),
+            "plugin tdx's command bin/attester-tdx is a relative path: a unit needs an absolute one"
+        );
+    }
+
+    #[test]
+    fn a_process_plugin_is_confined_to_its_tees_devices_and_paths() {
+        let svc = &render_for(LaunchKind::Process, false)[0].1;
+        for line in [
+            "RuntimeDirectory=attestd/external\nRuntimeDirectoryMode=0700\n",
+            "NoNewPrivileges=yes\nCapabilityBoundingSet=\nProtectSystem=strict\n",
+            "RestrictAddressFamilies=AF_UNIX\nPrivateNetwork=yes\n",
+            "DevicePolicy=closed\nDeviceAllow=/dev/tdx_guest rw\n",
+            "ReadWritePaths=-/sys/kernel/config/tsm/report\n\
+             ReadWritePaths=-/sys/devices/virtual/misc/tdx_guest/measurements\n",
+        ] {
+            assert!(svc.contains(line), "{line:?} in {svc}");
+        }
+        assert!(!svc.contains("ExecStartPre"), "{svc}");
+        assert!(!svc.contains("network-online"), "{svc}");
+    }
+
+    #[test]
+    fn an_azure_plugin_waits_for_the_network_and_may_use_it() {
+        let mut sp = spec(LaunchKind::Process);
+        sp.config.tee = Some("az-snp-vtpm".into());
+        let r = render(&UnitParams {
+            spec: &sp,
+            attestd: Path::new("/usr/bin/attestd"),
+            config_path: Path::new("/etc/attestd/attestd.toml"),
+            quadlet: false,
+        })
+        .unwrap();
+        let svc = &r.units[0].1;
+        assert!(
+            svc.contains("Wants=network-online.target\nAfter=network-online.target\n"),
+            "{svc}"
+        );
+        assert!(
+            svc.contains("RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n"),
+            "{svc}"
+        );
+        assert!(!svc.contains("PrivateNetwork"), "{svc}");
+        assert!(svc.contains("DeviceAllow=/dev/tpm0 rw\n"), "{svc}");
+        // At boot any TEE may be selected, an Azure one too.
+        let at_boot = &render_selected_at_boot(
+            Path::new("/usr/bin/attestd"),
+            Path::new("/etc/attestd/attestd.toml"),
+        )[0]
+        .1;
+        assert!(at_boot.contains("After=network-online.target"), "{at_boot}");
+    }
+
+    #[test]
+    fn units_that_start_the_plugin_come_with_the_drop_in_that_says_so() {
+        let r = render(&UnitParams {
+            spec: &spec(LaunchKind::Podman),
+            attestd: Path::new("/usr/bin/attestd"),
+            config_path: Path::new("/etc/attestd/attestd.toml"),
+            quadlet: false,
+        })
+        .unwrap();
+        let (file, text) = r.drop_in.unwrap();
+        assert_eq!(file, "50-attestd-tdx.toml");
+        assert!(text.starts_with(DROP_IN_MARKER), "{text}");
+        assert!(
+            text.ends_with("[plugins.attester.tdx]\nlaunch = \"external\"\nsocket = \"/run/attestd/external/tdx.sock\"\n"),
+            "{text}"
+        );
+        for launch in [LaunchKind::Oci, LaunchKind::External] {
+            let mut sp = spec(launch);
+            sp.config.socket = Some("/run/x.sock".into());
+            let r = render(&UnitParams {
+                spec: &sp,
+                attestd: Path::new("/usr/bin/attestd"),
+                config_path: Path::new("/etc/attestd/attestd.toml"),
+                quadlet: false,
+            })
+            .unwrap();
+            assert!(r.drop_in.is_none());
+        }
     }
 }

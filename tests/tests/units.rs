@@ -23,20 +23,21 @@ fn config(d: &Path, table: &str, plugins: &str) -> String {
 /// The units for `cfg`, written to `out` by attestd; their file names.
 fn units(cfg: &str, out: &Path, extra: &[&str]) -> Vec<String> {
     let attestd = bin("attestd").display().to_string();
-    let mut args = vec![
-        "units",
-        "-c",
-        cfg,
-        "--out-dir",
-        out.to_str().unwrap(),
-        "--attestd",
-        &attestd,
-    ];
+    let mut args = vec!["units", "-c", cfg, "--out-dir", out.to_str().unwrap()];
+    if !extra.contains(&"--attestd") {
+        args.extend(["--attestd", &attestd]);
+    }
+    // Never the machine's (or the tests' nonexistent) configuration directory.
+    let drop_ins = out.with_file_name("attestd.toml.d").display().to_string();
+    if !extra.contains(&"--config-dir") {
+        args.extend(["--drop-in-dir", &drop_ins]);
+    }
     args.extend_from_slice(extra);
     let (st, stdout, err) = attestd_cli(&args);
     assert!(st.success(), "{err}");
     stdout
         .lines()
+        .filter(|l| !l.ends_with(".toml"))
         .map(|l| {
             Path::new(l)
                 .file_name()
@@ -97,7 +98,7 @@ fn podman_units_carry_the_targets_devices_and_systemd_accepts_them() {
     // What a TDX guest has, whether or not this machine has it.
     assert!(svc.contains("--device /dev/tdx_guest"), "{svc}");
     assert!(
-        svc.contains("--volume /sys/kernel/config:/sys/kernel/config:rw"),
+        svc.contains("--volume /sys/kernel/config/tsm/report:/sys/kernel/config/tsm/report:rw"),
         "{svc}"
     );
     assert!(
@@ -224,4 +225,152 @@ fn the_verifier_does_refuse_a_broken_unit() {
     .unwrap();
     let (ok, text) = verify(d.path());
     assert!(!ok, "{text}");
+}
+
+/// `prefix/bin/attestd` and `prefix/bin/attester-sample`, copies of the ones
+/// built, as an install under `prefix` has them.
+fn install_under(prefix: &Path) -> std::path::PathBuf {
+    let bin_dir = prefix.join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    for b in ["attestd", "attester-sample"] {
+        std::fs::copy(bin(b), bin_dir.join(b)).unwrap();
+    }
+    bin_dir.join("attestd")
+}
+
+#[test]
+fn a_bare_plugin_command_is_found_beside_attestd_under_any_prefix() {
+    // systemd looks a bare ExecStart name up only in its own fixed PATH, so the
+    // unit names the plugin beside attestd, where attestd itself finds it.
+    let d = tempfile::tempdir().unwrap();
+    let cfg = config(
+        d.path(),
+        "launch = \"process\"\ncommand = \"attester-sample\"",
+        "",
+    );
+    let under_opt = install_under(&d.path().join("opt/attestd"));
+    for attestd in [under_opt, bin("attestd")] {
+        let out = d.path().join("units");
+        let _ = std::fs::remove_dir_all(&out);
+        let a = attestd.display().to_string();
+        units(&cfg, &out, &["--attestd", &a]);
+        let svc = std::fs::read_to_string(out.join("attestd-p.service")).unwrap();
+        let beside = attestd.with_file_name("attester-sample");
+        assert!(
+            svc.contains(&format!("ExecStart={} --socket", beside.display())),
+            "{svc}"
+        );
+        let attestd_svc = std::fs::read_to_string(out.join("attestd.service")).unwrap();
+        assert!(
+            attestd_svc.contains(&format!("ExecStart={a} -c /etc/attestd/attestd.toml")),
+            "{attestd_svc}"
+        );
+        let (ok, text) = verify(&out);
+        assert!(ok, "{}: {text}", attestd.display());
+    }
+}
+
+/// The words of `key=` in a unit (our units quote no path).
+fn exec_line(unit: &str, key: &str) -> Vec<String> {
+    unit.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {unit}"))
+        .split(' ')
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_units_attestd_connects_to_the_units_plugin_and_reads_each_file_once() {
+    // A configuration directory as an image has it: the system file starts the
+    // plugin as a process. The units run it as its own service, so they come with
+    // a drop-in making it external for attestd, or attestd would start a second.
+    let d = tempfile::tempdir().unwrap();
+    let etc = d.path().join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    let system = etc.join("attestd.toml");
+    std::fs::write(
+        &system,
+        "[plugins]\nprimary = \"p\"\n[plugins.attester.p]\ntransport = \"ttrpc\"\nlaunch = \"process\"\ncommand = \"attester-sample\"\n",
+    )
+    .unwrap();
+    let sys = system.display().to_string();
+    let etc_s = etc.display().to_string();
+    let out = d.path().join("units");
+    let extra = ["--config-dir", &etc_s, "--config-path", &sys];
+    let names = units(&sys, &out, &extra);
+    assert_eq!(
+        names,
+        [
+            "attestd-p.service",
+            "attestd-p.path",
+            "attestd.service",
+            "confidential-data-hub.path"
+        ]
+    );
+    let drop_in = etc.join("attestd.toml.d/50-attestd-p.toml");
+    let text = std::fs::read_to_string(&drop_in).unwrap();
+    assert!(
+        text.contains("launch = \"external\"\nsocket = \"/run/attestd/external/p.sock\""),
+        "{text}"
+    );
+
+    // attestd config, on the unit's exact command line.
+    let service = std::fs::read_to_string(out.join("attestd.service")).unwrap();
+    let argv = exec_line(&service, "ExecStart=");
+    assert_eq!(argv[0], bin("attestd").display().to_string());
+    let mut args = vec!["config", "--json"];
+    args.extend(argv[1..].iter().map(String::as_str));
+    args.extend(["--config-dir", &etc_s]);
+    let (st, stdout, err) = attestd_cli(&args);
+    assert!(st.success(), "{args:?}: {err}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        v["files"],
+        serde_json::json!([sys, drop_in.display().to_string()]),
+        "{stdout}"
+    );
+    assert_eq!(v["keys"]["plugins.attester.p.launch"]["value"], "external");
+    assert_eq!(
+        v["keys"]["plugins.attester.p.socket"]["value"],
+        "/run/attestd/external/p.sock"
+    );
+
+    // Rendering again (an image rebuilt, install.sh run twice) gives the same
+    // units: the drop-in written before does not hide the plugin's command.
+    let first = std::fs::read_to_string(out.join("attestd-p.service")).unwrap();
+    units(&sys, &out, &extra);
+    assert_eq!(
+        std::fs::read_to_string(out.join("attestd-p.service")).unwrap(),
+        first
+    );
+
+    // A -c file the units pass too is read after the drop-in: its launch would win.
+    let other = d.path().join("aa.toml");
+    std::fs::write(
+        &other,
+        "[plugins.attester.p]\nlaunch = \"process\"\ncommand = \"attester-sample\"\n",
+    )
+    .unwrap();
+    let o = other.display().to_string();
+    let (st, _, err) = attestd_cli(&[
+        "units",
+        "--config-dir",
+        &etc_s,
+        "-c",
+        &o,
+        "--config-path",
+        &o,
+        "--out-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "error: {o}: its plugins.attester.p.launch is read after the drop-in 50-attestd-p.toml \
+             these units need (launch = \"external\"), so attestd would start a second plugin p \
+             beside its unit: set [plugins.attester.p] in the system file or an earlier drop-in"
+        )
+    );
 }

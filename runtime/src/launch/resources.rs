@@ -33,7 +33,9 @@ const OPTIONAL: &[&str] = &[
 ];
 
 fn wanted(tee: &str) -> Wanted {
-    const TSM: &str = "/sys/kernel/config";
+    // Only the report directory: configfs holds other subsystems a plugin
+    // has no business with.
+    const TSM: &str = "/sys/kernel/config/tsm/report";
     const AAEL: &str = "/run/attestation-agent";
     match tee {
         "tdx" => Wanted {
@@ -101,6 +103,12 @@ pub fn for_target(tee: &str) -> (Resources, Vec<PathBuf>) {
     (r, optional)
 }
 
+/// Every path `tee`'s plugin writes, the optional ones too: a process plugin's
+/// unit may name a path a guest lacks (systemd skips it).
+pub fn writable(tee: &str) -> Vec<PathBuf> {
+    wanted(tee).rw.iter().map(PathBuf::from).collect()
+}
+
 /// The resources `tee` needs that exist under `root` (`/` on a real host).
 pub fn for_tee(tee: &str, root: &Path) -> Resources {
     let w = wanted(tee);
@@ -146,7 +154,7 @@ mod tests {
     fn a_targets_resources_do_not_depend_on_this_machine() {
         let (r, optional) = for_target("tdx");
         assert_eq!(r.devices, [PathBuf::from("/dev/tdx_guest")]);
-        assert_eq!(r.rw, [PathBuf::from("/sys/kernel/config")]);
+        assert_eq!(r.rw, [PathBuf::from("/sys/kernel/config/tsm/report")]);
         assert!(r.ro.is_empty());
         assert_eq!(optional.len(), 3);
         let (r, _) = for_target("tpm");
