@@ -45,15 +45,9 @@ selected() {
     return 1
 }
 
-# Small images: size-optimised, one codegen unit, fat LTO, abort on panic (a plugin
-# that panics is restarted by the core anyway, and the core by systemd or kata),
-# symbols stripped. Chosen by measurement (docs/benchmarks.md, "Release profile"):
-# against opt-level 3 it is 2.3 MB smaller and 1.2 MB less RSS for the same call
-# latency; z saves 0.5 MB more but its calls were 5 % slower; unwinding costs
-# 1.1 MB. Environment overrides, so they apply to every attester workspace alike.
-export CARGO_PROFILE_RELEASE_OPT_LEVEL=s CARGO_PROFILE_RELEASE_LTO=fat \
-    CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort \
-    CARGO_PROFILE_RELEASE_STRIP=symbols
+# The shipped profile (Cargo.toml's [profile.release], size-optimised, fat LTO, one
+# codegen unit, abort, stripped), exported so every attester workspace builds alike.
+. scripts/shipped-profile.sh
 
 # Reproducible binaries: no build paths in them, so a clean clone builds the same bytes.
 # Recorded in the lock: a rebuild that should match a pin needs the same compiler.
