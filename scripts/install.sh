@@ -1,16 +1,28 @@
 #!/usr/bin/env bash
-# Build and install attestd and the chosen attesters, as shipped (no test-only
-# features), with the example configs and the image list.
+# Build and install attestd and the chosen attesters, as shipped (the shipped
+# release profile, no test-only features), with a system configuration, its
+# systemd units, the example configs and the image list.
 #
-#   scripts/install.sh [--prefix DIR] [--destdir DIR] [--profile release|debug] [--no-build] [TEE…]
+#   scripts/install.sh [--prefix DIR] [--destdir DIR] [--unitdir DIR]
+#                      [--profile release|debug] [--no-build] [TEE…]
 #
 # TEE: sample tpm tdx snp az-snp-vtpm az-tdx-vtpm (default: sample). Each hardware
-# attester is its own workspace, built with its own Cargo.lock.
+# attester is its own workspace, built with its own Cargo.lock. The first TEE is
+# the primary plugin of the system configuration.
 #
 # Installs, under DESTDIR (for image builds; default none) and PREFIX (default /usr,
 # where attestd's defaults look):
 #   PREFIX/bin/attestd, PREFIX/bin/attester-<tee>   (attestd finds a plugin's bare
 #                                                    command name next to itself)
+#   /etc/attestd/attestd.toml                        (the system configuration; an
+#                                                    existing one is kept)
+#   /etc/attestd/attestd.toml.d/50-attestd-<tee>.toml (written with the units: the
+#                                                    plugin runs as its own unit)
+#   UNITDIR/attestd.service, attestd-<tee>.service, attestd-<tee>.path,
+#   confidential-data-hub.path                       (`attestd units`; UNITDIR is
+#                                                    PREFIX/lib/systemd/system for /usr and
+#                                                    /usr/local, else /etc/systemd/system:
+#                                                    where systemd looks)
 #   PREFIX/share/attestd/examples/*.toml             (the example configs)
 #   PREFIX/share/attestd/images.lock                 (when containers/build.sh made one)
 set -euo pipefail
@@ -18,6 +30,7 @@ cd "$(dirname "$0")/.."
 
 prefix=/usr
 destdir=
+unitdir=
 profile=release
 build=1
 tees=()
@@ -25,21 +38,33 @@ while [ $# -gt 0 ]; do
     case $1 in
         --prefix) prefix=$2; shift 2 ;;
         --destdir) destdir=$2; shift 2 ;;
+        --unitdir) unitdir=$2; shift 2 ;;
         --profile) profile=$2; shift 2 ;;
         --no-build) build=0; shift ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "install.sh: unknown option $1" >&2; exit 2 ;;
         *) tees+=("$1"); shift ;;
     esac
 done
 [ ${#tees[@]} -gt 0 ] || tees=(sample)
+# Where systemd looks: its own unit path for /usr and /usr/local, else /etc.
+if [ -z "$unitdir" ]; then
+    case $prefix in
+        /usr|/usr/local) unitdir=$prefix/lib/systemd/system ;;
+        *) unitdir=/etc/systemd/system ;;
+    esac
+fi
+case $prefix in
+    /*) ;;
+    *) echo "install.sh: --prefix must be an absolute path (the units name it), not $prefix" >&2; exit 2 ;;
+esac
 case $profile in
     release) flag=(--release) ;;
     debug) flag=() ;;
     *) echo "install.sh: --profile is release or debug, not $profile" >&2; exit 2 ;;
 esac
 
-# Where each attester is built: the root workspace or its own.
+# Where each attester is built and how it serves.
 manifest() {
     case $1 in
         sample) echo Cargo.toml ;;
@@ -47,15 +72,24 @@ manifest() {
         *) echo "install.sh: unknown TEE $1 (sample tpm tdx snp az-snp-vtpm az-tdx-vtpm)" >&2; return 1 ;;
     esac
 }
+# Where cargo put it (CARGO_TARGET_DIR, when set, holds every workspace's build).
 target_dir() {
     case $1 in
-        sample) echo "target/$profile" ;;
-        *) echo "attesters/$1/target/$profile" ;;
+        sample) echo "${CARGO_TARGET_DIR:-target}/$profile" ;;
+        *) echo "${CARGO_TARGET_DIR:-attesters/$1/target}/$profile" ;;
+    esac
+}
+transport() {
+    case $1 in
+        az-*) echo grpc ;;
+        *) echo ttrpc ;;
     esac
 }
 for tee in "${tees[@]}"; do manifest "$tee" >/dev/null; done
 
 if [ $build = 1 ]; then
+    # The shipped profile for every workspace (Cargo.toml's [profile.release]).
+    . scripts/shipped-profile.sh
     # Only what ships: the core alone (not the workspace, whose test crate would
     # add test-only features), then each attester as shipped.
     cargo build "${flag[@]}" --locked -p attestd --bin attestd
@@ -68,19 +102,57 @@ if [ $build = 1 ]; then
     done
 fi
 
+# Everything to install is there before anything is installed: no half-made prefix.
+bins=("$(target_dir sample)/attestd")
+for tee in "${tees[@]}"; do bins+=("$(target_dir "$tee")/attester-$tee"); done
+for bin in "${bins[@]}"; do
+    if [ ! -x "$bin" ]; then
+        echo "install.sh: $bin is not built: run without --no-build (or build it with --profile $profile first)" >&2
+        exit 1
+    fi
+done
+
 root=$destdir$prefix
-install -d -m 0755 "$root/bin" "$root/share/attestd/examples"
-install -m 0755 "target/$profile/attestd" "$root/bin/attestd"
+etc=$destdir/etc/attestd
+install -d -m 0755 "$root/bin" "$root/share/attestd/examples" "$etc" "$destdir$unitdir"
+install -m 0755 "$(target_dir sample)/attestd" "$root/bin/attestd"
 for tee in "${tees[@]}"; do
-    bin="$(target_dir "$tee")/attester-$tee"
-    [ -x "$bin" ] || { echo "install.sh: $bin is not built (drop --no-build)" >&2; exit 1; }
-    install -m 0755 "$bin" "$root/bin/attester-$tee"
+    install -m 0755 "$(target_dir "$tee")/attester-$tee" "$root/bin/attester-$tee"
 done
 install -m 0644 docs/examples/*.toml "$root/share/attestd/examples/"
 if [ -f containers/images.lock ]; then
     install -m 0644 containers/images.lock "$root/share/attestd/images.lock"
 fi
-echo "installed attestd and ${tees[*]} under $root"
+
+# The system configuration: each installed attester as a process plugin, the first
+# one primary. An operator's file is never overwritten.
+if [ -e "$etc/attestd.toml" ]; then
+    echo "install.sh: kept the existing $etc/attestd.toml"
+else
+    {
+        echo "# Written by scripts/install.sh. Drop-ins in attestd.toml.d/ (read after this"
+        echo "# file, in lexical order) change it; \`attestd config\` shows every key's origin."
+        echo "[plugins]"
+        echo "primary = \"${tees[0]}\""
+        for tee in "${tees[@]}"; do
+            printf '\n[plugins.attester.%s]\nlaunch = "process"\ncommand = "attester-%s"\ntransport = "%s"\ntee = "%s"\n' \
+                "$tee" "$tee" "$(transport "$tee")" "$tee"
+        done
+    } >"$etc/attestd.toml.tmp"
+    chmod 0644 "$etc/attestd.toml.tmp"
+    mv "$etc/attestd.toml.tmp" "$etc/attestd.toml"
+fi
+
+# The units, rendered by the attestd just installed for where it will run: the
+# primary plugin as its own service, attestd after it, and the drop-in telling
+# attestd so.
+"$root/bin/attestd" units --config-dir "$etc" -c "$etc/attestd.toml" \
+    --config-path /etc/attestd/attestd.toml --attestd "$prefix/bin/attestd" \
+    --out-dir "$destdir$unitdir" --drop-in-dir "$etc/attestd.toml.d" >/dev/null
+echo "installed attestd and ${tees[*]} under $root, its configuration in $etc, its units in $destdir$unitdir"
+if [ -z "$destdir" ]; then
+    echo "next: systemctl daemon-reload && systemctl enable --now attestd-${tees[0]}.service attestd-${tees[0]}.path"
+fi
 if [ "$prefix" != /usr ]; then
     echo "note: attestd looks for $prefix/share/attestd/images.lock only when [plugins] images_lock says so (default /usr/share/attestd/images.lock)"
 fi

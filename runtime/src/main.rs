@@ -274,6 +274,32 @@ enum Call {
     },
 }
 
+/// What to do about the error, where the message alone leaves a user guessing.
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    let text = format!("{e:#}");
+    // attestd's default paths (upstream's sockets, the plugins' directory) are root's.
+    let denied = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    }) || text.contains("Permission denied");
+    if denied && text.contains(" /run/") && !nix::unistd::geteuid().is_root() {
+        return Some(
+            "attestd's default paths under /run are root's: run it as root, or give it \
+             directories you own ([plugins] socket_dir in the config, --attestation_sock \
+             unix://… for the daemon and for attestd client)",
+        );
+    }
+    // `attestd client` finding nobody at the address.
+    if text.starts_with("cannot connect to ")
+        && (text.contains("No such file or directory") || text.contains("Connection refused"))
+    {
+        return Some(
+            "is attestd running? --attestation_sock (ttrpc) or --grpc names where it serves",
+        );
+    }
+    None
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -311,6 +337,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some(hint) = hint(&e) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }

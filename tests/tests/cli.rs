@@ -276,24 +276,71 @@ async fn json_logs_carry_each_calls_method_plugin_status_and_duration() {
     assert!(ready["pid"].as_u64().is_some(), "{ready}");
 }
 
+/// `scripts/install.sh` with `args` (the debug builds the suite already made).
+fn install_sh(args: &[&str], env: &[(&str, &std::path::Path)]) -> std::process::Output {
+    let mut c = std::process::Command::new("bash");
+    c.arg(attestd_e2e::repo_root().join("scripts/install.sh"))
+        .args(args)
+        .env_remove("CARGO_TARGET_DIR");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// `systemd-analyze verify` of `units` as systemd would load them from `root`
+/// (their commands looked up there), with systemd's own units copied in and a
+/// stand-in for the Data Hub's service, which a pod VM image provides.
+fn verify_under(root: &std::path::Path, units: &[std::path::PathBuf]) {
+    let sys = root.join("usr/lib/systemd/system");
+    std::fs::create_dir_all(&sys).unwrap();
+    for e in std::fs::read_dir("/usr/lib/systemd/system").unwrap() {
+        let e = e.unwrap();
+        let to = sys.join(e.file_name());
+        if !to.exists() && e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+    std::fs::write(
+        sys.join("confidential-data-hub.service"),
+        "[Service]\nExecStart=/bin/true\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(format!("--root={}", root.display()))
+        .args(units)
+        .output()
+        .expect("systemd-analyze (Debian's systemd)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.trim().is_empty(),
+        "{} {units:?}: {text}",
+        root.display()
+    );
+}
+
 #[test]
 fn install_sh_installs_what_ships_and_the_installed_attestd_finds_its_plugin() {
     // The debug builds the suite already made, installed under a staging root as an
     // image build would; the installed attestd finds `attester-sample` next to itself.
     let d = tempfile::tempdir().unwrap();
-    let root = attestd_e2e::repo_root();
-    let out = std::process::Command::new("bash")
-        .arg(root.join("scripts/install.sh"))
-        .args([
+    let dest = d.path().to_str().unwrap();
+    let out = install_sh(
+        &[
             "--destdir",
-            d.path().to_str().unwrap(),
+            dest,
             "--profile",
             "debug",
             "--no-build",
             "sample",
-        ])
-        .output()
-        .unwrap();
+        ],
+        &[],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -333,17 +380,227 @@ fn install_sh_installs_what_ships_and_the_installed_attestd_finds_its_plugin() {
         "{\"report_data\":\"aGVsbG8tY29jbw==\",\"svn\":\"1\"}\n"
     );
     // An unknown TEE is refused before anything is installed.
-    let bad = std::process::Command::new("bash")
-        .arg(root.join("scripts/install.sh"))
-        .args([
-            "--destdir",
-            d.path().join("x").to_str().unwrap(),
-            "--no-build",
-            "tdx2",
-        ])
-        .output()
-        .unwrap();
+    let x = d.path().join("x");
+    let bad = install_sh(
+        &["--destdir", x.to_str().unwrap(), "--no-build", "tdx2"],
+        &[],
+    );
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown TEE tdx2"));
-    assert!(!d.path().join("x").exists());
+    assert!(!x.exists());
+    // So is a --no-build with nothing built: it says what to do, and makes nothing.
+    let empty = tempfile::tempdir().unwrap();
+    let bad = install_sh(
+        &["--destdir", x.to_str().unwrap(), "--no-build", "sample"],
+        &[("CARGO_TARGET_DIR", empty.path())],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&bad.stderr).trim_end(),
+        format!(
+            "install.sh: {}/release/attestd is not built: run without --no-build (or build it with --profile release first)",
+            empty.path().display()
+        )
+    );
+    assert!(!x.exists());
+}
+
+#[test]
+fn install_sh_installs_a_system_configuration_and_units_systemd_accepts_under_any_prefix() {
+    for prefix in ["/usr", "/opt/attestd"] {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().to_str().unwrap();
+        let args = [
+            "--destdir",
+            dest,
+            "--prefix",
+            prefix,
+            "--profile",
+            "debug",
+            "--no-build",
+            "sample",
+        ];
+        let out = install_sh(&args, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let etc = d.path().join("etc/attestd");
+        let system = std::fs::read_to_string(etc.join("attestd.toml")).unwrap();
+        assert!(
+            system.contains("primary = \"sample\"\n\n[plugins.attester.sample]\nlaunch = \"process\"\ncommand = \"attester-sample\"\n"),
+            "{system}"
+        );
+        // Where systemd looks for units: an /opt prefix's own lib is not.
+        let unitdir = d.path().join(if prefix == "/usr" {
+            "usr/lib/systemd/system"
+        } else {
+            "etc/systemd/system"
+        });
+        let names = [
+            "attestd-sample.service",
+            "attestd-sample.path",
+            "attestd.service",
+            "confidential-data-hub.path",
+        ];
+        let units: Vec<_> = names.iter().map(|n| unitdir.join(n)).collect();
+        let plugin = std::fs::read_to_string(&units[0]).unwrap();
+        // The plugin beside the installed attestd, where systemd finds it.
+        assert!(
+            plugin.contains(&format!("ExecStart={prefix}/bin/attester-sample --socket")),
+            "{plugin}"
+        );
+        verify_under(d.path(), &units);
+
+        // The installed attestd, on its unit's command line (under the staging
+        // root): each file once, the plugin started by its unit, not by attestd.
+        let service = std::fs::read_to_string(&units[2]).unwrap();
+        assert!(
+            service.contains(&format!(
+                "ExecStart={prefix}/bin/attestd -c /etc/attestd/attestd.toml\n"
+            )),
+            "{service}"
+        );
+        let staged = |p: &str| d.path().join(p.trim_start_matches('/'));
+        let config = std::process::Command::new(staged(&format!("{prefix}/bin/attestd")))
+            .args(["config", "--json", "-c"])
+            .arg(staged("/etc/attestd/attestd.toml"))
+            .arg("--config-dir")
+            .arg(&etc)
+            .output()
+            .unwrap();
+        assert!(config.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&config.stdout).unwrap();
+        let drop_in = etc.join("attestd.toml.d/50-attestd-sample.toml");
+        assert_eq!(
+            v["files"],
+            serde_json::json!([
+                etc.join("attestd.toml").display().to_string(),
+                drop_in.display().to_string()
+            ])
+        );
+        assert_eq!(
+            v["keys"]["plugins.attester.sample.launch"]["value"],
+            "external"
+        );
+
+        // Installing again keeps the operator's configuration and writes the
+        // same units.
+        std::fs::write(
+            etc.join("attestd.toml"),
+            format!("{system}\n[log]\nlevel = \"debug\"\n"),
+        )
+        .unwrap();
+        let again = install_sh(&args, &[]);
+        assert!(again.status.success());
+        assert!(
+            String::from_utf8_lossy(&again.stdout).contains("kept the existing"),
+            "{}",
+            String::from_utf8_lossy(&again.stdout)
+        );
+        assert!(std::fs::read_to_string(etc.join("attestd.toml"))
+            .unwrap()
+            .ends_with("level = \"debug\"\n"));
+        assert_eq!(std::fs::read_to_string(&units[0]).unwrap(), plugin);
+    }
+}
+
+#[test]
+fn every_workspace_builds_with_the_one_shipped_profile() {
+    // Cargo.toml's [profile.release] is the shipped profile; the attester
+    // workspaces, which have their own Cargo.toml, get it as CARGO_PROFILE_RELEASE_*.
+    let root = attestd_e2e::repo_root();
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root.join("Cargo.toml")).unwrap()).unwrap();
+    let release = manifest["profile"]["release"].as_table().unwrap().clone();
+    assert_eq!(release["opt-level"].as_str(), Some("s"));
+    let out = std::process::Command::new("bash")
+        .args(["-c", ". scripts/shipped-profile.sh && env"])
+        .current_dir(&root)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let env: std::collections::BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("CARGO_PROFILE_RELEASE_"))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let want: std::collections::BTreeMap<String, String> = release
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.to_uppercase().replace('-', "_"), v)
+        })
+        .collect();
+    assert_eq!(env, want);
+    // No attester workspace overrides it with a release profile of its own.
+    for e in std::fs::read_dir(root.join("attesters")).unwrap() {
+        let m = e.unwrap().path().join("Cargo.toml");
+        if let Ok(text) = std::fs::read_to_string(&m) {
+            assert!(!text.contains("[profile.release]"), "{}", m.display());
+        }
+    }
+}
+
+#[test]
+fn errors_a_user_cannot_act_on_come_with_a_hint() {
+    // Nobody serves here: the client says where it called and what to check.
+    let d = tempfile::tempdir().unwrap();
+    let sock = format!("unix://{}/aa.sock", d.path().display());
+    let (st, _, err) = attestd_cli(&["client", "--attestation_sock", &sock, "get-tee-type"]);
+    assert_eq!(st.code(), Some(1), "{err}");
+    let mut lines = err.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with(&format!("error: cannot connect to {sock}: ")),
+        "{err}"
+    );
+    assert_eq!(
+        lines.next(),
+        Some(
+            "hint: is attestd running? --attestation_sock (ttrpc) or --grpc names where it serves"
+        )
+    );
+
+    // Not root, attestd's default paths: the error says what to do. (The binary is
+    // copied where nobody may run it: the build tree may not be readable.)
+    let bin_dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for b in ["attestd", "attester-sample"] {
+        std::fs::copy(attestd_e2e::bin(b), bin_dir.path().join(b)).unwrap();
+    }
+    let cfg = bin_dir.path().join("sample.toml");
+    std::fs::copy(
+        attestd_e2e::repo_root().join("docs/examples/sample.toml"),
+        &cfg,
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(bin_dir.path().join("attestd"))
+        .args(["evidence", "-c"])
+        .arg(&cfg)
+        .env("ATTESTD_CONFIG_DIR", attestd_e2e::NO_SYSTEM_CONFIG)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(
+        err.lines().any(|l| l
+            == "hint: attestd's default paths under /run are root's: run it as root, or give it \
+                directories you own ([plugins] socket_dir in the config, --attestation_sock \
+                unix://… for the daemon and for attestd client)"),
+        "{err}"
+    );
 }
