@@ -157,9 +157,9 @@ struct ConfigArg {
     #[arg(short = 'c', long = "config-file", env = "ATTESTD_CONFIG")]
     config_file: Option<PathBuf>,
     /// The image's configuration: attestd.toml and attestd.toml.d/*.toml here,
-    /// each optional.
-    #[arg(long = "config-dir", env = "ATTESTD_CONFIG_DIR", default_value = attestd::config::layers::DEFAULT_CONFIG_DIR)]
-    config_dir: PathBuf,
+    /// each optional. One given must exist [default: /etc/attestd, which may not]
+    #[arg(long = "config-dir", env = "ATTESTD_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
     /// Where the -c file comes from, which decides what it may set: operator
     /// (anything), init-data (measured: not what attestd launches), user-data
     /// (unmeasured: upstream AA's keys only, the rest ignored). The config
@@ -170,6 +170,27 @@ struct ConfigArg {
         default_value = "operator"
     )]
     config_file_source: attestd::config::scope::Source,
+}
+
+impl ConfigArg {
+    /// The configuration directory. The default may be absent (a machine with
+    /// no image configuration); one given that is not there is a mistake whose
+    /// files would silently go unread.
+    fn dir(&self) -> Result<PathBuf> {
+        match &self.config_dir {
+            None => Ok(attestd::config::layers::DEFAULT_CONFIG_DIR.into()),
+            Some(d) if d.is_dir() => Ok(d.clone()),
+            Some(d) => bail!(
+                "--config-dir (or ATTESTD_CONFIG_DIR) {}: {}",
+                d.display(),
+                if d.exists() {
+                    "not a directory"
+                } else {
+                    "no such directory"
+                }
+            ),
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -352,7 +373,7 @@ fn load_config(arg: &ConfigArg) -> Result<Config> {
 /// The system file and drop-ins of --config-dir, then -c (see config::layers).
 fn load_layered(arg: &ConfigArg) -> Result<attestd::config::layers::Layered> {
     use attestd::config::layers;
-    let files = layers::sources(&arg.config_dir, arg.config_file.as_deref())?;
+    let files = layers::sources(&arg.dir()?, arg.config_file.as_deref())?;
     Ok(layers::load(&files, arg.config_file_source)?)
 }
 
@@ -1001,7 +1022,7 @@ async fn cmd_units(a: UnitsArgs) -> Result<()> {
     use attestd::config::layers;
     // The plugin as configured, not as an earlier run's drop-in turned it
     // (external): rendering again gives the same units.
-    let mut files = layers::sources(&a.config.config_dir, a.config.config_file.as_deref())?;
+    let mut files = layers::sources(&a.config.dir()?, a.config.config_file.as_deref())?;
     files.dir.retain(|f| !attestd::units::is_our_drop_in(f));
     let layered = layers::load(&files, a.config.config_file_source)?;
     let plugins = &layered.config.plugins;
@@ -1050,11 +1071,10 @@ async fn cmd_units(a: UnitsArgs) -> Result<()> {
     if let Some((file, _)) = &rendered.drop_in {
         refuse_shadowed_drop_in(&layered, &name, file, &a.config_path)?;
     }
-    let drop_in_dir = a.drop_in_dir.clone().unwrap_or_else(|| {
-        a.config
-            .config_dir
-            .join(attestd::config::layers::DROP_IN_DIR)
-    });
+    let drop_in_dir = match &a.drop_in_dir {
+        Some(d) => d.clone(),
+        None => a.config.dir()?.join(attestd::config::layers::DROP_IN_DIR),
+    };
     if let (Some((file, text)), Some(_)) = (&rendered.drop_in, &a.out_dir) {
         std::fs::create_dir_all(&drop_in_dir)
             .with_context(|| format!("cannot create {}", drop_in_dir.display()))?;

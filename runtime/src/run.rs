@@ -108,9 +108,10 @@ pub async fn start_plugins(config: &Config) -> Result<Service> {
             .map_err(|e| {
                 if defaulted {
                     e.context(
-                        "no attester plugin configured (-c, /etc/attestd/attestd.toml or its \
-                         drop-ins), so one is selected from the image list; attestd does not \
-                         fall back to the sample attester",
+                        "no attester plugin configured (in -c, the config directory's \
+                         attestd.toml or its drop-ins: `attestd config` lists the files read), \
+                         so one is selected from the image list; attestd does not fall back to \
+                         the sample attester",
                     )
                 } else {
                     e

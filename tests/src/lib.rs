@@ -658,9 +658,9 @@ pub fn https_client_trusting(ca: &[u8], host: &str, addr: std::net::SocketAddr) 
 }
 
 /// The system configuration directory attestd reads in tests (`--config-dir`):
-/// none, so the machine's /etc/attestd cannot change what a test sees. Tests of
-/// the layering pass their own.
-pub const NO_SYSTEM_CONFIG: &str = "/nonexistent/attestd-tests/etc";
+/// an empty one (a given directory must exist), so the machine's /etc/attestd
+/// cannot change what a test sees. Tests of the layering pass their own.
+pub const NO_SYSTEM_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/golden/no-system-config");
 
 /// Run `attestd` with `args` to completion; (status, stdout, stderr).
 pub fn attestd_cli(args: &[&str]) -> (ExitStatus, String, String) {

@@ -604,3 +604,37 @@ fn errors_a_user_cannot_act_on_come_with_a_hint() {
         "{err}"
     );
 }
+
+#[test]
+fn a_configuration_path_given_that_is_not_there_is_refused_by_its_name() {
+    // Silently skipped, its files would go unread and the defaults would serve.
+    let (st, _, err) = attestd_cli(&["config", "--config-dir", "/nonexistent/etc/attestd"]);
+    assert_eq!(st.code(), Some(1));
+    assert_eq!(
+        err.trim_end(),
+        "error: --config-dir (or ATTESTD_CONFIG_DIR) /nonexistent/etc/attestd: no such directory"
+    );
+    let (st, _, err) = attestd_cli(&["config", "--config-dir", "/etc/passwd"]);
+    assert_eq!(st.code(), Some(1));
+    assert_eq!(
+        err.trim_end(),
+        "error: --config-dir (or ATTESTD_CONFIG_DIR) /etc/passwd: not a directory"
+    );
+    let (st, _, err) = attestd_cli(&["config", "-c", "/nonexistent/aa.toml"]);
+    assert_eq!(st.code(), Some(1));
+    assert!(
+        err.starts_with("error: cannot read config file /nonexistent/aa.toml: "),
+        "{err}"
+    );
+    // The webhook's --config alike (absent and not given, the defaults serve).
+    let out = std::process::Command::new(attestd_e2e::bin("attestd-webhook"))
+        .args(["serve", "--config", "/nonexistent/webhook.toml"])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "error: cannot read /nonexistent/webhook.toml: No such file or directory (os error 2)"
+    );
+}

@@ -133,8 +133,9 @@ fn no_plugin_configured_refuses_to_start() {
     // (none here), and the error says why it was asked for.
     assert!(
         e.stderr.contains(
-            "error: no attester plugin configured (-c, /etc/attestd/attestd.toml or its drop-ins), \
-             so one is selected from the image list"
+            "error: no attester plugin configured (in -c, the config directory's attestd.toml or \
+             its drop-ins: `attestd config` lists the files read), so one is selected from the \
+             image list"
         ),
         "{}",
         e.stderr

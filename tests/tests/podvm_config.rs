@@ -59,7 +59,7 @@ async fn an_upstream_aa_toml_starts_unchanged_on_the_images_plugin_config() {
     .err()
     .unwrap();
     assert!(
-        e.stderr.contains("error: no attester plugin configured (-c, /etc/attestd/attestd.toml or its drop-ins), so one is selected from the image list"),
+        e.stderr.contains("error: no attester plugin configured (in -c, the config directory's attestd.toml or its drop-ins: `attestd config` lists the files read), so one is selected from the image list"),
         "{}",
         e.stderr
     );

@@ -13,11 +13,11 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    // The cause in the message and not as a source, so `{:#}` says it once.
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
@@ -192,9 +192,9 @@ pub struct Lock {
 }
 
 fn read_bounded(path: &Path) -> Result<String, ConfigError> {
-    let read = |source| ConfigError::Read {
+    let read = |error| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let meta = std::fs::metadata(path).map_err(read)?;
     if meta.len() > MAX_CONFIG_BYTES {

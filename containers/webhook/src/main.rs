@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,13 +49,10 @@ struct ManifestsArgs {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// webhook.toml (absent: the defaults)
-    #[arg(
-        long,
-        env = "ATTESTD_WEBHOOK_CONFIG",
-        default_value = "/etc/attestd-webhook/webhook.toml"
-    )]
-    config: PathBuf,
+    /// webhook.toml. One given must exist [default: /etc/attestd-webhook/webhook.toml;
+    /// absent, the defaults]
+    #[arg(long, env = "ATTESTD_WEBHOOK_CONFIG")]
+    config: Option<PathBuf>,
     #[arg(long, default_value = "0.0.0.0:8443")]
     listen: String,
     #[arg(long, default_value = "/etc/attestd-webhook/tls/tls.crt")]
@@ -82,23 +79,37 @@ struct CertsArgs {
     url: Option<WebhookUrl>,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.cmd {
+    let result = match cli.cmd {
         Cmd::Serve(a) => serve(a),
         Cmd::Certs(a) => write_certs(a),
         Cmd::Manifests(a) => print_manifests(a),
+    };
+    // One line, as attestd prints it: what failed and why, not a backtrace.
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
+
+/// Where the ConfigMap is mounted; absent, the defaults.
+const DEFAULT_CONFIG: &str = "/etc/attestd-webhook/webhook.toml";
 
 fn serve(a: ServeArgs) -> Result<()> {
     // The project's one logging set-up: ATTESTD_LOG, else RUST_LOG, else info.
     attester_sdk::init_logging("info");
-    let config = if a.config.exists() {
-        Config::load(&a.config)?
-    } else {
-        tracing::info!(config = %a.config.display(), "no config file: the defaults");
-        Config::default()
+    let config = match &a.config {
+        // Given, it must be there: a mistyped path would otherwise serve defaults.
+        Some(path) => Config::load(path)?,
+        None if Path::new(DEFAULT_CONFIG).exists() => Config::load(Path::new(DEFAULT_CONFIG))?,
+        None => {
+            tracing::info!(config = DEFAULT_CONFIG, "no config file: the defaults");
+            Config::default()
+        }
     };
     let lock = Lock::load(&config.images_lock)?;
     let certs = tls::Reloading::new(&a.cert, &a.key)?;

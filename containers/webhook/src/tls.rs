@@ -19,11 +19,11 @@ pub const MAX_PEM_BYTES: u64 = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
+    // The cause in the message and not as a source, so `{:#}` says it once.
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
@@ -37,9 +37,9 @@ pub enum TlsError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    let fail = |source| TlsError::Read {
+    let fail = |error| TlsError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let len = std::fs::metadata(path).map_err(fail)?.len();
     if len > MAX_PEM_BYTES {
