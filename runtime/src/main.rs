@@ -212,6 +212,36 @@ struct RunArgs {
     /// Init-data digest (base64) bound at start.
     #[arg(short = 'i', long = "initdata-digest")]
     initdata_digest: Option<String>,
+    /// Upstream's older flags, refused with what replaced them (clap alone would
+    /// suggest --grpc_sock for them).
+    #[arg(long = "keyprovider_sock", hide = true)]
+    keyprovider_sock: Option<String>,
+    #[arg(long = "getresource_sock", hide = true)]
+    getresource_sock: Option<String>,
+}
+
+impl RunArgs {
+    /// Refuse upstream's older listener flags: silently ignored, a caller would
+    /// wait on a socket nobody serves.
+    fn refuse_dropped_flags(&self) -> Result<()> {
+        if self.keyprovider_sock.is_some() {
+            bail!(
+                "--keyprovider_sock is a flag of upstream's older attestation-agent, which \
+                 dropped it when the key provider moved to the Confidential Data Hub \
+                 (guest-components#412): attestd serves the ocicrypt key provider where \
+                 [keyprovider] ttrpc or grpc in the config says (docs/key-release.md)"
+            );
+        }
+        if self.getresource_sock.is_some() {
+            bail!(
+                "--getresource_sock is a flag of upstream's older attestation-agent, which \
+                 dropped it when GetResource moved to the Confidential Data Hub \
+                 (guest-components#412): run the Data Hub, which asks attestd for the KBS \
+                 token, or use `attestd resource` (docs/key-release.md)"
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args)]
@@ -353,6 +383,11 @@ fn main() -> ExitCode {
     // Plugins are stopped by now; leave no `cli-<pid>` directory behind.
     if let Some(dir) = ONE_SHOT_DIR.get() {
         let _ = std::fs::remove_dir_all(dir);
+        // And the socket directory it was made in, when no attestd holds that
+        // (an attestd's lock file keeps it).
+        if let Some(parent) = dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -477,6 +512,7 @@ fn sdk(e: attester_sdk::Error) -> anyhow::Error {
 }
 
 async fn cmd_run(a: RunArgs) -> Result<()> {
+    a.refuse_dropped_flags()?;
     let layered = load_layered(&a.config)?;
     let config = layered.config;
     attestd::logging::init(&config.log);

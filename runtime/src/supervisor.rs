@@ -668,39 +668,80 @@ fn check_handshake(spec: &PluginSpec, identity: Option<&Handshake>, hs: &Handsha
 
 /// An exclusive claim on a socket directory, held while attestd runs: a second
 /// attestd with the same config would otherwise replace the first one's sockets.
+/// Dropped, it removes its lock file and the directory once that is empty, so a
+/// one-shot command or a stopped attestd leaves nothing behind.
 #[derive(Debug)]
 pub struct SocketDirLock {
-    _file: std::fs::File,
+    file: std::fs::File,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for SocketDirLock {
+    fn drop(&mut self) {
+        // Unlinked while still locked: a newcomer that opened this file finds
+        // it unlinked after taking the lock and starts over (claim_socket_dir).
+        let _ = std::fs::remove_file(self.dir.join(".lock"));
+        let _ = self.file.unlock();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }
 
 /// Create (0700) and lock `dir`; `FailedPrecondition` when another attestd holds it.
 pub fn claim_socket_dir(dir: &Path) -> Result<SocketDirLock> {
-    ensure_socket_dir(dir)?;
+    use std::os::unix::fs::MetadataExt as _;
     let path = dir.join(".lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::internal(format!("cannot open {}", path.display())).with_source(e))?;
-    match file.try_lock() {
-        Ok(()) => {
-            // Who holds it, for a person looking (`attestd reload` asks over
-            // the control socket beside it).
-            use std::io::Write as _;
-            let mut f = &file;
-            let _ = file.set_len(0);
-            let _ = writeln!(f, "{}", std::process::id());
-            Ok(SocketDirLock { _file: file })
+    // A holder that stops unlinks the file it locked: one taken on the file
+    // just unlinked is no claim, so take the one now at the path.
+    for _ in 0..16 {
+        ensure_socket_dir(dir)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                Error::internal(format!("cannot open {}", path.display())).with_source(e)
+            })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok())
+                    .map(|pid| format!(" (pid {pid})"))
+                    .unwrap_or_default();
+                return Err(Error::failed_precondition(format!(
+                    "socket directory {} is in use by another attestd{holder}",
+                    dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(
+                    Error::internal(format!("cannot lock {}", path.display())).with_source(e)
+                )
+            }
         }
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::failed_precondition(format!(
-            "socket directory {} is in use by another attestd",
-            dir.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(Error::internal(format!("cannot lock {}", path.display())).with_source(e))
+        let current = std::fs::metadata(&path).ok().map(|m| (m.dev(), m.ino()));
+        let locked = file.metadata().ok().map(|m| (m.dev(), m.ino()));
+        if current.is_none() || current != locked {
+            continue;
         }
+        // Who holds it, for a person looking and for a second attestd's refusal
+        // (`attestd reload` asks over the control socket beside it).
+        use std::io::Write as _;
+        let mut f = &file;
+        let _ = file.set_len(0);
+        let _ = writeln!(f, "{}", std::process::id());
+        return Ok(SocketDirLock {
+            file,
+            dir: dir.to_path_buf(),
+        });
     }
+    Err(Error::unavailable(format!(
+        "cannot claim socket directory {}: its lock file kept being replaced",
+        dir.display()
+    )))
 }
 
 /// The socket directory is ours alone: created 0700, refused if someone else owns it.
@@ -753,17 +794,29 @@ mod tests {
     #[test]
     fn socket_dir_is_claimed_once() {
         let t = tempfile::tempdir().unwrap();
-        let first = claim_socket_dir(t.path()).unwrap();
-        let e = claim_socket_dir(t.path()).unwrap_err();
+        let dir = t.path().join("plugins");
+        let first = claim_socket_dir(&dir).unwrap();
+        let e = claim_socket_dir(&dir).unwrap_err();
         assert_eq!(
             e.message(),
             format!(
-                "socket directory {} is in use by another attestd",
-                t.path().display()
+                "socket directory {} is in use by another attestd (pid {})",
+                dir.display(),
+                std::process::id()
             )
         );
+        // Released, the claim leaves nothing: no lock file, no empty directory.
         drop(first);
-        claim_socket_dir(t.path()).unwrap();
+        assert!(!dir.exists());
+        let again = claim_socket_dir(&dir).unwrap();
+        // A directory still holding something (a socket another owner left) stays.
+        std::fs::write(dir.join("x.sock"), b"").unwrap();
+        drop(again);
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "only x.sock is left"
+        );
     }
 
     #[test]

@@ -37,13 +37,24 @@ fn evidence_one_shot_accepts_text_file_and_hex() {
     assert!(st.success());
     assert_eq!(out, want);
 
-    // The one-shot's private socket directory is gone afterwards.
-    let left: Vec<_> = std::fs::read_dir(d.path().join("plugins"))
+    // The one-shot's private socket directory is gone afterwards, and so is
+    // the configured one it was made in (no attestd holds that).
+    let plugins = d.path().join("plugins");
+    assert!(!plugins.exists(), "{} left behind", plugins.display());
+
+    // Beside a running attestd, its socket directory and lock stay.
+    let a = Attestd::start(|dir| config(dir, &p, &[], "")).unwrap();
+    let running = write_config(a.dir.path(), &config(a.dir.path(), &p, &[], ""));
+    let (st, out, err) = attestd_cli(&["evidence", "-c", &running, "--runtime-data", "hello-coco"]);
+    assert!(st.success(), "{err}");
+    assert_eq!(out, want);
+    let mut left: Vec<_> = std::fs::read_dir(a.dir.path().join("plugins"))
         .unwrap()
         .flatten()
-        .map(|e| e.file_name())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(left.is_empty(), "{left:?}");
+    left.sort();
+    assert_eq!(left, [".control.sock", ".lock", "sample.sock"]);
 }
 
 #[test]
@@ -637,4 +648,33 @@ fn a_configuration_path_given_that_is_not_there_is_refused_by_its_name() {
         String::from_utf8_lossy(&out.stderr).trim_end(),
         "error: cannot read /nonexistent/webhook.toml: No such file or directory (os error 2)"
     );
+}
+
+#[test]
+fn upstreams_dropped_listener_flags_are_refused_with_what_replaced_them() {
+    // Ignored, a caller would wait on a socket nobody serves; clap alone would
+    // answer "did you mean --grpc_sock".
+    for (flag, replaced_by) in [
+        (
+            "--keyprovider_sock",
+            "attestd serves the ocicrypt key provider where [keyprovider] ttrpc or grpc",
+        ),
+        ("--getresource_sock", "run the Data Hub"),
+    ] {
+        for args in [
+            vec![flag, "127.0.0.1:50000"],
+            vec!["run", flag, "127.0.0.1:50000"],
+        ] {
+            let (st, _, err) = attestd_cli(&args);
+            assert_eq!(st.code(), Some(1), "{err}");
+            assert!(
+                err.starts_with(&format!(
+                    "error: {flag} is a flag of upstream's older attestation-agent, which dropped it"
+                )),
+                "{err}"
+            );
+            assert!(err.contains(replaced_by), "{err}");
+            assert!(!err.contains("--grpc_sock"), "{err}");
+        }
+    }
 }

@@ -702,6 +702,8 @@ fn sigterm_removes_sockets_and_stops_plugins() {
     for s in &plugin_socks {
         assert!(!s.exists(), "{} left behind", s.display());
     }
+    // Nor its lock file or control socket: the socket directory it made is gone.
+    assert!(!plugin_dir.exists(), "{} left behind", plugin_dir.display());
     for pid in plugins {
         let deadline = Instant::now() + Duration::from_secs(5);
         while alive(pid) {
@@ -738,6 +740,25 @@ fn stale_socket_is_replaced_and_live_one_refused() {
         err.trim_end().ends_with(&format!(
             "error: another process is already serving on {}",
             a.aa_sock.display()
+        )),
+        "{err}"
+    );
+    // On another AA socket, the same plugins' directory refuses it, naming the
+    // attestd that holds it.
+    let (st, _, err) = attestd_cli(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "--attestation_sock",
+        &format!("unix://{}/other.sock", a.dir.path().display()),
+        "--grpc_sock",
+        "none",
+    ]);
+    assert_eq!(st.code(), Some(1));
+    assert!(
+        err.trim_end().ends_with(&format!(
+            "error: socket directory {} is in use by another attestd (pid {})",
+            a.dir.path().join("plugins").display(),
+            a.pid()
         )),
         "{err}"
     );
