@@ -165,7 +165,7 @@ pub async fn run(mut opts: RunOptions, shutdown: impl Future<Output = ()>) -> Re
     let sock = unix_path(&opts.attestation_sock)?;
     crate::server::accept::raise_nofile_limit();
     // A mistyped KBS or AS address is found now, not at the first GetToken.
-    check_token_urls(&opts.config)?;
+    check_token_configs(&opts.config)?;
     // So is a gRPC listener that this build cannot serve.
     if let Some(addr) = &opts.grpc {
         GrpcServer::can_serve("AA API", addr)?;
@@ -493,11 +493,19 @@ async fn start_keyprovider(
 }
 
 /// The KBS (config, `AA_KBC_PARAMS` or kernel command line) and attestation-service
-/// URLs, checked as their clients will check them.
-pub fn check_token_urls(config: &Config) -> Result<()> {
+/// URLs, the KBS's root certificate and its `tee_key_algorithm`, checked at start
+/// as their clients will check them at the first GetToken.
+pub fn check_token_configs(config: &Config) -> Result<()> {
     let kbs = config.token_configs.kbs.as_ref();
     if let Some(url) = crate::kbs::kbs_url(kbs.map(|k| k.url.as_str())) {
-        crate::kbs::check_url("KBS", &url, kbs.is_some_and(|k| k.allow_insecure_http))?;
+        crate::kbs::KbsClient::new(
+            &url,
+            kbs.and_then(|k| k.cert.as_deref()),
+            kbs.is_some_and(|k| k.allow_insecure_http),
+        )?;
+    }
+    if let Some(alg) = kbs.and_then(|k| k.tee_key_algorithm.as_deref()) {
+        crate::kbs::tee_key::check_algorithm(alg)?;
     }
     if let Some(a) = &config.token_configs.coco_as {
         crate::kbs::check_url("attestation service", &a.url, a.allow_insecure_http)?;

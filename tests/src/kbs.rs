@@ -441,10 +441,12 @@ async fn resource(
         }
     };
     let Some(data) = k.resources.lock().unwrap().get(&path).cloned() else {
+        // As Trustee answers a missing resource: the cause and the path stay in
+        // its own log, the client learns only this.
         return error(
             StatusCode::UNAUTHORIZED,
             "PluginInternalError",
-            &format!("Plugin internal error: resource not found: {path}"),
+            "Plugin internal error",
         );
     };
     match jwe_to(&claims["tee-pubkey"], &data) {

@@ -122,7 +122,7 @@ async fn operator_commands_token_and_resource() {
     assert!(
         err.contains(&format!(
             "error: KBS {}: resource default/secret/none refused: PluginInternalError: \
-             Plugin internal error: resource not found: default/secret/none",
+             Plugin internal error\n",
             kbs.url()
         )),
         "{err}"
@@ -170,6 +170,24 @@ async fn kbs_down_and_unconfigured_are_clear_errors() {
             "{}",
             e.stderr
         );
+    }
+    // So are a tee_key_algorithm attestd cannot generate and a cert that is no
+    // certificate, which a first GetToken would otherwise find.
+    for (extra, why) in [
+        (
+            "tee_key_algorithm = \"A128KW\"",
+            "error: tee_key_algorithm \"A128KW\" is not supported: use ECDH-ES+A256KW or RSA-OAEP-256",
+        ),
+        (
+            "cert = \"not a certificate\"",
+            "error: the KBS's root certificate (cert) is not a PEM certificate",
+        ),
+    ] {
+        let e = Attestd::start(|d| kbs_config(d, "https://kbs.example", extra))
+            .err()
+            .unwrap();
+        assert_eq!(e.status.unwrap().code(), Some(1));
+        assert!(e.stderr.contains(why), "{}", e.stderr);
     }
     let a = Attestd::start(|d| kbs_config(d, "http://kbs.example", "allow_insecure_http = true"))
         .unwrap();

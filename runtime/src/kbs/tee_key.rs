@@ -25,9 +25,20 @@ fn bad(what: impl Into<String>) -> Error {
     Error::failed_precondition(format!("cannot decrypt the KBS response: {}", what.into()))
 }
 
+/// Whether `alg` is a `tee_key_algorithm` attestd can generate a key for.
+pub fn check_algorithm(alg: &str) -> Result<()> {
+    match alg {
+        EC_ALG | EC_ALG_UPSTREAM | RSA_ALG => Ok(()),
+        other => Err(Error::invalid_argument(format!(
+            "tee_key_algorithm {other:?} is not supported: use {EC_ALG} or {RSA_ALG}"
+        ))),
+    }
+}
+
 impl TeeKey {
     /// A fresh key for `alg` (`ECDH-ES+A256KW`, the default, or `RSA-OAEP-256`).
     pub fn generate(alg: &str) -> Result<TeeKey> {
+        check_algorithm(alg)?;
         match alg {
             EC_ALG | EC_ALG_UPSTREAM => {
                 Ok(TeeKey::Ec(p256::SecretKey::random(&mut rand_core::OsRng)))
