@@ -298,28 +298,41 @@ struct ClientArgs {
 
 #[derive(Subcommand)]
 enum Call {
+    /// GetEvidence: the primary plugin's evidence for the runtime data (JSON)
     GetEvidence {
         /// Runtime data: text, @file, or hex:<hex>.
         #[arg(long, default_value = "")]
         runtime_data: String,
     },
+    /// GetAdditionalEvidence: every additional device's evidence, as upstream composes it
     GetAdditionalEvidence {
+        /// Runtime data: text, @file, or hex:<hex>.
         #[arg(long, default_value = "")]
         runtime_data: String,
     },
+    /// GetTeeType: the primary plugin's TEE
     GetTeeType,
+    /// GetAdditionalTees: the additional devices' TEEs, a JSON list
     GetAdditionalTees,
+    /// GetToken: a token of this type ("kbs" or "coco_as") from the configured service
     GetToken {
+        /// "kbs" (the KBS token and the TEE key pair, as upstream) or "coco_as".
         token_type: String,
     },
+    /// BindInitData: bind the init-data digest to the TEE (once per boot)
     BindInitData {
         /// Digest, hex or base64 (the output says which it was read as).
         digest: String,
     },
+    /// ExtendRuntimeMeasurement: record an event in the log and extend a register
     ExtendRuntimeMeasurement {
+        /// The event's domain (upstream: e.g. github.com/confidential-containers).
         domain: String,
+        /// The event's operation (e.g. PullImage).
         operation: String,
+        /// The event's content (e.g. the image reference).
         content: String,
+        /// The register to extend [default: [eventlog_config] init_pcr].
         #[arg(long)]
         register: Option<u64>,
     },

@@ -678,3 +678,28 @@ fn upstreams_dropped_listener_flags_are_refused_with_what_replaced_them() {
         }
     }
 }
+
+#[test]
+fn every_subcommand_says_what_it_does() {
+    // In `attestd --help` and `attestd client --help`: no bare command names.
+    for args in [vec!["--help"], vec!["client", "--help"]] {
+        let (st, out, _) = attestd_cli(&args);
+        assert!(st.success());
+        let commands: Vec<&str> = out
+            .split("Commands:\n")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .take_while(|l| l.starts_with("  "))
+            .collect();
+        assert!(commands.len() > 6, "{out}");
+        for line in commands {
+            let mut words = line.split_whitespace();
+            let name = words.next().unwrap();
+            assert!(
+                words.next().is_some(),
+                "{name} has no help line in {args:?}"
+            );
+        }
+    }
+}
