@@ -765,12 +765,20 @@ async fn the_injected_pair_runs_under_podman_and_answers_on_the_aa_socket() {
 
     // The pod's volumes on this host: emptyDirs as directories, the downward API
     // volume as the kubelet writes it (one file per annotation, empty when absent).
+    // Modes as the kubelet makes them (emptyDir 0777, the rest readable), since
+    // the sample pair runs as a non-root user.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
     let host = tempfile::tempdir().unwrap();
+    mode(host.path(), 0o755);
     let annotations = p.metadata.annotations.clone().unwrap();
     let mut volumes = Vec::new();
     for v in spec.volumes.iter().flatten() {
         let dir = host.path().join(&v.name);
         std::fs::create_dir_all(&dir).unwrap();
+        mode(&dir, if v.empty_dir.is_some() { 0o777 } else { 0o755 });
         if let Some(api) = &v.downward_api {
             for item in api.items.iter().flatten() {
                 let field = &item.field_ref.as_ref().unwrap().field_path;

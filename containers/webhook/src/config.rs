@@ -98,8 +98,9 @@ fn default_lock() -> PathBuf {
 }
 
 fn default_grpc() -> String {
-    // Upstream grpc-aa's address; inside the pod's network namespace only.
-    "127.0.0.1:50002".to_string()
+    // Off unless asked, as attestd's own --grpc_sock: the pods that need the gRPC
+    // AA API (upstream's grpc-aa clients) get it by `grpc` in webhook.toml.
+    "none".to_string()
 }
 
 fn default_runtime_classes() -> BTreeMap<String, String> {

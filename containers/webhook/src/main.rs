@@ -28,7 +28,11 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct ManifestsArgs {
-    #[arg(long, default_value = "containers/images.lock")]
+    /// The images.lock naming the webhook's image and the attesters it injects
+    /// (containers/build.sh writes containers/images.lock; docs/deployment.md,
+    /// "images.lock", for images pushed elsewhere). Required: a default relative
+    /// to wherever the command runs would pick up whatever file is there.
+    #[arg(long)]
     lock: PathBuf,
     /// `certs` output (ca.crt, tls.crt, tls.key): the Secret and caBundle from it
     #[arg(

@@ -229,6 +229,10 @@ struct Attester {
 #[derive(Debug)]
 struct Plan {
     primary: String,
+    /// Whether attestd and its attesters run as [`NON_ROOT_UID`]: when no
+    /// attester needs the pod VM's devices and attestd probes none (not `auto`).
+    /// A privileged attester is root, and its socket (0600) then root's only.
+    non_root: bool,
     /// The gRPC AA address in this pod ("none": off).
     grpc: String,
     core_image: String,
@@ -318,6 +322,7 @@ fn plan(tee: &str, host_network: bool, config: &Config, lock: &Lock) -> Result<P
     };
     Ok(Plan {
         primary: tee.to_string(),
+        non_root: tee != "auto" && attesters.iter().all(|a| !a.privileged),
         grpc,
         core_image,
         attesters,
@@ -373,9 +378,15 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
+/// The user attestd and its attesters run as where nothing needs root (the
+/// distroless "nonroot" uid; the images are `FROM scratch` and name no user).
+pub const NON_ROOT_UID: i64 = 65532;
+
 /// Nothing but what the process needs: no capabilities, no privilege gain, a
-/// read-only root.
-fn confined() -> SecurityContext {
+/// read-only root, and no root unless a privileged attester's socket (root's,
+/// 0600) must be reached.
+fn confined(non_root: bool) -> SecurityContext {
+    let uid = if non_root { NON_ROOT_UID } else { 0 };
     SecurityContext {
         allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities {
@@ -383,9 +394,9 @@ fn confined() -> SecurityContext {
             ..Default::default()
         }),
         read_only_root_filesystem: Some(true),
-        // Root in the pod (VM): the attesters' sockets are root's, 0600.
-        run_as_user: Some(0),
-        run_as_non_root: Some(false),
+        run_as_user: Some(uid),
+        run_as_group: non_root.then_some(uid),
+        run_as_non_root: Some(non_root),
         ..Default::default()
     }
 }
@@ -413,7 +424,22 @@ fn exec_probe(command: Vec<String>) -> Probe {
     }
 }
 
-fn attester_container(a: &Attester, config: &Config) -> Container {
+/// The same check, once started: a sidecar that stops answering (a hung
+/// process, not a slow call: the probe asks its health, not its device) is
+/// restarted by the kubelet after 30 s.
+fn liveness_probe(command: Vec<String>) -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(command),
+        }),
+        period_seconds: Some(10),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+fn attester_container(a: &Attester, plan: &Plan, config: &Config) -> Container {
     let serve = vec![
         "--socket".to_string(),
         socket_of(&a.tee),
@@ -426,7 +452,7 @@ fn attester_container(a: &Attester, config: &Config) -> Container {
     let security = if a.privileged {
         privileged()
     } else {
-        confined()
+        confined(plan.non_root)
     };
     Container {
         name: format!("{ATTESTER_PREFIX}{}", a.tee),
@@ -434,7 +460,8 @@ fn attester_container(a: &Attester, config: &Config) -> Container {
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(serve),
         restart_policy: Some("Always".into()),
-        startup_probe: Some(exec_probe(probe)),
+        startup_probe: Some(exec_probe(probe.clone())),
+        liveness_probe: Some(liveness_probe(probe)),
         volume_mounts: Some(vec![mount(RUN_VOLUME, RUN_DIR, false)]),
         security_context: Some(security),
         resources: Some(resources(&config.resources.attester)),
@@ -473,7 +500,8 @@ fn core_container(plan: &Plan, config: &Config) -> Container {
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(args),
         restart_policy: Some("Always".into()),
-        startup_probe: Some(exec_probe(probe)),
+        startup_probe: Some(exec_probe(probe.clone())),
+        liveness_probe: Some(liveness_probe(probe)),
         volume_mounts: Some(vec![
             mount(RUN_VOLUME, RUN_DIR, false),
             mount(AA_VOLUME, AA_DIR, false),
@@ -483,7 +511,7 @@ fn core_container(plan: &Plan, config: &Config) -> Container {
         security_context: Some(if plan.primary == "auto" {
             privileged()
         } else {
-            confined()
+            confined(plan.non_root)
         }),
         resources: Some(resources(&config.resources.attestd)),
         ..Default::default()
@@ -642,7 +670,7 @@ fn patch(pod: &PodView, plan: &Plan, config: &Config) -> Result<Patch, String> {
     let mut ours: Vec<Container> = plan
         .attesters
         .iter()
-        .map(|a| attester_container(a, config))
+        .map(|a| attester_container(a, plan, config))
         .collect();
     ours.push(core_container(plan, config));
     let ours = ours.iter().map(to_value).collect::<Result<Vec<_>, _>>()?;

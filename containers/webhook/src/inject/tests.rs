@@ -96,6 +96,24 @@ fn a_tdx_pod_gets_the_pinned_attester_and_attestd_before_its_own_containers() {
             "{}",
             c.name
         );
+        // Once started, the same check keeps it alive: a hung sidecar is restarted.
+        let live = c.liveness_probe.as_ref().unwrap();
+        assert_eq!(
+            live.exec.as_ref().unwrap().command,
+            c.startup_probe
+                .as_ref()
+                .unwrap()
+                .exec
+                .as_ref()
+                .unwrap()
+                .command,
+            "{}",
+            c.name
+        );
+        assert_eq!(
+            (live.period_seconds, live.failure_threshold),
+            (Some(10), Some(3))
+        );
     }
     assert_eq!(
         att.args.as_ref().unwrap(),
@@ -148,21 +166,18 @@ fn a_tdx_pod_gets_the_pinned_attester_and_attestd_before_its_own_containers() {
             .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
             .collect()
     };
+    // gRPC is off unless webhook.toml asks for it: only the ttrpc socket.
     assert_eq!(
         env(&spec.containers[0]),
         [
             ("A".into(), "1".into()),
-            (ENV_SOCKET.into(), AA_SOCKET.into()),
-            (ENV_GRPC.into(), "127.0.0.1:50002".into())
+            (ENV_SOCKET.into(), AA_SOCKET.into())
         ]
     );
     // A container's own setting wins.
     assert_eq!(
         env(&spec.containers[1]),
-        [
-            (ENV_SOCKET.into(), "mine".into()),
-            (ENV_GRPC.into(), "127.0.0.1:50002".into())
-        ]
+        [(ENV_SOCKET.into(), "mine".into())]
     );
     let a = p.metadata.annotations.unwrap();
     assert_eq!(a["keep"], "me");
@@ -204,11 +219,30 @@ fn a_bare_pod_gets_each_list_created() {
         ["attestd-attester-sample", "attestd"]
     );
     assert_eq!(spec.volumes.unwrap().len(), 3);
-    assert_eq!(spec.containers[0].env.as_ref().unwrap().len(), 2);
+    assert_eq!(spec.containers[0].env.as_ref().unwrap().len(), 1);
     assert_eq!(p.metadata.annotations.unwrap()[INJECTED], "sample");
-    // The sample needs no device: confined like the core.
-    let att = &spec.init_containers.unwrap()[0];
-    assert_eq!(att.security_context.as_ref().unwrap().privileged, None);
+    // The sample needs no device, so neither it nor attestd runs as root.
+    for c in spec.init_containers.as_ref().unwrap() {
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.privileged, None, "{}", c.name);
+        assert_eq!(sc.run_as_user, Some(NON_ROOT_UID), "{}", c.name);
+        assert_eq!(sc.run_as_group, Some(NON_ROOT_UID), "{}", c.name);
+        assert_eq!(sc.run_as_non_root, Some(true), "{}", c.name);
+    }
+}
+
+#[test]
+fn attestd_is_root_only_to_reach_a_privileged_attesters_socket() {
+    // A TDX attester needs the pod VM's device (privileged, root, its socket
+    // root's): attestd, confined, runs as root to reach it.
+    let (p, _) = injected(&tdx_pod(), &Config::default());
+    let init = p.spec.unwrap().init_containers.unwrap();
+    let sc = |i: usize| init[i].security_context.clone().unwrap();
+    assert_eq!(sc(0).privileged, Some(true));
+    assert_eq!(sc(1).privileged, None);
+    assert_eq!(sc(1).run_as_user, Some(0));
+    assert_eq!(sc(1).run_as_non_root, Some(false));
+    assert_eq!(sc(1).allow_privilege_escalation, Some(false));
 }
 
 #[test]
@@ -347,10 +381,39 @@ fn auto_injects_every_hardware_candidate_and_lets_attestd_choose() {
 }
 
 #[test]
-fn a_pod_on_the_node_network_gets_grpc_on_a_socket() {
+fn grpc_is_served_where_asked_and_on_the_node_network_on_a_socket() {
+    let tcp = Config {
+        grpc: "127.0.0.1:50002".into(),
+        ..Config::default()
+    };
+    let (p, _) = injected(&tdx_pod(), &tcp);
+    let spec = p.spec.unwrap();
+    let core = &spec.init_containers.as_ref().unwrap()[1];
+    let args = core.args.as_ref().unwrap();
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--grpc_sock", "127.0.0.1:50002"]),
+        "{args:?}"
+    );
+    assert!(spec.containers[0]
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .any(|e| e.name == ENV_GRPC && e.value.as_deref() == Some("127.0.0.1:50002")));
+    // Off by default: no listener, no address handed out.
+    let (p, _) = injected(&tdx_pod(), &Config::default());
+    let spec = p.spec.unwrap();
+    let core = &spec.init_containers.as_ref().unwrap()[1];
+    assert!(!core
+        .args
+        .as_ref()
+        .unwrap()
+        .contains(&"--grpc_sock".to_string()));
+
     let mut v = serde_json::to_value(tdx_pod()).unwrap();
     v["spec"]["hostNetwork"] = json!(true);
-    let (p, warnings) = injected(&pod(v), &Config::default());
+    let (p, warnings) = injected(&pod(v), &tcp);
     assert!(warnings[0].contains("node's network"), "{warnings:?}");
     let spec = p.spec.unwrap();
     let core = &spec.init_containers.as_ref().unwrap()[1];
