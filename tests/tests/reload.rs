@@ -134,6 +134,13 @@ async fn ten_swaps_under_sixteen_clients_fail_no_call() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(alive(pids[SWAPS]));
+    // Each retired generation's socket went with it: only the last one's is left.
+    let socks: Vec<String> = std::fs::read_dir(a.dir.path().join("plugins"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".sock") && !n.starts_with('.'))
+        .collect();
+    assert_eq!(socks, [format!("test.{SWAPS}.sock")], "{socks:?}");
     eprintln!("{done} calls by {CLIENTS} clients through {SWAPS} swaps, none failed");
 }
 
