@@ -35,8 +35,10 @@ done
 "#;
 
 /// The webhook's configuration in this cluster: runc's runtime class is the
-/// sample attester's (dev mode: this is not a TEE).
+/// sample attester's (dev mode: this is not a TEE). gRPC is asked for (it is off
+/// by default), so the node-network pods show how the webhook moves it to a socket.
 const WEBHOOK_TOML: &str = r#"dev_mode = true
+grpc = "127.0.0.1:50002"
 [runtime_classes]
 attestd-dev = "sample"
 "#;
@@ -377,6 +379,7 @@ fn injected_pod_runs_in_order(c: &Cluster) -> AppPod {
             "pinned by digest from images.lock"
         );
         assert!(inits[i]["startupProbe"].is_object());
+        assert!(inits[i]["livenessProbe"].is_object());
     }
     let first = c.wait_pod(
         LABELLED,
@@ -421,6 +424,14 @@ fn injected_pod_runs_in_order(c: &Cluster) -> AppPod {
         .iter()
         .map(|n| container_pid(c, LABELLED, APP_POD, n).unwrap_or_else(|| panic!("no {n}")))
         .collect();
+    // The sample needs no device: the injected pair runs as 65532, not root.
+    for pid in &pids[..2] {
+        let uid = status_field(*pid, "Uid");
+        assert!(
+            uid.split_whitespace().all(|u| u == "65532"),
+            "pid {pid} runs as uid {uid}"
+        );
+    }
     let ticks: Vec<u64> = pids.iter().map(|p| start_ticks(*p)).collect();
     assert!(
         ticks[0] < ticks[1] && ticks[1] < ticks[2],
