@@ -201,8 +201,9 @@ async fn reviews_over_https_patch_pods_as_the_api_server_applies_them() {
         );
         assert_eq!(m.read_only, Some(true));
         let env: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        // gRPC is off unless webhook.toml asks: no address handed out.
         assert!(
-            env.contains(&"ATTESTD_AA_SOCKET") && env.contains(&"ATTESTD_AA_GRPC"),
+            env.contains(&"ATTESTD_AA_SOCKET") && !env.contains(&"ATTESTD_AA_GRPC"),
             "{env:?}"
         );
     }
@@ -487,6 +488,10 @@ async fn discovery_only() -> String {
         vec![
             ("apps/v1", vec![res("deployments", "Deployment", true)]),
             (
+                "scheduling.k8s.io/v1",
+                vec![res("priorityclasses", "PriorityClass", false)],
+            ),
+            (
                 "policy/v1",
                 vec![res("poddisruptionbudgets", "PodDisruptionBudget", true)],
             ),
@@ -622,7 +627,7 @@ async fn the_manifests_pass_kubectl_and_the_kubernetes_schema() {
     let server = discovery_only().await;
     // (documents, of which Kubernetes' own kinds: cert-manager's have no schema there)
     // By URL: no Service, no disruption budget.
-    for (file, kinds, core) in [(&with_secret, 8, 8), (&with_cm, 11, 7), (&by_url, 6, 6)] {
+    for (file, kinds, core) in [(&with_secret, 9, 9), (&with_cm, 12, 8), (&by_url, 7, 7)] {
         let (ok, out) = kubectl_dry_run(&server, file);
         assert!(ok, "{out}");
         assert_eq!(out.matches("created (dry run)").count(), kinds, "{out}");
