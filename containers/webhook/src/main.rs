@@ -34,7 +34,8 @@ struct ManifestsArgs {
     /// to wherever the command runs would pick up whatever file is there.
     #[arg(long)]
     lock: PathBuf,
-    /// `certs` output (ca.crt, tls.crt, tls.key): the Secret and caBundle from it
+    /// `certs` output (ca.crt, tls.crt, tls.key): the caBundle from it (the
+    /// Secret is made from the files with kubectl, keeping the key off stdout)
     #[arg(
         long,
         conflicts_with = "cert_manager",
@@ -201,10 +202,25 @@ fn print_manifests(a: ManifestsArgs) -> Result<()> {
                 let p = dir.join(name);
                 std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
             };
+            // Both must be there for the Secret made from them below.
+            for f in ["tls.crt", "tls.key"] {
+                let p = dir.join(f);
+                if !p.is_file() {
+                    anyhow::bail!(
+                        "{} is missing: run attestd-webhook certs first",
+                        p.display()
+                    );
+                }
+            }
+            eprintln!(
+                "the serving certificate's Secret is not in this output (its key would go down \
+                 the pipe); once the namespace exists:\n  kubectl -n attestd-system create \
+                 secret tls attestd-webhook-tls --cert={} --key={}",
+                dir.join("tls.crt").display(),
+                dir.join("tls.key").display()
+            );
             Tls::Files {
                 ca: read("ca.crt")?,
-                cert: read("tls.crt")?,
-                key: read("tls.key")?,
             }
         }
         None => Tls::CertManager,

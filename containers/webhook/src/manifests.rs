@@ -7,7 +7,6 @@ use base64::Engine as _;
 use crate::config::Lock;
 
 const WEBHOOK: &str = include_str!("../deploy/webhook.yaml");
-const TLS_SECRET: &str = include_str!("../deploy/tls-secret.yaml");
 const CERT_MANAGER: &str = include_str!("../deploy/cert-manager.yaml");
 
 /// How the API server reaches the webhook.
@@ -80,12 +79,10 @@ impl std::str::FromStr for WebhookUrl {
 
 /// Where the serving certificate comes from.
 pub enum Tls {
-    /// `attestd-webhook certs` output: CA, certificate and key (PEM).
-    Files {
-        ca: String,
-        cert: String,
-        key: String,
-    },
+    /// `attestd-webhook certs` output: the CA (PEM), for the caBundle. The
+    /// serving pair's Secret is not printed: the output goes down a pipe (and
+    /// into logs), and the private key has no business there.
+    Files { ca: String },
     /// cert-manager issues it and injects the CA.
     CertManager,
 }
@@ -171,14 +168,8 @@ pub fn render(lock: &Lock, tls: &Tls, endpoint: &Endpoint) -> Result<String, Man
             .join("\n---\n");
     }
     match tls {
-        Tls::Files { ca, cert, key } => {
+        Tls::Files { ca } => {
             out = out.replace("${CA_BUNDLE}", &b64(ca));
-            out.push_str("---\n");
-            out.push_str(
-                &TLS_SECRET
-                    .replace("${TLS_CRT}", &b64(cert))
-                    .replace("${TLS_KEY}", &b64(key)),
-            );
         }
         Tls::CertManager => {
             // cert-manager's CA injector fills caBundle in.
@@ -218,18 +209,15 @@ mod tests {
 
     #[test]
     fn every_placeholder_is_filled_and_the_image_is_pinned() {
-        let files = Tls::Files {
-            ca: "CA".into(),
-            cert: "CERT".into(),
-            key: "KEY".into(),
-        };
+        let files = Tls::Files { ca: "CA".into() };
         let out = render(&lock(), &files, &Endpoint::Service).unwrap();
         assert!(out.contains(&format!(
             "image: localhost/attestd/attestd-webhook@sha256:{}",
             "3".repeat(64)
         )));
         assert!(out.contains(&format!("caBundle: {}", b64("CA"))));
-        assert!(out.contains(&format!("tls.key: {}", b64("KEY"))));
+        // No Secret: the private key stays in its file.
+        assert!(!out.contains("kind: Secret") && !out.contains("tls.key:"));
         let cm = render(&lock(), &Tls::CertManager, &Endpoint::Service).unwrap();
         assert!(!cm.contains("caBundle"));
         assert!(cm.contains("kind: Certificate"));
@@ -240,11 +228,7 @@ mod tests {
     }
 
     fn files() -> Tls {
-        Tls::Files {
-            ca: "CA".into(),
-            cert: "CERT".into(),
-            key: "KEY".into(),
-        }
+        Tls::Files { ca: "CA".into() }
     }
 
     #[test]
@@ -281,9 +265,12 @@ mod tests {
         assert!(!out.contains("\nkind: Service\n"));
         assert!(!out.contains("\nkind: PodDisruptionBudget\n"));
         assert!(!out.contains("service:"));
-        // The documents still split: the TLS Secret follows the configuration.
-        assert!(out.contains("kind: MutatingWebhookConfiguration"));
-        assert!(out.contains("kind: Secret"));
+        // The documents still split: the webhook configuration ends them.
+        let last = out.rsplit("\n---\n").next().unwrap();
+        assert!(
+            last.contains("kind: MutatingWebhookConfiguration"),
+            "{last}"
+        );
         let cm = "https://127.0.0.1/mutate".parse().unwrap();
         assert!(matches!(
             render(&lock(), &Tls::CertManager, &Endpoint::Url(cm)),
