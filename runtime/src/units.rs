@@ -387,6 +387,16 @@ mod tests {
         .units
     }
 
+    /// `sp`'s units with attestd installed at `attestd`.
+    fn render_spec(sp: &PluginSpec, attestd: &str) -> Result<Rendered> {
+        render(&UnitParams {
+            spec: sp,
+            attestd: Path::new(attestd),
+            config_path: Path::new("/etc/attestd/attestd.toml"),
+            quadlet: false,
+        })
+    }
+
     #[test]
     fn podman_service_path_and_ordering() {
         let u = render_for(LaunchKind::Podman, false);
@@ -451,13 +461,7 @@ mod tests {
     fn a_bare_command_is_the_one_beside_attestd() {
         let mut sp = spec(LaunchKind::Process);
         sp.config.command = Some("attester-tdx".into());
-        let r = render(&UnitParams {
-            spec: &sp,
-            attestd: Path::new("/opt/attestd/bin/attestd"),
-            config_path: Path::new("/etc/attestd/attestd.toml"),
-            quadlet: false,
-        })
-        .unwrap();
+        let r = render_spec(&sp, "/opt/attestd/bin/attestd").unwrap();
         assert!(
             r.units[0]
                 .1
@@ -466,14 +470,7 @@ mod tests {
             r.units[0].1
         );
         sp.config.command = Some("bin/attester-tdx".into());
-        let e = render(&UnitParams {
-            spec: &sp,
-            attestd: Path::new("/opt/attestd/bin/attestd"),
-            config_path: Path::new("/etc/attestd/attestd.toml"),
-            quadlet: false,
-        })
-        .err()
-        .unwrap();
+        let e = render_spec(&sp, "/opt/attestd/bin/attestd").err().unwrap();
         assert_eq!(
             e.message(),
             "plugin tdx's command bin/attester-tdx is a relative path: a unit needs an absolute one"
@@ -501,13 +498,7 @@ mod tests {
     fn an_azure_plugin_waits_for_the_network_and_may_use_it() {
         let mut sp = spec(LaunchKind::Process);
         sp.config.tee = Some("az-snp-vtpm".into());
-        let r = render(&UnitParams {
-            spec: &sp,
-            attestd: Path::new("/usr/bin/attestd"),
-            config_path: Path::new("/etc/attestd/attestd.toml"),
-            quadlet: false,
-        })
-        .unwrap();
+        let r = render_spec(&sp, "/usr/bin/attestd").unwrap();
         let svc = &r.units[0].1;
         assert!(
             svc.contains("Wants=network-online.target\nAfter=network-online.target\n"),
@@ -530,13 +521,7 @@ mod tests {
 
     #[test]
     fn units_that_start_the_plugin_come_with_the_drop_in_that_says_so() {
-        let r = render(&UnitParams {
-            spec: &spec(LaunchKind::Podman),
-            attestd: Path::new("/usr/bin/attestd"),
-            config_path: Path::new("/etc/attestd/attestd.toml"),
-            quadlet: false,
-        })
-        .unwrap();
+        let r = render_spec(&spec(LaunchKind::Podman), "/usr/bin/attestd").unwrap();
         let (file, text) = r.drop_in.unwrap();
         assert_eq!(file, "50-attestd-tdx.toml");
         assert!(text.starts_with(DROP_IN_MARKER), "{text}");
@@ -547,13 +532,7 @@ mod tests {
         for launch in [LaunchKind::Oci, LaunchKind::External] {
             let mut sp = spec(launch);
             sp.config.socket = Some("/run/x.sock".into());
-            let r = render(&UnitParams {
-                spec: &sp,
-                attestd: Path::new("/usr/bin/attestd"),
-                config_path: Path::new("/etc/attestd/attestd.toml"),
-                quadlet: false,
-            })
-            .unwrap();
+            let r = render_spec(&sp, "/usr/bin/attestd").unwrap();
             assert!(r.drop_in.is_none());
         }
     }

@@ -746,3 +746,46 @@ pub fn status(e: ttrpc::Error) -> (ttrpc::Code, String) {
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// `systemd-analyze verify` (Debian's systemd) of `units`: (succeeded, what it
+/// printed). The Confidential Data Hub's service, which a pod VM image provides,
+/// gets a stand-in in `stand_in_dir`. With `root` (`--root`), the units'
+/// commands are looked up under it, and systemd's own units are copied in
+/// first, since it needs them there.
+pub fn systemd_verify(
+    root: Option<&Path>,
+    stand_in_dir: &Path,
+    units: &[PathBuf],
+) -> (bool, String) {
+    if let Some(root) = root {
+        let sys = root.join("usr/lib/systemd/system");
+        std::fs::create_dir_all(&sys).unwrap();
+        for e in std::fs::read_dir("/usr/lib/systemd/system").unwrap() {
+            let e = e.unwrap();
+            let to = sys.join(e.file_name());
+            if !to.exists() && e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), to).unwrap();
+            }
+        }
+    }
+    std::fs::write(
+        stand_in_dir.join("confidential-data-hub.service"),
+        "[Service]\nExecStart=/bin/true\n",
+    )
+    .unwrap();
+    let mut c = Command::new("systemd-analyze");
+    c.args(["verify", "--man=no"]);
+    if let Some(root) = root {
+        c.arg(format!("--root={}", root.display()));
+    }
+    let out = c
+        .args(units)
+        .output()
+        .expect("systemd-analyze (Debian's systemd)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

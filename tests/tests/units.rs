@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::Command;
 
 use attestd_e2e::{attestd_cli, bin};
 
@@ -48,33 +47,26 @@ fn units(cfg: &str, out: &Path, extra: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// `systemd-analyze verify` over every unit in `dir` (with a stand-in for the
-/// Confidential Data Hub's service, which the pod VM image provides).
+/// `systemd-analyze verify` over every unit in `dir`; it must name none of them.
 fn verify(dir: &Path) -> (bool, String) {
-    std::fs::write(
-        dir.join("confidential-data-hub.service"),
-        "[Service]\nExecStart=/bin/true\n",
-    )
-    .unwrap();
-    let files: Vec<_> = std::fs::read_dir(dir)
+    let stand_in = dir.join("confidential-data-hub.service");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| *p != stand_in)
         .collect();
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .args(&files)
-        .output()
-        .expect("systemd-analyze (Debian's systemd)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        out.status.success() && !text.contains(&dir.display().to_string()),
-        text,
-    )
+    files.push(stand_in);
+    let (ok, text) = attestd_e2e::systemd_verify(None, dir, &files);
+    (ok && !text.contains(&dir.display().to_string()), text)
 }
+
+/// The units of a plugin its own unit runs, in the order to install them.
+const PLUGIN_UNITS: [&str; 4] = [
+    "attestd-p.service",
+    "attestd-p.path",
+    "attestd.service",
+    "confidential-data-hub.path",
+];
 
 #[test]
 fn podman_units_carry_the_targets_devices_and_systemd_accepts_them() {
@@ -85,15 +77,7 @@ fn podman_units_carry_the_targets_devices_and_systemd_accepts_them() {
     let cfg = config(d.path(), &table, "podman_runtime = \"runc\"");
     let out = d.path().join("units");
     let names = units(&cfg, &out, &[]);
-    assert_eq!(
-        names,
-        [
-            "attestd-p.service",
-            "attestd-p.path",
-            "attestd.service",
-            "confidential-data-hub.path"
-        ]
-    );
+    assert_eq!(names, PLUGIN_UNITS);
     let svc = std::fs::read_to_string(out.join("attestd-p.service")).unwrap();
     // What a TDX guest has, whether or not this machine has it.
     assert!(svc.contains("--device /dev/tdx_guest"), "{svc}");
@@ -299,15 +283,7 @@ fn the_units_attestd_connects_to_the_units_plugin_and_reads_each_file_once() {
     let out = d.path().join("units");
     let extra = ["--config-dir", &etc_s, "--config-path", &sys];
     let names = units(&sys, &out, &extra);
-    assert_eq!(
-        names,
-        [
-            "attestd-p.service",
-            "attestd-p.path",
-            "attestd.service",
-            "confidential-data-hub.path"
-        ]
-    );
+    assert_eq!(names, PLUGIN_UNITS);
     let drop_in = etc.join("attestd.toml.d/50-attestd-p.toml");
     let text = std::fs::read_to_string(&drop_in).unwrap();
     assert!(
