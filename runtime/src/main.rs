@@ -341,11 +341,9 @@ enum Call {
 /// What to do about the error, where the message alone leaves a user guessing.
 fn hint(e: &anyhow::Error) -> Option<&'static str> {
     let text = format!("{e:#}");
-    // attestd's default paths (upstream's sockets, the plugins' directory) are root's.
-    let denied = e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
-    }) || text.contains("Permission denied");
+    // attestd's default paths (upstream's sockets, the plugins' directory) are
+    // root's. The text, since attester_sdk errors carry their io causes as text.
+    let denied = text.contains("Permission denied");
     if denied && text.contains(" /run/") && !nix::unistd::geteuid().is_root() {
         return Some(
             "attestd's default paths under /run are root's: run it as root, or give it \
@@ -1071,7 +1069,8 @@ async fn cmd_units(a: UnitsArgs) -> Result<()> {
     use attestd::config::layers;
     // The plugin as configured, not as an earlier run's drop-in turned it
     // (external): rendering again gives the same units.
-    let mut files = layers::sources(&a.config.dir()?, a.config.config_file.as_deref())?;
+    let config_dir = a.config.dir()?;
+    let mut files = layers::sources(&config_dir, a.config.config_file.as_deref())?;
     files.dir.retain(|f| !attestd::units::is_our_drop_in(f));
     let layered = layers::load(&files, a.config.config_file_source)?;
     let plugins = &layered.config.plugins;
@@ -1122,7 +1121,7 @@ async fn cmd_units(a: UnitsArgs) -> Result<()> {
     }
     let drop_in_dir = match &a.drop_in_dir {
         Some(d) => d.clone(),
-        None => a.config.dir()?.join(attestd::config::layers::DROP_IN_DIR),
+        None => config_dir.join(layers::DROP_IN_DIR),
     };
     if let (Some((file, text)), Some(_)) = (&rendered.drop_in, &a.out_dir) {
         std::fs::create_dir_all(&drop_in_dir)

@@ -112,12 +112,10 @@ fn sandbox(res: &resources::Resources, tee: &str) -> String {
     for d in &res.devices {
         s.push_str(&format!("DeviceAllow={} rw\n", d.display()));
     }
-    // "-": a path a guest lacks is skipped rather than failing the unit.
-    for p in res.rw.iter().chain(&resources::writable(tee)) {
-        let line = format!("ReadWritePaths=-{}\n", p.display());
-        if !s.contains(&line) {
-            s.push_str(&line);
-        }
+    // Every path the TEE's plugin writes, the optional ones too ("-": a path a
+    // guest lacks is skipped rather than failing the unit).
+    for p in resources::writable(tee) {
+        s.push_str(&format!("ReadWritePaths=-{}\n", p.display()));
     }
     s
 }
@@ -166,11 +164,13 @@ pub fn render(p: &UnitParams) -> Result<Rendered> {
             spec.config.launch.as_str()
         )));
     }
+    let tee = spec.config.tee.clone().unwrap_or_default();
+    // The target's needs, not this machine's: units are written at image
+    // build, on a machine that is no TEE guest.
+    let (target, optional) = resources::for_target(&tee);
     if spec.config.launch == LaunchKind::Oci {
         // attestd runs the bundle itself with runc, as kata-agent runs its pause
         // container: one unit, attestd's, and no podman anywhere.
-        let tee = spec.config.tee.clone().unwrap_or_default();
-        let (target, _) = resources::for_target(&tee);
         out.push((
             "attestd.service".into(),
             format!(
@@ -187,10 +187,6 @@ pub fn render(p: &UnitParams) -> Result<Rendered> {
             drop_in: None,
         });
     }
-    let tee = spec.config.tee.clone().unwrap_or_default();
-    // The target's needs, not this machine's: units are written at image
-    // build, on a machine that is no TEE guest.
-    let (target, optional) = resources::for_target(&tee);
     let res = spec.with_opt_ins(target);
     match spec.config.launch {
         LaunchKind::Podman => {
