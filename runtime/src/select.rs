@@ -4,6 +4,9 @@
 //! `[plugins.attester.<tee>]` table, or else its image in `images.lock` started with
 //! `auto_launch`. `sample` is chosen only when configured and nothing else is.
 //! Probes read under a configurable root so tests can build fake trees.
+//! A TEE the core has no probe for is probed by what its plugin declares (its
+//! table's `probe`, else its images.lock entry's: [`crate::config::probe`]),
+//! after the TEE-specific built-ins and before the generic TPM.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +24,7 @@ pub const PRECEDENCE: [&str; 5] = ["tdx", "az-tdx-vtpm", "az-snp-vtpm", "snp", "
 /// What one probe saw.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Probe {
-    pub tee: &'static str,
+    pub tee: String,
     pub found: bool,
     /// The paths or markers that made it positive, or what was looked for.
     pub seen: Vec<String>,
@@ -47,7 +50,61 @@ fn azure(root: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Every probe, in precedence order. Cheap: file existence and small reads only.
+/// Whether the core probes `tee` itself (a declared probe for it is ignored).
+pub fn built_in(tee: &str) -> bool {
+    PRECEDENCE.contains(&tee) || tee == "sample"
+}
+
+/// The probes third parties' plugins declare, by TEE: a table's `probe`, else
+/// its images.lock entry's. Built-in TEEs keep the core's own.
+pub fn declared(
+    plugins: &PluginsConfig,
+    lock: &std::collections::BTreeMap<String, LockedImage>,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (tee, l) in lock {
+        if !l.probe.is_empty() {
+            out.insert(tee.clone(), l.probe.clone());
+        }
+    }
+    for (name, pc) in &plugins.attester {
+        if !pc.probe.is_empty() {
+            out.insert(name.clone(), pc.probe.clone());
+        }
+    }
+    out.retain(|tee, _| !built_in(tee));
+    out
+}
+
+/// Every probe, built-in and `declared`, in precedence order. Cheap: file
+/// existence and small reads only. A malformed declared probe finds nothing
+/// and says why.
+pub fn probe_all(
+    root: &Path,
+    declared: &std::collections::BTreeMap<String, Vec<String>>,
+) -> Vec<Probe> {
+    let mut all = probe(root);
+    // Before the generic TPM (last): a third party's TEE may well have a TPM too.
+    let tpm = all.pop();
+    for (tee, conditions) in declared {
+        let (found, seen) = match crate::config::probe::parse(conditions) {
+            Ok(c) => (
+                !c.is_empty() && c.iter().all(|c| c.holds(root)),
+                c.iter().map(|c| c.describe()).collect(),
+            ),
+            Err(e) => (false, vec![format!("malformed probe: {e}")]),
+        };
+        all.push(Probe {
+            tee: tee.clone(),
+            found,
+            seen,
+        });
+    }
+    all.extend(tpm);
+    all
+}
+
+/// The built-in probes, in precedence order.
 pub fn probe(root: &Path) -> Vec<Probe> {
     let any = |paths: &[&str]| -> Vec<String> {
         paths
@@ -86,7 +143,11 @@ pub fn probe(root: &Path) -> Vec<Probe> {
                 }
                 _ => (!tpm.is_empty(), tpm.clone()),
             };
-            Probe { tee, found, seen }
+            Probe {
+                tee: tee.to_string(),
+                found,
+                seen,
+            }
         })
         .collect()
 }
@@ -98,6 +159,12 @@ pub struct LockedImage {
     pub digest: String,
     pub transport: Transport,
     pub api: u32,
+    /// A third party's image: its declared probe (the `org.attestd.probe` label).
+    #[serde(default)]
+    pub probe: Vec<String>,
+    /// A third party's image: the device nodes it needs (`org.attestd.devices`).
+    #[serde(default)]
+    pub devices: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -154,6 +221,9 @@ fn plugin_for(
     if !matches!(plugins.auto_launch, LaunchKind::Podman | LaunchKind::Oci) {
         return Err("auto_launch must be podman or oci to start an image".into());
     }
+    for d in &l.devices {
+        crate::config::check_device(d).map_err(|e| format!("its images.lock entry: {e}"))?;
+    }
     let name = crate::launch::image::ImageRef::repository(&l.image);
     Ok((
         tee.to_string(),
@@ -167,7 +237,8 @@ fn plugin_for(
             image: Some(format!("{name}@{}", l.digest)),
             socket: None,
             host_network: false,
-            devices: Vec::new(),
+            devices: l.devices.clone(),
+            probe: l.probe.clone(),
         },
     ))
 }
@@ -262,13 +333,17 @@ pub async fn select(
     confirm: bool,
     record_provenance: bool,
 ) -> Result<Selection> {
-    let probes = probe(root);
     let lock = read_lock(&plugins.images_lock)?;
+    let probes = probe_all(root, &declared(plugins, &lock));
     let mut skipped = Vec::new();
-    let positives: Vec<&str> = probes.iter().filter(|p| p.found).map(|p| p.tee).collect();
+    let positives: Vec<String> = probes
+        .iter()
+        .filter(|p| p.found)
+        .map(|p| p.tee.clone())
+        .collect();
     // The sample comes last, and only when configured.
     let sample = plugins.attester.contains_key("sample").then_some("sample");
-    for tee in positives.into_iter().chain(sample) {
+    for tee in positives.iter().map(String::as_str).chain(sample) {
         let (name, config) = match plugin_for(tee, plugins, &lock) {
             Ok(p) => p,
             Err(why) => {
@@ -345,7 +420,7 @@ mod tests {
         t
     }
 
-    fn found(root: &Path) -> Vec<&'static str> {
+    fn found(root: &Path) -> Vec<String> {
         probe(root)
             .into_iter()
             .filter(|p| p.found)
@@ -381,6 +456,85 @@ mod tests {
         );
     }
 
+    fn locked(probe: &[&str], devices: &[&str]) -> LockedImage {
+        LockedImage {
+            image: "localhost/acme/attester-x-hello".into(),
+            digest: format!("sha256:{}", "b".repeat(64)),
+            transport: Transport::Ttrpc,
+            api: PROTOCOL_VERSIONS[0],
+            probe: probe.iter().map(|p| p.to_string()).collect(),
+            devices: devices.iter().map(Into::into).collect(),
+        }
+    }
+
+    #[test]
+    fn a_declared_probe_comes_after_the_tee_probes_and_before_the_tpm() {
+        let t = tree(&[
+            ("dev/x-hello-guest", ""),
+            ("dev/tpmrm0", ""),
+            ("dev/sev-guest", ""),
+            ("sys/class/dmi/id/board_vendor", "Acme\n"),
+        ]);
+        let mut lock = std::collections::BTreeMap::new();
+        lock.insert(
+            "x-hello".to_string(),
+            locked(&["/dev/x-hello-guest"], &["/dev/x-hello-guest"]),
+        );
+        lock.insert("x-absent".to_string(), locked(&["/dev/x-absent"], &[]));
+        // A built-in TEE keeps the core's probe, whatever is declared for it.
+        lock.insert("snp".to_string(), locked(&["/dev/nothing"], &[]));
+        let mut plugins = PluginsConfig::default();
+        let table = PluginConfig {
+            launch: LaunchKind::Process,
+            command: Some("attester-x-acme".into()),
+            args: Vec::new(),
+            env: Default::default(),
+            transport: Transport::Ttrpc,
+            tee: None,
+            image: None,
+            socket: None,
+            host_network: false,
+            devices: Vec::new(),
+            probe: vec!["/sys/class/dmi/id/board_vendor=Acme".into()],
+        };
+        plugins.attester.insert("x-acme".into(), table.clone());
+        let mut bad = table;
+        bad.probe = vec!["/etc/shadow".into()];
+        plugins.attester.insert("x-bad".into(), bad);
+        let probes = probe_all(t.path(), &declared(&plugins, &lock));
+        let order: Vec<(&str, bool)> = probes.iter().map(|p| (p.tee.as_str(), p.found)).collect();
+        assert_eq!(
+            order,
+            [
+                ("tdx", false),
+                ("az-tdx-vtpm", false),
+                ("az-snp-vtpm", false),
+                ("snp", true),
+                ("x-absent", false),
+                ("x-acme", true),
+                ("x-bad", false),
+                ("x-hello", true),
+                ("tpm", true),
+            ]
+        );
+        assert_eq!(probes[7].seen, ["/dev/x-hello-guest"]);
+        assert_eq!(
+            probes[5].seen,
+            ["/sys/class/dmi/id/board_vendor = \"Acme\""]
+        );
+        assert!(probes[6].seen[0].starts_with("malformed probe: probe condition \"/etc/shadow\""));
+        // The locked image's declared devices go with it.
+        let plugins = PluginsConfig {
+            auto_launch: LaunchKind::Podman,
+            ..Default::default()
+        };
+        let (_, pc) = plugin_for("x-hello", &plugins, &lock).unwrap();
+        assert_eq!(pc.devices, [std::path::PathBuf::from("/dev/x-hello-guest")]);
+        lock.insert("x-evil".into(), locked(&["/dev/x"], &["/etc/shadow"]));
+        let e = plugin_for("x-evil", &plugins, &lock).unwrap_err();
+        assert!(e.contains("not a device node path under /dev"), "{e}");
+    }
+
     #[test]
     fn the_lock_parses_and_a_missing_one_is_empty() {
         let t = tree(&[(
@@ -412,6 +566,8 @@ mod tests {
                     digest: digest.clone(),
                     transport: Transport::Ttrpc,
                     api: PROTOCOL_VERSIONS[0],
+                    probe: Vec::new(),
+                    devices: Vec::new(),
                 },
             );
         }

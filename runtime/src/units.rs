@@ -366,6 +366,7 @@ mod tests {
                 socket: None,
                 host_network: false,
                 devices: Vec::new(),
+                probe: Vec::new(),
             },
             DeviceRole::Primary,
             &PluginsConfig::default(),

@@ -175,6 +175,13 @@ pub struct LockedAttester {
     pub image: String,
     pub digest: String,
     pub transport: String,
+    /// A third party's image: the pod VM's device nodes it needs (then it runs
+    /// privileged, as the built-in TEEs' attesters do).
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// A third party's image: its declared probe, which `auto` hands to attestd.
+    #[serde(default)]
+    pub probe: Vec<String>,
 }
 
 /// The core's (or the webhook's own) image.

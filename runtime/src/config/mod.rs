@@ -5,6 +5,7 @@
 //! [`layers`] merges the image's system file and drop-ins with the `-c` file.
 
 pub mod layers;
+pub mod probe;
 pub mod scope;
 
 use std::collections::BTreeMap;
@@ -14,8 +15,8 @@ use std::time::Duration;
 use attester_sdk::Transport;
 use serde::{Deserialize, Serialize};
 
-/// TEE names as kbs-types spells them: what `GetTeeType` may answer.
-pub const KNOWN_TEES: &[&str] = &[
+/// TEE names as kbs-types spells them: the names a KBS knows (RCAR's `tee`).
+pub const KBS_TEES: &[&str] = &[
     "tdx",
     "snp",
     "sgx",
@@ -455,10 +456,16 @@ pub struct PluginConfig {
     /// start (e.g. a containerised TPM plugin reaching a swtpm in development).
     #[serde(default)]
     pub host_network: bool,
-    /// `podman` and `oci`: device nodes for this plugin besides its TEE's
-    /// (absolute paths under /dev). An explicit opt-in, logged at start.
+    /// Device nodes for this plugin besides its TEE's (absolute paths under
+    /// /dev): what `podman` and `oci` pass into its container and what a unit
+    /// from `attestd units` allows a process plugin. An explicit opt-in, logged
+    /// at start.
     #[serde(default)]
     pub devices: Vec<PathBuf>,
+    /// `primary = "auto"`: how to tell this machine is a guest of the plugin's
+    /// TEE, for a TEE the core has no probe of its own for (see [`probe`]).
+    #[serde(default)]
+    pub probe: Vec<String>,
 }
 
 impl Config {
@@ -514,33 +521,22 @@ impl Config {
                 check_tee(&format!("{key}.tee"), tee)?;
             }
             for (i, d) in pc.devices.iter().enumerate() {
-                let ok = d.is_absolute()
-                    && d.starts_with("/dev")
-                    && d.components().all(|c| {
-                        matches!(
-                            c,
-                            std::path::Component::RootDir | std::path::Component::Normal(_)
-                        )
-                    });
-                if !ok {
-                    return Err(invalid(
-                        format!("{key}.devices[{i}]"),
-                        format!(
-                            "{:?} is not a device node path under /dev",
-                            d.display().to_string()
-                        ),
-                    ));
-                }
+                check_device(d).map_err(|e| invalid(format!("{key}.devices[{i}]"), e))?;
             }
-            if (pc.host_network || !pc.devices.is_empty())
-                && !matches!(pc.launch, LaunchKind::Podman | LaunchKind::Oci)
-            {
+            if pc.host_network && !matches!(pc.launch, LaunchKind::Podman | LaunchKind::Oci) {
                 return Err(invalid(
                     key.clone(),
-                    "host_network and devices are for launch = \"podman\" or \"oci\": \
+                    "host_network is for launch = \"podman\" or \"oci\": \
                      other plugins are not in a container",
                 ));
             }
+            if !pc.devices.is_empty() && pc.launch == LaunchKind::External {
+                return Err(invalid(
+                    format!("{key}.devices"),
+                    "an external plugin's devices are its owner's to give",
+                ));
+            }
+            probe::parse(&pc.probe).map_err(|e| invalid(format!("{key}.probe"), e))?;
         }
         let defined = |key: &str, name: &str| {
             if p.attester.contains_key(name) {
@@ -597,19 +593,66 @@ impl Config {
     }
 }
 
-/// `tee` must be a kbs-types TEE name.
-pub fn check_tee(key: &str, tee: &str) -> Result<(), ConfigError> {
-    if KNOWN_TEES.contains(&tee) {
+/// `d` must be a device node's path: absolute under /dev, no '.' or '..'.
+pub fn check_device(d: &std::path::Path) -> Result<(), String> {
+    let ok = d.is_absolute()
+        && d.starts_with("/dev")
+        && d.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::RootDir | std::path::Component::Normal(_)
+            )
+        });
+    if ok {
         Ok(())
     } else {
-        Err(invalid(
-            key,
-            format!(
-                "unknown TEE {tee:?}: expected one of {}",
-                KNOWN_TEES.join(", ")
-            ),
+        Err(format!(
+            "{:?} is not a device node path under /dev",
+            d.display().to_string()
         ))
     }
+}
+
+/// A TEE name kbs-types does not know starts with this: a third party's TEE,
+/// which can never collide with a name kbs-types adopts later.
+pub const THIRD_PARTY_PREFIX: &str = "x-";
+/// The longest TEE name (it travels in GetTeeType, logs and the event log).
+pub const MAX_TEE_NAME_LEN: usize = 32;
+
+/// Whether `tee` is a third party's TEE name: [`THIRD_PARTY_PREFIX`], then
+/// lowercase ASCII letters, digits and single '-' between them, at most
+/// [`MAX_TEE_NAME_LEN`] bytes.
+pub fn is_third_party_tee(tee: &str) -> bool {
+    let Some(rest) = tee.strip_prefix(THIRD_PARTY_PREFIX) else {
+        return false;
+    };
+    tee.len() <= MAX_TEE_NAME_LEN
+        && !rest.is_empty()
+        && rest.split('-').all(|w| {
+            !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+}
+
+/// `tee` must be a kbs-types TEE name or a third party's ([`is_third_party_tee`]).
+pub fn check_tee(key: &str, tee: &str) -> Result<(), ConfigError> {
+    if KBS_TEES.contains(&tee) || is_third_party_tee(tee) {
+        Ok(())
+    } else {
+        Err(invalid(key, tee_name_rule(tee)))
+    }
+}
+
+/// Why `tee` is no TEE name, and what one is.
+pub fn tee_name_rule(tee: &str) -> String {
+    format!(
+        "unknown TEE {:?}: expected one of {} (kbs-types' names), or a third party's \
+         name: \"{THIRD_PARTY_PREFIX}\" then lowercase letters, digits and single '-', \
+         at most {MAX_TEE_NAME_LEN} bytes",
+        crate::echo::bounded(tee, 64),
+        KBS_TEES.join(", ")
+    )
 }
 
 #[cfg(test)]
@@ -731,6 +774,39 @@ tee = "sampledevice"
     }
 
     #[test]
+    fn tee_names_are_kbs_types_names_or_a_third_partys() {
+        // Every name of the list is one kbs-types (so a KBS) knows.
+        for tee in KBS_TEES {
+            serde_json::from_value::<kbs_types::Tee>(serde_json::json!(tee))
+                .unwrap_or_else(|e| panic!("{tee}: {e}"));
+            check_tee("tee", tee).unwrap();
+        }
+        let at_bound = format!("x-{}", "a".repeat(MAX_TEE_NAME_LEN - 2));
+        for ok in ["x-hello", "x-acme-tee2", "x-0", at_bound.as_str()] {
+            check_tee("tee", ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            // A third party's name is never one kbs-types knows.
+            assert!(serde_json::from_value::<kbs_types::Tee>(serde_json::json!(ok)).is_err());
+        }
+        let past_bound = format!("{at_bound}a");
+        for bad in [
+            "hello",
+            "x-",
+            "x-Hello",
+            "x-a--b",
+            "x-a-",
+            "x_a",
+            "x-é",
+            "",
+            past_bound.as_str(),
+        ] {
+            let e = check_tee("plugins.attester.s.tee", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("a third party's name: \"x-\""), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn duplicate_additional_is_refused() {
         let t = "[plugins]\nprimary = \"a\"\nadditional = [\"a\"]\n[plugins.attester.a]\nlaunch = \"process\"\ncommand = \"x\"\ntransport = \"ttrpc\"\n";
         let e = Config::parse(t).unwrap_err().to_string();
@@ -768,9 +844,30 @@ tee = "sampledevice"
         let process = "[plugins.attester.s]\nlaunch = \"process\"\ncommand = \"x\"\ntransport = \"ttrpc\"\nhost_network = true\n";
         let e = Config::parse(process).unwrap_err().to_string();
         assert!(
-            e.contains("host_network and devices are for launch = \"podman\" or \"oci\""),
+            e.contains("host_network is for launch = \"podman\" or \"oci\""),
             "{e}"
         );
+        // A process plugin's devices are its unit's DeviceAllow; an external
+        // plugin's are not attestd's to give.
+        let process = "[plugins.attester.s]\nlaunch = \"process\"\ncommand = \"x\"\ntransport = \"ttrpc\"\ndevices = [\"/dev/x-hello-guest\"]\n";
+        assert!(Config::parse(process).is_ok());
+        let external = "[plugins.attester.s]\nlaunch = \"external\"\nsocket = \"/run/x.sock\"\ntransport = \"ttrpc\"\ndevices = [\"/dev/x\"]\n";
+        let e = Config::parse(external).unwrap_err().to_string();
+        assert_eq!(e, "invalid config: plugins.attester.s.devices: an external plugin's devices are its owner's to give");
+        let e = Config::parse(&table("probe = [\"/etc/passwd\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "invalid config: plugins.attester.s.probe: probe condition \"/etc/passwd\""
+            ),
+            "{e}"
+        );
+        let c = Config::parse(&table(
+            "probe = [\"/dev/x-hello-guest\", \"/sys/class/dmi/id/sys_vendor=Acme\"]",
+        ))
+        .unwrap();
+        assert_eq!(c.plugins.attester["s"].probe.len(), 2);
         let e = Config::parse("[plugins]\npodman_runtime = \"--privileged\"\n")
             .unwrap_err()
             .to_string();

@@ -351,7 +351,7 @@ grpc = "0.0.0.0:50000"
             );
         }
         for must in [
-            "command", "args", "launch", "devices", "env", "image", "socket",
+            "command", "args", "launch", "devices", "env", "image", "socket", "probe",
         ] {
             assert!(allowed(Source::InitData, &format!("plugins.attester.x.{must}")).is_err());
         }

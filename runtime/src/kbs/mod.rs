@@ -164,7 +164,11 @@ impl KbsClient {
     pub async fn auth(&self, tee: &str) -> Result<(Challenge, Option<String>)> {
         let tee: Tee =
             serde_json::from_value(serde_json::Value::String(tee.to_string())).map_err(|_| {
-                Error::failed_precondition(format!("TEE {tee:?} has no KBS protocol name"))
+                Error::failed_precondition(format!(
+                    "the KBS protocol cannot name TEE {tee:?}: kbs-types knows {}, so no \
+                     KBS can attest it (GetEvidence and GetTeeType still answer)",
+                    crate::config::KBS_TEES.join(", ")
+                ))
             })?;
         let req = Request {
             version: PROTOCOL_VERSION.into(),

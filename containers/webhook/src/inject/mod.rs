@@ -224,6 +224,8 @@ struct Attester {
     image: String,
     transport: String,
     privileged: bool,
+    /// A third party's declared probe, for attestd's `auto`.
+    probe: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -297,7 +299,11 @@ fn plan(tee: &str, host_network: bool, config: &Config, lock: &Lock) -> Result<P
         // Inside a kata pod VM a privileged container sees the guest's devices
         // (with privileged_without_host_devices, never the host's): the only way
         // a pod spec can hand it /dev/tdx_guest, /dev/sev-guest or the TPM.
-        let privileged = !(needs.devices.is_empty() && needs.rw.is_empty() && optional.is_empty());
+        let declared = locked.map_or(0, |l| l.devices.len());
+        let privileged = !(needs.devices.is_empty()
+            && needs.rw.is_empty()
+            && optional.is_empty()
+            && declared == 0);
         if needs.host_network {
             warnings.push(format!(
                 "attester {t} reaches the Azure IMDS (169.254.169.254): the pod network must route to it"
@@ -308,6 +314,7 @@ fn plan(tee: &str, host_network: bool, config: &Config, lock: &Lock) -> Result<P
             image,
             transport,
             privileged,
+            probe: locked.map(|l| l.probe.clone()).unwrap_or_default(),
         });
     }
     check_reference(&core_image, config.dev_mode)?;
@@ -350,6 +357,9 @@ fn plugin_config(plan: &Plan) -> String {
             a.transport,
             a.tee
         ));
+        if !a.probe.is_empty() {
+            s.push_str(&format!("probe = {:?}\n", a.probe));
+        }
     }
     s
 }

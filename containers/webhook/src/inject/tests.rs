@@ -16,9 +16,22 @@ fn lock() -> Lock {
                 image: format!("localhost/attestd/attester-{tee}"),
                 digest: DIGEST.into(),
                 transport: "ttrpc".into(),
+                devices: Vec::new(),
+                probe: Vec::new(),
             },
         );
     }
+    // A third party's image, as `containers/build.sh --plugin` locks it.
+    l.images.insert(
+        "x-hello".into(),
+        LockedAttester {
+            image: "localhost/acme/attester-x-hello".into(),
+            digest: DIGEST.into(),
+            transport: "ttrpc".into(),
+            devices: vec!["/dev/x-hello-guest".into()],
+            probe: vec!["/dev/x-hello-guest".into()],
+        },
+    );
     l.components.insert(
         "attestd".into(),
         LockedComponent {
@@ -367,17 +380,24 @@ fn auto_injects_every_hardware_candidate_and_lets_attestd_choose() {
             "attestd-attester-snp",
             "attestd-attester-tdx",
             "attestd-attester-tpm",
+            "attestd-attester-x-hello",
             "attestd"
         ]
     );
     // attestd probes the pod VM's devices to choose.
     assert_eq!(
-        init[3].security_context.as_ref().unwrap().privileged,
+        init[4].security_context.as_ref().unwrap().privileged,
         Some(true)
     );
     let cfg: toml::Value = toml::from_str(&p.metadata.annotations.unwrap()[PLUGIN_CONFIG]).unwrap();
     assert_eq!(cfg["plugins"]["primary"].as_str(), Some("auto"));
-    assert_eq!(cfg["plugins"]["attester"].as_table().unwrap().len(), 3);
+    assert_eq!(cfg["plugins"]["attester"].as_table().unwrap().len(), 4);
+    // A third party's candidate carries its declared probe: attestd has no other.
+    assert_eq!(
+        cfg["plugins"]["attester"]["x-hello"]["probe"],
+        toml::Value::Array(vec!["/dev/x-hello-guest".into()])
+    );
+    assert!(cfg["plugins"]["attester"]["tdx"].get("probe").is_none());
 }
 
 #[test]
@@ -522,4 +542,50 @@ fn the_pod_config_annotation_sets_workload_keys_only() {
         ),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_third_partys_tee_is_injected_for_its_runtime_class() {
+    let mut config = Config::default();
+    config
+        .runtime_classes
+        .insert("kata-qemu-x-hello".into(), "x-hello".into());
+    let p = pod(json!({
+        "metadata": {"name": "hello"},
+        "spec": {"runtimeClassName": "kata-qemu-x-hello", "containers": [{"name": "app", "image": "app"}]}
+    }));
+    let (p, _) = injected(&p, &config);
+    let annotations = p.metadata.annotations.clone().unwrap();
+    assert_eq!(annotations[INJECTED], "x-hello");
+    let init = p.spec.unwrap().init_containers.unwrap();
+    assert_eq!(names(&init), ["attestd-attester-x-hello", "attestd"]);
+    assert_eq!(
+        init[0].image.as_deref(),
+        Some(format!("localhost/acme/attester-x-hello@{DIGEST}").as_str())
+    );
+    // It declared a device: privileged in the pod VM, attestd root beside it.
+    assert_eq!(
+        init[0].security_context.clone().unwrap().privileged,
+        Some(true)
+    );
+    assert_eq!(
+        init[1].security_context.clone().unwrap().run_as_user,
+        Some(0)
+    );
+    // attestd's own configuration loader takes the TEE name.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("attestd.toml.d")).unwrap();
+    std::fs::write(
+        d.path().join("attestd.toml.d/90-webhook.toml"),
+        &annotations[PLUGIN_CONFIG],
+    )
+    .unwrap();
+    let files = attestd::config::layers::sources(d.path(), None).unwrap();
+    let l =
+        attestd::config::layers::load(&files, attestd::config::scope::Source::Operator).unwrap();
+    assert_eq!(l.config.plugins.primary.as_deref(), Some("x-hello"));
+    assert_eq!(
+        l.config.plugins.attester["x-hello"].socket.as_deref(),
+        Some(std::path::Path::new("/run/attestd/x-hello.sock"))
+    );
 }
