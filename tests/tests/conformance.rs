@@ -69,6 +69,21 @@ fn the_tpm_attester_conforms_on_swtpm() {
     let cmd = attester_bin("tpm", "attester-tpm").display().to_string();
     let v = assert_conforms("ttrpc", &[cmd, "--tcti".into(), tpm.tcti()]);
     assert_eq!(outcome(&v, "report data at the limit"), "pass");
+    // The quote's qualifying data is 32 bytes: upstream's TPM attester cuts the
+    // rest, and the kit says so.
+    let visible = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "report data visible in the evidence")
+        .unwrap();
+    assert!(
+        visible["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("only its first 32 bytes (the rest is not bound), in /"),
+        "{visible}"
+    );
     assert_eq!(outcome(&v, "advertised register read answers"), "pass");
 }
 
@@ -114,10 +129,55 @@ fn a_plugin_that_breaks_the_contract_fails_it() {
     );
     assert!(!ok);
     assert_eq!(outcome(&v, "handshake"), "fail", "{v:#}");
-    // A TEE name the core does not know.
-    let (ok, v, _) = conformance("ttrpc", &[test, "--tee".into(), "tdx2".into()]);
+    // A TEE name neither kbs-types' nor a third party's.
+    let (ok, v, _) = conformance("ttrpc", &[test.clone(), "--tee".into(), "tdx2".into()]);
     assert!(!ok);
-    assert_eq!(outcome(&v, "tee is a known name"), "fail", "{v:#}");
+    assert_eq!(outcome(&v, "tee name"), "fail", "{v:#}");
+    // Each of these fails its check, and only it, with the reason.
+    for (mode, check, why) in [
+        (
+            "ignore-report-data",
+            "other report data, other evidence",
+            "it ignores the report data",
+        ),
+        (
+            "ignore-report-data",
+            "report data visible in the evidence",
+            "neither the report data nor its SHA-256/384/512 is in the evidence",
+        ),
+        (
+            "hide-report-data",
+            "report data visible in the evidence",
+            "neither the report data nor its SHA-256/384/512 is in the evidence",
+        ),
+        ("slow-detect", "detect answers", "Detect must be cheap"),
+        (
+            "blocking-evidence",
+            "health answers while evidence is busy",
+            "no answer within 2000 ms while evidence was in flight",
+        ),
+    ] {
+        let (ok, v, err) = conformance("ttrpc", &[test.clone(), "--mode".into(), mode.into()]);
+        assert!(!ok, "{mode}: {v:#}\n{err}");
+        let fails: Vec<&serde_json::Value> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["outcome"] == "fail")
+            .collect();
+        // Evidence that ignores the report data also hides it: two checks fail.
+        let expected = if mode == "ignore-report-data" { 2 } else { 1 };
+        assert_eq!(fails.len(), expected, "{mode}: {v:#}");
+        let failed = fails
+            .iter()
+            .find(|c| c["name"] == check)
+            .unwrap_or_else(|| panic!("{mode}: {check} did not fail: {v:#}"));
+        let detail = failed["detail"].as_str().unwrap();
+        assert!(detail.contains(why), "{mode}: {detail}");
+    }
+    // A third party's TEE name passes, and says what a KBS will make of it.
+    let v = assert_conforms("ttrpc", &[test, "--tee".into(), "x-hello".into()]);
+    assert_eq!(outcome(&v, "tee name"), "pass");
 }
 
 #[test]
@@ -142,5 +202,12 @@ fn a_running_plugin_is_checked_by_its_socket_without_the_sigterm_check() {
         out.contains("SKIP SIGTERM: exits 0, socket removed: not started by the kit"),
         "{out}"
     );
-    assert!(out.ends_with("10 passed, 0 failed, 1 skipped\n"), "{out}");
+    assert!(out.ends_with("13 passed, 0 failed, 1 skipped\n"), "{out}");
+    // The sample binds the report data: the kit says where it found it.
+    assert!(
+        out.contains(
+            "PASS report data visible in the evidence: the report data, in /report_data (base64)"
+        ),
+        "{out}"
+    );
 }

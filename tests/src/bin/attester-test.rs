@@ -17,6 +17,16 @@ enum Mode {
     CrashOnEvidence,
     /// Exit with status 3 before serving.
     ExitAtStart,
+    /// Evidence that ignores the report data (the conformance kit must fail it).
+    IgnoreReportData,
+    /// Evidence that changes every call but hides the report data (a nonce of
+    /// its own): the kit must fail it too.
+    HideReportData,
+    /// Detect takes 1.5 s (the kit bounds it at 1 s).
+    SlowDetect,
+    /// GetEvidence blocks the plugin's runtime for 3 s, as device code called
+    /// off a device thread does: health goes unanswered meanwhile.
+    BlockingEvidence,
 }
 
 #[derive(Parser)]
@@ -113,6 +123,9 @@ impl Attester for TestAttester {
     }
 
     fn detect(&self) -> Result<bool> {
+        if self.mode == Mode::SlowDetect {
+            std::thread::sleep(std::time::Duration::from_millis(1_500));
+        }
         Ok(true)
     }
 
@@ -127,6 +140,15 @@ impl Attester for TestAttester {
         match self.mode {
             Mode::Hang => std::future::pending().await,
             Mode::CrashOnEvidence => std::process::exit(9),
+            Mode::IgnoreReportData => {
+                return Evidence::from_json(&serde_json::json!({"svn": "1"}), "test/1")
+            }
+            Mode::HideReportData => {
+                static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Evidence::from_json(&serde_json::json!({"nonce": n}), "test/1");
+            }
+            Mode::BlockingEvidence => std::thread::sleep(std::time::Duration::from_secs(3)),
             _ => {}
         }
         tokio::time::sleep(self.evidence_delay).await;
