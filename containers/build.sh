@@ -2,9 +2,30 @@
 # Build every attester image with podman (FROM scratch, nothing pulled) and write
 # containers/images.lock: for each TEE the image name, its sha256 digest, transport
 # and plugin API version; under [components.*] the core's image (attestd) and the
-# admission webhook's (webhook). Usage: containers/build.sh [name ...] (default:
-# all; names are TEEs, attestd and webhook).
+# admission webhook's (webhook).
+#
+#   containers/build.sh [--lock FILE] [--plugin DIR]... [name ...]
+#
+# name: a TEE, attestd or webhook (default: all, unless --plugin is given).
+# --plugin DIR: a third party's plugin crate (its own workspace and Cargo.lock),
+#   built static with the shipped profile into an image FROM scratch; its
+#   Cargo.toml's [package.metadata.attestd] gives tee, transport, and the probe
+#   and devices the image declares (labels org.attestd.probe, org.attestd.devices,
+#   copied into the lock). See docs/plugin-authors.md, "Shipping a plugin".
+# --lock FILE: write this lock instead of containers/images.lock.
 set -euo pipefail
+want=()
+plugin_dirs=()
+lock_arg=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --plugin) plugin_dirs+=("$(realpath -e "$2")") || exit 2; shift 2 ;;
+        --lock) lock_arg=$(realpath -m "$2"); shift 2 ;;
+        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -*) echo "build.sh: unknown option $1" >&2; exit 2 ;;
+        *) want+=("$1"); shift ;;
+    esac
+done
 cd "$(dirname "$0")/.."
 # Reproducible across clones: Cargo hashes a path dependency outside the workspace
 # being built (the SDK, seen from a hardware attester's own workspace) by its
@@ -17,14 +38,14 @@ ln -sfn "$(pwd -P)" "$BUILD_ROOT"
 cd "$BUILD_ROOT"
 . scripts/lib.sh
 ensure_rust
-ensure_packages podman runc "${ATTESTD_APT_PACKAGES[@]}"
+ensure_packages podman runc jq "${ATTESTD_APT_PACKAGES[@]}"
 
 TARGET=x86_64-unknown-linux-gnu
 # Debian's library directory for that target.
 MULTIARCH=x86_64-linux-gnu
 API=1
 STAGE=containers/build
-LOCK=containers/images.lock
+LOCK=${lock_arg:-containers/images.lock}
 mkdir -p "$STAGE"
 
 # tee  plugin  manifest  transport  linking
@@ -37,9 +58,9 @@ PLUGINS=(
     "az-tdx-vtpm attester-az-tdx-vtpm attesters/az-tdx-vtpm/Cargo.toml grpc dynamic"
 )
 
-want=("$@")
 selected() {
-    [ ${#want[@]} -eq 0 ] && return 0
+    # No names: everything, unless only third parties' plugins were asked for.
+    [ ${#want[@]} -eq 0 ] && [ ${#plugin_dirs[@]} -eq 0 ] && return 0
     local t
     for t in "${want[@]}"; do [ "$t" = "$1" ] && return 0; done
     return 1
@@ -147,6 +168,55 @@ for spec in "${PLUGINS[@]}"; do
     printf '%-8s %s@%s  %s bytes (%s KiB)\n' "$tee" "$image" "$digest" "$size" "$((size / 1024))"
     kept[images.$tee]=$(printf '[images.%s]\nimage = "%s"\ndigest = "%s"\ntransport = "%s"\napi = %s\nplugin = "%s"\nversion = "%s"\nsize = %s\nrustc = "%s"\n' \
         "$tee" "$image" "$digest" "$transport" "$API" "$plugin" "$version" "$size" "$RUSTC_VERSION")
+done
+
+# Third parties' plugins: each its own workspace, built static with the shipped
+# profile, in an image FROM scratch that declares what attestd needs to select
+# and start it. Their metadata is read, never executed.
+for dir in ${plugin_dirs[@]+"${plugin_dirs[@]}"}; do
+    # A crate in this checkout is built through the fixed path, as the others
+    # are; one elsewhere has its own path mapped out of the binary.
+    case $dir in
+        "$(pwd -P)"/*) dir="$PWD/${dir#"$(pwd -P)"/}"; plugin_remap= ;;
+        *) plugin_remap="--remap-path-prefix=$dir=/plugin" ;;
+    esac
+    meta=$(cargo metadata --manifest-path "$dir/Cargo.toml" --no-deps --format-version 1 --locked)
+    plugin=$(jq -r '.packages[0].name' <<<"$meta")
+    version=$(jq -r '.packages[0].version' <<<"$meta")
+    tee=$(jq -r '.packages[0].metadata.attestd.tee // empty' <<<"$meta")
+    transport=$(jq -r '.packages[0].metadata.attestd.transport // "ttrpc"' <<<"$meta")
+    probe=$(jq -c '.packages[0].metadata.attestd.probe // []' <<<"$meta")
+    devices=$(jq -c '.packages[0].metadata.attestd.devices // []' <<<"$meta")
+    # The names attestd takes (config/mod.rs): checked here too, so a bad one
+    # fails the build rather than the pod VM.
+    if ! [[ $tee =~ ^x-[a-z0-9]+(-[a-z0-9]+)*$ ]] || [ ${#tee} -gt 32 ]; then
+        echo "error: $dir: [package.metadata.attestd] tee \"$tee\" is not a third party's TEE name (\"x-\", then lowercase letters, digits and single '-', at most 32 bytes)" >&2
+        exit 1
+    fi
+    case $transport in ttrpc|grpc) ;; *) echo "error: $dir: transport must be ttrpc or grpc, not $transport" >&2; exit 1 ;; esac
+    echo "== $tee: building $plugin from $dir (static)" >&2
+    RUSTFLAGS="$(rustflags_for static) $plugin_remap" \
+        cargo build --release --locked --manifest-path "$dir/Cargo.toml" --bin "$plugin" --target "$TARGET"
+    target_dir=$(jq -r '.target_directory' <<<"$meta")
+    root="$STAGE/$tee/rootfs"
+    rm -rf "$STAGE/$tee"
+    mkdir -p "$root"
+    cp "$target_dir/$TARGET/release/$plugin" "$root/attester"
+    strip "$root/attester"
+    require_static "$root/attester" "$plugin"
+    image="localhost/attestd/$plugin"
+    podman build --runtime runc --timestamp 0 -q \
+        -f containers/Containerfile \
+        --build-arg TEE="$tee" --build-arg PLUGIN="$plugin" --build-arg TRANSPORT="$transport" \
+        --build-arg API="$API" --build-arg VERSION="$version" \
+        --label org.attestd.probe="$probe" --label org.attestd.devices="$devices" \
+        -t "$image:$version" "$STAGE/$tee" >/dev/null
+    digest=$(podman image inspect --format '{{.Digest}}' "$image:$version")
+    size=$(podman image inspect --format '{{.Size}}' "$image:$version")
+    printf '%-8s %s@%s  %s bytes (%s KiB)\n' "$tee" "$image" "$digest" "$size" "$((size / 1024))"
+    # JSON arrays of plain strings are TOML arrays too.
+    kept[images.$tee]=$(printf '[images.%s]\nimage = "%s"\ndigest = "%s"\ntransport = "%s"\napi = %s\nplugin = "%s"\nversion = "%s"\nsize = %s\nrustc = "%s"\nprobe = %s\ndevices = %s\n' \
+        "$tee" "$image" "$digest" "$transport" "$API" "$plugin" "$version" "$size" "$RUSTC_VERSION" "$probe" "$devices")
 done
 
 # Sections not rebuilt now stay as they were.

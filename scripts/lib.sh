@@ -19,7 +19,8 @@ ATTESTD_DEMO_PACKAGES=(gcc)
 
 # Hardware attesters: standalone workspaces with their own Cargo.lock.
 # attesters/azure is the helper both Azure plugins share, tested on its own.
-ATTESTD_ATTESTER_WORKSPACES=(attesters/tpm attesters/tdx attesters/snp attesters/azure attesters/az-snp-vtpm attesters/az-tdx-vtpm)
+# tests/plugins/x-hello is a third party's plugin outside the workspace (docs/plugin-authors.md).
+ATTESTD_ATTESTER_WORKSPACES=(attesters/tpm attesters/tdx attesters/snp attesters/azure attesters/az-snp-vtpm attesters/az-tdx-vtpm tests/plugins/x-hello)
 
 # The workspaces with a `recorded` feature (recorded/emulated devices, for tests):
 # the tests build them with it; shipped builds and images never do.

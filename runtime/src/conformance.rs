@@ -336,10 +336,12 @@ fn find_bound(evidence: &[u8], rd: &[u8]) -> Option<String> {
             rd[..MIN_BOUND_PREFIX].to_vec(),
         ));
     }
-    let mut hay = vec![("the evidence's bytes".to_string(), evidence.to_vec())];
+    // JSON first, so the report names the field; the whole bytes last.
+    let mut hay = Vec::new();
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(evidence) {
         haystacks(&v, "", 0, &mut hay);
     }
+    hay.push(("the evidence's bytes".to_string(), evidence.to_vec()));
     for (what, needle) in &needles {
         let hex_lower = hex::encode(needle);
         let hex_upper = hex_lower.to_uppercase();
