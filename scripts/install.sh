@@ -4,15 +4,19 @@
 # systemd units, the example configs and the image list.
 #
 #   scripts/install.sh [--prefix DIR] [--destdir DIR] [--unitdir DIR]
-#                      [--profile release|debug] [--no-build] [TEE…]
+#                      [--profile release|debug] [--no-build] [--plugin DIR]… [TEE…]
 #
-# TEE: sample tpm tdx snp az-snp-vtpm az-tdx-vtpm (default: sample). Each hardware
-# attester is its own workspace, built with its own Cargo.lock. The first TEE is
-# the primary plugin of the system configuration.
+# TEE: sample tpm tdx snp az-snp-vtpm az-tdx-vtpm (default: sample, unless a
+# --plugin is given). Each hardware attester is its own workspace, built with its
+# own Cargo.lock. --plugin DIR: a third party's plugin crate, whose Cargo.toml's
+# [package.metadata.attestd] names its TEE, transport, probe and devices (needs
+# jq). The first TEE (the TEEs, then the plugins) is the primary plugin of the
+# system configuration.
 #
 # Installs, under DESTDIR (for image builds; default none) and PREFIX (default /usr,
 # where attestd's defaults look):
-#   PREFIX/bin/attestd, PREFIX/bin/attester-<tee>   (attestd finds a plugin's bare
+#   PREFIX/bin/attestd, PREFIX/bin/attester-<tee>   (a --plugin: its own binary name;
+#                                                    attestd finds a plugin's bare
 #                                                    command name next to itself)
 #   /etc/attestd/attestd.toml                        (the system configuration; an
 #                                                    existing one is kept)
@@ -34,6 +38,7 @@ unitdir=
 profile=release
 build=1
 tees=()
+plugin_dirs=()
 while [ $# -gt 0 ]; do
     case $1 in
         --prefix) prefix=$2; shift 2 ;;
@@ -41,12 +46,13 @@ while [ $# -gt 0 ]; do
         --unitdir) unitdir=$2; shift 2 ;;
         --profile) profile=$2; shift 2 ;;
         --no-build) build=0; shift ;;
-        -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --plugin) plugin_dirs+=("$(realpath -e "$2")") || exit 2; shift 2 ;;
+        -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "install.sh: unknown option $1" >&2; exit 2 ;;
         *) tees+=("$1"); shift ;;
     esac
 done
-[ ${#tees[@]} -gt 0 ] || tees=(sample)
+[ ${#tees[@]} -gt 0 ] || [ ${#plugin_dirs[@]} -gt 0 ] || tees=(sample)
 # Where systemd looks: its own unit path for /usr and /usr/local, else /etc.
 if [ -z "$unitdir" ]; then
     case $prefix in
@@ -85,7 +91,31 @@ transport() {
         *) echo ttrpc ;;
     esac
 }
-for tee in "${tees[@]}"; do manifest "$tee" >/dev/null; done
+for tee in ${tees[@]+"${tees[@]}"}; do manifest "$tee" >/dev/null; done
+
+# Third parties' plugins: what their metadata declares, by TEE.
+declare -A p_dir=() p_bin=() p_target=() p_transport=() p_extra=()
+p_tees=()
+for dir in ${plugin_dirs[@]+"${plugin_dirs[@]}"}; do
+    command -v jq >/dev/null || { echo "install.sh: --plugin needs jq" >&2; exit 1; }
+    meta=$(cargo metadata --manifest-path "$dir/Cargo.toml" --no-deps --format-version 1 --locked)
+    tee=$(jq -r '.packages[0].metadata.attestd.tee // empty' <<<"$meta")
+    if ! [[ $tee =~ ^x-[a-z0-9]+(-[a-z0-9]+)*$ ]] || [ ${#tee} -gt 32 ]; then
+        echo "install.sh: $dir: [package.metadata.attestd] tee \"$tee\" is not a third party's TEE name (\"x-\", then lowercase letters, digits and single '-', at most 32 bytes)" >&2
+        exit 1
+    fi
+    p_tees+=("$tee")
+    p_dir[$tee]=$dir
+    p_bin[$tee]=$(jq -r '.packages[0].name' <<<"$meta")
+    p_target[$tee]="$(jq -r '.target_directory' <<<"$meta")/$profile"
+    p_transport[$tee]=$(jq -r '.packages[0].metadata.attestd.transport // "ttrpc"' <<<"$meta")
+    # JSON arrays of plain strings are TOML arrays too.
+    p_extra[$tee]=$(jq -r '.packages[0].metadata.attestd | "devices = \(.devices // [] | tojson)\nprobe = \(.probe // [] | tojson)"' <<<"$meta")
+done
+all=(${tees[@]+"${tees[@]}"} ${p_tees[@]+"${p_tees[@]}"})
+# The binary each TEE's plugin installs as.
+bin_name() { if [ -n "${p_bin[$1]+x}" ]; then echo "${p_bin[$1]}"; else echo "attester-$1"; fi; }
+built_at() { if [ -n "${p_target[$1]+x}" ]; then echo "${p_target[$1]}"; else target_dir "$1"; fi; }
 
 if [ $build = 1 ]; then
     # The shipped profile for every workspace (Cargo.toml's [profile.release]).
@@ -93,18 +123,21 @@ if [ $build = 1 ]; then
     # Only what ships: the core alone (not the workspace, whose test crate would
     # add test-only features), then each attester as shipped.
     cargo build "${flag[@]}" --locked -p attestd --bin attestd
-    for tee in "${tees[@]}"; do
+    for tee in ${tees[@]+"${tees[@]}"}; do
         if [ "$tee" = sample ]; then
             cargo build "${flag[@]}" --locked -p attester-sample --bin attester-sample
         else
             cargo build "${flag[@]}" --locked --manifest-path "$(manifest "$tee")" --bins
         fi
     done
+    for tee in ${p_tees[@]+"${p_tees[@]}"}; do
+        cargo build "${flag[@]}" --locked --manifest-path "${p_dir[$tee]}/Cargo.toml" --bin "${p_bin[$tee]}"
+    done
 fi
 
 # Everything to install is there before anything is installed: no half-made prefix.
 bins=("$(target_dir sample)/attestd")
-for tee in "${tees[@]}"; do bins+=("$(target_dir "$tee")/attester-$tee"); done
+for tee in "${all[@]}"; do bins+=("$(built_at "$tee")/$(bin_name "$tee")"); done
 for bin in "${bins[@]}"; do
     if [ ! -x "$bin" ]; then
         echo "install.sh: $bin is not built: run without --no-build (or build it with --profile $profile first)" >&2
@@ -116,8 +149,8 @@ root=$destdir$prefix
 etc=$destdir/etc/attestd
 install -d -m 0755 "$root/bin" "$root/share/attestd/examples" "$etc" "$destdir$unitdir"
 install -m 0755 "$(target_dir sample)/attestd" "$root/bin/attestd"
-for tee in "${tees[@]}"; do
-    install -m 0755 "$(target_dir "$tee")/attester-$tee" "$root/bin/attester-$tee"
+for tee in "${all[@]}"; do
+    install -m 0755 "$(built_at "$tee")/$(bin_name "$tee")" "$root/bin/$(bin_name "$tee")"
 done
 install -m 0644 docs/examples/*.toml "$root/share/attestd/examples/"
 if [ -f containers/images.lock ]; then
@@ -133,10 +166,14 @@ else
         echo "# Written by scripts/install.sh. Drop-ins in attestd.toml.d/ (read after this"
         echo "# file, in lexical order) change it; \`attestd config\` shows every key's origin."
         echo "[plugins]"
-        echo "primary = \"${tees[0]}\""
-        for tee in "${tees[@]}"; do
+        echo "primary = \"${all[0]}\""
+        for tee in ${tees[@]+"${tees[@]}"}; do
             printf '\n[plugins.attester.%s]\nlaunch = "process"\ncommand = "attester-%s"\ntransport = "%s"\ntee = "%s"\n' \
                 "$tee" "$tee" "$(transport "$tee")" "$tee"
+        done
+        for tee in ${p_tees[@]+"${p_tees[@]}"}; do
+            printf '\n[plugins.attester.%s]\nlaunch = "process"\ncommand = "%s"\ntransport = "%s"\ntee = "%s"\n%s\n' \
+                "$tee" "${p_bin[$tee]}" "${p_transport[$tee]}" "$tee" "${p_extra[$tee]}"
         done
     } >"$etc/attestd.toml.tmp"
     chmod 0644 "$etc/attestd.toml.tmp"
@@ -149,9 +186,9 @@ fi
 "$root/bin/attestd" units --config-dir "$etc" -c "$etc/attestd.toml" \
     --config-path /etc/attestd/attestd.toml --attestd "$prefix/bin/attestd" \
     --out-dir "$destdir$unitdir" --drop-in-dir "$etc/attestd.toml.d" >/dev/null
-echo "installed attestd and ${tees[*]} under $root, its configuration in $etc, its units in $destdir$unitdir"
+echo "installed attestd and ${all[*]} under $root, its configuration in $etc, its units in $destdir$unitdir"
 if [ -z "$destdir" ]; then
-    echo "next: systemctl daemon-reload && systemctl enable --now attestd-${tees[0]}.service attestd-${tees[0]}.path"
+    echo "next: systemctl daemon-reload && systemctl enable --now attestd-${all[0]}.service attestd-${all[0]}.path"
 fi
 if [ "$prefix" != /usr ]; then
     echo "note: attestd looks for $prefix/share/attestd/images.lock only when [plugins] images_lock says so (default /usr/share/attestd/images.lock)"

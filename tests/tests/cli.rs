@@ -394,6 +394,77 @@ fn install_sh_installs_what_ships_and_the_installed_attestd_finds_its_plugin() {
 }
 
 #[test]
+fn install_sh_installs_a_third_partys_plugin_with_what_its_crate_declares() {
+    // tests/plugins/x-hello as built by the suite (scripts/test.sh builds every
+    // attester workspace): installed, configured and given a unit by its metadata.
+    let d = tempfile::tempdir().unwrap();
+    let dest = d.path().to_str().unwrap();
+    let plugin = attestd_e2e::repo_root().join("tests/plugins/x-hello");
+    let out = install_sh(
+        &[
+            "--destdir",
+            dest,
+            "--profile",
+            "debug",
+            "--no-build",
+            "--plugin",
+            plugin.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let etc = d.path().join("etc/attestd");
+    let cfg = std::fs::read_to_string(etc.join("attestd.toml")).unwrap();
+    assert!(cfg.contains("primary = \"x-hello\"\n"), "{cfg}");
+    assert!(
+        cfg.contains("[plugins.attester.x-hello]\nlaunch = \"process\"\ncommand = \"attester-x-hello\"\ntransport = \"ttrpc\"\ntee = \"x-hello\"\ndevices = [\"/dev/x-hello-guest\"]\nprobe = [\"/dev/x-hello-guest\"]\n"),
+        "{cfg}"
+    );
+    let units = d.path().join("usr/lib/systemd/system");
+    let service = std::fs::read_to_string(units.join("attestd-x-hello.service")).unwrap();
+    assert!(
+        service.contains("ExecStart=/usr/bin/attester-x-hello --socket /run/attestd/external/x-hello.sock --transport ttrpc\n"),
+        "{service}"
+    );
+    // Its declared device, and only it, is allowed in its unit.
+    assert!(
+        service.contains("DevicePolicy=closed\nDeviceAllow=/dev/x-hello-guest rw\n"),
+        "{service}"
+    );
+    let names = [
+        "attestd-x-hello.service",
+        "attestd-x-hello.path",
+        "attestd.service",
+        "confidential-data-hub.path",
+    ];
+    verify_under(
+        d.path(),
+        &names.iter().map(|n| units.join(n)).collect::<Vec<_>>(),
+    );
+    // The installed attestd reads the configuration and starts the installed
+    // plugin beside it; without the TEE's device the plugin says so.
+    let attestd = d.path().join("usr/bin/attestd");
+    let run = std::process::Command::new(&attestd)
+        .args(["evidence", "-c", etc.join("attestd.toml").to_str().unwrap()])
+        .args(["--runtime-data", "x"])
+        .env("ATTESTD_CONFIG_DIR", attestd_e2e::NO_SYSTEM_CONFIG)
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    if std::path::Path::new("/dev/x-hello-guest").exists() {
+        assert!(run.status.success(), "{err}");
+    } else {
+        assert!(!run.status.success());
+        assert!(err.contains("cannot open /dev/x-hello-guest"), "{err}");
+    }
+}
+
+#[test]
 fn install_sh_installs_a_system_configuration_and_units_systemd_accepts_under_any_prefix() {
     for prefix in ["/usr", "/opt/attestd"] {
         let d = tempfile::tempdir().unwrap();

@@ -72,10 +72,16 @@ async fn a_third_partys_plugin_ships_in_its_own_pinned_image_and_auto_selects_it
     let (text, shipped) = build_image(&lock);
     let v: toml::Value = toml::from_str(&text).unwrap();
     let entry = &v["images"]["x-hello"];
-    assert_eq!(entry["image"].as_str(), Some("localhost/attestd/attester-x-hello"));
+    assert_eq!(
+        entry["image"].as_str(),
+        Some("localhost/attestd/attester-x-hello")
+    );
     assert!(entry["digest"].as_str().unwrap().starts_with("sha256:"));
     assert_eq!(entry["probe"].as_array().unwrap()[0].as_str(), Some(DEVICE));
-    assert_eq!(entry["devices"].as_array().unwrap()[0].as_str(), Some(DEVICE));
+    assert_eq!(
+        entry["devices"].as_array().unwrap()[0].as_str(),
+        Some(DEVICE)
+    );
     // The image's labels declare what the lock copied, and it is FROM scratch:
     // the plugin alone, static.
     let image = format!(
@@ -103,7 +109,9 @@ async fn a_third_partys_plugin_ships_in_its_own_pinned_image_and_auto_selects_it
     assert!(st.success(), "{out}\n{err}");
     assert!(out.ends_with("14 passed, 0 failed, 0 skipped\n"), "{out}");
     assert!(
-        out.contains("PASS report data visible in the evidence: the report data as hex, in /report_data"),
+        out.contains(
+            "PASS report data visible in the evidence: the report data as hex, in /report_data"
+        ),
         "{out}"
     );
 
@@ -152,14 +160,20 @@ async fn a_third_partys_plugin_ships_in_its_own_pinned_image_and_auto_selects_it
         .unwrap();
     let image_id = String::from_utf8_lossy(&image_id.stdout).trim().to_string();
     assert_eq!(ps.lines().count(), 1, "{ps}");
-    assert!(image_id.starts_with(ps.split(' ').next().unwrap()), "{ps} vs {image_id} ({digest})");
+    assert!(
+        image_id.starts_with(ps.split(' ').next().unwrap()),
+        "{ps} vs {image_id} ({digest})"
+    );
     let name = ps.trim().split(' ').nth(1).unwrap().to_string();
     let devices = Command::new("podman")
         .args(["inspect", "--format", "{{json .HostConfig.Devices}}", &name])
         .output()
         .unwrap();
     let devices = String::from_utf8_lossy(&devices.stdout).into_owned();
-    assert!(devices.contains("\"PathOnHost\":\"/dev/x-hello-guest\""), "{devices}");
+    assert!(
+        devices.contains("\"PathOnHost\":\"/dev/x-hello-guest\""),
+        "{devices}"
+    );
     assert!(a.stop().success());
 
     // Without the marker, `attestd select` says what it looked for.
