@@ -92,3 +92,59 @@ fn every_picture_is_shown_and_every_picture_shown_exists() {
         assert!(shown.contains(&svg), "{} is shown in no doc", svg.display());
     }
 }
+
+/// The fenced block after `marker` in `text`.
+fn block_after<'a>(text: &'a str, marker: &str, fence: &str) -> &'a str {
+    text.split(marker)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {marker:?}"))
+        .split(fence)
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap_or_else(|| panic!("no {fence:?} block after {marker:?}"))
+}
+
+#[test]
+fn the_plugin_authors_guide_shows_x_hello_as_the_tests_build_it() {
+    let root = attestd_e2e::repo_root();
+    let guide = std::fs::read_to_string(root.join("docs/plugin-authors.md")).unwrap();
+    for (file, fence) in [
+        ("tests/plugins/x-hello/Cargo.toml", "```toml\n"),
+        ("tests/plugins/x-hello/src/main.rs", "```rust\n"),
+    ] {
+        let shown = block_after(&guide, &format!("<!-- file: {file} "), fence);
+        let real = std::fs::read_to_string(root.join(file)).unwrap();
+        assert_eq!(shown, real, "docs/plugin-authors.md and {file} differ");
+    }
+    // The ten-line Worker example is the SDK's doc test, line for line.
+    let shown = block_after(&guide, "<!-- worker example: ", "```rust\n");
+    let worker = std::fs::read_to_string(root.join("attesters/sdk/src/worker.rs")).unwrap();
+    let doc: Vec<&str> = worker
+        .lines()
+        .filter_map(|l| l.strip_prefix("//!"))
+        .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        .collect();
+    let doc = doc.join("\n");
+    let shown: Vec<&str> = shown.lines().map(str::trim_start).collect();
+    assert!(
+        doc.contains(&shown.join("\n")),
+        "the guide's Worker example is not worker.rs's doc test"
+    );
+}
+
+#[test]
+fn the_tee_names_in_the_guide_are_the_ones_the_core_accepts() {
+    let guide =
+        std::fs::read_to_string(attestd_e2e::repo_root().join("docs/plugin-authors.md")).unwrap();
+    for tee in attestd::config::KBS_TEES {
+        assert!(
+            guide.contains(&format!("`{tee}`")),
+            "the guide does not list {tee}"
+        );
+    }
+    assert!(guide.contains(&format!(
+        "at most {} bytes",
+        attestd::config::MAX_TEE_NAME_LEN
+    )));
+    assert!(guide.contains(&format!("`{}` then", attestd::config::THIRD_PARTY_PREFIX)));
+}

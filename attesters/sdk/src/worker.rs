@@ -11,6 +11,22 @@
 //! - **Health**: once the thread has ended (a panic in device code), every request
 //!   is `Unavailable` and [`Worker::health`] says so; return it from
 //!   [`crate::Attester::health`] and the core restarts the plugin.
+//!
+//! ```
+//! # async fn f() -> attester_sdk::Result<()> {
+//! use attester_sdk::worker::Worker;
+//!
+//! // One thread owns the device (here a counter); at most 4 calls wait for it.
+//! let device: Worker<u64> = Worker::start("counter", 4, || Ok(0))?;
+//! // A blocking call, queued: it runs on the device thread, its result comes back.
+//! let n = device.run(|count| { *count += 1; Ok(*count) }).await?;
+//! assert_eq!(n, 1);
+//! // An error once the thread has died (a panic in device code): health() returns it.
+//! device.health()?;
+//! # Ok(())
+//! # }
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f()).unwrap();
+//! ```
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
