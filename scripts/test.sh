@@ -21,6 +21,10 @@ cargo clippy -p attester-sdk --no-default-features --features grpc --locked -- -
 cargo clippy -p attestd --no-default-features --all-targets --locked -- -D warnings
 cargo test -p attestd --no-default-features --lib --locked
 
+# The SDK as a dependency others take: both crates package, and the packaged
+# crates build on their own, outside this workspace.
+cargo package -p attestd-proto -p attester-sdk --locked --allow-dirty
+
 cargo fmt --manifest-path tests/fuzz/Cargo.toml --check
 cargo clippy --manifest-path tests/fuzz/Cargo.toml --all-targets --locked -- -D warnings
 for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do
