@@ -1,0 +1,160 @@
+//! One module per subcommand (its arguments and its body), and what several
+//! share: the configuration flags and loading, the one-shot commands' private
+//! socket directory, runtime-data parsing and printing, error hints.
+
+pub(crate) mod client;
+pub(crate) mod config;
+pub(crate) mod conformance;
+pub(crate) mod eventlog;
+pub(crate) mod evidence;
+pub(crate) mod plugins;
+pub(crate) mod reload;
+pub(crate) mod resource;
+pub(crate) mod run;
+pub(crate) mod select;
+pub(crate) mod token;
+pub(crate) mod units;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use attestd::config::Config;
+use clap::Args;
+
+#[derive(Args, Clone)]
+pub(crate) struct ConfigArg {
+    /// Config file (upstream AA TOML plus [plugins]), read after the system file
+    /// and drop-ins of --config-dir; its keys win.
+    #[arg(short = 'c', long = "config-file", env = "ATTESTD_CONFIG")]
+    config_file: Option<PathBuf>,
+    /// The image's configuration: attestd.toml and attestd.toml.d/*.toml here,
+    /// each optional. One given must exist [default: /etc/attestd, which may not]
+    #[arg(long = "config-dir", env = "ATTESTD_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// Where the -c file comes from, which decides what it may set: operator
+    /// (anything), init-data (measured: not what attestd launches), user-data
+    /// (unmeasured: upstream AA's keys only, the rest ignored). The config
+    /// directory's [config_file] source may make it stricter, never looser.
+    #[arg(
+        long = "config-file-source",
+        env = "ATTESTD_CONFIG_FILE_SOURCE",
+        default_value = "operator"
+    )]
+    config_file_source: attestd::config::scope::Source,
+}
+
+impl ConfigArg {
+    /// The configuration directory. The default may be absent (a machine with
+    /// no image configuration); one given that is not there is a mistake whose
+    /// files would silently go unread.
+    fn dir(&self) -> Result<PathBuf> {
+        match &self.config_dir {
+            None => Ok(attestd::config::layers::DEFAULT_CONFIG_DIR.into()),
+            Some(d) if d.is_dir() => Ok(d.clone()),
+            Some(d) => bail!(
+                "--config-dir (or ATTESTD_CONFIG_DIR) {}: {}",
+                d.display(),
+                if d.exists() {
+                    "not a directory"
+                } else {
+                    "no such directory"
+                }
+            ),
+        }
+    }
+}
+
+fn load_config(arg: &ConfigArg) -> Result<Config> {
+    Ok(load_layered(arg)?.config)
+}
+
+/// The system file and drop-ins of --config-dir, then -c (see config::layers).
+fn load_layered(arg: &ConfigArg) -> Result<attestd::config::layers::Layered> {
+    use attestd::config::layers;
+    let files = layers::sources(&arg.dir()?, arg.config_file.as_deref())?;
+    Ok(layers::load(&files, arg.config_file_source)?)
+}
+
+fn sdk(e: attester_sdk::Error) -> anyhow::Error {
+    anyhow!(e.chain())
+}
+
+/// The one-shot command's own socket directory, removed when the command ends,
+/// whether it succeeded or not.
+static ONE_SHOT_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// One-shot commands use a private socket directory, so they never touch the
+/// sockets of a daemon running with the same config.
+fn one_shot_config(arg: &ConfigArg) -> Result<Config> {
+    let mut config = load_config(arg)?;
+    attester_sdk::init_logging("warn");
+    config.plugins.socket_dir = config
+        .plugins
+        .socket_dir
+        .join(format!("cli-{}", std::process::id()));
+    let _ = ONE_SHOT_DIR.set(config.plugins.socket_dir.clone());
+    // The daemon owns the event log: a one-shot command must not write to it.
+    config.eventlog_config.enable_eventlog = false;
+    // Keep the plugins' start-up chatter off a one-shot command's output.
+    for p in config.plugins.attester.values_mut() {
+        p.env
+            .entry("ATTESTD_LOG".into())
+            .or_insert_with(|| "warn".into());
+    }
+    Ok(config)
+}
+
+/// `text`, `@file` or `hex:<hex>`.
+fn runtime_data(spec: &str) -> Result<Vec<u8>> {
+    if let Some(path) = spec.strip_prefix('@') {
+        return std::fs::read(Path::new(path))
+            .with_context(|| format!("cannot read runtime data from {path}"));
+    }
+    if let Some(h) = spec.strip_prefix("hex:") {
+        return hex::decode(h).context("runtime data after hex: is not hex");
+    }
+    Ok(spec.as_bytes().to_vec())
+}
+
+fn print_bytes(b: &[u8]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(b)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+/// What to do about the error, where the message alone leaves a user guessing.
+pub(crate) fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    let text = format!("{e:#}");
+    // attestd's default paths (upstream's sockets, the plugins' directory) are
+    // root's. The text, since attester_sdk errors carry their io causes as text.
+    let denied = text.contains("Permission denied");
+    if denied && text.contains(" /run/") && !nix::unistd::geteuid().is_root() {
+        return Some(
+            "attestd's default paths under /run are root's: run it as root, or give it \
+             directories you own ([plugins] socket_dir in the config, --attestation_sock \
+             unix://… for the daemon and for attestd client)",
+        );
+    }
+    // `attestd client` finding nobody at the address.
+    if text.starts_with("cannot connect to ")
+        && (text.contains("No such file or directory") || text.contains("Connection refused"))
+    {
+        return Some(
+            "is attestd running? --attestation_sock (ttrpc) or --grpc names where it serves",
+        );
+    }
+    None
+}
+
+/// Remove the one-shot command's socket directory, and the directory it was
+/// made in when no attestd holds that (an attestd's lock file keeps it).
+pub(crate) fn remove_one_shot_dir() {
+    if let Some(dir) = ONE_SHOT_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+        if let Some(parent) = dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! `attestd` / `attestd run`: the daemon, with upstream AA's flags.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use attestd::initdata::InitData;
+use attestd::run::{self, RunOptions, DEFAULT_ATTESTATION_SOCK};
+use attestd::server::GrpcAddr;
+use clap::Args;
+
+use super::{load_config, load_layered, sdk, ConfigArg};
+
+#[derive(Args, Clone)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// ttrpc AA socket (unix:///path). Given host:port, as upstream's gRPC build
+    /// (grpc-aa) takes it, the AA API is served over gRPC there instead, and over
+    /// ttrpc on the default socket.
+    #[arg(short = 'a', long = "attestation_sock", default_value = DEFAULT_ATTESTATION_SOCK)]
+    attestation_sock: String,
+    /// gRPC AA listener: unix:///path (preferred) or host:port (upstream grpc-aa's
+    /// was 127.0.0.1:50002); off unless given ("none" also turns it off).
+    #[arg(long = "grpc_sock", default_value = "none")]
+    grpc_sock: String,
+    /// Init-data TOML bound at start (taken over --initdata-digest, as upstream).
+    #[arg(short = 't', long = "initdata-toml")]
+    initdata_toml: Option<PathBuf>,
+    /// Init-data digest (base64) bound at start.
+    #[arg(short = 'i', long = "initdata-digest")]
+    initdata_digest: Option<String>,
+    /// Upstream's older flags, refused with what replaced them (clap alone would
+    /// suggest --grpc_sock for them).
+    #[arg(long = "keyprovider_sock", hide = true)]
+    keyprovider_sock: Option<String>,
+    #[arg(long = "getresource_sock", hide = true)]
+    getresource_sock: Option<String>,
+}
+
+impl RunArgs {
+    /// Refuse upstream's older listener flags: silently ignored, a caller would
+    /// wait on a socket nobody serves.
+    fn refuse_dropped_flags(&self) -> Result<()> {
+        if self.keyprovider_sock.is_some() {
+            bail!(
+                "--keyprovider_sock is a flag of upstream's older attestation-agent, which \
+                 dropped it when the key provider moved to the Confidential Data Hub \
+                 (guest-components#412): attestd serves the ocicrypt key provider where \
+                 [keyprovider] ttrpc or grpc in the config says (docs/key-release.md)"
+            );
+        }
+        if self.getresource_sock.is_some() {
+            bail!(
+                "--getresource_sock is a flag of upstream's older attestation-agent, which \
+                 dropped it when GetResource moved to the Confidential Data Hub \
+                 (guest-components#412): run the Data Hub, which asks attestd for the KBS \
+                 token, or use `attestd resource` (docs/key-release.md)"
+            );
+        }
+        Ok(())
+    }
+}
+
+pub(crate) async fn cmd_run(a: RunArgs) -> Result<()> {
+    a.refuse_dropped_flags()?;
+    let layered = load_layered(&a.config)?;
+    let config = layered.config;
+    attestd::logging::init(&config.log);
+    if layered.cli_source == Some(attestd::config::scope::Source::UserData) {
+        let file = layered.files.last().map(|f| f.display().to_string());
+        tracing::warn!(
+            file = file.as_deref().unwrap_or_default(),
+            "the -c file comes from user-data, which is unmeasured: only upstream attestation-agent's keys are read from it"
+        );
+    }
+    for r in &layered.ignored {
+        tracing::warn!(key = %attestd::echo::escaped(&r.key), "ignored: {}", r.why);
+    }
+    // The start-up phases are trace events of their own target, off unless asked
+    // for (`ATTESTD_LOG=info,attestd::startup=trace`): `attestd-bench --only
+    // startup` times them from the log.
+    tracing::trace!(target: "attestd::startup", "start-up: configuration read");
+    let initdata = match (&a.initdata_toml, &a.initdata_digest) {
+        (Some(p), digest) => {
+            if digest.is_some() {
+                tracing::warn!("--initdata-toml is taken, --initdata-digest ignored (as upstream)");
+            }
+            Some(InitData::from_toml_file(p)?)
+        }
+        (None, Some(d)) => Some(InitData::from_digest_base64(d)?),
+        (None, None) => None,
+    };
+    let mut grpc = match a.grpc_sock.as_str() {
+        "none" | "" => None,
+        s => Some(
+            s.parse::<GrpcAddr>()
+                .map_err(|e| anyhow!("--grpc_sock: {e}"))?,
+        ),
+    };
+    let mut attestation_sock = a.attestation_sock;
+    // Upstream's grpc-aa takes its TCP address here: serve gRPC on it, so its
+    // deployments switch without new flags.
+    if let Ok(addr) = attestation_sock.parse::<std::net::SocketAddr>() {
+        if grpc.is_some() {
+            bail!("--attestation_sock {addr} asks for gRPC there, and --grpc_sock for gRPC elsewhere: give one");
+        }
+        tracing::info!(%addr, "--attestation_sock is host:port, as upstream's grpc-aa takes it: the AA API is served over gRPC there");
+        grpc = Some(GrpcAddr::Tcp(addr));
+        attestation_sock = DEFAULT_ATTESTATION_SOCK.to_string();
+    }
+    let opts = RunOptions {
+        config,
+        attestation_sock,
+        grpc,
+        initdata,
+        reload: Some(reload_on_sighup(a.config.clone())?),
+    };
+    run::run(opts, shutdown_signal()?).await.map_err(sdk)
+}
+
+/// SIGHUP (`kill -HUP`) reads the same files again, as `attestd reload` does
+/// over the control socket.
+fn reload_on_sighup(arg: ConfigArg) -> Result<run::Reload> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    let reload = run::Reload::new(Box::new(move || {
+        load_config(&arg).map_err(|e| attester_sdk::Error::invalid_argument(format!("{e:#}")))
+    }));
+    let tx = reload.sender.clone();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            // A full queue already holds a request that reads the files after
+            // this signal: it folds into that one.
+            let _ = tx.try_send(attestd::control::Request { reply: None });
+        }
+    });
+    Ok(reload)
+}
+
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
