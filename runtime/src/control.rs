@@ -121,7 +121,7 @@ pub fn listen(socket_dir: &Path) -> Result<UnixListener> {
     let io = |what: &str, e: std::io::Error| {
         Error::internal(format!("cannot {what} control socket {}", path.display())).with_source(e)
     };
-    match crate::server::remove_socket(&path) {
+    match crate::socket_files::remove_socket(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("replace", e)),

@@ -24,6 +24,7 @@ pub mod run;
 pub mod select;
 pub mod server;
 pub mod service;
+pub mod socket_files;
 pub mod supervisor;
 mod sys;
 pub mod units;

@@ -11,10 +11,10 @@ use crate::config::{Config, LaunchKind};
 use crate::control;
 use crate::initdata::InitData;
 use crate::server::grpc::GrpcServer;
-pub use crate::server::prepare_socket;
 use crate::server::ttrpc;
 use crate::server::GrpcAddr;
 use crate::service::Service;
+pub use crate::socket_files::prepare_socket;
 use crate::supervisor::{claim_socket_dir, PluginSpec, Supervisor};
 
 /// Upstream's default AA socket.
@@ -273,9 +273,9 @@ async fn serve(
     if tokio::time::timeout(bound, all).await.is_err() {
         tracing::warn!("shutdown took over {bound:?}: dropping what is left");
         // Plugins die with attestd (PR_SET_PDEATHSIG); its sockets go now.
-        let _ = crate::server::remove_socket(sock);
+        let _ = crate::socket_files::remove_socket(sock);
         if let Some(GrpcAddr::Unix(p)) = &opts.grpc {
-            let _ = crate::server::remove_socket(p);
+            let _ = crate::socket_files::remove_socket(p);
         }
     }
     broken.map_or(Ok(()), Err)
@@ -372,7 +372,7 @@ impl Drop for Reloads {
     fn drop(&mut self) {
         if let Some((task, path)) = self.control.take() {
             task.abort();
-            let _ = crate::server::remove_socket(&path);
+            let _ = crate::socket_files::remove_socket(&path);
         }
     }
 }

@@ -224,7 +224,7 @@ fn plugin_for(
     for d in &l.devices {
         crate::config::check_device(d).map_err(|e| format!("its images.lock entry: {e}"))?;
     }
-    let name = crate::launch::image::ImageRef::repository(&l.image);
+    let name = crate::config::image_ref::ImageRef::repository(&l.image);
     Ok((
         tee.to_string(),
         PluginConfig {
@@ -258,13 +258,13 @@ fn check_override(
     };
     let pinned = format!(
         "{}@{}",
-        crate::launch::image::ImageRef::repository(&l.image),
+        crate::config::image_ref::ImageRef::repository(&l.image),
         l.digest
     );
     if *image == pinned {
         return Ok(());
     }
-    let name = crate::launch::image::ImageRef::repository(image);
+    let name = crate::config::image_ref::ImageRef::repository(image);
     let policy = crate::launch::pull::PullPolicy::from_config(plugins);
     if crate::launch::pull::registry_of(name).is_some() && policy.allowing(name).is_none() {
         return Err(format!(

@@ -505,7 +505,7 @@ async fn health_loop(live: &Live, interval: Duration, timeout: Duration) -> Erro
 /// The plugin's socket, unless someone else owns it (`external`).
 fn remove_owned_socket(spec: &PluginSpec) {
     if spec.config.launch != LaunchKind::External {
-        let _ = crate::server::remove_socket(&spec.socket());
+        let _ = crate::socket_files::remove_socket(&spec.socket());
     }
 }
 
@@ -750,7 +750,7 @@ pub fn ensure_socket_dir(dir: &Path) -> Result<()> {
         Error::internal(format!("cannot {what} socket directory {}", dir.display())).with_source(e)
     };
     // Parents made 0750 whatever the umask; the directory itself 0700 below.
-    crate::server::create_private_dir(dir)?;
+    crate::socket_files::create_private_dir(dir)?;
     let meta = std::fs::metadata(dir).map_err(|e| fail("inspect", e))?;
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me {

@@ -195,7 +195,7 @@ pub fn render(p: &UnitParams) -> Result<Rendered> {
                 .image
                 .as_deref()
                 .ok_or_else(|| Error::failed_precondition("no image configured"))?;
-            let r = crate::launch::image::ImageRef::parse(image)?;
+            let r = crate::config::image_ref::ImageRef::parse(image)?;
             let pinned = match &r.digest {
                 Some(d) => r.pinned(d),
                 None => image.to_string(),

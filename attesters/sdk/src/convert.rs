@@ -1,7 +1,18 @@
-//! Domain types ↔ each transport's generated `Info` messages. The two codegens
-//! produce different Rust types for the same proto, hence one module per transport.
+//! Domain types ↔ each transport's generated `Info` messages, and the two
+//! shapes `Info` takes on our side ([`InfoReply`], what a plugin answers;
+//! [`InfoFromPeer`], what the core reads). The two codegens produce different
+//! Rust types for the same proto, hence one module per transport.
 
-use crate::{Capabilities, DeviceRole, InitDataBinding, PluginInfo, RegisterMapping};
+use crate::{Capabilities, DeviceRole, InitDataBinding, PluginInfo, RegisterMapping, Transport};
+
+/// What `Info` answers, before it is put into either transport's message.
+pub(crate) struct InfoReply<'a> {
+    pub info: &'a PluginInfo,
+    pub versions: &'a [u32],
+    /// 0 when there is no common version: the core refuses with both lists.
+    pub selected: u32,
+    pub transport: Transport,
+}
 
 /// `Info` as the core reads it, before negotiation.
 pub(crate) struct InfoFromPeer {
@@ -17,7 +28,6 @@ fn hash_or_none(s: String) -> Option<String> {
 #[cfg(feature = "ttrpc")]
 pub(crate) mod ttrpc {
     use super::*;
-    use crate::server::InfoReply;
     use attestd_proto::ttrpc::attester as pb;
 
     pub(crate) fn info_to_pb(r: &InfoReply<'_>) -> pb::InfoResponse {
@@ -107,7 +117,6 @@ pub(crate) mod ttrpc {
 #[cfg(feature = "grpc")]
 pub(crate) mod grpc {
     use super::*;
-    use crate::server::InfoReply;
     use attestd_proto::grpc::attester as pb;
 
     pub(crate) fn info_to_pb(r: &InfoReply<'_>) -> pb::InfoResponse {

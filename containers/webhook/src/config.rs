@@ -216,7 +216,7 @@ fn read_bounded(path: &Path) -> Result<String, ConfigError> {
 
 /// A `name@sha256:<64 hex>` reference, or (dev mode) any `name:tag`.
 pub fn check_reference(r: &str, dev_mode: bool) -> Result<(), String> {
-    match attestd::launch::image::ImageRef::parse(r) {
+    match attestd::config::image_ref::ImageRef::parse(r) {
         Ok(parsed) if parsed.digest.is_some() => Ok(()),
         Ok(_) if dev_mode => Ok(()),
         Ok(_) => Err(format!(

@@ -4,8 +4,10 @@
 //! Unknown keys are errors, and every error names the key (and the line, for syntax).
 //! [`layers`] merges the image's system file and drop-ins with the `-c` file.
 
+pub mod image_ref;
 pub mod layers;
 pub mod probe;
+pub mod registries;
 pub mod scope;
 
 use std::collections::BTreeMap;
@@ -505,7 +507,7 @@ impl Config {
                 ));
             }
             if let Some(image) = &pc.image {
-                let r = crate::launch::image::ImageRef::parse(image)
+                let r = image_ref::ImageRef::parse(image)
                     .map_err(|e| invalid(format!("{key}.image"), e.message()))?;
                 if r.digest.is_none() && !p.dev_mode {
                     return Err(invalid(
@@ -558,7 +560,7 @@ impl Config {
                 return Err(invalid(key, format!("{name:?} is listed twice")));
             }
         }
-        crate::launch::pull::check_config(p).map_err(|(key, why)| invalid(key, why))?;
+        registries::check_config(p).map_err(|(key, why)| invalid(key, why))?;
         for (key, v) in [
             ("plugins.pull_timeout_ms", p.pull_timeout_ms),
             ("plugins.call_timeout_ms", p.call_timeout_ms),

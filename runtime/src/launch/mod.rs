@@ -22,6 +22,7 @@ use attester_sdk::{Error, Result};
 use nix::sys::signal::Signal;
 use tokio::process::{Child, Command};
 
+use crate::config::image_ref::ImageRef;
 use crate::config::LaunchKind;
 
 /// Where a running plugin came from, for `attestd plugins` and the event log.
@@ -247,13 +248,13 @@ pub fn plugin_args(spec: &PluginSpec, socket: &Path) -> Vec<String> {
 
 /// The plugin's image reference, parsed; a tag (dev mode only: the config refuses it
 /// otherwise) is warned about at every start.
-fn configured_image(spec: &PluginSpec) -> Result<(&str, image::ImageRef)> {
+fn configured_image(spec: &PluginSpec) -> Result<(&str, ImageRef)> {
     let image = spec
         .config
         .image
         .as_deref()
         .ok_or_else(|| Error::failed_precondition("no image configured"))?;
-    let r = image::ImageRef::parse(image)?;
+    let r = ImageRef::parse(image)?;
     if r.digest.is_none() {
         tracing::warn!(plugin = %spec.name, %image, "dev_mode: starting an image by its mutable tag");
     }

@@ -20,10 +20,11 @@ use oci_spec::runtime::{
 };
 use tokio::process::Command;
 
-use super::image::{run_tool, ImageRef};
+use super::image::run_tool;
 use super::resources::Resources;
 use super::PluginSpec;
 use super::{plugin_args, spawn_owner, Cleanup, Launcher, Provenance, Running};
+use crate::config::image_ref::ImageRef;
 
 const TOOL_LIMIT: Duration = Duration::from_secs(120);
 /// Upper bound on open files and processes in a plugin container (lowered to the

@@ -123,7 +123,7 @@ pub enum GrpcListener {
     Unix(tokio::net::UnixListener, PathBuf),
 }
 
-/// Bind `addr` (a Unix path must not exist: see `crate::run::prepare_socket`).
+/// Bind `addr` (a Unix path must not exist: see `crate::socket_files::prepare_socket`).
 pub async fn bind(addr: &GrpcAddr) -> Result<GrpcListener, Error> {
     let fail = |e: std::io::Error| {
         Error::internal(format!("cannot listen for gRPC on {addr}")).with_source(e)
@@ -134,7 +134,7 @@ pub async fn bind(addr: &GrpcAddr) -> Result<GrpcListener, Error> {
         }
         GrpcAddr::Unix(p) => {
             let l = tokio::net::UnixListener::bind(p).map_err(fail)?;
-            super::set_mode(p, super::SOCKET_MODE)?;
+            crate::socket_files::set_mode(p, crate::socket_files::SOCKET_MODE)?;
             GrpcListener::Unix(l, p.clone())
         }
     })
@@ -211,7 +211,7 @@ impl GrpcServer {
         addr: &GrpcAddr,
     ) -> Result<GrpcServer, Error> {
         if let GrpcAddr::Unix(p) = addr {
-            super::prepare_socket(p)?;
+            crate::socket_files::prepare_socket(p)?;
         }
         let listener = bind(addr).await?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -264,7 +264,7 @@ impl GrpcServer {
             }
         }
         if let GrpcAddr::Unix(p) = &self.addr {
-            let _ = super::remove_socket(p);
+            let _ = crate::socket_files::remove_socket(p);
         }
     }
 }

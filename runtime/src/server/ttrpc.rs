@@ -132,7 +132,7 @@ pub struct TtrpcServer {
     socket: std::path::PathBuf,
 }
 
-/// Bind `socket` (which must not exist: see `crate::run::prepare_socket`) and serve.
+/// Bind `socket` (which must not exist: see `crate::socket_files::prepare_socket`) and serve.
 pub async fn start(service: Arc<Service>, socket: &Path) -> Result<TtrpcServer, Error> {
     let services = svc::create_attestation_agent_service(Arc::new(Adapter(service)));
     start_services(services, socket).await
@@ -150,7 +150,7 @@ pub async fn start_services(
         Error::internal(format!("cannot serve ttrpc on {}", socket.display())).with_source(e)
     })?;
     // The mode the umask left is not the one we want (0777 under umask 000).
-    super::set_mode(socket, super::SOCKET_MODE)?;
+    crate::socket_files::set_mode(socket, crate::socket_files::SOCKET_MODE)?;
     // attestd's own accept loop (bounded, backs off at the fd limit), handed to
     // ttrpc through its listener extension point.
     use super::accept::{incoming, Limits, TtrpcConn, MAX_IN_FLIGHT};
@@ -176,6 +176,6 @@ pub async fn start_services(
 impl TtrpcServer {
     pub async fn shutdown(mut self) {
         let _ = self.server.shutdown().await;
-        let _ = super::remove_socket(&self.socket);
+        let _ = crate::socket_files::remove_socket(&self.socket);
     }
 }

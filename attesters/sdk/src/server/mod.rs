@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::convert::InfoReply;
 use crate::{negotiate, Attester, Error, Evidence, PluginInfo, ReportData, Result, Transport};
 
 #[cfg(feature = "grpc")]
@@ -28,15 +29,6 @@ pub(crate) struct Plugin<A> {
     info: PluginInfo,
     versions: Vec<u32>,
     transport: Transport,
-}
-
-/// What `Info` answers, before it is put into either transport's message.
-pub(crate) struct InfoReply<'a> {
-    pub info: &'a PluginInfo,
-    pub versions: &'a [u32],
-    /// 0 when there is no common version: the core refuses with both lists.
-    pub selected: u32,
-    pub transport: Transport,
 }
 
 impl<A: Attester> Plugin<A> {
