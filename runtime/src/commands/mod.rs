@@ -2,23 +2,33 @@
 //! share: the configuration flags and loading, the one-shot commands' private
 //! socket directory, runtime-data parsing and printing, error hints.
 
+#[cfg(feature = "tools")]
 pub(crate) mod client;
+#[cfg(feature = "tools")]
 pub(crate) mod config;
+#[cfg(feature = "tools")]
 pub(crate) mod conformance;
+#[cfg(feature = "tools")]
 pub(crate) mod eventlog;
+#[cfg(feature = "tools")]
 pub(crate) mod evidence;
+#[cfg(feature = "tools")]
 pub(crate) mod plugins;
+#[cfg(feature = "tools")]
 pub(crate) mod reload;
+#[cfg(feature = "tools")]
 pub(crate) mod resource;
 pub(crate) mod run;
+#[cfg(feature = "tools")]
 pub(crate) mod select;
+#[cfg(feature = "tools")]
 pub(crate) mod token;
+#[cfg(feature = "tools")]
 pub(crate) mod units;
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, Result};
 use attestd::config::Config;
 use clap::Args;
 
@@ -84,6 +94,7 @@ fn sdk(e: attester_sdk::Error) -> anyhow::Error {
 /// whether it succeeded or not.
 static ONE_SHOT_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
+#[cfg(feature = "tools")]
 /// One-shot commands use a private socket directory, so they never touch the
 /// sockets of a daemon running with the same config.
 fn one_shot_config(arg: &ConfigArg) -> Result<Config> {
@@ -105,10 +116,12 @@ fn one_shot_config(arg: &ConfigArg) -> Result<Config> {
     Ok(config)
 }
 
+#[cfg(feature = "tools")]
 /// `text`, `@file` or `hex:<hex>`.
 fn runtime_data(spec: &str) -> Result<Vec<u8>> {
+    use anyhow::Context as _;
     if let Some(path) = spec.strip_prefix('@') {
-        return std::fs::read(Path::new(path))
+        return std::fs::read(path)
             .with_context(|| format!("cannot read runtime data from {path}"));
     }
     if let Some(h) = spec.strip_prefix("hex:") {
@@ -117,7 +130,9 @@ fn runtime_data(spec: &str) -> Result<Vec<u8>> {
     Ok(spec.as_bytes().to_vec())
 }
 
+#[cfg(feature = "tools")]
 fn print_bytes(b: &[u8]) -> Result<()> {
+    use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     out.write_all(b)?;
     out.write_all(b"\n")?;
@@ -155,6 +170,60 @@ pub(crate) fn remove_one_shot_dir() {
         let _ = std::fs::remove_dir_all(dir);
         if let Some(parent) = dir.parent() {
             let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// The operator commands (feature `tools`): every subcommand but the daemon.
+#[cfg(feature = "tools")]
+#[derive(clap::Subcommand)]
+pub(crate) enum Tool {
+    /// One shot: start the plugin, handshake, print its evidence JSON.
+    Evidence(evidence::EvidenceArgs),
+    /// Start each configured plugin, print its handshake and health, stop it.
+    Plugins(plugins::PluginsArgs),
+    /// Call a running attestd over its AA API.
+    Client(client::ClientArgs),
+    /// Print the runtime-measurement event log, replay it, and compare with the
+    /// primary plugin's registers.
+    Eventlog(eventlog::EventlogArgs),
+    /// Probe this platform, confirm with the candidate plugin's Detect, print the
+    /// chosen TEE and its image.
+    Select(select::SelectArgs),
+    /// Print systemd units (or podman quadlet files) for attestd and its plugin.
+    Units(units::UnitsArgs),
+    /// One shot: attest to the configured KBS and print GetToken("kbs")'s answer.
+    Token(token::TokenArgs),
+    /// One shot: attest to the KBS and write a resource (kbs:///<repo>/<type>/<tag>).
+    Resource(resource::ResourceArgs),
+    /// Print the effective configuration: each key, its value, and the file it
+    /// came from (system file, drop-in, -c) or "default".
+    Config(config::ConfigCmdArgs),
+    /// Drive a plugin through the plugin contract (handshake, report-data
+    /// limits, error codes, health, init-data, SIGTERM) and print each check.
+    Conformance(conformance::ConformanceArgs),
+    /// Ask the running attestd (the one holding the config's socket directory)
+    /// to read its configuration again and replace the plugins whose
+    /// configuration changed, without a failed call; print what it did to each,
+    /// and fail when a plugin kept its running instance.
+    Reload(ConfigArg),
+}
+
+#[cfg(feature = "tools")]
+impl Tool {
+    pub(crate) async fn run(self) -> Result<()> {
+        match self {
+            Tool::Evidence(a) => evidence::cmd_evidence(a).await,
+            Tool::Plugins(a) => plugins::cmd_plugins(a).await,
+            Tool::Client(a) => client::cmd_client(a).await,
+            Tool::Eventlog(a) => eventlog::cmd_eventlog(a).await,
+            Tool::Select(a) => select::cmd_select(a).await,
+            Tool::Units(a) => units::cmd_units(a).await,
+            Tool::Reload(a) => reload::cmd_reload(a).await,
+            Tool::Token(a) => token::cmd_token(a).await,
+            Tool::Resource(a) => resource::cmd_resource(a).await,
+            Tool::Config(a) => config::cmd_config(a),
+            Tool::Conformance(a) => conformance::cmd_conformance(a).await,
         }
     }
 }
