@@ -69,6 +69,7 @@ selected() {
 # The shipped profile (Cargo.toml's [profile.release], size-optimised, fat LTO, one
 # codegen unit, abort, stripped), exported so every attester workspace builds alike.
 . scripts/shipped-profile.sh
+. scripts/plugin-metadata.sh
 
 # Reproducible binaries: no build paths in them, so a clean clone builds the same bytes.
 # Recorded in the lock: a rebuild that should match a pin needs the same compiler.
@@ -180,28 +181,16 @@ for dir in ${plugin_dirs[@]+"${plugin_dirs[@]}"}; do
         "$(pwd -P)"/*) dir="$PWD/${dir#"$(pwd -P)"/}"; plugin_remap= ;;
         *) plugin_remap="--remap-path-prefix=$dir=/plugin" ;;
     esac
-    meta=$(cargo metadata --manifest-path "$dir/Cargo.toml" --no-deps --format-version 1 --locked)
-    plugin=$(jq -r '.packages[0].name' <<<"$meta")
-    version=$(jq -r '.packages[0].version' <<<"$meta")
-    tee=$(jq -r '.packages[0].metadata.attestd.tee // empty' <<<"$meta")
-    transport=$(jq -r '.packages[0].metadata.attestd.transport // "ttrpc"' <<<"$meta")
-    probe=$(jq -c '.packages[0].metadata.attestd.probe // []' <<<"$meta")
-    devices=$(jq -c '.packages[0].metadata.attestd.devices // []' <<<"$meta")
-    # The names attestd takes (config/mod.rs): checked here too, so a bad one
-    # fails the build rather than the pod VM.
-    if ! [[ $tee =~ ^x-[a-z0-9]+(-[a-z0-9]+)*$ ]] || [ ${#tee} -gt 32 ]; then
-        echo "error: $dir: [package.metadata.attestd] tee \"$tee\" is not a third party's TEE name (\"x-\", then lowercase letters, digits and single '-', at most 32 bytes)" >&2
-        exit 1
-    fi
-    case $transport in ttrpc|grpc) ;; *) echo "error: $dir: transport must be ttrpc or grpc, not $transport" >&2; exit 1 ;; esac
+    plugin_metadata "$dir" || exit 1
+    plugin=$plugin_name version=$plugin_version tee=$plugin_tee transport=$plugin_transport
+    probe=$plugin_probe devices=$plugin_devices
     echo "== $tee: building $plugin from $dir (static)" >&2
     RUSTFLAGS="$(rustflags_for static) $plugin_remap" \
         cargo build --release --locked --manifest-path "$dir/Cargo.toml" --bin "$plugin" --target "$TARGET"
-    target_dir=$(jq -r '.target_directory' <<<"$meta")
     root="$STAGE/$tee/rootfs"
     rm -rf "$STAGE/$tee"
     mkdir -p "$root"
-    cp "$target_dir/$TARGET/release/$plugin" "$root/attester"
+    cp "$plugin_target_dir/$TARGET/release/$plugin" "$root/attester"
     strip "$root/attester"
     require_static "$root/attester" "$plugin"
     image="localhost/attestd/$plugin"

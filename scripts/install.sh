@@ -94,23 +94,18 @@ transport() {
 for tee in ${tees[@]+"${tees[@]}"}; do manifest "$tee" >/dev/null; done
 
 # Third parties' plugins: what their metadata declares, by TEE.
+. scripts/plugin-metadata.sh
 declare -A p_dir=() p_bin=() p_target=() p_transport=() p_extra=()
 p_tees=()
 for dir in ${plugin_dirs[@]+"${plugin_dirs[@]}"}; do
-    command -v jq >/dev/null || { echo "install.sh: --plugin needs jq" >&2; exit 1; }
-    meta=$(cargo metadata --manifest-path "$dir/Cargo.toml" --no-deps --format-version 1 --locked)
-    tee=$(jq -r '.packages[0].metadata.attestd.tee // empty' <<<"$meta")
-    if ! [[ $tee =~ ^x-[a-z0-9]+(-[a-z0-9]+)*$ ]] || [ ${#tee} -gt 32 ]; then
-        echo "install.sh: $dir: [package.metadata.attestd] tee \"$tee\" is not a third party's TEE name (\"x-\", then lowercase letters, digits and single '-', at most 32 bytes)" >&2
-        exit 1
-    fi
+    plugin_metadata "$dir" || exit 1
+    tee=$plugin_tee
     p_tees+=("$tee")
     p_dir[$tee]=$dir
-    p_bin[$tee]=$(jq -r '.packages[0].name' <<<"$meta")
-    p_target[$tee]="$(jq -r '.target_directory' <<<"$meta")/$profile"
-    p_transport[$tee]=$(jq -r '.packages[0].metadata.attestd.transport // "ttrpc"' <<<"$meta")
-    # JSON arrays of plain strings are TOML arrays too.
-    p_extra[$tee]=$(jq -r '.packages[0].metadata.attestd | "devices = \(.devices // [] | tojson)\nprobe = \(.probe // [] | tojson)"' <<<"$meta")
+    p_bin[$tee]=$plugin_name
+    p_target[$tee]="$plugin_target_dir/$profile"
+    p_transport[$tee]=$plugin_transport
+    p_extra[$tee]=$(printf 'devices = %s\nprobe = %s' "$plugin_devices" "$plugin_probe")
 done
 all=(${tees[@]+"${tees[@]}"} ${p_tees[@]+"${p_tees[@]}"})
 # The binary each TEE's plugin installs as.
