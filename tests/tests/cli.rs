@@ -299,6 +299,26 @@ fn install_sh(args: &[&str], env: &[(&str, &std::path::Path)]) -> std::process::
     c.output().unwrap()
 }
 
+/// install.sh of the debug builds the suite already made (`what`: TEEs and
+/// `--plugin DIR`s) under the staging root `dest`, as an image build would; it
+/// must succeed.
+fn install_debug_build(dest: &std::path::Path, what: &[&str]) {
+    let mut args = vec![
+        "--destdir",
+        dest.to_str().unwrap(),
+        "--profile",
+        "debug",
+        "--no-build",
+    ];
+    args.extend_from_slice(what);
+    let out = install_sh(&args, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `systemd-analyze verify` of `units` as systemd would load them from `root`
 /// (their commands looked up there): nothing to say about any of them.
 fn verify_under(root: &std::path::Path, units: &[std::path::PathBuf]) {
@@ -317,23 +337,7 @@ fn install_sh_installs_what_ships_and_the_installed_attestd_finds_its_plugin() {
     // The debug builds the suite already made, installed under a staging root as an
     // image build would; the installed attestd finds `attester-sample` next to itself.
     let d = tempfile::tempdir().unwrap();
-    let dest = d.path().to_str().unwrap();
-    let out = install_sh(
-        &[
-            "--destdir",
-            dest,
-            "--profile",
-            "debug",
-            "--no-build",
-            "sample",
-        ],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    install_debug_build(d.path(), &["sample"]);
     let usr = d.path().join("usr");
     for f in [
         "bin/attestd",
@@ -398,25 +402,48 @@ fn install_sh_installs_a_third_partys_plugin_with_what_its_crate_declares() {
     // tests/plugins/x-hello as built by the suite (scripts/test.sh builds every
     // attester workspace): installed, configured and given a unit by its metadata.
     let d = tempfile::tempdir().unwrap();
-    let dest = d.path().to_str().unwrap();
     let plugin = attestd_e2e::repo_root().join("tests/plugins/x-hello");
+    // A crate declaring a TEE name attestd would refuse is refused first, with
+    // nothing installed (build.sh reads the metadata with the same function).
+    let bad = tempfile::tempdir().unwrap();
+    let manifest = std::fs::read_to_string(plugin.join("Cargo.toml"))
+        .unwrap()
+        .replace("tee = \"x-hello\"", "tee = \"X-hello\"")
+        .replace(
+            "path = \"../../../attesters/sdk\"",
+            &format!(
+                "path = {:?}",
+                attestd_e2e::repo_root()
+                    .join("attesters/sdk")
+                    .display()
+                    .to_string()
+            ),
+        );
+    std::fs::write(bad.path().join("Cargo.toml"), manifest).unwrap();
+    std::fs::copy(plugin.join("Cargo.lock"), bad.path().join("Cargo.lock")).unwrap();
+    std::fs::create_dir(bad.path().join("src")).unwrap();
+    std::fs::copy(plugin.join("src/main.rs"), bad.path().join("src/main.rs")).unwrap();
+    let x = d.path().join("x");
     let out = install_sh(
         &[
             "--destdir",
-            dest,
-            "--profile",
-            "debug",
+            x.to_str().unwrap(),
             "--no-build",
             "--plugin",
-            plugin.to_str().unwrap(),
+            bad.path().to_str().unwrap(),
         ],
         &[],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        format!(
+            "error: {}: [package.metadata.attestd] tee \"X-hello\" is not a third party's TEE name (\"x-\", then lowercase letters, digits and single '-', at most 32 bytes)",
+            std::fs::canonicalize(bad.path()).unwrap().display()
+        )
     );
+    assert!(!x.exists());
+    install_debug_build(d.path(), &["--plugin", plugin.to_str().unwrap()]);
     let etc = d.path().join("etc/attestd");
     let cfg = std::fs::read_to_string(etc.join("attestd.toml")).unwrap();
     assert!(cfg.contains("primary = \"x-hello\"\n"), "{cfg}");
