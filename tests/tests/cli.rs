@@ -341,6 +341,7 @@ fn install_sh_installs_what_ships_and_the_installed_attestd_finds_its_plugin() {
     let usr = d.path().join("usr");
     for f in [
         "bin/attestd",
+        "bin/attestd-tools",
         "bin/attester-sample",
         "share/attestd/examples/sample.toml",
         "share/attestd/examples/tpm.toml",
@@ -661,7 +662,7 @@ fn errors_a_user_cannot_act_on_come_with_a_hint() {
     let bin_dir = tempfile::tempdir().unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    for b in ["attestd", "attester-sample"] {
+    for b in ["attestd", "attestd-tools", "attester-sample"] {
         std::fs::copy(attestd_e2e::bin(b), bin_dir.path().join(b)).unwrap();
     }
     let cfg = bin_dir.path().join("sample.toml");

@@ -216,7 +216,7 @@ fn the_verifier_does_refuse_a_broken_unit() {
 fn install_under(prefix: &Path) -> std::path::PathBuf {
     let bin_dir = prefix.join("bin");
     std::fs::create_dir_all(&bin_dir).unwrap();
-    for b in ["attestd", "attester-sample"] {
+    for b in ["attestd", "attestd-tools", "attester-sample"] {
         std::fs::copy(bin(b), bin_dir.join(b)).unwrap();
     }
     bin_dir.join("attestd")
