@@ -124,9 +124,11 @@ declare -A kept=()
 # /etc/hosts and DNS in a scratch container (checked). The webhook, a cluster
 # service, keeps its ldd closure. It comes last: its image carries the lock
 # written before it.
-#   name  package  binary  containerfile  linking
+# The core's image holds two binaries: the daemon (attestd), and the operator
+# commands (attestd-tools) it execs for `attestd client`, the sidecar's probe.
+#   name  package  binaries (the first names the image)  containerfile  linking
 COMPONENTS=(
-    "attestd attestd attestd containers/attestd.Containerfile static"
+    "attestd attestd attestd,attestd-tools containers/attestd.Containerfile static"
     "webhook attestd-webhook attestd-webhook containers/webhook/Containerfile dynamic"
 )
 
@@ -240,23 +242,29 @@ write_lock() {
 }
 
 build_component() {
-    local name=$1 package=$2 binary=$3 containerfile=$4 linking=$5
+    local name=$1 package=$2 binaries=$3 containerfile=$4 linking=$5
     echo "== $name: building $package ($linking)" >&2
-    local version bin root image digest size
+    local version bin root image digest size binary bin_flags=()
+    local -a all
+    IFS=, read -r -a all <<<"$binaries"
+    for binary in "${all[@]}"; do bin_flags+=(--bin "$binary"); done
     version=$(cargo pkgid -p "$package" 2>/dev/null | sed -E 's/.*[@#]([0-9][^ ]*)$/\1/')
     RUSTFLAGS="$(rustflags_for "$linking")" cargo build --release --locked --manifest-path "$PWD/Cargo.toml" \
-        -p "$package" --bin "$binary" --target "$TARGET"
-    bin="target/$TARGET/release/$binary"
+        -p "$package" "${bin_flags[@]}" --target "$TARGET"
     root="$STAGE/$name/rootfs"
     rm -rf "$STAGE/$name"
     mkdir -p "$root"
-    cp "$bin" "$root/$binary"
-    strip "$root/$binary"
-    if [ "$linking" = static ]; then
-        require_static "$root/$binary" "$binary"
-    else
-        stage_closure "$bin" "$root" ""
-    fi
+    for binary in "${all[@]}"; do
+        bin="target/$TARGET/release/$binary"
+        cp "$bin" "$root/$binary"
+        strip "$root/$binary"
+        if [ "$linking" = static ]; then
+            require_static "$root/$binary" "$binary"
+        else
+            stage_closure "$bin" "$root" ""
+        fi
+    done
+    binary=${all[0]}
     if [ "$name" = webhook ]; then
         mkdir -p "$root/etc/attestd-webhook"
         # Without its own entry: an image cannot hold its own digest, and a
@@ -277,9 +285,9 @@ build_component() {
 merge_kept
 write_lock
 for spec in "${COMPONENTS[@]}"; do
-    read -r name package binary containerfile linking <<<"$spec"
+    read -r name package binaries containerfile linking <<<"$spec"
     selected "$name" || continue
-    build_component "$name" "$package" "$binary" "$containerfile" "$linking"
+    build_component "$name" "$package" "$binaries" "$containerfile" "$linking"
     write_lock
 done
 echo "wrote $LOCK" >&2

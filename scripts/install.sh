@@ -18,6 +18,8 @@
 #   PREFIX/bin/attestd, PREFIX/bin/attester-<tee>   (a --plugin: its own binary name;
 #                                                    attestd finds a plugin's bare
 #                                                    command name next to itself)
+#   PREFIX/bin/attestd-tools                         (the operator commands: attestd
+#                                                    execs it for `attestd <command>`)
 #   /etc/attestd/attestd.toml                        (the system configuration; an
 #                                                    existing one is kept)
 #   /etc/attestd/attestd.toml.d/50-attestd-<tee>.toml (written with the units: the
@@ -117,7 +119,7 @@ if [ $build = 1 ]; then
     . scripts/shipped-profile.sh
     # Only what ships: the core alone (not the workspace, whose test crate would
     # add test-only features), then each attester as shipped.
-    cargo build "${flag[@]}" --locked -p attestd --bin attestd
+    cargo build "${flag[@]}" --locked -p attestd --bin attestd --bin attestd-tools
     for tee in ${tees[@]+"${tees[@]}"}; do
         if [ "$tee" = sample ]; then
             cargo build "${flag[@]}" --locked -p attester-sample --bin attester-sample
@@ -131,7 +133,7 @@ if [ $build = 1 ]; then
 fi
 
 # Everything to install is there before anything is installed: no half-made prefix.
-bins=("$(target_dir sample)/attestd")
+bins=("$(target_dir sample)/attestd" "$(target_dir sample)/attestd-tools")
 for tee in "${all[@]}"; do bins+=("$(built_at "$tee")/$(bin_name "$tee")"); done
 for bin in "${bins[@]}"; do
     if [ ! -x "$bin" ]; then
@@ -144,6 +146,8 @@ root=$destdir$prefix
 etc=$destdir/etc/attestd
 install -d -m 0755 "$root/bin" "$root/share/attestd/examples" "$etc" "$destdir$unitdir"
 install -m 0755 "$(target_dir sample)/attestd" "$root/bin/attestd"
+# `attestd <command>` (and the unit's ExecReload) execs it from beside attestd.
+install -m 0755 "$(target_dir sample)/attestd-tools" "$root/bin/attestd-tools"
 for tee in "${all[@]}"; do
     install -m 0755 "$(built_at "$tee")/$(bin_name "$tee")" "$root/bin/$(bin_name "$tee")"
 done

@@ -119,6 +119,7 @@ core_digest=$(component attestd digest)
 [ -n "$core_digest" ] || { echo "error: $LOCK has no [components.attestd]: containers/build.sh attestd" >&2; exit 1; }
 cid=$(podman create "$core_image@$core_digest")
 podman cp "$cid:/attestd" "$ROOT/usr/bin/attestd"
+podman cp "$cid:/attestd-tools" "$ROOT/usr/bin/attestd-tools"
 podman rm "$cid" >/dev/null
 cargo build --release --locked -q -p attestd-podvm
 install -m 0755 target/release/attestd-podvm "$ROOT/usr/bin/attestd-podvm"

@@ -402,3 +402,94 @@ async fn the_name_is_part_of_the_pin_for_podman_and_oci() {
         assert_eq!(a.tee_type().await, "sample", "{launch}");
     }
 }
+
+#[test]
+fn the_core_image_holds_the_daemon_alone_and_the_tools_it_execs() {
+    // The daemon links no operator command (docs/benchmarks.md, "One binary or
+    // two"); `attestd <command>` execs attestd-tools beside it, as the injected
+    // sidecar's probe (`/attestd client …`) does.
+    let lock: toml::Table =
+        std::fs::read_to_string(attestd_e2e::repo_root().join("containers/images.lock"))
+            .expect("containers/images.lock: run containers/build.sh attestd")
+            .parse()
+            .unwrap();
+    let core = &lock["components"]["attestd"];
+    let image = format!(
+        "{}@{}",
+        core["image"].as_str().unwrap(),
+        core["digest"].as_str().unwrap()
+    );
+    let podman = |args: &[&str]| {
+        let o = std::process::Command::new("podman")
+            .args(["--runtime", "runc"])
+            .args(args)
+            .output()
+            .unwrap();
+        attestd_e2e::succeeded(&o, &format!("podman {args:?}"))
+    };
+    let cid = podman(&["create", &image]);
+    let cid = cid.trim();
+    let dir = tempfile::tempdir().unwrap();
+    for b in ["attestd", "attestd-tools"] {
+        podman(&[
+            "cp",
+            &format!("{cid}:/{b}"),
+            dir.path().join(b).to_str().unwrap(),
+        ]);
+    }
+    podman(&["rm", cid]);
+    let daemon = std::fs::read(dir.path().join("attestd")).unwrap();
+    let tools = std::fs::read(dir.path().join("attestd-tools")).unwrap();
+    // A line of `attestd conformance`'s help: only the tools carry it.
+    let tools_only: &[u8] = b"Drive a plugin through the plugin contract";
+    let has = |b: &[u8]| b.windows(tools_only.len()).any(|w| w == tools_only);
+    assert!(!has(&daemon), "the daemon links the operator commands");
+    assert!(has(&tools));
+    assert!(
+        daemon.len() < tools.len(),
+        "{} {}",
+        daemon.len(),
+        tools.len()
+    );
+
+    let attestd = dir.path().join("attestd");
+    let help = std::process::Command::new(&attestd)
+        .args(["client", "--help"])
+        .output()
+        .unwrap();
+    let out = attestd_e2e::succeeded(&help, "attestd client --help");
+    assert!(out.contains("Usage: attestd client"), "{out}");
+    // The daemon's own flags stay its own.
+    let version = std::process::Command::new(&attestd)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(attestd_e2e::succeeded(&version, "attestd --version").starts_with("attestd "));
+
+    // Without the tools: the daemon says which binary is missing and where.
+    std::fs::remove_file(dir.path().join("attestd-tools")).unwrap();
+    let alone = std::process::Command::new(&attestd)
+        .args(["client", "--help"])
+        .output()
+        .unwrap();
+    assert_eq!(alone.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&alone.stderr),
+        format!(
+            "error: `attestd client` is an operator command, in attestd-tools, which this attestd \
+             cannot run ({}: No such file or directory (os error 2))\nhint: install attestd-tools \
+             beside attestd (scripts/install.sh and the attestd image do)\n",
+            dir.path().join("attestd-tools").display()
+        )
+    );
+    // Help still answers, for the daemon, and names what is missing.
+    let help = std::process::Command::new(&attestd)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let out = attestd_e2e::succeeded(&help, "attestd --help");
+    assert!(
+        out.contains("are in attestd-tools, beside this binary"),
+        "{out}"
+    );
+}
