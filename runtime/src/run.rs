@@ -626,6 +626,12 @@ mod tests {
         assert!(s.starts_with("no attester plugin configured"), "{s}");
         assert!(s.contains("so one is selected from the image list"), "{s}");
         assert!(s.contains("no TEE selected under"), "{s}");
+        // Marked as such under the context, and the mark prints nothing.
+        assert!(crate::select::is_no_tee(&e));
+        assert!(!s.ends_with(": "), "{s}");
+        assert!(!crate::select::is_no_tee(&Error::failed_precondition(
+            s.clone()
+        )));
         assert!(
             s.contains("does not fall back to the sample attester"),
             "{s}"

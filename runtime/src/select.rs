@@ -17,6 +17,31 @@ use serde::Serialize;
 use crate::config::{LaunchKind, PluginConfig, PluginsConfig};
 use crate::supervisor::{PluginSpec, Supervisor};
 
+/// attestd's exit status when selection finds no TEE on this machine: no probe
+/// found one (sysexits' EX_UNAVAILABLE). A machine does not become a TEE by
+/// trying again, so the at-boot unit names it in `RestartPreventExitStatus=`
+/// (systemd shows it as `status=69/UNAVAILABLE`). A TEE found whose plugin did
+/// not start or confirm is an ordinary failure, retried.
+pub const NO_TEE_EXIT_STATUS: u8 = 69;
+
+/// The mark of "no TEE selected" on the error, wherever context was added to
+/// it. It prints nothing: the message says it all.
+#[derive(Debug, thiserror::Error)]
+#[error("")]
+struct NoTeeSelected;
+
+/// Whether `e` is selection's "no TEE selected" (see [`NO_TEE_EXIT_STATUS`]).
+pub fn is_no_tee(e: &Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if c.is::<NoTeeSelected>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
 /// Upstream's detection precedence (reference §3): az-tdx before az-snp, the
 /// generic TPM last.
 pub const PRECEDENCE: [&str; 5] = ["tdx", "az-tdx-vtpm", "az-snp-vtpm", "snp", "tpm"];
@@ -403,7 +428,14 @@ pub async fn select(
             "; no [plugins.attester.sample] is configured (attestd never falls back to it unasked)",
         );
     }
-    Err(Error::failed_precondition(msg))
+    let e = Error::failed_precondition(msg);
+    // For good only when no probe found anything: a TEE found whose plugin
+    // could not start or confirm (a pull that failed, say) may do on a retry.
+    Err(if skipped.is_empty() {
+        e.with_source(NoTeeSelected)
+    } else {
+        e
+    })
 }
 
 #[cfg(test)]

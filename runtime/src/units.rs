@@ -322,7 +322,8 @@ pub fn render_selected_at_boot(attestd: &Path, config_path: &Path) -> Vec<(Strin
         (
             "attestd.service".into(),
             format!(
-                "[Unit]\nDescription=attestd: the attestation-agent API over per-TEE plugins\n# The TEE is known only at boot, and the Azure plugins reach IMDS.\n{net}\n[Service]\n# primary = \"auto\" in {cfg}: attestd probes this machine at start, selects the\n# TEE's plugin and runs the image images.lock pins for it ([plugins] auto_launch).\nExecStart={attestd} -c {cfg}\n{reload}# attestd stops its plugin's container on SIGTERM; what is left is killed after.\nKillMode=mixed\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n",
+                "[Unit]\nDescription=attestd: the attestation-agent API over per-TEE plugins\n# The TEE is known only at boot, and the Azure plugins reach IMDS.\n{net}\n[Service]\n# primary = \"auto\" in {cfg}: attestd probes this machine at start, selects the\n# TEE's plugin and runs the image images.lock pins for it ([plugins] auto_launch).\nExecStart={attestd} -c {cfg}\n{reload}# attestd stops its plugin's container on SIGTERM; what is left is killed after.\nKillMode=mixed\nRestart=always\n# No TEE on this machine (attestd said why) is for good: not retried.\nRestartPreventExitStatus={no_tee}\n\n[Install]\nWantedBy=multi-user.target\n",
+                no_tee = crate::select::NO_TEE_EXIT_STATUS,
                 net = network(true),
                 cfg = config_path.display(),
                 attestd = attestd.display(),

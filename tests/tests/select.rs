@@ -112,6 +112,66 @@ fn nothing_found_lists_what_was_probed() {
     assert_eq!(v["tee"], "sample");
 }
 
+#[test]
+fn the_daemon_finding_no_tee_exits_with_its_own_status() {
+    // The pod VM's unit does not restart this status (RestartPreventExitStatus):
+    // a machine does not become a TEE by trying again. The message is the one
+    // `attestd select` prints.
+    let d = tempfile::tempdir().unwrap();
+    let cfg = lock_config(d.path(), false);
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    let daemon = |root: &Path| {
+        std::fs::write(
+            &cfg,
+            format!("{base}sysroot = {:?}\n", root.display().to_string()),
+        )
+        .unwrap();
+        let out = std::process::Command::new(attestd_e2e::bin("attestd"))
+            .arg("-c")
+            .arg(&cfg)
+            .arg("--attestation_sock")
+            .arg(format!("unix://{}/aa.sock", d.path().display()))
+            .env("ATTESTD_CONFIG_DIR", attestd_e2e::NO_SYSTEM_CONFIG)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let root = tree(&[]);
+    let (code, err) = daemon(root.path());
+    assert_eq!(code, Some(69), "{err}");
+    assert!(
+        err.lines().any(|l| l.starts_with(&format!(
+            "error: no TEE selected under {}: probed tdx (not found);",
+            root.path().display()
+        ))),
+        "{err}"
+    );
+    // A TEE found whose plugin does not start (its pinned image is in no store
+    // here) may start on a retry: an ordinary failure, which systemd retries.
+    let tpm = tree(&["dev/tpmrm0"]);
+    let (code, err) = daemon(tpm.path());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no TEE selected under"), "{err}");
+    assert!(err.contains("; tpm skipped: "), "{err}");
+    // So is any other failure to start.
+    std::fs::write(&cfg, "[plugins]\nprimary = \"nosuch\"\n").unwrap();
+    let out = std::process::Command::new(attestd_e2e::bin("attestd"))
+        .arg("-c")
+        .arg(&cfg)
+        .env("ATTESTD_CONFIG_DIR", attestd_e2e::NO_SYSTEM_CONFIG)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The real TDX and SNP plugins, their device paths pointed into `root`.
 fn detect_config(dir: &Path, root: &Path, tdx_dev: &Path) -> std::path::PathBuf {
     let cfg = format!(

@@ -174,6 +174,8 @@ fn a_generic_image_selects_at_boot_with_no_plugin_unit_and_systemd_accepts_it() 
         svc.contains("KillMode=mixed") && svc.contains("Restart=always"),
         "{svc}"
     );
+    // Finding no TEE is for good: systemd does not retry that status.
+    assert!(svc.contains("\nRestartPreventExitStatus=69\n"), "{svc}");
     // systemctl reload is attestd reload: plugins replaced without a failed call.
     assert!(
         svc.contains(&format!(

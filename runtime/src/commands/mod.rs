@@ -103,7 +103,11 @@ pub(crate) fn report(result: Result<()>) -> std::process::ExitCode {
             if let Some(hint) = hint(&e) {
                 eprintln!("hint: {hint}");
             }
-            std::process::ExitCode::FAILURE
+            if e.is::<run::NoTee>() {
+                std::process::ExitCode::from(attestd::select::NO_TEE_EXIT_STATUS)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

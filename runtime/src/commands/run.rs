@@ -115,8 +115,27 @@ pub(crate) async fn cmd_run(a: RunArgs) -> Result<()> {
         initdata,
         reload: Some(reload_on_sighup(a.config.clone())?),
     };
-    run::run(opts, shutdown_signal()?).await.map_err(sdk)
+    run::run(opts, shutdown_signal()?).await.map_err(|e| {
+        if attestd::select::is_no_tee(&e) {
+            anyhow::Error::new(NoTee(e.chain()))
+        } else {
+            sdk(e)
+        }
+    })
 }
+
+/// Selection found no TEE on this machine: the daemon exits with
+/// [`attestd::select::NO_TEE_EXIT_STATUS`], which its at-boot unit does not restart.
+#[derive(Debug)]
+pub(crate) struct NoTee(String);
+
+impl std::fmt::Display for NoTee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoTee {}
 
 /// SIGHUP (`kill -HUP`) reads the same files again, as `attestd reload` does
 /// over the control socket.
