@@ -24,9 +24,9 @@ const TOOLS: &str = "attestd-tools";
     name = "attestd",
     version,
     args_conflicts_with_subcommands = true,
-    after_help = "The operator commands (evidence, client, units, select, config, conformance, \
-                  eventlog, plugins, reload, token, resource) are in attestd-tools, beside this \
-                  binary: `attestd <command>` runs them."
+    after_help = "The operator commands (evidence, plugins, client, eventlog, select, units, token, \
+                  resource, config, conformance, prefetch, reload) are in attestd-tools, beside \
+                  this binary: `attestd <command>` runs them."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -113,6 +113,7 @@ impl Supervisor {
         let identity = live.handshake.clone();
         tracing::info!(
             plugin = %spec.name,
+            launch = %spec.config.launch.as_str(),
             tee = %identity.info.tee,
             transport = %identity.transport,
             protocol = identity.protocol_version,

@@ -285,6 +285,7 @@ async fn json_logs_carry_each_calls_method_plugin_status_and_duration() {
         .find(|l| l["message"] == "plugin ready")
         .unwrap();
     assert!(ready["pid"].as_u64().is_some(), "{ready}");
+    assert_eq!(ready["launch"], "process", "{ready}");
 }
 
 /// `scripts/install.sh` with `args` (the debug builds the suite already made).

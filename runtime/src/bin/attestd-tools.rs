@@ -58,3 +58,29 @@ fn main() -> ExitCode {
     tool::remove_one_shot_dir();
     commands::report(result)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_daemons_help_names_every_operator_command() {
+        // The daemon cannot ask clap for this binary's commands: it lists them.
+        let daemon = include_str!("../main.rs");
+        let listed = daemon
+            .split("The operator commands (")
+            .nth(1)
+            .and_then(|s| s.split(')').next())
+            .expect("the daemon's after_help");
+        let listed: Vec<&str> = listed
+            .split(',')
+            .map(|w| w.trim().trim_start_matches('\\').trim())
+            .collect();
+        let tools: Vec<String> = super::Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .filter(|n| n != "run")
+            .collect();
+        assert_eq!(listed, tools);
+    }
+}

@@ -8,6 +8,7 @@ mod conformance;
 mod eventlog;
 mod evidence;
 mod plugins;
+mod prefetch;
 mod reload;
 mod resource;
 mod select;
@@ -103,6 +104,10 @@ pub(crate) enum Tool {
     /// Drive a plugin through the plugin contract (handshake, report-data
     /// limits, error codes, health, init-data, SIGTERM) and print each check.
     Conformance(conformance::ConformanceArgs),
+    /// Copy the images of an images.lock from podman's store into the oci
+    /// backend's directory, unpacked, for an image build: its attestd then
+    /// starts them with runc alone (`launch = "oci"`).
+    Prefetch(prefetch::PrefetchArgs),
     /// Ask the running attestd (the one holding the config's socket directory)
     /// to read its configuration again and replace the plugins whose
     /// configuration changed, without a failed call; print what it did to each,
@@ -124,6 +129,7 @@ impl Tool {
             Tool::Resource(a) => resource::cmd_resource(a).await,
             Tool::Config(a) => config::cmd_config(a),
             Tool::Conformance(a) => conformance::cmd_conformance(a).await,
+            Tool::Prefetch(a) => prefetch::cmd_prefetch(a).await,
         }
     }
 }

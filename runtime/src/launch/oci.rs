@@ -344,6 +344,18 @@ async fn ensure_rootfs(dir: &Path, layout: &Path, tag: &str, digest: &str) -> Re
     Ok(rootfs)
 }
 
+/// Put the image `r` at `digest` into `oci_dir` as this launcher finds it: in
+/// the layout under its tag, and unpacked. For image builds (`attestd
+/// prefetch`): a pod VM whose images are prefetched so starts its attester with
+/// runc alone, no skopeo, umoci or podman at boot. The image comes from podman's
+/// store (nothing is pulled); the unpacked root filesystem's path is returned.
+pub async fn prefetch(oci_dir: &Path, r: &ImageRef, digest: &str) -> Result<PathBuf> {
+    let layout = oci_dir.join("layout");
+    let none = super::pull::PullPolicy::default();
+    let (tag, _) = ensure_in_layout(&layout, r, digest, &none).await?;
+    ensure_rootfs(oci_dir, &layout, &tag, digest).await
+}
+
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
 pub struct OciLauncher;
