@@ -493,3 +493,68 @@ fn the_core_image_holds_the_daemon_alone_and_the_tools_it_execs() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn a_prefetched_image_starts_with_runc_alone() {
+    // `attestd prefetch`, as the pod VM's build runs it: the image from podman's
+    // store into an OCI layout and unpacked. attestd then starts it with only
+    // runc on its PATH: no skopeo, umoci or podman at start.
+    let (name, digest) = locked_image("sample");
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let lock = work.path().join("images.lock");
+    std::fs::write(
+        &lock,
+        format!("[images.sample]\nimage = \"{name}\"\ndigest = \"{digest}\"\ntransport = \"ttrpc\"\napi = 1\n"),
+    )
+    .unwrap();
+    let oci = work.path().join("oci");
+    let prefetch = |tees: &[&str]| {
+        let mut args = vec![
+            "prefetch",
+            "--images-lock",
+            lock.to_str().unwrap(),
+            "--oci-dir",
+            oci.to_str().unwrap(),
+        ];
+        args.extend_from_slice(tees);
+        attestd_cli(&args)
+    };
+    let want = format!(
+        "sample {name}@{digest} {}\n",
+        oci.join("rootfs").join(hex).display()
+    );
+    for _ in 0..2 {
+        // The second time there is nothing to do, and it says the same.
+        let (st, out, err) = prefetch(&["sample"]);
+        assert!(st.success(), "{err}");
+        assert_eq!(out, want);
+    }
+    assert!(oci.join("rootfs").join(hex).join("attester").is_file());
+    let (st, _, err) = prefetch(&["nosuch"]);
+    assert_eq!(st.code(), Some(1));
+    assert_eq!(
+        err,
+        format!("error: {} has no [images.nosuch]\n", lock.display())
+    );
+
+    let path = work.path().join("bin");
+    std::fs::create_dir(&path).unwrap();
+    std::os::unix::fs::symlink("/usr/sbin/runc", path.join("runc")).unwrap();
+    let a = Attestd::start_env(
+        |d| {
+            format!(
+                "[plugins]\nprimary = \"sample\"\nsocket_dir = {:?}\noci_dir = {:?}\n[plugins.attester.sample]\ntransport = \"ttrpc\"\nlaunch = \"oci\"\nimage = \"{name}@{digest}\"\n",
+                d.join("plugins").display().to_string(),
+                oci.display().to_string(),
+            )
+        },
+        &[],
+        &[("PATH", path.to_str().unwrap())],
+    )
+    .unwrap();
+    assert_eq!(
+        a.evidence(b"prefetched").await.unwrap(),
+        expected(b"prefetched")
+    );
+}
