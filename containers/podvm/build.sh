@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Build the generic pod VM: one Debian image for every TEE. It holds the kernel's
-# modules, systemd, podman + runc, attestd (the binary of the pinned attestd
-# image) and its units, /usr/share/attestd/images.lock, and every attester image
-# of that lock prefetched into podman's store: at boot attestd selects the TEE
-# (primary = "auto") and runs its pinned image, nothing pulled.
+# modules, systemd, runc (and podman, for --registry), attestd (the binaries of
+# the pinned attestd image) and its units, /usr/share/attestd/images.lock, and
+# every attester image of that lock prefetched into attestd's OCI layout and
+# unpacked (`attestd prefetch`): at boot attestd selects the TEE (primary =
+# "auto") and runs its pinned image with runc (launch "oci"), nothing pulled.
 #
 # Usage: containers/podvm/build.sh [--out DIR] [--registry REG] [--test-hooks]
 #   --out DIR       where rootfs.img, vmlinuz, initrd.img, podvm.json go
@@ -46,7 +47,8 @@ if [ -n "$REGISTRY" ] && ! [[ $REGISTRY =~ ^[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)
 fi
 [ "$(id -u)" = 0 ] || { echo "error: the pod VM build needs root (debootstrap, chroot)" >&2; exit 1; }
 ensure_rust
-ensure_packages debootstrap e2fsprogs skopeo podman
+# skopeo and umoci: `attestd prefetch` copies and unpacks the images with them.
+ensure_packages debootstrap e2fsprogs skopeo umoci podman
 LOCK=containers/images.lock
 [ -f "$LOCK" ] || { echo "error: no $LOCK: run containers/build.sh first" >&2; exit 1; }
 
@@ -61,10 +63,21 @@ PACKAGES=systemd-sysv,udev,podman,runc,skopeo,kmod,iproute2,initramfs-tools,zstd
 [ "$HOOKS" = 1 ] && PACKAGES=$PACKAGES,socat,qemu-guest-agent
 # The initramfs only mounts the root disk: virtio block, ext4.
 INITRAMFS_MODULES="virtio_pci virtio_blk ext4"
+# The kernel modules a pod VM keeps (with what they depend on); every other one
+# goes. The supported hypervisors' devices (virtio under QEMU/KVM, VMBus under
+# Hyper-V/Azure, NVMe), ext4 and overlay (podman's store, for --registry), vsock
+# (kata's agent channel), the TPM interfaces, the TEE guest drivers (sev-guest;
+# tdx-guest and configfs-tsm's tsm where the kernel has them), qemu_fw_cfg.
+# Containers get no network of their own (none, or the host's), so no bridge or
+# netfilter.
+KEEP_MODULES="virtio_pci virtio_blk virtio_scsi virtio_net virtio_console virtio_rng virtio_balloon
+virtio_mmio ext4 overlay vsock vmw_vsock_virtio_transport hv_vmbus hv_storvsc hv_netvsc hv_utils
+hv_sock hv_balloon pci-hyperv hyperv_keyboard nvme tpm_tis tpm_crb sev-guest tdx-guest tsm
+qemu_fw_cfg"
 # Bump when the base steps below change: it keys the cache.
-RECIPE=4
+RECIPE=5
 CACHE=target/podvm-cache
-KEY=$(printf '%s\n' "$RECIPE" "$SUITE" "$MIRROR" "$PACKAGES" "$INITRAMFS_MODULES" | sha256sum | cut -c1-16)
+KEY=$(printf '%s\n' "$RECIPE" "$SUITE" "$MIRROR" "$PACKAGES" "$INITRAMFS_MODULES" "$KEEP_MODULES" | sha256sum | cut -c1-16)
 BASE=$CACHE/base-$KEY.tar
 WORK=$(mktemp -d /tmp/attestd-podvm.XXXXXX)
 ROOT=$WORK/root
@@ -93,13 +106,19 @@ if [ ! -f "$BASE" ]; then
         { tail -20 "$WORK/kernel.log" >&2; exit 1; }
     chroot "$ROOT" apt-get clean
     for m in dev proc sys; do umount "$ROOT/$m"; done
-    # What a pod VM never reads: documentation, and drivers for hardware a VM
-    # does not have.
+    # What a pod VM never reads: documentation, locales, and the modules of
+    # hardware and features it does not have (the initramfs, made above, keeps
+    # its own copies).
     rm -rf "$ROOT"/usr/share/{doc,man,info,locale}/* "$ROOT"/var/lib/apt/lists/*
     kdir=$(echo "$ROOT"/usr/lib/modules/*)
-    rm -rf "$kdir"/kernel/drivers/{gpu,media,infiniband,staging,bluetooth,isdn,iio,input/touchscreen,net/wireless,net/ethernet,usb,hid,platform/x86} \
-        "$kdir"/kernel/sound "$kdir"/kernel/net/{wireless,mac80211,bluetooth}
-    chroot "$ROOT" depmod "$(basename "$kdir")"
+    kver=$(basename "$kdir")
+    # shellcheck disable=SC2086 # one word per module
+    keep=$(for m in $KEEP_MODULES; do chroot "$ROOT" modprobe --show-depends -S "$kver" "$m" 2>/dev/null || true; done |
+        awk '$1 == "insmod" { sub(/.*\/kernel\//, "kernel/", $2); print $2 }' | sort -u)
+    (cd "$kdir" && find kernel -name '*.ko*') | sort | comm -23 - <(echo "$keep") | (cd "$kdir" && xargs -r rm -f)
+    find "$kdir/kernel" -type d -empty -delete
+    echo "pod VM base: kept $(echo "$keep" | wc -l) kernel modules" >&2
+    chroot "$ROOT" depmod "$kver"
     # A generic image: each VM makes its own machine id at first boot.
     : >"$ROOT/etc/machine-id"
     rm -f "$ROOT/var/lib/dbus/machine-id"
@@ -109,6 +128,13 @@ if [ ! -f "$BASE" ]; then
 fi
 mkdir -p "$ROOT"
 tar --xattrs --xattrs-include='*' -C "$ROOT" -xf "$BASE"
+if [ -z "$REGISTRY" ]; then
+    # The prefetched VM runs its attester with runc alone: no container engine,
+    # nor what only pulls need (91 MiB of the disk).
+    chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q --auto-remove \
+        podman skopeo containernetworking-plugins >"$WORK/purge.log" 2>&1 ||
+        { tail -20 "$WORK/purge.log" >&2; exit 1; }
+fi
 
 echo "== pod VM: attestd, its configuration and units"
 # attestd is the binary of the pinned attestd image: the pod VM runs what the
@@ -141,15 +167,22 @@ cat >"$ROOT/etc/attestd/attestd.toml" <<'EOF'
 source = "init-data"
 
 # The generic pod VM: attestd probes the machine at start, selects the TEE and
-# runs the image /usr/share/attestd/images.lock pins for it, from podman's store
-# (prefetched when the image was built).
+# runs the image /usr/share/attestd/images.lock pins for it.
 [plugins]
 primary = "auto"
+EOF
+if [ -z "$REGISTRY" ]; then
+    cat >>"$ROOT/etc/attestd/attestd.toml" <<'EOF'
+# Prefetched when the image was built, into the oci backend's layout and
+# unpacked (`attestd prefetch`): runc runs the attester, no container engine in
+# the boot path (docs/deployment.md, "The generic pod VM").
+auto_launch = "oci"
+EOF
+else
+    cat >>"$ROOT/etc/attestd/attestd.toml" <<EOF
+# Pulled at boot by podman, which applies the tenant's containers-policy.json.
 auto_launch = "podman"
 podman_runtime = "runc"
-EOF
-if [ -n "$REGISTRY" ]; then
-    cat >>"$ROOT/etc/attestd/attestd.toml" <<EOF
 # Fetched at boot from $REGISTRY (nothing prefetched), by digest, accepted by
 # the tenant's containers-policy.json from init-data (attestd-podvm never takes
 # one from user-data); the registry's CA and its signatures' lookaside
@@ -220,26 +253,31 @@ printf '[Journal]\nForwardToConsole=yes\nTTYPath=/dev/ttyS1\nMaxLevelConsole=inf
     >"$ROOT/etc/systemd/journald.conf.d/50-attestd-podvm.conf"
 systemctl --root="$ROOT" enable attestd-provision.service attestd.service confidential-data-hub.path systemd-networkd.service >/dev/null 2>&1
 # Timers and services a short-lived pod VM has no use for (each costs boot time).
+# The boot tests' systemd-analyze blame showed the rest: podman-auto-update
+# alone took 3.4 s of the two vCPUs, each modprobe@ unit about 1 s, for modules
+# the image no longer has.
 systemctl --root="$ROOT" mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
-    fstrim.timer podman-auto-update.timer podman-restart.service man-db.timer \
-    dpkg-db-backup.timer systemd-networkd-wait-online.service >/dev/null 2>&1
+    fstrim.timer podman-auto-update.timer podman-auto-update.service podman-restart.service \
+    man-db.timer dpkg-db-backup.timer systemd-networkd-wait-online.service e2scrub_reap.service \
+    getty-static.service modprobe@fuse.service modprobe@loop.service modprobe@dm_mod.service \
+    modprobe@efi_pstore.service >/dev/null 2>&1
 
 echo "== pod VM: prefetching the attester images"
-storage="overlay@$ROOT/var/lib/containers/storage+$WORK/runroot"
 images=()
 while read -r tee image digest; do
-    [ -n "$REGISTRY" ] ||
-        skopeo copy -q --preserve-digests "containers-storage:$image@$digest" "containers-storage:[$storage]$image@$digest"
     images+=("$tee $image@$digest")
 done < <(awk -F' = ' '
     /^\[images\./ { gsub(/^\[images\.|\]$/, ""); tee=$0 }
     tee && $1=="image" { gsub(/"/, "", $2); image=$2 }
     tee && $1=="digest" { gsub(/"/, "", $2); print tee, image, $2; tee="" }' "$ROOT/usr/share/attestd/images.lock")
-umount -R "$ROOT/var/lib/containers/storage/overlay" 2>/dev/null || true
-rm -rf "$ROOT/var/lib/containers/storage/overlay/l"/.tmp* 2>/dev/null || true
 prefetched=0
-if [ -d "$ROOT/var/lib/containers/storage" ]; then
-    prefetched=$(du -sb "$ROOT/var/lib/containers/storage" | cut -f1)
+if [ -z "$REGISTRY" ]; then
+    # From this machine's podman store (containers/build.sh put them there), by
+    # name and digest, as the VM's attestd will look for them: the same code
+    # (the VM's own attestd) writes the layout and unpacks it.
+    oci="$ROOT/var/lib/attestd/oci"
+    "$ROOT/usr/bin/attestd" prefetch --images-lock "$ROOT/usr/share/attestd/images.lock" --oci-dir "$oci" >/dev/null
+    prefetched=$(du -sb "$oci" | cut -f1)
 fi
 
 echo "== pod VM: disk image"

@@ -381,7 +381,11 @@ impl PodVm {
         let mut last = String::new();
         loop {
             if let Ok(aa) = self.aa().await {
-                let ctx = ttrpc::context::with_timeout(5_000_000_000);
+                // Short: until the guest listens, qemu's forwarder accepts the
+                // connection and then drops it or leaves it silent, and a long
+                // timeout here made every figure a multiple of it (22.6 s in
+                // most runs). GetTeeType answers in milliseconds even under TCG.
+                let ctx = ttrpc::context::with_timeout(1_000_000_000);
                 match aa.get_tee_type(ctx, &Default::default()).await {
                     Ok(r) => return Ok((r.tee, self.started.elapsed())),
                     Err(e) => last = e.to_string(),
@@ -395,7 +399,7 @@ impl PodVm {
                     "the AA API did not answer within {within:?} (last: {last})"
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

@@ -72,6 +72,18 @@ async fn ready_as(vm: &mut PodVm, tee: &str, scenario: &str, what: &str) {
     figure(scenario, what, t);
 }
 
+/// The attester containers runc runs in the guest (attestd's `oci` launch).
+fn runc_containers(vm: &PodVm) -> Vec<String> {
+    let (code, out, err) = vm
+        .exec("/usr/sbin/runc", &["list", "-q"], Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, 0, "runc list: {err}");
+    out.lines()
+        .filter(|l| l.starts_with("attestd-"))
+        .map(String::from)
+        .collect()
+}
+
 /// podman in the guest, which must succeed: its output.
 fn podman(vm: &PodVm, args: &[&str]) -> String {
     let (code, out, err) = vm
@@ -87,6 +99,72 @@ fn figure(scenario: &str, what: &str, d: Duration) {
         d.as_secs_f64(),
         podvm::accel()
     );
+}
+
+/// A unit's `property` (a monotonic timestamp, µs) in the guest.
+fn guest_usec(vm: &PodVm, unit: &str, property: &str) -> u64 {
+    let (code, out, err) = vm
+        .exec(
+            "/usr/bin/systemctl",
+            &["show", unit, &format!("--property={property}"), "--value"],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_eq!(code, 0, "systemctl show {unit}: {err}");
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{unit} {property}: {out:?}"))
+}
+
+/// The guest's own clock, once the AA API answers: when attestd was started,
+/// and attestd's part (its start to the AA socket existing, which starts the
+/// CDH stand-in: confidential-data-hub.path), as figures; where the boot went
+/// before it (`systemd-analyze`), printed.
+fn guest_figures(vm: &PodVm, scenario: &str) {
+    let started = guest_usec(vm, "attestd.service", "ExecMainStartTimestampMonotonic");
+    let socket = guest_usec(
+        vm,
+        "confidential-data-hub.service",
+        "ExecMainStartTimestampMonotonic",
+    );
+    figure(
+        scenario,
+        "guest clock: attestd started at",
+        Duration::from_micros(started),
+    );
+    figure(
+        scenario,
+        "guest clock: attestd started to AA socket (attestd's part)",
+        Duration::from_micros(socket.saturating_sub(started)),
+    );
+    // attestd's own steps, on the same clock.
+    if let Ok((0, out, _)) = vm.exec(
+        "/usr/bin/journalctl",
+        &[
+            "-b",
+            "-u",
+            "attestd.service",
+            "-o",
+            "short-monotonic",
+            "--no-pager",
+        ],
+        Duration::from_secs(60),
+    ) {
+        for line in out.lines().take(40) {
+            eprintln!("podvm {scenario} journal: {line}");
+        }
+    }
+    for args in [
+        &["critical-chain", "attestd.service"][..],
+        &["blame", "--no-pager"][..],
+    ] {
+        if let Ok((0, out, _)) = vm.exec("/usr/bin/systemd-analyze", args, Duration::from_secs(60))
+        {
+            for line in out.lines().take(25) {
+                eprintln!("podvm {scenario} systemd-analyze {}: {line}", args[0]);
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,13 +231,38 @@ async fn without_a_tee_attestd_refuses_visibly_and_nothing_answers() {
             .unwrap();
         assert_eq!(code, 1, "{what}");
     }
-    // systemd gives up on it rather than restarting it for ever.
+    // A refusal for good: attestd's own status, which its unit does not restart
+    // (RestartPreventExitStatus), so the refusal is said once.
     vm.wait_journal(
         0,
-        "Failed to start attestd.service",
+        "attestd.service: Failed with result 'exit-code'",
         Duration::from_secs(120),
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    let (code, out, err) = vm
+        .exec(
+            "/usr/bin/systemctl",
+            &[
+                "show",
+                "attestd.service",
+                "--property=NRestarts,ExecMainStatus,ActiveState",
+            ],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let mut props: Vec<&str> = out.lines().collect();
+    props.sort();
+    assert_eq!(
+        props,
+        ["ActiveState=failed", "ExecMainStatus=69", "NRestarts=0"],
+        "{out}"
+    );
+    assert_eq!(
+        vm.journal().matches("no TEE selected").count(),
+        1,
+        "the refusal was retried"
+    );
     // On the host: the AA API is not there (CDH was never started on its socket).
     assert!(
         !vm.journal()
@@ -204,6 +307,7 @@ async fn on_a_vtpm_the_pinned_tpm_image_serves_survives_a_kill_and_a_reboot() {
     let rd: Vec<u8> = (100..148).collect();
     let ev = evidence(&vm, &rd).await.unwrap();
     figure("vtpm", "boot to first evidence", vm.started.elapsed());
+    guest_figures(&vm, "vtpm");
     let q = parse(&ev);
     assert_eq!(q.pcrs.len(), 24);
     assert!(
@@ -236,17 +340,25 @@ async fn on_a_vtpm_the_pinned_tpm_image_serves_survives_a_kill_and_a_reboot() {
     let q = parse(&evidence(&vm, &rd).await.unwrap());
     assert_ne!(q.pcrs[23], pcr23_at_start, "PCR 23 did not move");
 
+    // The attester runs under runc from the prefetched layout: no container
+    // engine in the boot path.
+    assert!(
+        j.contains("plugin ready plugin=tpm launch=oci"),
+        "the attester was not launched by the oci backend"
+    );
     // Kill the attester's container in the guest: attestd restarts it and
     // calls succeed again.
-    let ps = |vm: &PodVm| {
-        podman(vm, &["ps", "-q", "--filter", "name=attestd-"])
-            .split_whitespace()
-            .map(String::from)
-            .collect::<Vec<_>>()
-    };
+    let ps = runc_containers;
     let before = ps(&vm);
     assert_eq!(before.len(), 1, "containers: {before:?}");
-    podman(&vm, &["kill", &before[0]]);
+    let (code, _, err) = vm
+        .exec(
+            "/usr/sbin/runc",
+            &["kill", &before[0], "KILL"],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_eq!(code, 0, "runc kill: {err}");
     let deadline = Instant::now() + Duration::from_secs(120);
     let ev = loop {
         match evidence(&vm, &rd).await {
@@ -273,7 +385,7 @@ async fn on_a_vtpm_the_pinned_tpm_image_serves_survives_a_kill_and_a_reboot() {
         .next()
         .expect("the tpm image in the pod VM");
     let drop_in = format!(
-        "[plugins.attester.tpm]\nlaunch = \"podman\"\ntransport = \"ttrpc\"\ntee = \"tpm\"\nimage = \"{tpm_image}\"\nenv = {{ ATTESTD_LOG = \"debug\" }}\n"
+        "[plugins.attester.tpm]\nlaunch = \"oci\"\ntransport = \"ttrpc\"\ntee = \"tpm\"\nimage = \"{tpm_image}\"\nenv = {{ ATTESTD_LOG = \"debug\" }}\n"
     );
     let before_reload = ps(&vm);
     let mark = vm.journal().len();
@@ -358,6 +470,7 @@ async fn on_an_emulated_azure_snp_cvm_az_snp_vtpm_is_selected_through_the_kernel
         "boot to first evidence",
         vm.started.elapsed(),
     );
+    guest_figures(&vm, "azure-snp-vtpm");
     // The HCL report is the one provisioned into the vTPM, read by the plugin
     // through the guest kernel's TPM device; the VCEK came from the fake IMDS
     // over the forwarded 169.254.169.254.
