@@ -128,7 +128,14 @@ fn plugin_exiting_at_start_refuses_to_start() {
 #[test]
 fn no_plugin_configured_refuses_to_start() {
     let e = Attestd::start(|_| String::new()).err().unwrap();
-    assert_eq!(e.status.unwrap().code(), Some(1));
+    // This machine's own TEE decides the status: none found at all is 69, for
+    // good; one found whose plugin cannot start (no image list here) is 1.
+    let want = if e.stderr.contains(" skipped: ") {
+        1
+    } else {
+        69
+    };
+    assert_eq!(e.status.unwrap().code(), Some(want), "{}", e.stderr);
     // Nothing configured anywhere: a platform is selected from the image list
     // (none here), and the error says why it was asked for.
     assert!(
