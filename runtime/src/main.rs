@@ -95,17 +95,7 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse_from(args);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    commands::report(rt.block_on(match cli.cmd {
+    commands::report(commands::block_on(match cli.cmd {
         None => run::cmd_run(cli.run),
         Some(Cmd::Run(a)) => run::cmd_run(a),
     }))

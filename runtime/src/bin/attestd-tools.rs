@@ -37,17 +37,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async {
+    let result = commands::block_on(async {
         match cli.cmd {
             None => run::cmd_run(cli.run).await,
             Some(Cmd::Run(a)) => run::cmd_run(a).await,

@@ -94,6 +94,15 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
     None
 }
 
+/// `fut` run to its end on a current-thread runtime: attestd is one thread.
+pub(crate) fn block_on(fut: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow!("cannot start the async runtime: {e}"))?
+        .block_on(fut)
+}
+
 /// The exit status for a command's result, printing the error and its hint.
 pub(crate) fn report(result: Result<()>) -> std::process::ExitCode {
     match result {
