@@ -192,6 +192,18 @@ pub struct LockedImage {
     pub devices: Vec<std::path::PathBuf>,
 }
 
+impl LockedImage {
+    /// The reference this entry runs: its repository (a tag, if the entry has
+    /// one, dropped) at its digest.
+    pub fn pinned(&self) -> String {
+        format!(
+            "{}@{}",
+            crate::config::image_ref::ImageRef::repository(&self.image),
+            self.digest
+        )
+    }
+}
+
 #[derive(Debug, serde::Deserialize)]
 struct Lock {
     #[serde(default)]
@@ -249,7 +261,6 @@ fn plugin_for(
     for d in &l.devices {
         crate::config::check_device(d).map_err(|e| format!("its images.lock entry: {e}"))?;
     }
-    let name = crate::config::image_ref::ImageRef::repository(&l.image);
     Ok((
         tee.to_string(),
         PluginConfig {
@@ -259,7 +270,7 @@ fn plugin_for(
             env: Default::default(),
             transport: l.transport,
             tee: Some(tee.to_string()),
-            image: Some(format!("{name}@{}", l.digest)),
+            image: Some(l.pinned()),
             socket: None,
             host_network: false,
             devices: l.devices.clone(),
@@ -281,11 +292,7 @@ fn check_override(
     let (Some(image), Some(l)) = (&pc.image, lock.get(tee)) else {
         return Ok(());
     };
-    let pinned = format!(
-        "{}@{}",
-        crate::config::image_ref::ImageRef::repository(&l.image),
-        l.digest
-    );
+    let pinned = l.pinned();
     if *image == pinned {
         return Ok(());
     }

@@ -36,7 +36,7 @@ pub(crate) async fn cmd_prefetch(a: PrefetchArgs) -> Result<()> {
         if !a.tees.is_empty() && !a.tees.contains(tee) {
             continue;
         }
-        let r = ImageRef::parse(&format!("{}@{}", entry.image, entry.digest)).map_err(sdk)?;
+        let r = ImageRef::parse(&entry.pinned()).map_err(sdk)?;
         let rootfs = attestd::launch::oci::prefetch(&a.oci_dir, &r, &entry.digest)
             .await
             .map_err(|e| sdk(e.context(format!("cannot prefetch the {tee} image"))))?;
