@@ -175,7 +175,7 @@ if [ -z "$REGISTRY" ]; then
     cat >>"$ROOT/etc/attestd/attestd.toml" <<'EOF'
 # Prefetched when the image was built, into the oci backend's layout and
 # unpacked (`attestd prefetch`): runc runs the attester, no container engine in
-# the boot path (docs/deployment.md, "The generic pod VM").
+# the boot path (docs/deployment.md, "Why runc, not podman, in the pod VM").
 auto_launch = "oci"
 EOF
 else
