@@ -1,9 +1,11 @@
 //! Azure IMDS, the instance metadata service at 169.254.169.254: the VCEK for an SNP
 //! CVM (THIM) and the TD quote for a TDX CVM. The crates hard-code the address and
 //! wait without a deadline; here the base URL is configurable (a fake one in tests)
-//! and every request has one.
+//! and every request has one. Within it, a request IMDS cannot be reached for
+//! yet (the network still coming up at boot: attestd does not wait for it) is
+//! tried again.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use attester_sdk::{Code, Error, Result};
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
@@ -15,6 +17,8 @@ pub const DEFAULT_URL: &str = "http://169.254.169.254";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest IMDS answer read (a VCEK chain or a TD quote is a few KiB).
 const MAX_BODY: u64 = 1 << 20;
+/// Pause between attempts while IMDS cannot be reached.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 const VCEK_PATH: &str = "/metadata/THIM/amd/certification";
 const TD_QUOTE_PATH: &str = "/acc/tdquote";
@@ -43,6 +47,24 @@ impl Imds {
         }
     }
 
+    /// `send` with the time left of this request's deadline, again while IMDS
+    /// cannot be reached (no route, refused, no address yet), until the deadline.
+    fn call(
+        &self,
+        send: impl Fn(Duration) -> std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match send(left) {
+                Err(e) if unreachable(&e) && left > RETRY_PAUSE * 2 => {
+                    std::thread::sleep(RETRY_PAUSE)
+                }
+                r => return r,
+            }
+        }
+    }
+
     fn fail(&self, what: &str, e: ureq::Error) -> Error {
         let code = match &e {
             ureq::Error::Timeout(_) => Code::DeadlineExceeded,
@@ -55,6 +77,11 @@ impl Imds {
         let msg = if code == Code::DeadlineExceeded {
             format!(
                 "{what}: IMDS at {} did not answer within {:?}",
+                self.base, self.timeout
+            )
+        } else if unreachable(&e) {
+            format!(
+                "{what}: IMDS at {} could not be reached within {:?}",
                 self.base, self.timeout
             )
         } else {
@@ -102,11 +129,15 @@ impl Imds {
     /// The VCEK of this SNP CVM's chip, DER (IMDS serves it as PEM with the AMD chain).
     pub fn vcek_der(&self) -> Result<Vec<u8>> {
         const WHAT: &str = "cannot fetch the VCEK";
-        let r = self
-            .agent
-            .get(format!("{}{VCEK_PATH}", self.base))
-            .header("Metadata", "true")
-            .call();
+        let r = self.call(|left| {
+            self.agent
+                .get(format!("{}{VCEK_PATH}", self.base))
+                .header("Metadata", "true")
+                .config()
+                .timeout_global(Some(left))
+                .build()
+                .call()
+        });
         let v = self.answer(WHAT, r)?;
         let pem = v
             .get("vcekCert")
@@ -119,13 +150,17 @@ impl Imds {
     pub fn td_quote(&self, td_report: &[u8]) -> Result<Vec<u8>> {
         const WHAT: &str = "cannot fetch the TD quote";
         let body = serde_json::json!({ "report": URL_SAFE_NO_PAD.encode(td_report) }).to_string();
-        let r = self
-            .agent
-            .post(format!("{}{TD_QUOTE_PATH}", self.base))
-            .header("Metadata", "true")
-            .header("Content-Type", "application/json")
-            .header("Accept", "application/json")
-            .send(body.as_bytes());
+        let r = self.call(|left| {
+            self.agent
+                .post(format!("{}{TD_QUOTE_PATH}", self.base))
+                .header("Metadata", "true")
+                .header("Content-Type", "application/json")
+                .header("Accept", "application/json")
+                .config()
+                .timeout_global(Some(left))
+                .build()
+                .send(body.as_bytes())
+        });
         let v = self.answer(WHAT, r)?;
         let q = v
             .get("quote")
@@ -159,6 +194,19 @@ pub fn first_pem_certificate(pem: &str) -> Result<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|e| Error::internal("the PEM certificate is not base64").with_source(e))
+}
+
+/// IMDS cannot be reached (yet): no route, nothing listening, no address.
+fn unreachable(e: &ureq::Error) -> bool {
+    use std::io::ErrorKind as K;
+    match e {
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            K::ConnectionRefused | K::NetworkUnreachable | K::HostUnreachable | K::AddrNotAvailable
+        ),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -247,21 +295,63 @@ mod tests {
         );
     }
 
-    #[test]
-    fn imds_down_is_unavailable() {
-        let port = TcpListener::bind("127.0.0.1:0")
+    fn unused_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
-            .port();
-        let e = Imds::new(&format!("http://127.0.0.1:{port}"), DEFAULT_TIMEOUT)
-            .td_quote(&[0; 8])
-            .unwrap_err();
+            .port()
+    }
+
+    #[test]
+    fn imds_down_is_unavailable_after_trying_until_the_deadline() {
+        let port = unused_port();
+        let t = Instant::now();
+        let e = Imds::new(
+            &format!("http://127.0.0.1:{port}"),
+            Duration::from_millis(900),
+        )
+        .td_quote(&[0; 8])
+        .unwrap_err();
+        let took = t.elapsed();
         assert_eq!(e.code(), Code::Unavailable);
         assert_eq!(
             e.message(),
-            format!("cannot fetch the TD quote: IMDS at http://127.0.0.1:{port}")
+            format!("cannot fetch the TD quote: IMDS at http://127.0.0.1:{port} could not be reached within 900ms")
         );
+        // Tried again while the deadline allowed, and not past it.
+        assert!(took >= Duration::from_millis(500), "{took:?}");
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+    }
+
+    #[test]
+    fn imds_reached_once_the_network_is_up_answers() {
+        // At boot attestd does not wait for the network: IMDS listens late.
+        let port = unused_port();
+        let pem = String::from_utf8(fixture("snp-vcek.pem")).unwrap();
+        let body = serde_json::json!({"vcekCert": pem, "certificateChain": ""}).to_string();
+        let h = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(700));
+            let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+            let (s, _) = l.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let mut s = s;
+            write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+        });
+        let der = Imds::new(&format!("http://127.0.0.1:{port}"), Duration::from_secs(10))
+            .vcek_der()
+            .unwrap();
+        h.join().unwrap();
+        assert_eq!(der[0], 0x30, "a DER certificate");
     }
 
     #[test]
