@@ -313,6 +313,19 @@ fn ak_handle_holding_a_wrong_key_is_refused() {
 async fn the_ak_is_created_once_and_reused() {
     let tpm = Swtpm::start();
     let dir = tempfile::tempdir().unwrap();
+    // Serving does not wait for the AK (a key generation on a fresh TPM): it is
+    // made at the first quote.
+    let sock = dir.path().join("serve-only.sock");
+    let mut child = spawn_plugin_at(&tpm, &sock);
+    let c = connect_plugin(&sock, Transport::Ttrpc, Duration::from_secs(10)).await;
+    assert!(c.detect().await.unwrap());
+    signal(child.id(), Signal::SIGTERM);
+    child.wait().unwrap();
+    let out = tpm.tool(&["tpm2_getcap", "handles-persistent"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("0x81010002"),
+        "the AK was made before any quote"
+    );
     let mut first_ak = None;
     for round in 0..2 {
         let sock = dir.path().join(format!("tpm{round}.sock"));

@@ -10,6 +10,7 @@ use attester_sdk::{Code, Error, Result};
 use num_traits::FromPrimitive;
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
+use tss_esapi::constants::CapabilityType;
 use tss_esapi::handles::{KeyHandle, ObjectHandle, PcrHandle, PersistentTpmHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{
     HashingAlgorithm, PublicAlgorithm, RsaSchemeAlgorithm,
@@ -17,6 +18,7 @@ use tss_esapi::interface_types::algorithm::{
 use tss_esapi::interface_types::dynamic_handles::Persistent;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
+use tss_esapi::structures::CapabilityData;
 use tss_esapi::structures::{
     Data, Digest, DigestValues, HashScheme, PcrSelectionList, PcrSelectionListBuilder, PcrSlot,
     Public, PublicBuilder, PublicKeyRsa, PublicRsaParametersBuilder, RsaExponent, RsaScheme,
@@ -158,8 +160,9 @@ pub fn detect(tcti: &str) -> bool {
 
 struct Device {
     ctx: Context,
-    ak: KeyHandle,
-    ak_public_der: Vec<u8>,
+    ak_handle: u32,
+    /// The AK and its public key (DER), once found or created.
+    ak: Option<(KeyHandle, Vec<u8>)>,
 }
 
 impl Device {
@@ -170,22 +173,33 @@ impl Device {
         let mut ctx = Context::new(conf).map_err(|e| {
             Error::unavailable(format!("no TPM answers on {}", cfg.tcti)).with_source(e)
         })?;
-        let ak = ensure_ak(&mut ctx, cfg.ak_handle)?;
-        let (public, _, _) = ctx
-            .read_public(ak)
-            .map_err(|e| tpm_error("cannot read the AK's public area", e))?;
-        let ak_public_der = ak_der(&public, cfg.ak_handle)?;
+        // A key already at the handle is checked now: a wrong one stops the
+        // plugin at start. Creating a missing one (a fresh vTPM: every new pod
+        // VM) is a key generation, left to the first quote so the plugin serves,
+        // and the init-data binding's extend runs, without waiting for it.
+        let ak = find_ak(&mut ctx, cfg.ak_handle)?;
         Ok(Device {
             ctx,
+            ak_handle: cfg.ak_handle,
             ak,
-            ak_public_der,
         })
+    }
+
+    /// The AK, created and persisted at its handle if the TPM has none yet.
+    fn ak(&mut self) -> Result<(KeyHandle, Vec<u8>)> {
+        if let Some(ak) = &self.ak {
+            return Ok(ak.clone());
+        }
+        let key = create_ak(&mut self.ctx, self.ak_handle)?;
+        let ak = ak_with_der(&mut self.ctx, key, self.ak_handle)?;
+        self.ak = Some(ak.clone());
+        Ok(ak)
     }
 
     fn quote(&mut self, nonce: Vec<u8>) -> Result<Quote> {
         let data = Data::try_from(nonce)
             .map_err(|e| Error::invalid_argument("qualifying data too long").with_source(e))?;
-        let ak = self.ak;
+        let (ak, ak_public_der) = self.ak()?;
         let selection = selection()?;
         let (attest, signature) = self
             .ctx
@@ -210,7 +224,7 @@ impl Device {
             message,
             signature,
             pcrs: self.read_bank()?,
-            ak_public_der: self.ak_public_der.clone(),
+            ak_public_der,
         })
     }
 
@@ -288,19 +302,42 @@ fn selection() -> Result<PcrSelectionList> {
 /// signing key, made as a primary key of the owner hierarchy and persisted there.
 /// (The owner hierarchy needs no EK policy session, and a primary key from a fixed
 /// template is the same key every time for the same seed.)
-fn ensure_ak(ctx: &mut Context, handle: u32) -> Result<KeyHandle> {
-    let persistent = PersistentTpmHandle::new(handle).map_err(|e| {
+fn persistent_handle(handle: u32) -> Result<PersistentTpmHandle> {
+    PersistentTpmHandle::new(handle).map_err(|e| {
         Error::invalid_argument(format!("AK handle {handle:#x} is not a persistent handle"))
             .with_source(e)
-    })?;
-    if let Ok(obj) = ctx.tr_from_tpm_public(TpmHandle::Persistent(persistent)) {
-        let key = KeyHandle::from(obj);
-        let (public, _, _) = ctx
-            .read_public(key)
-            .map_err(|e| tpm_error(&format!("cannot read the key at {handle:#x}"), e))?;
-        check_ak(&public, handle)?;
-        return Ok(key);
+    })
+}
+
+/// The AK persisted at `handle`, checked, with its public key; `None` when the
+/// handle is empty.
+fn find_ak(ctx: &mut Context, handle: u32) -> Result<Option<(KeyHandle, Vec<u8>)>> {
+    let persistent = persistent_handle(handle)?;
+    // Asked, not guessed from a failed load: a TPM that cannot answer (not
+    // started, say) is an error now, not at the first quote.
+    let (handles, _) = ctx
+        .get_capability(CapabilityType::Handles, handle, 1)
+        .map_err(|e| tpm_error("cannot list the TPM's persistent handles", e))?;
+    let present = matches!(&handles, CapabilityData::Handles(l)
+        if l.first() == Some(&TpmHandle::Persistent(persistent)));
+    if !present {
+        return Ok(None);
     }
+    let obj = ctx
+        .tr_from_tpm_public(TpmHandle::Persistent(persistent))
+        .map_err(|e| tpm_error(&format!("cannot load the key at {handle:#x}"), e))?;
+    Ok(Some(ak_with_der(ctx, KeyHandle::from(obj), handle)?))
+}
+
+fn ak_with_der(ctx: &mut Context, key: KeyHandle, handle: u32) -> Result<(KeyHandle, Vec<u8>)> {
+    let (public, _, _) = ctx
+        .read_public(key)
+        .map_err(|e| tpm_error(&format!("cannot read the key at {handle:#x}"), e))?;
+    Ok((key, ak_der(&public, handle)?))
+}
+
+fn create_ak(ctx: &mut Context, handle: u32) -> Result<KeyHandle> {
+    let persistent = persistent_handle(handle)?;
     tracing::info!(
         handle = format!("{handle:#x}"),
         "no AK found; creating one in the owner hierarchy"
