@@ -317,14 +317,26 @@ fn exec_reload(attestd: &Path, config_path: &Path) -> String {
 /// selects its platform's plugin at boot and runs its pinned image itself
 /// (`[plugins] auto_launch`), so there is no plugin unit to write beforehand,
 /// only attestd's and the Data Hub's ordering on its socket.
-pub fn render_selected_at_boot(attestd: &Path, config_path: &Path) -> Vec<(String, String)> {
+/// attestd's unit when it selects the TEE at boot. It starts without waiting for
+/// the network, which an attester needs only when asked for evidence (the Azure
+/// plugins try IMDS again until their deadline), unless it may pull the
+/// attester's image at start (`pulls`: [plugins] registries is set).
+pub fn render_selected_at_boot(
+    attestd: &Path,
+    config_path: &Path,
+    pulls: bool,
+) -> Vec<(String, String)> {
     vec![
         (
             "attestd.service".into(),
             format!(
-                "[Unit]\nDescription=attestd: the attestation-agent API over per-TEE plugins\n# The TEE is known only at boot, and the Azure plugins reach IMDS.\n{net}\n[Service]\n# primary = \"auto\" in {cfg}: attestd probes this machine at start, selects the\n# TEE's plugin and runs the image images.lock pins for it ([plugins] auto_launch).\nExecStart={attestd} -c {cfg}\n{reload}# attestd stops its plugin's container on SIGTERM; what is left is killed after.\nKillMode=mixed\nRestart=always\n# No TEE on this machine (attestd said why) is for good: not retried.\nRestartPreventExitStatus={no_tee}\n\n[Install]\nWantedBy=multi-user.target\n",
+                "[Unit]\nDescription=attestd: the attestation-agent API over per-TEE plugins\n{net}\n[Service]\n# primary = \"auto\" in {cfg}: attestd probes this machine at start, selects the\n# TEE's plugin and runs the image images.lock pins for it ([plugins] auto_launch).\nExecStart={attestd} -c {cfg}\n{reload}# attestd stops its plugin's container on SIGTERM; what is left is killed after.\nKillMode=mixed\nRestart=always\n# No TEE on this machine (attestd said why) is for good: not retried.\nRestartPreventExitStatus={no_tee}\n\n[Install]\nWantedBy=multi-user.target\n",
                 no_tee = crate::select::NO_TEE_EXIT_STATUS,
-                net = network(true),
+                net = if pulls {
+                    "# It may pull the attester's image at start.\nWants=network-online.target\nAfter=network-online.target\n"
+                } else {
+                    "# No waiting for the network: the Azure plugins reach IMDS only when asked\n# for evidence, and try again until it answers or their deadline passes.\nWants=network-online.target\n"
+                },
                 cfg = config_path.display(),
                 attestd = attestd.display(),
                 reload = exec_reload(attestd, config_path),
@@ -508,13 +520,28 @@ mod tests {
         );
         assert!(!svc.contains("PrivateNetwork"), "{svc}");
         assert!(svc.contains("DeviceAllow=/dev/tpm0 rw\n"), "{svc}");
-        // At boot any TEE may be selected, an Azure one too.
-        let at_boot = &render_selected_at_boot(
-            Path::new("/usr/bin/attestd"),
-            Path::new("/etc/attestd/attestd.toml"),
-        )[0]
-        .1;
-        assert!(at_boot.contains("After=network-online.target"), "{at_boot}");
+        // At boot any TEE may be selected, an Azure one too: attestd brings the
+        // network up but does not wait for it, unless it may pull at start.
+        let at_boot = |pulls| {
+            render_selected_at_boot(
+                Path::new("/usr/bin/attestd"),
+                Path::new("/etc/attestd/attestd.toml"),
+                pulls,
+            )[0]
+            .1
+            .clone()
+        };
+        let no_pull = at_boot(false);
+        assert!(
+            no_pull.contains("Wants=network-online.target\n"),
+            "{no_pull}"
+        );
+        assert!(!no_pull.contains("After=network-online"), "{no_pull}");
+        let pull = at_boot(true);
+        assert!(
+            pull.contains("Wants=network-online.target\nAfter=network-online.target\n"),
+            "{pull}"
+        );
     }
 
     #[test]

@@ -184,8 +184,29 @@ fn a_generic_image_selects_at_boot_with_no_plugin_unit_and_systemd_accepts_it() 
         )),
         "{svc}"
     );
+    // It brings the network up without waiting for it (nothing at start needs
+    // it)...
+    assert!(svc.contains("\nWants=network-online.target\n"), "{svc}");
+    assert!(!svc.contains("After=network-online"), "{svc}");
     let (ok, text) = verify(&out);
     assert!(ok, "{text}");
+    // ...unless it may pull the attester's image at start.
+    std::fs::write(
+        &cfg,
+        "[plugins]\nprimary = \"auto\"\nauto_launch = \"podman\"\nregistries = [\"registry.example:5000/attestd\"]\npolicy_json = \"/run/peerpod/policy.json\"\n",
+    )
+    .unwrap();
+    let pulling = d.path().join("pulling");
+    units(
+        &cfg,
+        &pulling,
+        &["--at-boot", "--config-path", "/run/peerpod/aa.toml"],
+    );
+    let svc = std::fs::read_to_string(pulling.join("attestd.service")).unwrap();
+    assert!(
+        svc.contains("\nWants=network-online.target\nAfter=network-online.target\n"),
+        "{svc}"
+    );
     // Only for auto: a named plugin has its own units to write now.
     let named = config(
         d.path(),

@@ -57,7 +57,11 @@ pub(crate) async fn cmd_units(a: UnitsArgs) -> Result<()> {
         if name != "auto" {
             bail!("--at-boot needs [plugins] primary = \"auto\" (it is {name:?})");
         }
-        let units = attestd::units::render_selected_at_boot(&a.attestd, &a.config_path);
+        let units = attestd::units::render_selected_at_boot(
+            &a.attestd,
+            &a.config_path,
+            !plugins.registries.is_empty(),
+        );
         return write_units(&units, a.out_dir.as_deref());
     }
     let (name, pc) = if name == "auto" {
