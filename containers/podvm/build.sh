@@ -47,8 +47,9 @@ if [ -n "$REGISTRY" ] && ! [[ $REGISTRY =~ ^[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)
 fi
 [ "$(id -u)" = 0 ] || { echo "error: the pod VM build needs root (debootstrap, chroot)" >&2; exit 1; }
 ensure_rust
-# skopeo and umoci: `attestd prefetch` copies and unpacks the images with them.
-ensure_packages debootstrap e2fsprogs skopeo umoci podman
+# skopeo and umoci: `attestd prefetch` copies and unpacks the images with them;
+# busybox-static and cpio: the initramfs.
+ensure_packages debootstrap e2fsprogs skopeo umoci podman busybox-static cpio
 LOCK=containers/images.lock
 [ -f "$LOCK" ] || { echo "error: no $LOCK: run containers/build.sh first" >&2; exit 1; }
 
@@ -61,23 +62,26 @@ MIRROR=${ATTESTD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # signatures by policy).
 PACKAGES=systemd-sysv,udev,podman,runc,skopeo,kmod,iproute2,initramfs-tools,zstd,containernetworking-plugins
 [ "$HOOKS" = 1 ] && PACKAGES=$PACKAGES,socat,qemu-guest-agent
-# The initramfs only mounts the root disk: virtio block, ext4.
-INITRAMFS_MODULES="virtio_pci virtio_blk ext4"
+# The initramfs (containers/podvm/init) mounts the root disk: virtio block
+# first, then SCSI (Hyper-V, virtio-scsi) and NVMe; ext4. And virtio's entropy
+# source, where the hypervisor gives one, before anything asks for randomness.
+INITRAMFS_MODULES="virtio_pci virtio_blk ext4 virtio_rng"
+INITRAMFS_MODULES_2="virtio_scsi sd_mod hv_storvsc nvme"
 # The kernel modules a pod VM keeps (with what they depend on); every other one
 # goes. The supported hypervisors' devices (virtio under QEMU/KVM, VMBus under
 # Hyper-V/Azure, NVMe), ext4 and overlay (podman's store, for --registry), vsock
-# (kata's agent channel), the TPM interfaces, the TEE guest drivers (sev-guest;
+# (kata's agent channel), SCSI disks, the TPM interfaces, the TEE guest drivers (sev-guest;
 # tdx-guest and configfs-tsm's tsm where the kernel has them), qemu_fw_cfg.
 # Containers get no network of their own (none, or the host's), so no bridge or
 # netfilter.
 KEEP_MODULES="virtio_pci virtio_blk virtio_scsi virtio_net virtio_console virtio_rng virtio_balloon
-virtio_mmio ext4 overlay vsock vmw_vsock_virtio_transport hv_vmbus hv_storvsc hv_netvsc hv_utils
+virtio_mmio sd_mod ext4 overlay vsock vmw_vsock_virtio_transport hv_vmbus hv_storvsc hv_netvsc hv_utils
 hv_sock hv_balloon pci-hyperv hyperv_keyboard nvme tpm_tis tpm_crb sev-guest tdx-guest tsm
 qemu_fw_cfg"
 # Bump when the base steps below change: it keys the cache.
-RECIPE=5
+RECIPE=6
 CACHE=target/podvm-cache
-KEY=$(printf '%s\n' "$RECIPE" "$SUITE" "$MIRROR" "$PACKAGES" "$INITRAMFS_MODULES" "$KEEP_MODULES" | sha256sum | cut -c1-16)
+KEY=$(printf '%s\n' "$RECIPE" "$SUITE" "$MIRROR" "$PACKAGES" "$KEEP_MODULES" | sha256sum | cut -c1-16)
 BASE=$CACHE/base-$KEY.tar
 WORK=$(mktemp -d /tmp/attestd-podvm.XXXXXX)
 ROOT=$WORK/root
@@ -96,9 +100,9 @@ if [ ! -f "$BASE" ]; then
     mkdir -p "$CACHE"
     debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$ROOT" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 ||
         { tail -20 "$WORK/debootstrap.log" >&2; exit 1; }
-    # A small initramfs (the default holds most of the kernel's drivers).
+    # The kernel's package makes an initramfs-tools initramfs, which the pod VM
+    # does not use (below): keep that one small.
     printf 'MODULES=list\nCOMPRESS=zstd\n' >"$ROOT/etc/initramfs-tools/conf.d/attestd-podvm.conf"
-    printf '%s\n' $INITRAMFS_MODULES >>"$ROOT/etc/initramfs-tools/modules"
     mount -t proc proc "$ROOT/proc"
     mount -t sysfs sys "$ROOT/sys"
     mount --bind /dev "$ROOT/dev"
@@ -107,8 +111,7 @@ if [ ! -f "$BASE" ]; then
     chroot "$ROOT" apt-get clean
     for m in dev proc sys; do umount "$ROOT/$m"; done
     # What a pod VM never reads: documentation, locales, and the modules of
-    # hardware and features it does not have (the initramfs, made above, keeps
-    # its own copies).
+    # hardware and features it does not have.
     rm -rf "$ROOT"/usr/share/{doc,man,info,locale}/* "$ROOT"/var/lib/apt/lists/*
     kdir=$(echo "$ROOT"/usr/lib/modules/*)
     kver=$(basename "$kdir")
@@ -203,9 +206,18 @@ install -d "$ROOT/etc/systemd/system/attestd.service.d"
 cat >"$ROOT/etc/systemd/system/attestd.service.d/10-podvm.conf" <<'EOF'
 # The pod VM: user-data (init-data) is written to /run/peerpod first, then
 # attestd starts on it, binding the init-data digest when one came.
+# attestd needs no more of the boot than that: the root file system (rw, from
+# the initramfs) and the journal's socket. It starts without waiting for
+# sysinit.target (udev's coldplug and the rest run beside it), which takes
+# about 2 s under emulation; the TPM drivers are built into the kernel, and
+# attestd-provision loads the TEE guest drivers that are modules.
 [Unit]
 Requires=attestd-provision.service
 After=attestd-provision.service
+DefaultDependencies=no
+After=systemd-journald.socket systemd-remount-fs.service
+Conflicts=shutdown.target
+Before=shutdown.target
 
 [Service]
 EnvironmentFile=/run/peerpod/attestd.env
@@ -216,12 +228,18 @@ cat >"$ROOT/etc/systemd/system/attestd-provision.service" <<'EOF'
 [Unit]
 Description=attestd: user-data and init-data to /run/peerpod
 DefaultDependencies=no
-After=systemd-modules-load.service local-fs.target
+After=systemd-journald.socket systemd-modules-load.service systemd-remount-fs.service
 Before=attestd.service
+Conflicts=shutdown.target
+Before=shutdown.target
 
 [Service]
 Type=oneshot
 RemainAfterExit=yes
+# The TEE guest drivers that are modules, loaded where their device is (udev
+# would, but attestd does not wait for its coldplug): sev-guest on SEV-SNP,
+# tdx-guest on TDX (kernels that have it).
+ExecStartPre=-/bin/sh -c '[ ! -e /sys/bus/platform/devices/sev-guest ] || modprobe sev-guest; ! grep -qw tdx_guest /proc/cpuinfo || modprobe -q tdx-guest'
 ExecStart=/usr/bin/attestd-podvm provision
 
 [Install]
@@ -249,7 +267,9 @@ install -d "$ROOT/etc/systemd/network" "$ROOT/etc/systemd/journald.conf.d"
 printf '[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n' >"$ROOT/etc/systemd/network/20-wired.network"
 # The journal, as it is written, on the second serial port: what a host reads
 # when a boot goes wrong.
-printf '[Journal]\nForwardToConsole=yes\nTTYPath=/dev/ttyS1\nMaxLevelConsole=info\n' \
+# In memory: a pod VM lives as long as its pod (nothing to flush to disk at
+# boot).
+printf '[Journal]\nStorage=volatile\nForwardToConsole=yes\nTTYPath=/dev/ttyS1\nMaxLevelConsole=info\n' \
     >"$ROOT/etc/systemd/journald.conf.d/50-attestd-podvm.conf"
 systemctl --root="$ROOT" enable attestd-provision.service attestd.service confidential-data-hub.path systemd-networkd.service >/dev/null 2>&1
 # Timers and services a short-lived pod VM has no use for (each costs boot time).
@@ -260,7 +280,7 @@ systemctl --root="$ROOT" mask apt-daily.timer apt-daily-upgrade.timer e2scrub_al
     fstrim.timer podman-auto-update.timer podman-auto-update.service podman-restart.service \
     man-db.timer dpkg-db-backup.timer systemd-networkd-wait-online.service e2scrub_reap.service \
     getty-static.service modprobe@fuse.service modprobe@loop.service modprobe@dm_mod.service \
-    modprobe@efi_pstore.service >/dev/null 2>&1
+    modprobe@efi_pstore.service systemd-network-generator.service getty.target >/dev/null 2>&1
 
 echo "== pod VM: prefetching the attester images"
 images=()
@@ -284,7 +304,23 @@ echo "== pod VM: disk image"
 mkdir -p "$OUT"
 kver=$(basename "$(echo "$ROOT"/usr/lib/modules/*)")
 cp "$ROOT/boot/vmlinuz-$kver" "$OUT/vmlinuz"
-cp "$ROOT/boot/initrd.img-$kver" "$OUT/initrd.img"
+# The initramfs: containers/podvm/init, busybox (static), and the modules it
+# loads with what they depend on, uncompressed (unpacking a compressed one took
+# about a second under emulation).
+IRD=$WORK/initramfs
+mkdir -p "$IRD"/{bin,dev,proc,sys,root}
+install -m 0755 containers/podvm/init "$IRD/init"
+install -m 0755 /bin/busybox "$IRD/bin/busybox"
+depends() {
+    # shellcheck disable=SC2086 # one word per module
+    for m in $1; do chroot "$ROOT" modprobe --show-depends -S "$kver" "$m"; done |
+        awk '$1 == "insmod" && !seen[$2]++ { print $2 }'
+}
+depends "$INITRAMFS_MODULES" >"$IRD/modules.1"
+depends "$INITRAMFS_MODULES $INITRAMFS_MODULES_2" | grep -vxFf "$IRD/modules.1" >"$IRD/modules.2"
+while read -r m; do install -D -m 0644 "$ROOT$m" "$IRD$m"; done < <(cat "$IRD/modules.1" "$IRD/modules.2")
+find "$IRD" -exec touch -h -d @0 {} +
+(cd "$IRD" && find . | LC_ALL=C sort | cpio -o -H newc --quiet --reproducible) >"$OUT/initrd.img"
 # qemu boots the kernel directly (a provider's image adds its boot loader).
 rm -f "$ROOT"/boot/vmlinuz-* "$ROOT"/boot/initrd.img-*
 used=$(du -sm "$ROOT" | cut -f1)

@@ -265,8 +265,15 @@ impl PodVm {
             ));
         }
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-accel", accel(), "-smp", "2", "-m", "1024"])
-            .args(["-display", "none", "-monitor", "none"])
+        cmd.args(["-accel", accel(), "-smp", "2", "-m", "1024"]);
+        if accel() == "tcg" {
+            // RDRAND, as every cloud and TEE VM's CPU has (the kernel trusts it
+            // to seed its RNG): TCG's default CPU lacks it, and without an
+            // entropy source the kernel's RNG was ready only 10 s into the boot,
+            // attestd's start waiting on it.
+            cmd.args(["-cpu", "qemu64,+rdrand"]);
+        }
+        cmd.args(["-display", "none", "-monitor", "none"])
             .arg("-kernel")
             .arg(img.dir.join("vmlinuz"))
             .arg("-initrd")
