@@ -416,15 +416,22 @@ async fn azure_failures_have_clear_errors() {
     );
     drop(a);
 
-    // IMDS down: nothing listens there.
+    // IMDS down: nothing listens there. Tried again until the deadline (at
+    // boot the network may still be coming up), then unavailable.
     let port = attestd_e2e::free_port();
     let down = format!("http://127.0.0.1:{port}");
-    let p = tdx_plugin(&down, &fixture("tdx-hcl-report.bin"), &[]);
+    let p = tdx_plugin(
+        &down,
+        &fixture("tdx-hcl-report.bin"),
+        &["--imds-timeout-ms", "1000"],
+    );
     let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
     let (code, msg) = status(get_evidence(&a, &[1; 32]).await.unwrap_err());
     assert_eq!(code, ttrpc::Code::UNAVAILABLE, "{msg}");
     assert!(
-        msg.contains(&format!("cannot fetch the TD quote: IMDS at {down}")),
+        msg.contains(&format!(
+            "cannot fetch the TD quote: IMDS at {down} could not be reached within 1s"
+        )),
         "{msg}"
     );
     drop(a);
