@@ -72,13 +72,17 @@ async fn ready_as(vm: &mut PodVm, tee: &str, scenario: &str, what: &str) {
     figure(scenario, what, t);
 }
 
+/// `path args` run in the guest, which must succeed: its output.
+fn in_guest(vm: &PodVm, path: &str, args: &[&str]) -> String {
+    let (code, out, err) = vm.exec(path, args, Duration::from_secs(60)).unwrap();
+    assert_eq!(code, 0, "{path} {args:?}: {out}{err}");
+    out
+}
+
 /// The attester containers runc runs in the guest (attestd's `oci` launch).
 fn runc_containers(vm: &PodVm) -> Vec<String> {
-    let (code, out, err) = vm
-        .exec("/usr/sbin/runc", &["list", "-q"], Duration::from_secs(60))
-        .unwrap();
-    assert_eq!(code, 0, "runc list: {err}");
-    out.lines()
+    in_guest(vm, "/usr/sbin/runc", &["list", "-q"])
+        .lines()
         .filter(|l| l.starts_with("attestd-"))
         .map(String::from)
         .collect()
@@ -86,11 +90,7 @@ fn runc_containers(vm: &PodVm) -> Vec<String> {
 
 /// podman in the guest, which must succeed: its output.
 fn podman(vm: &PodVm, args: &[&str]) -> String {
-    let (code, out, err) = vm
-        .exec("/usr/bin/podman", args, Duration::from_secs(60))
-        .unwrap();
-    assert_eq!(code, 0, "podman {args:?}: {err}");
-    out
+    in_guest(vm, "/usr/bin/podman", args)
 }
 
 fn figure(scenario: &str, what: &str, d: Duration) {
@@ -103,14 +103,11 @@ fn figure(scenario: &str, what: &str, d: Duration) {
 
 /// A unit's `property` (a monotonic timestamp, µs) in the guest.
 fn guest_usec(vm: &PodVm, unit: &str, property: &str) -> u64 {
-    let (code, out, err) = vm
-        .exec(
-            "/usr/bin/systemctl",
-            &["show", unit, &format!("--property={property}"), "--value"],
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    assert_eq!(code, 0, "systemctl show {unit}: {err}");
+    let out = in_guest(
+        vm,
+        "/usr/bin/systemctl",
+        &["show", unit, &format!("--property={property}"), "--value"],
+    );
     out.trim()
         .parse()
         .unwrap_or_else(|_| panic!("{unit} {property}: {out:?}"))
@@ -143,21 +140,18 @@ fn guest_figures(vm: &PodVm, scenario: &str) {
         Duration::from_micros(started),
     );
     // attestd's own steps, on the same clock.
-    let (code, journal, err) = vm
-        .exec(
-            "/usr/bin/journalctl",
-            &[
-                "-b",
-                "-u",
-                "attestd.service",
-                "-o",
-                "short-monotonic",
-                "--no-pager",
-            ],
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    assert_eq!(code, 0, "journalctl: {err}");
+    let journal = in_guest(
+        vm,
+        "/usr/bin/journalctl",
+        &[
+            "-b",
+            "-u",
+            "attestd.service",
+            "-o",
+            "short-monotonic",
+            "--no-pager",
+        ],
+    );
     for line in journal.lines().take(40) {
         eprintln!("podvm {scenario} journal: {line}");
     }
@@ -260,18 +254,15 @@ async fn without_a_tee_attestd_refuses_visibly_and_nothing_answers() {
     // forwarded there.)
     let deadline = Instant::now() + Duration::from_secs(120);
     let out = loop {
-        let (code, out, err) = vm
-            .exec(
-                "/usr/bin/systemctl",
-                &[
-                    "show",
-                    "attestd.service",
-                    "--property=NRestarts,ExecMainStatus,ActiveState",
-                ],
-                Duration::from_secs(60),
-            )
-            .unwrap();
-        assert_eq!(code, 0, "{err}");
+        let out = in_guest(
+            &vm,
+            "/usr/bin/systemctl",
+            &[
+                "show",
+                "attestd.service",
+                "--property=NRestarts,ExecMainStatus,ActiveState",
+            ],
+        );
         if out.contains("ActiveState=failed") || Instant::now() > deadline {
             break out;
         }
@@ -377,14 +368,7 @@ async fn on_a_vtpm_the_pinned_tpm_image_serves_survives_a_kill_and_a_reboot() {
     let ps = runc_containers;
     let before = ps(&vm);
     assert_eq!(before.len(), 1, "containers: {before:?}");
-    let (code, _, err) = vm
-        .exec(
-            "/usr/sbin/runc",
-            &["kill", &before[0], "KILL"],
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    assert_eq!(code, 0, "runc kill: {err}");
+    in_guest(&vm, "/usr/sbin/runc", &["kill", &before[0], "KILL"]);
     let deadline = Instant::now() + Duration::from_secs(120);
     let ev = loop {
         match evidence(&vm, &rd).await {
@@ -417,14 +401,11 @@ async fn on_a_vtpm_the_pinned_tpm_image_serves_survives_a_kill_and_a_reboot() {
     let mark = vm.journal().len();
     // systemctl reload returns once attestd reports the reload (attestd reload
     // waits for it), and fails if the plugin kept its old instance.
-    let (code, out, err) = vm
-        .exec(
-            "/bin/sh",
-            &["-c", &format!("printf '%s' '{drop_in}' > /etc/attestd/attestd.toml.d/50-reload.toml && systemctl reload attestd.service")],
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    assert_eq!(code, 0, "{out}{err}");
+    in_guest(
+        &vm,
+        "/bin/sh",
+        &["-c", &format!("printf '%s' '{drop_in}' > /etc/attestd/attestd.toml.d/50-reload.toml && systemctl reload attestd.service")],
+    );
     vm.wait_journal(mark, "reload: replaced", Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("{e}"));
     let ev = evidence(&vm, &rd).await.unwrap();
