@@ -316,11 +316,11 @@ fn exec_reload(attestd: &Path, config_path: &Path) -> String {
 /// Units for an image built once for every TEE (`primary = "auto"`): attestd
 /// selects its platform's plugin at boot and runs its pinned image itself
 /// (`[plugins] auto_launch`), so there is no plugin unit to write beforehand,
-/// only attestd's and the Data Hub's ordering on its socket.
-/// attestd's unit when it selects the TEE at boot. It starts without waiting for
-/// the network, which an attester needs only when asked for evidence (the Azure
-/// plugins try IMDS again until their deadline), unless it may pull the
-/// attester's image at start (`pulls`: [plugins] registries is set).
+/// only attestd's and the Data Hub's ordering on its socket. attestd's unit
+/// starts without waiting for the network, which an attester needs only when
+/// asked for evidence (the Azure plugins try IMDS again until their deadline),
+/// unless it may pull the attester's image at start (`pulls`: [plugins]
+/// registries is set).
 pub fn render_selected_at_boot(
     attestd: &Path,
     config_path: &Path,
@@ -333,9 +333,9 @@ pub fn render_selected_at_boot(
                 "[Unit]\nDescription=attestd: the attestation-agent API over per-TEE plugins\n{net}\n[Service]\n# primary = \"auto\" in {cfg}: attestd probes this machine at start, selects the\n# TEE's plugin and runs the image images.lock pins for it ([plugins] auto_launch).\nExecStart={attestd} -c {cfg}\n{reload}# attestd stops its plugin's container on SIGTERM; what is left is killed after.\nKillMode=mixed\nRestart=always\n# No TEE on this machine (attestd said why) is for good: not retried.\nRestartPreventExitStatus={no_tee}\n\n[Install]\nWantedBy=multi-user.target\n",
                 no_tee = crate::select::NO_TEE_EXIT_STATUS,
                 net = if pulls {
-                    "# It may pull the attester's image at start.\nWants=network-online.target\nAfter=network-online.target\n"
+                    format!("# It may pull the attester's image at start.\n{}", network(true))
                 } else {
-                    "# No waiting for the network: the Azure plugins reach IMDS only when asked\n# for evidence, and try again until it answers or their deadline passes.\nWants=network-online.target\n"
+                    "# No waiting for the network: the Azure plugins reach IMDS only when asked\n# for evidence, and try again until it answers or their deadline passes.\nWants=network-online.target\n".to_string()
                 },
                 cfg = config_path.display(),
                 attestd = attestd.display(),
