@@ -225,34 +225,38 @@ mod tests {
     ) -> (String, std::thread::JoinHandle<(String, Vec<u8>)>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
-        let h = std::thread::spawn(move || {
-            let (s, _) = l.accept().unwrap();
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut head = String::new();
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                r.read_line(&mut line).unwrap();
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-                if line == "\r\n" {
-                    break;
-                }
-                head.push_str(&line);
-            }
-            let mut req_body = vec![0; len];
-            r.read_exact(&mut req_body).unwrap();
-            std::thread::sleep(delay);
-            let mut s = s;
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            (head, req_body)
-        });
+        let h = std::thread::spawn(move || answer_one(&l, status, &body, delay));
         (url, h)
+    }
+
+    /// Accept one request on `l` and answer `status` and `body` after `delay`:
+    /// the request's head and body.
+    fn answer_one(l: &TcpListener, status: &str, body: &str, delay: Duration) -> (String, Vec<u8>) {
+        let (s, _) = l.accept().unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut head = String::new();
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let mut req_body = vec![0; len];
+        r.read_exact(&mut req_body).unwrap();
+        std::thread::sleep(delay);
+        let mut s = s;
+        let _ = write!(
+            s,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        (head, req_body)
     }
 
     #[test]
@@ -333,19 +337,7 @@ mod tests {
         let h = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(700));
             let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
-            let (s, _) = l.accept().unwrap();
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut line = String::new();
-            while r.read_line(&mut line).unwrap() > 2 {
-                line.clear();
-            }
-            let mut s = s;
-            write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .unwrap();
+            answer_one(&l, "200 OK", &body, Duration::ZERO)
         });
         let der = Imds::new(&format!("http://127.0.0.1:{port}"), Duration::from_secs(10))
             .vcek_der()
