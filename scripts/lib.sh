@@ -34,9 +34,10 @@ recorded_features() {
     done
 }
 
-# The pod VM: its build (debootstrap, mkfs.ext4) and its boot tests (qemu, the
-# TPM emulator above, socat for the forwarded IMDS).
-ATTESTD_PODVM_PACKAGES=(debootstrap e2fsprogs qemu-system-x86 qemu-utils socat)
+# The pod VM: its build (debootstrap, mkfs.ext4, veritysetup) and its boot
+# tests (qemu, the TPM emulator above, socat for the forwarded IMDS, debugfs to
+# find the block a tamper test changes).
+ATTESTD_PODVM_PACKAGES=(debootstrap e2fsprogs cryptsetup-bin qemu-system-x86 qemu-utils socat)
 
 ensure_packages() {
     local missing=()

@@ -6,6 +6,9 @@
 # unpacked (`attestd prefetch`): at boot attestd selects the TEE (primary =
 # "auto") and runs its pinned image with runc (launch "oci"), nothing pulled.
 #
+# The root disk is dm-verity: its root hash is in the initramfs, which the
+# launch measures, and the initramfs mounts it read-only (containers/podvm/init).
+#
 # Usage: containers/podvm/build.sh [--out DIR] [--registry REG] [--test-hooks]
 #   --out DIR       where rootfs.img, vmlinuz, initrd.img, podvm.json go
 #                   (default target/podvm)
@@ -15,7 +18,9 @@
 #                   --preserve-digests), REG is the one registry attestd may
 #                   pull from, and nothing is prefetched. What is accepted is the
 #                   tenant's policy.json, from init-data (docs/deployment.md).
-#   --test-hooks    for the boot tests, never for a real pod VM: a stand-in for the
+#   --test-hooks    for the boot tests, never for a real pod VM: the initramfs
+#                   honours attestd.unverified_root (no dm-verity, said on the
+#                   console); a stand-in for the
 #                   Confidential Data Hub (started on attestd's socket as CDH is,
 #                   it relays TCP port 50000 to the AA socket, so the host can call
 #                   the AA API) and the qemu guest agent (the host runs commands in
@@ -48,8 +53,9 @@ fi
 [ "$(id -u)" = 0 ] || { echo "error: the pod VM build needs root (debootstrap, chroot)" >&2; exit 1; }
 ensure_rust
 # skopeo and umoci: `attestd prefetch` copies and unpacks the images with them;
-# busybox-static and cpio: the initramfs.
-ensure_packages debootstrap e2fsprogs skopeo umoci podman busybox-static cpio
+# busybox-static and cpio: the initramfs; cryptsetup-bin: veritysetup, which
+# hashes the root disk.
+ensure_packages debootstrap e2fsprogs skopeo umoci podman busybox-static cpio cryptsetup-bin
 LOCK=containers/images.lock
 [ -f "$LOCK" ] || { echo "error: no $LOCK: run containers/build.sh first" >&2; exit 1; }
 
@@ -60,23 +66,26 @@ MIRROR=${ATTESTD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # virtual container-network-stack.
 # skopeo: attestd pulls a pinned image the store lacks with it (and checks its
 # signatures by policy).
-PACKAGES=systemd-sysv,udev,podman,runc,skopeo,kmod,iproute2,initramfs-tools,zstd,containernetworking-plugins
+# dmsetup: the initramfs opens the root disk with it (dm-verity).
+PACKAGES=systemd-sysv,udev,podman,runc,skopeo,kmod,iproute2,initramfs-tools,zstd,containernetworking-plugins,dmsetup
 [ "$HOOKS" = 1 ] && PACKAGES=$PACKAGES,socat,qemu-guest-agent
 # The initramfs (containers/podvm/init) mounts the root disk: virtio block
 # first, then SCSI (Hyper-V, virtio-scsi) and NVMe; ext4. And virtio's entropy
 # source, where the hypervisor gives one, before anything asks for randomness.
+# Beside them, on the other CPU: dm-verity, and overlay for /var on memory.
 INITRAMFS_MODULES="virtio_pci virtio_blk ext4 virtio_rng"
+INITRAMFS_MODULES_DM="dm_verity overlay"
 INITRAMFS_MODULES_2="virtio_scsi sd_mod hv_storvsc nvme"
 # The kernel modules a pod VM keeps (with what they depend on); every other one
 # goes. The supported hypervisors' devices (virtio under QEMU/KVM, VMBus under
 # Hyper-V/Azure, NVMe), ext4 and overlay (podman's store, for --registry), vsock
-# (kata's agent channel), SCSI disks, the TPM interfaces, the TEE guest drivers (sev-guest;
+# (kata's agent channel), SCSI disks, dm-verity (the root disk), the TPM interfaces, the TEE guest drivers (sev-guest;
 # tdx-guest and configfs-tsm's tsm where the kernel has them), qemu_fw_cfg.
 # Containers get no network of their own (none, or the host's), so no bridge or
 # netfilter.
 KEEP_MODULES="virtio_pci virtio_blk virtio_scsi virtio_net virtio_console virtio_rng virtio_balloon
 virtio_mmio sd_mod ext4 overlay vsock vmw_vsock_virtio_transport hv_vmbus hv_storvsc hv_netvsc hv_utils
-hv_sock hv_balloon pci-hyperv hyperv_keyboard nvme tpm_tis tpm_crb sev-guest tdx-guest tsm
+hv_sock hv_balloon pci-hyperv hyperv_keyboard nvme dm_verity tpm_tis tpm_crb sev-guest tdx-guest tsm
 qemu_fw_cfg"
 # Bump when the base steps below change: it keys the cache.
 RECIPE=6
@@ -182,6 +191,9 @@ if [ -z "$REGISTRY" ]; then
 auto_launch = "oci"
 EOF
 else
+    # podman's store: the initramfs puts memory there (the root is read-only,
+    # and podman's overlay does not stack on /var's).
+    install -d -m 0700 "$ROOT/var/lib/containers"
     cat >>"$ROOT/etc/attestd/attestd.toml" <<EOF
 # Pulled at boot by podman, which applies the tenant's containers-policy.json.
 auto_launch = "podman"
@@ -207,7 +219,8 @@ cat >"$ROOT/etc/systemd/system/attestd.service.d/10-podvm.conf" <<'EOF'
 # The pod VM: user-data (init-data) is written to /run/peerpod first, then
 # attestd starts on it, binding the init-data digest when one came.
 # attestd needs no more of the boot than that: the root file system (mounted
-# rw by the initramfs) and the journal's socket. It starts without waiting for
+# read-only through dm-verity by the initramfs, /var an overlay on memory) and
+# the journal's socket. It starts without waiting for
 # sysinit.target (udev's coldplug and the rest run beside it), which takes
 # about 2 s under emulation; the TPM drivers are built into the kernel, and
 # attestd-provision loads the TEE guest drivers that are modules.
@@ -258,7 +271,9 @@ fi
 
 echo "== pod VM: system settings"
 echo podvm >"$ROOT/etc/hostname"
-echo "LABEL=podvm-root / ext4 rw,relatime 0 1" >"$ROOT/etc/fstab"
+# The root is the initramfs's (dm-verity, read-only), nothing to check or
+# remount; /tmp is memory.
+echo "tmpfs /tmp tmpfs nosuid,nodev,mode=1777,size=25% 0 0" >"$ROOT/etc/fstab"
 echo qemu_fw_cfg >"$ROOT/etc/modules-load.d/attestd-podvm.conf"
 # Modules udev would load for emulated hardware a pod VM does not use.
 printf 'blacklist %s\n' kvm kvm_amd kvm_intel ppdev parport_pc floppy pcspkr joydev \
@@ -285,8 +300,8 @@ systemctl --root="$ROOT" mask apt-daily.timer apt-daily-upgrade.timer e2scrub_al
 # The generators of what a pod VM has none of (crypttab, swap partitions to
 # resume from, sysv scripts, a getty on the console, …): each is a process
 # systemd waits for before it starts any unit (about 0.5 s in all under
-# emulation). The fstab one stays. systemd-remount-fs, masked above, would
-# remount the root as the initramfs mounted it (rw).
+# emulation). The fstab one stays (/tmp). systemd-remount-fs, masked above,
+# has no root entry to apply.
 install -d "$ROOT/etc/systemd/system-generators"
 for g in "$ROOT"/usr/lib/systemd/system-generators/*; do
     [ "$(basename "$g")" = systemd-fstab-generator ] || ln -sf /dev/null "$ROOT/etc/systemd/system-generators/$(basename "$g")"
@@ -310,41 +325,67 @@ if [ -z "$REGISTRY" ]; then
     prefetched=$(du -sb "$oci" | cut -f1)
 fi
 
-echo "== pod VM: disk image"
+echo "== pod VM: disk image (dm-verity)"
 mkdir -p "$OUT"
 kver=$(basename "$(echo "$ROOT"/usr/lib/modules/*)")
 cp "$ROOT/boot/vmlinuz-$kver" "$OUT/vmlinuz"
-# The initramfs: containers/podvm/init, busybox (static), and the modules it
-# loads with what they depend on, uncompressed (unpacking a compressed one took
-# about a second under emulation).
+# What the initramfs takes from the image: dmsetup and the libraries it loads,
+# at their paths, and the modules below.
+DMSETUP=/usr/sbin/dmsetup
+dm_libs=$(chroot "$ROOT" ldd "$DMSETUP" | awk '$2 == "=>" { print $3 } $1 ~ /^\// { print $1 }' | sort -u)
+# qemu boots the kernel directly (a provider's image adds its boot loader).
+rm -f "$ROOT"/boot/vmlinuz-* "$ROOT"/boot/initrd.img-*
+used=$(du -sm "$ROOT" | cut -f1)
+size=$((used + used / 4 + 256))
+rm -f "$OUT/rootfs.img"
+# Read-only: no journal to replay. 4 KiB blocks, dm-verity's.
+mkfs.ext4 -q -L podvm-root -b 4096 -O ^has_journal -d "$ROOT" "$OUT/rootfs.img" "${size}M"
+# The hash tree goes after the file system on the same disk, with no superblock:
+# everything the kernel needs to check it (the root hash, the salt, the data's
+# size) is in the initramfs, which the launch measures, none of it on the disk.
+data_bytes=$(stat -c %s "$OUT/rootfs.img")
+data_blocks=$((data_bytes / 4096))
+veritysetup format --no-superblock --hash-offset="$data_bytes" --data-block-size=4096 --hash-block-size=4096 \
+    --data-blocks="$data_blocks" "$OUT/rootfs.img" "$OUT/rootfs.img" >"$WORK/verity.txt"
+root_hash=$(sed -n 's/^Root hash:[[:space:]]*//p' "$WORK/verity.txt")
+salt=$(sed -n 's/^Salt:[[:space:]]*//p' "$WORK/verity.txt")
+[[ $root_hash =~ ^[0-9a-f]{64}$ && $salt =~ ^[0-9a-f]{64}$ ]] ||
+    { cat "$WORK/verity.txt" >&2; echo "error: veritysetup format gave no root hash" >&2; exit 1; }
+
+# The initramfs: containers/podvm/init, busybox (static), dmsetup, the root
+# hash, and the modules it loads with what they depend on, uncompressed
+# (unpacking a compressed one took about a second under emulation).
 IRD=$WORK/initramfs
-mkdir -p "$IRD"/{bin,dev,proc,sys,root}
+mkdir -p "$IRD"/{bin,sbin,dev,proc,sys,root}
 install -m 0755 containers/podvm/init "$IRD/init"
 install -m 0755 /bin/busybox "$IRD/bin/busybox"
+install -D -m 0755 "$ROOT$DMSETUP" "$IRD/sbin/dmsetup"
+# (resolved inside the image: its loader's link is absolute)
+for l in $dm_libs; do install -D -m 0755 "$ROOT$(chroot "$ROOT" readlink -e "$l")" "$IRD$l"; done
+printf 'ROOT_HASH=%s\nSALT=%s\nDATA_BLOCKS=%s\n' "$root_hash" "$salt" "$data_blocks" >"$IRD/root.verity"
+# Only a test image may boot a root without dm-verity (attestd.unverified_root).
+[ "$HOOKS" = 1 ] && echo "built with --test-hooks: attestd.unverified_root is honoured" >"$IRD/test-image"
 depends() {
     # shellcheck disable=SC2086 # one word per module
     for m in $1; do chroot "$ROOT" modprobe --show-depends -S "$kver" "$m"; done |
         awk '$1 == "insmod" && !seen[$2]++ { print $2 }'
 }
 depends "$INITRAMFS_MODULES" >"$IRD/modules.1"
-depends "$INITRAMFS_MODULES $INITRAMFS_MODULES_2" | grep -vxFf "$IRD/modules.1" >"$IRD/modules.2"
-while read -r m; do install -D -m 0644 "$ROOT$m" "$IRD$m"; done < <(cat "$IRD/modules.1" "$IRD/modules.2")
+depends "$INITRAMFS_MODULES_DM" | grep -vxFf "$IRD/modules.1" >"$IRD/modules.dm"
+depends "$INITRAMFS_MODULES $INITRAMFS_MODULES_DM $INITRAMFS_MODULES_2" |
+    grep -vxFf <(cat "$IRD/modules.1" "$IRD/modules.dm") >"$IRD/modules.2"
+while read -r m; do install -D -m 0644 "$ROOT$m" "$IRD$m"; done < <(cat "$IRD/modules.1" "$IRD/modules.dm" "$IRD/modules.2")
 find "$IRD" -exec touch -h -d @0 {} +
 (cd "$IRD" && find . | LC_ALL=C sort | cpio -o -H newc --quiet --reproducible) >"$OUT/initrd.img"
-# qemu boots the kernel directly (a provider's image adds its boot loader).
-rm -f "$ROOT"/boot/vmlinuz-* "$ROOT"/boot/initrd.img-*
-used=$(du -sm "$ROOT" | cut -f1)
-size=$((used + used / 4 + 256))
-rm -f "$OUT/rootfs.img"
-mkfs.ext4 -q -L podvm-root -d "$ROOT" "$OUT/rootfs.img" "${size}M"
 SECS=$(($(date +%s) - START))
 {
     printf '{\n  "kernel": "%s",\n  "rootfs_bytes": %s,\n  "used_mib": %s,\n  "prefetched_bytes": %s,\n' \
         "$kver" "$(stat -c %s "$OUT/rootfs.img")" "$used" "$prefetched"
+    printf '  "verity": {"root_hash": "%s", "salt": "%s", "data_blocks": %s},\n' "$root_hash" "$salt" "$data_blocks"
     printf '  "build_secs": %s,\n  "base_cached": %s,\n  "test_hooks": %s,\n  "registry": "%s",\n  "images": [' \
         "$SECS" "$CACHED" "$([ "$HOOKS" = 1 ] && echo true || echo false)" "$REGISTRY"
     sep=""
     for i in "${images[@]}"; do printf '%s\n    "%s"' "$sep" "$i"; sep=","; done
     printf '\n  ]\n}\n'
 } >"$OUT/podvm.json"
-echo "pod VM: $OUT/rootfs.img ($((size)) MiB, ${used} MiB used; images $((prefetched / 1024)) KiB) in ${SECS}s"
+echo "pod VM: $OUT/rootfs.img ($((size)) MiB, ${used} MiB used; images $((prefetched / 1024)) KiB; dm-verity root hash $root_hash) in ${SECS}s"

@@ -210,6 +210,36 @@ pub struct Boot {
     /// reaches there, e.g. a registry. The address must be inside the user
     /// network (10.0.2.0/24; 169.254.0.0/16 with `imds_port`).
     pub forwards: Vec<(String, u16)>,
+    /// Words added to the kernel command line.
+    pub append: String,
+    /// Byte offsets of the root disk to change (each byte inverted) in this
+    /// VM's copy-on-write layer, as a host rewriting the disk would.
+    pub tamper: Vec<u64>,
+    /// Exit instead of resetting when the guest asks for a reset (a boot that
+    /// stops at the initramfs panics, and panic=-1 resets).
+    pub no_reboot: bool,
+}
+
+/// The kernel command line every boot starts from (`Boot::append` follows).
+const CMDLINE: &str = "root=/dev/vda console=ttyS0 panic=-1";
+
+/// Where `path` (absolute, in the image's root file system) starts on the
+/// root disk: its first block's byte offset (debugfs; 4 KiB blocks).
+pub fn offset_of(img: &Image, path: &str) -> u64 {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("bmap {path} 0")])
+        .arg(img.dir.join("rootfs.img"))
+        .output()
+        .expect("debugfs is missing: apt-get install e2fsprogs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let block: u64 = text.trim().parse().unwrap_or_else(|_| {
+        panic!(
+            "debugfs bmap {path}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(block > 0, "{path} has no first block");
+    block * 4096
 }
 
 /// One VM at a time: two emulated guests on a two-core machine each take
@@ -249,6 +279,22 @@ impl PodVm {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        for &at in &boot.tamper {
+            let mut byte = [0u8];
+            let f = std::fs::File::open(img.dir.join("rootfs.img")).unwrap();
+            std::os::unix::fs::FileExt::read_exact_at(&f, &mut byte, at).unwrap();
+            let out = Command::new("qemu-io")
+                .args(["-f", "qcow2", "-c"])
+                .arg(format!("write -P {} {at} 1", !byte[0]))
+                .arg(&disk)
+                .output()
+                .expect("qemu-io is missing: apt-get install qemu-utils");
+            assert!(
+                out.status.success(),
+                "qemu-io: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         std::fs::write(d.join("user-data"), &boot.user_data).unwrap();
         let port = crate::free_port();
         // Azure's IMDS address must be inside the user network to be forwarded.
@@ -273,12 +319,24 @@ impl PodVm {
             // attestd's start waiting on it.
             cmd.args(["-cpu", "qemu64,+rdrand"]);
         }
+        if boot.no_reboot {
+            cmd.arg("-no-reboot");
+        }
+        // ATTESTD_PODVM_APPEND: for a benchmark's other column (e.g.
+        // attestd.unverified_root on a test image).
+        let extra = std::env::var("ATTESTD_PODVM_APPEND").unwrap_or_default();
+        let cmdline = [CMDLINE, boot.append.as_str(), extra.as_str()]
+            .iter()
+            .filter(|w| !w.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
         cmd.args(["-display", "none", "-monitor", "none"])
             .arg("-kernel")
             .arg(img.dir.join("vmlinuz"))
             .arg("-initrd")
             .arg(img.dir.join("initrd.img"))
-            .args(["-append", "root=/dev/vda rw console=ttyS0 panic=-1"])
+            .args(["-append", &cmdline])
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
             .args(["-netdev", &net, "-device", "virtio-net-pci,netdev=n0"])
@@ -336,6 +394,20 @@ impl PodVm {
     /// The guest's journal so far (its second serial port).
     pub fn journal(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("journal.log")).unwrap_or_default()
+    }
+
+    /// The guest's console so far (its first serial port: the kernel and the
+    /// initramfs).
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(
+            &std::fs::read(self.dir.path().join("console.log")).unwrap_or_default(),
+        )
+        .into_owned()
+    }
+
+    /// Whether qemu has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.qemu.try_wait(), Ok(Some(_)))
     }
 
     /// Wait until the journal, from byte `from` on, contains `needle`: how long

@@ -336,6 +336,7 @@ async fn on_a_vtpm_the_pinned_tpm_image_serves_survives_a_kill_and_a_reboot() {
     // The swtpm's PCR 8 holds the init-data the host sent, bound once.
     assert_eq!(q.pcrs[8], pcr8_after_binding(INITDATA), "PCR 8");
     let pcr23_at_start = q.pcrs[23].clone();
+    root_is_verified_and_read_only(&vm);
 
     // A runtime measurement moves the event log's register.
     let req = t::ExtendRuntimeMeasurementRequest {
@@ -400,12 +401,14 @@ async fn on_a_vtpm_the_pinned_tpm_image_serves_survives_a_kill_and_a_reboot() {
     );
     let before_reload = ps(&vm);
     let mark = vm.journal().len();
-    // systemctl reload returns once attestd reports the reload (attestd reload
-    // waits for it), and fails if the plugin kept its old instance.
+    // The root is read-only (dm-verity): an operator in the guest puts memory
+    // over the drop-in directory first. systemctl reload returns once attestd
+    // reports the reload (attestd reload waits for it), and fails if the
+    // plugin kept its old instance.
     in_guest(
         &vm,
         "/bin/sh",
-        &["-c", &format!("printf '%s' '{drop_in}' > /etc/attestd/attestd.toml.d/50-reload.toml && systemctl reload attestd.service")],
+        &["-c", &format!("mount -t tmpfs -o mode=0755 drop-ins /etc/attestd/attestd.toml.d && printf '%s' '{drop_in}' > /etc/attestd/attestd.toml.d/50-reload.toml && systemctl reload attestd.service")],
     );
     vm.wait_journal(mark, "reload: replaced", Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -442,6 +445,117 @@ async fn on_a_vtpm_the_pinned_tpm_image_serves_survives_a_kill_and_a_reboot() {
         "PCR 8 after the reboot"
     );
     assert_eq!(q.pcrs[23], pcr23_at_start, "PCR 23 after the reboot");
+}
+
+/// The guest's root is the dm-verity device, mounted read-only; what must be
+/// writable is memory.
+fn root_is_verified_and_read_only(vm: &PodVm) {
+    let mounts = in_guest(
+        vm,
+        "/usr/bin/findmnt",
+        &["-n", "-o", "TARGET,SOURCE,FSTYPE,OPTIONS", "-T", "/"],
+    );
+    let mut f = mounts.split_whitespace();
+    let (target, source, fstype, options) = (f.next(), f.next(), f.next(), f.next().unwrap_or(""));
+    assert_eq!(target, Some("/"), "{mounts}");
+    assert!(
+        matches!(source, Some("/dev/mapper/root" | "/dev/dm-0")),
+        "the root is not the dm-verity device: {mounts}"
+    );
+    assert_eq!(fstype, Some("ext4"), "{mounts}");
+    assert!(
+        options.split(',').any(|o| o == "ro"),
+        "the root is writable: {mounts}"
+    );
+    let table = in_guest(vm, "/usr/sbin/dmsetup", &["table", "root"]);
+    assert!(table.contains(" verity 1 "), "not a verity table: {table}");
+    // Nothing on the disk can be changed from inside either.
+    let (code, _, err) = vm
+        .exec(
+            "/usr/bin/touch",
+            &["/etc/attestd/x"],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_ne!(code, 0, "/etc is writable");
+    assert!(err.contains("Read-only file system"), "{err}");
+    for (dir, fstype) in [("/run", "tmpfs"), ("/var", "overlay"), ("/tmp", "tmpfs")] {
+        let out = in_guest(vm, "/usr/bin/findmnt", &["-n", "-o", "FSTYPE", dir]);
+        assert_eq!(out.trim(), fstype, "{dir}");
+    }
+}
+
+/// The first block of `attestd.toml` (the `[config_file]` ceiling) on the root
+/// disk, one byte of it inverted in a VM's copy-on-write layer.
+fn attestd_toml_tampered(img: &podvm::Image) -> Vec<u64> {
+    vec![podvm::offset_of(img, "/etc/attestd/attestd.toml") + 16]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_disk_the_host_changed_stops_the_boot_in_the_initramfs() {
+    let img = podvm::image();
+    let mut vm = PodVm::boot(
+        &img,
+        Boot {
+            user_data: user_data(INITDATA),
+            tpm: Some(VmTpm::new()),
+            tamper: attestd_toml_tampered(&img),
+            no_reboot: true,
+            ..Default::default()
+        },
+    );
+    // The initramfs stops the machine (panic=-1 resets it; -no-reboot ends
+    // qemu instead).
+    let deadline = Instant::now() + BOOT_WITHIN;
+    while !vm.exited() {
+        assert!(Instant::now() < deadline, "the tampered VM did not stop");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    figure(
+        "tampered",
+        "boot to the initramfs's refusal",
+        vm.started.elapsed(),
+    );
+    let console = vm.console();
+    let refusal = console
+        .lines()
+        .find(|l| l.contains("attestd initramfs: dm-verity refused the root disk"))
+        .unwrap_or_else(|| panic!("no refusal on the console: {console}"));
+    assert!(
+        refusal.contains("cannot read /etc/attestd/attestd.toml (blocks differ"),
+        "{refusal}"
+    );
+    // dm-verity's own word for the block.
+    assert!(
+        console.contains("device-mapper: verity") && console.contains("is corrupted"),
+        "no dm-verity error on the console"
+    );
+    // systemd never ran: nothing reached the journal's port.
+    assert_eq!(
+        vm.journal(),
+        "",
+        "the tampered boot went past the initramfs"
+    );
+    drop(vm);
+
+    // A test image booted without the check says so, and the host's change
+    // reaches attestd: what dm-verity stopped above.
+    let mut vm = PodVm::boot(
+        &img,
+        Boot {
+            user_data: user_data(INITDATA),
+            tamper: attestd_toml_tampered(&img),
+            append: "attestd.unverified_root".into(),
+            ..Default::default()
+        },
+    );
+    vm.wait_journal(0, "/etc/attestd/attestd.toml", BOOT_WITHIN)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        vm.console()
+            .contains("attestd initramfs: WARNING: the root /dev/vda is mounted WITHOUT dm-verity"),
+        "an unverified boot did not say so"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
