@@ -35,9 +35,9 @@ recorded_features() {
 }
 
 # The pod VM: its build (debootstrap, mkfs.ext4, veritysetup) and its boot
-# tests (qemu, the TPM emulator above, socat for the forwarded IMDS, debugfs to
-# find the block a tamper test changes).
-ATTESTD_PODVM_PACKAGES=(debootstrap e2fsprogs cryptsetup-bin qemu-system-x86 qemu-utils socat)
+# tests (qemu, the TPM emulator above, socat for the forwarded IMDS, OVMF for
+# the measured UEFI boot, debugfs to find the block a tamper test changes).
+ATTESTD_PODVM_PACKAGES=(debootstrap e2fsprogs cryptsetup-bin qemu-system-x86 qemu-utils socat ovmf)
 
 ensure_packages() {
     local missing=()

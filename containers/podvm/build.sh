@@ -8,10 +8,17 @@
 #
 # The root disk is dm-verity: its root hash is in the initramfs, which the
 # launch measures, and the initramfs mounts it read-only (containers/podvm/init).
+# podvm.json and reference-values.json give the PCRs a UEFI vTPM boot of this
+# kernel, initramfs and command line yields (containers/podvm/reference-values.py).
 #
-# Usage: containers/podvm/build.sh [--out DIR] [--registry REG] [--test-hooks]
+# Usage: containers/podvm/build.sh [--out DIR] [--registry REG] [--cmdline LINE] [--memory MIB] [--test-hooks]
 #   --out DIR       where rootfs.img, vmlinuz, initrd.img, podvm.json go
 #                   (default target/podvm)
+#   --cmdline LINE  the kernel command line the VM is launched with, which the
+#                   reference values cover (default "root=/dev/vda console=ttyS0
+#                   panic=-1")
+#   --memory MIB    the VM's memory, which the reference values cover (qemu puts
+#                   the initramfs below its top; default 1024)
 #   --registry REG  fetch at boot instead of prefetching: the VM's images.lock
 #                   names each attester image REG/<its name> at the same digest
 #                   (publish them there first, digests kept: skopeo copy
@@ -35,6 +42,8 @@ cd "$(dirname "$0")/../.."
 . scripts/lib.sh
 
 OUT=target/podvm
+CMDLINE="root=/dev/vda console=ttyS0 panic=-1"
+MEMORY=1024
 HOOKS=0
 REGISTRY=
 while [ $# -gt 0 ]; do
@@ -42,6 +51,8 @@ while [ $# -gt 0 ]; do
         --out) OUT=$2; shift 2 ;;
         --test-hooks) HOOKS=1; shift ;;
         --registry) REGISTRY=$2; shift 2 ;;
+        --cmdline) CMDLINE=$2; shift 2 ;;
+        --memory) MEMORY=$2; shift 2 ;;
         *) echo "error: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -377,11 +388,14 @@ depends "$INITRAMFS_MODULES $INITRAMFS_MODULES_DM $INITRAMFS_MODULES_2" |
 while read -r m; do install -D -m 0644 "$ROOT$m" "$IRD$m"; done < <(cat "$IRD/modules.1" "$IRD/modules.dm" "$IRD/modules.2")
 find "$IRD" -exec touch -h -d @0 {} +
 (cd "$IRD" && find . | LC_ALL=C sort | cpio -o -H newc --quiet --reproducible) >"$OUT/initrd.img"
+# What a tenant gives the KBS: computed from the files (not read from a boot).
+python3 containers/podvm/reference-values.py "$OUT/vmlinuz" "$OUT/initrd.img" "$CMDLINE" "$MEMORY" >"$OUT/reference-values.json"
 SECS=$(($(date +%s) - START))
 {
     printf '{\n  "kernel": "%s",\n  "rootfs_bytes": %s,\n  "used_mib": %s,\n  "prefetched_bytes": %s,\n' \
         "$kver" "$(stat -c %s "$OUT/rootfs.img")" "$used" "$prefetched"
     printf '  "verity": {"root_hash": "%s", "salt": "%s", "data_blocks": %s},\n' "$root_hash" "$salt" "$data_blocks"
+    printf '  "reference_values": %s,\n' "$(sed 's/^/  /' "$OUT/reference-values.json" | sed '1s/^  //')"
     printf '  "build_secs": %s,\n  "base_cached": %s,\n  "test_hooks": %s,\n  "registry": "%s",\n  "images": [' \
         "$SECS" "$CACHED" "$([ "$HOOKS" = 1 ] && echo true || echo false)" "$REGISTRY"
     sep=""
@@ -389,3 +403,5 @@ SECS=$(($(date +%s) - START))
     printf '\n  ]\n}\n'
 } >"$OUT/podvm.json"
 echo "pod VM: $OUT/rootfs.img ($((size)) MiB, ${used} MiB used; images $((prefetched / 1024)) KiB; dm-verity root hash $root_hash) in ${SECS}s"
+echo "pod VM: reference values for a UEFI vTPM boot (qemu -machine pc -m $MEMORY, the command line \"$CMDLINE\"; $OUT/reference-values.json):"
+sed -n 's/^  "\(pcr[0-9]*\)": "\(.*\)",\{0,1\}$/  \1 (sha256) \2/p' "$OUT/reference-values.json"

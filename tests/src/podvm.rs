@@ -30,6 +30,33 @@ pub struct Image {
     pub manifest: serde_json::Value,
 }
 
+impl Image {
+    /// The kernel command line the image was built for (its reference values
+    /// cover it): every boot starts from it, `Boot::append` follows.
+    pub fn cmdline(&self) -> &str {
+        self.manifest["reference_values"]["cmdline"]
+            .as_str()
+            .unwrap_or(CMDLINE)
+    }
+
+    /// The memory the image was built for (its reference values cover it).
+    pub fn memory_mib(&self) -> u64 {
+        self.manifest["reference_values"]["memory_mib"]
+            .as_u64()
+            .unwrap_or(1024)
+    }
+
+    /// A reference value build.sh computed (`pcr4`, `pcr9`).
+    pub fn reference(&self, key: &str) -> Vec<u8> {
+        let v = self.manifest["reference_values"][key]
+            .as_str()
+            .unwrap_or_else(|| {
+                panic!("podvm.json has no reference_values.{key}: rebuild the image")
+            });
+        hex::decode(v).unwrap()
+    }
+}
+
 /// The image containers/podvm/build.sh wrote (`ATTESTD_PODVM_DIR`, default
 /// target/podvm).
 pub fn image() -> Image {
@@ -210,6 +237,10 @@ pub struct Boot {
     /// reaches there, e.g. a registry. The address must be inside the user
     /// network (10.0.2.0/24; 169.254.0.0/16 with `imds_port`).
     pub forwards: Vec<(String, u16)>,
+    /// Boot through Debian's OVMF (UEFI, measuring what it loads into the
+    /// TPM's PCRs) instead of qemu's default SeaBIOS, which measures nothing
+    /// of a directly booted kernel.
+    pub uefi: bool,
     /// Words added to the kernel command line.
     pub append: String,
     /// Byte offsets of the root disk to change (each byte inverted) in this
@@ -220,8 +251,13 @@ pub struct Boot {
     pub no_reboot: bool,
 }
 
-/// The kernel command line every boot starts from (`Boot::append` follows).
+/// The kernel command line an image built before `--cmdline` boots with.
 const CMDLINE: &str = "root=/dev/vda console=ttyS0 panic=-1";
+
+/// Debian's OVMF (package ovmf): its code, and the variable store each VM
+/// copies.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 /// Where `path` (absolute, in the image's root file system) starts on the
 /// root disk: its first block's byte offset (debugfs; 4 KiB blocks).
@@ -311,7 +347,18 @@ impl PodVm {
             ));
         }
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-accel", accel(), "-smp", "2", "-m", "1024"]);
+        // The "pc" machine, qemu's default, named: the reference values
+        // depend on where it puts the initramfs.
+        cmd.args([
+            "-machine",
+            "pc",
+            "-accel",
+            accel(),
+            "-smp",
+            "2",
+            "-m",
+            &img.memory_mib().to_string(),
+        ]);
         if accel() == "tcg" {
             // RDRAND, as every cloud and TEE VM's CPU has (the kernel trusts it
             // to seed its RNG): TCG's default CPU lacks it, and without an
@@ -319,13 +366,26 @@ impl PodVm {
             // attestd's start waiting on it.
             cmd.args(["-cpu", "qemu64,+rdrand"]);
         }
+        if boot.uefi {
+            let vars = d.join("OVMF_VARS.fd");
+            std::fs::copy(OVMF_VARS, &vars).expect("OVMF is missing: apt-get install ovmf");
+            cmd.arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+                ))
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    vars.display()
+                ));
+        }
         if boot.no_reboot {
             cmd.arg("-no-reboot");
         }
         // ATTESTD_PODVM_APPEND: for a benchmark's other column (e.g.
         // attestd.unverified_root on a test image).
         let extra = std::env::var("ATTESTD_PODVM_APPEND").unwrap_or_default();
-        let cmdline = [CMDLINE, boot.append.as_str(), extra.as_str()]
+        let cmdline = [img.cmdline(), boot.append.as_str(), extra.as_str()]
             .iter()
             .filter(|w| !w.is_empty())
             .copied()

@@ -336,6 +336,9 @@ async fn on_a_vtpm_the_pinned_tpm_image_serves_survives_a_kill_and_a_reboot() {
     // The swtpm's PCR 8 holds the init-data the host sent, bound once.
     assert_eq!(q.pcrs[8], pcr8_after_binding(INITDATA), "PCR 8");
     let pcr23_at_start = q.pcrs[23].clone();
+    // SeaBIOS (qemu's default) measures nothing of a directly booted kernel:
+    // PCR 9 stays zero, and only a UEFI boot carries the root hash (below).
+    assert_eq!(q.pcrs[9], vec![0u8; 32], "PCR 9 under SeaBIOS");
     root_is_verified_and_read_only(&vm);
 
     // A runtime measurement moves the event log's register.
@@ -485,6 +488,26 @@ fn root_is_verified_and_read_only(vm: &PodVm) {
     }
 }
 
+/// The firmware's and the EFI stub's measurements in the guest, as
+/// tpm2_eventlog reads them.
+fn guest_event_log(vm: &PodVm) -> String {
+    let b64 = in_guest(
+        vm,
+        "/usr/bin/base64",
+        &["-w0", "/sys/kernel/security/tpm0/binary_bios_measurements"],
+    );
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .unwrap();
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), raw).unwrap();
+    let out = std::process::Command::new("tpm2_eventlog")
+        .arg(f.path())
+        .output()
+        .expect("tpm2_eventlog is missing: apt-get install tpm2-tools");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The first block of `attestd.toml` (the `[config_file]` ceiling) on the root
 /// disk, one byte of it inverted in a VM's copy-on-write layer.
 fn attestd_toml_tampered(img: &podvm::Image) -> Vec<u64> {
@@ -556,6 +579,43 @@ async fn a_root_disk_the_host_changed_stops_the_boot_in_the_initramfs() {
             .contains("attestd initramfs: WARNING: the root /dev/vda is mounted WITHOUT dm-verity"),
         "an unverified boot did not say so"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_uefi_the_vtpm_quote_carries_the_pcrs_build_sh_computed() {
+    let img = podvm::image();
+    let mut vm = PodVm::boot(
+        &img,
+        Boot {
+            user_data: user_data(INITDATA),
+            tpm: Some(VmTpm::new()),
+            uefi: true,
+            ..Default::default()
+        },
+    );
+    ready_as(&mut vm, "tpm", "vtpm-uefi", "boot to AA API ready").await;
+    let rd: Vec<u8> = (3..51).collect();
+    let q = parse(&evidence(&vm, &rd).await.unwrap());
+    assert!(
+        checkquote(&q, &nonce(&rd)),
+        "tpm2_checkquote refused the quote"
+    );
+    // The kernel (PCR 4) and the initramfs with the root hash and the command
+    // line (PCR 9), as containers/podvm/reference-values.py computed them.
+    for pcr in [4, 9] {
+        let want = img.reference(&format!("pcr{pcr}"));
+        if q.pcrs[pcr] != want {
+            panic!(
+                "PCR {pcr}: the quote has {}, build.sh computed {}; the guest's event log:\n{}",
+                hex::encode(&q.pcrs[pcr]),
+                hex::encode(&want),
+                guest_event_log(&vm)
+            );
+        }
+    }
+    // Init-data is bound as under SeaBIOS: the firmware leaves PCR 8 to it.
+    assert_eq!(q.pcrs[8], pcr8_after_binding(INITDATA), "PCR 8");
+    root_is_verified_and_read_only(&vm);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
