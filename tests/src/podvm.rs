@@ -249,6 +249,40 @@ pub struct Boot {
     /// Exit instead of resetting when the guest asks for a reset (a boot that
     /// stops at the initramfs panics, and panic=-1 resets).
     pub no_reboot: bool,
+    /// Another initramfs than the image's (see [`initramfs_without`]).
+    pub initrd: Option<PathBuf>,
+}
+
+/// The image's initramfs without the named files (e.g. `test-image`, which
+/// makes it a production image's), repacked as build.sh packs it, in `dir`.
+pub fn initramfs_without(img: &Image, names: &[&str], dir: &Path) -> PathBuf {
+    let tree = dir.join("initramfs");
+    std::fs::create_dir_all(&tree).unwrap();
+    let sh = |script: &str| {
+        let out = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(&tree)
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh(&format!(
+        "cpio -id --quiet < '{}'",
+        img.dir.join("initrd.img").display()
+    ));
+    for n in names {
+        std::fs::remove_file(tree.join(n)).unwrap_or_else(|e| panic!("{n}: {e}"));
+    }
+    let out = dir.join("initrd.img");
+    sh(&format!(
+        "find . | LC_ALL=C sort | cpio -o -H newc --quiet > '{}'",
+        out.display()
+    ));
+    out
 }
 
 /// The kernel command line an image built before `--cmdline` boots with.
@@ -395,7 +429,11 @@ impl PodVm {
             .arg("-kernel")
             .arg(img.dir.join("vmlinuz"))
             .arg("-initrd")
-            .arg(img.dir.join("initrd.img"))
+            .arg(
+                boot.initrd
+                    .clone()
+                    .unwrap_or_else(|| img.dir.join("initrd.img")),
+            )
             .args(["-append", &cmdline])
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=qcow2", disk.display()))

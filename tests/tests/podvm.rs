@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use attestd_e2e::podvm::{self, Boot, PodVm, VmTpm};
@@ -578,6 +579,54 @@ async fn a_root_disk_the_host_changed_stops_the_boot_in_the_initramfs() {
         vm.console()
             .contains("attestd initramfs: WARNING: the root /dev/vda is mounted WITHOUT dm-verity"),
         "an unverified boot did not say so"
+    );
+}
+
+/// Boot `initrd` until the initramfs stops the VM: the console.
+async fn stopped_in_the_initramfs(img: &podvm::Image, initrd: PathBuf, append: &str) -> String {
+    let mut vm = PodVm::boot(
+        img,
+        Boot {
+            initrd: Some(initrd),
+            append: append.into(),
+            no_reboot: true,
+            ..Default::default()
+        },
+    );
+    let deadline = Instant::now() + BOOT_WITHIN;
+    while !vm.exited() {
+        assert!(
+            Instant::now() < deadline,
+            "the VM did not stop: {}",
+            vm.console()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(vm.journal(), "", "the boot went past the initramfs");
+    vm.console()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_not_built_for_tests_boots_no_unverified_root() {
+    let img = podvm::image();
+    let dir = tempfile::tempdir().unwrap();
+    // The test image's initramfs less its marker is a production image's.
+    let production = podvm::initramfs_without(&img, &["test-image"], &dir.path().join("prod"));
+    let console = stopped_in_the_initramfs(&img, production, "attestd.unverified_root").await;
+    assert!(
+        console.contains(
+            "attestd initramfs: attestd.unverified_root on the command line: refused, this image was not built for tests"
+        ),
+        "{console}"
+    );
+    // Without its root hash, no image mounts its root.
+    let hashless = podvm::initramfs_without(&img, &["root.verity"], &dir.path().join("hashless"));
+    let console = stopped_in_the_initramfs(&img, hashless, "").await;
+    assert!(
+        console.contains(
+            "attestd initramfs: no root hash in the initramfs (/root.verity): refusing an unverified root"
+        ),
+        "{console}"
     );
 }
 
