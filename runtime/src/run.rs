@@ -103,7 +103,8 @@ pub async fn start_plugins(config: &Config) -> Result<Service> {
     };
     let primary = if primary == "auto" {
         let record = config.eventlog_config.enable_eventlog;
-        let sel = crate::select::select(plugins, &plugins.sysroot, true, record)
+        let settle = std::time::Duration::from_millis(plugins.no_tee_settle_ms);
+        let sel = crate::select::select(plugins, &plugins.sysroot, true, record, settle)
             .await
             .map_err(|e| {
                 if defaulted {

@@ -10,6 +10,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use attester_sdk::{DeviceRole, Error, Result, Transport, PROTOCOL_VERSIONS};
 use serde::Serialize;
@@ -23,6 +24,9 @@ use crate::supervisor::{PluginSpec, Supervisor};
 /// (systemd shows it as `status=69/UNAVAILABLE`). A TEE found whose plugin did
 /// not start or confirm is an ordinary failure, retried.
 pub const NO_TEE_EXIT_STATUS: u8 = 69;
+
+/// While settling (`[plugins] no_tee_settle_ms`), how often the probes run again.
+const SETTLE_STEP: Duration = Duration::from_millis(200);
 
 /// The mark of "no TEE selected" on the error, wherever context was added to
 /// it. It prints nothing: the message says it all.
@@ -357,24 +361,44 @@ async fn confirm_candidate(
 }
 
 /// Probe under `root` and pick a plugin; with `confirm`, start each candidate and
-/// ask its `Detect` (the socket directory must be claimed). Nothing found and no
-/// sample configured is an error listing what was probed.
+/// ask its `Detect` (the socket directory must be claimed). When no probe finds
+/// a TEE and no sample is configured, the probes run again for `settle` (a
+/// device node may still appear: udev's coldplug runs beside attestd at boot)
+/// before that is an error listing what was probed.
 pub async fn select(
     plugins: &PluginsConfig,
     root: &Path,
     confirm: bool,
     record_provenance: bool,
+    settle: Duration,
 ) -> Result<Selection> {
     let lock = read_lock(&plugins.images_lock)?;
-    let probes = probe_all(root, &declared(plugins, &lock));
+    let declared = declared(plugins, &lock);
+    let mut probes = probe_all(root, &declared);
+    // The sample comes last, and only when configured.
+    let sample = plugins.attester.contains_key("sample").then_some("sample");
+    let settled = sample.is_none() && !settle.is_zero() && !probes.iter().any(|p| p.found);
+    if settled {
+        tracing::info!(
+            settle_ms = settle.as_millis() as u64,
+            "no TEE found yet: probing again while devices may still appear"
+        );
+        let deadline = Instant::now() + settle;
+        while !probes.iter().any(|p| p.found) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tokio::time::sleep(SETTLE_STEP.min(left)).await;
+            probes = probe_all(root, &declared);
+        }
+    }
     let mut skipped = Vec::new();
     let positives: Vec<String> = probes
         .iter()
         .filter(|p| p.found)
         .map(|p| p.tee.clone())
         .collect();
-    // The sample comes last, and only when configured.
-    let sample = plugins.attester.contains_key("sample").then_some("sample");
     for tee in positives.iter().map(String::as_str).chain(sample) {
         let (name, config) = match plugin_for(tee, plugins, &lock) {
             Ok(p) => p,
@@ -427,6 +451,9 @@ pub async fn select(
         root.display(),
         probed.join("; ")
     );
+    if settled {
+        msg.push_str(&format!(" (and again for {} ms)", settle.as_millis()));
+    }
     for s in &skipped {
         msg.push_str(&format!("; {} skipped: {}", s.tee, s.why));
     }
@@ -493,6 +520,70 @@ mod tests {
             found(tree(&[("sys/class/dmi/id/sys_vendor", "Microsoft Corporation\n")]).path())
                 .is_empty()
         );
+    }
+
+    /// `[plugins]` with a tpm table and no images lock, under `root`.
+    fn tpm_only(root: &Path) -> PluginsConfig {
+        let mut plugins = PluginsConfig {
+            images_lock: root.join("no-such.lock"),
+            ..Default::default()
+        };
+        plugins.attester.insert(
+            "tpm".into(),
+            PluginConfig {
+                launch: LaunchKind::Process,
+                command: Some("attester-tpm".into()),
+                args: Vec::new(),
+                env: Default::default(),
+                transport: Transport::Ttrpc,
+                tee: Some("tpm".into()),
+                image: None,
+                socket: None,
+                host_network: false,
+                devices: Vec::new(),
+                probe: Vec::new(),
+            },
+        );
+        plugins
+    }
+
+    #[tokio::test]
+    async fn no_tee_is_concluded_only_after_the_settle() {
+        let t = tree(&[]);
+        let plugins = tpm_only(t.path());
+        // A device node that appears while settling (udev's coldplug) is found.
+        let dev = t.path().join("dev");
+        let appear = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            std::fs::create_dir_all(&dev).unwrap();
+            std::fs::write(dev.join("tpmrm0"), "").unwrap();
+        });
+        let settle = Duration::from_secs(20);
+        let started = Instant::now();
+        let sel = select(&plugins, t.path(), false, false, settle)
+            .await
+            .unwrap();
+        appear.await.unwrap();
+        assert_eq!(sel.tee, "tpm");
+        assert!(started.elapsed() < settle, "it waited out the settle");
+        // Nothing appears: "no TEE", for good, once the settle has passed, saying so.
+        let empty = tree(&[]);
+        let plugins = tpm_only(empty.path());
+        let settle = Duration::from_millis(600);
+        let started = Instant::now();
+        let e = match select(&plugins, empty.path(), false, false, settle).await {
+            Err(e) => e,
+            Ok(s) => panic!("selected {}", s.tee),
+        };
+        assert!(started.elapsed() >= settle);
+        assert!(is_no_tee(&e), "{e}");
+        assert!(e.to_string().contains("(and again for 600 ms)"), "{e}");
+        // Without a settle, at once and without the words.
+        let e = match select(&plugins, empty.path(), false, false, Duration::ZERO).await {
+            Err(e) => e,
+            Ok(s) => panic!("selected {}", s.tee),
+        };
+        assert!(!e.to_string().contains("and again"), "{e}");
     }
 
     fn locked(probe: &[&str], devices: &[&str]) -> LockedImage {

@@ -140,6 +140,7 @@ fn the_daemon_finding_no_tee_exits_with_its_own_status() {
         )
     };
     let root = tree(&[]);
+    let started = std::time::Instant::now();
     let (code, err) = daemon(root.path());
     assert_eq!(code, Some(69), "{err}");
     assert!(
@@ -149,6 +150,25 @@ fn the_daemon_finding_no_tee_exits_with_its_own_status() {
         ))),
         "{err}"
     );
+    // Only after probing again for [plugins] no_tee_settle_ms (3 s by default).
+    assert!(
+        err.contains("tpm (not found) (and again for 3000 ms)"),
+        "{err}"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_secs(3));
+    // A device node that appears meanwhile (udev's coldplug at boot) is found:
+    // here its plugin's image is in no store, so attestd fails, to be retried.
+    let late = tree(&[]);
+    let dev = late.path().join("dev");
+    let appear = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        std::fs::create_dir_all(&dev).unwrap();
+        std::fs::write(dev.join("tpmrm0"), "").unwrap();
+    });
+    let (code, err) = daemon(late.path());
+    appear.join().unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("tpm (found: /dev/tpmrm0)"), "{err}");
     // A TEE found whose plugin does not start (its pinned image is in no store
     // here) may start on a retry: an ordinary failure, which systemd retries.
     let tpm = tree(&["dev/tpmrm0"]);

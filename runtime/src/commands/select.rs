@@ -29,7 +29,15 @@ pub(crate) async fn cmd_select(a: SelectArgs) -> Result<()> {
     }
     let plugins = &config.plugins;
     let _lock = attestd::supervisor::claim_socket_dir(&plugins.socket_dir).map_err(sdk)?;
-    let sel = attestd::select::select(plugins, &plugins.sysroot, !a.no_confirm, false).await;
+    // An operator's question is answered from this moment's probes.
+    let sel = attestd::select::select(
+        plugins,
+        &plugins.sysroot,
+        !a.no_confirm,
+        false,
+        std::time::Duration::ZERO,
+    )
+    .await;
     let result = match sel {
         Ok(sel) => {
             if let Some(s) = &sel.supervisor {

@@ -69,9 +69,14 @@ pub(crate) async fn cmd_units(a: UnitsArgs) -> Result<()> {
         one_shot.plugins.sysroot = plugins.sysroot.clone();
         let _lock =
             attestd::supervisor::claim_socket_dir(&one_shot.plugins.socket_dir).map_err(sdk)?;
-        let sel =
-            attestd::select::select(&one_shot.plugins, &one_shot.plugins.sysroot, true, false)
-                .await;
+        let sel = attestd::select::select(
+            &one_shot.plugins,
+            &one_shot.plugins.sysroot,
+            true,
+            false,
+            std::time::Duration::ZERO,
+        )
+        .await;
         let _ = std::fs::remove_dir_all(&one_shot.plugins.socket_dir);
         let sel = sel.map_err(sdk)?;
         if let Some(s) = &sel.supervisor {

@@ -299,6 +299,12 @@ pub struct PluginsConfig {
     /// Attempts per pull (1 to MAX_PULL_ATTEMPTS), with doubling back-off from 1 s.
     #[serde(default = "default_pull_attempts")]
     pub pull_attempts: u32,
+    /// How long the daemon probes again when no probe finds a TEE (and no
+    /// sample is configured) before it concludes there is none, for good: a
+    /// device node may appear with udev's coldplug after attestd starts
+    /// (0 to MAX_NO_TEE_SETTLE_MS; 0 concludes at once).
+    #[serde(default = "default_no_tee_settle_ms")]
+    pub no_tee_settle_ms: u64,
     #[serde(default)]
     pub attester: BTreeMap<String, PluginConfig>,
 }
@@ -330,6 +336,7 @@ impl Default for PluginsConfig {
             registries_d: None,
             pull_timeout_ms: default_pull_timeout_ms(),
             pull_attempts: default_pull_attempts(),
+            no_tee_settle_ms: default_no_tee_settle_ms(),
             attester: BTreeMap::new(),
         }
     }
@@ -350,6 +357,12 @@ fn default_pull_timeout_ms() -> u64 {
 fn default_pull_attempts() -> u32 {
     3
 }
+fn default_no_tee_settle_ms() -> u64 {
+    3_000
+}
+/// The longest `[plugins] no_tee_settle_ms`: a machine whose TEE device has not
+/// appeared a minute into its boot has none to wait for.
+pub const MAX_NO_TEE_SETTLE_MS: u64 = 60_000;
 fn default_auto_launch() -> LaunchKind {
     LaunchKind::Podman
 }
@@ -573,6 +586,15 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
+        if p.no_tee_settle_ms > MAX_NO_TEE_SETTLE_MS {
+            return Err(invalid(
+                "plugins.no_tee_settle_ms",
+                format!(
+                    "{} is over the {MAX_NO_TEE_SETTLE_MS} ms the settle may last",
+                    p.no_tee_settle_ms
+                ),
+            ));
+        }
         if let Some(rt) = &p.podman_runtime {
             let ok = !rt.is_empty()
                 && !rt.starts_with('-')
@@ -719,6 +741,22 @@ tee = "sampledevice"
         assert_eq!(c.keyprovider.name, "attestd");
         assert!(c.plugins.primary.is_none());
         assert!(!c.eventlog_config.enable_eventlog);
+    }
+
+    #[test]
+    fn the_no_tee_settle_is_bounded() {
+        assert_eq!(Config::parse("").unwrap().plugins.no_tee_settle_ms, 3_000);
+        let at = |ms: u64| Config::parse(&format!("[plugins]\nno_tee_settle_ms = {ms}\n"));
+        assert_eq!(at(0).unwrap().plugins.no_tee_settle_ms, 0);
+        assert_eq!(
+            at(MAX_NO_TEE_SETTLE_MS).unwrap().plugins.no_tee_settle_ms,
+            MAX_NO_TEE_SETTLE_MS
+        );
+        let e = chain(&at(MAX_NO_TEE_SETTLE_MS + 1).unwrap_err());
+        assert!(
+            e.contains("plugins.no_tee_settle_ms: 60001 is over the 60000 ms the settle may last"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -105,6 +105,7 @@ pub const PLUGIN_TUNABLES: &[&str] = &[
     "shutdown_timeout_ms",
     "pull_timeout_ms",
     "pull_attempts",
+    "no_tee_settle_ms",
 ];
 
 /// What a `[plugins]` key that is not a tunable decides, for the refusal's words.
@@ -341,7 +342,7 @@ grpc = "0.0.0.0:50000"
         };
         let all = toml::Value::try_from(every).unwrap();
         let keys: Vec<&String> = all.as_table().unwrap().keys().collect();
-        assert_eq!(keys.len(), 25, "{keys:?}");
+        assert_eq!(keys.len(), 26, "{keys:?}");
         for k in keys {
             let verdict = allowed(Source::InitData, &format!("plugins.{k}"));
             assert_eq!(
