@@ -253,22 +253,26 @@ pub struct Boot {
     pub initrd: Option<PathBuf>,
 }
 
+/// Run `cmd`, which must succeed (`missing`: what to say when it cannot run).
+fn must(cmd: &mut Command, missing: &str) {
+    let out = cmd.output().expect(missing);
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The image's initramfs without the named files (e.g. `test-image`, which
 /// makes it a production image's), repacked as build.sh packs it, in `dir`.
 pub fn initramfs_without(img: &Image, names: &[&str], dir: &Path) -> PathBuf {
     let tree = dir.join("initramfs");
     std::fs::create_dir_all(&tree).unwrap();
     let sh = |script: &str| {
-        let out = Command::new("sh")
-            .args(["-c", script])
-            .current_dir(&tree)
-            .output()
-            .expect("sh");
-        assert!(
-            out.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        must(
+            Command::new("sh").args(["-c", script]).current_dir(&tree),
+            "sh",
+        )
     };
     sh(&format!(
         "cpio -id --quiet < '{}'",
@@ -338,31 +342,23 @@ impl PodVm {
         let d = dir.path();
         let disk = d.join("disk.qcow2");
         // A copy-on-write layer per VM: every test boots the image as built.
-        let out = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(img.dir.join("rootfs.img"))
-            .arg(&disk)
-            .output()
-            .expect("qemu-img is missing: apt-get install qemu-utils");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        must(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(img.dir.join("rootfs.img"))
+                .arg(&disk),
+            "qemu-img is missing: apt-get install qemu-utils",
         );
         for &at in &boot.tamper {
             let mut byte = [0u8];
             let f = std::fs::File::open(img.dir.join("rootfs.img")).unwrap();
             std::os::unix::fs::FileExt::read_exact_at(&f, &mut byte, at).unwrap();
-            let out = Command::new("qemu-io")
-                .args(["-f", "qcow2", "-c"])
-                .arg(format!("write -P {} {at} 1", !byte[0]))
-                .arg(&disk)
-                .output()
-                .expect("qemu-io is missing: apt-get install qemu-utils");
-            assert!(
-                out.status.success(),
-                "qemu-io: {}",
-                String::from_utf8_lossy(&out.stderr)
+            must(
+                Command::new("qemu-io")
+                    .args(["-f", "qcow2", "-c"])
+                    .arg(format!("write -P {} {at} 1", !byte[0]))
+                    .arg(&disk),
+                "qemu-io is missing: apt-get install qemu-utils",
             );
         }
         std::fs::write(d.join("user-data"), &boot.user_data).unwrap();

@@ -46,6 +46,18 @@ fn pcr8_after_binding(initdata: &str) -> Vec<u8> {
     Sha256::digest([[0u8; 32].as_slice(), &d[..]].concat()).to_vec()
 }
 
+/// A guest with a fresh vTPM and the tenant's init-data; `more` sets the rest.
+fn boot_vtpm(img: &podvm::Image, more: Boot) -> PodVm {
+    PodVm::boot(
+        img,
+        Boot {
+            user_data: user_data(INITDATA),
+            tpm: Some(VmTpm::new()),
+            ..more
+        },
+    )
+}
+
 fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(60_000_000_000)
 }
@@ -306,14 +318,7 @@ async fn without_a_tee_attestd_refuses_visibly_and_nothing_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_vtpm_the_pinned_tpm_image_serves_survives_a_kill_and_a_reboot() {
     let img = podvm::image();
-    let mut vm = PodVm::boot(
-        &img,
-        Boot {
-            user_data: user_data(INITDATA),
-            tpm: Some(VmTpm::new()),
-            ..Default::default()
-        },
-    );
+    let mut vm = boot_vtpm(&img, Boot::default());
     ready_as(&mut vm, "tpm", "vtpm", "boot to AA API ready").await;
     let j = vm.journal();
     assert!(
@@ -518,11 +523,9 @@ fn attestd_toml_tampered(img: &podvm::Image) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_disk_the_host_changed_stops_the_boot_in_the_initramfs() {
     let img = podvm::image();
-    let mut vm = PodVm::boot(
+    let mut vm = boot_vtpm(
         &img,
         Boot {
-            user_data: user_data(INITDATA),
-            tpm: Some(VmTpm::new()),
             tamper: attestd_toml_tampered(&img),
             no_reboot: true,
             ..Default::default()
@@ -633,11 +636,9 @@ async fn an_image_not_built_for_tests_boots_no_unverified_root() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_uefi_the_vtpm_quote_carries_the_pcrs_build_sh_computed() {
     let img = podvm::image();
-    let mut vm = PodVm::boot(
+    let mut vm = boot_vtpm(
         &img,
         Boot {
-            user_data: user_data(INITDATA),
-            tpm: Some(VmTpm::new()),
             uefi: true,
             ..Default::default()
         },
