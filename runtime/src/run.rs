@@ -88,6 +88,9 @@ pub async fn start_plugins(config: &Config) -> Result<Service> {
         }
     };
     let lock = claim_socket_dir(&plugins.socket_dir)?;
+    if config.eventlog_config.enable_eventlog {
+        crate::eventlog::prepare_dir(&config.eventlog_config.path)?;
+    }
     let uses = |k| plugins.attester.values().any(|p| p.launch == k);
     if uses(LaunchKind::Podman) {
         crate::launch::podman::remove_stale(&plugins.socket_dir).await?;
@@ -567,6 +570,33 @@ pub fn unix_path(addr: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_event_logs_directory_exists_before_any_plugin_starts() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("attestation-agent");
+        // A primary that cannot start: the directory is there all the same,
+        // made before the launch (a container plugin is bound what exists).
+        let text = format!(
+            "[eventlog_config]\nenable_eventlog = true\npath = {:?}\n\n\
+             [plugins]\nprimary = \"x\"\nsocket_dir = {:?}\nstartup_timeout_ms = 2000\n\n\
+             [plugins.attester.x]\nlaunch = \"process\"\ncommand = \"/nonexistent/attester\"\n\
+             transport = \"ttrpc\"\n",
+            dir.join("eventlog").display().to_string(),
+            t.path().join("plugins").display().to_string(),
+        );
+        let config = Config::parse(&text).unwrap();
+        assert!(start_plugins(&config).await.is_err());
+        assert!(dir.is_dir());
+        // Not without the event log.
+        let other = t.path().join("off");
+        let text = text
+            .replace("enable_eventlog = true", "enable_eventlog = false")
+            .replace(&dir.display().to_string(), &other.display().to_string());
+        let config = Config::parse(&text).unwrap();
+        assert!(start_plugins(&config).await.is_err());
+        assert!(!other.exists());
+    }
 
     #[test]
     fn unix_path_parses() {

@@ -159,13 +159,22 @@ fn sync_dir(path: &Path) {
     }
 }
 
+/// Create the directory of the log at `path`. attestd does so before it
+/// launches any plugin, not only when it opens the log: a container plugin is
+/// bound only what exists when it starts, and TDX's reads the log
+/// (`/run/attestation-agent`).
+pub fn prepare_dir(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
+    }
+    Ok(())
+}
+
 impl<R: Registers> EventLog<R> {
     /// Open (or create) the log at `path`, settle a write-ahead record left by a
     /// crash, and make sure the default register has its INIT entry.
     pub async fn open(path: &Path, default_pcr: u64, layout: Layout, regs: Arc<R>) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
-        }
+        prepare_dir(path)?;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
