@@ -90,13 +90,14 @@ INITRAMFS_MODULES_2="virtio_scsi sd_mod hv_storvsc nvme"
 # The kernel modules a pod VM keeps (with what they depend on); every other one
 # goes. The supported hypervisors' devices (virtio under QEMU/KVM, VMBus under
 # Hyper-V/Azure, NVMe), ext4 and overlay (podman's store, for --registry), vsock
-# (kata's agent channel), SCSI disks, dm-verity (the root disk), the TPM interfaces, the TEE guest drivers (sev-guest;
+# (kata's agent channel), SCSI disks, dm-verity (the root disk), configfs (where
+# configfs-tsm's reports appear; systemd mounts it), the TPM interfaces, the TEE guest drivers (sev-guest;
 # tdx-guest and configfs-tsm's tsm where the kernel has them), qemu_fw_cfg.
 # Containers get no network of their own (none, or the host's), so no bridge or
 # netfilter.
 KEEP_MODULES="virtio_pci virtio_blk virtio_scsi virtio_net virtio_console virtio_rng virtio_balloon
 virtio_mmio sd_mod ext4 overlay vsock vmw_vsock_virtio_transport hv_vmbus hv_storvsc hv_netvsc hv_utils
-hv_sock hv_balloon pci-hyperv hyperv_keyboard nvme dm_verity tpm_tis tpm_crb sev-guest tdx-guest tsm
+hv_sock hv_balloon pci-hyperv hyperv_keyboard nvme dm_verity configfs tpm_tis tpm_crb sev-guest tdx-guest tsm
 qemu_fw_cfg"
 # Bump when the base steps below change: it keys the cache.
 RECIPE=6
@@ -253,6 +254,10 @@ cat >"$ROOT/etc/systemd/system/attestd-provision.service" <<'EOF'
 Description=attestd: user-data and init-data to /run/peerpod
 DefaultDependencies=no
 After=systemd-journald.socket systemd-modules-load.service
+# configfs, where the TEE guest drivers loaded below put configfs-tsm's
+# report directory: mounted before attestd (after this unit) probes for it.
+Wants=sys-kernel-config.mount
+After=sys-kernel-config.mount
 Before=attestd.service
 Conflicts=shutdown.target
 Before=shutdown.target

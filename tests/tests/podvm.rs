@@ -346,6 +346,17 @@ async fn on_a_vtpm_the_pinned_tpm_image_serves_survives_a_kill_and_a_reboot() {
     // PCR 9 stays zero, and only a UEFI boot carries the root hash (below).
     assert_eq!(q.pcrs[9], vec![0u8; 32], "PCR 9 under SeaBIOS");
     root_is_verified_and_read_only(&vm);
+    // configfs (configfs-tsm's reports) was mounted before attestd started.
+    let mounted = guest_usec(
+        &vm,
+        "sys-kernel-config.mount",
+        "ActiveEnterTimestampMonotonic",
+    );
+    let attestd_started = guest_usec(&vm, "attestd.service", "ExecMainStartTimestampMonotonic");
+    assert!(
+        mounted > 0 && mounted <= attestd_started,
+        "configfs mounted at {mounted} µs, attestd started at {attestd_started} µs"
+    );
 
     // A runtime measurement moves the event log's register.
     let req = t::ExtendRuntimeMeasurementRequest {
