@@ -50,8 +50,8 @@ QEMU_PC_ACPI_DATA_SIZE = 0x20000 + 0x8000
 MAX_MEMORY_MIB = 2816
 
 
-class PeError(Exception):
-    pass
+class InputError(Exception):
+    """A kernel, initramfs or memory size these values cannot be computed for."""
 
 
 def authenticode_sha256(pe: bytes) -> bytes:
@@ -60,10 +60,10 @@ def authenticode_sha256(pe: bytes) -> bytes:
     directory entry, the sections in file order, then what follows them but
     the certificate table."""
     if len(pe) < 0x40 or pe[:2] != b"MZ":
-        raise PeError("not a PE image (no MZ header)")
+        raise InputError("not a PE image (no MZ header)")
     (lfanew,) = struct.unpack_from("<I", pe, 0x3C)
     if pe[lfanew : lfanew + 4] != b"PE\x00\x00":
-        raise PeError("not a PE image (no PE signature)")
+        raise InputError("not a PE image (no PE signature)")
     coff = lfanew + 4
     nsections, = struct.unpack_from("<H", pe, coff + 2)
     opt_size, = struct.unpack_from("<H", pe, coff + 16)
@@ -76,7 +76,7 @@ def authenticode_sha256(pe: bytes) -> bytes:
         dirs = opt + 96
         nrva_off = opt + 92
     else:
-        raise PeError(f"unknown optional header magic {magic:#x}")
+        raise InputError(f"unknown optional header magic {magic:#x}")
     size_of_headers, = struct.unpack_from("<I", pe, opt + 60)
     nrva, = struct.unpack_from("<I", pe, nrva_off)
     checksum = opt + 64
@@ -110,13 +110,13 @@ def qemu_direct_boot_image(kernel: bytes, initrd_size: int, memory_mib: int) -> 
     """The kernel with the setup header fields qemu's x86 direct boot writes
     (Documentation/arch/x86/boot.rst): what OVMF loads and measures."""
     if memory_mib > MAX_MEMORY_MIB:
-        raise PeError(f"memory {memory_mib} MiB: computed only up to {MAX_MEMORY_MIB} MiB")
+        raise InputError(f"memory {memory_mib} MiB: computed only up to {MAX_MEMORY_MIB} MiB")
     k = bytearray(kernel)
     if len(k) < 0x240 or k[0x202:0x206] != b"HdrS":
-        raise PeError("no Linux boot protocol header")
+        raise InputError("no Linux boot protocol header")
     (protocol,) = struct.unpack_from("<H", k, 0x206)
     if protocol < 0x203 or not k[0x211] & 0x01:
-        raise PeError(f"boot protocol {protocol:#x}: expected a high kernel, 2.03 or later")
+        raise InputError(f"boot protocol {protocol:#x}: expected a high kernel, 2.03 or later")
     struct.pack_into("<I", k, 0x228, QEMU_CMDLINE_ADDR)  # cmd_line_ptr
     k[0x210] = 0xB0  # type_of_loader: qemu
     k[0x211] |= 0x80  # loadflags: CAN_USE_HEAP
@@ -137,11 +137,16 @@ def sha256(b: bytes) -> bytes:
     return hashlib.sha256(b).digest()
 
 
-def pcr4(loaded_kernel: bytes) -> bytes:
+def replay(*digests: bytes) -> bytes:
+    """A PCR from reset (zeros) after extending `digests` in order."""
     pcr = bytes(32)
-    for d in (authenticode_sha256(loaded_kernel), sha256(CALLING_EFI_APPLICATION), sha256(SEPARATOR)):
+    for d in digests:
         pcr = extend(pcr, d)
     return pcr
+
+
+def pcr4(loaded_kernel: bytes) -> bytes:
+    return replay(authenticode_sha256(loaded_kernel), sha256(CALLING_EFI_APPLICATION), sha256(SEPARATOR))
 
 
 def load_options(cmdline: str) -> bytes:
@@ -149,10 +154,7 @@ def load_options(cmdline: str) -> bytes:
 
 
 def pcr9(initrd: bytes, cmdline: str) -> bytes:
-    pcr = bytes(32)
-    for d in (sha256(load_options(cmdline)), sha256(initrd)):
-        pcr = extend(pcr, d)
-    return pcr
+    return replay(sha256(load_options(cmdline)), sha256(initrd))
 
 
 def main(argv):
@@ -177,8 +179,8 @@ def main(argv):
             "pcr4": pcr4(loaded).hex(),
             "pcr9": pcr9(initrd, cmdline).hex(),
         }
-    except (PeError, struct.error, ValueError) as e:
-        print(f"error: {argv[1]}: {e}", file=sys.stderr)
+    except (InputError, struct.error, ValueError) as e:
+        print(f"error: cannot compute the reference values of {argv[1]} and {argv[2]}: {e}", file=sys.stderr)
         return 1
     print(json.dumps(out, indent=2))
     return 0
