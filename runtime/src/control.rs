@@ -7,6 +7,12 @@
 //! The protocol is one line each way: `reload\n` in, a JSON [`Report`] out.
 //! Local clients are hostile like any other: the request is bounded in size and
 //! time, and a few connections are handled at once, the rest wait in the backlog.
+//!
+//! Who may ask: no launched plugin sees the socket directory (each is given
+//! only its own directory in it, [`crate::launch::PluginSpec::plugin_dir`]),
+//! but a `process` plugin runs as attestd's user on attestd's file system. So
+//! the peer's credentials (`SO_PEERCRED`) are checked too: its uid must be
+//! attestd's, and it must not be a process attestd started, nor one of theirs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +35,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_CLIENTS: usize = 4;
 /// An answer's bytes at most, as `attestd reload` reads it.
 pub const MAX_ANSWER_BYTES: usize = 1 << 20;
+/// A peer's parents followed at most, looking for attestd among them (a chain
+/// this deep is refused: a real `attestd reload` sits a few levels under init).
+pub const MAX_ANCESTRY: usize = 256;
 
 /// What a reload did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,32 +169,95 @@ pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>) {
     }
 }
 
+/// Why the peer may not ask, if it may not: another user, a pid attestd cannot
+/// see (another pid namespace), or a process attestd started (a plugin, or a
+/// process a plugin started), found by following the peer's parents up.
+pub fn refusal(uid: u32, pid: Option<i32>) -> Option<String> {
+    let me = nix::unistd::geteuid().as_raw();
+    if uid != me {
+        return Some(format!(
+            "uid {uid} is not attestd's (uid {me}): the control socket answers attestd's own user"
+        ));
+    }
+    let pid = match pid {
+        Some(p) if p > 0 => p,
+        _ => {
+            return Some(
+                "its pid is not visible from attestd's pid namespace (a container's process?)"
+                    .into(),
+            )
+        }
+    };
+    let own = std::process::id() as i32;
+    if pid == own {
+        // attestd asking itself (its own tests do): no plugin is attestd.
+        return None;
+    }
+    let mut at = pid;
+    for _ in 0..MAX_ANCESTRY {
+        if at == own {
+            return Some(format!(
+                "pid {pid} was started by attestd (a plugin, or a process of one)"
+            ));
+        }
+        if at <= 1 {
+            return None;
+        }
+        at = match parent_of(at) {
+            Some(p) => p,
+            None => return Some(format!("pid {pid}'s parents cannot be read")),
+        };
+    }
+    Some(format!(
+        "pid {pid} has more than {MAX_ANCESTRY} parents before init"
+    ))
+}
+
+/// `pid`'s parent, from `/proc/<pid>/status` (the `PPid:` line; 0 above init).
+fn parent_of(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 async fn answer(mut conn: UnixStream, requests: mpsc::Sender<Request>) -> std::io::Result<()> {
+    let cred = conn.peer_cred()?;
+    let refused = refusal(cred.uid(), cred.pid());
     let mut line = Vec::new();
     let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
         let mut r = tokio::io::BufReader::new((&mut conn).take(MAX_REQUEST_BYTES as u64));
         r.read_until(b'\n', &mut line).await
     })
     .await;
-    let report = match read {
-        Err(_) => Report::failed(format!("no request within {REQUEST_TIMEOUT:?}")),
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(_)) if line.last() != Some(&b'\n') => Report::failed(format!(
-            "a request is one line of at most {MAX_REQUEST_BYTES} bytes"
-        )),
-        Ok(Ok(_)) if line == b"reload\n" => {
-            let (tx, rx) = oneshot::channel();
-            if requests.send(Request { reply: Some(tx) }).await.is_err() {
-                Report::failed("attestd is stopping")
-            } else {
-                rx.await
-                    .unwrap_or_else(|_| Report::failed("attestd stopped before the reload ended"))
+    // The request is read first even from a refused peer: closing on unread
+    // bytes would reset its connection, and it would not hear why.
+    let report = if let Some(why) = refused {
+        tracing::warn!("control socket: a request refused: {why}");
+        Report::failed(format!("refused: {why}"))
+    } else {
+        match read {
+            Err(_) => Report::failed(format!("no request within {REQUEST_TIMEOUT:?}")),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(_)) if line.last() != Some(&b'\n') => Report::failed(format!(
+                "a request is one line of at most {MAX_REQUEST_BYTES} bytes"
+            )),
+            Ok(Ok(_)) if line == b"reload\n" => {
+                let (tx, rx) = oneshot::channel();
+                if requests.send(Request { reply: Some(tx) }).await.is_err() {
+                    Report::failed("attestd is stopping")
+                } else {
+                    rx.await.unwrap_or_else(|_| {
+                        Report::failed("attestd stopped before the reload ended")
+                    })
+                }
             }
+            Ok(Ok(_)) => Report::failed(format!(
+                "unknown request {}: expected \"reload\"",
+                crate::echo::quoted(String::from_utf8_lossy(&line).trim_end())
+            )),
         }
-        Ok(Ok(_)) => Report::failed(format!(
-            "unknown request {}: expected \"reload\"",
-            crate::echo::quoted(String::from_utf8_lossy(&line).trim_end())
-        )),
     };
     let mut out = serde_json::to_vec(&report).unwrap_or_default();
     out.push(b'\n');
@@ -275,6 +347,56 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn only_attestds_user_outside_its_own_processes_may_ask() {
+        let me = nix::unistd::geteuid().as_raw();
+        // Another user.
+        let why = refusal(me + 1, Some(std::process::id() as i32)).unwrap();
+        assert!(
+            why.starts_with(&format!("uid {} is not attestd's", me + 1)),
+            "{why}"
+        );
+        // A pid from another pid namespace (SO_PEERCRED says 0).
+        for pid in [None, Some(0)] {
+            let why = refusal(me, pid).unwrap();
+            assert!(why.starts_with("its pid is not visible"), "{why}");
+        }
+        // A process this one started, and one that process started: plugins.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let grandchild: i32 = line.trim().parse().unwrap();
+        for pid in [child.id() as i32, grandchild] {
+            let why = refusal(me, Some(pid)).unwrap();
+            assert_eq!(
+                why,
+                format!("pid {pid} was started by attestd (a plugin, or a process of one)")
+            );
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(grandchild),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        // attestd's parent (systemd running `attestd reload`, a shell) may.
+        assert_eq!(refusal(me, Some(nix::unistd::getppid().as_raw())), None);
+        assert_eq!(refusal(me, Some(1)), None);
+        // One that is gone cannot be placed.
+        assert_eq!(
+            refusal(me, Some(i32::MAX)).as_deref(),
+            Some("pid 2147483647's parents cannot be read")
+        );
     }
 
     #[tokio::test]

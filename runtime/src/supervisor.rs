@@ -503,10 +503,12 @@ async fn health_loop(live: &Live, interval: Duration, timeout: Duration) -> Erro
     }
 }
 
-/// The plugin's socket, unless someone else owns it (`external`).
+/// The plugin's socket and its directory, unless someone else owns them (`external`).
 fn remove_owned_socket(spec: &PluginSpec) {
     if spec.config.launch != LaunchKind::External {
         let _ = crate::socket_files::remove_socket(&spec.socket());
+        // Only when empty: a plugin that left other files behind is seen.
+        let _ = std::fs::remove_dir(spec.plugin_dir());
     }
 }
 
@@ -520,6 +522,8 @@ async fn launch(
     let ctx = |e: Error| e.context(format!("cannot start plugin {}", spec.name));
     let socket = spec.socket();
     if spec.config.launch != LaunchKind::External {
+        // The plugin's own directory, attestd's and 0700 like the one it is in.
+        ensure_socket_dir(&spec.plugin_dir()).map_err(ctx)?;
         attester_sdk::remove_socket_file(&socket).map_err(ctx)?;
     }
     let mut child = crate::launch::launcher(spec.config.launch)

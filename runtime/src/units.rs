@@ -90,13 +90,15 @@ fn network(needed: bool) -> &'static str {
     }
 }
 
-/// The plugin's socket directory, made by systemd for the unit (and removed
-/// when it stops, with any stale socket in it).
-const RUNTIME_DIRECTORY: &str = "RuntimeDirectory=attestd/external\nRuntimeDirectoryMode=0700\n";
+/// The plugin's socket directory, its own under [`EXTERNAL_DIR`], made by
+/// systemd for the unit (and removed when it stops, with any stale socket in it).
+fn runtime_directory(name: &str) -> String {
+    format!("RuntimeDirectory=attestd/external/{name}\nRuntimeDirectoryMode=0700\n")
+}
 
 /// Confinement of a process plugin's unit: what a podman container gets from
 /// podman (read-only system, no privileges, only its TEE's devices and paths).
-fn sandbox(res: &resources::Resources, tee: &str) -> String {
+fn sandbox(res: &resources::Resources, tee: &str, socket_dir: &Path) -> String {
     let mut s = String::from(
         "NoNewPrivileges=yes\nCapabilityBoundingSet=\nProtectSystem=strict\nProtectHome=yes\n\
          PrivateTmp=yes\nProtectKernelModules=yes\nProtectControlGroups=yes\n\
@@ -117,6 +119,9 @@ fn sandbox(res: &resources::Resources, tee: &str) -> String {
     for p in resources::writable(tee) {
         s.push_str(&format!("ReadWritePaths=-{}\n", p.display()));
     }
+    // attestd's own directory (its lock and control socket): a unit's plugin
+    // runs as root, and a socket on a read-only path still connects.
+    s.push_str(&format!("InaccessiblePaths=-{}\n", socket_dir.display()));
     s
 }
 
@@ -151,12 +156,15 @@ fn external_drop_in(name: &str, unit: &str, socket: &Path) -> (String, String) {
 pub fn render(p: &UnitParams) -> Result<Rendered> {
     let spec = p.spec;
     let name = &spec.name;
-    let socket = PathBuf::from(EXTERNAL_DIR).join(format!("{name}.sock"));
     let unit = format!("attestd-{name}");
     let mut out = Vec::new();
     let mut plugin_spec = spec.clone();
-    // Inside the unit the plugin serves in the external directory.
+    // Inside the unit the plugin serves in its own directory under the external one.
     plugin_spec.socket_dir = EXTERNAL_DIR.into();
+    plugin_spec.generation = 0;
+    let socket = plugin_spec.socket();
+    let own_dir = plugin_spec.plugin_dir();
+    let runtime_directory = runtime_directory(name);
     if p.quadlet && spec.config.launch != LaunchKind::Podman {
         return Err(Error::invalid_argument(format!(
             "--quadlet writes a podman quadlet (.container, podman 4.4 or later), but plugin \
@@ -212,8 +220,9 @@ pub fn render(p: &UnitParams) -> Result<Rendered> {
             let net = network(res.host_network);
             if p.quadlet {
                 let mut q = format!(
-                    "{optional_note}[Unit]\nDescription=attestd attester plugin {name} ({pinned})\nBefore=attestd.service\n{net}\n[Container]\nImage={pinned}\nContainerName={unit}\nNetwork={}\nReadOnly=true\nDropCapability=all\nNoNewPrivileges=true\nUlimit=nofile=1024:1024\nUlimit=nproc=1024:1024\nVolume={EXTERNAL_DIR}:{EXTERNAL_DIR}:rw\nPodmanArgs={runtime}--pull never\n",
+                    "{optional_note}[Unit]\nDescription=attestd attester plugin {name} ({pinned})\nBefore=attestd.service\n{net}\n[Container]\nImage={pinned}\nContainerName={unit}\nNetwork={}\nReadOnly=true\nDropCapability=all\nNoNewPrivileges=true\nUlimit=nofile=1024:1024\nUlimit=nproc=1024:1024\nVolume={own}:{own}:rw\nPodmanArgs={runtime}--pull never\n",
                     if res.host_network { "host" } else { "none" },
+                    own = own_dir.display(),
                     runtime = spec
                         .podman_runtime
                         .as_ref()
@@ -231,7 +240,7 @@ pub fn render(p: &UnitParams) -> Result<Rendered> {
                 }
                 q.push_str(&environment(&spec.config.env));
                 q.push_str(&format!(
-                    "Exec={}\n\n[Service]\n{RUNTIME_DIRECTORY}Restart=always\n\n[Install]\nWantedBy=multi-user.target\n",
+                    "Exec={}\n\n[Service]\n{runtime_directory}Restart=always\n\n[Install]\nWantedBy=multi-user.target\n",
                     shell_join(&plugin_args(&plugin_spec, &socket))
                 ));
                 out.push((format!("{unit}.container"), q));
@@ -240,7 +249,7 @@ pub fn render(p: &UnitParams) -> Result<Rendered> {
                 out.push((
                     format!("{unit}.service"),
                     format!(
-                        "{optional_note}[Unit]\nDescription=attestd attester plugin {name} ({pinned})\nBefore=attestd.service\n{net}\n[Service]\n{RUNTIME_DIRECTORY}ExecStartPre=-/usr/bin/podman rm --force --ignore {unit}\nExecStart=/usr/bin/podman {}\nExecStop=/usr/bin/podman stop --time 3 {unit}\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n",
+                        "{optional_note}[Unit]\nDescription=attestd attester plugin {name} ({pinned})\nBefore=attestd.service\n{net}\n[Service]\n{runtime_directory}ExecStartPre=-/usr/bin/podman rm --force --ignore {unit}\nExecStart=/usr/bin/podman {}\nExecStop=/usr/bin/podman stop --time 3 {unit}\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n",
                         shell_join(&args)
                     ),
                 ));
@@ -257,11 +266,11 @@ pub fn render(p: &UnitParams) -> Result<Rendered> {
             out.push((
                 format!("{unit}.service"),
                 format!(
-                    "[Unit]\nDescription=attestd attester plugin {name}\nBefore=attestd.service\n{net}\n[Service]\n{RUNTIME_DIRECTORY}{env}ExecStart={}\nRestart=always\n# What a container would get from podman: no privileges, a read-only\n# system, only the devices and paths TEE {tee:?} needs.\n{sandbox}\n[Install]\nWantedBy=multi-user.target\n",
+                    "[Unit]\nDescription=attestd attester plugin {name}\nBefore=attestd.service\n{net}\n[Service]\n{runtime_directory}{env}ExecStart={}\nRestart=always\n# What a container would get from podman: no privileges, a read-only\n# system, only the devices and paths TEE {tee:?} needs.\n{sandbox}\n[Install]\nWantedBy=multi-user.target\n",
                     shell_join(&argv),
                     net = network(res.host_network),
                     env = environment(&spec.config.env),
-                    sandbox = sandbox(&res, &tee),
+                    sandbox = sandbox(&res, &tee, &spec.socket_dir),
                 ),
             ));
         }
@@ -432,13 +441,13 @@ mod tests {
         );
         assert!(
             svc.contains(
-                "--ccel \"/x y\" --socket /run/attestd/external/tdx.sock --transport ttrpc"
+                "--ccel \"/x y\" --socket /run/attestd/external/tdx/tdx.sock --transport ttrpc"
             ),
             "{svc}"
         );
         assert!(u[1]
             .1
-            .contains("PathExists=/run/attestd/external/tdx.sock\nUnit=attestd.service"));
+            .contains("PathExists=/run/attestd/external/tdx/tdx.sock\nUnit=attestd.service"));
         assert!(u[2]
             .1
             .contains("ExecStart=/usr/bin/attestd -c /etc/attestd/attestd.toml"));
@@ -460,10 +469,10 @@ mod tests {
         );
         assert!(u[0]
             .1
-            .contains("Exec=--ccel \"/x y\" --socket /run/attestd/external/tdx.sock"));
+            .contains("Exec=--ccel \"/x y\" --socket /run/attestd/external/tdx/tdx.sock"));
         let u = render_for(LaunchKind::Process, false);
         assert!(u[0].1.contains(
-            "ExecStart=/usr/libexec/attestd/attester-tdx --ccel \"/x y\" --socket /run/attestd/external/tdx.sock --transport ttrpc"
+            "ExecStart=/usr/libexec/attestd/attester-tdx --ccel \"/x y\" --socket /run/attestd/external/tdx/tdx.sock --transport ttrpc"
         ), "{}", u[0].1);
     }
 
@@ -491,12 +500,14 @@ mod tests {
     fn a_process_plugin_is_confined_to_its_tees_devices_and_paths() {
         let svc = &render_for(LaunchKind::Process, false)[0].1;
         for line in [
-            "RuntimeDirectory=attestd/external\nRuntimeDirectoryMode=0700\n",
+            "RuntimeDirectory=attestd/external/tdx\nRuntimeDirectoryMode=0700\n",
             "NoNewPrivileges=yes\nCapabilityBoundingSet=\nProtectSystem=strict\n",
             "RestrictAddressFamilies=AF_UNIX\nPrivateNetwork=yes\n",
             "DevicePolicy=closed\nDeviceAllow=/dev/tdx_guest rw\n",
             "ReadWritePaths=-/sys/kernel/config/tsm/report\n\
              ReadWritePaths=-/sys/devices/virtual/misc/tdx_guest/measurements\n",
+            // attestd's lock and control socket are out of its sight.
+            "InaccessiblePaths=-/run/attestd/plugins\n",
         ] {
             assert!(svc.contains(line), "{line:?} in {svc}");
         }
@@ -551,7 +562,7 @@ mod tests {
         assert_eq!(file, "50-attestd-tdx.toml");
         assert!(text.starts_with(DROP_IN_MARKER), "{text}");
         assert!(
-            text.ends_with("[plugins.attester.tdx]\nlaunch = \"external\"\nsocket = \"/run/attestd/external/tdx.sock\"\n"),
+            text.ends_with("[plugins.attester.tdx]\nlaunch = \"external\"\nsocket = \"/run/attestd/external/tdx/tdx.sock\"\n"),
             "{text}"
         );
         for launch in [LaunchKind::Oci, LaunchKind::External] {

@@ -54,7 +54,14 @@ fn evidence_one_shot_accepts_text_file_and_hex() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     left.sort();
-    assert_eq!(left, [".control.sock", ".lock", "sample.sock"]);
+    assert_eq!(left, [".control.sock", ".lock", "sample"]);
+    // The plugin's own directory holds its socket alone.
+    let own: Vec<_> = std::fs::read_dir(a.dir.path().join("plugins/sample"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(own, ["sample.sock"]);
 }
 
 #[test]
@@ -456,7 +463,7 @@ fn install_sh_installs_a_third_partys_plugin_with_what_its_crate_declares() {
     let units = d.path().join("usr/lib/systemd/system");
     let service = std::fs::read_to_string(units.join("attestd-x-hello.service")).unwrap();
     assert!(
-        service.contains("ExecStart=/usr/bin/attester-x-hello --socket /run/attestd/external/x-hello.sock --transport ttrpc\n"),
+        service.contains("ExecStart=/usr/bin/attester-x-hello --socket /run/attestd/external/x-hello/x-hello.sock --transport ttrpc\n"),
         "{service}"
     );
     // Its declared device, and only it, is allowed in its unit.

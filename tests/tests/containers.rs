@@ -5,7 +5,7 @@
 //! (scripts/test.sh installs them and builds the image first).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use attestd_e2e::{
@@ -61,9 +61,50 @@ async fn podman_and_oci_serve_what_the_process_backend_serves() {
         assert_eq!(p["image"], image.as_str());
         assert_eq!(p["digest"], locked_image("sample").1.as_str());
         assert_eq!(v[0]["probe"]["health"], "serving");
+        // Issue 38: the container sees its own socket's directory, never
+        // attestd's (its lock and control socket) nor another plugin's.
+        let socket_dir = a.dir.path().join("plugins");
+        let sock = socket_dir.join("sample/sample.sock");
+        let pid = container_process(&sock).expect("the plugin's process");
+        let inside = |p: &Path| PathBuf::from(format!("/proc/{pid}/root{}", p.display()));
+        let mut seen: Vec<String> = std::fs::read_dir(inside(&socket_dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            ["sample"],
+            "{launch}: what the plugin sees of {}",
+            socket_dir.display()
+        );
+        assert!(inside(&sock).exists(), "{launch}");
+        assert!(
+            socket_dir.join(".control.sock").exists(),
+            "{launch}: attestd's own is there"
+        );
         let status = a.stop();
         assert!(status.success(), "{launch}: {status:?}");
     }
+}
+
+/// The pid of the container process serving on `sock` (`/attester --socket
+/// <sock> …`, as the host sees it).
+fn container_process(sock: &Path) -> Option<u32> {
+    let want = sock.display().to_string();
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args.first() == Some(&&b"/attester"[..]) && args.contains(&want.as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! while clients call, and none of their calls fails; a replacement that cannot
 //! start leaves the running instance serving and says why, and `attestd reload`
 //! fails with it; a reload is applied while a plugin crash-loops, and a stop is
-//! prompt whatever a reload waits for; the event log records the new instance.
+//! prompt whatever a reload waits for; the event log records the new instance;
+//! a plugin that asks for a reload is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -134,13 +135,24 @@ async fn ten_swaps_under_sixteen_clients_fail_no_call() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(alive(pids[SWAPS]));
-    // Each retired generation's socket went with it: only the last one's is left.
-    let socks: Vec<String> = std::fs::read_dir(a.dir.path().join("plugins"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".sock") && !n.starts_with('.'))
-        .collect();
-    assert_eq!(socks, [format!("test.{SWAPS}.sock")], "{socks:?}");
+    // Each retired generation's directory and socket went with it: only the
+    // last one's is left, beside attestd's own dot names.
+    let names = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let socket_dir = a.dir.path().join("plugins");
+    let last = format!("test.{SWAPS}");
+    assert_eq!(
+        names(&socket_dir),
+        [".control.sock", ".lock", last.as_str()],
+        "the socket directory"
+    );
+    assert_eq!(names(&socket_dir.join(&last)), ["test.sock"]);
     eprintln!("{done} calls by {CLIENTS} clients through {SWAPS} swaps, none failed");
 }
 
@@ -406,4 +418,65 @@ async fn a_stop_is_prompt_during_a_crash_loop_and_during_a_hanging_replacement()
         None,
         "a plugin outlived attestd"
     );
+}
+
+/// Issue 38 (high): the control socket was in the directory every plugin
+/// shares, so a plugin could ask for reloads (or replace the socket and forge
+/// the report). A `process` plugin runs as attestd's user and can still reach
+/// the socket: its request, made with attestd's own CLI, is refused, and no
+/// reload runs.
+#[tokio::test]
+async fn a_plugin_that_asks_for_a_reload_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let d = tempfile::tempdir().unwrap();
+    let script = d.path().join("plugin.sh");
+    let heard = d.path().join("heard");
+    let cfg_path = d.path().join("cfg-path");
+    // In the background once the control socket is there (attestd listens on
+    // it once ready): `attestd reload`, its output kept for the test.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n(cfg=$(cat {cfg_path:?}); sock=$(dirname \"$cfg\")/plugins/.control.sock\n\
+             while [ ! -S \"$sock\" ]; do sleep 0.05; done\n\
+             {attestd:?} reload -c \"$cfg\" > {heard:?}.tmp 2>&1; echo \"status $?\" >> {heard:?}.tmp\n\
+             mv {heard:?}.tmp {heard:?}) &\nexec {plugin:?} \"$@\"\n",
+            attestd = attestd_e2e::bin("attestd"),
+            plugin = attestd_e2e::bin("attester-test"),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut p = plugin("gen0", &[]);
+    p.command = script;
+    let a = Attestd::start(|dir| {
+        std::fs::write(&cfg_path, dir.join("attestd.toml").display().to_string()).unwrap();
+        config(dir, &p, &[], "")
+    })
+    .unwrap();
+    let (_, pid) = answer(&a).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !heard.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the plugin never asked\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = std::fs::read_to_string(&heard).unwrap();
+    assert!(
+        out.contains("error: reload: refused: pid ")
+            && out.contains(" was started by attestd (a plugin, or a process of one)"),
+        "{out}"
+    );
+    assert!(out.ends_with("status 1\n"), "{out}");
+    wait_log(&a, "control socket: a request refused: pid ", 1);
+    assert!(!a.log().contains("reload:"), "a reload ran:\n{}", a.log());
+    assert_eq!(answer(&a).await, ("gen0".to_string(), pid));
+    // attestd's own user, from outside its processes, is still answered.
+    let cfg = a.dir.path().join("attestd.toml").display().to_string();
+    let (st, out, err) = attestd_cli(&["reload", "-c", &cfg]);
+    assert!(st.success(), "{out}{err}");
+    assert_eq!(out, "test: unchanged\n");
 }

@@ -310,7 +310,7 @@ fn the_units_attestd_connects_to_the_units_plugin_and_reads_each_file_once() {
     let drop_in = etc.join("attestd.toml.d/50-attestd-p.toml");
     let text = std::fs::read_to_string(&drop_in).unwrap();
     assert!(
-        text.contains("launch = \"external\"\nsocket = \"/run/attestd/external/p.sock\""),
+        text.contains("launch = \"external\"\nsocket = \"/run/attestd/external/p/p.sock\""),
         "{text}"
     );
 
@@ -332,7 +332,7 @@ fn the_units_attestd_connects_to_the_units_plugin_and_reads_each_file_once() {
     assert_eq!(v["keys"]["plugins.attester.p.launch"]["value"], "external");
     assert_eq!(
         v["keys"]["plugins.attester.p.socket"]["value"],
-        "/run/attestd/external/p.sock"
+        "/run/attestd/external/p/p.sock"
     );
 
     // Rendering again (an image rebuilt, install.sh run twice) gives the same

@@ -39,8 +39,10 @@ pub struct BundleParams {
     /// argv, `/attester` first.
     pub args: Vec<String>,
     pub env: Vec<String>,
-    /// The core's socket directory, bind-mounted read-write at the same path.
-    pub socket_dir: PathBuf,
+    /// The plugin's own directory in the core's socket directory
+    /// ([`PluginSpec::plugin_dir`]), bind-mounted read-write at the same path:
+    /// never the socket directory itself, which holds attestd's control socket.
+    pub plugin_dir: PathBuf,
     pub resources: Resources,
 }
 
@@ -50,7 +52,7 @@ fn spec_err(e: impl std::error::Error + Send + Sync + 'static) -> Error {
 
 /// The runtime spec (`config.json`) of a plugin container: read-only root, no
 /// terminal, no capabilities, no new privileges, its own network namespace (unless
-/// the TEE needs the host's), only the TEE's devices, the socket directory bound in,
+/// the TEE needs the host's), only the TEE's devices, the plugin's socket directory bound in,
 /// rlimits at or below the caller's hard limits.
 pub fn plugin_spec(p: &BundleParams) -> Result<Spec> {
     let mut spec = Spec::default();
@@ -116,7 +118,7 @@ pub fn plugin_spec(p: &BundleParams) -> Result<Spec> {
         m
     };
     let mut mounts = spec.mounts().clone().unwrap_or_default();
-    mounts.push(bind(&p.socket_dir, true));
+    mounts.push(bind(&p.plugin_dir, true));
     mounts.extend(p.resources.rw.iter().map(|m| bind(m, true)));
     mounts.extend(p.resources.ro.iter().map(|m| bind(m, false)));
     spec.set_mounts(Some(mounts));
@@ -396,7 +398,7 @@ impl Launcher for OciLauncher {
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect(),
-            socket_dir: spec.socket_dir.clone(),
+            plugin_dir: spec.plugin_dir(),
             resources: spec.resources(&tee, Path::new("/")),
         };
         let written = plugin_spec(&params).and_then(|s| {
@@ -487,10 +489,10 @@ mod tests {
             args: vec![
                 "/attester".into(),
                 "--socket".into(),
-                "/run/attestd/plugins/x.sock".into(),
+                "/run/attestd/plugins/x/x.sock".into(),
             ],
             env: vec!["ATTESTD_LOG=debug".into()],
-            socket_dir: "/run/attestd/plugins".into(),
+            plugin_dir: "/run/attestd/plugins/x".into(),
             resources: Resources {
                 devices: vec!["/dev/null".into()],
                 rw: vec![],
@@ -530,9 +532,13 @@ mod tests {
         let mounts = v["mounts"].as_array().unwrap();
         let sock = mounts
             .iter()
-            .find(|m| m["destination"] == "/run/attestd/plugins")
+            .find(|m| m["destination"] == "/run/attestd/plugins/x")
             .unwrap();
         assert_eq!(sock["options"][1], "rw");
+        // Its own directory, never attestd's (the control socket's).
+        assert!(!mounts
+            .iter()
+            .any(|m| m["destination"] == "/run/attestd/plugins"));
         let aael = mounts
             .iter()
             .find(|m| m["destination"] == "/run/attestation-agent")
@@ -553,7 +559,7 @@ mod tests {
             rootfs: "/r".into(),
             args: vec!["/attester".into()],
             env: vec![],
-            socket_dir: "/s".into(),
+            plugin_dir: "/s/x".into(),
             resources: Resources {
                 host_network: true,
                 ..Default::default()
@@ -573,7 +579,7 @@ mod tests {
             rootfs: "/r".into(),
             args: vec![],
             env: vec![],
-            socket_dir: "/s".into(),
+            plugin_dir: "/s/x".into(),
             resources: Resources {
                 devices: vec!["/etc/hostname".into()],
                 ..Default::default()

@@ -1,5 +1,5 @@
 //! `launch = "podman"`: the plugin image in a podman container, run by runc with no
-//! network, a read-only root, no capabilities, only its TEE's devices and the core's
+//! network, a read-only root, no capabilities, only its TEE's devices and its own
 //! socket directory bound in. `podman run` stays attached as the child the
 //! supervisor waits on, so a killed container is seen like a crashed process.
 
@@ -63,7 +63,9 @@ pub fn run_args(
         a.extend(["--ulimit".into(), u.into()]);
     }
     a.extend(["--label".into(), format!("{OWNER_LABEL}={dir}")]);
-    a.extend(["--volume".into(), format!("{dir}:{dir}:rw")]);
+    // Its own directory only: attestd's control socket is in the one above.
+    let own = spec.plugin_dir().display().to_string();
+    a.extend(["--volume".into(), format!("{own}:{own}:rw")]);
     for d in &resources.devices {
         a.extend(["--device".into(), d.display().to_string()]);
     }

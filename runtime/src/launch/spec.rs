@@ -91,15 +91,31 @@ impl PluginSpec {
         r
     }
 
-    /// Where the plugin serves: in the core's directory, or for `external` plugins
-    /// where their owner put it.
+    /// Where the plugin serves: in a directory of its own under the core's (see
+    /// [`PluginSpec::plugin_dir`]), or for `external` plugins where their owner
+    /// put it.
     pub fn socket(&self) -> PathBuf {
         match (&self.config.launch, &self.config.socket) {
             (crate::config::LaunchKind::External, Some(s)) => s.clone(),
-            _ if self.generation == 0 => self.socket_dir.join(format!("{}.sock", self.name)),
+            _ => self.plugin_dir().join(format!("{}.sock", self.name)),
+        }
+    }
+
+    /// The one directory of attestd's a launched plugin is given: its socket's.
+    /// The socket directory itself, with attestd's lock and control socket in
+    /// it, is never bound into a container, nor is another plugin's (or another
+    /// instance's: a replacement serves from `<name>.<generation>`). Plugin
+    /// names are letters, digits, `-` and `_`, so no name takes another's
+    /// directory or a dot name of attestd's.
+    pub fn plugin_dir(&self) -> PathBuf {
+        match (&self.config.launch, &self.config.socket) {
+            (crate::config::LaunchKind::External, Some(s)) => {
+                s.parent().map(PathBuf::from).unwrap_or_default()
+            }
+            _ if self.generation == 0 => self.socket_dir.join(&self.name),
             _ => self
                 .socket_dir
-                .join(format!("{}.{}.sock", self.name, self.generation)),
+                .join(format!("{}.{}", self.name, self.generation)),
         }
     }
 }
