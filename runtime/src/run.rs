@@ -29,6 +29,11 @@ pub struct RunOptions {
     /// The gRPC AA listener, if any.
     pub grpc: Option<GrpcAddr>,
     pub initdata: Option<InitData>,
+    /// Go on when the primary cannot bind `initdata` (warned): only for a
+    /// start whose `-c` file was read as user-data's because of that
+    /// ([`crate::config::scope::UnboundInitData::TreatAsUserData`]). Otherwise
+    /// such a start fails with an error [`is_unbound`] recognises.
+    pub unbound_tolerated: bool,
     /// `attestd reload` (its control socket) and SIGHUP: each request reads the
     /// configuration again with `load` and replaces the plugins whose
     /// configuration changed.
@@ -206,7 +211,7 @@ async fn serve(
     reload: Option<Reload>,
 ) -> Result<()> {
     if let Some(init) = &opts.initdata {
-        bind_init_data(service, init).await?;
+        bind_init_data(service, init, opts.unbound_tolerated).await?;
     }
     let mut grpc = match &opts.grpc {
         Some(addr) => {
@@ -463,6 +468,13 @@ async fn start_keyprovider(
         let router = keyprovider::grpc_router(service.clone());
         servers.grpc = Some(GrpcServer::start("key provider", router, &addr).await?);
         tracing::info!(%addr, "serving the key provider over gRPC");
+        if let GrpcAddr::Tcp(_) = addr {
+            // As the AA API's TCP listener: no owner or mode protects a port.
+            tracing::warn!(
+                %addr,
+                "the key provider is open on TCP: any process on this machine, whatever its user, can have it unwrap image keys through the KBS; prefer [keyprovider] grpc = \"unix:///path\""
+            );
+        }
     }
     if let Some(addr) = &cfg.ttrpc {
         let path = addr
@@ -517,8 +529,6 @@ pub fn check_token_configs(config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Bind init-data through the primary plugin: a mismatch aborts the start, a plugin
-/// that cannot bind is logged and tolerated.
 /// Whether Trustee's TPM verifier would be handed init-data it cannot take: it
 /// fails on SHA-384 and SHA-512 init-data (measured against Trustee), so a TPM
 /// guest that talks to a KBS should use SHA-256.
@@ -537,7 +547,28 @@ pub fn trustee_tpm_initdata_warning(
     })
 }
 
-async fn bind_init_data(service: &Service, init: &InitData) -> Result<()> {
+/// The mark of a start whose init-data the primary cannot bind (the message
+/// says it all: this adds nothing to it).
+#[derive(Debug, thiserror::Error)]
+#[error("")]
+struct Unbound;
+
+/// Whether `e` is a start refused because nothing binds its init-data (the
+/// caller may start again with the `-c` file read as user-data's).
+pub fn is_unbound(e: &Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if c.is::<Unbound>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// Bind init-data through the primary plugin: a mismatch aborts the start, and
+/// so does a plugin that cannot bind, unless that is `tolerated`.
+async fn bind_init_data(service: &Service, init: &InitData, tolerated: bool) -> Result<()> {
     let kbs = crate::kbs::kbs_url(service.token_configs().kbs.as_ref().map(|k| k.url.as_str()));
     if let Some(w) = trustee_tpm_initdata_warning(&service.get_tee_type(), kbs.as_deref(), init) {
         tracing::warn!("{w}");
@@ -547,9 +578,22 @@ async fn bind_init_data(service: &Service, init: &InitData) -> Result<()> {
             tracing::info!(digest = %hex::encode(&init.digest), "init-data bound");
             Ok(())
         }
-        Err(e) if e.code() == Code::Unsupported => {
-            tracing::warn!("init-data not bound: {}", e.chain());
+        Err(e) if e.code() == Code::Unsupported && tolerated => {
+            tracing::warn!(
+                "init-data not bound ({}): the -c file was read as user-data's",
+                e.chain()
+            );
             Ok(())
+        }
+        Err(e) if e.code() == Code::Unsupported => {
+            let why = e.chain();
+            Err(Error::failed_precondition(format!(
+                "init-data was given, but the primary plugin cannot bind it into its evidence \
+                 ({why}): nothing measures it, so it may not configure what is trusted. Start \
+                 without init-data, or let the image's configuration take it as user-data \
+                 ([config_file] unbound_init_data = \"treat-as-user-data\")"
+            ))
+            .with_source(Unbound))
         }
         Err(e) => Err(e.context("init-data binding failed")),
     }

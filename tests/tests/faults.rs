@@ -876,18 +876,25 @@ mod initdata {
         );
     }
 
+    /// Issue 38: init-data nothing binds used to be warned about and taken;
+    /// nothing measures it then, so attestd refuses it (fails closed).
     #[test]
-    fn plugin_without_binding_starts_with_a_warning() {
+    fn plugin_without_binding_refuses_init_data() {
         let p = Plugin::sample("ttrpc");
-        let a = Attestd::start_with(
+        let e = Attestd::start_with(
             |d| config(d, &p, &[], ""),
             &["--initdata-digest", &base64_of(&[1; 48])],
         )
-        .unwrap();
-        assert!(
-            a.log().contains("init-data not bound: plugin sample (sample): init-data binding is not supported by this attester"),
-            "{}",
-            a.log()
+        .err()
+        .expect("started on init-data nothing binds");
+        assert_eq!(e.status.unwrap().code(), Some(1));
+        assert_eq!(
+            e.stderr.lines().last().unwrap(),
+            "error: init-data was given, but the primary plugin cannot bind it into its evidence \
+             (plugin sample (sample): init-data binding is not supported by this attester): \
+             nothing measures it, so it may not configure what is trusted. Start without \
+             init-data, or let the image's configuration take it as user-data ([config_file] \
+             unbound_init_data = \"treat-as-user-data\")"
         );
     }
 

@@ -64,13 +64,21 @@ async fn each_selected_hash_binds_and_init_data_is_sent() {
         kbs.knobs().select_hash = Some(hash.into());
         let dir = tempfile::tempdir().unwrap();
         let toml = dir.path().join("initdata.toml");
-        std::fs::write(
-            &toml,
-            "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n",
-        )
-        .unwrap();
+        let text = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n";
+        std::fs::write(&toml, text).unwrap();
+        // The sample binds it: its launch-time value is the document's digest
+        // (init-data nothing binds is refused).
+        use sha2::Digest as _;
+        let launch = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+        let p = Plugin::sample("ttrpc").with_args(&["--init-data-digest", &launch]);
         let a = Attestd::start_with(
-            |d| kbs_config(d, &kbs.url(), ""),
+            |d| {
+                format!(
+                    "[token_configs.kbs]\nurl = {:?}\n\n{}",
+                    kbs.url(),
+                    config(d, &p, &[], "")
+                )
+            },
             &["--initdata-toml", toml.to_str().unwrap()],
         )
         .unwrap();

@@ -167,15 +167,16 @@ fn a_malformed_drop_in_names_its_file_and_line_and_nothing_starts() {
 #[test]
 fn upstream_short_flags_and_a_grpc_aa_address() {
     let d = tempfile::tempdir().unwrap();
-    let p = Plugin::sample("ttrpc");
+    let text = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n";
+    // Bound at start (init-data nothing binds is refused): the sample's
+    // launch-time value is the document's digest.
+    use sha2::Digest as _;
+    let launch = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+    let p = Plugin::sample("ttrpc").with_args(&["--init-data-digest", &launch]);
     let cfg = d.path().join("c.toml");
     std::fs::write(&cfg, config(d.path(), &p, &[], "")).unwrap();
     let init = d.path().join("initdata.toml");
-    std::fs::write(
-        &init,
-        "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n",
-    )
-    .unwrap();
+    std::fs::write(&init, text).unwrap();
     // grpc-aa's form: `-a host:port` serves the AA API over gRPC there. The
     // ttrpc socket goes to upstream's default path, so attestd runs in a mount
     // namespace of its own with a fresh /run.
@@ -256,6 +257,10 @@ fn provision(root: &Path, user_data: &str) -> (std::path::PathBuf, Vec<(String, 
         .arg(&ud)
         .arg("--out-dir")
         .arg(&out)
+        // The image's configuration, as pod_vm_image and config_dir make it
+        // (absent until they do: then the defaults).
+        .arg("--config-dir")
+        .arg(root.join("etc-attestd"))
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -453,4 +458,99 @@ fn skipped_paths_are_printed_escaped() {
     );
     assert!(!said.contains('\u{1b}'), "{said}");
     assert!(!said.lines().any(|l| l.starts_with("attestd[1]")), "{said}");
+}
+
+/// Issue 38 (high): init-data that nothing binds is only more host input, yet
+/// it supplied the -c file at the init-data scope and the trust files. attestd
+/// now stops, saying why; an image that allows it (`[config_file]
+/// unbound_init_data = "treat-as-user-data"`) starts with the -c file read as
+/// user-data's, and its first-boot step writes no trust file from init-data.
+#[tokio::test]
+async fn init_data_that_nothing_binds_stops_attestd_unless_the_image_lowers_it() {
+    // The sample plugin without a launch-time digest cannot bind.
+    let p = Plugin::sample("ttrpc");
+    let initdata = r#"version = "0.1.0"
+algorithm = "sha256"
+
+[data]
+"aa.toml" = '''
+[token_configs.kbs]
+url = "http://127.0.0.1:8080"
+[plugins]
+call_timeout_ms = 4321
+'''
+"cdh.toml" = "[kbc]\n"
+"policy.rego" = "package agent_policy\n"
+"#;
+    let ud = format!(
+        "#cloud-config\nwrite_files:\n- path: /run/peerpod/initdata\n  content: {}\n",
+        gzip_b64(initdata)
+    );
+    let start = |root: &Path, etc: &str| {
+        let peerpod = root.join("peerpod");
+        let aa = std::fs::read_to_string(peerpod.join("aa.toml")).unwrap();
+        let toml = peerpod.join("initdata.toml").display().to_string();
+        Attestd::start_env(
+            |_| aa.clone(),
+            &["--initdata-toml", &toml],
+            &[
+                ("ATTESTD_CONFIG_DIR", etc),
+                ("ATTESTD_CONFIG_FILE_SOURCE", "init-data"),
+            ],
+        )
+    };
+    // The default: refused, nothing served.
+    let root = tempfile::tempdir().unwrap();
+    let etc = pod_vm_image(root.path(), &p);
+    let (peerpod, env, _) = provision(root.path(), &ud);
+    assert!(env.contains(&("ATTESTD_CONFIG_FILE_SOURCE".into(), "init-data".into())));
+    assert!(peerpod.join("cdh.toml").exists() && peerpod.join("policy.rego").exists());
+    let e = start(root.path(), &etc)
+        .err()
+        .expect("attestd started on unbound init-data");
+    assert_eq!(e.status.unwrap().code(), Some(1), "{}", e.stderr);
+    assert!(
+        e.stderr.lines().last().unwrap().starts_with(
+            "error: init-data was given, but the primary plugin cannot bind it into its evidence \
+             (plugin sample (sample): init-data binding is not supported by this attester): \
+             nothing measures it"
+        ),
+        "{}",
+        e.stderr
+    );
+    assert!(!e.stderr.contains("attestd ready"), "{}", e.stderr);
+
+    // An image that takes it as user-data.
+    let root = tempfile::tempdir().unwrap();
+    let system = format!(
+        "[config_file]\nsource = \"init-data\"\nunbound_init_data = \"treat-as-user-data\"\n\n{}",
+        config(root.path(), &p, &[], "")
+    );
+    let etc = config_dir(root.path(), Some(&system), &[]);
+    let (peerpod, _, said) = provision(root.path(), &ud);
+    assert!(!peerpod.join("cdh.toml").exists() && !peerpod.join("policy.rego").exists());
+    assert!(
+        said.contains("skipped \"init-data [data] cdh.toml\": the image takes init-data that nothing binds as user-data"),
+        "{said}"
+    );
+    let a = start(root.path(), &etc).unwrap_or_else(|e| panic!("{}", e.stderr));
+    let log = a.log();
+    assert!(
+        log.contains("[config_file] unbound_init_data = \"treat-as-user-data\": starting again with the -c file read as user-data's"),
+        "{log}"
+    );
+    // Read again as user-data's: [plugins] (its timeout), not upstream's, is ignored.
+    assert!(
+        log.contains("ignored: user-data is unmeasured: only upstream's keys are read from it")
+            && log.contains("key=plugins"),
+        "{log}"
+    );
+    assert!(
+        log.contains("init-data not bound (plugin sample (sample): init-data binding is not supported by this attester): the -c file was read as user-data's"),
+        "{log}"
+    );
+    assert_eq!(
+        a.evidence(b"ok").await.unwrap(),
+        br#"{"report_data":"b2s=","svn":"1"}"#
+    );
 }

@@ -92,6 +92,12 @@ pub enum Error {
     DataEntry(String),
     #[error("write_files entries {file} and {under}: one is a file, the other under it")]
     FileAndDirectory { file: String, under: String },
+    #[error("the image's attestd configuration {path} does not read")]
+    ImageConfig {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("cannot write {path}")]
     Write {
         path: PathBuf,
@@ -147,6 +153,11 @@ pub const SKIP_OUTSIDE: &str = "only plain paths under /run/peerpod, at most 4 d
 pub const SKIP_MEASURED: &str = "only init-data (measured) may supply it";
 /// Why user-data's `attestd.env` or `initdata.toml` is skipped.
 pub const SKIP_GENERATED: &str = "attestd-podvm writes it itself";
+/// Why init-data's `cdh.toml`, `policy.rego` or `policy.json` is skipped on an
+/// image that takes unbound init-data as user-data.
+pub const SKIP_UNBOUND: &str = "the image takes init-data that nothing binds as user-data \
+    ([config_file] unbound_init_data = \"treat-as-user-data\"), and whether attestd binds \
+    it is known only once attestd runs, after these files are read";
 
 /// What [`provision`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -165,8 +176,15 @@ pub struct Provisioned {
 /// [`PEERPOD_DIR`]). Nothing is written unless all of it reads, and `out_dir`
 /// then holds exactly the planned files: they are written into a fresh private
 /// directory beside it, which then takes its place.
-pub fn provision(user_data: &[u8], out_dir: &Path) -> Result<Provisioned, Error> {
-    let plan = plan(user_data)?;
+///
+/// `image` is what the image's own attestd configuration says about init-data
+/// ([`ImageSettings::read`]).
+pub fn provision(
+    user_data: &[u8],
+    out_dir: &Path,
+    image: &ImageSettings,
+) -> Result<Provisioned, Error> {
+    let plan = plan(user_data, image)?;
     write_dir(out_dir, &plan.write)?;
     Ok(Provisioned {
         written: plan.write.into_iter().map(|(n, _)| n).collect(),
@@ -185,8 +203,60 @@ pub struct Plan {
     pub aa_toml: AaSource,
 }
 
+/// What the image's attestd configuration (its configuration directory, on the
+/// verified root) says that changes what is written here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImageSettings {
+    /// `[config_file] unbound_init_data = "treat-as-user-data"`: init-data may
+    /// be left unbound, so it supplies no trust files (see [`SKIP_UNBOUND`]).
+    pub unbound_as_user_data: bool,
+}
+
+impl ImageSettings {
+    /// From `config_dir`'s `attestd.toml` and `attestd.toml.d/*.toml` (in
+    /// attestd's order: later files win), each optional.
+    pub fn read(config_dir: &Path) -> Result<ImageSettings, Error> {
+        let mut files = vec![config_dir.join("attestd.toml")];
+        let drop_ins = config_dir.join("attestd.toml.d");
+        if let Ok(entries) = std::fs::read_dir(&drop_ins) {
+            let mut more: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml") && !p.is_dir())
+                .collect();
+            more.sort();
+            files.extend(more);
+        }
+        let mut unbound = None;
+        for f in files {
+            let text = match std::fs::read_to_string(&f) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(Error::ImageConfig {
+                        path: f,
+                        source: source.into(),
+                    })
+                }
+            };
+            let t: toml::Table = toml::from_str(&text).map_err(|e| Error::ImageConfig {
+                path: f.clone(),
+                source: Box::new(e),
+            })?;
+            if let Some(v) = t
+                .get("config_file")
+                .and_then(|c| c.get("unbound_init_data"))
+            {
+                unbound = v.as_str().map(str::to_string);
+            }
+        }
+        Ok(ImageSettings {
+            unbound_as_user_data: unbound.as_deref() == Some("treat-as-user-data"),
+        })
+    }
+}
+
 /// Read `user_data` (bounded, nothing written): the files it comes to.
-pub fn plan(user_data: &[u8]) -> Result<Plan, Error> {
+pub fn plan(user_data: &[u8], image: &ImageSettings) -> Result<Plan, Error> {
     if user_data.len() > MAX_USER_DATA_BYTES {
         return Err(Error::TooLarge(user_data.len()));
     }
@@ -245,6 +315,13 @@ pub fn plan(user_data: &[u8]) -> Result<Plan, Error> {
                 let s = v
                     .as_str()
                     .ok_or_else(|| Error::DataEntry(name.to_string()))?;
+                if image.unbound_as_user_data && MEASURED_ONLY.contains(&name) {
+                    skipped.push(Skipped {
+                        path: format!("init-data [data] {name}"),
+                        why: SKIP_UNBOUND,
+                    });
+                    continue;
+                }
                 write.retain(|(n, _)| n != name);
                 write.push((name.to_string(), s.as_bytes().to_vec()));
                 if name == "aa.toml" {

@@ -26,11 +26,20 @@ enum Cmd {
         user_data: PathBuf,
         #[arg(long, default_value = attestd_podvm::PEERPOD_DIR)]
         out_dir: PathBuf,
+        /// The image's attestd configuration directory: its `[config_file]
+        /// unbound_init_data` decides whether init-data supplies trust files.
+        #[arg(long, default_value = "/etc/attestd")]
+        config_dir: PathBuf,
     },
 }
 
 fn main() -> Result<()> {
-    let Cmd::Provision { user_data, out_dir } = Cli::parse().cmd;
+    let Cmd::Provision {
+        user_data,
+        out_dir,
+        config_dir,
+    } = Cli::parse().cmd;
+    let image = attestd_podvm::ImageSettings::read(&config_dir)?;
     let bytes = match std::fs::read(&user_data) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -44,7 +53,7 @@ fn main() -> Result<()> {
             return Err(e).with_context(|| format!("cannot read user-data {}", user_data.display()))
         }
     };
-    let done = attestd_podvm::provision(&bytes, &out_dir)
+    let done = attestd_podvm::provision(&bytes, &out_dir, &image)
         .with_context(|| format!("user-data {}", user_data.display()))?;
     // Paths are the host's words: quoted and escaped, so a line break or an
     // escape sequence in one cannot forge a journal line.

@@ -14,7 +14,11 @@ fn gzip_b64(bytes: &[u8]) -> String {
 
 fn run(user_data: &str) -> (tempfile::TempDir, Result<Provisioned, Error>) {
     let d = tempfile::tempdir().unwrap();
-    let r = provision(user_data.as_bytes(), &d.path().join("peerpod"));
+    let r = provision(
+        user_data.as_bytes(),
+        &d.path().join("peerpod"),
+        &ImageSettings::default(),
+    );
     (d, r)
 }
 
@@ -52,6 +56,68 @@ fn kata_style_initdata_becomes_the_files_attestd_reads() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+}
+
+/// Issue 38 (high): an image that takes unbound init-data as user-data writes
+/// no trust file from init-data (attestd binds only after they are read);
+/// aa.toml is still init-data's, which attestd lowers when nothing binds it.
+#[test]
+fn an_image_taking_unbound_init_data_as_user_data_writes_no_trust_file_from_it() {
+    let with_trust =
+        format!("{INITDATA}\"cdh.toml\" = \"[kbc]\\n\"\n\"policy.json\" = '{{\"default\": []}}'\n");
+    let ud = format!(
+        "#cloud-config\nwrite_files:\n- path: /run/peerpod/initdata\n  content: {}\n",
+        gzip_b64(with_trust.as_bytes())
+    );
+    let etc = tempfile::tempdir().unwrap();
+    std::fs::create_dir(etc.path().join("attestd.toml.d")).unwrap();
+    std::fs::write(
+        etc.path().join("attestd.toml"),
+        "[config_file]\nsource = \"init-data\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        ImageSettings::read(etc.path()).unwrap(),
+        ImageSettings::default()
+    );
+    // A drop-in says so; a later one could say otherwise.
+    std::fs::write(
+        etc.path().join("attestd.toml.d/50-unbound.toml"),
+        "[config_file]\nunbound_init_data = \"treat-as-user-data\"\n",
+    )
+    .unwrap();
+    let image = ImageSettings::read(etc.path()).unwrap();
+    assert!(image.unbound_as_user_data);
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("peerpod");
+    let r = provision(ud.as_bytes(), &out, &image).unwrap();
+    for name in MEASURED_ONLY {
+        assert!(!out.join(name).exists(), "{name} written");
+        assert!(
+            r.skipped.contains(&Skipped {
+                path: format!("init-data [data] {name}"),
+                why: SKIP_UNBOUND
+            }),
+            "{:?}",
+            r.skipped
+        );
+    }
+    assert_eq!(r.aa_toml, AaSource::InitData);
+    assert!(out.join("initdata.toml").exists());
+    // The default image writes them.
+    let r = provision(ud.as_bytes(), &out, &ImageSettings::default()).unwrap();
+    assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+    for name in MEASURED_ONLY {
+        assert!(out.join(name).exists(), "{name} not written");
+    }
+    // An image configuration that does not read stops provisioning.
+    std::fs::write(
+        etc.path().join("attestd.toml.d/60-bad.toml"),
+        "[config_file\n",
+    )
+    .unwrap();
+    let e = ImageSettings::read(etc.path()).unwrap_err().to_string();
+    assert!(e.ends_with("60-bad.toml does not read"), "{e}");
 }
 
 #[test]
@@ -338,7 +404,7 @@ fn the_directory_is_replaced_whole_private_and_nothing_is_followed() {
     std::os::unix::fs::symlink(&victim, out.join("certs.d")).unwrap();
     let ud = "write_files:\n- path: /run/peerpod/certs.d/h:1/ca.crt\n  content: CA\n";
     let old_umask = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-    let r = provision(ud.as_bytes(), &out);
+    let r = provision(ud.as_bytes(), &out, &ImageSettings::default());
     nix::sys::stat::umask(old_umask);
     r.unwrap();
     assert_eq!(

@@ -62,10 +62,52 @@ impl RunArgs {
 }
 
 pub(crate) async fn cmd_run(a: RunArgs) -> Result<()> {
+    use attestd::config::scope::{Source, UnboundInitData};
     a.refuse_dropped_flags()?;
     let layered = load_layered(&a.config)?;
+    attestd::logging::init(&layered.config.log);
+    let unbound = layered.config.config_file.unbound_init_data;
+    match start(&a, layered, false).await {
+        Err(e) if is_unbound(&e) && unbound == UnboundInitData::TreatAsUserData => {
+            // Nothing was served: the plugins are stopped. What the -c file
+            // set at the init-data scope never took effect; it is read again
+            // as user-data's, and the next start goes on unbound.
+            tracing::warn!(
+                "the primary plugin cannot bind init-data, and [config_file] unbound_init_data = \"treat-as-user-data\": starting again with the -c file read as user-data's"
+            );
+            let mut lowered = a.clone();
+            lowered.config.config_file_source = Source::UserData;
+            let layered = load_layered(&lowered.config)?;
+            start(&lowered, layered, true).await
+        }
+        r => r,
+    }
+}
+
+/// Whether the start failed because nothing binds its init-data.
+fn is_unbound(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Unbound>().is_some()
+}
+
+/// A start refused because the primary cannot bind its init-data.
+#[derive(Debug)]
+struct Unbound(String);
+
+impl std::fmt::Display for Unbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unbound {}
+
+/// One start of the daemon on `layered`, until it stops.
+async fn start(
+    a: &RunArgs,
+    layered: attestd::config::layers::Layered,
+    unbound_tolerated: bool,
+) -> Result<()> {
     let config = layered.config;
-    attestd::logging::init(&config.log);
     if layered.cli_source == Some(attestd::config::scope::Source::UserData) {
         let file = layered.files.last().map(|f| f.display().to_string());
         tracing::warn!(
@@ -97,7 +139,7 @@ pub(crate) async fn cmd_run(a: RunArgs) -> Result<()> {
                 .map_err(|e| anyhow!("--grpc_sock: {e}"))?,
         ),
     };
-    let mut attestation_sock = a.attestation_sock;
+    let mut attestation_sock = a.attestation_sock.clone();
     // Upstream's grpc-aa takes its TCP address here: serve gRPC on it, so its
     // deployments switch without new flags.
     if let Ok(addr) = attestation_sock.parse::<std::net::SocketAddr>() {
@@ -113,11 +155,14 @@ pub(crate) async fn cmd_run(a: RunArgs) -> Result<()> {
         attestation_sock,
         grpc,
         initdata,
+        unbound_tolerated,
         reload: Some(reload_on_sighup(a.config.clone())?),
     };
     run::run(opts, shutdown_signal()?).await.map_err(|e| {
         if attestd::select::is_no_tee(&e) {
             anyhow::Error::new(NoTee(e.chain()))
+        } else if run::is_unbound(&e) {
+            anyhow::Error::new(Unbound(e.chain()))
         } else {
             sdk(e)
         }

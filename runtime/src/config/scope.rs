@@ -11,6 +11,7 @@
 //! | ------------ | --------------------------------------------------------- | ----------------- |
 //! | `operator`   | everything but `[config_file]` (the default off a pod VM) | refused           |
 //! | `init-data`  | everything but what decides what runs ([`LAUNCH_KEYS`])   | refused           |
+//! | `workload`   | what a pod's author chooses ([`WORKLOAD_KEYS`]): no listener, no path | refused |
 //! | `user-data`  | upstream's keys only ([`UPSTREAM_KEYS`])                  | ignored, warned   |
 //!
 //! The source is the stricter of two: `[config_file] source` in the configuration
@@ -31,6 +32,9 @@ use serde::{Deserialize, Serialize};
 pub enum Source {
     /// The host's user-data: unmeasured.
     UserData,
+    /// A pod's own configuration (attestd-webhook's `attestd.io/config`
+    /// annotation): its author's choices, never a listener or a path.
+    Workload,
     /// Init-data: measured, the tenant's word.
     InitData,
     /// The machine's operator (a host, not a pod VM).
@@ -42,6 +46,7 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::UserData => "user-data",
+            Source::Workload => "workload",
             Source::InitData => "init-data",
             Source::Operator => "operator",
         }
@@ -53,10 +58,11 @@ impl std::str::FromStr for Source {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "user-data" => Ok(Source::UserData),
+            "workload" => Ok(Source::Workload),
             "init-data" => Ok(Source::InitData),
             "operator" => Ok(Source::Operator),
             other => Err(format!(
-                "{other:?} is not a config file source: expected user-data, init-data or operator"
+                "{other:?} is not a config file source: expected user-data, workload, init-data or operator"
             )),
         }
     }
@@ -75,6 +81,34 @@ pub struct ConfigFileConfig {
     /// The most the `-c` file is trusted with (the flag may only lower it).
     #[serde(default)]
     pub source: Source,
+    /// Init-data given that the primary plugin cannot bind into its evidence.
+    #[serde(default)]
+    pub unbound_init_data: UnboundInitData,
+}
+
+/// What init-data is worth when nothing binds it: nothing measures it then, so
+/// it is only more host input, yet it would supply the `-c` file at the
+/// init-data scope (and, in the pod VM, the Data Hub's configuration and
+/// kata-agent's policy).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnboundInitData {
+    /// attestd stops, saying why (the default: fail closed).
+    #[default]
+    Refuse,
+    /// attestd starts again with the `-c` file read as user-data's (upstream's
+    /// keys only), and the pod VM's first-boot step takes no trust files from
+    /// init-data (`attestd-podvm`).
+    TreatAsUserData,
+}
+
+impl UnboundInitData {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnboundInitData::Refuse => "refuse",
+            UnboundInitData::TreatAsUserData => "treat-as-user-data",
+        }
+    }
 }
 
 /// The keys upstream's attestation-agent reads from its config file (its
@@ -107,6 +141,28 @@ pub const PLUGIN_TUNABLES: &[&str] = &[
     "pull_attempts",
     "no_tee_settle_ms",
 ];
+
+/// What a pod's author may set (dotted keys; one ending in `.` covers every
+/// key under it): what token to get and from where, what to log, how long to
+/// wait. Not a listener (`[keyprovider]`), not a path (`eventlog_config.path`,
+/// `keyprovider.wrap_kek`), not what runs: a pod's author is not the node's.
+pub const WORKLOAD_KEYS: &[&str] = &[
+    "token_configs.",
+    "eventlog_config.enable_eventlog",
+    "eventlog_config.init_pcr",
+    "eventlog_config.eventlog_algorithm",
+    "log.",
+];
+
+/// Whether `key` is among [`WORKLOAD_KEYS`] or the [`PLUGIN_TUNABLES`].
+fn workload_may_set(key: &str) -> bool {
+    WORKLOAD_KEYS.iter().any(|k| match k.strip_suffix('.') {
+        Some(table) => key.starts_with(k) || key == table,
+        None => key == *k,
+    }) || key
+        .strip_prefix("plugins.")
+        .is_some_and(|k| PLUGIN_TUNABLES.contains(&k))
+}
 
 /// What a `[plugins]` key that is not a tunable decides, for the refusal's words.
 pub const LAUNCH_KEYS: &str = "which plugins run and how (primary, additional, \
@@ -141,6 +197,18 @@ fn allowed(source: Source, key: &str) -> Result<(), String> {
             }
             None => Ok(()),
         },
+        Source::Workload => {
+            if workload_may_set(key) {
+                Ok(())
+            } else {
+                Err(
+                    "a pod's configuration (attestd.io/config) may set token configs, \
+                     [eventlog_config] (not its path), [log] and [plugins]' timeouts: no \
+                     listener, no path and nothing that runs, which are the node's"
+                        .into(),
+                )
+            }
+        }
         Source::UserData => {
             if UPSTREAM_KEYS.contains(&key) {
                 Ok(())
@@ -214,7 +282,7 @@ fn may_hold_allowed(source: Source, key: &str) -> bool {
             UPSTREAM_KEYS.iter().any(|k| k.starts_with(&below))
         }
         // A refusal names the first key it meets below.
-        Source::InitData | Source::Operator => true,
+        Source::Workload | Source::InitData | Source::Operator => true,
     }
 }
 
@@ -327,6 +395,54 @@ grpc = "0.0.0.0:50000"
         );
     }
 
+    /// Issue 38 (medium): a pod's annotation was read at the init-data scope,
+    /// which allows listeners and paths (`[keyprovider] grpc = "0.0.0.0:50000"`
+    /// was served). The workload scope allows its author's choices only.
+    #[test]
+    fn a_workload_may_choose_its_tokens_but_open_no_listener_and_name_no_path() {
+        let mut ok = table("[plugins]\ncall_timeout_ms = 9000\n[log]\nlevel = \"debug\"\nformat = \"json\"\n[eventlog_config]\nenable_eventlog = true\ninit_pcr = 17\n[token_configs.kbs]\nurl = \"https://kbs\"\ncert = \"PEM\"\nreuse_token_secs = 60\n[token_configs.coco_as]\nurl = \"https://as\"\n");
+        let before = ok.clone();
+        assert_eq!(restrict(&mut ok, Source::Workload).unwrap(), []);
+        assert_eq!(ok, before);
+        for (text, key) in [
+            (
+                "[keyprovider]\ngrpc = \"0.0.0.0:50000\"\n",
+                "keyprovider.grpc",
+            ),
+            (
+                "[keyprovider]\nttrpc = \"unix:///run/kp.sock\"\n",
+                "keyprovider.ttrpc",
+            ),
+            (
+                "[keyprovider]\nwrap_kek = \"/etc/shadow\"\n",
+                "keyprovider.wrap_kek",
+            ),
+            (
+                "[eventlog_config]\npath = \"/etc/shadow\"\n",
+                "eventlog_config.path",
+            ),
+            ("[plugins]\nprimary = \"sample\"\n", "plugins.primary"),
+            (
+                "[plugins.attester.x]\ncommand = \"/bin/sh\"\n",
+                "plugins.attester.x.command",
+            ),
+            (
+                "[config_file]\nsource = \"operator\"\n",
+                "config_file.source",
+            ),
+        ] {
+            let e = restrict(&mut table(text), Source::Workload).unwrap_err();
+            assert_eq!(e.key, key, "{text}");
+        }
+        let e = restrict(&mut table(HOSTILE), Source::Workload).unwrap_err();
+        assert!(
+            e.why
+                .starts_with("a pod's configuration (attestd.io/config) may set token configs"),
+            "{}",
+            e.why
+        );
+    }
+
     #[test]
     fn every_plugins_key_but_the_tunables_is_a_launch_key() {
         // Every key PluginsConfig has (serialized, its optional ones set): a key
@@ -375,13 +491,19 @@ grpc = "0.0.0.0:50000"
 
     #[test]
     fn sources_order_from_least_trusted_and_parse_as_written() {
-        assert!(Source::UserData < Source::InitData && Source::InitData < Source::Operator);
-        for s in [Source::UserData, Source::InitData, Source::Operator] {
+        let all = [
+            Source::UserData,
+            Source::Workload,
+            Source::InitData,
+            Source::Operator,
+        ];
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+        for s in all {
             assert_eq!(s.as_str().parse::<Source>().unwrap(), s);
         }
         assert_eq!(
             "host".parse::<Source>().unwrap_err(),
-            "\"host\" is not a config file source: expected user-data, init-data or operator"
+            "\"host\" is not a config file source: expected user-data, workload, init-data or operator"
         );
     }
 }

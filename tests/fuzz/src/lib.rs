@@ -24,7 +24,7 @@ pub fn config(data: &[u8]) {
 /// The pod VM's user-data (cloud-config, init-data inside): planned, never
 /// written.
 pub fn podvm_user_data(data: &[u8]) {
-    if let Ok(plan) = attestd_podvm::plan(data) {
+    if let Ok(plan) = attestd_podvm::plan(data, &attestd_podvm::ImageSettings::default()) {
         // What is planned is bounded as documented.
         assert!(plan.write.len() <= attestd_podvm::MAX_FILES + 6);
         for (name, bytes) in &plan.write {
