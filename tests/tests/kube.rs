@@ -64,6 +64,7 @@ fn a_real_api_server_admits_and_a_real_kubelet_runs_injected_pods() {
     webhook_runs_as_its_deployment_says(&c);
     let pod = injected_pod_runs_in_order(&c);
     killed_attester_restarts_and_calls_resume(&c, &pod);
+    annotating_after_admission_changes_nothing_that_runs(&c, &pod);
     refusals_reach_kubectl(&c);
     deleted_pod_leaves_nothing(&c, &pod);
     webhook_down_fails_closed_for_labelled_namespaces_only(&c);
@@ -566,6 +567,102 @@ fn killed_attester_restarts_and_calls_resume(c: &Cluster, pod: &AppPod) {
         killed_at.elapsed().as_secs_f64()
     );
     eprintln!("scenario 3: the kubelet restarted the attester, attestd reconnected ({failed} failed calls)");
+}
+
+/// Scenario 3b (issue 38): what the webhook decided cannot be changed after
+/// admission. An earlier release projected the `attestd.io/plugin-config`
+/// annotation into attestd's drop-in directory, and annotations stay writable:
+/// `kubectl annotate` then made a restarted attestd run another command. Now
+/// the decision is in attestd's container spec. The test annotates the pod,
+/// waits until the kubelet has refreshed the pod's downward API volume (the
+/// author's own `attestd.io/config` is changed too, as a witness), restarts
+/// both sidecars, and shows attestd runs the same attester as before.
+fn annotating_after_admission_changes_nothing_that_runs(c: &Cluster, pod: &AppPod) {
+    let evil = "[plugins]\nprimary = \"evil\"\n[plugins.attester.evil]\nlaunch = \"process\"\n\
+                command = \"/busybox\"\nargs = [\"sh\", \"-c\", \"touch /run/attestd/owned; sleep 600\"]\n";
+    let witness = "[log]\nlevel = \"debug\"\n";
+    c.ok(&[
+        "annotate",
+        "pod",
+        APP_POD,
+        "-n",
+        LABELLED,
+        "--overwrite",
+        &format!("attestd.io/plugin-config={evil}"),
+        &format!("attestd.io/config={witness}"),
+    ]);
+    let projected = c
+        .kubelet_root()
+        .join("pods")
+        .join(&pod.uid)
+        .join("volumes/kubernetes.io~downward-api/attestd-config");
+    wait_for(
+        "the kubelet to refresh the pod's downward API volume",
+        Duration::from_secs(180),
+        || (std::fs::read_to_string(projected.join("pod-config")).ok()? == witness).then_some(()),
+    );
+    // Nothing of the webhook's is in that volume to be refreshed.
+    let files: Vec<String> = std::fs::read_dir(&projected)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with(".."))
+        .collect();
+    assert_eq!(files, ["pod-config"], "{}", projected.display());
+    let restarts = |name: &str| -> u64 {
+        let p = c.get(&["pod", APP_POD, "-n", LABELLED]);
+        p["status"]["initContainerStatuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["restartCount"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = restarts("attestd");
+    for name in ["attestd-attester-sample", "attestd"] {
+        let pid = container_pid(c, LABELLED, APP_POD, name).unwrap();
+        attestd_e2e::signal(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    wait_for(
+        "the kubelet to restart attestd",
+        Duration::from_secs(120),
+        || (restarts("attestd") > before).then_some(()),
+    );
+    let at_restart = last_call(&app_log(c));
+    let resumed = wait_for(
+        "the app's calls to succeed after the restart",
+        Duration::from_secs(120),
+        || {
+            ok_lines(&app_log(c))
+                .into_iter()
+                .find(|(n, _)| *n > at_restart)
+        },
+    );
+    let want = attester_sample::evidence(format!("kube-{}", resumed.0).as_bytes())
+        .unwrap()
+        .bytes;
+    assert_eq!(
+        resumed.1.as_bytes(),
+        &want[..],
+        "the sample attester answers"
+    );
+    // Nothing of the annotation ran, nor was it read.
+    let attestd = container_pid(c, LABELLED, APP_POD, "attestd").unwrap();
+    let logs = c.ok(&["logs", "-n", LABELLED, APP_POD, "-c", "attestd"]);
+    assert!(!logs.contains("evil"), "{logs}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{attestd}/root/run/attestd/owned")).exists(),
+        "the annotation's command ran"
+    );
+    for p in c.netns.pids() {
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmd).contains("/run/attestd/owned"),
+            "pid {p} runs the annotation's command"
+        );
+    }
+    eprintln!("scenario 3b: annotated after admission, both sidecars restarted: the same attester answers");
 }
 
 /// Scenario 6: the webhook's refusals as the API server returns them to kubectl.

@@ -209,14 +209,29 @@ async fn reviews_over_https_patch_pods_as_the_api_server_applies_them() {
     }
     assert!(mount_of(&spec.containers[0], "kube-api-access-x1").is_some());
     assert_eq!(init[2].env.as_ref().unwrap()[0].name, "X");
-    // attestd and the attester share the plugin sockets; the app does not see them.
+    // attestd and the attester share the attester's socket directory; attestd's
+    // own (its control socket) is its alone; the app sees neither.
+    let own = "attestd-attester-tdx";
+    assert!(mount_of(&init[0], own).is_some() && mount_of(&init[1], own).is_some());
     assert!(
-        mount_of(&init[0], "attestd-run").is_some() && mount_of(&init[1], "attestd-run").is_some()
+        mount_of(&init[0], "attestd-run").is_none() && mount_of(&init[1], "attestd-run").is_some()
     );
     assert!(mount_of(&spec.containers[0], "attestd-run").is_none());
+    assert!(mount_of(&spec.containers[0], own).is_none());
     let annotations = p.metadata.annotations.as_ref().unwrap();
     assert_eq!(annotations["attestd.io/injected"], "tdx");
-    assert!(annotations["attestd.io/plugin-config"].contains("launch = \"external\""));
+    assert!(!annotations.contains_key("attestd.io/plugin-config"));
+    let drop_in = init[1]
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "ATTESTD_DROP_IN");
+    assert!(drop_in
+        .unwrap()
+        .value
+        .as_deref()
+        .unwrap()
+        .contains("launch = \"external\""));
 
     // The patched pod, reviewed again (a reinvocation): no second patch.
     let again = serde_json::to_value(&p).unwrap();
@@ -682,8 +697,8 @@ fn podman_run(options: &[&str], rest: Vec<String>) -> std::process::Output {
 }
 
 /// `podman run` arguments for container `c` of the patched pod, as the kubelet
-/// would run it: its image, args, mounts (`volumes` maps each volume to a host
-/// directory) and security context.
+/// would run it: its image, args, environment, mounts (`volumes` maps each
+/// volume to a host directory) and security context.
 fn run_args(c: &Container, name: &str, volumes: &[(String, PathBuf)]) -> Vec<String> {
     let mut a: Vec<String> = ["run", "-d", "--name", name, "--network", "none"]
         .iter()
@@ -714,6 +729,12 @@ fn run_args(c: &Container, name: &str, volumes: &[(String, PathBuf)]) -> Vec<Str
     }
     if let Some(uid) = sc.run_as_user {
         a.extend(["--user".into(), uid.to_string()]);
+    }
+    for e in c.env.iter().flatten() {
+        a.extend([
+            "--env".into(),
+            format!("{}={}", e.name, e.value.clone().unwrap_or_default()),
+        ]);
     }
     a.push(c.image.clone().unwrap());
     a.extend(c.args.clone().unwrap_or_default());

@@ -14,7 +14,9 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::inject::{AA_DIR, AA_VOLUME, CONFIG_VOLUME, ENV_GRPC, ENV_SOCKET, RUN_VOLUME};
+use crate::inject::{
+    AA_DIR, AA_VOLUME, ATTESTER_PREFIX, CONFIG_VOLUME, ENV_GRPC, ENV_SOCKET, RUN_VOLUME,
+};
 
 /// Containers (and, separately, init containers) a pod may have.
 pub const MAX_CONTAINERS: usize = 1024;
@@ -86,9 +88,9 @@ pub struct Env {
     pub has: Vec<&'static str>,
 }
 
-/// The volume names the webhook adds.
+/// The volume names the webhook adds (an attester's is named as its container).
 pub fn is_our_volume(name: &str) -> bool {
-    [RUN_VOLUME, AA_VOLUME, CONFIG_VOLUME].contains(&name)
+    [RUN_VOLUME, AA_VOLUME, CONFIG_VOLUME].contains(&name) || name.starts_with(ATTESTER_PREFIX)
 }
 
 fn ours_only<'de, D: Deserializer<'de>>(

@@ -22,6 +22,12 @@ pub(crate) struct ConfigArg {
     /// each optional. One given must exist [default: /etc/attestd, which may not]
     #[arg(long = "config-dir", env = "ATTESTD_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
+    /// A drop-in's TOML, read after --config-dir's drop-ins and trusted as they
+    /// are: for whoever fixes attestd's command line or environment, as
+    /// attestd-webhook does (a pod's container spec cannot change after
+    /// admission; its annotations can)
+    #[arg(long = "drop-in", env = "ATTESTD_DROP_IN", value_name = "TOML")]
+    drop_in: Option<String>,
     /// Where the -c file comes from, which decides what it may set: operator
     /// (anything), init-data (measured: not what attestd launches), user-data
     /// (unmeasured: upstream AA's keys only, the rest ignored). The config
@@ -62,7 +68,8 @@ pub(crate) fn load_config(arg: &ConfigArg) -> Result<Config> {
 /// The system file and drop-ins of --config-dir, then -c (see config::layers).
 pub(crate) fn load_layered(arg: &ConfigArg) -> Result<attestd::config::layers::Layered> {
     use attestd::config::layers;
-    let files = layers::sources(&arg.dir()?, arg.config_file.as_deref())?;
+    let files = layers::sources(&arg.dir()?, arg.config_file.as_deref())?
+        .with_inline(arg.drop_in.clone())?;
     Ok(layers::load(&files, arg.config_file_source)?)
 }
 

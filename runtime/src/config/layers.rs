@@ -6,7 +6,10 @@
 //! 1. built-in defaults;
 //! 2. `<config_dir>/attestd.toml` (the image's; optional);
 //! 3. `<config_dir>/attestd.toml.d/*.toml`, in lexical order (optional; the
-//!    image's or an operator's);
+//!    image's or an operator's), then the drop-in given inline (`--drop-in`,
+//!    `ATTESTD_DROP_IN`: by whoever fixes attestd's command line, as
+//!    attestd-webhook does in a pod's container spec, which no one can change
+//!    after admission);
 //! 4. the `-c` file (required when given), restricted by where it comes from
 //!    ([`super::scope`]: the image's `[config_file] source` and the
 //!    `--config-file-source` flag, the stricter of the two). A `-c` file that is
@@ -30,6 +33,11 @@ pub const SYSTEM_FILE: &str = "attestd.toml";
 pub const DROP_IN_DIR: &str = "attestd.toml.d";
 /// Drop-ins read at most (a directory full of files is a mistake, not a config).
 pub const MAX_DROP_INS: usize = 256;
+/// How the inline drop-in is named where a file's path would be (`attestd
+/// config`, errors).
+pub const INLINE_DROP_IN: &str = "(--drop-in)";
+/// The inline drop-in's bytes at most (the webhook's is well under 4 KiB).
+pub const MAX_INLINE_DROP_IN_BYTES: usize = 64 << 10;
 
 /// A configuration and where each of its keys came from.
 #[derive(Debug, Clone)]
@@ -125,8 +133,26 @@ fn leaves(v: &toml::Value, prefix: &str, out: &mut Vec<(String, toml::Value)>) {
 pub struct Sources {
     /// The system file and drop-ins that exist, in order.
     pub dir: Vec<PathBuf>,
+    /// The drop-in given inline, read after `dir`'s and trusted as they are.
+    pub inline: Option<String>,
     /// The `-c` file, unless it is one of `dir` (then read once, as that).
     pub cli: Option<PathBuf>,
+}
+
+impl Sources {
+    /// These sources with `text` as the inline drop-in (none when `None`).
+    pub fn with_inline(mut self, text: Option<String>) -> Result<Sources, ConfigError> {
+        if let Some(t) = &text {
+            if t.len() > MAX_INLINE_DROP_IN_BYTES {
+                return Err(super::invalid(
+                    INLINE_DROP_IN,
+                    format!("{} bytes, more than {MAX_INLINE_DROP_IN_BYTES}", t.len()),
+                ));
+            }
+        }
+        self.inline = text;
+        Ok(self)
+    }
 }
 
 /// The files to read, in order: the system file and drop-ins of `config_dir`
@@ -165,7 +191,11 @@ pub fn sources(config_dir: &Path, cli: Option<&Path>) -> Result<Sources, ConfigE
         Some(c) if files.iter().any(|f| same_file(f, c)) => None,
         c => c.map(Path::to_path_buf),
     };
-    Ok(Sources { dir: files, cli })
+    Ok(Sources {
+        dir: files,
+        inline: None,
+        cli,
+    })
 }
 
 /// Whether `a` and `b` are one file (by device and inode; a path that does not
@@ -202,6 +232,9 @@ pub fn load(sources: &Sources, source: Source) -> Result<Layered, ConfigError> {
     let mut texts = Vec::new();
     for f in &sources.dir {
         texts.push((f.clone(), read(f)?));
+    }
+    if let Some(t) = &sources.inline {
+        texts.push((PathBuf::from(INLINE_DROP_IN), t.clone()));
     }
     let cli = match &sources.cli {
         Some(f) => Some((f.clone(), read(f)?)),
@@ -596,6 +629,47 @@ image = "localhost/attestd/attester-tdx@sha256:222222222222222222222222222222222
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["attestd.toml", "10-a.toml", "20-b.toml", "aa.toml"]);
+    }
+
+    #[test]
+    fn the_inline_drop_in_comes_after_the_directorys_and_is_trusted_as_they_are() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join(DROP_IN_DIR);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("10-image.toml"), IMAGE).unwrap();
+        // What a tenant's (init-data) -c file may not set, the inline one may.
+        let inline = "[plugins]\nprimary = \"x\"\nsocket_dir = \"/run/attestd/core\"\n\n\
+                      [plugins.attester.x]\nlaunch = \"external\"\nsocket = \"/run/attestd/x/x.sock\"\ntransport = \"ttrpc\"\n";
+        let cli = d.path().join("aa.toml");
+        std::fs::write(&cli, "[plugins]\nprimary = \"tdx\"\n").unwrap();
+        let files = sources(d.path(), Some(&cli))
+            .unwrap()
+            .with_inline(Some(inline.into()))
+            .unwrap();
+        let e = load(&files, Source::InitData).unwrap_err().to_string();
+        assert!(
+            e.contains("aa.toml") && e.contains("plugins.primary"),
+            "{e}"
+        );
+        std::fs::write(&cli, "[token_configs.kbs]\nurl = \"https://kbs\"\n").unwrap();
+        let l = load(&files, Source::InitData).unwrap();
+        assert_eq!(l.config.plugins.primary.as_deref(), Some("x"));
+        assert_eq!(l.origins["plugins.primary"], Path::new(INLINE_DROP_IN));
+        // The directory's tdx table is still there; the inline one came after it.
+        assert!(l.config.plugins.attester.contains_key("tdx"));
+        let names: Vec<String> = l.files.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(names[1], INLINE_DROP_IN, "{names:?}");
+        // At the bound, and past it.
+        let at = format!(
+            "{inline}#{}",
+            "x".repeat(MAX_INLINE_DROP_IN_BYTES - inline.len() - 1)
+        );
+        assert!(Sources::default().with_inline(Some(at.clone())).is_ok());
+        let e = Sources::default()
+            .with_inline(Some(format!("{at}x")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("65537 bytes, more than 65536"), "{e}");
     }
 
     #[test]

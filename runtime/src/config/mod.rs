@@ -924,8 +924,8 @@ tee = "sampledevice"
             if p.extension().is_some_and(|x| x == "toml") {
                 // As attestd reads it: one layer, the -c file.
                 let only = layers::Sources {
-                    dir: Vec::new(),
                     cli: Some(p.clone()),
+                    ..Default::default()
                 };
                 layers::load(&only, scope::Source::Operator)
                     .unwrap_or_else(|e| panic!("{}: {}", p.display(), chain(&e)));

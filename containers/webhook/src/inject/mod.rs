@@ -22,11 +22,14 @@ use crate::pod::{PodView, Spec};
 pub const INJECT: &str = "attestd.io/inject";
 /// Set on an injected pod (value: the TEE); a pod carrying it is left alone.
 pub const INJECTED: &str = "attestd.io/injected";
-/// attestd's plugin configuration, written by the webhook.
-pub const PLUGIN_CONFIG: &str = "attestd.io/plugin-config";
+/// attestd's plugin configuration, as the webhook decided it: a drop-in in
+/// attestd's container's environment, which nobody can change after admission
+/// (a pod's annotations can be, and the kubelet would refresh a file made of one).
+pub const ENV_DROP_IN: &str = "ATTESTD_DROP_IN";
 /// The pod author's own attestd configuration (upstream `aa.toml` keys such as
-/// `[token_configs]`): attestd's `-c` file, read as a tenant's (`init-data`:
-/// anything but what attestd launches), checked here and again by attestd.
+/// `[token_configs]`): attestd's `-c` file, read as a workload's (its author's
+/// choices: no listener, no path, nothing attestd launches), checked here and
+/// again by attestd.
 pub const POD_CONFIG: &str = "attestd.io/config";
 /// Where the pod's configuration appears in attestd's container: in the
 /// drop-in volume, under a name attestd does not read as a drop-in (no
@@ -43,8 +46,11 @@ pub const ATTESTER_PREFIX: &str = "attestd-attester-";
 pub const RUN_VOLUME: &str = "attestd-run";
 pub const AA_VOLUME: &str = "attestd-aa";
 pub const CONFIG_VOLUME: &str = "attestd-config";
-/// Plugin sockets (shared by attestd and the attesters only).
+/// attestd's own directory (its lock and control socket): in its container only.
 pub const RUN_DIR: &str = "/run/attestd";
+/// Each attester's socket directory, a volume of its own shared with attestd
+/// alone: no attester sees attestd's directory or another attester's socket.
+pub const ATTESTERS_DIR: &str = "/run/attestd/attesters";
 /// The AA socket's directory, as upstream's clients expect it.
 pub const AA_DIR: &str = "/run/confidential-containers/attestation-agent";
 pub const AA_SOCKET: &str =
@@ -191,8 +197,8 @@ fn name_clash(spec: &Spec) -> Option<String> {
 }
 
 /// The pod's own configuration (`attestd.io/config`) as attestd will read it:
-/// TOML, and only what a workload may choose (what a tenant's init-data may:
-/// not which plugins run, nor how).
+/// TOML, and only what a workload may choose (the `workload` scope: tokens,
+/// logging, timeouts; no listener, no path, nothing that runs).
 fn check_pod_config(text: &str) -> Result<(), String> {
     use attestd::config::scope::{restrict, Source};
     if text.len() > MAX_POD_CONFIG_BYTES {
@@ -207,7 +213,7 @@ fn check_pod_config(text: &str) -> Result<(), String> {
             attestd::echo::bounded(&e.to_string(), attestd::echo::MAX_ECHO)
         )
     })?;
-    restrict(&mut table, Source::InitData).map_err(|r| {
+    restrict(&mut table, Source::Workload).map_err(|r| {
         format!(
             "the {POD_CONFIG} annotation sets {}: {}",
             attestd::echo::quoted(&r.key),
@@ -338,7 +344,12 @@ fn plan(tee: &str, host_network: bool, config: &Config, lock: &Lock) -> Result<P
 }
 
 fn socket_of(tee: &str) -> String {
-    format!("{RUN_DIR}/{tee}.sock")
+    format!("{ATTESTERS_DIR}/{tee}/{tee}.sock")
+}
+
+/// The volume of `tee`'s attester's socket (named as its container is).
+pub fn attester_volume(tee: &str) -> String {
+    format!("{ATTESTER_PREFIX}{tee}")
 }
 
 /// attestd's drop-in: every attester external on its socket, the primary named
@@ -472,7 +483,11 @@ fn attester_container(a: &Attester, plan: &Plan, config: &Config) -> Container {
         restart_policy: Some("Always".into()),
         startup_probe: Some(exec_probe(probe.clone())),
         liveness_probe: Some(liveness_probe(probe)),
-        volume_mounts: Some(vec![mount(RUN_VOLUME, RUN_DIR, false)]),
+        volume_mounts: Some(vec![mount(
+            &attester_volume(&a.tee),
+            &format!("{ATTESTERS_DIR}/{}", a.tee),
+            false,
+        )]),
         security_context: Some(security),
         resources: Some(resources(&config.resources.attester)),
         ..Default::default()
@@ -488,7 +503,7 @@ fn core_container(plan: &Plan, config: &Config) -> Container {
         "-c".into(),
         format!("{DROP_IN_DIR}/{POD_CONFIG_FILE}"),
         "--config-file-source".into(),
-        "init-data".into(),
+        "workload".into(),
         "--attestation_sock".into(),
         AA_SOCKET.into(),
     ];
@@ -504,19 +519,33 @@ fn core_container(plan: &Plan, config: &Config) -> Container {
         "1500".into(),
         "get-tee-type".into(),
     ];
+    let mut mounts = vec![
+        mount(RUN_VOLUME, RUN_DIR, false),
+        mount(AA_VOLUME, AA_DIR, false),
+        mount(CONFIG_VOLUME, DROP_IN_DIR, true),
+    ];
+    for a in &plan.attesters {
+        mounts.push(mount(
+            &attester_volume(&a.tee),
+            &format!("{ATTESTERS_DIR}/{}", a.tee),
+            false,
+        ));
+    }
     Container {
         name: CORE_CONTAINER.into(),
         image: Some(plan.core_image.clone()),
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(args),
+        // The webhook's decision, fixed for the pod's life (see ENV_DROP_IN).
+        env: Some(vec![EnvVar {
+            name: ENV_DROP_IN.into(),
+            value: Some(plugin_config(plan)),
+            ..Default::default()
+        }]),
         restart_policy: Some("Always".into()),
         startup_probe: Some(exec_probe(probe.clone())),
         liveness_probe: Some(liveness_probe(probe)),
-        volume_mounts: Some(vec![
-            mount(RUN_VOLUME, RUN_DIR, false),
-            mount(AA_VOLUME, AA_DIR, false),
-            mount(CONFIG_VOLUME, DROP_IN_DIR, true),
-        ]),
+        volume_mounts: Some(mounts),
         // `auto` probes the pod VM's devices (existence only; attestd opens none).
         security_context: Some(if plan.primary == "auto" {
             privileged()
@@ -535,7 +564,7 @@ fn memory_dir() -> EmptyDirVolumeSource {
     }
 }
 
-fn volumes() -> Vec<Volume> {
+fn volumes(plan: &Plan) -> Vec<Volume> {
     let annotation = |file: &str, key: &str| DownwardAPIVolumeFile {
         path: file.into(),
         field_ref: Some(ObjectFieldSelector {
@@ -544,7 +573,7 @@ fn volumes() -> Vec<Volume> {
         }),
         ..Default::default()
     };
-    vec![
+    let mut v = vec![
         Volume {
             name: RUN_VOLUME.into(),
             empty_dir: Some(memory_dir()),
@@ -558,17 +587,23 @@ fn volumes() -> Vec<Volume> {
         Volume {
             name: CONFIG_VOLUME.into(),
             downward_api: Some(DownwardAPIVolumeSource {
-                // The webhook's plugins as a drop-in; the author's configuration
-                // as attestd's -c file (restricted: it cannot set plugins).
-                items: Some(vec![
-                    annotation(POD_CONFIG_FILE, POD_CONFIG),
-                    annotation("90-webhook.toml", PLUGIN_CONFIG),
-                ]),
+                // The author's configuration as attestd's -c file (restricted:
+                // it cannot set plugins). The webhook's own is not here: a file
+                // made of an annotation changes when the annotation does.
+                items: Some(vec![annotation(POD_CONFIG_FILE, POD_CONFIG)]),
                 ..Default::default()
             }),
             ..Default::default()
         },
-    ]
+    ];
+    for a in &plan.attesters {
+        v.push(Volume {
+            name: attester_volume(&a.tee),
+            empty_dir: Some(memory_dir()),
+            ..Default::default()
+        });
+    }
+    v
 }
 
 /// `/` and `~` escaped for a JSON pointer (RFC 6901).
@@ -607,11 +642,8 @@ fn append(
 fn patch(pod: &PodView, plan: &Plan, config: &Config) -> Result<Patch, String> {
     let spec = pod.spec.as_ref().ok_or("the pod has no spec")?;
     let mut ops = Vec::new();
-    // Annotations: the marker and attestd's configuration.
-    let mine = [
-        (INJECTED.to_string(), plan.primary.clone()),
-        (PLUGIN_CONFIG.to_string(), plugin_config(plan)),
-    ];
+    // Annotations: the marker.
+    let mine = [(INJECTED.to_string(), plan.primary.clone())];
     match &pod.metadata.annotations {
         None => {
             let map: serde_json::Map<String, Value> = mine
@@ -629,7 +661,10 @@ fn patch(pod: &PodView, plan: &Plan, config: &Config) -> Result<Patch, String> {
             }
         }
     }
-    let vols = volumes().iter().map(to_value).collect::<Result<_, _>>()?;
+    let vols = volumes(plan)
+        .iter()
+        .map(to_value)
+        .collect::<Result<_, _>>()?;
     append(&mut ops, "/spec/volumes", spec.volumes.is_some(), vols)?;
     // The app's containers (and the pod's own init containers, which run after
     // ours) get the AA socket and its address. Patched before ours are inserted,

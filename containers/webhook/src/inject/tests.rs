@@ -51,6 +51,32 @@ fn view(p: &Pod) -> PodView {
     serde_json::from_value(serde_json::to_value(p).unwrap()).unwrap()
 }
 
+/// attestd's drop-in, as the webhook fixed it in attestd's container.
+fn drop_in(p: &Pod) -> String {
+    let spec = p.spec.as_ref().unwrap();
+    let core = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == CORE_CONTAINER)
+        .unwrap();
+    let env = core.env.as_ref().unwrap();
+    let e = env.iter().find(|e| e.name == ENV_DROP_IN).unwrap();
+    e.value.clone().unwrap()
+}
+
+/// `text` loaded as attestd loads its inline drop-in.
+fn as_attestd_reads(text: String) -> attestd::config::Config {
+    let d = tempfile::tempdir().unwrap();
+    let files = attestd::config::layers::sources(d.path(), None)
+        .unwrap()
+        .with_inline(Some(text))
+        .unwrap();
+    attestd::config::layers::load(&files, attestd::config::scope::Source::Operator)
+        .unwrap()
+        .config
+}
+
 /// The pod after the patch, applied the way the API server applies it.
 fn injected(p: &Pod, config: &Config) -> (Pod, Vec<String>) {
     match decide(&view(p), "apps", config, &lock()) {
@@ -90,7 +116,7 @@ fn tdx_pod() -> Pod {
 fn a_tdx_pod_gets_the_pinned_attester_and_attestd_before_its_own_containers() {
     let (p, warnings) = injected(&tdx_pod(), &Config::default());
     assert!(warnings.is_empty(), "{warnings:?}");
-    let spec = p.spec.unwrap();
+    let spec = p.spec.clone().unwrap();
     let init = spec.init_containers.unwrap();
     assert_eq!(names(&init), ["attestd-attester-tdx", "attestd", "setup"]);
     let (att, core) = (&init[0], &init[1]);
@@ -130,7 +156,12 @@ fn a_tdx_pod_gets_the_pinned_attester_and_attestd_before_its_own_containers() {
     }
     assert_eq!(
         att.args.as_ref().unwrap(),
-        &["--socket", "/run/attestd/tdx.sock", "--transport", "ttrpc"]
+        &[
+            "--socket",
+            "/run/attestd/attesters/tdx/tdx.sock",
+            "--transport",
+            "ttrpc"
+        ]
     );
     let probe = att.startup_probe.as_ref().unwrap().exec.as_ref().unwrap();
     assert_eq!(probe.command.as_ref().unwrap().last().unwrap(), "--probe");
@@ -155,7 +186,38 @@ fn a_tdx_pod_gets_the_pinned_attester_and_attestd_before_its_own_containers() {
         .iter()
         .map(|v| v.name.as_str())
         .collect();
-    assert_eq!(vols, ["data", RUN_VOLUME, AA_VOLUME, CONFIG_VOLUME]);
+    assert_eq!(
+        vols,
+        [
+            "data",
+            RUN_VOLUME,
+            AA_VOLUME,
+            CONFIG_VOLUME,
+            "attestd-attester-tdx"
+        ]
+    );
+    // Issue 38: the attester sees its own socket's directory, nothing of
+    // attestd's (its lock and control socket); attestd sees both.
+    let mounts = |c: &Container| -> Vec<(String, String)> {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.clone(), m.mount_path.clone()))
+            .collect()
+    };
+    assert_eq!(
+        mounts(att),
+        [(
+            "attestd-attester-tdx".to_string(),
+            "/run/attestd/attesters/tdx".to_string()
+        )]
+    );
+    let core_mounts = mounts(core);
+    assert!(core_mounts.contains(&(RUN_VOLUME.into(), RUN_DIR.into())));
+    assert!(core_mounts.contains(&(
+        "attestd-attester-tdx".into(),
+        "/run/attestd/attesters/tdx".into()
+    )));
     let run = &spec.volumes.as_ref().unwrap()[1];
     assert_eq!(
         run.empty_dir.as_ref().unwrap().medium.as_deref(),
@@ -192,30 +254,42 @@ fn a_tdx_pod_gets_the_pinned_attester_and_attestd_before_its_own_containers() {
         env(&spec.containers[1]),
         [(ENV_SOCKET.into(), "mine".into())]
     );
-    let a = p.metadata.annotations.unwrap();
+    let a = p.metadata.annotations.clone().unwrap();
     assert_eq!(a["keep"], "me");
     assert_eq!(a[INJECTED], "tdx");
-    let cfg: toml::Value = toml::from_str(&a[PLUGIN_CONFIG]).unwrap();
+    // Issue 38: the webhook's decision is in no annotation (one can be
+    // changed after admission, and a file projected from it follows).
+    assert_eq!(a.len(), 2, "{a:?}");
+    let cfg: toml::Value = toml::from_str(&drop_in(&p)).unwrap();
     assert_eq!(cfg["plugins"]["primary"].as_str(), Some("tdx"));
     let t = &cfg["plugins"]["attester"]["tdx"];
     assert_eq!(t["launch"].as_str(), Some("external"));
-    assert_eq!(t["socket"].as_str(), Some("/run/attestd/tdx.sock"));
+    assert_eq!(
+        t["socket"].as_str(),
+        Some("/run/attestd/attesters/tdx/tdx.sock")
+    );
+    let projected: Vec<String> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.downward_api.as_ref())
+        .flat_map(|d| d.items.iter().flatten())
+        .map(|i| i.path.clone())
+        .collect();
+    assert_eq!(projected, [POD_CONFIG_FILE], "only the author's own file");
 }
 
 #[test]
-fn the_plugin_config_annotation_is_what_attestd_reads() {
+fn the_drop_in_in_attestds_environment_is_what_attestd_reads() {
     let (p, _) = injected(&tdx_pod(), &Config::default());
-    let text = &p.metadata.annotations.unwrap()[PLUGIN_CONFIG];
-    let d = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(d.path().join("attestd.toml.d")).unwrap();
-    std::fs::write(d.path().join("attestd.toml.d/90-webhook.toml"), text).unwrap();
-    let files = attestd::config::layers::sources(d.path(), None).unwrap();
-    let l =
-        attestd::config::layers::load(&files, attestd::config::scope::Source::Operator).unwrap();
-    let sample = &l.config.plugins.attester["tdx"];
+    let c = as_attestd_reads(drop_in(&p));
     assert_eq!(
-        sample.socket.as_deref(),
-        Some(std::path::Path::new("/run/attestd/tdx.sock"))
+        c.plugins.attester["tdx"].socket.as_deref(),
+        Some(std::path::Path::new("/run/attestd/attesters/tdx/tdx.sock"))
+    );
+    assert_eq!(
+        c.plugins.socket_dir,
+        std::path::Path::new("/run/attestd/core")
     );
 }
 
@@ -231,7 +305,7 @@ fn a_bare_pod_gets_each_list_created() {
         names(spec.init_containers.as_ref().unwrap()),
         ["attestd-attester-sample", "attestd"]
     );
-    assert_eq!(spec.volumes.unwrap().len(), 3);
+    assert_eq!(spec.volumes.unwrap().len(), 4);
     assert_eq!(spec.containers[0].env.as_ref().unwrap().len(), 1);
     assert_eq!(p.metadata.annotations.unwrap()[INJECTED], "sample");
     // The sample needs no device, so neither it nor attestd runs as root.
@@ -373,7 +447,7 @@ fn auto_injects_every_hardware_candidate_and_lets_attestd_choose() {
         "spec": {"runtimeClassName": "kata-remote", "containers": [{"name": "a"}]}
     }));
     let (p, _) = injected(&p, &Config::default());
-    let init = p.spec.unwrap().init_containers.unwrap();
+    let init = p.spec.clone().unwrap().init_containers.unwrap();
     assert_eq!(
         names(&init),
         [
@@ -389,7 +463,7 @@ fn auto_injects_every_hardware_candidate_and_lets_attestd_choose() {
         init[4].security_context.as_ref().unwrap().privileged,
         Some(true)
     );
-    let cfg: toml::Value = toml::from_str(&p.metadata.annotations.unwrap()[PLUGIN_CONFIG]).unwrap();
+    let cfg: toml::Value = toml::from_str(&drop_in(&p)).unwrap();
     assert_eq!(cfg["plugins"]["primary"].as_str(), Some("auto"));
     assert_eq!(cfg["plugins"]["attester"].as_table().unwrap().len(), 4);
     // A third party's candidate carries its declared probe: attestd has no other.
@@ -474,7 +548,7 @@ fn a_tag_override_is_used_only_in_dev_mode() {
 /// configuration: refused, whichever list the container is in.
 #[test]
 fn a_container_mounting_our_volumes_by_name_is_refused() {
-    for volume in [RUN_VOLUME, CONFIG_VOLUME, AA_VOLUME] {
+    for volume in [RUN_VOLUME, CONFIG_VOLUME, AA_VOLUME, "attestd-attester-tdx"] {
         for list in ["containers", "initContainers"] {
             let mut v = serde_json::to_value(tdx_pod()).unwrap();
             v["spec"][list][0]["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}, {"name": volume, "mountPath": "/mine"}]);
@@ -491,7 +565,9 @@ fn a_container_mounting_our_volumes_by_name_is_refused() {
 
 /// Issue 26: the pod's own configuration may set what a workload chooses (its
 /// KBS, the event log, logging), never which plugins run or how; it becomes
-/// attestd's -c file, read as a tenant's, so attestd refuses the same again.
+/// attestd's -c file, read as a workload's, so attestd refuses the same again.
+/// Issue 38: nor a listener or a path (the init-data scope it was read at
+/// allowed `[keyprovider] grpc = "0.0.0.0:50000"`).
 #[test]
 fn the_pod_config_annotation_sets_workload_keys_only() {
     let with = |config: &str| {
@@ -508,7 +584,7 @@ fn the_pod_config_annotation_sets_workload_keys_only() {
         Decision::Inject { patch, .. } => {
             let text = serde_json::to_string(&patch).unwrap();
             assert!(
-                text.contains("\"-c\",\"/etc/attestd/attestd.toml.d/pod-config\",\"--config-file-source\",\"init-data\""),
+                text.contains("\"-c\",\"/etc/attestd/attestd.toml.d/pod-config\",\"--config-file-source\",\"workload\""),
                 "{text}"
             );
         }
@@ -523,6 +599,14 @@ fn the_pod_config_annotation_sets_workload_keys_only() {
         (
             "[config_file]\nsource = \"operator\"\n",
             "config_file.source",
+        ),
+        (
+            "[keyprovider]\ngrpc = \"0.0.0.0:50000\"\n",
+            "keyprovider.grpc",
+        ),
+        (
+            "[eventlog_config]\npath = \"/etc/shadow\"\n",
+            "eventlog_config.path",
         ),
     ] {
         match with(config) {
@@ -557,7 +641,7 @@ fn a_third_partys_tee_is_injected_for_its_runtime_class() {
     let (p, _) = injected(&p, &config);
     let annotations = p.metadata.annotations.clone().unwrap();
     assert_eq!(annotations[INJECTED], "x-hello");
-    let init = p.spec.unwrap().init_containers.unwrap();
+    let init = p.spec.clone().unwrap().init_containers.unwrap();
     assert_eq!(names(&init), ["attestd-attester-x-hello", "attestd"]);
     assert_eq!(
         init[0].image.as_deref(),
@@ -573,19 +657,12 @@ fn a_third_partys_tee_is_injected_for_its_runtime_class() {
         Some(0)
     );
     // attestd's own configuration loader takes the TEE name.
-    let d = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(d.path().join("attestd.toml.d")).unwrap();
-    std::fs::write(
-        d.path().join("attestd.toml.d/90-webhook.toml"),
-        &annotations[PLUGIN_CONFIG],
-    )
-    .unwrap();
-    let files = attestd::config::layers::sources(d.path(), None).unwrap();
-    let l =
-        attestd::config::layers::load(&files, attestd::config::scope::Source::Operator).unwrap();
-    assert_eq!(l.config.plugins.primary.as_deref(), Some("x-hello"));
+    let c = as_attestd_reads(drop_in(&p));
+    assert_eq!(c.plugins.primary.as_deref(), Some("x-hello"));
     assert_eq!(
-        l.config.plugins.attester["x-hello"].socket.as_deref(),
-        Some(std::path::Path::new("/run/attestd/x-hello.sock"))
+        c.plugins.attester["x-hello"].socket.as_deref(),
+        Some(std::path::Path::new(
+            "/run/attestd/attesters/x-hello/x-hello.sock"
+        ))
     );
 }
