@@ -108,7 +108,9 @@ async fn start(
     unbound_tolerated: bool,
 ) -> Result<()> {
     let config = layered.config;
-    if layered.cli_source == Some(attestd::config::scope::Source::UserData) {
+    if layered.cli_source == Some(attestd::config::scope::Source::UserData)
+        && config.config_file.user_data != attestd::config::scope::UserDataPolicy::Ignore
+    {
         let file = layered.files.last().map(|f| f.display().to_string());
         tracing::warn!(
             file = file.as_deref().unwrap_or_default(),

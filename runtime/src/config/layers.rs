@@ -269,12 +269,22 @@ pub fn merge_texts(
     if let Some((path, text)) = cli {
         let source = source.min(ceiling(&merged));
         let mut table = parse(&path, text)?;
-        ignored = scope::restrict(&mut table, source).map_err(|r| ConfigError::InFile {
-            line: line_of(text, &r.key),
-            path: path.clone(),
-            key: r.key,
-            message: r.why,
-        })?;
+        if source == Source::UserData && ignores_user_data(&merged) {
+            // The image wants none of the host's words, upstream's keys included.
+            table.clear();
+            ignored.push(scope::Refused {
+                key: "(every key)".into(),
+                why: "the image's configuration ignores user-data ([config_file] user_data = \"ignore\")".into(),
+            });
+        }
+        ignored.extend(
+            scope::restrict(&mut table, source).map_err(|r| ConfigError::InFile {
+                line: line_of(text, &r.key),
+                path: path.clone(),
+                key: r.key,
+                message: r.why,
+            })?,
+        );
         merge(&mut merged, table, "", &path, &mut origins);
         cli_source = Some(source);
         texts.push((path, text));
@@ -307,6 +317,15 @@ fn ceiling(dir: &toml::Table) -> Source {
             .and_then(|s| s.parse().ok())
             .unwrap_or(Source::UserData),
     }
+}
+
+/// Whether the directory's `[config_file] user_data` says to read nothing of a
+/// `-c` file from user-data.
+fn ignores_user_data(dir: &toml::Table) -> bool {
+    dir.get("config_file")
+        .and_then(|t| t.get("user_data"))
+        .and_then(|v| v.as_str())
+        == Some("ignore")
 }
 
 /// `from` into `into`, key by key; leaves remember `path`.
@@ -670,6 +689,36 @@ image = "localhost/attestd/attester-tdx@sha256:222222222222222222222222222222222
             .unwrap_err()
             .to_string();
         assert!(e.contains("65537 bytes, more than 65536"), "{e}");
+    }
+
+    /// Issue 38 (medium): an image may take nothing from user-data, not even
+    /// upstream's keys (the KBS URL and certificate among them).
+    #[test]
+    fn an_image_may_ignore_user_data_entirely() {
+        let aa = "[token_configs.kbs]\nurl = \"https://host.example\"\ncert = \"PEM\"\n";
+        let image = "[config_file]\nsource = \"init-data\"\nuser_data = \"ignore\"\n";
+        let l = layered_as(
+            &[("/etc/attestd/attestd.toml", image), ("/run/aa.toml", aa)],
+            Source::UserData,
+        )
+        .unwrap();
+        assert!(l.config.token_configs.kbs.is_none());
+        assert_eq!(l.ignored.len(), 1);
+        assert_eq!(l.ignored[0].key, "(every key)");
+        assert!(l.ignored[0].why.contains("user_data = \"ignore\""));
+        // Init-data's file is still read.
+        let l = layered_as(
+            &[("/etc/attestd/attestd.toml", image), ("/run/aa.toml", aa)],
+            Source::InitData,
+        )
+        .unwrap();
+        assert_eq!(
+            l.config.token_configs.kbs.unwrap().url,
+            "https://host.example"
+        );
+        // Without the setting, upstream's keys are read from user-data.
+        let l = layered_as(&[("/run/aa.toml", aa)], Source::UserData).unwrap();
+        assert!(l.config.token_configs.kbs.is_some());
     }
 
     #[test]

@@ -185,6 +185,9 @@ fn default_init_pcr() -> u64 {
     17
 }
 
+/// The highest PCR index: a TPM has 24 (upstream's TDX map takes the same).
+pub const MAX_PCR: u64 = 23;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -495,6 +498,15 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.eventlog_config.init_pcr > MAX_PCR {
+            return Err(invalid(
+                "eventlog_config.init_pcr",
+                format!(
+                    "PCR {} does not exist: PCRs are 0 to {MAX_PCR} (TDX maps them to RTMRs, as upstream)",
+                    self.eventlog_config.init_pcr
+                ),
+            ));
+        }
         let p = &self.plugins;
         for (name, pc) in &p.attester {
             let key = format!("plugins.attester.{name}");
@@ -741,6 +753,18 @@ tee = "sampledevice"
         assert_eq!(c.keyprovider.name, "attestd");
         assert!(c.plugins.primary.is_none());
         assert!(!c.eventlog_config.enable_eventlog);
+    }
+
+    #[test]
+    fn init_pcr_names_a_pcr_that_exists() {
+        let at = Config::parse("[eventlog_config]\ninit_pcr = 23\n").unwrap();
+        assert_eq!(at.eventlog_config.init_pcr, MAX_PCR);
+        let e = Config::parse("[eventlog_config]\ninit_pcr = 24\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("PCR 24 does not exist: PCRs are 0 to 23"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -84,6 +84,21 @@ pub struct ConfigFileConfig {
     /// Init-data given that the primary plugin cannot bind into its evidence.
     #[serde(default)]
     pub unbound_init_data: UnboundInitData,
+    /// What a `-c` file from user-data is read for.
+    #[serde(default)]
+    pub user_data: UserDataPolicy,
+}
+
+/// What of an unmeasured (user-data) `-c` file is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UserDataPolicy {
+    /// Upstream's keys ([`UPSTREAM_KEYS`]), as upstream's agent reads them:
+    /// the KBS URL and certificate among them, which the host then chooses.
+    #[default]
+    UpstreamKeys,
+    /// Nothing: the image's configuration and init-data decide everything.
+    Ignore,
 }
 
 /// What init-data is worth when nothing binds it: nothing measures it then, so
@@ -260,7 +275,8 @@ fn prune(
             {
                 continue
             }
-            _ => allowed(source, &key),
+            Some(v) => allowed(source, &key).and_then(|()| unmeasured_value(source, &key, v)),
+            None => allowed(source, &key),
         };
         if let Err(why) = verdict {
             if source != Source::UserData {
@@ -271,6 +287,30 @@ fn prune(
         }
     }
     Ok(())
+}
+
+/// PCRs a TPM lets anyone at locality 0 reset: a log measured into one can be
+/// replaced by another after a reset.
+pub const RESETTABLE_PCRS: [i64; 2] = [16, 23];
+
+/// What an unmeasured file may not do with a key it may set: turn the event
+/// log off (the image may have turned it on), or move measurements to a PCR
+/// anyone can reset.
+fn unmeasured_value(source: Source, key: &str, v: &toml::Value) -> Result<(), String> {
+    if source != Source::UserData {
+        return Ok(());
+    }
+    match (key, v) {
+        ("eventlog_config.enable_eventlog", toml::Value::Boolean(false)) => {
+            Err("user-data may turn the event log on, never off".into())
+        }
+        ("eventlog_config.init_pcr", toml::Value::Integer(n)) if RESETTABLE_PCRS.contains(n) => {
+            Err(format!(
+                "user-data may not move measurements to PCR {n}, which a TPM lets anyone reset"
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Whether a table at `key` may hold a key `source` may set (else it is judged
@@ -341,6 +381,47 @@ grpc = "0.0.0.0:50000"
             ]
         );
         assert!(ignored[0].why.starts_with("user-data is unmeasured: only upstream's keys are read from it (token_configs.kbs.url, "), "{}", ignored[0].why);
+    }
+
+    /// Issue 38 (medium): unmeasured user-data turned the event log off or
+    /// moved it to a PCR anyone may reset.
+    #[test]
+    fn user_data_may_turn_the_event_log_on_but_not_off_nor_move_it_to_a_resettable_pcr() {
+        let mut on = table("[eventlog_config]\nenable_eventlog = true\ninit_pcr = 17\n");
+        let before = on.clone();
+        assert_eq!(restrict(&mut on, Source::UserData).unwrap(), []);
+        assert_eq!(on, before);
+        for (text, key, why) in [
+            (
+                "[eventlog_config]\nenable_eventlog = false\n",
+                "eventlog_config.enable_eventlog",
+                "user-data may turn the event log on, never off",
+            ),
+            (
+                "[eventlog_config]\ninit_pcr = 23\n",
+                "eventlog_config.init_pcr",
+                "user-data may not move measurements to PCR 23, which a TPM lets anyone reset",
+            ),
+            (
+                "[eventlog_config]\ninit_pcr = 16\n",
+                "eventlog_config.init_pcr",
+                "user-data may not move measurements to PCR 16, which a TPM lets anyone reset",
+            ),
+        ] {
+            let mut t = table(text);
+            let ignored = restrict(&mut t, Source::UserData).unwrap();
+            assert_eq!(
+                ignored,
+                [Refused {
+                    key: key.into(),
+                    why: why.into()
+                }]
+            );
+            assert!(t.is_empty(), "{text}");
+            // A measured file is the tenant's word.
+            let mut t = table(text);
+            assert_eq!(restrict(&mut t, Source::InitData).unwrap(), []);
+        }
     }
 
     #[test]
