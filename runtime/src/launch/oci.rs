@@ -377,6 +377,8 @@ impl Launcher for OciLauncher {
             Some(t) => t.clone(),
             None => layout_label(&layout, &digest, "org.attestd.tee")?.unwrap_or_default(),
         };
+        // Before the bundle exists: a TEE with no way in here stops the start.
+        let resources = spec.resources(&tee, Path::new("/"))?;
         let id = format!(
             "attestd-{}-{}-{}",
             spec.name,
@@ -399,7 +401,7 @@ impl Launcher for OciLauncher {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect(),
             plugin_dir: spec.plugin_dir(),
-            resources: spec.resources(&tee, Path::new("/")),
+            resources,
         };
         let written = plugin_spec(&params).and_then(|s| {
             s.save(bundle.join("config.json"))

@@ -96,7 +96,7 @@ impl Launcher for PodmanLauncher {
             super::pull::ensure_in_store(&r, want_label, &spec.pull).await?;
         let pinned = r.pinned(&digest);
         let tee = spec.config.tee.clone().or(label).unwrap_or_default();
-        let resources = spec.resources(&tee, Path::new("/"));
+        let resources = spec.resources(&tee, Path::new("/"))?;
         let name = format!(
             "attestd-{}-{}-{}",
             spec.name,

@@ -1,6 +1,8 @@
 //! What each TEE's plugin needs from the host inside a container: device nodes and
 //! paths, nothing else. Paths absent on this host are left out (a container cannot
-//! bind what does not exist, and the plugin's Detect then says so).
+//! bind what does not exist), but a TEE none of whose way in exists (its device,
+//! or configfs-tsm's report directory) is a start error naming what is missing:
+//! a plugin started without it would only fail later, or not say why.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +19,8 @@ pub struct Resources {
 }
 
 struct Wanted {
+    /// At least one of these must exist for the plugin to reach its TEE.
+    one_of: &'static [&'static str],
     devices: &'static [&'static str],
     rw: &'static [&'static str],
     ro: &'static [&'static str],
@@ -39,36 +43,42 @@ fn wanted(tee: &str) -> Wanted {
     const AAEL: &str = "/run/attestation-agent";
     match tee {
         "tdx" => Wanted {
+            one_of: &["/dev/tdx_guest", TSM],
             devices: &["/dev/tdx_guest"],
             rw: &[TSM, "/sys/devices/virtual/misc/tdx_guest/measurements"],
             ro: &["/sys/firmware/acpi/tables/data/CCEL", AAEL],
             host_network: false,
         },
         "snp" => Wanted {
+            one_of: &["/dev/sev-guest", TSM],
             devices: &["/dev/sev-guest"],
             rw: &[TSM],
             ro: &[],
             host_network: false,
         },
         "tpm" => Wanted {
+            one_of: &["/dev/tpmrm0", "/dev/tpm0"],
             devices: &["/dev/tpmrm0", "/dev/tpm0"],
             rw: &[],
             ro: &[],
             host_network: false,
         },
         "az-snp-vtpm" => Wanted {
+            one_of: &["/dev/tpm0", "/dev/tpmrm0"],
             devices: &["/dev/tpm0", "/dev/tpmrm0"],
             rw: &[],
             ro: &[],
             host_network: true,
         },
         "az-tdx-vtpm" => Wanted {
+            one_of: &["/dev/tpm0", "/dev/tpmrm0"],
             devices: &["/dev/tpm0", "/dev/tpmrm0"],
             rw: &[],
             ro: &[],
             host_network: true,
         },
         _ => Wanted {
+            one_of: &[],
             devices: &[],
             rw: &[],
             ro: &[],
@@ -109,21 +119,33 @@ pub fn writable(tee: &str) -> Vec<PathBuf> {
     wanted(tee).rw.iter().map(PathBuf::from).collect()
 }
 
-/// The resources `tee` needs that exist under `root` (`/` on a real host).
-pub fn for_tee(tee: &str, root: &Path) -> Resources {
+/// The resources `tee` needs that exist under `root` (`/` on a real host), or
+/// what is missing when none of the TEE's ways in exists.
+pub fn for_tee(tee: &str, root: &Path) -> Result<Resources, String> {
     let w = wanted(tee);
+    let exists = |p: &&str| root.join(p.trim_start_matches('/')).exists();
+    if !w.one_of.is_empty() && !w.one_of.iter().any(exists) {
+        return Err(format!(
+            "TEE {tee:?} needs {} in the plugin's container, and none exists here",
+            if w.one_of.len() == 1 {
+                w.one_of[0].to_string()
+            } else {
+                format!("one of {}", w.one_of.join(", "))
+            }
+        ));
+    }
     let present = |list: &[&str]| -> Vec<PathBuf> {
         list.iter()
+            .filter(|p| exists(p))
             .map(PathBuf::from)
-            .filter(|p| root.join(p.strip_prefix("/").unwrap_or(p)).exists())
             .collect()
     };
-    Resources {
+    Ok(Resources {
         devices: present(w.devices),
         rw: present(w.rw),
         ro: present(w.ro),
         host_network: w.host_network,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -136,18 +158,44 @@ mod tests {
         std::fs::create_dir_all(t.path().join("dev")).unwrap();
         std::fs::write(t.path().join("dev/tdx_guest"), "").unwrap();
         std::fs::write(t.path().join("dev/tpmrm0"), "").unwrap();
-        let r = for_tee("tdx", t.path());
+        let r = for_tee("tdx", t.path()).unwrap();
         assert_eq!(r.devices, [PathBuf::from("/dev/tdx_guest")]);
         assert!(r.rw.is_empty() && r.ro.is_empty());
         assert_eq!(
-            for_tee("tpm", t.path()).devices,
+            for_tee("tpm", t.path()).unwrap().devices,
             [PathBuf::from("/dev/tpmrm0")]
         );
-        assert_eq!(for_tee("sample", t.path()), Resources::default());
+        assert_eq!(for_tee("sample", t.path()).unwrap(), Resources::default());
         // Both Azure plugins reach IMDS; no other plugin gets the host network.
-        assert!(for_tee("az-tdx-vtpm", t.path()).host_network);
-        assert!(for_tee("az-snp-vtpm", t.path()).host_network);
-        assert!(!for_tee("tpm", t.path()).host_network);
+        assert!(for_tee("az-tdx-vtpm", t.path()).unwrap().host_network);
+        assert!(for_tee("az-snp-vtpm", t.path()).unwrap().host_network);
+        assert!(!for_tee("tpm", t.path()).unwrap().host_network);
+    }
+
+    /// Issue 38 (medium): a TEE whose device was missing at launch (udev had
+    /// not made it yet, say) started a plugin that could not reach it.
+    #[test]
+    fn a_tee_with_no_way_in_here_is_an_error_naming_what_is_missing() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(
+            for_tee("snp", t.path()).unwrap_err(),
+            "TEE \"snp\" needs one of /dev/sev-guest, /sys/kernel/config/tsm/report in the plugin's container, and none exists here"
+        );
+        assert!(for_tee("tpm", t.path())
+            .unwrap_err()
+            .contains("one of /dev/tpmrm0, /dev/tpm0"));
+        // Either way in will do: configfs-tsm alone for SNP.
+        std::fs::create_dir_all(t.path().join("sys/kernel/config/tsm/report")).unwrap();
+        let r = for_tee("snp", t.path()).unwrap();
+        assert!(r.devices.is_empty());
+        assert_eq!(r.rw, [PathBuf::from("/sys/kernel/config/tsm/report")]);
+        // Only the older of the TPM's two nodes.
+        std::fs::create_dir_all(t.path().join("dev")).unwrap();
+        std::fs::write(t.path().join("dev/tpm0"), "").unwrap();
+        assert_eq!(
+            for_tee("az-snp-vtpm", t.path()).unwrap().devices,
+            [PathBuf::from("/dev/tpm0")]
+        );
     }
 
     #[test]

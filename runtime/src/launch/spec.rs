@@ -74,9 +74,15 @@ impl PluginSpec {
     }
 
     /// What the plugin's container gets from the host: what `tee` needs, found
-    /// under `root`, plus the config's explicit opt-ins.
-    pub fn resources(&self, tee: &str, root: &std::path::Path) -> super::resources::Resources {
-        self.with_opt_ins(super::resources::for_tee(tee, root))
+    /// under `root`, plus the config's explicit opt-ins; `FailedPrecondition`
+    /// when none of the TEE's ways in exists.
+    pub fn resources(
+        &self,
+        tee: &str,
+        root: &std::path::Path,
+    ) -> Result<super::resources::Resources> {
+        let found = super::resources::for_tee(tee, root).map_err(Error::failed_precondition)?;
+        Ok(self.with_opt_ins(found))
     }
 
     /// `r` plus the config's explicit opt-ins (`host_network`, `devices`): for the
