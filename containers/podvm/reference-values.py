@@ -124,6 +124,8 @@ def qemu_direct_boot_image(kernel: bytes, initrd_size: int, memory_mib: int) -> 
     (initrd_max,) = struct.unpack_from("<I", k, 0x22C)  # initrd_addr_max
     below_4g = memory_mib << 20
     initrd_max = min(initrd_max, below_4g - QEMU_PC_ACPI_DATA_SIZE - 1)
+    if initrd_size > initrd_max:
+        raise InputError(f"the initramfs ({initrd_size} bytes) does not fit below {initrd_max:#x}, where qemu puts it")
     struct.pack_into("<I", k, 0x218, (initrd_max - initrd_size) & ~4095)  # ramdisk_image
     struct.pack_into("<I", k, 0x21C, initrd_size)  # ramdisk_size
     return bytes(k)

@@ -554,3 +554,82 @@ call_timeout_ms = 4321
         br#"{"report_data":"b2s=","svn":"1"}"#
     );
 }
+
+/// `containers/podvm/reference-values.py` says what it cannot compute rather
+/// than print values that would not match a boot (the boot tests check the
+/// values it does print against a quote).
+#[test]
+fn reference_values_refuse_what_they_cannot_compute() {
+    let d = tempfile::tempdir().unwrap();
+    let script = attestd_e2e::repo_root().join("containers/podvm/reference-values.py");
+    let run = |kernel: &[u8], memory: Option<&str>| {
+        let k = d.path().join("vmlinuz");
+        let i = d.path().join("initrd");
+        std::fs::write(&k, kernel).unwrap();
+        std::fs::write(&i, b"initramfs").unwrap();
+        let mut c = std::process::Command::new("python3");
+        c.arg(&script).arg(&k).arg(&i).arg("root=/dev/vda");
+        if let Some(m) = memory {
+            c.arg(m);
+        }
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        (o.status.code(), err)
+    };
+    // A boot protocol header at 0x202, its version at 0x206, loadflags at 0x211.
+    // initrd_addr_max at 0x22c.
+    let kernel = |protocol: u16, loaded_high: bool| {
+        let mut k = vec![0u8; 0x400];
+        k[0x202..0x206].copy_from_slice(b"HdrS");
+        k[0x206..0x208].copy_from_slice(&protocol.to_le_bytes());
+        k[0x211] = u8::from(loaded_high);
+        k[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+        k
+    };
+    let mut low = kernel(0x20f, true);
+    low[0x22c..0x230].copy_from_slice(&4u32.to_le_bytes());
+    let prefix = format!(
+        "error: cannot compute the reference values of {} and {}: ",
+        d.path().join("vmlinuz").display(),
+        d.path().join("initrd").display()
+    );
+    for (k, memory, why) in [
+        (
+            kernel(0x20f, true),
+            Some("4096"),
+            "memory 4096 MiB: computed only up to 2816 MiB",
+        ),
+        (vec![0u8; 0x400], None, "no Linux boot protocol header"),
+        (
+            kernel(0x202, true),
+            None,
+            "boot protocol 0x202: expected a high kernel, 2.03 or later",
+        ),
+        (
+            kernel(0x20f, false),
+            None,
+            "boot protocol 0x20f: expected a high kernel, 2.03 or later",
+        ),
+        (
+            low,
+            None,
+            "the initramfs (9 bytes) does not fit below 0x4, where qemu puts it",
+        ),
+        (kernel(0x20f, true), None, "not a PE image (no MZ header)"),
+    ] {
+        let (code, err) = run(&k, memory);
+        assert_eq!(code, Some(1), "{err}");
+        assert_eq!(err.trim_end(), format!("{prefix}{why}"));
+    }
+    let (code, err) = run(&kernel(0x20f, true), Some("lots"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.starts_with(&prefix), "{err}");
+    // Wrong arguments: the usage, status 2.
+    let o = std::process::Command::new("python3")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr)
+        .starts_with("Usage: reference-values.py VMLINUZ INITRD CMDLINE"));
+}
