@@ -189,7 +189,8 @@ async fn reviews_over_https_patch_pods_as_the_api_server_applies_them() {
             "kube-api-access-x1",
             "attestd-run",
             "attestd-aa",
-            "attestd-config"
+            "attestd-config",
+            "attestd-attester-tdx"
         ]
     );
     // The app and the pod's own init container see the AA socket and address.

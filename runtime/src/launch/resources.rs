@@ -134,18 +134,24 @@ pub fn for_tee(tee: &str, root: &Path) -> Result<Resources, String> {
             }
         ));
     }
+    Ok(present(tee, root))
+}
+
+/// The resources `tee` needs that exist under `root`, whatever is missing.
+pub fn present(tee: &str, root: &Path) -> Resources {
+    let w = wanted(tee);
     let present = |list: &[&str]| -> Vec<PathBuf> {
         list.iter()
-            .filter(|p| exists(p))
+            .filter(|p| root.join(p.trim_start_matches('/')).exists())
             .map(PathBuf::from)
             .collect()
     };
-    Ok(Resources {
+    Resources {
         devices: present(w.devices),
         rw: present(w.rw),
         ro: present(w.ro),
         host_network: w.host_network,
-    })
+    }
 }
 
 #[cfg(test)]

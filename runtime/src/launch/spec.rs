@@ -75,13 +75,19 @@ impl PluginSpec {
 
     /// What the plugin's container gets from the host: what `tee` needs, found
     /// under `root`, plus the config's explicit opt-ins; `FailedPrecondition`
-    /// when none of the TEE's ways in exists.
+    /// when none of the TEE's ways in exists. A configuration with opt-ins
+    /// (`devices`, `host_network`) says itself how the plugin reaches its TEE
+    /// (a TPM plugin on a swtpm over TCP, say): then nothing is required.
     pub fn resources(
         &self,
         tee: &str,
         root: &std::path::Path,
     ) -> Result<super::resources::Resources> {
-        let found = super::resources::for_tee(tee, root).map_err(Error::failed_precondition)?;
+        let found = if self.config.devices.is_empty() && !self.config.host_network {
+            super::resources::for_tee(tee, root).map_err(Error::failed_precondition)?
+        } else {
+            super::resources::present(tee, root)
+        };
         Ok(self.with_opt_ins(found))
     }
 
