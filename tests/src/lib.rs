@@ -392,7 +392,13 @@ impl Attestd {
 
     /// PID of the plugin process serving `<name>.sock` for this attestd.
     pub fn plugin_pid(&self, name: &str) -> Option<u32> {
-        let sock = self.dir.path().join("plugins").join(format!("{name}.sock"));
+        // In the plugin's own directory (generation 0).
+        let sock = self
+            .dir
+            .path()
+            .join("plugins")
+            .join(name)
+            .join(format!("{name}.sock"));
         find_process_with_arg(&sock.display().to_string())
     }
 

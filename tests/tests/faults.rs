@@ -698,7 +698,10 @@ fn sigterm_removes_sockets_and_stops_plugins() {
         a.plugin_pid("dev").unwrap(),
     ];
     let plugin_dir = a.dir.path().join("plugins");
-    let plugin_socks = [plugin_dir.join("sample.sock"), plugin_dir.join("dev.sock")];
+    let plugin_socks = [
+        plugin_dir.join("sample/sample.sock"),
+        plugin_dir.join("dev/dev.sock"),
+    ];
     for s in &plugin_socks {
         assert!(s.exists(), "{} while running", s.display());
     }
