@@ -86,10 +86,12 @@ pub enum Error {
     FileTooLarge { what: String },
     #[error("init-data is not a TOML document (nor base64 of its gzip)")]
     InitData(#[source] Box<toml::de::Error>),
-    #[error("init-data: algorithm {0:?}: expected sha256, sha384 or sha512")]
+    #[error("init-data: algorithm {0}: expected sha256, sha384 or sha512")]
     Algorithm(String),
-    #[error("init-data: [data] {0:?} is not a string")]
+    #[error("init-data: [data] {0} is not a string")]
     DataEntry(String),
+    #[error("init-data: {field}: {why}")]
+    InitDataField { field: &'static str, why: String },
     #[error("write_files entries {file} and {under}: one is a file, the other under it")]
     FileAndDirectory { file: String, under: String },
     #[error("the image's attestd configuration {path} does not read")]
@@ -121,11 +123,78 @@ struct WriteFile {
     encoding: Option<String>,
 }
 
+/// Init-data's fields as kata reads them (`kata-types`' `InitData`): each is
+/// required, and `validate()` takes version "0.1.0" only; the checks are
+/// attestd-podvm's own, so each refusal names its field.
 #[derive(serde::Deserialize)]
 struct InitDataDoc {
-    algorithm: String,
-    #[serde(default)]
-    data: toml::Table,
+    version: Option<toml::Value>,
+    algorithm: Option<toml::Value>,
+    data: Option<toml::Table>,
+}
+
+/// The init-data version kata's agent and runtime accept (their `validate()`).
+pub const INITDATA_VERSION: &str = "0.1.0";
+/// A field's value quoted in an error at most (the rest is the host's).
+const MAX_QUOTED: usize = 64;
+
+/// `s` quoted, cut at [`MAX_QUOTED`] characters.
+fn quoted(s: &str) -> String {
+    let cut: String = s.chars().take(MAX_QUOTED).collect();
+    if cut.len() < s.len() {
+        format!("{cut:?}…")
+    } else {
+        format!("{cut:?}")
+    }
+}
+
+impl InitDataDoc {
+    /// What kata's `InitData::validate()` refuses, refused here before
+    /// anything is written: the algorithm, and the `[data]` table.
+    fn check(self) -> Result<(String, toml::Table), Error> {
+        let field = |v: Option<toml::Value>, name: &'static str| match v {
+            None => Err(Error::InitDataField {
+                field: name,
+                why: "missing".into(),
+            }),
+            Some(toml::Value::String(s)) => Ok(s),
+            Some(other) => {
+                let t = other.type_str();
+                let a = if t.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                    "an"
+                } else {
+                    "a"
+                };
+                Err(Error::InitDataField {
+                    field: name,
+                    why: format!("{a} {t}, not a string"),
+                })
+            }
+        };
+        let version = field(self.version, "version")?;
+        if version != INITDATA_VERSION {
+            return Err(Error::InitDataField {
+                field: "version",
+                why: format!(
+                    "{} (kata accepts {INITDATA_VERSION:?} only)",
+                    quoted(&version)
+                ),
+            });
+        }
+        let algorithm = field(self.algorithm, "algorithm")?;
+        if !matches!(algorithm.as_str(), "sha256" | "sha384" | "sha512") {
+            return Err(Error::Algorithm(quoted(&algorithm)));
+        }
+        let data = self.data.ok_or(Error::InitDataField {
+            field: "data",
+            why: "missing (kata requires the table, empty or not)".into(),
+        })?;
+        // kata reads [data] as a map of strings: any other entry fails it.
+        if let Some((name, _)) = data.iter().find(|(_, v)| !v.is_str()) {
+            return Err(Error::DataEntry(quoted(name)));
+        }
+        Ok((algorithm, data))
+    }
 }
 
 /// Where `aa.toml` (attestd's `-c` file) came from.
@@ -306,15 +375,10 @@ pub fn plan(user_data: &[u8], image: &ImageSettings) -> Result<Plan, Error> {
         let toml_bytes = initdata_toml(&raw)?;
         let text = String::from_utf8_lossy(&toml_bytes);
         let doc: InitDataDoc = toml::from_str(&text).map_err(|e| Error::InitData(Box::new(e)))?;
-        if !matches!(doc.algorithm.as_str(), "sha256" | "sha384" | "sha512") {
-            return Err(Error::Algorithm(doc.algorithm));
-        }
+        let (_, data) = doc.check()?;
         // init-data is measured: its files win over unmeasured write_files.
         for name in INITDATA_FILES {
-            if let Some(v) = doc.data.get(name) {
-                let s = v
-                    .as_str()
-                    .ok_or_else(|| Error::DataEntry(name.to_string()))?;
+            if let Some(s) = data.get(name).and_then(toml::Value::as_str) {
                 if image.unbound_as_user_data && MEASURED_ONLY.contains(&name) {
                     skipped.push(Skipped {
                         path: format!("init-data [data] {name}"),

@@ -278,7 +278,7 @@ fn bad_user_data_is_refused_and_writes_nothing() {
         ),
         (bomb, "more than 1048576 bytes"),
         (
-            "write_files:\n- path: /run/peerpod/initdata\n  content: 'version = 1\n\n  algorithm = \"md5\"'\n"
+            "write_files:\n- path: /run/peerpod/initdata\n  content: 'version = \"0.1.0\"\n\n  algorithm = \"md5\"'\n"
                 .into(),
             "algorithm \"md5\"",
         ),
@@ -462,4 +462,60 @@ fn a_later_write_failing_leaves_the_old_directory_and_no_temporary() {
 #[test]
 fn the_skip_reason_states_the_depth_bound() {
     assert!(SKIP_OUTSIDE.contains(&format!("at most {MAX_DEPTH} deep")));
+}
+
+/// Issue 39 (medium): init-data without `version` passed here and stopped
+/// attestd later; `version = "0.2.0"` passed here and attestd, and kata's
+/// agent refused it. What kata's `validate()` refuses is refused here, naming
+/// the field, before anything is written.
+#[test]
+fn init_data_is_checked_as_kata_checks_it_naming_the_field() {
+    let ud = |doc: &str| {
+        format!(
+            "#cloud-config\nwrite_files:\n- path: /run/peerpod/initdata\n  content: {}\n",
+            gzip_b64(doc.as_bytes())
+        )
+    };
+    let long = format!(
+        "version = \"{}\"\nalgorithm = \"sha256\"\n[data]\n",
+        "9".repeat(500)
+    );
+    for (doc, want) in [
+        (
+            "algorithm = \"sha256\"\n[data]\n",
+            "init-data: version: missing",
+        ),
+        (
+            "version = \"0.2.0\"\nalgorithm = \"sha256\"\n[data]\n",
+            "init-data: version: \"0.2.0\" (kata accepts \"0.1.0\" only)",
+        ),
+        (
+            "version = 1\nalgorithm = \"sha256\"\n[data]\n",
+            "init-data: version: an integer, not a string",
+        ),
+        (
+            "version = \"0.1.0\"\n[data]\n",
+            "init-data: algorithm: missing",
+        ),
+        (
+            "version = \"0.1.0\"\nalgorithm = \"sha256\"\n",
+            "init-data: data: missing (kata requires the table, empty or not)",
+        ),
+        (
+            "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\nextra = 1\n",
+            "init-data: [data] \"extra\" is not a string",
+        ),
+    ] {
+        let (d, r) = run(&ud(doc));
+        let msg = r.unwrap_err().to_string();
+        assert_eq!(msg, want, "{doc}");
+        assert!(!d.path().join("peerpod").exists(), "{msg}: wrote files");
+    }
+    // The host's text is quoted, and cut.
+    let (_, r) = run(&ud(&long));
+    let msg = r.unwrap_err().to_string();
+    assert!(msg.len() < 150 && msg.contains("\"…"), "{msg}");
+    // What kata accepts: an empty [data] too.
+    let (_, r) = run(&ud("version = \"0.1.0\"\nalgorithm = \"sha512\"\n[data]\n"));
+    assert!(r.unwrap().initdata);
 }
