@@ -258,6 +258,10 @@ After=systemd-journald.socket systemd-modules-load.service
 # report directory: mounted before attestd (after this unit) probes for it.
 Wants=sys-kernel-config.mount
 After=sys-kernel-config.mount
+# Files other units put in /run/peerpod stay (cloud-api-adaptor's images copy
+# a default policy.rego and auth.json there with systemd-tmpfiles): this unit
+# writes after them, so init-data's files take their names last.
+After=systemd-tmpfiles-setup.service
 Before=attestd.service
 Conflicts=shutdown.target
 Before=shutdown.target

@@ -23,8 +23,9 @@
 //!   entries elsewhere, and the names this tool writes itself, are skipped;
 //! - `attestd.env` holds attestd's flags for its unit's `EnvironmentFile=`.
 //!
-//! Every size is bounded (`MAX_…`), the whole directory is written or none of
-//! it (a fresh private directory, swapped into place), and attestd does not
+//! Every size is bounded (`MAX_…`), what this step writes is written whole or
+//! not at all (staged in a private directory, then renamed into place beside
+//! what other units put in `/run/peerpod`, which stays), and attestd does not
 //! start on user-data that could not be read whole.
 
 use std::io::Read as _;
@@ -239,12 +240,15 @@ pub struct Provisioned {
     pub initdata: bool,
     /// Where `aa.toml` came from.
     pub aa_toml: AaSource,
+    /// Files an earlier run wrote that this one does not, and could not remove.
+    pub stale_left: Vec<String>,
 }
 
 /// Turn `user_data` into files under `out_dir` (which stands for
-/// [`PEERPOD_DIR`]). Nothing is written unless all of it reads, and `out_dir`
-/// then holds exactly the planned files: they are written into a fresh private
-/// directory beside it, which then takes its place.
+/// [`PEERPOD_DIR`]). Nothing is written unless all of it reads; then the
+/// planned files take their names in `out_dir` together, beside what other
+/// units put there, and what an earlier run wrote and this one does not goes
+/// (`write_dir`).
 ///
 /// `image` is what the image's own attestd configuration says about init-data
 /// ([`ImageSettings::read`]).
@@ -254,8 +258,9 @@ pub fn provision(
     image: &ImageSettings,
 ) -> Result<Provisioned, Error> {
     let plan = plan(user_data, image)?;
-    write_dir(out_dir, &plan.write)?;
+    let stale_left = write_dir(out_dir, &plan.write)?;
     Ok(Provisioned {
+        stale_left,
         written: plan.write.into_iter().map(|(n, _)| n).collect(),
         skipped: plan.skipped,
         initdata: plan.initdata,
@@ -526,15 +531,81 @@ fn initdata_toml(raw: &[u8]) -> Result<Vec<u8>, Error> {
     Ok(raw.to_vec())
 }
 
-/// Write `files` as the whole of `out_dir`: into a fresh directory beside it
-/// (mode 0700, nothing followed: every name is created anew, `O_EXCL` and
-/// `O_NOFOLLOW`, under a directory descriptor), which then takes `out_dir`'s
-/// place in one rename; the old contents go. On an error nothing changes and the
-/// fresh directory is removed.
-fn write_dir(out_dir: &Path, files: &[(String, Vec<u8>)]) -> Result<(), Error> {
+/// The names this step wrote the last time, one per line, kept in the
+/// directory: the next run removes those it no longer writes, and nothing
+/// else (a dot name, which no user-data entry can take).
+pub const MANIFEST: &str = ".attestd-podvm.files";
+
+/// `files` into `out_dir`, in place: what other units put there (the image's
+/// tmpfiles defaults, kata-agent's policy link) is kept. Every file is first
+/// written into a private staging directory inside `out_dir`, then each is
+/// renamed over its name, so a failure before the renames leaves what was
+/// there; what this step wrote the last time and does not write now goes
+/// ([`MANIFEST`]). Nothing is followed: a symlink or file where a directory
+/// of ours goes is removed, not followed; directories this step writes into
+/// are 0700, files 0600.
+fn write_dir(out_dir: &Path, files: &[(String, Vec<u8>)]) -> Result<Vec<String>, Error> {
     let werr = |path: &Path| {
         let path = path.to_path_buf();
         move |e: std::io::Error| Error::Write { path, source: e }
+    };
+    if let Some(parent) = out_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        // The parent is the system's (/run): created when missing, never changed.
+        std::fs::create_dir_all(parent).map_err(werr(parent))?;
+    }
+    let out = own_dir(out_dir)?;
+    let previous = read_manifest(&out);
+    let mut all = files.to_vec();
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    all.push((
+        MANIFEST.to_string(),
+        format!("{}\n", names.join("\n")).into_bytes(),
+    ));
+    let staging = fresh_dir(out_dir, std::ffi::OsStr::new("staging")).map_err(werr(out_dir))?;
+    let staging_name = staging.file_name().map(PathBuf::from).unwrap_or_default();
+    let done = write_files(&staging, &all)
+        .and_then(|()| place(&out, out_dir, &staging_name, &all))
+        .map(|()| remove_stale(&out, out_dir, &previous, &names));
+    // What the renames left (empty directories), or a failed write's files.
+    let _ = std::fs::remove_dir_all(&staging);
+    done
+}
+
+const DIR_FLAGS: nix::fcntl::OFlag = nix::fcntl::OFlag::O_DIRECTORY
+    .union(nix::fcntl::OFlag::O_NOFOLLOW)
+    .union(nix::fcntl::OFlag::O_RDONLY)
+    .union(nix::fcntl::OFlag::O_CLOEXEC);
+
+/// `name` in `dir` as a directory of ours (0700): made when missing; a
+/// symlink or file there is removed, not followed.
+fn own_subdir(dir: &std::os::fd::OwnedFd, name: &str) -> nix::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::openat;
+    use nix::sys::stat::{fchmod, mkdirat, Mode};
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+    for _ in 0..3 {
+        match openat(dir, name, DIR_FLAGS, Mode::empty()) {
+            Ok(fd) => {
+                fchmod(&fd, Mode::S_IRWXU)?;
+                return Ok(fd);
+            }
+            Err(nix::Error::ENOENT) => match mkdirat(dir, name, Mode::S_IRWXU) {
+                Ok(()) | Err(nix::Error::EEXIST) => {}
+                Err(e) => return Err(e),
+            },
+            Err(nix::Error::ELOOP | nix::Error::ENOTDIR) => {
+                unlinkat(dir, name, UnlinkatFlags::NoRemoveDir)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(nix::Error::EAGAIN)
+}
+
+/// `out_dir` itself, as [`own_subdir`] takes a name in its parent.
+fn own_dir(out_dir: &Path) -> Result<std::os::fd::OwnedFd, Error> {
+    let err = |e: nix::Error| Error::Write {
+        path: out_dir.to_path_buf(),
+        source: std::io::Error::from(e),
     };
     let parent = match out_dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -542,17 +613,128 @@ fn write_dir(out_dir: &Path, files: &[(String, Vec<u8>)]) -> Result<(), Error> {
     };
     let name = out_dir
         .file_name()
-        .ok_or_else(|| werr(out_dir)(std::io::Error::other("no directory name")))?;
-    // The parent is the system's (/run): created when missing, never changed.
-    std::fs::create_dir_all(parent).map_err(werr(parent))?;
-    let tmp = fresh_dir(parent, name).map_err(werr(parent))?;
-    let written = write_files(&tmp, files);
-    let placed = written.and_then(|()| swap_into_place(&tmp, out_dir));
-    if placed.is_err() {
-        // What the failed write left (its error is the one reported).
-        let _ = std::fs::remove_dir_all(&tmp);
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| err(nix::Error::EINVAL))?;
+    let parent = nix::fcntl::open(parent, DIR_FLAGS, nix::sys::stat::Mode::empty()).map_err(err)?;
+    own_subdir(&parent, name).map_err(err)
+}
+
+/// The directory of `name` (its parts but the last) under `root`, walked
+/// without following anything; made as [`own_subdir`] makes them when `make`.
+fn walk(
+    root: &std::os::fd::OwnedFd,
+    name: &str,
+    make: bool,
+) -> nix::Result<(std::os::fd::OwnedFd, String)> {
+    let mut parts: Vec<&str> = name.split('/').collect();
+    let file = parts.pop().unwrap_or_default().to_string();
+    let mut dir = root.try_clone().map_err(|_| nix::Error::EBADF)?;
+    for part in parts {
+        dir = if make {
+            own_subdir(&dir, part)?
+        } else {
+            nix::fcntl::openat(&dir, part, DIR_FLAGS, nix::sys::stat::Mode::empty())?
+        };
     }
-    placed
+    Ok((dir, file))
+}
+
+/// Each staged file renamed over its name in `out`: every directory is made
+/// and every name checked first, so the renames, which cannot fail on one
+/// file system, happen all together or not at all.
+fn place(
+    out: &std::os::fd::OwnedFd,
+    out_dir: &Path,
+    staging: &Path,
+    files: &[(String, Vec<u8>)],
+) -> Result<(), Error> {
+    use nix::sys::stat::{fstatat, SFlag};
+    let staging_name = staging.to_string_lossy();
+    let staging_fd = walk(out, &format!("{staging_name}/x"), false)
+        .map(|(fd, _)| fd)
+        .map_err(|e| Error::Write {
+            path: out_dir.join(staging),
+            source: e.into(),
+        })?;
+    let mut moves = Vec::new();
+    for (name, _) in files {
+        let err = |e: nix::Error| Error::Write {
+            path: out_dir.join(name),
+            source: std::io::Error::from(e),
+        };
+        let (from, file) = walk(&staging_fd, name, false).map_err(err)?;
+        let (to, _) = walk(out, name, true).map_err(err)?;
+        match fstatat(&to, file.as_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
+                return Err(err(nix::Error::EISDIR));
+            }
+            Ok(_) | Err(nix::Error::ENOENT) => {}
+            Err(e) => return Err(err(e)),
+        }
+        moves.push((from, to, file, name));
+    }
+    for (from, to, file, name) in moves {
+        nix::fcntl::renameat(&from, file.as_str(), &to, file.as_str()).map_err(|e| {
+            Error::Write {
+                path: out_dir.join(name),
+                source: e.into(),
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// The names [`MANIFEST`] lists, each a plain relative path (a planted list
+/// names nothing outside the directory); none when it does not read.
+fn read_manifest(out: &std::os::fd::OwnedFd) -> Vec<String> {
+    use std::io::Read as _;
+    let Ok(fd) = nix::fcntl::openat(
+        out,
+        MANIFEST,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        return Vec::new();
+    };
+    let mut text = String::new();
+    let _ = std::fs::File::from(fd)
+        .take(MAX_FILE_BYTES as u64)
+        .read_to_string(&mut text);
+    text.lines()
+        .filter(|l| peerpod_name(&format!("{PEERPOD_DIR}/{l}")) == Some(*l))
+        .map(str::to_string)
+        .collect()
+}
+
+/// What this step wrote the last time and does not write now: removed when
+/// it is still a file (never followed); what cannot be is left, and returned.
+fn remove_stale(
+    out: &std::os::fd::OwnedFd,
+    out_dir: &Path,
+    previous: &[String],
+    now: &[&str],
+) -> Vec<String> {
+    use nix::sys::stat::{fstatat, SFlag};
+    let mut left = Vec::new();
+    for name in previous.iter().filter(|n| !now.contains(&n.as_str())) {
+        let Ok((dir, file)) = walk(out, name, false) else {
+            continue;
+        };
+        let is_file = fstatat(
+            &dir,
+            file.as_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG);
+        if is_file {
+            if let Err(e) =
+                nix::unistd::unlinkat(&dir, file.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
+            {
+                left.push(format!("{}: {e}", out_dir.join(name).display()));
+            }
+        }
+    }
+    left
 }
 
 /// A new directory `.<name>.<pid>.<n>` in `parent`, mode 0700 whatever the umask.
@@ -629,50 +811,6 @@ fn write_files(root: &Path, files: &[(String, Vec<u8>)]) -> Result<(), Error> {
         f.sync_all().map_err(ioerr)?;
     }
     Ok(())
-}
-
-/// `tmp` becomes `out_dir`: renamed there when nothing is, else exchanged with
-/// what is (a directory, or anything planted there) in one step, and the old
-/// removed (not followed: a symlink goes, not what it points to).
-fn swap_into_place(tmp: &Path, out_dir: &Path) -> Result<(), Error> {
-    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
-    let err = |e: nix::Error| Error::Write {
-        path: out_dir.to_path_buf(),
-        source: std::io::Error::from(e),
-    };
-    match renameat2(
-        AT_FDCWD,
-        tmp,
-        AT_FDCWD,
-        out_dir,
-        RenameFlags::RENAME_NOREPLACE,
-    ) {
-        Ok(()) => return Ok(()),
-        Err(nix::Error::EEXIST) => {}
-        Err(e) => return Err(err(e)),
-    }
-    renameat2(
-        AT_FDCWD,
-        tmp,
-        AT_FDCWD,
-        out_dir,
-        RenameFlags::RENAME_EXCHANGE,
-    )
-    .map_err(err)?;
-    // `tmp` now names the old contents.
-    let old = std::fs::symlink_metadata(tmp).map_err(|source| Error::Write {
-        path: tmp.to_path_buf(),
-        source,
-    })?;
-    let removed = if old.is_dir() {
-        std::fs::remove_dir_all(tmp)
-    } else {
-        std::fs::remove_file(tmp)
-    };
-    removed.map_err(|source| Error::Write {
-        path: tmp.to_path_buf(),
-        source,
-    })
 }
 
 #[cfg(test)]

@@ -57,6 +57,9 @@ fn main() -> Result<()> {
         .with_context(|| format!("user-data {}", user_data.display()))?;
     // Paths are the host's words: quoted and escaped, so a line break or an
     // escape sequence in one cannot forge a journal line.
+    for s in &done.stale_left {
+        println!("left, though no longer written: {s}");
+    }
     for s in &done.skipped {
         println!("skipped {:?}: {}", s.path, s.why);
     }

@@ -168,11 +168,12 @@ fn paths_outside_peerpod_are_skipped_never_written() {
         read(&d, "attestd.env"),
         "ATTESTD_INITDATA=\nATTESTD_CONFIG_FILE_SOURCE=user-data\n"
     );
-    let names: Vec<_> = std::fs::read_dir(d.path().join("peerpod"))
+    let mut names: Vec<_> = std::fs::read_dir(d.path().join("peerpod"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names.len(), 2, "{names:?}");
+    names.sort();
+    assert_eq!(names, [MANIFEST, "aa.toml", "attestd.env"]);
 }
 
 #[test]
@@ -388,21 +389,31 @@ fn depth_is_bounded_and_a_file_cannot_also_be_a_directory() {
     assert!(!d.path().join("peerpod").exists(), "{msg}: wrote files");
 }
 
-/// Issue 26 (low): all or nothing, nothing followed, private whatever the umask.
+/// Issue 26 (low): all or nothing, nothing followed, private whatever the
+/// umask. Issue 39 (high): written in place, so what other units put in the
+/// directory (the image's tmpfiles defaults, kata-agent's policy) stays, and
+/// only what this step wrote the last time and no longer writes goes.
 #[test]
-fn the_directory_is_replaced_whole_private_and_nothing_is_followed() {
+fn files_are_placed_private_beside_others_and_nothing_is_followed() {
     use std::os::unix::fs::PermissionsExt as _;
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("peerpod");
-    // An earlier boot's files, a world-writable directory, and a symlink planted
-    // where a subdirectory will be written.
+    // Another unit's files (tmpfiles' default policy and auth.json, a link to
+    // the policy as kata-agent reads it), a world-writable directory, and a
+    // symlink planted where a subdirectory will be written.
     std::fs::create_dir(&out).unwrap();
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
-    std::fs::write(out.join("stale.toml"), "old").unwrap();
+    std::fs::write(
+        out.join("policy.rego"),
+        "package agent_policy\ndefault x := true\n",
+    )
+    .unwrap();
+    std::fs::write(out.join("auth.json"), "{}").unwrap();
+    std::os::unix::fs::symlink("policy.rego", out.join("default-policy.rego")).unwrap();
     let victim = d.path().join("victim");
     std::fs::create_dir(&victim).unwrap();
     std::os::unix::fs::symlink(&victim, out.join("certs.d")).unwrap();
-    let ud = "write_files:\n- path: /run/peerpod/certs.d/h:1/ca.crt\n  content: CA\n";
+    let ud = "write_files:\n- path: /run/peerpod/certs.d/h:1/ca.crt\n  content: CA\n- path: /run/peerpod/daemon.json\n  content: '{}'\n";
     let old_umask = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let r = provision(ud.as_bytes(), &out, &ImageSettings::default());
     nix::sys::stat::umask(old_umask);
@@ -411,7 +422,20 @@ fn the_directory_is_replaced_whole_private_and_nothing_is_followed() {
         std::fs::read_to_string(out.join("certs.d/h:1/ca.crt")).unwrap(),
         "CA"
     );
-    assert!(!out.join("stale.toml").exists(), "an earlier file stayed");
+    // Others' files stay, the link too.
+    assert!(std::fs::read_to_string(out.join("policy.rego"))
+        .unwrap()
+        .contains("default x"));
+    assert_eq!(
+        std::fs::read_to_string(out.join("auth.json")).unwrap(),
+        "{}"
+    );
+    assert!(out
+        .join("default-policy.rego")
+        .symlink_metadata()
+        .unwrap()
+        .file_type()
+        .is_symlink());
     assert_eq!(
         std::fs::read_dir(&victim).unwrap().count(),
         0,
@@ -421,42 +445,87 @@ fn the_directory_is_replaced_whole_private_and_nothing_is_followed() {
         let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700, "{}", p.display());
     }
-    let mode = std::fs::metadata(out.join("aa.toml"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(mode, 0o600);
-    // Nothing else beside it: no temporary directory left.
-    let names: Vec<_> = std::fs::read_dir(d.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert_eq!(names.len(), 2, "{names:?}");
+    for f in ["aa.toml", "daemon.json", MANIFEST] {
+        let mode = std::fs::metadata(out.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    // Nothing else beside it, and no staging directory left in it.
+    let names = |p: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(d.path()), ["peerpod", "victim"]);
+    assert_eq!(
+        names(&out),
+        [
+            MANIFEST,
+            "aa.toml",
+            "attestd.env",
+            "auth.json",
+            "certs.d",
+            "daemon.json",
+            "default-policy.rego",
+            "policy.rego"
+        ]
+    );
+    // A second run (the unit restarted) without daemon.json: this step's old
+    // file goes, others' stay; a name planted in the list is not followed.
+    std::fs::write(
+        out.join(MANIFEST),
+        "aa.toml\nattestd.env\ndaemon.json\ncerts.d/h:1/ca.crt\n../victim/x\nauth.json/../../x\n",
+    )
+    .unwrap();
+    std::fs::write(victim.join("x"), "mine").unwrap();
+    let ud = "write_files:\n- path: /run/peerpod/certs.d/h:1/ca.crt\n  content: CA2\n";
+    let r = provision(ud.as_bytes(), &out, &ImageSettings::default()).unwrap();
+    assert!(r.stale_left.is_empty(), "{:?}", r.stale_left);
+    assert!(
+        !out.join("daemon.json").exists(),
+        "this step's earlier file stayed"
+    );
+    assert!(out.join("auth.json").exists() && out.join("policy.rego").exists());
+    assert_eq!(std::fs::read_to_string(victim.join("x")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(out.join("certs.d/h:1/ca.crt")).unwrap(),
+        "CA2"
+    );
 }
 
 #[test]
-fn a_later_write_failing_leaves_the_old_directory_and_no_temporary() {
+fn a_later_write_failing_leaves_the_old_files_and_no_staging() {
     // plan() leaves nothing that fails while writing (a name both a file and a
     // directory is refused before), so a plan made by hand fails on its second
-    // file: the first was written, and must not be seen.
+    // file: the first was staged, and must not be seen.
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("peerpod");
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("aa.toml"), "old").unwrap();
     let files = vec![
-        ("a".to_string(), b"1".to_vec()),
+        ("aa.toml".to_string(), b"1".to_vec()),
         // The second write of one name: O_EXCL refuses it.
-        ("a".to_string(), b"2".to_vec()),
+        ("aa.toml".to_string(), b"2".to_vec()),
     ];
     let e = write_dir(&out, &files).unwrap_err().to_string();
     assert!(e.starts_with("cannot write"), "{e}");
     assert_eq!(std::fs::read_to_string(out.join("aa.toml")).unwrap(), "old");
-    let names: Vec<_> = std::fs::read_dir(d.path())
+    let names: Vec<_> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names, ["peerpod"]);
+    assert_eq!(names, ["aa.toml"]);
+    // A directory where a file of ours goes: refused before any rename.
+    std::fs::create_dir(out.join("b")).unwrap();
+    let files = vec![
+        ("aa.toml".to_string(), b"new".to_vec()),
+        ("b".to_string(), b"x".to_vec()),
+    ];
+    let e = write_dir(&out, &files).unwrap_err().to_string();
+    assert!(e.starts_with("cannot write") && e.contains("/b"), "{e}");
+    assert_eq!(std::fs::read_to_string(out.join("aa.toml")).unwrap(), "old");
 }
 
 #[test]
