@@ -65,11 +65,13 @@ pub enum Error {
     Script,
     #[error("user-data nests brackets more than {MAX_NESTING} deep")]
     TooDeep,
-    #[error("user-data is not valid cloud-config")]
-    Yaml(#[source] serde_yaml::Error),
+    /// Where, never what: the parser's own message quotes the user-data, and
+    /// an error goes to the journal and the serial console.
+    #[error("user-data is not valid cloud-config{0}")]
+    Yaml(Where),
     #[error("user-data has {0} write_files entries; at most {MAX_FILES}")]
     TooManyFiles(usize),
-    #[error("write_files entry {path}: unknown encoding {encoding:?} (text, b64, gzip+b64)")]
+    #[error("write_files entry {path}: unknown encoding {encoding} (text, b64, gzip+b64)")]
     Encoding { path: String, encoding: String },
     #[error("write_files entry {path}: not base64")]
     Base64 {
@@ -85,8 +87,9 @@ pub enum Error {
     },
     #[error("{what}: more than {MAX_FILE_BYTES} bytes")]
     FileTooLarge { what: String },
-    #[error("init-data is not a TOML document (nor base64 of its gzip)")]
-    InitData(#[source] Box<toml::de::Error>),
+    /// Where, never what, as for [`Error::Yaml`].
+    #[error("init-data is not a TOML document (nor base64 of its gzip){0}")]
+    InitData(Where),
     #[error("init-data: algorithm {0}: expected sha256, sha384 or sha512")]
     Algorithm(String),
     #[error("init-data: [data] {0} is not a string")]
@@ -124,6 +127,40 @@ struct WriteFile {
     encoding: Option<String>,
 }
 
+/// Where in the host's text a parser stopped: printed instead of the
+/// parser's message, which quotes the text (credentials among it).
+#[derive(Debug, Default)]
+pub struct Where(Option<(usize, usize)>);
+
+impl Where {
+    /// The line and column (1-based) of byte `at` in `text`.
+    fn of_offset(text: &str, at: usize) -> Where {
+        let before = &text.as_bytes()[..at.min(text.len())];
+        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+        let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+        Where(Some((line, column)))
+    }
+
+    fn of_yaml(e: &serde_yaml::Error) -> Where {
+        Where(e.location().map(|l| (l.line(), l.column())))
+    }
+
+    fn of_toml(e: &toml::de::Error, text: &str) -> Where {
+        e.span()
+            .map(|r| Where::of_offset(text, r.start))
+            .unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for Where {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some((line, column)) => write!(f, " (line {line}, column {column})"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Init-data's fields as kata reads them (`kata-types`' `InitData`): each is
 /// required, and `validate()` takes version "0.1.0" only; the checks are
 /// attestd-podvm's own, so each refusal names its field.
@@ -136,11 +173,12 @@ struct InitDataDoc {
 
 /// The init-data version kata's agent and runtime accept (their `validate()`).
 pub const INITDATA_VERSION: &str = "0.1.0";
-/// A field's value quoted in an error at most (the rest is the host's).
-const MAX_QUOTED: usize = 64;
+/// A host's value quoted in an error or a message at most, in characters.
+pub const MAX_QUOTED: usize = 64;
 
-/// `s` quoted, cut at [`MAX_QUOTED`] characters.
-fn quoted(s: &str) -> String {
+/// `s` quoted (escaped: a line break cannot forge a journal line), cut at
+/// [`MAX_QUOTED`] characters.
+pub fn quoted(s: &str) -> String {
     let cut: String = s.chars().take(MAX_QUOTED).collect();
     if cut.len() < s.len() {
         format!("{cut:?}…")
@@ -345,7 +383,7 @@ pub fn plan(user_data: &[u8], image: &ImageSettings) -> Result<Plan, Error> {
             write_files: Vec::new(),
         }
     } else {
-        serde_yaml::from_slice(user_data).map_err(Error::Yaml)?
+        serde_yaml::from_slice(user_data).map_err(|e| Error::Yaml(Where::of_yaml(&e)))?
     };
     if cc.write_files.len() > MAX_FILES {
         return Err(Error::TooManyFiles(cc.write_files.len()));
@@ -379,7 +417,8 @@ pub fn plan(user_data: &[u8], image: &ImageSettings) -> Result<Plan, Error> {
         let (_, raw) = write.remove(pos);
         let toml_bytes = initdata_toml(&raw)?;
         let text = String::from_utf8_lossy(&toml_bytes);
-        let doc: InitDataDoc = toml::from_str(&text).map_err(|e| Error::InitData(Box::new(e)))?;
+        let doc: InitDataDoc =
+            toml::from_str(&text).map_err(|e| Error::InitData(Where::of_toml(&e, &text)))?;
         let (_, data) = doc.check()?;
         // init-data is measured: its files win over unmeasured write_files.
         for name in INITDATA_FILES {
@@ -476,24 +515,27 @@ fn decode(f: &WriteFile) -> Result<Vec<u8>, Error> {
         base64::engine::general_purpose::STANDARD
             .decode(s)
             .map_err(|source| Error::Base64 {
-                path: f.path.clone(),
+                path: quoted(&f.path),
                 source,
             })
     };
     let bytes = match f.encoding.as_deref().unwrap_or("text") {
         "text" => f.content.as_bytes().to_vec(),
         "b64" | "base64" => b64(&f.content)?,
-        "gzip+b64" | "gz+b64" | "gzip+base64" | "gz+base64" => gunzip(&b64(&f.content)?, &f.path)?,
+        "gzip+b64" | "gz+b64" | "gzip+base64" | "gz+base64" => gunzip(
+            &b64(&f.content)?,
+            &format!("write_files entry {}", quoted(&f.path)),
+        )?,
         other => {
             return Err(Error::Encoding {
-                path: f.path.clone(),
-                encoding: other.to_string(),
+                path: quoted(&f.path),
+                encoding: quoted(other),
             })
         }
     };
     if bytes.len() > MAX_FILE_BYTES {
         return Err(Error::FileTooLarge {
-            what: format!("write_files entry {}", f.path),
+            what: format!("write_files entry {}", quoted(&f.path)),
         });
     }
     Ok(bytes)
@@ -525,7 +567,7 @@ fn initdata_toml(raw: &[u8]) -> Result<Vec<u8>, Error> {
         let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
         return match base64::engine::general_purpose::STANDARD.decode(compact) {
             Ok(gz) => gunzip(&gz, "init-data"),
-            Err(_) => Err(Error::InitData(Box::new(as_toml))),
+            Err(_) => Err(Error::InitData(Where::of_toml(&as_toml, &text))),
         };
     }
     Ok(raw.to_vec())

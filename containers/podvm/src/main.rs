@@ -61,7 +61,7 @@ fn main() -> Result<()> {
         println!("left, though no longer written: {s}");
     }
     for s in &done.skipped {
-        println!("skipped {:?}: {}", s.path, s.why);
+        println!("skipped {}: {}", attestd_podvm::quoted(&s.path), s.why);
     }
     if done.aa_toml == attestd_podvm::AaSource::UserData {
         println!(

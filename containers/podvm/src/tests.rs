@@ -588,3 +588,41 @@ fn init_data_is_checked_as_kata_checks_it_naming_the_field() {
     let (_, r) = run(&ud("version = \"0.1.0\"\nalgorithm = \"sha512\"\n[data]\n"));
     assert!(r.unwrap().initdata);
 }
+
+/// Issue 39 (low): a parse error quoted the user-data into the journal (and
+/// the serial console), APF's TLS key and registry credentials among it. An
+/// error says where, never what, and quotes a host's path bounded.
+#[test]
+fn errors_say_where_never_what() {
+    let secret = "SECRET-KEY-MATERIAL";
+    for (ud, want) in [
+        (
+            format!("write_files:\n- path: /run/peerpod/x\n  content: {secret}\n  encoding: [\n"),
+            "user-data is not valid cloud-config (line ",
+        ),
+        (
+            format!("write_files: {secret}\n"),
+            "user-data is not valid cloud-config (line 1, column ",
+        ),
+        (
+            format!("write_files:\n- path: /run/peerpod/initdata\n  content: 'version = \"0.1.0\"\n\n  x = {secret}'\n"),
+            "init-data is not a TOML document (nor base64 of its gzip) (line 2, column ",
+        ),
+    ] {
+        let (_, r) = run(&ud);
+        let msg = format!("{:#}", anyhow::Error::from(r.unwrap_err()));
+        assert!(msg.starts_with(want), "{msg}");
+        assert!(!msg.contains(secret), "{msg}");
+    }
+    // A host's path with a line break and a long tail, as a skip prints it:
+    // quoted, escaped, cut.
+    let path = format!("/run/x\nforged journal line{}", "y".repeat(200));
+    let q = quoted(&path);
+    assert!(
+        !q.contains('\n') && q.contains("\\n") && q.ends_with("\"…"),
+        "{q}"
+    );
+    // 64 characters, each escaped at most twice as long, the quotes and "…".
+    assert!(q.chars().count() <= 2 * MAX_QUOTED + 3, "{q}");
+    assert!(q.starts_with("\"/run/x\\nforged journal lineyyy"), "{q}");
+}
