@@ -5,7 +5,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use attester_sdk::{Code, DeviceRole, Error, Result};
+use attester_sdk::{Code, DeviceRole, Error, InitDataBinding, Result};
 
 use crate::config::{Config, LaunchKind};
 use crate::control;
@@ -34,6 +34,11 @@ pub struct RunOptions {
     /// ([`crate::config::scope::UnboundInitData::TreatAsUserData`]). Otherwise
     /// such a start fails with an error [`is_unbound`] recognises.
     pub unbound_tolerated: bool,
+    /// `initdata` is attestd-podvm's stand-in for none (cloud-api-adaptor's
+    /// dummy): bound where binding extends a register, as those images extend
+    /// PCR 8 with it; not compared with a launch-time value (TDX, SNP), which
+    /// the host sets only for init-data it was given.
+    pub initdata_stand_in: bool,
     /// `attestd reload` (its control socket) and SIGHUP: each request reads the
     /// configuration again with `load` and replaces the plugins whose
     /// configuration changed.
@@ -194,7 +199,21 @@ pub async fn run(mut opts: RunOptions, shutdown: impl Future<Output = ()>) -> Re
             return Ok(());
         }
     };
-    service.set_initdata(opts.initdata.clone());
+    let initdata = match &opts.initdata {
+        Some(_)
+            if opts.initdata_stand_in && service.primary_binding() != InitDataBinding::Extend =>
+        {
+            // Nothing to compare it with, and it configures nothing (an empty
+            // aa.toml): not bound, and the KBS is not sent it either.
+            tracing::info!(
+                tee = %service.get_tee_type(),
+                "init-data is the stand-in for none: not bound (only a register it extends takes it)"
+            );
+            None
+        }
+        given => given.clone(),
+    };
+    service.set_initdata(initdata);
     let service = Arc::new(service);
     let reload = opts.reload.take();
     let served = serve(&service, &opts, &sock, shutdown, reload).await;
@@ -210,7 +229,7 @@ async fn serve(
     shutdown: impl Future<Output = ()>,
     reload: Option<Reload>,
 ) -> Result<()> {
-    if let Some(init) = &opts.initdata {
+    if let Some(init) = service.initdata() {
         bind_init_data(service, init, opts.unbound_tolerated).await?;
     }
     let mut grpc = match &opts.grpc {

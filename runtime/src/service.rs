@@ -305,6 +305,11 @@ impl Service {
             .collect()
     }
 
+    /// How the primary plugin binds init-data (its handshake's word).
+    pub fn primary_binding(&self) -> InitDataBinding {
+        self.primary.identity().info.capabilities.init_data
+    }
+
     /// Bind an init-data digest through the primary plugin's capability.
     pub async fn bind_init_data(&self, digest: Vec<u8>) -> Result<()> {
         let s = &self.primary;
@@ -581,6 +586,11 @@ impl Service {
     /// Init-data given at start, sent to the KBS.
     pub fn set_initdata(&mut self, initdata: Option<crate::initdata::InitData>) {
         self.initdata = initdata;
+    }
+
+    /// The init-data to bind and to send the KBS, if any.
+    pub fn initdata(&self) -> Option<&crate::initdata::InitData> {
+        self.initdata.as_ref()
     }
 
     /// Stop every plugin.

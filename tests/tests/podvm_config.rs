@@ -305,7 +305,10 @@ fn entry(path: &str, content: &str) -> String {
 /// Issue 26 (critical): an aa.toml from the host's user-data, with init-data
 /// that carries none and with no init-data at all, names a command to run as
 /// the primary plugin and a policy accepting any image. attestd runs the image's
-/// plugin, never the host's command; the host's upstream keys still apply.
+/// plugin, never the host's command; with init-data that has no aa.toml, the
+/// host's upstream keys still apply. Issue 39: with no init-data at all,
+/// process-user-data's stand-in takes its place, and its empty aa.toml wins,
+/// as in cloud-api-adaptor's images.
 #[tokio::test]
 async fn a_host_written_aa_toml_runs_nothing_and_only_its_upstream_keys_are_read() {
     let p = Plugin::sample("ttrpc");
@@ -338,18 +341,58 @@ async fn a_host_written_aa_toml_runs_nothing_and_only_its_upstream_keys_are_read
             ),
             "{said}"
         );
-        assert!(
-            said.contains("aa.toml comes from user-data, which is unmeasured"),
-            "{said}"
-        );
         assert!(!peerpod.join("policy.json").exists());
         let source = env
             .iter()
             .find(|(k, _)| k == "ATTESTD_CONFIG_FILE_SOURCE")
             .map(|(_, v)| v.as_str());
-        assert_eq!(source, Some("user-data"));
         let aa = std::fs::read_to_string(peerpod.join("aa.toml")).unwrap();
         let etc = pod_vm_image(root.path(), &p);
+        if !with_initdata {
+            assert_eq!(source, Some("init-data"));
+            assert_eq!(aa, "", "the stand-in's aa.toml");
+            let toml = peerpod.join("initdata.toml").display().to_string();
+            let a = Attestd::start_env(
+                |_| aa.clone(),
+                &["--initdata-toml", &toml, "--initdata-stand-in"],
+                &[
+                    ("ATTESTD_CONFIG_DIR", &etc),
+                    ("ATTESTD_CONFIG_FILE_SOURCE", "init-data"),
+                ],
+            )
+            .unwrap_or_else(|e| panic!("{}", e.stderr));
+            assert_eq!(a.tee_type().await, "sample");
+            // The sample binds nothing: the stand-in is left unbound, not refused.
+            assert!(
+                a.log()
+                    .contains("init-data is the stand-in for none: not bound"),
+                "{}",
+                a.log()
+            );
+            drop(a);
+            assert!(!mark.exists(), "the host's command ran");
+            // A plugin that compares with a launch-time value (as TDX and SNP
+            // do) is not asked: the host set none for the stand-in.
+            let compares =
+                Plugin::sample("ttrpc").with_args(&["--init-data-digest", &"ab".repeat(32)]);
+            let etc = pod_vm_image(&root.path().join("compare"), &compares);
+            let a = Attestd::start_env(
+                |_| aa.clone(),
+                &["--initdata-toml", &toml, "--initdata-stand-in"],
+                &[
+                    ("ATTESTD_CONFIG_DIR", &etc),
+                    ("ATTESTD_CONFIG_FILE_SOURCE", "init-data"),
+                ],
+            )
+            .unwrap_or_else(|e| panic!("{}", e.stderr));
+            assert!(!a.log().contains("init-data bound"), "{}", a.log());
+            continue;
+        }
+        assert!(
+            said.contains("aa.toml comes from user-data, which is unmeasured"),
+            "{said}"
+        );
+        assert_eq!(source, Some("user-data"));
         let a = Attestd::start_env(
             |_| aa.clone(),
             &[],

@@ -387,6 +387,36 @@ fn initdata_toml_at_start_extends_pcr_8() {
     assert!(a.log().contains("init-data bound"), "{}", a.log());
 }
 
+/// Issue 39 (medium): with no init-data, attestd-podvm hands attestd
+/// cloud-api-adaptor's stand-in; on a TPM it extends PCR 8 as those images do
+/// (`tpm2_pcrextend 8:sha256=<its digest>`), so a KBS policy recorded on them
+/// holds.
+#[test]
+fn the_stand_in_for_no_init_data_extends_pcr_8_as_cloud_api_adaptors_images_do() {
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("initdata.toml");
+    // process-user-data's dummy, byte for byte (attestd-podvm's DUMMY_INITDATA,
+    // whose own test pins the same digest).
+    let dummy = "algorithm = \"sha256\"\nversion = \"0.1.0\"\n\n[data]\n\"aa.toml\" = '''\n'''";
+    std::fs::write(&f, dummy).unwrap();
+    let before = tpm.pcr(8);
+    let p = tpm_plugin(&tpm, &[]);
+    let a = Attestd::start_with(
+        |d| config(d, &p, &[], ""),
+        &[
+            "--initdata-toml",
+            f.to_str().unwrap(),
+            "--initdata-stand-in",
+        ],
+    )
+    .unwrap();
+    let digest = hex("adb48cc14fea9403d3d51f3b5f5068fd4d80445a14e94f1b3d5dbabaad66478d");
+    let want = Sha256::digest([before.as_slice(), &digest].concat()).to_vec();
+    assert_eq!(tpm.pcr(8), want);
+    assert!(a.log().contains("init-data bound"), "{}", a.log());
+}
+
 /// The `tpm2_checkquote` recipe of docs/attesters/tpm.md, as written there.
 fn doc_recipe() -> String {
     let doc =

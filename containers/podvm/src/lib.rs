@@ -56,7 +56,13 @@ pub const INITDATA_FILES: [&str; 4] = ["aa.toml", "cdh.toml", "policy.rego", "po
 /// may come from user-data, read by attestd for upstream's keys only.
 pub const MEASURED_ONLY: [&str; 3] = ["cdh.toml", "policy.rego", "policy.json"];
 /// What this tool writes itself, never user-data.
-pub const GENERATED: [&str; 2] = ["attestd.env", "initdata.toml"];
+pub const GENERATED: [&str; 3] = ["attestd.env", "initdata.toml", "initdata.digest"];
+/// The init-data cloud-api-adaptor's `process-user-data` uses when none came
+/// (its bytes exactly): bound like any other, its digest (sha256
+/// `adb48cc1…`) is what a KBS policy recorded on those images pins, and its
+/// empty `aa.toml` is attestd's `-c` file, as there.
+pub const DUMMY_INITDATA: &str =
+    "algorithm = \"sha256\"\nversion = \"0.1.0\"\n\n[data]\n\"aa.toml\" = '''\n'''";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("user-data is {0} bytes; at most {MAX_USER_DATA_BYTES} are read")]
@@ -274,7 +280,7 @@ pub struct Provisioned {
     pub written: Vec<String>,
     /// `write_files` entries skipped, with the reason.
     pub skipped: Vec<Skipped>,
-    /// Whether init-data arrived (and `initdata.toml` was written).
+    /// Whether init-data arrived (else [`DUMMY_INITDATA`] stood in for it).
     pub initdata: bool,
     /// Where `aa.toml` came from.
     pub aa_toml: AaSource,
@@ -407,19 +413,22 @@ pub fn plan(user_data: &[u8], image: &ImageSettings) -> Result<Plan, Error> {
         write.retain(|(n, _)| n != name);
         write.push((name.to_string(), bytes));
     }
-    let mut initdata = false;
     let mut aa_toml = if write.iter().any(|(n, _)| n == "aa.toml") {
         AaSource::UserData
     } else {
         AaSource::None
     };
-    if let Some(pos) = write.iter().position(|(n, _)| n == "initdata") {
-        let (_, raw) = write.remove(pos);
+    // No init-data: process-user-data's stand-in, in kata's annotation form.
+    let (raw, initdata) = match write.iter().position(|(n, _)| n == "initdata") {
+        Some(pos) => (write.remove(pos).1, true),
+        None => (gzip_b64(DUMMY_INITDATA.as_bytes()), false),
+    };
+    {
         let toml_bytes = initdata_toml(&raw)?;
         let text = String::from_utf8_lossy(&toml_bytes);
         let doc: InitDataDoc =
             toml::from_str(&text).map_err(|e| Error::InitData(Where::of_toml(&e, &text)))?;
-        let (_, data) = doc.check()?;
+        let (algorithm, data) = doc.check()?;
         // init-data is measured: its files win over unmeasured write_files.
         for name in INITDATA_FILES {
             if let Some(s) = data.get(name).and_then(toml::Value::as_str) {
@@ -437,18 +446,27 @@ pub fn plan(user_data: &[u8], image: &ImageSettings) -> Result<Plan, Error> {
                 }
             }
         }
+        // As process-user-data leaves them: the document as it came, and its
+        // digest in hex (for a unit that extends a register itself: attestd
+        // binds it, so such a unit must go, or the register is extended twice).
+        write.push(("initdata".into(), raw));
+        write.push((
+            "initdata.digest".into(),
+            hex::encode(digest(&algorithm, &toml_bytes)).into_bytes(),
+        ));
         write.push(("initdata.toml".into(), toml_bytes));
-        initdata = true;
     }
     // attestd always gets a -c file: upstream's AA config, empty when none came.
     if !write.iter().any(|(n, _)| n == "aa.toml") {
         write.push(("aa.toml".into(), Vec::new()));
     }
-    let mut env = if initdata {
-        format!("ATTESTD_INITDATA=--initdata-toml {PEERPOD_DIR}/initdata.toml\n")
-    } else {
-        "ATTESTD_INITDATA=\n".to_string()
-    };
+    // Always init-data: the tenant's, or the stand-in, which attestd binds only
+    // where binding extends a register (a TPM's PCR 8, as cloud-api-adaptor's
+    // images extend it), never compared with a launch-time value.
+    let mut env = format!(
+        "ATTESTD_INITDATA=--initdata-toml {PEERPOD_DIR}/initdata.toml{}\n",
+        if initdata { "" } else { " --initdata-stand-in" }
+    );
     // attestd reads a -c file from user-data (or none) for upstream's keys only.
     let source = match aa_toml {
         AaSource::InitData => "init-data",
@@ -557,6 +575,28 @@ fn gunzip(bytes: &[u8], what: &str) -> Result<Vec<u8>, Error> {
         });
     }
     Ok(out)
+}
+
+/// `algorithm`'s digest of `bytes` (one [`InitDataDoc::check`] accepted).
+fn digest(algorithm: &str, bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    match algorithm {
+        "sha384" => sha2::Sha384::digest(bytes).to_vec(),
+        "sha512" => sha2::Sha512::digest(bytes).to_vec(),
+        _ => sha2::Sha256::digest(bytes).to_vec(),
+    }
+}
+
+/// `bytes` as kata's annotation carries init-data: base64 of its gzip.
+fn gzip_b64(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    // Writing into memory does not fail.
+    let _ = gz.write_all(bytes);
+    let out = gz.finish().unwrap_or_default();
+    base64::engine::general_purpose::STANDARD
+        .encode(out)
+        .into_bytes()
 }
 
 /// The init-data document from the `initdata` file: the TOML itself, or kata's

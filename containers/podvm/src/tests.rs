@@ -49,7 +49,13 @@ fn kata_style_initdata_becomes_the_files_attestd_reads() {
         "ATTESTD_INITDATA=--initdata-toml /run/peerpod/initdata.toml\nATTESTD_CONFIG_FILE_SOURCE=init-data\n"
     );
     assert_eq!(r.aa_toml, AaSource::InitData);
-    assert!(!d.path().join("peerpod/initdata").exists());
+    // As process-user-data leaves them: the document as it came, its digest in hex.
+    assert_eq!(read(&d, "initdata"), gzip_b64(INITDATA.as_bytes()));
+    use sha2::Digest as _;
+    assert_eq!(
+        read(&d, "initdata.digest"),
+        hex::encode(sha2::Sha384::digest(INITDATA.as_bytes()))
+    );
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(d.path().join("peerpod/aa.toml"))
         .unwrap()
@@ -129,21 +135,58 @@ fn plain_toml_initdata_and_no_user_data_at_all() {
     let (d, r) = run(&ud);
     assert!(r.unwrap().initdata);
     assert_eq!(read(&d, "initdata.toml"), INITDATA);
-    // Empty user-data: an empty aa.toml (attestd always gets -c) and no init-data.
+    // Empty user-data: no init-data, so process-user-data's stand-in, whose
+    // aa.toml is empty (attestd always gets -c).
     let (d, r) = run("");
     assert_eq!(
         r.unwrap(),
         Provisioned {
-            written: vec!["aa.toml".into(), "attestd.env".into()],
+            written: vec![
+                "aa.toml".into(),
+                "initdata".into(),
+                "initdata.digest".into(),
+                "initdata.toml".into(),
+                "attestd.env".into()
+            ],
+            aa_toml: AaSource::InitData,
             ..Default::default()
         }
     );
     assert_eq!(read(&d, "aa.toml"), "");
-    // Empty, but attestd is told to read it as unmeasured anyway.
+    assert_eq!(read(&d, "initdata.toml"), DUMMY_INITDATA);
     assert_eq!(
         read(&d, "attestd.env"),
-        "ATTESTD_INITDATA=\nATTESTD_CONFIG_FILE_SOURCE=user-data\n"
+        "ATTESTD_INITDATA=--initdata-toml /run/peerpod/initdata.toml --initdata-stand-in\nATTESTD_CONFIG_FILE_SOURCE=init-data\n"
     );
+}
+
+/// Issue 39 (medium): no init-data bound nothing, while cloud-api-adaptor's
+/// images extend PCR 8 with its dummy's digest, which a KBS policy recorded
+/// on them pins. The same stand-in, byte for byte, and its digest.
+#[test]
+fn no_init_data_is_process_user_datas_stand_in() {
+    let (d, r) =
+        run("#cloud-config\nwrite_files:\n- path: /run/peerpod/aa.toml\n  content: 'x = 1'\n");
+    let r = r.unwrap();
+    assert!(!r.initdata);
+    assert_eq!(
+        read(&d, "initdata.digest"),
+        "adb48cc14fea9403d3d51f3b5f5068fd4d80445a14e94f1b3d5dbabaad66478d"
+    );
+    // Its empty aa.toml wins over user-data's, as there.
+    assert_eq!(r.aa_toml, AaSource::InitData);
+    assert_eq!(read(&d, "aa.toml"), "");
+    // In kata's annotation form, which reads back to the document.
+    let raw = read(&d, "initdata");
+    let gz = base64::engine::general_purpose::STANDARD
+        .decode(raw)
+        .unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
+    assert_eq!(text, DUMMY_INITDATA);
+    // User-data cannot supply the digest: it is ours.
+    let (_, r) = run("write_files:\n- path: /run/peerpod/initdata.digest\n  content: '00'\n");
+    assert_eq!(r.unwrap().skipped[0].why, SKIP_GENERATED);
 }
 
 #[test]
@@ -164,16 +207,25 @@ fn paths_outside_peerpod_are_skipped_never_written() {
             why: SKIP_GENERATED
         }
     );
-    assert_eq!(
-        read(&d, "attestd.env"),
-        "ATTESTD_INITDATA=\nATTESTD_CONFIG_FILE_SOURCE=user-data\n"
-    );
+    assert!(read(&d, "attestd.env").starts_with(
+        "ATTESTD_INITDATA=--initdata-toml /run/peerpod/initdata.toml --initdata-stand-in\n"
+    ));
     let mut names: Vec<_> = std::fs::read_dir(d.path().join("peerpod"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, [MANIFEST, "aa.toml", "attestd.env"]);
+    assert_eq!(
+        names,
+        [
+            MANIFEST,
+            "aa.toml",
+            "attestd.env",
+            "initdata",
+            "initdata.digest",
+            "initdata.toml"
+        ]
+    );
 }
 
 #[test]
@@ -197,7 +249,9 @@ fn user_data_never_supplies_what_is_trusted() {
         - path: /run/peerpod/cdh.toml\n  content: x\n\
         - path: /run/peerpod/policy.rego\n  content: x\n\
         - path: /run/peerpod/initdata.toml\n  content: x\n";
-    // No init-data at all, and init-data without an aa.toml: the same answer.
+    // Init-data without an aa.toml, and none at all (its stand-in's empty
+    // aa.toml then wins, as in cloud-api-adaptor's images): trust files come
+    // from init-data or not at all.
     let initdata_without_aa = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"policy.rego\" = \"package agent_policy\\n\"\n";
     let with_initdata = format!(
         "{hostile}- path: /run/peerpod/initdata\n  content: {}\n",
@@ -207,7 +261,12 @@ fn user_data_never_supplies_what_is_trusted() {
         let (d, r) = run(&ud);
         let r = r.unwrap();
         assert_eq!(r.initdata, initdata);
-        assert_eq!(r.aa_toml, AaSource::UserData);
+        let aa_source = if initdata {
+            AaSource::UserData
+        } else {
+            AaSource::InitData
+        };
+        assert_eq!(r.aa_toml, aa_source);
         let skipped: Vec<(&str, &str)> =
             r.skipped.iter().map(|s| (s.path.as_str(), s.why)).collect();
         assert_eq!(
@@ -221,16 +280,17 @@ fn user_data_never_supplies_what_is_trusted() {
         );
         assert!(!d.path().join("peerpod/policy.json").exists());
         assert!(!d.path().join("peerpod/cdh.toml").exists());
-        // The host's aa.toml is written as it came; attestd reads it as user-data.
-        assert!(read(&d, "aa.toml").contains("/bin/sh"));
-        assert!(read(&d, "attestd.env").ends_with("ATTESTD_CONFIG_FILE_SOURCE=user-data\n"));
         if initdata {
+            // The host's aa.toml is written as it came; attestd reads it as user-data.
+            assert!(read(&d, "aa.toml").contains("/bin/sh"));
+            assert!(read(&d, "attestd.env").ends_with("ATTESTD_CONFIG_FILE_SOURCE=user-data\n"));
             // init-data's own policy.rego, not the host's.
             assert_eq!(read(&d, "policy.rego"), "package agent_policy\n");
             assert_eq!(read(&d, "initdata.toml"), initdata_without_aa);
         } else {
+            assert_eq!(read(&d, "aa.toml"), "");
             assert!(!d.path().join("peerpod/policy.rego").exists());
-            assert!(!d.path().join("peerpod/initdata.toml").exists());
+            assert_eq!(read(&d, "initdata.toml"), DUMMY_INITDATA);
         }
     }
 }
@@ -469,6 +529,9 @@ fn files_are_placed_private_beside_others_and_nothing_is_followed() {
             "certs.d",
             "daemon.json",
             "default-policy.rego",
+            "initdata",
+            "initdata.digest",
+            "initdata.toml",
             "policy.rego"
         ]
     );

@@ -29,6 +29,12 @@ pub(crate) struct RunArgs {
     /// Init-data digest (base64) bound at start.
     #[arg(short = 'i', long = "initdata-digest")]
     initdata_digest: Option<String>,
+    /// The init-data is the pod VM's stand-in for none (cloud-api-adaptor's
+    /// dummy, written by attestd-podvm): bound only where binding extends a
+    /// register (a TPM's PCR 8, as those images do), never compared with a
+    /// launch-time value the host set for no init-data
+    #[arg(long = "initdata-stand-in")]
+    initdata_stand_in: bool,
     /// Upstream's older flags, refused with what replaced them (clap alone would
     /// suggest --grpc_sock for them).
     #[arg(long = "keyprovider_sock", hide = true)]
@@ -158,6 +164,7 @@ async fn start(
         grpc,
         initdata,
         unbound_tolerated,
+        initdata_stand_in: a.initdata_stand_in,
         reload: Some(reload_on_sighup(a.config.clone())?),
     };
     run::run(opts, shutdown_signal()?).await.map_err(|e| {
