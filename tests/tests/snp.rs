@@ -203,12 +203,32 @@ async fn bind_init_data_compares_with_hostdata() {
             hex(&host_data)
         )
     );
-    // A sha384 digest does not fit HOSTDATA.
-    let (code, msg) = status(a.bind_init_data(&[0; 48]).await.unwrap_err());
+    // Issue 39: a sha384 or sha512 digest is compared by its first 32 bytes,
+    // as kata puts them in HOSTDATA and upstream's attester compares them
+    // (cloud-api-adaptor's own sha384 example used to stop attestd on SNP).
+    for len in [48, 64] {
+        let mut longer = host_data.clone();
+        longer.resize(len, 0xee);
+        a.bind_init_data(&longer).await.unwrap();
+        let mut wrong = other.clone();
+        wrong.resize(len, 0);
+        let (code, msg) = status(a.bind_init_data(&wrong).await.unwrap_err());
+        assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
+        assert_eq!(
+            msg,
+            format!(
+                "plugin snp: init-data digest {} (its first 32 bytes) does not match HOSTDATA {}",
+                hex(&other),
+                hex(&host_data)
+            )
+        );
+    }
+    // Past sha512: refused.
+    let (code, msg) = status(a.bind_init_data(&[0; 65]).await.unwrap_err());
     assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
     assert_eq!(
         msg,
-        "plugin snp: init-data digest is 48 bytes; HOSTDATA holds 32"
+        "plugin snp: init-data digest is 65 bytes; at most 64 (sha512)"
     );
 }
 

@@ -9,7 +9,7 @@ use attestd_e2e::{attester_bin, config, hex, repo_root, status, Attestd, Plugin}
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use dcap_qvl::quote::{Quote, Report};
-use sha2::{Digest as _, Sha256};
+use sha2::{Digest as _, Sha256, Sha512};
 
 fn fixture(name: &str) -> PathBuf {
     repo_root().join("attesters/tdx/tests/fixtures").join(name)
@@ -162,11 +162,29 @@ async fn bind_init_data_compares_with_mrconfigid() {
             hex(&mrconfigid)
         )
     );
-    let (code, msg) = status(a.bind_init_data(&[0; 49]).await.unwrap_err());
+    // Issue 39: a sha512 digest is compared by its first 48 bytes, as kata
+    // puts them in MRCONFIGID and upstream's attester compares them.
+    let mut longer = mrconfigid.to_vec();
+    longer.resize(64, 0xee);
+    a.bind_init_data(&longer).await.unwrap();
+    let mut wrong = Sha512::digest(b"other init-data").to_vec();
+    let (code, msg) = status(a.bind_init_data(&wrong).await.unwrap_err());
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION);
+    wrong.truncate(48);
+    assert_eq!(
+        msg,
+        format!(
+            "plugin tdx: init-data digest {} (its first 48 bytes) does not match MRCONFIGID {}",
+            hex(&wrong),
+            hex(&mrconfigid)
+        )
+    );
+    // Past sha512: refused.
+    let (code, msg) = status(a.bind_init_data(&[0; 65]).await.unwrap_err());
     assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
     assert_eq!(
         msg,
-        "plugin tdx: init-data digest is 49 bytes; MRCONFIGID holds 48"
+        "plugin tdx: init-data digest is 65 bytes; at most 64 (sha512)"
     );
 }
 

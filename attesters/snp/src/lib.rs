@@ -22,6 +22,10 @@ use device::SnpDevice;
 
 pub const MAX_REPORT_DATA: usize = 64;
 pub const HOST_DATA_LEN: usize = 32;
+/// The longest init-data digest taken (sha512). A longer one than HOSTDATA is
+/// compared by its first 32 bytes: kata puts those there, and upstream's
+/// attester compares the same.
+pub const MAX_INIT_DATA_DIGEST: usize = 64;
 /// Requests that may wait for the device thread; one more is `RESOURCE_EXHAUSTED`.
 pub const MAX_QUEUED: usize = 16;
 
@@ -93,20 +97,23 @@ impl Attester for Snp {
     }
 
     async fn bind_init_data(&self, digest: Vec<u8>) -> Result<()> {
-        if digest.len() > HOST_DATA_LEN {
+        if digest.len() > MAX_INIT_DATA_DIGEST {
             return Err(Error::invalid_argument(format!(
-                "init-data digest is {} bytes; HOSTDATA holds {HOST_DATA_LEN}",
+                "init-data digest is {} bytes; at most {MAX_INIT_DATA_DIGEST} (sha512)",
                 digest.len()
             )));
         }
+        let cut = digest.len() > HOST_DATA_LEN;
         let mut want = digest;
+        want.truncate(HOST_DATA_LEN);
         want.resize(HOST_DATA_LEN, 0);
         let raw = self.report([0; 64]).await?;
         let have = report::host_data(&raw.report)?;
         if have != want.as_slice() {
             return Err(Error::failed_precondition(format!(
-                "init-data digest {} does not match HOSTDATA {}",
+                "init-data digest {}{} does not match HOSTDATA {}",
                 hex::encode(&want),
+                if cut { " (its first 32 bytes)" } else { "" },
                 hex::encode(have)
             )));
         }

@@ -23,6 +23,10 @@ use device::{ConfigfsTsm, TsmFs};
 
 pub const MAX_REPORT_DATA: usize = 64;
 pub const MRCONFIGID_LEN: usize = 48;
+/// The longest init-data digest taken (sha512). A longer one than MRCONFIGID
+/// is compared by its first 48 bytes: kata puts those there, and upstream's
+/// attester compares the same.
+pub const MAX_INIT_DATA_DIGEST: usize = 64;
 /// Requests that may wait for the device thread; one more is `RESOURCE_EXHAUSTED`.
 pub const MAX_QUEUED: usize = 16;
 
@@ -138,9 +142,9 @@ impl<F: TsmFs + 'static> Attester for Tdx<F> {
     }
 
     async fn bind_init_data(&self, digest: Vec<u8>) -> Result<()> {
-        if digest.len() > MRCONFIGID_LEN {
+        if digest.len() > MAX_INIT_DATA_DIGEST {
             return Err(Error::invalid_argument(format!(
-                "init-data digest is {} bytes; MRCONFIGID holds {MRCONFIGID_LEN}",
+                "init-data digest is {} bytes; at most {MAX_INIT_DATA_DIGEST} (sha512)",
                 digest.len()
             )));
         }
@@ -172,14 +176,17 @@ impl<F: TsmFs + 'static> TdxDevice<F> {
     }
 
     fn bind_init_data(&self, digest: Vec<u8>) -> Result<()> {
+        let cut = digest.len() > MRCONFIGID_LEN;
         let mut want = digest;
+        want.truncate(MRCONFIGID_LEN);
         want.resize(MRCONFIGID_LEN, 0);
         let quote = self.tsm.report(&[0; 64], false)?.outblob;
         let have = quote::mrconfigid(&quote)?;
         if have != want.as_slice() {
             return Err(Error::failed_precondition(format!(
-                "init-data digest {} does not match MRCONFIGID {}",
+                "init-data digest {}{} does not match MRCONFIGID {}",
                 hex::encode(&want),
+                if cut { " (its first 48 bytes)" } else { "" },
                 hex::encode(have)
             )));
         }
