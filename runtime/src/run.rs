@@ -528,16 +528,23 @@ async fn start_keyprovider(
 }
 
 /// The KBS (config, `AA_KBC_PARAMS` or kernel command line) and attestation-service
-/// URLs, the KBS's root certificate and its `tee_key_algorithm`, checked at start
-/// as their clients will check them at the first GetToken.
+/// URLs and the KBS's `tee_key_algorithm`, checked at start as their clients will
+/// check them at the first GetToken. The KBS's root certificate is checked as
+/// upstream checks it, at the first contact (GetToken, a resource), with the
+/// error that caller gets; at start a bad one is only warned of, so the AA API
+/// (evidence) still serves.
 pub fn check_token_configs(config: &Config) -> Result<()> {
     let kbs = config.token_configs.kbs.as_ref();
     if let Some(url) = crate::kbs::kbs_url(kbs.map(|k| k.url.as_str())) {
-        crate::kbs::KbsClient::new(
-            &url,
-            kbs.and_then(|k| k.cert.as_deref()),
-            kbs.is_some_and(|k| k.allow_insecure_http),
-        )?;
+        crate::kbs::KbsClient::new(&url, None, kbs.is_some_and(|k| k.allow_insecure_http))?;
+        if let Some(pem) = kbs.and_then(|k| k.cert.as_deref()) {
+            if let Err(e) = crate::kbs::root_certs("KBS", pem) {
+                tracing::warn!(
+                    "{}: GetToken(\"kbs\") and KBS resources fail with this until it is fixed",
+                    e.chain()
+                );
+            }
+        }
     }
     if let Some(alg) = kbs.and_then(|k| k.tee_key_algorithm.as_deref()) {
         crate::kbs::tee_key::check_algorithm(alg)?;

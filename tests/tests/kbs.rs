@@ -179,24 +179,36 @@ async fn kbs_down_and_unconfigured_are_clear_errors() {
             e.stderr
         );
     }
-    // So are a tee_key_algorithm attestd cannot generate and a cert that is no
-    // certificate, which a first GetToken would otherwise find.
-    for (extra, why) in [
-        (
-            "tee_key_algorithm = \"A128KW\"",
-            "error: tee_key_algorithm \"A128KW\" is not supported: use ECDH-ES+A256KW or RSA-OAEP-256",
-        ),
-        (
-            "cert = \"not a certificate\"",
-            "error: the KBS's root certificate (cert) is not a PEM certificate",
-        ),
-    ] {
-        let e = Attestd::start(|d| kbs_config(d, "https://kbs.example", extra))
+    // So is a tee_key_algorithm attestd cannot generate, which a first
+    // GetToken would otherwise find.
+    let e =
+        Attestd::start(|d| kbs_config(d, "https://kbs.example", "tee_key_algorithm = \"A128KW\""))
             .err()
             .unwrap();
-        assert_eq!(e.status.unwrap().code(), Some(1));
-        assert!(e.stderr.contains(why), "{}", e.stderr);
-    }
+    assert_eq!(e.status.unwrap().code(), Some(1));
+    assert!(
+        e.stderr.contains("error: tee_key_algorithm \"A128KW\" is not supported: use ECDH-ES+A256KW or RSA-OAEP-256"),
+        "{}",
+        e.stderr
+    );
+    // Issue 39: a cert that is no certificate fails the first contact, as
+    // upstream, with the error that caller gets; evidence still serves.
+    let a =
+        Attestd::start(|d| kbs_config(d, "https://kbs.example", "cert = \"not a certificate\""))
+            .unwrap();
+    assert!(
+        a.log().contains("the KBS's root certificate (cert) is not a PEM certificate: GetToken(\"kbs\") and KBS resources fail with this until it is fixed"),
+        "{}",
+        a.log()
+    );
+    assert!(a.evidence(b"still").await.is_ok());
+    let (code, msg) = status(a.get_token("kbs").await.unwrap_err());
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+    assert_eq!(
+        msg,
+        "the KBS's root certificate (cert) is not a PEM certificate"
+    );
+    drop(a);
     let a = Attestd::start(|d| kbs_config(d, "http://kbs.example", "allow_insecure_http = true"))
         .unwrap();
     assert!(

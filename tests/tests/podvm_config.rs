@@ -676,3 +676,48 @@ fn reference_values_refuse_what_they_cannot_compute() {
     assert!(String::from_utf8_lossy(&o.stderr)
         .starts_with("Usage: reference-values.py VMLINUZ INITRD CMDLINE"));
 }
+
+/// Issue 39 (medium): a plain-http KBS in init-data's aa.toml (upstream's keys
+/// only, as kata's CI and older cloud-api-adaptor releases write it) stopped
+/// attestd at start, so no AA API at all. From init-data it is the tenant's
+/// measured choice: attestd starts and warns; from user-data it is refused.
+#[test]
+fn a_plain_http_kbs_starts_from_init_data_and_is_refused_from_user_data() {
+    let p = Plugin::sample("ttrpc");
+    let root = tempfile::tempdir().unwrap();
+    let etc = pod_vm_image(root.path(), &p);
+    let aa = "[token_configs.kbs]\nurl = \"http://kbs.example:8080\"\n";
+    let a = Attestd::start_env(
+        |_| aa.to_string(),
+        &[],
+        &[
+            ("ATTESTD_CONFIG_DIR", &etc),
+            ("ATTESTD_CONFIG_FILE_SOURCE", "init-data"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{}", e.stderr));
+    assert!(
+        a.log()
+            .contains("plain http to the KBS off this machine (allow_insecure_http)"),
+        "{}",
+        a.log()
+    );
+    drop(a);
+    let e = Attestd::start_env(
+        |_| aa.to_string(),
+        &[],
+        &[
+            ("ATTESTD_CONFIG_DIR", &etc),
+            ("ATTESTD_CONFIG_FILE_SOURCE", "user-data"),
+        ],
+    )
+    .err()
+    .expect("a plain-http KBS from user-data started");
+    assert!(
+        e.stderr.contains(
+            "error: KBS URL \"http://kbs.example:8080\": plain http is allowed only on loopback"
+        ),
+        "{}",
+        e.stderr
+    );
+}

@@ -243,7 +243,32 @@ fn allowed(source: Source, key: &str) -> Result<(), String> {
 pub fn restrict(table: &mut toml::Table, source: Source) -> Result<Vec<Refused>, Refused> {
     let mut ignored = Vec::new();
     prune(table, "", source, &mut ignored)?;
+    if source == Source::InitData {
+        allow_measured_plain_http(table);
+    }
     Ok(ignored)
+}
+
+/// A plain-http KBS or attestation-service URL in init-data is the tenant's
+/// measured choice (kata's CI and older cloud-api-adaptor releases use them,
+/// in upstream's keys alone): the table gets `allow_insecure_http = true`
+/// beside it, unless it says otherwise, and attestd warns of it at every start.
+/// From user-data or a pod's annotation it stays refused.
+fn allow_measured_plain_http(t: &mut toml::Table) {
+    let Some(toml::Value::Table(tokens)) = t.get_mut("token_configs") else {
+        return;
+    };
+    for peer in ["kbs", "coco_as"] {
+        if let Some(toml::Value::Table(p)) = tokens.get_mut(peer) {
+            let plain = p
+                .get("url")
+                .and_then(toml::Value::as_str)
+                .is_some_and(|u| u.starts_with("http://"));
+            if plain && !p.contains_key("allow_insecure_http") {
+                p.insert("allow_insecure_http".into(), toml::Value::Boolean(true));
+            }
+        }
+    }
 }
 
 /// Removes what `source` may not set from `t` (under dotted `prefix`); a table
@@ -381,6 +406,48 @@ grpc = "0.0.0.0:50000"
             ]
         );
         assert!(ignored[0].why.starts_with("user-data is unmeasured: only upstream's keys are read from it (token_configs.kbs.url, "), "{}", ignored[0].why);
+    }
+
+    /// Issue 39 (medium): a plain-http KBS in init-data (upstream's keys only,
+    /// as kata's CI writes it) stopped attestd; it is the tenant's measured
+    /// choice, allowed (and warned of at start). From user-data it is not.
+    #[test]
+    fn a_plain_http_kbs_is_allowed_from_init_data_only() {
+        let text = "[token_configs.kbs]\nurl = \"http://kbs.example:8080\"\n[token_configs.coco_as]\nurl = \"http://as.example\"\n";
+        let mut t = table(text);
+        restrict(&mut t, Source::InitData).unwrap();
+        assert_eq!(
+            t["token_configs"]["kbs"]["allow_insecure_http"].as_bool(),
+            Some(true)
+        );
+        assert_eq!(
+            t["token_configs"]["coco_as"]["allow_insecure_http"].as_bool(),
+            Some(true)
+        );
+        // Its own word wins.
+        let mut t =
+            table("[token_configs.kbs]\nurl = \"http://kbs\"\nallow_insecure_http = false\n");
+        restrict(&mut t, Source::InitData).unwrap();
+        assert_eq!(
+            t["token_configs"]["kbs"]["allow_insecure_http"].as_bool(),
+            Some(false)
+        );
+        // https needs nothing.
+        let mut t = table("[token_configs.kbs]\nurl = \"https://kbs\"\n");
+        restrict(&mut t, Source::InitData).unwrap();
+        assert!(t["token_configs"]["kbs"]
+            .get("allow_insecure_http")
+            .is_none());
+        for source in [Source::UserData, Source::Workload, Source::Operator] {
+            let mut t = table(text);
+            restrict(&mut t, source).unwrap();
+            assert!(
+                t["token_configs"]["kbs"]
+                    .get("allow_insecure_http")
+                    .is_none(),
+                "{source}"
+            );
+        }
     }
 
     /// Issue 38 (medium): unmeasured user-data turned the event log off or

@@ -98,6 +98,23 @@ pub fn check_url(peer: &str, url: &str, allow_insecure_http: bool) -> Result<Str
     Ok(base)
 }
 
+/// `pem`, `peer`'s root certificates (a private CA), read; `InvalidArgument`
+/// when it holds none.
+pub fn root_certs(peer: &str, pem: &str) -> Result<Vec<reqwest::Certificate>> {
+    let not_pem = || {
+        Error::invalid_argument(format!(
+            "the {peer}'s root certificate (cert) is not a PEM certificate"
+        ))
+    };
+    let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+        .map_err(|e| not_pem().with_source(e))?;
+    // An input without any certificate block parses as an empty bundle.
+    if certs.is_empty() || !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(not_pem());
+    }
+    Ok(certs)
+}
+
 /// An HTTP client for `peer` (the KBS, the attestation service) at `url` (see
 /// [`check_url`]); `root_cert` (PEM) an extra trust anchor for a private CA.
 /// Returns the base URL without a trailing slash and the client.
@@ -112,18 +129,7 @@ pub(crate) fn http_client(
         .timeout(TIMEOUT)
         .redirect(reqwest::redirect::Policy::none());
     if let Some(pem) = root_cert {
-        let not_pem = || {
-            Error::invalid_argument(format!(
-                "the {peer}'s root certificate (cert) is not a PEM certificate"
-            ))
-        };
-        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-            .map_err(|e| not_pem().with_source(e))?;
-        // An input without any certificate block parses as an empty bundle.
-        if certs.is_empty() || !pem.contains("-----BEGIN CERTIFICATE-----") {
-            return Err(not_pem());
-        }
-        for c in certs {
+        for c in root_certs(peer, pem)? {
             b = b.add_root_certificate(c);
         }
     }
