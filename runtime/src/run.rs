@@ -536,7 +536,7 @@ async fn start_keyprovider(
 pub fn check_token_configs(config: &Config) -> Result<()> {
     let kbs = config.token_configs.kbs.as_ref();
     if let Some(url) = crate::kbs::kbs_url(kbs.map(|k| k.url.as_str())) {
-        crate::kbs::KbsClient::new(&url, None, kbs.is_some_and(|k| k.allow_insecure_http))?;
+        crate::kbs::check_url("KBS", &url, kbs.is_some_and(|k| k.allow_insecure_http))?;
         if let Some(pem) = kbs.and_then(|k| k.cert.as_deref()) {
             if let Err(e) = crate::kbs::root_certs("KBS", pem) {
                 tracing::warn!(
@@ -582,14 +582,7 @@ struct Unbound;
 /// Whether `e` is a start refused because nothing binds its init-data (the
 /// caller may start again with the `-c` file read as user-data's).
 pub fn is_unbound(e: &Error) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(c) = cur {
-        if c.is::<Unbound>() {
-            return true;
-        }
-        cur = c.source();
-    }
-    false
+    e.caused_by::<Unbound>()
 }
 
 /// Bind init-data through the primary plugin: a mismatch aborts the start, and

@@ -36,14 +36,7 @@ struct NoTeeSelected;
 
 /// Whether `e` is selection's "no TEE selected" (see [`NO_TEE_EXIT_STATUS`]).
 pub fn is_no_tee(e: &Error) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(c) = cur {
-        if c.is::<NoTeeSelected>() {
-            return true;
-        }
-        cur = c.source();
-    }
-    false
+    e.caused_by::<NoTeeSelected>()
 }
 
 /// Upstream's detection precedence (reference §3): az-tdx before az-snp, the

@@ -118,6 +118,20 @@ impl Error {
         &self.message
     }
 
+    /// Whether an error of type `T` is among this error's causes: a mark a
+    /// caller set with [`Error::with_source`] survives context added on top.
+    pub fn caused_by<T: std::error::Error + 'static>(&self) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> =
+            self.source.as_deref().map(|e| e as _);
+        while let Some(e) = cur {
+            if e.is::<T>() {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
+    }
+
     /// The message followed by every cause, `a: b: c`: what goes on the wire,
     /// since the peer cannot walk our source chain.
     ///
@@ -149,6 +163,20 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mark_among_the_causes_is_found_under_context_and_wrapping() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("")]
+        struct Mark;
+        let marked = Error::failed_precondition("no TEE").with_source(Mark);
+        assert!(marked.caused_by::<Mark>());
+        let wrapped = Error::internal("start").with_source(marked.context("plugin x"));
+        assert!(wrapped.caused_by::<Mark>());
+        assert!(!Error::internal("plain").caused_by::<Mark>());
+        let io = std::io::Error::other("x");
+        assert!(!Error::internal("io").with_source(io).caused_by::<Mark>());
+    }
 
     #[test]
     fn chain_includes_every_cause() {

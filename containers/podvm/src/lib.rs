@@ -423,39 +423,37 @@ pub fn plan(user_data: &[u8], image: &ImageSettings) -> Result<Plan, Error> {
         Some(pos) => (write.remove(pos).1, true),
         None => (gzip_b64(DUMMY_INITDATA.as_bytes()), false),
     };
-    {
-        let toml_bytes = initdata_toml(&raw)?;
-        let text = String::from_utf8_lossy(&toml_bytes);
-        let doc: InitDataDoc =
-            toml::from_str(&text).map_err(|e| Error::InitData(Where::of_toml(&e, &text)))?;
-        let (algorithm, data) = doc.check()?;
-        // init-data is measured: its files win over unmeasured write_files.
-        for name in INITDATA_FILES {
-            if let Some(s) = data.get(name).and_then(toml::Value::as_str) {
-                if image.unbound_as_user_data && MEASURED_ONLY.contains(&name) {
-                    skipped.push(Skipped {
-                        path: format!("init-data [data] {name}"),
-                        why: SKIP_UNBOUND,
-                    });
-                    continue;
-                }
-                write.retain(|(n, _)| n != name);
-                write.push((name.to_string(), s.as_bytes().to_vec()));
-                if name == "aa.toml" {
-                    aa_toml = AaSource::InitData;
-                }
+    let toml_bytes = initdata_toml(&raw)?;
+    let text = String::from_utf8_lossy(&toml_bytes);
+    let doc: InitDataDoc =
+        toml::from_str(&text).map_err(|e| Error::InitData(Where::of_toml(&e, &text)))?;
+    let (algorithm, data) = doc.check()?;
+    // init-data is measured: its files win over unmeasured write_files.
+    for name in INITDATA_FILES {
+        if let Some(s) = data.get(name).and_then(toml::Value::as_str) {
+            if image.unbound_as_user_data && MEASURED_ONLY.contains(&name) {
+                skipped.push(Skipped {
+                    path: format!("init-data [data] {name}"),
+                    why: SKIP_UNBOUND,
+                });
+                continue;
+            }
+            write.retain(|(n, _)| n != name);
+            write.push((name.to_string(), s.as_bytes().to_vec()));
+            if name == "aa.toml" {
+                aa_toml = AaSource::InitData;
             }
         }
-        // As process-user-data leaves them: the document as it came, and its
-        // digest in hex (for a unit that extends a register itself: attestd
-        // binds it, so such a unit must go, or the register is extended twice).
-        write.push(("initdata".into(), raw));
-        write.push((
-            "initdata.digest".into(),
-            hex::encode(digest(&algorithm, &toml_bytes)).into_bytes(),
-        ));
-        write.push(("initdata.toml".into(), toml_bytes));
     }
+    // As process-user-data leaves them: the document as it came, and its
+    // digest in hex (for a unit that extends a register itself: attestd
+    // binds it, so such a unit must go, or the register is extended twice).
+    write.push(("initdata".into(), raw));
+    write.push((
+        "initdata.digest".into(),
+        hex::encode(digest(&algorithm, &toml_bytes)).into_bytes(),
+    ));
+    write.push(("initdata.toml".into(), toml_bytes));
     // attestd always gets a -c file: upstream's AA config, empty when none came.
     if !write.iter().any(|(n, _)| n == "aa.toml") {
         write.push(("aa.toml".into(), Vec::new()));

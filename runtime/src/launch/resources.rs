@@ -119,12 +119,16 @@ pub fn writable(tee: &str) -> Vec<PathBuf> {
     wanted(tee).rw.iter().map(PathBuf::from).collect()
 }
 
+/// Whether absolute `path` exists under `root`.
+fn exists_under(root: &Path, path: &str) -> bool {
+    root.join(path.trim_start_matches('/')).exists()
+}
+
 /// The resources `tee` needs that exist under `root` (`/` on a real host), or
 /// what is missing when none of the TEE's ways in exists.
 pub fn for_tee(tee: &str, root: &Path) -> Result<Resources, String> {
     let w = wanted(tee);
-    let exists = |p: &&str| root.join(p.trim_start_matches('/')).exists();
-    if !w.one_of.is_empty() && !w.one_of.iter().any(exists) {
+    if !w.one_of.is_empty() && !w.one_of.iter().any(|p| exists_under(root, p)) {
         return Err(format!(
             "TEE {tee:?} needs {} in the plugin's container, and none exists here",
             if w.one_of.len() == 1 {
@@ -142,7 +146,7 @@ pub fn present(tee: &str, root: &Path) -> Resources {
     let w = wanted(tee);
     let present = |list: &[&str]| -> Vec<PathBuf> {
         list.iter()
-            .filter(|p| root.join(p.trim_start_matches('/')).exists())
+            .filter(|p| exists_under(root, p))
             .map(PathBuf::from)
             .collect()
     };
