@@ -469,6 +469,11 @@ pub fn alive(pid: u32) -> bool {
 
 /// First process whose command line has `arg` as one argument.
 pub fn find_process_with_arg(arg: &str) -> Option<u32> {
+    find_process(|args| args.contains(&arg.as_bytes()))
+}
+
+/// The first live process (by pid) whose argv `matches`.
+pub fn find_process(matches: impl Fn(&[&[u8]]) -> bool) -> Option<u32> {
     for e in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -476,7 +481,8 @@ pub fn find_process_with_arg(arg: &str) -> Option<u32> {
         let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
-        if cmd.split(|b| *b == 0).any(|a| a == arg.as_bytes()) && alive(pid) {
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if matches(&args) && alive(pid) {
             return Some(pid);
         }
     }

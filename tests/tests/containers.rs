@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use attestd_e2e::{
-    attestd_cli, locked_image, signal, spawn_plugin, Attestd, PodmanContainer, Reaped, StartFailure,
+    attestd_cli, find_process, locked_image, signal, spawn_plugin, Attestd, PodmanContainer,
+    Reaped, StartFailure,
 };
 use nix::sys::signal::Signal;
 
@@ -89,22 +90,11 @@ async fn podman_and_oci_serve_what_the_process_backend_serves() {
 }
 
 /// The pid of the container process serving on `sock` (`/attester --socket
-/// <sock> …`, as the host sees it).
+/// <sock> …`, as the host sees it; podman's and runc's own argv name the
+/// socket too).
 fn container_process(sock: &Path) -> Option<u32> {
     let want = sock.display().to_string();
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args.first() == Some(&&b"/attester"[..]) && args.contains(&want.as_bytes()) {
-            return Some(pid);
-        }
-    }
-    None
+    find_process(|args| args.first() == Some(&&b"/attester"[..]) && args.contains(&want.as_bytes()))
 }
 
 #[test]
@@ -237,22 +227,10 @@ async fn kill_9_of_runc_restarts_the_bundle() {
 
 /// The `runc run … <id>` process whose container id starts with `prefix`.
 fn find_runc(prefix: &str) -> Option<u32> {
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args.first().is_some_and(|a| a.ends_with(b"runc"))
+    find_process(|args| {
+        args.first().is_some_and(|a| a.ends_with(b"runc"))
             && args.iter().any(|a| a.starts_with(prefix.as_bytes()))
-            && attestd_e2e::alive(pid)
-        {
-            return Some(pid);
-        }
-    }
-    None
+    })
 }
 
 /// The sample attester started by its owner on `sock`, and the plugin table

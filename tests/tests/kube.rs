@@ -507,6 +507,19 @@ fn injected_pod_runs_in_order(c: &Cluster) -> AppPod {
     }
 }
 
+/// How often the kubelet restarted the app pod's init container `name`.
+fn restarts(c: &Cluster, name: &str) -> u64 {
+    let p = c.get(&["pod", APP_POD, "-n", LABELLED]);
+    p["status"]["initContainerStatuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap()["restartCount"]
+        .as_u64()
+        .unwrap()
+}
+
 /// Scenario 3: the attester sidecar killed in the running pod; the kubelet
 /// restarts it, attestd (not restarted) reconnects, and the app's calls
 /// succeed again.
@@ -518,21 +531,10 @@ fn killed_attester_restarts_and_calls_resume(c: &Cluster, pod: &AppPod) {
     );
     let killed_at = Instant::now();
     attestd_e2e::signal(pod.pids[0], nix::sys::signal::Signal::SIGKILL);
-    let restarts = |name: &str| -> u64 {
-        let p = c.get(&["pod", APP_POD, "-n", LABELLED]);
-        p["status"]["initContainerStatuses"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap()["restartCount"]
-            .as_u64()
-            .unwrap()
-    };
     wait_for(
         "the kubelet to restart the attester",
         Duration::from_secs(120),
-        || (restarts("attestd-attester-sample") >= 1).then_some(()),
+        || (restarts(c, "attestd-attester-sample") >= 1).then_some(()),
     );
     let restart_seen = killed_at.elapsed();
     // The call under way once the kubelet had restarted it: a later one must
@@ -559,7 +561,7 @@ fn killed_attester_restarts_and_calls_resume(c: &Cluster, pod: &AppPod) {
         .unwrap()
         .bytes;
     assert_eq!(resumed.1.as_bytes(), &want[..]);
-    assert_eq!(restarts("attestd"), 0, "attestd itself was restarted");
+    assert_eq!(restarts(c, "attestd"), 0, "attestd itself was restarted");
     assert!(alive(pod.pids[1]), "attestd's process is gone");
     eprintln!(
         "figure: attester killed: its restart seen {:.1} s after the kill, calls succeeded again after {:.1} s; {failed} calls failed (2 s deadline each)",
@@ -608,18 +610,7 @@ fn annotating_after_admission_changes_nothing_that_runs(c: &Cluster, pod: &AppPo
         .filter(|n| !n.starts_with(".."))
         .collect();
     assert_eq!(files, ["pod-config"], "{}", projected.display());
-    let restarts = |name: &str| -> u64 {
-        let p = c.get(&["pod", APP_POD, "-n", LABELLED]);
-        p["status"]["initContainerStatuses"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap()["restartCount"]
-            .as_u64()
-            .unwrap()
-    };
-    let before = restarts("attestd");
+    let before = restarts(c, "attestd");
     for name in ["attestd-attester-sample", "attestd"] {
         let pid = container_pid(c, LABELLED, APP_POD, name).unwrap();
         attestd_e2e::signal(pid, nix::sys::signal::Signal::SIGKILL);
@@ -627,7 +618,7 @@ fn annotating_after_admission_changes_nothing_that_runs(c: &Cluster, pod: &AppPo
     wait_for(
         "the kubelet to restart attestd",
         Duration::from_secs(120),
-        || (restarts("attestd") > before).then_some(()),
+        || (restarts(c, "attestd") > before).then_some(()),
     );
     let at_restart = last_call(&app_log(c));
     let resumed = wait_for(

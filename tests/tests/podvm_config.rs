@@ -352,15 +352,19 @@ async fn a_host_written_aa_toml_runs_nothing_and_only_its_upstream_keys_are_read
             assert_eq!(source, Some("init-data"));
             assert_eq!(aa, "", "the stand-in's aa.toml");
             let toml = peerpod.join("initdata.toml").display().to_string();
-            let a = Attestd::start_env(
-                |_| aa.clone(),
-                &["--initdata-toml", &toml, "--initdata-stand-in"],
-                &[
-                    ("ATTESTD_CONFIG_DIR", &etc),
-                    ("ATTESTD_CONFIG_FILE_SOURCE", "init-data"),
-                ],
-            )
-            .unwrap_or_else(|e| panic!("{}", e.stderr));
+            // attestd as its unit starts it on what attestd-podvm wrote.
+            let start = |etc: &str| {
+                Attestd::start_env(
+                    |_| aa.clone(),
+                    &["--initdata-toml", &toml, "--initdata-stand-in"],
+                    &[
+                        ("ATTESTD_CONFIG_DIR", etc),
+                        ("ATTESTD_CONFIG_FILE_SOURCE", "init-data"),
+                    ],
+                )
+                .unwrap_or_else(|e| panic!("{}", e.stderr))
+            };
+            let a = start(&etc);
             assert_eq!(a.tee_type().await, "sample");
             // The sample binds nothing: the stand-in is left unbound, not refused.
             assert!(
@@ -375,16 +379,7 @@ async fn a_host_written_aa_toml_runs_nothing_and_only_its_upstream_keys_are_read
             // do) is not asked: the host set none for the stand-in.
             let compares =
                 Plugin::sample("ttrpc").with_args(&["--init-data-digest", &"ab".repeat(32)]);
-            let etc = pod_vm_image(&root.path().join("compare"), &compares);
-            let a = Attestd::start_env(
-                |_| aa.clone(),
-                &["--initdata-toml", &toml, "--initdata-stand-in"],
-                &[
-                    ("ATTESTD_CONFIG_DIR", &etc),
-                    ("ATTESTD_CONFIG_FILE_SOURCE", "init-data"),
-                ],
-            )
-            .unwrap_or_else(|e| panic!("{}", e.stderr));
+            let a = start(&pod_vm_image(&root.path().join("compare"), &compares));
             assert!(!a.log().contains("init-data bound"), "{}", a.log());
             continue;
         }
