@@ -10,7 +10,6 @@
 //! registered here (the API server would dial a Service's cluster IP).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::ffi::OsStr;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::netns::Netns;
 use crate::{go_bin, repo_root, succeeded};
 
 /// The node's name.
@@ -32,84 +32,6 @@ const REGISTRY: &str = "127.0.0.1:5000";
 const API_SERVER: &str = "https://127.0.0.1:6443";
 /// Tag of the images the tests build for the cluster (the pause image, the app).
 const TEST_TAG: &str = "kube";
-
-/// A network namespace with only loopback up (and the node's address on it),
-/// deleted when dropped.
-pub struct Netns {
-    pub name: String,
-}
-
-fn run(program: &str, args: &[&str]) {
-    let o = Command::new(program).args(args).output().unwrap();
-    succeeded(&o, &format!("{program} {}", args.join(" ")));
-}
-
-impl Netns {
-    fn create() -> Netns {
-        let name = format!("attestd-kube-{}", std::process::id());
-        // A namespace left by a killed run of this pid: start afresh.
-        let _ = Command::new("ip").args(["netns", "delete", &name]).output();
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        run("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
-        run(
-            "ip",
-            &[
-                "-n",
-                &ns.name,
-                "addr",
-                "add",
-                &format!("{NODE_IP}/32"),
-                "dev",
-                "lo",
-            ],
-        );
-        ns
-    }
-
-    /// `program` run inside the namespace (its network only: the cluster shares
-    /// the machine's mounts, as a node's kubelet and containerd do).
-    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.name))
-            .arg("--")
-            .arg(program);
-        c
-    }
-
-    /// The namespace's interfaces, one line each (`ip -o link`).
-    pub fn links(&self) -> Vec<String> {
-        let o = Command::new("ip")
-            .args(["-n", &self.name, "-o", "link", "show"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// Every process in the namespace: the cluster's daemons, the shims and
-    /// the pods' processes.
-    pub fn pids(&self) -> Vec<u32> {
-        let o = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .output();
-    }
-}
 
 /// One of the cluster's daemons.
 struct Daemon {
@@ -274,7 +196,7 @@ impl Cluster {
             pause: pause_image(),
             app: app_image(),
         };
-        let netns = Netns::create();
+        let netns = Netns::create("kube", &[NODE_IP]);
         let dir = tempfile::Builder::new()
             .prefix("attestd-kube-")
             .tempdir()

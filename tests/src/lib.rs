@@ -18,6 +18,7 @@ use tempfile::TempDir;
 pub mod azure;
 pub mod kbs;
 pub mod kube;
+pub mod netns;
 pub mod ocicrypt;
 pub mod podvm;
 pub mod registry;
