@@ -716,3 +716,315 @@ fn a_plain_http_kbs_starts_from_init_data_and_is_refused_from_user_data() {
         e.stderr
     );
 }
+
+/// User-data as cloud-api-adaptor renders it: init-data (gzipped, base64) and
+/// APF's config.
+fn cloud_user_data() -> String {
+    let initdata = "version = \"0.1.0\"\nalgorithm = \"sha384\"\n\n[data]\n\"aa.toml\" = '''\n[token_configs.kbs]\nurl = \"https://kbs.example:8080\"\n'''\n\"policy.rego\" = \"package agent_policy\\n\"\n";
+    format!(
+        "#cloud-config\nwrite_files:\n{}{}",
+        entry("/run/peerpod/apf.json", "{\"pod-network\": {}}"),
+        entry("/run/peerpod/initdata", &gzip_b64(initdata)),
+    )
+}
+
+/// Every file under `dir`, by name, with its bytes.
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn said(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+const AZURE: &str = "/metadata/instance/compute/userData?api-version=2021-01-01&format=text";
+const AWS_TOKEN: &str = "/latest/api/token";
+const USER_DATA: &str = "/latest/user-data";
+const GCP: &str = "/computeMetadata/v1/instance/attributes/user-data";
+
+/// Issue 39 (high): each cloud's metadata service, as cloud-api-adaptor's
+/// process-user-data reads it (its endpoints, headers, IMDSv2's token, base64
+/// where the provider encodes), delivers the same files as the same bytes in
+/// a file. The services are fakes on the providers' own addresses inside a
+/// namespace of the test's own; each answers only a request made as the
+/// provider requires.
+#[test]
+fn each_cloud_delivers_its_user_data_as_the_file_form_does() {
+    use attestd_e2e::imds::{Answer, Imds, ALIBABA, LINK_LOCAL};
+    let ud = cloud_user_data();
+    let want = {
+        let root = tempfile::tempdir().unwrap();
+        let (out, _, _) = provision(root.path(), &ud);
+        files(&out)
+    };
+    assert!(want.iter().any(|(n, _)| n == "initdata.digest"), "{want:?}");
+    let (azure, gcp, plain) = (b64(ud.as_bytes()), b64(ud.as_bytes()), ud.clone());
+    let aws = ud.clone();
+    let imds = Imds::start(vec![
+        (
+            LINK_LOCAL,
+            "GET",
+            AZURE,
+            Box::new(move |r, _| match r.header("Metadata") {
+                Some("true") => Answer::ok(azure.clone()),
+                _ => Answer::status(400),
+            }),
+        ),
+        (
+            LINK_LOCAL,
+            "PUT",
+            AWS_TOKEN,
+            Box::new(
+                |r, _| match r.header("X-aws-ec2-metadata-token-ttl-seconds") {
+                    Some("60") => Answer::ok("AQAEAtoken=="),
+                    _ => Answer::status(400),
+                },
+            ),
+        ),
+        (
+            LINK_LOCAL,
+            "GET",
+            USER_DATA,
+            Box::new(move |r, _| match r.header("X-aws-ec2-metadata-token") {
+                Some("AQAEAtoken==") => Answer::ok(aws.clone()),
+                _ => Answer::status(401),
+            }),
+        ),
+        (
+            LINK_LOCAL,
+            "GET",
+            GCP,
+            Box::new(move |r, _| match r.header("Metadata-Flavor") {
+                Some("Google") => Answer::ok(gcp.clone()),
+                _ => Answer::status(403),
+            }),
+        ),
+        (
+            ALIBABA,
+            "GET",
+            USER_DATA,
+            Box::new(move |_, _| Answer::ok(plain.clone())),
+        ),
+    ]);
+    for from in ["azure", "aws", "gcp", "alibaba"] {
+        let root = tempfile::tempdir().unwrap();
+        let o = imds.provision(root.path(), from, &["--fetch-timeout", "20"]);
+        assert!(o.status.success(), "{from}: {}", said(&o));
+        assert_eq!(
+            files(&root.path().join("peerpod")),
+            want,
+            "{from}: {}",
+            said(&o)
+        );
+        // One attempt each: every request was made as the provider requires.
+        assert!(!said(&o).contains("attempt"), "{from}: {}", said(&o));
+    }
+    let seen: Vec<(&str, String, String)> = imds
+        .requests()
+        .iter()
+        .map(|r| (r.addr, r.method.clone(), r.target.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (LINK_LOCAL, "GET".into(), AZURE.into()),
+            (LINK_LOCAL, "PUT".into(), AWS_TOKEN.into()),
+            (LINK_LOCAL, "GET".into(), USER_DATA.into()),
+            (LINK_LOCAL, "GET".into(), GCP.into()),
+            (ALIBABA, "GET".into(), USER_DATA.into()),
+        ]
+    );
+    // GCP's by its name, as upstream asks it.
+    let gcp = &imds.requests()[3];
+    assert_eq!(gcp.header("Host"), Some("metadata.google.internal"));
+}
+
+/// AWS without IMDSv2 (the token request refused): IMDSv1, no token header,
+/// as upstream falls back.
+#[test]
+fn aws_falls_back_to_imdsv1_when_no_token_is_given() {
+    use attestd_e2e::imds::{Answer, Imds, LINK_LOCAL};
+    let ud = cloud_user_data();
+    let body = ud.clone();
+    let imds = Imds::start(vec![
+        (
+            LINK_LOCAL,
+            "PUT",
+            AWS_TOKEN,
+            Box::new(|_, _| Answer::status(403)),
+        ),
+        (
+            LINK_LOCAL,
+            "GET",
+            USER_DATA,
+            Box::new(move |_, _| Answer::ok(body.clone())),
+        ),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    let o = imds.provision(root.path(), "aws", &[]);
+    assert!(o.status.success(), "{}", said(&o));
+    assert!(
+        said(&o).contains("IMDSv2 token: status 403; trying IMDSv1"),
+        "{}",
+        said(&o)
+    );
+    let get = imds
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "GET")
+        .unwrap();
+    assert_eq!(get.header("X-aws-ec2-metadata-token"), None);
+    assert!(root.path().join("peerpod/initdata.digest").exists());
+}
+
+/// A metadata service that is not up yet, then answers later than a request
+/// may wait, is asked again until it answers in time; one that never does
+/// stops the step at the deadline with nothing written, and says how often it
+/// asked. attestd does not start on a pod VM whose user-data did not arrive.
+#[test]
+fn a_late_metadata_service_is_asked_again_until_the_deadline() {
+    use attestd_e2e::imds::{Answer, Imds, LINK_LOCAL};
+    use std::time::{Duration, Instant};
+    let ud = b64(cloud_user_data().as_bytes());
+    let imds = Imds::start(vec![(
+        LINK_LOCAL,
+        "GET",
+        AZURE,
+        Box::new(move |_, n| match n {
+            0 => Answer::status(503),
+            // Later than REQUEST_TIMEOUT (5 s): the step gives up on it.
+            1 => Answer::ok(ud.clone()).after(Duration::from_secs(7)),
+            _ => Answer::ok(ud.clone()),
+        }),
+    )]);
+    let root = tempfile::tempdir().unwrap();
+    let o = imds.provision(root.path(), "azure", &["--fetch-timeout", "30"]);
+    assert!(o.status.success(), "{}", said(&o));
+    let out = said(&o);
+    assert!(out.contains("attempt 1: "), "{out}");
+    assert!(out.contains("status 503"), "{out}");
+    assert!(out.contains("attempt 2: "), "{out}");
+    assert_eq!(imds.requests().len(), 3, "{out}");
+    assert!(root.path().join("peerpod/initdata.digest").exists());
+
+    // Never in time.
+    let never = Imds::start(vec![(
+        LINK_LOCAL,
+        "GET",
+        AZURE,
+        Box::new(|_, _| Answer::status(500)),
+    )]);
+    drop(imds);
+    let root = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let o = never.provision(root.path(), "azure", &["--fetch-timeout", "3"]);
+    assert!(!o.status.success(), "{}", said(&o));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("user-data from Azure IMDS: Azure IMDS: no usable user-data in")
+            && err.contains("attempts within the 3 s deadline")
+            && err.contains("status 500"),
+        "{err}"
+    );
+    assert!(never.requests().len() >= 3, "{}", never.requests().len());
+    assert!(!root.path().join("peerpod").exists());
+}
+
+/// An answer that is not cloud-config is asked for again (a service may answer
+/// before the user-data is in place, which is why upstream parses inside its
+/// retries), and at the deadline the error says where it failed, never what
+/// the body held. An answer over the bound is refused at once: asking again
+/// cannot make it smaller.
+#[test]
+fn bad_answers_are_refused_without_echoing_them_and_oversized_ones_at_once() {
+    use attestd_e2e::imds::{Answer, Imds, ALIBABA, LINK_LOCAL};
+    let bad =
+        b64(b"#cloud-config\nwrite_files: [ {path: /run/peerpod/apf.json, content: 'SECRET-KEY'");
+    let imds = Imds::start(vec![
+        (
+            LINK_LOCAL,
+            "GET",
+            GCP,
+            Box::new(move |_, _| Answer::ok(bad.clone())),
+        ),
+        (
+            ALIBABA,
+            "GET",
+            USER_DATA,
+            Box::new(|_, _| Answer::ok(vec![b'#'; attestd_podvm::MAX_USER_DATA_BYTES + 1])),
+        ),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    let o = imds.provision(root.path(), "gcp", &["--fetch-timeout", "2"]);
+    assert!(!o.status.success());
+    let out = said(&o);
+    assert!(out.contains("user-data is not valid cloud-config"), "{out}");
+    assert!(!out.contains("SECRET"), "{out}");
+    assert!(imds.requests().len() >= 2, "{out}");
+
+    let before = imds.requests().len();
+    let o = imds.provision(root.path(), "alibaba", &["--fetch-timeout", "20"]);
+    assert!(!o.status.success());
+    assert!(
+        said(&o).contains(&format!(
+            "http://100.100.100.200/latest/user-data: the body is more than {} bytes",
+            attestd_podvm::MAX_USER_DATA_BYTES
+        )),
+        "{}",
+        said(&o)
+    );
+    assert_eq!(imds.requests().len(), before + 1);
+    assert!(!root.path().join("peerpod").exists());
+}
+
+/// A source named on the command line that is not there is an error (before,
+/// a missing file started attestd on the image alone, and the pod's init-data
+/// was silently not applied).
+#[test]
+fn a_named_user_data_file_that_is_missing_stops_the_step() {
+    let root = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(attestd_e2e::bin("attestd-podvm"))
+        .args(["provision", "--from", "file", "--user-data"])
+        .arg(root.path().join("absent"))
+        .arg("--out-dir")
+        .arg(root.path().join("peerpod"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(said(&o).contains("no user-data at"), "{}", said(&o));
+    assert!(!root.path().join("peerpod").exists());
+    let o = std::process::Command::new(attestd_e2e::bin("attestd-podvm"))
+        .args(["provision", "--from", "file"])
+        .output()
+        .unwrap();
+    assert!(
+        said(&o).contains("--from file needs --user-data PATH"),
+        "{}",
+        said(&o)
+    );
+}

@@ -33,6 +33,8 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 
+pub mod source;
+
 /// The directory user-data's files are written to, as cloud-api-adaptor names it.
 pub const PEERPOD_DIR: &str = "/run/peerpod";
 /// User-data read at most (Azure's custom data is at most 64 KiB, AWS's 16 KiB).
@@ -301,7 +303,11 @@ pub fn provision(
     out_dir: &Path,
     image: &ImageSettings,
 ) -> Result<Provisioned, Error> {
-    let plan = plan(user_data, image)?;
+    apply(plan(user_data, image)?, out_dir)
+}
+
+/// Write a [`plan`]'s files under `out_dir`, as [`provision`] does.
+pub fn apply(plan: Plan, out_dir: &Path) -> Result<Provisioned, Error> {
     let stale_left = write_dir(out_dir, &plan.write)?;
     Ok(Provisioned {
         stale_left,

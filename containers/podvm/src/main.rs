@@ -1,13 +1,14 @@
-//! `attestd-podvm provision`: the pod VM's first-boot unit. Reads the user-data
-//! file, writes /run/peerpod, says what it did; attestd starts after it.
+//! `attestd-podvm provision`: the pod VM's first-boot unit. Fetches the
+//! user-data (qemu's fw_cfg, the cidata disk, or the cloud's metadata service),
+//! writes /run/peerpod, says what it did; attestd starts after it.
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result};
-use clap::{Parser, Subcommand};
+use std::time::{Duration, Instant};
 
-/// Where qemu's `-fw_cfg name=opt/org.attestd/user-data,file=…` appears in the guest.
-const FW_CFG_USER_DATA: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/org.attestd/user-data/raw";
+use anyhow::Result;
+use attestd_podvm::source::{self, Origin};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "attestd-podvm", version)]
@@ -18,12 +19,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Write user-data's files (and init-data's) to the peer-pod directory.
+    /// Fetch the user-data, write its files (and init-data's) to the peer-pod
+    /// directory.
     Provision {
-        /// The user-data file (a provider's agent fetches it there; under qemu,
-        /// fw_cfg). Absent: attestd starts on the image's configuration alone.
-        #[arg(long, default_value = FW_CFG_USER_DATA)]
-        user_data: PathBuf,
+        /// Where the user-data comes from (`auto`: the first that applies, as
+        /// cloud-api-adaptor's process-user-data picks). Default: `file` with
+        /// --user-data, else `auto`.
+        #[arg(long, value_enum)]
+        from: Option<Origin>,
+        /// The user-data file, for `--from file`.
+        #[arg(long)]
+        user_data: Option<PathBuf>,
+        /// Seconds all attempts to fetch from a metadata service may take.
+        #[arg(long, default_value_t = source::DEFAULT_FETCH_TIMEOUT.as_secs())]
+        fetch_timeout: u64,
         #[arg(long, default_value = attestd_podvm::PEERPOD_DIR)]
         out_dir: PathBuf,
         /// The image's attestd configuration directory: its `[config_file]
@@ -35,26 +44,35 @@ enum Cmd {
 
 fn main() -> Result<()> {
     let Cmd::Provision {
+        from,
         user_data,
+        fetch_timeout,
         out_dir,
         config_dir,
     } = Cli::parse().cmd;
     let image = attestd_podvm::ImageSettings::read(&config_dir)?;
-    let bytes = match std::fs::read(&user_data) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let from = from.unwrap_or(if user_data.is_some() {
+        Origin::File
+    } else {
+        Origin::Auto
+    });
+    let deadline = Instant::now() + Duration::from_secs(fetch_timeout);
+    let done = match source::resolve(from, user_data)? {
+        None => {
             println!(
-                "no user-data at {}: attestd starts on the image's configuration alone",
-                user_data.display()
+                "no user-data: no fw_cfg blob, no cidata disk, no cloud known by CPUID or DMI; attestd starts on the image's configuration alone"
             );
-            Vec::new()
+            attestd_podvm::provision(&[], &out_dir, &image)?
         }
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot read user-data {}", user_data.display()))
+        Some(provider) => {
+            println!("user-data from {provider}");
+            let plan = source::fetch(&provider, deadline, |bytes| {
+                attestd_podvm::plan(bytes, &image)
+            })
+            .map_err(|e| anyhow::anyhow!("user-data from {provider}: {}", source::chain(&e)))?;
+            attestd_podvm::apply(plan, &out_dir)?
         }
     };
-    let done = attestd_podvm::provision(&bytes, &out_dir, &image)
-        .with_context(|| format!("user-data {}", user_data.display()))?;
     // Paths are the host's words: quoted and escaped, so a line break or an
     // escape sequence in one cannot forge a journal line.
     for s in &done.stale_left {
