@@ -36,8 +36,9 @@ recorded_features() {
 
 # The pod VM: its build (debootstrap, mkfs.ext4, veritysetup) and its boot
 # tests (qemu, the TPM emulator above, socat for the forwarded IMDS, OVMF for
-# the measured UEFI boot, debugfs to find the block a tamper test changes).
-ATTESTD_PODVM_PACKAGES=(debootstrap e2fsprogs cryptsetup-bin qemu-system-x86 qemu-utils socat ovmf)
+# the measured UEFI boot, debugfs to find the block a tamper test changes,
+# genisoimage for the cidata disk libvirt gives a peer pod its user-data on).
+ATTESTD_PODVM_PACKAGES=(debootstrap e2fsprogs cryptsetup-bin qemu-system-x86 qemu-utils socat ovmf genisoimage)
 
 ensure_packages() {
     local missing=()

@@ -92,13 +92,14 @@ INITRAMFS_MODULES_2="virtio_scsi sd_mod hv_storvsc nvme"
 # Hyper-V/Azure, NVMe), ext4 and overlay (podman's store, for --registry), vsock
 # (kata's agent channel), SCSI disks, dm-verity (the root disk), configfs (where
 # configfs-tsm's reports appear; systemd mounts it), the TPM interfaces, the TEE guest drivers (sev-guest;
-# tdx-guest and configfs-tsm's tsm where the kernel has them), qemu_fw_cfg.
+# tdx-guest and configfs-tsm's tsm where the kernel has them), qemu_fw_cfg, and
+# isofs with SCSI CD drives (libvirt's and byom's cidata disk).
 # Containers get no network of their own (none, or the host's), so no bridge or
 # netfilter.
 KEEP_MODULES="virtio_pci virtio_blk virtio_scsi virtio_net virtio_console virtio_rng virtio_balloon
 virtio_mmio sd_mod ext4 overlay vsock vmw_vsock_virtio_transport hv_vmbus hv_storvsc hv_netvsc hv_utils
 hv_sock hv_balloon pci-hyperv hyperv_keyboard nvme dm_verity configfs tpm_tis tpm_crb sev-guest tdx-guest tsm
-qemu_fw_cfg"
+qemu_fw_cfg isofs sr_mod"
 # Bump when the base steps below change: it keys the cache.
 RECIPE=6
 CACHE=target/podvm-cache
@@ -176,6 +177,8 @@ install -m 0755 target/release/attestd-podvm "$ROOT/usr/bin/attestd-podvm"
 
 # The attester images only, each prefetched below.
 install -d "$ROOT/usr/share/attestd" "$ROOT/etc/attestd/attestd.toml.d"
+# Where attestd-podvm mounts the cidata disk (the root is read-only at boot).
+install -d -m 0700 "$ROOT/media/cidata"
 awk '/^\[components\./ {skip=1; next} /^\[/ {skip=0} !skip' "$LOCK" >"$ROOT/usr/share/attestd/images.lock"
 if [ -n "$REGISTRY" ]; then
     # Same digests, the registry's names: localhost/attestd/attester-tpm becomes
@@ -273,7 +276,12 @@ RemainAfterExit=yes
 # would, but attestd does not wait for its coldplug): sev-guest on SEV-SNP,
 # tdx-guest on TDX (kernels that have it).
 ExecStartPre=-/bin/sh -c '[ ! -e /sys/bus/platform/devices/sev-guest ] || modprobe sev-guest; ! grep -qw tdx_guest /proc/cpuinfo || modprobe -q tdx-guest'
-ExecStart=/usr/bin/attestd-podvm provision
+# Where the user-data comes from: qemu's fw_cfg, the cidata disk, or the
+# cloud's metadata service (CPUID and DMI say which). The network is not waited
+# for: a metadata service is asked again until it answers, within the fetch
+# timeout (180 s); the unit's own start timeout must stay above it.
+ExecStart=/usr/bin/attestd-podvm provision --from auto
+TimeoutStartSec=240
 
 [Install]
 WantedBy=multi-user.target

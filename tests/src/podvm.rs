@@ -251,6 +251,34 @@ pub struct Boot {
     pub no_reboot: bool,
     /// Another initramfs than the image's (see [`initramfs_without`]).
     pub initrd: Option<PathBuf>,
+    /// The user-data on a `cidata` ISO disk (libvirt's and byom's form, read
+    /// from `/media/cidata/user-data` by process-user-data) instead of qemu's
+    /// fw_cfg.
+    pub cidata: bool,
+}
+
+/// A NoCloud config disk as libvirt's provider makes it (cloud-api-adaptor's
+/// smoke test: `genisoimage -volid cidata -joliet -rock user-data meta-data`).
+fn cidata_iso(dir: &Path, user_data: &str) -> PathBuf {
+    let src = dir.join("cidata");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("user-data"), user_data).unwrap();
+    std::fs::write(
+        src.join("meta-data"),
+        "instance-id: podvm\nlocal-hostname: podvm\n",
+    )
+    .unwrap();
+    let iso = dir.join("cidata.iso");
+    must(
+        Command::new("genisoimage")
+            .args(["-quiet", "-output"])
+            .arg(&iso)
+            .args(["-volid", "cidata", "-joliet", "-rock"])
+            .arg(src.join("user-data"))
+            .arg(src.join("meta-data")),
+        "genisoimage is missing: apt-get install genisoimage",
+    );
+    iso
 }
 
 /// Run `cmd`, which must succeed (`missing`: what to say when it cannot run).
@@ -433,13 +461,19 @@ impl PodVm {
             .args(["-append", &cmdline])
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
-            .args(["-netdev", &net, "-device", "virtio-net-pci,netdev=n0"])
-            .arg("-fw_cfg")
-            .arg(format!(
+            .args(["-netdev", &net, "-device", "virtio-net-pci,netdev=n0"]);
+        if boot.cidata {
+            cmd.arg("-drive").arg(format!(
+                "file={},if=virtio,format=raw,readonly=on",
+                cidata_iso(d, &boot.user_data).display()
+            ));
+        } else {
+            cmd.arg("-fw_cfg").arg(format!(
                 "name=opt/org.attestd/user-data,file={}",
                 d.join("user-data").display()
-            ))
-            .arg("-serial")
+            ));
+        }
+        cmd.arg("-serial")
             .arg(format!("file:{}", d.join("console.log").display()))
             .arg("-serial")
             .arg(format!("file:{}", d.join("journal.log").display()))

@@ -318,13 +318,27 @@ async fn without_a_tee_attestd_refuses_visibly_and_nothing_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_vtpm_the_pinned_tpm_image_serves_survives_a_kill_and_a_reboot() {
     let img = podvm::image();
-    let mut vm = boot_vtpm(&img, Boot::default());
+    // The user-data on a cidata disk, as libvirt's provider gives it (issue 39).
+    let mut vm = boot_vtpm(
+        &img,
+        Boot {
+            cidata: true,
+            ..Boot::default()
+        },
+    );
     ready_as(&mut vm, "tpm", "vtpm", "boot to AA API ready").await;
     let j = vm.journal();
     assert!(
         j.contains("selected tee=tpm plugin=tpm"),
         "no selection in the journal"
     );
+    // Found by its label, read, and not left mounted for others to read.
+    assert!(
+        j.contains("user-data from cidata (disk /dev/vdb)"),
+        "the cidata disk was not read"
+    );
+    let mounts = in_guest(&vm, "/bin/cat", &["/proc/mounts"]);
+    assert!(!mounts.contains("/media/cidata"), "{mounts}");
 
     // Evidence: the quote verifies on the host against the AK the guest reports,
     // with tpm2_checkquote, over the nonce the host chose.
