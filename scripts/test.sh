@@ -112,6 +112,9 @@ if [ "${ATTESTD_PRUNE_BUILD:-0}" = 1 ]; then
         target/release target/podvm-cache
 fi
 
+echo "== upstream peers (scripts/peers.pins): built into their cache where a tree is; the tests that compare with them say whether they ran"
+bash scripts/peers-build.sh
+
 echo "== tests"
 for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do
     # shellcheck disable=SC2046

@@ -21,6 +21,7 @@ pub mod kbs;
 pub mod kube;
 pub mod netns;
 pub mod ocicrypt;
+pub mod peers;
 pub mod podvm;
 pub mod registry;
 pub mod swtpm;

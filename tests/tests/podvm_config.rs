@@ -1028,3 +1028,363 @@ fn a_named_user_data_file_that_is_missing_stops_the_step() {
         said(&o)
     );
 }
+
+/// What `dir` holds: name → (bytes, mode bits).
+fn tree(dir: &Path) -> std::collections::BTreeMap<String, (Vec<u8>, u32)> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            let bytes = if meta.is_file() {
+                std::fs::read(e.path()).unwrap()
+            } else {
+                Vec::new()
+            };
+            (
+                e.file_name().into_string().unwrap(),
+                (bytes, meta.permissions().mode() & 0o777),
+            )
+        })
+        .collect()
+}
+
+/// cloud-api-adaptor's `process-user-data provision-files` as its image runs it
+/// (its paths are fixed: `/media/cidata/user-data` in, `/run/peerpod` out), in
+/// a mount namespace with both on memory; `ud` (if any) in the cidata place.
+/// Inside `netns` when given. Its output, and `/run/peerpod` copied to `out`.
+fn process_user_data(
+    caa: &Path,
+    ud: Option<&Path>,
+    out: &Path,
+    netns: Option<&attestd_e2e::netns::Netns>,
+) -> std::process::Output {
+    let script = r#"set -e
+mount -t tmpfs tmpfs /run && mkdir /run/peerpod
+mount -t tmpfs tmpfs /media && mkdir /media/cidata
+[ -z "$1" ] || cp "$1" /media/cidata/user-data
+"$2" provision-files -t 10
+cp -a /run/peerpod/. "$3"
+stat -c '%a' /run/peerpod > "$3/.dir-mode""#;
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = ns.exec("unshare");
+            c.args(["-m", "--propagation", "private"]);
+            c
+        }
+        None => {
+            let mut c = std::process::Command::new("unshare");
+            c.args(["-m", "--propagation", "private"]);
+            c
+        }
+    };
+    std::fs::create_dir_all(out).unwrap();
+    cmd.args(["sh", "-c", script, "sh"])
+        .arg(ud.map(|p| p.as_os_str()).unwrap_or_default())
+        .arg(caa.join("process-user-data"))
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+/// Base64 of gzip, read back (an `initdata` file, as both write it).
+fn gunzip_b64(bytes: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    use std::io::Read as _;
+    let text: Vec<u8> = bytes
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let gz = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap();
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// The hex digest of `doc` by its own `algorithm`.
+fn hex_digest(doc: &[u8]) -> String {
+    use sha2::Digest as _;
+    let t: toml::Table = toml::from_str(std::str::from_utf8(doc).unwrap()).unwrap();
+    match t["algorithm"].as_str().unwrap() {
+        "sha256" => hex::encode(sha2::Sha256::digest(doc)),
+        "sha384" => hex::encode(sha2::Sha384::digest(doc)),
+        "sha512" => hex::encode(sha2::Sha512::digest(doc)),
+        a => panic!("{a}"),
+    }
+}
+
+/// An init-data case of the comparison below.
+struct Variant {
+    name: &'static str,
+    /// The pod's `cc_init_data` annotation (the TOML, as kata's runtime hands it on).
+    annotation: Option<String>,
+    /// peer-pods-cm's `INITDATA` (already encoded), used when the pod has none.
+    global: Option<String>,
+    /// The field attestd-podvm names when it refuses (as kata's agent would).
+    refused: Option<&'static str>,
+}
+
+/// Issue 39 (done when): cloud-api-adaptor's own user-data writer (its
+/// `initdata.Encode` and `cloudinit` template, at the pinned commit) renders a
+/// peer pod's user-data; its `process-user-data` and attestd-podvm each turn it
+/// into files. For every init-data kata accepts, both write the same files with
+/// the same bytes and the same digest, attestd-podvm's never more open than
+/// upstream's; for what kata refuses (no `version`, `0.2.0`), upstream writes
+/// and attestd-podvm refuses, naming the field, before writing anything. The
+/// forms: the cidata file (libvirt, byom) for every variant, and GCP's metadata
+/// service (base64) where this machine's CPUID says KVM, which is how upstream
+/// knows GCP.
+#[test]
+fn attestd_podvm_writes_what_cloud_api_adaptors_process_user_data_writes() {
+    use attestd_podvm::source::{Hypervisor, Platform};
+    let test = "attestd_podvm_writes_what_cloud_api_adaptors_process_user_data_writes";
+    let Some(caa) = attestd_e2e::peers::peer_or_skip("cloud-api-adaptor", test) else {
+        return;
+    };
+    let kata_default = attestd_e2e::peers::peer_or_skip("kata-containers", test)
+        .map(|d| std::fs::read_to_string(d.join("default-initdata.toml")).unwrap());
+    let doc = |alg: &str, version: Option<&str>| {
+        format!(
+            "{}algorithm = \"{alg}\"\n\n[data]\n\"aa.toml\" = '''\n[token_configs.kbs]\nurl = \"https://kbs.example:8080\"\n'''\n\"cdh.toml\" = '''\nsocket = 'unix:///run/confidential-containers/cdh.sock'\ncredentials = []\n\n[kbc]\nname = \"cc_kbc\"\nurl = \"https://kbs.example:8080\"\n'''\n\"policy.rego\" = '''\npackage agent_policy\n\ndefault CreateContainerRequest := true\n'''\n",
+            version.map(|v| format!("version = \"{v}\"\n")).unwrap_or_default()
+        )
+    };
+    let v = |name, annotation: Option<String>, global: Option<String>, refused| Variant {
+        name,
+        annotation,
+        global,
+        refused,
+    };
+    let mut variants = vec![
+        v("sha256", Some(doc("sha256", Some("0.1.0"))), None, None),
+        v("sha384", Some(doc("sha384", Some("0.1.0"))), None, None),
+        v("sha512", Some(doc("sha512", Some("0.1.0"))), None, None),
+        v("no init-data", None, None, None),
+        v(
+            "peer-pods-cm INITDATA",
+            None,
+            Some(gzip_b64(&doc("sha384", Some("0.1.0")))),
+            None,
+        ),
+        v(
+            "no version",
+            Some(doc("sha256", None)),
+            None,
+            Some("version"),
+        ),
+        v(
+            "version 0.2.0",
+            Some(doc("sha256", Some("0.2.0"))),
+            None,
+            Some("version"),
+        ),
+    ];
+    if let Some(k) = &kata_default {
+        variants.push(v("kata's default-initdata", Some(k.clone()), None, None));
+    }
+    let root = tempfile::tempdir().unwrap();
+    let apf = root.path().join("apf.json");
+    std::fs::write(&apf, "{\n    \"pod-network\": {\n        \"podip\": \"10.244.1.5/24\"\n    },\n    \"tls-server-key\": \"-----BEGIN PRIVATE KEY-----\\nMC4CAQ\\n-----END PRIVATE KEY-----\\n\"\n}").unwrap();
+    let auth = root.path().join("auth.json");
+    std::fs::write(
+        &auth,
+        "{\"auths\":{\"registry.example\":{\"auth\":\"dXNlcjpwYXNz\"}}}",
+    )
+    .unwrap();
+    let gcp = Platform::read().hypervisor == Hypervisor::Kvm;
+    if !gcp {
+        eprintln!("peers: {test}: the GCP form skipped: CPUID does not say KVM, so upstream would not pick GCP");
+    }
+    for (
+        i,
+        Variant {
+            name,
+            annotation,
+            global,
+            refused,
+        },
+    ) in variants.iter().enumerate()
+    {
+        let dir = root.path().join(format!("v{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut writer = std::process::Command::new(caa.join("attestd-caa-userdata"));
+        writer
+            .arg("--apf-json")
+            .arg(&apf)
+            .arg("--auth-json")
+            .arg(&auth)
+            .arg("--scratch-space");
+        if let Some(a) = annotation {
+            std::fs::write(dir.join("annotation"), a).unwrap();
+            writer.arg("--annotation").arg(dir.join("annotation"));
+        }
+        if let Some(g) = global {
+            std::fs::write(dir.join("global"), g).unwrap();
+            writer.arg("--global-initdata").arg(dir.join("global"));
+        }
+        let o = writer.output().unwrap();
+        assert!(o.status.success(), "{name}: {}", said(&o));
+        let ud = dir.join("user-data");
+        std::fs::write(&ud, &o.stdout).unwrap();
+
+        let theirs_dir = dir.join("caa");
+        let o = process_user_data(&caa, Some(&ud), &theirs_dir, None);
+        assert!(
+            o.status.success(),
+            "{name}: process-user-data: {}",
+            said(&o)
+        );
+        let mut theirs = tree(&theirs_dir);
+        let their_dir_mode = theirs.remove(".dir-mode").unwrap().0;
+
+        let ours_dir = dir.join("peerpod");
+        let o = std::process::Command::new(attestd_e2e::bin("attestd-podvm"))
+            .args(["provision", "--from", "file", "--user-data"])
+            .arg(&ud)
+            .arg("--out-dir")
+            .arg(&ours_dir)
+            .arg("--config-dir")
+            .arg(dir.join("no-image-config"))
+            .output()
+            .unwrap();
+        if let Some(field) = refused {
+            // Upstream writes what kata's agent will refuse; attestd-podvm
+            // refuses first, naming the field, and writes nothing.
+            assert!(!o.status.success(), "{name}: {}", said(&o));
+            assert!(
+                said(&o).contains(&format!("init-data: {field}")),
+                "{name}: {}",
+                said(&o)
+            );
+            assert!(!ours_dir.exists(), "{name}");
+            assert!(theirs.contains_key("initdata.digest"), "{name}: {theirs:?}");
+            continue;
+        }
+        assert!(o.status.success(), "{name}: {}", said(&o));
+        for f in [
+            "apf.json",
+            "auth.json",
+            "scratch-space.marker",
+            "initdata",
+            "initdata.digest",
+        ] {
+            assert!(
+                theirs.contains_key(f),
+                "{name}: upstream wrote {:?}",
+                theirs.keys()
+            );
+        }
+        let ours = tree(&ours_dir);
+        compare(name, &theirs, &ours);
+        use std::os::unix::fs::PermissionsExt as _;
+        let our_dir_mode = std::fs::metadata(&ours_dir).unwrap().permissions().mode() & 0o777;
+        let their_dir_mode =
+            u32::from_str_radix(String::from_utf8(their_dir_mode).unwrap().trim(), 8).unwrap();
+        assert_eq!(
+            our_dir_mode & !their_dir_mode,
+            0,
+            "{name}: /run/peerpod {our_dir_mode:o} vs {their_dir_mode:o}"
+        );
+        // The digest both leave is the one attestd binds: initdata.toml's, by
+        // its own algorithm.
+        assert_eq!(
+            hex_digest(&ours["initdata.toml"].0),
+            String::from_utf8(ours["initdata.digest"].0.clone()).unwrap(),
+            "{name}"
+        );
+        if annotation.is_none() && global.is_none() {
+            assert!(
+                String::from_utf8_lossy(&ours["initdata.digest"].0).starts_with("adb48cc1"),
+                "{name}"
+            );
+        }
+
+        // The same bytes from GCP's metadata service, base64 as GCP's provider
+        // stores them: upstream (which knows GCP by KVM and the service
+        // answering) and attestd-podvm write the same again.
+        if gcp && *name == "sha384" {
+            use attestd_e2e::imds::{Answer, Imds, LINK_LOCAL};
+            let body = b64(&std::fs::read(&ud).unwrap());
+            let imds = Imds::start(vec![
+                (
+                    LINK_LOCAL,
+                    "GET",
+                    "/computeMetadata/v1/instance",
+                    Box::new(|_, _| Answer::ok("{}")),
+                ),
+                (
+                    LINK_LOCAL,
+                    "GET",
+                    GCP,
+                    Box::new(move |r, _| match r.header("Metadata-Flavor") {
+                        Some("Google") => Answer::ok(body.clone()),
+                        _ => Answer::status(403),
+                    }),
+                ),
+            ]);
+            let o = process_user_data(&caa, None, &dir.join("caa-gcp"), Some(&imds.netns));
+            assert!(
+                o.status.success(),
+                "{name} (GCP): process-user-data: {}",
+                said(&o)
+            );
+            assert!(said(&o).contains("provider: GCP"), "{}", said(&o));
+            let mut theirs = tree(&dir.join("caa-gcp"));
+            theirs.remove(".dir-mode");
+            let gcp_root = dir.join("gcp");
+            let o = imds.provision(&gcp_root, "gcp", &[]);
+            assert!(o.status.success(), "{name} (GCP): {}", said(&o));
+            compare("sha384 (GCP)", &theirs, &tree(&gcp_root.join("peerpod")));
+        }
+    }
+}
+
+/// Every file upstream wrote, attestd-podvm wrote with the same bytes (an
+/// `initdata` upstream made itself, the stand-in, by what it decodes to: gzip's
+/// bytes differ between Go's and Rust's), its mode never more open; and
+/// attestd-podvm wrote nothing else but its own.
+fn compare(
+    name: &str,
+    theirs: &std::collections::BTreeMap<String, (Vec<u8>, u32)>,
+    ours: &std::collections::BTreeMap<String, (Vec<u8>, u32)>,
+) {
+    for (file, (bytes, mode)) in theirs {
+        let (mine, my_mode) = ours.get(file).unwrap_or_else(|| {
+            panic!(
+                "{name}: attestd-podvm did not write {file}; it wrote {:?}",
+                ours.keys()
+            )
+        });
+        if file == "initdata" {
+            assert_eq!(gunzip_b64(mine), gunzip_b64(bytes), "{name}: initdata");
+        } else {
+            assert_eq!(
+                String::from_utf8_lossy(mine),
+                String::from_utf8_lossy(bytes),
+                "{name}: {file}"
+            );
+        }
+        assert_eq!(
+            my_mode & !mode,
+            0,
+            "{name}: {file} is {my_mode:o}, upstream's {mode:o}"
+        );
+    }
+    let own = ["attestd.env", "initdata.toml", attestd_podvm::MANIFEST];
+    for (file, (bytes, _)) in ours {
+        // attestd's unit names `-c /run/peerpod/aa.toml`: with none from
+        // init-data or user-data (kata's default-initdata has an empty
+        // `[data]`), attestd-podvm writes it empty.
+        let empty_aa = file == "aa.toml" && bytes.is_empty();
+        assert!(
+            theirs.contains_key(file) || own.contains(&file.as_str()) || empty_aa,
+            "{name}: attestd-podvm wrote {file}, upstream did not"
+        );
+    }
+}
