@@ -67,6 +67,9 @@ impl Answer {
 /// How a route answers: the request, and how many came to it before.
 pub type Script = Box<dyn Fn(&Request, usize) -> Answer + Send + Sync>;
 
+/// (address, method, target, script).
+pub type Routed = (&'static str, &'static str, &'static str, Script);
+
 struct Route {
     addr: &'static str,
     method: &'static str,
@@ -85,7 +88,7 @@ pub struct Imds {
 impl Imds {
     /// Listening on port 80 of both addresses; routes are (address, method,
     /// target, script); anything not routed is a 404.
-    pub fn start(routes: Vec<(&'static str, &'static str, &'static str, Script)>) -> Imds {
+    pub fn start(routes: Vec<Routed>) -> Imds {
         let netns = Netns::create("imds", &[LINK_LOCAL, ALIBABA]);
         netns.hosts(&format!(
             "127.0.0.1 localhost\n{LINK_LOCAL} metadata.google.internal\n"

@@ -1053,17 +1053,24 @@ fn tree(dir: &Path) -> std::collections::BTreeMap<String, (Vec<u8>, u32)> {
 /// cloud-api-adaptor's `process-user-data provision-files` as its image runs it
 /// (its paths are fixed: `/media/cidata/user-data` in, `/run/peerpod` out), in
 /// a mount namespace with both on memory; `ud` (if any) in the cidata place.
-/// Inside `netns` when given. Its output, and `/run/peerpod` copied to `out`.
+/// Inside `netns` when given; with `dmi`'s SMBIOS tables as the machine's
+/// (`/sys/firmware/dmi/tables`, where upstream's DMI library reads them). Its
+/// output, and `/run/peerpod` copied to `out`.
 fn process_user_data(
     caa: &Path,
     ud: Option<&Path>,
     out: &Path,
     netns: Option<&attestd_e2e::netns::Netns>,
+    dmi: Option<&Path>,
 ) -> std::process::Output {
     let script = r#"set -e
 mount -t tmpfs tmpfs /run && mkdir /run/peerpod
 mount -t tmpfs tmpfs /media && mkdir /media/cidata
 [ -z "$1" ] || cp "$1" /media/cidata/user-data
+if [ -n "$4" ]; then
+    mount -t tmpfs tmpfs /sys/firmware && mkdir -p /sys/firmware/dmi/tables
+    cp "$4"/* /sys/firmware/dmi/tables/
+fi
 "$2" provision-files -t 10
 cp -a /run/peerpod/. "$3"
 stat -c '%a' /run/peerpod > "$3/.dir-mode""#;
@@ -1084,6 +1091,7 @@ stat -c '%a' /run/peerpod > "$3/.dir-mode""#;
         .arg(ud.map(|p| p.as_os_str()).unwrap_or_default())
         .arg(caa.join("process-user-data"))
         .arg(out)
+        .arg(dmi.map(|p| p.as_os_str()).unwrap_or_default())
         .output()
         .unwrap()
 }
@@ -1137,9 +1145,8 @@ struct Variant {
 /// the same bytes and the same digest, attestd-podvm's never more open than
 /// upstream's; for what kata refuses (no `version`, `0.2.0`), upstream writes
 /// and attestd-podvm refuses, naming the field, before writing anything. The
-/// forms: the cidata file (libvirt, byom) for every variant, and GCP's metadata
-/// service (base64) where this machine's CPUID says KVM, which is how upstream
-/// knows GCP.
+/// forms: the cidata file (libvirt, byom) for every variant; for one, AWS's,
+/// Alibaba's and GCP's metadata services too ([`cloud_forms`]).
 #[test]
 fn attestd_podvm_writes_what_cloud_api_adaptors_process_user_data_writes() {
     use attestd_podvm::source::{Hypervisor, Platform};
@@ -1197,10 +1204,7 @@ fn attestd_podvm_writes_what_cloud_api_adaptors_process_user_data_writes() {
         "{\"auths\":{\"registry.example\":{\"auth\":\"dXNlcjpwYXNz\"}}}",
     )
     .unwrap();
-    let gcp = Platform::read().hypervisor == Hypervisor::Kvm;
-    if !gcp {
-        eprintln!("peers: {test}: the GCP form skipped: CPUID does not say KVM, so upstream would not pick GCP");
-    }
+    let kvm = Platform::read().hypervisor == Hypervisor::Kvm;
     for (
         i,
         Variant {
@@ -1234,7 +1238,7 @@ fn attestd_podvm_writes_what_cloud_api_adaptors_process_user_data_writes() {
         std::fs::write(&ud, &o.stdout).unwrap();
 
         let theirs_dir = dir.join("caa");
-        let o = process_user_data(&caa, Some(&ud), &theirs_dir, None);
+        let o = process_user_data(&caa, Some(&ud), &theirs_dir, None, None);
         assert!(
             o.status.success(),
             "{name}: process-user-data: {}",
@@ -1305,13 +1309,49 @@ fn attestd_podvm_writes_what_cloud_api_adaptors_process_user_data_writes() {
             );
         }
 
-        // The same bytes from GCP's metadata service, base64 as GCP's provider
-        // stores them: upstream (which knows GCP by KVM and the service
-        // answering) and attestd-podvm write the same again.
-        if gcp && *name == "sha384" {
-            use attestd_e2e::imds::{Answer, Imds, LINK_LOCAL};
-            let body = b64(&std::fs::read(&ud).unwrap());
-            let imds = Imds::start(vec![
+        if *name == "sha384" {
+            cloud_forms(&caa, &dir, &std::fs::read(&ud).unwrap(), kvm);
+        }
+    }
+}
+
+/// SMBIOS tables (a 64-bit entry point and the structure table) of a machine
+/// whose system manufacturer is `vendor`, as `/sys/firmware/dmi/tables` holds
+/// them: how upstream knows AWS and Alibaba Cloud.
+fn smbios_tables(dir: &Path, vendor: &str) {
+    // Type 1 (System Information), its manufacturer string 1; end of table.
+    let mut table = vec![1u8, 8, 1, 0, 1, 0, 0, 0];
+    table.extend_from_slice(vendor.as_bytes());
+    table.extend_from_slice(&[0, 0, 127, 4, 2, 0, 0, 0]);
+    let mut ep = b"_SM3_\0\x18\x03\x00\x00\x01\x00".to_vec();
+    ep.extend_from_slice(&(table.len() as u32).to_le_bytes());
+    ep.extend_from_slice(&0u64.to_le_bytes());
+    ep[5] = 0u8.wrapping_sub(ep.iter().fold(0u8, |a, b| a.wrapping_add(*b)));
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("smbios_entry_point"), ep).unwrap();
+    std::fs::write(dir.join("DMI"), table).unwrap();
+}
+
+/// The same user-data from the metadata services, in each provider's own form
+/// (GCP's base64 as its provider stores it; AWS's and Alibaba's as IMDS serves
+/// them): upstream's process-user-data, on a machine it takes for that cloud,
+/// and attestd-podvm write the same files as from the cidata file. AWS and
+/// Alibaba are known by DMI (given here as SMBIOS tables), GCP by CPUID's KVM
+/// (this machine's) and its metadata server answering; Azure only by CPUID's
+/// Hyper-V, which no test here can give upstream's binary.
+fn cloud_forms(caa: &Path, dir: &Path, ud: &[u8], kvm: bool) {
+    use attestd_e2e::imds::{Answer, Imds, Routed, Script, ALIBABA, LINK_LOCAL};
+    let want = tree(&dir.join("peerpod"));
+    let raw = || {
+        let body = ud.to_vec();
+        Box::new(move |_: &attestd_e2e::imds::Request, _: usize| Answer::ok(body.clone())) as Script
+    };
+    let gcp_body = b64(ud);
+    let forms: Vec<(&str, Option<&str>, Vec<Routed>)> = vec![
+        (
+            "gcp",
+            None,
+            vec![
                 (
                     LINK_LOCAL,
                     "GET",
@@ -1323,25 +1363,83 @@ fn attestd_podvm_writes_what_cloud_api_adaptors_process_user_data_writes() {
                     "GET",
                     GCP,
                     Box::new(move |r, _| match r.header("Metadata-Flavor") {
-                        Some("Google") => Answer::ok(body.clone()),
+                        Some("Google") => Answer::ok(gcp_body.clone()),
                         _ => Answer::status(403),
                     }),
                 ),
-            ]);
-            let o = process_user_data(&caa, None, &dir.join("caa-gcp"), Some(&imds.netns));
-            assert!(
-                o.status.success(),
-                "{name} (GCP): process-user-data: {}",
-                said(&o)
+            ],
+        ),
+        (
+            "aws",
+            Some("Amazon EC2"),
+            vec![
+                (
+                    LINK_LOCAL,
+                    "PUT",
+                    AWS_TOKEN,
+                    Box::new(|_, _| Answer::ok("AQAEAtoken==")),
+                ),
+                (LINK_LOCAL, "GET", USER_DATA, {
+                    let body = ud.to_vec();
+                    Box::new(move |r, _| match r.header("X-aws-ec2-metadata-token") {
+                        Some("AQAEAtoken==") => Answer::ok(body.clone()),
+                        _ => Answer::status(401),
+                    })
+                }),
+            ],
+        ),
+        (
+            "alibaba",
+            Some("Alibaba Cloud"),
+            vec![(ALIBABA, "GET", USER_DATA, raw())],
+        ),
+    ];
+    for (form, vendor, routes) in forms {
+        if form == "gcp" && !kvm {
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                b"peers: the GCP form skipped: CPUID does not say KVM, so upstream would not take this machine for GCP\n",
             );
-            assert!(said(&o).contains("provider: GCP"), "{}", said(&o));
-            let mut theirs = tree(&dir.join("caa-gcp"));
-            theirs.remove(".dir-mode");
-            let gcp_root = dir.join("gcp");
-            let o = imds.provision(&gcp_root, "gcp", &[]);
-            assert!(o.status.success(), "{name} (GCP): {}", said(&o));
-            compare("sha384 (GCP)", &theirs, &tree(&gcp_root.join("peerpod")));
+            continue;
         }
+        let imds = Imds::start(routes);
+        let dmi = vendor.map(|v| {
+            let d = dir.join(format!("dmi-{form}"));
+            smbios_tables(&d, v);
+            d
+        });
+        let theirs_dir = dir.join(format!("caa-{form}"));
+        let o = process_user_data(caa, None, &theirs_dir, Some(&imds.netns), dmi.as_deref());
+        assert!(
+            o.status.success(),
+            "{form}: process-user-data: {}",
+            said(&o)
+        );
+        let provider = match form {
+            "gcp" => "GCP",
+            "aws" => "AWS",
+            _ => "AlibabaCloud",
+        };
+        assert!(
+            said(&o).contains(&format!("provider: {provider}")),
+            "{form}: {}",
+            said(&o)
+        );
+        let mut theirs = tree(&theirs_dir);
+        theirs.remove(".dir-mode");
+        let root = dir.join(form);
+        let o = imds.provision(&root, form, &[]);
+        assert!(o.status.success(), "{form}: {}", said(&o));
+        let ours = tree(&root.join("peerpod"));
+        compare(&format!("sha384 ({form})"), &theirs, &ours);
+        // And the same as from the cidata file.
+        let strip = |t: &std::collections::BTreeMap<String, (Vec<u8>, u32)>| {
+            t.iter()
+                .filter(|(k, _)| k.as_str() != attestd_podvm::MANIFEST)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&ours), strip(&want), "{form}");
     }
 }
 
