@@ -1145,8 +1145,8 @@ struct Variant {
 /// the same bytes and the same digest, attestd-podvm's never more open than
 /// upstream's; for what kata refuses (no `version`, `0.2.0`), upstream writes
 /// and attestd-podvm refuses, naming the field, before writing anything. The
-/// forms: the cidata file (libvirt, byom) for every variant; for one, AWS's,
-/// Alibaba's and GCP's metadata services too ([`cloud_forms`]).
+/// forms: the cidata file (libvirt, byom), and AWS's, Alibaba's and GCP's
+/// metadata services ([`cloud_forms`]), for every variant.
 #[test]
 fn attestd_podvm_writes_what_cloud_api_adaptors_process_user_data_writes() {
     use attestd_podvm::source::{Hypervisor, Platform};
@@ -1309,9 +1309,7 @@ fn attestd_podvm_writes_what_cloud_api_adaptors_process_user_data_writes() {
             );
         }
 
-        if *name == "sha384" {
-            cloud_forms(&caa, &dir, &std::fs::read(&ud).unwrap(), kvm);
-        }
+        cloud_forms(name, &caa, &dir, &std::fs::read(&ud).unwrap(), kvm);
     }
 }
 
@@ -1339,8 +1337,9 @@ fn smbios_tables(dir: &Path, vendor: &str) {
 /// Alibaba are known by DMI (given here as SMBIOS tables), GCP by CPUID's KVM
 /// (this machine's) and its metadata server answering; Azure only by CPUID's
 /// Hyper-V, which no test here can give upstream's binary.
-fn cloud_forms(caa: &Path, dir: &Path, ud: &[u8], kvm: bool) {
+fn cloud_forms(name: &str, caa: &Path, dir: &Path, ud: &[u8], kvm: bool) {
     use attestd_e2e::imds::{Answer, Imds, Routed, Script, ALIBABA, LINK_LOCAL};
+    use std::io::Write as _;
     let want = tree(&dir.join("peerpod"));
     let raw = || {
         let body = ud.to_vec();
@@ -1396,9 +1395,9 @@ fn cloud_forms(caa: &Path, dir: &Path, ud: &[u8], kvm: bool) {
     ];
     for (form, vendor, routes) in forms {
         if form == "gcp" && !kvm {
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr(),
-                b"peers: the GCP form skipped: CPUID does not say KVM, so upstream would not take this machine for GCP\n",
+            let _ = writeln!(
+                std::io::stderr(),
+                "peers: {name}: the GCP form skipped: CPUID does not say KVM, so upstream would not take this machine for GCP"
             );
             continue;
         }
@@ -1431,7 +1430,7 @@ fn cloud_forms(caa: &Path, dir: &Path, ud: &[u8], kvm: bool) {
         let o = imds.provision(&root, form, &[]);
         assert!(o.status.success(), "{form}: {}", said(&o));
         let ours = tree(&root.join("peerpod"));
-        compare(&format!("sha384 ({form})"), &theirs, &ours);
+        compare(&format!("{name} ({form})"), &theirs, &ours);
         // And the same as from the cidata file.
         let strip = |t: &std::collections::BTreeMap<String, (Vec<u8>, u32)>| {
             t.iter()
@@ -1439,7 +1438,7 @@ fn cloud_forms(caa: &Path, dir: &Path, ud: &[u8], kvm: bool) {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect::<Vec<_>>()
         };
-        assert_eq!(strip(&ours), strip(&want), "{form}");
+        assert_eq!(strip(&ours), strip(&want), "{name} ({form})");
     }
 }
 
