@@ -37,7 +37,7 @@ pub mod source;
 
 /// The directory user-data's files are written to, as cloud-api-adaptor names it.
 pub const PEERPOD_DIR: &str = "/run/peerpod";
-/// User-data read at most (Azure's custom data is at most 64 KiB, AWS's 16 KiB).
+/// User-data read at most (Azure's userData is at most 64 KiB in base64, AWS's 16 KiB).
 pub const MAX_USER_DATA_BYTES: usize = 256 * 1024;
 /// One file, decoded and decompressed, at most (a gzip bomb stops here).
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
