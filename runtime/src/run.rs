@@ -75,7 +75,24 @@ impl Reload {
 
 /// Start the configured plugins: the primary, then the additional ones. No plugin
 /// configured is an error: attestd never falls back to the sample attester.
+/// Start the plugins and open the event log, in the order [`run`] uses
+/// without init-data to bind: [`start_primary`], then [`start_rest`].
 pub async fn start_plugins(config: &Config) -> Result<Service> {
+    let mut service = start_primary(config).await?;
+    if let Err(e) = start_rest(&mut service, config).await {
+        service.stop().await;
+        return Err(e);
+    }
+    Ok(service)
+}
+
+/// What starts before init-data is bound: the socket directory's lock and the
+/// primary plugin (how it launches is the image's: init-data sets no launch
+/// key), which binds it. The event log's default directory is made now, as
+/// it is not init-data's choice and a container plugin is bound only what
+/// exists at its launch; any other directory, the log itself (which extends
+/// registers) and the additional plugins wait for [`start_rest`].
+pub async fn start_primary(config: &Config) -> Result<Service> {
     let plugins = &config.plugins;
     // Nothing configured anywhere (a pod VM image without its plugin file, and
     // upstream's aa.toml): select from the image list, never the sample unasked.
@@ -98,7 +115,7 @@ pub async fn start_plugins(config: &Config) -> Result<Service> {
         }
     };
     let lock = claim_socket_dir(&plugins.socket_dir)?;
-    if config.eventlog_config.enable_eventlog {
+    if log_dir_before_launch(config) {
         crate::eventlog::prepare_dir(&config.eventlog_config.path)?;
     }
     let uses = |k| plugins.attester.values().any(|p| p.launch == k);
@@ -148,30 +165,29 @@ pub async fn start_plugins(config: &Config) -> Result<Service> {
     } else {
         Supervisor::start(spec(primary, DeviceRole::Primary)?).await?
     };
-    let mut additional = Vec::new();
-    for name in &plugins.additional {
-        let started = async { Supervisor::start(spec(name, DeviceRole::Additional)?).await };
-        match started.await {
-            Ok(s) => additional.push(s),
-            Err(e) => {
-                stop_all(&primary, &additional).await;
-                return Err(e);
-            }
-        }
-    }
-    let mut service = Service::new(lock, primary, additional, config);
-    if let Err(e) = service.open_eventlog().await {
-        service.stop().await;
-        return Err(e);
-    }
-    Ok(service)
+    Ok(Service::new(lock, primary, Vec::new(), config))
 }
 
-async fn stop_all(primary: &Supervisor, additional: &[Arc<Supervisor>]) {
-    primary.stop().await;
-    for s in additional {
-        s.stop().await;
+/// Whether the event log's directory is made before the primary launches: only
+/// upstream's default (`/run/attestation-agent`, which a containerised TDX
+/// plugin is bound read-only), never a path from configuration.
+fn log_dir_before_launch(config: &Config) -> bool {
+    let log = &config.eventlog_config;
+    log.enable_eventlog && log.path.parent() == Path::new(crate::eventlog::DEFAULT_PATH).parent()
+}
+
+/// What init-data may configure, once it is bound (or there is none): the
+/// additional plugins, and the event log (its directory, its file, and the
+/// registers its opening entries extend). On an error the caller stops
+/// `service`.
+pub async fn start_rest(service: &mut Service, config: &Config) -> Result<()> {
+    let plugins = &config.plugins;
+    for name in &plugins.additional {
+        let mut spec = PluginSpec::new(name, DeviceRole::Additional, plugins)?;
+        spec.record_provenance = config.eventlog_config.enable_eventlog;
+        service.add_additional(Supervisor::start(spec).await?);
     }
+    service.open_eventlog().await
 }
 
 /// Serve the AA API until `shutdown` resolves, then remove sockets and stop plugins.
@@ -193,7 +209,7 @@ pub async fn run(mut opts: RunOptions, shutdown: impl Future<Output = ()>) -> Re
     // startup timeout): what was started dies with the dropped future.
     let mut shutdown = std::pin::pin!(shutdown);
     let mut service = tokio::select! {
-        s = start_plugins(&opts.config) => s?,
+        s = start_primary(&opts.config) => s?,
         () = &mut shutdown => {
             tracing::info!("stopped during start-up");
             return Ok(());
@@ -214,6 +230,31 @@ pub async fn run(mut opts: RunOptions, shutdown: impl Future<Output = ()>) -> Re
         given => given.clone(),
     };
     service.set_initdata(initdata);
+    // The binding comes first: until the TEE has compared (or extended) the
+    // digest, the init-data's configuration is only the host's word, and acts
+    // on nothing — no directory made, no register extended, no plugin started.
+    let rest = async {
+        if let Some(init) = service.initdata().cloned() {
+            bind_init_data(&service, &init, opts.unbound_tolerated).await?;
+        }
+        start_rest(&mut service, &opts.config).await
+    };
+    let started = tokio::select! {
+        r = rest => Some(r),
+        () = &mut shutdown => None,
+    };
+    match started {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            service.stop().await;
+            return Err(e);
+        }
+        None => {
+            tracing::info!("stopped during start-up");
+            service.stop().await;
+            return Ok(());
+        }
+    }
     let service = Arc::new(service);
     let reload = opts.reload.take();
     let served = serve(&service, &opts, &sock, shutdown, reload).await;
@@ -229,9 +270,6 @@ async fn serve(
     shutdown: impl Future<Output = ()>,
     reload: Option<Reload>,
 ) -> Result<()> {
-    if let Some(init) = service.initdata() {
-        bind_init_data(service, init, opts.unbound_tolerated).await?;
-    }
     let mut grpc = match &opts.grpc {
         Some(addr) => {
             let s = GrpcServer::start("AA API", crate::server::grpc::router(service.clone()), addr)
@@ -634,31 +672,47 @@ pub fn unix_path(addr: &str) -> Result<PathBuf> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn only_the_default_event_log_directory_is_made_before_the_launch() {
+        let with = |extra: &str| {
+            Config::parse(&format!(
+                "[eventlog_config]\nenable_eventlog = true\n{extra}\n\n[plugins]\nprimary = \"x\"\n\n\
+                 [plugins.attester.x]\nlaunch = \"process\"\ncommand = \"/x\"\ntransport = \"ttrpc\"\n"
+            ))
+            .unwrap()
+        };
+        assert!(log_dir_before_launch(&with("")));
+        assert!(log_dir_before_launch(&with(
+            "path = \"/run/attestation-agent/other-name\""
+        )));
+        assert!(!log_dir_before_launch(&with(
+            "path = \"/etc/evil/eventlog\""
+        )));
+        let mut off = with("");
+        off.eventlog_config.enable_eventlog = false;
+        assert!(!log_dir_before_launch(&off));
+    }
+
+    /// Issue 41 (high): a path from configuration (init-data's, in a pod VM)
+    /// is made only once the primary started and init-data is bound: a primary
+    /// that cannot start leaves nothing behind.
     #[tokio::test]
-    async fn the_event_logs_directory_exists_before_any_plugin_starts() {
+    async fn a_configured_event_log_directory_waits_for_the_primary() {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("attestation-agent");
-        // A primary that cannot start: the directory is there all the same,
-        // made before the launch (a container plugin is bound what exists).
-        let text = format!(
-            "[eventlog_config]\nenable_eventlog = true\npath = {:?}\n\n\
-             [plugins]\nprimary = \"x\"\nsocket_dir = {:?}\nstartup_timeout_ms = 2000\n\n\
-             [plugins.attester.x]\nlaunch = \"process\"\ncommand = \"/nonexistent/attester\"\n\
-             transport = \"ttrpc\"\n",
-            dir.join("eventlog").display().to_string(),
-            t.path().join("plugins").display().to_string(),
-        );
-        let config = Config::parse(&text).unwrap();
-        assert!(start_plugins(&config).await.is_err());
-        assert!(dir.is_dir());
-        // Not without the event log.
-        let other = t.path().join("off");
-        let text = text
-            .replace("enable_eventlog = true", "enable_eventlog = false")
-            .replace(&dir.display().to_string(), &other.display().to_string());
-        let config = Config::parse(&text).unwrap();
-        assert!(start_plugins(&config).await.is_err());
-        assert!(!other.exists());
+        let text = |primary: &str| {
+            format!(
+                "[eventlog_config]\nenable_eventlog = true\npath = {:?}\n\n\
+                 [plugins]\nprimary = \"x\"\nsocket_dir = {:?}\nstartup_timeout_ms = 2000\n\n\
+                 [plugins.attester.x]\nlaunch = \"process\"\ncommand = {primary:?}\n\
+                 transport = \"ttrpc\"\n",
+                dir.join("eventlog").display().to_string(),
+                t.path().join("plugins").display().to_string(),
+            )
+        };
+        let config = Config::parse(&text("/nonexistent/attester")).unwrap();
+        assert!(start_primary(&config).await.is_err());
+        assert!(!dir.exists());
     }
 
     #[test]

@@ -136,6 +136,13 @@ impl Service {
         }
     }
 
+    /// An additional plugin started after the primary (init-data bound).
+    pub fn add_additional(&mut self, s: Arc<Supervisor>) {
+        self.measured
+            .insert(s.name().to_string(), tokio::sync::Mutex::new(0));
+        self.additional.push(s);
+    }
+
     /// Open the event log when enabled (settling a crash's pending entry) and record
     /// every plugin's identity before anything is served.
     pub async fn open_eventlog(&mut self) -> Result<()> {

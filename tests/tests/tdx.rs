@@ -298,3 +298,63 @@ async fn a_slow_quote_does_not_starve_health_checks() {
     let ev = attestd_e2e::evidence_from_a_slow_device(&recorded("tdx_quote_4.dat", None)).await;
     assert!(ev["quote"].is_string());
 }
+
+/// Issue 41 (high): init-data acts on nothing before the TEE has compared its
+/// digest. A forged init-data (its digest is not the TD's MRCONFIGID) whose
+/// configuration turns the event log on at a path of its choosing: attestd
+/// stops with the binding's error, and neither the event log's directory
+/// exists nor any RTMR moved. The same configuration without init-data does
+/// both (so the test would see them).
+#[test]
+fn forged_init_data_makes_no_directory_and_extends_no_register() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("measurements");
+    std::fs::create_dir(&m).unwrap();
+    for i in 0..4 {
+        std::fs::write(m.join(format!("rtmr{i}:sha384")), [0u8; 48]).unwrap();
+    }
+    let rtmrs = || -> Vec<Vec<u8>> {
+        (0..4)
+            .map(|i| std::fs::read(m.join(format!("rtmr{i}:sha384"))).unwrap())
+            .collect()
+    };
+    let p = tdx(&[
+        "--recorded-quote".into(),
+        fixture("tdx_quote_4.dat").display().to_string(),
+        "--ccel".into(),
+        "/nonexistent/CCEL".into(),
+        "--runtime-eventlog".into(),
+        "/nonexistent/eventlog".into(),
+        "--measurements".into(),
+        m.display().to_string(),
+    ]);
+    let log_dir = dir.path().join("chosen-by-init-data");
+    let with_log = |d: &Path| {
+        format!(
+            "[eventlog_config]\nenable_eventlog = true\npath = {:?}\n\n{}",
+            log_dir.join("eventlog").display().to_string(),
+            config(d, &p, &[], "")
+        )
+    };
+    let forged = dir.path().join("initdata.toml");
+    std::fs::write(
+        &forged,
+        "version = \"0.1.0\"\nalgorithm = \"sha384\"\n\n[data]\n\"aa.toml\" = \"\"\n",
+    )
+    .unwrap();
+    let e = Attestd::start_with(with_log, &["--initdata-toml", forged.to_str().unwrap()])
+        .err()
+        .expect("a forged init-data must stop attestd");
+    assert!(
+        e.stderr.contains("init-data binding failed") && e.stderr.contains("MRCONFIGID"),
+        "{}",
+        e.stderr
+    );
+    assert!(!log_dir.exists(), "the event log's directory was made");
+    assert_eq!(rtmrs(), vec![vec![0u8; 48]; 4], "a register was extended");
+
+    let a = Attestd::start(with_log).unwrap_or_else(|e| panic!("{}", e.stderr));
+    assert!(log_dir.join("eventlog").is_file());
+    assert_ne!(rtmrs(), vec![vec![0u8; 48]; 4]);
+    drop(a);
+}
