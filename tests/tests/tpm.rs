@@ -476,3 +476,152 @@ fn a_tpm_nobody_started_is_refused_with_what_to_do() {
     );
     assert!(e.stderr.contains("tpm2_startup -c"), "{}", e.stderr);
 }
+
+/// tpm2-tools `args`, which must succeed.
+fn tool_ok(tpm: &Swtpm, args: &[&str]) {
+    let out = tpm.tool(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue 41 (high): a plugin started on a TPM with no AK, whose AK another
+/// process then persists (here another plugin's first quote, as `attestd
+/// evidence` or a retiring generation does), takes that key at its first
+/// quote: it is the one its template makes. Before, that quote failed on
+/// TPM2_EvictControl (NV_DEFINED) and so did every later one.
+#[tokio::test]
+async fn an_ak_persisted_by_another_process_after_start_is_taken() {
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("first.sock");
+    let _first = spawn_plugin_at(&tpm, &sock);
+    let first = connect_plugin(&sock, Transport::Ttrpc, Duration::from_secs(10)).await;
+    assert!(first.detect().await.unwrap());
+    let other = dir.path().join("other.sock");
+    let mut child = spawn_plugin_at(&tpm, &other);
+    let c = connect_plugin(&other, Transport::Ttrpc, Duration::from_secs(10)).await;
+    let theirs = parse(&c.evidence(b"other".to_vec()).await.unwrap().bytes);
+    signal(child.id(), Signal::SIGTERM);
+    child.wait().unwrap();
+    for round in 0..2 {
+        let rd = format!("first {round}");
+        let ours = parse(&first.evidence(rd.as_bytes().to_vec()).await.unwrap().bytes);
+        assert_eq!(ours.ak_der, theirs.ak_der);
+        assert!(checkquote(&ours, &nonce(rd.as_bytes())));
+    }
+}
+
+/// The same, but what was persisted at the handle is some other signing key:
+/// the quote is refused, naming the handle and what to do, not taken.
+#[tokio::test]
+async fn a_foreign_key_persisted_after_start_is_refused() {
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("a.sock");
+    let _plugin = spawn_plugin_at(&tpm, &sock);
+    let c = connect_plugin(&sock, Transport::Ttrpc, Duration::from_secs(10)).await;
+    assert!(c.detect().await.unwrap());
+    // A restricted RSA signing key, but not the template's (noda differs).
+    let key = dir.path().join("k.ctx");
+    tool_ok(
+        &tpm,
+        &[
+            "tpm2_createprimary",
+            "-C",
+            "o",
+            "-G",
+            "rsa2048:rsassa-sha256:null",
+            "-a",
+            "restricted|sign|fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda",
+            "-c",
+            key.to_str().unwrap(),
+        ],
+    );
+    tool_ok(&tpm, &["tpm2_flushcontext", "-t"]);
+    tool_ok(
+        &tpm,
+        &[
+            "tpm2_evictcontrol",
+            "-C",
+            "o",
+            "-c",
+            key.to_str().unwrap(),
+            "0x81010002",
+        ],
+    );
+    let e = c.evidence(b"x".to_vec()).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.to_string().contains(
+            "a key was persisted at AK handle 0x81010002 after the plugin started, and it is not the key the AK template makes"
+        ),
+        "{e}"
+    );
+}
+
+/// A TPM that can never make the AK fails the start (and so `auto` passes it
+/// over), as before the AK was made lazily: an owner hierarchy with an
+/// authorization value, and a TPM whose persistent slots are all taken.
+#[test]
+fn a_tpm_that_cannot_make_an_ak_is_refused_at_start() {
+    let tpm = Swtpm::start();
+    tool_ok(&tpm, &["tpm2_changeauth", "-c", "owner", "not-ours"]);
+    let p = tpm_plugin(&tpm, &[]);
+    let e = Attestd::start(|d| config(d, &p, &[], "")).err().unwrap();
+    assert!(
+        e.stderr.contains(
+            "no AK at 0x81010002, and this TPM cannot make one: its owner hierarchy has an authorization value"
+        ),
+        "{}",
+        e.stderr
+    );
+
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (parent, key) = (dir.path().join("p.ctx"), dir.path().join("k.ctx"));
+    let (parent, key) = (parent.to_str().unwrap(), key.to_str().unwrap());
+    // swtpm has no resource manager: every tool leaves its objects loaded.
+    tool_ok(
+        &tpm,
+        &[
+            "tpm2_createprimary",
+            "-Q",
+            "-C",
+            "o",
+            "-G",
+            "ecc",
+            "-c",
+            parent,
+        ],
+    );
+    tool_ok(&tpm, &["tpm2_flushcontext", "-t"]);
+    for i in 0u32.. {
+        tool_ok(
+            &tpm,
+            &["tpm2_create", "-Q", "-C", parent, "-G", "ecc", "-c", key],
+        );
+        tool_ok(&tpm, &["tpm2_flushcontext", "-t"]);
+        let handle = format!("{:#x}", 0x8101_1000 + i);
+        if !tpm
+            .tool(&["tpm2_evictcontrol", "-Q", "-C", "o", "-c", key, &handle])
+            .status
+            .success()
+        {
+            break;
+        }
+        tool_ok(&tpm, &["tpm2_flushcontext", "-t"]);
+        assert!(i < 1024, "the TPM never filled up");
+    }
+    let p = tpm_plugin(&tpm, &[]);
+    let e = Attestd::start(|d| config(d, &p, &[], "")).err().unwrap();
+    assert!(
+        e.stderr.contains(
+            "no AK at 0x81010002, and this TPM cannot make one: it has no free persistent slot"
+        ),
+        "{}",
+        e.stderr
+    );
+}

@@ -10,7 +10,7 @@ use attester_sdk::{Code, Error, Result};
 use num_traits::FromPrimitive;
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
-use tss_esapi::constants::CapabilityType;
+use tss_esapi::constants::{CapabilityType, PropertyTag};
 use tss_esapi::handles::{KeyHandle, ObjectHandle, PcrHandle, PersistentTpmHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{
     HashingAlgorithm, PublicAlgorithm, RsaSchemeAlgorithm,
@@ -178,6 +178,11 @@ impl Device {
         // VM) is a key generation, left to the first quote so the plugin serves,
         // and the init-data binding's extend runs, without waiting for it.
         let ak = find_ak(&mut ctx, cfg.ak_handle)?;
+        if ak.is_none() {
+            // Cheap, unlike the key generation: a TPM that could never make
+            // the AK is refused now, and `auto` selection passes it over.
+            can_make_ak(&mut ctx, cfg.ak_handle)?;
+        }
         Ok(Device {
             ctx,
             ak_handle: cfg.ak_handle,
@@ -185,13 +190,14 @@ impl Device {
         })
     }
 
-    /// The AK, created and persisted at its handle if the TPM has none yet.
+    /// The AK, created and persisted at its handle if the TPM has none yet
+    /// (or taken from the handle, where another process persisted the same
+    /// key since this one started: `attestd evidence`, a retiring generation).
     fn ak(&mut self) -> Result<(KeyHandle, Vec<u8>)> {
         if let Some(ak) = &self.ak {
             return Ok(ak.clone());
         }
-        let key = create_ak(&mut self.ctx, self.ak_handle)?;
-        let ak = ak_with_der(&mut self.ctx, key, self.ak_handle)?;
+        let ak = make_ak(&mut self.ctx, self.ak_handle)?;
         self.ak = Some(ak.clone());
         Ok(ak)
     }
@@ -336,7 +342,13 @@ fn ak_with_der(ctx: &mut Context, key: KeyHandle, handle: u32) -> Result<(KeyHan
     Ok((key, ak_der(&public, handle)?))
 }
 
-fn create_ak(ctx: &mut Context, handle: u32) -> Result<KeyHandle> {
+/// The template's key at `handle`. The template makes the same key every time
+/// from the owner hierarchy's seed, so it is made first (transient), and then
+/// persisted, or, where the handle holds a key by now (another process made
+/// it after this one looked), compared with it: the same key is taken, any
+/// other refused. Before, a key persisted meanwhile failed every quote until
+/// the plugin restarted, while its health stayed green.
+fn make_ak(ctx: &mut Context, handle: u32) -> Result<(KeyHandle, Vec<u8>)> {
     let persistent = persistent_handle(handle)?;
     tracing::info!(
         handle = format!("{handle:#x}"),
@@ -348,17 +360,76 @@ fn create_ak(ctx: &mut Context, handle: u32) -> Result<KeyHandle> {
         })
         .map_err(|e| tpm_error("cannot create the AK", e))?;
     let transient = ObjectHandle::from(primary.key_handle);
-    let persisted = ctx
-        .execute_with_nullauth_session(|ctx| {
+    let made = ak_der(&primary.out_public, handle).and_then(|want| {
+        if let Some(there) = find_ak(ctx, handle)? {
+            return same_key(there, &want, handle);
+        }
+        let persisted = ctx.execute_with_nullauth_session(|ctx| {
             ctx.evict_control(
                 Provision::Owner,
                 transient,
                 Persistent::Persistent(persistent),
             )
-        })
-        .map_err(|e| tpm_error(&format!("cannot persist the AK at {handle:#x}"), e));
+        });
+        match persisted {
+            Ok(p) => Ok((KeyHandle::from(p), want)),
+            // Persisted by someone else between the look and the write.
+            Err(e) => match find_ak(ctx, handle)? {
+                Some(there) => same_key(there, &want, handle),
+                None => Err(tpm_error(
+                    &format!("cannot persist the AK at {handle:#x}"),
+                    e,
+                )),
+            },
+        }
+    });
     let _ = ctx.flush_context(transient);
-    Ok(KeyHandle::from(persisted?))
+    made
+}
+
+/// The key found at `handle`, when it is the one the template makes.
+fn same_key(there: (KeyHandle, Vec<u8>), want: &[u8], handle: u32) -> Result<(KeyHandle, Vec<u8>)> {
+    if there.1 == want {
+        tracing::info!(
+            handle = format!("{handle:#x}"),
+            "the AK was persisted by another process meanwhile; it is the template's key, taken"
+        );
+        return Ok(there);
+    }
+    Err(Error::failed_precondition(format!(
+        "a key was persisted at AK handle {handle:#x} after the plugin started, and it is not \
+         the key the AK template makes: quotes are refused (remove it with `tpm2_evictcontrol \
+         -C o -c {handle:#x}`, or give the plugin another --ak-handle)"
+    )))
+}
+
+/// TPMA_PERMANENT's ownerAuthSet: the owner hierarchy has an authorization
+/// value, which this plugin (using the empty one) does not know.
+const OWNER_AUTH_SET: u32 = 1;
+
+/// Whether this TPM can make the AK at all: the owner hierarchy without an
+/// authorization value, and a free persistent slot.
+fn can_make_ak(ctx: &mut Context, handle: u32) -> Result<()> {
+    let property = |ctx: &mut Context, tag, what: &str| {
+        ctx.get_tpm_property(tag)
+            .map_err(|e| tpm_error(&format!("cannot read the TPM's {what}"), e))
+    };
+    let cannot = |why: &str| {
+        Err(Error::failed_precondition(format!(
+            "no AK at {handle:#x}, and this TPM cannot make one: {why}"
+        )))
+    };
+    let permanent = property(ctx, PropertyTag::Permanent, "permanent attributes")?;
+    if permanent.is_some_and(|p| p & OWNER_AUTH_SET != 0) {
+        return cannot(
+            "its owner hierarchy has an authorization value (provision the AK at the handle \
+             beforehand, or clear the owner authorization)",
+        );
+    }
+    if property(ctx, PropertyTag::HrPersistentAvail, "free persistent slots")? == Some(0) {
+        return cannot("it has no free persistent slot (remove one with `tpm2_evictcontrol`)");
+    }
+    Ok(())
 }
 
 fn ak_template() -> tss_esapi::Result<Public> {
