@@ -40,6 +40,12 @@ impl Webhook {
     /// [`Webhook::start`] with another build of the webhook (a benchmark's
     /// comparison).
     pub fn start_bin(program: &Path, config: &str, lock: &str) -> Webhook {
+        Self::start_args(program, config, lock, &[])
+    }
+
+    /// [`Webhook::start_bin`] with more arguments to `serve`; `{tls}` in one
+    /// stands for the directory `certs` wrote.
+    pub fn start_args(program: &Path, config: &str, lock: &str, more: &[&str]) -> Webhook {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(d.join("images.lock"), lock).unwrap();
@@ -59,6 +65,10 @@ impl Webhook {
             .arg("--key")
             .arg(d.join("tls/tls.key"))
             .args(["--listen", &addr.to_string(), "--reload-interval-ms", "200"])
+            .args(
+                more.iter()
+                    .map(|a| a.replace("{tls}", &d.join("tls").display().to_string())),
+            )
             .stdin(Stdio::null())
             .stderr(std::fs::File::create(d.join("log")).unwrap())
             .spawn()
@@ -74,6 +84,23 @@ impl Webhook {
 
     pub fn pid(&self) -> u32 {
         self.child.0.id()
+    }
+
+    /// A client as [`Webhook::client_trusting`] that presents `certs`'
+    /// client certificate, as the API server does with it in its admission
+    /// kubeconfig.
+    pub fn client_with_certificate(&self) -> reqwest::Client {
+        let tls = self.dir.path().join("tls");
+        let mut pem = std::fs::read(tls.join("client.crt")).unwrap();
+        pem.extend(std::fs::read(tls.join("client.key")).unwrap());
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&self.ca()).unwrap())
+            .identity(reqwest::Identity::from_pem(&pem).unwrap())
+            .resolve(SERVICE_HOST, self.addr)
+            .http1_only()
+            .build()
+            .unwrap()
     }
 
     pub fn ca(&self) -> Vec<u8> {
@@ -184,4 +211,91 @@ pub fn memory_shapes(bytes: usize) -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
     ]
+}
+
+/// Clients that post a review whose body never ends: chunked, a byte every
+/// 300 ms, each starting over when the webhook drops it, until stopped. In a
+/// thread of their own (inside `netns` when given: the cluster's webhook
+/// listens there), so they run beside whatever the test does.
+pub struct SlowFlood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SlowFlood {
+    /// `n` clients posting to `url` (whose host is `addr`), trusting `ca`.
+    pub fn start(
+        netns: Option<std::fs::File>,
+        ca: Vec<u8>,
+        url: String,
+        host: String,
+        addr: SocketAddr,
+        n: usize,
+    ) -> SlowFlood {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(AtomicU64::new(0));
+        let (stop2, cut2) = (stop.clone(), cut.clone());
+        let thread = std::thread::spawn(move || {
+            if let Some(ns) = netns {
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let client = https_client_trusting(&ca, &host, addr);
+                for _ in 0..n {
+                    let (client, url, stop, cut) =
+                        (client.clone(), url.clone(), stop2.clone(), cut2.clone());
+                    tokio::spawn(async move {
+                        while !stop.load(Ordering::Relaxed) {
+                            let body = futures::stream::unfold((), |()| async {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                                Some((Ok::<_, std::io::Error>(bytes::Bytes::from_static(b" ")), ()))
+                            });
+                            let _ = client
+                                .post(&url)
+                                .header("content-type", "application/json")
+                                .body(reqwest::Body::wrap_stream(body))
+                                .send()
+                                .await;
+                            cut.fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                }
+                while !stop2.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+            // Dropping the runtime cancels the clients mid-request.
+        });
+        SlowFlood {
+            stop,
+            cut,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop the clients: how many of their bodies the webhook cut off.
+    pub fn stop(mut self) -> u64 {
+        self.halt();
+        self.cut.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SlowFlood {
+    fn drop(&mut self) {
+        self.halt();
+    }
 }

@@ -67,6 +67,7 @@ fn a_real_api_server_admits_and_a_real_kubelet_runs_injected_pods() {
     annotating_after_admission_changes_nothing_that_runs(&c, &pod);
     refusals_reach_kubectl(&c);
     deleted_pod_leaves_nothing(&c, &pod);
+    slow_clients_do_not_block_admission(&c);
     webhook_down_fails_closed_for_labelled_namespaces_only(&c);
     webhook_latency(&c);
 }
@@ -738,6 +739,57 @@ fn deleted_pod_leaves_nothing(c: &Cluster, pod: &AppPod) {
     eprintln!(
         "scenario 7: deleted {:.0} s after creation: sidecars stopped, sockets gone, no process left",
         pod.created.elapsed().as_secs_f64()
+    );
+}
+
+/// Scenario 8 (issue 41): 3, then 100 clients whose review bodies never end
+/// (chunked, a byte every 300 ms, starting over when dropped) beside the API
+/// server: each pod it is asked to admit (server-side dry runs, which call the
+/// webhook as a create does) is admitted and injected.
+fn slow_clients_do_not_block_admission(c: &Cluster) {
+    use attestd_e2e::webhook::SlowFlood;
+    let ca = std::fs::read(c.path("webhook-tls").join("ca.crt")).unwrap();
+    let addr: std::net::SocketAddr = "127.0.0.1:8443".parse().unwrap();
+    let mut cut = Vec::new();
+    for n in [3, 100] {
+        let flood = SlowFlood::start(
+            Some(c.netns.file()),
+            ca.clone(),
+            WEBHOOK_URL.into(),
+            "127.0.0.1".into(),
+            addr,
+            n,
+        );
+        std::thread::sleep(Duration::from_millis(700));
+        for i in 0..3 {
+            let pod = json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("beside-{n}-slow-{i}"), "namespace": LABELLED},
+                "spec": {"nodeName": NODE, "runtimeClassName": RUNTIME_CLASS, "hostNetwork": true,
+                         "automountServiceAccountToken": false,
+                         "containers": [{"name": "app", "image": c.images.app,
+                                         "command": ["/busybox", "sleep", "3600"]}]},
+            });
+            let o = c.kubectl_in(
+                &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+                Some(pod.to_string().as_bytes()),
+            );
+            let out = succeeded(&o, &format!("pod {i} beside {n} slow clients"));
+            let admitted: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(
+                admitted["metadata"]["annotations"]["attestd.io/injected"], "sample",
+                "{admitted}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        cut.push(flood.stop());
+        assert!(
+            cut[cut.len() - 1] >= n as u64,
+            "{n} slow clients: {cut:?} cut off"
+        );
+    }
+    eprintln!(
+        "scenario 8: 3, then 100 slow clients: every pod admitted and injected; their bodies cut off {cut:?} times"
     );
 }
 

@@ -73,6 +73,26 @@ pub fn serving(ca: &Authority, names: &[&str]) -> Result<(String, String), CertE
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// A client certificate signed by `ca`, for the API server to present to the
+/// webhook (`serve --client-ca`, the API server's admission kubeconfig):
+/// (cert PEM, key PEM).
+pub fn client(ca: &Authority, name: &str) -> Result<(String, String), CertError> {
+    let fail = |source| CertError {
+        what: "client certificate",
+        source,
+    };
+    let mut params = dated(SERVING_DAYS);
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().map_err(fail)?;
+    let issuer = Issuer::from_params(&ca.params, &ca.key);
+    let cert = params.signed_by(&key, &issuer).map_err(fail)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 /// Write `body` as `dir/name` with exactly `mode`: into a new file beside it
 /// (created exclusively, no symlink followed), then renamed over the name, so
 /// an existing file's looser mode is not kept and a symlink planted at the

@@ -50,6 +50,11 @@ struct ManifestsArgs {
     /// node's network, listening where the URL points
     #[arg(long, conflicts_with = "cert_manager")]
     url: Option<WebhookUrl>,
+    /// Add a NetworkPolicy letting only this address block (the API server's;
+    /// repeat for more) reach the webhook's pods (docs/deployment.md, "Admit
+    /// only the API server")
+    #[arg(long = "api-server-cidr", value_name = "CIDR")]
+    api_server_cidrs: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -67,6 +72,11 @@ struct ServeArgs {
     /// How often the certificate files are checked for a rotation
     #[arg(long, default_value_t = 10_000)]
     reload_interval_ms: u64,
+    /// Serve only clients presenting a certificate this CA (PEM) signed: the
+    /// API server, given `certs`' client.crt in its admission kubeconfig
+    /// (docs/deployment.md, "Admit only the API server")
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -75,7 +85,7 @@ struct CertsArgs {
     service: String,
     #[arg(long, default_value = "attestd-system")]
     namespace: String,
-    /// Directory for ca.crt, tls.crt and tls.key (created)
+    /// Directory for ca.crt, tls.crt, tls.key, client.crt and client.key (created)
     #[arg(long)]
     out_dir: PathBuf,
     /// A certificate for the host of this https:// URL (`manifests --url`)
@@ -118,6 +128,13 @@ fn serve(a: ServeArgs) -> Result<()> {
     };
     let lock = Lock::load(&config.images_lock)?;
     let certs = tls::Reloading::new(&a.cert, &a.key)?;
+    let client_ca = a
+        .client_ca
+        .as_deref()
+        .map(tls::read_client_ca)
+        .transpose()?;
+    // Checked now, not at the first connection.
+    certs.server_config(client_ca.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -138,7 +155,7 @@ fn serve(a: ServeArgs) -> Result<()> {
             .watch(Duration::from_millis(a.reload_interval_ms.max(100)));
         let state = Arc::new(server::State::new(config, lock));
         tokio::select! {
-            r = server::serve(listener, certs, state) => r.context("serving"),
+            r = server::serve(listener, certs, client_ca, state) => r.context("serving"),
             _ = terminated() => {
                 tracing::info!("terminated");
                 Ok(())
@@ -171,6 +188,7 @@ fn write_certs(a: CertsArgs) -> Result<()> {
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let ca = certs::authority()?;
     let (cert, key) = certs::serving(&ca, &names)?;
+    let (client_cert, client_key) = certs::client(&ca, "kube-apiserver")?;
     std::fs::create_dir_all(&a.out_dir)
         .with_context(|| format!("cannot create {}", a.out_dir.display()))?;
     let write = |name: &str, body: &str, mode: u32| -> Result<()> {
@@ -180,13 +198,16 @@ fn write_certs(a: CertsArgs) -> Result<()> {
     write("ca.crt", &ca.pem, 0o644)?;
     write("tls.crt", &cert, 0o644)?;
     write("tls.key", &key, 0o600)?;
+    write("client.crt", &client_cert, 0o644)?;
+    write("client.key", &client_key, 0o600)?;
     use base64::Engine as _;
     println!(
         "{}",
         base64::engine::general_purpose::STANDARD.encode(ca.pem.as_bytes())
     );
     eprintln!(
-        "wrote ca.crt, tls.crt and tls.key to {} for {}; the line above is the caBundle",
+        "wrote ca.crt, tls.crt and tls.key to {} for {}, and client.crt and client.key for the \
+         API server (serve --client-ca ca.crt); the line above is the caBundle",
         a.out_dir.display(),
         names.join(", ")
     );
@@ -226,6 +247,15 @@ fn print_manifests(a: ManifestsArgs) -> Result<()> {
         None => Tls::CertManager,
     };
     let endpoint = a.url.map_or(Endpoint::Service, Endpoint::Url);
-    print!("{}", render(&lock, &tls, &endpoint)?);
+    let mut out = render(&lock, &tls, &endpoint)?;
+    if !a.api_server_cidrs.is_empty() {
+        let policy =
+            attestd_webhook::manifests::network_policy(&a.api_server_cidrs, &endpoint, 8443)?;
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&policy);
+    }
+    print!("{out}");
     Ok(())
 }

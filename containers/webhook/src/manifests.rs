@@ -99,6 +99,64 @@ pub enum ManifestError {
     BadUrl(String),
     #[error("cert-manager issues certificates for the Service's names: a webhook registered by URL takes `attestd-webhook certs --url` output")]
     CertManagerByUrl,
+    #[error("a webhook on the node's network (--url) is not selected by a NetworkPolicy: use serve --client-ca to admit only the API server")]
+    PolicyByUrl,
+    #[error("--api-server-cidr {0}")]
+    Cidr(String),
+}
+
+/// Most `--api-server-cidr` blocks taken (an API server has a few addresses).
+pub const MAX_API_SERVER_CIDRS: usize = 16;
+
+/// A NetworkPolicy that lets only `cidrs` (the API server's addresses) reach
+/// the webhook's pods on `port`: no pod can hold its connections or its review
+/// memory. For the Service form only: a pod on the node's network (`--url`) is
+/// not selected by NetworkPolicies, and `serve --client-ca` is the means there.
+pub fn network_policy(
+    cidrs: &[String],
+    endpoint: &Endpoint,
+    port: u16,
+) -> Result<String, ManifestError> {
+    if let Endpoint::Url(_) = endpoint {
+        return Err(ManifestError::PolicyByUrl);
+    }
+    if cidrs.len() > MAX_API_SERVER_CIDRS {
+        return Err(ManifestError::Cidr(format!(
+            "{} blocks; at most {MAX_API_SERVER_CIDRS}",
+            cidrs.len()
+        )));
+    }
+    let mut from = String::new();
+    for c in cidrs {
+        let ok = c.split_once('/').is_some_and(|(ip, bits)| {
+            let max = match ip.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(_)) => 32,
+                Ok(std::net::IpAddr::V6(_)) => 128,
+                Err(_) => return false,
+            };
+            bits.parse::<u8>().is_ok_and(|b| b <= max) && !bits.starts_with('+')
+        });
+        if !ok {
+            return Err(ManifestError::Cidr(format!(
+                "{}: not an address block (a.b.c.d/n)",
+                serde_json::Value::String(c.clone())
+            )));
+        }
+        from.push_str(&format!("        - ipBlock: {{cidr: \"{c}\"}}\n"));
+    }
+    Ok(format!(
+        "---\n\
+         # Only the API server (--api-server-cidr) reaches the webhook: no pod can\n\
+         # hold its connections or its review memory. The kubelet's probes come from\n\
+         # the node: give the nodes' addresses too where the network plugin applies\n\
+         # policies to them.\n\
+         apiVersion: networking.k8s.io/v1\n\
+         kind: NetworkPolicy\n\
+         metadata:\n  name: attestd-webhook\n  namespace: attestd-system\n\
+         spec:\n  podSelector:\n    matchLabels:\n      app.kubernetes.io/name: attestd-webhook\n\
+         \x20 policyTypes: [\"Ingress\"]\n  ingress:\n    - from:\n{from}      ports:\n\
+         \x20       - {{port: {port}, protocol: TCP}}\n"
+    ))
 }
 
 fn b64(s: &str) -> String {
@@ -275,6 +333,44 @@ mod tests {
         assert!(matches!(
             render(&lock(), &Tls::CertManager, &Endpoint::Url(cm)),
             Err(ManifestError::CertManagerByUrl)
+        ));
+    }
+
+    #[test]
+    fn a_network_policy_admits_only_the_blocks_given() {
+        let p = network_policy(
+            &["10.0.0.0/24".into(), "fd00::1/128".into()],
+            &Endpoint::Service,
+            8443,
+        )
+        .unwrap();
+        assert!(p.contains("kind: NetworkPolicy"));
+        assert!(p.contains("- ipBlock: {cidr: \"10.0.0.0/24\"}"));
+        assert!(p.contains("- ipBlock: {cidr: \"fd00::1/128\"}"));
+        assert!(p.contains("- {port: 8443, protocol: TCP}"));
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0.0",
+            "x/8",
+            "10.0.0.0/+8",
+            "::/129",
+            "10.0.0.0/8\nkind: x",
+        ] {
+            assert!(
+                matches!(
+                    network_policy(&[bad.into()], &Endpoint::Service, 8443),
+                    Err(ManifestError::Cidr(_))
+                ),
+                "{bad}"
+            );
+        }
+        let many = vec!["10.0.0.0/8".to_string(); MAX_API_SERVER_CIDRS + 1];
+        assert!(network_policy(&many, &Endpoint::Service, 8443).is_err());
+        assert!(network_policy(&many[..MAX_API_SERVER_CIDRS], &Endpoint::Service, 8443).is_ok());
+        let url: WebhookUrl = "https://127.0.0.1:8443/mutate".parse().unwrap();
+        assert!(matches!(
+            network_policy(&["10.0.0.0/8".into()], &Endpoint::Url(url), 8443),
+            Err(ManifestError::PolicyByUrl)
         ));
     }
 

@@ -78,6 +78,42 @@ pub fn unreadable(why: impl std::fmt::Display, code: u16) -> (Vec<u8>, Outcome) 
     finish(r, message)
 }
 
+/// A refusal for want of room, addressed to the request's uid when the part
+/// of its body that arrived names it (the API server writes `request.uid`
+/// first), so the API server shows it for that request.
+pub fn busy(got: &[u8], why: String) -> (Vec<u8>, Outcome) {
+    let r = answer(AdmissionResponse::invalid(&why), 429, "TooManyRequests");
+    let (body, outcome) = finish(r, why);
+    match request_uid(got) {
+        Some(uid) => answered_to(&uid, body, outcome),
+        None => (body, outcome),
+    }
+}
+
+/// The longest uid taken from a partial body (Kubernetes' are 36 characters).
+pub const MAX_UID: usize = 128;
+
+/// `request.uid` from the start of an AdmissionReview that may be cut short:
+/// the first `"uid"` after `"request"`, its value a plain token.
+pub fn request_uid(got: &[u8]) -> Option<String> {
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    let after = find(got, b"\"request\"")? + 9;
+    let rest = &got[after..];
+    let at = find(rest, b"\"uid\"")? + 5;
+    let rest = &rest[at..];
+    let rest = &rest[rest.iter().position(|b| !b.is_ascii_whitespace())?..];
+    let rest = rest.strip_prefix(b":")?;
+    let rest = &rest[rest.iter().position(|b| !b.is_ascii_whitespace())?..];
+    let rest = rest.strip_prefix(b"\"")?;
+    let end = rest.iter().take(MAX_UID + 1).position(|b| *b == b'"')?;
+    let uid = &rest[..end];
+    (!uid.is_empty()
+        && uid
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'.' || *b == b'_'))
+    .then(|| String::from_utf8_lossy(uid).into_owned())
+}
+
 /// `unreadable`'s refusal, addressed to the request `uid` after all.
 fn answered_to(uid: &str, body: Vec<u8>, mut outcome: Outcome) -> (Vec<u8>, Outcome) {
     let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(&body) else {
@@ -250,5 +286,33 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["response"]["uid"], "", "{v}");
         assert_eq!(outcome.uid, "");
+    }
+
+    /// Issue 41 (high): a review answered busy before its body arrived whole
+    /// names the request it answers, from what did arrive.
+    #[test]
+    fn a_busy_answer_carries_the_uid_of_a_partial_body() {
+        let got = br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid" : "705ab4f5-6393-11e8-b7cc-42010a800002","kind":{"gr"#;
+        let (out, outcome) = busy(got, "busy".into());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(v["response"]["allowed"], false);
+        assert_eq!(v["response"]["status"]["code"], 429);
+        assert_eq!(v["response"]["status"]["reason"], "TooManyRequests");
+        assert_eq!(outcome.uid, "705ab4f5-6393-11e8-b7cc-42010a800002");
+        // Cut inside the uid, no request yet, a uid that is not a token, one
+        // past the bound: none taken.
+        for cut in [
+            &br#"{"request":{"uid":"705ab4f5"#[..],
+            br#"{"kind":"AdmissionReview","uid":"x"}"#,
+            br#"{"request":{"uid":"a/b"}}"#,
+            br#"{"request":{"uid":"a b"}}"#,
+        ] {
+            assert_eq!(request_uid(cut), None, "{}", String::from_utf8_lossy(cut));
+        }
+        let long = format!(r#"{{"request":{{"uid":"{}"}}}}"#, "a".repeat(MAX_UID + 1));
+        assert_eq!(request_uid(long.as_bytes()), None);
+        let at = format!(r#"{{"request":{{"uid":"{}"}}}}"#, "a".repeat(MAX_UID));
+        assert_eq!(request_uid(at.as_bytes()), Some("a".repeat(MAX_UID)));
     }
 }

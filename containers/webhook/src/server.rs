@@ -2,9 +2,11 @@
 //! with keep-alive (the API server reuses connections), every stage bounded:
 //! connections, the TLS handshake, headers, the body's size and arrival, and the
 //! memory reviews in flight hold together ([`MAX_REVIEW_MEMORY`]): a review is
-//! charged its body's size before the body is read, and waits (at most
-//! [`QUEUE_TIMEOUT`]) for room, so no burst of large pods can outgrow the
-//! Deployment's memory limit.
+//! charged its body's bytes as they arrive (and [`REVIEW_OVERHEAD`] once they
+//! all have), and waits (at most [`QUEUE_TIMEOUT`] in all, well under the
+//! manifest's `timeoutSeconds`) for room, so no burst of large pods can outgrow
+//! the Deployment's memory limit; a body slower than [`MIN_BODY_RATE`] after its
+//! first [`BODY_GRACE`] is dropped, so slow clients cannot hold the room either.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,7 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, Lock};
-use crate::review::{review, unreadable, MAX_REVIEW_BYTES};
+use crate::review::{busy, review, unreadable, MAX_REVIEW_BYTES};
 use crate::tls::Reloading;
 
 /// Connections served at once; more wait in the listen backlog. An API server
@@ -31,18 +33,32 @@ pub const MAX_CONNECTIONS: usize = 128;
 /// HTTP/1 read buffer per connection (hyper's default is 400 KiB: what a
 /// connection waiting for room held of its body).
 pub const READ_BUFFER: usize = 64 << 10;
-/// Bytes reviews in flight hold at once (each is charged its body's size and
-/// [`REVIEW_OVERHEAD`]): with the process's own few MiB, what the Deployment's
-/// memory limit is set from (docs/benchmarks.md, "Webhook": three reviews at
-/// the body bound fit).
-pub const MAX_REVIEW_MEMORY: usize = 16 << 20;
+/// Bytes reviews in flight hold at once in the pool (each is charged its
+/// body's bytes as they arrive and [`REVIEW_OVERHEAD`]); the express lane
+/// holds room for one more whole review (5 MiB), 16 MiB in all: with the
+/// process's own few MiB, what the Deployment's memory limit is set from
+/// (docs/benchmarks.md, "Webhook": two reviews at the body bound fit in the
+/// pool, a third in the lane).
+pub const MAX_REVIEW_MEMORY: usize = 11 << 20;
 /// What a review holds besides its body, at most: the pod's view (1024
 /// containers of each kind), attestd's annotations (256 KiB), the pod's
 /// configuration parsed (64 KiB of TOML), the patch and the answer.
 pub const REVIEW_OVERHEAD: usize = 2 << 20;
-/// How long a review waits for room before it is refused as busy (the API
-/// server gives a webhook 10 s by default).
-pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a review waits for room, in all, before it is answered busy: well
+/// under the manifest's `timeoutSeconds` (5), so the API server hears why.
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A body must arrive at this rate at least, on average, once [`BODY_GRACE`]
+/// has passed (an API server sends a review at once; 64 KiB is more than most
+/// reviews, and the 3 MiB bound then takes at most [`BODY_TIMEOUT`]).
+pub const MIN_BODY_RATE: usize = 64 << 10;
+pub const BODY_GRACE: Duration = Duration::from_secs(1);
+/// How long the rest of a body answered busy is read and dropped, at most.
+const BUSY_DRAIN: Duration = Duration::from_secs(1);
+/// How long a review waits for room in the pool before it asks for the
+/// express lane.
+pub const EXPRESS_AFTER: Duration = Duration::from_millis(100);
+/// How often a body that sends nothing is checked against [`MIN_BODY_RATE`].
+const BODY_TICK: Duration = Duration::from_millis(100);
 /// A TLS handshake, the headers, or a body taking longer than this is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,6 +70,8 @@ pub struct State {
     pub lock: Lock,
     /// Review memory, in KiB: [`MAX_REVIEW_MEMORY`] in all.
     pub memory: Semaphore,
+    /// Room for one whole review beside it, in KiB (see `Charge`).
+    pub express: Semaphore,
 }
 
 impl State {
@@ -62,46 +80,159 @@ impl State {
             config,
             lock,
             memory: Semaphore::new(MAX_REVIEW_MEMORY >> 10),
+            express: Semaphore::new(kib(MAX_REVIEW_BYTES + REVIEW_OVERHEAD) as usize),
         }
     }
 }
 
-/// The body of a review, read into one buffer of the size it declared, at most
-/// [`MAX_REVIEW_BYTES`]; `Err` is the refusal (its reason and status).
-async fn read_body(mut body: Incoming, declared: Option<usize>) -> Result<Vec<u8>, (String, u16)> {
-    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(MAX_REVIEW_BYTES));
-    let read = async {
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| (format!("the body could not be read: {e}"), 400))?;
-            if let Ok(data) = frame.into_data() {
-                if buf.len() + data.len() > MAX_REVIEW_BYTES {
-                    return Err((
-                        format!("the body is larger than {MAX_REVIEW_BYTES} bytes"),
-                        413,
-                    ));
-                }
-                buf.extend_from_slice(&data);
+/// Why a body was not read whole.
+enum Unread {
+    /// Its reason and status.
+    Refused(String, u16),
+    /// No room for it within [`QUEUE_TIMEOUT`]: what arrived, for its uid.
+    Busy(Vec<u8>),
+}
+
+fn kib(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+}
+
+/// Review memory taken from [`State::memory`] a KiB at a time, as bytes
+/// arrive. Charging as bytes arrive lets reviews hold part of the room and
+/// wait for more, which alone could leave every review waiting on the others
+/// (16 bodies at the bound, all arriving at once, did): a review that finds no
+/// room within [`EXPRESS_AFTER`] takes the express lane instead, room for one
+/// whole review ([`State::express`]), for all it can still need, and gives its
+/// share of the pool back. So one review always moves, and the others follow.
+struct Charge<'a> {
+    state: &'a State,
+    permit: Option<tokio::sync::SemaphorePermit<'a>>,
+    lane: Option<tokio::sync::SemaphorePermit<'a>>,
+    /// The most this review may need: its declared size (or the bound) and
+    /// [`REVIEW_OVERHEAD`].
+    cap: usize,
+    /// Until when a review may wait for room, in all.
+    until: tokio::time::Instant,
+    /// How long it waited so far (not the client's slowness).
+    waited: Duration,
+}
+
+impl<'a> Charge<'a> {
+    fn new(state: &'a State, declared: Option<usize>) -> Charge<'a> {
+        Charge {
+            state,
+            permit: None,
+            lane: None,
+            cap: declared.unwrap_or(MAX_REVIEW_BYTES).min(MAX_REVIEW_BYTES) + REVIEW_OVERHEAD,
+            until: tokio::time::Instant::now() + QUEUE_TIMEOUT,
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// Hold room for `bytes` in all; `false` when there was none in time.
+    async fn cover(&mut self, bytes: usize) -> bool {
+        if self.lane.is_some() {
+            return bytes <= self.cap;
+        }
+        let (want, held) = (
+            kib(bytes),
+            self.permit.as_ref().map_or(0, |p| p.num_permits() as u32),
+        );
+        if want <= held {
+            return true;
+        }
+        let asked = tokio::time::Instant::now();
+        let quick = self.until.min(asked + EXPRESS_AFTER);
+        let got = tokio::time::timeout_at(quick, self.state.memory.acquire_many(want - held)).await;
+        if let Ok(Ok(p)) = got {
+            self.waited += asked.elapsed();
+            match &mut self.permit {
+                Some(held) => held.merge(p),
+                None => self.permit = Some(p),
             }
+            return true;
         }
-        Ok(())
-    };
-    let read = tokio::time::timeout(BODY_TIMEOUT, read).await;
-    match read {
-        Err(_) => Err((format!("the body took more than {BODY_TIMEOUT:?}"), 408)),
-        Ok(Err(e)) => {
+        let lane = self.state.express.acquire_many(kib(self.cap));
+        let got = tokio::time::timeout_at(self.until, lane).await;
+        self.waited += asked.elapsed();
+        match got {
+            Ok(Ok(p)) if bytes <= self.cap => {
+                self.lane = Some(p);
+                // The lane covers it all: the pool's share goes to the others.
+                self.permit = None;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The body of a review, at most [`MAX_REVIEW_BYTES`], each byte charged to
+/// `charge` as it arrives; dropped when slower than [`MIN_BODY_RATE`] after
+/// [`BODY_GRACE`], or not whole within [`BODY_TIMEOUT`].
+async fn read_body(mut body: Incoming, charge: &mut Charge<'_>) -> Result<Vec<u8>, Unread> {
+    let started = tokio::time::Instant::now();
+    // Grown as bytes arrive, never reserved ahead: a reservation of the
+    // declared size landed on memory freed by earlier reviews, resident
+    // already, and doubled the peak (32.7 → 67 MiB at 16 reviews at the bound).
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let elapsed = started.elapsed();
+        // The client's own pace: not the time this review waited for room.
+        let sending = elapsed.saturating_sub(charge.waited);
+        if elapsed > BODY_TIMEOUT {
+            return Err(Unread::Refused(
+                format!("the body took more than {BODY_TIMEOUT:?}"),
+                408,
+            ));
+        }
+        if sending > BODY_GRACE && buf.len() < MIN_BODY_RATE * sending.as_millis() as usize / 1000 {
+            return Err(Unread::Refused(
+                format!(
+                    "the body arrived slower than {} KiB/s ({} bytes in {sending:.1?})",
+                    MIN_BODY_RATE >> 10,
+                    buf.len()
+                ),
+                408,
+            ));
+        }
+        let frame = match tokio::time::timeout(BODY_TICK, body.frame()).await {
+            Err(_) => continue,
+            Ok(None) => return Ok(buf),
+            Ok(Some(f)) => {
+                f.map_err(|e| Unread::Refused(format!("the body could not be read: {e}"), 400))?
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let len = buf.len() + data.len();
+        if len > MAX_REVIEW_BYTES {
             drop(buf);
-            drain(body).await;
-            Err(e)
+            drain(body, BODY_TIMEOUT).await;
+            return Err(Unread::Refused(
+                format!("the body is larger than {MAX_REVIEW_BYTES} bytes"),
+                413,
+            ));
         }
-        Ok(Ok(())) => Ok(buf),
+        if !charge.cover(len).await {
+            // What arrived is enough to name the request; the rest is read and
+            // dropped a frame at a time (briefly), so the client hears why.
+            let head = buf.len().min(4096);
+            buf.truncate(head);
+            buf.extend_from_slice(&data[..data.len().min(4096 - head)]);
+            drain(body, BUSY_DRAIN).await;
+            return Err(Unread::Busy(buf));
+        }
+        buf.extend_from_slice(&data);
     }
 }
 
 /// Read and drop what is left of a refused body: at most [`MAX_REVIEW_BYTES`]
-/// more, within [`BODY_TIMEOUT`], one frame held at a time.
-async fn drain(mut body: Incoming) {
+/// more, within `within`, one frame held at a time.
+async fn drain(mut body: Incoming, within: Duration) {
     let mut left = MAX_REVIEW_BYTES;
-    let _ = tokio::time::timeout(BODY_TIMEOUT, async {
+    let _ = tokio::time::timeout(within, async {
         while let Some(Ok(frame)) = body.frame().await {
             let n = frame.data_ref().map_or(0, |d| d.len());
             if n > left {
@@ -123,28 +254,31 @@ async fn mutate(state: &State, req: Request<Incoming>) -> (Vec<u8>, crate::revie
     if declared.is_some_and(|n| n > MAX_REVIEW_BYTES) {
         // Refused unread; what was sent is read and dropped first (up to a
         // bound), so the client hears the answer rather than a reset.
-        drain(req.into_body()).await;
+        drain(req.into_body(), BODY_TIMEOUT).await;
         return unreadable(
             format!("the body is larger than {MAX_REVIEW_BYTES} bytes"),
             413,
         );
     }
-    // Charged before reading: the declared size, or the bound when none is
-    // declared (chunked).
-    let charge = declared.unwrap_or(MAX_REVIEW_BYTES) + REVIEW_OVERHEAD;
-    let kib = u32::try_from(charge.div_ceil(1024)).unwrap_or(u32::MAX);
-    let _room = match tokio::time::timeout(QUEUE_TIMEOUT, state.memory.acquire_many(kib)).await {
-        Ok(Ok(p)) => p,
-        _ => {
-            return unreadable(
-                format!("attestd-webhook is busy: no room for a {charge}-byte review within {QUEUE_TIMEOUT:?}; the API server retries"),
-                429,
-            )
-        }
+    let mut charge = Charge::new(state, declared);
+    let answer_busy = |got: &[u8]| {
+        busy(
+            got,
+            format!(
+                "attestd-webhook is busy: no room for this review within {QUEUE_TIMEOUT:?}; the API server retries"
+            ),
+        )
     };
-    match read_body(req.into_body(), declared).await {
-        Ok(b) => review(&b, &state.config, &state.lock),
-        Err((why, code)) => unreadable(why, code),
+    match read_body(req.into_body(), &mut charge).await {
+        Ok(b) => {
+            // What reviewing it holds besides the body.
+            if !charge.cover(b.len() + REVIEW_OVERHEAD).await {
+                return answer_busy(&b);
+            }
+            review(&b, &state.config, &state.lock)
+        }
+        Err(Unread::Busy(got)) => answer_busy(&got),
+        Err(Unread::Refused(why, code)) => unreadable(why, code),
     }
 }
 
@@ -191,14 +325,16 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
 }
 
 /// Serve on `listener` until the process ends.
+/// `client_ca`: only clients with a certificate it signed are served.
 pub async fn serve(
     listener: TcpListener,
     certs: Arc<Reloading>,
+    client_ca: Option<Vec<u8>>,
     state: Arc<State>,
 ) -> Result<(), std::io::Error> {
     let tls = certs
-        .server_config()
-        .map_err(|e| std::io::Error::other(format!("cannot configure TLS: {e}")))?;
+        .server_config(client_ca.as_deref())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {

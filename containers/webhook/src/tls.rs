@@ -34,6 +34,15 @@ pub enum TlsError {
         #[source]
         source: rustls::Error,
     },
+    #[error("cannot configure TLS: {0}")]
+    Config(rustls::Error),
+    #[error("the client CA: {0}")]
+    ClientCa(String),
+}
+
+/// The client CA's PEM (`serve --client-ca`), bounded as the pair is.
+pub fn read_client_ca(path: &Path) -> Result<Vec<u8>, TlsError> {
+    read(path)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -143,11 +152,39 @@ impl Reloading {
         });
     }
 
-    pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, rustls::Error> {
-        let mut c = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
+    /// The server's TLS configuration; with `client_ca` (PEM), only a client
+    /// presenting a certificate that CA signed completes the handshake (the
+    /// API server, given one in its admission kubeconfig).
+    pub fn server_config(
+        self: &Arc<Self>,
+        client_ca: Option<&[u8]>,
+    ) -> Result<rustls::ServerConfig, TlsError> {
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Config)?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_slice_iter(pem) {
+                    let c = c.map_err(|e| TlsError::ClientCa(e.to_string()))?;
+                    roots
+                        .add(c)
+                        .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+                }
+                if roots.is_empty() {
+                    return Err(TlsError::ClientCa("no certificate in it".into()));
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    roots.into(),
+                    provider(),
+                )
+                .build()
+                .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut c = builder.with_cert_resolver(self.clone());
         c.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(c)
     }
