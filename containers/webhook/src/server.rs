@@ -1,6 +1,8 @@
 //! HTTPS for the API server: `POST /mutate`, `GET /healthz` and `/readyz`. HTTP/1.1
 //! with keep-alive (the API server reuses connections), every stage bounded:
-//! connections, the TLS handshake, headers, the body's size and arrival, and the
+//! connections (a newcomer is accepted at once, and one that sat a second in
+//! its TLS handshake gives its slot up to it), the TLS handshake, headers, the
+//! body's size and arrival, and the
 //! memory reviews in flight hold together ([`MAX_REVIEW_MEMORY`]): a review is
 //! charged its body's bytes as they arrive (and [`REVIEW_OVERHEAD`] once they
 //! all have), and waits (at most [`QUEUE_TIMEOUT`] in all, well under the
@@ -10,6 +12,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -325,6 +328,82 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
 }
 
 /// Serve on `listener` until the process ends.
+/// Connections still in their TLS handshake from one source address at most;
+/// a newer one from there closes its oldest.
+pub const MAX_HANDSHAKING_PER_SOURCE: usize = 32;
+
+/// How long a connection has been in its TLS handshake before it may be closed
+/// to make room: a client that means it completes one in milliseconds.
+pub const EVICT_AFTER: Duration = Duration::from_secs(1);
+
+/// One connection still in its TLS handshake.
+struct Pending {
+    id: u64,
+    source: std::net::IpAddr,
+    since: tokio::time::Instant,
+    stop: Arc<tokio::sync::Notify>,
+}
+
+/// The connections in their TLS handshake, oldest first: those closed to make
+/// room (once [`EVICT_AFTER`] old). A client that connects and never says
+/// hello costs the webhook a slot only until a newcomer needs it, never the
+/// API server's turn.
+#[derive(Default)]
+struct Handshaking(std::sync::Mutex<std::collections::VecDeque<Pending>>);
+
+impl Handshaking {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Pending>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn add(&self, id: u64, source: std::net::IpAddr) -> Arc<tokio::sync::Notify> {
+        let stop = Arc::new(tokio::sync::Notify::new());
+        self.lock().push_back(Pending {
+            id,
+            source,
+            since: tokio::time::Instant::now(),
+            stop: stop.clone(),
+        });
+        stop
+    }
+
+    fn done(&self, id: u64) {
+        self.lock().retain(|p| p.id != id);
+    }
+
+    /// Close the oldest (from `source`, if given) that has been in its
+    /// handshake for [`EVICT_AFTER`]; `false` when there is none.
+    fn evict(&self, source: Option<std::net::IpAddr>) -> bool {
+        let mut q = self.lock();
+        let aged = tokio::time::Instant::now() - EVICT_AFTER;
+        let at = q
+            .iter()
+            .position(|p| p.since <= aged && source.is_none_or(|s| p.source == s));
+        match at.and_then(|i| q.remove(i)) {
+            Some(p) => {
+                p.stop.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn from(&self, source: std::net::IpAddr) -> usize {
+        self.lock().iter().filter(|p| p.source == source).count()
+    }
+}
+
+/// Removes a connection from [`Handshaking`] however its handshake ends.
+struct Shaken<'a>(&'a Handshaking, u64);
+
+impl Drop for Shaken<'_> {
+    fn drop(&mut self) {
+        self.0.done(self.1);
+    }
+}
+
 /// `client_ca`: only clients with a certificate it signed are served.
 pub async fn serve(
     listener: TcpListener,
@@ -337,10 +416,12 @@ pub async fn serve(
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return Ok(());
-        };
+    let handshaking = Arc::new(Handshaking::default());
+    let waiting = Arc::new(AtomicUsize::new(0));
+    for id in 0u64.. {
+        // Accepted first, then given a slot: a newcomer is seen, and a silent
+        // connection makes room for it, instead of the newcomer waiting in the
+        // listen backlog behind silent ones for their handshake deadline.
         let (tcp, peer) = match listener.accept().await {
             Ok(a) => a,
             // Out of descriptors or a reset before accept: wait a little, go on.
@@ -350,11 +431,70 @@ pub async fn serve(
                 continue;
             }
         };
-        let (acceptor, state) = (acceptor.clone(), state.clone());
+        if handshaking.from(peer.ip()) >= MAX_HANDSHAKING_PER_SOURCE {
+            handshaking.evict(Some(peer.ip()));
+        }
+        let permit = slots.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            // Full: the newcomer waits for a slot in a task of its own, so the
+            // loop goes on accepting and the kernel's backlog never fills (a
+            // full one drops the API server's SYNs); few may wait at once.
+            if waiting.load(Ordering::Relaxed) >= MAX_WAITING {
+                tracing::debug!(%peer, "closed: {MAX_WAITING} connections already wait for a slot");
+                continue;
+            }
+            handshaking.evict(None);
+        }
+        let (acceptor, state, handshaking, slots, waiting) = (
+            acceptor.clone(),
+            state.clone(),
+            handshaking.clone(),
+            slots.clone(),
+            waiting.clone(),
+        );
         tokio::spawn(async move {
-            let _permit = permit;
-            connection(tcp, peer, acceptor, state).await;
+            let _permit = match permit {
+                Some(p) => p,
+                None => {
+                    waiting.fetch_add(1, Ordering::Relaxed);
+                    let p = slot(&slots, &handshaking).await;
+                    waiting.fetch_sub(1, Ordering::Relaxed);
+                    match p {
+                        Some(p) => p,
+                        None => return,
+                    }
+                }
+            };
+            connection(tcp, peer, acceptor, state, &handshaking, id).await;
         });
+    }
+    Ok(())
+}
+
+/// Accepted connections waiting for a slot at most; more are closed at once.
+pub const MAX_WAITING: usize = 512;
+
+/// A slot for a connection accepted while all were taken: its turn in order,
+/// closing connections that aged in their handshake as it waits; `None` after
+/// [`HANDSHAKE_TIMEOUT`].
+async fn slot(
+    slots: &Arc<Semaphore>,
+    handshaking: &Handshaking,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    // One acquire, kept across the loop: its place in the queue stays.
+    let acquire = slots.clone().acquire_owned();
+    tokio::pin!(acquire);
+    loop {
+        tokio::select! {
+            p = &mut acquire => return p.ok(),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return None;
+                }
+                handshaking.evict(None);
+            }
+        }
     }
 }
 
@@ -363,19 +503,31 @@ async fn connection(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     state: Arc<State>,
+    handshaking: &Handshaking,
+    id: u64,
 ) {
     let _ = tcp.set_nodelay(true);
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, "TLS handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timed out");
+    let stop = handshaking.add(id, peer.ip());
+    let shaken = Shaken(handshaking, id);
+    let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+    let stream = tokio::select! {
+        r = hs => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        () = stop.notified() => {
+            tracing::debug!(%peer, "closed in its TLS handshake to make room for a newer connection");
             return;
         }
     };
+    drop(shaken);
     let service = hyper::service::service_fn(move |req| {
         let state = state.clone();
         async move { Ok::<_, Infallible>(handle(state, req).await) }
