@@ -126,6 +126,28 @@ pub fn probe_all(
     all
 }
 
+/// How long one pass of every probe may take: they are file checks and small
+/// reads, done in microseconds; a pass that takes longer waits on something.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// [`probe_all`] on a blocking thread, within [`PROBE_TIMEOUT`]: a probe that
+/// waits cannot hold the daemon's one runtime thread (nor keep it from SIGTERM).
+async fn probe_all_bounded(
+    root: &Path,
+    declared: &std::collections::BTreeMap<String, Vec<String>>,
+) -> Result<Vec<Probe>> {
+    let (root, declared) = (root.to_path_buf(), declared.clone());
+    let pass = tokio::task::spawn_blocking(move || probe_all(&root, &declared));
+    match tokio::time::timeout(PROBE_TIMEOUT, pass).await {
+        Ok(Ok(probes)) => Ok(probes),
+        Ok(Err(e)) => Err(Error::internal(format!("the platform probes failed: {e}"))),
+        Err(_) => Err(Error::unavailable(format!(
+            "the platform probes did not finish within {PROBE_TIMEOUT:?}: a declared probe \
+             reads something that waits"
+        ))),
+    }
+}
+
 /// The built-in probes, in precedence order.
 pub fn probe(root: &Path) -> Vec<Probe> {
     let any = |paths: &[&str]| -> Vec<String> {
@@ -367,7 +389,7 @@ pub async fn select(
 ) -> Result<Selection> {
     let lock = read_lock(&plugins.images_lock)?;
     let declared = declared(plugins, &lock);
-    let mut probes = probe_all(root, &declared);
+    let mut probes = probe_all_bounded(root, &declared).await?;
     // The sample comes last, and only when configured.
     let sample = plugins.attester.contains_key("sample").then_some("sample");
     let settled = sample.is_none() && !settle.is_zero() && !probes.iter().any(|p| p.found);
@@ -383,7 +405,7 @@ pub async fn select(
                 break;
             }
             tokio::time::sleep(SETTLE_STEP.min(left)).await;
-            probes = probe_all(root, &declared);
+            probes = probe_all_bounded(root, &declared).await?;
         }
     }
     let mut skipped = Vec::new();

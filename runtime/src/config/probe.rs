@@ -8,6 +8,14 @@
 //! when the file's content, without its trailing newline, is TEXT (a sysfs
 //! attribute, an SMBIOS string under /sys/class/dmi/id). Paths are absolute
 //! under /dev, /sys or /proc. Every condition must hold.
+//!
+//! Probing runs at every start, before anything is served, so nothing it does
+//! may block or change the machine: under /dev only existence is checked (an
+//! open of `/dev/watchdog` arms it, a read of `/dev/kmsg` or a tty waits);
+//! `/proc/kmsg` (a read consumes the kernel log) and per-process paths are
+//! refused; a file is read only when it is, after every link is followed,
+//! still a regular file under /sys or /proc, opened without following a last
+//! link and without waiting.
 
 use std::io::Read as _;
 use std::path::Path;
@@ -53,6 +61,25 @@ impl Condition {
                 crate::echo::bounded(s, 64)
             ));
         }
+        if text.is_some() && path.starts_with("/dev/") {
+            return Err(format!(
+                "probe condition {:?}: under /dev only a path's existence is checked \
+                 (opening a device may wait, or act: a watchdog arms)",
+                crate::echo::bounded(s, 64)
+            ));
+        }
+        if let Some(rest) = path.strip_prefix("/proc/") {
+            let first = rest.split('/').next().unwrap_or_default();
+            let per_process = first == "self"
+                || first == "thread-self"
+                || first.bytes().all(|b| b.is_ascii_digit());
+            if per_process || first == "kmsg" {
+                return Err(format!(
+                    "probe condition {:?}: /proc/kmsg and per-process paths are not probed",
+                    crate::echo::bounded(s, 64)
+                ));
+            }
+        }
         if text.is_some_and(|t| t.chars().any(char::is_control)) {
             return Err(format!(
                 "probe condition {:?}: the text must be printable",
@@ -70,15 +97,10 @@ impl Condition {
         let at = |p: &str| root.join(p.trim_start_matches('/'));
         match self {
             Condition::Exists(p) => at(p).exists(),
-            Condition::Equals(p, want) => {
-                let mut buf = Vec::new();
-                std::fs::File::open(at(p))
-                    .and_then(|f| f.take(MAX_PROBE_READ).read_to_end(&mut buf))
-                    .is_ok_and(|_| {
-                        let got = buf.strip_suffix(b"\n").unwrap_or(&buf);
-                        got == want.as_bytes()
-                    })
-            }
+            Condition::Equals(p, want) => read_attribute(root, &at(p)).is_some_and(|buf| {
+                let got = buf.strip_suffix(b"\n").unwrap_or(&buf);
+                got == want.as_bytes()
+            }),
         }
     }
 
@@ -89,6 +111,33 @@ impl Condition {
             Condition::Equals(p, t) => format!("{p} = {t:?}"),
         }
     }
+}
+
+/// At most [`MAX_PROBE_READ`] bytes of `path`, if it is, every link followed,
+/// a regular file under `root`'s /sys or /proc; opened without following a
+/// last link (swapped in since) and without waiting.
+fn read_attribute(root: &Path, path: &Path) -> Option<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let real = path.canonicalize().ok()?;
+    let root = root.canonicalize().ok()?;
+    let inside = ["sys", "proc"]
+        .iter()
+        .any(|d| real.starts_with(root.join(d)));
+    if !inside {
+        return None;
+    }
+    let flags = nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOFOLLOW;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(&real)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut buf = Vec::new();
+    f.take(MAX_PROBE_READ).read_to_end(&mut buf).ok()?;
+    Some(buf)
 }
 
 /// Every condition of `probe`, checked: bounded in number, each well formed.
@@ -134,6 +183,57 @@ mod tests {
         let big = "a".repeat(MAX_PROBE_READ as usize + 1);
         std::fs::write(t.path().join("sys/big"), &big).unwrap();
         assert!(!Condition::Equals("/sys/big".into(), big).holds(t.path()));
+    }
+
+    /// Issue 41 (medium, low): reads that wait or act are refused when the
+    /// probe is read; what is read is a regular file under /sys or /proc
+    /// after every link, opened without waiting.
+    #[test]
+    fn probes_never_wait_act_or_leave_sys_and_proc() {
+        for (bad, why) in [
+            ("/dev/kmsg=x", "only a path's existence"),
+            ("/dev/watchdog=x", "only a path's existence"),
+            ("/dev/tty0=x", "only a path's existence"),
+            ("/proc/kmsg", "per-process paths"),
+            ("/proc/kmsg=x", "per-process paths"),
+            ("/proc/self/environ=x", "per-process paths"),
+            ("/proc/thread-self/comm=x", "per-process paths"),
+            ("/proc/1/cmdline=x", "per-process paths"),
+        ] {
+            let e = Condition::parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        // Existence under /dev is still a probe; so are /proc's own files.
+        assert!(Condition::parse("/dev/watchdog").is_ok());
+        assert!(Condition::parse("/proc/cpuinfo=x").is_ok());
+
+        let t = tempfile::tempdir().unwrap();
+        let sys = t.path().join("sys");
+        std::fs::create_dir_all(&sys).unwrap();
+        // A FIFO nobody writes: before, the read waited for ever.
+        nix::unistd::mkfifo(&sys.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        // A link out of the tree (/dev/x-link -> /etc/hostname was read).
+        std::fs::write(t.path().join("outside"), "secret").unwrap();
+        std::os::unix::fs::symlink(t.path().join("outside"), sys.join("link-out")).unwrap();
+        // A link within /sys is followed, as sysfs's own are.
+        std::fs::create_dir_all(sys.join("devices")).unwrap();
+        std::fs::write(sys.join("devices/vendor"), "Acme\n").unwrap();
+        std::os::unix::fs::symlink(sys.join("devices"), sys.join("class")).unwrap();
+        let root = t.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let check = |c: &str| Condition::parse(c).unwrap().holds(&root);
+            tx.send((
+                check("/sys/fifo=x"),
+                check("/sys/link-out=secret"),
+                check("/sys/class/vendor=Acme"),
+            ))
+            .unwrap();
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a probe waited");
+        assert_eq!(got, (false, false, true));
     }
 
     #[test]

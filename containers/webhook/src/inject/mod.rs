@@ -354,25 +354,35 @@ pub fn attester_volume(tee: &str) -> String {
 
 /// attestd's drop-in: every attester external on its socket, the primary named
 /// (or `auto`: attestd probes the pod VM and asks each candidate's Detect).
+/// Written by the TOML library: a probe's text is the image's, and Rust's
+/// `{:?}` escapes are not TOML's.
 fn plugin_config(plan: &Plan) -> String {
-    let mut s = String::from(
-        "# Written by attestd-webhook: the attesters are this pod's sidecars.\n[plugins]\n",
-    );
-    s.push_str(&format!("primary = {:?}\n", plan.primary));
-    s.push_str(&format!("socket_dir = \"{RUN_DIR}/core\"\n"));
+    use toml::{Table, Value};
+    let s = |v: &str| Value::String(v.to_string());
+    let mut attester = Table::new();
     for a in &plan.attesters {
-        s.push_str(&format!(
-            "\n[plugins.attester.{}]\nlaunch = \"external\"\nsocket = {:?}\ntransport = {:?}\ntee = {:?}\n",
-            a.tee,
-            socket_of(&a.tee),
-            a.transport,
-            a.tee
-        ));
+        let mut t = Table::new();
+        t.insert("launch".into(), s("external"));
+        t.insert("socket".into(), s(&socket_of(&a.tee)));
+        t.insert("transport".into(), s(&a.transport));
+        t.insert("tee".into(), s(&a.tee));
         if !a.probe.is_empty() {
-            s.push_str(&format!("probe = {:?}\n", a.probe));
+            let probe = a.probe.iter().map(|p| s(p)).collect();
+            t.insert("probe".into(), Value::Array(probe));
         }
+        attester.insert(a.tee.clone(), Value::Table(t));
     }
-    s
+    let mut plugins = Table::new();
+    plugins.insert("primary".into(), s(&plan.primary));
+    plugins.insert("socket_dir".into(), s(&format!("{RUN_DIR}/core")));
+    plugins.insert("attester".into(), Value::Table(attester));
+    let mut doc = Table::new();
+    doc.insert("plugins".into(), Value::Table(plugins));
+    format!(
+        "# Written by attestd-webhook: the attesters are this pod's sidecars.\n{}",
+        // Strings and arrays of strings only: serialising cannot fail.
+        toml::to_string(&doc).unwrap_or_default()
+    )
 }
 
 fn resources(r: &crate::config::Resources) -> ResourceRequirements {

@@ -666,3 +666,21 @@ fn a_third_partys_tee_is_injected_for_its_runtime_class() {
         ))
     );
 }
+
+/// Issue 41 (low): the drop-in was written with Rust's `{:?}`, whose escapes
+/// are not TOML's: a probe's text with a soft hyphen (printable to the probe
+/// parser, escaped `\u{ad}` by Rust) made a drop-in attestd could not read.
+/// Written by the TOML library, it reads back as it was.
+#[test]
+fn a_probe_reads_back_from_the_drop_in_as_the_image_declared_it() {
+    let mut l = lock();
+    let odd = "/sys/class/dmi/id/sys_vendor=Ac\u{ad}me \"Corp\" \\ \u{301}x".to_string();
+    l.images.get_mut("x-hello").unwrap().probe = vec![odd.clone()];
+    let plan = plan("auto", false, &Config::default(), &l).unwrap();
+    let text = plugin_config(&plan);
+    let cfg: toml::Value = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(
+        cfg["plugins"]["attester"]["x-hello"]["probe"],
+        toml::Value::Array(vec![odd.into()])
+    );
+}
