@@ -45,6 +45,10 @@ pub struct Report {
     /// Why nothing changed: the configuration did not read, or attestd stopped.
     pub error: Option<String>,
     pub plugins: Vec<PluginReport>,
+    /// Keys the files now set otherwise than attestd started with, which
+    /// only a restart applies (a reload replaces plugins), by dotted path.
+    #[serde(default)]
+    pub pending: Vec<String>,
 }
 
 /// What a reload did to one plugin.
@@ -103,6 +107,7 @@ impl Report {
         Report {
             error: Some(why.into()),
             plugins: Vec::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -328,6 +333,7 @@ mod tests {
     async fn a_reload_is_answered_with_its_report() {
         let d = tempfile::tempdir().unwrap();
         let kept = Report {
+            pending: Vec::new(),
             error: None,
             plugins: vec![PluginReport {
                 plugin: "tdx".into(),

@@ -299,7 +299,7 @@ async fn serve(
     // `run` prepared the AA socket before starting the plugins.
     let ttrpc_server = ttrpc::start(service.clone(), sock).await?;
     tracing::info!(socket = %sock.display(), tee = %service.get_tee_type(), "attestd ready");
-    let mut reloads = Reloads::new(reload, service, &opts.config.plugins.socket_dir);
+    let mut reloads = Reloads::new(reload, service, &opts.config);
     // Until asked to stop, or until a part that should run as long as attestd
     // ends on its own: then attestd exits non-zero (systemd and kata restart it),
     // rather than stay "ready" with a dead listener or an unsupervised plugin.
@@ -362,10 +362,13 @@ struct Reloads {
     next: Option<Vec<tokio::sync::oneshot::Sender<control::Report>>>,
     /// The control socket's server, stopped (and its socket removed) on drop.
     control: Option<(tokio::task::JoinHandle<()>, PathBuf)>,
+    /// The configuration attestd started with: what a reload cannot change.
+    started: Arc<Config>,
 }
 
 impl Reloads {
-    fn new(reload: Option<Reload>, service: &Arc<Service>, socket_dir: &Path) -> Reloads {
+    fn new(reload: Option<Reload>, service: &Arc<Service>, started: &Config) -> Reloads {
+        let socket_dir = &started.plugins.socket_dir;
         let (source, control) = match reload {
             Some(r) => {
                 let control = match control::listen(socket_dir) {
@@ -390,6 +393,7 @@ impl Reloads {
             answering: Vec::new(),
             next: None,
             control,
+            started: Arc::new(started.clone()),
         }
     }
 
@@ -428,7 +432,11 @@ impl Reloads {
         if self.running.is_none() {
             if let (Some(waiting), Some((_, load))) = (self.next.take(), &self.source) {
                 self.answering = waiting;
-                self.running = Some(Box::pin(reload_plugins(self.service.clone(), load.clone())));
+                self.running = Some(Box::pin(reload_plugins(
+                    self.service.clone(),
+                    load.clone(),
+                    self.started.clone(),
+                )));
             }
         }
     }
@@ -445,7 +453,11 @@ impl Drop for Reloads {
 
 /// Read the configuration again and replace what changed; every outcome logged
 /// and reported. A configuration that does not read changes nothing.
-async fn reload_plugins(service: Arc<Service>, load: Arc<Load>) -> control::Report {
+async fn reload_plugins(
+    service: Arc<Service>,
+    load: Arc<Load>,
+    started: Arc<Config>,
+) -> control::Report {
     tracing::info!("reload: reading the configuration again");
     let config = match load() {
         Ok(c) => c,
@@ -480,8 +492,67 @@ async fn reload_plugins(service: Arc<Service>, load: Arc<Load>) -> control::Repo
             .plugins
             .push(control::PluginReport::new(plugin, outcome));
     }
-    tracing::info!("reload: done (plugins only: other keys take effect at the next start)");
+    report.pending = pending_keys(&started, &config);
+    if report.pending.is_empty() {
+        tracing::info!("reload: done");
+    } else {
+        tracing::warn!(
+            keys = %report.pending.join(", "),
+            "reload: done; these keys changed, and only a restart applies them"
+        );
+    }
     report
+}
+
+/// Keys listed as waiting for a restart at most (the rest are counted).
+pub const MAX_PENDING_KEYS: usize = 32;
+
+/// The keys whose values in `new` differ from those attestd `started` with and
+/// that a reload does not apply: all but `[plugins]`, which it does (its
+/// plugins are replaced on the new tables, with the new timeouts), save
+/// `[plugins] socket_dir`, where the running attestd already is. Dotted paths,
+/// at most [`MAX_PENDING_KEYS`].
+pub fn pending_keys(started: &Config, new: &Config) -> Vec<String> {
+    fn walk(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        use serde_json::Value::Object;
+        match (a, b) {
+            (Object(x), Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let null = serde_json::Value::Null;
+                    let sub = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(
+                        &sub,
+                        x.get(k).unwrap_or(&null),
+                        y.get(k).unwrap_or(&null),
+                        out,
+                    );
+                }
+            }
+            _ if a != b => out.push(path.to_string()),
+            _ => {}
+        }
+    }
+    let (Ok(mut a), Ok(mut b)) = (serde_json::to_value(started), serde_json::to_value(new)) else {
+        return Vec::new();
+    };
+    for v in [&mut a, &mut b] {
+        if let Some(p) = v.get_mut("plugins").and_then(|p| p.as_object_mut()) {
+            p.retain(|k, _| k == "socket_dir");
+        }
+    }
+    let mut out = Vec::new();
+    walk("", &a, &b, &mut out);
+    if out.len() > MAX_PENDING_KEYS {
+        let more = out.len() - MAX_PENDING_KEYS;
+        out.truncate(MAX_PENDING_KEYS);
+        out.push(format!("(and {more} more)"));
+    }
+    out
 }
 
 /// [`GrpcServer::ended`] of a server that may not be configured (then never).
@@ -713,6 +784,41 @@ mod tests {
         let config = Config::parse(&text("/nonexistent/attester")).unwrap();
         assert!(start_primary(&config).await.is_err());
         assert!(!dir.exists());
+    }
+
+    /// Issue 41 (medium): a reload that cannot apply a key says which.
+    #[test]
+    fn keys_only_a_restart_applies_are_listed() {
+        let base = "[plugins]\nprimary = \"x\"\n\n[plugins.attester.x]\nlaunch = \"process\"\n\
+                    command = \"/x\"\ntransport = \"ttrpc\"\n";
+        let a = Config::parse(base).unwrap();
+        assert!(pending_keys(&a, &a).is_empty());
+        let b = Config::parse(&format!(
+            "[token_configs.kbs]\nurl = \"https://kbs.example\"\n\n[keyprovider]\n\
+             grpc = \"127.0.0.1:50000\"\n\n{}",
+            base.replace("/x", "/y")
+        ))
+        .unwrap();
+        let pending = pending_keys(&a, &b);
+        assert!(
+            pending.contains(&"token_configs.kbs".to_string()),
+            "{pending:?}"
+        );
+        assert!(
+            pending.contains(&"keyprovider.grpc".to_string()),
+            "{pending:?}"
+        );
+        // The plugins' tables are what a reload applies.
+        assert!(
+            !pending.iter().any(|k| k.starts_with("plugins")),
+            "{pending:?}"
+        );
+        let moved = Config::parse(&base.replace(
+            "primary = \"x\"",
+            "primary = \"x\"\nsocket_dir = \"/elsewhere\"",
+        ))
+        .unwrap();
+        assert_eq!(pending_keys(&a, &moved), ["plugins.socket_dir"]);
     }
 
     #[test]

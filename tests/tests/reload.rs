@@ -480,3 +480,56 @@ async fn a_plugin_that_asks_for_a_reload_is_refused() {
     assert!(st.success(), "{out}{err}");
     assert_eq!(out, "test: unchanged\n");
 }
+
+/// Issue 41 (medium): a reload replaces plugins; other keys wait for a
+/// restart. `attestd reload` used to say success while a changed KBS URL
+/// waited, logged once as "at the next start". Now it names the keys and
+/// exits non-zero, and the daemon warns about them.
+#[tokio::test]
+async fn a_reload_names_the_keys_only_a_restart_applies() {
+    let p = plugin("gen0", &[]);
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let cfg = a.dir.path().join("attestd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[token_configs.kbs]\nurl = \"https://kbs.example\"\n\n{}",
+            config(a.dir.path(), &p, &[], "")
+        ),
+    )
+    .unwrap();
+    let (st, out, err) = attestd_cli(&["reload", "-c", cfg.to_str().unwrap()]);
+    assert!(!st.success(), "{out}{err}");
+    assert!(out.contains("test: unchanged\n"), "{out}");
+    assert!(
+        out.contains("only a restart applies: token_configs.kbs"),
+        "{out}"
+    );
+    assert!(
+        err.contains("error: reload: 1 changed key(s) take effect only at the next start"),
+        "{err}"
+    );
+    wait_log(&a, "only a restart applies them", 1);
+}
+
+/// Keys a layer may not set were warned about at the start only; a reload
+/// reading them again now warns again.
+#[tokio::test]
+async fn ignored_keys_are_warned_at_every_load() {
+    let p = plugin("gen0", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir_all(etc.join("attestd.toml.d")).unwrap();
+    std::fs::write(etc.join("attestd.toml"), config(dir.path(), &p, &[], "")).unwrap();
+    // A -c file at the user-data scope setting a key it may not.
+    let a = Attestd::start_env(
+        |_| "[plugins]\ndev_mode = true\n".to_string(),
+        &["--config-file-source", "user-data"],
+        &[("ATTESTD_CONFIG_DIR", etc.to_str().unwrap())],
+    )
+    .unwrap_or_else(|e| panic!("{}", e.stderr));
+    wait_log(&a, "ignored:", 1);
+    signal(a.pid(), Signal::SIGHUP);
+    wait_log(&a, "reload: done", 1);
+    wait_log(&a, "ignored:", 2);
+}

@@ -62,7 +62,17 @@ impl ConfigArg {
 }
 
 pub(crate) fn load_config(arg: &ConfigArg) -> Result<Config> {
-    Ok(load_layered(arg)?.config)
+    let layered = load_layered(arg)?;
+    warn_ignored(&layered.ignored);
+    Ok(layered.config)
+}
+
+/// The keys a layer may not set, each warned about: at every load (a start, a
+/// reload, a tool's run), so none goes unseen.
+pub(crate) fn warn_ignored(ignored: &[attestd::config::scope::Refused]) {
+    for r in ignored {
+        tracing::warn!(key = %attestd::echo::escaped(&r.key), "ignored: {}", r.why);
+    }
 }
 
 /// The system file and drop-ins of --config-dir, then -c (see config::layers).

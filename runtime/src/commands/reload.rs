@@ -29,6 +29,12 @@ pub(crate) async fn cmd_reload(a: ConfigArg) -> Result<()> {
             (outcome, None) => println!("{}: {outcome}", p.plugin),
         }
     }
+    if !report.pending.is_empty() {
+        println!(
+            "only a restart applies: {} (the files now say otherwise than attestd started with)",
+            report.pending.join(", ")
+        );
+    }
     if !report.succeeded() {
         let kept: Vec<&str> = report
             .plugins
@@ -39,6 +45,13 @@ pub(crate) async fn cmd_reload(a: ConfigArg) -> Result<()> {
         bail!(
             "reload: {} did not take the new configuration (above)",
             kept.join(", ")
+        );
+    }
+    if !report.pending.is_empty() {
+        // systemctl reload says so: what was asked is not all in effect.
+        bail!(
+            "reload: {} changed key(s) take effect only at the next start (above)",
+            report.pending.len()
         );
     }
     Ok(())

@@ -8,7 +8,7 @@ use attestd::run::{self, RunOptions, DEFAULT_ATTESTATION_SOCK};
 use attestd::server::GrpcAddr;
 use clap::Args;
 
-use super::{load_config, load_layered, sdk, ConfigArg};
+use super::{load_config, load_layered, sdk, warn_ignored, ConfigArg};
 
 #[derive(Args, Clone)]
 pub(crate) struct RunArgs {
@@ -123,9 +123,7 @@ async fn start(
             "the -c file comes from user-data, which is unmeasured: only upstream attestation-agent's keys are read from it"
         );
     }
-    for r in &layered.ignored {
-        tracing::warn!(key = %attestd::echo::escaped(&r.key), "ignored: {}", r.why);
-    }
+    warn_ignored(&layered.ignored);
     // The start-up phases are trace events of their own target, off unless asked
     // for (`ATTESTD_LOG=info,attestd::startup=trace`): `attestd-bench --only
     // startup` times them from the log.
@@ -197,6 +195,7 @@ fn reload_on_sighup(arg: ConfigArg) -> Result<run::Reload> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
     let reload = run::Reload::new(Box::new(move || {
+        // Warning about ignored keys at every load, as at the start.
         load_config(&arg).map_err(|e| attester_sdk::Error::invalid_argument(format!("{e:#}")))
     }));
     let tx = reload.sender.clone();
