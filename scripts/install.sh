@@ -132,6 +132,34 @@ if [ $build = 1 ]; then
     done
 fi
 
+# The system configuration: each installed attester as a process plugin, the first
+# one primary. Written and checked by the attestd just built before anything is
+# installed: a plugin's probe or devices that attestd would refuse stop the
+# install here, with nothing made. An operator's file is never overwritten.
+stage=$(mktemp -d /tmp/attestd-install.XXXXXX)
+trap 'rm -rf "$stage"' EXIT
+{
+    echo "# Written by scripts/install.sh. Drop-ins in attestd.toml.d/ (read after this"
+    echo "# file, in lexical order) change it; \`attestd config\` shows every key's origin."
+    echo "[plugins]"
+    echo "primary = \"${all[0]}\""
+    for tee in ${tees[@]+"${tees[@]}"}; do
+        printf '\n[plugins.attester.%s]\nlaunch = "process"\ncommand = "attester-%s"\ntransport = "%s"\ntee = "%s"\n' \
+            "$tee" "$tee" "$(transport "$tee")" "$tee"
+    done
+    for tee in ${p_tees[@]+"${p_tees[@]}"}; do
+        printf '\n[plugins.attester.%s]\nlaunch = "process"\ncommand = "%s"\ntransport = "%s"\ntee = "%s"\n%s\n' \
+            "$tee" "${p_bin[$tee]}" "${p_transport[$tee]}" "$tee" "${p_extra[$tee]}"
+    done
+} >"$stage/attestd.toml"
+mkdir "$stage/etc"
+if [ -x "$(target_dir sample)/attestd-tools" ] &&
+    ! "$(target_dir sample)/attestd-tools" config --config-dir "$stage/etc" -c "$stage/attestd.toml" >/dev/null 2>"$stage/why"; then
+    echo "install.sh: attestd refuses the configuration it would install, so nothing is installed:" >&2
+    cat "$stage/why" >&2
+    exit 1
+fi
+
 # Everything to install is there before anything is installed: no half-made prefix.
 bins=("$(target_dir sample)/attestd" "$(target_dir sample)/attestd-tools")
 for tee in "${all[@]}"; do bins+=("$(built_at "$tee")/$(bin_name "$tee")"); done
@@ -144,6 +172,7 @@ done
 
 root=$destdir$prefix
 etc=$destdir/etc/attestd
+
 install -d -m 0755 "$root/bin" "$root/share/attestd/examples" "$etc" "$destdir$unitdir"
 install -m 0755 "$(target_dir sample)/attestd" "$root/bin/attestd"
 # `attestd <command>` (and the unit's ExecReload) execs it from beside attestd.
@@ -156,26 +185,10 @@ if [ -f containers/images.lock ]; then
     install -m 0644 containers/images.lock "$root/share/attestd/images.lock"
 fi
 
-# The system configuration: each installed attester as a process plugin, the first
-# one primary. An operator's file is never overwritten.
 if [ -e "$etc/attestd.toml" ]; then
     echo "install.sh: kept the existing $etc/attestd.toml"
 else
-    {
-        echo "# Written by scripts/install.sh. Drop-ins in attestd.toml.d/ (read after this"
-        echo "# file, in lexical order) change it; \`attestd config\` shows every key's origin."
-        echo "[plugins]"
-        echo "primary = \"${all[0]}\""
-        for tee in ${tees[@]+"${tees[@]}"}; do
-            printf '\n[plugins.attester.%s]\nlaunch = "process"\ncommand = "attester-%s"\ntransport = "%s"\ntee = "%s"\n' \
-                "$tee" "$tee" "$(transport "$tee")" "$tee"
-        done
-        for tee in ${p_tees[@]+"${p_tees[@]}"}; do
-            printf '\n[plugins.attester.%s]\nlaunch = "process"\ncommand = "%s"\ntransport = "%s"\ntee = "%s"\n%s\n' \
-                "$tee" "${p_bin[$tee]}" "${p_transport[$tee]}" "$tee" "${p_extra[$tee]}"
-        done
-    } >"$etc/attestd.toml.tmp"
-    chmod 0644 "$etc/attestd.toml.tmp"
+    install -m 0644 "$stage/attestd.toml" "$etc/attestd.toml.tmp"
     mv "$etc/attestd.toml.tmp" "$etc/attestd.toml"
 fi
 

@@ -452,6 +452,38 @@ fn install_sh_installs_a_third_partys_plugin_with_what_its_crate_declares() {
         )
     );
     assert!(!x.exists());
+    // Issue 41 (medium): a probe attestd refuses (here one that would read a
+    // device) was found only after the binaries and attestd.toml were
+    // installed. The candidate configuration is checked first now.
+    let manifest = std::fs::read_to_string(bad.path().join("Cargo.toml"))
+        .unwrap()
+        .replace("tee = \"X-hello\"", "tee = \"x-hello\"")
+        .replace(
+            "probe = [\"/dev/x-hello-guest\"]",
+            "probe = [\"/dev/watchdog=armed\"]",
+        );
+    assert!(manifest.contains("/dev/watchdog=armed"), "{manifest}");
+    std::fs::write(bad.path().join("Cargo.toml"), manifest).unwrap();
+    let out = install_sh(
+        &[
+            "--destdir",
+            x.to_str().unwrap(),
+            "--profile",
+            "debug",
+            "--no-build",
+            "--plugin",
+            bad.path().to_str().unwrap(),
+        ],
+        &[("CARGO_TARGET_DIR", &attestd_e2e::repo_root().join("target"))],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("install.sh: attestd refuses the configuration it would install, so nothing is installed")
+            && err.contains("under /dev only a path's existence is checked"),
+        "{err}"
+    );
+    assert!(!x.exists());
     install_debug_build(d.path(), &["--plugin", plugin.to_str().unwrap()]);
     let etc = d.path().join("etc/attestd");
     let cfg = std::fs::read_to_string(etc.join("attestd.toml")).unwrap();
