@@ -698,16 +698,27 @@ pub fn claim_socket_dir(dir: &Path) -> Result<SocketDirLock> {
     // A holder that stops unlinks the file it locked: one taken on the file
     // just unlinked is no claim, so take the one now at the path.
     for _ in 0..16 {
-        ensure_socket_dir(dir)?;
-        let file = std::fs::OpenOptions::new()
+        // A holder stopping removes the directory once its lock file is gone:
+        // one that vanishes under us is made again, not an error.
+        match ensure_socket_dir(dir) {
+            Err(e) if vanished(&e) => continue,
+            r => r?,
+        }
+        let file = match std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|e| {
-                Error::internal(format!("cannot open {}", path.display())).with_source(e)
-            })?;
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(
+                    Error::internal(format!("cannot open {}", path.display())).with_source(e)
+                )
+            }
+        };
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -749,6 +760,21 @@ pub fn claim_socket_dir(dir: &Path) -> Result<SocketDirLock> {
     )))
 }
 
+/// Whether `e` comes from a path that was not there (a directory removed by a
+/// holder stopping at that moment).
+fn vanished(e: &Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
 /// The socket directory is ours alone: created 0700, refused if someone else owns it.
 pub fn ensure_socket_dir(dir: &Path) -> Result<()> {
     let fail = |what: &str, e: std::io::Error| {
@@ -772,6 +798,38 @@ pub fn ensure_socket_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 41 (low): a holder stopping unlinks its lock file and removes the
+    /// directory; a newcomer claiming at that moment got "cannot open"
+    /// (ENOENT) as an internal error. It tries again, and is told only
+    /// "in use" or given the claim.
+    #[test]
+    fn a_claim_racing_a_holders_stop_is_never_an_internal_error() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("plugins");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let (dir, stop) = (dir.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    drop(claim_socket_dir(&dir));
+                }
+            })
+        };
+        for _ in 0..3000 {
+            match claim_socket_dir(&dir) {
+                Ok(lock) => drop(lock),
+                Err(e) => assert!(
+                    e.code() == attester_sdk::Code::FailedPrecondition
+                        || e.code() == attester_sdk::Code::Unavailable,
+                    "{}",
+                    e.chain()
+                ),
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        churn.join().unwrap();
+    }
 
     #[test]
     fn missing_command_path_is_named() {
