@@ -55,6 +55,11 @@ impl<K: Hash + Eq> Throttle<K> {
         let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
         if kinds.len() >= MAX_KINDS && !kinds.contains_key(&kind) {
             kinds.retain(|_, k| now.duration_since(k.start) < WARNING_WINDOW);
+            if kinds.len() >= MAX_KINDS {
+                // Every kind is inside its window: this one is said, as new,
+                // and not remembered, so the map stays bounded.
+                return Verdict::Say { suppressed: 0 };
+            }
         }
         let k = kinds.entry(kind).or_insert(Kind {
             start: now,
@@ -80,6 +85,25 @@ impl<K: Hash + Eq> Throttle<K> {
         }
         k.suppressed += 1;
         Verdict::Quiet
+    }
+
+    /// The kinds whose window has ended, forgotten, with the count of those
+    /// not logged in it when there were any: said by a ticker, so the count
+    /// of a flood that stopped is not lost waiting for a next warning.
+    pub fn flush(&self, now: Instant) -> Vec<(K, u64)>
+    where
+        K: Clone,
+    {
+        let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        kinds.retain(|kind, k| {
+            let over = now.duration_since(k.start) >= WARNING_WINDOW;
+            if over && k.suppressed > 0 {
+                out.push((kind.clone(), k.suppressed));
+            }
+            !over
+        });
+        out
     }
 }
 
@@ -143,5 +167,35 @@ mod tests {
             let _ = t.check(i, t0 + WARNING_WINDOW * i as u32);
         }
         assert!(t.kinds.lock().unwrap().len() <= MAX_KINDS);
+        // Issue 41 (low): the hard case, every kind inside its window (the map
+        // grew without bound before). Past the bound a kind is said as new.
+        let t = Throttle::default();
+        for i in 0..(3 * MAX_KINDS) {
+            assert_ne!(t.check(i, t0), Verdict::Quiet, "kind {i}");
+        }
+        assert_eq!(t.kinds.lock().unwrap().len(), MAX_KINDS);
+    }
+
+    /// Issue 41 (low): a flood's count was said only with the next warning of
+    /// its kind, so a flood that stopped lost it.
+    #[test]
+    fn a_stopped_floods_count_is_flushed() {
+        let t = Throttle::default();
+        let t0 = Instant::now();
+        for i in 0..100u64 {
+            let _ = t.check("GetToken", t0 + Duration::from_millis(i));
+        }
+        let _ = t.check("quiet", t0);
+        assert!(t.flush(t0 + Duration::from_secs(1)).is_empty());
+        assert_eq!(
+            t.flush(t0 + WARNING_WINDOW),
+            [("GetToken", 100 - WARNINGS_PER_WINDOW as u64)]
+        );
+        // Forgotten: said again as new, and nothing left to flush.
+        assert!(t.flush(t0 + WARNING_WINDOW * 2).is_empty());
+        assert_eq!(
+            t.check("GetToken", t0 + WARNING_WINDOW * 2),
+            Verdict::Say { suppressed: 0 }
+        );
     }
 }

@@ -46,7 +46,27 @@ fn warn_failed(rpc: &'static str, e: &Error) {
     static FAILED: std::sync::OnceLock<Throttle<(&'static str, attester_sdk::Code)>> =
         std::sync::OnceLock::new();
     let verdict = FAILED
-        .get_or_init(Throttle::default)
+        .get_or_init(|| {
+            // The counts of floods that stopped, said once their window ends.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async {
+                    let mut tick = tokio::time::interval(crate::logging::WARNING_WINDOW);
+                    loop {
+                        tick.tick().await;
+                        let Some(t) = FAILED.get() else { continue };
+                        for ((rpc, code), n) in t.flush(std::time::Instant::now()) {
+                            tracing::warn!(
+                                method = rpc,
+                                code = %code,
+                                suppressed = n,
+                                "{n} more failures like the last one logged were not logged"
+                            );
+                        }
+                    }
+                });
+            }
+            Throttle::default()
+        })
         .check((rpc, e.code()), std::time::Instant::now());
     match verdict {
         Verdict::Say { suppressed: 0 } => {
