@@ -66,6 +66,7 @@ fn a_real_api_server_admits_and_a_real_kubelet_runs_injected_pods() {
     killed_attester_restarts_and_calls_resume(&c, &pod);
     annotating_after_admission_changes_nothing_that_runs(&c, &pod);
     refusals_reach_kubectl(&c);
+    ephemeral_containers_are_reviewed(&c);
     deleted_pod_leaves_nothing(&c, &pod);
     slow_clients_do_not_block_admission(&c);
     webhook_down_fails_closed_for_labelled_namespaces_only(&c);
@@ -692,6 +693,38 @@ fn refusals_reach_kubectl(c: &Cluster) {
     );
     eprintln!(
         "scenario 6: a clashing name and a mount of attestd-run refused, as kubectl shows them"
+    );
+}
+
+/// Scenario 6b (issue 41): an ephemeral container (what `kubectl debug` adds,
+/// through the `ephemeralcontainers` subresource) that mounts attestd's
+/// sockets is refused with the webhook's message; the pod keeps none.
+fn ephemeral_containers_are_reviewed(c: &Cluster) {
+    let mut pod = c.get(&["pod", APP_POD, "-n", LABELLED]);
+    pod["spec"]["ephemeralContainers"] = json!([{
+        "name": "debugger", "image": c.images.app,
+        "command": ["/busybox", "sleep", "3600"],
+        "volumeMounts": [{"name": "attestd-run", "mountPath": "/run/attestd"}],
+    }]);
+    let path = format!("/api/v1/namespaces/{LABELLED}/pods/{APP_POD}/ephemeralcontainers");
+    let o = c.kubectl_in(
+        &["replace", "--raw", &path, "-f", "-"],
+        Some(pod.to_string().as_bytes()),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "an ephemeral container mounting attestd-run was added"
+    );
+    assert!(
+        err.contains("ephemeral container \"debugger\" mounts the volume \"attestd-run\""),
+        "{err}"
+    );
+    let stored = c.get(&["pod", APP_POD, "-n", LABELLED]);
+    assert!(stored["spec"]["ephemeralContainers"].is_null(), "{stored}");
+    eprintln!(
+        "scenario 6b: an ephemeral container mounting attestd-run refused ({})",
+        first_line(&err)
     );
 }
 

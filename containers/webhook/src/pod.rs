@@ -53,6 +53,10 @@ pub struct Spec {
     pub containers: Vec<ContainerView>,
     #[serde(default, deserialize_with = "some_containers")]
     pub init_containers: Option<Vec<ContainerView>>,
+    /// `kubectl debug`'s containers, added through the `ephemeralcontainers`
+    /// subresource after the pod was admitted.
+    #[serde(default, deserialize_with = "some_containers")]
+    pub ephemeral_containers: Option<Vec<ContainerView>>,
     /// Present or not, and the first volume named like one the webhook adds.
     #[serde(default, deserialize_with = "volumes")]
     pub volumes: Option<Names>,

@@ -166,6 +166,50 @@ fn uid_of(body: &[u8]) -> Option<String> {
         .map(|r| r.uid)
 }
 
+/// An UPDATE of the `ephemeralcontainers` subresource (`kubectl debug`): an
+/// ephemeral container mounting a volume of ours by name (attestd's sockets,
+/// an attester's) is refused, as a container of the pod is at its creation.
+fn ephemeral(base: AdmissionResponse, object: Option<&RawValue>) -> (Vec<u8>, Outcome) {
+    let Some(object) = object else {
+        let message = "an ephemeral-container UPDATE without the pod".to_string();
+        return finish(answer(base.deny(&message), 400, "BadRequest"), message);
+    };
+    let pod: PodView = match serde_json::from_str(object.get()) {
+        Ok(p) => p,
+        Err(e) => {
+            let message = format!(
+                "the pod does not parse: {}",
+                attestd::echo::bounded(&e.to_string(), attestd::echo::MAX_ECHO)
+            );
+            return finish(answer(base.deny(&message), 400, "BadRequest"), message);
+        }
+    };
+    let mounting = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.ephemeral_containers.as_ref())
+        .into_iter()
+        .flatten()
+        .find_map(|c| {
+            let v = c.volume_mounts.as_ref()?.of_ours.as_ref()?;
+            Some((c.name.clone(), v.clone()))
+        });
+    match mounting {
+        Some((c, v)) => {
+            let message = format!(
+                "attestd-webhook: ephemeral container {} mounts the volume {}, which attestd-webhook adds for attestd and its attesters alone",
+                attestd::echo::quoted(&c),
+                attestd::echo::quoted(&v)
+            );
+            finish(answer(base.deny(&message), 403, "Forbidden"), message)
+        }
+        None => finish(
+            base,
+            "ephemeral containers: none mounts a volume of ours".into(),
+        ),
+    }
+}
+
 /// The answer to `body`.
 pub fn review(body: &[u8], config: &Config, lock: &Lock) -> (Vec<u8>, Outcome) {
     let parsed: Envelope = match serde_json::from_slice(body) {
@@ -210,6 +254,11 @@ pub fn review(body: &[u8], config: &Config, lock: &Lock) -> (Vec<u8>, Outcome) {
             attestd::echo::bounded(&kind.kind, attestd::echo::MAX_ECHO)
         );
         return finish(answer(base.deny(&message), 400, "BadRequest"), message);
+    }
+    if req.operation == Operation::Update
+        && req.sub_resource.as_deref() == Some("ephemeralcontainers")
+    {
+        return ephemeral(base, req.object);
     }
     if req.operation != Operation::Create || req.sub_resource.is_some() {
         let message = format!("{:?} of a pod: nothing to inject", req.operation);
@@ -314,5 +363,38 @@ mod tests {
         assert_eq!(request_uid(long.as_bytes()), None);
         let at = format!(r#"{{"request":{{"uid":"{}"}}}}"#, "a".repeat(MAX_UID));
         assert_eq!(request_uid(at.as_bytes()), Some("a".repeat(MAX_UID)));
+    }
+
+    /// Issue 41 (low): `kubectl debug` adds an ephemeral container through
+    /// the `ephemeralcontainers` subresource, which was never reviewed: one
+    /// could mount attestd-run. Refused now; one without our volumes passes.
+    #[test]
+    fn an_ephemeral_container_mounting_our_volume_is_refused() {
+        let review = |mounts: &str| {
+            format!(
+                r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"eph-1","kind":{{"group":"","version":"v1","kind":"Pod"}},"subResource":"ephemeralcontainers","operation":"UPDATE","namespace":"apps","object":{{"metadata":{{"name":"app"}},"spec":{{"containers":[{{"name":"app"}}],"ephemeralContainers":[{{"name":"debugger","image":"busybox","volumeMounts":[{mounts}]}}]}}}}}}}}"#
+            )
+        };
+        let (out, outcome) = review_str(&review(
+            r#"{"name":"attestd-run","mountPath":"/run/attestd"}"#,
+        ));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["response"]["allowed"], false, "{v}");
+        assert_eq!(v["response"]["status"]["code"], 403);
+        assert!(
+            outcome
+                .message
+                .contains("ephemeral container \"debugger\" mounts the volume \"attestd-run\""),
+            "{}",
+            outcome.message
+        );
+        let (out, _) = review_str(&review(r#"{"name":"scratch","mountPath":"/x"}"#));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["response"]["allowed"], true, "{v}");
+        assert_eq!(v["response"]["uid"], "eph-1");
+    }
+
+    fn review_str(body: &str) -> (Vec<u8>, Outcome) {
+        review(body.as_bytes(), &Config::default(), &Lock::default())
     }
 }
