@@ -169,14 +169,69 @@ pub const WORKLOAD_KEYS: &[&str] = &[
     "log.",
 ];
 
+/// A key's path, one entry per table: `"a.b" = 1` at the top is one key named
+/// `a.b`, not `b` in `[a]`, so paths are compared entry by entry, never as
+/// dotted text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Key(Vec<String>);
+
+impl Key {
+    /// Whether it is exactly `dotted` (one of our own names: no quoted parts).
+    fn is(&self, dotted: &str) -> bool {
+        self.0.iter().map(String::as_str).eq(dotted.split('.'))
+    }
+
+    /// Whether it is the table `dotted` or a key in it.
+    fn within(&self, dotted: &str) -> bool {
+        let mut mine = self.0.iter().map(String::as_str);
+        dotted.split('.').all(|d| mine.next() == Some(d))
+    }
+
+    /// Whether `dotted` is a key below this table.
+    fn holds(&self, dotted: &str) -> bool {
+        let mut theirs = dotted.split('.');
+        self.0.iter().all(|m| theirs.next() == Some(m.as_str())) && theirs.next().is_some()
+    }
+
+    /// A `[plugins]` tunable's name, when it is one.
+    fn plugin_tunable(&self) -> bool {
+        matches!(self.0.as_slice(), [p, k] if p == "plugins" && PLUGIN_TUNABLES.contains(&k.as_str()))
+    }
+
+    fn child(&self, k: &str) -> Key {
+        let mut v = self.0.clone();
+        v.push(k.to_string());
+        Key(v)
+    }
+}
+
+/// As TOML writes it: dotted, a part that is not a bare key quoted.
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, part) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
+            }
+            let bare = !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if bare {
+                f.write_str(part)?;
+            } else {
+                write!(f, "{}", crate::echo::quoted(part))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Whether `key` is among [`WORKLOAD_KEYS`] or the [`PLUGIN_TUNABLES`].
-fn workload_may_set(key: &str) -> bool {
+fn workload_may_set(key: &Key) -> bool {
     WORKLOAD_KEYS.iter().any(|k| match k.strip_suffix('.') {
-        Some(table) => key.starts_with(k) || key == table,
-        None => key == *k,
-    }) || key
-        .strip_prefix("plugins.")
-        .is_some_and(|k| PLUGIN_TUNABLES.contains(&k))
+        Some(table) => key.within(table),
+        None => key.is(k),
+    }) || key.plugin_tunable()
 }
 
 /// What a `[plugins]` key that is not a tunable decides, for the refusal's words.
@@ -193,24 +248,22 @@ pub struct Refused {
     pub why: String,
 }
 
-/// Whether `source` may set dotted `key` (a leaf, or a table with no keys).
-fn allowed(source: Source, key: &str) -> Result<(), String> {
-    if key == "config_file" || key.starts_with("config_file.") {
+/// Whether `source` may set `key` (a leaf, or a table with no keys).
+fn allowed(source: Source, key: &Key) -> Result<(), String> {
+    if key.within("config_file") {
         return Err("[config_file] is read from the configuration directory only".into());
     }
     match source {
         Source::Operator => Ok(()),
-        Source::InitData => match key.strip_prefix("plugins.") {
-            Some(k) if PLUGIN_TUNABLES.contains(&k) => Ok(()),
-            Some(_) => Err(format!(
+        Source::InitData => match key.0.first().map(String::as_str) {
+            Some("plugins") if key.plugin_tunable() => Ok(()),
+            Some("plugins") if key.0.len() > 1 => Err(format!(
                 "a -c file from init-data may not set what attestd launches ({LAUNCH_KEYS}); \
                  the image's own configuration sets those, or allows them with \
                  [config_file] source = \"operator\""
             )),
-            None if key == "plugins" => {
-                Err("a -c file from init-data may not replace [plugins]".into())
-            }
-            None => Ok(()),
+            Some("plugins") => Err("a -c file from init-data may not replace [plugins]".into()),
+            _ => Ok(()),
         },
         Source::Workload => {
             if workload_may_set(key) {
@@ -225,7 +278,7 @@ fn allowed(source: Source, key: &str) -> Result<(), String> {
             }
         }
         Source::UserData => {
-            if UPSTREAM_KEYS.contains(&key) {
+            if UPSTREAM_KEYS.iter().any(|k| key.is(k)) {
                 Ok(())
             } else {
                 Err(format!(
@@ -242,7 +295,7 @@ fn allowed(source: Source, key: &str) -> Result<(), String> {
 /// operator's file may not set is refused.
 pub fn restrict(table: &mut toml::Table, source: Source) -> Result<Vec<Refused>, Refused> {
     let mut ignored = Vec::new();
-    prune(table, "", source, &mut ignored)?;
+    prune(table, &Key(Vec::new()), source, &mut ignored)?;
     if source == Source::InitData {
         allow_measured_plain_http(table);
     }
@@ -275,17 +328,13 @@ fn allow_measured_plain_http(t: &mut toml::Table) {
 /// left empty by the removal goes too, so it does not stand for a half table.
 fn prune(
     t: &mut toml::Table,
-    prefix: &str,
+    prefix: &Key,
     source: Source,
     ignored: &mut Vec<Refused>,
 ) -> Result<(), Refused> {
     let keys: Vec<String> = t.keys().cloned().collect();
     for k in keys {
-        let key = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
+        let key = prefix.child(&k);
         let verdict = match t.get_mut(&k) {
             Some(toml::Value::Table(sub)) if !sub.is_empty() && may_hold_allowed(source, &key) => {
                 prune(sub, &key, source, ignored)?;
@@ -296,7 +345,7 @@ fn prune(
             }
             // An empty `[plugins]` sets nothing.
             Some(toml::Value::Table(sub))
-                if sub.is_empty() && key == "plugins" && source != Source::UserData =>
+                if sub.is_empty() && key.is("plugins") && source != Source::UserData =>
             {
                 continue
             }
@@ -304,6 +353,7 @@ fn prune(
             None => allowed(source, &key),
         };
         if let Err(why) = verdict {
+            let key = key.to_string();
             if source != Source::UserData {
                 return Err(Refused { key, why });
             }
@@ -321,15 +371,17 @@ pub const RESETTABLE_PCRS: [i64; 2] = [16, 23];
 /// What an unmeasured file may not do with a key it may set: turn the event
 /// log off (the image may have turned it on), or move measurements to a PCR
 /// anyone can reset.
-fn unmeasured_value(source: Source, key: &str, v: &toml::Value) -> Result<(), String> {
+fn unmeasured_value(source: Source, key: &Key, v: &toml::Value) -> Result<(), String> {
     if source != Source::UserData {
         return Ok(());
     }
-    match (key, v) {
-        ("eventlog_config.enable_eventlog", toml::Value::Boolean(false)) => {
+    match v {
+        toml::Value::Boolean(false) if key.is("eventlog_config.enable_eventlog") => {
             Err("user-data may turn the event log on, never off".into())
         }
-        ("eventlog_config.init_pcr", toml::Value::Integer(n)) if RESETTABLE_PCRS.contains(n) => {
+        toml::Value::Integer(n)
+            if key.is("eventlog_config.init_pcr") && RESETTABLE_PCRS.contains(n) =>
+        {
             Err(format!(
                 "user-data may not move measurements to PCR {n}, which a TPM lets anyone reset"
             ))
@@ -340,12 +392,9 @@ fn unmeasured_value(source: Source, key: &str, v: &toml::Value) -> Result<(), St
 
 /// Whether a table at `key` may hold a key `source` may set (else it is judged
 /// whole, and named once).
-fn may_hold_allowed(source: Source, key: &str) -> bool {
+fn may_hold_allowed(source: Source, key: &Key) -> bool {
     match source {
-        Source::UserData => {
-            let below = format!("{key}.");
-            UPSTREAM_KEYS.iter().any(|k| k.starts_with(&below))
-        }
+        Source::UserData => UPSTREAM_KEYS.iter().any(|k| key.holds(k)),
         // A refusal names the first key it meets below.
         Source::Workload | Source::InitData | Source::Operator => true,
     }
@@ -357,6 +406,37 @@ mod tests {
 
     fn table(s: &str) -> toml::Table {
         toml::from_str(s).unwrap()
+    }
+
+    fn dotted(s: &str) -> Key {
+        Key(s.split('.').map(str::to_string).collect())
+    }
+
+    /// Issue 41 (low): `"a.b" = 1` is one key named `a.b`; judged as dotted
+    /// text it passed for `b` in `[a]` (an upstream key from user-data, a
+    /// workload's token config) and reached the parser as a key of its own.
+    #[test]
+    fn a_quoted_key_with_dots_is_one_key_not_a_path() {
+        let mut t = table(
+            "\"token_configs.kbs.url\" = \"http://evil\"\n[token_configs.kbs]\nurl = \"https://kbs\"\n",
+        );
+        let ignored = restrict(&mut t, Source::UserData).unwrap();
+        assert_eq!(ignored.len(), 1, "{ignored:?}");
+        assert_eq!(ignored[0].key, "\"token_configs.kbs.url\"");
+        assert_eq!(t, table("[token_configs.kbs]\nurl = \"https://kbs\"\n"));
+        for (text, key) in [
+            ("\"log.level\" = \"trace\"\n", "\"log.level\""),
+            (
+                "[plugins]\n\"startup_timeout_ms.x\" = 1\n",
+                "plugins.\"startup_timeout_ms.x\"",
+            ),
+        ] {
+            let e = restrict(&mut table(text), Source::Workload).unwrap_err();
+            assert_eq!(e.key, key, "{text}");
+        }
+        // Written unquoted, the same keys are what they say.
+        let mut t = table("[log]\nlevel = \"trace\"\n[plugins]\nstartup_timeout_ms = 1\n");
+        restrict(&mut t, Source::Workload).unwrap();
     }
 
     const HOSTILE: &str = r#"
@@ -608,7 +688,7 @@ grpc = "0.0.0.0:50000"
         let keys: Vec<&String> = all.as_table().unwrap().keys().collect();
         assert_eq!(keys.len(), 26, "{keys:?}");
         for k in keys {
-            let verdict = allowed(Source::InitData, &format!("plugins.{k}"));
+            let verdict = allowed(Source::InitData, &dotted(&format!("plugins.{k}")));
             assert_eq!(
                 verdict.is_ok(),
                 PLUGIN_TUNABLES.contains(&k.as_str()),
@@ -618,7 +698,11 @@ grpc = "0.0.0.0:50000"
         for must in [
             "command", "args", "launch", "devices", "env", "image", "socket", "probe",
         ] {
-            assert!(allowed(Source::InitData, &format!("plugins.attester.x.{must}")).is_err());
+            assert!(allowed(
+                Source::InitData,
+                &dotted(&format!("plugins.attester.x.{must}"))
+            )
+            .is_err());
         }
     }
 
