@@ -220,6 +220,18 @@ fn check_pod_config(text: &str) -> Result<(), String> {
             r.why
         )
     })?;
+    // Then as attestd reads it at its start, with its own parser and checks:
+    // what passes the scope but not those (a key of the wrong type, a KBS URL
+    // that is not one) would otherwise be admitted and stop attestd.
+    let refused = |why: String| {
+        format!(
+            "the {POD_CONFIG} annotation does not read as attestd's configuration: {}",
+            attestd::echo::bounded(&why, attestd::echo::MAX_ECHO)
+        )
+    };
+    let text = toml::to_string(&table).map_err(|e| refused(e.to_string()))?;
+    let config = attestd::config::Config::parse(&text).map_err(|e| refused(e.to_string()))?;
+    attestd::run::check_token_configs(&config).map_err(|e| refused(e.chain()))?;
     Ok(())
 }
 

@@ -626,6 +626,23 @@ fn the_pod_config_annotation_sets_workload_keys_only() {
         ),
         other => panic!("{other:?}"),
     }
+    // Issue 41 (low): what the scope allows but attestd refuses at its start
+    // (a value of the wrong type, a KBS URL that is not one) was admitted.
+    for config in [
+        "[log]\nlevel = 5\n",
+        "[token_configs.kbs]\nurl = \"ftp://kbs.example\"\n",
+        "[plugins]\ncall_timeout_ms = \"soon\"\n",
+    ] {
+        match with(config) {
+            Decision::Deny(why) => assert!(
+                why.starts_with(
+                    "the attestd.io/config annotation does not read as attestd's configuration: "
+                ),
+                "{config}: {why}"
+            ),
+            other => panic!("{config}: {other:?}"),
+        }
+    }
 }
 
 #[test]
