@@ -46,6 +46,27 @@ pub fn check_domain(domain: &str) -> Result<()> {
 }
 pub const IDENTITY_OPERATION: &str = "LoadAttester";
 
+/// A client's entry may not carry attestd's own operation, whatever its
+/// domain: the reservation is structural (a verifier tells attestd's identity
+/// entries by their operation, which no client can write), where a list of
+/// look-alike domains (`github.com./…`, `github.com:443/…`, a leading space,
+/// `/./`, backslashes) could never be complete. Compared letters and digits
+/// only, without case, so `loadattester` or `Load-Attester ` is refused too.
+pub fn check_operation(operation: &str) -> Result<()> {
+    let letters: String = operation
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if letters == IDENTITY_OPERATION.to_ascii_lowercase() {
+        return Err(Error::invalid_argument(format!(
+            "operation {} is attestd's own (its identity entries), which no client may write",
+            crate::echo::quoted(operation)
+        )));
+    }
+    Ok(())
+}
+
 /// `ExtendRuntimeMeasurement`'s result, as upstream's enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MeasurementResult {
@@ -352,6 +373,7 @@ impl Service {
         // attestd's own entries (plugin identities) are its alone to write:
         // refused before anything is recorded, look-alikes too.
         check_domain(&event.domain)?;
+        check_operation(&event.operation)?;
         // The entry goes through the primary's registers; nothing else serves.
         self.measure([&self.primary]).await?;
         let r = log
@@ -709,6 +731,31 @@ mod tests {
             "example.com/attestd",
         ] {
             check_domain(ok).unwrap();
+        }
+    }
+
+    /// Issue 41 (medium): look-alike domains the list does not catch cannot
+    /// pass for attestd's entries either: those are told by their operation,
+    /// which no client may write, whatever the domain.
+    #[test]
+    fn attestd_s_own_operation_is_refused_whatever_the_domain() {
+        for op in [
+            "LoadAttester",
+            "loadattester",
+            "Load-Attester ",
+            " LOADATTESTER",
+        ] {
+            let e = check_operation(op).unwrap_err();
+            assert!(
+                e.message().ends_with(
+                    "is attestd's own (its identity entries), which no client may write"
+                ),
+                "{op}: {}",
+                e.message()
+            );
+        }
+        for ok in ["PullImage", "LoadAttesters", "Attester", ""] {
+            check_operation(ok).unwrap();
         }
     }
     use crate::launch::Provenance;

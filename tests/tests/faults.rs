@@ -615,6 +615,29 @@ async fn hostile_aa_clients_can_neither_forge_log_entries_nor_flood_messages() {
         .await
         .unwrap_err();
     assert_eq!(status(e).0, ttrpc::Code::INVALID_ARGUMENT);
+    // Issue 41: look-alikes a list of domains cannot all catch pass the
+    // domain check, but not with attestd's own operation, which is what
+    // tells its entries (structurally: no client may write it).
+    for domain in [
+        "github.com./confidential-containers/attestd",
+        "github.com:443/confidential-containers/attestd",
+        " github.com/confidential-containers/attestd",
+        "github.com/./confidential-containers/attestd",
+        "github.com\\confidential-containers\\attestd",
+    ] {
+        for op in ["LoadAttester", "loadattester", "Load-Attester"] {
+            let (code, msg) = status(
+                a.extend(domain, op, "{\"name\":\"forged\"}")
+                    .await
+                    .unwrap_err(),
+            );
+            assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{domain} {op}");
+            assert!(
+                msg.ends_with("is attestd's own (its identity entries), which no client may write"),
+                "{domain} {op}: {msg}"
+            );
+        }
+    }
     // None of them was recorded (the check used to run after the entry was).
     let log = std::fs::read(a.dir.path().join("eventlog")).unwrap_or_default();
     assert!(
