@@ -45,9 +45,10 @@ pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 pub const MAX_FILES: usize = 64;
 /// Path components under `/run/peerpod/` at most (`certs.d/<host:port>/ca.crt` is 3).
 pub const MAX_DEPTH: usize = 4;
-/// YAML flow collections (`[`, `{`) nested at most, counted before parsing (the
-/// parser's time grows with the square of the nesting: 260 KB of brackets cost a
-/// minute of CPU). Brackets inside strings count too; cloud-config nests a few.
+/// YAML flow collections (`[`, `{`) nested at most, counted by structure before
+/// parsing (the parser's time grows with the square of the nesting: 260 KB of
+/// brackets cost a minute of CPU); cloud-config nests a few. Brackets in a
+/// file's text do not count ([`MAX_TEXT_NESTING`] bounds those).
 pub const MAX_NESTING: usize = 64;
 /// The `[data]` entries of init-data that become files: what the guest
 /// components read (attestd's `-c`, CDH's config, kata-agent's policy, and the
@@ -71,8 +72,8 @@ pub enum Error {
     TooLarge(usize),
     #[error("user-data is a script (#!): only cloud-config is read")]
     Script,
-    #[error("user-data nests brackets more than {MAX_NESTING} deep")]
-    TooDeep,
+    #[error("user-data nests brackets more than {0} deep")]
+    TooDeep(usize),
     /// Where, never what: the parser's own message quotes the user-data, and
     /// an error goes to the journal and the serial console.
     #[error("user-data is not valid cloud-config{0}")]
@@ -388,7 +389,10 @@ pub fn plan(user_data: &[u8], image: &ImageSettings) -> Result<Plan, Error> {
         return Err(Error::Script);
     }
     if nesting(user_data) > MAX_NESTING {
-        return Err(Error::TooDeep);
+        return Err(Error::TooDeep(MAX_NESTING));
+    }
+    if text_nesting(user_data) > MAX_TEXT_NESTING {
+        return Err(Error::TooDeep(MAX_TEXT_NESTING));
     }
     let cc: CloudConfig = if user_data.iter().all(u8::is_ascii_whitespace) {
         CloudConfig {
@@ -498,9 +502,12 @@ pub fn plan(user_data: &[u8], image: &ImageSettings) -> Result<Plan, Error> {
     })
 }
 
-/// How deep YAML flow collections (`[`, `{`) nest in `text`, counted naively
-/// (inside strings too): a cheap bound before the parser sees it.
-fn nesting(text: &[u8]) -> usize {
+/// Brackets nested at most counting every one, inside strings and block
+/// scalars too: a backstop to [`nesting`], far above what a file's text holds,
+/// so a structure the scan below misreads still cannot cost the parser time.
+pub const MAX_TEXT_NESTING: usize = 1024;
+
+fn text_nesting(text: &[u8]) -> usize {
     let (mut depth, mut deepest) = (0usize, 0usize);
     for b in text {
         match b {
@@ -511,6 +518,139 @@ fn nesting(text: &[u8]) -> usize {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+    }
+    deepest
+}
+
+/// How deep YAML flow collections (`[`, `{`) nest in `text`, by its structure:
+/// a bracket in a quoted string, a comment, a plain scalar or a block scalar
+/// (`content: |`, where a file's text is) opens nothing. A flow collection
+/// starts only where a value does: at a line's start, after `- `, `? `, `: `,
+/// `--- `, a tag or an anchor. Linear, before the parser sees it.
+fn nesting(text: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    // Block context only: whether a value may start here, the indentation of
+    // the line, and that of the line owning a block scalar being skipped.
+    let (mut at_value, mut indent) = (true, 0usize);
+    let mut block_owner: Option<usize> = None;
+    let mut i = 0;
+    let n = text.len();
+    let space = |j: usize| j >= n || matches!(text[j], b' ' | b'\t' | b'\n' | b'\r');
+    let skip_line = |j: usize| {
+        text[j..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(n, |p| j + p)
+    };
+    let skip_quoted = |j: usize| {
+        // From the opening quote to just past the closing one.
+        let q = text[j];
+        let mut k = j + 1;
+        while k < n {
+            match text[k] {
+                b'\\' if q == b'"' => k += 2,
+                c if c == q => {
+                    if q == b'\'' && text.get(k + 1) == Some(&b'\'') {
+                        k += 2;
+                    } else {
+                        return k + 1;
+                    }
+                }
+                _ => k += 1,
+            }
+        }
+        n
+    };
+    let mut line_start = true;
+    while i < n {
+        if line_start && depth == 0 {
+            line_start = false;
+            let ind = text[i..].iter().take_while(|b| **b == b' ').count();
+            let blank = matches!(text.get(i + ind), None | Some(b'\n') | Some(b'\r'));
+            if let Some(owner) = block_owner {
+                if blank || ind > owner {
+                    i = skip_line(i);
+                    continue;
+                }
+                block_owner = None;
+            }
+            indent = ind;
+            at_value = true;
+            i += ind;
+            if text[i..].starts_with(b"---") && space(i + 3) {
+                i += 3;
+            }
+            continue;
+        }
+        let c = text[i];
+        if c == b'\n' {
+            line_start = true;
+            i += 1;
+            continue;
+        }
+        if c == b'#' && (i == 0 || matches!(text[i - 1], b' ' | b'\t' | b'\n')) {
+            i = skip_line(i);
+            continue;
+        }
+        if depth > 0 {
+            match c {
+                b'"' | b'\'' => {
+                    i = skip_quoted(i);
+                    continue;
+                }
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b']' | b'}' => {
+                    depth -= 1;
+                    at_value = false;
+                }
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if c == b' ' || c == b'\t' {
+            i += 1;
+            continue;
+        }
+        if at_value {
+            match c {
+                b'-' | b'?' if space(i + 1) => {}
+                b'!' | b'&' => {
+                    // A tag or an anchor: the value comes after it.
+                    i += text[i..]
+                        .iter()
+                        .take_while(|b| !matches!(b, b' ' | b'\n'))
+                        .count();
+                    continue;
+                }
+                b'[' | b'{' => {
+                    depth = 1;
+                    deepest = deepest.max(1);
+                    at_value = false;
+                }
+                b'|' | b'>' => {
+                    block_owner = Some(indent);
+                    i = skip_line(i);
+                    continue;
+                }
+                b'"' | b'\'' => {
+                    i = skip_quoted(i);
+                    at_value = false;
+                    continue;
+                }
+                _ => at_value = false,
+            }
+            i += 1;
+            continue;
+        }
+        // Inside a plain scalar (a key or a value): `: ` starts a value.
+        if c == b':' && space(i + 1) {
+            at_value = true;
+        }
+        i += 1;
     }
     deepest
 }

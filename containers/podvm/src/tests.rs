@@ -300,7 +300,7 @@ fn nesting_is_bounded_before_parsing_and_the_bound_is_taken() {
     let nested = |n: usize| format!("write_files: {}{}\n", "[".repeat(n), "]".repeat(n));
     // At the bound: parsed (and not cloud-config's shape, which is another error).
     let (_, r) = run(&nested(MAX_NESTING));
-    assert!(!matches!(r, Err(Error::TooDeep)), "{r:?}");
+    assert!(!matches!(r, Err(Error::TooDeep(_))), "{r:?}");
     let (d, r) = run(&nested(MAX_NESTING + 1));
     assert_eq!(
         r.unwrap_err().to_string(),
@@ -310,8 +310,47 @@ fn nesting_is_bounded_before_parsing_and_the_bound_is_taken() {
     // What cost a minute of CPU before: the largest user-data, all brackets.
     let started = std::time::Instant::now();
     let (_, r) = run(&"[".repeat(MAX_USER_DATA_BYTES));
-    assert!(matches!(r, Err(Error::TooDeep)));
+    assert!(matches!(r, Err(Error::TooDeep(_))));
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+/// Issue 41 (low): brackets in a file's text (a block scalar), a quoted
+/// string or a comment open no collection: 65 `[` in a file refused the
+/// whole user-data before. A flow collection after a tag, an anchor or `? `
+/// is still one; and past 1024 brackets of text a backstop refuses anyway.
+#[test]
+fn nesting_counts_structure_not_text() {
+    let deep = "[".repeat(MAX_NESTING + 1);
+    for ud in [
+        format!("#cloud-config\nwrite_files:\n- path: /run/peerpod/x.txt\n  content: |\n    {deep}\n    more {deep}\n"),
+        format!("#cloud-config\nwrite_files:\n- path: /run/peerpod/x.txt\n  content: \"{deep}\"\n"),
+        format!("#cloud-config\nwrite_files:\n- path: /run/peerpod/x.txt\n  content: '{deep}'\n"),
+        format!("#cloud-config # {deep}\nwrite_files:\n- path: /run/peerpod/x.txt\n  content: a{deep}\n"),
+    ] {
+        let (d, r) = run(&ud);
+        assert!(r.is_ok(), "{ud}: {r:?}");
+        let text = std::fs::read_to_string(d.path().join("peerpod/x.txt")).unwrap();
+        assert!(text.contains(&deep), "{text}");
+    }
+    let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    for ud in [
+        format!("write_files: !!seq {}\n", nest(MAX_NESTING + 1)),
+        format!("write_files: &a {}\n", nest(MAX_NESTING + 1)),
+        format!("? {}\n: x\n", nest(MAX_NESTING + 1)),
+        format!("--- {}\n", nest(MAX_NESTING + 1)),
+        format!("write_files:\n- {}\n", nest(MAX_NESTING + 1)),
+    ] {
+        let (_, r) = run(&ud);
+        assert!(matches!(r, Err(Error::TooDeep(64))), "{ud}: {r:?}");
+    }
+    let text = "[".repeat(MAX_TEXT_NESTING + 1);
+    let (_, r) = run(&format!(
+        "#cloud-config\nwrite_files:\n- path: /run/peerpod/x.txt\n  content: |\n    {text}\n"
+    ));
+    assert_eq!(
+        r.unwrap_err().to_string(),
+        "user-data nests brackets more than 1024 deep"
+    );
 }
 
 #[test]
