@@ -156,3 +156,33 @@ pub fn hcl_report(data: &[u8]) {
         }
     }
 }
+
+/// A declared probe as a plugin image's label carries it (one condition a
+/// line): what parses keeps the rules (a read never under /dev, nothing
+/// per-process), and checking it on a machine never panics.
+pub fn probe(data: &[u8]) {
+    use attestd::config::probe::{parse, Condition, MAX_PROBE_CONDITIONS};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let conditions: Vec<String> = text.lines().map(str::to_string).collect();
+    let Ok(parsed) = parse(&conditions) else {
+        return;
+    };
+    assert!(parsed.len() <= MAX_PROBE_CONDITIONS);
+    for c in &parsed {
+        let path = match c {
+            Condition::Exists(p) | Condition::Equals(p, _) => p,
+        };
+        assert!(["/dev/", "/sys/", "/proc/"]
+            .iter()
+            .any(|r| path.starts_with(r)));
+        if let Condition::Equals(p, _) = c {
+            assert!(!p.starts_with("/dev/"), "{p}");
+        }
+        assert!(!path.starts_with("/proc/self") && !path.starts_with("/proc/kmsg"));
+        let _ = c.describe();
+        // A root with nothing in it: no condition holds, none panics.
+        assert!(!c.holds(std::path::Path::new("/nonexistent/attestd-fuzz-root")));
+    }
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 11] = [
+const TARGETS: [(&str, Target); 12] = [
     ("config", attestd_fuzz::config),
     ("initdata", attestd_fuzz::initdata),
     ("keyprovider", attestd_fuzz::keyprovider),
@@ -18,6 +18,7 @@ const TARGETS: [(&str, Target); 11] = [
     ("hcl_report", attestd_fuzz::hcl_report),
     ("podvm_user_data", attestd_fuzz::podvm_user_data),
     ("webhook_review", attestd_fuzz::webhook_review),
+    ("probe", attestd_fuzz::probe),
 ];
 
 #[test]
