@@ -28,6 +28,14 @@ PEERS=${ATTESTD_PEERS:-/var/cache/attestd/peers}
 SRC=${ATTESTD_PEERS_SRC:-/var/cache/attestd/src}
 # Bump when a project's build steps below change: it is part of the MANIFEST.
 RECIPE=1
+# A Go new enough for the pinned modules (the machine's, in /usr/local/go, as
+# scripts/go-build.sh finds it).
+for g in "$(command -v go || true)" /usr/local/go/bin/go; do
+    if [ -n "$g" ] && "$g" version 2>/dev/null | grep -qE 'go1\.(2[5-9]|[3-9][0-9])'; then
+        export PATH="$(dirname "$g"):$PATH"
+        break
+    fi
+done
 
 declare -A TREE=()
 for a in "$@"; do

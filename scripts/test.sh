@@ -113,7 +113,9 @@ if [ "${ATTESTD_PRUNE_BUILD:-0}" = 1 ]; then
 fi
 
 echo "== upstream peers (scripts/peers.pins): built into their cache where a tree is; the tests that compare with them say whether they ran"
-bash scripts/peers-build.sh
+# A peer that does not build is said, and its tests skip: it is upstream's code,
+# not a reason to stop the suite.
+bash scripts/peers-build.sh || echo "peers: a build failed (above); the tests that need it skip"
 
 echo "== tests"
 for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do
