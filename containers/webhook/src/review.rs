@@ -166,23 +166,37 @@ fn uid_of(body: &[u8]) -> Option<String> {
         .map(|r| r.uid)
 }
 
+/// The pod a request carries, read into the webhook's view; the refusal (400)
+/// when `what` came without one or it does not parse.
+fn pod_of(
+    base: &AdmissionResponse,
+    object: Option<&RawValue>,
+    what: &str,
+) -> Result<PodView, (Vec<u8>, Outcome)> {
+    let refuse = |message: String| {
+        finish(
+            answer(base.clone().deny(&message), 400, "BadRequest"),
+            message,
+        )
+    };
+    let Some(object) = object else {
+        return Err(refuse(format!("{what} without the pod")));
+    };
+    serde_json::from_str(object.get()).map_err(|e| {
+        refuse(format!(
+            "the pod does not parse: {}",
+            attestd::echo::bounded(&e.to_string(), attestd::echo::MAX_ECHO)
+        ))
+    })
+}
+
 /// An UPDATE of the `ephemeralcontainers` subresource (`kubectl debug`): an
 /// ephemeral container mounting a volume of ours by name (attestd's sockets,
 /// an attester's) is refused, as a container of the pod is at its creation.
 fn ephemeral(base: AdmissionResponse, object: Option<&RawValue>) -> (Vec<u8>, Outcome) {
-    let Some(object) = object else {
-        let message = "an ephemeral-container UPDATE without the pod".to_string();
-        return finish(answer(base.deny(&message), 400, "BadRequest"), message);
-    };
-    let pod: PodView = match serde_json::from_str(object.get()) {
+    let pod = match pod_of(&base, object, "an ephemeral-container UPDATE") {
         Ok(p) => p,
-        Err(e) => {
-            let message = format!(
-                "the pod does not parse: {}",
-                attestd::echo::bounded(&e.to_string(), attestd::echo::MAX_ECHO)
-            );
-            return finish(answer(base.deny(&message), 400, "BadRequest"), message);
-        }
+        Err(refused) => return refused,
     };
     let mounting = pod
         .spec
@@ -264,19 +278,9 @@ pub fn review(body: &[u8], config: &Config, lock: &Lock) -> (Vec<u8>, Outcome) {
         let message = format!("{:?} of a pod: nothing to inject", req.operation);
         return finish(base, message);
     }
-    let Some(object) = req.object else {
-        let message = "a pod CREATE without the pod".to_string();
-        return finish(answer(base.deny(&message), 400, "BadRequest"), message);
-    };
-    let pod: PodView = match serde_json::from_str(object.get()) {
+    let pod = match pod_of(&base, req.object, "a pod CREATE") {
         Ok(p) => p,
-        Err(e) => {
-            let message = format!(
-                "the pod does not parse: {}",
-                attestd::echo::bounded(&e.to_string(), attestd::echo::MAX_ECHO)
-            );
-            return finish(answer(base.deny(&message), 400, "BadRequest"), message);
-        }
+        Err(refused) => return refused,
     };
     let namespace = req
         .namespace
