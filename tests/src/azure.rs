@@ -27,18 +27,10 @@ pub fn read_fixture(name: &str) -> Vec<u8> {
 /// 0x01400001 and a restricted RSA-2048 signing AK persisted at 0x81000003.
 /// Returns the AK's public key (PEM), written under `dir`.
 pub fn provision_vtpm(tpm: &Swtpm, dir: &Path) -> PathBuf {
-    let ok = |args: &[&str]| {
-        let out = tpm.tool(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let hcl = fixture("snp-hcl-report-2048.bin");
     let ak_ctx = dir.join("ak.ctx");
     let ak_pem = dir.join("ak.pem");
-    ok(&[
+    tpm.tool_ok(&[
         "tpm2_nvdefine",
         "0x01400001",
         "-C",
@@ -48,7 +40,7 @@ pub fn provision_vtpm(tpm: &Swtpm, dir: &Path) -> PathBuf {
         "-a",
         "ownerread|ownerwrite",
     ]);
-    ok(&[
+    tpm.tool_ok(&[
         "tpm2_nvwrite",
         "0x01400001",
         "-C",
@@ -56,7 +48,7 @@ pub fn provision_vtpm(tpm: &Swtpm, dir: &Path) -> PathBuf {
         "-i",
         hcl.to_str().unwrap(),
     ]);
-    ok(&[
+    tpm.tool_ok(&[
         "tpm2_createprimary",
         "-C",
         "o",
@@ -67,7 +59,7 @@ pub fn provision_vtpm(tpm: &Swtpm, dir: &Path) -> PathBuf {
         "-c",
         ak_ctx.to_str().unwrap(),
     ]);
-    ok(&[
+    tpm.tool_ok(&[
         "tpm2_evictcontrol",
         "-C",
         "o",
@@ -75,7 +67,7 @@ pub fn provision_vtpm(tpm: &Swtpm, dir: &Path) -> PathBuf {
         ak_ctx.to_str().unwrap(),
         "0x81000003",
     ]);
-    ok(&[
+    tpm.tool_ok(&[
         "tpm2_readpublic",
         "-c",
         "0x81000003",

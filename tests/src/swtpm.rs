@@ -80,6 +80,16 @@ impl Swtpm {
             .unwrap()
     }
 
+    /// A tpm2-tools command against this TPM, which must succeed.
+    pub fn tool_ok(&self, args: &[&str]) {
+        let out = self.tool(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn pcr(&self, i: u64) -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("pcr.bin");

@@ -105,14 +105,8 @@ impl AzureVtpm {
     /// NV index `index` read back with tpm2_nvread.
     fn nv(&self, index: &str) -> Vec<u8> {
         let f = self.dir.path().join("nv.bin");
-        let out = self
-            .tpm
-            .tool(&["tpm2_nvread", index, "-C", "o", "-o", f.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.tpm
+            .tool_ok(&["tpm2_nvread", index, "-C", "o", "-o", f.to_str().unwrap()]);
         std::fs::read(f).unwrap()
     }
 }

@@ -270,7 +270,7 @@ fn ak_handle_holding_a_wrong_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ctx_file = dir.path().join("k.ctx");
     // An unrestricted decryption key at 0x81010003.
-    let out = tpm.tool(&[
+    tpm.tool_ok(&[
         "tpm2_createprimary",
         "-C",
         "o",
@@ -281,12 +281,7 @@ fn ak_handle_holding_a_wrong_key_is_refused() {
         "-c",
         ctx_file.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = tpm.tool(&[
+    tpm.tool_ok(&[
         "tpm2_evictcontrol",
         "-C",
         "o",
@@ -294,11 +289,6 @@ fn ak_handle_holding_a_wrong_key_is_refused() {
         ctx_file.to_str().unwrap(),
         "0x81010003",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let p = tpm_plugin(&tpm, &["--ak-handle", "0x81010003"]);
     let e = Attestd::start(|d| config(d, &p, &[], "")).err().unwrap();
     assert!(
@@ -477,16 +467,6 @@ fn a_tpm_nobody_started_is_refused_with_what_to_do() {
     assert!(e.stderr.contains("tpm2_startup -c"), "{}", e.stderr);
 }
 
-/// tpm2-tools `args`, which must succeed.
-fn tool_ok(tpm: &Swtpm, args: &[&str]) {
-    let out = tpm.tool(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Issue 41 (high): a plugin started on a TPM with no AK, whose AK another
 /// process then persists (here another plugin's first quote, as `attestd
 /// evidence` or a retiring generation does), takes that key at its first
@@ -526,32 +506,26 @@ async fn a_foreign_key_persisted_after_start_is_refused() {
     assert!(c.detect().await.unwrap());
     // A restricted RSA signing key, but not the template's (noda differs).
     let key = dir.path().join("k.ctx");
-    tool_ok(
-        &tpm,
-        &[
-            "tpm2_createprimary",
-            "-C",
-            "o",
-            "-G",
-            "rsa2048:rsassa-sha256:null",
-            "-a",
-            "restricted|sign|fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda",
-            "-c",
-            key.to_str().unwrap(),
-        ],
-    );
-    tool_ok(&tpm, &["tpm2_flushcontext", "-t"]);
-    tool_ok(
-        &tpm,
-        &[
-            "tpm2_evictcontrol",
-            "-C",
-            "o",
-            "-c",
-            key.to_str().unwrap(),
-            "0x81010002",
-        ],
-    );
+    tpm.tool_ok(&[
+        "tpm2_createprimary",
+        "-C",
+        "o",
+        "-G",
+        "rsa2048:rsassa-sha256:null",
+        "-a",
+        "restricted|sign|fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda",
+        "-c",
+        key.to_str().unwrap(),
+    ]);
+    tpm.tool_ok(&["tpm2_flushcontext", "-t"]);
+    tpm.tool_ok(&[
+        "tpm2_evictcontrol",
+        "-C",
+        "o",
+        "-c",
+        key.to_str().unwrap(),
+        "0x81010002",
+    ]);
     let e = c.evidence(b"x".to_vec()).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(
@@ -568,7 +542,7 @@ async fn a_foreign_key_persisted_after_start_is_refused() {
 #[test]
 fn a_tpm_that_cannot_make_an_ak_is_refused_at_start() {
     let tpm = Swtpm::start();
-    tool_ok(&tpm, &["tpm2_changeauth", "-c", "owner", "not-ours"]);
+    tpm.tool_ok(&["tpm2_changeauth", "-c", "owner", "not-ours"]);
     let p = tpm_plugin(&tpm, &[]);
     let e = Attestd::start(|d| config(d, &p, &[], "")).err().unwrap();
     assert!(
@@ -584,26 +558,20 @@ fn a_tpm_that_cannot_make_an_ak_is_refused_at_start() {
     let (parent, key) = (dir.path().join("p.ctx"), dir.path().join("k.ctx"));
     let (parent, key) = (parent.to_str().unwrap(), key.to_str().unwrap());
     // swtpm has no resource manager: every tool leaves its objects loaded.
-    tool_ok(
-        &tpm,
-        &[
-            "tpm2_createprimary",
-            "-Q",
-            "-C",
-            "o",
-            "-G",
-            "ecc",
-            "-c",
-            parent,
-        ],
-    );
-    tool_ok(&tpm, &["tpm2_flushcontext", "-t"]);
+    tpm.tool_ok(&[
+        "tpm2_createprimary",
+        "-Q",
+        "-C",
+        "o",
+        "-G",
+        "ecc",
+        "-c",
+        parent,
+    ]);
+    tpm.tool_ok(&["tpm2_flushcontext", "-t"]);
     for i in 0u32.. {
-        tool_ok(
-            &tpm,
-            &["tpm2_create", "-Q", "-C", parent, "-G", "ecc", "-c", key],
-        );
-        tool_ok(&tpm, &["tpm2_flushcontext", "-t"]);
+        tpm.tool_ok(&["tpm2_create", "-Q", "-C", parent, "-G", "ecc", "-c", key]);
+        tpm.tool_ok(&["tpm2_flushcontext", "-t"]);
         let handle = format!("{:#x}", 0x8101_1000 + i);
         if !tpm
             .tool(&["tpm2_evictcontrol", "-Q", "-C", "o", "-c", key, &handle])
@@ -612,7 +580,7 @@ fn a_tpm_that_cannot_make_an_ak_is_refused_at_start() {
         {
             break;
         }
-        tool_ok(&tpm, &["tpm2_flushcontext", "-t"]);
+        tpm.tool_ok(&["tpm2_flushcontext", "-t"]);
         assert!(i < 1024, "the TPM never filled up");
     }
     let p = tpm_plugin(&tpm, &[]);
