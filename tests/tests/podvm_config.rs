@@ -762,6 +762,76 @@ const AWS_TOKEN: &str = "/latest/api/token";
 const USER_DATA: &str = "/latest/user-data";
 const GCP: &str = "/computeMetadata/v1/instance/attributes/user-data";
 
+/// Each provider's metadata service serving `ud` in its own form (base64 for
+/// Azure and GCP, as their providers store it; as is for AWS and Alibaba),
+/// answering only a request made as the provider requires.
+mod clouds {
+    use attestd_e2e::imds::{Answer, Routed, ALIBABA, LINK_LOCAL};
+
+    pub fn azure(ud: &[u8]) -> Vec<Routed> {
+        let body = super::b64(ud);
+        vec![(
+            LINK_LOCAL,
+            "GET",
+            super::AZURE,
+            Box::new(move |r, _| match r.header("Metadata") {
+                Some("true") => Answer::ok(body.clone()),
+                _ => Answer::status(400),
+            }),
+        )]
+    }
+
+    /// IMDSv2: the token for a PUT with its TTL, the user-data for the token.
+    pub fn aws(ud: &[u8]) -> Vec<Routed> {
+        let body = ud.to_vec();
+        vec![
+            (
+                LINK_LOCAL,
+                "PUT",
+                super::AWS_TOKEN,
+                Box::new(
+                    |r, _| match r.header("X-aws-ec2-metadata-token-ttl-seconds") {
+                        Some("60") => Answer::ok("AQAEAtoken=="),
+                        _ => Answer::status(400),
+                    },
+                ),
+            ),
+            (
+                LINK_LOCAL,
+                "GET",
+                super::USER_DATA,
+                Box::new(move |r, _| match r.header("X-aws-ec2-metadata-token") {
+                    Some("AQAEAtoken==") => Answer::ok(body.clone()),
+                    _ => Answer::status(401),
+                }),
+            ),
+        ]
+    }
+
+    pub fn gcp(ud: &[u8]) -> Vec<Routed> {
+        let body = super::b64(ud);
+        vec![(
+            LINK_LOCAL,
+            "GET",
+            super::GCP,
+            Box::new(move |r, _| match r.header("Metadata-Flavor") {
+                Some("Google") => Answer::ok(body.clone()),
+                _ => Answer::status(403),
+            }),
+        )]
+    }
+
+    pub fn alibaba(ud: &[u8]) -> Vec<Routed> {
+        let body = ud.to_vec();
+        vec![(
+            ALIBABA,
+            "GET",
+            super::USER_DATA,
+            Box::new(move |_, _| Answer::ok(body.clone())),
+        )]
+    }
+}
+
 /// Issue 39 (high): each cloud's metadata service, as cloud-api-adaptor's
 /// process-user-data reads it (its endpoints, headers, IMDSv2's token, base64
 /// where the provider encodes), delivers the same files as the same bytes in
@@ -770,7 +840,7 @@ const GCP: &str = "/computeMetadata/v1/instance/attributes/user-data";
 /// provider requires.
 #[test]
 fn each_cloud_delivers_its_user_data_as_the_file_form_does() {
-    use attestd_e2e::imds::{Answer, Imds, ALIBABA, LINK_LOCAL};
+    use attestd_e2e::imds::{Imds, ALIBABA, LINK_LOCAL};
     let ud = cloud_user_data();
     let want = {
         let root = tempfile::tempdir().unwrap();
@@ -778,54 +848,14 @@ fn each_cloud_delivers_its_user_data_as_the_file_form_does() {
         files(&out)
     };
     assert!(want.iter().any(|(n, _)| n == "initdata.digest"), "{want:?}");
-    let (azure, gcp, plain) = (b64(ud.as_bytes()), b64(ud.as_bytes()), ud.clone());
-    let aws = ud.clone();
-    let imds = Imds::start(vec![
-        (
-            LINK_LOCAL,
-            "GET",
-            AZURE,
-            Box::new(move |r, _| match r.header("Metadata") {
-                Some("true") => Answer::ok(azure.clone()),
-                _ => Answer::status(400),
-            }),
-        ),
-        (
-            LINK_LOCAL,
-            "PUT",
-            AWS_TOKEN,
-            Box::new(
-                |r, _| match r.header("X-aws-ec2-metadata-token-ttl-seconds") {
-                    Some("60") => Answer::ok("AQAEAtoken=="),
-                    _ => Answer::status(400),
-                },
-            ),
-        ),
-        (
-            LINK_LOCAL,
-            "GET",
-            USER_DATA,
-            Box::new(move |r, _| match r.header("X-aws-ec2-metadata-token") {
-                Some("AQAEAtoken==") => Answer::ok(aws.clone()),
-                _ => Answer::status(401),
-            }),
-        ),
-        (
-            LINK_LOCAL,
-            "GET",
-            GCP,
-            Box::new(move |r, _| match r.header("Metadata-Flavor") {
-                Some("Google") => Answer::ok(gcp.clone()),
-                _ => Answer::status(403),
-            }),
-        ),
-        (
-            ALIBABA,
-            "GET",
-            USER_DATA,
-            Box::new(move |_, _| Answer::ok(plain.clone())),
-        ),
-    ]);
+    let u = ud.as_bytes();
+    let routes = [
+        clouds::azure(u),
+        clouds::aws(u),
+        clouds::gcp(u),
+        clouds::alibaba(u),
+    ];
+    let imds = Imds::start(routes.into_iter().flatten().collect());
     for from in ["azure", "aws", "gcp", "alibaba"] {
         let root = tempfile::tempdir().unwrap();
         let o = imds.provision(root.path(), from, &["--fetch-timeout", "20"]);
@@ -1338,60 +1368,21 @@ fn smbios_tables(dir: &Path, vendor: &str) {
 /// (this machine's) and its metadata server answering; Azure only by CPUID's
 /// Hyper-V, which no test here can give upstream's binary.
 fn cloud_forms(name: &str, caa: &Path, dir: &Path, ud: &[u8], kvm: bool) {
-    use attestd_e2e::imds::{Answer, Imds, Routed, Script, ALIBABA, LINK_LOCAL};
+    use attestd_e2e::imds::{Answer, Imds, Routed, LINK_LOCAL};
     use std::io::Write as _;
     let want = tree(&dir.join("peerpod"));
-    let raw = || {
-        let body = ud.to_vec();
-        Box::new(move |_: &attestd_e2e::imds::Request, _: usize| Answer::ok(body.clone())) as Script
-    };
-    let gcp_body = b64(ud);
+    // Upstream asks GCP's server whether it is there before it takes GCP.
+    let mut gcp: Vec<Routed> = vec![(
+        LINK_LOCAL,
+        "GET",
+        "/computeMetadata/v1/instance",
+        Box::new(|_, _| Answer::ok("{}")),
+    )];
+    gcp.extend(clouds::gcp(ud));
     let forms: Vec<(&str, Option<&str>, Vec<Routed>)> = vec![
-        (
-            "gcp",
-            None,
-            vec![
-                (
-                    LINK_LOCAL,
-                    "GET",
-                    "/computeMetadata/v1/instance",
-                    Box::new(|_, _| Answer::ok("{}")),
-                ),
-                (
-                    LINK_LOCAL,
-                    "GET",
-                    GCP,
-                    Box::new(move |r, _| match r.header("Metadata-Flavor") {
-                        Some("Google") => Answer::ok(gcp_body.clone()),
-                        _ => Answer::status(403),
-                    }),
-                ),
-            ],
-        ),
-        (
-            "aws",
-            Some("Amazon EC2"),
-            vec![
-                (
-                    LINK_LOCAL,
-                    "PUT",
-                    AWS_TOKEN,
-                    Box::new(|_, _| Answer::ok("AQAEAtoken==")),
-                ),
-                (LINK_LOCAL, "GET", USER_DATA, {
-                    let body = ud.to_vec();
-                    Box::new(move |r, _| match r.header("X-aws-ec2-metadata-token") {
-                        Some("AQAEAtoken==") => Answer::ok(body.clone()),
-                        _ => Answer::status(401),
-                    })
-                }),
-            ],
-        ),
-        (
-            "alibaba",
-            Some("Alibaba Cloud"),
-            vec![(ALIBABA, "GET", USER_DATA, raw())],
-        ),
+        ("gcp", None, gcp),
+        ("aws", Some("Amazon EC2"), clouds::aws(ud)),
+        ("alibaba", Some("Alibaba Cloud"), clouds::alibaba(ud)),
     ];
     for (form, vendor, routes) in forms {
         if form == "gcp" && !kvm {
