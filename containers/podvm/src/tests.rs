@@ -343,6 +343,12 @@ fn nesting_counts_structure_not_text() {
         let (_, r) = run(&ud);
         assert!(matches!(r, Err(Error::TooDeep(64))), "{ud}: {r:?}");
     }
+    // At the backstop's bound: read.
+    let at = "[".repeat(MAX_TEXT_NESTING);
+    let (_, r) = run(&format!(
+        "#cloud-config\nwrite_files:\n- path: /run/peerpod/x.txt\n  content: |\n    {at}\n"
+    ));
+    assert!(r.is_ok(), "{r:?}");
     let text = "[".repeat(MAX_TEXT_NESTING + 1);
     let (_, r) = run(&format!(
         "#cloud-config\nwrite_files:\n- path: /run/peerpod/x.txt\n  content: |\n    {text}\n"
