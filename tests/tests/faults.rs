@@ -1571,6 +1571,196 @@ async fn silent_tcp_connections_to_grpc_end_at_the_preface_deadline() {
         .expect("the silent connection was not closed");
 }
 
+/// A ttrpc request frame for the AA API's `method` (stream `id`, odd),
+/// with `payload` as its request message.
+fn aa_frame(id: u32, method: &str, payload: &[u8]) -> Vec<u8> {
+    let mut req = Vec::new();
+    for (tag, field) in [
+        (0x0a, "attestation_agent.AttestationAgentService".as_bytes()),
+        (0x12, method.as_bytes()),
+        (0x1a, payload),
+    ] {
+        req.push(tag);
+        req.push(u8::try_from(field.len()).unwrap());
+        req.extend_from_slice(field);
+    }
+    let mut f = u32::try_from(req.len()).unwrap().to_be_bytes().to_vec();
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(&[1, 0]);
+    f.extend_from_slice(&req);
+    f
+}
+
+/// Issue 41 (medium): 256 ttrpc clients that each made a cheap call every
+/// 0.5 s were never quiet, and a newcomer timed out. Now, with no quiet
+/// connection to close, one gives way per second: the newcomer is served in
+/// seconds, while the clients keep calling (and reconnect when cut, as a
+/// flood would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_ttrpc_clients_cannot_lock_a_newcomer_out() {
+    use std::io::{Read as _, Write as _};
+    let p = Plugin::sample("ttrpc");
+    let a = Attestd::start(|d| config(d, &p, &[], "")).unwrap();
+    let aa = a.aa_sock.clone();
+    let n = attestd::server::accept::MAX_CONNECTIONS;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let connect = {
+        let aa = aa.clone();
+        move || {
+            let c = std::os::unix::net::UnixStream::connect(&aa).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            c
+        }
+    };
+    let mut clients: Vec<_> = (0..n).map(|_| connect()).collect();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let flood = std::thread::spawn({
+        let (stop, calls) = (stop.clone(), calls.clone());
+        move || {
+            let mut id = 1u32;
+            let mut cut = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let round = Instant::now();
+                for c in &mut clients {
+                    id = id.wrapping_add(2);
+                    let mut answer = [0u8; 256];
+                    let ok = c.write_all(&aa_frame(id, "GetTeeType", b"")).is_ok()
+                        && matches!(c.read(&mut answer), Ok(k) if k > 0);
+                    if ok {
+                        calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    } else {
+                        cut += 1;
+                        *c = connect();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(500).saturating_sub(round.elapsed()));
+            }
+            cut
+        }
+    });
+    // Every slot has been active for a while.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = calls.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(before >= n, "the flood made {before} calls");
+    let t = Instant::now();
+    let tee = newcomer_tee(&aa, Duration::from_secs(15))
+        .await
+        .expect("the newcomer was locked out by active clients");
+    assert_eq!(tee, "sample");
+    let waited = t.elapsed();
+    eprintln!("the newcomer waited {waited:?}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let cut = flood.join().unwrap();
+    assert!(cut >= 1, "no active connection gave way");
+}
+
+/// The same over gRPC on TCP: 256 connections, each a tonic channel making a
+/// call every 0.5 s; HTTP/2 multiplexes calls, so a call in flight is counted
+/// by a service layer, and eviction never cuts one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_grpc_clients_cannot_lock_a_newcomer_out() {
+    let port = attestd_e2e::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let p = Plugin::sample("ttrpc");
+    let _a = Attestd::start_with(|d| config(d, &p, &[], ""), &["--grpc_sock", &addr]).unwrap();
+    let url = format!("http://{addr}");
+    let connect = |url: String| async move {
+        let ch = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        g::attestation_agent_service_client::AttestationAgentServiceClient::new(ch)
+    };
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut flood = Vec::new();
+    for _ in 0..attestd::server::accept::MAX_CONNECTIONS {
+        let mut c = connect(url.clone()).await;
+        let (url, failed) = (url.clone(), failed.clone());
+        flood.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let call = c.get_tee_type(g::GetTeeTypeRequest {});
+                match tokio::time::timeout(Duration::from_secs(5), call).await {
+                    Ok(Ok(_)) => {}
+                    // Cut: count it (a call in flight must never be) and
+                    // come back, as a flood would.
+                    _ => {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        c = connect(url.clone()).await;
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t = Instant::now();
+    let tee = tokio::time::timeout(Duration::from_secs(15), async {
+        connect(url.clone())
+            .await
+            .get_tee_type(g::GetTeeTypeRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .tee
+    })
+    .await
+    .expect("a newcomer was locked out by active gRPC clients");
+    assert_eq!(tee, "sample");
+    let waited = t.elapsed();
+    eprintln!("the newcomer waited {waited:?}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    for f in flood {
+        f.abort();
+    }
+}
+
+/// Issue 41 (medium): a client that pipelines requests and never reads its
+/// answers kept its calls in flight, so its connection was never quiet, and
+/// enough of them held every slot. An answer that cannot be written for 10 s
+/// now ends its connection. At an open-files limit of 100 a listener holds 9
+/// connections: 12 such clients, then a newcomer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_cannot_lock_a_newcomer_out() {
+    use std::io::Write as _;
+    let p = Plugin::sample("ttrpc");
+    let a = Attestd::start_with_nofile(|d| config(d, &p, &[], ""), 100).unwrap();
+    let aa = a.aa_sock.clone();
+    let request = {
+        // GetEvidenceRequest { RuntimeData: 64 bytes }: an answer of ~150 bytes.
+        let mut rd = vec![0x0a, 64];
+        rd.extend_from_slice(&[7u8; 64]);
+        rd
+    };
+    let pipelining: Vec<_> = (0..12)
+        .map(|_| {
+            let mut c = std::os::unix::net::UnixStream::connect(&aa).unwrap();
+            let request = request.clone();
+            std::thread::spawn(move || {
+                let mut id = 1u32;
+                // Until attestd closes it: requests, answers never read.
+                while c.write_all(&aa_frame(id, "GetEvidence", &request)).is_ok() {
+                    id = id.wrapping_add(2);
+                }
+            })
+        })
+        .collect();
+    // Long enough for every held connection's answers to back up.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let t = Instant::now();
+    let tee = newcomer_tee(&aa, Duration::from_secs(30))
+        .await
+        .expect("the newcomer was locked out by clients that never read");
+    assert_eq!(tee, "sample");
+    eprintln!("the newcomer waited {:?}", t.elapsed());
+    // Every one of them was cut, not served for ever.
+    for p in pipelining {
+        p.join().unwrap();
+    }
+    assert!(a.log().contains("closing quiet connections"));
+}
+
 /// Issue 26 (low): at its open-files limit attestd could not accept, and so
 /// never made room: a newcomer timed out behind idle connections. Now each
 /// listener holds fewer connections than the limit allows (descriptors stay in

@@ -11,6 +11,17 @@
 //!   fails for want of descriptors), every *quiet* connection closes itself:
 //!   nothing in flight and nothing read for `quiet_after`, or, for one that has
 //!   sent nothing at all, for [`SILENT_UNDER_PRESSURE`];
+//! - **active connections**: when no quiet one makes room within a
+//!   [`PRESSURE_TICK`], one connection is evicted per tick, so a newcomer gets
+//!   a slot in seconds even when every slot sends a request now and then. The
+//!   peer (uid, or address for TCP) holding the most slots gives one up: its
+//!   most recently accepted connection that has no call in flight and is at
+//!   least [`EVICT_MIN_AGE`] old. Not its oldest: guest-components' clients
+//!   (CDH, kata-agent, api-server-rest) connect once at start and never
+//!   reconnect, so the oldest connections are the ones a flood must not cut;
+//! - **clients that never read**: an answer that cannot be written for
+//!   [`WRITE_TIMEOUT`] ends its connection (its calls stay in flight, so it
+//!   could otherwise never count as quiet);
 //! - **descriptors**: a listener holds at most [`connection_cap`] connections,
 //!   so every listener full still leaves [`RESERVED_FDS`] under the open-files
 //!   limit: clients meet the cap, where quiet connections make room, before
@@ -27,7 +38,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -62,8 +73,18 @@ const PREFACE_LEN: usize = 24;
 /// accepted is quiet after this (one that has spoken, after `quiet_after`): a
 /// flood of silent connections drains in seconds, not in rounds of ten.
 pub const SILENT_UNDER_PRESSURE: Duration = Duration::from_secs(1);
-/// While a newcomer waits for a slot, quiet connections are asked this often.
-const PRESSURE_TICK: Duration = Duration::from_secs(1);
+/// While a newcomer waits for a slot, quiet connections are asked this often;
+/// from the second tick on, one connection is evicted per tick.
+pub const PRESSURE_TICK: Duration = Duration::from_secs(1);
+/// A connection younger than this is never evicted: the newcomer a slot was
+/// made for gets to make its call.
+pub const EVICT_MIN_AGE: Duration = Duration::from_secs(2);
+/// An answer (or any write) that makes no progress for this long ends its
+/// connection: the client is not reading.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections remembered per listener for eviction: its slots, and as many
+/// closed ones not yet pruned.
+const MAX_TRACKED: usize = 2 * MAX_CONNECTIONS;
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
 const LONGEST_PAUSE: Duration = Duration::from_secs(1);
 
@@ -71,6 +92,16 @@ const LONGEST_PAUSE: Duration = Duration::from_secs(1);
 pub trait Accept: Send + 'static {
     type Io: Send + 'static;
     fn accept(&self) -> impl std::future::Future<Output = io::Result<Self::Io>> + Send;
+    /// Who is at the other end, to share slots among peers under pressure.
+    fn peer(io: &Self::Io) -> Peer;
+}
+
+/// A connection's peer as the kernel tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Peer {
+    Uid(u32),
+    Ip(std::net::IpAddr),
+    Unknown,
 }
 
 impl Accept for tokio::net::UnixListener {
@@ -78,12 +109,62 @@ impl Accept for tokio::net::UnixListener {
     async fn accept(&self) -> io::Result<Self::Io> {
         tokio::net::UnixListener::accept(self).await.map(|(s, _)| s)
     }
+    fn peer(io: &Self::Io) -> Peer {
+        io.peer_cred().map_or(Peer::Unknown, |c| Peer::Uid(c.uid()))
+    }
 }
 
 impl Accept for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
     async fn accept(&self) -> io::Result<Self::Io> {
         tokio::net::TcpListener::accept(self).await.map(|(s, _)| s)
+    }
+    fn peer(io: &Self::Io) -> Peer {
+        io.peer_addr().map_or(Peer::Unknown, |a| Peer::Ip(a.ip()))
+    }
+}
+
+/// What the accept loop knows of a connection it handed out, shared with the
+/// connection and (gRPC) with its calls.
+#[derive(Debug)]
+pub struct Held {
+    peer: Peer,
+    accepted: Instant,
+    /// ttrpc: a whole request is in flight ([`TtrpcConn`]).
+    busy: AtomicBool,
+    /// gRPC: calls in flight ([`CountCalls`]).
+    calls: AtomicUsize,
+    /// Chosen to make room: it closes at its next idle moment.
+    evict: AtomicBool,
+    /// The reader that found a call in flight (and so did not wait for the
+    /// accept loop's ask): woken when the last call ends, to wait for it then.
+    reader: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl Held {
+    fn new(peer: Peer) -> Held {
+        Held {
+            peer,
+            accepted: Instant::now(),
+            busy: AtomicBool::new(false),
+            calls: AtomicUsize::new(0),
+            evict: AtomicBool::new(false),
+            reader: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn in_flight(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) || self.calls.load(Ordering::Relaxed) > 0
+    }
+
+    /// A call ended: with none left, the reader waits for asks again.
+    fn call_ended(&self) {
+        if !self.in_flight() {
+            let waker = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
     }
 }
 
@@ -104,6 +185,47 @@ pub struct Limits {
 struct Pressure {
     on: AtomicBool,
     asked: Notify,
+    /// The connections handed out (some since closed), for eviction.
+    held: std::sync::Mutex<Vec<std::sync::Weak<Held>>>,
+}
+
+impl Pressure {
+    fn track(&self, held: &Arc<Held>) {
+        let mut all = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if all.len() >= MAX_TRACKED {
+            all.retain(|w| w.strong_count() > 0);
+        }
+        all.push(Arc::downgrade(held));
+    }
+
+    /// Mark one connection to close at its next idle moment (see the module
+    /// doc for which): whether one was found.
+    fn evict_one(&self) -> bool {
+        let mut all = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        let live: Vec<Arc<Held>> = all.iter().filter_map(std::sync::Weak::upgrade).collect();
+        drop(all);
+        let mut per_peer: std::collections::HashMap<Peer, usize> = Default::default();
+        for h in &live {
+            *per_peer.entry(h.peer).or_default() += 1;
+        }
+        let chosen = live
+            .iter()
+            .filter(|h| {
+                !h.in_flight()
+                    && !h.evict.load(Ordering::Relaxed)
+                    && h.accepted.elapsed() >= EVICT_MIN_AGE
+            })
+            .max_by_key(|h| (per_peer[&h.peer], h.accepted));
+        match chosen {
+            Some(h) => {
+                h.evict.store(true, Ordering::Relaxed);
+                tracing::debug!(peer = ?h.peer, "evicting a connection to make room");
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 type Waiting = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
@@ -118,20 +240,29 @@ pub struct Conn<S> {
     last_read: Instant,
     /// Whether it has sent a byte since it was accepted.
     spoke: bool,
-    /// Something is in flight (said by the protocol layer above: [`TtrpcConn`]).
-    busy: bool,
+    /// Whether something is in flight, and whether it was chosen for eviction.
+    held: Arc<Held>,
     asked: Option<Waiting>,
     /// Preface bytes still to come, and by when.
     preface: Option<(usize, Pin<Box<tokio::time::Sleep>>)>,
+    /// Since when a write has made no progress ([`WRITE_TIMEOUT`]).
+    write_stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> Conn<S> {
     /// Whether to close now: asked while quiet. Registers for the next ask
     /// otherwise (a busy connection is never asked).
     fn closing(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.busy {
+        if self.held.in_flight() {
             self.asked = None;
-            return false;
+            *self.held.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+            // The call may have ended meanwhile: then wait for asks now.
+            if self.held.in_flight() {
+                return false;
+            }
+        }
+        if self.held.evict.load(Ordering::Relaxed) {
+            return true;
         }
         loop {
             // Registered once per wait, not on every read that finds nothing.
@@ -144,6 +275,9 @@ impl<S> Conn<S> {
                 return false;
             }
             self.asked = None;
+            if self.held.evict.load(Ordering::Relaxed) {
+                return true;
+            }
             let quiet_after = if self.spoke {
                 self.quiet_after
             } else {
@@ -173,7 +307,10 @@ pub trait InFlight {
 
 impl<S> InFlight for Conn<S> {
     fn set_busy(&mut self, busy: bool) {
-        self.busy = busy;
+        self.held.busy.store(busy, Ordering::Relaxed);
+        if !busy {
+            self.held.call_ended();
+        }
     }
 }
 
@@ -210,6 +347,8 @@ pub fn incoming<L: Accept>(
                         if slots.available_permits() > 0 {
                             pressure.on.store(false, Ordering::Relaxed);
                         }
+                        let held = Arc::new(Held::new(L::peer(&io)));
+                        pressure.track(&held);
                         let conn = Conn {
                             io,
                             _slot: slot,
@@ -217,11 +356,12 @@ pub fn incoming<L: Accept>(
                             quiet_after: limits.quiet_after,
                             last_read: Instant::now(),
                             spoke: false,
-                            busy: false,
+                            held,
                             asked: None,
                             preface: limits
                                 .preface_within
                                 .map(|d| (PREFACE_LEN, Box::pin(tokio::time::sleep(d)))),
+                            write_stalled: None,
                         };
                         return Some((Ok(conn), (l, slots, FIRST_PAUSE, said, missed)));
                     }
@@ -253,7 +393,8 @@ pub fn incoming<L: Accept>(
 }
 
 /// A slot for the next connection; at the cap, quiet connections are asked to
-/// close (every [`PRESSURE_TICK`]) until one is free. `None` once closed.
+/// close (every [`PRESSURE_TICK`]), and from the second tick on one connection
+/// is evicted per tick, until one is free. `None` once closed.
 async fn free_slot(
     slots: &Arc<Semaphore>,
     pressure: &Pressure,
@@ -278,11 +419,19 @@ async fn free_slot(
         );
     }
     pressure.on.store(true, Ordering::Relaxed);
+    let mut ticks = 0u32;
     let slot = loop {
         pressure.asked.notify_waiters();
         match tokio::time::timeout(PRESSURE_TICK, slots.clone().acquire_owned()).await {
             Ok(slot) => break slot.ok(),
-            Err(_) => continue,
+            Err(_) => {
+                // A tick passed and no quiet connection made room: every slot
+                // is active. One gives way (it closes when next asked).
+                ticks += 1;
+                if !pressure.evict_one() && ticks == 1 {
+                    tracing::debug!(server = what, "every connection has a call in flight");
+                }
+            }
         }
     };
     pressure.on.store(false, Ordering::Relaxed);
@@ -324,16 +473,44 @@ impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
     }
 }
 
+impl<S> Conn<S> {
+    /// A write's outcome, past [`WRITE_TIMEOUT`] without progress an error
+    /// (the server then closes the connection, and its slot is free).
+    fn write_deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if r.is_ready() {
+            self.write_stalled = None;
+            return r;
+        }
+        let stalled = self
+            .write_stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_TIMEOUT)));
+        if stalled.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        tracing::debug!("the client read nothing for {WRITE_TIMEOUT:?}: closing its connection");
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the client read no answer for {WRITE_TIMEOUT:?}"),
+        )))
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.write_deadline(cx, r)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.write_deadline(cx, r)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
@@ -343,17 +520,84 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.write_deadline(cx, r)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
 }
 
-impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected for Conn<S> {
-    type ConnectInfo = S::ConnectInfo;
+/// What tonic puts in each call's extensions: the connection's [`Held`], whose
+/// calls [`CountCalls`] counts (HTTP/2 multiplexes calls, so only the service
+/// layer knows one is in flight).
+#[derive(Clone, Debug)]
+pub struct ConnCalls(#[cfg_attr(not(feature = "grpc-server"), allow(dead_code))] Arc<Held>);
+
+impl<S> tonic::transport::server::Connected for Conn<S> {
+    type ConnectInfo = ConnCalls;
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        ConnCalls(self.held.clone())
+    }
+}
+
+/// The tower layer that counts each gRPC call in flight on its connection, so
+/// eviction never cuts a call short.
+#[cfg(feature = "grpc-server")]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CountCalls;
+
+#[cfg(feature = "grpc-server")]
+impl<S> tower_layer::Layer<S> for CountCalls {
+    type Service = Counted<S>;
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted { inner }
+    }
+}
+
+#[cfg(feature = "grpc-server")]
+#[derive(Clone, Debug)]
+pub struct Counted<S> {
+    inner: S,
+}
+
+/// One call in flight, until dropped.
+#[cfg(feature = "grpc-server")]
+struct Call(Arc<Held>);
+
+#[cfg(feature = "grpc-server")]
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.0.calls.fetch_sub(1, Ordering::Relaxed);
+        self.0.call_ended();
+    }
+}
+
+#[cfg(feature = "grpc-server")]
+impl<S, B> tower_service::Service<tonic::codegen::http::Request<B>> for Counted<S>
+where
+    S: tower_service::Service<tonic::codegen::http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        let call = req.extensions().get::<ConnCalls>().map(|c| {
+            c.0.calls.fetch_add(1, Ordering::Relaxed);
+            Call(c.0.clone())
+        });
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let r = answer.await;
+            drop(call);
+            r
+        })
     }
 }
 
@@ -854,6 +1098,138 @@ mod tests {
             !newcomer.is_finished(),
             "closed for being quiet without pressure"
         );
+    }
+
+    /// Issue 41 (medium): clients that each send a byte now and then were never
+    /// quiet, so at the cap a newcomer waited for ever. Now one connection is
+    /// evicted per tick: the newest of the peer holding the most, never one
+    /// younger than EVICT_MIN_AGE; the oldest (CDH's, in a pod VM) stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_the_cap_active_connections_give_way_to_a_newcomer() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (_d, path, mut conns) = listen(Duration::from_secs(3600));
+        let mut old = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let first = conns.next().await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut young = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let second = conns.next().await.unwrap().unwrap();
+        // Both connections stay active: a byte every 100 ms, read by a server
+        // loop that runs until the end of file.
+        let serve = |mut c: Conn<tokio::net::UnixStream>| {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while c.read(&mut buf).await.unwrap() > 0 {}
+            })
+        };
+        let (first, second) = (serve(first), serve(second));
+        let talk = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if old.write_all(b"x").await.is_err() {
+                    break;
+                }
+                let _ = young.write_all(b"x").await;
+            }
+        });
+        tokio::time::sleep(EVICT_MIN_AGE).await;
+        let _newcomer = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let t = Instant::now();
+        let third = tokio::time::timeout(Duration::from_secs(5), conns.next()).await;
+        assert!(third.unwrap().unwrap().is_ok());
+        // One tick to ask the quiet (there are none), one to evict, a little.
+        let waited = t.elapsed();
+        assert!(waited >= PRESSURE_TICK, "{waited:?}");
+        assert!(waited < 3 * PRESSURE_TICK, "{waited:?}");
+        tokio::time::timeout(Duration::from_secs(1), second)
+            .await
+            .expect("the newest connection was not the one evicted")
+            .unwrap();
+        assert!(!first.is_finished(), "the oldest connection was evicted");
+        talk.abort();
+    }
+
+    /// A connection with a call in flight is never evicted: with every slot
+    /// busy, the newcomer waits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn eviction_never_cuts_a_call_in_flight() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (_d, path, mut conns) = listen(Duration::from_secs(3600));
+        let mut clients = Vec::new();
+        let mut served = Vec::new();
+        for _ in 0..2 {
+            let mut c = tokio::net::UnixStream::connect(&path).await.unwrap();
+            c.write_all(&frame(REQUEST, b"slow call")).await.unwrap();
+            clients.push(c);
+            let mut conn = TtrpcConn::new(conns.next().await.unwrap().unwrap(), 4, known());
+            served.push(tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while conn.read(&mut buf).await.unwrap() > 0 {}
+            }));
+        }
+        tokio::time::sleep(EVICT_MIN_AGE).await;
+        let _newcomer = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let third = tokio::time::timeout(4 * PRESSURE_TICK, conns.next()).await;
+        assert!(third.is_err(), "a slot was made by cutting a call");
+        assert!(served.iter().all(|s| !s.is_finished()));
+    }
+
+    /// The choice itself: the peer holding the most slots gives one up, its
+    /// newest old enough; busy and young ones are skipped.
+    #[test]
+    fn the_heaviest_peer_gives_up_its_newest_idle_connection() {
+        let now = Instant::now();
+        let held = |peer: u32, age_ms: u64, busy: bool| {
+            let mut h = Held::new(Peer::Uid(peer));
+            h.accepted = now - Duration::from_millis(age_ms);
+            h.busy = AtomicBool::new(busy);
+            Arc::new(h)
+        };
+        let p = Pressure::default();
+        let cdh = held(0, 60_000, false);
+        let a_old = held(1000, 30_000, false);
+        let a_new = held(1000, 5_000, false);
+        let a_busy = held(1000, 4_000, true);
+        let a_young = held(1000, 100, false);
+        let other = held(2000, 3_000, false);
+        for h in [&cdh, &a_old, &a_new, &a_busy, &a_young, &other] {
+            p.track(h);
+        }
+        assert!(p.evict_one());
+        assert!(a_new.evict.load(Ordering::Relaxed));
+        assert!(p.evict_one());
+        assert!(a_old.evict.load(Ordering::Relaxed));
+        // uid 1000 has nothing left to give (busy, young): the next heaviest.
+        a_busy.calls.store(1, Ordering::Relaxed);
+        assert!(p.evict_one());
+        assert!(
+            other.evict.load(Ordering::Relaxed) || cdh.evict.load(Ordering::Relaxed),
+            "a tie between uid 0 and 2000"
+        );
+        assert!(!a_busy.evict.load(Ordering::Relaxed));
+        assert!(!a_young.evict.load(Ordering::Relaxed));
+        // Closed connections are forgotten.
+        drop((cdh, other, a_old, a_new));
+        assert!(!p.evict_one());
+    }
+
+    /// Issue 41 (medium): a client that pipelines requests and never reads its
+    /// answers kept its connection busy for ever. A write that makes no
+    /// progress for WRITE_TIMEOUT now fails, and the server lets it go.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_reads_is_cut_at_the_write_deadline() {
+        use tokio::io::AsyncWriteExt as _;
+        let (_d, path, mut conns) = listen(Duration::from_secs(3600));
+        let _client = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let mut conn = conns.next().await.unwrap().unwrap();
+        let started = tokio::time::Instant::now();
+        let chunk = [0u8; 64 * 1024];
+        let e = loop {
+            if let Err(e) = conn.write_all(&chunk).await {
+                break e;
+            }
+        };
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), WRITE_TIMEOUT);
     }
 
     fn known() -> Arc<[String]> {

@@ -164,15 +164,18 @@ pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 pub const MAX_CALL: std::time::Duration = std::time::Duration::from_secs(150);
 
 /// A router from [`builder`].
-pub type Router = tonic::transport::server::Router<
-    tower_layer::Stack<super::refusals::GrpcRefusals, tower_layer::Identity>,
+pub type Router = tonic::transport::server::Router<Layers>;
+
+/// The layers every gRPC server here has: calls counted per connection (for
+/// eviction, `accept`), then the refusals' rewrite.
+pub type Layers = tower_layer::Stack<
+    super::refusals::GrpcRefusals,
+    tower_layer::Stack<super::accept::CountCalls, tower_layer::Identity>,
 >;
 
 /// A gRPC server with the bounds above, for the AA API and the key provider
 /// alike, answering undecodable requests and unknown methods as ttrpc does.
-pub fn builder() -> tonic::transport::Server<
-    tower_layer::Stack<super::refusals::GrpcRefusals, tower_layer::Identity>,
-> {
+pub fn builder() -> tonic::transport::Server<Layers> {
     tonic::transport::Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
@@ -180,6 +183,7 @@ pub fn builder() -> tonic::transport::Server<
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tcp_keepalive(Some(KEEPALIVE_INTERVAL))
         .timeout(MAX_CALL)
+        .layer(super::accept::CountCalls)
         .layer(super::refusals::GrpcRefusals)
 }
 
