@@ -41,8 +41,11 @@ pub struct AzureAttester {
     platform: Platform,
     vtpm: Arc<dyn Vtpm>,
     imds: Imds,
-    /// The device thread every vTPM (and IMDS) call runs on, one at a time.
+    /// The device thread every vTPM call runs on, one at a time.
     worker: Worker<()>,
+    /// IMDS's own thread: its retries (up to its timeout, 10 s) never hold the
+    /// vTPM, so an extend or the init-data binding does not wait behind them.
+    imds_worker: Worker<()>,
 }
 
 impl AzureAttester {
@@ -52,10 +55,11 @@ impl AzureAttester {
             vtpm,
             imds,
             worker: Worker::start("vTPM", MAX_QUEUED, || Ok(()))?,
+            imds_worker: Worker::start("IMDS", MAX_QUEUED, || Ok(()))?,
         })
     }
 
-    /// Run blocking vTPM/IMDS work on the device thread, off the async runtime.
+    /// Run blocking vTPM work on the device thread, off the async runtime.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> Result<T> + Send + 'static,
@@ -108,7 +112,8 @@ impl Attester for AzureAttester {
     }
 
     fn health(&self) -> Result<()> {
-        self.worker.health()
+        self.worker.health()?;
+        self.imds_worker.health()
     }
 
     async fn evidence(&self, report_data: ReportData) -> Result<Evidence> {
@@ -116,15 +121,26 @@ impl Attester for AzureAttester {
         let imds = self.imds.clone();
         let p = self.platform;
         let format = self.format();
+        // The paravisor takes 64 bytes of user data (and pads shorter data with
+        // zeros itself); the quote binds the report data as given, as upstream.
+        let (v, rd) = (vtpm.clone(), report_data.zero_padded(USER_DATA_LEN));
+        let (hcl_bytes, report) = self
+            .blocking(move || {
+                let hcl_bytes = v.hcl_report(&rd)?;
+                let report = hcl::parse(hcl_bytes.clone(), p.report_type)?;
+                Ok((hcl_bytes, report))
+            })
+            .await?;
+        // The endorsement from IMDS on its own thread: the vTPM is free
+        // meanwhile (the HCL report is read, the quote not yet taken).
+        let endorsement = self
+            .imds_worker
+            .run(move |_| match p.endorsement {
+                Endorsement::Vcek => imds.vcek_der(),
+                Endorsement::TdQuote => imds.td_quote(&hcl::td_report_bytes(&report)?),
+            })
+            .await?;
         self.blocking(move || {
-            // The paravisor takes 64 bytes of user data (and pads shorter data with
-            // zeros itself); the quote binds the report data as given, as upstream.
-            let hcl_bytes = vtpm.hcl_report(&report_data.zero_padded(USER_DATA_LEN))?;
-            let report = hcl::parse(hcl_bytes.clone(), p.report_type)?;
-            let endorsement = match p.endorsement {
-                Endorsement::Vcek => imds.vcek_der()?,
-                Endorsement::TdQuote => imds.td_quote(&hcl::td_report_bytes(&report)?)?,
-            };
             let quote = vtpm.quote(report_data.as_bytes())?;
             evidence::evidence(&format, &quote, &hcl_bytes, p.endorsement, &endorsement)
         })
@@ -235,6 +251,34 @@ mod tests {
         let mut want = vec![5; 48];
         want.resize(64, 0);
         assert_eq!(v.last_report_data(), want);
+    }
+
+    /// Issue 41 (low): IMDS's retries (up to its timeout) ran on the vTPM's
+    /// thread, so an extend (and the init-data binding) waited behind them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_extend_does_not_wait_for_imds_retries() {
+        let (a, _) = attester(SNP, "snp-hcl-report.bin");
+        let a = Arc::new(a);
+        let started = std::time::Instant::now();
+        let evidence = tokio::spawn({
+            let a = a.clone();
+            async move { a.evidence(ReportData::new(vec![5; 48], 64).unwrap()).await }
+        });
+        // The evidence call is in IMDS's retries (down: 2 s) by now.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        a.extend_measurement(16, vec![1; 32]).await.unwrap();
+        let extended = started.elapsed();
+        assert!(
+            extended < std::time::Duration::from_secs(1),
+            "the extend waited {extended:?}"
+        );
+        assert!(!evidence.is_finished(), "IMDS gave up too early to tell");
+        let e = evidence.await.unwrap().unwrap_err();
+        assert!(
+            e.message().starts_with("cannot fetch the VCEK"),
+            "{}",
+            e.message()
+        );
     }
 
     #[tokio::test]
