@@ -93,7 +93,8 @@ INITRAMFS_MODULES_2="virtio_scsi sd_mod hv_storvsc nvme"
 # (kata's agent channel), SCSI disks, dm-verity (the root disk), configfs (where
 # configfs-tsm's reports appear; systemd mounts it), the TPM interfaces, the TEE guest drivers (sev-guest;
 # tdx-guest and configfs-tsm's tsm where the kernel has them), qemu_fw_cfg, and
-# isofs with SCSI CD drives (libvirt's and byom's cidata disk).
+# isofs (for whoever mounts the cidata disk; attestd-podvm reads it from the
+# device) with SCSI CD drives (libvirt's and byom's cidata disk).
 # Containers get no network of their own (none, or the host's), so no bridge or
 # netfilter.
 KEEP_MODULES="virtio_pci virtio_blk virtio_scsi virtio_net virtio_console virtio_rng virtio_balloon
@@ -174,10 +175,17 @@ podman cp "$cid:/attestd-tools" "$ROOT/usr/bin/attestd-tools"
 podman rm "$cid" >/dev/null
 cargo build --release --locked -q -p attestd-podvm
 install -m 0755 target/release/attestd-podvm "$ROOT/usr/bin/attestd-podvm"
+# At every boot, before any unit starts: whether provisioning must wait for
+# systemd-tmpfiles-setup (only where tmpfiles.d has entries for /run/peerpod).
+install -d "$ROOT/usr/lib/systemd/system-generators"
+printf '#!/bin/sh\nexec /usr/bin/attestd-podvm generator "$@"\n' \
+    >"$ROOT/usr/lib/systemd/system-generators/attestd-podvm"
+chmod 0755 "$ROOT/usr/lib/systemd/system-generators/attestd-podvm"
 
 # The attester images only, each prefetched below.
 install -d "$ROOT/usr/share/attestd" "$ROOT/etc/attestd/attestd.toml.d"
-# Where attestd-podvm mounts the cidata disk (the root is read-only at boot).
+# Where cloud-api-adaptor's images mount the cidata disk (attestd-podvm reads
+# the disk without mounting it, and reads this directory when someone did).
 install -d -m 0700 "$ROOT/media/cidata"
 awk '/^\[components\./ {skip=1; next} /^\[/ {skip=0} !skip' "$LOCK" >"$ROOT/usr/share/attestd/images.lock"
 if [ -n "$REGISTRY" ]; then
@@ -262,9 +270,10 @@ After=systemd-journald.socket systemd-modules-load.service
 Wants=sys-kernel-config.mount
 After=sys-kernel-config.mount
 # Files other units put in /run/peerpod stay (cloud-api-adaptor's images copy
-# a default policy.rego and auth.json there with systemd-tmpfiles): this unit
-# writes after them, so init-data's files take their names last.
-After=systemd-tmpfiles-setup.service
+# a default policy.rego and auth.json there with systemd-tmpfiles). Where the
+# image's tmpfiles.d has such entries, the generator (attestd-podvm generator)
+# orders this unit after systemd-tmpfiles-setup, so init-data's files take their
+# names last; elsewhere that wait (the journal's flush) stays off the path.
 Before=attestd.service
 Conflicts=shutdown.target
 Before=shutdown.target
@@ -328,11 +337,13 @@ systemctl --root="$ROOT" mask apt-daily.timer apt-daily-upgrade.timer e2scrub_al
 # The generators of what a pod VM has none of (crypttab, swap partitions to
 # resume from, sysv scripts, a getty on the console, …): each is a process
 # systemd waits for before it starts any unit (about 0.5 s in all under
-# emulation). The fstab one stays (/tmp). systemd-remount-fs, masked above,
+# emulation). The fstab one stays (/tmp), and attestd-podvm's (provisioning's
+# ordering). systemd-remount-fs, masked above,
 # has no root entry to apply.
 install -d "$ROOT/etc/systemd/system-generators"
 for g in "$ROOT"/usr/lib/systemd/system-generators/*; do
-    [ "$(basename "$g")" = systemd-fstab-generator ] || ln -sf /dev/null "$ROOT/etc/systemd/system-generators/$(basename "$g")"
+    case "$(basename "$g")" in systemd-fstab-generator | attestd-podvm) ;;
+    *) ln -sf /dev/null "$ROOT/etc/systemd/system-generators/$(basename "$g")" ;; esac
 done
 
 echo "== pod VM: prefetching the attester images"

@@ -332,13 +332,44 @@ async fn on_a_vtpm_the_pinned_tpm_image_serves_survives_a_kill_and_a_reboot() {
         j.contains("selected tee=tpm plugin=tpm"),
         "no selection in the journal"
     );
-    // Found by its label, read, and not left mounted for others to read.
+    // Found by its label and read from the device: never mounted, so no
+    // isofs module was loaded for it, and nothing is left for others to read.
     assert!(
         j.contains("user-data from cidata (disk /dev/vdb)"),
         "the cidata disk was not read"
     );
     let mounts = in_guest(&vm, "/bin/cat", &["/proc/mounts"]);
     assert!(!mounts.contains("/media/cidata"), "{mounts}");
+    let modules = in_guest(&vm, "/bin/cat", &["/proc/modules"]);
+    assert!(!modules.contains("isofs"), "{modules}");
+    // This image's tmpfiles.d puts nothing in /run/peerpod, so the generator
+    // (which ran: its drop-in is there) left provisioning free of
+    // systemd-tmpfiles-setup (and the journal's flush it waits for).
+    let drop_ins = in_guest(
+        &vm,
+        "/usr/bin/systemctl",
+        &[
+            "show",
+            "attestd-provision.service",
+            "--property=DropInPaths",
+            "--value",
+        ],
+    );
+    assert!(
+        drop_ins.contains("/run/systemd/generator/attestd-provision.service.d/50-tmpfiles.conf"),
+        "{drop_ins}"
+    );
+    let after = in_guest(
+        &vm,
+        "/usr/bin/systemctl",
+        &[
+            "show",
+            "attestd-provision.service",
+            "--property=After",
+            "--value",
+        ],
+    );
+    assert!(!after.contains("systemd-tmpfiles-setup"), "{after}");
 
     // Evidence: the quote verifies on the host against the AK the guest reports,
     // with tpm2_checkquote, over the nonce the host chose.

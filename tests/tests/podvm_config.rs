@@ -927,6 +927,51 @@ fn aws_falls_back_to_imdsv1_when_no_token_is_given() {
     assert!(root.path().join("peerpod/initdata.digest").exists());
 }
 
+/// An IMDSv2 token is taken up to MAX_TOKEN_BYTES; a longer one is refused
+/// (it would go into every request's header), and the step falls back to
+/// IMDSv1, saying why.
+#[test]
+fn an_aws_token_is_taken_up_to_its_bound() {
+    use attestd_e2e::imds::{Answer, Imds, LINK_LOCAL};
+    use attestd_podvm::source::MAX_TOKEN_BYTES;
+    for (len, taken) in [(MAX_TOKEN_BYTES, true), (MAX_TOKEN_BYTES + 1, false)] {
+        let body = cloud_user_data();
+        let imds = Imds::start(vec![
+            (
+                LINK_LOCAL,
+                "PUT",
+                AWS_TOKEN,
+                Box::new(move |_, _| Answer::ok(vec![b't'; len])),
+            ),
+            (
+                LINK_LOCAL,
+                "GET",
+                USER_DATA,
+                Box::new(move |_, _| Answer::ok(body.clone())),
+            ),
+        ]);
+        let root = tempfile::tempdir().unwrap();
+        let o = imds.provision(root.path(), "aws", &[]);
+        assert!(o.status.success(), "{len}: {}", said(&o));
+        let get = imds
+            .requests()
+            .into_iter()
+            .find(|r| r.method == "GET")
+            .unwrap();
+        let sent = get.header("X-aws-ec2-metadata-token").map(str::len);
+        if taken {
+            assert_eq!(sent, Some(len));
+        } else {
+            assert_eq!(sent, None);
+            assert!(
+                said(&o).contains(&format!("(at most {MAX_TOKEN_BYTES} bytes); trying IMDSv1")),
+                "{}",
+                said(&o)
+            );
+        }
+    }
+}
+
 /// A metadata service that is not up yet, then answers later than a request
 /// may wait, is asked again until it answers in time; one that never does
 /// stops the step at the deadline with nothing written, and says how often it

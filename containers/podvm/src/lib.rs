@@ -33,7 +33,9 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 
+pub mod iso;
 pub mod source;
+pub mod tmpfiles;
 
 /// The directory user-data's files are written to, as cloud-api-adaptor names it.
 pub const PEERPOD_DIR: &str = "/run/peerpod";

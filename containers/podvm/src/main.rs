@@ -4,11 +4,11 @@
 
 use std::path::PathBuf;
 
-use std::time::{Duration, Instant};
-
 use anyhow::Result;
 use attestd_podvm::source::{self, Origin};
 use clap::{Parser, Subcommand};
+
+mod commands;
 
 #[derive(Parser)]
 #[command(name = "attestd-podvm", version)]
@@ -40,61 +40,27 @@ enum Cmd {
         #[arg(long, default_value = "/etc/attestd")]
         config_dir: PathBuf,
     },
+    /// As a systemd generator (system-generators/attestd-podvm): order
+    /// provisioning after systemd-tmpfiles-setup only where the image's
+    /// tmpfiles.d puts files in /run/peerpod.
+    Generator {
+        /// Where systemd wants normal-priority units and drop-ins.
+        normal_dir: PathBuf,
+        /// systemd passes the early and late directories too; unused.
+        #[arg(num_args = 0..=2)]
+        _more: Vec<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
-    let Cmd::Provision {
-        from,
-        user_data,
-        fetch_timeout,
-        out_dir,
-        config_dir,
-    } = Cli::parse().cmd;
-    let image = attestd_podvm::ImageSettings::read(&config_dir)?;
-    let from = from.unwrap_or(if user_data.is_some() {
-        Origin::File
-    } else {
-        Origin::Auto
-    });
-    let deadline = Instant::now() + Duration::from_secs(fetch_timeout);
-    let done = match source::resolve(from, user_data)? {
-        None => {
-            println!(
-                "no user-data: no fw_cfg blob, no cidata disk, no cloud known by CPUID or DMI; attestd starts on the image's configuration alone"
-            );
-            attestd_podvm::provision(&[], &out_dir, &image)?
-        }
-        Some(provider) => {
-            println!("user-data from {provider}");
-            let plan = source::fetch(&provider, deadline, |bytes| {
-                attestd_podvm::plan(bytes, &image)
-            })
-            .map_err(|e| anyhow::anyhow!("user-data from {provider}: {}", source::chain(&e)))?;
-            attestd_podvm::apply(plan, &out_dir)?
-        }
-    };
-    // Paths are the host's words: quoted and escaped, so a line break or an
-    // escape sequence in one cannot forge a journal line.
-    for s in &done.stale_left {
-        println!("left, though no longer written: {s}");
+    match Cli::parse().cmd {
+        Cmd::Provision {
+            from,
+            user_data,
+            fetch_timeout,
+            out_dir,
+            config_dir,
+        } => commands::provision::run(from, user_data, fetch_timeout, out_dir, config_dir),
+        Cmd::Generator { normal_dir, .. } => commands::generator::run(&normal_dir),
     }
-    for s in &done.skipped {
-        println!("skipped {}: {}", attestd_podvm::quoted(&s.path), s.why);
-    }
-    if done.aa_toml == attestd_podvm::AaSource::UserData {
-        println!(
-            "aa.toml comes from user-data, which is unmeasured: attestd reads only upstream attestation-agent's keys from it"
-        );
-    }
-    println!(
-        "wrote {} in {} ({})",
-        done.written.join(", "),
-        out_dir.display(),
-        if done.initdata {
-            "with init-data"
-        } else {
-            "no init-data"
-        }
-    );
-    Ok(())
 }

@@ -5,7 +5,7 @@
 //! | `--from` | where | body |
 //! | --- | --- | --- |
 //! | `fw-cfg` | qemu's `opt/org.attestd/user-data` | as is |
-//! | `cidata` | `/media/cidata/user-data`, mounting the ISO labelled `cidata` there first (libvirt, byom) | as is |
+//! | `cidata` | `/media/cidata/user-data`, else `user-data` read from the ISO labelled `cidata` without mounting it (libvirt, byom) | as is |
 //! | `azure` | IMDS `compute/userData`, header `Metadata: true` | base64 |
 //! | `aws` | IMDS `/latest/user-data`, an IMDSv2 token first, IMDSv1 without one | as is |
 //! | `gcp` | the metadata server's `attributes/user-data`, header `Metadata-Flavor: Google` | base64 |
@@ -65,6 +65,8 @@ pub const MAX_BODY_BYTES: usize = MAX_USER_DATA_BYTES / 3 * 4 + 4096;
 pub const MAX_TOKEN_BYTES: usize = 1024;
 /// Block devices looked at for the `cidata` label at most.
 pub const MAX_BLOCK_DEVICES: usize = 64;
+/// Entries of /sys/class/block listed at most (loop and ram devices among them).
+pub const MAX_BLOCK_NAMES: usize = 1024;
 /// With nothing else found, how long `auto` looks again for a `cidata` disk
 /// whose driver is still probing (a CD drive's comes with udev's coldplug,
 /// which this step does not wait for).
@@ -89,7 +91,7 @@ pub enum Provider {
     File(PathBuf),
     FwCfg,
     /// The `cidata` disk: already mounted (or a directory someone filled, as
-    /// byom's sftp does), or a device to mount first.
+    /// byom's sftp does), or a device whose ISO 9660 volume is read.
     Cidata(Option<PathBuf>),
     Azure,
     Aws,
@@ -139,11 +141,11 @@ pub enum FetchError {
     FileTooLarge(PathBuf),
     #[error("no disk labelled {CIDATA_LABEL} and no {CIDATA_DIR}/user-data")]
     NoCidata,
-    #[error("cannot mount the {CIDATA_LABEL} disk {device} on {CIDATA_DIR}")]
-    Mount {
+    #[error("cannot read user-data from the {CIDATA_LABEL} disk {device}")]
+    Iso {
         device: PathBuf,
         #[source]
-        source: nix::Error,
+        source: crate::iso::IsoError,
     },
     #[error("{url}: request failed")]
     Http {
@@ -180,6 +182,10 @@ impl FetchError {
             self,
             FetchError::BodyTooLarge { .. }
                 | FetchError::FileTooLarge(_)
+                | FetchError::Iso {
+                    source: crate::iso::IsoError::TooLarge { .. },
+                    ..
+                }
                 | FetchError::UserData(crate::Error::TooLarge(_))
         )
     }
@@ -278,15 +284,8 @@ impl Probe for System {
 /// then Azure, AWS, GCP, Alibaba), with qemu's fw_cfg (this image's own test
 /// form) first. `None`: there is no user-data.
 pub fn detect(platform: &Platform, probe: &dyn Probe) -> Option<Provider> {
-    let fw_cfg = Path::new(FW_CFG_USER_DATA);
-    if probe.exists(fw_cfg) {
-        return Some(Provider::FwCfg);
-    }
-    if probe.exists(&Path::new(CIDATA_DIR).join("user-data")) {
-        return Some(Provider::Cidata(None));
-    }
-    if let Some(d) = probe.cidata_device() {
-        return Some(Provider::Cidata(Some(d)));
+    if let Some(p) = detect_local(probe) {
+        return Some(p);
     }
     let vendor = platform.sys_vendor.as_deref();
     if platform.hypervisor == Hypervisor::HyperV {
@@ -308,6 +307,18 @@ pub fn detect(platform: &Platform, probe: &dyn Probe) -> Option<Provider> {
         return Some(Provider::Alibaba);
     }
     None
+}
+
+/// The forms [`detect`] tries first, which need neither CPUID nor DMI: qemu's
+/// fw_cfg blob, then a cidata directory or disk.
+pub fn detect_local(probe: &dyn Probe) -> Option<Provider> {
+    if probe.exists(Path::new(FW_CFG_USER_DATA)) {
+        return Some(Provider::FwCfg);
+    }
+    if probe.exists(&Path::new(CIDATA_DIR).join("user-data")) {
+        return Some(Provider::Cidata(None));
+    }
+    probe.cidata_device().map(|d| Provider::Cidata(Some(d)))
 }
 
 /// [`detect`], then, with nothing found, a look for a `cidata` disk every
@@ -335,7 +346,11 @@ pub fn detect_settled(
 /// The provider `--from` names (`auto`: [`detect_settled`]).
 pub fn resolve(from: Origin, user_data: Option<PathBuf>) -> Result<Option<Provider>, FetchError> {
     Ok(Some(match from {
-        Origin::Auto => return Ok(detect_settled(&Platform::read(), &System, CIDATA_SETTLE)),
+        // The boot's usual forms first, before CPUID and DMI are read.
+        Origin::Auto => {
+            return Ok(detect_local(&System)
+                .or_else(|| detect_settled(&Platform::read(), &System, CIDATA_SETTLE)))
+        }
         Origin::File => Provider::File(user_data.ok_or(FetchError::NoPath)?),
         Origin::FwCfg => Provider::FwCfg,
         Origin::Cidata if Path::new(CIDATA_DIR).join("user-data").exists() => {
@@ -470,39 +485,33 @@ fn read_file(path: &Path) -> Result<Vec<u8>, FetchError> {
     Ok(bytes)
 }
 
-/// Mount the `cidata` disk read-only, read its `user-data`, and unmount it
-/// again: the file holds APF's TLS key and registry credentials, which no
-/// other process in the VM needs to find there.
+/// The `cidata` disk's `user-data`, read from the device's ISO 9660 volume
+/// without mounting it: no module to load at boot, and the file (APF's TLS key,
+/// registry credentials) is never where another process could find it.
 fn read_cidata(device: &Path) -> Result<Vec<u8>, FetchError> {
-    use nix::mount::{mount, umount2, MntFlags, MsFlags};
-    let dir = Path::new(CIDATA_DIR);
-    mount(
-        Some(device),
-        dir,
-        Some("iso9660"),
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(|source| FetchError::Mount {
+    let iso = |source| FetchError::Iso {
         device: device.to_path_buf(),
         source,
-    })?;
-    let read = read_file(&dir.join("user-data"));
-    let _ = umount2(dir, MntFlags::MNT_DETACH);
-    read
+    };
+    let mut disk = std::fs::File::open(device).map_err(|e| iso(crate::iso::IsoError::Io(e)))?;
+    crate::iso::read_root_file(&mut disk, "user-data", MAX_USER_DATA_BYTES).map_err(iso)
 }
 
 /// The first block device (of at most [`MAX_BLOCK_DEVICES`] under `sys_block`)
 /// whose ISO 9660 primary volume descriptor names the volume `cidata`. Read
 /// from the device node under `dev`, so it needs no udev.
 pub fn cidata_device(sys_block: &Path, dev: &Path) -> Option<PathBuf> {
+    // Names are cheap, opening devices is not: the first MAX_BLOCK_DEVICES in
+    // name order (vda before vdb, sr0 after them) are looked at, of at most
+    // MAX_BLOCK_NAMES listed.
     let mut names: Vec<String> = std::fs::read_dir(sys_block)
         .ok()?
+        .take(MAX_BLOCK_NAMES)
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| !n.starts_with("loop") && !n.starts_with("ram") && !n.starts_with("zram"))
-        .take(MAX_BLOCK_DEVICES)
         .collect();
     names.sort();
+    names.truncate(MAX_BLOCK_DEVICES);
     names.into_iter().map(|n| dev.join(n)).find(|d| {
         let mut pvd = [0u8; 2048];
         std::fs::OpenOptions::new()
@@ -576,6 +585,7 @@ fn aws_token(deadline: Instant) -> Option<String> {
         .with_config()
         .limit(MAX_TOKEN_BYTES as u64)
         .read_to_string()
+        .map_err(|e| println!("IMDSv2 token: {e} (at most {MAX_TOKEN_BYTES} bytes); trying IMDSv1"))
         .ok()?;
     // It goes into a header: printable ASCII only.
     let token = token.trim().to_string();
@@ -768,6 +778,34 @@ mod tests {
         }
         assert_eq!(cidata_device(&sys, &dev), Some(dev.join("vdb")));
         std::fs::remove_file(dev.join("vdb")).unwrap();
+        assert_eq!(cidata_device(&sys, &dev), None);
+    }
+
+    #[test]
+    fn at_most_max_block_devices_are_opened_in_name_order() {
+        let d = tempfile::tempdir().unwrap();
+        let (sys, dev) = (d.path().join("sys"), d.path().join("dev"));
+        std::fs::create_dir_all(&sys).unwrap();
+        std::fs::create_dir_all(&dev).unwrap();
+        let mut iso = vec![0u8; ISO_PVD_OFFSET as usize + 2048];
+        let pvd = &mut iso[ISO_PVD_OFFSET as usize..];
+        pvd[0] = 1;
+        pvd[1..6].copy_from_slice(b"CD001");
+        pvd[40..72].copy_from_slice(format!("{:<32}", "cidata").as_bytes());
+        // Disks named so their order is known; the cidata one is the last.
+        let disk = |i: usize| format!("sd{i:04}");
+        for i in 0..MAX_BLOCK_DEVICES - 1 {
+            std::fs::create_dir(sys.join(disk(i))).unwrap();
+            std::fs::write(dev.join(disk(i)), b"").unwrap();
+        }
+        let last = disk(MAX_BLOCK_DEVICES - 1);
+        std::fs::create_dir(sys.join(&last)).unwrap();
+        std::fs::write(dev.join(&last), &iso).unwrap();
+        // The 64th in name order is looked at; loop devices do not count.
+        std::fs::create_dir(sys.join("loop0")).unwrap();
+        assert_eq!(cidata_device(&sys, &dev), Some(dev.join(&last)));
+        // One more disk before it pushes it past the bound.
+        std::fs::create_dir(sys.join("sd")).unwrap();
         assert_eq!(cidata_device(&sys, &dev), None);
     }
 
