@@ -478,6 +478,18 @@ mod tests {
             r.error.as_deref(),
             Some("a request is one line of at most 64 bytes")
         );
+        // The drain at its bound: the request's 64 bytes and MAX_DRAIN_BYTES
+        // more are all read, so the answer arrives whole, every time.
+        for _ in 0..20 {
+            let r = ask(vec![b'x'; MAX_REQUEST_BYTES + MAX_DRAIN_BYTES]).await;
+            assert_eq!(
+                r.error.as_deref(),
+                Some("a request is one line of at most 64 bytes")
+            );
+        }
+        // Past it the rest stays unread (the client may see a reset), and
+        // attestd goes on serving.
+        let _ = try_ask(vec![b'x'; MAX_REQUEST_BYTES + MAX_DRAIN_BYTES + 65536]).await;
         let r = ask(b"x\n".to_vec()).await;
         assert!(
             r.error.unwrap().starts_with("unknown request"),

@@ -513,6 +513,20 @@ pub const MAX_PENDING_KEYS: usize = 32;
 /// `[plugins] socket_dir`, where the running attestd already is. Dotted paths,
 /// at most [`MAX_PENDING_KEYS`].
 pub fn pending_keys(started: &Config, new: &Config) -> Vec<String> {
+    let (Ok(mut a), Ok(mut b)) = (serde_json::to_value(started), serde_json::to_value(new)) else {
+        return Vec::new();
+    };
+    for v in [&mut a, &mut b] {
+        if let Some(p) = v.get_mut("plugins").and_then(|p| p.as_object_mut()) {
+            p.retain(|k, _| k == "socket_dir");
+        }
+    }
+    changed_keys(&a, &b)
+}
+
+/// The dotted paths where `a` and `b` differ, at most [`MAX_PENDING_KEYS`]
+/// (then "(and N more)").
+fn changed_keys(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
     fn walk(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
         use serde_json::Value::Object;
         match (a, b) {
@@ -537,16 +551,8 @@ pub fn pending_keys(started: &Config, new: &Config) -> Vec<String> {
             _ => {}
         }
     }
-    let (Ok(mut a), Ok(mut b)) = (serde_json::to_value(started), serde_json::to_value(new)) else {
-        return Vec::new();
-    };
-    for v in [&mut a, &mut b] {
-        if let Some(p) = v.get_mut("plugins").and_then(|p| p.as_object_mut()) {
-            p.retain(|k, _| k == "socket_dir");
-        }
-    }
     let mut out = Vec::new();
-    walk("", &a, &b, &mut out);
+    walk("", a, b, &mut out);
     if out.len() > MAX_PENDING_KEYS {
         let more = out.len() - MAX_PENDING_KEYS;
         out.truncate(MAX_PENDING_KEYS);
@@ -741,6 +747,32 @@ pub fn unix_path(addr: &str) -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    /// MAX_PENDING_KEYS at its bound: 32 changed keys are all named; 33 are
+    /// 32 and a count.
+    #[test]
+    fn pending_keys_are_listed_up_to_their_bound() {
+        let with = |n: usize, v: u64| {
+            serde_json::Value::Object(
+                (0..n)
+                    .map(|i| (format!("k{i:02}"), serde_json::json!({ "x": v })))
+                    .collect(),
+            )
+        };
+        let at = super::changed_keys(
+            &with(super::MAX_PENDING_KEYS, 1),
+            &with(super::MAX_PENDING_KEYS, 2),
+        );
+        assert_eq!(at.len(), super::MAX_PENDING_KEYS);
+        assert_eq!(at[0], "k00.x");
+        let past = super::changed_keys(
+            &with(super::MAX_PENDING_KEYS + 1, 1),
+            &with(super::MAX_PENDING_KEYS + 1, 2),
+        );
+        assert_eq!(past.len(), super::MAX_PENDING_KEYS + 1);
+        assert_eq!(past[super::MAX_PENDING_KEYS], "(and 1 more)");
+        assert!(super::changed_keys(&with(3, 1), &with(3, 1)).is_empty());
+    }
+
     use super::*;
 
     #[test]
