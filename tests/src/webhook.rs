@@ -299,3 +299,81 @@ impl Drop for SlowFlood {
         self.halt();
     }
 }
+
+/// `n` clients that open a TCP connection to `addr` and never say a word,
+/// each opening another as soon as the server closes theirs: a flood of
+/// silent connections (issue 41), from inside `netns` when given.
+pub struct SilentFlood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentFlood {
+    pub fn start(netns: Option<std::fs::File>, addr: SocketAddr, n: usize) -> SilentFlood {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let closed = Arc::new(AtomicU64::new(0));
+        let (stop2, closed2) = (stop.clone(), closed.clone());
+        let thread = std::thread::spawn(move || {
+            if let Some(ns) = netns {
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                for _ in 0..n {
+                    let (stop, closed) = (stop2.clone(), closed2.clone());
+                    tokio::spawn(async move {
+                        while !stop.load(Ordering::Relaxed) {
+                            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                continue;
+                            };
+                            // Silent until the server closes it, then again.
+                            let mut buf = [0u8; 1];
+                            let r = tokio::time::timeout(
+                                Duration::from_secs(30),
+                                tokio::io::AsyncReadExt::read(&mut s, &mut buf),
+                            )
+                            .await;
+                            if matches!(r, Ok(Ok(0)) | Ok(Err(_))) {
+                                closed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+                while !stop2.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+        });
+        SilentFlood {
+            stop,
+            closed,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop the clients: how many of their connections the server closed.
+    pub fn stop(mut self) -> u64 {
+        self.halt();
+        self.closed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SilentFlood {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}

@@ -1242,31 +1242,8 @@ async fn with_a_client_ca_only_clients_it_signed_are_served() {
 /// reviews beside the flood are answered well within the API server's timeout.
 #[tokio::test]
 async fn a_flood_of_silent_connections_cannot_hold_the_port() {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::Arc;
     let w = Webhook::start("", &test_lock());
-    let stop = Arc::new(AtomicBool::new(false));
-    let closed = Arc::new(AtomicU64::new(0));
-    let mut flood = Vec::new();
-    for _ in 0..300 {
-        let (addr, stop, closed) = (w.addr, stop.clone(), closed.clone());
-        flood.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                };
-                let mut buf = [0u8; 1];
-                // Silent until the webhook closes it, then again.
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(30),
-                    tokio::io::AsyncReadExt::read(&mut s, &mut buf),
-                )
-                .await;
-                closed.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+    let flood = attestd_e2e::webhook::SilentFlood::start(None, w.addr, 300);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pod = api_pod(
         "beside-a-flood",
@@ -1284,13 +1261,100 @@ async fn a_flood_of_silent_connections_cannot_hold_the_port() {
             started.elapsed()
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    for t in flood {
-        t.abort();
+    let closed = flood.stop();
+    assert!(closed >= 100, "silent connections closed: {closed}");
+}
+
+/// MAX_HANDSHAKING_PER_SOURCE at its bound: one source's 32 silent
+/// connections all stay (past the eviction age, with slots to spare); its 33rd
+/// closes its oldest, and only that one.
+#[tokio::test]
+async fn one_source_holds_at_most_32_connections_in_their_handshake() {
+    use attestd_webhook::server::{EVICT_AFTER, MAX_HANDSHAKING_PER_SOURCE};
+    let w = Webhook::start("", &test_lock());
+    let mut held = Vec::new();
+    for _ in 0..MAX_HANDSHAKING_PER_SOURCE {
+        held.push(tokio::net::TcpStream::connect(w.addr).await.unwrap());
+        // In order: the first is the oldest.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    tokio::time::sleep(EVICT_AFTER + Duration::from_millis(300)).await;
+    // Closed, or still open: an end of file at once, or nothing within 20 ms
+    // (all 32 checked well inside the 10 s handshake deadline).
+    async fn closed(s: &mut tokio::net::TcpStream) -> bool {
+        let mut b = [0u8; 1];
+        matches!(
+            tokio::time::timeout(
+                Duration::from_millis(20),
+                tokio::io::AsyncReadExt::read(s, &mut b)
+            )
+            .await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+    for (i, s) in held.iter_mut().enumerate() {
+        assert!(
+            !closed(s).await,
+            "connection {i} of {MAX_HANDSHAKING_PER_SOURCE} was closed"
+        );
+    }
+    let _newest = tokio::net::TcpStream::connect(w.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        closed.load(Ordering::Relaxed) >= 100,
-        "silent connections closed: {}",
-        closed.load(Ordering::Relaxed)
+        closed(&mut held[0]).await,
+        "the oldest stayed past the bound"
+    );
+    for (i, s) in held.iter_mut().enumerate().skip(1) {
+        assert!(!closed(s).await, "connection {i} was closed too");
+    }
+}
+
+/// MAX_WAITING at its bound: with every slot held by a client past its
+/// handshake (idle on keep-alive: never closed to make room), 512 more
+/// connections wait for a slot and the next is closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_512_connections_wait_for_a_slot() {
+    use attestd_webhook::server::{HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_WAITING};
+    use std::io::Read as _;
+    let w = Webhook::start("", &test_lock());
+    let ca = w.ca();
+    // One client each, so one connection each, kept open after its answer.
+    let mut holders = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        let c = w.client_trusting(&ca);
+        let r = c.get(w.url("/healthz")).send().await.unwrap();
+        assert!(r.status().is_success());
+        holders.push(c);
+    }
+    let started = Instant::now();
+    let mut waiting: Vec<_> = (0..MAX_WAITING)
+        .map(|_| std::net::TcpStream::connect(w.addr).unwrap())
+        .collect();
+    let mut next = std::net::TcpStream::connect(w.addr).unwrap();
+    let mut b = [0u8; 1];
+    // The one past the bound: an end of file (or a reset) at once.
+    next.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let r = next.read(&mut b);
+    assert!(
+        matches!(r, Ok(0))
+            || r.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{r:?}"
+    );
+    // The last at the bound still waits (inside the handshake deadline, after
+    // which a waiting connection gives up).
+    let last = waiting.last_mut().unwrap();
+    last.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let r = last.read(&mut b);
+    assert!(
+        started.elapsed() < HANDSHAKE_TIMEOUT,
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "the 512th waiting connection was closed: {r:?}"
     );
 }

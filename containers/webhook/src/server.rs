@@ -443,6 +443,9 @@ pub async fn serve(
                 tracing::debug!(%peer, "closed: {MAX_WAITING} connections already wait for a slot");
                 continue;
             }
+            // Counted here, not in its task: a burst is bounded before any
+            // of its tasks has run.
+            waiting.fetch_add(1, Ordering::Relaxed);
             handshaking.evict(None);
         }
         let (acceptor, state, handshaking, slots, waiting) = (
@@ -456,7 +459,6 @@ pub async fn serve(
             let _permit = match permit {
                 Some(p) => p,
                 None => {
-                    waiting.fetch_add(1, Ordering::Relaxed);
                     let p = slot(&slots, &handshaking).await;
                     waiting.fetch_sub(1, Ordering::Relaxed);
                     match p {
