@@ -824,6 +824,42 @@ fn slow_clients_do_not_block_admission(c: &Cluster) {
     eprintln!(
         "scenario 8: 3, then 100 slow clients: every pod admitted and injected; their bodies cut off {cut:?} times"
     );
+    // And 300 clients that connect and never say hello (re-opened as they
+    // are closed): the API server's reviews still get through at once.
+    let flood = attestd_e2e::webhook::SilentFlood::start(Some(c.netns.file()), addr, 300);
+    std::thread::sleep(Duration::from_millis(700));
+    for i in 0..3 {
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("beside-silent-{i}"), "namespace": LABELLED},
+            "spec": {"nodeName": NODE, "runtimeClassName": RUNTIME_CLASS, "hostNetwork": true,
+                     "automountServiceAccountToken": false,
+                     "containers": [{"name": "app", "image": c.images.app,
+                                     "command": ["/busybox", "sleep", "3600"]}]},
+        });
+        let started = std::time::Instant::now();
+        let o = c.kubectl_in(
+            &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+            Some(pod.to_string().as_bytes()),
+        );
+        let out = succeeded(&o, &format!("pod {i} beside 300 silent clients"));
+        let admitted: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            admitted["metadata"]["annotations"]["attestd.io/injected"], "sample",
+            "{admitted}"
+        );
+        // Well inside the manifest's timeoutSeconds (10).
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "pod {i} took {:?} beside the silent flood",
+            started.elapsed()
+        );
+    }
+    let closed = flood.stop();
+    assert!(closed >= 100, "silent connections closed: {closed}");
+    eprintln!(
+        "scenario 8: 300 silent clients: every pod admitted and injected; {closed} of their connections closed"
+    );
 }
 
 /// Scenario 5: the webhook stopped, `failurePolicy: Fail`: a pod in a labelled
