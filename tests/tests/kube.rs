@@ -67,6 +67,7 @@ fn a_real_api_server_admits_and_a_real_kubelet_runs_injected_pods() {
     annotating_after_admission_changes_nothing_that_runs(&c, &pod);
     refusals_reach_kubectl(&c);
     ephemeral_containers_are_reviewed(&c);
+    pod_security_and_shared_processes(&c);
     deleted_pod_leaves_nothing(&c, &pod);
     slow_clients_do_not_block_admission(&c);
     webhook_down_fails_closed_for_labelled_namespaces_only(&c);
@@ -693,6 +694,71 @@ fn refusals_reach_kubectl(c: &Cluster) {
     );
     eprintln!(
         "scenario 6: a clashing name and a mount of attestd-run refused, as kubectl shows them"
+    );
+}
+
+/// Scenario 9 (issue 42): the injected pair passes Pod Security's
+/// `restricted` level as the user's own containers must (a pod that sets
+/// seccomp per container was refused once injected, naming containers its
+/// author never wrote); a pod sharing its process namespace (or the host's)
+/// is refused by the webhook, with the reason, since through /proc its app
+/// reached the attester's socket.
+fn pod_security_and_shared_processes(c: &Cluster) {
+    const RESTRICTED: &str = "attestd-restricted";
+    c.ok(&["create", "namespace", RESTRICTED]);
+    c.ok(&[
+        "label",
+        "namespace",
+        RESTRICTED,
+        "attestd.io/inject=enabled",
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    c.ok(&["create", "serviceaccount", "default", "-n", RESTRICTED]);
+    // Valid under `restricted` with seccomp set on its one container only.
+    let pod = |name: &str, ns: &str, extra: Value| {
+        let mut p = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"nodeName": NODE, "runtimeClassName": RUNTIME_CLASS,
+                     "automountServiceAccountToken": false,
+                     "containers": [{"name": "app", "image": c.images.app,
+                                     "command": ["/busybox", "sleep", "3600"],
+                                     "securityContext": {
+                                         "runAsNonRoot": true, "runAsUser": 1000,
+                                         "allowPrivilegeEscalation": false,
+                                         "capabilities": {"drop": ["ALL"]},
+                                         "seccompProfile": {"type": "RuntimeDefault"}}}]},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            p["spec"][k] = v.clone();
+        }
+        p.to_string()
+    };
+    let o = c.kubectl_in(
+        &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+        Some(pod("restricted", RESTRICTED, json!({})).as_bytes()),
+    );
+    let out = succeeded(&o, "a restricted pod, injected");
+    let admitted: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        admitted["metadata"]["annotations"]["attestd.io/injected"], "sample",
+        "{admitted}"
+    );
+    for field in ["shareProcessNamespace", "hostPID"] {
+        let o = c.kubectl_in(
+            &["create", "--dry-run=server", "-f", "-"],
+            Some(pod("shared", LABELLED, json!({ field: true })).as_bytes()),
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "a pod with {field} was admitted");
+        assert!(
+            err.contains("admission webhook \"inject.attestd.io\" denied the request")
+                && err.contains(&format!("the pod sets {field}: ")),
+            "{field}: {err}"
+        );
+    }
+    eprintln!(
+        "scenario 9: a pod valid under Pod Security restricted admitted with the injected pair; shareProcessNamespace and hostPID refused by the webhook"
     );
 }
 

@@ -49,6 +49,11 @@ pub struct Meta {
 pub struct Spec {
     pub runtime_class_name: Option<String>,
     pub host_network: Option<bool>,
+    /// One process namespace for the pod: every container sees the others'
+    /// `/proc/<pid>/root`, the attester's socket and attestd's files among them.
+    pub share_process_namespace: Option<bool>,
+    #[serde(rename = "hostPID")]
+    pub host_pid: Option<bool>,
     #[serde(default, deserialize_with = "containers")]
     pub containers: Vec<ContainerView>,
     #[serde(default, deserialize_with = "some_containers")]

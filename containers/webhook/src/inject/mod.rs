@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource,
-    EnvVar, ExecAction, ObjectFieldSelector, Probe, ResourceRequirements, SecurityContext, Volume,
-    VolumeMount,
+    EnvVar, ExecAction, ObjectFieldSelector, Probe, ResourceRequirements, SeccompProfile,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::Value;
@@ -145,6 +145,9 @@ pub fn decide(pod: &PodView, namespace: &str, config: &Config, lock: &Lock) -> D
     if let Some(clash) = name_clash(spec) {
         return Decision::Deny(clash);
     }
+    if let Some(why) = shared_processes(spec) {
+        return Decision::Deny(why);
+    }
     if let Some(text) = annotations.get(POD_CONFIG) {
         if let Err(why) = check_pod_config(text) {
             return Decision::Deny(why);
@@ -194,6 +197,22 @@ fn name_clash(spec: &Spec) -> Option<String> {
         ));
     }
     None
+}
+
+/// A pod whose containers see each other's processes (issue 42): through
+/// `/proc/<pid>/root` an app reached the attester's socket, bypassing attestd,
+/// and read attestd's configuration, even as another uid than the pair's.
+fn shared_processes(spec: &Spec) -> Option<String> {
+    let why = if spec.share_process_namespace == Some(true) {
+        "shareProcessNamespace"
+    } else if spec.host_pid == Some(true) {
+        "hostPID"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "the pod sets {why}: its containers could reach the injected attester's socket and attestd's files through /proc; remove {why}, or set {INJECT}: \"false\" to run without attestd"
+    ))
 }
 
 /// The pod's own configuration (`attestd.io/config`) as attestd will read it:
@@ -426,8 +445,10 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
 pub const NON_ROOT_UID: i64 = 65532;
 
 /// Nothing but what the process needs: no capabilities, no privilege gain, a
-/// read-only root, and no root unless a privileged attester's socket (root's,
-/// 0600) must be reached.
+/// read-only root, the runtime's default seccomp profile, and no root unless a
+/// privileged attester's socket (root's, 0600) must be reached. The non-root
+/// pair passes Pod Security's `restricted` level as the user's own containers
+/// must, whether their pod sets seccomp for the pod or per container.
 fn confined(non_root: bool) -> SecurityContext {
     let uid = if non_root { NON_ROOT_UID } else { 0 };
     SecurityContext {
@@ -440,6 +461,10 @@ fn confined(non_root: bool) -> SecurityContext {
         run_as_user: Some(uid),
         run_as_group: non_root.then_some(uid),
         run_as_non_root: Some(non_root),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

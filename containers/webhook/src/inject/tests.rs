@@ -315,6 +315,13 @@ fn a_bare_pod_gets_each_list_created() {
         assert_eq!(sc.run_as_user, Some(NON_ROOT_UID), "{}", c.name);
         assert_eq!(sc.run_as_group, Some(NON_ROOT_UID), "{}", c.name);
         assert_eq!(sc.run_as_non_root, Some(true), "{}", c.name);
+        // Pod Security `restricted` (issue 42): seccomp set on each.
+        assert_eq!(
+            sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+            Some("RuntimeDefault"),
+            "{}",
+            c.name
+        );
     }
 }
 
@@ -700,4 +707,29 @@ fn a_probe_reads_back_from_the_drop_in_as_the_image_declared_it() {
         cfg["plugins"]["attester"]["x-hello"]["probe"],
         toml::Value::Array(vec![odd.into()])
     );
+}
+
+/// Issue 42: with one process namespace, an app reached the attester's socket
+/// through /proc; such a pod is refused, naming the field, and an opted-out
+/// one is left alone.
+#[test]
+fn a_pod_sharing_its_processes_is_refused() {
+    for (field, name) in [
+        ("shareProcessNamespace", "shareProcessNamespace"),
+        ("hostPID", "hostPID"),
+    ] {
+        let mut p = serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"runtimeClassName": "kata-qemu-coco-dev", "containers": [{"name": "app", "image": "app"}]}
+        });
+        p["spec"][field] = serde_json::json!(true);
+        match decide(&view(&pod(p.clone())), "apps", &Config::default(), &lock()) {
+            Decision::Deny(why) => {
+                assert!(why.starts_with(&format!("the pod sets {name}: ")), "{why}")
+            }
+            other => panic!("{field}: {other:?}"),
+        }
+        p["spec"][field] = serde_json::json!(false);
+        injected(&pod(p), &Config::default());
+    }
 }
