@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../tests/fuzz"
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config initdata keyprovider kbs_answers eventlog plugin_info snp_device tdx_quote hcl_report podvm_user_data webhook_review probe)
+[ ${#targets[@]} -gt 0 ] || targets=(config initdata keyprovider kbs_answers eventlog plugin_info snp_device tdx_quote hcl_report podvm_user_data webhook_review probe ttrpc_frames cidata_iso)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # Recorded device answers seed the plugins' parsers (read only: libFuzzer writes
 # what it finds to the first directory).

@@ -197,3 +197,90 @@ pub fn probe(data: &[u8]) {
         assert!(!c.holds(std::path::Path::new("/nonexistent/attestd-fuzz-root")));
     }
 }
+
+/// A byte stream of ttrpc frames as a client sends them, through the
+/// connection layer that reads them frame by frame (`TtrpcConn`), delivered in
+/// chunks whose sizes the input's first byte picks. What comes out is the same
+/// frames (ids, types, flags; every payload unchanged but a request to an
+/// unknown service, which is re-addressed to the unknown-service sink).
+pub fn ttrpc_frames(data: &[u8]) {
+    use attestd::server::accept::{InFlight, TtrpcConn};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncRead, AsyncReadExt as _, ReadBuf};
+
+    struct Chunks<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+    impl AsyncRead for Chunks<'_> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let n = self.step.min(self.data.len()).min(buf.remaining());
+            buf.put_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Poll::Ready(Ok(()))
+        }
+    }
+    impl InFlight for Chunks<'_> {}
+
+    let Some((&first, input)) = data.split_first() else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap_or_else(|e| panic!("a runtime for the harness: {e}"));
+    let out = rt.block_on(async {
+        let known: std::sync::Arc<[String]> =
+            std::sync::Arc::from(vec!["attestation_agent.AttestationAgentService".to_string()]);
+        let chunks = Chunks {
+            data: input,
+            step: usize::from(first % 17) + 1,
+        };
+        // No cap on requests in flight: nothing answers here.
+        let mut conn = TtrpcConn::new(chunks, usize::MAX, known);
+        let mut out = Vec::new();
+        conn.read_to_end(&mut out).await.map(|_| out)
+    });
+    // The source never stalls, so no frame misses its deadline.
+    let out = out.unwrap_or_else(|e| panic!("a stream that never stalls failed: {e}"));
+
+    /// Whole frames: (header, payload).
+    fn frames(mut b: &[u8]) -> Vec<([u8; 10], &[u8])> {
+        let mut v = Vec::new();
+        while b.len() >= 10 {
+            let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            if b.len() - 10 < len {
+                break;
+            }
+            let mut h = [0u8; 10];
+            h.copy_from_slice(&b[..10]);
+            v.push((h, &b[10..10 + len]));
+            b = &b[10 + len..];
+        }
+        v
+    }
+    let (sent, got) = (frames(input), frames(&out));
+    assert_eq!(sent.len(), got.len(), "whole frames in and out");
+    for ((h_in, p_in), (h_out, p_out)) in sent.iter().zip(&got) {
+        assert_eq!(h_in[4..], h_out[4..], "stream id, type and flags");
+        let sink =
+            p_out.starts_with(&[0x0a, 22]) && p_out[2..].starts_with(b"attestd.UnknownService");
+        assert!(p_in == p_out || (h_in[8] == 1 && sink), "a payload changed");
+    }
+}
+
+/// The pod VM's cidata disk (ISO 9660) as the host hands it: `user-data` read
+/// from its root directory within the bound, or an error, never a panic.
+pub fn cidata_iso(data: &[u8]) {
+    let max = 64 * 1024;
+    if let Ok(b) =
+        attestd_podvm::iso::read_root_file(&mut std::io::Cursor::new(data), "user-data", max)
+    {
+        assert!(b.len() <= max);
+    }
+}

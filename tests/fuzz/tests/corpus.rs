@@ -6,7 +6,7 @@ use std::path::Path;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 12] = [
+const TARGETS: [(&str, Target); 14] = [
     ("config", attestd_fuzz::config),
     ("initdata", attestd_fuzz::initdata),
     ("keyprovider", attestd_fuzz::keyprovider),
@@ -19,6 +19,8 @@ const TARGETS: [(&str, Target); 12] = [
     ("podvm_user_data", attestd_fuzz::podvm_user_data),
     ("webhook_review", attestd_fuzz::webhook_review),
     ("probe", attestd_fuzz::probe),
+    ("ttrpc_frames", attestd_fuzz::ttrpc_frames),
+    ("cidata_iso", attestd_fuzz::cidata_iso),
 ];
 
 #[test]
