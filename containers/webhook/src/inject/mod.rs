@@ -409,11 +409,10 @@ fn plugin_config(plan: &Plan) -> String {
     plugins.insert("attester".into(), Value::Table(attester));
     let mut doc = Table::new();
     doc.insert("plugins".into(), Value::Table(plugins));
-    format!(
-        "# Written by attestd-webhook: the attesters are this pod's sidecars.\n{}",
-        // Strings and arrays of strings only: serialising cannot fail.
-        toml::to_string(&doc).unwrap_or_default()
-    )
+    // Strings and arrays of strings only: serialising cannot fail. No comment
+    // line: `kubectl edit` drops every line that starts with `#`, inside a
+    // multi-line env value too, and then refuses any edit of the pod.
+    toml::to_string(&doc).unwrap_or_default()
 }
 
 fn resources(r: &crate::config::Resources) -> ResourceRequirements {

@@ -733,3 +733,16 @@ fn a_pod_sharing_its_processes_is_refused() {
         injected(&pod(p), &Config::default());
     }
 }
+
+/// `kubectl edit` drops every line starting with `#` (after its indent), also
+/// inside a multi-line env value: a comment in the drop-in made every edit of
+/// an injected pod fail ("pod updates may not change fields other than ...").
+#[test]
+fn the_drop_in_has_no_line_kubectl_edit_would_drop() {
+    let (p, _) = injected(&tdx_pod(), &Config::default());
+    let text = drop_in(&p);
+    assert!(
+        text.lines().all(|l| !l.trim_start().starts_with('#')),
+        "{text}"
+    );
+}
