@@ -490,7 +490,13 @@ resolvConf: ""
 
     /// kubectl with `input` on its stdin.
     pub fn kubectl_in(&self, args: &[&str], input: Option<&[u8]>) -> Output {
+        self.kubectl_env(args, input, &[])
+    }
+
+    /// kubectl with `env` set too (`KUBE_EDITOR` for a scripted `kubectl edit`).
+    pub fn kubectl_env(&self, args: &[&str], input: Option<&[u8]>, env: &[(&str, &str)]) -> Output {
         let mut cmd = self.netns.command(go_bin("kubectl"));
+        cmd.envs(env.iter().copied());
         cmd.arg(format!(
             "--kubeconfig={}",
             self.path("kubeconfig").display()

@@ -139,6 +139,8 @@ fn manifests_applied_server_side(c: &Cluster) {
         "deployment.apps/attestd-webhook",
         "priorityclass.scheduling.k8s.io/attestd-webhook-critical",
         "mutatingwebhookconfiguration.admissionregistration.k8s.io/attestd-webhook",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/attestd-injected-pods",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/attestd-injected-pods",
     ] {
         assert!(stored.contains(&kind), "{kind} not stored: {stored:?}");
     }
@@ -586,6 +588,104 @@ fn annotating_after_admission_changes_nothing_that_runs(c: &Cluster, pod: &AppPo
     let evil = "[plugins]\nprimary = \"evil\"\n[plugins.attester.evil]\nlaunch = \"process\"\n\
                 command = \"/busybox\"\nargs = [\"sh\", \"-c\", \"touch /run/attestd/owned; sleep 600\"]\n";
     let witness = "[log]\nlevel = \"debug\"\n";
+    // Scenario 10 (issue 42): the manifests' ValidatingAdmissionPolicy keeps
+    // the pin after creation, in the API server itself: kubectl set image,
+    // annotate and edit of what was injected are refused with its message.
+    let refused = |o: std::process::Output, what: &str, want: &str| {
+        let mut err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "{what} was admitted");
+        // kubectl edit says only "is invalid" and keeps the API server's
+        // message in the copy of the edit it saves.
+        if let Some(copy) = err
+            .split("stored to \"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .map(String::from)
+        {
+            err.push_str(&std::fs::read_to_string(&copy).unwrap_or_default());
+            let _ = std::fs::remove_file(copy);
+        }
+        assert!(
+            err.contains("ValidatingAdmissionPolicy 'attestd-injected-pods'") && err.contains(want),
+            "{what}: {err}"
+        );
+    };
+    let pinned = c.get(&["pod", APP_POD, "-n", LABELLED]);
+    refused(
+        c.kubectl(&[
+            "set",
+            "image",
+            &format!("pod/{APP_POD}"),
+            "-n",
+            LABELLED,
+            &format!("attestd-attester-sample={}", c.images.app),
+        ]),
+        "kubectl set image",
+        "run the images attestd-webhook pinned at creation",
+    );
+    refused(
+        c.kubectl(&[
+            "annotate",
+            "pod",
+            APP_POD,
+            "-n",
+            LABELLED,
+            "--overwrite",
+            &format!("attestd.io/plugin-config={evil}"),
+        ]),
+        "kubectl annotate",
+        "the attestd.io/ annotations of a pod attestd-webhook injected are fixed",
+    );
+    refused(
+        c.kubectl_env(
+            &["edit", "pod", APP_POD, "-n", LABELLED],
+            None,
+            &[(
+                "KUBE_EDITOR",
+                "sed -i -e s|attestd.io/injected:|attestd.io/injected-was:|",
+            )],
+        ),
+        "kubectl edit",
+        "the attestd.io/ annotations of a pod attestd-webhook injected are fixed",
+    );
+    // Other updates pass: a label of the user's own.
+    c.ok(&["label", "pod", APP_POD, "-n", LABELLED, "team=demo"]);
+    let now = c.get(&["pod", APP_POD, "-n", LABELLED]);
+    assert_eq!(
+        now["spec"]["initContainers"],
+        pinned["spec"]["initContainers"]
+    );
+    assert_eq!(
+        now["metadata"]["annotations"],
+        pinned["metadata"]["annotations"]
+    );
+    eprintln!("scenario 10: set image, annotate and edit of the injected pod refused by the pin policy; a label passes");
+    // Without the policy (a cluster before 1.30, or one whose admin removed
+    // it), an annotation changed after admission still changes nothing that
+    // runs: the rest of this scenario, with the binding removed meanwhile.
+    c.ok(&[
+        "delete",
+        "validatingadmissionpolicybinding",
+        "attestd-injected-pods",
+    ]);
+    wait_for(
+        "the API server to drop the pin policy's binding",
+        Duration::from_secs(60),
+        || {
+            c.kubectl(&[
+                "annotate",
+                "pod",
+                APP_POD,
+                "-n",
+                LABELLED,
+                "--overwrite",
+                "attestd.io/probe=1",
+            ])
+            .status
+            .success()
+            .then_some(())
+        },
+    );
     c.ok(&[
         "annotate",
         "pod",
@@ -657,6 +757,12 @@ fn annotating_after_admission_changes_nothing_that_runs(c: &Cluster, pod: &AppPo
         );
     }
     eprintln!("scenario 3b: annotated after admission, both sidecars restarted: the same attester answers");
+    // The policy's binding back, as the manifests ship it.
+    let binding = attestd_webhook::manifests::PIN_POLICY
+        .split("\n---\n")
+        .find(|d| d.contains("kind: ValidatingAdmissionPolicyBinding"))
+        .unwrap();
+    c.ok_in(&["apply", "-f", "-"], Some(binding.as_bytes()));
 }
 
 /// Scenario 6: the webhook's refusals as the API server returns them to kubectl.

@@ -517,11 +517,23 @@ async fn discovery_only() -> String {
             ),
             (
                 "admissionregistration.k8s.io/v1",
-                vec![res(
-                    "mutatingwebhookconfigurations",
-                    "MutatingWebhookConfiguration",
-                    false,
-                )],
+                vec![
+                    res(
+                        "mutatingwebhookconfigurations",
+                        "MutatingWebhookConfiguration",
+                        false,
+                    ),
+                    res(
+                        "validatingadmissionpolicies",
+                        "ValidatingAdmissionPolicy",
+                        false,
+                    ),
+                    res(
+                        "validatingadmissionpolicybindings",
+                        "ValidatingAdmissionPolicyBinding",
+                        false,
+                    ),
+                ],
             ),
             (
                 "cert-manager.io/v1",
@@ -648,7 +660,20 @@ async fn the_manifests_pass_kubectl_and_the_kubernetes_schema() {
         ],
         "policy.yaml",
     );
+    // For 1.29 (no v1 ValidatingAdmissionPolicy): without the pin policy.
+    let without_pin = render(
+        &[
+            "--certs-dir",
+            tls_dir.to_str().unwrap(),
+            "--without-pin-policy",
+        ],
+        "no-pin.yaml",
+    );
+    let no_pin = std::fs::read_to_string(&without_pin).unwrap();
+    assert!(!no_pin.contains("ValidatingAdmissionPolicy"));
+    assert!(no_pin.contains("kind: MutatingWebhookConfiguration"));
     let text = std::fs::read_to_string(&with_secret).unwrap();
+    assert!(text.contains("kind: ValidatingAdmissionPolicyBinding"));
     assert!(text.contains(&format!(
         "image: localhost/attestd/attestd-webhook@{DIGEST}"
     )));
@@ -662,10 +687,10 @@ async fn the_manifests_pass_kubectl_and_the_kubernetes_schema() {
     // (documents, of which Kubernetes' own kinds: cert-manager's have no schema there)
     // By URL: no Service, no disruption budget.
     for (file, kinds, core) in [
-        (&with_secret, 8, 8),
-        (&with_cm, 12, 8),
-        (&by_url, 6, 6),
-        (&with_policy, 9, 9),
+        (&with_secret, 10, 10),
+        (&with_cm, 14, 10),
+        (&by_url, 8, 8),
+        (&with_policy, 11, 11),
     ] {
         let (ok, out) = kubectl_dry_run(&server, file);
         assert!(ok, "{out}");

@@ -55,6 +55,10 @@ struct ManifestsArgs {
     /// only the API server")
     #[arg(long = "api-server-cidr", value_name = "CIDR")]
     api_server_cidrs: Vec<String>,
+    /// Leave out the ValidatingAdmissionPolicy that refuses updates to what
+    /// was injected (its v1 API needs Kubernetes 1.30; for 1.29)
+    #[arg(long)]
+    without_pin_policy: bool,
 }
 
 #[derive(clap::Args)]
@@ -255,6 +259,13 @@ fn print_manifests(a: ManifestsArgs) -> Result<()> {
             out.push('\n');
         }
         out.push_str(&policy);
+    }
+    if !a.without_pin_policy {
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str("---\n");
+        out.push_str(attestd_webhook::manifests::PIN_POLICY);
     }
     print!("{out}");
     Ok(())

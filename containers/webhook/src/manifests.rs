@@ -8,6 +8,8 @@ use crate::config::Lock;
 
 const WEBHOOK: &str = include_str!("../deploy/webhook.yaml");
 const CERT_MANAGER: &str = include_str!("../deploy/cert-manager.yaml");
+/// The ValidatingAdmissionPolicy that keeps the pin after creation (1.30+).
+pub const PIN_POLICY: &str = include_str!("../deploy/pin-policy.yaml");
 
 /// How the API server reaches the webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
