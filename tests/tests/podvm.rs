@@ -184,6 +184,7 @@ fn guest_figures(vm: &PodVm, scenario: &str) {
         Duration::from_micros(cdh),
     );
     for args in [
+        &["time"][..],
         &["critical-chain", "attestd.service"][..],
         &["blame", "--no-pager"][..],
     ] {
