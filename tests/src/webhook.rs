@@ -213,31 +213,27 @@ pub fn memory_shapes(bytes: usize) -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-/// Clients that post a review whose body never ends: chunked, a byte every
-/// 300 ms, each starting over when the webhook drops it, until stopped. In a
-/// thread of their own (inside `netns` when given: the cluster's webhook
-/// listens there), so they run beside whatever the test does.
-pub struct SlowFlood {
+/// `n` clients, each running `client` over and over until stopped (and
+/// counting once per round `client` says so), in a thread of their own:
+/// inside `netns` when given (the cluster's webhook listens there), so they
+/// run beside whatever the test does.
+pub struct Flood {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    cut: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    counted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl SlowFlood {
-    /// `n` clients posting to `url` (whose host is `addr`), trusting `ca`.
-    pub fn start(
-        netns: Option<std::fs::File>,
-        ca: Vec<u8>,
-        url: String,
-        host: String,
-        addr: SocketAddr,
-        n: usize,
-    ) -> SlowFlood {
+impl Flood {
+    fn start<C, F>(netns: Option<std::fs::File>, n: usize, client: C) -> Flood
+    where
+        C: Fn() -> F + Clone + Send + 'static,
+        F: std::future::Future<Output = bool> + 'static,
+    {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         use std::sync::Arc;
         let stop = Arc::new(AtomicBool::new(false));
-        let cut = Arc::new(AtomicU64::new(0));
-        let (stop2, cut2) = (stop.clone(), cut.clone());
+        let counted = Arc::new(AtomicU64::new(0));
+        let (stop2, counted2) = (stop.clone(), counted.clone());
         let thread = std::thread::spawn(move || {
             if let Some(ns) = netns {
                 nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
@@ -246,24 +242,15 @@ impl SlowFlood {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(async move {
-                let client = https_client_trusting(&ca, &host, addr);
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, async move {
                 for _ in 0..n {
-                    let (client, url, stop, cut) =
-                        (client.clone(), url.clone(), stop2.clone(), cut2.clone());
-                    tokio::spawn(async move {
+                    let (client, stop, counted) = (client.clone(), stop2.clone(), counted2.clone());
+                    tokio::task::spawn_local(async move {
                         while !stop.load(Ordering::Relaxed) {
-                            let body = futures::stream::unfold((), |()| async {
-                                tokio::time::sleep(Duration::from_millis(300)).await;
-                                Some((Ok::<_, std::io::Error>(bytes::Bytes::from_static(b" ")), ()))
-                            });
-                            let _ = client
-                                .post(&url)
-                                .header("content-type", "application/json")
-                                .body(reqwest::Body::wrap_stream(body))
-                                .send()
-                                .await;
-                            cut.fetch_add(1, Ordering::Relaxed);
+                            if client().await {
+                                counted.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     });
                 }
@@ -273,95 +260,67 @@ impl SlowFlood {
             });
             // Dropping the runtime cancels the clients mid-request.
         });
-        SlowFlood {
+        Flood {
             stop,
-            cut,
+            counted,
             thread: Some(thread),
         }
     }
 
-    /// Stop the clients: how many of their bodies the webhook cut off.
-    pub fn stop(mut self) -> u64 {
-        self.halt();
-        self.cut.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for SlowFlood {
-    fn drop(&mut self) {
-        self.halt();
-    }
-}
-
-/// `n` clients that open a TCP connection to `addr` and never say a word,
-/// each opening another as soon as the server closes theirs: a flood of
-/// silent connections (issue 41), from inside `netns` when given.
-pub struct SilentFlood {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    closed: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl SilentFlood {
-    pub fn start(netns: Option<std::fs::File>, addr: SocketAddr, n: usize) -> SilentFlood {
-        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-        use std::sync::Arc;
-        let stop = Arc::new(AtomicBool::new(false));
-        let closed = Arc::new(AtomicU64::new(0));
-        let (stop2, closed2) = (stop.clone(), closed.clone());
-        let thread = std::thread::spawn(move || {
-            if let Some(ns) = netns {
-                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    /// Clients that post a review whose body never ends: chunked, a byte
+    /// every 300 ms, each starting over when the webhook drops it. `n` of them
+    /// post to `url` (whose host is `addr`), trusting `ca`; each round counts.
+    pub fn slow(
+        netns: Option<std::fs::File>,
+        ca: Vec<u8>,
+        url: String,
+        host: String,
+        addr: SocketAddr,
+        n: usize,
+    ) -> Flood {
+        let client = https_client_trusting(&ca, &host, addr);
+        Flood::start(netns, n, move || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let body = futures::stream::unfold((), |()| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Some((Ok::<_, std::io::Error>(bytes::Bytes::from_static(b" ")), ()))
+                });
+                let _ = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(reqwest::Body::wrap_stream(body))
+                    .send()
+                    .await;
+                true
             }
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                for _ in 0..n {
-                    let (stop, closed) = (stop2.clone(), closed2.clone());
-                    tokio::spawn(async move {
-                        while !stop.load(Ordering::Relaxed) {
-                            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                                continue;
-                            };
-                            // Silent until the server closes it, then again.
-                            let mut buf = [0u8; 1];
-                            let r = tokio::time::timeout(
-                                Duration::from_secs(30),
-                                tokio::io::AsyncReadExt::read(&mut s, &mut buf),
-                            )
-                            .await;
-                            if matches!(r, Ok(Ok(0)) | Ok(Err(_))) {
-                                closed.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    });
-                }
-                while !stop2.load(Ordering::Relaxed) {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            });
-        });
-        SilentFlood {
-            stop,
-            closed,
-            thread: Some(thread),
-        }
+        })
     }
 
-    /// Stop the clients: how many of their connections the server closed.
+    /// `n` clients that open a TCP connection to `addr` and never say a word,
+    /// each opening another as soon as the server closes theirs (issue 41);
+    /// a round counts when the server closed it.
+    pub fn silent(netns: Option<std::fs::File>, addr: SocketAddr, n: usize) -> Flood {
+        Flood::start(netns, n, move || async move {
+            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return false;
+            };
+            let mut buf = [0u8; 1];
+            let r = tokio::time::timeout(
+                Duration::from_secs(30),
+                tokio::io::AsyncReadExt::read(&mut s, &mut buf),
+            )
+            .await;
+            matches!(r, Ok(Ok(0)) | Ok(Err(_)))
+        })
+    }
+
+    /// Stop the clients: how many rounds counted (bodies the webhook cut
+    /// off; silent connections it closed).
     pub fn stop(mut self) -> u64 {
         self.halt();
-        self.closed.load(std::sync::atomic::Ordering::Relaxed)
+        self.counted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn halt(&mut self) {
@@ -372,7 +331,7 @@ impl SilentFlood {
     }
 }
 
-impl Drop for SilentFlood {
+impl Drop for Flood {
     fn drop(&mut self) {
         self.halt();
     }

@@ -1542,21 +1542,9 @@ async fn silent_tcp_connections_to_grpc_end_at_the_preface_deadline() {
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = Instant::now();
-    let tee = tokio::time::timeout(Duration::from_secs(10), async {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        g::attestation_agent_service_client::AttestationAgentServiceClient::new(ch)
-            .get_tee_type(g::GetTeeTypeRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .tee
-    })
-    .await
-    .expect("a newcomer was locked out by silent TCP connections");
+    let tee = grpc_newcomer_tee(&addr, Duration::from_secs(10))
+        .await
+        .expect("a newcomer was locked out by silent TCP connections");
     assert_eq!(tee, "sample");
     // (Within the preface deadline and a little; on a loaded machine the
     // first silent connections may have gone before the newcomer came.)
@@ -1664,20 +1652,11 @@ async fn active_grpc_clients_cannot_lock_a_newcomer_out() {
     let addr = format!("127.0.0.1:{port}");
     let p = Plugin::sample("ttrpc");
     let _a = Attestd::start_with(|d| config(d, &p, &[], ""), &["--grpc_sock", &addr]).unwrap();
-    let url = format!("http://{addr}");
-    let connect = |url: String| async move {
-        let ch = tonic::transport::Endpoint::from_shared(url)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        g::attestation_agent_service_client::AttestationAgentServiceClient::new(ch)
-    };
     let failed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut flood = Vec::new();
     for _ in 0..attestd::server::accept::MAX_CONNECTIONS {
-        let mut c = connect(url.clone()).await;
-        let (url, failed) = (url.clone(), failed.clone());
+        let mut c = grpc_client(&addr).await;
+        let (addr, failed) = (addr.clone(), failed.clone());
         flood.push(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1688,7 +1667,7 @@ async fn active_grpc_clients_cannot_lock_a_newcomer_out() {
                     // come back, as a flood would.
                     _ => {
                         failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        c = connect(url.clone()).await;
+                        c = grpc_client(&addr).await;
                     }
                 }
             }
@@ -1696,17 +1675,9 @@ async fn active_grpc_clients_cannot_lock_a_newcomer_out() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let t = Instant::now();
-    let tee = tokio::time::timeout(Duration::from_secs(15), async {
-        connect(url.clone())
-            .await
-            .get_tee_type(g::GetTeeTypeRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .tee
-    })
-    .await
-    .expect("a newcomer was locked out by active gRPC clients");
+    let tee = grpc_newcomer_tee(&addr, Duration::from_secs(15))
+        .await
+        .expect("a newcomer was locked out by active gRPC clients");
     assert_eq!(tee, "sample");
     let waited = t.elapsed();
     eprintln!("the newcomer waited {waited:?}");
@@ -1859,6 +1830,34 @@ async fn idle_flood(aa: &std::path::Path, n: usize) -> Vec<std::os::unix::net::U
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     flood
+}
+
+/// An AA API client over gRPC on TCP `addr` (host:port), connected.
+async fn grpc_client(
+    addr: &str,
+) -> g::attestation_agent_service_client::AttestationAgentServiceClient<tonic::transport::Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    g::attestation_agent_service_client::AttestationAgentServiceClient::new(ch)
+}
+
+/// GetTeeType from a new gRPC client on TCP `addr`, within `within` (from
+/// connecting to the answer), or `None`.
+async fn grpc_newcomer_tee(addr: &str, within: Duration) -> Option<String> {
+    tokio::time::timeout(within, async {
+        grpc_client(addr)
+            .await
+            .get_tee_type(g::GetTeeTypeRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .tee
+    })
+    .await
+    .ok()
 }
 
 /// GetTeeType from a new client on the AA socket `aa`, within `within` (from

@@ -808,6 +808,29 @@ mod clouds {
         ]
     }
 
+    /// AWS with the token's PUT answered by `token`, and the user-data served
+    /// whatever token its GET carries (the test then reads what was sent).
+    pub fn aws_token_answered(
+        ud: &[u8],
+        token: impl Fn() -> Answer + Send + Sync + 'static,
+    ) -> Vec<Routed> {
+        let body = ud.to_vec();
+        vec![
+            (
+                LINK_LOCAL,
+                "PUT",
+                super::AWS_TOKEN,
+                Box::new(move |_, _| token()),
+            ),
+            (
+                LINK_LOCAL,
+                "GET",
+                super::USER_DATA,
+                Box::new(move |_, _| Answer::ok(body.clone())),
+            ),
+        ]
+    }
+
     pub fn gcp(ud: &[u8]) -> Vec<Routed> {
         let body = super::b64(ud);
         vec![(
@@ -893,23 +916,11 @@ fn each_cloud_delivers_its_user_data_as_the_file_form_does() {
 /// as upstream falls back.
 #[test]
 fn aws_falls_back_to_imdsv1_when_no_token_is_given() {
-    use attestd_e2e::imds::{Answer, Imds, LINK_LOCAL};
-    let ud = cloud_user_data();
-    let body = ud.clone();
-    let imds = Imds::start(vec![
-        (
-            LINK_LOCAL,
-            "PUT",
-            AWS_TOKEN,
-            Box::new(|_, _| Answer::status(403)),
-        ),
-        (
-            LINK_LOCAL,
-            "GET",
-            USER_DATA,
-            Box::new(move |_, _| Answer::ok(body.clone())),
-        ),
-    ]);
+    use attestd_e2e::imds::{Answer, Imds};
+    let imds = Imds::start(clouds::aws_token_answered(
+        cloud_user_data().as_bytes(),
+        || Answer::status(403),
+    ));
     let root = tempfile::tempdir().unwrap();
     let o = imds.provision(root.path(), "aws", &[]);
     assert!(o.status.success(), "{}", said(&o));
@@ -932,24 +943,13 @@ fn aws_falls_back_to_imdsv1_when_no_token_is_given() {
 /// IMDSv1, saying why.
 #[test]
 fn an_aws_token_is_taken_up_to_its_bound() {
-    use attestd_e2e::imds::{Answer, Imds, LINK_LOCAL};
+    use attestd_e2e::imds::{Answer, Imds};
     use attestd_podvm::source::MAX_TOKEN_BYTES;
     for (len, taken) in [(MAX_TOKEN_BYTES, true), (MAX_TOKEN_BYTES + 1, false)] {
-        let body = cloud_user_data();
-        let imds = Imds::start(vec![
-            (
-                LINK_LOCAL,
-                "PUT",
-                AWS_TOKEN,
-                Box::new(move |_, _| Answer::ok(vec![b't'; len])),
-            ),
-            (
-                LINK_LOCAL,
-                "GET",
-                USER_DATA,
-                Box::new(move |_, _| Answer::ok(body.clone())),
-            ),
-        ]);
+        let imds = Imds::start(clouds::aws_token_answered(
+            cloud_user_data().as_bytes(),
+            move || Answer::ok(vec![b't'; len]),
+        ));
         let root = tempfile::tempdir().unwrap();
         let o = imds.provision(root.path(), "aws", &[]);
         assert!(o.status.success(), "{len}: {}", said(&o));

@@ -1158,7 +1158,7 @@ async fn reviews_at_the_body_bound_stay_within_the_memory_limit() {
 /// manifest's `timeoutSeconds`, and the slow bodies are cut off.
 #[tokio::test]
 async fn slow_chunked_clients_cannot_block_admission() {
-    use attestd_e2e::webhook::{SlowFlood, SERVICE_HOST};
+    use attestd_e2e::webhook::{Flood, SERVICE_HOST};
     let w = Webhook::start("", &test_lock());
     let pod = api_pod(
         "beside-slow-clients",
@@ -1167,7 +1167,7 @@ async fn slow_chunked_clients_cannot_block_admission() {
         json!({}),
     );
     for n in [3, 100] {
-        let flood = SlowFlood::start(
+        let flood = Flood::slow(
             None,
             w.ca(),
             w.url("/mutate"),
@@ -1268,7 +1268,7 @@ async fn with_a_client_ca_only_clients_it_signed_are_served() {
 #[tokio::test]
 async fn a_flood_of_silent_connections_cannot_hold_the_port() {
     let w = Webhook::start("", &test_lock());
-    let flood = attestd_e2e::webhook::SilentFlood::start(None, w.addr, 300);
+    let flood = attestd_e2e::webhook::Flood::silent(None, w.addr, 300);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pod = api_pod(
         "beside-a-flood",

@@ -761,8 +761,8 @@ mod tests {
         assert!(!is_cidata_volume(&pvd[..10]));
     }
 
-    #[test]
-    fn a_cidata_disk_is_found_among_block_devices() {
+    /// A fake /sys/class/block and /dev, and a disk whose volume is `cidata`.
+    fn block_devices() -> (tempfile::TempDir, PathBuf, PathBuf, Vec<u8>) {
         let d = tempfile::tempdir().unwrap();
         let (sys, dev) = (d.path().join("sys"), d.path().join("dev"));
         std::fs::create_dir_all(&sys).unwrap();
@@ -772,6 +772,12 @@ mod tests {
         pvd[0] = 1;
         pvd[1..6].copy_from_slice(b"CD001");
         pvd[40..72].copy_from_slice(format!("{:<32}", "cidata").as_bytes());
+        (d, sys, dev, iso)
+    }
+
+    #[test]
+    fn a_cidata_disk_is_found_among_block_devices() {
+        let (_d, sys, dev, iso) = block_devices();
         for (name, bytes) in [("vda", vec![0u8; 4096]), ("vdb", iso), ("loop0", vec![])] {
             std::fs::create_dir(sys.join(name)).unwrap();
             std::fs::write(dev.join(name), bytes).unwrap();
@@ -783,15 +789,7 @@ mod tests {
 
     #[test]
     fn at_most_max_block_devices_are_opened_in_name_order() {
-        let d = tempfile::tempdir().unwrap();
-        let (sys, dev) = (d.path().join("sys"), d.path().join("dev"));
-        std::fs::create_dir_all(&sys).unwrap();
-        std::fs::create_dir_all(&dev).unwrap();
-        let mut iso = vec![0u8; ISO_PVD_OFFSET as usize + 2048];
-        let pvd = &mut iso[ISO_PVD_OFFSET as usize..];
-        pvd[0] = 1;
-        pvd[1..6].copy_from_slice(b"CD001");
-        pvd[40..72].copy_from_slice(format!("{:<32}", "cidata").as_bytes());
+        let (_d, sys, dev, iso) = block_devices();
         // Disks named so their order is known; the cidata one is the last.
         let disk = |i: usize| format!("sd{i:04}");
         for i in 0..MAX_BLOCK_DEVICES - 1 {
