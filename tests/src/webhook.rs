@@ -316,6 +316,23 @@ impl Flood {
         })
     }
 
+    /// How many rounds have counted so far.
+    pub fn counted(&self) -> u64 {
+        self.counted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Wait, at most `within`, until `n` rounds have counted.
+    pub fn wait_counted(&self, n: u64, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while self.counted() < n {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+
     /// Stop the clients: how many rounds counted (bodies the webhook cut
     /// off; silent connections it closed).
     pub fn stop(mut self) -> u64 {

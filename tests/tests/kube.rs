@@ -986,8 +986,12 @@ fn slow_clients_do_not_block_admission(c: &Cluster) {
             "pod {i} took {took:?} beside the silent flood"
         );
     }
+    // The webhook closes silent connections once they are a second old and
+    // a newcomer needs room, or at the handshake deadline (10 s): the reviews
+    // above may all be done before that.
+    let enough = flood.wait_counted(100, Duration::from_secs(20));
     let closed = flood.stop();
-    assert!(closed >= 100, "silent connections closed: {closed}");
+    assert!(enough, "silent connections closed in 20 s: {closed}");
     eprintln!(
         "scenario 8: 300 silent clients: every pod admitted and injected; {closed} of their connections closed"
     );
