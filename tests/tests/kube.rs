@@ -610,16 +610,10 @@ fn annotating_after_admission_changes_nothing_that_runs(c: &Cluster, pod: &AppPo
             "{what}: {err}"
         );
     };
-    let annotate = |kv: &str| {
-        c.kubectl(&[
-            "annotate",
-            "pod",
-            APP_POD,
-            "-n",
-            LABELLED,
-            "--overwrite",
-            kv,
-        ])
+    let annotate = |kvs: &[&str]| {
+        let mut args = vec!["annotate", "pod", APP_POD, "-n", LABELLED, "--overwrite"];
+        args.extend_from_slice(kvs);
+        c.kubectl(&args)
     };
     let pinned = c.get(&["pod", APP_POD, "-n", LABELLED]);
     refused(
@@ -635,7 +629,7 @@ fn annotating_after_admission_changes_nothing_that_runs(c: &Cluster, pod: &AppPo
         "run the images attestd-webhook pinned at creation",
     );
     refused(
-        annotate(&format!("attestd.io/plugin-config={evil}")),
+        annotate(&[&format!("attestd.io/plugin-config={evil}")]),
         "kubectl annotate",
         "the attestd.io/ annotations of a pod attestd-webhook injected are fixed",
     );
@@ -675,22 +669,19 @@ fn annotating_after_admission_changes_nothing_that_runs(c: &Cluster, pod: &AppPo
         "the API server to drop the pin policy's binding",
         Duration::from_secs(60),
         || {
-            annotate("attestd.io/probe=1")
+            annotate(&["attestd.io/probe=1"])
                 .status
                 .success()
                 .then_some(())
         },
     );
-    c.ok(&[
-        "annotate",
-        "pod",
-        APP_POD,
-        "-n",
-        LABELLED,
-        "--overwrite",
-        &format!("attestd.io/plugin-config={evil}"),
-        &format!("attestd.io/config={witness}"),
-    ]);
+    succeeded(
+        &annotate(&[
+            &format!("attestd.io/plugin-config={evil}"),
+            &format!("attestd.io/config={witness}"),
+        ]),
+        "kubectl annotate after admission",
+    );
     let projected = c
         .kubelet_root()
         .join("pods")

@@ -768,42 +768,58 @@ const GCP: &str = "/computeMetadata/v1/instance/attributes/user-data";
 mod clouds {
     use attestd_e2e::imds::{Answer, Routed, ALIBABA, LINK_LOCAL};
 
+    /// A route on `host` answering `body` only when `header` is `want`, else
+    /// `refusal`: how each provider tells its own clients apart.
+    fn gated(
+        host: &'static str,
+        method: &'static str,
+        url: &'static str,
+        (header, want): (&'static str, &'static str),
+        body: Vec<u8>,
+        refusal: u16,
+    ) -> Routed {
+        (
+            host,
+            method,
+            url,
+            Box::new(move |r, _| match r.header(header) {
+                Some(v) if v == want => Answer::ok(body.clone()),
+                _ => Answer::status(refusal),
+            }),
+        )
+    }
+
     pub fn azure(ud: &[u8]) -> Vec<Routed> {
-        let body = super::b64(ud);
-        vec![(
+        let body = super::b64(ud).into_bytes();
+        vec![gated(
             LINK_LOCAL,
             "GET",
             super::AZURE,
-            Box::new(move |r, _| match r.header("Metadata") {
-                Some("true") => Answer::ok(body.clone()),
-                _ => Answer::status(400),
-            }),
+            ("Metadata", "true"),
+            body,
+            400,
         )]
     }
 
     /// IMDSv2: the token for a PUT with its TTL, the user-data for the token.
     pub fn aws(ud: &[u8]) -> Vec<Routed> {
-        let body = ud.to_vec();
+        const TOKEN: &str = "AQAEAtoken==";
         vec![
-            (
+            gated(
                 LINK_LOCAL,
                 "PUT",
                 super::AWS_TOKEN,
-                Box::new(
-                    |r, _| match r.header("X-aws-ec2-metadata-token-ttl-seconds") {
-                        Some("60") => Answer::ok("AQAEAtoken=="),
-                        _ => Answer::status(400),
-                    },
-                ),
+                ("X-aws-ec2-metadata-token-ttl-seconds", "60"),
+                TOKEN.into(),
+                400,
             ),
-            (
+            gated(
                 LINK_LOCAL,
                 "GET",
                 super::USER_DATA,
-                Box::new(move |r, _| match r.header("X-aws-ec2-metadata-token") {
-                    Some("AQAEAtoken==") => Answer::ok(body.clone()),
-                    _ => Answer::status(401),
-                }),
+                ("X-aws-ec2-metadata-token", TOKEN),
+                ud.to_vec(),
+                401,
             ),
         ]
     }
@@ -832,15 +848,14 @@ mod clouds {
     }
 
     pub fn gcp(ud: &[u8]) -> Vec<Routed> {
-        let body = super::b64(ud);
-        vec![(
+        let body = super::b64(ud).into_bytes();
+        vec![gated(
             LINK_LOCAL,
             "GET",
             super::GCP,
-            Box::new(move |r, _| match r.header("Metadata-Flavor") {
-                Some("Google") => Answer::ok(body.clone()),
-                _ => Answer::status(403),
-            }),
+            ("Metadata-Flavor", "Google"),
+            body,
+            403,
         )]
     }
 
