@@ -11,7 +11,7 @@
 # the keys they sign with.
 # busybox-static, iproute2: the Kubernetes tests' app image (a shell FROM scratch)
 # and the cluster's network namespace (scripts/go-build.sh builds the cluster).
-ATTESTD_APT_PACKAGES=(gcc g++ pkg-config libtss2-dev libssl-dev swtpm swtpm-tools tpm2-tools podman runc skopeo umoci systemd python3-jsonpatch python3-venv docker-registry gnupg busybox-static iproute2 graphviz)
+ATTESTD_APT_PACKAGES=(gcc g++ pkg-config libtss2-dev libssl-dev swtpm swtpm-tools tpm2-tools podman runc skopeo umoci systemd python3-jsonpatch python3-venv docker-registry gnupg busybox-static iproute2 graphviz containernetworking-plugins)
 
 # The demo builds attestd and the sample attester only: a C compiler and linker
 # (cc, for ring), nothing else.

@@ -26,6 +26,15 @@ pub const NODE: &str = "attestd-node";
 /// can't be loopback address"), so the node gets a TEST-NET-1 address (RFC 5737,
 /// never routed) on `lo` itself: loopback stays the namespace's only interface.
 pub const NODE_IP: &str = "192.0.2.1";
+/// Debian's CNI plugins, and the ones the cluster's pod network uses.
+const CNI_PLUGIN_DIR: &str = "/usr/lib/cni";
+const CNI_PLUGINS: [&str; 3] = ["loopback", "bridge", "host-local"];
+
+/// The pod network: a bridge in the cluster's namespace, no gateway, no
+/// masquerade, no link to anything but the pods' veths.
+pub const POD_BRIDGE: &str = "attestd-cni0";
+const POD_SUBNET: &str = "10.244.0.0/24";
+
 /// The registry, inside the namespace: containerd reaches it as the mirror of
 /// `localhost/…`, the name every image in images.lock has.
 const REGISTRY: &str = "127.0.0.1:5000";
@@ -254,6 +263,9 @@ impl Cluster {
                 ),
                 format!("--token-auth-file={}", d.join("tokens.csv").display()),
                 "--authorization-mode=AlwaysAllow".into(),
+                // Hardware TEEs' attesters are privileged containers: every
+                // cluster that runs them allows them (kubeadm's default).
+                "--allow-privileged=true".into(),
                 // Webhooks and aggregated APIs by endpoint, never by a
                 // Service's cluster IP (off this machine).
                 "--enable-aggregator-routing=true".into(),
@@ -351,6 +363,33 @@ impl Cluster {
             ),
         )
         .unwrap();
+        // CNI: the test's own folders, with Debian's plugins
+        // (containernetworking-plugins) and one network, a bridge inside the
+        // cluster's namespace that leads nowhere else.
+        let cni = d.join("cni");
+        std::fs::create_dir_all(cni.join("bin")).unwrap();
+        std::fs::create_dir_all(cni.join("net.d")).unwrap();
+        for plugin in CNI_PLUGINS {
+            std::os::unix::fs::symlink(
+                Path::new(CNI_PLUGIN_DIR).join(plugin),
+                cni.join("bin").join(plugin),
+            )
+            .unwrap();
+        }
+        std::fs::write(
+            cni.join("net.d/10-attestd.conflist"),
+            serde_json::json!({
+                "cniVersion": "1.0.0", "name": "attestd-pods",
+                "plugins": [{
+                    "type": "bridge", "bridge": POD_BRIDGE,
+                    "isGateway": false, "ipMasq": false,
+                    "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_SUBNET}]],
+                             "dataDir": cni.join("ipam")},
+                }],
+            })
+            .to_string(),
+        )
+        .unwrap();
         // containerd pulls `localhost/…` (images.lock's names) from the registry.
         let hosts = d.join("containerd/certs.d/localhost");
         std::fs::create_dir_all(&hosts).unwrap();
@@ -388,12 +427,18 @@ state = "{state}"
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
         BinaryName = "/usr/sbin/runc"
         SystemdCgroup = false
+  # The test's own CNI folders, never the host's configuration (podman's
+  # bridge in /etc/cni/net.d) or plugins.
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["{cni}/bin"]
+    conf_dir = "{cni}/net.d"
 "#,
                 root = d.join("containerd/root").display(),
                 state = d.join("containerd/state").display(),
                 sock = d.join("containerd/containerd.sock").display(),
                 hosts = d.join("containerd/certs.d").display(),
                 pause = self.images.pause,
+                cni = d.join("cni").display(),
             ),
         )
         .unwrap();

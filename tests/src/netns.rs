@@ -96,6 +96,18 @@ impl Netns {
             .collect()
     }
 
+    /// The namespace's routes (main table), one line each (`ip -o route`).
+    pub fn routes(&self) -> Vec<String> {
+        let o = Command::new("ip")
+            .args(["-n", &self.name, "-o", "route", "show"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Every process in the namespace: the cluster's daemons, the shims and
     /// the pods' processes.
     pub fn pids(&self) -> Vec<u32> {

@@ -10,12 +10,14 @@
 
 use std::time::{Duration, Instant};
 
-use attestd_e2e::kube::{locked, wait_for, Cluster, NODE};
+use attestd_e2e::kube::{locked, wait_for, Cluster, NODE, POD_BRIDGE};
 use attestd_e2e::{alive, bin, repo_root, succeeded};
 use serde_json::{json, Value};
 
 const WEBHOOK_URL: &str = "https://127.0.0.1:8443/mutate";
 const RUNTIME_CLASS: &str = "attestd-dev";
+/// A runtime class the webhook maps to the TPM attester (privileged).
+const TPM_CLASS: &str = "attestd-tpm";
 /// Labelled `attestd.io/inject=enabled`: pods here call the webhook.
 const LABELLED: &str = "attestd-demo";
 const APP_POD: &str = "app";
@@ -37,22 +39,19 @@ done
 /// The webhook's configuration in this cluster: runc's runtime class is the
 /// sample attester's (dev mode: this is not a TEE). gRPC is asked for (it is off
 /// by default), so the node-network pods show how the webhook moves it to a socket.
+/// `attestd-tpm` is a hardware TEE's mapping: its attester is privileged.
 const WEBHOOK_TOML: &str = r#"dev_mode = true
 grpc = "127.0.0.1:50002"
 [runtime_classes]
 attestd-dev = "sample"
+attestd-tpm = "tpm"
 "#;
 
 #[test]
 fn a_real_api_server_admits_and_a_real_kubelet_runs_injected_pods() {
     let images = [locked("attestd"), locked("webhook"), locked("sample")];
     let c = Cluster::start(&images);
-    // Confinement: the namespace has loopback and nothing else.
-    let links = c.netns.links();
-    assert!(
-        links.len() == 1 && links[0].contains(": lo:"),
-        "the cluster's namespace has more than loopback: {links:?}"
-    );
+    confined(&c, "start");
     eprintln!(
         "figure: cluster started (images built and pushed, node Ready) in {:.1} s",
         c.started_in.as_secs_f64()
@@ -61,17 +60,52 @@ fn a_real_api_server_admits_and_a_real_kubelet_runs_injected_pods() {
     eprintln!("cluster: {}", compact_versions(&version));
 
     manifests_applied_server_side(&c);
+    confined(&c, "manifests_applied_server_side");
     webhook_runs_as_its_deployment_says(&c);
+    confined(&c, "webhook_runs_as_its_deployment_says");
     let pod = injected_pod_runs_in_order(&c);
+    confined(&c, "injected_pod_runs_in_order");
     killed_attester_restarts_and_calls_resume(&c, &pod);
+    confined(&c, "killed_attester_restarts_and_calls_resume");
     annotating_after_admission_changes_nothing_that_runs(&c, &pod);
+    confined(&c, "annotating_after_admission_changes_nothing_that_runs");
     refusals_reach_kubectl(&c);
+    confined(&c, "refusals_reach_kubectl");
     ephemeral_containers_are_reviewed(&c);
+    confined(&c, "ephemeral_containers_are_reviewed");
     pod_security_and_shared_processes(&c);
+    confined(&c, "pod_security_and_shared_processes");
     deleted_pod_leaves_nothing(&c, &pod);
+    confined(&c, "deleted_pod_leaves_nothing");
     slow_clients_do_not_block_admission(&c);
+    confined(&c, "slow_clients_do_not_block_admission");
     webhook_down_fails_closed_for_labelled_namespaces_only(&c);
+    confined(&c, "webhook_down_fails_closed_for_labelled_namespaces_only");
     webhook_latency(&c);
+}
+
+/// Confinement, `after` a scenario as at the start: the cluster's namespace
+/// holds loopback, the pod network's bridge and the pods' veths on it, nothing
+/// else, and routes nowhere but to the pods (containerd's CNI folders are the
+/// test's own: never the host's configuration).
+fn confined(c: &Cluster, after: &str) {
+    let links = c.netns.links();
+    let own = |l: &String| {
+        l.contains(": lo:")
+            || l.contains(&format!(": {POD_BRIDGE}:"))
+            || l.contains(&format!(" master {POD_BRIDGE} "))
+    };
+    assert!(
+        links.iter().all(own),
+        "after {after}: the cluster's namespace has links of others: {links:?}"
+    );
+    let routes = c.netns.routes();
+    assert!(
+        routes
+            .iter()
+            .all(|r| r.contains(&format!(" dev {POD_BRIDGE} "))),
+        "after {after}: the cluster's namespace routes off the pod network: {routes:?}"
+    );
 }
 
 /// `kubectl version -o json`, the two versions only.
@@ -170,17 +204,19 @@ fn manifests_applied_server_side(c: &Cluster) {
         "yaml",
     ]);
     c.ok_in(&["apply", "--server-side", "-f", "-"], Some(cm.as_bytes()));
-    c.ok_in(
-        &["apply", "--server-side", "-f", "-"],
-        Some(
-            json!({
-                "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
-                "metadata": {"name": RUNTIME_CLASS}, "handler": "runc"
-            })
-            .to_string()
-            .as_bytes(),
-        ),
-    );
+    for class in [RUNTIME_CLASS, TPM_CLASS] {
+        c.ok_in(
+            &["apply", "--server-side", "-f", "-"],
+            Some(
+                json!({
+                    "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+                    "metadata": {"name": class}, "handler": "runc"
+                })
+                .to_string()
+                .as_bytes(),
+            ),
+        );
+    }
     eprintln!(
         "scenario 1: {} objects applied server-side and stored",
         stored.len()
@@ -836,6 +872,42 @@ fn pod_security_and_shared_processes(c: &Cluster) {
         admitted["metadata"]["annotations"]["attestd.io/injected"], "sample",
         "{admitted}"
     );
+    // And it runs on the pod network (no hostNetwork under `restricted`): the
+    // cluster's own bridge, its namespace `lo` and `eth0`.
+    let o = c.kubectl_in(
+        &["create", "-f", "-"],
+        Some(
+            pod(
+                "restricted",
+                RESTRICTED,
+                json!({"terminationGracePeriodSeconds": 1}),
+            )
+            .as_bytes(),
+        ),
+    );
+    succeeded(&o, "the restricted pod, created");
+    let pid = c.wait_pod(
+        RESTRICTED,
+        "restricted",
+        "the restricted pod's app running",
+        Duration::from_secs(120),
+        || container_pid(c, RESTRICTED, "restricted", "app"),
+    );
+    let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap();
+    let ifaces: Vec<&str> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(str::trim))
+        .collect();
+    assert_eq!(ifaces, ["lo", "eth0"], "the pod's network namespace: {dev}");
+    c.ok(&[
+        "delete",
+        "pod",
+        "restricted",
+        "-n",
+        RESTRICTED,
+        "--wait=true",
+    ]);
     for field in ["shareProcessNamespace", "hostPID"] {
         let o = c.kubectl_in(
             &["create", "--dry-run=server", "-f", "-"],
@@ -849,8 +921,52 @@ fn pod_security_and_shared_processes(c: &Cluster) {
             "{field}: {err}"
         );
     }
+    // A hardware TEE's privileged attester: the API server allows privileged
+    // containers (as every cluster running such pods must), Pod Security
+    // admits it in a `privileged` namespace and refuses it, naming the
+    // attester, in a `baseline` one.
+    for (ns, level) in [
+        ("attestd-privileged", "privileged"),
+        ("attestd-baseline", "baseline"),
+    ] {
+        c.ok(&["create", "namespace", ns]);
+        c.ok(&[
+            "label",
+            "namespace",
+            ns,
+            "attestd.io/inject=enabled",
+            &format!("pod-security.kubernetes.io/enforce={level}"),
+        ]);
+        c.ok(&["create", "serviceaccount", "default", "-n", ns]);
+        let o = c.kubectl_in(
+            &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+            Some(pod("tpm", ns, json!({"runtimeClassName": TPM_CLASS})).as_bytes()),
+        );
+        if level == "privileged" {
+            let admitted: Value =
+                serde_json::from_str(&succeeded(&o, "a TPM pod in a privileged namespace"))
+                    .unwrap();
+            let attester = &admitted["spec"]["initContainers"][0];
+            assert_eq!(attester["name"], "attestd-attester-tpm", "{admitted}");
+            assert_eq!(
+                attester["securityContext"]["privileged"], true,
+                "{admitted}"
+            );
+        } else {
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                !o.status.success(),
+                "a privileged attester was admitted under baseline"
+            );
+            assert!(
+                err.contains("violates PodSecurity \"baseline:latest\"")
+                    && err.contains("privileged (container \"attestd-attester-tpm\""),
+                "{err}"
+            );
+        }
+    }
     eprintln!(
-        "scenario 9: a pod valid under Pod Security restricted admitted with the injected pair; shareProcessNamespace and hostPID refused by the webhook"
+        "scenario 9: a pod valid under Pod Security restricted admitted with the injected pair and run on the pod network (lo and eth0 on the cluster's bridge); shareProcessNamespace and hostPID refused by the webhook; the TPM's privileged attester admitted under privileged, refused under baseline"
     );
 }
 
