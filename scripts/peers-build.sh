@@ -6,7 +6,11 @@
 # A project whose MANIFEST matches its pin and whose files still hash the same is
 # not built again.
 #
-#   scripts/peers-build.sh [PROJECT=TREE ...]
+#   scripts/peers-build.sh [--quick] [PROJECT=TREE ...]
+#
+# --quick builds only the projects that take minutes (the test suite's run);
+# the long ones (guest-components, trustee: 15 to 20 minutes each on 2 cores)
+# are used when cached and said to be missing when not, never built then.
 #
 # TREE is a git repository holding the pinned commit: a `git clone` of the URL
 # in peers.pins (or a bare snapshot of it). Without one, a project's tree is
@@ -21,6 +25,24 @@
 #   from the module proxy; no cgo.
 # - kata-containers: default-initdata.toml, the init-data kata's own CI gives
 #   every pod (tests/integration/kubernetes/runtimeclass_workloads).
+# - guest-components: the Confidential Data Hub (ttrpc-cdh, with the features
+#   its Makefile builds by default: ttrpc, the KBS client, Aliyun's KMS; image
+#   pull through image-rs) and api-server-rest. About 15 minutes on 2 cores.
+#   Its git dependencies come from trees (below): rust-oci-client, loopdev.
+# - trustee: the KBS with its built-in attestation service, and every verifier
+#   that builds without Intel's DCAP libraries or Veraison's services (TPM, SNP,
+#   Azure SNP vTPM, ...: not TDX, SGX or CCA). About 20 minutes on 2 cores.
+#   Its git dependencies come from trees (below): guest-components (the same
+#   tree as above), sev and corim-rs.
+#
+# The patch step. Some of upstream's manifests name a dependency only by a git
+# URL, which cargo must fetch even to resolve features nobody builds, and
+# GitHub may be out of reach. Each such dependency is either cut (its line and
+# every feature entry naming it: only attesters, verifiers and KMSes we never
+# build use them) or taken from a local tree of its repository at the commit
+# the project's Cargo.lock names ($ATTESTD_PEERS_SRC/<name>: git clone the URL
+# the script names when one is missing). Only the extracted copy is changed,
+# never a tree; the MANIFEST's recipe names the step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -38,10 +60,13 @@ for g in "$(command -v go || true)" /usr/local/go/bin/go; do
 done
 
 declare -A TREE=()
+quick=0
+LONG=" guest-components trustee "
 for a in "$@"; do
     case "$a" in
+        --quick) quick=1 ;;
         *=*) TREE[${a%%=*}]=${a#*=} ;;
-        *) echo "usage: $0 [PROJECT=TREE ...]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--quick] [PROJECT=TREE ...]" >&2; exit 2 ;;
     esac
 done
 
@@ -77,6 +102,51 @@ extract() { # tree commit dest paths...: the pinned commit's files
     git -C "$tree" archive "$commit" "$@" | tar -x -C "$dest"
 }
 
+cut_git_deps() { # dir crate...: drop git-only dependencies and their features
+    python3 - "$@" <<'PY'
+import pathlib, re, sys
+root, names = pathlib.Path(sys.argv[1]), sys.argv[2:]
+for manifest in root.rglob("Cargo.toml"):
+    text = new = manifest.read_text()
+    for n in map(re.escape, names):
+        new = re.sub(rf'(?m)^{n}\s*=\s*\{{[^\n]*\bgit\s*=[^\n]*\n', "", new)
+        new = re.sub(rf'"(dep:)?{n}\??(/[^"]*)?"\s*,?\s*', "", new)
+    if new != text:
+        manifest.write_text(new)
+PY
+}
+
+from_tree() { # dir url tree: a git dependency from a local tree, at the commit the lock names
+    local dir=$1 url=$2 tree=$3 rev dest
+    rev=$(grep -ho "git+$url?[^#\"]*#[0-9a-f]*" "$dir"/src/Cargo.lock | head -1 | sed 's/.*#//')
+    [ -n "$rev" ] || { echo "error: $dir/src/Cargo.lock names no commit of $url" >&2; return 1; }
+    [ -e "$tree" ] || { echo "error: no tree at $tree (git clone $url $tree)" >&2; return 1; }
+    dest="$dir/deps/$(basename "$url" .git)"
+    mkdir -p "$dest" && extract "$tree" "$rev" "$dest" . || return 1
+    python3 - "$dir/src" "$url" "$dest" <<'PY'
+import pathlib, re, sys
+root, url, dest = pathlib.Path(sys.argv[1]), sys.argv[2], pathlib.Path(sys.argv[3])
+crates = {}
+for m in dest.rglob("Cargo.toml"):
+    found = re.search(r'(?ms)^\[package\].*?^name\s*=\s*["\']([^"\']+)', m.read_text())
+    if found:
+        crates.setdefault(found.group(1), m.parent)
+def local(match):
+    key = match.group(1)
+    name = re.search(r'package\s*=\s*"([^"]+)"', match.group(0))
+    name = name.group(1) if name else key
+    if name not in crates:
+        sys.exit(f"no crate {name} in {dest}")
+    return match.group(0).replace(match.group(2), f'path = "{crates[name]}"')
+for m in root.rglob("Cargo.toml"):
+    text = m.read_text()
+    pat = rf'(?m)^([\w-]+)\s*=\s*\{{[^\n]*?(git\s*=\s*"{re.escape(url)}"\s*(,\s*(rev|tag|branch)\s*=\s*"[^"]*")?)[^\n]*'
+    new = re.sub(pat, local, text)
+    if new != text:
+        m.write_text(new)
+PY
+}
+
 # Each step fails the build (these run where `set -e` does not apply).
 build_cloud_api_adaptor() { # tree commit work out
     extract "$1" "$2" "$3" src/cloud-api-adaptor src/cloud-providers src/peerpod-ctrl || return 1
@@ -96,11 +166,74 @@ build_kata_containers() { # tree commit work out
     echo none
 }
 
+# A Rust workspace's packages, built in release and stripped into the cache.
+cargo_release() { # src out target-name 'cargo args'... -- binaries...
+    local src=$1 out=$2 target=$3
+    shift 3
+    local args=() bins=()
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do args+=("$1"); shift; done
+    shift
+    bins=("$@")
+    (
+        cd "$src" || exit 1
+        export CARGO_TARGET_DIR="$PEERS/.cargo/$target" RUSTUP_TOOLCHAIN=1.95.0
+        # The packages these builds need (bindgen's libclang, protoc, libtss2).
+        . "$root/scripts/lib.sh" && ensure_packages clang libclang-dev protobuf-compiler \
+            libssl-dev libtss2-dev pkg-config || exit 1
+        for a in "${args[@]}"; do
+            # shellcheck disable=SC2086 # each entry is one cargo command line
+            cargo build --release $a || exit 1
+        done
+        for b in "${bins[@]}"; do
+            install -m 0755 "$CARGO_TARGET_DIR/release/$b" "$out/" && strip "$out/$b" || exit 1
+        done
+    ) >&2 || return 1
+    RUSTUP_TOOLCHAIN=1.95.0 rustc --version | awk '{ print $2 }'
+}
+
+build_guest_components() { # tree commit work out
+    mkdir -p "$3/src" && extract "$1" "$2" "$3/src" . || return 1
+    # Attesters (Azure's SDK, Intel's DCAP, Occlum, NVIDIA) and eHSM's KMS: cut.
+    cut_git_deps "$3" azure-guest-attestation-sdk azure-tpm occlum_dcap tdx-attest-rs \
+        nv-attestation-sdk ehsm_client || return 1
+    # image-rs's registry client and loop devices, at the commits its lock names.
+    from_tree "$3" https://github.com/oras-project/rust-oci-client "$SRC/rust-oci-client" || return 1
+    from_tree "$3" https://github.com/mdaffin/loopdev "$SRC/loopdev" || return 1
+    cargo_release "$3/src" "$4" guest-components \
+        "-p confidential-data-hub --bin ttrpc-cdh --no-default-features --features bin,ttrpc,kbs,aliyun" \
+        "-p api-server-rest" -- ttrpc-cdh api-server-rest
+}
+
+build_trustee() { # tree commit work out
+    mkdir -p "$3/src" && extract "$1" "$2" "$3/src" . || return 1
+    from_tree "$3" https://github.com/confidential-containers/guest-components.git \
+        "${TREE[guest-components]:-$SRC/guest-components}" || return 1
+    from_tree "$3" https://github.com/virtee/sev "$SRC/sev" || return 1
+    from_tree "$3" https://github.com/veraison/corim-rs "$SRC/corim-rs" || return 1
+    # Verifiers that need Intel's DCAP libraries or Veraison's client, and the
+    # guest-side attesters the KBS client crates could link: cut.
+    cut_git_deps "$3" intel-tee-quote-verification-rs veraison-apiclient ccatoken \
+        azure-guest-attestation-sdk azure-tpm occlum_dcap tdx-attest-rs nv-attestation-sdk ehsm_client || return 1
+    python3 - "$3/src/kbs/Cargo.toml" <<'PY' || return 1
+import re, sys
+path = sys.argv[1]
+text = open(path).read()
+ours = '"tpm-verifier", "snp-verifier", "az-snp-vtpm-verifier", "csv-verifier", "hygon-dcu-verifier", "se-verifier", "nvidia-verifier"'
+new, n = re.subn(r'features = \[\s*"all-verifier",\s*\]', f"features = [{ours}]", text, count=1)
+open(path, "w").write(new) if n else sys.exit(f"no all-verifier in {path}")
+PY
+    cargo_release "$3/src" "$4" trustee "-p kbs --no-default-features --features coco-as-builtin" -- kbs
+}
+
 status=0
-for project in cloud-api-adaptor kata-containers; do
+for project in cloud-api-adaptor kata-containers guest-components trustee; do
     commit=$(pin "$project")
     if fresh "$project" "$commit"; then
         echo "peers: $project at ${commit:0:12}: cached in $PEERS/$project"
+        continue
+    fi
+    if [ $quick = 1 ] && [[ $LONG == *" $project "* ]]; then
+        echo "peers: $project: not built (it takes a quarter of an hour or more: run scripts/peers-build.sh); its tests skip"
         continue
     fi
     tree=${TREE[$project]:-$SRC/$project}

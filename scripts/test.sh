@@ -115,7 +115,12 @@ fi
 echo "== upstream peers (scripts/peers.pins): built into their cache where a tree is; the tests that compare with them say whether they ran"
 # A peer that does not build is said, and its tests skip: it is upstream's code,
 # not a reason to stop the suite.
-bash scripts/peers-build.sh || echo "peers: a build failed (above); the tests that need it skip"
+# The long ones (most of an hour each) are built only by an explicit run of
+# scripts/peers-build.sh; here they are used when cached.
+bash scripts/peers-build.sh --quick || echo "peers: a build failed (above); the tests that need it skip"
+# Every test that needs a peer writes whether it ran here (tests/src/peers.rs).
+export ATTESTD_PEERS_LOG="$PWD/target/peers-tests.log"
+rm -f "$ATTESTD_PEERS_LOG"
 
 echo "== tests"
 for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do
@@ -141,3 +146,13 @@ for f in tests/tests/*.rs; do
     case "$t" in eventlog|fault_injection|podvm|kube) ;; *) shipped+=(--test "$t") ;; esac
 done
 cargo test -p attestd-e2e --locked "${shipped[@]}"
+
+# One line on the real peers, never silent: how many tests ran against them
+# (each test once, though the end-to-end tests run twice above).
+tally() { grep -h ": $1" "$ATTESTD_PEERS_LOG" 2>/dev/null | cut -d: -f2 | sort -u | wc -l; }
+ran=$(tally 'runs against ')
+if [ "$ran" -gt 0 ]; then
+    echo "real peers: $ran tests run, $(tally 'skipped: ') skipped (target/peers-tests.log)"
+else
+    echo "real peers: skipped (no cache at ${ATTESTD_PEERS:-/var/cache/attestd/peers}; run scripts/peers-build.sh)"
+fi
