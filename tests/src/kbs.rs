@@ -349,17 +349,16 @@ pub fn jwe_to(jwk: &Value, plaintext: &[u8]) -> Result<Value, String> {
     aes_kw::KekAes256::from(kek)
         .wrap(&cek, &mut wrapped)
         .map_err(|e| e.to_string())?;
-    let protected = json!({
-        "alg": "ECDH-ES+A256KW",
-        "enc": "A256GCM",
-        "epk": {
-            "kty": "EC",
-            "crv": "P-256",
-            "x": URL_SAFE_NO_PAD.encode(epk.x().ok_or("no x")?),
-            "y": URL_SAFE_NO_PAD.encode(epk.y().ok_or("no y")?),
-        },
-    });
-    let protected_b64 = URL_SAFE_NO_PAD.encode(protected.to_string());
+    // The header's text exactly as Trustee's kbs-types writes it: `alg`, `enc`,
+    // then the other fields in serde_json's default (sorted) order. CDH's KBS
+    // client does not use the text it received as the AAD: it parses the header
+    // and writes it again, so any other order fails its AES-GCM tag check.
+    let protected = format!(
+        r#"{{"alg":"ECDH-ES+A256KW","enc":"A256GCM","epk":{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}}}"#,
+        URL_SAFE_NO_PAD.encode(epk.x().ok_or("no x")?),
+        URL_SAFE_NO_PAD.encode(epk.y().ok_or("no y")?),
+    );
+    let protected_b64 = URL_SAFE_NO_PAD.encode(protected);
     let mut iv = [0u8; 12];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut iv);
     let ct = aes_gcm::Aes256Gcm::new_from_slice(&cek)

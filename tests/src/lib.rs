@@ -16,6 +16,7 @@ use attestd_proto::ttrpc::attestation_agent_ttrpc::AttestationAgentServiceClient
 use tempfile::TempDir;
 
 pub mod azure;
+pub mod guest;
 pub mod imds;
 pub mod kbs;
 pub mod kube;

@@ -149,3 +149,24 @@ pub fn read_unwrap_output(out: &[u8]) -> Result<Vec<u8>, String> {
         .map(|r| r.opts_data)
         .ok_or_else(|| "no keyunwrapresults".into())
 }
+
+/// `input` as the ttrpc key-provider service takes it (image-rs's transport).
+pub fn ttrpc_input(
+    input: Vec<u8>,
+) -> attestd_proto::ttrpc::keyprovider::KeyProviderKeyWrapProtocolInput {
+    attestd_proto::ttrpc::keyprovider::KeyProviderKeyWrapProtocolInput {
+        KeyProviderKeyWrapProtocolInput: input,
+        ..Default::default()
+    }
+}
+
+/// Layer options as ocicrypt writes them (PrivateLayerBlockCipherOptions, JSON).
+pub fn layer_options() -> Vec<u8> {
+    serde_json::json!({
+        "symkey": STANDARD.encode([5u8; 32]),
+        "digest": "",
+        "cipheroptions": {"nonce": STANDARD.encode([6u8; 16])},
+    })
+    .to_string()
+    .into_bytes()
+}

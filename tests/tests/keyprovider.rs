@@ -89,30 +89,10 @@ fn grpc_input(input: Vec<u8>) -> g::KeyProviderKeyWrapProtocolInput {
     }
 }
 
-fn ttrpc_input(
-    input: Vec<u8>,
-) -> attestd_proto::ttrpc::keyprovider::KeyProviderKeyWrapProtocolInput {
-    attestd_proto::ttrpc::keyprovider::KeyProviderKeyWrapProtocolInput {
-        KeyProviderKeyWrapProtocolInput: input,
-        ..Default::default()
-    }
-}
-
-/// Layer options as ocicrypt writes them (PrivateLayerBlockCipherOptions, JSON).
-fn layer_options() -> Vec<u8> {
-    serde_json::json!({
-        "symkey": STANDARD.encode([5u8; 32]),
-        "digest": "",
-        "cipheroptions": {"nonce": STANDARD.encode([6u8; 16])},
-    })
-    .to_string()
-    .into_bytes()
-}
-
 #[tokio::test]
 async fn rust_ocicrypt_wraps_and_unwraps_over_grpc_and_ttrpc() {
     let p = Provider::start().await;
-    let opts = layer_options();
+    let opts = ocicrypt::layer_options();
     let mut grpc = p.grpc().await;
     let annotation = wrap(&mut grpc, &opts).await;
     let packet: serde_json::Value = serde_json::from_slice(&annotation).unwrap();
@@ -133,7 +113,7 @@ async fn rust_ocicrypt_wraps_and_unwraps_over_grpc_and_ttrpc() {
     let out = p
         .ttrpc()
         .await
-        .un_wrap_key(ctx(), &ttrpc_input(unwrap))
+        .un_wrap_key(ctx(), &ocicrypt::ttrpc_input(unwrap))
         .await
         .unwrap();
     assert_eq!(
@@ -148,7 +128,7 @@ async fn rust_ocicrypt_wraps_and_unwraps_over_grpc_and_ttrpc() {
         .await
         .wrap_key(
             ctx(),
-            &ttrpc_input(ocicrypt::wrap_input("attestd", KID, &opts)),
+            &ocicrypt::ttrpc_input(ocicrypt::wrap_input("attestd", KID, &opts)),
         )
         .await
         .unwrap();
@@ -158,7 +138,7 @@ async fn rust_ocicrypt_wraps_and_unwraps_over_grpc_and_ttrpc() {
         .await
         .un_wrap_key(
             ctx(),
-            &ttrpc_input(ocicrypt::unwrap_input("attestd", &annotation)),
+            &ocicrypt::ttrpc_input(ocicrypt::unwrap_input("attestd", &annotation)),
         )
         .await
         .unwrap();
@@ -177,7 +157,7 @@ async fn rust_ocicrypt_wraps_and_unwraps_over_grpc_and_ttrpc() {
 #[tokio::test]
 async fn unwrap_key_shares_the_session_and_says_why_the_kbs_refused() {
     let p = Provider::start().await;
-    let opts = layer_options();
+    let opts = ocicrypt::layer_options();
     let mut grpc = p.grpc().await;
     let annotation = wrap(&mut grpc, &opts).await;
     let unwrap = ocicrypt::unwrap_input("attestd", &annotation);
@@ -419,7 +399,7 @@ async fn callers_waiting_for_a_failing_handshake_share_its_answer() {
     // handshake, its refusal shared by all eight callers (each used to make its
     // own, one after another, behind the session lock).
     let p = Provider::start().await;
-    let opts = layer_options();
+    let opts = ocicrypt::layer_options();
     let mut grpc = p.grpc().await;
     let annotation = wrap(&mut grpc, &opts).await;
     p.kbs.knobs().refuse_attest = Some(std::time::Duration::from_millis(300));
