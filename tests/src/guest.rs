@@ -172,37 +172,31 @@ storage_backend_type = "kvstorage"
 
     /// A resource at `path` (`repo/type/tag`), through the admin API.
     pub async fn put(&self, path: &str, data: &[u8]) {
-        let r = reqwest::Client::new()
+        let req = reqwest::Client::new()
             .post(format!("{}/kbs/v0/resource/{path}", self.url()))
             .header("content-type", "application/octet-stream")
-            .body(data.to_vec())
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        assert!(
-            status.is_success(),
-            "set resource {path}: {status} {}",
-            r.text().await.unwrap_or_default()
-        );
+            .body(data.to_vec());
+        admin(req, &format!("set resource {path}")).await;
     }
 
     /// The resource policy (Rego, package `policy`), through the admin API.
     pub async fn resource_policy(&self, rego: &str) {
-        let body = serde_json::json!({ "policy": URL_SAFE_NO_PAD.encode(rego) });
-        let r = reqwest::Client::new()
+        let req = reqwest::Client::new()
             .post(format!("{}/kbs/v0/resource-policy", self.url()))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        assert!(
-            status.is_success(),
-            "set resource policy: {status} {}",
-            r.text().await.unwrap_or_default()
-        );
+            .json(&serde_json::json!({ "policy": URL_SAFE_NO_PAD.encode(rego) }));
+        admin(req, "set resource policy").await;
     }
+}
+
+/// An admin API request, which must succeed.
+async fn admin(req: reqwest::RequestBuilder, what: &str) {
+    let r = req.send().await.unwrap();
+    let status = r.status();
+    assert!(
+        status.is_success(),
+        "{what}: {status} {}",
+        r.text().await.unwrap_or_default()
+    );
 }
 
 /// A resource policy that releases every resource to any attested client,

@@ -454,6 +454,27 @@ async fn resource(
     }
 }
 
+/// GET a resource from the KBS at `url` with `token`, and open its JWE with
+/// `key` (as CDH does): the plaintext, and the protected header as received.
+pub async fn open_resource(
+    url: &str,
+    path: &str,
+    token: &str,
+    key: &attestd::kbs::TeeKey,
+) -> (Vec<u8>, String) {
+    let r = reqwest::Client::new()
+        .get(format!("{url}/kbs/v0/resource/{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "resource {path}: {}", r.status());
+    let raw: Value = r.json().await.unwrap();
+    let protected = raw["protected"].as_str().unwrap().to_string();
+    let jwe: kbs_types::Response = serde_json::from_value(raw).unwrap();
+    (key.decrypt(&jwe, &protected).unwrap(), protected)
+}
+
 /// An attestd config with the sample attester (ttrpc) and `[token_configs.kbs]`
 /// at `url`, plus `extra` lines in that table (and any tables after it).
 pub fn attestd_config(d: &std::path::Path, url: &str, extra: &str) -> String {

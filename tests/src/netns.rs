@@ -86,20 +86,18 @@ impl Netns {
 
     /// The namespace's interfaces, one line each (`ip -o link`).
     pub fn links(&self) -> Vec<String> {
-        let o = Command::new("ip")
-            .args(["-n", &self.name, "-o", "link", "show"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
+        self.ip_lines(&["link", "show"])
     }
 
     /// The namespace's routes (main table), one line each (`ip -o route`).
     pub fn routes(&self) -> Vec<String> {
+        self.ip_lines(&["route", "show"])
+    }
+
+    fn ip_lines(&self, what: &[&str]) -> Vec<String> {
         let o = Command::new("ip")
-            .args(["-n", &self.name, "-o", "route", "show"])
+            .args(["-n", &self.name, "-o"])
+            .args(what)
             .output()
             .unwrap();
         String::from_utf8_lossy(&o.stdout)

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use attestd::kbs::TeeKey;
-use attestd_e2e::kbs::{attestd_config as kbs_config, verify_jwt, TestKbs};
+use attestd_e2e::kbs::{attestd_config as kbs_config, open_resource, verify_jwt, TestKbs};
 use attestd_e2e::{config, status, Attestd, Plugin};
 
 #[tokio::test]
@@ -32,23 +32,8 @@ async fn get_token_kbs_yields_a_token_and_a_key_that_opens_resources() {
     );
 
     // The key pair decrypts a resource the KBS encrypts to it (as CDH does).
-    let r = reqwest::Client::new()
-        .get(format!(
-            "{}/kbs/v0/resource/default/key/image-kek",
-            kbs.url()
-        ))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
-    let raw: serde_json::Value = r.json().await.unwrap();
-    let protected = raw["protected"].as_str().unwrap().to_string();
-    let jwe: kbs_types::Response = serde_json::from_value(raw).unwrap();
-    assert_eq!(
-        key.decrypt(&jwe, &protected).unwrap(),
-        b"0123456789abcdef0123456789abcdef"
-    );
+    let (plain, _) = open_resource(&kbs.url(), "default/key/image-kek", token, &key).await;
+    assert_eq!(plain, b"0123456789abcdef0123456789abcdef");
 
     // What attestd sent: the sample evidence, no additional evidence, no init-data.
     let att = &kbs.attestations()[0];

@@ -10,7 +10,7 @@
 
 use attestd::kbs::TeeKey;
 use attestd_e2e::guest::{Cdh, Trustee, ALLOW_ALL, DENY_ALL};
-use attestd_e2e::kbs::{attestd_config as kbs_config, jwe_to, verify_jwt, TestKbs};
+use attestd_e2e::kbs::{attestd_config as kbs_config, jwe_to, open_resource, verify_jwt, TestKbs};
 use attestd_e2e::peers::peer_or_skip;
 use attestd_e2e::{ctx, ocicrypt, status, Attestd};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -47,18 +47,8 @@ async fn get_token_from_trustee_verifies_and_its_key_opens_resources() {
     assert_eq!(bound["x"], jwk["x"], "{claims}");
     assert_eq!(bound["y"], jwk["y"], "{claims}");
 
-    let r = reqwest::Client::new()
-        .get(format!(
-            "{}/kbs/v0/resource/default/key/image-kek",
-            kbs.url()
-        ))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
-    let raw: serde_json::Value = r.json().await.unwrap();
-    let protected = raw["protected"].as_str().unwrap().to_string();
+    let (plain, protected) = open_resource(&kbs.url(), "default/key/image-kek", token, &key).await;
+    assert_eq!(plain, KEK);
     // The test KBS writes the JWE's protected header as Trustee does, to the
     // byte but for the ephemeral key (CDH's client depends on it).
     let ours = jwe_to(&jwk, KEK).unwrap();
@@ -66,8 +56,6 @@ async fn get_token_from_trustee_verifies_and_its_key_opens_resources() {
         header_shape(&protected),
         header_shape(ours["protected"].as_str().unwrap())
     );
-    let jwe: kbs_types::Response = serde_json::from_value(raw).unwrap();
-    assert_eq!(key.decrypt(&jwe, &protected).unwrap(), KEK);
 }
 
 /// A JWE protected header's text with its ephemeral key's coordinates blanked.
