@@ -173,6 +173,7 @@ fn manifests_applied_server_side(c: &Cluster) {
         "deployment.apps/attestd-webhook",
         "priorityclass.scheduling.k8s.io/attestd-webhook-critical",
         "mutatingwebhookconfiguration.admissionregistration.k8s.io/attestd-webhook",
+        "validatingwebhookconfiguration.admissionregistration.k8s.io/attestd-webhook-workloads",
         "validatingadmissionpolicy.admissionregistration.k8s.io/attestd-injected-pods",
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/attestd-injected-pods",
     ] {
@@ -965,6 +966,61 @@ fn pod_security_and_shared_processes(c: &Cluster) {
             );
         }
     }
+    // Warned at the workload, before any pod is refused: a Deployment and a
+    // CronJob whose injected attester Pod Security will refuse hear it from
+    // kubectl; one whose injected pair passes hears nothing from us.
+    let workload = |kind: &str, ns: &str, class: &str| {
+        let template =
+            serde_json::from_str::<Value>(&pod("t", ns, json!({"runtimeClassName": class})))
+                .unwrap();
+        let template = json!({"metadata": {"labels": {"app": "w"}}, "spec": template["spec"]});
+        let spec = match kind {
+            "Deployment" => {
+                json!({"selector": {"matchLabels": {"app": "w"}}, "template": template})
+            }
+            _ => json!({"schedule": "0 0 * * *", "jobTemplate": {"spec": {"template": {
+                "metadata": template["metadata"],
+                "spec": {"restartPolicy": "Never", "containers": template["spec"]["containers"],
+                         "nodeName": NODE, "runtimeClassName": class,
+                         "automountServiceAccountToken": false}}}}}),
+        };
+        let api = if kind == "Deployment" {
+            "apps/v1"
+        } else {
+            "batch/v1"
+        };
+        let o = c.kubectl_in(
+            &["create", "--dry-run=server", "-f", "-"],
+            Some(
+                json!({"apiVersion": api, "kind": kind,
+                       "metadata": {"name": "w", "namespace": ns}, "spec": spec})
+                .to_string()
+                .as_bytes(),
+            ),
+        );
+        succeeded(&o, &format!("a {kind} in {ns}"));
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let warned = workload("Deployment", RESTRICTED, TPM_CLASS);
+    assert!(
+        warned.contains(&format!(
+            "Warning: attestd-webhook: namespace {RESTRICTED} enforces Pod Security \"restricted\", which will refuse the pods of this Deployment once attestd and the tpm attester are injected: container \"attestd-attester-tpm\" is privileged"
+        )) && warned.contains("label the namespace pod-security.kubernetes.io/enforce=privileged"),
+        "{warned}"
+    );
+    let warned = workload("CronJob", "attestd-baseline", TPM_CLASS);
+    assert!(
+        warned.contains(
+            "enforces Pod Security \"baseline\", which will refuse the pods of this CronJob"
+        ),
+        "{warned}"
+    );
+    let quiet = workload("Deployment", RESTRICTED, RUNTIME_CLASS);
+    assert!(!quiet.contains("attestd-webhook"), "{quiet}");
+    eprintln!(
+        "scenario 9: a Deployment and a CronJob warned at kubectl of what Pod Security will refuse ({})",
+        first_line(warned.trim_start_matches("Warning: "))
+    );
     eprintln!(
         "scenario 9: a pod valid under Pod Security restricted admitted with the injected pair and run on the pod network (lo and eth0 on the cluster's bridge); shareProcessNamespace and hostPID refused by the webhook; the TPM's privileged attester admitted under privileged, refused under baseline"
     );
@@ -996,8 +1052,37 @@ fn ephemeral_containers_are_reviewed(c: &Cluster) {
     );
     let stored = c.get(&["pod", APP_POD, "-n", LABELLED]);
     assert!(stored["spec"]["ephemeralContainers"].is_null(), "{stored}");
+
+    // The AA socket's volume, read-only (what `kubectl debug --custom` adds):
+    // admitted, and the debugging container gets attestd's answers.
+    let mut pod = stored;
+    pod["spec"]["ephemeralContainers"] = json!([{
+        "name": "debugger", "image": c.images.app,
+        "command": ["/attestd", "client", "--attestation_sock",
+                    "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock",
+                    "get-tee-type"],
+        "volumeMounts": [{"name": "attestd-aa", "readOnly": true,
+                          "mountPath": "/run/confidential-containers/attestation-agent"}],
+    }]);
+    let o = c.kubectl_in(
+        &["replace", "--raw", &path, "-f", "-"],
+        Some(pod.to_string().as_bytes()),
+    );
+    succeeded(&o, "an ephemeral container with the AA socket read-only");
+    let said = c.wait_pod(
+        LABELLED,
+        APP_POD,
+        "the debugging container's answer",
+        Duration::from_secs(60),
+        || {
+            let o = c.kubectl(&["logs", "-n", LABELLED, APP_POD, "-c", "debugger"]);
+            let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            (o.status.success() && !out.is_empty()).then_some(out)
+        },
+    );
+    assert_eq!(said, "sample", "GetTeeType from the debugging container");
     eprintln!(
-        "scenario 6b: an ephemeral container mounting attestd-run refused ({})",
+        "scenario 6b: an ephemeral container mounting attestd-run refused ({}); one with the AA socket read-only admitted and answered",
         first_line(&err)
     );
 }

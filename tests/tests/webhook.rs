@@ -524,6 +524,11 @@ async fn discovery_only() -> String {
                         false,
                     ),
                     res(
+                        "validatingwebhookconfigurations",
+                        "ValidatingWebhookConfiguration",
+                        false,
+                    ),
+                    res(
                         "validatingadmissionpolicies",
                         "ValidatingAdmissionPolicy",
                         false,
@@ -687,10 +692,10 @@ async fn the_manifests_pass_kubectl_and_the_kubernetes_schema() {
     // (documents, of which Kubernetes' own kinds: cert-manager's have no schema there)
     // By URL: no Service, no disruption budget.
     for (file, kinds, core) in [
-        (&with_secret, 10, 10),
-        (&with_cm, 14, 10),
-        (&by_url, 8, 8),
-        (&with_policy, 11, 11),
+        (&with_secret, 11, 11),
+        (&with_cm, 15, 11),
+        (&by_url, 9, 9),
+        (&with_policy, 12, 12),
     ] {
         let (ok, out) = kubectl_dry_run(&server, file);
         assert!(ok, "{out}");

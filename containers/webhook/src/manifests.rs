@@ -37,6 +37,14 @@ impl WebhookUrl {
     pub fn cert_name(&self) -> &str {
         self.host.trim_start_matches('[').trim_end_matches(']')
     }
+
+    /// The same scheme, host and port with another path (the workloads'
+    /// webhooks beside `/mutate`).
+    pub fn with_path(&self, path: &str) -> String {
+        let rest = &self.url["https://".len()..];
+        let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+        format!("https://{authority}{path}")
+    }
 }
 
 impl std::str::FromStr for WebhookUrl {
@@ -207,9 +215,22 @@ pub fn render(lock: &Lock, tls: &Tls, endpoint: &Endpoint) -> Result<String, Man
             serde_json::Value::String(u.cert_name().to_string())
         ),
     };
+    let client_for = |level: &str| {
+        match endpoint {
+        Endpoint::Service => format!(
+            "service: {{name: attestd-webhook, namespace: attestd-system, path: /workloads/{level}, port: 443}}"
+        ),
+        Endpoint::Url(u) => format!(
+            "url: {}",
+            serde_json::Value::String(u.with_path(&format!("/workloads/{level}")))
+        ),
+    }
+    };
     let mut out = WEBHOOK
         .replace("${IMAGE}", &image)
         .replace("${CLIENT_CONFIG}", &client)
+        .replace("${CLIENT_CONFIG_BASELINE}", &client_for("baseline"))
+        .replace("${CLIENT_CONFIG_RESTRICTED}", &client_for("restricted"))
         .replace("${REPLICAS}", replicas)
         .replace("${HOST_NETWORK}", host_network)
         .replace("${LISTEN}", &listen)
@@ -276,6 +297,11 @@ mod tests {
             "3".repeat(64)
         )));
         assert!(out.contains(&format!("caBundle: {}", b64("CA"))));
+        // The workloads' webhooks, one per level, by the same Service.
+        assert!(out.contains("path: /workloads/baseline, port: 443}"));
+        assert!(out.contains("path: /workloads/restricted, port: 443}"));
+        assert!(out.contains("kind: ValidatingWebhookConfiguration"));
+        assert!(out.contains("failurePolicy: Ignore"));
         // No Secret: the private key stays in its file.
         assert!(!out.contains("kind: Secret") && !out.contains("tls.key:"));
         let cm = render(&lock(), &Tls::CertManager, &Endpoint::Service).unwrap();
@@ -325,12 +351,15 @@ mod tests {
         assert!(!out.contains("\nkind: Service\n"));
         assert!(!out.contains("\nkind: PodDisruptionBudget\n"));
         assert!(!out.contains("service:"));
-        // The documents still split: the webhook configuration ends them.
+        // The documents still split: the workloads' webhook configuration ends
+        // them, at the same host and port.
         let last = out.rsplit("\n---\n").next().unwrap();
         assert!(
-            last.contains("kind: MutatingWebhookConfiguration"),
+            last.contains("kind: ValidatingWebhookConfiguration"),
             "{last}"
         );
+        assert!(last.contains("url: \"https://127.0.0.1:9443/workloads/restricted\""));
+        assert!(last.contains("url: \"https://127.0.0.1:9443/workloads/baseline\""));
         let cm = "https://127.0.0.1/mutate".parse().unwrap();
         assert!(matches!(
             render(&lock(), &Tls::CertManager, &Endpoint::Url(cm)),

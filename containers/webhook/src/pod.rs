@@ -89,6 +89,9 @@ pub struct Names {
 pub struct Mounts {
     pub at_aa_dir: bool,
     pub of_ours: Option<String>,
+    /// The first of ours mounted other than as an app container has the AA
+    /// socket's: `attestd-aa`, read-only (what an ephemeral container may ask).
+    pub beyond_aa: Option<String>,
 }
 
 /// A container's environment: which of the variables the webhook sets it has.
@@ -225,6 +228,8 @@ struct Mount {
     name: String,
     #[serde(default)]
     mount_path: String,
+    #[serde(default)]
+    read_only: bool,
 }
 
 fn mounts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Mounts>, D::Error> {
@@ -235,7 +240,14 @@ fn mounts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Mounts>, D::Error> {
         Mounts::default(),
         |acc, m: Mount| {
             acc.at_aa_dir |= m.mount_path.trim_end_matches('/') == AA_DIR;
-            if acc.of_ours.is_none() && is_our_volume(&m.name) {
+            if !is_our_volume(&m.name) {
+                return;
+            }
+            let aa_only = m.name == AA_VOLUME && m.read_only;
+            if acc.beyond_aa.is_none() && !aa_only {
+                acc.beyond_aa = Some(m.name.clone());
+            }
+            if acc.of_ours.is_none() {
                 acc.of_ours = Some(m.name);
             }
         },

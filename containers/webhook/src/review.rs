@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use crate::config::{Config, Lock};
 use crate::inject::{decide, Decision};
 use crate::pod::PodView;
+use crate::workloads::{self, Level};
 
 /// The largest review read: the API server's own limit on a request body
 /// (3 MiB); a pod CREATE's review is the pod and a few hundred bytes.
@@ -192,7 +193,8 @@ fn pod_of(
 
 /// An UPDATE of the `ephemeralcontainers` subresource (`kubectl debug`): an
 /// ephemeral container mounting a volume of ours by name (attestd's sockets,
-/// an attester's) is refused, as a container of the pod is at its creation.
+/// an attester's) is refused, as a container of the pod is at its creation;
+/// but the AA socket's, read-only, as every app container has it.
 fn ephemeral(base: AdmissionResponse, object: Option<&RawValue>) -> (Vec<u8>, Outcome) {
     let pod = match pod_of(&base, object, "an ephemeral-container UPDATE") {
         Ok(p) => p,
@@ -205,7 +207,9 @@ fn ephemeral(base: AdmissionResponse, object: Option<&RawValue>) -> (Vec<u8>, Ou
         .into_iter()
         .flatten()
         .find_map(|c| {
-            let v = c.volume_mounts.as_ref()?.of_ours.as_ref()?;
+            // The AA socket read-only is what every app container has: a
+            // debugging container may have it too (`kubectl debug --custom`).
+            let v = c.volume_mounts.as_ref()?.beyond_aa.as_ref()?;
             Some((c.name.clone(), v.clone()))
         });
     match mounting {
@@ -224,8 +228,47 @@ fn ephemeral(base: AdmissionResponse, object: Option<&RawValue>) -> (Vec<u8>, Ou
     }
 }
 
-/// The answer to `body`.
-pub fn review(body: &[u8], config: &Config, lock: &Lock) -> (Vec<u8>, Outcome) {
+/// A workload's review: always allowed, with the warnings its pods would earn.
+fn workload(
+    base: AdmissionResponse,
+    req: &Request,
+    level: Level,
+    config: &Config,
+    lock: &Lock,
+) -> (Vec<u8>, Outcome) {
+    let object: serde_json::Value = match req.object.map(|o| serde_json::from_str(o.get())) {
+        Some(Ok(v)) => v,
+        _ => return finish(base, "a workload review without a readable object".into()),
+    };
+    let namespace = req
+        .namespace
+        .as_deref()
+        .or(object
+            .pointer("/metadata/namespace")
+            .and_then(|v| v.as_str()))
+        .unwrap_or("default");
+    let (group, kind) = (req.kind.group.as_str(), req.kind.kind.as_str());
+    match workloads::warnings(group, kind, &object, namespace, level, config, lock) {
+        Ok(w) if w.is_empty() => finish(base, format!("{kind}: its pods pass {}", level.name())),
+        Ok(w) => {
+            let message = w.join(" ");
+            let mut r = base;
+            r.warnings = Some(w);
+            finish(r, message)
+        }
+        // Never a refusal here: the pods' own review says what is wrong.
+        Err(why) => finish(base, format!("{kind}: not reviewed: {why}")),
+    }
+}
+
+/// The answer to `body`, a pod's review (`level` None: `/mutate`) or a
+/// workload's in a namespace enforcing `level` (`/workloads/<level>`).
+pub fn review(
+    body: &[u8],
+    level: Option<Level>,
+    config: &Config,
+    lock: &Lock,
+) -> (Vec<u8>, Outcome) {
     let parsed: Envelope = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
@@ -251,6 +294,9 @@ pub fn review(body: &[u8], config: &Config, lock: &Lock) -> (Vec<u8>, Outcome) {
     };
     let base = allowed_for(&req.uid);
     let kind = &req.kind;
+    if let Some(level) = level {
+        return workload(base, &req, level, config, lock);
+    }
     if (
         kind.group.as_str(),
         kind.version.as_str(),
@@ -328,14 +374,14 @@ mod tests {
     #[test]
     fn a_review_that_does_not_parse_is_refused_with_its_uid() {
         let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"abc-123","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"EXPLODE"}}"#;
-        let (out, outcome) = review(body, &Config::default(), &Lock::default());
+        let (out, outcome) = review(body, None, &Config::default(), &Lock::default());
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["response"]["uid"], "abc-123", "{v}");
         assert_eq!(v["response"]["allowed"], false, "{v}");
         assert_eq!(v["response"]["status"]["code"], 400, "{v}");
         assert_eq!(outcome.uid, "abc-123");
         // No uid to be found: none to answer to.
-        let (out, outcome) = review(b"{", &Config::default(), &Lock::default());
+        let (out, outcome) = review(b"{", None, &Config::default(), &Lock::default());
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["response"]["uid"], "", "{v}");
         assert_eq!(outcome.uid, "");
@@ -395,10 +441,25 @@ mod tests {
         let (out, _) = review_str(&review(r#"{"name":"scratch","mountPath":"/x"}"#));
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["response"]["allowed"], true, "{v}");
+        // The AA socket's volume: read-only passes (what the app has), writable
+        // does not.
+        let aa =
+            r#"{"name":"attestd-aa","mountPath":"/run/confidential-containers/attestation-agent""#;
+        let (out, _) = review_str(&review(&format!(r#"{aa},"readOnly":true}}"#)));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["response"]["allowed"], true, "{v}");
+        let (out, outcome) = review_str(&review(&format!("{aa}}}")));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["response"]["allowed"], false, "{v}");
+        assert!(
+            outcome.message.contains("mounts the volume \"attestd-aa\""),
+            "{}",
+            outcome.message
+        );
         assert_eq!(v["response"]["uid"], "eph-1");
     }
 
     fn review_str(body: &str) -> (Vec<u8>, Outcome) {
-        review(body.as_bytes(), &Config::default(), &Lock::default())
+        review(body.as_bytes(), None, &Config::default(), &Lock::default())
     }
 }

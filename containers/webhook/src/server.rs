@@ -1,4 +1,5 @@
-//! HTTPS for the API server: `POST /mutate`, `GET /healthz` and `/readyz`. HTTP/1.1
+//! HTTPS for the API server: `POST /mutate` (pods), `POST /workloads/<level>`
+//! (warnings at Deployments and the like), `GET /healthz` and `/readyz`. HTTP/1.1
 //! with keep-alive (the API server reuses connections), every stage bounded:
 //! connections (a newcomer is accepted at once, and one that sat a second in
 //! its TLS handshake gives its slot up to it), the TLS handshake, headers, the
@@ -28,6 +29,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{Config, Lock};
 use crate::review::{busy, review, unreadable, MAX_REVIEW_BYTES};
 use crate::tls::Reloading;
+use crate::workloads::Level;
 
 /// Connections served at once; more wait in the listen backlog. An API server
 /// keeps a few; each waiting review holds its read buffers (about 0.1 MiB with
@@ -247,8 +249,13 @@ async fn drain(mut body: Incoming, within: Duration) {
     .await;
 }
 
-/// Review the request's body within the memory bound.
-async fn mutate(state: &State, req: Request<Incoming>) -> (Vec<u8>, crate::review::Outcome) {
+/// Review the request's body within the memory bound: a pod's (`level`
+/// None) or a workload's in a namespace enforcing `level`.
+async fn mutate(
+    state: &State,
+    req: Request<Incoming>,
+    level: Option<Level>,
+) -> (Vec<u8>, crate::review::Outcome) {
     let declared = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
@@ -278,7 +285,7 @@ async fn mutate(state: &State, req: Request<Incoming>) -> (Vec<u8>, crate::revie
             if !charge.cover(b.len() + REVIEW_OVERHEAD).await {
                 return answer_busy(&b);
             }
-            review(&b, &state.config, &state.lock)
+            review(&b, level, &state.config, &state.lock)
         }
         Err(Unread::Busy(got)) => answer_busy(&got),
         Err(Unread::Refused(why, code)) => unreadable(why, code),
@@ -301,15 +308,16 @@ fn json(body: Vec<u8>) -> Response<Full<Bytes>> {
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let workloads = Level::from_path(req.uri().path());
     match (req.method(), req.uri().path()) {
         // Live while it answers; ready once its configuration and certificate
         // loaded, which happened before it listened.
         (&Method::GET, "/healthz") | (&Method::GET, "/readyz") => text(StatusCode::OK, "ok\n"),
-        (&Method::POST, "/mutate") => {
+        (&Method::POST, path) if path == "/mutate" || workloads.is_some() => {
             let started = Instant::now();
             // A refusal in AdmissionReview form, answered 200: the API server shows
             // its message rather than a bare "webhook call failed".
-            let (body, outcome) = mutate(&state, req).await;
+            let (body, outcome) = mutate(&state, req, workloads).await;
             tracing::info!(
                 uid = %outcome.uid,
                 allowed = outcome.allowed,
@@ -323,6 +331,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
         (_, "/mutate") | (_, "/healthz") | (_, "/readyz") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
+        _ if workloads.is_some() => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -33,8 +33,8 @@ pub fn podvm_user_data(data: &[u8]) {
     }
 }
 
-/// An AdmissionReview as the API server posts it (the pod is its author's):
-/// always a well-formed answer.
+/// An AdmissionReview as the API server posts it (the pod or workload is its
+/// author's): always a well-formed answer.
 pub fn webhook_review(data: &[u8]) {
     use attestd_webhook::config::{Config, Lock};
     static SETUP: std::sync::OnceLock<(Config, Lock)> = std::sync::OnceLock::new();
@@ -47,10 +47,14 @@ pub fn webhook_review(data: &[u8]) {
             toml::from_str("[runtime_classes]\nkata-qemu-tdx = \"tdx\"\n").unwrap_or_default();
         (config, toml::from_str(&lock).unwrap_or_default())
     });
-    let (body, _) = attestd_webhook::review::review(data, config, lock);
-    let answer: serde_json::Value =
-        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    assert_eq!(answer["kind"], "AdmissionReview", "{answer}");
+    // As a pod's review (/mutate) and as a workload's (/workloads/<level>).
+    use attestd_webhook::workloads::Level;
+    for level in [None, Some(Level::Baseline), Some(Level::Restricted)] {
+        let (body, _) = attestd_webhook::review::review(data, level, config, lock);
+        let answer: serde_json::Value =
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        assert_eq!(answer["kind"], "AdmissionReview", "{answer}");
+    }
 }
 
 /// An init-data document, and its digest.
