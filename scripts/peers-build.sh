@@ -19,12 +19,16 @@
 # are read (git archive), never the tree's work copy.
 #
 # What each project gives the tests:
-# - cloud-api-adaptor: process-user-data (cmd/process-user-data), and
+# - cloud-api-adaptor: process-user-data (cmd/process-user-data),
+#   agent-protocol-forwarder (the pod VM's front door for the adaptor), and
 #   attestd-caa-userdata (tests/go/caa-userdata, built inside cloud-api-adaptor's
 #   module so it renders user-data with that commit's own code). Go modules come
 #   from the module proxy; no cgo.
 # - kata-containers: default-initdata.toml, the init-data kata's own CI gives
 #   every pod (tests/integration/kubernetes/runtimeclass_workloads).
+# - kata-agent (from kata-containers' pin and tree): kata-agent with the
+#   features kata's release builds it with (seccomp, agent policy, init-data).
+#   Its git dependencies: regorus from a tree; pcilibs-rs from crates.io.
 # - guest-components: the Confidential Data Hub (ttrpc-cdh, with the features
 #   its Makefile builds by default: ttrpc, the KBS client, Aliyun's KMS; image
 #   pull through image-rs) and api-server-rest. About 15 minutes on 2 cores.
@@ -48,8 +52,14 @@ cd "$(dirname "$0")/.."
 root=$PWD
 PEERS=${ATTESTD_PEERS:-/var/cache/attestd/peers}
 SRC=${ATTESTD_PEERS_SRC:-/var/cache/attestd/src}
-# Bump when a project's build steps below change: it is part of the MANIFEST.
-RECIPE=1
+# Bump a project's number when its build steps below change: it is part of the
+# MANIFEST, so the next run builds that project again (and no other).
+recipe() {
+    case "$1" in
+        cloud-api-adaptor) echo 2 ;;
+        *) echo 1 ;;
+    esac
+}
 # A Go new enough for the pinned modules (the machine's, in /usr/local/go, as
 # scripts/go-build.sh finds it).
 for g in "$(command -v go || true)" /usr/local/go/bin/go; do
@@ -61,7 +71,7 @@ done
 
 declare -A TREE=()
 quick=0
-LONG=" guest-components trustee "
+LONG=" kata-agent guest-components trustee "
 for a in "$@"; do
     case "$a" in
         --quick) quick=1 ;;
@@ -73,7 +83,7 @@ done
 pin() { awk -v p="$1" '$1 == p { print $2 }' scripts/peers.pins; }
 
 # The MANIFEST a build of $1 at $2 must have (without the file hashes).
-header() { printf 'project %s\ncommit %s\nrecipe %s\n' "$1" "$2" "$RECIPE"; }
+header() { printf 'project %s\ncommit %s\nrecipe %s\n' "$1" "$2" "$(recipe "$1")"; }
 
 fresh() { # project commit: whether the cache holds this build, unchanged
     local m="$PEERS/$1/MANIFEST"
@@ -110,6 +120,9 @@ for manifest in root.rglob("Cargo.toml"):
     text = new = manifest.read_text()
     for n in map(re.escape, names):
         new = re.sub(rf'(?m)^{n}\s*=\s*\{{[^\n]*\bgit\s*=[^\n]*\n', "", new)
+        # A member's use of a cut workspace dependency goes with it.
+        new = re.sub(rf'(?m)^{n}\s*=\s*\{{[^\n]*\bworkspace\s*=\s*true[^\n]*\n', "", new)
+        new = re.sub(rf'(?m)^{n}\.workspace\s*=\s*true\s*\n', "", new)
         new = re.sub(rf'"(dep:)?{n}\??(/[^"]*)?"\s*,?\s*', "", new)
     if new != text:
         manifest.write_text(new)
@@ -147,15 +160,41 @@ for m in root.rglob("Cargo.toml"):
 PY
 }
 
+to_crates_io() { # dir crate 'replacement': a git dependency no tree is reachable for
+    python3 - "$@" <<'PY'
+import pathlib, re, sys
+root, name, spec = pathlib.Path(sys.argv[1]), re.escape(sys.argv[2]), sys.argv[3]
+hits = 0
+for manifest in root.rglob("Cargo.toml"):
+    text = manifest.read_text()
+    new, n = re.subn(rf'(?m)^({name}\s*=\s*\{{)\s*git\s*=\s*"[^"]*"\s*,\s*(rev|tag|branch)\s*=\s*"[^"]*"', rf"\g<1> {spec}", text)
+    if n:
+        manifest.write_text(new)
+        hits += n
+sys.exit(0 if hits else f"no git dependency {sys.argv[2]} under {root}")
+PY
+}
+
 # Each step fails the build (these run where `set -e` does not apply).
 build_cloud_api_adaptor() { # tree commit work out
     extract "$1" "$2" "$3" src/cloud-api-adaptor src/cloud-providers src/peerpod-ctrl || return 1
     install -D -m 0644 tests/go/caa-userdata/main.go "$3/src/cloud-api-adaptor/cmd/attestd-caa-userdata/main.go" || return 1
+    # agent-protocol-forwarder imports kata's Go runtime module (the agent
+    # protocol), which the module proxy here does not serve at the version
+    # cloud-api-adaptor's go.mod names: it comes from the kata-containers tree
+    # at that version's commit (a go.mod replace in the extracted copy).
+    local kata=${TREE[kata-containers]:-$SRC/kata-containers} module=github.com/kata-containers/kata-containers/src/runtime
+    local rev
+    rev=$(awk -v m="$module" '$1 == m { print $2 }' "$3/src/cloud-api-adaptor/go.mod" | sed 's/.*-//')
+    [ -n "$rev" ] || { echo "error: cloud-api-adaptor's go.mod names no $module" >&2; return 1; }
+    mkdir -p "$3/kata" && extract "$kata" "$rev" "$3/kata" src/runtime || return 1
     (
-        cd "$3/src/cloud-api-adaptor"
-        export GOMODCACHE="$PEERS/.go/mod" GOCACHE="$PEERS/.go/cache" CGO_ENABLED=0
-        export GOFLAGS="-mod=readonly -trimpath -buildvcs=false" GOTOOLCHAIN=local
-        go build -ldflags="-s -w" -o "$4/" ./cmd/process-user-data ./cmd/attestd-caa-userdata
+        cd "$3/src/cloud-api-adaptor" &&
+            export GOMODCACHE="$PEERS/.go/mod" GOCACHE="$PEERS/.go/cache" CGO_ENABLED=0 &&
+            export GOFLAGS="-mod=mod -trimpath -buildvcs=false" GOTOOLCHAIN=local &&
+            go mod edit -replace "$module=$3/kata/src/runtime" &&
+            go build -ldflags="-s -w" -o "$4/" ./cmd/process-user-data ./cmd/attestd-caa-userdata \
+                ./cmd/agent-protocol-forwarder
     ) >&2 || return 1
     go version | awk '{ print $3 }'
 }
@@ -164,6 +203,47 @@ build_kata_containers() { # tree commit work out
     extract "$1" "$2" "$3" tests/integration/kubernetes/runtimeclass_workloads/default-initdata.toml || return 1
     install -m 0644 "$3/tests/integration/kubernetes/runtimeclass_workloads/default-initdata.toml" "$4/" || return 1
     echo none
+}
+
+build_kata_agent() { # tree commit work out
+    mkdir -p "$3/src" && extract "$1" "$2" "$3/src" Cargo.toml Cargo.lock rust-toolchain.toml \
+        VERSION src/agent src/libs || return 1
+    # src/version.rs, as the agent's Makefile writes it from version.rs.in.
+    local version
+    version=$(grep -v '^#' "$3/src/VERSION")
+    sed -e "s|@AGENT_NAME@|kata-agent|g" -e "s|@AGENT_VERSION@|$version|g" \
+        -e "s|@API_VERSION@|0.0.1|g" -e "s|@BINDIR@|/usr/bin|g" -e "s|@COMMIT@|$2|g" \
+        -e "s|@VERSION_COMMIT@|$version-$2|g" \
+        "$3/src/src/agent/src/version.rs.in" >"$3/src/src/agent/src/version.rs" || return 1
+    # The protocols crate's build script writes its generated code into its
+    # own src/. git archive gives every file the commit's time, so in a reused
+    # target directory cargo would take the script for fresh and skip it:
+    # newer files make it run again.
+    find "$3/src/src/libs/protocols" -type f -exec touch {} + || return 1
+    # The workspace as far as the agent reaches: its members under src/agent
+    # and src/libs (the runtime, Dragonball and the tools are not extracted).
+    python3 - "$3/src/Cargo.toml" <<'PY' || return 1
+import re, sys
+path = sys.argv[1]
+text = open(path).read()
+block = re.search(r'(?ms)^members = \[\n(.*?)^\]', text)
+keep = [l for l in block.group(1).splitlines()
+        if re.match(r'\s*"src/(agent|libs)[/"]', l)]
+open(path, "w").write(text[:block.start(1)] + "\n".join(keep) + "\n" + text[block.end(1):])
+PY
+    # s390x's protected-virtualisation crate, and devicemapper (a feature the
+    # release agent is built without, USE_DEVMAPPER=no): cut.
+    cut_git_deps "$3" pv_core devicemapper || return 1
+    # The agent policy's Rego engine, at the commit kata's lock names.
+    from_tree "$3" https://github.com/microsoft/regorus "$SRC/regorus" || return 1
+    # No tree of pcilibs-rs is reachable here: its crates.io release of the
+    # same version (the two functions the agent calls are in it).
+    to_crates_io "$3" pcilibs-rs 'version = "=0.1.0"' || return 1
+    # The features kata's release agent is built with (kata-deploy's
+    # AGENT_POLICY=yes, INIT_DATA=yes, SECCOMP=yes), for glibc.
+    ( . "$root/scripts/lib.sh" && ensure_packages libseccomp-dev ) >&2 || return 1
+    cargo_release "$3/src" "$4" kata-agent \
+        "-p kata-agent --features seccomp,agent-policy,init-data" -- kata-agent
 }
 
 # A Rust workspace's packages, built in release and stripped into the cache.
@@ -226,8 +306,12 @@ PY
 }
 
 status=0
-for project in cloud-api-adaptor kata-containers guest-components trustee; do
-    commit=$(pin "$project")
+for project in cloud-api-adaptor kata-containers kata-agent guest-components trustee; do
+    # kata-agent is built from kata-containers' pin and tree, into its own
+    # folder: a long build beside a quick one.
+    source=$project
+    [ "$project" = kata-agent ] && source=kata-containers
+    commit=$(pin "$source")
     if fresh "$project" "$commit"; then
         echo "peers: $project at ${commit:0:12}: cached in $PEERS/$project"
         continue
@@ -236,9 +320,9 @@ for project in cloud-api-adaptor kata-containers guest-components trustee; do
         echo "peers: $project: not built (it takes a quarter of an hour or more: run scripts/peers-build.sh); its tests skip"
         continue
     fi
-    tree=${TREE[$project]:-$SRC/$project}
+    tree=${TREE[$source]:-$SRC/$source}
     if [ ! -e "$tree" ]; then
-        echo "peers: $project: skipped, no tree at $tree (git clone $(awk -v p="$project" '$1 == p { print $3 }' scripts/peers.pins) $tree)"
+        echo "peers: $project: skipped, no tree at $tree (git clone $(awk -v p="$source" '$1 == p { print $3 }' scripts/peers.pins) $tree)"
         continue
     fi
     work=$(mktemp -d /tmp/attestd-peers.XXXXXX)
