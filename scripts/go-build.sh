@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the tests' Go counterparts from the Go module proxy, each at the versions
 # pinned in its go.mod, into target/kube/bin:
-# - tests/go/kube: etcd, kube-apiserver, kubelet, kubectl (the Kubernetes tests);
+# - tests/go/kube: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+#   kubelet, kubectl (the Kubernetes tests);
 # - tests/go/containerd: containerd, its runc shim, ctr (the Kubernetes tests);
 # - tests/go/skopeo: skopeo with ocicrypt's key providers (image decryption);
 # - tests/go/ocicrypt: a client of Go's ocicrypt library (image decryption).
@@ -41,7 +42,8 @@ stamp+=" -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-ba
 stamp+=" -X k8s.io/client-go/pkg/version.gitVersion=$kube -X k8s.io/client-go/pkg/version.gitMajor=1"
 stamp+=" -X k8s.io/client-go/pkg/version.gitMinor=$minor"
 (cd tests/go/kube && go build -ldflags="-s -w $stamp" -o "$bin/" \
-    ./etcd k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl)
+    ./etcd k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl)
 (cd tests/go/containerd && go build -tags "no_btrfs no_devmapper no_zfs" \
     -ldflags="-s -w -X github.com/containerd/containerd/v2/version.Version=$ctrd" -o "$bin/" \
     github.com/containerd/containerd/v2/cmd/containerd \

@@ -1,11 +1,13 @@
-//! A one-node Kubernetes cluster for the tests: etcd, kube-apiserver, containerd
+//! A one-node Kubernetes cluster for the tests: etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, containerd
 //! (with Debian's runc), Debian's docker-registry and a kubelet, built from the Go
 //! module proxy by `scripts/go-build.sh` at the versions pinned in
 //! `tests/go/kube/go.mod` and `tests/go/containerd/go.mod`.
 //!
-//! Confinement: every process of the cluster, and every pod (they use the node's
-//! network), runs in a network namespace of the cluster's own whose one
-//! interface is loopback, so nothing it does can reach past this machine. The
+//! Confinement: every process of the cluster runs in a network namespace of
+//! the cluster's own, whose interfaces are loopback and the pods' bridge (CNI
+//! from the test's own folders: no gateway, no masquerade), so nothing it or a
+//! pod does can reach past this machine. The
 //! webhook is registered by URL on 127.0.0.1; no Service-based webhook is ever
 //! registered here (the API server would dial a Service's cluster IP).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -194,6 +196,8 @@ impl Cluster {
         for b in [
             "etcd",
             "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
             "kubelet",
             "kubectl",
             "containerd",
@@ -284,6 +288,32 @@ impl Cluster {
                 let o = c.kubectl(&["get", "--raw", "/readyz"]);
                 (o.status.success()).then_some(())
             },
+        );
+        // Deployments, ReplicaSets and Jobs make pods and the scheduler
+        // places them, as in users' clusters. The service-account controllers
+        // stay off: the tests make each namespace's default account by hand.
+        let kubeconfig = format!("--kubeconfig={}", d.join("kubeconfig").display());
+        c.spawn(
+            "kube-controller-manager",
+            Command::new(go_bin("kube-controller-manager")).args([
+                kubeconfig.clone(),
+                "--bind-address=127.0.0.1".into(),
+                "--leader-elect=false".into(),
+                "--controllers=*,-serviceaccount,-serviceaccount-token".into(),
+                format!(
+                    "--root-ca-file={}",
+                    d.join("apiserver/apiserver.crt").display()
+                ),
+                "--use-service-account-credentials=false".into(),
+            ]),
+        );
+        c.spawn(
+            "kube-scheduler",
+            Command::new(go_bin("kube-scheduler")).args([
+                kubeconfig,
+                "--bind-address=127.0.0.1".into(),
+                "--leader-elect=false".into(),
+            ]),
         );
         c.spawn(
             "containerd",

@@ -75,6 +75,8 @@ fn a_real_api_server_admits_and_a_real_kubelet_runs_injected_pods() {
     confined(&c, "ephemeral_containers_are_reviewed");
     pod_security_and_shared_processes(&c);
     confined(&c, "pod_security_and_shared_processes");
+    workloads_run_as_users_make_them(&c);
+    confined(&c, "workloads_run_as_users_make_them");
     deleted_pod_leaves_nothing(&c, &pod);
     confined(&c, "deleted_pod_leaves_nothing");
     slow_clients_do_not_block_admission(&c);
@@ -241,15 +243,6 @@ fn container_pid(c: &Cluster, ns: &str, pod: &str, container: &str) -> Option<u3
         .map(|(_, p)| p)
 }
 
-fn pod_ready(c: &Cluster, ns: &str, pod: &str) -> bool {
-    let p = c.get(&["pod", pod, "-n", ns]);
-    p["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|k| k["type"] == "Ready" && k["status"] == "True")
-}
-
 /// A `/proc/<pid>/status` field.
 fn status_field(pid: u32, field: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -261,30 +254,20 @@ fn status_field(pid: u32, field: &str) -> String {
         .to_string()
 }
 
-/// Scenario 4: the webhook runs as a pod from its own image, with its
-/// Deployment's pod template (security context and all), and serves the API
-/// server. (No controller-manager here, so the test creates the Deployment's
-/// pod from its template, on the node.)
+/// Scenario 4: the webhook runs as its Deployment's pod, from its own image
+/// (the controller-manager makes the pod, the scheduler places it), and
+/// serves the API server.
 fn webhook_runs_as_its_deployment_says(c: &Cluster) {
-    let d = c.get(&["deployment", "attestd-webhook", "-n", "attestd-system"]);
-    let template = &d["spec"]["template"];
-    let mut spec = template["spec"].clone();
-    spec["nodeName"] = json!(NODE);
-    let pod = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "attestd-webhook-0", "namespace": "attestd-system",
-                     "labels": template["metadata"]["labels"]},
-        "spec": spec,
-    });
-    c.ok_in(&["create", "-f", "-"], Some(pod.to_string().as_bytes()));
-    c.wait_pod(
+    c.ok(&[
+        "rollout",
+        "status",
+        "deployment/attestd-webhook",
+        "-n",
         "attestd-system",
-        "attestd-webhook-0",
-        "the webhook pod to be Ready",
-        Duration::from_secs(120),
-        || pod_ready(c, "attestd-system", "attestd-webhook-0").then_some(()),
-    );
-    let pid = container_pid(c, "attestd-system", "attestd-webhook-0", "webhook").unwrap();
+        "--timeout=120s",
+    ]);
+    let pod = webhook_pod(c);
+    let pid = container_pid(c, "attestd-system", &pod, "webhook").unwrap();
     // Non-root 65532, no capabilities, no privilege gain, a read-only root.
     assert_eq!(status_field(pid, "Uid"), "65532\t65532\t65532\t65532");
     assert_eq!(status_field(pid, "Gid"), "65532\t65532\t65532\t65532");
@@ -309,8 +292,8 @@ fn webhook_runs_as_its_deployment_says(c: &Cluster) {
             .any(|o| o == "ro"),
         "the webhook's root is writable: {root}"
     );
-    let image = c.get(&["pod", "attestd-webhook-0", "-n", "attestd-system"])["status"]
-        ["containerStatuses"][0]["imageID"]
+    let image = c.get(&["pod", &pod, "-n", "attestd-system"])["status"]["containerStatuses"][0]
+        ["imageID"]
         .clone();
     assert_eq!(
         image.as_str().unwrap().rsplit('@').next().unwrap(),
@@ -320,6 +303,21 @@ fn webhook_runs_as_its_deployment_says(c: &Cluster) {
     eprintln!(
         "scenario 4: the webhook runs as 65532, no capabilities, read-only root, image by digest"
     );
+}
+
+/// The webhook Deployment's one running pod.
+fn webhook_pod(c: &Cluster) -> String {
+    let pods = c.get(&[
+        "pods",
+        "-n",
+        "attestd-system",
+        "-l",
+        "app.kubernetes.io/name=attestd-webhook",
+        "--field-selector=status.phase=Running",
+    ]);
+    let items = pods["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{pods}");
+    items[0]["metadata"]["name"].as_str().unwrap().to_string()
 }
 
 struct AppPod {
@@ -370,7 +368,7 @@ fn ok_lines(log: &str) -> Vec<(u64, String)> {
 fn injected_pod_runs_in_order(c: &Cluster) -> AppPod {
     c.ok(&["create", "namespace", LABELLED]);
     c.ok(&["label", "namespace", LABELLED, "attestd.io/inject=enabled"]);
-    // No controller-manager: the namespace's default ServiceAccount by hand.
+    // The service-account controllers are off: the default ServiceAccount by hand.
     c.ok(&["create", "serviceaccount", "default", "-n", LABELLED]);
     let pod = json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -1087,6 +1085,116 @@ fn ephemeral_containers_are_reviewed(c: &Cluster) {
     );
 }
 
+/// Scenario 11 (issue 42): pods made by controllers, as users make them: a
+/// Deployment's pods (on the pod network, placed by the scheduler) are
+/// injected once each and get evidence; it scales to 0 and back and rolls
+/// over to injected pods; a Job's pod completes and its sidecars stop.
+fn workloads_run_as_users_make_them(c: &Cluster) {
+    let template = |command: Value, restart: &str| {
+        json!({
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"runtimeClassName": RUNTIME_CLASS, "restartPolicy": restart,
+                     "automountServiceAccountToken": false,
+                     "terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "app", "image": c.images.app, "command": command}]},
+        })
+    };
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": LABELLED},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": template(json!(["/busybox", "sh", "-c", APP_LOOP]), "Always")},
+    });
+    c.ok_in(
+        &["create", "-f", "-"],
+        Some(deployment.to_string().as_bytes()),
+    );
+    // Every running pod of the Deployment: injected once, serving evidence.
+    let serving = |n: usize| {
+        wait_for(
+            &format!("{n} pods of the Deployment serving evidence"),
+            Duration::from_secs(180),
+            || {
+                let pods = c.get(&["pods", "-n", LABELLED, "-l", "app=web"]);
+                let pods: Vec<&Value> = pods["items"].as_array()?.iter().collect();
+                let names: Vec<String> = pods
+                    .iter()
+                    .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                    .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+                    .collect();
+                if names.len() != n || pods.len() != n {
+                    return None;
+                }
+                for p in &pods {
+                    let inits: Vec<&str> = p["spec"]["initContainers"]
+                        .as_array()?
+                        .iter()
+                        .map(|i| i["name"].as_str().unwrap())
+                        .collect();
+                    assert_eq!(inits, ["attestd-attester-sample", "attestd"], "{p}");
+                    assert_eq!(
+                        p["metadata"]["annotations"]["attestd.io/injected"],
+                        "sample"
+                    );
+                }
+                names
+                    .iter()
+                    .all(|pod| {
+                        let o = c.kubectl(&["logs", "-n", LABELLED, pod, "-c", "app"]);
+                        !ok_lines(&String::from_utf8_lossy(&o.stdout)).is_empty()
+                    })
+                    .then_some(names)
+            },
+        )
+    };
+    let first = serving(2);
+    c.ok(&["scale", "deployment/web", "-n", LABELLED, "--replicas=0"]);
+    serving(0);
+    c.ok(&["scale", "deployment/web", "-n", LABELLED, "--replicas=1"]);
+    let again = serving(1);
+    assert!(!first.contains(&again[0]), "a new pod after scaling back");
+    // A rollout: the template changes, a new ReplicaSet's pod is injected.
+    c.ok(&["set", "env", "deployment/web", "-n", LABELLED, "ROLLED=1"]);
+    c.ok(&[
+        "rollout",
+        "status",
+        "deployment/web",
+        "-n",
+        LABELLED,
+        "--timeout=180s",
+    ]);
+    let rolled = serving(1);
+    assert_ne!(rolled, again, "the rollout replaced the pod");
+    c.ok(&["delete", "deployment/web", "-n", LABELLED, "--wait=true"]);
+
+    // A Job: its app asks attestd once and exits; the pod completes, its
+    // sidecars stopped after it (native sidecars do not hold a Job open).
+    let job = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "once", "namespace": LABELLED},
+        "spec": {"backoffLimit": 0, "template": template(json!(["/attestd", "client", "--attestation_sock",
+            "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock",
+            "get-tee-type"]), "Never")},
+    });
+    c.ok_in(&["create", "-f", "-"], Some(job.to_string().as_bytes()));
+    c.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/once",
+        "-n",
+        LABELLED,
+        "--timeout=180s",
+    ]);
+    let said = c.ok(&["logs", "-n", LABELLED, "job/once", "-c", "app"]);
+    assert_eq!(said.trim(), "sample");
+    let pod = c.get(&["pods", "-n", LABELLED, "-l", "job-name=once"]);
+    assert_eq!(pod["items"][0]["status"]["phase"], "Succeeded", "{pod}");
+    c.ok(&["delete", "job/once", "-n", LABELLED, "--wait=true"]);
+    eprintln!(
+        "scenario 11: a Deployment's pods injected once each and serving, scaled to 0 and back, rolled over; a Job completed with its sidecars stopped"
+    );
+}
+
 /// Scenario 7: the pod deleted: its sidecars stop, its sockets go with its
 /// volumes, and none of its processes is left.
 fn deleted_pod_leaves_nothing(c: &Cluster, pod: &AppPod) {
@@ -1220,10 +1328,18 @@ fn admitted_injected(c: &Cluster, name: &str) -> Duration {
 /// namespace is refused with the API server's message; other namespaces are
 /// not affected.
 fn webhook_down_fails_closed_for_labelled_namespaces_only(c: &Cluster) {
+    let pod = webhook_pod(c);
     c.ok(&[
-        "delete",
-        "pod",
-        "attestd-webhook-0",
+        "scale",
+        "deployment/attestd-webhook",
+        "-n",
+        "attestd-system",
+        "--replicas=0",
+    ]);
+    c.ok(&[
+        "wait",
+        "--for=delete",
+        &format!("pod/{pod}"),
         "-n",
         "attestd-system",
         "--timeout=60s",

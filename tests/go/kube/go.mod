@@ -1,5 +1,6 @@
 // The single-node cluster the Kubernetes tests run (tests/tests/kube.rs):
-// kube-apiserver, kubelet and kubectl from k8s.io/kubernetes, and etcd's server,
+// kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kubectl
+// from k8s.io/kubernetes, and etcd's server,
 // each built from the Go module proxy at the versions required below. This file
 // is where those versions are pinned; scripts/go-build.sh builds them.
 module attestd.test/kube
