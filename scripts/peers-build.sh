@@ -183,18 +183,23 @@ build_cloud_api_adaptor() { # tree commit work out
     # protocol), which the module proxy here does not serve at the version
     # cloud-api-adaptor's go.mod names: it comes from the kata-containers tree
     # at that version's commit (a go.mod replace in the extracted copy).
+    # Without a kata-containers tree the forwarder is left out, saying so.
     local kata=${TREE[kata-containers]:-$SRC/kata-containers} module=github.com/kata-containers/kata-containers/src/runtime
-    local rev
-    rev=$(awk -v m="$module" '$1 == m { print $2 }' "$3/src/cloud-api-adaptor/go.mod" | sed 's/.*-//')
-    [ -n "$rev" ] || { echo "error: cloud-api-adaptor's go.mod names no $module" >&2; return 1; }
-    mkdir -p "$3/kata" && extract "$kata" "$rev" "$3/kata" src/runtime || return 1
+    local rev cmds=(./cmd/process-user-data ./cmd/attestd-caa-userdata)
+    if [ -e "$kata" ]; then
+        rev=$(awk -v m="$module" '$1 == m { print $2 }' "$3/src/cloud-api-adaptor/go.mod" | sed 's/.*-//')
+        [ -n "$rev" ] || { echo "error: cloud-api-adaptor's go.mod names no $module" >&2; return 1; }
+        mkdir -p "$3/kata" && extract "$kata" "$rev" "$3/kata" src/runtime || return 1
+        cmds+=(./cmd/agent-protocol-forwarder)
+    else
+        echo "peers: cloud-api-adaptor: agent-protocol-forwarder left out, no kata-containers tree at $kata" >&2
+    fi
     (
         cd "$3/src/cloud-api-adaptor" &&
             export GOMODCACHE="$PEERS/.go/mod" GOCACHE="$PEERS/.go/cache" CGO_ENABLED=0 &&
             export GOFLAGS="-mod=mod -trimpath -buildvcs=false" GOTOOLCHAIN=local &&
-            go mod edit -replace "$module=$3/kata/src/runtime" &&
-            go build -ldflags="-s -w" -o "$4/" ./cmd/process-user-data ./cmd/attestd-caa-userdata \
-                ./cmd/agent-protocol-forwarder
+            { [ ! -d "$3/kata" ] || go mod edit -replace "$module=$3/kata/src/runtime"; } &&
+            go build -ldflags="-s -w" -o "$4/" "${cmds[@]}"
     ) >&2 || return 1
     go version | awk '{ print $3 }'
 }
