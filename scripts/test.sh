@@ -96,7 +96,7 @@ echo "== images (the container backend tests start the sample image; the webhook
 bash containers/build.sh sample tpm az-snp-vtpm attestd webhook
 echo "== reproducible images: tdx built here and from a copy elsewhere has one digest"
 bash scripts/repro-check.sh tdx
-echo "== the Go counterparts: etcd, kube-apiserver, kubelet, kubectl, containerd, skopeo and Go's ocicrypt from the Go module proxy (pinned in tests/go/*/go.mod)"
+echo "== the Go counterparts: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl, containerd, skopeo and Go's ocicrypt from the Go module proxy (pinned in tests/go/*/go.mod)"
 bash scripts/go-build.sh
 if [ "${ATTESTD_PRUNE_BUILD:-0}" = 1 ]; then
     # The binaries are in target/kube/bin; the module and build caches are
