@@ -272,6 +272,9 @@ cargo_release() { # src out target-name 'cargo args'... -- binaries...
         for b in "${bins[@]}"; do
             install -m 0755 "$CARGO_TARGET_DIR/release/$b" "$out/" && strip "$out/$b" || exit 1
         done
+        # Gigabytes of intermediates, on a machine whose disk CI shares: the
+        # MANIFEST keeps the build from being needed again until a pin moves.
+        rm -rf "$CARGO_TARGET_DIR"
     ) >&2 || return 1
     RUSTUP_TOOLCHAIN=1.95.0 rustc --version | awk '{ print $2 }'
 }
