@@ -18,6 +18,15 @@ use base64::Engine as _;
 
 const KEK: &[u8] = b"0123456789abcdef0123456789abcdef";
 
+/// Trustee's KBS from the peers cache, `policy` its resource policy, holding
+/// `KEK` at `default/key/image-kek`.
+async fn trustee_with_kek(cache: &std::path::Path, policy: &str) -> Trustee {
+    let kbs = Trustee::start(cache);
+    kbs.resource_policy(policy).await;
+    kbs.put("default/key/image-kek", KEK).await;
+    kbs
+}
+
 /// The token attestd got from Trustee verifies with the attestation service's
 /// key, and the key pair it returned opens what Trustee encrypts to it.
 #[tokio::test]
@@ -26,9 +35,7 @@ async fn get_token_from_trustee_verifies_and_its_key_opens_resources() {
     let Some(trustee) = peer_or_skip("trustee", test) else {
         return;
     };
-    let kbs = Trustee::start(&trustee);
-    kbs.resource_policy(ALLOW_ALL).await;
-    kbs.put("default/key/image-kek", KEK).await;
+    let kbs = trustee_with_kek(&trustee, ALLOW_ALL).await;
     let a = Attestd::start(|d| kbs_config(d, &kbs.url(), "")).unwrap();
     let out = a
         .get_token("kbs")
@@ -107,9 +114,7 @@ async fn cdh_gets_a_resource_through_attestd() {
     };
     // Trustee: CDH asks attestd for a token per fetch; attestd attests for
     // each, or once for both with token reuse on.
-    let kbs = Trustee::start(&trustee);
-    kbs.resource_policy(ALLOW_ALL).await;
-    kbs.put("default/key/image-kek", KEK).await;
+    let kbs = trustee_with_kek(&trustee, ALLOW_ALL).await;
     kbs.put("default/key/other", b"other").await;
     for (reuse, attestations) in [("", 2), ("reuse_token_secs = 60", 1)] {
         let before = kbs.attestations();
@@ -154,9 +159,7 @@ async fn cdh_refusal_loses_the_kbs_reason() {
     let Some(trustee) = peer_or_skip("trustee", test) else {
         return;
     };
-    let kbs = Trustee::start(&trustee);
-    kbs.resource_policy(DENY_ALL).await;
-    kbs.put("default/key/image-kek", KEK).await;
+    let kbs = trustee_with_kek(&trustee, DENY_ALL).await;
     let a = Attestd::start(|d| kbs_config(d, &kbs.url(), "")).unwrap();
     let cdh = Cdh::start(&gc, &kbs.url(), &a.aa_sock);
     let (status, body) = cdh.get("/cdh/resource/default/key/image-kek").await;
@@ -187,9 +190,7 @@ async fn key_provider_unwraps_with_the_kek_trustee_releases() {
     let Some(trustee) = peer_or_skip("trustee", test) else {
         return;
     };
-    let kbs = Trustee::start(&trustee);
-    kbs.resource_policy(ALLOW_ALL).await;
-    kbs.put("default/key/image-kek", KEK).await;
+    let kbs = trustee_with_kek(&trustee, ALLOW_ALL).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("kek"), KEK).unwrap();
     let sock = dir.path().join("kp.sock");
