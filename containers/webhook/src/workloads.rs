@@ -287,6 +287,27 @@ mod tests {
             assert_eq!(template_of(g, k, o), Some(&t), "{g}/{k}");
         }
         assert_eq!(template_of("", "Pod", &d), None);
+        // A kind the rules should never send: said, not reviewed.
+        let none = (Config::default(), Lock::default());
+        assert_eq!(
+            warnings("", "Pod", &d, "apps", Level::Restricted, &none.0, &none.1),
+            Err("/Pod is not a workload attestd-webhook reviews".to_string())
+        );
+        let bad = json!({"spec": {"template": {"spec": {"containers": "x"}}}});
+        let e = warnings(
+            "apps",
+            "Deployment",
+            &bad,
+            "apps",
+            Level::Baseline,
+            &none.0,
+            &none.1,
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("its pod template does not read as a pod: "),
+            "{e}"
+        );
         assert_eq!(
             Level::from_path("/workloads/restricted"),
             Some(Level::Restricted)
