@@ -595,6 +595,24 @@ resolvConf: ""
         child.wait_with_output().unwrap()
     }
 
+    /// A namespace created with its labels in one object. Labelling it after
+    /// creation races the API server's namespace cache: admission (the
+    /// webhook's namespace selector, Pod Security) may still see it unlabelled
+    /// for a moment, and a pod created then is neither injected nor checked.
+    /// Created labelled, the cache either has the labels or misses the
+    /// namespace, and a miss is read from storage.
+    pub fn namespace(&self, name: &str, labels: &[(&str, &str)]) {
+        let labels: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(*v)))
+            .collect();
+        let ns = serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": labels},
+        });
+        self.ok_in(&["create", "-f", "-"], Some(ns.to_string().as_bytes()));
+    }
+
     /// kubectl that must succeed: its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         self.ok_in(args, None)
