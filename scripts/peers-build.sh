@@ -22,10 +22,14 @@
 # - cloud-api-adaptor: process-user-data (cmd/process-user-data),
 #   agent-protocol-forwarder (the pod VM's front door for the adaptor), and
 #   attestd-caa-userdata (tests/go/caa-userdata, built inside cloud-api-adaptor's
-#   module so it renders user-data with that commit's own code). Go modules come
-#   from the module proxy; no cgo.
+#   module so it renders user-data with that commit's own code), and
+#   attestd-agent-client (tests/go/agent-client: kata's agent protocol as the
+#   adaptor speaks it to the forwarder, with the same kata Go types). Go modules
+#   come from the module proxy; no cgo.
 # - kata-containers: default-initdata.toml, the init-data kata's own CI gives
-#   every pod (tests/integration/kubernetes/runtimeclass_workloads).
+#   every pod (tests/integration/kubernetes/runtimeclass_workloads), and
+#   allow-all.rego, the agent policy peer-pod images fall back to when
+#   init-data brings none (src/kata-opa).
 # - kata-agent (from kata-containers' pin and tree): kata-agent with the
 #   features kata's release builds it with (seccomp, agent policy, init-data).
 #   Its git dependencies: regorus from a tree; pcilibs-rs from crates.io.
@@ -56,7 +60,8 @@ SRC=${ATTESTD_PEERS_SRC:-/var/cache/attestd/src}
 # MANIFEST, so the next run builds that project again (and no other).
 recipe() {
     case "$1" in
-        cloud-api-adaptor) echo 2 ;;
+        cloud-api-adaptor) echo 3 ;;
+        kata-containers) echo 2 ;;
         *) echo 1 ;;
     esac
 }
@@ -179,6 +184,7 @@ PY
 build_cloud_api_adaptor() { # tree commit work out
     extract "$1" "$2" "$3" src/cloud-api-adaptor src/cloud-providers src/peerpod-ctrl || return 1
     install -D -m 0644 tests/go/caa-userdata/main.go "$3/src/cloud-api-adaptor/cmd/attestd-caa-userdata/main.go" || return 1
+    install -D -m 0644 tests/go/agent-client/main.go "$3/src/cloud-api-adaptor/cmd/attestd-agent-client/main.go" || return 1
     # agent-protocol-forwarder imports kata's Go runtime module (the agent
     # protocol), which the module proxy here does not serve at the version
     # cloud-api-adaptor's go.mod names: it comes from the kata-containers tree
@@ -190,9 +196,9 @@ build_cloud_api_adaptor() { # tree commit work out
         rev=$(awk -v m="$module" '$1 == m { print $2 }' "$3/src/cloud-api-adaptor/go.mod" | sed 's/.*-//')
         [ -n "$rev" ] || { echo "error: cloud-api-adaptor's go.mod names no $module" >&2; return 1; }
         mkdir -p "$3/kata" && extract "$kata" "$rev" "$3/kata" src/runtime || return 1
-        cmds+=(./cmd/agent-protocol-forwarder)
+        cmds+=(./cmd/agent-protocol-forwarder ./cmd/attestd-agent-client)
     else
-        echo "peers: cloud-api-adaptor: agent-protocol-forwarder left out, no kata-containers tree at $kata" >&2
+        echo "peers: cloud-api-adaptor: agent-protocol-forwarder and attestd-agent-client left out, no kata-containers tree at $kata" >&2
     fi
     (
         cd "$3/src/cloud-api-adaptor" &&
@@ -205,8 +211,10 @@ build_cloud_api_adaptor() { # tree commit work out
 }
 
 build_kata_containers() { # tree commit work out
-    extract "$1" "$2" "$3" tests/integration/kubernetes/runtimeclass_workloads/default-initdata.toml || return 1
-    install -m 0644 "$3/tests/integration/kubernetes/runtimeclass_workloads/default-initdata.toml" "$4/" || return 1
+    extract "$1" "$2" "$3" tests/integration/kubernetes/runtimeclass_workloads/default-initdata.toml \
+        src/kata-opa/allow-all.rego || return 1
+    install -m 0644 "$3/tests/integration/kubernetes/runtimeclass_workloads/default-initdata.toml" \
+        "$3/src/kata-opa/allow-all.rego" "$4/" || return 1
     echo none
 }
 
