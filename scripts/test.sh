@@ -103,15 +103,6 @@ if [ "${ATTESTD_PRUNE_BUILD:-0}" = 1 ]; then
     # gigabytes CI's disk has no room for (the module cache is read-only).
     chmod -R u+w target/go && rm -rf target/go
 fi
-echo "== the pod VMs (the boot tests boot them): one with the images prefetched, one that pulls them"
-bash containers/podvm/build.sh --test-hooks
-bash containers/podvm/build.sh --test-hooks --registry 10.0.2.100:5000/attestd --out target/podvm-pull
-if [ "${ATTESTD_PRUNE_BUILD:-0}" = 1 ]; then
-    # The images and the pod VM hold the release binaries now; CI's disk is tight.
-    rm -rf target/x86_64-unknown-linux-gnu attesters/*/target/x86_64-unknown-linux-gnu \
-        target/release target/podvm-cache
-fi
-
 echo "== upstream peers (scripts/peers.pins): built into their cache where a tree is; the tests that compare with them say whether they ran"
 # A peer that does not build is said, and its tests skip: it is upstream's code,
 # not a reason to stop the suite.
@@ -121,6 +112,31 @@ bash scripts/peers-build.sh --quick || echo "peers: a build failed (above); the 
 # Every test that needs a peer writes whether it ran here (tests/src/peers.rs).
 export ATTESTD_PEERS_LOG="$PWD/target/peers-tests.log"
 rm -f "$ATTESTD_PEERS_LOG"
+
+echo "== the pod VMs (the boot tests boot them): one with the images prefetched, one that pulls them, and the peer pod VM where the peers are cached"
+bash containers/podvm/build.sh --test-hooks
+bash containers/podvm/build.sh --test-hooks --registry 10.0.2.100:5000/attestd --out target/podvm-pull
+# The peer pod VM holds upstream's guest programs: built when the cache has
+# them all at their pins (tests/tests/coco.rs skips, saying so, when not).
+coco_peers() {
+    local p src commit
+    for p in kata-agent cloud-api-adaptor guest-components kata-containers; do
+        src=$p
+        [ "$p" = kata-agent ] && src=kata-containers
+        commit=$(awk -v p="$src" '$1 == p { print $2 }' scripts/peers.pins)
+        grep -qx "commit $commit" "${ATTESTD_PEERS:-/var/cache/attestd/peers}/$p/MANIFEST" 2>/dev/null || return 1
+    done
+}
+if coco_peers; then
+    bash containers/podvm/build.sh --coco --test-hooks --out target/podvm-coco
+else
+    echo "peers: the peer pod VM (--coco) not built: the peers cache lacks kata-agent, guest-components or cloud-api-adaptor"
+fi
+if [ "${ATTESTD_PRUNE_BUILD:-0}" = 1 ]; then
+    # The images and the pod VM hold the release binaries now; CI's disk is tight.
+    rm -rf target/x86_64-unknown-linux-gnu attesters/*/target/x86_64-unknown-linux-gnu \
+        target/release target/podvm-cache
+fi
 
 echo "== tests"
 for ws in "${ATTESTD_ATTESTER_WORKSPACES[@]}"; do
@@ -137,13 +153,13 @@ echo "== the daemon as shipped: built alone, then the end-to-end tests again"
 # above is not byte for byte the one that ships (a JWE AAD bug hid behind this).
 # Rebuild it with its own features and run the end-to-end tests against it again,
 # all but eventlog and fault_injection, which need the fault-injection points, and
-# podvm, whose attestd is the pinned image's, inside the VM, and kube, whose
+# podvm and coco, whose attestd is the pinned image's, inside the VM, and kube, whose
 # attestd is the pinned image's too, in the cluster's pods.
 cargo build -p attestd --bins --locked
 shipped=()
 for f in tests/tests/*.rs; do
     t=$(basename "$f" .rs)
-    case "$t" in eventlog|fault_injection|podvm|kube) ;; *) shipped+=(--test "$t") ;; esac
+    case "$t" in eventlog|fault_injection|podvm|coco|kube) ;; *) shipped+=(--test "$t") ;; esac
 done
 cargo test -p attestd-e2e --locked "${shipped[@]}"
 

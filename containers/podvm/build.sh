@@ -11,7 +11,7 @@
 # podvm.json and reference-values.json give the PCRs a UEFI vTPM boot of this
 # kernel, initramfs and command line yields (containers/podvm/reference-values.py).
 #
-# Usage: containers/podvm/build.sh [--out DIR] [--registry REG] [--cmdline LINE] [--memory MIB] [--test-hooks]
+# Usage: containers/podvm/build.sh [--out DIR] [--registry REG] [--cmdline LINE] [--memory MIB] [--coco] [--test-hooks]
 #   --out DIR       where rootfs.img, vmlinuz, initrd.img, podvm.json go
 #                   (default target/podvm)
 #   --cmdline LINE  the kernel command line the VM is launched with, which the
@@ -25,13 +25,23 @@
 #                   --preserve-digests), REG is the one registry attestd may
 #                   pull from, and nothing is prefetched. What is accepted is the
 #                   tenant's policy.json, from init-data (docs/deployment.md).
+#   --coco          a peer pod's VM: upstream's Confidential Containers guest
+#                   around attestd, as cloud-api-adaptor's images run it —
+#                   kata-agent (guest_components_procs = "none", the agent
+#                   policy from init-data or allow-all), agent-protocol-forwarder
+#                   on TCP 15150 (TLS from apf.json), the Confidential Data Hub
+#                   (image pull and decryption, keys from the KBS through
+#                   attestd) and api-server-rest in the pod's network namespace,
+#                   and a pause bundle (containers/pause.c). Their binaries come
+#                   from the cache scripts/peers-build.sh fills (ATTESTD_PEERS),
+#                   at the commits scripts/peers.pins names.
 #   --test-hooks    for the boot tests, never for a real pod VM: the initramfs
 #                   honours attestd.unverified_root (no dm-verity, said on the
-#                   console); a stand-in for the
-#                   Confidential Data Hub (started on attestd's socket as CDH is,
-#                   it relays TCP port 50000 to the AA socket, so the host can call
-#                   the AA API) and the qemu guest agent (the host runs commands in
-#                   the guest). Both hand the guest to the host.
+#                   console) and the qemu guest agent runs (the host runs
+#                   commands in the guest); without --coco, a stand-in for the
+#                   Confidential Data Hub too (started on attestd's socket as CDH
+#                   is, it relays TCP port 50000 to the AA socket, so the host can
+#                   call the AA API). They hand the guest to the host.
 #
 # Needs root (debootstrap, chroot), the images of containers/build.sh (every
 # [images.*] of containers/images.lock, and the attestd component), and Debian's
@@ -45,11 +55,13 @@ OUT=target/podvm
 CMDLINE="root=/dev/vda console=ttyS0 panic=-1"
 MEMORY=1024
 HOOKS=0
+COCO=0
 REGISTRY=
 while [ $# -gt 0 ]; do
     case $1 in
         --out) OUT=$2; shift 2 ;;
         --test-hooks) HOOKS=1; shift ;;
+        --coco) COCO=1; shift ;;
         --registry) REGISTRY=$2; shift 2 ;;
         --cmdline) CMDLINE=$2; shift 2 ;;
         --memory) MEMORY=$2; shift 2 ;;
@@ -70,6 +82,29 @@ ensure_packages debootstrap e2fsprogs skopeo umoci podman busybox-static cpio cr
 LOCK=containers/images.lock
 [ -f "$LOCK" ] || { echo "error: no $LOCK: run containers/build.sh first" >&2; exit 1; }
 
+# The upstream guest programs (--coco): each from the peers cache, at its pin.
+PEERS=${ATTESTD_PEERS:-/var/cache/attestd/peers}
+peer() { # project: its cache folder, built at the pinned commit
+    local src=$1 commit
+    [ "$1" = kata-agent ] && src=kata-containers
+    commit=$(awk -v p="$src" '$1 == p { print $2 }' scripts/peers.pins)
+    grep -qx "commit $commit" "$PEERS/$1/MANIFEST" 2>/dev/null || {
+        echo "error: --coco needs $1 at ${commit:0:12} in $PEERS: run scripts/peers-build.sh" >&2
+        return 1
+    }
+    echo "$PEERS/$1"
+}
+if [ "$COCO" = 1 ]; then
+    # gcc: the pause bundle's one program (static).
+    ensure_packages gcc libc6-dev
+    P_AGENT=$(peer kata-agent) && P_CAA=$(peer cloud-api-adaptor) && P_GC=$(peer guest-components) &&
+        P_KATA=$(peer kata-containers) || exit 1
+    for f in "$P_AGENT/kata-agent" "$P_CAA/agent-protocol-forwarder" "$P_GC/ttrpc-cdh" "$P_GC/api-server-rest" \
+        "$P_KATA/allow-all.rego"; do
+        [ -f "$f" ] || { echo "error: --coco: $f is missing: run scripts/peers-build.sh" >&2; exit 1; }
+    done
+fi
+
 START=$(date +%s)
 SUITE=bookworm
 MIRROR=${ATTESTD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -78,7 +113,8 @@ MIRROR=${ATTESTD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # skopeo: attestd pulls a pinned image the store lacks with it (and checks its
 # signatures by policy).
 # dmsetup: the initramfs opens the root disk with it (dm-verity).
-PACKAGES=systemd-sysv,udev,podman,runc,skopeo,kmod,iproute2,initramfs-tools,zstd,containernetworking-plugins,dmsetup
+# iptables: agent-protocol-forwarder's tunnel (--coco) runs it.
+PACKAGES=systemd-sysv,udev,podman,runc,skopeo,kmod,iproute2,initramfs-tools,zstd,containernetworking-plugins,dmsetup,iptables
 [ "$HOOKS" = 1 ] && PACKAGES=$PACKAGES,socat,qemu-guest-agent
 # The initramfs (containers/podvm/init) mounts the root disk: virtio block
 # first, then SCSI (Hyper-V, virtio-scsi) and NVMe; ext4. And virtio's entropy
@@ -95,14 +131,18 @@ INITRAMFS_MODULES_2="virtio_scsi sd_mod hv_storvsc nvme"
 # tdx-guest and configfs-tsm's tsm where the kernel has them), qemu_fw_cfg, and
 # isofs (for whoever mounts the cidata disk; attestd-podvm reads it from the
 # device) with SCSI CD drives (libvirt's and byom's cidata disk).
-# Containers get no network of their own (none, or the host's), so no bridge or
-# netfilter.
+# Containers get no network of their own (none, the host's, or with --coco the
+# pod's namespace, which agent-protocol-forwarder joins to the worker node by a
+# VXLAN tunnel), so no bridge. The forwarder's netlink library opens an XFRM
+# and a netfilter netlink socket for every namespace handle, and its tunnel
+# exempts the VXLAN port from connection tracking (iptables' raw table,
+# NOTRACK): their modules stay.
 KEEP_MODULES="virtio_pci virtio_blk virtio_scsi virtio_net virtio_console virtio_rng virtio_balloon
 virtio_mmio sd_mod ext4 overlay vsock vmw_vsock_virtio_transport hv_vmbus hv_storvsc hv_netvsc hv_utils
 hv_sock hv_balloon pci-hyperv hyperv_keyboard nvme dm_verity configfs tpm_tis tpm_crb sev-guest tdx-guest tsm
-qemu_fw_cfg isofs sr_mod"
+qemu_fw_cfg isofs sr_mod vxlan xfrm_user nfnetlink nf_tables nft_compat xt_comment xt_tcpudp xt_CT iptable_raw"
 # Bump when the base steps below change: it keys the cache.
-RECIPE=6
+RECIPE=7
 CACHE=target/podvm-cache
 KEY=$(printf '%s\n' "$RECIPE" "$SUITE" "$MIRROR" "$PACKAGES" "$KEEP_MODULES" | sha256sum | cut -c1-16)
 BASE=$CACHE/base-$KEY.tar
@@ -295,7 +335,7 @@ TimeoutStartSec=240
 [Install]
 WantedBy=multi-user.target
 EOF
-if [ "$HOOKS" = 1 ]; then
+if [ "$HOOKS" = 1 ] && [ "$COCO" = 0 ]; then
     cat >"$ROOT/etc/systemd/system/confidential-data-hub.service" <<'EOF'
 [Unit]
 Description=Stand-in for the Confidential Data Hub: the AA API relayed to TCP 50000 (tests)
@@ -304,6 +344,13 @@ Description=Stand-in for the Confidential Data Hub: the AA API relayed to TCP 50
 ExecStart=/usr/bin/socat TCP-LISTEN:50000,fork,reuseaddr UNIX-CONNECT:/run/confidential-containers/attestation-agent/attestation-agent.sock
 Restart=always
 EOF
+fi
+
+COCO_UNITS=
+if [ "$COCO" = 1 ]; then
+    echo "== pod VM: the Confidential Containers guest (kata-agent, agent-protocol-forwarder, CDH, api-server-rest)"
+    bash containers/podvm/coco.sh "$ROOT" "$P_AGENT" "$P_CAA" "$P_GC" "$P_KATA"
+    COCO_UNITS="kata-agent.path agent-protocol-forwarder.path api-server-rest.path"
 fi
 
 echo "== pod VM: system settings"
@@ -323,7 +370,9 @@ printf '[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n' >"$ROOT/etc/systemd/ne
 # boot).
 printf '[Journal]\nStorage=volatile\nForwardToConsole=yes\nTTYPath=/dev/ttyS1\nMaxLevelConsole=info\n' \
     >"$ROOT/etc/systemd/journald.conf.d/50-attestd-podvm.conf"
-systemctl --root="$ROOT" enable attestd-provision.service attestd.service confidential-data-hub.path systemd-networkd.service >/dev/null 2>&1
+# shellcheck disable=SC2086 # one word per unit
+systemctl --root="$ROOT" enable attestd-provision.service attestd.service confidential-data-hub.path systemd-networkd.service \
+    $COCO_UNITS >/dev/null 2>&1
 # Timers and services a short-lived pod VM has no use for (each costs boot time).
 # The boot tests' systemd-analyze blame showed the rest: podman-auto-update
 # alone took 3.4 s of the two vCPUs, each modprobe@ unit about 1 s, for modules
@@ -424,8 +473,8 @@ SECS=$(($(date +%s) - START))
         "$kver" "$(stat -c %s "$OUT/rootfs.img")" "$used" "$prefetched"
     printf '  "verity": {"root_hash": "%s", "salt": "%s", "data_blocks": %s},\n' "$root_hash" "$salt" "$data_blocks"
     printf '  "reference_values": %s,\n' "$(sed 's/^/  /' "$OUT/reference-values.json" | sed '1s/^  //')"
-    printf '  "build_secs": %s,\n  "base_cached": %s,\n  "test_hooks": %s,\n  "registry": "%s",\n  "images": [' \
-        "$SECS" "$CACHED" "$([ "$HOOKS" = 1 ] && echo true || echo false)" "$REGISTRY"
+    printf '  "build_secs": %s,\n  "base_cached": %s,\n  "test_hooks": %s,\n  "coco": %s,\n  "registry": "%s",\n  "images": [' \
+        "$SECS" "$CACHED" "$([ "$HOOKS" = 1 ] && echo true || echo false)" "$([ "$COCO" = 1 ] && echo true || echo false)" "$REGISTRY"
     sep=""
     for i in "${images[@]}"; do printf '%s\n    "%s"' "$sep" "$i"; sep=","; done
     printf '\n  ]\n}\n'

@@ -52,7 +52,7 @@ struct Daemon {
 
 /// Images the cluster runs, pushed to its registry with their digests kept.
 pub struct Images {
-    /// The pod sandbox (`tests/kube/pause.c`, static, in an image FROM scratch).
+    /// The pod sandbox (`containers/pause.c`, static, in an image FROM scratch).
     pub pause: String,
     /// attestd's image with busybox added: the test's app, which calls the AA
     /// socket with `attestd client` in a shell loop.
@@ -155,14 +155,14 @@ fn build_image(tag: &str, containerfile: &str, files: &[(&str, Vec<u8>, u32)]) -
     format!("{}@{digest}", tag.rsplit_once(':').unwrap().0)
 }
 
-/// The pod sandbox image: tests/kube/pause.c, static, FROM scratch.
+/// The pod sandbox image: containers/pause.c, static, FROM scratch.
 fn pause_image() -> String {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("pause");
     let o = Command::new("gcc")
         .args(["-static", "-Os", "-s", "-Wall", "-Werror", "-o"])
         .arg(&out)
-        .arg(repo_root().join("tests/kube/pause.c"))
+        .arg(repo_root().join("containers/pause.c"))
         .output()
         .unwrap();
     succeeded(&o, "gcc pause.c");

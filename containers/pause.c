@@ -1,8 +1,10 @@
 /*
  * The pod sandbox's one process (the "pause" container containerd starts for
  * every pod): it holds the pod's namespaces, reaps what it adopts, and exits
- * on SIGINT or SIGTERM. Built static and shipped in an image FROM scratch by
- * tests/src/kube.rs, so the Kubernetes tests pull nothing they did not build.
+ * on SIGINT or SIGTERM. Built static: in an image FROM scratch by
+ * tests/src/kube.rs, so the Kubernetes tests pull nothing they did not build,
+ * and into the pod VM's /pause_bundle by containers/podvm/build.sh --coco,
+ * where kata-agent starts the sandbox from it instead of pulling one.
  */
 #include <signal.h>
 #include <stdlib.h>
