@@ -15,6 +15,7 @@ use attestd_proto::grpc::attestation_agent::attestation_agent_service_client::At
 use attestd_proto::ttrpc::attestation_agent_ttrpc::AttestationAgentServiceClient as TtrpcAa;
 use tempfile::TempDir;
 
+pub mod agent;
 pub mod azure;
 pub mod guest;
 pub mod imds;

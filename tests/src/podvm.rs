@@ -81,6 +81,25 @@ pub fn pulling_image() -> Image {
     img
 }
 
+/// The image `containers/podvm/build.sh --coco --test-hooks --out
+/// target/podvm-coco` wrote (`ATTESTD_PODVM_COCO_DIR`): upstream's
+/// Confidential Containers guest (kata-agent, agent-protocol-forwarder, CDH,
+/// api-server-rest) around attestd.
+pub fn coco_image() -> Image {
+    let img = image_in(
+        "ATTESTD_PODVM_COCO_DIR",
+        "target/podvm-coco",
+        " --coco --out target/podvm-coco",
+    );
+    assert_eq!(
+        img.manifest["coco"],
+        true,
+        "the pod VM in {} was built without --coco",
+        img.dir.display()
+    );
+    img
+}
+
 /// Where the pulling pod VM's lock names its images (a guest address the
 /// boot test forwards to its registry).
 pub const PULL_REGISTRY: &str = "10.0.2.100:5000/attestd";
@@ -249,6 +268,9 @@ pub struct Boot {
     /// Exit instead of resetting when the guest asks for a reset (a boot that
     /// stops at the initramfs panics, and panic=-1 resets).
     pub no_reboot: bool,
+    /// Guest TCP ports forwarded from 127.0.0.1 on the host (a free port
+    /// each: [`PodVm::host_port`]), e.g. agent-protocol-forwarder's 15150.
+    pub hostfwd: Vec<u16>,
     /// Another initramfs than the image's (see [`initramfs_without`]).
     pub initrd: Option<PathBuf>,
     /// The user-data on a `cidata` ISO disk (libvirt's and byom's form, read
@@ -354,6 +376,8 @@ pub struct PodVm {
     dir: tempfile::TempDir,
     /// The forwarded AA API (host side, TCP).
     pub port: u16,
+    /// (guest port, host port) of `Boot::hostfwd`.
+    forwarded: Vec<(u16, u16)>,
     /// When qemu was started (or last reset).
     pub started: Instant,
     /// Where the journal of this boot starts.
@@ -397,6 +421,14 @@ impl PodVm {
             net = format!(
                 "user,id=n0,net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15,hostfwd=tcp:127.0.0.1:{port}-:{GUEST_AA_PORT},guestfwd=tcp:169.254.169.254:80-cmd:socat STDIO TCP:127.0.0.1:{imds}"
             );
+        }
+        let forwarded: Vec<(u16, u16)> = boot
+            .hostfwd
+            .iter()
+            .map(|&g| (g, crate::free_port()))
+            .collect();
+        for (guest, host) in &forwarded {
+            net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
         }
         for (guest, host_port) in &boot.forwards {
             // socat per connection: a pull opens several at once.
@@ -512,11 +544,21 @@ impl PodVm {
             qemu,
             dir,
             port,
+            forwarded,
             started: Instant::now(),
             mark: 0,
             _tpm: boot.tpm,
             _slot: slot,
         }
+    }
+
+    /// The host port (on 127.0.0.1) forwarded to `guest` (`Boot::hostfwd`).
+    pub fn host_port(&self, guest: u16) -> u16 {
+        self.forwarded
+            .iter()
+            .find(|(g, _)| *g == guest)
+            .unwrap_or_else(|| panic!("guest port {guest} is not forwarded (Boot::hostfwd)"))
+            .1
     }
 
     /// The guest's journal so far (its second serial port).
