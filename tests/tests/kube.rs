@@ -127,6 +127,18 @@ fn webhook_cli(args: &[&str]) -> String {
     succeeded(&o, &format!("attestd-webhook {}", args.join(" ")))
 }
 
+/// `manifests` with its ConfigMap's `webhook.toml` replaced by `toml`.
+fn with_config(manifests: &str, toml: &str) -> String {
+    let cm = manifests.find("\nkind: ConfigMap\n").expect("no ConfigMap");
+    let key = "\n  webhook.toml: |\n";
+    let start = cm + manifests[cm..].find(key).expect("no webhook.toml") + key.len();
+    let end = manifests[start..]
+        .find("\n---\n")
+        .map_or(manifests.len(), |e| start + e + 1);
+    let body: String = toml.lines().map(|l| format!("    {l}\n")).collect();
+    format!("{}{body}{}", &manifests[..start], &manifests[end..])
+}
+
 /// Scenario 1: `attestd-webhook manifests --url` applied with `kubectl apply
 /// --server-side`, and every object it names stored.
 fn manifests_applied_server_side(c: &Cluster) {
@@ -147,6 +159,12 @@ fn manifests_applied_server_side(c: &Cluster) {
         !manifests.contains("\nkind: Service\n") && !manifests.contains("service:"),
         "a webhook registered by URL needs no Service, and none may be registered here"
     );
+    // The operator's configuration (runc's runtime class is the sample's) in
+    // the manifests' ConfigMap before anything is applied, as a kustomization
+    // puts it: the webhook reads webhook.toml once at start, and a ConfigMap
+    // changed after its pod started is seen only by the next pod (a pod that
+    // started on the default served without these runtime classes).
+    let manifests = with_config(&manifests, WEBHOOK_TOML);
     let file = c.path("attestd-webhook.yaml");
     std::fs::write(&file, &manifests).unwrap();
     let f = file.to_str().unwrap();
@@ -180,21 +198,6 @@ fn manifests_applied_server_side(c: &Cluster) {
         "{hook}"
     );
     assert_eq!(hook["webhooks"][0]["failurePolicy"], "Fail", "{hook}");
-    // The operator's configuration: runc's runtime class is the sample's.
-    let conf = c.path("webhook.toml");
-    std::fs::write(&conf, WEBHOOK_TOML).unwrap();
-    let cm = c.ok(&[
-        "create",
-        "configmap",
-        "attestd-webhook-config",
-        "-n",
-        "attestd-system",
-        &format!("--from-file=webhook.toml={}", conf.display()),
-        "--dry-run=client",
-        "-o",
-        "yaml",
-    ]);
-    c.ok_in(&["apply", "--server-side", "-f", "-"], Some(cm.as_bytes()));
     for class in [RUNTIME_CLASS, TPM_CLASS] {
         c.ok_in(
             &["apply", "--server-side", "-f", "-"],
@@ -209,11 +212,7 @@ fn manifests_applied_server_side(c: &Cluster) {
         );
     }
     // The serving pair's Secret from certs' files, as docs/deployment.md says:
-    // the key never went down the manifests' pipe. Last: the webhook's pod
-    // cannot start without it, so it starts on the operator's configuration
-    // above, never on the manifests' default it reads once at start (a pod
-    // started between the two served without the runtime classes, and
-    // admitted scenario 2's pod uninjected).
+    // the key never went down the manifests' pipe.
     c.ok(&[
         "-n",
         "attestd-system",
