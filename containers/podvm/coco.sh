@@ -45,6 +45,16 @@ cat >"$ROOT/etc/tmpfiles.d/policy.conf" <<'EOF'
 #Type   Path                            Mode User Group Age     Argument
 C       /run/peerpod/policy.rego        -    -    -     -       /etc/kata-opa/allow-all.rego
 EOF
+# Registry credentials: the pod's, when cloud-api-adaptor puts them in the
+# user-data (/run/peerpod/auth.json); else an empty set, copied there at boot
+# as for the policy (CDH's unit names the file, and image-rs refuses a pull
+# whose credentials file is missing).
+install -d "$ROOT/etc/kata-oci"
+echo '{"auths":{}}' >"$ROOT/etc/kata-oci/empty-auth.json"
+cat >"$ROOT/etc/tmpfiles.d/auth.conf" <<'EOF'
+#Type   Path                            Mode User Group Age     Argument
+C       /run/peerpod/auth.json          -    -    -     -       /etc/kata-oci/empty-auth.json
+EOF
 # Image decryption: image-rs (in CDH) asks the key provider "attestation-agent",
 # which is CDH itself; CDH gets the key from the KBS with attestd's evidence.
 cat >"$ROOT/etc/ocicrypt_config.json" <<'EOF'
