@@ -175,7 +175,7 @@ fn pause_image() -> String {
 
 /// The app: attestd's own image (its `attestd client`) with Debian's static
 /// busybox for a shell.
-fn app_image() -> String {
+pub fn app_image() -> String {
     let busybox = std::fs::read("/bin/busybox")
         .expect("/bin/busybox (scripts/lib.sh installs busybox-static)");
     build_image(

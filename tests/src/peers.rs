@@ -8,14 +8,19 @@ use std::path::PathBuf;
 
 /// The cache's directory for `project`, or why there is none to use.
 pub fn peer(project: &str) -> Result<PathBuf, String> {
+    // kata-agent is built from kata-containers' pin (its own cache folder).
+    let source = match project {
+        "kata-agent" => "kata-containers",
+        p => p,
+    };
     let pins = std::fs::read_to_string(crate::repo_root().join("scripts/peers.pins")).unwrap();
     let pin = pins
         .lines()
         .filter(|l| !l.starts_with('#'))
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|w| w.first() == Some(&project))
+        .find(|w| w.first() == Some(&source))
         .and_then(|w| w.get(1).map(|c| c.to_string()))
-        .unwrap_or_else(|| panic!("{project} is not pinned in scripts/peers.pins"));
+        .unwrap_or_else(|| panic!("{source} is not pinned in scripts/peers.pins"));
     let cache = std::env::var_os("ATTESTD_PEERS")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/cache/attestd/peers"));

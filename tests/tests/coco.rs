@@ -188,3 +188,243 @@ fn the_peer_pod_vm_comes_up_with_the_whole_guest_stack() {
     assert_eq!(info["tee"], "tpm", "{info}");
     eprintln!("coco: scenario 1: attestd, CDH, kata-agent, APF and api-server-rest up in order; /info says {info}");
 }
+
+/// Init-data a tenant writes for the peer pod: CDH's config (the KBS, and the
+/// CA of the registry its images come from).
+fn initdata(registry_ca: &str) -> String {
+    format!(
+        "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"cdh.toml\" = '''\nsocket = \"unix:///run/confidential-containers/cdh.sock\"\n\n[kbc]\nname = \"cc_kbc\"\nurl = \"http://10.0.2.2:8080\"\n\n[image]\nextra_root_certificates = [\"\"\"\n{}\"\"\"]\n'''\n",
+        registry_ca.trim_end()
+    )
+}
+
+/// User-data with init-data, as the adaptor renders it from the pod's
+/// annotation.
+fn user_data_with(caa: &Path, dir: &Path, tls: &ApfTls, pod: &str, initdata: &str) -> String {
+    let apf = dir.join("apf.json");
+    std::fs::write(&apf, tls.apf_json(pod).to_string()).unwrap();
+    let ann = dir.join("annotation");
+    std::fs::write(&ann, initdata).unwrap();
+    let o = std::process::Command::new(caa.join("attestd-caa-userdata"))
+        .arg("--apf-json")
+        .arg(&apf)
+        .arg("--annotation")
+        .arg(&ann)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "attestd-caa-userdata: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// The OCI spec kata's runtime sends for a container of the pod `sandbox`
+/// (what containerd gave it, trimmed to what a pod of one process needs).
+fn oci(sandbox: &str, cid: &str, kind: &str, image: &str, args: &[&str]) -> Value {
+    let caps = [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE",
+    ];
+    json!({
+        "Version": "1.1.0",
+        "Process": {
+            "Terminal": false,
+            "User": {"UID": 0, "GID": 0},
+            "Args": args,
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cwd": "/",
+            // containerd's default set.
+            "Capabilities": {
+                "Bounding": caps, "Effective": caps, "Permitted": caps,
+                "Inheritable": [], "Ambient": [],
+            },
+            "NoNewPrivileges": true,
+        },
+        "Root": {"Path": format!("/run/kata-containers/{cid}/rootfs"), "Readonly": false},
+        "Hostname": sandbox,
+        "Mounts": [
+            {"destination": "/proc", "source": "proc", "type": "proc", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "source": "tmpfs", "type": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/sys", "source": "sysfs", "type": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+        ],
+        "Annotations": {
+            "io.kubernetes.cri.container-type": kind,
+            "io.kubernetes.cri.sandbox-id": sandbox,
+            "io.kubernetes.cri.image-name": image,
+        },
+        "Linux": {
+            "CgroupsPath": format!("/kubepods/{sandbox}/{cid}"),
+            "Namespaces": [{"Type": "pid"}, {"Type": "ipc"}, {"Type": "uts"}, {"Type": "mount"}],
+        },
+    })
+}
+
+/// CreateContainer as kata's runtime sends it for guest pull: the rootfs a
+/// storage of driver `image_guest_pull` (the sandbox's from the VM's pause
+/// bundle, a container's pulled by CDH).
+fn create(
+    agent: &mut Agent,
+    sandbox: &str,
+    cid: &str,
+    kind: &str,
+    image: &str,
+    args: &[&str],
+) -> Result<Value, String> {
+    let pull = json!({"metadata": {"io.kubernetes.cri.container-type": kind}});
+    agent.agent(
+        "CreateContainer",
+        json!({
+            "container_id": cid,
+            "exec_id": cid,
+            "storages": [{
+                "driver": "image_guest_pull",
+                "driver_options": [format!("image_guest_pull={pull}")],
+                "source": image,
+                "fstype": "overlay",
+                "mount_point": format!("/run/kata-containers/{cid}/rootfs"),
+            }],
+            "OCI": oci(sandbox, cid, kind, image, args),
+        }),
+    )
+}
+
+/// A container's standard output, read until `done` says it is complete: the
+/// agent's ReadStdout blocks while the stream is open, and kata-agent keeps it
+/// open after the process exited (the runtime stops reading at WaitProcess).
+fn read_stdout_until(agent: &mut Agent, cid: &str, done: impl Fn(&str) -> bool) -> String {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    while !done(&String::from_utf8_lossy(&out)) {
+        let r = agent
+            .call(
+                "grpc.AgentService",
+                "ReadStdout",
+                json!({"container_id": cid, "exec_id": cid, "len": 65536}),
+                60,
+            )
+            .unwrap_or_else(|e| {
+                panic!(
+                    "ReadStdout {cid} after {:?}: {e}",
+                    String::from_utf8_lossy(&out)
+                )
+            });
+        let data = r["data"].as_str().unwrap_or_default();
+        out.extend(
+            base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .unwrap(),
+        );
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Scenario 6's ground, on the way to the encrypted image: a pod created
+/// through the forwarder as the adaptor creates it — the sandbox from the VM's
+/// pause bundle, then a container whose image CDH pulls from a registry (the
+/// test's, at 10.0.2.100:5000, trusted by init-data's CDH config) — and the
+/// container asks api-server-rest in its pod for the TEE: attestd answers.
+#[test]
+fn a_guest_pulled_container_reaches_attestd_through_api_server_rest() {
+    let Some((caa, img)) =
+        peers_and_image("a_guest_pulled_container_reaches_attestd_through_api_server_rest")
+    else {
+        return;
+    };
+    let app = attestd_e2e::kube::app_image();
+    let reg = attestd_e2e::registry::Registry::start_for(&["10.0.2.100"]);
+    reg.push(&app, "attestd-tests/app", "coco", None);
+    let reg_port: u16 = reg.host.rsplit(':').next().unwrap().parse().unwrap();
+    let image = "10.0.2.100:5000/attestd-tests/app:coco";
+
+    let dir = tempfile::tempdir().unwrap();
+    let tls = ApfTls::new(&dir.path().join("tls"));
+    let user_data = user_data_with(&caa, dir.path(), &tls, "coco-2", &initdata(&reg.ca_pem));
+    let mut vm = PodVm::boot(
+        &img,
+        Boot {
+            user_data,
+            tpm: Some(VmTpm::new()),
+            hostfwd: vec![APF_PORT],
+            forwards: vec![("10.0.2.100:5000".into(), reg_port)],
+            ..Default::default()
+        },
+    );
+    vm.wait_journal(0, "Started agent-protocol-forwarder.service", BOOT_WITHIN)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let start = Instant::now();
+    let mut agent = loop {
+        let mut a = Agent::connect(
+            &caa.join("attestd-agent-client"),
+            vm.host_port(APF_PORT),
+            &tls,
+        );
+        match a.call("grpc.Health", "Check", json!({}), 10) {
+            Ok(_) => break a,
+            Err(e) if start.elapsed() < Duration::from_secs(60) => {
+                eprintln!("coco: APF not answering yet: {e}");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => panic!("APF's health check: {e}"),
+        }
+    };
+    let sandbox = "coco2sandbox";
+    agent
+        .agent(
+            "CreateSandbox",
+            json!({"hostname": "coco-2", "sandbox_id": sandbox}),
+        )
+        .unwrap();
+    create(
+        &mut agent,
+        sandbox,
+        sandbox,
+        "sandbox",
+        "pause",
+        &["/pause"],
+    )
+    .unwrap_or_else(|e| panic!("the sandbox: {e}"));
+    agent
+        .agent("StartContainer", json!({"container_id": sandbox}))
+        .unwrap_or_else(|e| panic!("start the sandbox: {e}"));
+    let t = Instant::now();
+    let cid = "coco2app";
+    create(
+        &mut agent,
+        sandbox,
+        cid,
+        "container",
+        image,
+        &["/busybox", "wget", "-qO-", "http://127.0.0.1:8006/info"],
+    )
+    .unwrap_or_else(|e| panic!("the app (pulled by CDH): {e}"));
+    figure("CreateContainer with CDH's guest pull", t.elapsed());
+    agent
+        .agent("StartContainer", json!({"container_id": cid}))
+        .unwrap_or_else(|e| panic!("start the app: {e}"));
+    let out = read_stdout_until(&mut agent, cid, |o| {
+        serde_json::from_str::<Value>(o.trim()).is_ok()
+    });
+    let status = agent
+        .agent("WaitProcess", json!({"container_id": cid, "exec_id": cid}))
+        .unwrap();
+    let info: Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("the app printed {out:?} ({e}), exit {status}"));
+    assert_eq!(info["tee"], "tpm", "{info}");
+    let j = vm.journal();
+    assert!(j.contains(image), "CDH's pull is not in the journal");
+    eprintln!("coco: a container pulled by CDH asked api-server-rest: {info}");
+}
