@@ -37,22 +37,50 @@ fn peers_and_image(test: &str) -> Option<(PathBuf, podvm::Image)> {
     Some((caa?, podvm::coco_image()))
 }
 
-/// The user-data cloud-api-adaptor writes for a pod: apf.json, rendered by the
-/// adaptor's own code (`attestd-caa-userdata`).
-fn user_data(caa: &Path, dir: &Path, tls: &ApfTls, pod: &str) -> String {
+/// The user-data cloud-api-adaptor writes for a pod, rendered by the
+/// adaptor's own code (`attestd-caa-userdata`): apf.json (the pod network and
+/// the forwarder's TLS keys) and, from the pod's annotation, init-data.
+fn user_data(caa: &Path, dir: &Path, tls: &ApfTls, pod: &str, initdata: Option<&str>) -> String {
     let apf = dir.join("apf.json");
     std::fs::write(&apf, tls.apf_json(pod).to_string()).unwrap();
-    let o = std::process::Command::new(caa.join("attestd-caa-userdata"))
-        .arg("--apf-json")
-        .arg(&apf)
-        .output()
-        .unwrap();
+    let mut cmd = std::process::Command::new(caa.join("attestd-caa-userdata"));
+    cmd.arg("--apf-json").arg(&apf);
+    if let Some(initdata) = initdata {
+        let ann = dir.join("annotation");
+        std::fs::write(&ann, initdata).unwrap();
+        cmd.arg("--annotation").arg(&ann);
+    }
+    let o = cmd.output().unwrap();
     assert!(
         o.status.success(),
         "attestd-caa-userdata: {}",
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8(o.stdout).unwrap()
+}
+
+/// kata's agent protocol through the forwarder, once it answers its health
+/// check (it listens a moment after systemd says it started).
+fn connect(vm: &PodVm, caa: &Path, tls: &ApfTls) -> Agent {
+    let start = Instant::now();
+    loop {
+        let mut a = Agent::connect(
+            &caa.join("attestd-agent-client"),
+            vm.host_port(APF_PORT),
+            tls,
+        );
+        match a.call("grpc.Health", "Check", json!({}), 10) {
+            Ok(r) => {
+                assert_eq!(r["status"], "SERVING", "{r}");
+                return a;
+            }
+            Err(e) if start.elapsed() < Duration::from_secs(60) => {
+                eprintln!("coco: APF not answering yet: {e}");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => panic!("APF's health check: {e}"),
+        }
+    }
 }
 
 /// `path args` run in the guest (the image's test hook), which must succeed.
@@ -119,7 +147,7 @@ fn the_peer_pod_vm_comes_up_with_the_whole_guest_stack() {
     let mut vm = PodVm::boot(
         &img,
         Boot {
-            user_data: user_data(&caa, dir.path(), &tls, "coco-1"),
+            user_data: user_data(&caa, dir.path(), &tls, "coco-1", None),
             tpm: Some(VmTpm::new()),
             hostfwd: vec![APF_PORT],
             ..Default::default()
@@ -131,25 +159,7 @@ fn the_peer_pod_vm_comes_up_with_the_whole_guest_stack() {
     figure("boot to agent-protocol-forwarder ready", t);
 
     // kata's agent protocol through APF, as the adaptor connects.
-    let start = Instant::now();
-    let mut agent = loop {
-        let mut a = Agent::connect(
-            &caa.join("attestd-agent-client"),
-            vm.host_port(APF_PORT),
-            &tls,
-        );
-        match a.call("grpc.Health", "Check", json!({}), 10) {
-            Ok(r) => {
-                assert_eq!(r["status"], "SERVING", "{r}");
-                break a;
-            }
-            Err(e) if start.elapsed() < Duration::from_secs(60) => {
-                eprintln!("coco: APF not answering yet: {e}");
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            Err(e) => panic!("APF's health check: {e}"),
-        }
-    };
+    let mut agent = connect(&vm, &caa, &tls);
     let details = agent
         .agent("GetGuestDetails", json!({"mem_block_size": true}))
         .unwrap();
@@ -196,28 +206,6 @@ fn initdata(registry_ca: &str) -> String {
         "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"cdh.toml\" = '''\nsocket = \"unix:///run/confidential-containers/cdh.sock\"\n\n[kbc]\nname = \"cc_kbc\"\nurl = \"http://10.0.2.2:8080\"\n\n[image]\nextra_root_certificates = [\"\"\"\n{}\"\"\"]\n'''\n",
         registry_ca.trim_end()
     )
-}
-
-/// User-data with init-data, as the adaptor renders it from the pod's
-/// annotation.
-fn user_data_with(caa: &Path, dir: &Path, tls: &ApfTls, pod: &str, initdata: &str) -> String {
-    let apf = dir.join("apf.json");
-    std::fs::write(&apf, tls.apf_json(pod).to_string()).unwrap();
-    let ann = dir.join("annotation");
-    std::fs::write(&ann, initdata).unwrap();
-    let o = std::process::Command::new(caa.join("attestd-caa-userdata"))
-        .arg("--apf-json")
-        .arg(&apf)
-        .arg("--annotation")
-        .arg(&ann)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "attestd-caa-userdata: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
 }
 
 /// The OCI spec kata's runtime sends for a container of the pod `sandbox`
@@ -352,7 +340,8 @@ fn a_guest_pulled_container_reaches_attestd_through_api_server_rest() {
 
     let dir = tempfile::tempdir().unwrap();
     let tls = ApfTls::new(&dir.path().join("tls"));
-    let user_data = user_data_with(&caa, dir.path(), &tls, "coco-2", &initdata(&reg.ca_pem));
+    let initdata = initdata(&reg.ca_pem);
+    let user_data = user_data(&caa, dir.path(), &tls, "coco-2", Some(&initdata));
     let mut vm = PodVm::boot(
         &img,
         Boot {
@@ -365,22 +354,7 @@ fn a_guest_pulled_container_reaches_attestd_through_api_server_rest() {
     );
     vm.wait_journal(0, "Started agent-protocol-forwarder.service", BOOT_WITHIN)
         .unwrap_or_else(|e| panic!("{e}"));
-    let start = Instant::now();
-    let mut agent = loop {
-        let mut a = Agent::connect(
-            &caa.join("attestd-agent-client"),
-            vm.host_port(APF_PORT),
-            &tls,
-        );
-        match a.call("grpc.Health", "Check", json!({}), 10) {
-            Ok(_) => break a,
-            Err(e) if start.elapsed() < Duration::from_secs(60) => {
-                eprintln!("coco: APF not answering yet: {e}");
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            Err(e) => panic!("APF's health check: {e}"),
-        }
-    };
+    let mut agent = connect(&vm, &caa, &tls);
     let sandbox = "coco2sandbox";
     agent
         .agent(
