@@ -422,10 +422,18 @@ impl PodVm {
                 "user,id=n0,net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15,hostfwd=tcp:127.0.0.1:{port}-:{GUEST_AA_PORT},guestfwd=tcp:169.254.169.254:80-cmd:socat STDIO TCP:127.0.0.1:{imds}"
             );
         }
+        // Distinct host ports: free_port can hand the same free port out twice.
+        let mut taken = vec![port];
         let forwarded: Vec<(u16, u16)> = boot
             .hostfwd
             .iter()
-            .map(|&g| (g, crate::free_port()))
+            .map(|&g| {
+                let p = std::iter::repeat_with(crate::free_port)
+                    .find(|p| !taken.contains(p))
+                    .unwrap();
+                taken.push(p);
+                (g, p)
+            })
             .collect();
         for (guest, host) in &forwarded {
             net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));

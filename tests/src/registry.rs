@@ -128,7 +128,8 @@ impl Registry {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 
-    fn cert_dir(&self) -> PathBuf {
+    /// `certs_dir`'s folder for this registry (a `--dest-cert-dir`).
+    pub fn cert_dir(&self) -> PathBuf {
         self.certs_dir.join(&self.host)
     }
 

@@ -402,3 +402,152 @@ fn a_guest_pulled_container_reaches_attestd_through_api_server_rest() {
     assert!(j.contains(image), "CDH's pull is not in the journal");
     eprintln!("coco: a container pulled by CDH asked api-server-rest: {info}");
 }
+
+/// The KEK the image is encrypted with, held by the KBS.
+const KEK: &[u8] = b"0123456789abcdef0123456789abcdef";
+/// Where the KBS holds it, as the image's layers name it.
+const KID: &str = "kbs:///default/key/image-kek";
+
+/// Init-data for a pod whose images CDH decrypts with keys from the KBS at
+/// `kbs` (as the guest reaches it): CDH's config, and attestd's (upstream's
+/// aa.toml), since CDH's KBS client has the attestation agent attest
+/// (GetToken "kbs") and uses the token it returns.
+fn initdata_with_kbs(registry_ca: &str, kbs: &str) -> String {
+    let aa = format!("\"aa.toml\" = '''\n[token_configs.kbs]\nurl = \"{kbs}\"\n'''\n");
+    initdata(registry_ca)
+        .replace("http://10.0.2.2:8080", kbs)
+        .replace("[data]\n", &format!("[data]\n{aa}"))
+}
+
+/// `app` encrypted by skopeo (the Go build, ocicrypt's key providers) with
+/// attestd as the image builder's key provider, holding the KEK: pushed to
+/// `reg` as `repo:tag`. The provider is named `attestation-agent`, the name
+/// the layers' annotation carries and the guest's ocicrypt config resolves.
+fn encrypt_and_push(app: &str, reg: &attestd_e2e::registry::Registry, repo: &str, tag: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", attestd_e2e::free_port());
+    std::fs::write(dir.path().join("kek"), KEK).unwrap();
+    let kp = format!(
+        "[keyprovider]\nname = \"attestation-agent\"\ngrpc = {addr:?}\nwrap_kek = {:?}\n",
+        dir.path().join("kek").display().to_string()
+    );
+    let _builder = attestd_e2e::Attestd::start(|d| {
+        attestd_e2e::kbs::attestd_config(d, "http://127.0.0.1:9", &kp)
+    })
+    .unwrap();
+    let config = dir.path().join("ocicrypt.json");
+    std::fs::write(
+        &config,
+        json!({"key-providers": {"attestation-agent": {"grpc": addr}}}).to_string(),
+    )
+    .unwrap();
+    let o = std::process::Command::new(attestd_e2e::go_bin("skopeo"))
+        .env("OCICRYPT_KEYPROVIDER_CONFIG", &config)
+        .args(["copy", "-q", "--encryption-key"])
+        .arg(format!("provider:attestation-agent:{KID}"))
+        .arg("--dest-cert-dir")
+        .arg(reg.cert_dir())
+        .arg(format!("containers-storage:{app}"))
+        .arg(format!("docker://{}/{repo}:{tag}", reg.host))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "skopeo copy --encryption-key: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Scenario 2: the pod's image is encrypted with a KEK only Trustee's KBS
+/// holds. In the guest CDH pulls it; to decrypt its layers it asks the KBS for
+/// the KEK, which releases it after an attestation (RCAR) on attestd's TPM
+/// evidence, checked by Trustee's TPM verifier; the container then runs and
+/// its output comes back through the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_image_runs_once_the_kbs_releases_its_key_on_attestds_evidence() {
+    let test = "an_encrypted_image_runs_once_the_kbs_releases_its_key_on_attestds_evidence";
+    let Some((caa, img)) = peers_and_image(test) else {
+        return;
+    };
+    let Some(trustee) = peer_or_skip("trustee", test) else {
+        return;
+    };
+    let kbs = attestd_e2e::guest::Trustee::start(&trustee);
+    kbs.resource_policy(attestd_e2e::guest::ALLOW_ALL).await;
+    kbs.put("default/key/image-kek", KEK).await;
+    let kbs_port = kbs.url().rsplit(':').next().unwrap().to_string();
+
+    let app = attestd_e2e::kube::app_image();
+    let reg = attestd_e2e::registry::Registry::start_for(&["10.0.2.100"]);
+    encrypt_and_push(&app, &reg, "attestd-tests/app", "encrypted");
+    let reg_port: u16 = reg.host.rsplit(':').next().unwrap().parse().unwrap();
+    let image = "10.0.2.100:5000/attestd-tests/app:encrypted";
+
+    let dir = tempfile::tempdir().unwrap();
+    let tls = ApfTls::new(&dir.path().join("tls"));
+    // The guest reaches the host's loopback at 10.0.2.2 (qemu's user network).
+    let initdata = initdata_with_kbs(&reg.ca_pem, &format!("http://10.0.2.2:{kbs_port}"));
+    let user_data = user_data(&caa, dir.path(), &tls, "coco-3", Some(&initdata));
+    let mut vm = PodVm::boot(
+        &img,
+        Boot {
+            user_data,
+            tpm: Some(VmTpm::new()),
+            hostfwd: vec![APF_PORT],
+            forwards: vec![("10.0.2.100:5000".into(), reg_port)],
+            ..Default::default()
+        },
+    );
+    vm.wait_journal(0, "Started agent-protocol-forwarder.service", BOOT_WITHIN)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut agent = connect(&vm, &caa, &tls);
+    let sandbox = "coco3sandbox";
+    agent
+        .agent(
+            "CreateSandbox",
+            json!({"hostname": "coco-3", "sandbox_id": sandbox}),
+        )
+        .unwrap();
+    create(
+        &mut agent,
+        sandbox,
+        sandbox,
+        "sandbox",
+        "pause",
+        &["/pause"],
+    )
+    .unwrap_or_else(|e| panic!("the sandbox: {e}"));
+    agent
+        .agent("StartContainer", json!({"container_id": sandbox}))
+        .unwrap_or_else(|e| panic!("start the sandbox: {e}"));
+    let before = kbs.attestations();
+    let t = Instant::now();
+    let cid = "coco3app";
+    create(
+        &mut agent,
+        sandbox,
+        cid,
+        "container",
+        image,
+        &["/busybox", "echo", "decrypted in the guest"],
+    )
+    .unwrap_or_else(|e| panic!("the encrypted app: {e}\n--- KBS\n{}", kbs.log()));
+    figure(
+        "CreateContainer of an encrypted image (pull, key release, decryption)",
+        t.elapsed(),
+    );
+    assert!(
+        kbs.attestations() > before,
+        "the KBS released the key without an attestation:\n{}",
+        kbs.log()
+    );
+    agent
+        .agent("StartContainer", json!({"container_id": cid}))
+        .unwrap_or_else(|e| panic!("start the app: {e}"));
+    let out = read_stdout_until(&mut agent, cid, |o| o.contains('\n'));
+    assert_eq!(out, "decrypted in the guest\n");
+    eprintln!(
+        "coco: scenario 2: the encrypted image ran after {} attestation(s) with Trustee",
+        kbs.attestations() - before
+    );
+}
