@@ -458,14 +458,15 @@ fn encrypt_and_push(app: &str, reg: &attestd_e2e::registry::Registry, repo: &str
     );
 }
 
-/// Scenario 2: the pod's image is encrypted with a KEK only Trustee's KBS
-/// holds. In the guest CDH pulls it; to decrypt its layers it asks the KBS for
-/// the KEK, which releases it after an attestation (RCAR) on attestd's TPM
-/// evidence, checked by Trustee's TPM verifier; the container then runs and
-/// its output comes back through the agent.
+/// Scenarios 2 and 3: the pod's image is encrypted with a KEK only Trustee's
+/// KBS holds. In the guest CDH pulls it; to decrypt its layers it asks the KBS
+/// for the KEK. While the KBS's policy denies the key, CreateContainer fails;
+/// once it allows it, the KBS releases the key after an attestation (RCAR) on
+/// attestd's TPM evidence, checked by Trustee's TPM verifier, and the
+/// container runs, its output coming back through the agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_encrypted_image_runs_once_the_kbs_releases_its_key_on_attestds_evidence() {
-    let test = "an_encrypted_image_runs_once_the_kbs_releases_its_key_on_attestds_evidence";
+async fn an_encrypted_image_is_refused_then_runs_as_the_kbs_policy_says() {
+    let test = "an_encrypted_image_is_refused_then_runs_as_the_kbs_policy_says";
     let Some((caa, img)) = peers_and_image(test) else {
         return;
     };
@@ -520,6 +521,37 @@ async fn an_encrypted_image_runs_once_the_kbs_releases_its_key_on_attestds_evide
     agent
         .agent("StartContainer", json!({"container_id": sandbox}))
         .unwrap_or_else(|e| panic!("start the sandbox: {e}"));
+    // Scenario 3: a policy that denies the key. CreateContainer fails; the
+    // KBS's reason (PolicyDeny) is in the guest's journal, where CDH's KBS
+    // client logs it, but what reaches the agent's caller is image-rs's
+    // generic decryption error: upstream's behaviour, recorded so a change
+    // shows.
+    kbs.resource_policy(attestd_e2e::guest::DENY_ALL).await;
+    let denied = create(
+        &mut agent,
+        sandbox,
+        "coco3denied",
+        "container",
+        image,
+        &["/busybox", "echo", "must not run"],
+    )
+    .expect_err("CreateContainer succeeded though the KBS denies the key");
+    assert!(
+        denied.contains("Failed to decrypt the image layer"),
+        "{denied}"
+    );
+    assert!(
+        !denied.contains("PolicyDeny"),
+        "the reason reached the caller now: {denied}"
+    );
+    let j = vm.journal();
+    assert!(
+        j.contains("errors/PolicyDeny"),
+        "the KBS's reason is not in the guest's journal either"
+    );
+    eprintln!("coco: scenario 3: denied by the KBS's policy; the caller sees {denied:?}");
+
+    kbs.resource_policy(attestd_e2e::guest::ALLOW_ALL).await;
     let before = kbs.attestations();
     let t = Instant::now();
     let cid = "coco3app";
