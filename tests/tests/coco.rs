@@ -419,6 +419,21 @@ fn initdata_with_kbs(registry_ca: &str, kbs: &str) -> String {
         .replace("[data]\n", &format!("[data]\n{aa}"))
 }
 
+/// A KBS resource policy releasing keys only to a TPM guest whose PCR 8
+/// carries `initdata` bound as attestd binds it (extended once into zeros
+/// with the document's SHA-256): Trustee's TPM verifier reports PCR 8 as the
+/// `init_data` claim, which its token puts at the top of the annotated
+/// evidence.
+fn requiring_initdata(initdata: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    let digest = Sha256::digest(initdata.as_bytes());
+    let pcr8 = Sha256::digest([[0u8; 32].as_slice(), &digest[..]].concat());
+    format!(
+        "package policy\n\ndefault allow = false\n\nallow if {{\n\tinput[\"submods\"][\"cpu0\"][\"ear.veraison.annotated-evidence\"][\"init_data\"] == \"{}\"\n}}\n",
+        hex::encode(pcr8)
+    )
+}
+
 /// `app` encrypted by skopeo (the Go build, ocicrypt's key providers) with
 /// attestd as the image builder's key provider, holding the KEK: pushed to
 /// `reg` as `repo:tag`. The provider is named `attestation-agent`, the name
@@ -474,7 +489,6 @@ async fn an_encrypted_image_is_refused_then_runs_as_the_kbs_policy_says() {
         return;
     };
     let kbs = attestd_e2e::guest::Trustee::start(&trustee);
-    kbs.resource_policy(attestd_e2e::guest::ALLOW_ALL).await;
     kbs.put("default/key/image-kek", KEK).await;
     let kbs_port = kbs.url().rsplit(':').next().unwrap().to_string();
 
@@ -521,12 +535,14 @@ async fn an_encrypted_image_is_refused_then_runs_as_the_kbs_policy_says() {
     agent
         .agent("StartContainer", json!({"container_id": sandbox}))
         .unwrap_or_else(|e| panic!("start the sandbox: {e}"));
-    // Scenario 3: a policy that denies the key. CreateContainer fails; the
-    // KBS's reason (PolicyDeny) is in the guest's journal, where CDH's KBS
-    // client logs it, but what reaches the agent's caller is image-rs's
-    // generic decryption error: upstream's behaviour, recorded so a change
-    // shows.
-    kbs.resource_policy(attestd_e2e::guest::DENY_ALL).await;
+    // Scenarios 3 and 4: a policy that releases the key only to a guest
+    // bound to other init-data (the same, but for its KBS address) denies it.
+    // CreateContainer fails; the KBS's reason (PolicyDeny) is in the guest's
+    // journal, where CDH's KBS client logs it, but what reaches the agent's
+    // caller is image-rs's generic decryption error: upstream's behaviour,
+    // recorded so a change shows.
+    let other = initdata_with_kbs(&reg.ca_pem, "http://10.0.2.2:1");
+    kbs.resource_policy(&requiring_initdata(&other)).await;
     let denied = create(
         &mut agent,
         sandbox,
@@ -549,9 +565,10 @@ async fn an_encrypted_image_is_refused_then_runs_as_the_kbs_policy_says() {
         j.contains("errors/PolicyDeny"),
         "the KBS's reason is not in the guest's journal either"
     );
-    eprintln!("coco: scenario 3: denied by the KBS's policy; the caller sees {denied:?}");
+    eprintln!("coco: scenarios 3 and 4: denied to init-data the policy does not name; the caller sees {denied:?}");
 
-    kbs.resource_policy(attestd_e2e::guest::ALLOW_ALL).await;
+    // Scenarios 2 and 4: released to the guest bound to this init-data.
+    kbs.resource_policy(&requiring_initdata(&initdata)).await;
     let before = kbs.attestations();
     let t = Instant::now();
     let cid = "coco3app";
