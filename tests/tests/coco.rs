@@ -290,6 +290,55 @@ fn create(
     )
 }
 
+/// A peer pod VM booted with `initdata` and the test registry forwarded into
+/// it at 10.0.2.100:5000, and its pod's sandbox started (CreateSandbox, the
+/// sandbox container from the pause bundle) through the forwarder: the VM,
+/// the agent connection and the sandbox's id.
+fn pod_with_sandbox(
+    caa: &Path,
+    img: &podvm::Image,
+    dir: &Path,
+    initdata: &str,
+    reg_port: u16,
+    pod: &str,
+) -> (PodVm, Agent, String) {
+    let tls = ApfTls::new(&dir.join("tls"));
+    let user_data = user_data(caa, dir, &tls, pod, Some(initdata));
+    let mut vm = PodVm::boot(
+        img,
+        Boot {
+            user_data,
+            tpm: Some(VmTpm::new()),
+            hostfwd: vec![APF_PORT],
+            forwards: vec![("10.0.2.100:5000".into(), reg_port)],
+            ..Default::default()
+        },
+    );
+    vm.wait_journal(0, "Started agent-protocol-forwarder.service", BOOT_WITHIN)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut agent = connect(&vm, caa, &tls);
+    let sandbox = format!("{}sandbox", pod.replace('-', ""));
+    agent
+        .agent(
+            "CreateSandbox",
+            json!({"hostname": pod, "sandbox_id": sandbox}),
+        )
+        .unwrap();
+    create(
+        &mut agent,
+        &sandbox,
+        &sandbox,
+        "sandbox",
+        "pause",
+        &["/pause"],
+    )
+    .unwrap_or_else(|e| panic!("the sandbox: {e}"));
+    agent
+        .agent("StartContainer", json!({"container_id": sandbox}))
+        .unwrap_or_else(|e| panic!("start the sandbox: {e}"));
+    (vm, agent, sandbox)
+}
+
 /// A container's standard output, read until `done` says it is complete: the
 /// agent's ReadStdout blocks while the stream is open, and kata-agent keeps it
 /// open after the process exited (the runtime stops reading at WaitProcess).
@@ -339,41 +388,15 @@ fn a_guest_pulled_container_reaches_attestd_through_api_server_rest() {
     let image = "10.0.2.100:5000/attestd-tests/app:coco";
 
     let dir = tempfile::tempdir().unwrap();
-    let tls = ApfTls::new(&dir.path().join("tls"));
-    let initdata = initdata(&reg.ca_pem);
-    let user_data = user_data(&caa, dir.path(), &tls, "coco-2", Some(&initdata));
-    let mut vm = PodVm::boot(
+    let (vm, mut agent, sandbox) = pod_with_sandbox(
+        &caa,
         &img,
-        Boot {
-            user_data,
-            tpm: Some(VmTpm::new()),
-            hostfwd: vec![APF_PORT],
-            forwards: vec![("10.0.2.100:5000".into(), reg_port)],
-            ..Default::default()
-        },
+        dir.path(),
+        &initdata(&reg.ca_pem),
+        reg_port,
+        "coco-2",
     );
-    vm.wait_journal(0, "Started agent-protocol-forwarder.service", BOOT_WITHIN)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut agent = connect(&vm, &caa, &tls);
-    let sandbox = "coco2sandbox";
-    agent
-        .agent(
-            "CreateSandbox",
-            json!({"hostname": "coco-2", "sandbox_id": sandbox}),
-        )
-        .unwrap();
-    create(
-        &mut agent,
-        sandbox,
-        sandbox,
-        "sandbox",
-        "pause",
-        &["/pause"],
-    )
-    .unwrap_or_else(|e| panic!("the sandbox: {e}"));
-    agent
-        .agent("StartContainer", json!({"container_id": sandbox}))
-        .unwrap_or_else(|e| panic!("start the sandbox: {e}"));
+    let sandbox = sandbox.as_str();
     let t = Instant::now();
     let cid = "coco2app";
     create(
@@ -499,42 +522,11 @@ async fn an_encrypted_image_is_refused_then_runs_as_the_kbs_policy_says() {
     let image = "10.0.2.100:5000/attestd-tests/app:encrypted";
 
     let dir = tempfile::tempdir().unwrap();
-    let tls = ApfTls::new(&dir.path().join("tls"));
     // The guest reaches the host's loopback at 10.0.2.2 (qemu's user network).
     let initdata = initdata_with_kbs(&reg.ca_pem, &format!("http://10.0.2.2:{kbs_port}"));
-    let user_data = user_data(&caa, dir.path(), &tls, "coco-3", Some(&initdata));
-    let mut vm = PodVm::boot(
-        &img,
-        Boot {
-            user_data,
-            tpm: Some(VmTpm::new()),
-            hostfwd: vec![APF_PORT],
-            forwards: vec![("10.0.2.100:5000".into(), reg_port)],
-            ..Default::default()
-        },
-    );
-    vm.wait_journal(0, "Started agent-protocol-forwarder.service", BOOT_WITHIN)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut agent = connect(&vm, &caa, &tls);
-    let sandbox = "coco3sandbox";
-    agent
-        .agent(
-            "CreateSandbox",
-            json!({"hostname": "coco-3", "sandbox_id": sandbox}),
-        )
-        .unwrap();
-    create(
-        &mut agent,
-        sandbox,
-        sandbox,
-        "sandbox",
-        "pause",
-        &["/pause"],
-    )
-    .unwrap_or_else(|e| panic!("the sandbox: {e}"));
-    agent
-        .agent("StartContainer", json!({"container_id": sandbox}))
-        .unwrap_or_else(|e| panic!("start the sandbox: {e}"));
+    let (vm, mut agent, sandbox) =
+        pod_with_sandbox(&caa, &img, dir.path(), &initdata, reg_port, "coco-3");
+    let sandbox = sandbox.as_str();
     // Scenarios 3 and 4: a policy that releases the key only to a guest
     // bound to other init-data (the same, but for its KBS address) denies it.
     // CreateContainer fails; the KBS's reason (PolicyDeny) is in the guest's
