@@ -62,7 +62,6 @@ pub const SOCKET_MODE: u32 = 0o660;
 /// `dir` and missing parents, created 0750 whatever the umask (existing
 /// directories are left as they are: they are the operator's).
 pub fn create_private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
     if dir.is_dir() {
         return Ok(());
     }
@@ -73,17 +72,32 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
         d = p.parent();
     }
     for p in missing.into_iter().rev() {
-        std::fs::DirBuilder::new()
-            .mode(0o750)
-            .create(p)
-            .or_else(|e| if p.is_dir() { Ok(()) } else { Err(e) })
-            .map_err(|e| {
-                Error::internal(format!("cannot create {}", p.display())).with_source(e)
-            })?;
+        make_dir(p)?;
         // The mode above is filtered by the umask: set it outright.
         set_mode(p, 0o750)?;
     }
     Ok(())
+}
+
+/// `mkdir p` (0750 before the umask). One someone else made meanwhile is
+/// fine. One made and removed again meanwhile (an attestd stopping removes
+/// its socket directory) fails with what the second look found, NotFound,
+/// which a caller racing a holder's stop retries on; not "File exists".
+fn make_dir(p: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let fail = |e: std::io::Error| {
+        Error::internal(format!("cannot create {}", p.display())).with_source(e)
+    };
+    match std::fs::DirBuilder::new().mode(0o750).create(p) {
+        Ok(()) => Ok(()),
+        // One look at what is there now.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(fail(e)),
+            Err(gone) => Err(fail(gone)),
+        },
+        Err(e) => Err(fail(e)),
+    }
 }
 
 /// `chmod path mode`, whatever the umask made of it.
