@@ -175,7 +175,16 @@ fn pause_image() -> String {
 
 /// The app: attestd's own image (its `attestd client`) with Debian's static
 /// busybox for a shell.
+///
+/// Built once per test process: two tests building it at once (coco.rs's run
+/// in parallel) moved its tag under each other, and one pushed a name that no
+/// longer resolved.
 pub fn app_image() -> String {
+    static APP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    APP.get_or_init(build_app_image).clone()
+}
+
+fn build_app_image() -> String {
     let busybox = std::fs::read("/bin/busybox")
         .expect("/bin/busybox (scripts/lib.sh installs busybox-static)");
     build_image(
