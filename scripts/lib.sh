@@ -83,3 +83,13 @@ ensure_rust() {
         return 1
     }
 }
+
+# The peers cache's folder for PROJECT (scripts/peers-build.sh), printed when it
+# holds the build of the commit scripts/peers.pins names (kata-agent: from
+# kata-containers' pin); fails, printing nothing, otherwise.
+peer_dir() {
+    local src=$1 commit dir=${ATTESTD_PEERS:-/var/cache/attestd/peers}/$1
+    [ "$1" = kata-agent ] && src=kata-containers
+    commit=$(awk -v p="$src" '$1 == p { print $2 }' scripts/peers.pins)
+    grep -qx "commit $commit" "$dir/MANIFEST" 2>/dev/null && echo "$dir"
+}

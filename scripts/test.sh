@@ -119,12 +119,9 @@ bash containers/podvm/build.sh --test-hooks --registry 10.0.2.100:5000/attestd -
 # The peer pod VM holds upstream's guest programs: built when the cache has
 # them all at their pins (tests/tests/coco.rs skips, saying so, when not).
 coco_peers() {
-    local p src commit
+    local p
     for p in kata-agent cloud-api-adaptor guest-components kata-containers; do
-        src=$p
-        [ "$p" = kata-agent ] && src=kata-containers
-        commit=$(awk -v p="$src" '$1 == p { print $2 }' scripts/peers.pins)
-        grep -qx "commit $commit" "${ATTESTD_PEERS:-/var/cache/attestd/peers}/$p/MANIFEST" 2>/dev/null || return 1
+        peer_dir "$p" >/dev/null || return 1
     done
 }
 if coco_peers; then

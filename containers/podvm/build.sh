@@ -83,16 +83,11 @@ LOCK=containers/images.lock
 [ -f "$LOCK" ] || { echo "error: no $LOCK: run containers/build.sh first" >&2; exit 1; }
 
 # The upstream guest programs (--coco): each from the peers cache, at its pin.
-PEERS=${ATTESTD_PEERS:-/var/cache/attestd/peers}
-peer() { # project: its cache folder, built at the pinned commit
-    local src=$1 commit
-    [ "$1" = kata-agent ] && src=kata-containers
-    commit=$(awk -v p="$src" '$1 == p { print $2 }' scripts/peers.pins)
-    grep -qx "commit $commit" "$PEERS/$1/MANIFEST" 2>/dev/null || {
-        echo "error: --coco needs $1 at ${commit:0:12} in $PEERS: run scripts/peers-build.sh" >&2
+peer() { # project: its cache folder, built at the pinned commit (scripts/lib.sh)
+    peer_dir "$1" || {
+        echo "error: --coco needs $1 at its pin in ${ATTESTD_PEERS:-/var/cache/attestd/peers}: run scripts/peers-build.sh" >&2
         return 1
     }
-    echo "$PEERS/$1"
 }
 if [ "$COCO" = 1 ]; then
     # gcc: the pause bundle's one program (static).
